@@ -1,0 +1,42 @@
+"""depgraph_ext: structural pruning of any PyTorch model, with a C++ core.
+
+    import depgraph_ext as dx
+    result = dx.prune(model, example_inputs, ratio=0.5)   # model is pruned in place
+"""
+
+from .api import PruneResult, count_params, prune, prune_group
+from .dependency import DependencyGraph, Group, Member, OpaqueOpWarning
+from .errors import (
+    BackendUnavailableError,
+    InvalidArgumentError,
+    NoPrunableGroupsError,
+    PlanValidationError,
+    PruningError,
+    TraceError,
+    UnsupportedOpError,
+)
+from .resolve import native_available
+from .rules import RuleContext, register_rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "DependencyGraph",
+    "Group",
+    "InvalidArgumentError",
+    "Member",
+    "NoPrunableGroupsError",
+    "OpaqueOpWarning",
+    "PlanValidationError",
+    "PruneResult",
+    "PruningError",
+    "RuleContext",
+    "TraceError",
+    "UnsupportedOpError",
+    "count_params",
+    "native_available",
+    "prune",
+    "prune_group",
+    "register_rule",
+]

@@ -1,0 +1,146 @@
+"""The public entry point: ``prune(model, example_inputs, ratio=...)``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .apply import AttributeUpdate, apply_plan
+from .dependency import DependencyGraph, Group
+from .errors import InvalidArgumentError, NoPrunableGroupsError
+from .importance import unit_scores
+from .plan import Plan, check_ratio, check_round_to, make_plan, select_local
+
+
+def count_params(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` did. ``plan``: state_dict name -> {dim: kept indices (original coords)}."""
+
+    plan: Plan
+    params_before: int
+    params_after: int
+    timings: dict[str, float]
+    shapes_before: dict[str, tuple[int, ...]]
+    shapes_after: dict[str, tuple[int, ...]]
+    attribute_updates: list[AttributeUpdate] = field(default_factory=list)
+    num_groups: int = 0
+    backend: str = "native"
+
+    def summary(self, max_rows: int | None = 40) -> str:
+        """A table of the tensors that changed, then parameter counts and time per stage."""
+        rows = [(n, self.shapes_before[n], self.shapes_after[n]) for n in self.plan]
+        shown = rows if max_rows is None else rows[:max_rows]
+        width = max([len("tensor")] + [len(n) for n, _, _ in shown])
+        lines = [f"{'tensor':<{width}}  {'before':>22}  {'after':>22}"]
+        for name, before, after in shown:
+            lines.append(f"{name:<{width}}  {str(tuple(before)):>22}  {str(tuple(after)):>22}")
+        if len(rows) > len(shown):
+            lines.append(f"... {len(rows) - len(shown)} more tensors changed")
+        ratio = self.params_after / self.params_before if self.params_before else 1.0
+        lines.append(
+            f"parameters: {self.params_before:,} -> {self.params_after:,} ({ratio:.1%} kept); "
+            f"{self.num_groups} groups; backend {self.backend}"
+        )
+        stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
+        lines.append(f"time: {stages}")
+        return "\n".join(lines)
+
+
+def prune(
+    model: torch.nn.Module,
+    example_inputs,
+    ratio: float = 0.5,
+    *,
+    importance: str = "l2",
+    ignore=(),
+    round_to: int | None = None,
+    backend: str | None = None,
+    strict: bool = False,
+) -> PruneResult:
+    """Structurally prune ``model`` in place; returns a :class:`PruneResult`.
+
+    ``ratio``: the fraction of each group's prunable units to remove (local pruning).
+    ``importance``: ``"l2"`` or ``"l1"`` grouped magnitude over every member slice.
+    ``ignore``: modules, parameter/buffer names or tensors that must not change.
+    ``round_to``: round the units left in each group up to a multiple of this.
+    ``backend``: ``"native"`` (default when the extension is built) or ``"python"``.
+    ``strict``: raise on ops without a rule instead of blocking their channels.
+
+    Nothing about the model changes when an error is raised.
+    """
+    ratio = check_ratio(ratio)
+    round_to = check_round_to(round_to)
+    if not isinstance(importance, str):
+        raise InvalidArgumentError(f"importance must be a name, not {type(importance).__name__}")
+    t0 = time.perf_counter()
+    dg = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict, backend=backend)
+    timings = dict(dg.timings)
+    t1 = time.perf_counter()
+    scores = unit_scores(dg, importance)
+    t2 = time.perf_counter()
+    if not dg.groups:
+        raise NoPrunableGroupsError(
+            "no group of the model has a prunable unit: every channel touches an input, an "
+            "output, an ignored tensor or an op without a rule"
+            + "".join(f"\n  - {op.describe()}" for op in dg.opaque_ops)
+        )
+    keep = select_local(dg, scores, ratio, round_to)
+    t3 = time.perf_counter()
+    return _prune_with_keep(dg, keep, timings | {"score": t2 - t1, "select": t3 - t2}, t0)
+
+
+def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
+    """Remove the given group-local ``units`` of one group by hand (validated, in place)."""
+    dg.check_fresh()
+    units = np.asarray(units, dtype=np.int64).reshape(-1)
+    if units.size and (units.min() < 0 or units.max() >= group.num_units):
+        raise InvalidArgumentError(f"units must be in [0, {group.num_units}) for {group!r}")
+    if units.size and not group.prunable[units].all():
+        raise InvalidArgumentError(f"{group!r}: units {units[~group.prunable[units]].tolist()} are "
+                                   "blocked and cannot be removed")
+    keep = np.ones(dg.resolution.num_units, dtype=bool)
+    keep[group.unit_ids[units]] = False
+    empty = keep.copy()
+    from .plan import keep_nonempty
+
+    keep_nonempty(dg, np.zeros(keep.shape[0]), empty)
+    if not np.array_equal(empty, keep):
+        raise InvalidArgumentError(f"{group!r}: removing these units would empty a layer")
+    return _prune_with_keep(dg, keep, dict(dg.timings), time.perf_counter())
+
+
+def _prune_with_keep(dg: DependencyGraph, keep: np.ndarray, timings: dict, t0: float):
+    model = dg.model
+    params_before = count_params(model)
+    t = time.perf_counter()
+    plan, updates = make_plan(dg, keep)
+    t_plan = time.perf_counter()
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    shapes_before = {n: tuple(tensors[n].shape) for n in plan}
+    apply_plan(model, plan, updates)
+    dg.stale = True
+    t_apply = time.perf_counter()
+    timings = timings | {"plan": t_plan - t, "apply": t_apply - t_plan, "total": t_apply - t0}
+    return PruneResult(
+        plan=plan,
+        params_before=params_before,
+        params_after=count_params(model),
+        timings=timings,
+        shapes_before=shapes_before,
+        shapes_after={n: tuple(tensors[n].shape) for n in plan},
+        attribute_updates=updates,
+        num_groups=len(dg.groups),
+        backend=dg.backend,
+    )

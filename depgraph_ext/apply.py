@@ -1,0 +1,136 @@
+"""Applying a validated plan: slicing tensors in place and updating module attributes.
+
+Tensors keep their identity: ``param.data`` is replaced by the gathered slice, so Parameter
+objects, ``requires_grad``, dtype and device are unchanged. Every new tensor is computed before
+the first one is assigned, so a failure while gathering leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .dependency import DependencyGraph
+
+
+@dataclass(frozen=True)
+class AttributeUpdate:
+    module: str
+    attr: str
+    old: object
+    new: object
+
+
+def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
+    """Module attributes (``out_channels``, ``in_features``, ``groups``, ...) after the plan."""
+    g = dg.graph
+    named = g.params | g.buffers
+    planned = {}
+    for name, dims in plan.items():
+        shape = list(g.values[named[name]].shape)
+        for d, kept in dims.items():
+            shape[d] = int(kept.numel())
+        planned[name] = tuple(shape)
+    modules = dict(dg.model.named_modules())
+
+    def shape_of(module_name: str, tensor: str):
+        full = f"{module_name}.{tensor}" if module_name else tensor
+        full = g.aliases.get(full, full)
+        if full in planned:
+            return planned[full]
+        if full in named:
+            return g.values[named[full]].shape
+        return None
+
+    declared: dict[tuple[str, str], int] = {}
+    for module, attr, slot in dg.coupling_model.attr_slots:
+        m = modules.get(module)
+        if m is not None and getattr(m, attr, None) == dg.coupling_model.couplings.slot_sizes[slot]:
+            declared[(module, attr)] = dg.slot_kept_size(slot, masks)
+
+    updates: list[AttributeUpdate] = []
+
+    def update(name: str, m: nn.Module, attr: str, new) -> None:
+        old = getattr(m, attr)
+        if new is not None and old != new:
+            updates.append(AttributeUpdate(name, attr, old, new))
+
+    for name, m in modules.items():
+        w = shape_of(name, "weight")
+        if isinstance(m, nn.modules.conv._ConvNd) and w is not None:
+            groups = declared.get((name, "groups"), m.groups)
+            update(name, m, "groups", groups)
+            if m.transposed:
+                update(name, m, "in_channels", w[0])
+                update(name, m, "out_channels", w[1] * groups)
+            else:
+                update(name, m, "in_channels", w[1] * groups)
+                update(name, m, "out_channels", w[0])
+        elif isinstance(m, nn.Linear) and w is not None:
+            update(name, m, "in_features", w[1])
+            update(name, m, "out_features", w[0])
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            ref = w or shape_of(name, "running_mean")
+            update(name, m, "num_features", ref[0] if ref else None)
+        elif isinstance(m, nn.GroupNorm):
+            update(name, m, "num_groups", declared.get((name, "num_groups"), m.num_groups))
+            update(name, m, "num_channels", w[0] if w else None)
+        elif isinstance(m, nn.LayerNorm) and w is not None:
+            update(name, m, "normalized_shape", tuple(w))
+        elif isinstance(m, nn.Embedding) and w is not None:
+            update(name, m, "embedding_dim", w[1])
+        elif isinstance(m, nn.PReLU) and w is not None:
+            update(name, m, "num_parameters", w[0])
+    return updates
+
+
+def _set(model: nn.Module, update: AttributeUpdate, value) -> None:
+    setattr(model.get_submodule(update.module), update.attr, value)
+
+
+@contextlib.contextmanager
+def temporary_attributes(model: nn.Module, updates: list[AttributeUpdate]):
+    done = []
+    try:
+        for u in updates:
+            _set(model, u, u.new)
+            done.append(u)
+        yield
+    finally:
+        for u in reversed(done):
+            _set(model, u, u.old)
+
+
+def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The kept slices of ``t`` (a new tensor; bit-identical values)."""
+    out = t
+    for d, kept in sorted(dims.items()):
+        out = out.index_select(d, kept.to(out.device))
+    return out.contiguous()
+
+
+def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate]) -> None:
+    """Slice every planned tensor (and its ``.grad``) and set the new attributes.
+
+    Tied names share one tensor object, so slicing the canonical name covers every alias."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        sliced = {}
+        for name, dims in plan.items():
+            t = tensors[name]
+            grad = t.grad if isinstance(t, nn.Parameter) and t.grad is not None else None
+            sliced[name] = (gather(t.data, dims), None if grad is None else gather(grad, dims))
+        for name, (data, grad) in sliced.items():
+            t = tensors[name]
+            t.data = data
+            if grad is not None:
+                t.grad = grad
+    for u in updates:
+        _set(model, u, u.new)

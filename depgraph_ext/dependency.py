@@ -1,0 +1,337 @@
+"""The dependency graph: traced ops, their couplings, and the resolved groups of coupled slices."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .couplings import CouplingBuilder, Couplings, Resolution
+from .errors import InvalidArgumentError, PruningError, UnsupportedOpError
+from .resolve import resolve, select_backend
+from .rules import RuleContext, RuleError, rule_for
+from .trace import OpGraph, named_tensors, trace
+
+
+class OpaqueOpWarning(UserWarning):
+    """An op without a rule blocked the channels it touches."""
+
+
+@dataclass
+class OpaqueOp:
+    op: str
+    module: str
+    node: int
+    reason: str
+    blocked: list[str] = field(default_factory=list)  # parameter names it kept from pruning
+
+    def describe(self) -> str:
+        what = ", ".join(self.blocked[:6]) + (" ..." if len(self.blocked) > 6 else "")
+        return (
+            f"op {self.op} in module {self.module or '<root>'} ({self.reason}) blocks pruning of "
+            f"the channels it touches" + (f": {what}" if what else "")
+        )
+
+
+@dataclass
+class CouplingModel:
+    couplings: Couplings
+    value_slots: list[list[int]]
+    attr_slots: list[tuple[str, str, int]]
+    opaque: list[OpaqueOp]
+
+
+def build_couplings(graph: OpGraph, ignored: set[str], strict: bool) -> CouplingModel:
+    """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque."""
+    builder = CouplingBuilder()
+    ctx = RuleContext(graph, builder)
+    for v in graph.inputs + graph.outputs:
+        ctx.block_value(v)
+    named = graph.params | graph.buffers
+    for name in sorted(ignored):
+        ctx.block_value(named[name])
+    opaque: list[OpaqueOp] = []
+    touched_anywhere: set[int] = set()
+    for node in graph.nodes:
+        rule = rule_for(node)
+        reason = "no rule for this op"
+        if rule is not None:
+            checkpoint = builder.checkpoint()
+            ctx.touched = set()
+            try:
+                rule(ctx, node)
+            except (RuleError, IndexError, TypeError, ValueError) as exc:
+                builder.rollback(checkpoint)
+                reason = f"its rule cannot map this call: {exc}"
+                rule = None
+        if rule is None:
+            if strict:
+                raise UnsupportedOpError(
+                    f"op {node.name} in module {node.module or '<root>'} has no exact rule "
+                    f"({reason}); strict mode refuses to guess. Register one with "
+                    "depgraph_ext.register_rule or pass strict=False to block its channels"
+                )
+            opaque.append(OpaqueOp(node.name, node.module, node.index, reason))
+            for v in node.inputs + node.outputs:
+                ctx.block_value(v)
+            continue
+        touched_anywhere |= ctx.touched
+        for v in node.outputs:
+            for s in ctx.slots(v):
+                if s not in ctx.touched and ctx.size(s) != 1:
+                    ctx.block(s)
+    # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
+    # the op that reads it.
+    for name in named:
+        for s in ctx.slots(named[name]):
+            if s not in touched_anywhere and ctx.size(s) != 1:
+                ctx.block(s)
+    query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
+    query += [slot for _, _, slot in ctx.attr_slots]
+    return CouplingModel(builder.build(query), ctx.value_slots, ctx.attr_slots, opaque)
+
+
+@dataclass
+class Member:
+    """The slice of one tensor (parameter or buffer) that belongs to a group.
+
+    ``indices[i]`` along ``dim`` belongs to the group's unit ``units[i]``.
+    """
+
+    name: str
+    dim: int
+    indices: torch.Tensor
+    units: torch.Tensor
+
+    @property
+    def unit_size(self) -> int:
+        """Indices of this tensor per unit (1 for a channel, head_dim rows for a head, ...)."""
+        n = int(torch.unique(self.units).numel())
+        return int(self.indices.numel()) // max(n, 1)
+
+
+@dataclass
+class Group:
+    """Coupled slices that must be pruned together, unit by unit."""
+
+    index: int
+    unit_ids: np.ndarray  # global unit ids, group-local unit i is unit_ids[i]
+    prunable: np.ndarray  # bool per local unit
+    members: list[Member]
+
+    @property
+    def num_units(self) -> int:
+        return int(self.unit_ids.shape[0])
+
+    @property
+    def num_prunable(self) -> int:
+        return int(self.prunable.sum())
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{m.name}[{m.dim}]" for m in self.members[:4])
+        more = f" +{len(self.members) - 4}" if len(self.members) > 4 else ""
+        return (f"Group({self.index}: {self.num_units} units, {self.num_prunable} prunable; "
+                f"{names}{more})")
+
+
+@dataclass
+class TensorDim:
+    """One dim of a parameter/buffer as a row-major product of leaf atoms."""
+
+    name: str
+    dim: int
+    size: int
+    leaves: np.ndarray
+    leaf_sizes: np.ndarray
+
+    def digits(self, position: int) -> np.ndarray:
+        """For every index of this dim, its coordinate along leaf ``position``."""
+        inner = int(np.prod(self.leaf_sizes[position + 1 :], dtype=np.int64))
+        return (np.arange(self.size, dtype=np.int64) // inner) % int(self.leaf_sizes[position])
+
+
+class DependencyGraph:
+    """Trace ``model`` on ``example_inputs``, apply the op rules and resolve coupled groups.
+
+    ``ignore``: modules or parameter/buffer names (or the objects) whose tensors must not change.
+    ``strict``: raise on an op without a rule instead of blocking its channels.
+    ``backend``: ``"native"`` (C++ core, default when built) or ``"python"``.
+    """
+
+    def __init__(self, model: torch.nn.Module, example_inputs, *, ignore=(), strict=False,
+                 backend: str | None = None) -> None:
+        self.model = model
+        self.example_inputs = example_inputs
+        self.backend = select_backend(backend)
+        self.timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self.graph = trace(model, example_inputs)
+        t1 = time.perf_counter()
+        self.ignored = resolve_ignore(model, ignore)
+        self.coupling_model = build_couplings(self.graph, self.ignored, strict)
+        t2 = time.perf_counter()
+        self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
+        t3 = time.perf_counter()
+        self.timings.update(trace=t1 - t0, rules=t2 - t1, resolve=t3 - t2)
+        self._index()
+        self.timings["groups"] = time.perf_counter() - t3
+        self._explain_opaque()
+        self.stale = False
+
+    # -- indexing --------------------------------------------------------------------------------
+    def _index(self) -> None:
+        res = self.resolution
+        g = self.graph
+        self.tensor_dims: dict[str, list[TensorDim]] = {}
+        for name, v in (g.params | g.buffers).items():
+            dims = []
+            for d, slot in enumerate(self.coupling_model.value_slots[v]):
+                leaves = res.leaves_of(slot)
+                dims.append(TensorDim(name, d, g.values[v].shape[d], leaves, res.leaf_sizes[leaves]))
+            self.tensor_dims[name] = dims
+        has_param = np.zeros(res.num_units, dtype=bool)
+        for name in g.params:
+            for td in self.tensor_dims[name]:
+                for leaf in td.leaves:
+                    if res.leaf_unit_offsets[leaf] >= 0:
+                        has_param[res.units_of_leaf(int(leaf))] = True
+        self.unit_prunable = has_param & ~res.unit_blocked
+
+    def _explain_opaque(self) -> None:
+        opaque = self.coupling_model.opaque
+        if not opaque:
+            return
+        slots = self.coupling_model.value_slots
+        res = self.resolution
+        param_leaves: dict[int, set[str]] = {}
+        for name in self.graph.params:
+            for td in self.tensor_dims[name]:
+                for leaf in td.leaves:
+                    param_leaves.setdefault(int(leaf), set()).add(name)
+        for op in opaque:
+            node = self.graph.nodes[op.node]
+            names: set[str] = set()
+            for v in node.inputs + node.outputs:
+                for s in slots[v]:
+                    for leaf in res.leaves_of(s):
+                        names |= param_leaves.get(int(leaf), set())
+            op.blocked = sorted(names)
+            warnings.warn(op.describe(), OpaqueOpWarning, stacklevel=3)
+
+    @property
+    def opaque_ops(self) -> list[OpaqueOp]:
+        return self.coupling_model.opaque
+
+    @property
+    def groups(self) -> list[Group]:
+        """Groups with at least one prunable unit, each listing its member slices."""
+        if not hasattr(self, "_groups"):
+            self._groups = self._build_groups()
+        return self._groups
+
+    def _build_groups(self) -> list[Group]:
+        res = self.resolution
+        unit_groups = res.unit_groups
+        members: dict[int, list[Member]] = {}
+        for name, dims in self.tensor_dims.items():
+            for td in dims:
+                for pos, leaf in enumerate(td.leaves):
+                    if res.leaf_unit_offsets[leaf] < 0:
+                        continue
+                    units = res.units_of_leaf(int(leaf))[td.digits(pos)]
+                    gids = unit_groups[units]
+                    for gid in np.unique(gids):
+                        sel = np.nonzero(gids == gid)[0]
+                        members.setdefault(int(gid), []).append((name, td.dim, sel, units[sel]))
+        order = np.argsort(unit_groups, kind="stable")
+        bounds = np.searchsorted(unit_groups[order], np.arange(res.num_groups + 1))
+        groups = []
+        for gid in range(res.num_groups):
+            unit_ids = order[bounds[gid] : bounds[gid + 1]]
+            prunable = self.unit_prunable[unit_ids]
+            if not prunable.any():
+                continue
+            local = np.full(res.num_units, -1, dtype=np.int64)
+            local[unit_ids] = np.arange(unit_ids.shape[0])
+            ms = [
+                Member(name, dim, torch.from_numpy(sel), torch.from_numpy(local[units]))
+                for name, dim, sel, units in members.get(gid, [])
+            ]
+            groups.append(Group(len(groups), unit_ids, prunable, ms))
+        return groups
+
+    # -- shapes --------------------------------------------------------------------------------
+    def leaf_keep_masks(self, unit_keep: np.ndarray) -> dict[int, np.ndarray]:
+        """Kept elements of every leaf that can lose any (the others keep all)."""
+        res = self.resolution
+        masks = {}
+        for leaf in np.nonzero(res.leaf_unit_offsets >= 0)[0]:
+            mask = unit_keep[res.units_of_leaf(int(leaf))]
+            if not mask.all():
+                masks[int(leaf)] = mask
+        return masks
+
+    def slot_kept_size(self, slot: int, masks: dict[int, np.ndarray]) -> int:
+        res = self.resolution
+        size = 1
+        for leaf in res.leaves_of(slot):
+            m = masks.get(int(leaf))
+            size *= int(res.leaf_sizes[leaf]) if m is None else int(m.sum())
+        return size
+
+    def check_fresh(self) -> None:
+        if self.stale:
+            raise PruningError(
+                "this DependencyGraph was built before the model was pruned; build a new one"
+            )
+
+
+def resolve_ignore(model: torch.nn.Module, ignore) -> set[str]:
+    """Canonical parameter/buffer names covered by ``ignore`` (modules, names, or tensors)."""
+    if ignore is None:
+        return set()
+    if isinstance(ignore, (str, torch.nn.Module, torch.Tensor)):
+        ignore = [ignore]
+    params, buffers, aliases = named_tensors(model)
+    tensors = params | buffers
+    by_id = {id(t): n for n, t in tensors.items()}
+    modules = dict(model.named_modules())
+    module_names = {id(m): n for n, m in modules.items()}
+    out: set[str] = set()
+    for item in ignore:
+        if isinstance(item, torch.nn.Module):
+            if id(item) not in module_names:
+                raise InvalidArgumentError(
+                    f"ignore: the module {type(item).__name__} is not part of the model"
+                )
+            prefix = module_names[id(item)]
+            out |= {by_id[id(t)] for _, t in _module_tensors(item)}
+            if not prefix and not out:
+                continue
+        elif isinstance(item, torch.Tensor):
+            if id(item) not in by_id:
+                raise InvalidArgumentError("ignore: a tensor given is not a parameter or buffer "
+                                           "of the model")
+            out.add(by_id[id(item)])
+        elif isinstance(item, str):
+            if item in tensors or item in aliases:
+                out.add(aliases.get(item, item))
+            elif item in modules:
+                out |= {by_id[id(t)] for _, t in _module_tensors(modules[item])}
+            else:
+                raise InvalidArgumentError(
+                    f"ignore: {item!r} names no module, parameter or buffer of the model"
+                )
+        else:
+            raise InvalidArgumentError(
+                f"ignore: expected module, name or tensor, not {type(item).__name__}"
+            )
+    return out
+
+
+def _module_tensors(module: torch.nn.Module):
+    yield from module.named_parameters()
+    yield from module.named_buffers()

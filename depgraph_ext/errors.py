@@ -1,0 +1,31 @@
+"""Everything the library refuses raises a subclass of :class:`PruningError`."""
+
+from __future__ import annotations
+
+
+class PruningError(Exception):
+    """Base class of every refusal; the message names the cause (and the module where known)."""
+
+
+class InvalidArgumentError(PruningError, ValueError):
+    """An argument of ``prune``/``DependencyGraph`` is out of range or names nothing."""
+
+
+class TraceError(PruningError):
+    """The model could not run on the example inputs under the tracer."""
+
+
+class UnsupportedOpError(PruningError):
+    """Strict mode met an op that has no rule."""
+
+
+class PlanValidationError(PruningError):
+    """The pruned shapes failed the fake forward that checks every plan before weights change."""
+
+
+class NoPrunableGroupsError(PruningError):
+    """Nothing in the model can be pruned with the given settings."""
+
+
+class BackendUnavailableError(PruningError):
+    """``backend="native"`` was asked for but the compiled extension is not importable."""

@@ -1,0 +1,139 @@
+"""Selection of units to remove, the plan it implies, and the plan's validation on fake tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .apply import AttributeUpdate, attribute_updates, temporary_attributes
+from .dependency import DependencyGraph
+from .errors import InvalidArgumentError, PlanValidationError, TraceError
+from .trace import trace
+
+# state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
+Plan = dict[str, dict[int, torch.Tensor]]
+
+
+def check_ratio(ratio, what: str = "ratio") -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise InvalidArgumentError(f"{what} must be a number in [0, 1), not {ratio!r}")
+    if not 0.0 <= ratio < 1.0:
+        raise InvalidArgumentError(f"{what} must be in [0, 1) (1 would remove whole layers), "
+                                   f"not {ratio}")
+    return float(ratio)
+
+
+def check_round_to(round_to) -> int | None:
+    if round_to is None:
+        return None
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise InvalidArgumentError(f"round_to must be a positive integer or None, not {round_to!r}")
+    return round_to
+
+
+def select_local(dg: DependencyGraph, scores: torch.Tensor, ratio: float,
+                 round_to: int | None = None) -> np.ndarray:
+    """Keep mask over units: every group loses ``floor(ratio * prunable units)`` of its lowest
+    scoring prunable units; with ``round_to`` the units left in a group are rounded up to a
+    multiple of it. Every tensor dim keeps at least one index."""
+    s = scores.numpy()
+    keep = np.ones(dg.resolution.num_units, dtype=bool)
+    for group in dg.groups:
+        candidates = group.unit_ids[group.prunable]
+        n_remove = int(math.floor(candidates.shape[0] * ratio + 1e-9))
+        if round_to:
+            kept = group.num_units - n_remove
+            kept = min(group.num_units, -(-kept // round_to) * round_to)
+            n_remove = group.num_units - kept
+        n_remove = max(0, min(n_remove, candidates.shape[0]))
+        order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
+        keep[candidates[order[:n_remove]]] = False
+    keep_nonempty(dg, s, keep)
+    return keep
+
+
+def keep_nonempty(dg: DependencyGraph, scores: np.ndarray, keep: np.ndarray) -> None:
+    """Give back the best unit of any leaf that would lose every element (in place)."""
+    res = dg.resolution
+    leaves = np.nonzero(res.leaf_unit_offsets >= 0)[0]
+    changed = True
+    while changed:
+        changed = False
+        for leaf in leaves:
+            units = res.units_of_leaf(int(leaf))
+            if not keep[units].any():
+                keep[units[np.argmax(scores[units])]] = True
+                changed = True
+
+
+def build_plan(dg: DependencyGraph, unit_keep: np.ndarray) -> tuple[Plan, dict[int, np.ndarray]]:
+    masks = dg.leaf_keep_masks(unit_keep)
+    plan: Plan = {}
+    for name, dims in dg.tensor_dims.items():
+        for td in dims:
+            leaf_masks = [masks.get(int(leaf)) for leaf in td.leaves]
+            if all(m is None for m in leaf_masks):
+                continue
+            combined = np.ones((), dtype=bool)
+            for leaf, m in zip(td.leaves, leaf_masks):
+                m = np.ones(int(dg.resolution.leaf_sizes[leaf]), dtype=bool) if m is None else m
+                combined = np.logical_and.outer(combined, m)
+            kept = np.nonzero(combined.reshape(-1))[0]
+            plan.setdefault(name, {})[td.dim] = torch.from_numpy(kept.astype(np.int64))
+    return plan, masks
+
+
+def planned_shapes(dg: DependencyGraph, plan: Plan) -> dict[str, tuple[int, ...]]:
+    g = dg.graph
+    shapes = {}
+    for name, dims in plan.items():
+        v = (g.params | g.buffers)[name]
+        shape = list(g.values[v].shape)
+        for d, kept in dims.items():
+            shape[d] = int(kept.numel())
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
+                  updates: list[AttributeUpdate]) -> None:
+    """Trace the pruned shapes on fake tensors (attributes set for the duration only) and check
+    that every op runs and every tensor has exactly the predicted shape."""
+    shapes = planned_shapes(dg, plan)
+    g = dg.graph
+    slots = dg.coupling_model.value_slots
+    try:
+        with temporary_attributes(dg.model, updates):
+            pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
+    except TraceError as exc:
+        raise PlanValidationError(f"the pruned shapes do not run: {exc}") from exc
+    if len(pruned.nodes) != len(g.nodes):
+        raise PlanValidationError(
+            f"the pruned model runs {len(pruned.nodes)} ops where the original ran {len(g.nodes)}"
+        )
+    for old, new in zip(g.nodes, pruned.nodes):
+        if old.name != new.name:
+            raise PlanValidationError(
+                f"op {old.index} changed from {old.name} to {new.name} in module "
+                f"{old.module or '<root>'} once pruned"
+            )
+        for vo, vn in zip(old.outputs, new.outputs):
+            expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
+            actual = pruned.values[vn].shape
+            if expected != actual:
+                raise PlanValidationError(
+                    f"op {old.name} in module {old.module or '<root>'} would produce shape "
+                    f"{actual} where the plan needs {expected} (original "
+                    f"{g.values[vo].shape}); the model's code fixes a size the rules treat as "
+                    "prunable — ignore this module or report the op"
+                )
+
+
+def make_plan(dg: DependencyGraph, unit_keep: np.ndarray):
+    """Plan, leaf masks and attribute updates for a keep mask, validated before returning."""
+    plan, masks = build_plan(dg, unit_keep)
+    updates = attribute_updates(dg, plan, masks)
+    validate_plan(dg, plan, masks, updates)
+    return plan, updates

@@ -1,0 +1,72 @@
+"""The scatter-back oracle: check that a pruned model computes what the plan says it should.
+
+Put zeros back where the plan removed slices (BatchNorm ``running_var`` gets 1 so removed
+channels normalise to exactly zero) into a copy of the *original* model. Wherever removed units
+contribute nothing (conv/BN channels, MLP neurons, attention heads), that original-shaped model
+must compute what the pruned model computes.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.utils._pytree as pytree
+
+from .trace import normalize_inputs
+
+_ONE_FILLED = ("running_var",)
+
+
+def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
+    """A copy of ``original`` with every slice the plan removes set to zero (variances to 1)."""
+    model = copy.deepcopy(original)
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for name, dims in plan.items():
+            t = tensors[name]
+            fill = 1.0 if name.rsplit(".", 1)[-1] in _ONE_FILLED else 0.0
+            for d, kept in dims.items():
+                removed = torch.ones(t.shape[d], dtype=torch.bool)
+                removed[kept] = False
+                index = [slice(None)] * t.dim()
+                index[d] = removed.to(t.device)
+                t[tuple(index)] = fill
+    return model
+
+
+def outputs_of(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
+    args, kwargs = normalize_inputs(example_inputs)
+    with torch.no_grad():
+        out = model(*args, **kwargs)
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def assert_scatter_back_equal(original: torch.nn.Module, pruned: torch.nn.Module, plan,
+                              example_inputs, *, rtol: float = 1e-9, atol: float = 1e-9) -> None:
+    """Raise AssertionError unless the pruned model matches the scatter-back of the original.
+
+    ``original`` must be an unpruned copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
+    the same training mode as ``pruned``. Use float64 models for tight tolerances.
+    """
+    expected = outputs_of(scatter_back(original, plan), example_inputs)
+    actual = outputs_of(pruned, example_inputs)
+    assert len(expected) == len(actual), f"{len(actual)} outputs, expected {len(expected)}"
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        assert e.shape == a.shape, f"output {i}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m, i=i: f"output {i}: {m}")
+
+
+def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module, plan) -> None:
+    """Every pruned tensor equals the original's kept slices, bit for bit."""
+    before = dict(original.named_parameters()) | dict(original.named_buffers())
+    after = dict(pruned.named_parameters()) | dict(pruned.named_buffers())
+    for name, dims in plan.items():
+        expected = before[name].detach()
+        for d, kept in sorted(dims.items()):
+            expected = expected.index_select(d, kept)
+        got = after[name].detach()
+        assert got.shape == expected.shape, f"{name}: {tuple(got.shape)} != {tuple(expected.shape)}"
+        assert torch.equal(got.view(-1).view(torch.uint8) if got.is_floating_point() else got,
+                           expected.reshape(-1).view(torch.uint8)
+                           if expected.is_floating_point() else expected), f"{name} differs"

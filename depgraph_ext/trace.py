@@ -1,0 +1,268 @@
+"""Trace a model once at the ATen level on fake tensors.
+
+The forward runs under ``FakeTensorMode`` (parameters become fake tensors through
+``torch.func.functional_call``; no weight or activation memory is touched, and models whose
+parameters live on the meta device work too) with a ``TorchDispatchMode`` recorder above it that
+sees every ATen op after autograd and composite decomposition. Temporary forward hooks attribute
+each op to the innermost module that ran it. The model is left exactly as it was: training flags,
+hooks and parameters are restored even when the forward fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .errors import InvalidArgumentError, TraceError
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A traced tensor inside a node's arguments: the index of its :class:`Value`."""
+
+    value: int
+
+
+@dataclass
+class Value:
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    kind: str  # "input" | "param" | "buffer" | "op" | "constant"
+    name: str | None = None  # state_dict name for params/buffers, argument path for inputs
+    producer: int | None = None  # index of the node that produced it
+
+
+@dataclass
+class Node:
+    index: int
+    op: Any  # torch._ops.OpOverload
+    args: tuple
+    kwargs: dict
+    inputs: list[int]  # value indices of tensor arguments, in flattened order
+    outputs: list[int]  # value indices of tensor results, in flattened order
+    module: str  # qualified name of the innermost module running the op ("" = the root)
+
+    @property
+    def name(self) -> str:
+        return str(self.op)
+
+    @property
+    def packet(self) -> str:
+        """The op without its overload, e.g. ``aten.add`` for ``aten.add.Tensor``."""
+        return str(self.op.overloadpacket)
+
+
+@dataclass
+class OpGraph:
+    values: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    params: dict[str, int] = field(default_factory=dict)  # canonical param name -> value
+    buffers: dict[str, int] = field(default_factory=dict)  # canonical buffer name -> value
+    aliases: dict[str, str] = field(default_factory=dict)  # tied name -> canonical name
+
+    def module_label(self, module: str) -> str:
+        return module if module else "<root>"
+
+
+def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
+    """A tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    raise InvalidArgumentError(
+        "example_inputs must be a tensor, a tuple/list of positional inputs or a dict of keyword "
+        f"inputs, not {type(example_inputs).__name__}"
+    )
+
+
+def named_tensors(model: torch.nn.Module):
+    """Unique parameters and buffers by canonical name, and every alias of a shared one."""
+    params: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases[name] = seen[id(p)]
+        else:
+            seen[id(p)] = name
+            params[name] = p
+    for name, b in model.named_buffers(remove_duplicate=False):
+        if id(b) in seen:
+            aliases[name] = seen[id(b)]
+        else:
+            seen[id(b)] = name
+            buffers[name] = b
+    return params, buffers, aliases
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self, graph: OpGraph, module_stack: list[str]) -> None:
+        super().__init__()
+        self.graph = graph
+        self.module_stack = module_stack
+        self.value_of: dict[int, int] = {}
+        self.keep_alive: list[torch.Tensor] = []  # ids must stay unique while tracing
+
+    def add_value(self, t: torch.Tensor, kind: str, name: str | None = None, producer=None) -> int:
+        index = len(self.graph.values)
+        self.graph.values.append(
+            Value(index, tuple(int(s) for s in t.shape), t.dtype, kind, name, producer)
+        )
+        self.value_of[id(t)] = index
+        self.keep_alive.append(t)
+        return index
+
+    def lookup(self, t: torch.Tensor) -> int:
+        index = self.value_of.get(id(t))
+        if index is None:
+            index = self.add_value(t, "constant")
+        return index
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        out_leaves = pytree.tree_leaves(out)
+        if not any(isinstance(t, torch.Tensor) for t in out_leaves):
+            return out
+        inputs: list[int] = []
+
+        def to_ref(x):
+            if isinstance(x, torch.Tensor):
+                ref = self.lookup(x)
+                inputs.append(ref)
+                return Ref(ref)
+            return x
+
+        ref_args = pytree.tree_map(to_ref, args)
+        ref_kwargs = pytree.tree_map(to_ref, kwargs)
+        node_index = len(self.graph.nodes)
+        outputs = []
+        for t in out_leaves:
+            if not isinstance(t, torch.Tensor):
+                continue
+            known = self.value_of.get(id(t))
+            if known is not None and known in inputs:  # in-place / out= result aliases an input
+                outputs.append(known)
+            else:
+                outputs.append(self.add_value(t, "op", producer=node_index))
+        module = self.module_stack[-1] if self.module_stack else ""
+        self.graph.nodes.append(
+            Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module)
+        )
+        return out
+
+
+def _push_scope(stack: list[str], name: str):
+    def hook(module, args):  # must return None: a value would replace the module's inputs
+        stack.append(name)
+
+    return hook
+
+
+def _pop_scope(stack: list[str]):
+    def hook(module, args, output):  # must return None: a value would replace the output
+        stack.pop()
+
+    return hook
+
+
+@contextlib.contextmanager
+def _module_scopes(model: torch.nn.Module, stack: list[str]):
+    handles = []
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(_push_scope(stack, name)))
+            handles.append(module.register_forward_hook(_pop_scope(stack)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _on_meta(params: dict[str, torch.Tensor]) -> bool:
+    return any(p.device.type == "meta" for p in params.values())
+
+
+def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | None = None) -> OpGraph:
+    """Record the ATen graph of ``model`` on ``example_inputs``.
+
+    ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
+    traces the pruned shapes this way without touching any weight).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidArgumentError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    args, kwargs = normalize_inputs(example_inputs)
+    params, buffers, aliases = named_tensors(model)
+    graph = OpGraph(aliases=aliases)
+    stack: list[str] = []
+    recorder = _Recorder(graph, stack)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    move_inputs_to_meta = _on_meta(params) or _on_meta(buffers)
+
+    def fake_of(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
+        if shapes is not None and name in shapes:
+            with fake_mode:  # a fake tensor of the new shape on the tensor's own device
+                return torch.empty(shapes[name], dtype=t.dtype, device=t.device)
+        return fake_mode.from_tensor(t)
+
+    def fake_input(t):
+        if isinstance(t, torch.Tensor):
+            if move_inputs_to_meta:
+                t = t.to("meta")
+            return fake_mode.from_tensor(t)
+        return t
+
+    try:
+        fake_params = {n: fake_of(p, n) for n, p in params.items()}
+        fake_buffers = {n: fake_of(b, n) for n, b in buffers.items()}
+        for name, p in fake_params.items():
+            graph.params[name] = recorder.add_value(p, "param", name)
+        for name, b in fake_buffers.items():
+            graph.buffers[name] = recorder.add_value(b, "buffer", name)
+        tied = {alias: (fake_params | fake_buffers)[canon] for alias, canon in aliases.items()}
+        fake_args = pytree.tree_map(fake_input, args)
+        fake_kwargs = pytree.tree_map(fake_input, kwargs)
+        for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
+            if isinstance(leaf, torch.Tensor):
+                graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
+        with _eval_mode(model), _module_scopes(model, stack), torch.no_grad():
+            with fake_mode, recorder:
+                out = torch.func.functional_call(
+                    model, {**fake_params, **fake_buffers, **tied}, fake_args, fake_kwargs,
+                    tie_weights=False, strict=False,
+                )
+    except InvalidArgumentError:
+        raise
+    except Exception as exc:
+        where = f" (in module {stack[-1] or '<root>'})" if stack else ""
+        raise TraceError(
+            f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    for leaf in pytree.tree_leaves(out):
+        if isinstance(leaf, torch.Tensor):
+            graph.outputs.append(recorder.lookup(leaf))
+    return graph
