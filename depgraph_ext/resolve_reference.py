@@ -177,7 +177,7 @@ class _Resolver:
         if step == 1 and length == n and start == 0:
             return _MODE_EQUAL, 0, 0
         if step != 1:
-            if n % step == 0 and length == n // step and 0 <= start < step:
+            if step > 0 and n % step == 0 and length == n // step and 0 <= start < step:
                 return _MODE_STRIDED, 0, 0
             return _MODE_CONFLICT, 0, 0
         wl = [a for a in atoms.leaves(whole) if atoms.size[a] != 1]
