@@ -5,7 +5,7 @@
 """
 
 from .api import PruneResult, count_params, prune, prune_group
-from .dependency import DependencyGraph, Group, Member, OpaqueOpWarning
+from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, OpaqueOpWarning
 from .errors import (
     BackendUnavailableError,
     InvalidArgumentError,
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "DependencyGraph",
+    "FixedSizeWarning",
     "Group",
     "InvalidArgumentError",
     "Member",

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .apply import AttributeUpdate, apply_plan
-from .dependency import DependencyGraph, Group
-from .errors import InvalidArgumentError, NoPrunableGroupsError
+from .dependency import DependencyGraph, FixedSizeWarning, Group
+from .errors import InvalidArgumentError, NoPrunableGroupsError, PlanValidationError
 from .importance import unit_scores
 from .plan import Plan, check_ratio, check_round_to, make_plan, select_local
+
+
+_MAX_FEEDBACK = 32  # validation rounds; each blocks at least one more slot
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -87,18 +91,34 @@ def prune(
     t0 = time.perf_counter()
     dg = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict, backend=backend)
     timings = dict(dg.timings)
-    t1 = time.perf_counter()
-    scores = unit_scores(dg, importance)
-    t2 = time.perf_counter()
-    if not dg.groups:
-        raise NoPrunableGroupsError(
-            "no group of the model has a prunable unit: every channel touches an input, an "
-            "output, an ignored tensor or an op without a rule"
-            + "".join(f"\n  - {op.describe()}" for op in dg.opaque_ops)
-        )
-    keep = select_local(dg, scores, ratio, round_to)
-    t3 = time.perf_counter()
-    return _prune_with_keep(dg, keep, timings | {"score": t2 - t1, "select": t3 - t2}, t0)
+    timings.update(score=0.0, select=0.0, plan=0.0)
+    for _ in range(_MAX_FEEDBACK):
+        t1 = time.perf_counter()
+        scores = unit_scores(dg, importance)
+        t2 = time.perf_counter()
+        if not dg.groups:
+            raise NoPrunableGroupsError(
+                "no group of the model has a prunable unit: every channel touches an input, an "
+                "output, an ignored tensor or an op without a rule"
+                + "".join(f"\n  - {op.describe()}" for op in dg.opaque_ops)
+            )
+        keep = select_local(dg, scores, ratio, round_to)
+        t3 = time.perf_counter()
+        timings["score"] += t2 - t1
+        timings["select"] += t3 - t2
+        try:
+            planned = make_plan(dg, keep)
+        except PlanValidationError as exc:
+            timings["plan"] += time.perf_counter() - t3
+            if not exc.fixed_slots:
+                raise
+            warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
+                          stacklevel=2)
+            dg.block_slots(exc.fixed_slots)
+            continue
+        timings["plan"] += time.perf_counter() - t3
+        return _apply(dg, *planned, timings, t0)
+    raise PlanValidationError(f"no valid plan after {_MAX_FEEDBACK} rounds of validation")
 
 
 def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
@@ -118,21 +138,21 @@ def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
     keep_nonempty(dg, np.zeros(keep.shape[0]), empty)
     if not np.array_equal(empty, keep):
         raise InvalidArgumentError(f"{group!r}: removing these units would empty a layer")
-    return _prune_with_keep(dg, keep, dict(dg.timings), time.perf_counter())
+    t0 = time.perf_counter()
+    planned = make_plan(dg, keep)
+    return _apply(dg, *planned, dict(dg.timings) | {"plan": time.perf_counter() - t0}, t0)
 
 
-def _prune_with_keep(dg: DependencyGraph, keep: np.ndarray, timings: dict, t0: float):
+def _apply(dg: DependencyGraph, plan: Plan, updates, timings: dict, t0: float) -> PruneResult:
     model = dg.model
     params_before = count_params(model)
     t = time.perf_counter()
-    plan, updates = make_plan(dg, keep)
-    t_plan = time.perf_counter()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
     apply_plan(model, plan, updates)
     dg.stale = True
     t_apply = time.perf_counter()
-    timings = timings | {"plan": t_plan - t, "apply": t_apply - t_plan, "total": t_apply - t0}
+    timings = timings | {"apply": t_apply - t, "total": t_apply - t0}
     return PruneResult(
         plan=plan,
         params_before=params_before,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .couplings import CouplingBuilder, Couplings, Resolution
+from .couplings import CouplingBuilder, CouplingKind, Couplings, Resolution
 from .errors import InvalidArgumentError, PruningError, UnsupportedOpError
 from .resolve import resolve, select_backend
 from .rules import RuleContext, RuleError, rule_for
@@ -18,6 +18,10 @@ from .trace import OpGraph, named_tensors, trace
 
 class OpaqueOpWarning(UserWarning):
     """An op without a rule blocked the channels it touches."""
+
+
+class FixedSizeWarning(UserWarning):
+    """Validation found a size fixed by the model's code; the channels it touches are kept."""
 
 
 @dataclass
@@ -281,6 +285,23 @@ class DependencyGraph:
             m = masks.get(int(leaf))
             size *= int(res.leaf_sizes[leaf]) if m is None else int(m.sum())
         return size
+
+    def block_slots(self, slots) -> None:
+        """Block more slots (sizes validation found fixed) and resolve again."""
+        c = self.coupling_model.couplings
+        slots = np.asarray(sorted(set(int(s) for s in slots)), dtype=np.int64)
+        self.coupling_model.couplings = Couplings(
+            slot_sizes=c.slot_sizes,
+            kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
+            offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
+            data=np.concatenate([c.data, slots]),
+            query_slots=c.query_slots,
+        )
+        t = time.perf_counter()
+        self.resolution = resolve(self.coupling_model.couplings, self.backend)
+        self._index()
+        self.__dict__.pop("_groups", None)
+        self.timings["resolve"] += time.perf_counter() - t
 
     def check_fresh(self) -> None:
         if self.stale:

@@ -20,7 +20,15 @@ class UnsupportedOpError(PruningError):
 
 
 class PlanValidationError(PruningError):
-    """The pruned shapes failed the fake forward that checks every plan before weights change."""
+    """The pruned shapes failed the fake forward that checks every plan before weights change.
+
+    ``node`` is the index of the first op that deviated from the plan (None if unknown) and
+    ``fixed_slots`` the slots it showed to be fixed by the model's code."""
+
+    def __init__(self, message: str, node: int | None = None, fixed_slots=()) -> None:
+        super().__init__(message)
+        self.node = node
+        self.fixed_slots = list(fixed_slots)
 
 
 class NoPrunableGroupsError(PruningError):

@@ -108,27 +108,41 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
     except TraceError as exc:
-        raise PlanValidationError(f"the pruned shapes do not run: {exc}") from exc
-    if len(pruned.nodes) != len(g.nodes):
-        raise PlanValidationError(
-            f"the pruned model runs {len(pruned.nodes)} ops where the original ran {len(g.nodes)}"
-        )
+        node = getattr(exc, "failed_at", None)
+        fixed = []
+        if node is not None and node < len(g.nodes):
+            bad = g.nodes[node]
+            fixed = [s for v in bad.inputs + bad.outputs for s in slots[v]]
+            where = f" at op {bad.name} in module {bad.module or '<root>'}"
+        else:
+            where = ""
+        raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}", node,
+                                  fixed) from exc
     for old, new in zip(g.nodes, pruned.nodes):
         if old.name != new.name:
             raise PlanValidationError(
                 f"op {old.index} changed from {old.name} to {new.name} in module "
-                f"{old.module or '<root>'} once pruned"
+                f"{old.module or '<root>'} once pruned", old.index,
+                [s for v in old.inputs + old.outputs for s in slots[v]],
             )
         for vo, vn in zip(old.outputs, new.outputs):
             expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
             actual = pruned.values[vn].shape
             if expected != actual:
+                original = g.values[vo].shape
+                wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
+                # A dim the code kept at its original size is the one the code fixes.
+                fixed = [slots[vo][d] for d in wrong if actual[d] == original[d]]
+                fixed = fixed or [slots[vo][d] for d in wrong]
                 raise PlanValidationError(
                     f"op {old.name} in module {old.module or '<root>'} would produce shape "
-                    f"{actual} where the plan needs {expected} (original "
-                    f"{g.values[vo].shape}); the model's code fixes a size the rules treat as "
-                    "prunable — ignore this module or report the op"
+                    f"{actual} where the plan needs {expected} (original {original}): the "
+                    "model's code fixes a size the rules treat as prunable", old.index, fixed,
                 )
+    if len(pruned.nodes) != len(g.nodes):
+        raise PlanValidationError(
+            f"the pruned model runs {len(pruned.nodes)} ops where the original ran {len(g.nodes)}"
+        )
 
 
 def make_plan(dg: DependencyGraph, unit_keep: np.ndarray):

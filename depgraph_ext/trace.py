@@ -115,6 +115,7 @@ class _Recorder(TorchDispatchMode):
         self.module_stack = module_stack
         self.value_of: dict[int, int] = {}
         self.keep_alive: list[torch.Tensor] = []  # ids must stay unique while tracing
+        self.failed_at: int | None = None
 
     def add_value(self, t: torch.Tensor, kind: str, name: str | None = None, producer=None) -> int:
         index = len(self.graph.values)
@@ -133,7 +134,11 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            self.failed_at = len(self.graph.nodes)  # index the failing op would have had
+            raise
         out_leaves = pytree.tree_leaves(out)
         if not any(isinstance(t, torch.Tensor) for t in out_leaves):
             return out
@@ -259,9 +264,11 @@ def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | Non
         raise
     except Exception as exc:
         where = f" (in module {stack[-1] or '<root>'})" if stack else ""
-        raise TraceError(
+        error = TraceError(
             f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
-        ) from exc
+        )
+        error.failed_at = recorder.failed_at
+        raise error from exc
     for leaf in pytree.tree_leaves(out):
         if isinstance(leaf, torch.Tensor):
             graph.outputs.append(recorder.lookup(leaf))
