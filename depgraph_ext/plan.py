@@ -108,41 +108,66 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
     except TraceError as exc:
-        node = getattr(exc, "failed_at", None)
+        node, op, args = getattr(exc, "failed_at", None) or (None, None, None)
         fixed = []
-        if node is not None and node < len(g.nodes):
+        if node is not None and node < len(g.nodes) and g.nodes[node].name == op:
             bad = g.nodes[node]
-            fixed = [s for v in bad.inputs + bad.outputs for s in slots[v]]
+            fixed = _sizes_fixed_by_call(dg, bad, args, masks) or [
+                s for v in bad.inputs + bad.outputs for s in slots[v]]
             where = f" at op {bad.name} in module {bad.module or '<root>'}"
         else:
             where = ""
         raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}", node,
                                   fixed) from exc
-    for old, new in zip(g.nodes, pruned.nodes):
-        if old.name != new.name:
-            raise PlanValidationError(
-                f"op {old.index} changed from {old.name} to {new.name} in module "
-                f"{old.module or '<root>'} once pruned", old.index,
-                [s for v in old.inputs + old.outputs for s in slots[v]],
-            )
-        for vo, vn in zip(old.outputs, new.outputs):
-            expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
-            actual = pruned.values[vn].shape
-            if expected != actual:
-                original = g.values[vo].shape
-                wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
-                # A dim the code kept at its original size is the one the code fixes.
-                fixed = [slots[vo][d] for d in wrong if actual[d] == original[d]]
-                fixed = fixed or [slots[vo][d] for d in wrong]
-                raise PlanValidationError(
-                    f"op {old.name} in module {old.module or '<root>'} would produce shape "
-                    f"{actual} where the plan needs {expected} (original {original}): the "
-                    "model's code fixes a size the rules treat as prunable", old.index, fixed,
-                )
-    if len(pruned.nodes) != len(g.nodes):
+
+    def check(where: str, vo: int, actual: tuple) -> None:
+        expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
+        if expected == actual:
+            return
+        original = g.values[vo].shape
+        wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
+        # A dim the code kept at its original size is the one the code fixes.
+        fixed = [slots[vo][d] for d in wrong if actual[d] == original[d]]
+        fixed = fixed or [slots[vo][d] for d in wrong]
         raise PlanValidationError(
-            f"the pruned model runs {len(pruned.nodes)} ops where the original ran {len(g.nodes)}"
+            f"{where} would produce shape {actual} where the plan needs {expected} (original "
+            f"{original}): the model's code fixes a size the rules treat as prunable",
+            None, fixed,
         )
+
+    aligned = len(pruned.nodes) == len(g.nodes) and all(
+        a.name == b.name for a, b in zip(g.nodes, pruned.nodes))
+    if aligned:  # op by op: the first deviating op is the one whose call fixes a size
+        for old, new in zip(g.nodes, pruned.nodes):
+            for vo, vn in zip(old.outputs, new.outputs):
+                check(f"op {old.name} in module {old.module or '<root>'}", vo,
+                      pruned.values[vn].shape)
+    else:  # decompositions branch on shapes: compare what every module call returns
+        calls = list(zip(g.module_calls, pruned.module_calls))
+        if len(g.module_calls) != len(pruned.module_calls) or any(
+                a[0] != b[0] or len(a[1]) != len(b[1]) for a, b in calls):
+            raise PlanValidationError("the pruned model calls its modules differently from the "
+                                      "original; its control flow depends on the pruned sizes")
+        for (name, outs_old), (_, outs_new) in calls:
+            for vo, vn in zip(outs_old, outs_new):
+                check(f"module {name or '<root>'}", vo, pruned.values[vn].shape)
+    for vo, vn in zip(g.outputs, pruned.outputs):
+        check("the model's output", vo, pruned.values[vn].shape)
+
+
+def _sizes_fixed_by_call(dg: DependencyGraph, node, new_args, masks) -> list[int]:
+    """Output dims that a failing call (view, reshape, expand ...) was asked for at their
+    original size by an explicit integer, where the plan changes them: the code fixes those."""
+    out = node.outputs[0] if node.outputs else None
+    if out is None or new_args is None:
+        return []
+    slots = dg.coupling_model.value_slots[out]
+    for old_arg, new_arg in zip(node.args, new_args):
+        if (isinstance(old_arg, (list, tuple)) and len(old_arg) == len(slots)
+                and all(isinstance(x, int) for x in old_arg) and list(old_arg) == list(new_arg)):
+            return [s for d, s in enumerate(slots)
+                    if old_arg[d] != -1 and dg.slot_kept_size(s, masks) != old_arg[d]]
+    return []
 
 
 def make_plan(dg: DependencyGraph, unit_keep: np.ndarray):

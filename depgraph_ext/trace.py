@@ -68,6 +68,9 @@ class OpGraph:
     params: dict[str, int] = field(default_factory=dict)  # canonical param name -> value
     buffers: dict[str, int] = field(default_factory=dict)  # canonical buffer name -> value
     aliases: dict[str, str] = field(default_factory=dict)  # tied name -> canonical name
+    # Every module call in order: (module name, value indices of its tensor outputs). Unlike
+    # the ATen op sequence, which may branch on shapes, this sequence is the model's own.
+    module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -137,7 +140,9 @@ class _Recorder(TorchDispatchMode):
         try:
             out = func(*args, **kwargs)
         except Exception:
-            self.failed_at = len(self.graph.nodes)  # index the failing op would have had
+            # The index the op would have had, its name and its non-tensor arguments.
+            plain = pytree.tree_map(lambda x: None if isinstance(x, torch.Tensor) else x, args)
+            self.failed_at = (len(self.graph.nodes), str(func), plain)
             raise
         out_leaves = pytree.tree_leaves(out)
         if not any(isinstance(t, torch.Tensor) for t in out_leaves):
@@ -177,20 +182,23 @@ def _push_scope(stack: list[str], name: str):
     return hook
 
 
-def _pop_scope(stack: list[str]):
+def _pop_scope(stack: list[str], recorder: _Recorder):
     def hook(module, args, output):  # must return None: a value would replace the output
-        stack.pop()
+        name = stack.pop()
+        outs = [recorder.value_of[id(t)] for t in pytree.tree_leaves(output)
+                if isinstance(t, torch.Tensor) and id(t) in recorder.value_of]
+        recorder.graph.module_calls.append((name, outs))
 
     return hook
 
 
 @contextlib.contextmanager
-def _module_scopes(model: torch.nn.Module, stack: list[str]):
+def _module_scopes(model: torch.nn.Module, stack: list[str], recorder: _Recorder):
     handles = []
     try:
         for name, module in model.named_modules():
             handles.append(module.register_forward_pre_hook(_push_scope(stack, name)))
-            handles.append(module.register_forward_hook(_pop_scope(stack)))
+            handles.append(module.register_forward_hook(_pop_scope(stack, recorder)))
         yield
     finally:
         for h in handles:
@@ -254,7 +262,7 @@ def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | Non
         for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
             if isinstance(leaf, torch.Tensor):
                 graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
-        with _eval_mode(model), _module_scopes(model, stack), torch.no_grad():
+        with _eval_mode(model), _module_scopes(model, stack, recorder), torch.no_grad():
             with fake_mode, recorder:
                 out = torch.func.functional_call(
                     model, {**fake_params, **fake_buffers, **tied}, fake_args, fake_kwargs,
