@@ -1,7 +1,7 @@
 """Trace a model once at the ATen level on fake tensors.
 
-The forward runs under ``FakeTensorMode`` (parameters become fake tensors through
-``torch.func.functional_call``; no weight or activation memory is touched, and models whose
+The forward runs under ``FakeTensorMode`` (parameters and buffers are swapped for fake tensors
+for the duration; no weight or activation memory is touched, and models whose
 parameters live on the meta device work too) with a ``TorchDispatchMode`` recorder above it that
 sees every ATen op after autograd and composite decomposition. Temporary forward hooks attribute
 each op to the innermost module that ran it. The model is left exactly as it was: training flags,
@@ -216,6 +216,26 @@ def _eval_mode(model: torch.nn.Module):
             m.training = flag
 
 
+@contextlib.contextmanager
+def _swapped_tensors(model: torch.nn.Module, fakes: dict[int, torch.Tensor]):
+    """Put fake tensors in place of the model's own, and put back exactly what was there.
+
+    (``torch.func.functional_call`` restores the wrong tensor when one module is registered
+    under two names, so the swap is done here, once per unique module.)"""
+    saved = []
+    try:
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for key, t in store.items():
+                    if t is not None and id(t) in fakes:
+                        saved.append((store, key, t))
+                        store[key] = fakes[id(t)]
+        yield
+    finally:
+        for store, key, t in reversed(saved):
+            store[key] = t
+
+
 def _on_meta(params: dict[str, torch.Tensor]) -> bool:
     return any(p.device.type == "meta" for p in params.values())
 
@@ -252,11 +272,12 @@ def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | Non
     try:
         fake_params = {n: fake_of(p, n) for n, p in params.items()}
         fake_buffers = {n: fake_of(b, n) for n, b in buffers.items()}
+        fakes = {id(t): fake_params.get(n, fake_buffers.get(n))
+                 for n, t in (params | buffers).items()}
         for name, p in fake_params.items():
             graph.params[name] = recorder.add_value(p, "param", name)
         for name, b in fake_buffers.items():
             graph.buffers[name] = recorder.add_value(b, "buffer", name)
-        tied = {alias: (fake_params | fake_buffers)[canon] for alias, canon in aliases.items()}
         fake_args = pytree.tree_map(fake_input, args)
         fake_kwargs = pytree.tree_map(fake_input, kwargs)
         for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
@@ -264,10 +285,8 @@ def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | Non
                 graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
         with _eval_mode(model), _module_scopes(model, stack, recorder), torch.no_grad():
             with fake_mode, recorder:
-                out = torch.func.functional_call(
-                    model, {**fake_params, **fake_buffers, **tied}, fake_args, fake_kwargs,
-                    tie_weights=False, strict=False,
-                )
+                with _swapped_tensors(model, fakes):
+                    out = model(*fake_args, **fake_kwargs)
     except InvalidArgumentError:
         raise
     except Exception as exc:
@@ -277,7 +296,18 @@ def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | Non
         )
         error.failed_at = recorder.failed_at
         raise error from exc
+    finally:
+        _check_untouched(model, params, buffers)
     for leaf in pytree.tree_leaves(out):
         if isinstance(leaf, torch.Tensor):
             graph.outputs.append(recorder.lookup(leaf))
     return graph
+
+
+def _check_untouched(model: torch.nn.Module, params: dict, buffers: dict) -> None:
+    """The model must hold exactly the tensors it held before tracing."""
+    now_params, now_buffers, _ = named_tensors(model)
+    if any(now_params.get(n) is not t for n, t in params.items()) or any(
+        now_buffers.get(n) is not t for n, t in buffers.items()
+    ):
+        raise RuntimeError("internal error: tracing did not restore the model's tensors")

@@ -1,0 +1,251 @@
+"""The public API: options, refusals (model untouched), tensor identity, and the lower level."""
+
+from __future__ import annotations
+
+import copy
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from nets import ResNeXt, randomize_norms
+from torch import nn
+
+import depgraph_ext as dx
+from conftest import assert_same_state, prune_and_check, state_of
+from depgraph_ext.testing import assert_scatter_back_equal
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(ResNeXt(ch=16, blocks=2, cardinality=4, width=4)).double().eval()
+
+
+X = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan"), "half", None, True])
+def test_bad_ratio_is_refused_and_model_untouched(ratio):
+    model = small_net()
+    before = state_of(model)
+    with pytest.raises(dx.InvalidArgumentError, match="ratio"):
+        dx.prune(model, X, ratio=ratio)
+    assert_same_state(before, state_of(model))
+
+
+@pytest.mark.parametrize("ignore", ["no.such.layer", ["stem.0", "blocks.9.conv1"]])
+def test_unknown_ignore_name_is_refused(ignore):
+    model = small_net()
+    before = state_of(model)
+    with pytest.raises(dx.InvalidArgumentError, match="names no module"):
+        dx.prune(model, X, ignore=ignore)
+    assert_same_state(before, state_of(model))
+
+
+def test_foreign_module_in_ignore_is_refused():
+    model = small_net()
+    with pytest.raises(dx.InvalidArgumentError, match="not part of the model"):
+        dx.prune(model, X, ignore=[nn.Linear(2, 2)])
+
+
+@pytest.mark.parametrize("inputs", [torch.randn(2, 5, 8, 8), (torch.randn(2, 3),), {"y": X}])
+def test_inputs_the_model_cannot_run(inputs):
+    model = small_net()
+    before = state_of(model)
+    with pytest.raises(dx.TraceError, match="could not run"):
+        dx.prune(model, inputs)
+    assert_same_state(before, state_of(model))
+
+
+def test_bad_inputs_type_and_options():
+    model = small_net()
+    before = state_of(model)
+    with pytest.raises(dx.InvalidArgumentError, match="example_inputs"):
+        dx.prune(model, 3.0)
+    with pytest.raises(dx.InvalidArgumentError, match="importance"):
+        dx.prune(model, X, importance="taylor-ish")
+    with pytest.raises(dx.InvalidArgumentError, match="round_to"):
+        dx.prune(model, X, round_to=0)
+    with pytest.raises(dx.InvalidArgumentError, match="backend"):
+        dx.prune(model, X, backend="gpu")
+    assert_same_state(before, state_of(model))
+
+
+def test_validation_failure_leaves_model_untouched(monkeypatch):
+    model = small_net()
+    before = state_of(model)
+    from depgraph_ext import api
+
+    def refuse(*a, **k):
+        raise dx.PlanValidationError("injected")
+
+    monkeypatch.setattr(api, "make_plan", refuse)
+    with pytest.raises(dx.PlanValidationError, match="injected"):
+        dx.prune(model, X)
+    assert_same_state(before, state_of(model))
+
+
+def test_nothing_prunable_is_a_clear_error():
+    model = nn.Linear(4, 3)
+    with pytest.raises(dx.NoPrunableGroupsError, match="no group"):
+        dx.prune(model, torch.randn(2, 4))
+
+
+def test_identity_dtype_device_requires_grad_and_grads_kept():
+    model = small_net()
+    model.stem[0].weight.requires_grad_(False)
+    params = {n: p for n, p in model.named_parameters()}
+    model(X).sum().backward()
+    result = dx.prune(model, X, ratio=0.5)
+    for n, p in model.named_parameters():
+        assert p is params[n]
+        assert isinstance(p, nn.Parameter)
+        assert p.dtype == torch.float64 and p.device.type == "cpu"
+        if p.grad is not None:
+            assert p.grad.shape == p.shape
+    assert model.stem[0].weight.requires_grad is False
+    assert model.blocks[0].conv1.weight.requires_grad is True
+    assert "stem.0.weight" in result.plan
+    model(X).sum().backward()  # still trainable
+
+
+def test_ignore_keeps_tensors_whole_and_couplings_follow():
+    model = small_net()
+    original = copy.deepcopy(model)
+    result = dx.prune(model, X, ratio=0.5, ignore=[model.blocks[0].conv1, "blocks.1.bn3.weight"])
+    for name in ("blocks.0.conv1.weight", "blocks.1.bn3.weight"):
+        assert name not in result.plan
+    # The residual stream touches blocks.1.bn3: it is ignored as a whole, stem included.
+    assert "stem.0.weight" not in result.plan or 0 not in result.plan["stem.0.weight"]
+    assert_scatter_back_equal(original, model, result.plan, X)
+
+
+def test_round_to_and_l1():
+    model = small_net()
+    result = dx.prune(model, X, ratio=0.3, round_to=4, importance="l1")
+    for block in model.blocks:
+        assert block.conv1.out_channels % 4 == 0
+
+
+def test_l1_and_l2_rank_by_their_own_norm():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    model = Two()
+    with torch.no_grad():
+        # unit 0: |w| = (3, 0, 0) -> l1 3, l2 9; unit 1: (1, 1, 1.5) -> l1 3.5, l2 4.25
+        model.a.weight.copy_(torch.tensor([[3.0, 0.0], [1.0, 1.0]]))
+        model.b.weight.copy_(torch.tensor([[0.0, 1.5]]))
+    l1 = dx.prune(copy.deepcopy(model), torch.randn(1, 2), ratio=0.5, importance="l1")
+    l2 = dx.prune(copy.deepcopy(model), torch.randn(1, 2), ratio=0.5, importance="l2")
+    assert l1.plan["a.weight"][0].tolist() == [1]
+    assert l2.plan["a.weight"][0].tolist() == [0]
+
+
+def test_grouped_scores_sum_every_member():
+    model = small_net()
+    dg = dx.DependencyGraph(model, X)
+    from depgraph_ext.importance import unit_scores
+
+    scores = unit_scores(dg, "l2")
+    params = dict(model.named_parameters())
+    group = max(dg.groups, key=lambda g: len(g.members))
+    expected = np.zeros(group.num_units)
+    for m in group.members:
+        if m.name not in params:
+            continue  # buffers are not importance
+        w = params[m.name].detach().double()
+        others = [d for d in range(w.dim()) if d != m.dim]
+        per_index = w.square().sum(dim=others) if others else w.square()
+        np.add.at(expected, m.units.numpy(), per_index[m.indices].numpy())
+    np.testing.assert_allclose(scores[group.unit_ids].numpy(), expected, rtol=1e-12)
+
+
+def test_dependency_graph_groups_and_prune_one_group_by_hand():
+    model = small_net()
+    original = copy.deepcopy(model)
+    dg = dx.DependencyGraph(model, X)
+    assert dg.groups
+    # conv1 feeds a conv of 4 groups: its 16 channels are [group, index in group], two groups.
+    found = [(g, m) for g in dg.groups for m in g.members
+             if m.name == "blocks.0.conv1.weight" and m.dim == 0]
+    assert len(found) == 2
+    patterns = sorted(m.units.tolist() for _, m in found)
+    assert patterns == sorted([[j % 4 for j in range(16)], [j // 4 for j in range(16)]])
+    assert all(m.unit_size == 4 for _, m in found)
+    group = next(g for g, m in found if m.units.tolist()[:4] == [0, 1, 2, 3])
+    units = np.nonzero(group.prunable)[0][:2]
+    result = dx.prune_group(dg, group, units)
+    assert set(result.plan) >= {"blocks.0.conv1.weight", "blocks.0.bn1.weight"}
+    assert result.params_after < result.params_before
+    assert_scatter_back_equal(original, model, result.plan, X)
+    with pytest.raises(dx.PruningError, match="built before"):
+        dx.prune_group(dg, group, units)
+
+
+def test_prune_group_refuses_bad_units():
+    model = small_net()
+    dg = dx.DependencyGraph(model, X)
+    group = dg.groups[0]
+    with pytest.raises(dx.InvalidArgumentError, match="units must be in"):
+        dx.prune_group(dg, group, [group.num_units])
+    with pytest.raises(dx.InvalidArgumentError, match="empty a layer"):
+        dx.prune_group(dg, group, np.nonzero(group.prunable)[0])
+
+
+def test_inputs_as_tuple_and_dict():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x, scale=None):
+            return self.b(torch.relu(self.a(x)) * scale)
+
+    x, s = torch.randn(4, 3, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    prune_and_check(Two().double(), (x, s), ratio=0.5)
+    prune_and_check(Two().double(), {"x": x, "scale": s}, ratio=0.5)
+
+
+def test_trace_on_meta_parameters_uses_no_weight_memory():
+    with torch.device("meta"):
+        model = nn.Sequential(*[nn.Linear(4096, 4096) for _ in range(16)])  # 1 GiB in fp32
+    tracemalloc.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.OpaqueOpWarning)
+        dg = dx.DependencyGraph(model, torch.randn(2, 4096))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(dg.groups) == 15
+    assert peak < 64 * 2**20, peak
+    with pytest.raises(dx.PruningError, match="meta device"):
+        dx.prune(model, torch.randn(2, 4096))
+
+
+def test_model_output_pytree_and_shared_parameters():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+            self.d = self.b  # the same module (and parameters) under two names
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return {"out": self.c(torch.relu(self.d(torch.relu(self.b(h))))), "aux": [h.sum()]}
+
+    x = torch.randn(3, 3, dtype=torch.float64)
+    pruned, result = prune_and_check(Tied().double(), x, ratio=0.5)
+    assert pruned.b.weight is pruned.d.weight
+    assert "d.weight" not in result.plan  # one tensor, planned once under its canonical name
+
+
+def test_summary_lists_changes():
+    result = dx.prune(small_net(), X, ratio=0.5)
+    text = result.summary()
+    assert "stem.0.weight" in text and "parameters:" in text and "time:" in text
