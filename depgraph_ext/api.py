@@ -43,19 +43,27 @@ class PruneResult:
     backend: str = "native"
 
     def summary(self, max_rows: int | None = 40) -> str:
-        """A table of the tensors that changed, then parameter counts and time per stage."""
-        rows = [(n, self.shapes_before[n], self.shapes_after[n]) for n in self.plan]
+        """A table of the layers that changed (their main tensor's shape before and after),
+        then parameter counts and the time per stage."""
+        layers: dict[str, str] = {}
+        for name in self.plan:  # one row per module: its weight if it has one
+            module, _, tensor = name.rpartition(".")
+            if module not in layers or tensor == "weight":
+                layers[module] = name
+        rows = [(m or "<root>", self.shapes_before[n], self.shapes_after[n], n.rpartition(".")[2])
+                for m, n in layers.items()]
         shown = rows if max_rows is None else rows[:max_rows]
-        width = max([len("tensor")] + [len(n) for n, _, _ in shown])
-        lines = [f"{'tensor':<{width}}  {'before':>22}  {'after':>22}"]
-        for name, before, after in shown:
-            lines.append(f"{name:<{width}}  {str(tuple(before)):>22}  {str(tuple(after)):>22}")
+        width = max([len("layer")] + [len(r[0]) for r in shown])
+        lines = [f"{'layer':<{width}}  {'tensor':<12} {'before':>20}  {'after':>20}"]
+        for layer, before, after, tensor in shown:
+            lines.append(f"{layer:<{width}}  {tensor:<12} {str(tuple(before)):>20}  "
+                         f"{str(tuple(after)):>20}")
         if len(rows) > len(shown):
-            lines.append(f"... {len(rows) - len(shown)} more tensors changed")
+            lines.append(f"... {len(rows) - len(shown)} more layers changed")
         ratio = self.params_after / self.params_before if self.params_before else 1.0
         lines.append(
             f"parameters: {self.params_before:,} -> {self.params_after:,} ({ratio:.1%} kept); "
-            f"{self.num_groups} groups; backend {self.backend}"
+            f"{len(rows)} layers changed in {self.num_groups} groups; backend {self.backend}"
         )
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
         lines.append(f"time: {stages}")

@@ -246,6 +246,9 @@ def test_model_output_pytree_and_shared_parameters():
 
 
 def test_summary_lists_changes():
-    result = dx.prune(small_net(), X, ratio=0.5)
-    text = result.summary()
-    assert "stem.0.weight" in text and "parameters:" in text and "time:" in text
+    model = small_net()
+    result = dx.prune(model, X, ratio=0.5)
+    text = result.summary(max_rows=None)
+    [row] = [line for line in text.splitlines() if line.startswith("stem.0 ")]
+    assert "(16, 3, 3, 3)" in row and str(tuple(model.stem[0].weight.shape)) in row
+    assert f"{result.params_before:,} -> {result.params_after:,}" in text and "time:" in text
