@@ -15,7 +15,6 @@ from .errors import InvalidArgumentError, NoPrunableGroupsError, PlanValidationE
 from .importance import unit_scores
 from .plan import Plan, check_ratio, check_round_to, make_plan, select_local
 
-
 _MAX_FEEDBACK = 32  # validation rounds; each blocks at least one more slot
 
 

@@ -194,7 +194,8 @@ class DependencyGraph:
             dims = []
             for d, slot in enumerate(self.coupling_model.value_slots[v]):
                 leaves = res.leaves_of(slot)
-                dims.append(TensorDim(name, d, g.values[v].shape[d], leaves, res.leaf_sizes[leaves]))
+                size = g.values[v].shape[d]
+                dims.append(TensorDim(name, d, size, leaves, res.leaf_sizes[leaves]))
             self.tensor_dims[name] = dims
         has_param = np.zeros(res.num_units, dtype=bool)
         for name in g.params:

@@ -50,7 +50,9 @@ def _scored_leaves(dg: DependencyGraph, td) -> list[int]:
     res = dg.resolution
     out = []
     for pos, leaf in enumerate(td.leaves):
-        if res.leaf_unit_offsets[leaf] >= 0 and dg.unit_prunable[res.units_of_leaf(int(leaf))].any():
+        if res.leaf_unit_offsets[leaf] < 0:
+            continue
+        if dg.unit_prunable[res.units_of_leaf(int(leaf))].any():
             out.append(pos)
     return out
 

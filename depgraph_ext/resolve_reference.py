@@ -167,7 +167,7 @@ class _Resolver:
         return self.aux[k]
 
     def piece_mode(self, kind: int, ops: list[int]) -> tuple[int, int, int]:
-        """(mode, inner size I, piece factors kept inside the inner part: 0 = all, 1 = all but first)."""
+        """(mode, inner size I, piece factors inside the inner part: 0 = all, 1 = all but first)."""
         atoms = self.atoms
         whole, piece, start = ops[0], ops[1], ops[2]
         step = ops[3] if kind == _SLICE else 1

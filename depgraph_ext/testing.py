@@ -54,7 +54,8 @@ def assert_scatter_back_equal(original: torch.nn.Module, pruned: torch.nn.Module
     assert len(expected) == len(actual), f"{len(actual)} outputs, expected {len(expected)}"
     for i, (e, a) in enumerate(zip(expected, actual)):
         assert e.shape == a.shape, f"output {i}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m, i=i: f"output {i}: {m}")
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol,
+                                   msg=lambda m, i=i: f"output {i}: {m}")
 
 
 def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module, plan) -> None:

@@ -240,7 +240,8 @@ def _on_meta(params: dict[str, torch.Tensor]) -> bool:
     return any(p.device.type == "meta" for p in params.values())
 
 
-def trace(model: torch.nn.Module, example_inputs, shapes: dict[str, tuple] | None = None) -> OpGraph:
+def trace(model: torch.nn.Module, example_inputs,
+          shapes: dict[str, tuple] | None = None) -> OpGraph:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator

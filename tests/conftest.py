@@ -17,7 +17,8 @@ def state_of(model: torch.nn.Module) -> dict:
                for n, t in list(model.named_parameters()) + list(model.named_buffers())}
     attrs = {n: {k: copy.copy(v) for k, v in vars(m).items() if not k.startswith("_")}
              for n, m in model.named_modules()}
-    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks))
+             for n, m in model.named_modules()}
     return {"tensors": tensors, "attrs": attrs, "hooks": hooks}
 
 

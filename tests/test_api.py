@@ -9,12 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from nets import ResNeXt, randomize_norms
 from torch import nn
 
 import depgraph_ext as dx
 from conftest import assert_same_state, prune_and_check, state_of
 from depgraph_ext.testing import assert_scatter_back_equal
+from nets import ResNeXt, randomize_norms
 
 
 def small_net() -> nn.Module:
@@ -123,7 +123,7 @@ def test_ignore_keeps_tensors_whole_and_couplings_follow():
 
 def test_round_to_and_l1():
     model = small_net()
-    result = dx.prune(model, X, ratio=0.3, round_to=4, importance="l1")
+    dx.prune(model, X, ratio=0.3, round_to=4, importance="l1")
     for block in model.blocks:
         assert block.conv1.out_channels % 4 == 0
 
