@@ -5,6 +5,7 @@
 """
 
 from .api import PruneResult, count_params, prune, prune_group
+from .configs import ConfigMismatchWarning
 from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, OpaqueOpWarning
 from .errors import (
     BackendUnavailableError,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "ConfigMismatchWarning",
     "DependencyGraph",
     "FixedSizeWarning",
     "Group",

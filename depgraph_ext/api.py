@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from .apply import AttributeUpdate, apply_plan
+from .configs import ConfigUpdate, apply_config_updates
 from .dependency import DependencyGraph, FixedSizeWarning, Group
 from .errors import InvalidArgumentError, NoPrunableGroupsError, PlanValidationError
 from .importance import unit_scores
-from .plan import Plan, check_ratio, check_round_to, make_plan, select_local
+from .plan import Plan, check_ratio, check_ratios, check_round_to, make_plan, select_local
 
 _MAX_FEEDBACK = 32  # validation rounds; each blocks at least one more slot
 
@@ -38,6 +39,7 @@ class PruneResult:
     shapes_before: dict[str, tuple[int, ...]]
     shapes_after: dict[str, tuple[int, ...]]
     attribute_updates: list[AttributeUpdate] = field(default_factory=list)
+    config_updates: list[ConfigUpdate] = field(default_factory=list)
     num_groups: int = 0
     backend: str = "native"
 
@@ -79,6 +81,8 @@ def prune(
     round_to: int | None = None,
     backend: str | None = None,
     strict: bool = False,
+    ratios: dict[str, float] | None = None,
+    require_loadable: bool = False,
 ) -> PruneResult:
     """Structurally prune ``model`` in place; returns a :class:`PruneResult`.
 
@@ -88,10 +92,15 @@ def prune(
     ``round_to``: round the units left in each group up to a multiple of this.
     ``backend``: ``"native"`` (default when the extension is built) or ``"python"``.
     ``strict``: raise on ops without a rule instead of blocking their channels.
+    ``ratios``: per group kind (``"heads"``, ``"hidden"``, ``"channels"``) ratios overriding
+    ``ratio``; 0 leaves that kind alone.
+    ``require_loadable``: refuse (before any change) when a transformers config cannot express
+    the pruned shapes; otherwise that is a ``ConfigMismatchWarning``.
 
     Nothing about the model changes when an error is raised.
     """
     ratio = check_ratio(ratio)
+    ratios = check_ratios(ratios)
     round_to = check_round_to(round_to)
     if not isinstance(importance, str):
         raise InvalidArgumentError(f"importance must be a name, not {type(importance).__name__}")
@@ -109,12 +118,12 @@ def prune(
                 "output, an ignored tensor or an op without a rule"
                 + "".join(f"\n  - {op.describe()}" for op in dg.opaque_ops)
             )
-        keep = select_local(dg, scores, ratio, round_to)
+        keep = select_local(dg, scores, ratio, round_to, ratios)
         t3 = time.perf_counter()
         timings["score"] += t2 - t1
         timings["select"] += t3 - t2
         try:
-            planned = make_plan(dg, keep)
+            planned = make_plan(dg, keep, require_loadable)
         except PlanValidationError as exc:
             timings["plan"] += time.perf_counter() - t3
             if not exc.fixed_slots:
@@ -150,13 +159,15 @@ def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
     return _apply(dg, *planned, dict(dg.timings) | {"plan": time.perf_counter() - t0}, t0)
 
 
-def _apply(dg: DependencyGraph, plan: Plan, updates, timings: dict, t0: float) -> PruneResult:
+def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
+           t0: float) -> PruneResult:
     model = dg.model
     params_before = count_params(model)
     t = time.perf_counter()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
     apply_plan(model, plan, updates)
+    apply_config_updates(model, new_config)
     dg.stale = True
     t_apply = time.perf_counter()
     timings = timings | {"apply": t_apply - t, "total": t_apply - t0}
@@ -168,6 +179,7 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, timings: dict, t0: float) -
         shapes_before=shapes_before,
         shapes_after={n: tuple(tensors[n].shape) for n in plan},
         attribute_updates=updates,
+        config_updates=new_config,
         num_groups=len(dg.groups),
         backend=dg.backend,
     )

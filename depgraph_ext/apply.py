@@ -88,7 +88,50 @@ def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
             update(name, m, "embedding_dim", w[1])
         elif isinstance(m, nn.PReLU) and w is not None:
             update(name, m, "num_parameters", w[0])
+        elif type(m).__name__ == "Conv1D" and w is not None and len(w) == 2:
+            update(name, m, "nx", w[0])  # transformers' GPT-2 linear: weight [in, out]
+            update(name, m, "nf", w[1])
+    updates += _attention_updates(dg, modules, masks)
     return updates
+
+
+_HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+_KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+_HEADS_TIMES_DIM = ("all_head_size", "inner_dim", "split_size")
+_HIDDEN = ("hidden_size", "embed_dim", "d_model", "n_embd")
+
+
+def _attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
+    """Attention modules' head counts (and sizes derived from them), and the hidden size modules
+    keep as an attribute, where the current value matches the traced one."""
+    sizes = dg.coupling_model.couplings.slot_sizes
+    kept = dg.slot_kept_size
+    found: dict[tuple[str, str], object] = {}
+    for call in dg.coupling_model.attention:
+        h, hk = int(sizes[call.heads]), int(sizes[call.kv_heads])
+        h2, hk2 = kept(call.heads, masks), kept(call.kv_heads, masks)
+        known_dim = call.head_dim >= 0
+        d = int(sizes[call.head_dim]) if known_dim else 0
+        d2 = kept(call.head_dim, masks) if known_dim else 0
+        m = modules.get(call.module)
+        if m is None:
+            continue
+        for names, old, new in ((_HEADS, h, h2), (_KV_HEADS, hk, hk2),
+                                (_HEADS_TIMES_DIM if known_dim else (), h * d, h2 * d2),
+                                (("num_key_value_groups",), h // hk, h2 // max(hk2, 1))):
+            for attr in names:
+                if getattr(m, attr, None) == old and old != new:
+                    found[(call.module, attr)] = (old, new)
+    hidden = {(int(sizes[s]), kept(s, masks)) for s, kind in dg.coupling_model.kind_slots
+              if kind == "hidden"}
+    changed = {old: new for old, new in hidden if old != new}
+    if len(changed) == 1 and len(hidden) == 1:
+        [(old, new)] = changed.items()
+        for name, m in modules.items():
+            for attr in _HIDDEN:
+                if (name, attr) not in found and getattr(m, attr, None) == old:
+                    found[(name, attr)] = (old, new)
+    return [AttributeUpdate(name, attr, old, new) for (name, attr), (old, new) in found.items()]
 
 
 def _set(model: nn.Module, update: AttributeUpdate, value) -> None:

@@ -12,8 +12,11 @@ import torch
 from .couplings import CouplingBuilder, CouplingKind, Couplings, Resolution
 from .errors import InvalidArgumentError, PruningError, UnsupportedOpError
 from .resolve import resolve, select_backend
-from .rules import RuleContext, RuleError, rule_for
+from .rules import AttentionCall, RuleContext, RuleError, rule_for
 from .trace import OpGraph, named_tensors, trace
+
+# Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
+KINDS = ("channels", "hidden", "heads")
 
 
 class OpaqueOpWarning(UserWarning):
@@ -46,12 +49,19 @@ class CouplingModel:
     value_slots: list[list[int]]
     attr_slots: list[tuple[str, str, int]]
     opaque: list[OpaqueOp]
+    kind_slots: list[tuple[int, str]]
+    attention: list[AttentionCall]
 
 
-def build_couplings(graph: OpGraph, ignored: set[str], strict: bool) -> CouplingModel:
-    """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque."""
+def build_couplings(graph: OpGraph, ignored: set[str], strict: bool,
+                    hidden_tensors: list[str] = ()) -> CouplingModel:
+    """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
+
+    ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights)."""
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
+    for name in hidden_tensors:
+        ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
     for v in graph.inputs + graph.outputs:
         ctx.block_value(v)
     named = graph.params | graph.buffers
@@ -95,7 +105,11 @@ def build_couplings(graph: OpGraph, ignored: set[str], strict: bool) -> Coupling
                 ctx.block(s)
     query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
     query += [slot for _, _, slot in ctx.attr_slots]
-    return CouplingModel(builder.build(query), ctx.value_slots, ctx.attr_slots, opaque)
+    query += [slot for slot, _ in ctx.kind_slots]
+    query += [s for call in ctx.attention
+              for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim) if s >= 0]
+    return CouplingModel(builder.build(query), ctx.value_slots, ctx.attr_slots, opaque,
+                         ctx.kind_slots, ctx.attention)
 
 
 @dataclass
@@ -125,6 +139,7 @@ class Group:
     unit_ids: np.ndarray  # global unit ids, group-local unit i is unit_ids[i]
     prunable: np.ndarray  # bool per local unit
     members: list[Member]
+    kind: str = "channels"  # "heads" | "hidden" | "channels"
 
     @property
     def num_units(self) -> int:
@@ -137,7 +152,8 @@ class Group:
     def __repr__(self) -> str:
         names = ", ".join(f"{m.name}[{m.dim}]" for m in self.members[:4])
         more = f" +{len(self.members) - 4}" if len(self.members) > 4 else ""
-        return (f"Group({self.index}: {self.num_units} units, {self.num_prunable} prunable; "
+        return (f"Group({self.index}, {self.kind}: {self.num_units} units, "
+                f"{self.num_prunable} prunable; "
                 f"{names}{more})")
 
 
@@ -175,7 +191,8 @@ class DependencyGraph:
         self.graph = trace(model, example_inputs)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore)
-        self.coupling_model = build_couplings(self.graph, self.ignored, strict)
+        self.coupling_model = build_couplings(self.graph, self.ignored, strict,
+                                              _norm_weights_of_stream(model, self.graph))
         t2 = time.perf_counter()
         self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
         t3 = time.perf_counter()
@@ -197,6 +214,13 @@ class DependencyGraph:
                 size = g.values[v].shape[d]
                 dims.append(TensorDim(name, d, size, leaves, res.leaf_sizes[leaves]))
             self.tensor_dims[name] = dims
+        self.unit_kind = np.zeros(res.num_units, dtype=np.int8)  # index into KINDS
+        for slot, kind in self.coupling_model.kind_slots:
+            code = KINDS.index(kind)
+            for leaf in res.leaves_of(slot):
+                if res.leaf_unit_offsets[leaf] >= 0:
+                    units = res.units_of_leaf(int(leaf))
+                    self.unit_kind[units] = np.maximum(self.unit_kind[units], code)
         has_param = np.zeros(res.num_units, dtype=bool)
         for name in g.params:
             for td in self.tensor_dims[name]:
@@ -265,7 +289,8 @@ class DependencyGraph:
                 Member(name, dim, torch.from_numpy(sel), torch.from_numpy(local[units]))
                 for name, dim, sel, units in members.get(gid, [])
             ]
-            groups.append(Group(len(groups), unit_ids, prunable, ms))
+            kind = KINDS[int(self.unit_kind[unit_ids].max())]
+            groups.append(Group(len(groups), unit_ids, prunable, ms, kind))
         return groups
 
     # -- shapes --------------------------------------------------------------------------------
@@ -357,3 +382,17 @@ def resolve_ignore(model: torch.nn.Module, ignore) -> set[str]:
 def _module_tensors(module: torch.nn.Module):
     yield from module.named_parameters()
     yield from module.named_buffers()
+
+
+def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph) -> list[str]:
+    """Weights of RMSNorm-style modules (built from primitive ops, so no op rule sees a norm)
+    whose size is the model's hidden size: their dim is the residual stream."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    out = []
+    for name, m in model.named_modules():
+        if type(m).__name__.endswith("RMSNorm"):
+            w = f"{name}.weight" if name else "weight"
+            if w in graph.params and len(graph.values[graph.params[w]].shape) == 1 and (
+                    hidden is None or graph.values[graph.params[w]].shape[0] == hidden):
+                out.append(w)
+    return out

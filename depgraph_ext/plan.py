@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .apply import AttributeUpdate, attribute_updates, temporary_attributes
-from .dependency import DependencyGraph
+from .configs import check_loadable, config_updates
+from .dependency import KINDS, DependencyGraph
 from .errors import InvalidArgumentError, PlanValidationError, TraceError
 from .trace import trace
 
@@ -33,16 +34,33 @@ def check_round_to(round_to) -> int | None:
     return round_to
 
 
+def check_ratios(ratios) -> dict[str, float]:
+    if ratios is None:
+        return {}
+    if not isinstance(ratios, dict):
+        raise InvalidArgumentError(f"ratios must be a dict {{kind: ratio}}, not "
+                                   f"{type(ratios).__name__}")
+    unknown = set(ratios) - set(KINDS)
+    if unknown:
+        raise InvalidArgumentError(f"ratios: unknown group kind(s) {sorted(unknown)}; the kinds "
+                                   f"are {list(KINDS)}")
+    return {k: check_ratio(v, f"ratios[{k!r}]") for k, v in ratios.items()}
+
+
 def select_local(dg: DependencyGraph, scores: torch.Tensor, ratio: float,
-                 round_to: int | None = None) -> np.ndarray:
-    """Keep mask over units: every group loses ``floor(ratio * prunable units)`` of its lowest
-    scoring prunable units; with ``round_to`` the units left in a group are rounded up to a
-    multiple of it. Every tensor dim keeps at least one index."""
+                 round_to: int | None = None, ratios: dict[str, float] | None = None
+                 ) -> np.ndarray:
+    """Keep mask over units: every group loses ``floor(r * prunable units)`` of its lowest
+    scoring prunable units, r being ``ratios[group.kind]`` or else ``ratio``; with ``round_to``
+    the units left in a group are rounded up to a multiple of it. Every tensor dim keeps at least
+    one index."""
     s = scores.numpy()
+    ratios = ratios or {}
     keep = np.ones(dg.resolution.num_units, dtype=bool)
     for group in dg.groups:
         candidates = group.unit_ids[group.prunable]
-        n_remove = int(math.floor(candidates.shape[0] * ratio + 1e-9))
+        r = ratios.get(group.kind, ratio)
+        n_remove = int(math.floor(candidates.shape[0] * r + 1e-9))
         if round_to:
             kept = group.num_units - n_remove
             kept = min(group.num_units, -(-kept // round_to) * round_to)
@@ -163,16 +181,19 @@ def _sizes_fixed_by_call(dg: DependencyGraph, node, new_args, masks) -> list[int
         return []
     slots = dg.coupling_model.value_slots[out]
     for old_arg, new_arg in zip(node.args, new_args):
-        if (isinstance(old_arg, (list, tuple)) and len(old_arg) == len(slots)
-                and all(isinstance(x, int) for x in old_arg) and list(old_arg) == list(new_arg)):
-            return [s for d, s in enumerate(slots)
-                    if old_arg[d] != -1 and dg.slot_kept_size(s, masks) != old_arg[d]]
+        if (isinstance(old_arg, (list, tuple)) and isinstance(new_arg, (list, tuple))
+                and len(old_arg) == len(new_arg) == len(slots)
+                and all(isinstance(x, int) for x in (*old_arg, *new_arg))):
+            return [s for d, s in enumerate(slots) if new_arg[d] == old_arg[d] != -1
+                    and dg.slot_kept_size(s, masks) != old_arg[d]]
     return []
 
 
-def make_plan(dg: DependencyGraph, unit_keep: np.ndarray):
-    """Plan, leaf masks and attribute updates for a keep mask, validated before returning."""
+def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool = False):
+    """Plan, attribute updates and config updates for a keep mask, validated before returning."""
     plan, masks = build_plan(dg, unit_keep)
     updates = attribute_updates(dg, plan, masks)
     validate_plan(dg, plan, masks, updates)
-    return plan, updates
+    new_config, problems = config_updates(dg, masks, unit_keep)
+    check_loadable(dg, new_config, planned_shapes(dg, plan), problems, require_loadable)
+    return plan, updates, new_config

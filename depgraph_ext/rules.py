@@ -16,6 +16,7 @@ A rule reads one traced :class:`~depgraph_ext.trace.Node` and emits couplings be
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .couplings import CouplingBuilder
 from .trace import Node, OpGraph, Ref
@@ -36,6 +37,9 @@ class RuleContext:
         self.touched: set[int] = set()
         # (module name, attribute, slot): the attribute's new value is the slot's kept size.
         self.attr_slots: list[tuple[str, str, int]] = []
+        # (slot, kind): the group of the slot's units is of that kind ("heads", "hidden").
+        self.kind_slots: list[tuple[int, str]] = []
+        self.attention: list[AttentionCall] = []
 
     # -- reading ---------------------------------------------------------------------------
     def slots(self, v: int | Ref) -> list[int]:
@@ -46,6 +50,15 @@ class RuleContext:
 
     def size(self, slot: int) -> int:
         return self.builder.slot_sizes[slot]
+
+    def consumers(self, v: int) -> list[Node]:
+        """Nodes reading value ``v``, in order."""
+        if not hasattr(self, "_consumers"):
+            self._consumers: dict[int, list[Node]] = {}
+            for node in self.graph.nodes:
+                for i in dict.fromkeys(node.inputs):
+                    self._consumers.setdefault(i, []).append(node)
+        return self._consumers.get(v, [])
 
     # -- emitting ----------------------------------------------------------------------------
     def new_slot(self, size: int) -> int:
@@ -80,6 +93,9 @@ class RuleContext:
 
     def set_attr_from_slot(self, module: str, attr: str, slot: int) -> None:
         self.attr_slots.append((module, attr, slot))
+
+    def tag(self, slot: int, kind: str) -> None:
+        self.kind_slots.append((slot, kind))
 
     # -- shared patterns -------------------------------------------------------------------
     def equal_dims(self, a: int | Ref, b: int | Ref, pairs) -> None:
@@ -126,6 +142,18 @@ class RuleContext:
                 self.equal(ss[run_in[0][0]], sd[run_out[0][0]])
             else:
                 self.reshape([ss[k] for k, _ in run_in], [sd[k] for k, _ in run_out])
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One attention op: its module and the slots of its query heads, key/value heads and head
+    dims (what attention modules' attributes and a transformers config describe)."""
+
+    module: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    v_head_dim: int
 
 
 class RuleError(Exception):
@@ -433,6 +461,66 @@ def flip(ctx: RuleContext, node: Node) -> None:
 _register_many(["aten.flip", "aten.roll"], flip)
 
 
+def triangle(ctx: RuleContext, node: Node) -> None:
+    """tril/triu zero by position on the last two dims: those are blocked, the rest are equal."""
+    src, out = node.inputs[0], node.outputs[0]
+    ss, so = ctx.slots(src), ctx.slots(out)
+    for i in range(len(ss)):
+        if i >= len(ss) - 2:
+            ctx.block(ss[i])
+        else:
+            ctx.equal(ss[i], so[i])
+
+
+_register_many(["aten.tril", "aten.triu"], triangle)
+
+
+def as_strided(ctx: RuleContext, node: Node) -> None:
+    """Only the squeeze/unsqueeze-like case (same non-1 sizes, in order) has a known mapping."""
+    src, out = node.inputs[0], node.outputs[0]
+    if [n for n in ctx.shape(src) if n != 1] != [n for n in ctx.shape(out) if n != 1]:
+        raise RuleError("as_strided to a different layout")
+    ctx.reshape_dims(src, out)
+
+
+_register_many(["aten.as_strided", "aten.as_strided_copy"], as_strided)
+
+
+def index_tensor(ctx: RuleContext, node: Node) -> None:
+    """x[i0, i1, ...] with index tensors on some dims: indexed dims are blocked (their indices are
+    data); the other dims of x are equal to the output's; the index tensors' dims are the
+    output's broadcast dims."""
+    src, out = node.inputs[0], node.outputs[0]
+    indices = list(_arg(node, "indices"))
+    ss, so = ctx.slots(src), ctx.slots(out)
+    indexed = [d for d, ix in enumerate(indices) if ix is not None]
+    if not indexed:
+        raise RuleError("index without index tensors")
+    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+    bdims = max(len(ctx.shape(ix)) for ix in indices if ix is not None)
+    first = indexed[0] if adjacent else 0
+    for d in indexed:
+        ctx.block(ss[d])
+    j = 0
+    for d in range(len(ss)):
+        if d in indexed:
+            continue
+        pos = (d if d < first else d - len(indexed) + bdims) if adjacent else bdims + j
+        j += 1
+        if ctx.size(ss[d]) != 1:
+            ctx.equal(ss[d], so[pos])
+    for ix in indices:
+        if isinstance(ix, Ref):
+            si, shape = ctx.slots(ix), ctx.shape(ix)
+            for k, size in enumerate(shape):
+                pos = first + bdims - len(shape) + k
+                if size != 1 and size == ctx.shape(out)[pos]:
+                    ctx.equal(si[k], so[pos])
+
+
+_register_many(["aten.index", "aten._unsafe_index"], index_tensor)
+
+
 def constant_pad(ctx: RuleContext, node: Node) -> None:
     src, out = node.inputs[0], node.outputs[0]
     pad = list(_arg(node, "pad"))
@@ -487,9 +575,64 @@ _register_many(
 
 def softmax(ctx: RuleContext, node: Node) -> None:
     ctx.broadcast([node.inputs[0]], node.outputs)
+    x = node.inputs[0]
+    shape = ctx.shape(x)
+    if node.packet not in ("aten._softmax", "aten.softmax", "aten._safe_softmax"):
+        return
+    if len(shape) != 4 or _dim(_arg(node, "dim"), 4) != 3:
+        return
+    scores = _matmul_before(ctx, x)
+    if scores is None:
+        return
+    # Attention built from matmul + softmax over [batch, heads, L, S]: the same policy as the
+    # attention rule (heads are units, head dims are blocked).
+    heads = ctx.slots(x)[1]
+    head_dim = ctx.slots(scores.inputs[0])[-1]
+    ctx.block(head_dim)
+    weighted = _matmul_after(ctx, node.outputs[0])
+    v_head_dim = ctx.slots(weighted.outputs[0])[-1] if weighted is not None else -1
+    if v_head_dim >= 0:
+        ctx.block(v_head_dim)
+    ctx.tag(heads, "heads")
+    ctx.attention.append(AttentionCall(node.module, heads, heads, head_dim, v_head_dim))
 
 
-_register_many(["aten._softmax", "aten.softmax", "aten._log_softmax", "aten.log_softmax",
+_MATMULS = ("aten.bmm", "aten.matmul", "aten.baddbmm", "aten.mm")
+
+
+def _matmul_before(ctx: RuleContext, v: int, depth: int = 6) -> Node | None:
+    """The batched matmul ``v`` comes from through a few element-wise/view ops, if any."""
+    graph = ctx.graph
+    for _ in range(depth):
+        producer = graph.values[v].producer
+        if producer is None:
+            return None
+        node = graph.nodes[producer]
+        if node.packet in _MATMULS:
+            return node
+        if not node.inputs:
+            return None
+        v = node.inputs[0]
+    return None
+
+
+def _matmul_after(ctx: RuleContext, v: int, depth: int = 6) -> Node | None:
+    """The batched matmul that consumes ``v`` (as its left operand) through a few view ops."""
+    for _ in range(depth):
+        consumers = ctx.consumers(v)
+        if not consumers:
+            return None
+        node = consumers[0]
+        if node.packet in _MATMULS:
+            return node if node.inputs[0] == v else None
+        if not node.outputs:
+            return None
+        v = node.outputs[0]
+    return None
+
+
+_register_many(["aten._softmax", "aten.softmax", "aten._safe_softmax", "aten._log_softmax",
+                "aten.log_softmax",
                 "aten.cumsum", "aten.cumprod", "aten.logcumsumexp"], softmax)
 
 
@@ -608,6 +751,8 @@ def layer_norm(ctx: RuleContext, node: Node) -> None:
     sx = ctx.slots(x)
     lead = len(sx) - len(normalized)
     ctx.broadcast([x], [node.outputs[0]])
+    for s in sx[lead:]:
+        ctx.tag(s, "hidden")
     for ref in (_arg(node, "weight"), _arg(node, "bias")):
         if isinstance(ref, Ref):
             sv = ctx.slots(ref)
@@ -663,6 +808,7 @@ def embedding(ctx: RuleContext, node: Node) -> None:
     sw, si, so = ctx.slots(w), ctx.slots(idx), ctx.slots(node.outputs[0])
     ctx.block(sw[0])
     ctx.equal(sw[1], so[-1])
+    ctx.tag(sw[1], "hidden")
     for i, s in enumerate(si):
         if ctx.size(s) != 1:
             ctx.equal(s, so[i])
@@ -695,3 +841,63 @@ for _k in (1, 2, 3):
            f"aten._upsample_nearest_exact{_k}d", f"aten.upsample_trilinear{_k}d"],
         _spatial(_k),
     )
+
+
+# -- attention ----------------------------------------------------------------------------------
+def attention(ctx: RuleContext, node: Node) -> None:
+    """softmax(q k^T) v over [..., heads, length, head_dim]; k/v may have fewer heads (GQA).
+
+    With GQA, query heads are [kv head, query head in its kv group]; the second factor is blocked,
+    so a unit is one key/value head together with the query heads that share it. Head dims are
+    blocked: pruning them would change rotary frequencies and the softmax scale a config
+    recomputes on reload.
+    """
+    q, k, v = _arg(node, "query"), _arg(node, "key"), _arg(node, "value")
+    out = node.outputs[0]
+    sq, sk, sv, so = ctx.slots(q), ctx.slots(k), ctx.slots(v), ctx.slots(out)
+    for i in range(len(sq) - 3):  # batch dims
+        for other in (sk, sv, so):
+            if ctx.size(other[i]) == ctx.size(sq[i]) != 1:
+                ctx.equal(sq[i], other[i])
+    hq, hk = ctx.size(sq[-3]), ctx.size(sk[-3])
+    ctx.equal(sk[-3], sv[-3])
+    if hq == hk:
+        ctx.equal(sq[-3], sk[-3])
+    elif hk and hq % hk == 0:
+        group = ctx.new_slot(hq // hk)
+        ctx.block(group)
+        ctx.reshape([sq[-3]], [sk[-3], group])
+    else:
+        raise RuleError(f"{hq} query heads over {hk} key/value heads")
+    ctx.equal(sq[-3], so[-3])
+    ctx.equal(sq[-2], so[-2])
+    ctx.equal(sk[-2], sv[-2])
+    ctx.equal(sq[-1], sk[-1])
+    ctx.equal(sv[-1], so[-1])
+    ctx.block(sq[-1])
+    ctx.block(sv[-1])
+    mask = _arg(node, "attn_mask") or _arg(node, "attn_bias")
+    if isinstance(mask, Ref):  # broadcast against [..., heads, L, S]
+        sm, shape = ctx.slots(mask), ctx.shape(mask)
+        target = [*sq[:-1], sk[-2]]
+        lead = len(target) - len(shape)
+        for i, size in enumerate(shape):
+            if i + lead >= 0 and size != 1 and size == ctx.size(target[i + lead]):
+                ctx.equal(sm[i], target[i + lead])
+    for extra in node.outputs[1:]:  # logsumexp [..., heads, L] and the like
+        se = ctx.slots(extra)
+        if tuple(ctx.size(x) for x in se) == ctx.shape(q)[:-1]:
+            for a, b in zip(se, sq[:-1]):
+                ctx.equal(a, b)
+    ctx.tag(sq[-3], "heads")
+    ctx.tag(sk[-3], "heads")
+    ctx.attention.append(AttentionCall(node.module, sq[-3], sk[-3], sq[-1], sv[-1]))
+
+
+_register_many(
+    ["aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
+     "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_efficient_attention",
+     "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_attention_math",
+     "aten._scaled_dot_product_fused_attention_overrideable"],
+    attention,
+)

@@ -164,8 +164,9 @@ class _Recorder(TorchDispatchMode):
             if not isinstance(t, torch.Tensor):
                 continue
             known = self.value_of.get(id(t))
-            if known is not None and known in inputs:  # in-place / out= result aliases an input
-                outputs.append(known)
+            if (known is not None and known in inputs
+                    and self.graph.values[known].shape == tuple(t.shape)):
+                outputs.append(known)  # in-place / out= result: the same tensor, same indices
             else:
                 outputs.append(self.add_value(t, "op", producer=node_index))
         module = self.module_stack[-1] if self.module_stack else ""

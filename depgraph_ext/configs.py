@@ -1,0 +1,175 @@
+"""A transformers model's config follows the pruning, so that ``save_pretrained`` then
+``from_pretrained`` rebuilds the pruned model.
+
+The new values come from the resolved graph: attention calls give heads, key/value heads and head
+dims; the hidden-kind group gives the hidden size; the channel groups that had the config's
+intermediate size give the MLP width. A config holds one value per field, so a field is set only
+when every layer agrees. Then the config is checked the only way that is sure: a model built from
+it on the meta device must have every pruned tensor's shape. If it does not, the user is told
+which tensor disagrees (and ``require_loadable=True`` refuses before anything changes).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import PruningError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .dependency import DependencyGraph
+
+_INTERMEDIATE = ("intermediate_size", "ffn_dim", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim")
+
+
+class ConfigMismatchWarning(UserWarning):
+    """The pruned model's shapes cannot be expressed by its config: it will not reload."""
+
+
+@dataclass(frozen=True)
+class ConfigUpdate:
+    field: str
+    old: object
+    new: object
+
+
+def _config_of(model):
+    config = getattr(model, "config", None)
+    try:
+        from transformers import PretrainedConfig
+    except ImportError:
+        return None
+    return config if isinstance(config, PretrainedConfig) else None
+
+
+def _uniform(pairs: set[tuple[int, int]], what: str, problems: list[str]):
+    """The new value of a field, from (old, new) per layer: None when nothing changed; when the
+    layers disagree (or had different values to begin with) a problem is noted."""
+    if all(old == new for old, new in pairs):
+        return None
+    news = {new for _, new in pairs}
+    if len(news) > 1 or len({old for old, _ in pairs}) > 1:
+        problems.append(f"{what} would differ between layers: {sorted(pairs)} (old, new)")
+        return None
+    return news.pop()
+
+
+def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep: np.ndarray):
+    """(updates, problems): new config field values, and what a config cannot express."""
+    config = _config_of(dg.model)
+    if config is None:
+        return [], []
+    sizes = dg.coupling_model.couplings.slot_sizes
+    kept = dg.slot_kept_size
+    problems: list[str] = []
+    updates: list[ConfigUpdate] = []
+
+    def propose(field: str, new) -> None:
+        if new is None or not hasattr(config, field):
+            return
+        old = getattr(config, field)
+        if old != new:
+            updates.append(ConfigUpdate(field, old, new))
+
+    calls = dg.coupling_model.attention
+    if calls:
+        propose("num_attention_heads",
+                _uniform({(int(sizes[c.heads]), kept(c.heads, masks)) for c in calls},
+                         "the number of attention heads", problems))
+        propose("num_key_value_heads",
+                _uniform({(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in calls},
+                         "the number of key/value heads", problems))
+        dims = {(int(sizes[c.head_dim]), kept(c.head_dim, masks)) for c in calls
+                if c.head_dim >= 0}
+        propose("head_dim", _uniform(dims, "the head dim", problems))
+        kept_dims = {new for _, new in dims}
+        head_dim = kept_dims.pop() if len(kept_dims) == 1 else None
+
+    hidden = {(int(sizes[s]), kept(s, masks)) for s, kind in dg.coupling_model.kind_slots
+              if kind == "hidden"}
+    propose("hidden_size", _uniform(hidden, "the hidden size", problems))
+    if calls and head_dim is not None and not hasattr(config, "head_dim") and updates:
+        # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
+        updates.append(ConfigUpdate("head_dim", None, head_dim))
+
+    for field in _INTERMEDIATE:
+        if not hasattr(config, field):
+            continue
+        width = getattr(config, field)
+        if width is None and field == "n_inner":  # GPT-2: None means 4 * hidden
+            width = 4 * config.hidden_size
+        if not isinstance(width, int):
+            continue
+        widths = set()
+        for g in dg.groups:
+            if g.kind == "channels" and g.num_units == width:
+                widths.add((width, int(unit_keep[g.unit_ids].sum())))
+        if any(old != new for old, new in widths):
+            propose(field, _uniform(widths, f"config.{field}", problems))
+    ratio = getattr(config, "mlp_ratio", None)
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0:
+        # Swin-like: each MLP is mlp_ratio x its stage's width; uniform pruning keeps one ratio.
+        new_ratios = set()
+        for g in dg.groups:
+            base = g.num_units / ratio
+            if g.kind == "channels" and base == int(base) and int(base) > 0:
+                kept_units = int(unit_keep[g.unit_ids].sum())
+                if kept_units != g.num_units:
+                    new_ratios.add(kept_units / base)
+        if len(new_ratios) == 1:
+            propose("mlp_ratio", new_ratios.pop())
+        elif new_ratios:
+            problems.append(f"the MLP width ratio differs between layers ({sorted(new_ratios)})")
+    return updates, problems
+
+
+def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_shapes,
+                   problems: list[str], require: bool) -> None:
+    """Build the model from the updated config on meta and compare every tensor's shape."""
+    model = dg.model
+    config = _config_of(model)
+    if config is None:
+        return
+    new_config = copy.deepcopy(config)
+    for u in updates:
+        setattr(new_config, u.field, u.new)
+    mismatches = list(problems)
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fresh = type(model)(new_config)
+        current = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
+        aliases = dg.graph.aliases
+        for name, t in fresh.state_dict(keep_vars=True).items():
+            expected = planned_shapes.get(aliases.get(name, name), current.get(name))
+            if expected is not None and tuple(t.shape) != tuple(expected):
+                mismatches.append(f"{name} would be {tuple(t.shape)} from the config, "
+                                  f"{tuple(expected)} pruned")
+    except Exception as exc:  # a config the model class itself rejects
+        mismatches.append(f"{type(model).__name__} cannot be built from the updated config "
+                          f"({type(exc).__name__}: {exc})")
+    if not mismatches:
+        return
+    message = (
+        f"{type(model).__name__}'s config cannot express the pruned shapes, so "
+        "save_pretrained/from_pretrained will not rebuild this model: "
+        + "; ".join(mismatches[:4]) + ("; ..." if len(mismatches) > 4 else "")
+        + ". Models whose config derives the head dim from hidden_size / num_attention_heads "
+        "(GPT-2, BERT, OPT, ViT, Swin) reload after pruning MLP channels only: pass "
+        "ratios={'heads': 0, 'hidden': 0}."
+    )
+    if require:
+        raise PruningError(message)
+    warnings.warn(message, ConfigMismatchWarning, stacklevel=4)
+
+
+def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:
+    config = _config_of(model)
+    for u in updates:
+        setattr(config, u.field, u.new)

@@ -1,0 +1,254 @@
+"""Transformers and LLMs: heads (GQA included), MLP channels and the hidden size, on real
+transformers architectures with random weights; models reload with from_pretrained."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from conftest import BACKENDS, prune_and_check
+from depgraph_ext.testing import outputs_of
+
+T = pytest.importorskip("transformers")
+
+IDS = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+PIXELS = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+# name -> (factory, inputs, class that reloads it, whether head pruning is expressible)
+LLMS = {
+    "llama_8_2": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2)), True),
+    "qwen2_24_8": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(
+        vocab_size=128, hidden_size=192, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=24, num_key_value_heads=8)), True),
+    "qwen3_28_4": (lambda: T.Qwen3ForCausalLM(T.Qwen3Config(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=28, num_key_value_heads=4, head_dim=8)), True),
+    "mistral_8_2": (lambda: T.MistralForCausalLM(T.MistralConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=2)), True),
+    "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(
+        vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)), False),
+    "opt": (lambda: T.OPTForCausalLM(T.OPTConfig(
+        vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
+        word_embed_proj_dim=64, bos_token_id=0, eos_token_id=0, pad_token_id=1)), False),
+    "bert": (lambda: T.BertForMaskedLM(T.BertConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4)), False),
+}
+VISION = {
+    "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(
+        image_size=32, patch_size=8, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_labels=5)), True),
+    "swin": (lambda: T.SwinForImageClassification(T.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+        window_size=4, num_labels=5)), False),
+}
+
+
+def build(factory):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return factory().double().eval()
+
+
+def inputs_for(name):
+    return {"pixel_values": PIXELS} if name in VISION else {"input_ids": IDS}
+
+
+def reload_and_compare(model, inputs, tmp_path):
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+    for a, b in zip(outputs_of(model, inputs), outputs_of(again, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def heads_of(model):
+    return [m for m in model.modules() if any(hasattr(m, a) for a in
+            ("num_heads", "num_attention_heads", "n_head")) and hasattr(m, "forward")
+            and any(isinstance(c, nn.Linear) or type(c).__name__ == "Conv1D"
+                    for c in m.children())]
+
+
+ALL = {**LLMS, **VISION}
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_heads_and_mlp_scatter_back_oracle(name):
+    factory, loadable = ALL[name]
+    model = build(factory)
+    inputs = inputs_for(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
+        pruned, result = prune_and_check(model, inputs, ratio=0.5,
+                                         ratios={"heads": 0.5, "hidden": 0.0})
+    before = dx.DependencyGraph(build(factory), inputs)
+    after = dx.DependencyGraph(pruned, inputs)
+    assert {g.kind for g in before.groups} >= {"heads", "channels"}
+
+    def kv_heads(dg):  # key/value heads of every attention call, as traced
+        sizes = dg.coupling_model.couplings.slot_sizes
+        return [int(sizes[c.kv_heads]) for c in dg.coupling_model.attention]
+
+    assert kv_heads(after) == [n - n // 2 for n in kv_heads(before)]
+    assert result.params_after < result.params_before
+
+
+@pytest.mark.parametrize("name", [n for n, (_, loadable) in ALL.items() if loadable])
+def test_heads_mlp_and_hidden_reload(name, tmp_path):
+    factory, _ = ALL[name]
+    model = build(factory)
+    inputs = inputs_for(name)
+    original_config = copy.deepcopy(model.config)
+    pruned, result = prune_and_check(model, inputs, ratio=0.5, oracle=False,
+                                     ratios={"heads": 0.5, "hidden": 0.25},
+                                     require_loadable=True)
+    cfg, old = pruned.config, original_config
+    if hasattr(old, "num_key_value_heads"):
+        assert cfg.num_key_value_heads == old.num_key_value_heads // 2
+    assert cfg.num_attention_heads == old.num_attention_heads // 2
+    assert cfg.hidden_size == old.hidden_size - old.hidden_size // 4
+    assert cfg.intermediate_size == old.intermediate_size // 2
+    assert cfg.head_dim == (getattr(old, "head_dim", None)
+                            or old.hidden_size // old.num_attention_heads)
+    reload_and_compare(pruned, inputs, tmp_path)
+
+
+@pytest.mark.parametrize("name", [n for n, (_, loadable) in ALL.items() if not loadable])
+def test_models_whose_config_derives_head_dim(name, tmp_path):
+    """Head pruning cannot be expressed by these configs: the user is told, and MLP-only
+    pruning reloads."""
+    factory, _ = ALL[name]
+    inputs = inputs_for(name)
+    with pytest.warns(dx.ConfigMismatchWarning, match="ratios="):
+        dx.prune(build(factory), inputs, ratio=0.5, ratios={"hidden": 0.0})
+    model = build(factory)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(dx.PruningError, match="cannot express"):
+        dx.prune(model, inputs, ratio=0.5, ratios={"hidden": 0.0}, require_loadable=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    pruned, result = prune_and_check(model, inputs, ratio=0.5,
+                                     ratios={"heads": 0.0, "hidden": 0.0},
+                                     require_loadable=True)
+    reload_and_compare(pruned, inputs, tmp_path)
+
+
+def test_gqa_unit_is_a_kv_head_with_its_query_heads():
+    model = build(LLMS["qwen3_28_4"][0])
+    dg = dx.DependencyGraph(model, {"input_ids": IDS})
+    [heads] = [g for g in dg.groups if g.kind == "heads" and any(
+        m.name == "model.layers.0.self_attn.q_proj.weight" for m in g.members)]
+    assert heads.num_units == 4  # key/value heads
+    q = next(m for m in heads.members if m.name == "model.layers.0.self_attn.q_proj.weight")
+    k = next(m for m in heads.members if m.name == "model.layers.0.self_attn.k_proj.weight")
+    assert q.unit_size == 7 * 8 and k.unit_size == 8  # 7 query heads x head_dim 8 per unit
+    assert q.units.tolist() == [i // 56 for i in range(224)]
+    result = dx.prune(model, {"input_ids": IDS}, ratio=0.0, ratios={"heads": 0.5})
+    assert model.config.num_attention_heads == 14 and model.config.num_key_value_heads == 2
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (112, 64)
+    assert result.params_after < result.params_before
+
+
+def test_rotary_rotate_half_closes_and_tied_embeddings(backend):
+    config = T.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                           tie_word_embeddings=True)
+    model = build(lambda: T.LlamaForCausalLM(config))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    dg = dx.DependencyGraph(model, {"input_ids": IDS}, backend=backend)
+    # rotate-half splits head_dim 16 into [half, pair]; the half factor is blocked, and head
+    # dims are not offered, so the rotary buffer stays whole.
+    dims = dg.tensor_dims["model.rotary_emb.inv_freq"][0]
+    assert dims.size == 8
+    result = dx.prune(model, {"input_ids": IDS}, ratio=0.5, backend=backend)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert "lm_head.weight" not in result.plan
+    assert model.lm_head.weight.shape == (128, model.config.hidden_size)
+    assert "model.rotary_emb.inv_freq" not in result.plan
+
+
+class TimmStyleViT(nn.Module):
+    """A ViT written the way timm writes it: class token and position embedding parameters,
+    attention from a fused qkv linear, matmul and softmax, layer scale."""
+
+    def __init__(self, dim=48, depth=2, heads=4, patch=8, image=32, classes=5):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        n = (image // patch) ** 2
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))  # layer scale
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        x = x + self.gamma * self.attn(self.norm1(x))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+
+
+def test_timm_style_vit_heads_mlp_and_hidden():
+    model = build(TimmStyleViT)
+    pruned, result = prune_and_check(model, PIXELS, ratio=0.5, ratios={"hidden": 0.0})
+    assert all(b.attn.num_heads == 2 for b in pruned.blocks)
+    assert pruned.blocks[0].fc1.out_features == 96
+    _, hidden = prune_and_check(build(TimmStyleViT), PIXELS, ratio=0.25, oracle=False)
+    assert hidden.plan["pos_embed"].keys() == {2} and hidden.plan["cls_token"].keys() == {2}
+    assert pruned.blocks[0].attn.qkv.weight.shape == (3 * 2 * 12, 48)
+
+
+def test_llama_3_8b_shape_traces_on_meta_without_weights():
+    config = T.LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                           num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8)
+    with torch.device("meta"):
+        model = T.LlamaForCausalLM(config)
+    dg = dx.DependencyGraph(model, {"input_ids": torch.randint(0, 128256, (1, 16))})
+    kinds = sorted(g.kind for g in dg.groups)
+    assert kinds == ["channels", "channels", "heads", "heads", "hidden"]
+    [heads] = [g for g in dg.groups if g.kind == "heads"][:1]
+    assert heads.num_units == 8
+    assert BACKENDS  # both backends agree on this graph too
+    if len(BACKENDS) == 2:
+        from depgraph_ext.resolve import resolutions_equal, resolve
+
+        py = resolve(dg.coupling_model.couplings, "python")
+        assert resolutions_equal(py, dg.resolution)
