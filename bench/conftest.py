@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 RESULTS: dict[tuple[str, str, str], float] = {}  # (workload, stage, tool) -> median seconds
+EXTRA: list[str] = []  # other figures of the run (memory, ...), printed under the table
 
 try:
     import torch_pruning  # optional: the anchor, measured side by side when installed
@@ -93,6 +94,7 @@ def pytest_terminal_summary(terminalreporter):
         ratios = [f"{t[x] / t['native']:.1f}x" if t[x] and t["native"] else "-"
                   for x in ("python", "torch-pruning")]
         lines.append(f"| {w} | {s} | " + " | ".join(cells + ratios) + " |")
+    lines += [""] + [f"- {line}" for line in EXTRA] if EXTRA else []
     text = "\n".join(lines)
     terminalreporter.write_sep("=", "depgraph_ext: medians and ratios (same run)")
     terminalreporter.write_line(text)
