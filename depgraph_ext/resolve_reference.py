@@ -40,13 +40,7 @@ class _Atoms:
         return len(self.parent) - 1
 
     def find(self, a: int) -> int:
-        parent = self.parent
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
+        return _find(self.parent, a)
 
     def leaves(self, a: int) -> list[int]:
         root = self.find(a)
@@ -123,6 +117,16 @@ class _Atoms:
             factors = [cuts[i + 1] // cuts[i] for i in range(len(cuts) - 1)]
             self.children[root] = [self.new(f) for f in reversed(factors)]
             self.changes += 1
+
+
+def _find(parent, a: int) -> int:
+    """Union-find root of ``a`` with path compression (``parent``: a list or a dict)."""
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:
+        parent[a], a = root, parent[a]
+    return root
 
 
 def _product(values: list[int]) -> int:
@@ -260,21 +264,11 @@ class _Resolver:
             return base
 
         def efind(e: int) -> int:
-            root = e
-            while elem_parent[root] != root:
-                root = elem_parent[root]
-            while elem_parent[e] != root:
-                elem_parent[e], e = root, elem_parent[e]
-            return root
+            return _find(elem_parent, e)
 
         def gfind(a: int) -> int:
             group_parent.setdefault(a, a)
-            root = a
-            while group_parent[root] != root:
-                root = group_parent[root]
-            while group_parent[a] != root:
-                group_parent[a], a = root, group_parent[a]
-            return root
+            return _find(group_parent, a)
 
         def join_elements(a: int, a_start: int, b: int, count: int) -> None:
             base_a, base_b = materialize(a), materialize(b)

@@ -12,6 +12,18 @@ using AtomList = std::vector<Atom>;
 
 constexpr int64_t kNone = -1;
 
+// Union-find root of x with path compression.
+int64_t find_root(std::vector<int64_t>& parent, int64_t x) {
+  int64_t root = x;
+  while (parent[root] != root) root = parent[root];
+  while (parent[x] != root) {
+    int64_t next = parent[x];
+    parent[x] = root;
+    x = next;
+  }
+  return root;
+}
+
 // Atoms under union-find; a root may be split into child atoms (row-major factors).
 class Atoms {
  public:
@@ -31,16 +43,7 @@ class Atoms {
     return count() - 1;
   }
 
-  Atom find(Atom a) {
-    Atom root = a;
-    while (parent_[root] != root) root = parent_[root];
-    while (parent_[a] != root) {
-      Atom next = parent_[a];
-      parent_[a] = root;
-      a = next;
-    }
-    return root;
-  }
+  Atom find(Atom a) { return find_root(parent_, a); }
 
   void leaves(Atom a, AtomList& out) {
     Atom root = find(a);
@@ -325,27 +328,11 @@ class Resolver {
     return elem_base_[a];
   }
 
-  int64_t efind(int64_t e) {
-    int64_t root = e;
-    while (elem_parent_[root] != root) root = elem_parent_[root];
-    while (elem_parent_[e] != root) {
-      int64_t next = elem_parent_[e];
-      elem_parent_[e] = root;
-      e = next;
-    }
-    return root;
-  }
+  int64_t efind(int64_t e) { return find_root(elem_parent_, e); }
 
   Atom gfind(Atom a) {
     if (group_parent_[a] == kNone) group_parent_[a] = a;
-    Atom root = a;
-    while (group_parent_[root] != root) root = group_parent_[root];
-    while (group_parent_[a] != root) {
-      Atom next = group_parent_[a];
-      group_parent_[a] = root;
-      a = next;
-    }
-    return root;
+    return find_root(group_parent_, a);
   }
 
   void join_elements(Atom a, int64_t a_start, Atom b, int64_t count) {
