@@ -78,6 +78,7 @@ def pytest_terminal_summary(terminalreporter):
     if not RESULTS:
         return
     tools = ["native", "python", "torch-pruning"]
+    extra_tools = sorted({t for _, _, t in RESULTS} - set(tools))
     rows = sorted({(w, s) for w, s, _ in RESULTS})
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
@@ -94,6 +95,10 @@ def pytest_terminal_summary(terminalreporter):
         ratios = [f"{t[x] / t['native']:.1f}x" if t[x] and t["native"] else "-"
                   for x in ("python", "torch-pruning")]
         lines.append(f"| {w} | {s} | " + " | ".join(cells + ratios) + " |")
+        for tool in extra_tools:
+            if (w, s, tool) in RESULTS:
+                t_x = RESULTS[(w, s, tool)]
+                lines.append(f"| {w} | {s}, {tool} | {t_x * 1e3:.1f} ms | | | | |")
     lines += [""] + [f"- {line}" for line in EXTRA] if EXTRA else []
     text = "\n".join(lines)
     terminalreporter.write_sep("=", "depgraph_ext: medians and ratios (same run)")

@@ -166,7 +166,7 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
     t = time.perf_counter()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
-    apply_plan(model, plan, updates)
+    apply_plan(model, plan, updates, in_place=dg.backend == "native")
     apply_config_updates(model, new_config)
     dg.stale = True
     t_apply = time.perf_counter()

@@ -159,11 +159,20 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
     return out.contiguous()
 
 
-def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate]) -> None:
+def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate],
+               in_place: bool = False) -> None:
     """Slice every planned tensor (and its ``.grad``) and set the new attributes.
 
-    Tied names share one tensor object, so slicing the canonical name covers every alias."""
+    Tied names share one tensor object, so slicing the canonical name covers every alias.
+    ``in_place`` (native ops): compact each tensor inside its own memory, so the weights are
+    never held twice; the plan is validated by then, and the model is fully pruned before the
+    freed tail memory is returned."""
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    if in_place:
+        _apply_in_place(tensors, plan)
+        for u in updates:
+            _set(model, u, u.new)
+        return
     with torch.no_grad():
         sliced = {}
         for name, dims in plan.items():
@@ -177,3 +186,28 @@ def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate]) -> None:
                 t.grad = grad
     for u in updates:
         _set(model, u, u.new)
+
+
+def _apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
+    from . import ops
+
+    with torch.no_grad():
+        for name, dims in plan.items():
+            t = tensors[name]
+            if not t.data.is_contiguous() or t.device.type == "meta":
+                t.data = gather(t.data, dims)
+            else:
+                data = t.data
+                for d, kept in sorted(dims.items()):
+                    [data] = ops.compact_([data], [d], [kept.to(data.device)])
+                t.data = data
+            grad = getattr(t, "grad", None)
+            if grad is not None and grad.shape != t.shape:
+                t.grad = gather(grad, dims)
+        for name in plan:  # everything is pruned; now give back the unused tail of each storage
+            data = tensors[name].data
+            storage = data.untyped_storage()
+            needed = data.numel() * data.element_size()
+            if data.device.type == "cpu" and data.storage_offset() == 0 and (
+                    storage.nbytes() > needed):
+                storage.resize_(needed)

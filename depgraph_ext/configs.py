@@ -156,13 +156,17 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
                           f"({type(exc).__name__}: {exc})")
     if not mismatches:
         return
+    if dg.coupling_model.attention:
+        advice = (" Models whose config derives the head dim from hidden_size / "
+                  "num_attention_heads (GPT-2, BERT, OPT, Swin) reload after pruning MLP "
+                  "channels only: pass ratios={'heads': 0, 'hidden': 0}.")
+    else:
+        advice = (" Its config has no field for these widths; keep the pruned model with "
+                  "torch.save, or its state_dict together with result.plan.")
     message = (
         f"{type(model).__name__}'s config cannot express the pruned shapes, so "
         "save_pretrained/from_pretrained will not rebuild this model: "
-        + "; ".join(mismatches[:4]) + ("; ..." if len(mismatches) > 4 else "")
-        + ". Models whose config derives the head dim from hidden_size / num_attention_heads "
-        "(GPT-2, BERT, OPT, ViT, Swin) reload after pruning MLP channels only: pass "
-        "ratios={'heads': 0, 'hidden': 0}."
+        + "; ".join(mismatches[:4]) + ("; ..." if len(mismatches) > 4 else "") + "." + advice
     )
     if require:
         raise PruningError(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import ops
 from .couplings import Couplings, Resolution
 from .errors import BackendUnavailableError, InvalidArgumentError
 from .resolve_reference import resolve_reference
@@ -20,7 +21,8 @@ BACKENDS = ("native", "python")
 
 
 def native_available() -> bool:
-    return _core is not None
+    """Both native parts load: the resolution core and the op library."""
+    return _core is not None and ops.available()
 
 
 def select_backend(backend: str | None) -> str:
@@ -29,12 +31,14 @@ def select_backend(backend: str | None) -> str:
         return "native" if native_available() else "python"
     if backend not in BACKENDS:
         raise InvalidArgumentError(f"backend must be one of {BACKENDS}, not {backend!r}")
-    if backend == "native" and not native_available():
+    if backend == "native" and _core is None:
         raise BackendUnavailableError(
             "backend='native' needs the compiled extension depgraph_ext._core, which failed to "
             f"import ({_CORE_IMPORT_ERROR}); build it with `pip install --no-build-isolation -e .` "
             "or pass backend='python'"
         )
+    if backend == "native" and not ops.available():
+        raise BackendUnavailableError(ops.load_error())
     return backend
 
 

@@ -1,0 +1,130 @@
+// gather_slices and compact_ on CPU: byte copies of kept rows, so any dtype is bit-exact.
+// gather_slices copies rows in parallel into new tensors; compact_ moves rows toward the start
+// of the tensor's own memory in increasing order (each destination lies at or before its
+// source, so the order makes the overlapping moves safe), in parallel across tensors.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <vector>
+
+#include "../checks.h"
+
+namespace depgraph_ext {
+namespace {
+
+std::vector<int64_t> kept_indices(const at::Tensor& kept, int64_t n, size_t i, bool sorted) {
+  check_index(kept, i, "kept");
+  at::Tensor k = kept.to(at::kLong).contiguous();
+  const int64_t* p = k.const_data_ptr<int64_t>();
+  std::vector<int64_t> out(p, p + k.numel());
+  for (size_t j = 0; j < out.size(); ++j) {
+    TORCH_CHECK(out[j] >= 0 && out[j] < n, "member ", i, ": kept index ", out[j],
+                " out of range for a dim of size ", n);
+    TORCH_CHECK(!sorted || j == 0 || out[j] > out[j - 1], "member ", i,
+                ": kept indices must be strictly increasing");
+  }
+  return out;
+}
+
+// Copy row by row: element (o, j, :) of dst is element (o, idx[j], :) of src.
+// parallel: rows go to threads and never overlap (gather_slices); otherwise rows are moved in
+// increasing order with memmove, since compact_'s destinations overlap later sources.
+template <typename word_t>
+void copy_rows(char* dst, const char* src, const Around& a, const std::vector<int64_t>& idx,
+               bool parallel) {
+  const int64_t k = static_cast<int64_t>(idx.size());
+  const int64_t row = a.inner * static_cast<int64_t>(sizeof(word_t));
+  if (a.inner == 1) {  // single words: a typed loop per outer row
+    auto body = [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        word_t* d = reinterpret_cast<word_t*>(dst) + o * k;
+        const word_t* s = reinterpret_cast<const word_t*>(src) + o * a.n;
+        for (int64_t j = 0; j < k; ++j) d[j] = s[idx[j]];
+      }
+    };
+    if (parallel) at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), body);
+    else body(0, a.outer);
+    return;
+  }
+  auto body = [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t o = r / k, j = r % k;
+      char* d = dst + r * row;
+      const char* s = src + (o * a.n + idx[j]) * row;
+      if (parallel) std::memcpy(d, s, row);
+      else std::memmove(d, s, row);
+    }
+  };
+  if (parallel) at::parallel_for(0, a.outer * k, std::max<int64_t>(1, (1 << 20) / row), body);
+  else body(0, a.outer * k);
+}
+
+void copy_kept(char* dst, const char* src, const Around& a, const std::vector<int64_t>& idx,
+               int64_t element_size, bool parallel) {
+  switch (element_size) {
+    case 1: copy_rows<uint8_t>(dst, src, a, idx, parallel); break;
+    case 2: copy_rows<uint16_t>(dst, src, a, idx, parallel); break;
+    case 4: copy_rows<uint32_t>(dst, src, a, idx, parallel); break;
+    case 8: copy_rows<uint64_t>(dst, src, a, idx, parallel); break;
+    default: {
+      Around bytes = a;
+      bytes.inner *= element_size;
+      copy_rows<uint8_t>(dst, src, bytes, idx, parallel);
+    }
+  }
+}
+
+std::vector<at::Tensor> gather_slices_cpu(at::TensorList tensors, at::IntArrayRef dims,
+                                          at::TensorList kept) {
+  check_lists(tensors.size(), dims.size(), kept.size(), "kept");
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
+    const int64_t d = checked_dim(t, dims[i], i);
+    const std::vector<int64_t> idx = kept_indices(kept[i], t.size(d), i, false);
+    std::vector<int64_t> shape = t.sizes().vec();
+    shape[d] = static_cast<int64_t>(idx.size());
+    at::Tensor result = at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous));
+    if (result.numel() > 0) {
+      const at::Tensor src = t.contiguous();
+      copy_kept(static_cast<char*>(result.data_ptr()),
+                static_cast<const char*>(src.const_data_ptr()), around(src, d), idx,
+                src.element_size(), true);
+    }
+    out.push_back(result);
+  }
+  return out;
+}
+
+void compact_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept) {
+  check_lists(tensors.size(), dims.size(), kept.size(), "kept");
+  std::vector<std::vector<int64_t>> indices(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
+    TORCH_CHECK(t.is_contiguous(), "member ", i, ": compact_ needs a contiguous tensor");
+    indices[i] = kept_indices(kept[i], t.size(checked_dim(t, dims[i], i)), i, true);
+  }
+  at::parallel_for(0, static_cast<int64_t>(tensors.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const at::Tensor& t = tensors[i];
+      if (t.numel() == 0) continue;
+      char* base = static_cast<char*>(t.data_ptr());
+      copy_kept(base, base, around(t, checked_dim(t, dims[i], i)), indices[i],
+                t.element_size(), false);
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
+  m.impl("gather_slices", &gather_slices_cpu);
+  m.impl("compact_", &compact_cpu);
+}
+
+}  // namespace depgraph_ext

@@ -1,0 +1,152 @@
+// grouped_norm on CPU: per member, per-index sums of |w|^p (reduced with SIMD lanes in fp32, or
+// fp64 for fp64, and accumulated in double), then mapped to units and reduced over members.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../checks.h"
+
+namespace depgraph_ext {
+namespace {
+
+template <typename scalar_t, int P>
+inline double row_sum(const scalar_t* x, int64_t len) {
+  // Chunks of 4096 elements are reduced in the accumulation type with SIMD lanes (the OpenMP
+  // reduction allows the reordering), chunk sums in double.
+  using acc_t = at::opmath_type<scalar_t>;
+  double total = 0.0;
+  for (int64_t start = 0; start < len; start += 4096) {
+    const int64_t stop = std::min<int64_t>(len, start + 4096);
+    acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = start; i < stop; ++i) {
+      acc_t v = static_cast<acc_t>(x[i]);
+      s += P == 2 ? v * v : (v < 0 ? -v : v);
+    }
+    total += static_cast<double>(s);
+  }
+  return total;
+}
+
+// Per-index sums of |x|^p along the middle dim of x viewed as [outer, n, inner].
+template <typename scalar_t, int P>
+std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
+  const scalar_t* data = x.const_data_ptr<scalar_t>();
+  std::vector<double> sums(a.n, 0.0);
+  if (a.inner >= 16) {  // long rows: each index owned by one thread
+    at::parallel_for(0, a.n, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, a.outer)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t j = begin; j < end; ++j) {
+                         double s = 0.0;
+                         for (int64_t o = 0; o < a.outer; ++o)
+                           s += row_sum<scalar_t, P>(data + (o * a.n + j) * a.inner, a.inner);
+                         sums[j] = s;
+                       }
+                     });
+    return sums;
+  }
+  // short rows: split the outer dim, one partial vector per thread; blocks of outer rows are
+  // summed in the accumulation type (a vectorisable loop along the contiguous dim), then added
+  // in double
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kBlock = 32;
+  const int64_t width = a.n * a.inner;
+  const int threads = at::get_num_threads();
+  std::vector<std::vector<double>> partial(threads, std::vector<double>(a.n, 0.0));
+  at::parallel_for(0, (a.outer + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double>& mine = partial[at::get_thread_num()];
+    std::vector<acc_t> block(width);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(block.begin(), block.end(), acc_t(0));
+      const int64_t o_end = std::min(a.outer, (b + 1) * kBlock);
+      for (int64_t o = b * kBlock; o < o_end; ++o) {
+        const scalar_t* row = data + o * width;
+        acc_t* acc = block.data();
+        for (int64_t e = 0; e < width; ++e) {
+          acc_t v = static_cast<acc_t>(row[e]);
+          acc[e] += P == 2 ? v * v : std::abs(v);
+        }
+      }
+      for (int64_t j = 0; j < a.n; ++j)
+        for (int64_t i = 0; i < a.inner; ++i)
+          mine[j] += static_cast<double>(block[j * a.inner + i]);
+    }
+  });
+  for (const auto& p : partial)
+    for (int64_t j = 0; j < a.n; ++j) sums[j] += p[j];
+  return sums;
+}
+
+std::vector<int64_t> to_vector(const at::Tensor& idx) {
+  at::Tensor i64 = idx.to(at::kLong).contiguous();
+  const int64_t* p = i64.const_data_ptr<int64_t>();
+  return std::vector<int64_t>(p, p + i64.numel());
+}
+
+at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
+                            at::TensorList unit_maps, int64_t num_units, int64_t p,
+                            c10::string_view reduce_name) {
+  check_lists(tensors.size(), dims.size(), unit_maps.size(), "unit_maps");
+  TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
+  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
+  const Reduce reduce = parse_reduce(std::string(reduce_name));
+  std::vector<double> out(num_units, 0.0);
+  std::vector<int64_t> count(num_units, 0);
+  std::vector<double> contribution(num_units, 0.0);
+  std::vector<uint8_t> touched(num_units, 0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    const int64_t d = checked_dim(t, dims[i], i);
+    check_index(unit_maps[i], i, "unit_maps");
+    TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
+                unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
+    const Around a = around(t, d);
+    const std::vector<int64_t> map = to_vector(unit_maps[i]);
+    for (int64_t u : map)
+      TORCH_CHECK(u >= -1 && u < num_units, "member ", i, ": unit ", u, " out of range");
+    std::vector<double> sums;
+    if (t.numel() > 0) {
+      const at::Tensor x = t.contiguous();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grouped_norm",
+                                      [&] {
+                                        sums = p == 2 ? index_sums<scalar_t, 2>(x, a)
+                                                      : index_sums<scalar_t, 1>(x, a);
+                                      });
+    } else {
+      sums.assign(a.n, 0.0);
+    }
+    std::fill(contribution.begin(), contribution.end(), 0.0);
+    std::fill(touched.begin(), touched.end(), 0);
+    for (int64_t j = 0; j < a.n; ++j) {
+      if (map[j] < 0) continue;
+      contribution[map[j]] += sums[j];
+      touched[map[j]] = 1;
+    }
+    for (int64_t u = 0; u < num_units; ++u) {
+      if (!touched[u]) continue;
+      if (reduce == Reduce::kMax) out[u] = count[u] ? std::max(out[u], contribution[u])
+                                                    : contribution[u];
+      else out[u] += contribution[u];
+      ++count[u];
+    }
+  }
+  if (reduce == Reduce::kMean)
+    for (int64_t u = 0; u < num_units; ++u)
+      if (count[u]) out[u] /= static_cast<double>(count[u]);
+  at::Tensor result = at::empty({num_units}, at::TensorOptions().dtype(at::kDouble));
+  std::copy(out.begin(), out.end(), result.mutable_data_ptr<double>());
+  return result.to(result_type(tensors));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) { m.impl("grouped_norm", &grouped_norm_cpu); }
+
+}  // namespace depgraph_ext

@@ -1,0 +1,53 @@
+// The op library depgraph_ext: every schema in this one file; kernels live in cpu/ and cuda/.
+//
+// grouped_norm(tensors, dims, unit_maps, num_units, p, reduce) -> Tensor[num_units]
+//   Member i is tensors[i] read along dims[i]; unit_maps[i] (int32/int64, one entry per index of
+//   that dim) names the unit each index belongs to, or -1. A member's contribution to unit u is
+//   the sum of |w|^p over every slice whose index maps to u (many-to-one maps: a head's block of
+//   rows). Contributions are combined over members by reduce: "sum", "mean" (over the members
+//   that touch the unit) or "max". fp32 accumulation for fp16/bf16/fp32 (fp64 for fp64); the
+//   result is fp64 if any member is fp64, else fp32. One fused pass over all members.
+// gather_slices(tensors, dims, kept) -> Tensor[]
+//   The kept indices (sorted, int32/int64) of each tensor along its dim, as new tensors;
+//   bit-identical to index_select, any dtype.
+// compact_(tensors, dims, kept) -> ()
+//   The same, in place: the kept slices are written contiguously to the start of each
+//   (contiguous) tensor's memory; the caller then views that prefix with the new shape, so no
+//   second copy of the weights is ever allocated.
+// build_info() -> str
+//   What was compiled: the devices with kernels, and the versions built against.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "build_info.h"
+
+namespace depgraph_ext {
+
+std::string build_info() {
+  std::string info = "depgraph_ext ops: cpu";
+#ifdef DEPGRAPH_WITH_CUDA
+  info += ", cuda " + std::string(DEPGRAPH_CUDA_VERSION);
+#endif
+  info += "; torch " + std::string(DEPGRAPH_TORCH_VERSION);
+  return info;
+}
+
+TORCH_LIBRARY(depgraph_ext, m) {
+  m.def("build_info() -> str", &build_info);
+  m.def(
+      "grouped_norm(Tensor[] tensors, int[] dims, Tensor[] unit_maps, int num_units, int p, "
+      "str reduce) -> Tensor");
+  m.def("gather_slices(Tensor[] tensors, int[] dims, Tensor[] kept) -> Tensor[]");
+  m.def("compact_(Tensor(a!)[] tensors, int[] dims, Tensor[] kept) -> ()");
+}
+
+}  // namespace depgraph_ext
+
+// `import depgraph_ext._ops` loads this library, whose static initialisers register the ops.
+extern "C" PyObject* PyInit__ops(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ops", "depgraph_ext op library",
+                                      -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,179 @@
+"""The native op library ``torch.ops.depgraph_ext`` (csrc/ops): wrappers, fake kernels,
+autograd, and a plain PyTorch reference for every op.
+
+``grouped_norm`` scores many tensors' slices per unit in one fused pass; ``gather_slices`` copies
+kept slices of many tensors in one call; ``compact_`` does it in place, in each tensor's own
+memory. The references are what the python backend runs and what the tests compare against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+try:
+    from . import _ops  # noqa: F401  (loading the library registers the ops)
+except ImportError as exc:
+    _LOAD_ERROR: str | None = (
+        f"depgraph_ext's op library did not load ({exc}). It is built for the torch it was "
+        f"compiled with; this is torch {torch.__version__}. Rebuild it with "
+        "`pip install --no-build-isolation -e .` or use backend='python'."
+    )
+else:
+    _LOAD_ERROR = None
+
+REDUCTIONS = ("sum", "mean", "max")
+
+
+def available() -> bool:
+    return _LOAD_ERROR is None
+
+
+def load_error() -> str | None:
+    return _LOAD_ERROR
+
+
+def build_info() -> str:
+    """What the op library was compiled with (devices, torch and CUDA versions)."""
+    _require()
+    return torch.ops.depgraph_ext.build_info()
+
+
+def _require() -> None:
+    if _LOAD_ERROR is not None:
+        raise ImportError(_LOAD_ERROR)
+
+
+def grouped_norm(tensors: Sequence[torch.Tensor], dims: Sequence[int],
+                 unit_maps: Sequence[torch.Tensor], num_units: int, p: int = 2,
+                 reduce: str = "sum") -> torch.Tensor:
+    """One score per unit over every member slice: sum of |w|^p, combined over members.
+
+    Member i is ``tensors[i]`` along ``dims[i]``; ``unit_maps[i][j]`` is the unit of index j
+    (-1: none). Result: fp32 ``[num_units]`` (fp64 if any member is fp64). Differentiable.
+    """
+    _require()
+    return torch.ops.depgraph_ext.grouped_norm(list(tensors), list(dims), list(unit_maps),
+                                               num_units, p, reduce)
+
+
+def gather_slices(tensors: Sequence[torch.Tensor], dims: Sequence[int],
+                  kept: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """New tensors holding the ``kept`` indices of each tensor along its dim (bit-exact)."""
+    _require()
+    return torch.ops.depgraph_ext.gather_slices(list(tensors), list(dims), list(kept))
+
+
+def compact_(tensors: Sequence[torch.Tensor], dims: Sequence[int],
+             kept: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Move the kept slices (sorted indices) to the start of each contiguous tensor's memory
+    and return views of that prefix with the new shapes. No second copy is allocated."""
+    _require()
+    torch.ops.depgraph_ext.compact_(list(tensors), list(dims), list(kept))
+    out = []
+    for t, d, k in zip(tensors, dims, kept):
+        shape = list(t.shape)
+        shape[d] = int(k.numel())
+        out.append(t.view(-1)[: _numel(shape)].view(shape))
+    return out
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+# -- references (plain PyTorch) -------------------------------------------------------------------
+def member_contributions(tensors, dims, unit_maps, num_units: int, p: int):
+    """[members, num_units] float64 contributions and a bool mask of the units each touches."""
+    contributions = torch.zeros(len(tensors), num_units, dtype=torch.float64)
+    touched = torch.zeros(len(tensors), num_units, dtype=torch.bool)
+    for i, (t, d, m) in enumerate(zip(tensors, dims, unit_maps)):
+        w = t.detach().to(torch.float64, copy=True)
+        w = w.abs() if p == 1 else w.square()
+        others = [x for x in range(w.dim()) if x != d % w.dim()]
+        per_index = (w.sum(dim=others) if others else w).cpu()
+        m = m.to("cpu", torch.long)
+        valid = m >= 0
+        contributions[i].index_add_(0, m[valid], per_index[valid])
+        touched[i, m[valid]] = True
+    return contributions, touched
+
+
+def grouped_norm_reference(tensors, dims, unit_maps, num_units: int, p: int = 2,
+                           reduce: str = "sum") -> torch.Tensor:
+    contributions, touched = member_contributions(tensors, dims, unit_maps, num_units, p)
+    if reduce == "max":
+        out = contributions.masked_fill(~touched, float("-inf")).amax(0)
+        out = torch.where(touched.any(0), out, torch.zeros_like(out))
+    else:
+        out = contributions.sum(0)
+        if reduce == "mean":
+            out = out / touched.sum(0).clamp_min(1)
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+    device = tensors[0].device if tensors else torch.device("cpu")
+    return out.to(device=device, dtype=dtype)
+
+
+def gather_slices_reference(tensors, dims, kept) -> list[torch.Tensor]:
+    return [t.index_select(d, k.to(t.device, torch.long)).contiguous()
+            for t, d, k in zip(tensors, dims, kept)]
+
+
+# -- fake kernels and autograd --------------------------------------------------------------------
+if _LOAD_ERROR is None:
+
+    @torch.library.register_fake("depgraph_ext::grouped_norm")
+    def _grouped_norm_fake(tensors, dims, unit_maps, num_units, p, reduce):
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+        return tensors[0].new_empty((num_units,), dtype=dtype)
+
+    @torch.library.register_fake("depgraph_ext::gather_slices")
+    def _gather_slices_fake(tensors, dims, kept):
+        out = []
+        for t, d, k in zip(tensors, dims, kept):
+            shape = list(t.shape)
+            shape[d] = k.shape[0]
+            out.append(t.new_empty(shape))
+        return out
+
+    @torch.library.register_fake("depgraph_ext::compact_")
+    def _compact_fake(tensors, dims, kept):
+        return None
+
+    def _setup_context(ctx, inputs, output):
+        tensors, dims, unit_maps, num_units, p, reduce = inputs
+        ctx.save_for_backward(*tensors, *unit_maps)
+        ctx.count, ctx.dims, ctx.num_units, ctx.p, ctx.reduce = (
+            len(tensors), list(dims), num_units, p, reduce)
+
+    def _backward(ctx, grad):
+        saved = ctx.saved_tensors
+        tensors, maps = saved[: ctx.count], saved[ctx.count :]
+        grad = grad.detach().to(torch.float64).cpu()
+        contributions, touched = member_contributions(tensors, ctx.dims, maps, ctx.num_units,
+                                                      ctx.p)
+        if ctx.reduce == "mean":
+            grad = grad / touched.sum(0).clamp_min(1)
+        grads = []
+        for i, (t, d, m) in enumerate(zip(tensors, ctx.dims, maps)):
+            if not t.requires_grad:
+                grads.append(None)
+                continue
+            g_unit = grad
+            if ctx.reduce == "max":  # only the members that attain the max
+                best = contributions.masked_fill(~touched, float("-inf")).amax(0)
+                g_unit = torch.where(touched[i] & (contributions[i] == best), grad, 0.0)
+            m = m.to("cpu", torch.long)
+            per_index = torch.where(m >= 0, g_unit[m.clamp_min(0)], 0.0).to(t.device, t.dtype)
+            shape = [1] * t.dim()
+            shape[d % t.dim()] = -1
+            local = 2 * t.detach() if ctx.p == 2 else t.detach().sign()
+            grads.append(local * per_index.view(shape))
+        return grads, None, [None] * len(maps), None, None, None
+
+    torch.library.register_autograd("depgraph_ext::grouped_norm", _backward,
+                                    setup_context=_setup_context)
