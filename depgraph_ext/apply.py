@@ -88,6 +88,13 @@ def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
             update(name, m, "embedding_dim", w[1])
         elif isinstance(m, nn.PReLU) and w is not None:
             update(name, m, "num_parameters", w[0])
+        elif isinstance(m, nn.RNNBase):
+            ih, hr = shape_of(name, "weight_ih_l0"), shape_of(name, "weight_hr_l0")
+            gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+            update(name, m, "hidden_size", ih[0] // gates if ih else None)
+            update(name, m, "input_size", ih[1] if ih else None)
+            if m.proj_size and hr:
+                update(name, m, "proj_size", hr[0])
         elif type(m).__name__ == "Conv1D" and w is not None and len(w) == 2:
             update(name, m, "nx", w[0])  # transformers' GPT-2 linear: weight [in, out]
             update(name, m, "nf", w[1])

@@ -236,10 +236,21 @@ def creation(ctx: RuleContext, node: Node) -> None:
 
 
 _CREATION = """
-empty empty_strided zeros ones full arange rand randn randint randperm scalar_tensor linspace
-logspace eye new_empty new_zeros new_ones new_full new_empty_strided tensor _local_scalar_dense
+arange rand randn randint randperm scalar_tensor linspace logspace eye tensor _local_scalar_dense
 """.split()
 _register_many([f"aten.{n}" for n in _CREATION], creation)
+
+
+def uniform_fill(ctx: RuleContext, node: Node) -> None:
+    """zeros/ones/full/empty: every index holds the same value, so any dim may shrink with what
+    it meets (the size comes from the caller, e.g. a module attribute; if the code fixes it,
+    plan validation finds that and the dim is kept)."""
+    for out in node.outputs:
+        ctx.touched.update(ctx.slots(out))
+
+
+_register_many([f"aten.{n}" for n in "empty empty_strided zeros ones full new_empty new_zeros "
+                "new_ones new_full new_empty_strided".split()], uniform_fill)
 
 
 # -- layout: views, reshapes, permutations --------------------------------------------------------
@@ -901,3 +912,35 @@ _register_many(
      "aten._scaled_dot_product_fused_attention_overrideable"],
     attention,
 )
+
+
+# -- recurrent layers ----------------------------------------------------------------------------
+def rnn_layer(ctx: RuleContext, node: Node) -> None:
+    """One fused LSTM layer (one direction): gates are [4, hidden] rows of w_ih, w_hh and both
+    biases (the gate factor is blocked, so a unit is one hidden neuron in every gate); w_hh's
+    columns, h/c in and out, and the output's last dim are that hidden dim; w_ih's columns are the
+    input's last dim."""
+    x = _arg(node, "input")
+    w_ih, w_hh = _arg(node, "weight0"), _arg(node, "weight1")
+    biases = [b for b in (_arg(node, "weight2"), _arg(node, "weight3")) if isinstance(b, Ref)]
+    hidden = int(_arg(node, "hidden_size"))
+    if ctx.shape(w_ih)[0] != 4 * hidden or ctx.shape(w_hh) != (4 * hidden, hidden):
+        raise RuleError("an LSTM layer with projections or an unexpected gate layout")
+    gate = ctx.new_slot(4)
+    ctx.block(gate)
+    h = ctx.slots(w_hh)[1]
+    for rows in [ctx.slots(w_ih)[0], ctx.slots(w_hh)[0]] + [ctx.slots(b)[0] for b in biases]:
+        ctx.reshape([rows], [gate, h])
+    sx = ctx.slots(x)
+    ctx.equal(ctx.slots(w_ih)[1], sx[-1])
+    for state in (_arg(node, "hx_"), _arg(node, "cx_"), *node.outputs[:3]):
+        ss = ctx.slots(state)
+        if ss and ctx.size(ss[-1]) == hidden:
+            ctx.equal(ss[-1], h)
+    out = ctx.slots(node.outputs[0])
+    for i in range(len(sx) - 1):
+        ctx.equal(sx[i], out[i])
+    ctx.set_attr_from_slot(node.module, "hidden_size", h)
+
+
+_register_many(["aten.mkldnn_rnn_layer"], rnn_layer)

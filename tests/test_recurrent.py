@@ -1,0 +1,108 @@
+"""Recurrent layers: hidden units keep their gate blocks aligned; multi-layer, bidirectional,
+batch_first either way; the scatter-back oracle holds (zero initial states)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import prune_and_check
+
+
+class WordLM(nn.Module):
+    """Embedding -> 2-layer LSTM -> linear over the vocabulary."""
+
+    def __init__(self, vocab=50, emb=16, hidden=24, batch_first=True):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden, num_layers=2, batch_first=batch_first)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, ids):
+        y, _ = self.rnn(self.embed(ids))
+        return self.out(y)
+
+
+class BiGRUClassifier(nn.Module):
+    def __init__(self, features=10, hidden=12, classes=3):
+        super().__init__()
+        self.proj = nn.Linear(features, 16)
+        self.rnn = nn.GRU(16, hidden, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x):  # [time, batch, features]
+        y, _ = self.rnn(torch.tanh(self.proj(x)))
+        return self.head(y.mean(0))
+
+
+IDS = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_lstm_language_model(batch_first):
+    torch.manual_seed(0)
+    model = WordLM(batch_first=batch_first).double().eval()
+    ids = IDS if batch_first else IDS.t().contiguous()
+    pruned, result = prune_and_check(model, ids, ratio=0.5)
+    rnn = pruned.rnn
+    assert rnn.hidden_size == 12 and rnn.input_size == 8
+    for layer in range(2):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        assert w_hh.shape == (4 * 12, 12) and w_ih.shape[0] == 48
+    # a hidden unit removes its row in every gate: rows k, H + k, 2H + k, 3H + k
+    kept = result.plan["rnn.weight_hh_l0"][0].view(4, 12)
+    assert torch.equal(kept - kept[0], torch.arange(4).view(4, 1).expand(4, 12) * 24)
+    assert pruned(ids).shape[-1] == 50
+
+
+def test_bidirectional_gru_classifier():
+    torch.manual_seed(0)
+    model = BiGRUClassifier().double().eval()
+    x = torch.randn(6, 4, 10, dtype=torch.float64)
+    pruned, result = prune_and_check(model, x, ratio=0.5)
+    assert pruned.rnn.hidden_size == 6
+    assert pruned.head.in_features == 12 and pruned.rnn.weight_ih_l1.shape == (18, 12)
+    assert pruned.proj.out_features == 8 and pruned.rnn.input_size == 8
+
+
+def test_plain_rnn_relu():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.RNN(8, 10, nonlinearity="relu", batch_first=True))
+
+    class Last(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = model, nn.Linear(10, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x)[0][:, -1])
+
+    pruned, _ = prune_and_check(Last().double().eval(), torch.randn(2, 4, 5,
+                                dtype=torch.float64), ratio=0.5)
+    assert pruned.body[1].hidden_size == 5
+
+
+def test_lstm_with_projections():
+    """PyTorch runs projected LSTMs as primitive ops; hidden units and projections both prune."""
+
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 8)
+            self.rnn = nn.LSTM(8, 6, proj_size=4, num_layers=2)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.rnn(self.proj(x))[0])
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "not supported with oneDNN"
+        pruned, _ = prune_and_check(Projected().double().eval(),
+                                    torch.randn(5, 2, 4, dtype=torch.float64), ratio=0.5)
+    rnn = pruned.rnn
+    assert (rnn.hidden_size, rnn.proj_size, rnn.input_size) == (3, 2, 4)
+    assert rnn.weight_hr_l1.shape == (2, 3) and rnn.weight_ih_l1.shape == (12, 2)
