@@ -95,6 +95,13 @@ def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
             update(name, m, "input_size", ih[1] if ih else None)
             if m.proj_size and hr:
                 update(name, m, "proj_size", hr[0])
+        elif _is_pyg(m) and type(m).__name__ == "Linear" and w is not None and len(w) == 2:
+            update(name, m, "in_channels", w[1])  # torch_geometric's Linear
+            update(name, m, "out_channels", w[0])
+        elif _is_pyg(m) and (att := shape_of(name, "att_src") or shape_of(name, "att")):
+            if len(att) == 3:  # graph attention: att [1, heads, channels]
+                update(name, m, "heads", att[1])
+                update(name, m, "out_channels", att[2])
         elif type(m).__name__ == "Conv1D" and w is not None and len(w) == 2:
             update(name, m, "nx", w[0])  # transformers' GPT-2 linear: weight [in, out]
             update(name, m, "nf", w[1])
@@ -139,6 +146,10 @@ def _attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpd
                 if (name, attr) not in found and getattr(m, attr, None) == old:
                     found[(name, attr)] = (old, new)
     return [AttributeUpdate(name, attr, old, new) for (name, attr), (old, new) in found.items()]
+
+
+def _is_pyg(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("torch_geometric.")
 
 
 def _set(model: nn.Module, update: AttributeUpdate, value) -> None:

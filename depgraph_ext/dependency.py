@@ -228,6 +228,8 @@ class DependencyGraph:
                     if res.leaf_unit_offsets[leaf] >= 0:
                         has_param[res.units_of_leaf(int(leaf))] = True
         self.unit_prunable = has_param & ~res.unit_blocked
+        for leaf in np.nonzero((res.leaf_sizes == 1) & (res.leaf_unit_offsets >= 0))[0]:
+            self.unit_prunable[res.units_of_leaf(int(leaf))] = False  # a dim of 1 stays
 
     def _explain_opaque(self) -> None:
         opaque = self.coupling_model.opaque

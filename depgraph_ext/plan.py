@@ -126,12 +126,13 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
     except TraceError as exc:
-        node, op, args = getattr(exc, "failed_at", None) or (None, None, None)
+        node, op, args, in_shapes = getattr(exc, "failed_at", None) or (None,) * 4
         fixed = []
         if node is not None and node < len(g.nodes) and g.nodes[node].name == op:
             bad = g.nodes[node]
-            fixed = _sizes_fixed_by_call(dg, bad, args, masks) or [
-                s for v in bad.inputs + bad.outputs for s in slots[v]]
+            fixed = (_sizes_fixed_by_call(dg, bad, args, masks)
+                     or _inputs_at_original_size(dg, bad, in_shapes, masks)
+                     or [s for v in bad.inputs + bad.outputs for s in slots[v]])
             where = f" at op {bad.name} in module {bad.module or '<root>'}"
         else:
             where = ""
@@ -187,6 +188,23 @@ def _sizes_fixed_by_call(dg: DependencyGraph, node, new_args, masks) -> list[int
             return [s for d, s in enumerate(slots) if new_arg[d] == old_arg[d] != -1
                     and dg.slot_kept_size(s, masks) != old_arg[d]]
     return []
+
+
+def _inputs_at_original_size(dg: DependencyGraph, node, shapes, masks) -> list[int]:
+    """Input dims of a failing op that arrived at their original size where the plan shrinks
+    them: whatever made that input fixes the size (zeros(2, 10) in the model's code, say)."""
+    g, slots = dg.graph, dg.coupling_model.value_slots
+    if shapes is None or len(shapes) != len(node.inputs):
+        return []
+    fixed = []
+    for v, shape in zip(node.inputs, shapes):
+        original = g.values[v].shape
+        if len(shape) != len(original):
+            return []
+        for d, s in enumerate(slots[v]):
+            if shape[d] == original[d] != dg.slot_kept_size(s, masks):
+                fixed.append(s)
+    return fixed
 
 
 def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool = False):

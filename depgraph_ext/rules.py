@@ -290,7 +290,12 @@ _register_many(["aten.t", "aten.transpose", "aten.transpose_copy", "aten.swapaxe
 
 
 def expand(ctx: RuleContext, node: Node) -> None:
-    ctx.broadcast([node.inputs[0]], node.outputs)  # new/size-1 dims stay untouched: blocked
+    """Dims of equal size are one; a new or broadcast dim repeats the same values along itself,
+    so (like zeros) it may shrink with what it meets. Its size comes from the call: if the code
+    fixes it, plan validation finds that and the dim is kept."""
+    ctx.broadcast([node.inputs[0]], node.outputs)
+    for out in node.outputs:
+        ctx.touched.update(ctx.slots(out))
 
 
 _register_many(["aten.expand", "aten.expand_copy", "aten.expand_as", "aten.broadcast_to"], expand)
@@ -484,6 +489,26 @@ def triangle(ctx: RuleContext, node: Node) -> None:
 
 
 _register_many(["aten.tril", "aten.triu"], triangle)
+
+
+def pixel_shuffle(ctx: RuleContext, node: Node) -> None:
+    """[N, C r r, H, W] <-> [N, C, H r, W r]: a channel is a block of r x r input channels; the
+    r factors become positions (fixed by the call)."""
+    x, out = node.inputs[0], node.outputs[0]
+    r = int(_arg(node, "upscale_factor") or _arg(node, "downscale_factor"))
+    shuffle = node.packet == "aten.pixel_shuffle"
+    deep, wide = (x, out) if shuffle else (out, x)  # deep: [.., C r r, H, W]
+    sd, sw = ctx.slots(deep), ctx.slots(wide)
+    for i in range(len(sd) - 3):
+        ctx.equal(sd[i], sw[i])
+    c, ry, rx = ctx.new_slot(ctx.size(sw[-3])), ctx.new_slot(r), ctx.new_slot(r)
+    ctx.reshape([sd[-3]], [c, ry, rx])
+    ctx.equal(c, sw[-3])
+    ctx.reshape([sw[-2]], [sd[-2], ry])
+    ctx.reshape([sw[-1]], [sd[-1], rx])
+
+
+_register_many(["aten.pixel_shuffle", "aten.pixel_unshuffle"], pixel_shuffle)
 
 
 def as_strided(ctx: RuleContext, node: Node) -> None:
@@ -713,6 +738,8 @@ def convolution(ctx: RuleContext, node: Node) -> None:
     c = 1 if batched else 0
     if batched:
         ctx.equal(sx[0], so[0])
+    for s in sx[c + 1 :]:  # input positions map to output positions by stride and padding
+        ctx.block(s)
     w_in, w_out = (0, 1) if transposed else (1, 0)
     if groups == 1:
         ctx.equal(sx[c], sw[w_in])
@@ -803,11 +830,15 @@ _register_many(["aten.native_group_norm"], group_norm)
 
 
 def prelu(ctx: RuleContext, node: Node) -> None:
+    """A 1-d weight indexes dim 1 (the channel); a weight already shaped to broadcast
+    ([C, 1, 1]) broadcasts like any element-wise operand."""
     x, w = node.inputs[0], node.inputs[1]
     sx, sw = ctx.slots(x), ctx.slots(w)
-    ctx.broadcast([x], node.outputs)
-    if len(sw) == 1 and ctx.size(sw[0]) > 1:
-        ctx.equal(sw[0], sx[1 if len(sx) > 1 else 0])
+    if len(sw) == 1 and ctx.size(sw[0]) > 1 and len(sx) > 1:
+        ctx.broadcast([x], node.outputs)
+        ctx.equal(sw[0], sx[1])
+    else:
+        ctx.broadcast([x, w], node.outputs)
 
 
 _register_many(["aten._prelu_kernel", "aten.prelu"], prelu)
@@ -833,6 +864,8 @@ def _spatial(k: int) -> Rule:
     def rule(ctx: RuleContext, node: Node) -> None:
         x = node.inputs[0]
         sx = ctx.slots(x)
+        for s in sx[len(sx) - k :]:  # positions are resampled: fixed by the call
+            ctx.block(s)
         for out in node.outputs:
             so = ctx.slots(out)
             for i in range(len(sx) - k):

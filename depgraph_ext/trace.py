@@ -16,7 +16,11 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensorMode,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import InvalidArgumentError, TraceError
@@ -71,6 +75,7 @@ class OpGraph:
     # Every module call in order: (module name, value indices of its tensor outputs). Unlike
     # the ATen op sequence, which may branch on shapes, this sequence is the model's own.
     module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
+    real: bool = False  # traced on real tensors (data-dependent shapes), not fake ones
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -142,7 +147,9 @@ class _Recorder(TorchDispatchMode):
         except Exception:
             # The index the op would have had, its name and its non-tensor arguments.
             plain = pytree.tree_map(lambda x: None if isinstance(x, torch.Tensor) else x, args)
-            self.failed_at = (len(self.graph.nodes), str(func), plain)
+            shapes = [tuple(t.shape) for t in pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor)]
+            self.failed_at = (len(self.graph.nodes), str(func), plain, shapes)
             raise
         out_leaves = pytree.tree_leaves(out)
         if not any(isinstance(t, torch.Tensor) for t in out_leaves):
@@ -241,31 +248,59 @@ def _on_meta(params: dict[str, torch.Tensor]) -> bool:
     return any(p.device.type == "meta" for p in params.values())
 
 
+_DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
+
+
 def trace(model: torch.nn.Module, example_inputs,
           shapes: dict[str, tuple] | None = None) -> OpGraph:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
     traces the pruned shapes this way without touching any weight).
+
+    Fake tensors first. A model whose shapes depend on data (masking edges of a graph, say)
+    cannot run on fake tensors; it is traced again on real ones: its own parameters, copies of
+    its buffers, zero-filled tensors for replaced shapes.
     """
     if not isinstance(model, torch.nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    try:
+        return _trace(model, example_inputs, shapes, real=False)
+    except TraceError as exc:
+        if not isinstance(exc.__cause__, _DATA_DEPENDENT):
+            raise
+        params, buffers, _ = named_tensors(model)
+        if _on_meta(params) or _on_meta(buffers):
+            raise TraceError(
+                f"{exc}; the model's shapes depend on data, which needs real weights, and its "
+                "weights are on the meta device"
+            ) from exc
+    graph = _trace(model, example_inputs, shapes, real=True)
+    graph.real = True
+    return graph
+
+
+def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool) -> OpGraph:
     args, kwargs = normalize_inputs(example_inputs)
     params, buffers, aliases = named_tensors(model)
     graph = OpGraph(aliases=aliases)
     stack: list[str] = []
     recorder = _Recorder(graph, stack)
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    move_inputs_to_meta = _on_meta(params) or _on_meta(buffers)
+    fake_mode = contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True)
+    move_inputs_to_meta = not real and (_on_meta(params) or _on_meta(buffers))
 
     def fake_of(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
         if shapes is not None and name in shapes:
-            with fake_mode:  # a fake tensor of the new shape on the tensor's own device
-                return torch.empty(shapes[name], dtype=t.dtype, device=t.device)
+            with fake_mode:  # a tensor of the new shape on the tensor's own device
+                return torch.zeros(shapes[name], dtype=t.dtype, device=t.device)
+        if real:  # parameters as they are; buffers copied, so nothing in the model can change
+            return t.detach() if isinstance(t, torch.nn.Parameter) else t.clone()
         return fake_mode.from_tensor(t)
 
     def fake_input(t):
         if isinstance(t, torch.Tensor):
+            if real:
+                return t
             if move_inputs_to_meta:
                 t = t.to("meta")
             return fake_mode.from_tensor(t)

@@ -1,0 +1,158 @@
+"""Ops other libraries get wrong, each in a small net under the scatter-back oracle, with the
+exact index mapping checked where it is not the identity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from conftest import prune_and_check
+from nets import randomize_norms
+
+F64 = torch.float64
+
+
+def check(model, x, **kw):
+    torch.manual_seed(0)
+    return prune_and_check(randomize_norms(model).double().eval(), x, ratio=0.5, **kw)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_conv_and_transposed_conv_in_1d_2d_3d(dims):
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    tconv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+    model = nn.Sequential(conv(2, 8, 3, padding=1), bn(8), nn.ReLU(),
+                          tconv(8, 6, 2, stride=2, groups=2), nn.ReLU(), conv(6, 3, 1))
+    x = torch.randn(1, 2, *([4] * dims), dtype=F64)
+    pruned, _ = check(model, x)
+    t = pruned[3]  # its 2 groups make conv0's channels [group, channel in group]
+    assert pruned[0].out_channels == t.in_channels < 8 and t.in_channels % t.groups == 0
+    assert t.weight.shape == (t.in_channels, t.out_channels // t.groups, *([2] * dims))
+
+
+def test_group_norm_keeps_groups_divisible():
+    model = nn.Sequential(nn.Conv2d(3, 12, 1), nn.GroupNorm(4, 12), nn.ReLU(), nn.Conv2d(12, 2, 1))
+    pruned, _ = check(model, torch.randn(2, 3, 4, 4, dtype=F64), oracle=False)
+    gn = pruned[1]
+    assert gn.num_channels % gn.num_groups == 0 and gn.num_channels < 12
+    assert gn.weight.shape == (gn.num_channels,)
+
+
+def test_instance_norm_and_prelu():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.InstanceNorm2d(8, affine=True),
+                          nn.PReLU(8), nn.Conv2d(8, 2, 1))
+    pruned, _ = check(model, torch.randn(2, 3, 4, 4, dtype=F64))
+    assert pruned[1].num_features == 4 and pruned[2].num_parameters == 4
+
+
+def test_pixel_shuffle_maps_a_channel_to_a_block():
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.PixelShuffle(2), nn.Conv2d(4, 8, 1),
+                          nn.PixelUnshuffle(2), nn.Conv2d(32, 2, 1))
+    x = torch.randn(1, 3, 4, 4, dtype=F64)
+    dg = dx.DependencyGraph(randomize_norms(model).double(), x)
+    # conv0's 16 channels are [4 shuffled channels, 2 x 2 positions]: only whole blocks of 4
+    # (one output channel of the shuffle) can go.
+    [group] = [g for g in dg.groups if any(m.name == "0.weight" for m in g.members)]
+    member = next(m for m in group.members if m.name == "0.weight")
+    assert member.units.tolist() == [i // 4 for i in range(16)]
+    pruned, _ = check(model, x)
+    assert pruned[0].out_channels == 8 and pruned[2].in_channels == 2
+
+
+def test_channel_shuffle():
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 12, 1)
+            self.g = nn.Conv2d(12, 12, 1, groups=3)
+            self.b = nn.Conv2d(12, 2, 1)
+
+        def forward(self, x):
+            y = self.g(self.a(x))
+            n, c, h, w = y.shape
+            y = y.view(n, 3, c // 3, h, w).transpose(1, 2).reshape(n, c, h, w)
+            return self.b(torch.relu(y))
+
+    pruned, result = check(Shuffle(), torch.randn(1, 3, 4, 4, dtype=F64))
+    assert pruned.g.out_channels % 3 == 0
+
+
+def test_squeeze_and_excitation():
+    class SE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.fc1, self.fc2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+            self.out = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            s = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+            return self.out(y * s)
+
+    pruned, _ = check(SE(), torch.randn(2, 3, 5, 5, dtype=F64))
+    assert pruned.fc2.out_channels == pruned.conv.out_channels == 8
+
+
+class Tokens(nn.Module):
+    def __init__(self, hard_coded: bool = False):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 10), nn.Linear(10, 3)
+        self.hard_coded = hard_coded
+
+    def forward(self, x, idx):
+        y = torch.relu(self.fc1(x))  # [tokens, 10]
+        picked = y.index_select(0, idx)
+        width = 10 if self.hard_coded else y.shape[1]
+        pooled = torch.zeros(2, width, dtype=y.dtype).index_add(0, idx % 2, picked)
+        return self.fc2(pooled + y.gather(0, idx[:2, None].expand(-1, y.shape[1])))
+
+
+def test_gather_and_scatter_on_non_channel_dims():
+    x, idx = torch.randn(6, 4, dtype=F64), torch.tensor([5, 0, 3, 3])
+    pruned, _ = check(Tokens(), (x, idx))
+    assert pruned.fc1.out_features == 5
+
+
+def test_a_size_the_code_fixes_is_found_and_kept():
+    """zeros(2, 10) in the forward fixes the width: validation finds the op, the channels are
+    kept, and with nothing else to prune the call refuses, leaving the model as it was."""
+    from conftest import assert_same_state, state_of
+
+    model = Tokens(hard_coded=True).double().eval()
+    before = state_of(model)
+    x, idx = torch.randn(6, 4, dtype=F64), torch.tensor([5, 0, 3, 3])
+    with pytest.warns(dx.FixedSizeWarning, match="aten.add"), \
+            pytest.raises(dx.NoPrunableGroupsError):
+        dx.prune(model, (x, idx), ratio=0.5)
+    assert_same_state(before, state_of(model))
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x * g
+
+
+def test_custom_autograd_function_is_traced_through_its_aten_ops():
+    """At the ATen level a custom Function is the ops its forward runs: no guess is needed."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(Square.apply(self.a(x)))
+
+    pruned, _ = check(Net(), torch.randn(4, 3, dtype=F64))
+    assert pruned.a.out_features == 4
