@@ -88,6 +88,13 @@ def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
             update(name, m, "embedding_dim", w[1])
         elif isinstance(m, nn.PReLU) and w is not None:
             update(name, m, "num_parameters", w[0])
+        elif isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
+            qkv = shape_of(name, "in_proj_weight")
+            if qkv:
+                update(name, m, "embed_dim", qkv[1])
+                update(name, m, "kdim", qkv[1])
+                update(name, m, "vdim", qkv[1])
+                update(name, m, "num_heads", qkv[1] // m.head_dim)
         elif isinstance(m, nn.RNNBase):
             ih, hr = shape_of(name, "weight_ih_l0"), shape_of(name, "weight_hr_l0")
             gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)

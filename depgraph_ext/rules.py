@@ -977,3 +977,44 @@ def rnn_layer(ctx: RuleContext, node: Node) -> None:
 
 
 _register_many(["aten.mkldnn_rnn_layer"], rnn_layer)
+
+
+def native_multi_head_attention(ctx: RuleContext, node: Node) -> None:
+    """nn.MultiheadAttention's fused path. The module derives head_dim = embed_dim / num_heads
+    and uses embed_dim both for the stream and for the heads' space, so the only shapes it can
+    express keep those equal: a unit is a head together with a block of head_dim stream
+    channels (head dims themselves are kept)."""
+    q, k, v = _arg(node, "query"), _arg(node, "key"), _arg(node, "value")
+    qkv_w, qkv_b = _arg(node, "qkv_weight"), _arg(node, "qkv_bias")
+    proj_w, proj_b = _arg(node, "proj_weight"), _arg(node, "proj_bias")
+    heads = int(_arg(node, "num_head"))
+    e = ctx.shape(q)[-1]
+    if ctx.shape(qkv_w) != (3 * e, e) or e % heads or not all(
+            ctx.shape(t)[-1] == e for t in (k, v)):
+        raise RuleError("separate key/value sizes")
+    out = node.outputs[0]
+    stream = ctx.slots(q)[-1]
+    h, d, part = ctx.new_slot(heads), ctx.new_slot(e // heads), ctx.new_slot(3)
+    ctx.block(d)
+    ctx.block(part)
+    ctx.reshape([stream], [h, d])  # the only layout the module can say: embed_dim = heads x d
+    for t in (k, v):
+        ctx.equal(ctx.slots(t)[-1], stream)
+    ctx.equal(ctx.slots(qkv_w)[1], stream)
+    ctx.reshape([ctx.slots(qkv_w)[0]], [part, h, d])
+    if isinstance(qkv_b, Ref):
+        ctx.reshape([ctx.slots(qkv_b)[0]], [part, h, d])
+    ctx.equal(ctx.slots(proj_w)[0], stream)
+    ctx.equal(ctx.slots(proj_w)[1], stream)
+    if isinstance(proj_b, Ref):
+        ctx.equal(ctx.slots(proj_b)[0], stream)
+    so, sq = ctx.slots(out), ctx.slots(q)
+    for i in range(len(sq)):
+        ctx.equal(sq[i], so[i])
+    for extra in node.outputs[1:]:
+        ctx.touched.update(ctx.slots(extra))  # attention weights, when asked for
+    ctx.tag(h, "heads")
+    ctx.attention.append(AttentionCall(node.module, h, h, d, d))
+
+
+_register_many(["aten._native_multi_head_attention"], native_multi_head_attention)

@@ -253,3 +253,58 @@ def test_llama_3_8b_shape_traces_on_meta_without_weights():
 
         py = resolve(dg.coupling_model.couplings, "python")
         assert resolutions_equal(py, dg.resolution)
+
+
+def test_torch_multihead_attention_prunes_whole_heads_with_their_stream_block():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, 16)
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.out = nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            a, _ = self.mha(h, h, h, need_weights=False)
+            return self.out(a + h)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    pruned, result = prune_and_check(Block().double().eval(), x, ratio=0.5)
+    mha = pruned.mha
+    assert (mha.embed_dim, mha.num_heads, mha.head_dim) == (8, 2, 4)
+    assert mha.in_proj_weight.shape == (24, 8) and mha.out_proj.weight.shape == (8, 8)
+
+
+def test_einsum_attention_heads():
+    class Einsum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 16)
+            self.o = nn.Linear(16, 8)
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q, k, v = (f(x).view(b, n, -1, 4) for f in (self.q, self.k, self.v))
+            a = torch.einsum("bnhd,bmhd->bhnm", q, k).softmax(-1)
+            return self.o(torch.einsum("bhnm,bmhd->bnhd", a, v).reshape(b, n, -1))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    dg = dx.DependencyGraph(Einsum().double(), x)
+    assert [(g.kind, g.num_units) for g in dg.groups] == [("heads", 4)]
+    pruned, _ = prune_and_check(Einsum().double().eval(), x, ratio=0.5)
+    assert pruned.q.out_features == 8 and pruned.o.in_features == 8
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_hidden_pruning_runs_with_parity(name):
+    """Norms make exact equality impossible when the residual stream shrinks; the model's own
+    forward runs, both backends agree and kept weights are bit-exact."""
+    factory, _ = ALL[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
+        pruned, result = prune_and_check(build(factory), inputs_for(name), ratio=0.25,
+                                         oracle=False, ratios={"heads": 0.0, "channels": 0.0})
+    assert result.params_after < result.params_before
+    assert pruned(**inputs_for(name)) is not None
