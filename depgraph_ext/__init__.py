@@ -10,6 +10,7 @@ from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, Opaque
 from .errors import (
     BackendUnavailableError,
     InvalidArgumentError,
+    NonFiniteWeightsError,
     NoPrunableGroupsError,
     PlanValidationError,
     PruningError,
@@ -18,6 +19,7 @@ from .errors import (
 )
 from .resolve import native_available
 from .rules import RuleContext, register_rule
+from .saving import apply_plan
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "InvalidArgumentError",
     "Member",
     "NoPrunableGroupsError",
+    "NonFiniteWeightsError",
     "OpaqueOpWarning",
     "PlanValidationError",
     "PruneResult",
@@ -37,6 +40,7 @@ __all__ = [
     "RuleContext",
     "TraceError",
     "UnsupportedOpError",
+    "apply_plan",
     "count_params",
     "native_available",
     "prune",

@@ -43,6 +43,13 @@ class PruneResult:
     num_groups: int = 0
     backend: str = "native"
 
+    def save_plan(self, path):
+        """Write the plan (kept indices, attribute and config changes) as JSON; replay it on a
+        freshly built original with ``depgraph_ext.apply_plan(model, path)``."""
+        from .saving import save_plan
+
+        return save_plan(self, path)
+
     def summary(self, max_rows: int | None = 40) -> str:
         """A table of the layers that changed (their main tensor's shape before and after),
         then parameter counts and the time per stage."""

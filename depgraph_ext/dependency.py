@@ -314,6 +314,46 @@ class DependencyGraph:
             size *= int(res.leaf_sizes[leaf]) if m is None else int(m.sum())
         return size
 
+    def to_dot(self, max_groups: int | None = None) -> str:
+        """The groups as Graphviz DOT: one cluster per group (kind, units, prunable units), one
+        node per member slice (tensor, dim, indices and indices per unit)."""
+
+        def quote(text: str) -> str:
+            return '"' + text.replace('"', '\\"') + '"'  # "\n" in labels is a line break
+
+        lines = ["digraph dependency_graph {", "  rankdir=LR;",
+                 '  node [shape=box, fontname="monospace", fontsize=10];']
+        for g in self.groups[:max_groups]:
+            lines.append(f"  subgraph cluster_{g.index} {{")
+            label = f"group {g.index}: {g.kind}, {g.num_units} units, {g.num_prunable} prunable"
+            lines.append(f"    label={quote(label)};")
+            ids = []
+            for i, m in enumerate(g.members):
+                node = f"g{g.index}_{i}"
+                ids.append(node)
+                text = f"{m.name}[{m.dim}]\\n{m.indices.numel()} indices, {m.unit_size}/unit"
+                lines.append(f"    {node} [label={quote(text)}];")
+            lines.extend(f"    {a} -> {b} [arrowhead=none];" for a, b in zip(ids, ids[1:]))
+            lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def render(self, path, fmt: str | None = None, max_groups: int | None = None):
+        """Write the DOT of ``to_dot`` rendered by Graphviz's ``dot`` (svg, png, pdf ...)."""
+        import shutil
+        import subprocess
+        from pathlib import Path
+
+        path = Path(path)
+        fmt = fmt or path.suffix.lstrip(".") or "svg"
+        dot = shutil.which("dot")
+        if dot is None:
+            raise PruningError("rendering needs Graphviz's `dot` (apt-get install graphviz); "
+                               "to_dot() returns the graph as text without it")
+        subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups),
+                       text=True, check=True)
+        return path
+
     def block_slots(self, slots) -> None:
         """Block more slots (sizes validation found fixed) and resolve again."""
         c = self.coupling_model.couplings

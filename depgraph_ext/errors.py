@@ -37,3 +37,7 @@ class NoPrunableGroupsError(PruningError):
 
 class BackendUnavailableError(PruningError):
     """``backend="native"`` was asked for but the compiled extension is not importable."""
+
+
+class NonFiniteWeightsError(PruningError):
+    """Weights are NaN or infinite, so no importance ranking is meaningful."""

@@ -6,12 +6,26 @@ import torch
 
 from . import ops
 from .dependency import DependencyGraph
-from .errors import InvalidArgumentError, PruningError
+from .errors import InvalidArgumentError, NonFiniteWeightsError, PruningError
 
 IMPORTANCES = ("l2", "l1")
 
 
 def unit_scores(dg: DependencyGraph, importance: str = "l2") -> torch.Tensor:
+    """float64[num_units]: see ``_unit_scores``; refuses weights that are not finite."""
+    scores = _unit_scores(dg, importance)
+    if not torch.isfinite(scores).all():
+        params = dict(dg.model.named_parameters())
+        bad = [n for n in dg.graph.params if n in params
+               and not torch.isfinite(params[n].detach()).all()]
+        raise NonFiniteWeightsError(
+            f"importance {importance!r} met weights that are NaN or infinite in "
+            f"{', '.join(bad[:5]) or 'the model'}; no ranking of units is meaningful"
+        )
+    return scores
+
+
+def _unit_scores(dg: DependencyGraph, importance: str = "l2") -> torch.Tensor:
     """float64[num_units]: sum over member slices of |w|^p (p = 2 for "l2", 1 for "l1").
 
     Only parameters contribute (buffers such as BatchNorm statistics are not importance).

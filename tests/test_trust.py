@@ -1,0 +1,146 @@
+"""Results users can keep and check: plans saved as JSON and replayed bit for bit on a freshly
+built original; the dependency graph as DOT; refusals that leave the model as it was."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+import depgraph_ext as dx
+from conftest import assert_same_state, state_of
+from depgraph_ext.testing import outputs_of
+from nets import ResNeXt, randomize_norms
+
+X = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def resnext():
+    torch.manual_seed(0)
+    return randomize_norms(ResNeXt(ch=16, blocks=2, cardinality=4, width=4)).double().eval()
+
+
+def assert_same_model(a: torch.nn.Module, b: torch.nn.Module, inputs) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]), k
+    for (na, ma), (nb, mb) in zip(a.named_modules(), b.named_modules()):
+        assert na == nb
+        public = {k: v for k, v in vars(ma).items() if not k.startswith("_")}
+        assert public == {k: v for k, v in vars(mb).items() if not k.startswith("_")}, na
+    for x, y in zip(outputs_of(a, inputs), outputs_of(b, inputs)):
+        assert torch.equal(x, y)
+
+
+def test_saved_plan_replays_bit_for_bit(tmp_path):
+    original = resnext()
+    pruned = copy.deepcopy(original)
+    result = dx.prune(pruned, X, ratio=0.5)
+    path = result.save_plan(tmp_path / "plan.json")
+    data = json.loads(path.read_text())  # plain JSON: no pickle
+    assert data["format"].startswith("depgraph_ext.plan/")
+    assert any(u["attr"] == "groups" for u in data["attributes"])
+    fresh = copy.deepcopy(original)
+    dx.apply_plan(fresh, path)
+    assert_same_model(fresh, pruned, X)
+
+
+def test_saved_plan_replays_a_transformers_config(tmp_path):
+    T = pytest.importorskip("transformers")
+    config = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    original = T.LlamaForCausalLM(config).double().eval()
+    ids = {"input_ids": torch.randint(0, 64, (1, 6))}
+    pruned = copy.deepcopy(original)
+    result = dx.prune(pruned, ids, ratio=0.5, ratios={"hidden": 0.25})
+    result.save_plan(tmp_path / "plan.json")
+    fresh = copy.deepcopy(original)
+    dx.apply_plan(fresh, tmp_path / "plan.json")
+    assert fresh.config.to_dict() == pruned.config.to_dict()
+    assert_same_model(fresh, pruned, ids)
+
+
+def test_replay_refuses_the_wrong_model_and_leaves_it_alone(tmp_path):
+    pruned = resnext()
+    dx.prune(pruned, X, ratio=0.5).save_plan(tmp_path / "plan.json")
+    other = randomize_norms(ResNeXt(ch=16, blocks=2, cardinality=2, width=8)).double()
+    before = state_of(other)
+    with pytest.raises(dx.PruningError, match="plan was made for"):
+        dx.apply_plan(other, tmp_path / "plan.json")
+    assert_same_state(before, state_of(other))
+    already = copy.deepcopy(pruned)
+    with pytest.raises(dx.PruningError, match="apply it to the original"):
+        dx.apply_plan(already, tmp_path / "plan.json")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(dx.InvalidArgumentError, match="not a depgraph_ext plan"):
+        dx.apply_plan(resnext(), tmp_path / "bad.json")
+    with pytest.raises(dx.InvalidArgumentError, match="cannot read a plan"):
+        dx.apply_plan(resnext(), tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_by_name(value):
+    model = resnext()
+    with torch.no_grad():
+        model.blocks[1].conv2.weight[0, 0, 0, 0] = value
+    before = state_of(model)
+    with pytest.raises(dx.NonFiniteWeightsError, match="blocks.1.conv2.weight"):
+        dx.prune(model, X, ratio=0.5)
+    assert_same_state(before, state_of(model))
+
+
+def test_dot_export_lists_every_group_and_member(tmp_path):
+    dg = dx.DependencyGraph(resnext(), X)
+    dot = dg.to_dot()
+    assert dot.startswith("digraph") and dot.count("subgraph cluster_") == len(dg.groups)
+    for g in dg.groups:
+        assert f"group {g.index}: {g.kind}" in dot
+        for m in g.members:
+            assert f"{m.name}[{m.dim}]" in dot
+    if shutil.which("dot") is None:
+        with pytest.raises(dx.PruningError, match="graphviz"):
+            dg.render(tmp_path / "g.svg")
+    else:
+        svg = dg.render(tmp_path / "g.svg").read_text()
+        assert "<svg" in svg and "blocks.0.conv1.weight" in svg
+
+
+@pytest.mark.parametrize("ratios, match", [({"attention": 0.5}, "unknown group kind"),
+                                           ({"heads": 1.5}, r"ratios\['heads'\]"),
+                                           ([0.5], "must be a dict")])
+def test_bad_per_kind_ratios(ratios, match):
+    model = resnext()
+    before = state_of(model)
+    with pytest.raises(dx.InvalidArgumentError, match=match):
+        dx.prune(model, X, ratios=ratios)
+    assert_same_state(before, state_of(model))
+
+
+def test_not_a_module():
+    with pytest.raises(dx.InvalidArgumentError, match="torch.nn.Module"):
+        dx.prune(lambda x: x, X)
+
+
+def test_ignoring_everything_leaves_nothing_to_prune():
+    model = resnext()
+    with pytest.raises(dx.NoPrunableGroupsError):
+        dx.prune(model, X, ignore=[model])
+
+
+def test_frozen_weights_and_dtypes_survive():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        model = resnext().to(dtype)
+        for p in model.stem.parameters():
+            p.requires_grad_(False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dx.prune(model, X.to(dtype), ratio=0.5)
+        assert all(p.dtype == dtype for p in model.parameters())
+        assert all(not p.requires_grad for p in model.stem.parameters())
+        assert model(X.to(dtype)).dtype == dtype
