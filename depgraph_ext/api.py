@@ -133,11 +133,17 @@ def prune(
             planned = make_plan(dg, keep, require_loadable)
         except PlanValidationError as exc:
             timings["plan"] += time.perf_counter() - t3
-            if not exc.fixed_slots:
+            fresh = set(exc.fixed_slots) - dg.extra_blocked
+            if not fresh and exc.node is not None:  # no progress: keep the whole op
+                node = dg.graph.nodes[exc.node]
+                slots = dg.coupling_model.value_slots
+                fresh = {s for v in node.inputs + node.outputs for s in slots[v]}
+                fresh -= dg.extra_blocked
+            if not fresh:
                 raise
             warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
                           stacklevel=2)
-            dg.block_slots(exc.fixed_slots)
+            dg.block_slots(fresh)
             continue
         timings["plan"] += time.perf_counter() - t3
         return _apply(dg, *planned, timings, t0)

@@ -201,6 +201,7 @@ class DependencyGraph:
         self.timings["groups"] = time.perf_counter() - t3
         self._explain_opaque()
         self.stale = False
+        self.extra_blocked: set[int] = set()  # slots validation found fixed
 
     # -- indexing --------------------------------------------------------------------------------
     def _index(self) -> None:
@@ -358,6 +359,7 @@ class DependencyGraph:
         """Block more slots (sizes validation found fixed) and resolve again."""
         c = self.coupling_model.couplings
         slots = np.asarray(sorted(set(int(s) for s in slots)), dtype=np.int64)
+        self.extra_blocked.update(int(s) for s in slots)
         self.coupling_model.couplings = Couplings(
             slot_sizes=c.slot_sizes,
             kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),

@@ -126,18 +126,16 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
     except TraceError as exc:
-        node, op, args, in_shapes = getattr(exc, "failed_at", None) or (None,) * 4
-        fixed = []
-        if node is not None and node < len(g.nodes) and g.nodes[node].name == op:
-            bad = g.nodes[node]
-            fixed = (_sizes_fixed_by_call(dg, bad, args, masks)
-                     or _inputs_at_original_size(dg, bad, in_shapes, masks)
+        failed = getattr(exc, "failed_at", None)
+        bad = _original_of(g, failed) if failed is not None else None
+        fixed, where = [], ""
+        if bad is not None:
+            fixed = (_sizes_fixed_by_call(dg, bad, failed.args, masks)
+                     or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
                      or [s for v in bad.inputs + bad.outputs for s in slots[v]])
             where = f" at op {bad.name} in module {bad.module or '<root>'}"
-        else:
-            where = ""
-        raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}", node,
-                                  fixed) from exc
+        raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}",
+                                  bad.index if bad is not None else None, fixed) from exc
 
     def check(where: str, vo: int, actual: tuple) -> None:
         expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
@@ -172,6 +170,17 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
                 check(f"module {name or '<root>'}", vo, pruned.values[vn].shape)
     for vo, vn in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, pruned.values[vn].shape)
+
+
+def _original_of(g, failed):
+    """The original node a failing op of the pruned trace corresponds to: the same index when
+    the two traces ran the same ops, else the same op's same occurrence in the same module
+    (decompositions may branch on shapes, shifting indices)."""
+    if failed.index < len(g.nodes) and g.nodes[failed.index].name == failed.op and (
+            g.nodes[failed.index].module == failed.module):
+        return g.nodes[failed.index]
+    same = [n for n in g.nodes if n.module == failed.module and n.name == failed.op]
+    return same[failed.occurrence] if failed.occurrence < len(same) else None
 
 
 def _sizes_fixed_by_call(dg: DependencyGraph, node, new_args, masks) -> list[int]:

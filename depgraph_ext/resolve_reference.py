@@ -307,6 +307,8 @@ class _Resolver:
                 outer = atoms.leaves(self.aux[k])
                 if kind == _SLICE or len(outer) != 1:
                     full_block.update(outer)
+                    if kind == _CAT and keep == 1:  # the piece's outer factor joins nothing
+                        block_slots([piece])
                 elif keep == 0:
                     base = materialize(outer[0])
                     elem_blocked[base + ops[2] // inner] = True

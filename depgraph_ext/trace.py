@@ -27,6 +27,19 @@ from .errors import InvalidArgumentError, TraceError
 
 
 @dataclass(frozen=True)
+class FailedOp:
+    """Where a trace failed: the op's index, name, non-tensor arguments, input shapes, module,
+    and how many times that op had run in that module before."""
+
+    index: int
+    op: str
+    args: tuple
+    input_shapes: list
+    module: str
+    occurrence: int
+
+
+@dataclass(frozen=True)
 class Ref:
     """A traced tensor inside a node's arguments: the index of its :class:`Value`."""
 
@@ -149,7 +162,11 @@ class _Recorder(TorchDispatchMode):
             plain = pytree.tree_map(lambda x: None if isinstance(x, torch.Tensor) else x, args)
             shapes = [tuple(t.shape) for t in pytree.tree_leaves((args, kwargs))
                       if isinstance(t, torch.Tensor)]
-            self.failed_at = (len(self.graph.nodes), str(func), plain, shapes)
+            module = self.module_stack[-1] if self.module_stack else ""
+            occurrence = sum(1 for n in self.graph.nodes if n.module == module
+                             and n.name == str(func))
+            self.failed_at = FailedOp(len(self.graph.nodes), str(func), plain, shapes, module,
+                                      occurrence)
             raise
         out_leaves = pytree.tree_leaves(out)
         if not any(isinstance(t, torch.Tensor) for t in out_leaves):

@@ -405,6 +405,8 @@ class Resolver {
         AtomList outer = atoms_.leaves(aux_[k]);
         if (kd == CouplingKind::kSlice || outer.size() != 1) {
           block_atoms(outer);
+          if (kd == CouplingKind::kCatPiece && m.keep == 1)  // the piece's outer joins nothing
+            block_slots(o + 1, 1);
         } else if (m.keep == 0) {
           elem_blocked_[materialize(outer[0]) + o[2] / m.inner] = 1;
         } else {
