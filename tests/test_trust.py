@@ -144,3 +144,16 @@ def test_frozen_weights_and_dtypes_survive():
         assert all(p.dtype == dtype for p in model.parameters())
         assert all(not p.requires_grad for p in model.stem.parameters())
         assert model(X.to(dtype)).dtype == dtype
+
+
+def test_pruned_model_saves_exports_and_compiles(tmp_path):
+    model = resnext()
+    dx.prune(model, X, ratio=0.5)
+    expected = model(X)
+    torch.save(model, tmp_path / "model.pt")
+    again = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert torch.equal(again(X), expected)
+    exported = torch.export.export(model, (X,))
+    assert torch.allclose(exported.module()(X), expected, rtol=1e-12, atol=1e-12)
+    compiled = torch.compile(model, backend="aot_eager")
+    assert torch.allclose(compiled(X), expected, rtol=1e-12, atol=1e-12)
