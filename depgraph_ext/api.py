@@ -90,6 +90,7 @@ def prune(
     strict: bool = False,
     ratios: dict[str, float] | None = None,
     require_loadable: bool = False,
+    in_place: bool = False,
 ) -> PruneResult:
     """Structurally prune ``model`` in place; returns a :class:`PruneResult`.
 
@@ -103,6 +104,9 @@ def prune(
     ``ratio``; 0 leaves that kind alone.
     ``require_loadable``: refuse (before any change) when a transformers config cannot express
     the pruned shapes; otherwise that is a ``ConfigMismatchWarning``.
+    ``in_place``: compact weights inside their own memory (native backend), so a model close to
+    the machine's memory is never held twice. By default every pruned tensor is built before
+    the first is assigned, so any failure leaves the model as it was.
 
     Nothing about the model changes when an error is raised.
     """
@@ -146,7 +150,7 @@ def prune(
             dg.block_slots(fresh)
             continue
         timings["plan"] += time.perf_counter() - t3
-        return _apply(dg, *planned, timings, t0)
+        return _apply(dg, *planned, timings, t0, in_place)
     raise PlanValidationError(f"no valid plan after {_MAX_FEEDBACK} rounds of validation")
 
 
@@ -173,13 +177,14 @@ def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
 
 
 def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
-           t0: float) -> PruneResult:
+           t0: float, in_place: bool = False) -> PruneResult:
     model = dg.model
     params_before = count_params(model)
     t = time.perf_counter()
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
-    apply_plan(model, plan, updates, in_place=dg.backend == "native")
+    native = dg.backend == "native"
+    apply_plan(model, plan, updates, in_place=in_place and native, native=native)
     apply_config_updates(model, new_config)
     dg.stale = True
     t_apply = time.perf_counter()

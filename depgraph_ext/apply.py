@@ -185,13 +185,15 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
 
 
 def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate],
-               in_place: bool = False) -> None:
+               in_place: bool = False, native: bool = False) -> None:
     """Slice every planned tensor (and its ``.grad``) and set the new attributes.
 
     Tied names share one tensor object, so slicing the canonical name covers every alias.
+    By default every new tensor is computed before the first one is assigned (``native``: in
+    one batched ``gather_slices`` call), so a failure while slicing leaves the model as it was.
     ``in_place`` (native ops): compact each tensor inside its own memory, so the weights are
-    never held twice; the plan is validated by then, and the model is fully pruned before the
-    freed tail memory is returned."""
+    never held twice; the plan is validated by then, but a failure during compaction cannot
+    be undone."""
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     if in_place:
         _apply_in_place(tensors, plan)
@@ -200,10 +202,11 @@ def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate],
         return
     with torch.no_grad():
         sliced = {}
+        datas = _gather_all(tensors, plan, native)
         for name, dims in plan.items():
             t = tensors[name]
             grad = t.grad if isinstance(t, nn.Parameter) and t.grad is not None else None
-            sliced[name] = (gather(t.data, dims), None if grad is None else gather(grad, dims))
+            sliced[name] = (datas[name], None if grad is None else gather(grad, dims))
         for name, (data, grad) in sliced.items():
             t = tensors[name]
             t.data = data
@@ -211,6 +214,24 @@ def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate],
                 t.grad = grad
     for u in updates:
         _set(model, u, u.new)
+
+
+def _gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str, torch.Tensor]:
+    """New tensors for every planned one; with ``native`` each round of dims is one batched
+    ``gather_slices`` call over all tensors."""
+    if not native:
+        return {name: gather(tensors[name].data, dims) for name, dims in plan.items()}
+    from . import ops
+
+    current = {name: tensors[name].data for name in plan}
+    rounds = max((len(dims) for dims in plan.values()), default=0)
+    for r in range(rounds):
+        names = [n for n, dims in plan.items() if len(dims) > r]
+        dims = [sorted(plan[n].items())[r][0] for n in names]
+        kept = [sorted(plan[n].items())[r][1].to(current[n].device) for n in names]
+        for n, out in zip(names, ops.gather_slices([current[n] for n in names], dims, kept)):
+            current[n] = out
+    return current
 
 
 def _apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:

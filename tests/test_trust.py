@@ -157,3 +157,53 @@ def test_pruned_model_saves_exports_and_compiles(tmp_path):
     assert torch.allclose(exported.module()(X), expected, rtol=1e-12, atol=1e-12)
     compiled = torch.compile(model, backend="aot_eager")
     assert torch.allclose(compiled(X), expected, rtol=1e-12, atol=1e-12)
+
+
+STAGES = [
+    ("depgraph_ext.dependency", "trace"),
+    ("depgraph_ext.dependency", "build_couplings"),
+    ("depgraph_ext.dependency", "resolve"),
+    ("depgraph_ext.api", "unit_scores"),
+    ("depgraph_ext.api", "select_local"),
+    ("depgraph_ext.plan", "attribute_updates"),
+    ("depgraph_ext.plan", "validate_plan"),
+    ("depgraph_ext.plan", "config_updates"),
+    ("depgraph_ext.ops", "gather_slices"),  # native slicing
+    ("depgraph_ext.apply", "gather"),  # python slicing
+]
+
+
+class Injected(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+@pytest.mark.parametrize("module, name", STAGES)
+def test_a_failure_at_any_stage_leaves_the_model_as_it_was(monkeypatch, module, name, backend):
+    import importlib
+
+    if (module, name) == ("depgraph_ext.ops", "gather_slices") and backend == "python":
+        pytest.skip("the python backend slices with index_select")
+    model = resnext()
+    model(X).sum().backward()  # gradients are state too
+    before = state_of(model)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    def fail(*args, **kwargs):
+        raise Injected(f"injected into {name}")
+
+    monkeypatch.setattr(importlib.import_module(module), name, fail)
+    with pytest.raises(Injected):
+        dx.prune(model, X, ratio=0.5, backend=backend)
+    assert_same_state(before, state_of(model))
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, grads[n]), n
+
+
+def test_in_place_mode_matches_the_default():
+    a, b = resnext(), resnext()
+    ra = dx.prune(a, X, ratio=0.5)
+    rb = dx.prune(b, X, ratio=0.5, in_place=True)
+    assert {k: {d: v.tolist() for d, v in dims.items()} for k, dims in ra.plan.items()} == {
+        k: {d: v.tolist() for d, v in dims.items()} for k, dims in rb.plan.items()}
+    assert_same_model(a, b, X)
