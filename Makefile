@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-CORE_SOURCES := $(wildcard csrc/core/*.cpp csrc/core/*.hpp csrc/ops/*.cpp csrc/ops/*.h csrc/ops/cpu/*.cpp csrc/ops/cuda/*.cu) setup.py pyproject.toml
+CORE_SOURCES := $(wildcard csrc/core/*.cpp csrc/core/*.hpp csrc/ops/*.cpp csrc/ops/*.h csrc/ops/cpu/*.cpp csrc/ops/cuda/*.cu csrc/ops/cuda/*.cuh) setup.py pyproject.toml
 
 .PHONY: setup demo test test-core test-python bench clean
 

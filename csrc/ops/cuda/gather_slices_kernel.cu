@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "launch.cuh"
 
 namespace depgraph_ext {
 namespace {
@@ -24,14 +25,6 @@ struct Item {
   int64_t word_begin;   // first word of this item in the launch
 };
 
-constexpr int kThreads = 256;
-
-int multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
 
 template <typename word_t>
 __global__ void gather_words(const Item* items, int count, int64_t words) {

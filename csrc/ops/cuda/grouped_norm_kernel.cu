@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "launch.cuh"
 
 namespace depgraph_ext {
 namespace {
@@ -24,14 +25,6 @@ struct Member {
   int64_t sum_offset;  // first per-index sum of this member
 };
 
-constexpr int kThreads = 256;
-
-int multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
 constexpr int64_t kOuterChunk = 64;
 
 __device__ int find_member(const Member* members, int count, int64_t item) {
