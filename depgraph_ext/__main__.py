@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import torch
 
@@ -41,7 +42,9 @@ def main(argv=None) -> None:
     with torch.no_grad():
         logits_before = model(x).logits
     t = time.perf_counter()
-    result = dx.prune(model, x, ratio=args.ratio, backend=args.backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", dx.ConfigMismatchWarning)
+        result = dx.prune(model, x, ratio=args.ratio, backend=args.backend)
     elapsed = time.perf_counter() - t
     with torch.no_grad():
         logits_after = model(x).logits
@@ -50,6 +53,9 @@ def main(argv=None) -> None:
     print(result.summary(max_rows=args.rows or None))
     print(f"forward after pruning: logits {tuple(logits_after.shape)} "
           f"(before {tuple(logits_before.shape)})")
+    if any(issubclass(w.category, dx.ConfigMismatchWarning) for w in caught):
+        print("note: this model's config has no fields for per-layer widths, so keep the pruned "
+              "model with torch.save or result.save_plan(path) rather than save_pretrained")
 
 
 if __name__ == "__main__":
