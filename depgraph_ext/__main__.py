@@ -54,8 +54,8 @@ def main(argv=None) -> None:
     print(f"forward after pruning: logits {tuple(logits_after.shape)} "
           f"(before {tuple(logits_before.shape)})")
     if any(issubclass(w.category, dx.ConfigMismatchWarning) for w in caught):
-        print("note: this model's config has no fields for per-layer widths, so keep the pruned "
-              "model with torch.save or result.save_plan(path) rather than save_pretrained")
+        print("note: the config update does not cover this model's per-stage widths, so keep "
+              "the pruned model with torch.save or result.save_plan(path), not save_pretrained")
 
 
 if __name__ == "__main__":

@@ -161,8 +161,9 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
                   "num_attention_heads (GPT-2, BERT, OPT, Swin) reload after pruning MLP "
                   "channels only: pass ratios={'heads': 0, 'hidden': 0}.")
     else:
-        advice = (" Its config has no field for these widths; keep the pruned model with "
-                  "torch.save, or its state_dict together with result.plan.")
+        advice = (" The config update knows hidden, intermediate and head fields only, not "
+                  "how this config describes these widths; keep the pruned model with "
+                  "torch.save, or replay result.save_plan(path) on a fresh original.")
     message = (
         f"{type(model).__name__}'s config cannot express the pruned shapes, so "
         "save_pretrained/from_pretrained will not rebuild this model: "
