@@ -14,7 +14,15 @@ from .configs import ConfigUpdate, apply_config_updates
 from .dependency import DependencyGraph, FixedSizeWarning, Group
 from .errors import InvalidArgumentError, NoPrunableGroupsError, PlanValidationError
 from .importance import unit_scores
-from .plan import Plan, check_ratio, check_ratios, check_round_to, make_plan, select_local
+from .plan import (
+    Plan,
+    check_ratio,
+    check_ratios,
+    check_round_to,
+    keep_nonempty,
+    make_plan,
+    select_local,
+)
 
 _MAX_FEEDBACK = 32  # validation rounds; each blocks at least one more slot
 
@@ -166,8 +174,6 @@ def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
     keep = np.ones(dg.resolution.num_units, dtype=bool)
     keep[group.unit_ids[units]] = False
     empty = keep.copy()
-    from .plan import keep_nonempty
-
     keep_nonempty(dg, np.zeros(keep.shape[0]), empty)
     if not np.array_equal(empty, keep):
         raise InvalidArgumentError(f"{group!r}: removing these units would empty a layer")
