@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .apply import AttributeUpdate, apply_plan
+from .apply import AttributeUpdate, apply_changes
 from .configs import ConfigUpdate, apply_config_updates
 from .dependency import DependencyGraph, FixedSizeWarning, Group
 from .errors import InvalidArgumentError, NoPrunableGroupsError, PlanValidationError
@@ -190,7 +190,7 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
     native = dg.backend == "native"
-    apply_plan(model, plan, updates, in_place=in_place and native, native=native)
+    apply_changes(model, plan, updates, in_place=in_place and native, native=native)
     apply_config_updates(model, new_config)
     dg.stale = True
     t_apply = time.perf_counter()

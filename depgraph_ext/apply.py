@@ -32,12 +32,7 @@ def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
     """Module attributes (``out_channels``, ``in_features``, ``groups``, ...) after the plan."""
     g = dg.graph
     named = g.params | g.buffers
-    planned = {}
-    for name, dims in plan.items():
-        shape = list(g.values[named[name]].shape)
-        for d, kept in dims.items():
-            shape[d] = int(kept.numel())
-        planned[name] = tuple(shape)
+    planned = dg.planned_shapes(plan)
     modules = dict(dg.model.named_modules())
 
     def shape_of(module_name: str, tensor: str):
@@ -184,8 +179,8 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
     return out.contiguous()
 
 
-def apply_plan(model: nn.Module, plan, updates: list[AttributeUpdate],
-               in_place: bool = False, native: bool = False) -> None:
+def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
+                  in_place: bool = False, native: bool = False) -> None:
     """Slice every planned tensor (and its ``.grad``) and set the new attributes.
 
     Tied names share one tensor object, so slicing the canonical name covers every alias.

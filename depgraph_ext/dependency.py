@@ -307,6 +307,17 @@ class DependencyGraph:
                 masks[int(leaf)] = mask
         return masks
 
+    def planned_shapes(self, plan) -> dict[str, tuple[int, ...]]:
+        """Shape of every planned tensor once pruned."""
+        named = self.graph.params | self.graph.buffers
+        shapes = {}
+        for name, dims in plan.items():
+            shape = list(self.graph.values[named[name]].shape)
+            for d, kept in dims.items():
+                shape[d] = int(kept.numel())
+            shapes[name] = tuple(shape)
+        return shapes
+
     def slot_kept_size(self, slot: int, masks: dict[int, np.ndarray]) -> int:
         res = self.resolution
         size = 1

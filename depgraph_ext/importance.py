@@ -39,18 +39,18 @@ def _unit_scores(dg: DependencyGraph, importance: str = "l2") -> torch.Tensor:
     scores = torch.zeros(res.num_units, dtype=torch.float64)
     for name in dg.graph.params:
         dims = dg.tensor_dims[name]
-        wanted = [td for td in dims if _scored_leaves(dg, td)]
+        wanted = [(td, pos) for td in dims if (pos := _scored_leaves(dg, td))]
         if not wanted:
             continue
         w = params[name]
         _check_real(w, name, importance)
         magnitude = w.detach().to(torch.float64)
         magnitude = magnitude.abs() if importance == "l1" else magnitude.square()
-        for td in wanted:
+        for td, positions in wanted:
             others = [d for d in range(magnitude.dim()) if d != td.dim]
             per_index = magnitude.sum(dim=others) if others else magnitude
             per_index = per_index.cpu().reshape([int(s) for s in td.leaf_sizes])
-            for pos in _scored_leaves(dg, td):
+            for pos in positions:
                 leaf = int(td.leaves[pos])
                 axes = [a for a in range(per_index.dim()) if a != pos]
                 per_elem = per_index.sum(dim=axes) if axes else per_index

@@ -103,23 +103,11 @@ def build_plan(dg: DependencyGraph, unit_keep: np.ndarray) -> tuple[Plan, dict[i
     return plan, masks
 
 
-def planned_shapes(dg: DependencyGraph, plan: Plan) -> dict[str, tuple[int, ...]]:
-    g = dg.graph
-    shapes = {}
-    for name, dims in plan.items():
-        v = (g.params | g.buffers)[name]
-        shape = list(g.values[v].shape)
-        for d, kept in dims.items():
-            shape[d] = int(kept.numel())
-        shapes[name] = tuple(shape)
-    return shapes
-
-
 def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
                   updates: list[AttributeUpdate]) -> None:
     """Trace the pruned shapes on fake tensors (attributes set for the duration only) and check
     that every op runs and every tensor has exactly the predicted shape."""
-    shapes = planned_shapes(dg, plan)
+    shapes = dg.planned_shapes(plan)
     g = dg.graph
     slots = dg.coupling_model.value_slots
     try:
@@ -222,5 +210,5 @@ def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool
     updates = attribute_updates(dg, plan, masks)
     validate_plan(dg, plan, masks, updates)
     new_config, problems = config_updates(dg, masks, unit_keep)
-    check_loadable(dg, new_config, planned_shapes(dg, plan), problems, require_loadable)
+    check_loadable(dg, new_config, dg.planned_shapes(plan), problems, require_loadable)
     return plan, updates, new_config

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .apply import AttributeUpdate
-from .apply import apply_plan as _apply_tensors
+from .apply import AttributeUpdate, apply_changes
 from .configs import ConfigUpdate, apply_config_updates
 from .errors import InvalidArgumentError, PruningError
 
@@ -95,6 +94,6 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
     config_updates = [ConfigUpdate(u["field"], u["old"], u["new"]) for u in data["config"]]
     if config_updates and config is None:
         raise PruningError("the plan updates a config, and this model has none")
-    _apply_tensors(model, tensor_plan, updates)
+    apply_changes(model, tensor_plan, updates)
     apply_config_updates(model, config_updates)
     return tensor_plan

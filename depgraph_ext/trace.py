@@ -114,18 +114,14 @@ def named_tensors(model: torch.nn.Module):
     buffers: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[int, str] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            aliases[name] = seen[id(p)]
-        else:
-            seen[id(p)] = name
-            params[name] = p
-    for name, b in model.named_buffers(remove_duplicate=False):
-        if id(b) in seen:
-            aliases[name] = seen[id(b)]
-        else:
-            seen[id(b)] = name
-            buffers[name] = b
+    for store, named in ((params, model.named_parameters(remove_duplicate=False)),
+                         (buffers, model.named_buffers(remove_duplicate=False))):
+        for name, t in named:
+            if id(t) in seen:
+                aliases[name] = seen[id(t)]
+            else:
+                seen[id(t)] = name
+                store[name] = t
     return params, buffers, aliases
 
 
