@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from . import ops
@@ -71,19 +74,42 @@ def _scored_leaves(dg: DependencyGraph, td) -> list[int]:
 
 
 
+@dataclass(frozen=True)
+class ScoredSlice:
+    """Parameter ``name`` along ``dim``: index j scores for unit ``units[j]`` (-1: none).
+
+    A dim made of several unit atoms (kv heads x query heads per group, say) has one entry per
+    atom that has prunable units.
+    """
+
+    name: str
+    dim: int
+    units: np.ndarray
+
+
+def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
+    """Every parameter slice that contributes to some prunable unit's score, in graph order
+    (the order of ``dg.graph.params``: first use in the forward pass). Buffers never score."""
+    res = dg.resolution
+    out = []
+    for name in dg.graph.params:
+        for td in dg.tensor_dims[name]:
+            for pos in _scored_leaves(dg, td):
+                units = res.units_of_leaf(int(td.leaves[pos]))[td.digits(pos)]
+                out.append(ScoredSlice(name, td.dim, units))
+    return out
+
+
 def _native_unit_scores(dg: DependencyGraph, params, importance: str) -> torch.Tensor:
     """The same scores from one fused ``grouped_norm`` over every member of every group."""
     res = dg.resolution
     tensors, dims, maps = [], [], []
-    for name in dg.graph.params:
-        for td in dg.tensor_dims[name]:
-            for pos in _scored_leaves(dg, td):
-                w = params[name]
-                _check_real(w, name, importance)
-                units = res.units_of_leaf(int(td.leaves[pos]))[td.digits(pos)]
-                tensors.append(w.detach())
-                dims.append(td.dim)
-                maps.append(torch.from_numpy(units).to(w.device))
+    for sl in scored_slices(dg):
+        w = params[sl.name]
+        _check_real(w, sl.name, importance)
+        tensors.append(w.detach())
+        dims.append(sl.dim)
+        maps.append(torch.from_numpy(sl.units).to(w.device))
     if not tensors:
         return torch.zeros(res.num_units, dtype=torch.float64)
     p = 1 if importance == "l1" else 2
