@@ -4,8 +4,9 @@
     result = dx.prune(model, example_inputs, ratio=0.5)   # model is pruned in place
 """
 
-from .api import PruneResult, count_params, prune, prune_group
+from .api import PruneResult, prune, prune_group
 from .configs import ConfigMismatchWarning
+from .counting import count_params, count_params_and_macs
 from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, OpaqueOpWarning
 from .errors import (
     BackendUnavailableError,
@@ -17,6 +18,19 @@ from .errors import (
     TraceError,
     UnsupportedOpError,
 )
+from .importance import (
+    BNScaleImportance,
+    FisherImportance,
+    GroupImportance,
+    Importance,
+    LAMPImportance,
+    MagnitudeImportance,
+    MissingGradientsError,
+    RandomImportance,
+    TaylorImportance,
+    collect_fisher,
+)
+from .pruner import Pruner
 from .resolve import native_available
 from .rules import RuleContext, register_rule
 from .saving import apply_plan
@@ -24,6 +38,18 @@ from .saving import apply_plan
 __version__ = "0.1.0"
 
 __all__ = [
+    "BNScaleImportance",
+    "FisherImportance",
+    "GroupImportance",
+    "Importance",
+    "LAMPImportance",
+    "MagnitudeImportance",
+    "MissingGradientsError",
+    "Pruner",
+    "RandomImportance",
+    "TaylorImportance",
+    "collect_fisher",
+    "count_params_and_macs",
     "BackendUnavailableError",
     "ConfigMismatchWarning",
     "DependencyGraph",

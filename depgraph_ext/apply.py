@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from .errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -179,9 +181,38 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
     return out.contiguous()
 
 
+def state_companions(model: nn.Module, plan, optimizer=None) -> list[tuple[object, object, str]]:
+    """Training state that must be sliced with the weights: ``(container, key, name)`` for every
+    optimizer state tensor (momentum, Adam moments, ...) and Fisher statistic of a planned
+    parameter. Refuses, before anything changes, state it cannot slice."""
+    from .importance import _FISHER_STATS
+
+    tensors = dict(model.named_parameters())
+    out = []
+    for name in plan:
+        t = tensors.get(name)
+        if t is None:
+            continue
+        if optimizer is not None and t in optimizer.state:
+            for key, v in optimizer.state[t].items():
+                if not isinstance(v, torch.Tensor) or v.dim() == 0:
+                    continue  # step counters and other scalars do not depend on the shape
+                if v.shape != t.shape:
+                    raise InvalidArgumentError(
+                        f"optimizer state {key!r} of {name} has shape {tuple(v.shape)}, not the "
+                        f"parameter's {tuple(t.shape)}: depgraph_ext cannot slice it (factored "
+                        "optimizers); rebuild the optimizer after pruning instead")
+                out.append((optimizer.state[t], key, name))
+        entry = _FISHER_STATS.get(t)
+        if entry is not None and entry[0].shape == t.shape:
+            out.append((entry, 0, name))
+    return out
+
+
 def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
-                  in_place: bool = False, native: bool = False) -> None:
-    """Slice every planned tensor (and its ``.grad``) and set the new attributes.
+                  in_place: bool = False, native: bool = False, companions=()) -> None:
+    """Slice every planned tensor (and its ``.grad`` and the ``companions`` state of
+    :func:`state_companions`) and set the new attributes.
 
     Tied names share one tensor object, so slicing the canonical name covers every alias.
     By default every new tensor is computed before the first one is assigned (``native``: in
@@ -192,6 +223,9 @@ def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     if in_place:
         _apply_in_place(tensors, plan)
+        with torch.no_grad():
+            for container, key, name in companions:
+                container[key] = gather(container[key], plan[name])
         for u in updates:
             _set(model, u, u.new)
         return
@@ -202,11 +236,14 @@ def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
             t = tensors[name]
             grad = t.grad if isinstance(t, nn.Parameter) and t.grad is not None else None
             sliced[name] = (datas[name], None if grad is None else gather(grad, dims))
+        state = [gather(container[key], plan[name]) for container, key, name in companions]
         for name, (data, grad) in sliced.items():
             t = tensors[name]
             t.data = data
             if grad is not None:
                 t.grad = grad
+        for (container, key, _), new in zip(companions, state):
+            container[key] = new
     for u in updates:
         _set(model, u, u.new)
 

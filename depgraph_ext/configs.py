@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import PruningError
+from .errors import PruningError, user_stacklevel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -171,7 +171,7 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
     )
     if require:
         raise PruningError(message)
-    warnings.warn(message, ConfigMismatchWarning, stacklevel=4)
+    warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
 
 
 def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:

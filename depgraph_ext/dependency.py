@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .couplings import CouplingBuilder, CouplingKind, Couplings, Resolution
-from .errors import InvalidArgumentError, PruningError, UnsupportedOpError
+from .errors import InvalidArgumentError, PruningError, UnsupportedOpError, user_stacklevel
 from .resolve import resolve, select_backend
 from .rules import AttentionCall, RuleContext, RuleError, rule_for
 from .trace import OpGraph, named_tensors, trace
@@ -251,7 +251,7 @@ class DependencyGraph:
                     for leaf in res.leaves_of(s):
                         names |= param_leaves.get(int(leaf), set())
             op.blocked = sorted(names)
-            warnings.warn(op.describe(), OpaqueOpWarning, stacklevel=3)
+            warnings.warn(op.describe(), OpaqueOpWarning, stacklevel=user_stacklevel())
 
     @property
     def opaque_ops(self) -> list[OpaqueOp]:

@@ -1,77 +1,37 @@
-"""Grouped importance: one score per unit, summed over every member slice of its group."""
+"""Grouped importance: one score per unit, computed from every member slice of its group.
+
+A criterion turns each scoring parameter into non-negative per-element magnitudes (``|w|``,
+``w^2``, ``|w * dL/dw|``, ``w^2 * E[g^2]``, ``|gamma|``); a member slice's contribution to a unit
+is the sum of those magnitudes over the slice; the contributions of a unit's members are reduced
+(``sum``, ``mean``, ``max``, ``prod`` or ``first``: the member used first in the forward pass,
+the group's root layer); scores are then normalised within each group (``mean``, ``max``,
+``sum``, ``standardization``, ``lamp`` or none), which matters only when groups compete
+(global pruning).
+
+Scores are float64 ``[num_units]``; NaN marks a unit the criterion does not score (a group with
+no BatchNorm under ``bn_scale``, a frozen weight under ``taylor``): such units are never removed.
+
+Plug in a criterion by subclassing :class:`GroupImportance` (override ``magnitudes``) or
+:class:`Importance` (override ``scores``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import ops
 from .dependency import DependencyGraph
 from .errors import InvalidArgumentError, NonFiniteWeightsError, PruningError
 
-IMPORTANCES = ("l2", "l1")
-
-
-def unit_scores(dg: DependencyGraph, importance: str = "l2") -> torch.Tensor:
-    """float64[num_units]: see ``_unit_scores``; refuses weights that are not finite."""
-    scores = _unit_scores(dg, importance)
-    if not torch.isfinite(scores).all():
-        params = dict(dg.model.named_parameters())
-        bad = [n for n in dg.graph.params if n in params
-               and not torch.isfinite(params[n].detach()).all()]
-        raise NonFiniteWeightsError(
-            f"importance {importance!r} met weights that are NaN or infinite in "
-            f"{', '.join(bad[:5]) or 'the model'}; no ranking of units is meaningful"
-        )
-    return scores
-
-
-def _unit_scores(dg: DependencyGraph, importance: str = "l2") -> torch.Tensor:
-    """float64[num_units]: sum over member slices of |w|^p (p = 2 for "l2", 1 for "l1").
-
-    Only parameters contribute (buffers such as BatchNorm statistics are not importance).
-    """
-    if importance not in IMPORTANCES:
-        raise InvalidArgumentError(f"importance must be one of {IMPORTANCES}, not {importance!r}")
-    res = dg.resolution
-    params = dict(dg.model.named_parameters())
-    if dg.backend == "native":
-        return _native_unit_scores(dg, params, importance)
-    scores = torch.zeros(res.num_units, dtype=torch.float64)
-    for name in dg.graph.params:
-        dims = dg.tensor_dims[name]
-        wanted = [(td, pos) for td in dims if (pos := _scored_leaves(dg, td))]
-        if not wanted:
-            continue
-        w = params[name]
-        _check_real(w, name, importance)
-        magnitude = w.detach().to(torch.float64)
-        magnitude = magnitude.abs() if importance == "l1" else magnitude.square()
-        for td, positions in wanted:
-            others = [d for d in range(magnitude.dim()) if d != td.dim]
-            per_index = magnitude.sum(dim=others) if others else magnitude
-            per_index = per_index.cpu().reshape([int(s) for s in td.leaf_sizes])
-            for pos in positions:
-                leaf = int(td.leaves[pos])
-                axes = [a for a in range(per_index.dim()) if a != pos]
-                per_elem = per_index.sum(dim=axes) if axes else per_index
-                units = torch.from_numpy(res.units_of_leaf(leaf))
-                scores.index_add_(0, units, per_elem)
-    return scores
-
-
-def _scored_leaves(dg: DependencyGraph, td) -> list[int]:
-    res = dg.resolution
-    out = []
-    for pos, leaf in enumerate(td.leaves):
-        if res.leaf_unit_offsets[leaf] < 0:
-            continue
-        if dg.unit_prunable[res.units_of_leaf(int(leaf))].any():
-            out.append(pos)
-    return out
-
+REDUCTIONS = ("sum", "mean", "max", "prod", "first")
+NORMALIZATIONS = (None, "mean", "max", "sum", "standardization", "lamp")
+_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -88,11 +48,12 @@ class ScoredSlice:
 
 
 def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
-    """Every parameter slice that contributes to some prunable unit's score, in graph order
-    (the order of ``dg.graph.params``: first use in the forward pass). Buffers never score."""
+    """Every parameter slice that contributes to some prunable unit's score, parameters in the
+    order the forward pass first reads them (so a group's first slice is its root layer).
+    Buffers never score."""
     res = dg.resolution
     out = []
-    for name in dg.graph.params:
+    for name in params_in_use_order(dg):
         for td in dg.tensor_dims[name]:
             for pos in _scored_leaves(dg, td):
                 units = res.units_of_leaf(int(td.leaves[pos]))[td.digits(pos)]
@@ -100,26 +61,400 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
     return out
 
 
-def _native_unit_scores(dg: DependencyGraph, params, importance: str) -> torch.Tensor:
-    """The same scores from one fused ``grouped_norm`` over every member of every group."""
+def params_in_use_order(dg: DependencyGraph) -> list[str]:
+    g = dg.graph
+    first: dict[int, int] = {}
+    for node in g.nodes:
+        for v in node.inputs:
+            first.setdefault(v, node.index)
+    return sorted(g.params, key=lambda n: first.get(g.params[n], len(g.nodes)))
+
+
+def _scored_leaves(dg: DependencyGraph, td) -> list[int]:
     res = dg.resolution
+    out = []
+    for pos, leaf in enumerate(td.leaves):
+        if res.leaf_unit_offsets[leaf] < 0:
+            continue
+        if dg.unit_prunable[res.units_of_leaf(int(leaf))].any():
+            out.append(pos)
+    return out
+
+
+# -- criteria --------------------------------------------------------------------------------------
+class Importance:
+    """A criterion: ``scores(dg)`` gives float64 ``[num_units]`` (NaN: not scored)."""
+
+    name = "custom"
+
+    def scores(self, dg: DependencyGraph) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, dg: DependencyGraph) -> torch.Tensor:
+        return self.scores(dg)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class GroupImportance(Importance):
+    """Per-element magnitudes of every member slice, summed per unit within each slice,
+    reduced over members, normalised within each group.
+
+    Subclasses override :meth:`magnitudes` (and :meth:`scores_parameter` to skip some members).
+    ``p``: magnitudes are raised to this power (1 or 2) before summing; the native kernel does
+    that without a temporary when ``magnitudes`` returns the weight itself.
+    """
+
+    p = 1
+
+    def __init__(self, reduction: str = "sum", normalization: str | None = "mean") -> None:
+        if reduction not in REDUCTIONS:
+            raise InvalidArgumentError(f"reduction must be one of {REDUCTIONS}, not "
+                                       f"{reduction!r}")
+        if normalization not in NORMALIZATIONS:
+            raise InvalidArgumentError(f"normalization must be one of {NORMALIZATIONS}, not "
+                                       f"{normalization!r}")
+        self.reduction = reduction
+        self.normalization = normalization
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(reduction={self.reduction!r}, "
+                f"normalization={self.normalization!r})")
+
+    def scores_parameter(self, dg: DependencyGraph, name: str, param: torch.Tensor) -> bool:
+        """Whether this parameter's slices take part (all of them by default)."""
+        return True
+
+    def magnitudes(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        """Per-element magnitudes of ``param`` (same shape; raised to ``p`` and summed)."""
+        raise NotImplementedError
+
+    def raw_scores(self, dg: DependencyGraph) -> torch.Tensor:
+        """Scores before normalisation: per-unit reduction over members."""
+        params = dict(dg.model.named_parameters())
+        slices = [s for s in scored_slices(dg)
+                  if self.scores_parameter(dg, s.name, params[s.name])]
+        for s in slices:
+            _check_real(params[s.name], s.name, self)
+        return _reduce_members(dg, slices, params, self)
+
+    def scores(self, dg: DependencyGraph) -> torch.Tensor:
+        raw = self.raw_scores(dg)
+        return normalize(dg, raw, self.normalization)
+
+
+class MagnitudeImportance(GroupImportance):
+    """Sum over the group's slices of ``|w|^p`` (p = 1: L1, p = 2: L2 squared)."""
+
+    def __init__(self, p: int = 2, reduction: str = "sum",
+                 normalization: str | None = "mean") -> None:
+        if p not in (1, 2):
+            raise InvalidArgumentError(f"p must be 1 or 2, not {p!r}")
+        super().__init__(reduction, normalization)
+        self.p = p
+        self.name = f"l{p}"
+
+    def magnitudes(self, name, param):
+        return param.detach()  # the kernel raises |w| to p itself
+
+    def __repr__(self) -> str:
+        return (f"MagnitudeImportance(p={self.p}, reduction={self.reduction!r}, "
+                f"normalization={self.normalization!r})")
+
+
+class LAMPImportance(MagnitudeImportance):
+    """Layer-adaptive magnitude: L2 scores normalised by LAMP within each group."""
+
+    def __init__(self, reduction: str = "sum") -> None:
+        super().__init__(2, reduction, "lamp")
+        self.name = "lamp"
+
+
+class BNScaleImportance(GroupImportance):
+    """``|gamma|`` of every BatchNorm in the group (network slimming); groups with no
+    BatchNorm are not scored."""
+
+    name = "bn_scale"
+
+    def scores_parameter(self, dg, name, param):
+        module_name, _, tensor = name.rpartition(".")
+        module = dg.model.get_submodule(module_name)
+        return tensor == "weight" and isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+    def magnitudes(self, name, param):
+        return param.detach()
+
+
+class TaylorImportance(GroupImportance):
+    """First-order Taylor: ``|w * dL/dw|`` summed over the group's slices, from the gradients
+    in ``.grad`` (accumulate them with ``loss.backward()`` before pruning). Parameters without a
+    gradient (frozen ones) do not score."""
+
+    name = "taylor"
+
+    def scores_parameter(self, dg, name, param):
+        return param.grad is not None
+
+    def magnitudes(self, name, param):
+        return (param.detach() * param.grad.detach()).abs_()
+
+    def raw_scores(self, dg):
+        params = dict(dg.model.named_parameters())
+        if not any(params[s.name].grad is not None for s in scored_slices(dg)):
+            raise MissingGradientsError(
+                "importance 'taylor' needs gradients: run loss.backward() on some batches "
+                "before pruning (no scoring parameter has a .grad)")
+        return super().raw_scores(dg)
+
+
+# Squared gradients per parameter, collected by collect_fisher: param -> [sum of g^2, batches].
+_FISHER_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def collect_fisher(model: nn.Module):
+    """Within this block, every backward pass adds each parameter's gradient squared to its
+    Fisher statistics (one backward = one batch), whatever happens to ``.grad`` in between.
+    ``importance="fisher"`` then scores ``w^2 * E[g^2]`` (OBD). Statistics are sliced along
+    with the weights when the model is pruned."""
+    handles = []
+    for p in {id(p): p for p in model.parameters()}.values():
+        if not p.requires_grad:
+            continue
+
+        def hook(grad, p=p):
+            g2 = grad.detach().to(torch.float32).square()
+            if p in _FISHER_STATS and _FISHER_STATS[p][0].shape == g2.shape:
+                _FISHER_STATS[p][0].add_(g2)
+                _FISHER_STATS[p][1] += 1
+            else:
+                _FISHER_STATS[p] = [g2, 1]
+
+        handles.append(p.register_hook(hook))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def fisher_statistics(param: torch.Tensor) -> torch.Tensor | None:
+    """E[g^2] of one parameter, or None when none was collected."""
+    entry = _FISHER_STATS.get(param)
+    return None if entry is None else entry[0] / entry[1]
+
+
+def clear_fisher(model: nn.Module) -> None:
+    for p in model.parameters():
+        _FISHER_STATS.pop(p, None)
+
+
+class FisherImportance(GroupImportance):
+    """Second-order (OBD with the empirical Fisher): ``w^2 * E[g^2]`` summed over the group's
+    slices, from the statistics gathered by :func:`collect_fisher`."""
+
+    name = "fisher"
+
+    def scores_parameter(self, dg, name, param):
+        return param in _FISHER_STATS
+
+    def magnitudes(self, name, param):
+        fisher = fisher_statistics(param)
+        if fisher.shape != param.shape:
+            raise PruningError(f"Fisher statistics of {name} have shape {tuple(fisher.shape)}, "
+                               f"the parameter {tuple(param.shape)}")
+        return param.detach().float().square() * fisher.to(param.device)
+
+    def raw_scores(self, dg):
+        params = dict(dg.model.named_parameters())
+        if not any(params[s.name] in _FISHER_STATS for s in scored_slices(dg)):
+            raise MissingGradientsError(
+                "importance 'fisher' needs gradient statistics: run the backward passes inside "
+                "`with depgraph_ext.collect_fisher(model):` before pruning")
+        return super().raw_scores(dg)
+
+
+class RandomImportance(Importance):
+    """Uniform random scores per unit, reproducible from ``seed``."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def scores(self, dg):
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.rand(dg.resolution.num_units, generator=gen, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"RandomImportance(seed={self.seed})"
+
+
+class MissingGradientsError(PruningError):
+    """A gradient-based criterion found no gradients or statistics to score with."""
+
+
+_NAMED = {
+    "l1": lambda: MagnitudeImportance(1),
+    "l2": lambda: MagnitudeImportance(2),
+    "lamp": LAMPImportance,
+    "bn_scale": BNScaleImportance,
+    "taylor": TaylorImportance,
+    "fisher": FisherImportance,
+    "random": RandomImportance,
+}
+IMPORTANCES = tuple(_NAMED)
+
+
+def get_importance(importance) -> Importance:
+    """An :class:`Importance` from a name in ``IMPORTANCES`` or an Importance object."""
+    if isinstance(importance, Importance):
+        return importance
+    if isinstance(importance, str) and importance in _NAMED:
+        return _NAMED[importance]()
+    if isinstance(importance, str):
+        raise InvalidArgumentError(f"importance must be one of {IMPORTANCES} or an Importance "
+                                   f"object, not {importance!r}")
+    raise InvalidArgumentError(f"importance must be a name or an Importance object, not "
+                               f"{type(importance).__name__}")
+
+
+def unit_scores(dg: DependencyGraph, importance="l2") -> torch.Tensor:
+    """float64[num_units] scores of ``importance`` (a name or an Importance object)."""
+    imp = get_importance(importance)
+    scores = imp.scores(dg)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (dg.resolution.num_units,):
+        raise InvalidArgumentError(
+            f"{imp!r}.scores must return a tensor of shape ({dg.resolution.num_units},), not "
+            f"{getattr(scores, 'shape', type(scores).__name__)}")
+    return scores.detach().to("cpu", torch.float64)
+
+
+# -- reduction over members ----------------------------------------------------------------------
+def _reduce_members(dg: DependencyGraph, slices: list[ScoredSlice], params,
+                    imp: GroupImportance) -> torch.Tensor:
+    n = dg.resolution.num_units
+    if not slices:
+        return torch.full((n,), float("nan"), dtype=torch.float64)
+    plain = type(imp).magnitudes is MagnitudeImportance.magnitudes or isinstance(
+        imp, BNScaleImportance)
+    if dg.backend == "native" and plain and imp.reduction in ops.REDUCTIONS:
+        return _fused(dg, slices, params, imp)
+    out = np.zeros(n)
+    touched = np.zeros(n, dtype=np.int64)
+    cache: tuple[str, torch.Tensor] | None = None
+    for s in slices:
+        if cache is None or cache[0] != s.name:  # one magnitude tensor alive at a time
+            cache = (s.name, imp.magnitudes(s.name, params[s.name]))
+        units, contribution = _slice_contribution(cache[1], s, imp.p, dg.backend)
+        seen = touched[units] > 0
+        if imp.reduction in ("sum", "mean"):
+            out[units] += contribution
+        elif imp.reduction == "max":
+            out[units] = np.where(seen, np.maximum(out[units], contribution), contribution)
+        elif imp.reduction == "prod":
+            out[units] = np.where(seen, out[units] * contribution, contribution)
+        else:  # first: the earliest member touching the unit
+            out[units] = np.where(seen, out[units], contribution)
+        touched[units] += 1
+    if imp.reduction == "mean":
+        out = out / np.maximum(touched, 1)
+    _check_finite(dg, out[touched > 0], imp)
+    out[touched == 0] = np.nan
+    return torch.from_numpy(out)
+
+
+def _slice_contribution(magnitude: torch.Tensor, s: ScoredSlice, p: int, backend: str):
+    """(unique units, float64 sums of magnitude^p over the slice's indices of each unit)."""
+    valid = s.units >= 0
+    units, local = np.unique(s.units[valid], return_inverse=True)
+    local_map = np.full(s.units.shape[0], -1, dtype=np.int64)
+    local_map[valid] = local
+    if backend == "native":
+        m = torch.from_numpy(local_map).to(magnitude.device)
+        sums = ops.grouped_norm([magnitude], [s.dim], [m], units.shape[0], p, "sum")
+        return units, sums.to("cpu", torch.float64).numpy()
+    w = magnitude.to(torch.float64)
+    w = w.abs() if p == 1 else w.square()
+    others = [d for d in range(w.dim()) if d != s.dim]
+    per_index = (w.sum(dim=others) if others else w).cpu().numpy()
+    return units, np.bincount(local_map[valid], weights=per_index[valid],
+                              minlength=units.shape[0])
+
+
+def _fused(dg, slices, params, imp) -> torch.Tensor:
+    """sum/mean/max over every member in one ``grouped_norm`` call."""
+    n = dg.resolution.num_units
     tensors, dims, maps = [], [], []
-    for sl in scored_slices(dg):
-        w = params[sl.name]
-        _check_real(w, sl.name, importance)
-        tensors.append(w.detach())
-        dims.append(sl.dim)
-        maps.append(torch.from_numpy(sl.units).to(w.device))
-    if not tensors:
-        return torch.zeros(res.num_units, dtype=torch.float64)
-    p = 1 if importance == "l1" else 2
-    return ops.grouped_norm(tensors, dims, maps, res.num_units, p, "sum").to(
-        "cpu", torch.float64)
+    touched = np.zeros(n, dtype=bool)
+    for s in slices:
+        w = params[s.name]
+        tensors.append(imp.magnitudes(s.name, w))
+        dims.append(s.dim)
+        maps.append(torch.from_numpy(s.units).to(w.device))
+        touched[s.units[s.units >= 0]] = True
+    out = ops.grouped_norm(tensors, dims, maps, n, imp.p, imp.reduction).to("cpu", torch.float64)
+    _check_finite(dg, out.numpy()[touched], imp)
+    out[torch.from_numpy(~touched)] = float("nan")
+    return out
 
 
-def _check_real(w: torch.Tensor, name: str, importance: str) -> None:
+# -- normalisation across groups -----------------------------------------------------------------
+def normalize(dg: DependencyGraph, scores: torch.Tensor, normalization: str | None
+              ) -> torch.Tensor:
+    """Scores divided (or standardised) group by group over the group's scored prunable units,
+    so that groups of different sizes compete fairly in global pruning. Unscored units stay
+    NaN; the order within a group never changes."""
+    if normalization is None:
+        return scores
+    s = scores.numpy().copy()
+    for group in dg.groups:
+        ids = group.unit_ids
+        v = s[ids]
+        ok = ~np.isnan(v) & group.prunable
+        if not ok.any():
+            continue
+        x = v[ok]
+        if normalization == "mean":
+            v = v / (x.mean() + _EPS)
+        elif normalization == "max":
+            v = v / (x.max() + _EPS)
+        elif normalization == "sum":
+            v = v / (x.sum() + _EPS)
+        elif normalization == "standardization":
+            v = (v - x.mean()) / (x.std() + _EPS)
+        else:  # lamp: each score over the sum of the scores not below it
+            order = np.argsort(x, kind="stable")
+            tail = np.cumsum(x[order][::-1])[::-1]
+            lamp = np.empty_like(x)
+            lamp[order] = x[order] / (tail + _EPS)
+            v = v.copy()
+            v[ok] = lamp
+            v[~ok & ~np.isnan(v)] = np.inf  # blocked units of the group are never removed
+        s[ids] = v
+    return torch.from_numpy(s)
+
+
+# -- checks --------------------------------------------------------------------------------------
+def _check_finite(dg: DependencyGraph, scored: np.ndarray, imp) -> None:
+    """Refuse scores that are NaN or infinite where some member did score: the weights (or
+    gradients) behind them are not finite."""
+    if np.isfinite(scored).all():
+        return
+    params = dict(dg.model.named_parameters())
+    bad = [n for n in dg.graph.params if n in params
+           and not torch.isfinite(params[n].detach()).all()]
+    raise NonFiniteWeightsError(
+        f"importance {getattr(imp, 'name', imp)!r} met weights that are NaN or infinite in "
+        f"{', '.join(bad[:5]) or 'the model (or its gradients)'}; no ranking of units is "
+        "meaningful"
+    )
+
+
+def _check_real(w: torch.Tensor, name: str, imp) -> None:
     if w.device.type == "meta":
         raise PruningError(
-            f"importance {importance!r} needs real weights, but parameter {name} is on the "
-            "meta device"
+            f"importance {getattr(imp, 'name', imp)!r} needs real weights, but parameter {name} "
+            "is on the meta device"
         )

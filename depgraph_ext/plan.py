@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -34,56 +35,179 @@ def check_round_to(round_to) -> int | None:
     return round_to
 
 
-def check_ratios(ratios) -> dict[str, float]:
+def check_ratios(ratios, model: torch.nn.Module | None = None) -> dict[str, float]:
+    """``{kind or module name: ratio}``; module names must name a module of ``model``."""
     if ratios is None:
         return {}
     if not isinstance(ratios, dict):
-        raise InvalidArgumentError(f"ratios must be a dict {{kind: ratio}}, not "
+        raise InvalidArgumentError(f"ratios must be a dict {{kind or module: ratio}}, not "
                                    f"{type(ratios).__name__}")
-    unknown = set(ratios) - set(KINDS)
+    modules = set(dict(model.named_modules())) if model is not None else set()
+    unknown = [k for k in ratios if k not in KINDS and k not in modules]
     if unknown:
-        raise InvalidArgumentError(f"ratios: unknown group kind(s) {sorted(unknown)}; the kinds "
-                                   f"are {list(KINDS)}")
+        raise InvalidArgumentError(f"ratios: {unknown} are neither group kinds {list(KINDS)} "
+                                   "nor modules of the model")
     return {k: check_ratio(v, f"ratios[{k!r}]") for k, v in ratios.items()}
+
+
+def check_max_ratio(max_ratio) -> float:
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not (
+            0.0 <= max_ratio <= 1.0):
+        raise InvalidArgumentError(f"max_ratio must be a number in [0, 1], not {max_ratio!r}")
+    return float(max_ratio)
+
+
+def check_min_units(min_units) -> int:
+    if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
+        raise InvalidArgumentError(f"min_units must be an integer >= 1, not {min_units!r}")
+    return min_units
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How many units each group loses.
+
+    ``ratio``: the fraction of prunable units removed; ``ratios``: per group kind or per module
+    (the module of the group's root layer, or any module containing it; the longest name
+    wins) overriding ``ratio``; ``global_pruning``: groups of one kind compete on their
+    normalised scores and the kind as a whole loses its ratio of units; ``max_ratio``: no group
+    loses more than this fraction; ``min_units``: every group keeps at least this many units;
+    ``round_to``: the units a group keeps are rounded up to a multiple of this.
+    """
+
+    ratio: float = 0.5
+    ratios: dict = field(default_factory=dict)
+    global_pruning: bool = False
+    max_ratio: float = 1.0
+    min_units: int = 1
+    round_to: int | None = None
+
+    def with_ratio(self, ratio: float) -> Selection:
+        return replace(self, ratio=ratio)
+
+    def scaled(self, factor: float) -> Selection:
+        """Every ratio r replaced by the per-step ratio that removes ``factor`` of r's units
+        from what is left (iterative pruning)."""
+        return replace(self, ratio=self.ratio * factor,
+                       ratios={k: v * factor for k, v in self.ratios.items()})
+
+
+def group_roots(dg: DependencyGraph) -> list[str]:
+    """For every group, the parameter read first in the forward pass among its members."""
+    from .importance import scored_slices
+
+    res = dg.resolution
+    root_of_gid: dict[int, str] = {}
+    for s in scored_slices(dg):
+        for gid in np.unique(res.unit_groups[s.units[s.units >= 0]]):
+            root_of_gid.setdefault(int(gid), s.name)
+    return [root_of_gid.get(int(res.unit_groups[g.unit_ids[0]]), "") for g in dg.groups]
+
+
+def group_ratios(dg: DependencyGraph, sel: Selection) -> tuple[np.ndarray, np.ndarray]:
+    """(ratio of every group, whether it came from a module entry of ``sel.ratios``)."""
+    module_keys = sorted((k for k in sel.ratios if k not in KINDS), key=len, reverse=True)
+    roots = group_roots(dg) if module_keys else [""] * len(dg.groups)
+    out = np.empty(len(dg.groups))
+    by_module = np.zeros(len(dg.groups), dtype=bool)
+    for i, (group, root) in enumerate(zip(dg.groups, roots)):
+        module = root.rpartition(".")[0]
+        key = next((k for k in module_keys
+                    if k == "" or module == k or module.startswith(k + ".")), None)
+        by_module[i] = key is not None
+        out[i] = sel.ratios[key] if key is not None else sel.ratios.get(group.kind, sel.ratio)
+    return out, by_module
+
+
+def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndarray:
+    """Keep mask over units for the given scores (NaN: not scored, never removed)."""
+    s = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    s = np.where(np.isnan(s), np.inf, s)
+    keep = np.ones(dg.resolution.num_units, dtype=bool)
+    ratios, by_module = group_ratios(dg, sel)
+    caps = []
+    for group in dg.groups:
+        candidates = group.unit_ids[group.prunable & np.isfinite(s[group.unit_ids])]
+        cap = min(int(math.floor(candidates.shape[0] * sel.max_ratio + 1e-9)),
+                  group.num_units - sel.min_units)
+        caps.append((candidates, max(0, cap)))
+    if sel.global_pruning:
+        pools: dict[str, list[int]] = {}
+        for i, group in enumerate(dg.groups):
+            if not by_module[i]:
+                pools.setdefault(group.kind, []).append(i)
+        local = [i for i in range(len(dg.groups)) if by_module[i]]
+        removed = _select_global(dg, s, sel, ratios, caps, pools)
+    else:
+        local, removed = range(len(dg.groups)), {}
+    for i in local:
+        candidates, cap = caps[i]
+        n_remove = min(int(math.floor(candidates.shape[0] * ratios[i] + 1e-9)), cap)
+        order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
+        removed[i] = candidates[order[:n_remove]]
+    for i, units in removed.items():
+        if sel.round_to and units.shape[0]:
+            group = dg.groups[i]
+            kept = group.num_units - units.shape[0]
+            kept = min(group.num_units, -(-kept // sel.round_to) * sel.round_to)
+            units = units[: max(0, group.num_units - kept)]  # lowest scores come first
+        keep[units] = False
+    keep_nonempty(dg, s, keep)
+    return keep
+
+
+def _select_global(dg, s, sel, ratios, caps, pools) -> dict[int, np.ndarray]:
+    """Per kind: the kind's lowest-scoring units across its groups, as many as its ratio of
+    all its candidates, no group past its cap. Returns removed units per group, lowest first."""
+    removed: dict[int, np.ndarray] = {}
+    for members in pools.values():
+        cands = [caps[i][0] for i in members]
+        if not any(c.shape[0] for c in cands):
+            continue
+        units = np.concatenate(cands)
+        gidx = np.concatenate([np.full(c.shape[0], i) for i, c in zip(members, cands)])
+        sc = s[units]
+        target = int(math.floor(units.shape[0] * ratios[members[0]] + 1e-9))
+        by_group = np.lexsort((units, sc, gidx))  # within each group, lowest score first
+        starts = np.searchsorted(gidx[by_group], gidx[by_group], side="left")
+        rank = np.empty(units.shape[0], dtype=np.int64)
+        rank[by_group] = np.arange(units.shape[0]) - starts
+        cap = np.array([caps[i][1] for i in range(len(caps))])[gidx]
+        allowed = np.nonzero(rank < cap)[0]
+        order = allowed[np.lexsort((units[allowed], sc[allowed]))][:target]
+        for i in members:
+            mine = order[gidx[order] == i]
+            removed[i] = units[mine[np.lexsort((units[mine], sc[mine]))]]
+    return removed
 
 
 def select_local(dg: DependencyGraph, scores: torch.Tensor, ratio: float,
                  round_to: int | None = None, ratios: dict[str, float] | None = None
                  ) -> np.ndarray:
-    """Keep mask over units: every group loses ``floor(r * prunable units)`` of its lowest
-    scoring prunable units, r being ``ratios[group.kind]`` or else ``ratio``; with ``round_to``
-    the units left in a group are rounded up to a multiple of it. Every tensor dim keeps at least
+    """Local pruning: every group loses ``floor(r * prunable units)`` of its lowest scoring
+    prunable units, r being ``ratios[group.kind]`` or else ``ratio``; with ``round_to`` the
+    units left in a group are rounded up to a multiple of it. Every tensor dim keeps at least
     one index."""
-    s = scores.numpy()
-    ratios = ratios or {}
-    keep = np.ones(dg.resolution.num_units, dtype=bool)
-    for group in dg.groups:
-        candidates = group.unit_ids[group.prunable]
-        r = ratios.get(group.kind, ratio)
-        n_remove = int(math.floor(candidates.shape[0] * r + 1e-9))
-        if round_to:
-            kept = group.num_units - n_remove
-            kept = min(group.num_units, -(-kept // round_to) * round_to)
-            n_remove = group.num_units - kept
-        n_remove = max(0, min(n_remove, candidates.shape[0]))
-        order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
-        keep[candidates[order[:n_remove]]] = False
-    keep_nonempty(dg, s, keep)
-    return keep
+    return select(dg, scores, Selection(ratio, dict(ratios or {}), round_to=round_to))
 
 
 def keep_nonempty(dg: DependencyGraph, scores: np.ndarray, keep: np.ndarray) -> None:
     """Give back the best unit of any leaf that would lose every element (in place)."""
     res = dg.resolution
     leaves = np.nonzero(res.leaf_unit_offsets >= 0)[0]
-    changed = True
-    while changed:
-        changed = False
-        for leaf in leaves:
-            units = res.units_of_leaf(int(leaf))
-            if not keep[units].any():
-                keep[units[np.argmax(scores[units])]] = True
-                changed = True
+    if leaves.shape[0] == 0:
+        return
+    sizes = res.leaf_sizes[leaves].astype(np.int64)
+    starts = res.leaf_unit_offsets[leaves].astype(np.int64)
+    # every element of every leaf, leaf by leaf
+    elem = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(
+        int(sizes.sum()))
+    kept_any = np.maximum.reduceat(keep[res.elem_units[elem]], np.concatenate(
+        ([0], np.cumsum(sizes)[:-1]))) if elem.shape[0] else np.ones(0, dtype=bool)
+    for leaf in leaves[~kept_any.astype(bool)]:  # few: re-check, an earlier fix may cover it
+        units = res.units_of_leaf(int(leaf))
+        if not keep[units].any():
+            keep[units[np.argmax(scores[units])]] = True
 
 
 def build_plan(dg: DependencyGraph, unit_keep: np.ndarray) -> tuple[Plan, dict[int, np.ndarray]]:

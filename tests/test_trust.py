@@ -111,7 +111,7 @@ def test_dot_export_lists_every_group_and_member(tmp_path):
         assert "<svg" in svg and "blocks.0.conv1.weight" in svg
 
 
-@pytest.mark.parametrize("ratios, match", [({"attention": 0.5}, "unknown group kind"),
+@pytest.mark.parametrize("ratios, match", [({"attention": 0.5}, "neither group kinds"),
                                            ({"heads": 1.5}, r"ratios\['heads'\]"),
                                            ([0.5], "must be a dict")])
 def test_bad_per_kind_ratios(ratios, match):
@@ -163,8 +163,8 @@ STAGES = [
     ("depgraph_ext.dependency", "trace"),
     ("depgraph_ext.dependency", "build_couplings"),
     ("depgraph_ext.dependency", "resolve"),
-    ("depgraph_ext.api", "unit_scores"),
-    ("depgraph_ext.api", "select_local"),
+    ("depgraph_ext.pruner", "unit_scores"),
+    ("depgraph_ext.pruner", "select"),
     ("depgraph_ext.plan", "attribute_updates"),
     ("depgraph_ext.plan", "validate_plan"),
     ("depgraph_ext.plan", "config_updates"),
