@@ -34,6 +34,7 @@ from .pruner import Pruner
 from .resolve import native_available
 from .rules import RuleContext, register_rule
 from .saving import apply_plan
+from .sparsity import GroupSparsity
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "BNScaleImportance",
     "FisherImportance",
     "GroupImportance",
+    "GroupSparsity",
     "Importance",
     "LAMPImportance",
     "MagnitudeImportance",

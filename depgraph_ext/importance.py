@@ -18,12 +18,12 @@ Plug in a criterion by subclassing :class:`GroupImportance` (override ``magnitud
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import ops
 from .dependency import DependencyGraph
@@ -209,7 +209,7 @@ class TaylorImportance(GroupImportance):
 
 
 # Squared gradients per parameter, collected by collect_fisher: param -> [sum of g^2, batches].
-_FISHER_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FISHER_STATS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 @contextlib.contextmanager
