@@ -81,15 +81,22 @@ class Selection:
     max_ratio: float = 1.0
     min_units: int = 1
     round_to: int | None = None
+    # Iterative pruning: the fraction of the schedule done after this step, and the prunable
+    # units before the first step, per group (by root parameter) and per kind.
+    progress: float = 1.0
+    initial_groups: dict = field(default_factory=dict)
+    initial_kinds: dict = field(default_factory=dict)
 
     def with_ratio(self, ratio: float) -> Selection:
         return replace(self, ratio=ratio)
 
-    def scaled(self, factor: float) -> Selection:
-        """Every ratio r replaced by the per-step ratio that removes ``factor`` of r's units
-        from what is left (iterative pruning)."""
-        return replace(self, ratio=self.ratio * factor,
-                       ratios={k: v * factor for k, v in self.ratios.items()})
+    def removal(self, ratio: float, current: int, initial: int | None) -> int:
+        """Units to remove now from ``current`` candidates so that ``progress`` of ``ratio`` of
+        the ``initial`` ones are gone (without a known initial count: ``ratio`` of current)."""
+        if initial is None:
+            return int(math.floor(current * ratio + 1e-9))
+        kept = initial - int(math.floor(initial * ratio * self.progress + 1e-9))
+        return max(0, current - kept)
 
 
 def group_roots(dg: DependencyGraph) -> list[str]:
@@ -125,6 +132,7 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
     s = np.where(np.isnan(s), np.inf, s)
     keep = np.ones(dg.resolution.num_units, dtype=bool)
     ratios, by_module = group_ratios(dg, sel)
+    roots = group_roots(dg) if sel.initial_groups else [None] * len(dg.groups)
     caps = []
     for group in dg.groups:
         candidates = group.unit_ids[group.prunable & np.isfinite(s[group.unit_ids])]
@@ -142,7 +150,8 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
         local, removed = range(len(dg.groups)), {}
     for i in local:
         candidates, cap = caps[i]
-        n_remove = min(int(math.floor(candidates.shape[0] * ratios[i] + 1e-9)), cap)
+        n_remove = min(sel.removal(ratios[i], candidates.shape[0],
+                                   sel.initial_groups.get(roots[i])), cap)
         order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
         removed[i] = candidates[order[:n_remove]]
     for i, units in removed.items():
@@ -160,14 +169,14 @@ def _select_global(dg, s, sel, ratios, caps, pools) -> dict[int, np.ndarray]:
     """Per kind: the kind's lowest-scoring units across its groups, as many as its ratio of
     all its candidates, no group past its cap. Returns removed units per group, lowest first."""
     removed: dict[int, np.ndarray] = {}
-    for members in pools.values():
+    for kind, members in pools.items():
         cands = [caps[i][0] for i in members]
         if not any(c.shape[0] for c in cands):
             continue
         units = np.concatenate(cands)
         gidx = np.concatenate([np.full(c.shape[0], i) for i, c in zip(members, cands)])
         sc = s[units]
-        target = int(math.floor(units.shape[0] * ratios[members[0]] + 1e-9))
+        target = sel.removal(ratios[members[0]], units.shape[0], sel.initial_kinds.get(kind))
         by_group = np.lexsort((units, sc, gidx))  # within each group, lowest score first
         starts = np.searchsorted(gidx[by_group], gidx[by_group], side="left")
         rank = np.empty(units.shape[0], dtype=np.int64)

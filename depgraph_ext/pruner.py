@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from .plan import (
     check_ratio,
     check_ratios,
     check_round_to,
+    group_roots,
     make_plan,
     select,
 )
@@ -85,6 +87,7 @@ class Pruner:
         self.optimizer = optimizer
         self.results: list[PruneResult] = []
         self._initial: tuple[int, int] | None = None  # (params, MACs) before step 1
+        self._initial_units: tuple[dict, dict] | None = None  # prunable units before step 1
 
     @property
     def done(self) -> bool:
@@ -105,7 +108,14 @@ class Pruner:
             p0, m0 = self._initial
             targets = (_step_target(self.target_params, p0, i, n),
                        _step_target(self.target_macs, m0, i, n), costs)
-        result = prune_step(dg, self.importance, _step_selection(self.selection, i, n), targets,
+        selection = self.selection
+        if n > 1 and targets is None:
+            if self._initial_units is None:
+                self._initial_units = _initial_counts(dg)
+            selection = replace(selection, progress=i / n,
+                                initial_groups=self._initial_units[0],
+                                initial_kinds=self._initial_units[1])
+        result = prune_step(dg, self.importance, selection, targets,
                             self.require_loadable, self.in_place, self.optimizer, t0)
         self.results.append(result)
         return result
@@ -137,17 +147,13 @@ def _step_target(target, initial: int, i: int, n: int) -> int | None:
     return int(math.floor(initial - (initial - final) * i / n))
 
 
-def _step_selection(sel: Selection, i: int, n: int) -> Selection:
-    """Ratios for step i of n: cumulative ratio r*i/n of the original units, expressed as a
-    fraction of the units left after step i-1."""
-    def per_step(r: float) -> float:
-        before, after = 1 - r * (i - 1) / n, 1 - r * i / n
-        return 0.0 if before <= 0 else min(max(1 - after / before, 0.0), 1 - 1e-12)
-
-    if n == 1:
-        return sel
-    return Selection(per_step(sel.ratio), {k: per_step(v) for k, v in sel.ratios.items()},
-                     sel.global_pruning, sel.max_ratio, sel.min_units, sel.round_to)
+def _initial_counts(dg: DependencyGraph) -> tuple[dict, dict]:
+    """Prunable units per group (keyed by its root parameter, stable across steps) and kind."""
+    groups, kinds = {}, {}
+    for group, root in zip(dg.groups, group_roots(dg)):
+        groups[root] = groups.get(root, 0) + group.num_prunable
+        kinds[group.kind] = kinds.get(group.kind, 0) + group.num_prunable
+    return groups, kinds
 
 
 def prune_step(dg: DependencyGraph, importance, selection: Selection, targets,
