@@ -34,6 +34,7 @@ class PruneResult:
     macs_after: int | None = None
     units: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (before, after)
     steps: int = 1
+    buffers: frozenset[str] = frozenset()  # planned names that are buffers, not parameters
 
     def save_plan(self, path):
         """Write the plan (kept indices, attribute and config changes) as JSON; replay it on a
@@ -54,9 +55,12 @@ class PruneResult:
         def numel(shape) -> int:
             return int(np.prod(shape, dtype=np.int64))
 
+        def params(shapes, names) -> int:
+            return sum(numel(shapes[x]) for x in names if x not in self.buffers)
+
         rows = [(m or "<root>", n[0].rpartition(".")[2], self.shapes_before[n[0]],
-                 self.shapes_after[n[0]], sum(numel(self.shapes_before[x]) for x in n),
-                 sum(numel(self.shapes_after[x]) for x in n)) for m, n in layers.items()]
+                 self.shapes_after[n[0]], params(self.shapes_before, n),
+                 params(self.shapes_after, n)) for m, n in layers.items()]
         shown = rows if max_rows is None else rows[:max_rows]
         width = max([len("layer")] + [len(r[0]) for r in shown])
         lines = [f"{'layer':<{width}}  {'tensor':<8} {'before':>18}  {'after':>18}  "
@@ -233,6 +237,7 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
         macs_after=results[-1].macs_after,
         units=units,
         steps=len(results),
+        buffers=frozenset().union(*(r.buffers for r in results)),
     )
 
 
@@ -293,4 +298,5 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
         macs_before=macs_before,
         macs_after=macs_after,
         units=units,
+        buffers=frozenset(n for n in plan if n not in dict(model.named_parameters())),
     )

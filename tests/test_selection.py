@@ -298,3 +298,19 @@ def test_predicted_macs_equal_the_pruned_models_count():
 def test_global_pruning_plans_agree_across_backends(backend):
     m = make_chain()
     prune_and_check(m, X, ratio=0.4, global_pruning=True)
+
+
+def test_summary_lists_layer_params_units_per_kind_and_macs():
+    from test_importance import X as IMG
+    from test_importance import make_net
+
+    model = make_net()
+    result = dx.prune(model, IMG, ratio=0.5)
+    text = result.summary()
+    b1 = next(line for line in text.splitlines() if line.startswith("b1 "))
+    # BatchNorm: weight + bias are parameters (the running statistics are buffers)
+    assert b1.split()[-2:] == ["16", str(2 * model.b1.num_features)]
+    before, after = result.units["channels"]
+    assert f"channels: {before:,} -> {after:,} units" in text
+    _, macs = dx.count_params_and_macs(model, IMG)
+    assert f"-> {macs:,} (" in text and result.macs_after == macs
