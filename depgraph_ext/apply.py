@@ -258,11 +258,15 @@ def _gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[st
     current = {name: tensors[name].data for name in plan}
     rounds = max((len(dims) for dims in plan.values()), default=0)
     for r in range(rounds):
-        names = [n for n, dims in plan.items() if len(dims) > r]
-        dims = [sorted(plan[n].items())[r][0] for n in names]
-        kept = [sorted(plan[n].items())[r][1].to(current[n].device) for n in names]
-        for n, out in zip(names, ops.gather_slices([current[n] for n in names], dims, kept)):
-            current[n] = out
+        by_device: dict[torch.device, list[str]] = {}  # one call per device: ops dispatch on it
+        for n, dims in plan.items():
+            if len(dims) > r:
+                by_device.setdefault(current[n].device, []).append(n)
+        for names in by_device.values():
+            dims = [sorted(plan[n].items())[r][0] for n in names]
+            kept = [sorted(plan[n].items())[r][1].to(current[n].device) for n in names]
+            for n, out in zip(names, ops.gather_slices([current[n] for n in names], dims, kept)):
+                current[n] = out
     return current
 
 

@@ -339,7 +339,8 @@ def _reduce_members(dg: DependencyGraph, slices: list[ScoredSlice], params,
         return torch.full((n,), float("nan"), dtype=torch.float64)
     plain = type(imp).magnitudes is MagnitudeImportance.magnitudes or isinstance(
         imp, BNScaleImportance)
-    if dg.backend == "native" and plain and imp.reduction in ops.REDUCTIONS:
+    one_device = len({params[s.name].device for s in slices}) == 1
+    if dg.backend == "native" and plain and imp.reduction in ops.REDUCTIONS and one_device:
         return _fused(dg, slices, params, imp)
     out = np.zeros(n)
     touched = np.zeros(n, dtype=np.int64)

@@ -65,11 +65,16 @@ class GroupSparsity:
         """``||w_k||_2`` of every unit over all its group's member slices (differentiable)."""
         self._check_unchanged()
         n = self.dg.resolution.num_units
-        if self.dg.backend == "native":
-            squares = ops.grouped_norm(self._params, [s.dim for s in self._slices], self._maps,
-                                       n, 2, "sum")
-        else:
-            squares = _squares_reference(self._params, self._slices, n)
+        if self.dg.backend != "native":
+            return torch.sqrt(_squares_reference(self._params, self._slices, n) + _EPS)
+        by_device: dict[torch.device, list[int]] = {}  # one kernel call per device
+        for i, p in enumerate(self._params):
+            by_device.setdefault(p.device, []).append(i)
+        home = self._params[0].device
+        squares = sum(
+            ops.grouped_norm([self._params[i] for i in idx], [self._slices[i].dim for i in idx],
+                             [self._maps[i] for i in idx], n, 2, "sum").to(home)
+            for idx in by_device.values())
         return torch.sqrt(squares + _EPS)
 
     def update_scales(self) -> None:
@@ -121,7 +126,7 @@ def _squares_reference(params, slices, num_units: int) -> torch.Tensor:
         w = p.to(torch.float64).square()
         others = [d for d in range(w.dim()) if d != s.dim]
         per_index = w.sum(dim=others) if others else w
-        units = torch.from_numpy(s.units).to(p.device)
+        units = torch.from_numpy(s.units).to(out.device)
         valid = units >= 0
-        out = out.index_add(0, units[valid], per_index[valid])
+        out = out.index_add(0, units[valid], per_index.to(out.device)[valid])
     return out
