@@ -5,6 +5,15 @@
 """
 
 from .api import PruneResult, count_params, prune, prune_group
+from .checkpoint import (
+    CheckpointError,
+    CheckpointResult,
+    CheckpointWriteError,
+    DiskFullError,
+    OutputExistsError,
+    UnknownModelTypeError,
+    prune_checkpoint,
+)
 from .configs import ConfigMismatchWarning
 from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, OpaqueOpWarning
 from .errors import (
@@ -25,8 +34,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "CheckpointError",
+    "CheckpointResult",
+    "CheckpointWriteError",
     "ConfigMismatchWarning",
     "DependencyGraph",
+    "DiskFullError",
     "FixedSizeWarning",
     "Group",
     "InvalidArgumentError",
@@ -34,16 +47,19 @@ __all__ = [
     "NoPrunableGroupsError",
     "NonFiniteWeightsError",
     "OpaqueOpWarning",
+    "OutputExistsError",
     "PlanValidationError",
     "PruneResult",
     "PruningError",
     "RuleContext",
     "TraceError",
+    "UnknownModelTypeError",
     "UnsupportedOpError",
     "apply_plan",
     "count_params",
     "native_available",
     "prune",
+    "prune_checkpoint",
     "prune_group",
     "register_rule",
 ]
