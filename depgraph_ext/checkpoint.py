@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ops
+from . import ops, safetensors_io
 from .apply import gather
 from .configs import ConfigUpdate
 from .dependency import KINDS, DependencyGraph, FixedSizeWarning
@@ -53,7 +53,6 @@ from .safetensors_io import (
     fsync,
     output_layout,
     read_header,
-    write_chunk,
     write_tensor,
 )
 from .trace import meta_stands_for
@@ -527,7 +526,7 @@ class _Job:
         bar = self.progress.bar(sum(header.entries[k].nbytes for k in keys),
                                 f"write {header.path.name}")
         with MappedFile(header) as mapped, open(out_dir / header.path.name, "xb") as f:
-            write_chunk(f, header_bytes)
+            safetensors_io.write_chunk(f, header_bytes)
             for key in keys:
                 entry = header.entries[key]
                 dims = plan.get(self.aliases.get(key, key))
@@ -773,5 +772,5 @@ def _finish(source: Source, model, job: _Job, plan: Plan, updates, tmp: Path,
 
 def _write_text(path: Path, text: str) -> None:
     with open(path, "xb") as f:
-        write_chunk(f, text.encode())
+        safetensors_io.write_chunk(f, text.encode())
         fsync(f)
