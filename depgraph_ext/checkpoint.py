@@ -436,8 +436,13 @@ class _Job:
             bar = self.progress.bar(sum(header.entries[k].nbytes for k in keys),
                                     f"score {header.path.name}")
             with MappedFile(header) as mapped:
-                for key in keys:
+                for n, key in enumerate(keys):
                     entry = header.entries[key]
+                    if n == 0:
+                        mapped.prefetch(entry.begin, entry.end)
+                    if n + 1 < len(keys):
+                        following = header.entries[keys[n + 1]]
+                        mapped.prefetch(following.begin, following.end)
                     t = mapped.tensor(entry)
                     name = self.aliases.get(key, key)
                     for dim in by_key[key]:
@@ -527,8 +532,13 @@ class _Job:
                                 f"write {header.path.name}")
         with MappedFile(header) as mapped, open(out_dir / header.path.name, "xb") as f:
             safetensors_io.write_chunk(f, header_bytes)
-            for key in keys:
+            for n, key in enumerate(keys):
                 entry = header.entries[key]
+                if n == 0:
+                    mapped.prefetch(entry.begin, entry.end)
+                if n + 1 < len(keys):
+                    following = header.entries[keys[n + 1]]
+                    mapped.prefetch(following.begin, following.end)
                 dims = plan.get(self.aliases.get(key, key))
                 if dims:
                     t = mapped.tensor(entry)

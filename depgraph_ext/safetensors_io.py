@@ -130,6 +130,14 @@ class MappedFile:
     def raw(self, begin: int, end: int) -> memoryview:
         return memoryview(self._map)[begin:end]
 
+    def prefetch(self, begin: int, end: int) -> None:
+        """Ask the kernel to start reading ``[begin, end)`` now (asynchronously), so the next
+        tensor's pages arrive while this one is being worked on."""
+        if self._map is None or end <= begin:
+            return
+        start = begin - begin % _PAGE
+        self._map.madvise(mmap.MADV_WILLNEED, start, end - start)
+
     def release(self, begin: int, end: int) -> None:
         """Drop the pages of ``[begin, end)`` from this process (the page cache keeps them)."""
         if self._map is None or end <= begin:
@@ -193,6 +201,7 @@ def copy_bytes(f, src: MappedFile, begin: int, end: int) -> None:
     """Copy ``[begin, end)`` of a mapped file to ``f`` in chunks, releasing pages as it goes."""
     for start in range(begin, end, _CHUNK):
         stop = min(end, start + _CHUNK)
+        src.prefetch(stop, min(end, stop + _CHUNK))
         view = src.raw(start, stop)
         try:
             write_chunk(f, view)
