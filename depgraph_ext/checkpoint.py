@@ -53,6 +53,7 @@ from .safetensors_io import (
     fsync,
     output_layout,
     read_header,
+    sync_file,
     write_tensor,
 )
 from .trace import meta_stands_for
@@ -63,6 +64,7 @@ CONFIG = "config.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _MAX_FEEDBACK = 32  # validation rounds, as in ``prune``
 _SEQ = 16  # tokens of the example input the model is traced on
+_AHEAD = 2  # tensors whose reading is started ahead of the one being worked on
 
 
 class CheckpointError(PruningError):
@@ -440,9 +442,8 @@ class _Job:
                     entry = header.entries[key]
                     if n == 0:
                         mapped.prefetch(entry.begin, entry.end)
-                    if n + 1 < len(keys):
-                        following = header.entries[keys[n + 1]]
-                        mapped.prefetch(following.begin, following.end)
+                    for ahead in keys[n + 1:n + 1 + _AHEAD]:
+                        mapped.prefetch(header.entries[ahead].begin, header.entries[ahead].end)
                     t = mapped.tensor(entry)
                     name = self.aliases.get(key, key)
                     for dim in by_key[key]:
@@ -536,9 +537,8 @@ class _Job:
                 entry = header.entries[key]
                 if n == 0:
                     mapped.prefetch(entry.begin, entry.end)
-                if n + 1 < len(keys):
-                    following = header.entries[keys[n + 1]]
-                    mapped.prefetch(following.begin, following.end)
+                for ahead in keys[n + 1:n + 1 + _AHEAD]:
+                    mapped.prefetch(header.entries[ahead].begin, header.entries[ahead].end)
                 dims = plan.get(self.aliases.get(key, key))
                 if dims:
                     t = mapped.tensor(entry)
@@ -548,7 +548,7 @@ class _Job:
                 else:
                     copy_bytes(f, mapped, entry.begin, entry.end)
                 bar.update(entry.nbytes)
-            fsync(f)
+            f.flush()  # synced with the others at the end: the kernel writes back meanwhile
         bar.close()
 
 
@@ -660,10 +660,10 @@ def prune_checkpoint(
     shards) into a new checkpoint directory ``dst`` that ``from_pretrained`` loads.
 
     The model is never held in memory: it is planned on the meta device and its weights are
-    scored and sliced one tensor at a time from memory-mapped shards. The result is bit for
-    bit what ``prune(model, inputs, ratio, ratios=..., importance=..., round_to=...,
-    require_loadable=True)`` followed by ``save_pretrained`` gives (same plan, same kept
-    weights), with the same shard files and names.
+    scored and sliced one tensor at a time from memory-mapped shards. The plan and every kept
+    weight are bit for bit those of ``prune(model, inputs, ratio, ratios=..., importance=...,
+    round_to=..., require_loadable=True)`` on the loaded model; the output shards keep the
+    source's file names and tensor names.
 
     ``progress``: a bar per shard on stderr (default: when stderr is a terminal, rank 0).
     ``distributed``: None uses ``torch.distributed`` when it is initialised (every rank must
@@ -726,6 +726,8 @@ def prune_checkpoint(
             try:
                 for i in owned:
                     job.write_shard(i, plan, tmp)
+                for i in owned:
+                    sync_file(tmp / source.shards[i].path.name)
             except OSError as exc:
                 raise _write_error(exc, dst) from exc
 

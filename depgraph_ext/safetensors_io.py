@@ -213,3 +213,12 @@ def copy_bytes(f, src: MappedFile, begin: int, end: int) -> None:
 def fsync(f) -> None:
     f.flush()
     os.fsync(f.fileno())
+
+
+def sync_file(path) -> None:
+    """Wait until a written file is on disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
