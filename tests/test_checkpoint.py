@@ -160,6 +160,28 @@ def test_reloaded_checkpoint_passes_the_scatter_back_oracle(checkpoints, tmp_pat
                               rtol=1e-9 if tight else 1e-4, atol=1e-9 if tight else 1e-5)
 
 
+def test_meta_model_traces_as_on_the_cpu():
+    """On meta, SDPA decomposes into math with the key/value heads repeated, so a GQA graph has
+    8 key/value heads per call; traced as if on the CPU it is the CPU model's graph."""
+    from depgraph_ext.trace import meta_stands_for
+
+    cpu = dx.DependencyGraph(build("llama"), {"input_ids": IDS})
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta_model = MODELS["llama"][0]()
+    plain = dx.DependencyGraph(meta_model, {"input_ids": IDS})
+    with meta_stands_for("cpu"):
+        stand_in = dx.DependencyGraph(meta_model, {"input_ids": IDS})
+
+    def kv_heads(dg):
+        sizes = dg.coupling_model.couplings.slot_sizes
+        return [int(sizes[c.kv_heads]) for c in dg.coupling_model.attention]
+
+    assert kv_heads(plain) == [8, 8] and kv_heads(cpu) == kv_heads(stand_in) == [2, 2]
+    assert [n.name for n in stand_in.graph.nodes] == [n.name for n in cpu.graph.nodes]
+    assert all(p.device.type == "meta" for p in meta_model.parameters())
+
+
 def test_python_backend_gives_the_same_checkpoint(checkpoints, tmp_path):
     src = checkpoints["llama"]
     native = dx.prune_checkpoint(src, tmp_path / "native", ratios=RATIOS)
