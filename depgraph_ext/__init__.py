@@ -5,6 +5,15 @@
 """
 
 from .api import PruneResult, prune, prune_group
+from .checkpoint import (
+    CheckpointError,
+    CheckpointResult,
+    CheckpointWriteError,
+    DiskFullError,
+    OutputExistsError,
+    UnknownModelTypeError,
+    prune_checkpoint,
+)
 from .configs import ConfigMismatchWarning
 from .counting import count_params, count_params_and_macs
 from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, OpaqueOpWarning
@@ -53,8 +62,12 @@ __all__ = [
     "collect_fisher",
     "count_params_and_macs",
     "BackendUnavailableError",
+    "CheckpointError",
+    "CheckpointResult",
+    "CheckpointWriteError",
     "ConfigMismatchWarning",
     "DependencyGraph",
+    "DiskFullError",
     "FixedSizeWarning",
     "Group",
     "InvalidArgumentError",
@@ -62,16 +75,19 @@ __all__ = [
     "NoPrunableGroupsError",
     "NonFiniteWeightsError",
     "OpaqueOpWarning",
+    "OutputExistsError",
     "PlanValidationError",
     "PruneResult",
     "PruningError",
     "RuleContext",
     "TraceError",
+    "UnknownModelTypeError",
     "UnsupportedOpError",
     "apply_plan",
     "count_params",
     "native_available",
     "prune",
+    "prune_checkpoint",
     "prune_group",
     "register_rule",
 ]

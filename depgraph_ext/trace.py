@@ -261,6 +261,22 @@ def _on_meta(params: dict[str, torch.Tensor]) -> bool:
     return any(p.device.type == "meta" for p in params.values())
 
 
+_META_STANDS_FOR: torch.device | None = None
+
+
+@contextlib.contextmanager
+def meta_stands_for(device):
+    """Trace models whose tensors are on the meta device as if they were on ``device`` (fake
+    tensors of that device: still no memory), so ops dispatch as they would there: SDPA, for
+    one, decomposes into plain math on meta but not on the CPU."""
+    global _META_STANDS_FOR
+    previous, _META_STANDS_FOR = _META_STANDS_FOR, torch.device(device)
+    try:
+        yield
+    finally:
+        _META_STANDS_FOR = previous
+
+
 _DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
 
 
@@ -300,14 +316,23 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool) -> OpGrap
     stack: list[str] = []
     recorder = _Recorder(graph, stack)
     fake_mode = contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True)
-    move_inputs_to_meta = not real and (_on_meta(params) or _on_meta(buffers))
+    stand_in = None if real else _META_STANDS_FOR
+    # A model entirely on meta gets its inputs there too; a model spread over devices (meta
+    # among them) moves its activations itself.
+    on_meta = [t.device.type == "meta" for t in params.values()] or [
+        t.device.type == "meta" for t in buffers.values()]
+    move_inputs_to_meta = not real and stand_in is None and bool(on_meta) and all(on_meta)
 
     def fake_of(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
+        device = stand_in if stand_in is not None and t.device.type == "meta" else t.device
         if shapes is not None and name in shapes:
             with fake_mode:  # a tensor of the new shape on the tensor's own device
-                return torch.zeros(shapes[name], dtype=t.dtype, device=t.device)
+                return torch.zeros(shapes[name], dtype=t.dtype, device=device)
         if real:  # parameters as they are; buffers copied, so nothing in the model can change
             return t.detach() if isinstance(t, torch.nn.Parameter) else t.clone()
+        if device != t.device:
+            with fake_mode:
+                return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
         return fake_mode.from_tensor(t)
 
     def fake_input(t):

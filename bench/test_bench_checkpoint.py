@@ -1,0 +1,215 @@
+"""A Llama-2-7B-shaped bf16 checkpoint (32 layers, hidden 4096, MLP 11008, 32 heads, vocab
+32000, untied; 6.74B parameters, 13.5 GB on disk in 2 GB shards, random weights) pruned end to
+end from disk: time and peak RSS of the pruning process, for 1 process and for 2 ranks under
+torchrun (gloo). Before each timed run the page cache of the source shards is dropped, so both
+read every byte from disk (twice: once to score, once to slice). The checkpoint is generated
+tensor by tensor (never the whole model in memory) into a cache directory reused across runs.
+
+    flock /tmp/depgraph-bigmem.lock .venv/bin/python -m pytest bench/test_bench_checkpoint.py -q -s
+
+DEPGRAPH_BENCH_CKPT sets the cache directory (default /tmp/depgraph-bench-ckpt); the outputs
+go beside it and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import EXTRA, RESULTS
+from depgraph_ext import safetensors_io
+
+T = pytest.importorskip("transformers")
+
+CACHE = Path(os.environ.get("DEPGRAPH_BENCH_CKPT", "/tmp/depgraph-bench-ckpt"))
+LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                 max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
+SHARD_BYTES = 2 * 2**30
+WORKLOAD = "llama-2-7b shape, bf16 checkpoint"
+ARGS = ["--ratio", "0.5", "--ratios", "heads=0.25,hidden=0", "--no-progress", "--overwrite"]
+
+
+def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of LlamaForCausalLM's state dict, in its order."""
+    h, m, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    kv = h // c["num_attention_heads"] * c["num_key_value_heads"]
+    out = [("model.embed_tokens.weight", (v, h))]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
+                (p + "mlp.gate_proj.weight", (m, h)), (p + "mlp.up_proj.weight", (m, h)),
+                (p + "mlp.down_proj.weight", (h, m)), (p + "input_layernorm.weight", (h,)),
+                (p + "post_attention_layernorm.weight", (h,))]
+    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def generate(path: Path, config: dict, shard_bytes: int = SHARD_BYTES) -> None:
+    """Write a bf16 checkpoint one tensor at a time (random normal * 0.02; norms near 1)."""
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = llama_tensors(config)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in tensors:
+        n = 2 * int(torch.Size(shape).numel())
+        if shards[-1] and size + n > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += n
+    weight_map = {}
+    gen = torch.Generator().manual_seed(0)
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        header, order = safetensors_io.output_layout(
+            [(n, torch.bfloat16, s) for n, s in shard], {"format": "pt"})
+        shapes = dict(shard)
+        with open(tmp / fname, "wb") as f:
+            f.write(header)
+            for name in order:
+                t = torch.randn(shapes[name], generator=gen)
+                if len(shapes[name]) == 1:
+                    t = 1.0 + 0.1 * t
+                else:
+                    t.mul_(0.02)
+                safetensors_io.write_tensor(f, t.to(torch.bfloat16))
+                weight_map[name] = fname
+    total = sum(2 * int(torch.Size(s).numel()) for _, s in tensors)
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    T.LlamaConfig(**config, dtype="bfloat16", architectures=["LlamaForCausalLM"]
+                  ).save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.rename(tmp, path)
+
+
+def evict(path: Path) -> None:
+    """Drop the page cache of these files only (posix_fadvise DONTNEED; nobody else's files),
+    so every timed run reads its shards from disk: cold-cache figures, comparable."""
+    for f in path.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def checkpoint():
+    marker = CACHE / "model.safetensors.index.json"
+    if not marker.exists():  # the index is written last and the directory renamed into place
+        t = time.perf_counter()
+        generate(CACHE, LLAMA2_7B)
+        EXTRA.append(f"generated the 7B-shaped checkpoint in {time.perf_counter() - t:.0f} s")
+    return CACHE
+
+
+_RUN = """
+import json, resource, sys, time
+t = time.perf_counter()
+import depgraph_ext as dx
+imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+r = dx.prune_checkpoint(sys.argv[1], sys.argv[2], ratio=0.5, ratios={{"heads": 0.25,
+                        "hidden": 0.0}}, overwrite=True, progress=False)
+print(json.dumps({{"seconds": time.perf_counter() - t, "timings": r.timings,
+                  "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "imported_kib": imported, "before": r.params_before, "after": r.params_after,
+                  "bytes_before": r.bytes_before, "bytes_after": r.bytes_after}}))
+print(r.summary(), file=sys.stderr)
+"""
+
+
+def check_output(src: Path, dst: Path) -> None:
+    """Config and shapes follow the plan; kept weights are the source's slices, bit for bit."""
+    from safetensors import safe_open
+
+    config = json.loads((dst / "config.json").read_text())
+    assert config["num_attention_heads"] == 24 and config["num_key_value_heads"] == 24
+    assert config["intermediate_size"] == 5504 and config["hidden_size"] == 4096
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    key = "model.layers.7.mlp.down_proj.weight"
+    with safe_open(dst / index["weight_map"][key], "pt") as out, safe_open(
+            src / index["weight_map"][key], "pt") as inp:
+        pruned, original = out.get_tensor(key), inp.get_tensor(key)
+    assert pruned.shape == (4096, 5504)
+    # every pruned column is one of the original's, in order
+    cols = {bytes(original[:, j].contiguous().view(torch.uint8).numpy()): j
+            for j in range(original.shape[1])}
+    found = [cols[bytes(pruned[:, j].contiguous().view(torch.uint8).numpy())]
+             for j in range(pruned.shape[1])]
+    assert found == sorted(found) and len(set(found)) == 5504
+
+
+def test_prune_7b_checkpoint_one_process(checkpoint):
+    dst = CACHE.with_name(CACHE.name + "-out1")
+    shutil.rmtree(dst, ignore_errors=True)
+    evict(checkpoint)
+    out = subprocess.run([sys.executable, "-c", _RUN.format(), str(checkpoint), str(dst)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(out.stderr)
+    check_output(checkpoint, dst)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
+    EXTRA.append(
+        f"llama-2-7b shape, bf16, {r['bytes_before'] / 1e9:.1f} GB on disk in "
+        f"{len(list(checkpoint.glob('*.safetensors')))} shards (page cache dropped) -> "
+        f"{r['bytes_after'] / 1e9:.1f} GB "
+        f"(params {r['before']:,} -> {r['after']:,}), 1 process: {r['seconds']:.1f} s in the "
+        f"process ({stages}); peak RSS {r['rss_kib'] / 2**20:.2f} GiB (after imports "
+        f"{r['imported_kib'] / 2**20:.2f} GiB)")
+    RESULTS[(WORKLOAD, "prune from disk end to end, 1 process", "native")] = r["seconds"]
+    print(EXTRA[-1])
+    assert r["rss_kib"] < 3 * 2**20  # KiB: under 3 GiB for a 13.5 GB model
+
+
+def test_prune_7b_checkpoint_two_ranks(checkpoint):
+    """Two ranks under torchrun on this 2-core machine; output identical to one process."""
+    one = CACHE.with_name(CACHE.name + "-out1")
+    two = CACHE.with_name(CACHE.name + "-out2")
+    if not one.exists():
+        subprocess.run([sys.executable, "-m", "depgraph_ext.cli", str(checkpoint), str(one),
+                        *ARGS], check=True, capture_output=True)
+    wrapper = Path(CACHE.with_name(CACHE.name + "-rss.py"))
+    wrapper.write_text(
+        "import resource, runpy, sys, os\n"
+        "try:\n    runpy.run_module('depgraph_ext.cli', run_name='__main__')\n"
+        "finally:\n"
+        "    print('RSS', os.environ['RANK'], resource.getrusage(resource.RUSAGE_SELF)"
+        ".ru_maxrss, file=sys.stderr)\n")
+    shutil.rmtree(two, ignore_errors=True)
+    evict(checkpoint)
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", str(wrapper), str(checkpoint), str(two),
+                          *ARGS], capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    assert run.returncode == 0, run.stderr[-3000:]
+    print(run.stdout)
+    rss = [int(line.split()[2]) for line in run.stderr.splitlines() if line.startswith("RSS ")]
+    for f in sorted(p.name for p in one.iterdir()):
+        assert subprocess.run(["cmp", "-s", str(one / f), str(two / f)]).returncode == 0, f
+    stages = re.search(r"time: (.*)$", run.stdout.strip().splitlines()[-1]).group(1)
+    EXTRA.append(f"llama-2-7b shape, 2 ranks (gloo, torchrun, OMP_NUM_THREADS=1 each): "
+                 f"{seconds:.1f} s wall including torchrun and imports (rank 0: {stages}); "
+                 "peak RSS per rank "
+                 f"{', '.join(f'{k / 2**20:.2f}' for k in rss)} GiB; output byte-identical to "
+                 "1 process")
+    RESULTS[(WORKLOAD, "prune from disk end to end, 2 ranks (torchrun)", "native")] = seconds
+    print(EXTRA[-1])
+    assert len(rss) == 2 and max(rss) < 3 * 2**20
+    shutil.rmtree(one, ignore_errors=True)
+    shutil.rmtree(two, ignore_errors=True)
+    wrapper.unlink()
