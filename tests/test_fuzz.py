@@ -134,8 +134,8 @@ def architectures(draw):
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(model=architectures(), ratio=st.sampled_from([0.25, 0.5, 0.75]),
-       seed=st.integers(0, 2**16))
-def test_random_architectures_prune_exactly(model, ratio, seed):
+       seed=st.integers(0, 2**16), global_pruning=st.booleans())
+def test_random_architectures_prune_exactly(model, ratio, seed, global_pruning):
     torch.manual_seed(seed)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
@@ -143,7 +143,8 @@ def test_random_architectures_prune_exactly(model, ratio, seed):
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     before = state_of(model)
     try:
-        prune_and_check(model, x, ratio=ratio, rtol=1e-7, atol=1e-9, require_change=False)
+        prune_and_check(model, x, ratio=ratio, rtol=1e-7, atol=1e-9, require_change=False,
+                        global_pruning=global_pruning)
     except dx.NoPrunableGroupsError:
         # e.g. two channel shuffles whose factorisations no pruning can keep: refused whole
         assert_same_state(before, state_of(model))
