@@ -1,14 +1,15 @@
 # The README's two commands (each sets everything up first, on a fresh machine too):
 #   make demo   prune the built-in default model (ResNet-50) and print what changed
 #   make test   run the whole test suite: the C++ core tests (CMake/CTest) and pytest
-# Also: make bench (pytest-benchmark suites, see bench/README.md), make clean.
+# Also: make bench (pytest-benchmark suites, see bench/README.md), make digits (the
+# experiment of docs/digits.md), make clean.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 CORE_SOURCES := $(wildcard csrc/core/*.cpp csrc/core/*.hpp csrc/ops/*.cpp csrc/ops/*.h csrc/ops/cpu/*.cpp csrc/ops/cuda/*.cu csrc/ops/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup demo test test-core test-python bench clean
+.PHONY: setup demo test test-core test-python bench digits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ test-python: setup
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-columns=min,median,rounds --benchmark-sort=name
+
+digits: setup
+	$(PY) examples/digits.py
 
 clean:
 	rm -rf build $(VENV) depgraph_ext/*.so *.egg-info
