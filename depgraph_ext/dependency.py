@@ -326,6 +326,19 @@ class DependencyGraph:
             size *= int(res.leaf_sizes[leaf]) if m is None else int(m.sum())
         return size
 
+    def slot_kept_sizes(self, masks: dict[int, np.ndarray]) -> np.ndarray:
+        """int64[num slots]: ``slot_kept_size`` of every slot at once."""
+        res = self.resolution
+        leaf_kept = res.leaf_sizes.copy()
+        for leaf, m in masks.items():
+            leaf_kept[leaf] = int(m.sum())
+        offsets = res.slot_leaf_offsets
+        out = np.ones(offsets.shape[0] - 1, dtype=np.int64)
+        nonempty = np.nonzero(offsets[1:] > offsets[:-1])[0]
+        if nonempty.size:
+            out[nonempty] = np.multiply.reduceat(leaf_kept[res.slot_leaves], offsets[nonempty])
+        return out
+
     def to_dot(self, max_groups: int | None = None) -> str:
         """The groups as Graphviz DOT: one cluster per group (kind, units, prunable units), one
         node per member slice (tensor, dim, indices and indices per unit)."""

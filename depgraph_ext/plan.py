@@ -125,8 +125,10 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}",
                                   bad.index if bad is not None else None, fixed) from exc
 
+    kept_sizes = dg.slot_kept_sizes(masks).tolist()
+
     def check(where: str, vo: int, actual: tuple) -> None:
-        expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
+        expected = tuple([kept_sizes[s] for s in slots[vo]])
         if expected == actual:
             return
         original = g.values[vo].shape
@@ -141,7 +143,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         )
 
     aligned = len(pruned.nodes) == len(g.nodes) and all(
-        a.name == b.name for a, b in zip(g.nodes, pruned.nodes))
+        a.op is b.op or a.name == b.name for a, b in zip(g.nodes, pruned.nodes))
     if aligned:  # op by op: the first deviating op is the one whose call fixes a size
         for old, new in zip(g.nodes, pruned.nodes):
             for vo, vn in zip(old.outputs, new.outputs):
