@@ -99,6 +99,7 @@ def prune(
     ratios: dict[str, float] | None = None,
     require_loadable: bool = False,
     in_place: bool = False,
+    progress: bool | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place; returns a :class:`PruneResult`.
 
@@ -115,6 +116,8 @@ def prune(
     ``in_place``: compact weights inside their own memory (native backend), so a model close to
     the machine's memory is never held twice. By default every pruned tensor is built before
     the first is assigned, so any failure leaves the model as it was.
+    ``progress``: bars on stages that take seconds; None shows them when standard error is a
+    terminal, False never.
 
     Nothing about the model changes when an error is raised.
     """
@@ -124,7 +127,8 @@ def prune(
     if not isinstance(importance, str):
         raise InvalidArgumentError(f"importance must be a name, not {type(importance).__name__}")
     t0 = time.perf_counter()
-    dg = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict, backend=backend)
+    dg = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict, backend=backend,
+                         progress=progress)
     timings = dict(dg.timings)
     timings.update(score=0.0, select=0.0, plan=0.0)
     for _ in range(_MAX_FEEDBACK):

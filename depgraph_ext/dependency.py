@@ -11,6 +11,7 @@ import torch
 
 from .couplings import CouplingBuilder, CouplingKind, Couplings, Resolution
 from .errors import InvalidArgumentError, PruningError, UnsupportedOpError
+from .progress import as_progress
 from .resolve import resolve, select_backend
 from .rules import AttentionCall, RuleContext, RuleError, rule_for
 from .trace import OpGraph, named_tensors, trace
@@ -179,16 +180,18 @@ class DependencyGraph:
     ``ignore``: modules or parameter/buffer names (or the objects) whose tensors must not change.
     ``strict``: raise on an op without a rule instead of blocking its channels.
     ``backend``: ``"native"`` (C++ core, default when built) or ``"python"``.
+    ``progress``: bars on long stages (None: when standard error is a terminal).
     """
 
     def __init__(self, model: torch.nn.Module, example_inputs, *, ignore=(), strict=False,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, progress: bool | None = None) -> None:
         self.model = model
+        self.progress = as_progress(progress)
         self.example_inputs = example_inputs
         self.backend = select_backend(backend)
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.graph = trace(model, example_inputs)
+        self.graph = trace(model, example_inputs, progress=self.progress)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore)
         self.coupling_model = build_couplings(self.graph, self.ignored, strict,

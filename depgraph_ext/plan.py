@@ -112,7 +112,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
     slots = dg.coupling_model.value_slots
     try:
         with temporary_attributes(dg.model, updates):
-            pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
+            pruned = trace(dg.model, dg.example_inputs, shapes=shapes, progress=dg.progress,
+                           stage="check the plan")
     except TraceError as exc:
         failed = getattr(exc, "failed_at", None)
         bad = _original_of(g, failed) if failed is not None else None

@@ -26,6 +26,7 @@ from torch._subclasses.fake_tensor import (
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import InvalidArgumentError, TraceError
+from .progress import OFF, Progress
 
 
 @dataclass(frozen=True)
@@ -234,8 +235,9 @@ def _push_scope(stack: list[str], name: str):
     return hook
 
 
-def _pop_scope(stack: list[str], recorder: _Recorder):
+def _pop_scope(stack: list[str], recorder: _Recorder, ticks):
     def hook(module, args, output):  # must return None: a value would replace the output
+        ticks.update(1)
         name = stack.pop()
         outs = [recorder.value_of[id(t)] for t in pytree.tree_leaves(output)
                 if isinstance(t, torch.Tensor) and id(t) in recorder.value_of]
@@ -245,12 +247,12 @@ def _pop_scope(stack: list[str], recorder: _Recorder):
 
 
 @contextlib.contextmanager
-def _module_scopes(model: torch.nn.Module, stack: list[str], recorder: _Recorder):
+def _module_scopes(model: torch.nn.Module, stack: list[str], recorder: _Recorder, ticks):
     handles = []
     try:
         for name, module in model.named_modules():
             handles.append(module.register_forward_pre_hook(_push_scope(stack, name)))
-            handles.append(module.register_forward_hook(_pop_scope(stack, recorder)))
+            handles.append(module.register_forward_hook(_pop_scope(stack, recorder, ticks)))
         yield
     finally:
         for h in handles:
@@ -304,11 +306,13 @@ _REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per 
 
 
 def trace(model: torch.nn.Module, example_inputs,
-          shapes: dict[str, tuple] | None = None) -> OpGraph:
+          shapes: dict[str, tuple] | None = None, progress: Progress = OFF,
+          stage: str = "trace") -> OpGraph:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
-    traces the pruned shapes this way without touching any weight).
+    traces the pruned shapes this way without touching any weight). ``progress`` shows a bar
+    named ``stage`` over the model's module calls when the trace takes seconds.
 
     A small model with real weights (``REAL_TRACE_MAX_BYTES``) is traced on real tensors first,
     within a time budget; everything else, and a real trace that fails or runs past its budget,
@@ -321,14 +325,15 @@ def trace(model: torch.nn.Module, example_inputs,
         raise InvalidArgumentError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if _real_is_cheap(model, example_inputs, shapes):
         try:
-            graph = _trace(model, example_inputs, shapes, real=True, budget=_REAL_BUDGET)
+            graph = _trace(model, example_inputs, shapes, real=True, budget=_REAL_BUDGET,
+                           bar=(progress, stage))
         except (_TooSlow, TraceError):
             pass  # the fake trace decides (and its error, if any, is the one reported)
         else:
             graph.real = True
             return graph
     try:
-        return _trace(model, example_inputs, shapes, real=False)
+        return _trace(model, example_inputs, shapes, real=False, bar=(progress, stage))
     except TraceError as exc:
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
@@ -338,7 +343,7 @@ def trace(model: torch.nn.Module, example_inputs,
                 f"{exc}; the model's shapes depend on data, which needs real weights, and its "
                 "weights are on the meta device"
             ) from exc
-    graph = _trace(model, example_inputs, shapes, real=True)
+    graph = _trace(model, example_inputs, shapes, real=True, bar=(progress, stage))
     graph.real = True
     return graph
 
@@ -366,7 +371,8 @@ def _real_is_cheap(model: torch.nn.Module, example_inputs, shapes) -> bool:
 
 
 def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
-           budget: tuple[float, float] | None = None) -> OpGraph:
+           budget: tuple[float, float] | None = None,
+           bar: tuple[Progress, str] = (OFF, "trace")) -> OpGraph:
     args, kwargs = normalize_inputs(example_inputs)
     params, buffers, aliases = named_tensors(model)
     graph = OpGraph(aliases=aliases)
@@ -416,7 +422,10 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
         for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
             if isinstance(leaf, torch.Tensor):
                 graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
-        with _eval_mode(model), _module_scopes(model, stack, recorder), torch.no_grad():
+        progress, stage = bar
+        with _eval_mode(model), torch.no_grad(), progress.bar(
+                stage, total=sum(1 for _ in model.modules()), unit="module") as ticks, \
+                _module_scopes(model, stack, recorder, ticks):
             with fake_mode, recorder:
                 with _swapped_tensors(model, fakes):
                     out = model(*fake_args, **fake_kwargs)
