@@ -8,6 +8,8 @@ the first one is assigned, so a failure while gathering leaves the model as it w
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -250,5 +252,27 @@ def _apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
             storage = data.untyped_storage()
             needed = data.numel() * data.element_size()
             if data.device.type == "cpu" and data.storage_offset() == 0 and (
-                    storage.nbytes() > needed):
-                storage.resize_(needed)
+                    storage.nbytes() > needed) and not _release_pages(storage, needed):
+                storage.resize_(needed)  # a new allocation and a copy of the kept part
+
+
+_PAGE = 4096
+_MADV_DONTNEED = 4
+_LIBC = []
+
+
+def _release_pages(storage, needed: int) -> bool:
+    """Give the whole pages past the first ``needed`` bytes of a CPU storage back to the
+    operating system (``madvise(MADV_DONTNEED)``: no copy, the storage keeps its address and
+    its size, and reads there would see zeros). False where that is not possible (not Linux,
+    or less than a page to give back): the caller then shrinks the storage by reallocating."""
+    if not sys.platform.startswith("linux"):
+        return False
+    start = -(-(storage.data_ptr() + needed) // _PAGE) * _PAGE
+    end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
+    if end - start < 64 * _PAGE:  # a small tail: reallocating costs nothing worth saving
+        return False
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        _LIBC[0].madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return _LIBC[0].madvise(start, end - start, _MADV_DONTNEED) == 0
