@@ -379,26 +379,35 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
     stack: list[str] = []
     recorder = _Recorder(graph, stack)
     fake_mode = contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True)
-    move_inputs_to_meta = not real and (_on_meta(params) or _on_meta(buffers))
     if budget is not None:
         recorder.deadline = time.perf_counter() + budget[0]
         recorder.budget_per_op = budget[1]
 
+    def on_cpu(t: torch.Tensor, shape=None) -> torch.Tensor:
+        """A fake tensor like ``t`` that says it lives on the CPU. Weights on the meta device
+        are traced as CPU tensors: on meta, ops dispatch differently (attention decomposes into
+        matmuls with an explicit repeat of the key/value heads, say), so the graph, and the
+        plan, would differ from those of the same model with real weights."""
+        with fake_mode:
+            if shape is not None:
+                return torch.zeros(shape, dtype=t.dtype, device="cpu")
+            return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+
     def fake_of(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
         if shapes is not None and name in shapes:
+            if t.device.type == "meta":
+                return on_cpu(t, shapes[name])
             with fake_mode:  # a tensor of the new shape on the tensor's own device
                 return torch.zeros(shapes[name], dtype=t.dtype, device=t.device)
         if real:  # parameters as they are; buffers copied, so nothing in the model can change
             return t.detach() if isinstance(t, torch.nn.Parameter) else t.clone()
-        return fake_mode.from_tensor(t)
+        return on_cpu(t) if t.device.type == "meta" else fake_mode.from_tensor(t)
 
     def fake_input(t):
         if isinstance(t, torch.Tensor):
             if real:  # a copy: the model's code may change its inputs in place
                 return t.clone()
-            if move_inputs_to_meta:
-                t = t.to("meta")
-            return fake_mode.from_tensor(t)
+            return on_cpu(t) if t.device.type == "meta" else fake_mode.from_tensor(t)
         return t
 
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
