@@ -80,6 +80,15 @@ def model_bytes(model) -> int:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS. Linux: VmHWM, which starts afresh at exec (ru_maxrss would
+    carry the forking parent's peak over into a subprocess)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -74,3 +74,26 @@ def test_in_place_slicing_gives_the_freed_tail_back():
     _apply_in_place({"w": w}, {"w": {0: torch.arange(0, 4096, 2)}})
     assert w.shape == (2048, 2048) and bool((w == 1).all())
     assert before - rss() > 12 * 2**20  # about 16 MiB given back, without a copy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [1, 2])
+def test_grouped_norm_of_a_weight_by_rows_and_by_columns(dtype, p):
+    """A weight large enough to be split across threads, listed for its rows and then its
+    columns (two objects, as ``w.detach()`` gives): the scores of one member at a time, and of
+    plain PyTorch in float64."""
+    from depgraph_ext import ops
+
+    if not ops.available():
+        pytest.skip("native ops not built")
+    torch.manual_seed(0)
+    w = torch.randn(1100, 1000).to(dtype)  # over the size scored member by member
+    rows, cols = torch.arange(1100) % 7, 7 + torch.arange(1000) % 5
+    fused = ops.grouped_norm([w.detach(), w.detach()], [0, 1], [rows, cols], 12, p, "sum")
+    apart = ops.grouped_norm([w], [0], [rows], 12, p, "sum") + ops.grouped_norm(
+        [w], [1], [cols], 12, p, "sum")
+    mag = w.double().abs() ** p
+    ref = torch.zeros(12, dtype=torch.float64).index_add_(0, rows, mag.sum(1)).index_add_(
+        0, cols, mag.sum(0))
+    torch.testing.assert_close(fused.double(), apart.double(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(fused.double(), ref, rtol=1e-5, atol=0)
