@@ -23,6 +23,7 @@ from .plan import (
     make_plan,
     select_local,
 )
+from .trace import without_gc
 
 _MAX_FEEDBACK = 32  # validation rounds; each blocks at least one more slot
 
@@ -86,6 +87,7 @@ class PruneResult:
         return "\n".join(lines)
 
 
+@without_gc
 def prune(
     model: torch.nn.Module,
     example_inputs,

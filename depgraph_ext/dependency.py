@@ -14,7 +14,7 @@ from .errors import InvalidArgumentError, PruningError, UnsupportedOpError
 from .progress import as_progress
 from .resolve import resolve, select_backend
 from .rules import AttentionCall, RuleContext, RuleError, rule_for
-from .trace import OpGraph, named_tensors, trace
+from .trace import OpGraph, named_tensors, paused_gc, trace
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
 KINDS = ("channels", "hidden", "heads")
@@ -194,8 +194,9 @@ class DependencyGraph:
         self.graph = trace(model, example_inputs, progress=self.progress)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore)
-        self.coupling_model = build_couplings(self.graph, self.ignored, strict,
-                                              _norm_weights_of_stream(model, self.graph))
+        with paused_gc():
+            self.coupling_model = build_couplings(self.graph, self.ignored, strict,
+                                                  _norm_weights_of_stream(model, self.graph))
         t2 = time.perf_counter()
         self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
         t3 = time.perf_counter()

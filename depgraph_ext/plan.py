@@ -11,7 +11,7 @@ from .apply import AttributeUpdate, attribute_updates, temporary_attributes
 from .configs import check_loadable, config_updates
 from .dependency import KINDS, DependencyGraph
 from .errors import InvalidArgumentError, PlanValidationError, TraceError
-from .trace import trace
+from .trace import paused_gc, trace
 
 # state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
 Plan = dict[str, dict[int, torch.Tensor]]
@@ -209,9 +209,10 @@ def _inputs_at_original_size(dg: DependencyGraph, node, shapes, masks) -> list[i
 
 def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool = False):
     """Plan, attribute updates and config updates for a keep mask, validated before returning."""
-    plan, masks = build_plan(dg, unit_keep)
-    updates = attribute_updates(dg, plan, masks)
-    validate_plan(dg, plan, masks, updates)
+    with paused_gc():
+        plan, masks = build_plan(dg, unit_keep)
+        updates = attribute_updates(dg, plan, masks)
+        validate_plan(dg, plan, masks, updates)
     new_config, problems = config_updates(dg, masks, unit_keep)
     check_loadable(dg, new_config, dg.planned_shapes(plan), problems, require_loadable)
     return plan, updates, new_config

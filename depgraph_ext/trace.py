@@ -11,6 +11,7 @@ hooks and parameters are restored even when the forward fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from dataclasses import dataclass, field
@@ -226,6 +227,31 @@ def _leaves(x):
             yield from _leaves(item)
     else:
         yield x
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """The garbage collector off for the duration: the pipeline's stages make many small,
+    acyclic objects, and every collection walks the whole traced graph (at 128 Llama layers,
+    applying the rules took 0.35 s with the collector on, 0.1 s with it off)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def without_gc(fn):
+    """``fn`` runs with the garbage collector paused (see ``paused_gc``)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with paused_gc():
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def _push_scope(stack: list[str], name: str):
