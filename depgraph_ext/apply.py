@@ -235,15 +235,31 @@ def _apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
     from . import ops
 
     with torch.no_grad():
+        # One compact_ call per device and round of dims, over every tensor at once: the
+        # kernel moves different tensors on different threads (one call per tensor ran on
+        # one thread: 7B shape 1.6 s).
+        datas: dict[str, torch.Tensor] = {}
         for name, dims in plan.items():
             t = tensors[name]
             if not t.data.is_contiguous() or t.device.type == "meta":
                 t.data = gather(t.data, dims)
             else:
-                data = t.data
-                for d, kept in sorted(dims.items()):
-                    [data] = ops.compact_([data], [d], [kept.to(data.device)])
-                t.data = data
+                datas[name] = t.data
+        rounds = max((len(plan[n]) for n in datas), default=0)
+        for r in range(rounds):
+            by_device: dict[torch.device, list[str]] = {}
+            for n in datas:
+                if len(plan[n]) > r:
+                    by_device.setdefault(datas[n].device, []).append(n)
+            for device, names in by_device.items():
+                steps = [sorted(plan[n].items())[r] for n in names]
+                outs = ops.compact_([datas[n] for n in names], [d for d, _ in steps],
+                                    [kept.to(device) for _, kept in steps])
+                datas.update(zip(names, outs))
+        for name, data in datas.items():
+            tensors[name].data = data
+        for name, dims in plan.items():
+            t = tensors[name]
             grad = getattr(t, "grad", None)
             if grad is not None and grad.shape != t.shape:
                 t.grad = gather(grad, dims)
