@@ -97,3 +97,22 @@ def test_grouped_norm_of_a_weight_by_rows_and_by_columns(dtype, p):
         0, cols, mag.sum(0))
     torch.testing.assert_close(fused.double(), apart.double(), rtol=1e-6, atol=0)
     torch.testing.assert_close(fused.double(), ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_slicing_runs_of_kept_columns(dtype):
+    """Kept indices in runs (a head's columns) are moved as blocks, in place and not: the
+    kept values, bit for bit, as index_select gives them (runs of 1-16, a trailing run, one
+    run, and indices that form no run)."""
+    from depgraph_ext import ops
+
+    if not ops.available():
+        pytest.skip("native ops not built")
+    torch.manual_seed(0)
+    w = torch.randn(6, 40, 96).to(dtype)
+    for kept in (torch.cat([torch.arange(s, s + n) for s, n in ((0, 16), (20, 8), (90, 6))]),
+                 torch.arange(96), torch.arange(10, 60), torch.arange(0, 96, 3)):
+        expected = w.index_select(2, kept)
+        assert torch.equal(ops.gather_slices([w], [2], [kept])[0], expected)
+        [moved] = ops.compact_([w.clone()], [2], [kept])
+        assert torch.equal(moved, expected)

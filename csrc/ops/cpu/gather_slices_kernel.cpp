@@ -40,6 +40,27 @@ void copy_rows(char* dst, const char* src, const Around& a, const std::vector<in
   const int64_t k = static_cast<int64_t>(idx.size());
   const int64_t row = a.inner * static_cast<int64_t>(sizeof(word_t));
   if (a.inner == 1) {  // single words: a typed loop per outer row
+    // Kept indices in runs of consecutive ones (a head's columns, say) move as blocks.
+    std::vector<int64_t> run_start{0};
+    for (int64_t j = 1; j < k; ++j)
+      if (idx[j] != idx[j - 1] + 1) run_start.push_back(j);
+    const int64_t runs = static_cast<int64_t>(run_start.size());
+    if (k > 0 && k >= 8 * runs) {
+      run_start.push_back(k);
+      auto by_runs = [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) {
+          word_t* d = reinterpret_cast<word_t*>(dst) + o * k;
+          const word_t* s = reinterpret_cast<const word_t*>(src) + o * a.n;
+          for (int64_t r = 0; r < runs; ++r) {  // increasing order: safe for compact_
+            const int64_t j = run_start[r], len = run_start[r + 1] - j;
+            std::memmove(d + j, s + idx[j], len * sizeof(word_t));
+          }
+        }
+      };
+      if (parallel) at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / k), by_runs);
+      else by_runs(0, a.outer);
+      return;
+    }
     auto body = [&](int64_t begin, int64_t end) {
       for (int64_t o = begin; o < end; ++o) {
         word_t* d = reinterpret_cast<word_t*>(dst) + o * k;
