@@ -14,6 +14,7 @@ from .counting import PlannedCosts, count_params
 from .dependency import DependencyGraph, Group
 from .errors import InvalidArgumentError
 from .plan import Plan, keep_nonempty, make_plan
+from .trace import without_gc
 
 
 @dataclass
@@ -86,6 +87,8 @@ class PruneResult:
         return "\n".join(lines)
 
 
+@without_gc
+@without_gc
 def prune(
     model: torch.nn.Module,
     example_inputs,
@@ -106,6 +109,7 @@ def prune(
     require_loadable: bool = False,
     in_place: bool = False,
     optimizer: torch.optim.Optimizer | None = None,
+    progress: bool | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place; returns a :class:`PruneResult`.
 
@@ -132,6 +136,11 @@ def prune(
     ``in_place``: compact weights inside their own memory (native backend), so a model close to
     the machine's memory is never held twice. By default every pruned tensor is built before
     the first is assigned, so any failure leaves the model as it was.
+    ``progress``: bars on stages that take seconds; None shows them when standard error is a
+    terminal, False never.
+
+    ``progress``: bars on stages that take seconds; None shows them when standard error is a
+    terminal, False never.
 
     Nothing about the model (or the optimizer) changes when an error is raised.
     """
@@ -142,7 +151,7 @@ def prune(
                     target_params=target_params, target_macs=target_macs, ratios=ratios,
                     max_ratio=max_ratio, min_units=min_units, round_to=round_to, ignore=ignore,
                     backend=backend, strict=strict, require_loadable=require_loadable,
-                    in_place=in_place, optimizer=optimizer)
+                    in_place=in_place, optimizer=optimizer, progress=progress)
     if iterative_steps == 1:
         return pruner.step()
     snapshot = None if in_place else Snapshot(model, optimizer)

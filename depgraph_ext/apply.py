@@ -8,6 +8,8 @@ the first one is assigned, so a failure while gathering leaves the model as it w
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -274,15 +276,31 @@ def _apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
     from . import ops
 
     with torch.no_grad():
+        # One compact_ call per device and round of dims, over every tensor at once: the
+        # kernel moves different tensors on different threads (one call per tensor ran on
+        # one thread: 7B shape 1.6 s).
+        datas: dict[str, torch.Tensor] = {}
         for name, dims in plan.items():
             t = tensors[name]
             if not t.data.is_contiguous() or t.device.type == "meta":
                 t.data = gather(t.data, dims)
             else:
-                data = t.data
-                for d, kept in sorted(dims.items()):
-                    [data] = ops.compact_([data], [d], [kept.to(data.device)])
-                t.data = data
+                datas[name] = t.data
+        rounds = max((len(plan[n]) for n in datas), default=0)
+        for r in range(rounds):
+            by_device: dict[torch.device, list[str]] = {}
+            for n in datas:
+                if len(plan[n]) > r:
+                    by_device.setdefault(datas[n].device, []).append(n)
+            for device, names in by_device.items():
+                steps = [sorted(plan[n].items())[r] for n in names]
+                outs = ops.compact_([datas[n] for n in names], [d for d, _ in steps],
+                                    [kept.to(device) for _, kept in steps])
+                datas.update(zip(names, outs))
+        for name, data in datas.items():
+            tensors[name].data = data
+        for name, dims in plan.items():
+            t = tensors[name]
             grad = getattr(t, "grad", None)
             if grad is not None and grad.shape != t.shape:
                 t.grad = gather(grad, dims)
@@ -291,5 +309,27 @@ def _apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
             storage = data.untyped_storage()
             needed = data.numel() * data.element_size()
             if data.device.type == "cpu" and data.storage_offset() == 0 and (
-                    storage.nbytes() > needed):
-                storage.resize_(needed)
+                    storage.nbytes() > needed) and not _release_pages(storage, needed):
+                storage.resize_(needed)  # a new allocation and a copy of the kept part
+
+
+_PAGE = 4096
+_MADV_DONTNEED = 4
+_LIBC = []
+
+
+def _release_pages(storage, needed: int) -> bool:
+    """Give the whole pages past the first ``needed`` bytes of a CPU storage back to the
+    operating system (``madvise(MADV_DONTNEED)``: no copy, the storage keeps its address and
+    its size, and reads there would see zeros). False where that is not possible (not Linux,
+    or less than a page to give back): the caller then shrinks the storage by reallocating."""
+    if not sys.platform.startswith("linux"):
+        return False
+    start = -(-(storage.data_ptr() + needed) // _PAGE) * _PAGE
+    end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
+    if end - start < 64 * _PAGE:  # a small tail: reallocating costs nothing worth saving
+        return False
+    if not _LIBC:
+        _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        _LIBC[0].madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return _LIBC[0].madvise(start, end - start, _MADV_DONTNEED) == 0

@@ -11,6 +11,7 @@ which tensor disagrees (and ``require_loadable=True`` refuses before anything ch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
@@ -141,7 +142,7 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
         setattr(new_config, u.field, u.new)
     mismatches = list(problems)
     try:
-        with torch.device("meta"), warnings.catch_warnings():
+        with torch.device("meta"), warnings.catch_warnings(), _no_torch_init():
             warnings.simplefilter("ignore")
             fresh = type(model)(new_config)
         current = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
@@ -172,6 +173,31 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
     if require:
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+                   "trunc_normal_", "orthogonal_", "sparse_")
+
+
+@contextlib.contextmanager
+def _no_torch_init():
+    """torch.nn.init's functions do nothing for the duration: a model built on the meta device
+    to compare shapes needs no initial values, and on meta each init costs a Python
+    decomposition (a 128-layer model: 0.8 s instead of 0.08 s)."""
+    init = torch.nn.init
+    saved = {name: getattr(init, name) for name in _INIT_FUNCTIONS if hasattr(init, name)}
+
+    def skip(tensor, *args, **kwargs):
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(init, name, skip)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
 
 
 def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:

@@ -11,9 +11,10 @@ import torch
 
 from .couplings import CouplingBuilder, CouplingKind, Couplings, Resolution
 from .errors import InvalidArgumentError, PruningError, UnsupportedOpError, user_stacklevel
+from .progress import as_progress
 from .resolve import resolve, select_backend
 from .rules import AttentionCall, RuleContext, RuleError, rule_for
-from .trace import OpGraph, named_tensors, trace
+from .trace import OpGraph, named_tensors, paused_gc, trace
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
 KINDS = ("channels", "hidden", "heads")
@@ -179,20 +180,23 @@ class DependencyGraph:
     ``ignore``: modules or parameter/buffer names (or the objects) whose tensors must not change.
     ``strict``: raise on an op without a rule instead of blocking its channels.
     ``backend``: ``"native"`` (C++ core, default when built) or ``"python"``.
+    ``progress``: bars on long stages (None: when standard error is a terminal).
     """
 
     def __init__(self, model: torch.nn.Module, example_inputs, *, ignore=(), strict=False,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, progress: bool | None = None) -> None:
         self.model = model
+        self.progress = as_progress(progress)
         self.example_inputs = example_inputs
         self.backend = select_backend(backend)
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.graph = trace(model, example_inputs)
+        self.graph = trace(model, example_inputs, progress=self.progress)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore)
-        self.coupling_model = build_couplings(self.graph, self.ignored, strict,
-                                              _norm_weights_of_stream(model, self.graph))
+        with paused_gc():
+            self.coupling_model = build_couplings(self.graph, self.ignored, strict,
+                                                  _norm_weights_of_stream(model, self.graph))
         t2 = time.perf_counter()
         self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
         t3 = time.perf_counter()
@@ -325,6 +329,19 @@ class DependencyGraph:
             m = masks.get(int(leaf))
             size *= int(res.leaf_sizes[leaf]) if m is None else int(m.sum())
         return size
+
+    def slot_kept_sizes(self, masks: dict[int, np.ndarray]) -> np.ndarray:
+        """int64[num slots]: ``slot_kept_size`` of every slot at once."""
+        res = self.resolution
+        leaf_kept = res.leaf_sizes.copy()
+        for leaf, m in masks.items():
+            leaf_kept[leaf] = int(m.sum())
+        offsets = res.slot_leaf_offsets
+        out = np.ones(offsets.shape[0] - 1, dtype=np.int64)
+        nonempty = np.nonzero(offsets[1:] > offsets[:-1])[0]
+        if nonempty.size:
+            out[nonempty] = np.multiply.reduceat(leaf_kept[res.slot_leaves], offsets[nonempty])
+        return out
 
     def to_dot(self, max_groups: int | None = None) -> str:
         """The groups as Graphviz DOT: one cluster per group (kind, units, prunable units), one

@@ -12,7 +12,7 @@ from .apply import AttributeUpdate, attribute_updates, temporary_attributes
 from .configs import check_loadable, config_updates
 from .dependency import KINDS, DependencyGraph
 from .errors import InvalidArgumentError, PlanValidationError, TraceError
-from .trace import trace
+from .trace import paused_gc, trace
 
 # state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
 Plan = dict[str, dict[int, torch.Tensor]]
@@ -245,7 +245,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
     slots = dg.coupling_model.value_slots
     try:
         with temporary_attributes(dg.model, updates):
-            pruned = trace(dg.model, dg.example_inputs, shapes=shapes)
+            pruned = trace(dg.model, dg.example_inputs, shapes=shapes, progress=dg.progress,
+                           stage="check the plan")
     except TraceError as exc:
         failed = getattr(exc, "failed_at", None)
         bad = _original_of(g, failed) if failed is not None else None
@@ -258,8 +259,10 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}",
                                   bad.index if bad is not None else None, fixed) from exc
 
+    kept_sizes = dg.slot_kept_sizes(masks).tolist()
+
     def check(where: str, vo: int, actual: tuple) -> None:
-        expected = tuple(dg.slot_kept_size(s, masks) for s in slots[vo])
+        expected = tuple([kept_sizes[s] for s in slots[vo]])
         if expected == actual:
             return
         original = g.values[vo].shape
@@ -274,7 +277,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
         )
 
     aligned = len(pruned.nodes) == len(g.nodes) and all(
-        a.name == b.name for a, b in zip(g.nodes, pruned.nodes))
+        a.op is b.op or a.name == b.name for a, b in zip(g.nodes, pruned.nodes))
     if aligned:  # op by op: the first deviating op is the one whose call fixes a size
         for old, new in zip(g.nodes, pruned.nodes):
             for vo, vn in zip(old.outputs, new.outputs):
@@ -339,9 +342,10 @@ def _inputs_at_original_size(dg: DependencyGraph, node, shapes, masks) -> list[i
 
 def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool = False):
     """Plan, attribute updates and config updates for a keep mask, validated before returning."""
-    plan, masks = build_plan(dg, unit_keep)
-    updates = attribute_updates(dg, plan, masks)
-    validate_plan(dg, plan, masks, updates)
+    with paused_gc():
+        plan, masks = build_plan(dg, unit_keep)
+        updates = attribute_updates(dg, plan, masks)
+        validate_plan(dg, plan, masks, updates)
     new_config, problems = config_updates(dg, masks, unit_keep)
     check_loadable(dg, new_config, dg.planned_shapes(plan), problems, require_loadable)
     return plan, updates, new_config

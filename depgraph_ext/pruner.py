@@ -33,6 +33,7 @@ from .plan import (
     make_plan,
     select,
 )
+from .trace import without_gc
 
 _MAX_FEEDBACK = 32  # validation rounds; each blocks at least one more slot
 _BISECTION_STEPS = 30
@@ -54,7 +55,8 @@ class Pruner:
                  max_ratio: float = 1.0, min_units: int = 1, round_to: int | None = None,
                  ignore=(), backend: str | None = None, strict: bool = False,
                  require_loadable: bool = False, in_place: bool = False,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None,
+                 progress: bool | None = None) -> None:
         if ratio is not None and (target_params is not None or target_macs is not None):
             raise InvalidArgumentError("give either ratio or target_params/target_macs, not both")
         if not isinstance(iterative_steps, int) or isinstance(iterative_steps, bool) or (
@@ -81,7 +83,7 @@ class Pruner:
         self.target_params = _check_target(target_params, "target_params")
         self.target_macs = _check_target(target_macs, "target_macs")
         self.iterative_steps = iterative_steps
-        self.options = dict(ignore=ignore, backend=backend, strict=strict)
+        self.options = dict(ignore=ignore, backend=backend, strict=strict, progress=progress)
         self.require_loadable = require_loadable
         self.in_place = in_place
         self.optimizer = optimizer
@@ -93,6 +95,7 @@ class Pruner:
     def done(self) -> bool:
         return len(self.results) >= self.iterative_steps
 
+    @without_gc
     def step(self) -> PruneResult:
         """Run the next step; returns what it did (its plan in the current model's coordinates)."""
         if self.done:

@@ -14,6 +14,9 @@
 namespace depgraph_ext {
 namespace {
 
+// Tensors with fewer elements are copied one per thread, each on a single thread.
+constexpr int64_t kSmallTensor = 1 << 20;
+
 std::vector<int64_t> kept_indices(const at::Tensor& kept, int64_t n, size_t i, bool sorted) {
   check_index(kept, i, "kept");
   at::Tensor k = kept.to(at::kLong).contiguous();
@@ -37,6 +40,27 @@ void copy_rows(char* dst, const char* src, const Around& a, const std::vector<in
   const int64_t k = static_cast<int64_t>(idx.size());
   const int64_t row = a.inner * static_cast<int64_t>(sizeof(word_t));
   if (a.inner == 1) {  // single words: a typed loop per outer row
+    // Kept indices in runs of consecutive ones (a head's columns, say) move as blocks.
+    std::vector<int64_t> run_start{0};
+    for (int64_t j = 1; j < k; ++j)
+      if (idx[j] != idx[j - 1] + 1) run_start.push_back(j);
+    const int64_t runs = static_cast<int64_t>(run_start.size());
+    if (k > 0 && k >= 8 * runs) {
+      run_start.push_back(k);
+      auto by_runs = [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) {
+          word_t* d = reinterpret_cast<word_t*>(dst) + o * k;
+          const word_t* s = reinterpret_cast<const word_t*>(src) + o * a.n;
+          for (int64_t r = 0; r < runs; ++r) {  // increasing order: safe for compact_
+            const int64_t j = run_start[r], len = run_start[r + 1] - j;
+            std::memmove(d + j, s + idx[j], len * sizeof(word_t));
+          }
+        }
+      };
+      if (parallel) at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / k), by_runs);
+      else by_runs(0, a.outer);
+      return;
+    }
     auto body = [&](int64_t begin, int64_t end) {
       for (int64_t o = begin; o < end; ++o) {
         word_t* d = reinterpret_cast<word_t*>(dst) + o * k;
@@ -79,24 +103,35 @@ void copy_kept(char* dst, const char* src, const Around& a, const std::vector<in
 std::vector<at::Tensor> gather_slices_cpu(at::TensorList tensors, at::IntArrayRef dims,
                                           at::TensorList kept) {
   check_lists(tensors.size(), dims.size(), kept.size(), "kept");
-  std::vector<at::Tensor> out;
-  out.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) {
+  const size_t n = tensors.size();
+  std::vector<at::Tensor> out(n), sources(n);
+  std::vector<std::vector<int64_t>> indices(n);
+  std::vector<Around> arounds(n);
+  std::vector<int64_t> small, large;
+  for (size_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
     const int64_t d = checked_dim(t, dims[i], i);
-    const std::vector<int64_t> idx = kept_indices(kept[i], t.size(d), i, false);
+    indices[i] = kept_indices(kept[i], t.size(d), i, false);
     std::vector<int64_t> shape = t.sizes().vec();
-    shape[d] = static_cast<int64_t>(idx.size());
-    at::Tensor result = at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous));
-    if (result.numel() > 0) {
-      const at::Tensor src = t.contiguous();
-      copy_kept(static_cast<char*>(result.data_ptr()),
-                static_cast<const char*>(src.const_data_ptr()), around(src, d), idx,
-                src.element_size(), true);
-    }
-    out.push_back(result);
+    shape[d] = static_cast<int64_t>(indices[i].size());
+    out[i] = at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous));
+    if (out[i].numel() == 0) continue;
+    sources[i] = t.contiguous();
+    arounds[i] = around(sources[i], d);
+    (t.numel() < kSmallTensor ? small : large).push_back(static_cast<int64_t>(i));
   }
+  auto copy = [&](int64_t i) {
+    copy_kept(static_cast<char*>(out[i].data_ptr()),
+              static_cast<const char*>(sources[i].const_data_ptr()), arounds[i], indices[i],
+              sources[i].element_size(), true);
+  };
+  // Small tensors one per thread in one parallel region (inside it copy_rows' parallel_for
+  // runs inline); large ones each split across the threads.
+  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) copy(small[k]);
+  });
+  for (int64_t i : large) copy(i);
   return out;
 }
 

@@ -82,6 +82,9 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
   return sums;
 }
 
+// Members with fewer elements are summed one per thread, each on a single thread.
+constexpr int64_t kSmallMember = 1 << 20;
+
 std::vector<int64_t> to_vector(const at::Tensor& idx) {
   at::Tensor i64 = idx.to(at::kLong).contiguous();
   const int64_t* p = i64.const_data_ptr<int64_t>();
@@ -95,11 +98,16 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
   TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
   TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
   const Reduce reduce = parse_reduce(std::string(reduce_name));
-  std::vector<double> out(num_units, 0.0);
-  std::vector<int64_t> count(num_units, 0);
-  std::vector<double> contribution(num_units, 0.0);
-  std::vector<uint8_t> touched(num_units, 0);
-  for (size_t i = 0; i < tensors.size(); ++i) {
+  // Checks and unit maps first; then the per-index sums of every member: small members one
+  // per thread in a single parallel region (many small tensors would otherwise open one
+  // region each, and each region's barrier costs more than the work when other processes
+  // share the cores), large ones each split across the threads.
+  const size_t n = tensors.size();
+  std::vector<Around> arounds(n);
+  std::vector<std::vector<int64_t>> maps(n);
+  std::vector<std::vector<double>> sums(n);
+  std::vector<int64_t> small, large;
+  for (size_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
     TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
@@ -107,34 +115,54 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
     check_index(unit_maps[i], i, "unit_maps");
     TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
                 unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
-    const Around a = around(t, d);
-    const std::vector<int64_t> map = to_vector(unit_maps[i]);
-    for (int64_t u : map)
+    arounds[i] = around(t, d);
+    maps[i] = to_vector(unit_maps[i]);
+    for (int64_t u : maps[i])
       TORCH_CHECK(u >= -1 && u < num_units, "member ", i, ": unit ", u, " out of range");
-    std::vector<double> sums;
-    if (t.numel() > 0) {
-      const at::Tensor x = t.contiguous();
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grouped_norm",
-                                      [&] {
-                                        sums = p == 2 ? index_sums<scalar_t, 2>(x, a)
-                                                      : index_sums<scalar_t, 1>(x, a);
-                                      });
-    } else {
-      sums.assign(a.n, 0.0);
+    (t.numel() < kSmallMember ? small : large).push_back(static_cast<int64_t>(i));
+  }
+  auto member_sums = [&](int64_t i) {
+    const at::Tensor& t = tensors[i];
+    if (t.numel() == 0) {
+      sums[i].assign(arounds[i].n, 0.0);
+      return;
     }
-    std::fill(contribution.begin(), contribution.end(), 0.0);
-    std::fill(touched.begin(), touched.end(), 0);
-    for (int64_t j = 0; j < a.n; ++j) {
+    const at::Tensor x = t.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grouped_norm",
+                                    [&] {
+                                      sums[i] = p == 2 ? index_sums<scalar_t, 2>(x, arounds[i])
+                                                       : index_sums<scalar_t, 1>(x, arounds[i]);
+                                    });
+  };
+  // Inside the region, index_sums' own parallel_for runs inline on the calling thread.
+  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) member_sums(small[k]);
+  });
+  for (int64_t i : large) member_sums(i);
+
+  std::vector<double> out(num_units, 0.0);
+  std::vector<int64_t> count(num_units, 0);
+  std::vector<double> contribution(num_units, 0.0);
+  std::vector<uint8_t> touched(num_units, 0);
+  std::vector<int64_t> hit;  // units this member touches, to reset only those
+  for (size_t i = 0; i < n; ++i) {
+    const std::vector<int64_t>& map = maps[i];
+    hit.clear();
+    for (int64_t j = 0; j < arounds[i].n; ++j) {
       if (map[j] < 0) continue;
-      contribution[map[j]] += sums[j];
-      touched[map[j]] = 1;
+      if (!touched[map[j]]) {
+        touched[map[j]] = 1;
+        hit.push_back(map[j]);
+      }
+      contribution[map[j]] += sums[i][j];
     }
-    for (int64_t u = 0; u < num_units; ++u) {
-      if (!touched[u]) continue;
+    for (int64_t u : hit) {
       if (reduce == Reduce::kMax) out[u] = count[u] ? std::max(out[u], contribution[u])
                                                     : contribution[u];
       else out[u] += contribution[u];
       ++count[u];
+      contribution[u] = 0.0;
+      touched[u] = 0;
     }
   }
   if (reduce == Reduce::kMean)

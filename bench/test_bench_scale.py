@@ -1,0 +1,200 @@
+"""Speed and memory at LLM scale (issue 7): one test per row of the issue's table.
+
+    .venv/bin/python -m pytest bench/test_bench_scale.py -q -s
+
+- Llama-2-7B and Llama-3-8B shapes (bf16, random weights), 50% of heads and MLP neurons, end to
+  end, each tool in a fresh subprocess (its time and its own peak RSS); the big ones run under
+  ``flock /tmp/depgraph-bigmem.lock`` so that one big job runs at a time on a shared machine.
+- Llama-3-70B shape on the meta device: trace + rules + resolve + a validated plan.
+- Llama-style hidden 256, GQA 8/2, 32 -> 256 layers: the whole prune, in this process (medians
+  after a warm-up round), native vs python vs Torch-Pruning; writes bench/scaling.png.
+- A DenseNet-201-style net (blocks 6/12/48/32), 50%, vs Torch-Pruning.
+
+See bench/llm_scale.py for the models and for what Torch-Pruning is asked to do on Llama.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import depgraph_ext as dx
+from conftest import EXTRA, RESULTS, measure, torch_pruning
+
+HERE = Path(__file__).resolve().parent
+LOCK = os.environ.get("DEPGRAPH_BIGMEM_LOCK", "/tmp/depgraph-bigmem.lock")
+GIB = 2**30
+SCALING: dict[tuple[str, int], float] = {}
+
+
+def run_script(tool: str, shape: str, big: bool, timeout: float = 1800) -> dict | str:
+    """bench/llm_scale.py in a fresh process: its JSON, or why there is none."""
+    cmd = [sys.executable, str(HERE / "llm_scale.py"), tool, shape]
+    if big and shutil.which("flock"):
+        cmd = ["flock", LOCK, *cmd]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"did not finish in {timeout:.0f} s"
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or [""]
+        return f"exit {done.returncode} ({'killed' if done.returncode < 0 else tail[0][:120]})"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def record(workload: str, stage: str, out: dict | str) -> None:
+    tool = out["tool"] if isinstance(out, dict) else "?"
+    if isinstance(out, str):
+        EXTRA.append(f"{workload}: {out}")
+        return
+    RESULTS[(workload, stage, tool)] = out["seconds"]
+    size = out["model_bytes"]
+    EXTRA.append(
+        f"{workload}, {tool}: {out['seconds']:.2f} s; peak RSS {out['peak_rss'] / GIB:.2f} GiB "
+        f"= {out['peak_rss'] / size:.3f}x the model ({size / GIB:.2f} GiB; RSS after building "
+        f"it {out['rss_after_build'] / GIB:.2f} GiB); stages "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items() if k != "total"))
+
+
+@pytest.mark.parametrize("tool", ["native", "torch-pruning"])
+def test_llama2_7b_bf16(tool):
+    if tool == "torch-pruning" and torch_pruning is None:
+        pytest.skip("torch-pruning not installed")
+    out = run_script(tool, "llama-2-7b", big=True)
+    record("llama-2-7b shape, bf16", "prune 50% end to end", out)
+    if tool == "native":
+        assert isinstance(out, dict) and out["params_after"] < out["params_before"]
+
+
+def test_llama3_8b_bf16():
+    out = run_script("native", "llama-3-8b", big=True)
+    record("llama-3-8b shape, bf16", "prune 50% end to end", out)
+    assert isinstance(out, dict) and out["params_after"] < out["params_before"]
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_llama3_70b_meta(backend):
+    out = run_script(backend, "llama-3-70b-meta", big=False)
+    if isinstance(out, dict):
+        EXTRA.append(f"llama-3-70b shape on meta, {backend}: trace + resolve + plan "
+                     f"{out['seconds']:.2f} s, peak RSS {out['peak_rss'] / GIB:.2f} GiB "
+                     f"(the bf16 weights would be {out['model_bytes'] / GIB:.0f} GiB); "
+                     + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items()))
+        RESULTS[("llama-3-70b shape, meta", "trace + resolve + plan", backend)] = out["seconds"]
+    assert isinstance(out, dict), out
+
+
+DEPTHS = [32, 64, 128, 256]
+
+
+def small_llama(layers: int):
+    import transformers as T
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return T.LlamaForCausalLM(T.LlamaConfig(
+            vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
+            num_attention_heads=8, num_key_value_heads=2)).eval()
+
+
+IDS = {"input_ids": torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0))}
+
+
+@pytest.mark.parametrize("tool", ["native", "python", "torch-pruning"])
+@pytest.mark.parametrize("layers", DEPTHS)
+def test_llama_depth_scaling(benchmark, layers, tool):
+    if tool == "torch-pruning" and torch_pruning is None:
+        pytest.skip("torch-pruning not installed")
+    model = small_llama(layers)
+    key = (f"llama hidden 256, {layers} layers", "prune 50% end to end", tool)
+    if tool == "torch-pruning":
+        sys.path.insert(0, str(HERE))
+        from llm_scale import run_torch_pruning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            measure(benchmark, key, lambda m: run_torch_pruning(m, IDS),
+                    setup=lambda: copy.deepcopy(model), rounds=1 if layers >= 128 else 2)
+    else:
+        def run(m):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return dx.prune(m, IDS, ratio=0.5, ratios={"hidden": 0.0}, backend=tool,
+                                progress=False)
+
+        measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=3)
+    SCALING[(tool, layers)] = RESULTS[key]
+
+
+def test_llama_depth_scaling_plot():
+    """bench/scaling.png from the medians above; each doubling's cost in the summary."""
+    if not SCALING:
+        pytest.skip("no scaling measurements in this run")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tool, style in (("native", "o-"), ("python", "s--"), ("torch-pruning", "^:")):
+        depths = [d for d in DEPTHS if (tool, d) in SCALING]
+        if not depths:
+            continue
+        times = [SCALING[(tool, d)] for d in depths]
+        label = tool if tool != "torch-pruning" else "Torch-Pruning 1.6.1 (MLP only)"
+        ax.plot(depths, times, style, label=label)
+        steps = [f"{b / a:.2f}x" for a, b in zip(times, times[1:])]
+        EXTRA.append(f"depth scaling, {tool}: " + ", ".join(
+            f"{d} layers {t:.2f} s" for d, t in zip(depths, times))
+            + f"; each doubling {', '.join(steps)}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(DEPTHS, [str(d) for d in DEPTHS])
+    ax.set_xlabel("decoder layers (Llama-style, hidden 256, GQA 8/2)")
+    ax.set_ylabel("prune 50%, end to end (s)")
+    ax.set_title("Time vs depth (medians, one run)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "scaling.png", dpi=120)
+
+
+@pytest.fixture(scope="module")
+def densenet201():
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from nets import DenseNet
+
+    torch.manual_seed(0)
+    return DenseNet(blocks=(6, 12, 48, 32)).eval(), torch.randn(1, 3, 224, 224)
+
+
+@pytest.mark.parametrize("tool", ["native", "python", "torch-pruning"])
+def test_densenet201(benchmark, densenet201, tool):
+    model, x = densenet201
+    key = ("densenet-201 style", "prune 50% end to end", tool)
+    if tool == "torch-pruning":
+        if torch_pruning is None:
+            pytest.skip("torch-pruning not installed")
+        tp = torch_pruning
+
+        def run(m):
+            return tp.pruner.MetaPruner(
+                m, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                ignored_layers=[m.classifier]).step()
+
+        measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=1)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        measure(benchmark, key, lambda m: dx.prune(m, x, ratio=0.5, backend=tool, progress=False),
+                setup=lambda: copy.deepcopy(model), rounds=3)
