@@ -162,16 +162,17 @@ def test_reloaded_checkpoint_passes_the_scatter_back_oracle(checkpoints, tmp_pat
 
 def test_meta_model_traces_as_on_the_cpu():
     """On meta, SDPA decomposes into math with the key/value heads repeated, so a GQA graph has
-    8 key/value heads per call; traced as if on the CPU it is the CPU model's graph."""
+    8 key/value heads per call; a meta model is traced as if on the CPU (by default), so it has
+    the CPU model's graph."""
     from depgraph_ext.trace import meta_stands_for
 
     cpu = dx.DependencyGraph(build("llama"), {"input_ids": IDS})
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         meta_model = MODELS["llama"][0]()
-    plain = dx.DependencyGraph(meta_model, {"input_ids": IDS})
-    with meta_stands_for("cpu"):
-        stand_in = dx.DependencyGraph(meta_model, {"input_ids": IDS})
+    stand_in = dx.DependencyGraph(meta_model, {"input_ids": IDS})
+    with meta_stands_for("meta"):
+        plain = dx.DependencyGraph(meta_model, {"input_ids": IDS})
 
     def kv_heads(dg):
         sizes = dg.coupling_model.couplings.slot_sizes
