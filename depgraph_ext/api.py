@@ -278,7 +278,9 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
     params_before, macs_before = costs.at(None)
     params_after_planned, macs_after = costs.at(keep) if keep is not None else (None, None)
     t = time.perf_counter()
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    params = dict(model.named_parameters())
+    param_names = params.keys()
+    tensors = params | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
     companions = state_companions(model, plan, optimizer)
     native = dg.backend == "native"
@@ -307,5 +309,5 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
         macs_before=macs_before,
         macs_after=macs_after,
         units=units,
-        buffers=frozenset(n for n in plan if n not in dict(model.named_parameters())),
+        buffers=frozenset(plan.keys() - param_names),
     )

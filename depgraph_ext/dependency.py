@@ -285,13 +285,13 @@ class DependencyGraph:
         order = np.argsort(unit_groups, kind="stable")
         bounds = np.searchsorted(unit_groups[order], np.arange(res.num_groups + 1))
         groups = []
+        local = np.empty(res.num_units, dtype=np.int64)  # each unit's index in its group
+        local[order] = np.arange(res.num_units) - bounds[unit_groups[order]]
         for gid in range(res.num_groups):
             unit_ids = order[bounds[gid] : bounds[gid + 1]]
             prunable = self.unit_prunable[unit_ids]
             if not prunable.any():
                 continue
-            local = np.full(res.num_units, -1, dtype=np.int64)
-            local[unit_ids] = np.arange(unit_ids.shape[0])
             ms = [
                 Member(name, dim, torch.from_numpy(sel), torch.from_numpy(local[units]))
                 for name, dim, sel, units in members.get(gid, [])

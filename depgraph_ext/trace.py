@@ -421,9 +421,6 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
     stack: list[str] = []
     recorder = _Recorder(graph, stack)
     fake_mode = contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True)
-    if budget is not None:
-        recorder.deadline = time.perf_counter() + budget[0]
-        recorder.budget_per_op = budget[1]
     # A model wholly on the meta device is traced as fake tensors of another device (the CPU,
     # or what meta_stands_for says): on meta, ops dispatch differently (attention decomposes
     # into matmuls with an explicit repeat of the key/value heads, say), so the graph and the
@@ -481,6 +478,9 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
             if isinstance(leaf, torch.Tensor):
                 graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
         progress, stage = bar
+        if budget is not None:  # counted from the forward: preparing tensors is not the model's
+            recorder.deadline = time.perf_counter() + budget[0]
+            recorder.budget_per_op = budget[1]
         with _eval_mode(model), torch.no_grad(), progress.bar(
                 stage, total=sum(1 for _ in model.modules()), unit="module") as ticks, \
                 _module_scopes(model, stack, recorder, ticks):
