@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         if started:
             import torch.distributed as dist
 
-            dist.destroy_process_group()
+            try:  # every rank done before any tears the group down (else gloo may abort one)
+                dist.barrier()
+            finally:
+                dist.destroy_process_group()
     if result.world_size == 1 or _rank() == 0:
         print(result.summary())
     return 0

@@ -436,6 +436,7 @@ def _rank_worker(rank, world, rendezvous, src, dst, fail_rank, errors):
     except dx.PruningError as exc:
         errors.put((rank, f"{type(exc).__name__}: {exc}"))
     finally:
+        dist.barrier()  # gloo aborts a rank whose peer tears the group down first
         dist.destroy_process_group()
 
 
