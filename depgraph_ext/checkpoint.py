@@ -40,10 +40,18 @@ import torch
 from . import ops, safetensors_io
 from .apply import gather
 from .configs import ConfigUpdate
-from .dependency import KINDS, DependencyGraph, FixedSizeWarning
+from .dependency import KINDS, DependencyGraph
 from .errors import InvalidArgumentError, NonFiniteWeightsError, PlanValidationError, PruningError
 from .importance import scored_slices
-from .plan import Plan, check_ratio, check_ratios, check_round_to, make_plan, select_local
+from .plan import (
+    Plan,
+    check_ratio,
+    check_ratios,
+    check_round_to,
+    learn_fixed_sizes,
+    make_plan,
+    select_local,
+)
 from .resolve import select_backend
 from .safetensors_io import (
     Header,
@@ -495,17 +503,7 @@ class _Job:
                 with meta_stands_for("cpu"):
                     return keep, make_plan(dg, keep, require_loadable)
             except PlanValidationError as exc:
-                fresh = set(exc.fixed_slots) - dg.extra_blocked
-                if not fresh and exc.node is not None:  # no progress: keep the whole op
-                    node = dg.graph.nodes[exc.node]
-                    slots = dg.coupling_model.value_slots
-                    fresh = {s for v in node.inputs + node.outputs for s in slots[v]}
-                    fresh -= dg.extra_blocked
-                if not fresh:
-                    raise
-                warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
-                              stacklevel=3)
-                dg.block_slots(fresh)
+                learn_fixed_sizes(dg, exc)
         raise PlanValidationError(f"no valid plan after {_MAX_FEEDBACK} rounds of validation")
 
     def output_shape(self, key: str, plan: Plan) -> tuple[int, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -10,8 +11,8 @@ import torch
 
 from .apply import AttributeUpdate, attribute_updates, temporary_attributes
 from .configs import check_loadable, config_updates
-from .dependency import KINDS, DependencyGraph
-from .errors import InvalidArgumentError, PlanValidationError, TraceError
+from .dependency import KINDS, DependencyGraph, FixedSizeWarning
+from .errors import InvalidArgumentError, PlanValidationError, TraceError, user_stacklevel
 from .trace import paused_gc, trace
 
 # state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
@@ -338,6 +339,23 @@ def _inputs_at_original_size(dg: DependencyGraph, node, shapes, masks) -> list[i
             if shape[d] == original[d] != dg.slot_kept_size(s, masks):
                 fixed.append(s)
     return fixed
+
+
+def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> None:
+    """After a failed validation: block the dims the model's code was found to fix (a
+    ``FixedSizeWarning`` names them) so the plan can be redone; re-raise ``exc`` when there
+    is nothing new to block."""
+    fresh = set(exc.fixed_slots) - dg.extra_blocked
+    if not fresh and exc.node is not None:  # no progress: keep the whole op
+        node = dg.graph.nodes[exc.node]
+        slots = dg.coupling_model.value_slots
+        fresh = {s for v in node.inputs + node.outputs for s in slots[v]}
+        fresh -= dg.extra_blocked
+    if not fresh:
+        raise exc
+    warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
+                  stacklevel=user_stacklevel())
+    dg.block_slots(fresh)
 
 
 def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool = False):

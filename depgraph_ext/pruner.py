@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -13,13 +12,12 @@ import torch
 
 from .api import PruneResult, _apply, compose_results
 from .counting import PlannedCosts
-from .dependency import DependencyGraph, FixedSizeWarning
+from .dependency import DependencyGraph
 from .errors import (
     InvalidArgumentError,
     NoPrunableGroupsError,
     PlanValidationError,
     PruningError,
-    user_stacklevel,
 )
 from .importance import get_importance, unit_scores
 from .plan import (
@@ -30,6 +28,7 @@ from .plan import (
     check_ratios,
     check_round_to,
     group_roots,
+    learn_fixed_sizes,
     make_plan,
     select,
 )
@@ -182,17 +181,7 @@ def prune_step(dg: DependencyGraph, importance, selection: Selection, targets,
             planned = make_plan(dg, keep, require_loadable)
         except PlanValidationError as exc:
             timings["plan"] += time.perf_counter() - t3
-            fresh = set(exc.fixed_slots) - dg.extra_blocked
-            if not fresh and exc.node is not None:  # no progress: keep the whole op
-                node = dg.graph.nodes[exc.node]
-                slots = dg.coupling_model.value_slots
-                fresh = {s for v in node.inputs + node.outputs for s in slots[v]}
-                fresh -= dg.extra_blocked
-            if not fresh:
-                raise
-            warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
-                          stacklevel=user_stacklevel())
-            dg.block_slots(fresh)
+            learn_fixed_sizes(dg, exc)
             continue
         timings["plan"] += time.perf_counter() - t3
         return _apply(dg, *planned, timings, t0, in_place, optimizer, keep)
