@@ -410,6 +410,18 @@ def unit_scores_from_sums(dg: DependencyGraph, sums: dict[tuple[str, int], np.nd
     return scores.to(torch.float32).to(torch.float64) if result_fp32 else scores
 
 
+def _read_ahead(mapped: MappedFile, header, keys: list[str]):
+    """Each key with its entry; the pages of the next ``_AHEAD`` tensors are requested from
+    the disk while this one is worked on."""
+    for n, key in enumerate(keys):
+        entry = header.entries[key]
+        if n == 0:
+            mapped.prefetch(entry.begin, entry.end)
+        for ahead in keys[n + 1:n + 1 + _AHEAD]:
+            mapped.prefetch(header.entries[ahead].begin, header.entries[ahead].end)
+        yield key, entry
+
+
 # -- the pipeline ---------------------------------------------------------------------------------
 class _Job:
     def __init__(self, source: Source, model, dg: DependencyGraph, p: int, native: bool,
@@ -448,12 +460,7 @@ class _Job:
             bar = self.progress.bar(sum(header.entries[k].nbytes for k in keys),
                                     f"score {header.path.name}")
             with MappedFile(header) as mapped:
-                for n, key in enumerate(keys):
-                    entry = header.entries[key]
-                    if n == 0:
-                        mapped.prefetch(entry.begin, entry.end)
-                    for ahead in keys[n + 1:n + 1 + _AHEAD]:
-                        mapped.prefetch(header.entries[ahead].begin, header.entries[ahead].end)
+                for key, entry in _read_ahead(mapped, header, keys):
                     t = mapped.tensor(entry)
                     name = self.aliases.get(key, key)
                     for dim in by_key[key]:
@@ -533,12 +540,7 @@ class _Job:
                                 f"write {header.path.name}")
         with MappedFile(header) as mapped, open(out_dir / header.path.name, "xb") as f:
             safetensors_io.write_chunk(f, header_bytes)
-            for n, key in enumerate(keys):
-                entry = header.entries[key]
-                if n == 0:
-                    mapped.prefetch(entry.begin, entry.end)
-                for ahead in keys[n + 1:n + 1 + _AHEAD]:
-                    mapped.prefetch(header.entries[ahead].begin, header.entries[ahead].end)
+            for key, entry in _read_ahead(mapped, header, keys):
                 dims = plan.get(self.aliases.get(key, key))
                 if dims:
                     t = mapped.tensor(entry)
