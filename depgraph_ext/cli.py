@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
+from .checkpoint import STREAMED_IMPORTANCES
 from .dependency import KINDS
 from .errors import PruningError
-from .importance import IMPORTANCES
 
 
 def parse_ratios(text: str) -> dict[str, float]:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=parse_ratios, default=None, metavar="KIND=R,...",
                    help=f"per group kind ({', '.join(KINDS)}) ratios overriding --ratio; 0 "
                         "leaves a kind alone")
-    p.add_argument("--importance", choices=IMPORTANCES, default="l2",
+    p.add_argument("--importance", choices=STREAMED_IMPORTANCES, default="l2",
                    help="grouped magnitude criterion (default l2)")
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="round the units each group keeps up to a multiple of N")

@@ -110,29 +110,23 @@ class PlannedCosts:
 
     def __init__(self, dg) -> None:
         self.dg = dg
-        res = dg.resolution
-        slots = dg.coupling_model.value_slots
         g = dg.graph
         self.params_total = count_params(dg.model)
         self._costly = [n for n in g.nodes if node_macs(n, lambda v: g.values[v].shape)]
-        needed = {v for n in self._costly for v in n.inputs + n.outputs}
-        needed |= set(g.params.values())
-        self._leaves = {v: [res.leaves_of(s) for s in slots[v]] for v in needed}
         self._param_values = list(g.params.values())
-
-    def _shape_fn(self, keep: np.ndarray | None):
-        res = self.dg.resolution
-        if keep is None:
-            return lambda v: self.dg.graph.values[v].shape
-        kept = res.leaf_sizes.astype(np.int64).copy()
-        for leaf, mask in self.dg.leaf_keep_masks(keep).items():
-            kept[leaf] = int(mask.sum())
-        return lambda v: tuple(int(np.prod(kept[ls], dtype=np.int64)) for ls in self._leaves[v])
 
     def at(self, keep: np.ndarray | None) -> tuple[int, int]:
         """(parameters, MACs) with the units where ``keep`` is False removed."""
-        shape_of = self._shape_fn(keep)
         g = self.dg.graph
+        if keep is None:
+            def shape_of(v):
+                return g.values[v].shape
+        else:
+            sizes = self.dg.slot_kept_sizes(self.dg.leaf_keep_masks(keep)).tolist()
+            slots = self.dg.coupling_model.value_slots
+
+            def shape_of(v):
+                return tuple(sizes[s] for s in slots[v])
         removed = sum(_prod(g.values[v].shape) - _prod(shape_of(v)) for v in self._param_values)
         macs = sum(node_macs(n, shape_of) for n in self._costly)
         return self.params_total - removed, macs
