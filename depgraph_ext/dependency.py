@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -206,6 +207,8 @@ class DependencyGraph:
         self._explain_opaque()
         self.stale = False
         self.extra_blocked: set[int] = set()  # slots validation found fixed
+        # Units whose scores the selection at hand can use (None: all); see ``scoring_only``.
+        self.units_to_score: np.ndarray | None = None
 
     # -- indexing --------------------------------------------------------------------------------
     def _index(self) -> None:
@@ -382,6 +385,22 @@ class DependencyGraph:
         subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups),
                        text=True, check=True)
         return path
+
+    @contextlib.contextmanager
+    def scoring_only(self, groups: np.ndarray):
+        """Within the block, importances score only the units of ``groups`` (a bool per group
+        of ``self.groups``); the others come out NaN (not scored). The pruner leaves out the
+        groups its selection cannot shrink (a ratio of 0, such as ``ratios={"hidden": 0}``):
+        on an LLM that halves the bytes read for scoring."""
+        mask = np.zeros(self.resolution.num_units, dtype=bool)
+        for group, wanted in zip(self.groups, groups):
+            if wanted:
+                mask[group.unit_ids] = True
+        previous, self.units_to_score = self.units_to_score, mask
+        try:
+            yield
+        finally:
+            self.units_to_score = previous
 
     def block_slots(self, slots) -> None:
         """Block more slots (sizes validation found fixed) and resolve again."""

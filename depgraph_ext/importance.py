@@ -52,10 +52,12 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
     order the forward pass first reads them (so a group's first slice is its root layer).
     Buffers never score."""
     res = dg.resolution
+    wanted = dg.unit_prunable if dg.units_to_score is None else (
+        dg.unit_prunable & dg.units_to_score)
     out = []
     for name in params_in_use_order(dg):
         for td in dg.tensor_dims[name]:
-            for pos in _scored_leaves(dg, td):
+            for pos in _scored_leaves(dg, td, wanted):
                 units = res.units_of_leaf(int(td.leaves[pos]))[td.digits(pos)]
                 out.append(ScoredSlice(name, td.dim, units))
     return out
@@ -70,13 +72,14 @@ def params_in_use_order(dg: DependencyGraph) -> list[str]:
     return sorted(g.params, key=lambda n: first.get(g.params[n], len(g.nodes)))
 
 
-def _scored_leaves(dg: DependencyGraph, td) -> list[int]:
+def _scored_leaves(dg: DependencyGraph, td, wanted: np.ndarray) -> list[int]:
+    """Positions of ``td``'s leaves with a unit in ``wanted``."""
     res = dg.resolution
     out = []
     for pos, leaf in enumerate(td.leaves):
         if res.leaf_unit_offsets[leaf] < 0:
             continue
-        if dg.unit_prunable[res.units_of_leaf(int(leaf))].any():
+        if wanted[res.units_of_leaf(int(leaf))].any():
             out.append(pos)
     return out
 

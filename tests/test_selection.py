@@ -314,3 +314,85 @@ def test_summary_lists_layer_params_units_per_kind_and_macs():
     assert f"channels: {before:,} -> {after:,} units" in text
     _, macs = dx.count_params_and_macs(model, IMG)
     assert f"-> {macs:,} (" in text and result.macs_after == macs
+
+
+# -- groups a selection cannot shrink are not scored -------------------------------------------
+def small_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval(), torch.randint(0, 100, (1, 7))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scoring_only_leaves_other_groups_unscored_and_the_rest_unchanged(backend):
+    model, ids = small_llama()
+    dg = dx.DependencyGraph(model, ids, backend=backend)
+    full = unit_scores(dg, "l2").numpy()
+    wanted = np.array([g.kind != "hidden" for g in dg.groups])
+    assert wanted.any() and not wanted.all()
+    with dg.scoring_only(wanted):
+        part = unit_scores(dg, "l2").numpy()
+    for group, w in zip(dg.groups, wanted):
+        ids_ = group.unit_ids[group.prunable]
+        if w:
+            np.testing.assert_array_equal(part[ids_], full[ids_])
+        else:
+            assert np.isnan(part[group.unit_ids]).all()
+    assert dg.units_to_score is None  # the block is over: everything scores again
+
+
+def captured_members(monkeypatch):
+    """(parameter name, dim) of every slice the scorers read, recorded from scored_slices."""
+    from depgraph_ext import importance
+
+    seen: list[tuple[str, int]] = []
+    original = importance.scored_slices
+
+    def spy(dg):
+        out = original(dg)
+        seen.extend((s.name, s.dim) for s in out)
+        return out
+
+    monkeypatch.setattr(importance, "scored_slices", spy)
+    return seen
+
+
+def test_a_kind_of_ratio_zero_is_not_read_for_scoring(monkeypatch):
+    model, ids = small_llama()
+    seen = captured_members(monkeypatch)
+    dx.prune(model, ids, ratio=0.5, ratios={"hidden": 0.0})
+    # The residual stream (hidden kind) is the embedding's dim 1 and every projection's input
+    # dim: none of it is read; heads and MLP neurons are.
+    assert ("model.embed_tokens.weight", 1) not in seen
+    assert ("model.layers.0.mlp.gate_proj.weight", 1) not in seen
+    assert ("model.layers.0.mlp.gate_proj.weight", 0) in seen
+    assert ("model.layers.0.self_attn.o_proj.weight", 1) in seen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", [
+    dict(ratio=0.5, ratios={"hidden": 0.0}),
+    dict(ratio=0.4, ratios={"hidden": 0.0, "model.layers.1": 0.0}, global_pruning=True),
+    dict(ratios={"hidden": 0.0, "heads": 0.0}, target_params=0.8),
+    dict(ratio=0.5, ratios={"hidden": 0.0}, iterative_steps=2),
+])
+def test_skipping_unshrinkable_groups_changes_no_result(monkeypatch, backend, kwargs):
+    import contextlib
+
+    from depgraph_ext.dependency import DependencyGraph
+
+    model, ids = small_llama()
+    reference = copy.deepcopy(model)
+    dx.prune(model, ids, backend=backend, **kwargs)
+    with monkeypatch.context() as m:
+        m.setattr(DependencyGraph, "scoring_only", lambda self, groups: contextlib.nullcontext())
+        dx.prune(reference, ids, backend=backend, **kwargs)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert any(ours[k].shape != v.shape for k, v in copy.deepcopy(small_llama()[0]).state_dict(
+    ).items())  # something was pruned
+    for name, value in theirs.items():
+        assert torch.equal(ours[name], value), name
