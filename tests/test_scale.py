@@ -69,11 +69,19 @@ def test_in_place_slicing_gives_the_freed_tail_back():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
 
-    w = torch.nn.Parameter(torch.ones(4096, 2048))  # 32 MiB
+    # Several large tails (given back on two threads) and a small one (reallocated).
+    big = {f"w{i}": torch.nn.Parameter(torch.full((4096, 2048), float(i))) for i in range(3)}
+    small = torch.nn.Parameter(torch.arange(64.0).view(8, 8))
+    ids = {n: id(t) for n, t in big.items()}
     before = rss()
-    _apply_in_place({"w": w}, {"w": {0: torch.arange(0, 4096, 2)}})
-    assert w.shape == (2048, 2048) and bool((w == 1).all())
-    assert before - rss() > 12 * 2**20  # about 16 MiB given back, without a copy
+    plan = {n: {0: torch.arange(0, 4096, 2)} for n in big}
+    plan["small"] = {1: torch.tensor([1, 5])}
+    _apply_in_place(big | {"small": small}, plan)
+    for i, (name, w) in enumerate(big.items()):
+        assert id(w) == ids[name] and w.shape == (2048, 2048) and bool((w == i).all())
+    assert torch.equal(small, torch.arange(64.0).view(8, 8)[:, [1, 5]])
+    assert small.untyped_storage().nbytes() == small.numel() * 4
+    assert before - rss() > 3 * 12 * 2**20  # about 3 x 16 MiB given back, without a copy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
