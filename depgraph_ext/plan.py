@@ -247,7 +247,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
     try:
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes, progress=dg.progress,
-                           stage="check the plan")
+                           stage="check the plan", shapes_only=True)
     except TraceError as exc:
         failed = getattr(exc, "failed_at", None)
         bad = _original_of(g, failed) if failed is not None else None
@@ -277,24 +277,23 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
             None, fixed,
         )
 
-    aligned = len(pruned.nodes) == len(g.nodes) and all(
-        a.op is b.op or a.name == b.name for a, b in zip(g.nodes, pruned.nodes))
+    aligned = len(pruned.ops) == len(g.nodes) and all(
+        a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops))
     if aligned:  # op by op: the first deviating op is the one whose call fixes a size
-        for old, new in zip(g.nodes, pruned.nodes):
-            for vo, vn in zip(old.outputs, new.outputs):
-                check(f"op {old.name} in module {old.module or '<root>'}", vo,
-                      pruned.values[vn].shape)
+        for old, (_, _, new_shapes) in zip(g.nodes, pruned.ops):
+            for vo, shape in zip(old.outputs, new_shapes):
+                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape)
     else:  # decompositions branch on shapes: compare what every module call returns
         calls = list(zip(g.module_calls, pruned.module_calls))
         if len(g.module_calls) != len(pruned.module_calls) or any(
                 a[0] != b[0] or len(a[1]) != len(b[1]) for a, b in calls):
             raise PlanValidationError("the pruned model calls its modules differently from the "
                                       "original; its control flow depends on the pruned sizes")
-        for (name, outs_old), (_, outs_new) in calls:
-            for vo, vn in zip(outs_old, outs_new):
-                check(f"module {name or '<root>'}", vo, pruned.values[vn].shape)
-    for vo, vn in zip(g.outputs, pruned.outputs):
-        check("the model's output", vo, pruned.values[vn].shape)
+        for (name, outs_old), (_, shapes_new) in calls:
+            for vo, shape in zip(outs_old, shapes_new):
+                check(f"module {name or '<root>'}", vo, shape)
+    for vo, shape in zip(g.outputs, pruned.outputs):
+        check("the model's output", vo, shape)
 
 
 def _original_of(g, failed):

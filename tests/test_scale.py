@@ -124,3 +124,68 @@ def test_slicing_runs_of_kept_columns(dtype):
         assert torch.equal(ops.gather_slices([w], [2], [kept])[0], expected)
         [moved] = ops.compact_([w.clone()], [2], [kept])
         assert torch.equal(moved, expected)
+
+
+def shapes_of_full(graph):
+    """A full trace reduced to what a ShapeTrace keeps."""
+    shape = lambda v: graph.values[v].shape  # noqa: E731
+    return ([(n.op, n.module, [shape(v) for v in n.outputs]) for n in graph.nodes],
+            [(name, [shape(v) for v in outs]) for name, outs in graph.module_calls],
+            [shape(v) for v in graph.outputs])
+
+
+@pytest.mark.parametrize("real", [True, False])
+def test_shape_trace_keeps_what_the_full_trace_records(monkeypatch, real):
+    if not real:
+        monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    model = llama("cpu")
+    shapes = {"model.layers.0.mlp.up_proj.weight": (40, 64),
+              "model.layers.0.mlp.gate_proj.weight": (40, 64),
+              "model.layers.0.mlp.down_proj.weight": (64, 40)}
+    full = tr.trace(model, IDS, shapes=shapes)
+    light = tr.trace(model, IDS, shapes=shapes, shapes_only=True)
+    assert full.real == light.real == real
+    assert (light.ops, light.module_calls, light.outputs) == shapes_of_full(full)
+    called = [name for name, _ in light.module_calls]  # every module called, once
+    assert sorted(called) == sorted(n for n, m in model.named_modules()
+                                    if not isinstance(m, torch.nn.ModuleList))
+
+
+def test_shape_trace_reports_the_failing_op_as_the_full_trace_does():
+    model = llama("cpu")
+    shapes = {"model.layers.1.mlp.up_proj.weight": (40, 64)}  # gate_proj still has 96 rows
+    failures = []
+    for shapes_only in (False, True):
+        with pytest.raises(dx.TraceError) as info:
+            tr.trace(model, IDS, shapes=shapes, shapes_only=shapes_only)
+        failures.append(info.value.failed_at)
+    assert failures[0] == failures[1]
+    assert failures[0].module == "model.layers.1.mlp" and failures[0].op == "aten.mul.Tensor"
+
+
+def test_trace_leaves_training_flags_and_global_hooks_as_they_were():
+    model = llama("cpu").train()
+    model.model.layers[0].eval()
+    flags = [m.training for m in model.modules()]
+    pre = dict(torch.nn.modules.module._global_forward_pre_hooks)
+    post = dict(torch.nn.modules.module._global_forward_hooks)
+    graph = tr.trace(model, IDS)
+    assert [m.training for m in model.modules()] == flags
+    assert torch.nn.modules.module._global_forward_pre_hooks == pre
+    assert torch.nn.modules.module._global_forward_hooks == post
+    assert {name for name, _ in graph.module_calls} == {
+        n for n, m in model.named_modules() if not isinstance(m, torch.nn.ModuleList)}
+
+
+def test_a_module_made_inside_the_forward_is_not_a_scope():
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.nn.ReLU()(self.lin(x))  # not part of the model
+
+    graph = tr.trace(Outer(), torch.randn(2, 4))
+    assert [name for name, _ in graph.module_calls] == ["lin", ""]
+    assert graph.nodes[-1].module == ""  # the ReLU's op belongs to the module running it
