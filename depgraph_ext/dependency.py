@@ -280,8 +280,14 @@ class DependencyGraph:
                 for pos, leaf in enumerate(td.leaves):
                     if res.leaf_unit_offsets[leaf] < 0:
                         continue
-                    units = res.units_of_leaf(int(leaf))[td.digits(pos)]
+                    units = res.units_of_leaf(int(leaf))
+                    if td.leaves.shape[0] > 1:
+                        units = units[td.digits(pos)]
                     gids = unit_groups[units]
+                    if gids[0] == gids[-1] and (gids == gids[0]).all():  # the common case
+                        members.setdefault(int(gids[0]), []).append(
+                            (name, td.dim, np.arange(units.shape[0]), units))
+                        continue
                     for gid in np.unique(gids):
                         sel = np.nonzero(gids == gid)[0]
                         members.setdefault(int(gid), []).append((name, td.dim, sel, units[sel]))
