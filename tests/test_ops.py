@@ -170,6 +170,21 @@ def test_compact_in_place_no_new_memory(device):
     assert torch.equal(out[1], original[1].index_select(0, kept[1].to(device)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_long_rows_move_bit_exact(dtype):
+    """Rows of 4 KiB and more are copied with streaming stores: kept rows (a prefix already in
+    place, runs, scattered ones) and the inner dim of a 3-d tensor, in place and not."""
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(40, 3, 2048, generator=g) * 100).to(dtype)
+    kept_rows = torch.tensor([0, 1, 2, 7, 8, 9, 10, 21, 33, 39])
+    kept_mid = torch.tensor([0, 2])
+    for dim, kept in ((0, kept_rows), (1, kept_mid)):
+        want = base.index_select(dim, kept)
+        assert torch.equal(ops.gather_slices([base], [dim], [kept])[0], want)
+        t = base.clone()
+        assert torch.equal(ops.compact_([t], [dim], [kept])[0], want)
+
+
 def test_gather_and_compact_refuse_bad_indices():
     t = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="out of range"):
