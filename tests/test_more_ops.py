@@ -131,6 +131,29 @@ def test_a_size_the_code_fixes_is_found_and_kept():
     assert_same_state(before, state_of(model))
 
 
+class Reshaped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 10), nn.Linear(10, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.fc1(x))  # [6, 10]
+        # reshape(-1, 10) is the identity here, but pruned to [6, 5] it would run silently and
+        # give [3, 10]: only the op-by-op shape check can find it.
+        return self.fc2(y) + y.reshape(-1, 10).sum()
+
+
+def test_a_size_fixed_silently_is_found_by_the_shape_check():
+    from conftest import assert_same_state, state_of
+
+    model = Reshaped().double().eval()
+    before = state_of(model)
+    with pytest.warns(dx.FixedSizeWarning, match="aten.view"), \
+            pytest.raises(dx.NoPrunableGroupsError):
+        dx.prune(model, torch.randn(6, 4, dtype=F64), ratio=0.5)
+    assert_same_state(before, state_of(model))
+
+
 class Square(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
