@@ -463,10 +463,11 @@ def trace(model: torch.nn.Module, example_inputs,
     """
     if not isinstance(model, torch.nn.Module):
         raise InvalidArgumentError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    if _real_is_cheap(model, example_inputs, shapes):
+    named = named_tensors(model)  # one walk of the model for all the trace's uses
+    if _real_is_cheap([*named[0].values(), *named[1].values()], example_inputs):
         try:
             graph = _trace(model, example_inputs, shapes, real=True, budget=_REAL_BUDGET,
-                           bar=(progress, stage), shapes_only=shapes_only)
+                           bar=(progress, stage), shapes_only=shapes_only, named=named)
         except (_TooSlow, TraceError):
             pass  # the fake trace decides (and its error, if any, is the one reported)
         else:
@@ -474,32 +475,28 @@ def trace(model: torch.nn.Module, example_inputs,
             return graph
     try:
         return _trace(model, example_inputs, shapes, real=False, bar=(progress, stage),
-                      shapes_only=shapes_only)
+                      shapes_only=shapes_only, named=named)
     except TraceError as exc:
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
-        params, buffers, _ = named_tensors(model)
+        params, buffers, _ = named
         if _on_meta(params) or _on_meta(buffers):
             raise TraceError(
                 f"{exc}; the model's shapes depend on data, which needs real weights, and its "
                 "weights are on the meta device"
             ) from exc
     graph = _trace(model, example_inputs, shapes, real=True, bar=(progress, stage),
-                   shapes_only=shapes_only)
+                   shapes_only=shapes_only, named=named)
     graph.real = True
     return graph
 
 
-def _real_is_cheap(model: torch.nn.Module, example_inputs, shapes) -> bool:
+def _real_is_cheap(tensors, example_inputs) -> bool:
     """Real weights (no meta, no fake tensors) of at most ``REAL_TRACE_MAX_BYTES`` in all."""
     from torch._subclasses.fake_tensor import FakeTensor
 
     total = 0
-    for t in model.parameters():
-        if t.device.type == "meta" or isinstance(t, FakeTensor):
-            return False
-        total += t.numel() * t.element_size()
-    for t in model.buffers():
+    for t in tensors:
         if t.device.type == "meta" or isinstance(t, FakeTensor):
             return False
         total += t.numel() * t.element_size()
@@ -514,10 +511,10 @@ def _real_is_cheap(model: torch.nn.Module, example_inputs, shapes) -> bool:
 
 def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
            budget: tuple[float, float] | None = None,
-           bar: tuple[Progress, str] = (OFF, "trace"), shapes_only: bool = False
-           ) -> OpGraph | ShapeTrace:
+           bar: tuple[Progress, str] = (OFF, "trace"), shapes_only: bool = False,
+           named=None) -> OpGraph | ShapeTrace:
     args, kwargs = normalize_inputs(example_inputs)
-    params, buffers, aliases = named_tensors(model)
+    params, buffers, aliases = named if named is not None else named_tensors(model)
     stack: list[str] = []
     if shapes_only:
         graph = ShapeTrace()
@@ -564,6 +561,7 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
     # processes for the cores).
+    modules = list(model.named_modules())
     gc_enabled, threads = gc.isenabled(), torch.get_num_threads()
     gc.disable()
     if real and budget is not None:
@@ -592,7 +590,6 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
         if budget is not None:  # counted from the forward: preparing tensors is not the model's
             recorder.deadline = time.perf_counter() + budget[0]
             recorder.budget_per_op = budget[1]
-        modules = list(model.named_modules())
         with _eval_mode(model, modules), torch.no_grad(), progress.bar(
                 stage, total=len(modules), unit="module") as ticks, \
                 _module_scopes(modules, stack, recorder, ticks):
@@ -615,7 +612,7 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
             gc.enable()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        _check_untouched(model, params, buffers)
+        _check_untouched(modules, params, buffers)
     if recorder.aborted:
         raise _TooSlow  # the model's code caught it and went on
     for leaf in pytree.tree_leaves(out):
@@ -624,10 +621,13 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
     return graph
 
 
-def _check_untouched(model: torch.nn.Module, params: dict, buffers: dict) -> None:
-    """The model must hold exactly the tensors it held before tracing."""
-    now_params, now_buffers, _ = named_tensors(model)
-    if any(now_params.get(n) is not t for n, t in params.items()) or any(
-        now_buffers.get(n) is not t for n, t in buffers.items()
-    ):
-        raise RuntimeError("internal error: tracing did not restore the model's tensors")
+def _check_untouched(modules: list[tuple[str, torch.nn.Module]], params: dict,
+                     buffers: dict) -> None:
+    """Every module must hold exactly the tensors the model held before tracing."""
+    before = {id(t) for t in params.values()} | {id(t) for t in buffers.values()}
+    for _, module in modules:
+        for store in (module._parameters, module._buffers):
+            for t in store.values():
+                if t is not None and id(t) not in before:
+                    raise RuntimeError(
+                        "internal error: tracing did not restore the model's tensors")
