@@ -45,12 +45,14 @@ from .errors import InvalidArgumentError, NonFiniteWeightsError, PlanValidationE
 from .importance import scored_slices
 from .plan import (
     Plan,
+    Selection,
     check_ratio,
     check_ratios,
     check_round_to,
     learn_fixed_sizes,
     make_plan,
     select_local,
+    shrinkable_groups,
 )
 from .resolve import select_backend
 from .safetensors_io import (
@@ -496,15 +498,18 @@ class _Job:
         fp32 = not any(self.source.entry(self.key_of[n]).dtype == torch.float64
                        for n, _ in sums)
         for _ in range(_MAX_FEEDBACK):
-            wanted = _scored_dims(dg)
-            missing = [w for w in wanted if w not in sums]
-            if missing:  # a round after blocking found new members: read them here
-                shards = sorted({self.source.location[self.key_of[n]][0] for n, _ in missing})
-                sums.update(self.shard_sums(shards, missing))
             if not dg.groups:
                 raise PruningError("no group of the model has a prunable unit with these "
                                    "settings")
-            scores = unit_scores_from_sums(dg, sums, fp32)
+            selection = Selection(ratio, dict(ratios or {}), round_to=round_to)
+            with dg.scoring_only(shrinkable_groups(dg, selection)):
+                wanted = _scored_dims(dg)
+                missing = [w for w in wanted if w not in sums]
+                if missing:  # a round after blocking found new members: read them here
+                    shards = sorted({self.source.location[self.key_of[n]][0]
+                                     for n, _ in missing})
+                    sums.update(self.shard_sums(shards, missing))
+                scores = unit_scores_from_sums(dg, sums, fp32)
             keep = select_local(dg, scores, ratio, round_to, ratios)
             try:
                 with meta_stands_for("cpu"):
@@ -703,7 +708,10 @@ def prune_checkpoint(
     sizes = [h.file_size for h in source.shards]
     owned = assign_shards(sizes, ranks.world)[ranks.rank]
     t = time.perf_counter()
-    sums = job.all_sums(owned, _scored_dims(dg))
+    selection = Selection(ratio, dict(ratios or {}), round_to=round_to)
+    with dg.scoring_only(shrinkable_groups(dg, selection)):  # ratio 0: never read for scores
+        wanted = _scored_dims(dg)
+    sums = job.all_sums(owned, wanted)
     timings["score"] = time.perf_counter() - t
     t = time.perf_counter()
     keep, (plan, _, config_updates) = _collective(

@@ -127,6 +127,14 @@ def group_ratios(dg: DependencyGraph, sel: Selection) -> tuple[np.ndarray, np.nd
     return out, by_module
 
 
+def shrinkable_groups(dg: DependencyGraph, selection: Selection, targets=None) -> np.ndarray:
+    """Whether each group can lose units under ``selection``: not when its ratio is 0 (a kind
+    or module given 0; with targets, the ratio searched for stands for the default one).
+    Local or global, a group of ratio 0 keeps every unit whatever the scores."""
+    ratios, _ = group_ratios(dg, selection.with_ratio(1.0) if targets is not None else selection)
+    return ratios > 0
+
+
 def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndarray:
     """Keep mask over units for the given scores (NaN: not scored, never removed)."""
     s = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)

@@ -27,11 +27,11 @@ from .plan import (
     check_ratio,
     check_ratios,
     check_round_to,
-    group_ratios,
     group_roots,
     learn_fixed_sizes,
     make_plan,
     select,
+    shrinkable_groups,
 )
 from .trace import without_gc
 
@@ -166,7 +166,7 @@ def prune_step(dg: DependencyGraph, importance, selection: Selection, targets,
     timings.update(score=0.0, select=0.0, plan=0.0)
     for _ in range(_MAX_FEEDBACK):
         t1 = time.perf_counter()
-        with dg.scoring_only(_shrinkable_groups(dg, selection, targets)):
+        with dg.scoring_only(shrinkable_groups(dg, selection, targets)):
             scores = unit_scores(dg, importance)
         t2 = time.perf_counter()
         if not dg.groups:
@@ -188,14 +188,6 @@ def prune_step(dg: DependencyGraph, importance, selection: Selection, targets,
         timings["plan"] += time.perf_counter() - t3
         return _apply(dg, *planned, timings, t0, in_place, optimizer, keep)
     raise PlanValidationError(f"no valid plan after {_MAX_FEEDBACK} rounds of validation")
-
-
-def _shrinkable_groups(dg: DependencyGraph, selection: Selection, targets) -> np.ndarray:
-    """Whether each group can lose units under ``selection``: not when its ratio is 0 (a kind
-    or module given 0; with targets, the ratio searched for stands for the default one).
-    Local or global, a group of ratio 0 keeps every unit whatever the scores."""
-    ratios, _ = group_ratios(dg, selection.with_ratio(1.0) if targets is not None else selection)
-    return ratios > 0
 
 
 def choose_units(dg: DependencyGraph, scores: torch.Tensor, selection: Selection,

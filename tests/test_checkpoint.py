@@ -209,6 +209,32 @@ def test_streamed_scores_are_prune_scores_bit_for_bit(checkpoints):
         assert (streamed[~scored] == 0).all()
 
 
+def test_a_kind_of_ratio_zero_is_not_summed_while_streaming(checkpoints, tmp_path, monkeypatch):
+    """ratios={"hidden": 0}: the residual-stream dims are never summed (they cannot lose a unit),
+    and the result is in-memory prune's, which does not score them either."""
+    name = "llama"
+    asked: list = []
+    original_all_sums = ck._Job.all_sums
+
+    def spy(self, owned, wanted):
+        asked.extend(wanted)
+        return original_all_sums(self, owned, wanted)
+
+    monkeypatch.setattr(ck._Job, "all_sums", spy)
+    ratios = {"heads": 0.5, "hidden": 0.0}
+    model = build(name)
+    expected = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios=ratios,
+                        require_loadable=True)
+    result = dx.prune_checkpoint(checkpoints[name], tmp_path / "out", ratio=0.5, ratios=ratios)
+    assert_same_plan(result.plan, expected.plan)
+    assert ("model.layers.0.mlp.up_proj.weight", 0) in asked
+    assert ("model.layers.0.mlp.up_proj.weight", 1) not in asked  # hidden: not summed
+    assert not any(n == "model.embed_tokens.weight" for n, _ in asked)
+    state = model.state_dict()
+    for key, tensor in load_dir(tmp_path / "out").items():
+        assert same_bits(tensor, state[key]), key
+
+
 def test_non_weight_files_are_copied_and_stale_weights_are_not(checkpoints, tmp_path):
     src = tmp_path / "src"
     write_checkpoint("llama", src)
