@@ -31,6 +31,9 @@ class CouplingKind(IntEnum):
     BLOCK = 4
 
 
+_EQUAL = int(CouplingKind.EQUAL)
+
+
 @dataclass(frozen=True)
 class Couplings:
     """Slots and couplings as flat arrays (CSR over coupling operands)."""
@@ -69,8 +72,11 @@ class CouplingBuilder:
         self._offsets.append(len(self._data))
 
     def equal(self, a: int, b: int) -> None:
-        if a != b:
-            self._emit(CouplingKind.EQUAL, [a, b])
+        if a != b:  # the commonest coupling, emitted inline
+            self._kinds.append(_EQUAL)
+            self._data.append(a)
+            self._data.append(b)
+            self._offsets.append(len(self._data))
 
     def reshape(self, ins: list[int], outs: list[int]) -> None:
         self._emit(CouplingKind.RESHAPE, [len(ins), *ins, len(outs), *outs])

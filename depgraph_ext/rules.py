@@ -22,7 +22,44 @@ from .couplings import CouplingBuilder
 from .trace import Node, OpGraph, Ref
 
 Rule = Callable[["RuleContext", Node], None]
-_RULES: dict[str, Rule] = {}
+class _RuleTable(dict):
+    """Rules by op name; any change forgets the rules looked up by op object."""
+
+    def _changed(self) -> None:
+        _RULE_OF_OP.clear()
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, key, default=None):
+        self._changed()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+
+# Rules by op object, filled on first lookup (an op's names are built on every call).
+_RULE_OF_OP: dict = {}
+_RULES: dict[str, Rule] = _RuleTable()
 
 
 class RuleContext:
@@ -65,9 +102,11 @@ class RuleContext:
         return self.builder.new_slot(size)
 
     def equal(self, a: int, b: int) -> None:
-        if self.size(a) != self.size(b):
-            raise RuleError(f"EQUAL between slots of sizes {self.size(a)} and {self.size(b)}")
-        self.touched.update((a, b))
+        sizes = self.builder.slot_sizes
+        if sizes[a] != sizes[b]:
+            raise RuleError(f"EQUAL between slots of sizes {sizes[a]} and {sizes[b]}")
+        self.touched.add(a)
+        self.touched.add(b)
         self.builder.equal(a, b)
 
     def reshape(self, ins: list[int], outs: list[int]) -> None:
@@ -176,9 +215,17 @@ def register_rule(op, rule: Rule | None = None):
 
 def rule_for(node: Node) -> Rule | None:
     """The rule for a node; an in-place variant (``aten.add_``) shares its op's rule."""
+    try:
+        return _RULE_OF_OP[node.op]
+    except (KeyError, TypeError):  # TypeError: an op object that cannot be a key
+        pass
     found = _RULES.get(node.name) or _RULES.get(node.packet)
     if found is None and node.packet.endswith("_"):
         found = _RULES.get(node.packet[:-1])
+    try:
+        _RULE_OF_OP[node.op] = found
+    except TypeError:
+        pass
     return found
 
 
@@ -192,10 +239,17 @@ def _arg(node: Node, name: str, default=None):
     """An argument by its schema name, positional or keyword."""
     if name in node.kwargs:
         return node.kwargs[name]
-    for index, arg in enumerate(node.op._schema.arguments):
-        if arg.name == name:
-            return node.args[index] if index < len(node.args) else default
-    return default
+    positions = _ARG_POSITIONS.get(node.op)
+    if positions is None:
+        positions = {a.name: i for i, a in enumerate(node.op._schema.arguments)}
+        _ARG_POSITIONS[node.op] = positions
+    index = positions.get(name)
+    if index is None:
+        return default
+    return node.args[index] if index < len(node.args) else default
+
+
+_ARG_POSITIONS: dict = {}  # op -> {argument name: position in its schema}
 
 
 def _dim(d: int, rank: int) -> int:

@@ -333,3 +333,17 @@ def test_registered_rule_makes_a_custom_op_transparent():
         from depgraph_ext import rules
 
         rules._RULES.pop("dxtest.mystery")
+
+
+def test_rules_looked_up_by_op_follow_changes_to_the_table():
+    from depgraph_ext import rules
+
+    node = dx.DependencyGraph(Mystery(), torch.randn(1, 2, 3, 3)).graph.nodes
+    mystery_node = next(n for n in node if n.name == "dxtest.mystery.default")
+    assert rules.rule_for(mystery_node) is None  # looked up once: remembered by op
+    rules._RULES["dxtest.mystery"] = rules._RULES["aten.relu"]
+    try:
+        assert rules.rule_for(mystery_node) is rules._RULES["aten.relu"]
+    finally:
+        rules._RULES.pop("dxtest.mystery")
+    assert rules.rule_for(mystery_node) is None
