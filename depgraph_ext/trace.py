@@ -165,18 +165,57 @@ class _EagerMode(TorchDispatchMode):
         return False
 
 
-class _Recorder(_EagerMode):
-    def __init__(self, graph: OpGraph, module_stack: list[str]) -> None:
+class _RecorderBase(_EagerMode):
+    """What both recorders share: the module stack, the time budget of a real trace, and the
+    record of a failing op."""
+
+    def __init__(self, graph, module_stack: list[str]) -> None:
         super().__init__()
         self.graph = graph
         self.module_stack = module_stack
-        self.value_of: dict[int, int] = {}
-        self.keep_alive: list[torch.Tensor] = []  # ids must stay unique while tracing
-        self.failed_at: int | None = None
+        self.failed_at: FailedOp | None = None
         # Real tracing only: the time after which the trace gives up (see ``_REAL_BUDGET``).
         self.deadline: float | None = None
         self.budget_per_op = 0.0
         self.aborted = False
+
+    def _recorded(self) -> list[tuple[Any, str]]:
+        """(op, module) of every op recorded so far."""
+        raise NotImplementedError
+
+    def _run(self, func, args, kwargs) -> tuple[Any, list[torch.Tensor] | tuple | None]:
+        """Run the op: what it returned and its tensor results (None: it has none). A failing
+        op is described in ``failed_at`` before re-raising."""
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            self.aborted = True
+            raise _TooSlow  # real ops cost more than fake ones would: trace on fake tensors
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            module = self.module_stack[-1] if self.module_stack else ""
+            done = self._recorded()
+            occurrence = sum(1 for op, m in done if m == module and op is func)
+            self.failed_at = _failed_op(len(done), func, args, kwargs, module, occurrence)
+            raise
+        if isinstance(out, torch.Tensor):
+            leaves = (out,)
+        else:
+            leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
+            if not leaves:
+                return out, None
+        if self.deadline is not None:
+            self.deadline += self.budget_per_op
+        return out, leaves
+
+
+class _Recorder(_RecorderBase):
+    def __init__(self, graph: OpGraph, module_stack: list[str]) -> None:
+        super().__init__(graph, module_stack)
+        self.value_of: dict[int, int] = {}
+        self.keep_alive: list[torch.Tensor] = []  # ids must stay unique while tracing
+
+    def _recorded(self) -> list[tuple[Any, str]]:
+        return [(n.op, n.module) for n in self.graph.nodes]
 
     def add_value(self, t: torch.Tensor, kind: str, name: str | None = None, producer=None) -> int:
         index = len(self.graph.values)
@@ -193,26 +232,9 @@ class _Recorder(_EagerMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            self.aborted = True
-            raise _TooSlow  # real ops cost more than fake ones would: trace on fake tensors
-        try:
-            out = func(*args, **kwargs)
-        except Exception:
-            module = self.module_stack[-1] if self.module_stack else ""
-            occurrence = sum(1 for n in self.graph.nodes if n.module == module
-                             and n.name == str(func))
-            self.failed_at = _failed_op(len(self.graph.nodes), func, args, kwargs, module,
-                                        occurrence)
-            raise
-        if isinstance(out, torch.Tensor):
-            out_leaves = (out,)
-        else:
-            out_leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
-            if not out_leaves:
-                return out
-        if self.deadline is not None:
-            self.deadline += self.budget_per_op
+        out, out_leaves = self._run(func, args, kwargs)
+        if out_leaves is None:
+            return out
         inputs: list[int] = []
         ref_args = self._refs(args, inputs)
         ref_kwargs = {k: self._refs(v, inputs) for k, v in kwargs.items()} if kwargs else {}
@@ -263,20 +285,17 @@ def _failed_op(index: int, func, args, kwargs, module: str, occurrence: int) -> 
     return FailedOp(index, str(func), plain, shapes, module, occurrence)
 
 
-class _ShapeRecorder(_EagerMode):
+class _ShapeRecorder(_RecorderBase):
     """Records a :class:`ShapeTrace`: the ops and their result shapes, nothing else."""
 
     def __init__(self, graph: ShapeTrace, module_stack: list[str]) -> None:
-        super().__init__()
-        self.graph = graph
-        self.module_stack = module_stack
+        super().__init__(graph, module_stack)
         # Tensors a full trace would know (inputs, parameters, buffers, op arguments and
         # results), kept alive so that ids stay unique: module calls report the same ones.
         self.known: dict[int, torch.Tensor] = {}
-        self.failed_at: FailedOp | None = None
-        self.deadline: float | None = None
-        self.budget_per_op = 0.0
-        self.aborted = False
+
+    def _recorded(self) -> list[tuple[Any, str]]:
+        return [(op, module) for op, module, _ in self.graph.ops]
 
     def add_value(self, t: torch.Tensor, kind: str, name: str | None = None) -> None:
         self.known[id(t)] = t
@@ -297,25 +316,10 @@ class _ShapeRecorder(_EagerMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.deadline is not None and time.perf_counter() > self.deadline:
-            self.aborted = True
-            raise _TooSlow
+        out, out_leaves = self._run(func, args, kwargs)
+        if out_leaves is None:
+            return out
         module = self.module_stack[-1] if self.module_stack else ""
-        try:
-            out = func(*args, **kwargs)
-        except Exception:
-            occurrence = sum(1 for op, m, _ in self.graph.ops if m == module and op is func)
-            self.failed_at = _failed_op(len(self.graph.ops), func, args, kwargs, module,
-                                        occurrence)
-            raise
-        if isinstance(out, torch.Tensor):
-            out_leaves = (out,)
-        else:
-            out_leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
-            if not out_leaves:
-                return out
-        if self.deadline is not None:
-            self.deadline += self.budget_per_op
         self._note(args)
         if kwargs:
             self._note(list(kwargs.values()))
