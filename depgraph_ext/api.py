@@ -88,7 +88,6 @@ class PruneResult:
 
 
 @without_gc
-@without_gc
 def prune(
     model: torch.nn.Module,
     example_inputs,
@@ -136,9 +135,6 @@ def prune(
     ``in_place``: compact weights inside their own memory (native backend), so a model close to
     the machine's memory is never held twice. By default every pruned tensor is built before
     the first is assigned, so any failure leaves the model as it was.
-    ``progress``: bars on stages that take seconds; None shows them when standard error is a
-    terminal, False never.
-
     ``progress``: bars on stages that take seconds; None shows them when standard error is a
     terminal, False never.
 
