@@ -255,7 +255,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
     try:
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes, progress=dg.progress,
-                           stage="check the plan", shapes_only=True)
+                           stage="check the plan", shapes_only=True,
+                           meta=g.mode != "fake")  # ops aligned with the graph's
     except TraceError as exc:
         failed = getattr(exc, "failed_at", None)
         bad = _original_of(g, failed) if failed is not None else None

@@ -28,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import InvalidArgumentError, TraceError
 from .progress import OFF, Progress
+from .standin import FUSED_PATH_MODULES, META, StandIn, on_meta
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class OpGraph:
     # the ATen op sequence, which may branch on shapes, this sequence is the model's own.
     module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     real: bool = False  # traced on real tensors (data-dependent shapes), not fake ones
+    mode: str = "fake"  # "real", "meta" (meta tensors standing in for the CPU's) or "fake"
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -122,6 +124,7 @@ class ShapeTrace:
     module_calls: list[tuple[str, list[tuple]]] = field(default_factory=list)
     outputs: list[tuple] = field(default_factory=list)
     real: bool = False
+    mode: str = "fake"
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -178,6 +181,9 @@ class _RecorderBase(_EagerMode):
         self.deadline: float | None = None
         self.budget_per_op = 0.0
         self.aborted = False
+        # Meta tracing: tensors from outside the trace are put on meta, factories build there.
+        self.meta = False
+        self._meta_of: dict[int, torch.Tensor] = {}
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -189,6 +195,8 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self.aborted = True
             raise _TooSlow  # real ops cost more than fake ones would: trace on fake tensors
+        if self.meta:
+            args, kwargs = self._on_meta(func, args, kwargs)
         try:
             out = func(*args, **kwargs)
         except Exception:
@@ -206,6 +214,36 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None:
             self.deadline += self.budget_per_op
         return out, leaves
+
+    def _on_meta(self, func, args, kwargs):
+        """Arguments with every tensor on meta, and a factory's device meta."""
+        args = tuple([self._meta_arg(a) for a in args])
+        if kwargs:
+            kwargs = {k: self._meta_arg(v) for k, v in kwargs.items()}
+        if _takes_device(func):
+            kwargs = dict(kwargs, device=META)
+        return args, kwargs
+
+    def _meta_arg(self, x):
+        if isinstance(x, torch.Tensor):
+            if x.device.type == "meta":
+                return x
+            m = self._meta_of.get(id(x))
+            if m is None:
+                m = self._meta_of[id(x)] = on_meta(x)
+                self.keep(x)
+            return m
+        if type(x) is list or type(x) is tuple:
+            return type(x)([self._meta_arg(item) for item in x])
+        return x
+
+    def keep(self, t: torch.Tensor) -> None:
+        """Keep ``t`` alive for the trace (ids must stay unique)."""
+        raise NotImplementedError
+
+    def alias(self, t: torch.Tensor, original: torch.Tensor) -> None:
+        """``t`` stands for ``original`` from now on (a meta tensor's fake copy, and back)."""
+        raise NotImplementedError
 
 
 class _Recorder(_RecorderBase):
@@ -229,6 +267,13 @@ class _Recorder(_RecorderBase):
         if index is None:
             index = self.add_value(t, "constant")
         return index
+
+    def keep(self, t: torch.Tensor) -> None:
+        self.keep_alive.append(t)
+
+    def alias(self, t: torch.Tensor, original: torch.Tensor) -> None:
+        self.value_of[id(t)] = self.lookup(original)
+        self.keep_alive.append(t)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -300,6 +345,12 @@ class _ShapeRecorder(_RecorderBase):
     def add_value(self, t: torch.Tensor, kind: str, name: str | None = None) -> None:
         self.known[id(t)] = t
 
+    def keep(self, t: torch.Tensor) -> None:
+        self.known.setdefault(id(t), t)
+
+    def alias(self, t: torch.Tensor, original: torch.Tensor) -> None:
+        self.known[id(t)] = t
+
     def module_outputs(self, output) -> list[tuple]:
         return [tuple(t.shape) for t in pytree.tree_leaves(output)
                 if isinstance(t, torch.Tensor) and id(t) in self.known]
@@ -332,6 +383,13 @@ class _ShapeRecorder(_RecorderBase):
 
 class _TooSlow(BaseException):  # not an Exception: a model's `except Exception` lets it by
     """A trace on real tensors ran past its time budget."""
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_device(func) -> bool:
+    """Whether an op has a keyword-only ``device`` argument: a factory (zeros, arange, ...),
+    or a copy (_to_copy) whose device a meta trace keeps on meta."""
+    return any(a.name == "device" and a.kwarg_only for a in func._schema.arguments)
 
 
 def _leaves(x):
@@ -464,7 +522,8 @@ _REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per 
 
 def trace(model: torch.nn.Module, example_inputs,
           shapes: dict[str, tuple] | None = None, progress: Progress = OFF,
-          stage: str = "trace", shapes_only: bool = False) -> OpGraph | ShapeTrace:
+          stage: str = "trace", shapes_only: bool = False,
+          meta: bool = True) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
@@ -473,10 +532,12 @@ def trace(model: torch.nn.Module, example_inputs,
     ``shapes_only``: record a :class:`ShapeTrace` (what checking a plan needs) instead.
 
     A small model with real weights (``REAL_TRACE_MAX_BYTES``) is traced on real tensors first,
-    within a time budget; everything else, and a real trace that fails or runs past its budget,
-    on fake tensors. A model whose shapes depend on data (masking edges of a graph, say)
+    within a time budget. A model on the CPU (or on meta, standing for the CPU) is traced next
+    on meta tensors standing in for CPU ones (``standin``; ``meta=False`` skips this), which
+    records the ops a fake trace would at about half its cost; whatever fails there, on fake
+    tensors. A model whose shapes depend on data (masking edges of a graph, say)
     cannot run on fake tensors; it is traced again on real ones: its own parameters, copies of
-    its buffers and inputs, zero-filled tensors for replaced shapes. Both kinds of trace record
+    its buffers and inputs, zero-filled tensors for replaced shapes. Every kind of trace records
     the same ops wherever shapes do not depend on data.
     """
     if not isinstance(model, torch.nn.Module):
@@ -484,15 +545,20 @@ def trace(model: torch.nn.Module, example_inputs,
     named = named_tensors(model)  # one walk of the model for all the trace's uses
     if _real_is_cheap([*named[0].values(), *named[1].values()], example_inputs):
         try:
-            graph = _trace(model, example_inputs, shapes, real=True, budget=_REAL_BUDGET,
+            graph = _trace(model, example_inputs, shapes, "real", budget=_REAL_BUDGET,
                            bar=(progress, stage), shapes_only=shapes_only, named=named)
         except (_TooSlow, TraceError):
             pass  # the fake trace decides (and its error, if any, is the one reported)
         else:
-            graph.real = True
             return graph
+    if meta and _meta_stands_in(model.modules(), named, example_inputs):
+        try:
+            return _trace(model, example_inputs, shapes, "meta", bar=(progress, stage),
+                          shapes_only=shapes_only, named=named)
+        except TraceError:
+            pass  # the fake trace decides (and its error, if any, is the one reported)
     try:
-        return _trace(model, example_inputs, shapes, real=False, bar=(progress, stage),
+        return _trace(model, example_inputs, shapes, "fake", bar=(progress, stage),
                       shapes_only=shapes_only, named=named)
     except TraceError as exc:
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
@@ -503,10 +569,8 @@ def trace(model: torch.nn.Module, example_inputs,
                 f"{exc}; the model's shapes depend on data, which needs real weights, and its "
                 "weights are on the meta device"
             ) from exc
-    graph = _trace(model, example_inputs, shapes, real=True, bar=(progress, stage),
-                   shapes_only=shapes_only, named=named)
-    graph.real = True
-    return graph
+    return _trace(model, example_inputs, shapes, "real", bar=(progress, stage),
+                  shapes_only=shapes_only, named=named)
 
 
 def _real_is_cheap(tensors, example_inputs) -> bool:
@@ -527,20 +591,41 @@ def _real_is_cheap(tensors, example_inputs) -> bool:
                    for t in leaves)
 
 
-def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
+def _meta_stands_in(modules, named, example_inputs) -> bool:
+    """Every parameter, buffer and input tensor on the CPU, or every one on meta (standing
+    for the CPU), and no module with a fused path a meta trace would miss
+    (``standin.FUSED_PATH_MODULES``): a meta trace can stand in for a fake one."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if _META_STANDS_FOR is not None and _META_STANDS_FOR.type != "cpu":
+        return False
+    if any(isinstance(m, FUSED_PATH_MODULES) for m in modules):
+        return False
+    leaves = [*named[0].values(), *named[1].values(), *pytree.tree_leaves(example_inputs)]
+    devices = {t.device.type for t in leaves if isinstance(t, torch.Tensor)}
+    return devices in ({"cpu"}, {"meta"}, set()) and not any(
+        isinstance(t, FakeTensor) for t in leaves)
+
+
+def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,
            budget: tuple[float, float] | None = None,
            bar: tuple[Progress, str] = (OFF, "trace"), shapes_only: bool = False,
            named=None) -> OpGraph | ShapeTrace:
     args, kwargs = normalize_inputs(example_inputs)
     params, buffers, aliases = named if named is not None else named_tensors(model)
     stack: list[str] = []
+    real = mode == "real"
     if shapes_only:
-        graph = ShapeTrace()
+        graph = ShapeTrace(real=real, mode=mode)
         recorder = _ShapeRecorder(graph, stack)
     else:
-        graph = OpGraph(aliases=aliases)
+        graph = OpGraph(aliases=aliases, real=real, mode=mode)
         recorder = _Recorder(graph, stack)
-    fake_mode = contextlib.nullcontext() if real else FakeTensorMode(allow_non_fake_inputs=True)
+    fake_mode = (FakeTensorMode(allow_non_fake_inputs=True) if mode == "fake"
+                 else contextlib.nullcontext())
+    recorder.meta = mode == "meta"
+    stand_in_mode = (StandIn(torch.device("cpu"), recorder) if mode == "meta"
+                     else contextlib.nullcontext())
     # A model wholly on the meta device is traced as fake tensors of another device (the CPU,
     # or what meta_stands_for says): on meta, ops dispatch differently (attention decomposes
     # into matmuls with an explicit repeat of the key/value heads, say), so the graph and the
@@ -548,7 +633,8 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
     # devices, meta among them, keeps every tensor where it is: its code moves activations.
     tensors = list(params.values()) or list(buffers.values())
     all_meta = bool(tensors) and all(t.device.type == "meta" for t in tensors)
-    stand_in = (_META_STANDS_FOR or torch.device("cpu")) if all_meta and not real else None
+    stand_in = ((_META_STANDS_FOR or torch.device("cpu")) if all_meta and mode == "fake"
+                else None)
 
     def moved(t: torch.Tensor) -> bool:
         return stand_in is not None and t.device.type == "meta"
@@ -556,21 +642,28 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
     def on_stand_in(t: torch.Tensor, shape=None) -> torch.Tensor:
         with fake_mode:
             if shape is not None:
-                return torch.zeros(shape, dtype=t.dtype, device=stand_in)
-            return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=stand_in)
+                f = torch.zeros(shape, dtype=t.dtype, device=stand_in)
+            else:
+                f = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=stand_in)
+        return f.requires_grad_() if t.requires_grad else f
 
     def fake_of(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
+        if mode == "meta":
+            return on_meta(t, shapes.get(name) if shapes is not None else None)
         if shapes is not None and name in shapes:
             if moved(t):
                 return on_stand_in(t, shapes[name])
             with fake_mode:  # a tensor of the new shape on the tensor's own device
-                return torch.zeros(shapes[name], dtype=t.dtype, device=t.device)
+                z = torch.zeros(shapes[name], dtype=t.dtype, device=t.device)
+            return z.requires_grad_() if t.requires_grad else z
         if real:  # parameters as they are; buffers copied, so nothing in the model can change
             return t.detach() if isinstance(t, torch.nn.Parameter) else t.clone()
         return on_stand_in(t) if moved(t) else fake_mode.from_tensor(t)
 
     def fake_input(t):
         if isinstance(t, torch.Tensor):
+            if mode == "meta":
+                return on_meta(t)
             if real:  # a copy: the model's code may change its inputs in place
                 return t.clone()
             return on_stand_in(t) if moved(t) else fake_mode.from_tensor(t)
@@ -611,7 +704,7 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, real: bool,
         with _eval_mode(model, modules), torch.no_grad(), progress.bar(
                 stage, total=len(modules), unit="module") as ticks, \
                 _module_scopes(modules, stack, recorder, ticks):
-            with fake_mode, recorder:
+            with fake_mode, recorder, stand_in_mode:
                 with _swapped_tensors(modules, fakes):
                     out = model(*fake_args, **fake_kwargs)
     except InvalidArgumentError:

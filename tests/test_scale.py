@@ -48,11 +48,11 @@ def test_meta_model_has_the_groups_of_its_real_twin():
     assert len(heads) == 2 and all(g.num_units == 2 for g in heads)  # one unit per kv head
 
 
-def test_real_and_fake_traces_record_the_same_ops():
+def test_real_fake_and_meta_traces_record_the_same_ops():
     model = llama("cpu")
-    real = tr._trace(model, IDS, None, real=True)
-    fake = tr._trace(model, IDS, None, real=False)
-    assert outputs(real) == outputs(fake)
+    real, fake, meta = (tr._trace(model, IDS, None, mode) for mode in ("real", "fake", "meta"))
+    assert outputs(real) == outputs(fake) == outputs(meta)
+    assert (real.mode, fake.mode, meta.mode) == ("real", "fake", "meta")
     assert tr.trace(model, IDS).real  # a small model with real weights: the cheap way
 
 
@@ -134,17 +134,17 @@ def shapes_of_full(graph):
             [shape(v) for v in graph.outputs])
 
 
-@pytest.mark.parametrize("real", [True, False])
-def test_shape_trace_keeps_what_the_full_trace_records(monkeypatch, real):
-    if not real:
+@pytest.mark.parametrize("mode", ["real", "meta", "fake"])
+def test_shape_trace_keeps_what_the_full_trace_records(monkeypatch, mode):
+    if mode != "real":
         monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
     model = llama("cpu")
     shapes = {"model.layers.0.mlp.up_proj.weight": (40, 64),
               "model.layers.0.mlp.gate_proj.weight": (40, 64),
               "model.layers.0.mlp.down_proj.weight": (64, 40)}
-    full = tr.trace(model, IDS, shapes=shapes)
-    light = tr.trace(model, IDS, shapes=shapes, shapes_only=True)
-    assert full.real == light.real == real
+    full = tr.trace(model, IDS, shapes=shapes, meta=mode == "meta")
+    light = tr.trace(model, IDS, shapes=shapes, shapes_only=True, meta=mode == "meta")
+    assert full.mode == light.mode == mode
     assert (light.ops, light.module_calls, light.outputs) == shapes_of_full(full)
     called = [name for name, _ in light.module_calls]  # every module called, once
     assert sorted(called) == sorted(n for n, m in model.named_modules()

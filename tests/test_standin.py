@@ -1,0 +1,263 @@
+"""Meta tensors standing in for CPU tensors (depgraph_ext/standin.py): a meta trace must record
+exactly what a fake-tensor trace records (ops, arguments, shapes, modules), on every kind of
+model the library prunes, and fall back to fake tensors where it cannot."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from conftest import prune_and_check
+from depgraph_ext import trace as tr
+from nets import DenseNet, ResNeXt, randomize_norms
+from test_more_ops import Reshaped, Square, Tokens
+from test_pointclouds import DGCNN
+from test_recurrent import IDS as WORDS
+from test_recurrent import BiGRUClassifier, WordLM
+
+T = pytest.importorskip("transformers")
+from test_transformers import ALL, build, inputs_for  # noqa: E402
+
+F64 = torch.float64
+
+
+def rand(*shape, dtype=F64):
+    return torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+
+
+def without_device(x):
+    """Arguments with devices left out (a meta trace's factories build on meta)."""
+    if isinstance(x, torch.device):
+        return "device"
+    if isinstance(x, (list, tuple)):
+        return type(x)(without_device(i) for i in x)
+    if isinstance(x, dict):
+        return {k: without_device(v) for k, v in x.items() if k != "device"}
+    return x
+
+
+def everything(g: tr.OpGraph):
+    return ([(v.shape, v.dtype, v.kind, v.name, v.producer) for v in g.values],
+            [(n.op, n.module, without_device(n.args), without_device(n.kwargs), n.inputs,
+              n.outputs) for n in g.nodes],
+            g.params, g.buffers, g.aliases, g.inputs, g.outputs, g.module_calls)
+
+
+class Constants(nn.Module):
+    """Tensors the forward makes itself: torch.tensor constants, a plain tensor attribute,
+    factories with and without a device, moves to the input's device."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.scale = torch.tensor([1.0, 2.0, 3.0, 4.0])
+
+    def forward(self, x):
+        y = self.fc(x) * self.scale + torch.tensor(2.0) + torch.arange(4)
+        y = y + torch.zeros(4, device=x.device) + torch.ones(4).to(x.device) + x.new_ones(4)
+        return y.to(x.device).cpu() * torch.full((1, 4), 0.5, device=x.device)
+
+
+class DeviceBranches(nn.Module):
+    """Code that asks the device: the CPU branch is the one a CPU model runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        cpu = (y.device.type == "cpu" and y.is_cpu and not y.is_meta and y.get_device() == -1
+               and str(y.device) == "cpu")
+        y = y * 2 if cpu else y.reshape(-1, 2, 4).flip(1).reshape(-1, 8)
+        return self.b(y)
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(6, 8, num_layers=2, nonlinearity="relu")
+        self.lstm = nn.LSTM(8, 10, proj_size=4)
+
+    def forward(self, x):
+        return self.lstm(self.rnn(x)[0])[0]
+
+
+class Norms(nn.Module):
+    def __init__(self, dims: int):
+        super().__init__()
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+        tconv = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1]
+        bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
+        inorm = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1]
+        self.body = nn.Sequential(conv(3, 8, 3, padding=1), bn(8), nn.ReLU(),
+                                  tconv(8, 6, 3, groups=2), inorm(6, affine=True),
+                                  nn.GroupNorm(3, 6), nn.PReLU(6), conv(6, 4, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Shuffles(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.PixelShuffle(2), nn.Conv2d(2, 4, 1),
+                                  nn.ChannelShuffle(2), nn.Conv2d(4, 2, 1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Attention(nn.Module):
+    """Attention written out: einsum, softmax, topk."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm, self.out = nn.Embedding(10, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, ids):
+        h = self.norm(self.embed(ids))
+        att = torch.einsum("bsd,btd->bst", h, h).softmax(-1)
+        return self.out(att @ h).topk(2, dim=-1)[0]
+
+
+class SquareNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(Square.apply(self.a(x)))
+
+
+MODELS = {
+    **{name: (lambda f=f: build(f), lambda name=name: inputs_for(name))
+       for name, (f, _) in ALL.items()},
+    "resnet50": (lambda: T.ResNetForImageClassification(T.ResNetConfig()).double().eval(),
+                 lambda: rand(2, 3, 64, 64)),
+    "mobilenet_v2": (lambda: T.MobileNetV2ForImageClassification(
+        T.MobileNetV2Config()).double().eval(), lambda: rand(2, 3, 64, 64)),
+    "densenet": (lambda: DenseNet().double().eval(), lambda: rand(2, 3, 32, 32)),
+    "resnext": (lambda: ResNeXt().double().eval(), lambda: rand(2, 3, 32, 32)),
+    "dgcnn": (lambda: DGCNN().double().eval(), lambda: rand(2, 3, 32)),
+    "lstm_lm": (lambda: WordLM().double().eval(), lambda: WORDS),
+    "bi_gru": (lambda: BiGRUClassifier().double().eval(), lambda: rand(5, 3, 10)),
+    "rnn_and_projected_lstm": (lambda: Recurrent().double().eval(), lambda: rand(5, 3, 6)),
+    "lstm_lm_fp32": (lambda: WordLM().eval(), lambda: WORDS),  # the fused CPU layer
+    **{f"norms_{d}d": (lambda d=d: Norms(d).double().eval(), lambda d=d: rand(2, 3, *[6] * d))
+       for d in (1, 2, 3)},
+    "shuffles": (lambda: Shuffles().double().eval(), lambda: rand(2, 3, 8, 8)),
+    "tokens": (lambda: Tokens().double().eval(),
+               lambda: (rand(6, 4), torch.tensor([5, 0, 3, 3]))),
+    "reshaped": (lambda: Reshaped().double().eval(), lambda: rand(6, 4)),
+    "autograd_function": (lambda: SquareNet().double().eval(), lambda: rand(4, 3)),
+    "attention": (lambda: Attention().double().eval(),
+                  lambda: torch.randint(0, 10, (2, 5), generator=torch.Generator())),
+    "constants": (lambda: Constants().eval(), lambda: rand(3, 4, dtype=torch.float32)),
+    "device_branches": (lambda: DeviceBranches().eval(), lambda: rand(5, 6, dtype=torch.float32)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_meta_trace_records_what_a_fake_trace_records(name):
+    make_model, make_inputs = MODELS[name]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, inputs = make_model(), make_inputs()
+    named = tr.named_tensors(model)
+    meta = tr._trace(model, inputs, None, "meta", named=named)
+    fake = tr._trace(model, inputs, None, "fake", named=named)
+    assert everything(meta) == everything(fake)
+    assert (meta.mode, fake.mode) == ("meta", "fake")
+    if name == "lstm_lm_fp32":  # the CPU's fused layer, not the generic cell of meta
+        assert "aten.mkldnn_rnn_layer.default" in {str(n.op) for n in meta.nodes}
+    if name.startswith(("llama", "qwen", "mistral")):  # the CPU's fused attention, grouped
+        assert "aten._scaled_dot_product_flash_attention_for_cpu.default" in {
+            str(n.op) for n in meta.nodes}
+
+
+def test_meta_trace_shapes_only_and_pruned_shapes():
+    """The validation's trace (pruned shapes, shapes only) records what a fake one records."""
+    model = build(ALL["llama_8_2"][0])
+    shapes = {f"model.layers.{i}.mlp.{p}_proj.weight": s for i in range(2)
+              for p, s in (("up", (40, 64)), ("gate", (40, 64)), ("down", (64, 40)))}
+    named = tr.named_tensors(model)
+    meta, fake = (tr._trace(model, inputs_for("llama_8_2"), shapes, mode, named=named,
+                            shapes_only=True) for mode in ("meta", "fake"))
+    assert (meta.ops, meta.module_calls, meta.outputs) == (fake.ops, fake.module_calls,
+                                                          fake.outputs)
+    assert ("model.layers.1.mlp", [(2, 12, 64)]) in meta.module_calls
+
+
+def test_device_code_sees_the_cpu():
+    x = rand(5, 6, dtype=torch.float32)
+    g = tr._trace(DeviceBranches().eval(), x, None, "meta")
+    assert "aten.flip.default" not in {str(n.op) for n in g.nodes}  # the CPU branch ran
+
+
+def test_large_models_are_traced_on_meta_and_fused_paths_on_fake(monkeypatch):
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)  # as a model over the real-trace size
+    assert tr.trace(build(ALL["llama_8_2"][0]), inputs_for("llama_8_2")).mode == "meta"
+
+    class MHA(nn.Module):  # nn.MultiheadAttention's fused path needs no torch function mode
+        def __init__(self):
+            super().__init__()
+            self.att, self.out = nn.MultiheadAttention(16, 4, batch_first=True), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.out(self.att(x, x, x, need_weights=False)[0])
+
+    g = tr.trace(MHA().eval(), rand(2, 5, 16, dtype=torch.float32))
+    assert g.mode == "fake"
+    assert "aten._native_multi_head_attention.default" in {str(n.op) for n in g.nodes}
+
+
+def test_a_forward_meta_cannot_run_falls_back_to_fake(monkeypatch):
+    """``.item()`` of a constant: no value on meta; a fake tensor keeps small constants."""
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+
+    class Item(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.fc(x) * torch.tensor(3.0).item()
+
+    g = tr.trace(Item().eval(), rand(2, 4, dtype=torch.float32))
+    assert g.mode == "fake" and g.nodes
+
+
+@pytest.mark.parametrize("name", ["llama_8_2", "lstm_lm", "densenet"])
+def test_pruning_through_meta_traces(monkeypatch, name):
+    """Whole prunes whose traces (graph and validation) run on meta: the oracle holds and the
+    plan is the fake traces' plan."""
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    make_model, make_inputs = MODELS[name]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_model()
+    if name == "densenet":
+        model = randomize_norms(model)
+    inputs = make_inputs()
+    ratios = {"hidden": 0.0}  # a norm over the hidden size is no scatter-back oracle's case
+    assert tr.trace(model, inputs).mode == "meta"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
+        _, on_meta = prune_and_check(model, inputs, ratio=0.5, ratios=ratios)
+    monkeypatch.setattr(tr, "_meta_stands_in", lambda *args: False)
+    assert tr.trace(model, inputs).mode == "fake"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on_fake = dx.prune(copy.deepcopy(model), inputs, ratio=0.5, ratios=ratios)
+    assert on_meta.plan.keys() == on_fake.plan.keys()
+    for tensor, dims in on_meta.plan.items():
+        assert {d: k.tolist() for d, k in dims.items()} == {
+            d: k.tolist() for d, k in on_fake.plan[tensor].items()}
