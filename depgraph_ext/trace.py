@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import InvalidArgumentError, TraceError
 from .progress import OFF, Progress
-from .standin import FUSED_PATH_MODULES, META, StandIn, on_meta
+from .standin import FUSED_PATH_MODULES, META, StandIn, on_meta, run_on_meta
 
 
 @dataclass(frozen=True)
@@ -195,10 +195,12 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self.aborted = True
             raise _TooSlow  # real ops cost more than fake ones would: trace on fake tensors
-        if self.meta:
-            args, kwargs = self._on_meta(func, args, kwargs)
         try:
-            out = func(*args, **kwargs)
+            if self.meta:
+                args, kwargs = self._on_meta(func, args, kwargs)
+                out = run_on_meta(func, args, kwargs)
+            else:
+                out = func(*args, **kwargs)
         except Exception:
             module = self.module_stack[-1] if self.module_stack else ""
             done = self._recorded()

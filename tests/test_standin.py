@@ -261,3 +261,34 @@ def test_pruning_through_meta_traces(monkeypatch, name):
     for tensor, dims in on_meta.plan.items():
         assert {d: k.tolist() for d, k in dims.items()} == {
             d: k.tolist() for d, k in on_fake.plan[tensor].items()}
+
+
+def test_remembered_meta_results_are_the_kernels_results():
+    """Results of ops that make new tensors are rebuilt from a key of their arguments'
+    layouts; they must be what the meta kernel gives, and views must stay views."""
+    from depgraph_ext import standin
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    mul = torch.ops.aten.mul.Tensor
+    a, b = meta(4, 6), meta(6)
+    for _ in range(2):  # the second call is rebuilt
+        out = standin.run_on_meta(mul, (a, b), {})
+        assert (out.shape, out.stride(), out.dtype) == ((4, 6), (6, 1), torch.float32)
+    t = meta(6, 4).t()  # same shape, other strides: the result follows the input's layout
+    out = standin.run_on_meta(mul, (t, b), {})
+    assert out.stride() == mul(t, b).stride() == t.stride() == (1, 4)
+    ints = meta(3, dtype=torch.int64)  # 2 and 2.0 promote differently
+    assert standin.run_on_meta(torch.ops.aten.mul.Scalar, (ints, 2), {}).dtype == torch.int64
+    assert standin.run_on_meta(torch.ops.aten.mul.Scalar, (ints, 2.0), {}).dtype == torch.float32
+    assert standin.run_on_meta(torch.ops.aten.sum.dim_IntList, (a, [1], True), {}).shape == (4, 1)
+    assert standin.run_on_meta(torch.ops.aten.sum.dim_IntList, (a, [0], False), {}).shape == (6,)
+    values, indices = standin.run_on_meta(torch.ops.aten.topk.default, (a, 2), {})
+    assert (values.shape, indices.dtype) == ((4, 2), torch.int64)
+    view = torch.ops.aten.view.default
+    for _ in range(2):
+        v = standin.run_on_meta(view, (a, [24]), {})
+        assert v._base is a  # not rebuilt: a view shares its input's storage
+    assert standin._result_key(torch.ops.aten.add_.Tensor, (a, a), {}) is None  # writes
+    assert standin._result_key(torch.ops.aten.zeros.default, ([3],), {}) is None  # factory
