@@ -594,8 +594,8 @@ def _real_is_cheap(tensors, example_inputs) -> bool:
 
 
 def _meta_stands_in(modules, named, example_inputs) -> bool:
-    """Every parameter, buffer and input tensor on the CPU, or every one on meta (standing
-    for the CPU), and no module with a fused path a meta trace would miss
+    """Every parameter and buffer on the CPU, or every one on meta (standing for the CPU),
+    inputs on either, and no module with a fused path a meta trace would miss
     (``standin.FUSED_PATH_MODULES``): a meta trace can stand in for a fake one."""
     from torch._subclasses.fake_tensor import FakeTensor
 
@@ -603,10 +603,13 @@ def _meta_stands_in(modules, named, example_inputs) -> bool:
         return False
     if any(isinstance(m, FUSED_PATH_MODULES) for m in modules):
         return False
-    leaves = [*named[0].values(), *named[1].values(), *pytree.tree_leaves(example_inputs)]
-    devices = {t.device.type for t in leaves if isinstance(t, torch.Tensor)}
-    return devices in ({"cpu"}, {"meta"}, set()) and not any(
-        isinstance(t, FakeTensor) for t in leaves)
+    tensors = [*named[0].values(), *named[1].values()]
+    inputs = [t for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor)]
+    if any(isinstance(t, FakeTensor) for t in tensors + inputs):
+        return False
+    devices = {t.device.type for t in tensors}
+    return devices in ({"cpu"}, {"meta"}, set()) and {t.device.type for t in inputs} <= {
+        "cpu", "meta"}
 
 
 def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,

@@ -42,6 +42,7 @@ def test_meta_model_has_the_groups_of_its_real_twin():
     CPU tensors, so the graph and groups are those of the real model."""
     real = dx.DependencyGraph(llama("cpu"), IDS)
     meta = dx.DependencyGraph(llama("meta"), IDS)
+    assert meta.graph.mode == "meta"  # meta tensors standing in for CPU ones, CPU inputs
     assert [n.name for n in meta.graph.nodes] == [n.name for n in real.graph.nodes]
     assert summary(meta) == summary(real)
     heads = [g for g in meta.groups if g.kind == "heads"]
