@@ -51,34 +51,57 @@ def run_script(tool: str, shape: str, big: bool, timeout: float = 1800) -> dict 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def record(workload: str, stage: str, out: dict | str) -> None:
-    tool = out["tool"] if isinstance(out, dict) else "?"
-    if isinstance(out, str):
-        EXTRA.append(f"{workload}: {out}")
+# Fresh processes per tool and shape: the table gets the median, every run is listed. On this
+# machine the first read of weights written seconds earlier costs 0.3-2 s more in some runs
+# (the host pages idle memory of the VM out), so one run alone says little.
+ROUNDS = int(os.environ.get("DEPGRAPH_BENCH_ROUNDS", "3"))
+
+
+def run_rounds(tool: str, shape: str, rounds: int = ROUNDS) -> list[dict] | str:
+    runs = []
+    for _ in range(rounds):
+        out = run_script(tool, shape, big=True)
+        if isinstance(out, str):
+            return out
+        runs.append(out)
+    return runs
+
+
+def record(workload: str, stage: str, runs: list[dict] | str) -> None:
+    if isinstance(runs, str):
+        EXTRA.append(f"{workload}: {runs}")
         return
-    RESULTS[(workload, stage, tool)] = out["seconds"]
-    size = out["model_bytes"]
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    median = ordered[len(ordered) // 2]
+    tool = median["tool"]
+    RESULTS[(workload, stage, tool)] = median["seconds"]
+    size = median["model_bytes"]
+    peak = max(r["peak_rss"] for r in runs)
     EXTRA.append(
-        f"{workload}, {tool}: {out['seconds']:.2f} s; peak RSS {out['peak_rss'] / GIB:.2f} GiB "
-        f"= {out['peak_rss'] / size:.3f}x the model ({size / GIB:.2f} GiB; RSS after building "
-        f"it {out['rss_after_build'] / GIB:.2f} GiB); stages "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items() if k != "total"))
+        f"{workload}, {tool}: median of {len(runs)} {median['seconds']:.2f} s (runs "
+        + ", ".join(f"{r['seconds']:.2f}" for r in runs)
+        + f"); peak RSS {peak / GIB:.2f} GiB = {peak / size:.3f}x the model "
+        f"({size / GIB:.2f} GiB; RSS after building it {median['rss_after_build'] / GIB:.2f} "
+        "GiB); the median run's stages "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in median["timings"].items() if k != "total"))
 
 
 @pytest.mark.parametrize("tool", ["native", "torch-pruning"])
 def test_llama2_7b_bf16(tool):
     if tool == "torch-pruning" and torch_pruning is None:
         pytest.skip("torch-pruning not installed")
-    out = run_script(tool, "llama-2-7b", big=True)
-    record("llama-2-7b shape, bf16", "prune 50% end to end", out)
+    runs = run_rounds(tool, "llama-2-7b")
+    record("llama-2-7b shape, bf16", "prune 50% end to end", runs)
+    assert isinstance(runs, list), runs
     if tool == "native":
-        assert isinstance(out, dict) and out["params_after"] < out["params_before"]
+        assert all(r["params_after"] < r["params_before"] for r in runs)
 
 
 def test_llama3_8b_bf16():
-    out = run_script("native", "llama-3-8b", big=True)
-    record("llama-3-8b shape, bf16", "prune 50% end to end", out)
-    assert isinstance(out, dict) and out["params_after"] < out["params_before"]
+    runs = run_rounds("native", "llama-3-8b")
+    record("llama-3-8b shape, bf16", "prune 50% end to end", runs)
+    assert isinstance(runs, list), runs
+    assert all(r["params_after"] < r["params_before"] for r in runs)
 
 
 @pytest.mark.parametrize("backend", ["native", "python"])

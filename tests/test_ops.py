@@ -185,6 +185,31 @@ def test_long_rows_move_bit_exact(dtype):
         assert torch.equal(ops.compact_([t], [dim], [kept])[0], want)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int32,
+                                   torch.float64, torch.int8])
+def test_scattered_columns_move_bit_exact(dtype):
+    """Single words kept one by one along the last dim (an MLP neuron's column): rows of every
+    length around the 64-byte chunks (tails, a whole chunk kept or dropped, one word kept,
+    every word kept), in place and not, against index_select bit for bit; sorted or not."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 16, 31, 32, 33, 64, 100, 1000):
+        base = (torch.randn(37, n, generator=g) * 100).to(dtype)
+        choices = [torch.nonzero(torch.rand(n, generator=g) < p).view(-1) for p in (0.1, 0.5, 0.9)]
+        choices += [torch.arange(n), torch.tensor([n - 1]), torch.arange(0, n, 2)]
+        if n >= 64:
+            choices.append(torch.cat([torch.arange(0, 32), torch.arange(n - 3, n)]))
+        for kept in choices:
+            if kept.numel() == 0:
+                continue
+            want = base.index_select(1, kept)
+            assert torch.equal(ops.gather_slices([base], [1], [kept])[0], want), (n, kept)
+            moved = base.clone()
+            assert torch.equal(ops.compact_([moved], [1], [kept])[0], want), (n, kept)
+            shuffled = kept[torch.randperm(kept.numel(), generator=g)]
+            assert torch.equal(ops.gather_slices([base], [1], [shuffled])[0],
+                               base.index_select(1, shuffled))
+
+
 def test_gather_and_compact_refuse_bad_indices():
     t = torch.randn(4, 3)
     with pytest.raises(RuntimeError, match="out of range"):

@@ -11,6 +11,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DEPGRAPH_X86_COMPRESS 1
+#endif
 #include <vector>
 
 #include "../checks.h"
@@ -63,6 +67,89 @@ inline void store_fence() {
 #endif
 }
 
+#if DEPGRAPH_X86_COMPRESS
+// Scattered single words (an MLP neuron's column, one bf16 each) kept in increasing order:
+// AVX-512 compresses 64 bytes of a row by a precomputed mask per chunk, instead of one word at
+// a time. Each chunk is loaded before its kept words are stored at or before it (masked
+// stores, so nothing past them is written), which keeps compact_'s in-place moves safe.
+bool cpu_has_compress() {
+  static const bool has = __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vbmi2");
+  return has;
+}
+
+// Bit i of masks[c] keeps word c * lanes + i of a row of n words.
+template <typename word_t>
+std::vector<uint64_t> chunk_masks(const std::vector<int64_t>& idx, int64_t n) {
+  constexpr int64_t lanes = 64 / sizeof(word_t);
+  std::vector<uint64_t> masks((n + lanes - 1) / lanes, 0);
+  for (int64_t j : idx) masks[j / lanes] |= uint64_t{1} << (j % lanes);
+  return masks;
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vbmi2"))) void compress_rows16(
+    uint16_t* dst, const uint16_t* src, int64_t rows, int64_t n, int64_t k,
+    const std::vector<uint64_t>& masks) {
+  const int64_t chunks = static_cast<int64_t>(masks.size());
+  for (int64_t o = 0; o < rows; ++o) {
+    const uint16_t* s = src + o * n;
+    uint16_t* d = dst + o * k;
+    int64_t out = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __mmask32 keep = static_cast<__mmask32>(masks[c]);
+      if (!keep) continue;
+      const int64_t left = n - c * 32;
+      const __mmask32 valid = left >= 32 ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
+      const __m512i v = _mm512_maskz_loadu_epi16(valid, s + c * 32);
+      const int pop = __builtin_popcount(keep);
+      const __mmask32 first = pop == 32 ? ~__mmask32{0} : (__mmask32{1} << pop) - 1;
+      _mm512_mask_storeu_epi16(d + out, first, _mm512_maskz_compress_epi16(keep, v));
+      out += pop;
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw"))) void compress_rows32(
+    uint32_t* dst, const uint32_t* src, int64_t rows, int64_t n, int64_t k,
+    const std::vector<uint64_t>& masks) {
+  const int64_t chunks = static_cast<int64_t>(masks.size());
+  for (int64_t o = 0; o < rows; ++o) {
+    const uint32_t* s = src + o * n;
+    uint32_t* d = dst + o * k;
+    int64_t out = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __mmask16 keep = static_cast<__mmask16>(masks[c]);
+      if (!keep) continue;
+      const int64_t left = n - c * 16;
+      const __mmask16 valid = left >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                         : static_cast<__mmask16>((1u << left) - 1);
+      const __m512i v = _mm512_maskz_loadu_epi32(valid, s + c * 16);
+      const int pop = __builtin_popcount(keep);
+      const __mmask16 first = static_cast<__mmask16>(pop == 16 ? 0xFFFF : (1u << pop) - 1);
+      _mm512_mask_storeu_epi32(d + out, first, _mm512_maskz_compress_epi32(keep, v));
+      out += pop;
+    }
+  }
+}
+
+// dst rows [begin, end) of k words from src rows of n words; false: no vector path here.
+template <typename word_t>
+bool compress_rows(word_t* dst, const word_t* src, int64_t begin, int64_t end, int64_t n,
+                   int64_t k, const std::vector<uint64_t>& masks) {
+  if constexpr (sizeof(word_t) == 2) {
+    compress_rows16(reinterpret_cast<uint16_t*>(dst) + begin * k,
+                    reinterpret_cast<const uint16_t*>(src) + begin * n, end - begin, n, k, masks);
+    return true;
+  } else if constexpr (sizeof(word_t) == 4) {
+    compress_rows32(reinterpret_cast<uint32_t*>(dst) + begin * k,
+                    reinterpret_cast<const uint32_t*>(src) + begin * n, end - begin, n, k, masks);
+    return true;
+  }
+  return false;
+}
+#endif
+
 // Copy row by row: element (o, j, :) of dst is element (o, idx[j], :) of src.
 // parallel: rows go to threads and never overlap (gather_slices); otherwise rows are moved in
 // increasing order with memmove, since compact_'s destinations overlap later sources.
@@ -93,6 +180,20 @@ void copy_rows(char* dst, const char* src, const Around& a, const std::vector<in
       else by_runs(0, a.outer);
       return;
     }
+#if DEPGRAPH_X86_COMPRESS
+    bool increasing = (sizeof(word_t) == 2 || sizeof(word_t) == 4) && cpu_has_compress();
+    for (int64_t j = 1; increasing && j < k; ++j) increasing = idx[j] > idx[j - 1];
+    if (increasing && k > 0) {
+      const std::vector<uint64_t> masks = chunk_masks<word_t>(idx, a.n);
+      auto by_masks = [&](int64_t begin, int64_t end) {
+        compress_rows(reinterpret_cast<word_t*>(dst), reinterpret_cast<const word_t*>(src),
+                      begin, end, a.n, k, masks);
+      };
+      if (parallel) at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / k), by_masks);
+      else by_masks(0, a.outer);
+      return;
+    }
+#endif
     auto body = [&](int64_t begin, int64_t end) {
       for (int64_t o = begin; o < end; ++o) {
         word_t* d = reinterpret_cast<word_t*>(dst) + o * k;
