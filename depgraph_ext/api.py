@@ -270,6 +270,7 @@ def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
 def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
            t0: float, in_place: bool = False, optimizer=None, keep=None) -> PruneResult:
     model = dg.model
+    t_count = time.perf_counter()
     costs = PlannedCosts(dg)
     params_before, macs_before = costs.at(None)
     params_after_planned, macs_after = costs.at(keep) if keep is not None else (None, None)
@@ -278,14 +279,14 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
     param_names = params.keys()
     tensors = params | dict(model.named_buffers())
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
-    companions = state_companions(model, plan, optimizer)
+    companions = state_companions(model, plan, optimizer, tensors)
     native = dg.backend == "native"
     apply_changes(model, plan, updates, in_place=in_place and native, native=native,
-                  companions=companions)
+                  companions=companions, tensors=tensors)
     apply_config_updates(model, new_config)
     dg.stale = True
     t_apply = time.perf_counter()
-    timings = timings | {"apply": t_apply - t, "total": t_apply - t0}
+    timings = timings | {"count": t - t_count, "apply": t_apply - t, "total": t_apply - t0}
     units = {}
     if keep is not None:
         for group in dg.groups:

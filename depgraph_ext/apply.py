@@ -184,13 +184,16 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
     return out.contiguous()
 
 
-def state_companions(model: nn.Module, plan, optimizer=None) -> list[tuple[object, object, str]]:
+def state_companions(model: nn.Module, plan, optimizer=None,
+                     tensors: dict[str, torch.Tensor] | None = None
+                     ) -> list[tuple[object, object, str]]:
     """Training state that must be sliced with the weights: ``(container, key, name)`` for every
     optimizer state tensor (momentum, Adam moments, ...) and Fisher statistic of a planned
-    parameter. Refuses, before anything changes, state it cannot slice."""
+    parameter. Refuses, before anything changes, state it cannot slice. ``tensors``: the
+    model's parameters (and buffers) by name, when the caller has them."""
     from .importance import _FISHER_STATS
 
-    tensors = dict(model.named_parameters())
+    tensors = dict(model.named_parameters()) if tensors is None else tensors
     out = []
     for name in plan:
         t = tensors.get(name)
@@ -213,7 +216,8 @@ def state_companions(model: nn.Module, plan, optimizer=None) -> list[tuple[objec
 
 
 def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
-                  in_place: bool = False, native: bool = False, companions=()) -> None:
+                  in_place: bool = False, native: bool = False, companions=(),
+                  tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Slice every planned tensor (and its ``.grad`` and the ``companions`` state of
     :func:`state_companions`) and set the new attributes.
 
@@ -222,8 +226,10 @@ def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
     one batched ``gather_slices`` call), so a failure while slicing leaves the model as it was.
     ``in_place`` (native ops): compact each tensor inside its own memory, so the weights are
     never held twice; the plan is validated by then, but a failure during compaction cannot
-    be undone."""
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    be undone. ``tensors``: the model's parameters and buffers by name, when the caller has
+    them."""
+    if tensors is None:
+        tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     if in_place:
         _apply_in_place(tensors, plan)
         with torch.no_grad():

@@ -10,6 +10,7 @@ copies the model or runs it for real.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -45,9 +46,26 @@ def _ref(x) -> int | None:
     return x.value if isinstance(x, Ref) else None
 
 
+_MAC_PACKETS = frozenset({"mm", "bmm", "addmm", "baddbmm", "addbmm", "mv", "addmv", "dot",
+                          "vdot", "convolution", "_convolution", "_native_multi_head_attention",
+                          "mkldnn_rnn_layer"})
+
+
+@functools.lru_cache(maxsize=None)
+def _packet_of(op) -> str:
+    """The op without its overload and namespace (``mm`` for ``aten.mm.default``)."""
+    return str(op.overloadpacket).removeprefix("aten.")
+
+
+def counts_macs(op) -> bool:
+    """Whether ``node_macs`` may count anything for this op."""
+    packet = _packet_of(op)
+    return packet in _MAC_PACKETS or "scaled_dot_product" in packet
+
+
 def node_macs(node: Node, shape_of: Callable[[int], Shape]) -> int:
     """MACs of one traced op, the shapes of its tensors given by ``shape_of(value)``."""
-    packet = node.packet.removeprefix("aten.")
+    packet = _packet_of(node.op)
     args = node.args
 
     def shape(i: int) -> Shape | None:
@@ -101,7 +119,7 @@ def node_macs(node: Node, shape_of: Callable[[int], Shape]) -> int:
 
 
 def graph_macs(graph: OpGraph, shape_of: Callable[[int], Shape]) -> int:
-    return sum(node_macs(n, shape_of) for n in graph.nodes)
+    return sum(node_macs(n, shape_of) for n in graph.nodes if counts_macs(n.op))
 
 
 class PlannedCosts:
@@ -112,7 +130,8 @@ class PlannedCosts:
         self.dg = dg
         g = dg.graph
         self.params_total = count_params(dg.model)
-        self._costly = [n for n in g.nodes if node_macs(n, lambda v: g.values[v].shape)]
+        self._costly = [n for n in g.nodes if counts_macs(n.op)
+                        and node_macs(n, lambda v: g.values[v].shape)]
         self._param_values = list(g.params.values())
 
     def at(self, keep: np.ndarray | None) -> tuple[int, int]:

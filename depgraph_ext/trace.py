@@ -360,12 +360,13 @@ class _ShapeRecorder(_RecorderBase):
     def model_output(self, t: torch.Tensor) -> None:
         self.graph.outputs.append(tuple(t.shape))
 
-    def _note(self, x) -> None:
-        if isinstance(x, torch.Tensor):
-            self.known[id(x)] = x
-        elif type(x) is list or type(x) is tuple:
-            for item in x:
-                self._note(item)
+    def _note(self, items) -> None:
+        known = self.known
+        for x in items:  # ATen arguments: tensors, and lists of them (one level, mostly)
+            if isinstance(x, torch.Tensor):
+                known[id(x)] = x
+            elif type(x) is list or type(x) is tuple:
+                self._note(x)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
