@@ -179,12 +179,11 @@ class Snapshot:
                        if (e := _FISHER_STATS.get(t)) is not None]
 
     def restore(self, results: list[PruneResult]) -> None:
-        from .apply import _set
+        from .apply import set_attributes
         from .configs import _config_of
 
         for result in reversed(results):
-            for u in reversed(result.attribute_updates):
-                _set(self.model, u, u.old)
+            set_attributes(self.model, result.attribute_updates, new=False)
             config = _config_of(self.model)
             for c in reversed(result.config_updates):
                 setattr(config, c.field, c.old)

@@ -159,21 +159,37 @@ def _is_pyg(m: nn.Module) -> bool:
     return type(m).__module__.startswith("torch_geometric.")
 
 
-def _set(model: nn.Module, update: AttributeUpdate, value) -> None:
-    setattr(model.get_submodule(update.module), update.attr, value)
+def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict | None = None) -> None:
+    """``update.attr`` of module ``update.module`` set to ``value``; ``modules`` caches the
+    lookups of a batch of updates (a module has a dozen of them)."""
+    if modules is None:
+        m = model.get_submodule(update.module)
+    else:
+        m = modules.get(update.module)
+        if m is None:
+            m = modules[update.module] = model.get_submodule(update.module)
+    setattr(m, update.attr, value)
+
+
+def set_attributes(model: nn.Module, updates: list[AttributeUpdate], new: bool = True) -> None:
+    """Every update's new (or old) value, in order (old values: in reverse order)."""
+    modules: dict[str, nn.Module] = {}
+    for u in (updates if new else reversed(updates)):
+        _set(model, u, u.new if new else u.old, modules)
 
 
 @contextlib.contextmanager
 def temporary_attributes(model: nn.Module, updates: list[AttributeUpdate]):
     done = []
+    modules: dict[str, nn.Module] = {}
     try:
         for u in updates:
-            _set(model, u, u.new)
+            _set(model, u, u.new, modules)
             done.append(u)
         yield
     finally:
         for u in reversed(done):
-            _set(model, u, u.old)
+            _set(model, u, u.old, modules)
 
 
 def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -235,8 +251,7 @@ def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
         with torch.no_grad():
             for container, key, name in companions:
                 container[key] = gather(container[key], plan[name])
-        for u in updates:
-            _set(model, u, u.new)
+        set_attributes(model, updates)
         return
     with torch.no_grad():
         sliced = {}
@@ -253,8 +268,7 @@ def apply_changes(model: nn.Module, plan, updates: list[AttributeUpdate],
                 t.grad = grad
         for (container, key, _), new in zip(companions, state):
             container[key] = new
-    for u in updates:
-        _set(model, u, u.new)
+    set_attributes(model, updates)
 
 
 def _gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str, torch.Tensor]:
