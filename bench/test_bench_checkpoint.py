@@ -117,15 +117,22 @@ def checkpoint():
     return CACHE
 
 
-_RUN = """
-import json, resource, sys, time
+# Peak RSS from VmHWM, which starts afresh at exec (ru_maxrss keeps the forking parent's peak:
+# this process generated the checkpoint).
+_HWM = ("def hwm_kib():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1])\n")
+
+_RUN = _HWM.replace("{", "{{").replace("}", "}}") + """
+import json, sys, time
 t = time.perf_counter()
 import depgraph_ext as dx
-imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+imported = hwm_kib()
 r = dx.prune_checkpoint(sys.argv[1], sys.argv[2], ratio=0.5, ratios={{"heads": 0.25,
                         "hidden": 0.0}}, overwrite=True, progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "timings": r.timings,
-                  "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "rss_kib": hwm_kib(),
                   "imported_kib": imported, "before": r.params_before, "after": r.params_after,
                   "bytes_before": r.bytes_before, "bytes_after": r.bytes_after}}))
 print(r.summary(), file=sys.stderr)
@@ -183,12 +190,17 @@ def test_prune_7b_checkpoint_two_ranks(checkpoint):
         subprocess.run([sys.executable, "-m", "depgraph_ext.cli", str(checkpoint), str(one),
                         *ARGS], check=True, capture_output=True)
     wrapper = Path(CACHE.with_name(CACHE.name + "-rss.py"))
+    # Each rank prints its peak RSS as it leaves: the CLI of a distributed run leaves through
+    # os._exit (see depgraph_ext/cli.py), which skips finally blocks.
     wrapper.write_text(
-        "import resource, runpy, sys, os\n"
+        "import runpy, sys, os\n" + _HWM +
+        "def rss():\n"
+        "    print('RSS', os.environ['RANK'], hwm_kib(), file=sys.stderr, flush=True)\n"
+        "leave = os._exit\n"
+        "def exit_after_rss(code):\n    rss()\n    leave(code)\n"
+        "os._exit = exit_after_rss\n"
         "try:\n    runpy.run_module('depgraph_ext.cli', run_name='__main__')\n"
-        "finally:\n"
-        "    print('RSS', os.environ['RANK'], resource.getrusage(resource.RUSAGE_SELF)"
-        ".ru_maxrss, file=sys.stderr)\n")
+        "finally:\n    rss()\n")
     shutil.rmtree(two, ignore_errors=True)
     evict(checkpoint)
     t = time.perf_counter()
