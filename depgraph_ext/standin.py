@@ -7,8 +7,8 @@ composite ops that pick their decomposition in C++ by device (attention picks a 
 on the CPU and plain math on meta; recurrent layers a fused layer on the CPU). So, during a
 meta trace, :class:`StandIn`
 
-- answers ``device``, ``is_cpu``, ``is_meta`` and ``get_device`` of a meta tensor as for a
-  tensor of the stand-in device, and moves to the stand-in device mean staying on meta;
+- answers ``device``, ``is_cpu``, ``is_meta``, ``get_device`` and ``type()`` of a meta tensor
+  as for a tensor of the stand-in device, and moves to the stand-in device mean staying on meta;
 - runs the device-sensitive composites (``DEVICE_SENSITIVE``) on fake tensors of the stand-in
   device under the recorder, so the recorded ops are exactly those of a fake trace, and hands
   their results back as meta tensors.
@@ -55,6 +55,7 @@ _DEVICE = torch.Tensor.device.__get__
 _IS_CPU = torch.Tensor.is_cpu.__get__
 _IS_META = torch.Tensor.is_meta.__get__
 _GET_DEVICE = torch.Tensor.get_device
+_TYPE = torch.Tensor.type
 _MOVES = frozenset({torch.Tensor.to, torch.Tensor.cpu})
 
 
@@ -101,6 +102,8 @@ class StandIn(TorchFunctionMode):
             return False if out else out
         if func == _GET_DEVICE and _IS_META(args[0]):
             return -1 if self.device.type == "cpu" else (self.device.index or 0)
+        if func is _TYPE and isinstance(out, str) and out.startswith("torch.meta."):
+            return "torch." + out.removeprefix("torch.meta.")  # x.type() names the CPU's type
         return out
 
     def _on_fake_device(self, func, args, kwargs):

@@ -73,7 +73,7 @@ class DeviceBranches(nn.Module):
     def forward(self, x):
         y = torch.relu(self.a(x))
         cpu = (y.device.type == "cpu" and y.is_cpu and not y.is_meta and y.get_device() == -1
-               and str(y.device) == "cpu")
+               and str(y.device) == "cpu" and y.type() == "torch.FloatTensor")
         y = y * 2 if cpu else y.reshape(-1, 2, 4).flip(1).reshape(-1, 8)
         return self.b(y)
 
