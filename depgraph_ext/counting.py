@@ -51,7 +51,7 @@ _MAC_PACKETS = frozenset({"mm", "bmm", "addmm", "baddbmm", "addbmm", "mv", "addm
                           "mkldnn_rnn_layer"})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _packet_of(op) -> str:
     """The op without its overload and namespace (``mm`` for ``aten.mm.default``)."""
     return str(op.overloadpacket).removeprefix("aten.")

@@ -155,7 +155,7 @@ def _is_stand_in(x: Any, device: torch.device) -> bool:
         x.index is None or device.index is None or x.index == device.index)
 
 
-# -- results of meta kernels, remembered ------------------------------------------------------------
+# -- results of meta kernels, remembered ---------------------------------------------------------
 # Many meta kernels are Python functions (torch._refs: an elementwise mul on meta takes about
 # 150 us, ten times a CPU mul of a few thousand values), and a model repeats the same ops on
 # the same shapes layer after layer. An op that makes new tensors (no aliasing, no writing)
@@ -182,7 +182,7 @@ def run_on_meta(func, args, kwargs):
     return _rebuild(layout)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _makes_new_tensors(func) -> bool:
     """No result aliases an argument and no argument is written (views, in-place and out=
     ops are left alone: their results share storage with their inputs)."""

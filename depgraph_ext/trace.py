@@ -388,7 +388,7 @@ class _TooSlow(BaseException):  # not an Exception: a model's `except Exception`
     """A trace on real tensors ran past its time budget."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_device(func) -> bool:
     """Whether an op has a keyword-only ``device`` argument: a factory (zeros, arange, ...),
     or a copy (_to_copy) whose device a meta trace keeps on meta."""

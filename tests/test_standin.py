@@ -9,16 +9,16 @@ import warnings
 
 import pytest
 import torch
+from test_more_ops import Reshaped, Square, Tokens
+from test_pointclouds import DGCNN
+from test_recurrent import IDS as WORDS
+from test_recurrent import BiGRUClassifier, WordLM
 from torch import nn
 
 import depgraph_ext as dx
 from conftest import prune_and_check
 from depgraph_ext import trace as tr
 from nets import DenseNet, ResNeXt, randomize_norms
-from test_more_ops import Reshaped, Square, Tokens
-from test_pointclouds import DGCNN
-from test_recurrent import IDS as WORDS
-from test_recurrent import BiGRUClassifier, WordLM
 
 T = pytest.importorskip("transformers")
 from test_transformers import ALL, build, inputs_for  # noqa: E402
