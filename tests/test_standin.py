@@ -182,6 +182,67 @@ def test_meta_trace_records_what_a_fake_trace_records(name):
             str(n.op) for n in meta.nodes}
 
 
+SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2)
+IDS = {"input_ids": torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(1))}
+PIXELS = {"pixel_values": rand(1, 3, 32, 32, dtype=torch.float32)}
+MORE = {  # more transformers architectures, float32 as loaded
+    "gemma": (lambda: T.GemmaForCausalLM(T.GemmaConfig(**SMALL, head_dim=16)), IDS),
+    "gemma2": (lambda: T.Gemma2ForCausalLM(T.Gemma2Config(**SMALL, head_dim=16)), IDS),
+    "phi3": (lambda: T.Phi3ForCausalLM(T.Phi3Config(**SMALL, pad_token_id=0)), IDS),
+    "falcon": (lambda: T.FalconForCausalLM(T.FalconConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)), IDS),
+    "gpt_neox": (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4)), IDS),
+    "t5": (lambda: T.T5ForConditionalGeneration(T.T5Config(
+        vocab_size=100, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4)),
+        dict(IDS, decoder_input_ids=IDS["input_ids"][:, :5])),
+    "convnext": (lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
+        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=5)), PIXELS),
+    "deit": (lambda: T.DeiTForImageClassification(T.DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=64, intermediate_size=96,
+        num_hidden_layers=2, num_attention_heads=4, num_labels=5)), PIXELS),
+    "distilbert": (lambda: T.DistilBertForMaskedLM(T.DistilBertConfig(
+        vocab_size=100, dim=64, hidden_dim=96, n_layers=2, n_heads=4)), IDS),
+}
+
+
+def without_lifts(g: tr.OpGraph):
+    """Ops, modules and result shapes, leaving out ``lift_fresh`` (the identity that lifts a
+    constant into a trace: Python indexing by a list lifts its index on fake tensors only)."""
+    return [(n.op, n.module, [g.values[v].shape for v in n.outputs]) for n in g.nodes
+            if n.op is not torch.ops.aten.lift_fresh.default]
+
+
+def groups_of(dg):
+    return [(g.kind, g.num_units, g.num_prunable,
+             sorted((m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members))
+            for g in dg.groups]
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_architectures_same_ops_and_groups(name, monkeypatch):
+    """Up to lifted constants, the same ops; and exactly the same groups."""
+    make_model, inputs = MORE[name]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_model().eval()
+    named = tr.named_tensors(model)
+    meta = tr._trace(model, inputs, None, "meta", named=named)
+    fake = tr._trace(model, inputs, None, "fake", named=named)
+    assert without_lifts(meta) == without_lifts(fake)
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on_meta = dx.DependencyGraph(model, inputs)
+        monkeypatch.setattr(tr, "_meta_stands_in", lambda *args: False)
+        on_fake = dx.DependencyGraph(model, inputs)
+    assert (on_meta.graph.mode, on_fake.graph.mode) == ("meta", "fake")
+    assert groups_of(on_meta) == groups_of(on_fake)
+
+
 def test_meta_trace_shapes_only_and_pruned_shapes():
     """The validation's trace (pruned shapes, shapes only) records what a fake one records."""
     model = build(ALL["llama_8_2"][0])
