@@ -1,7 +1,8 @@
 """Meta tensors standing in for tensors of a real device, for tracing.
 
 A trace on plain meta tensors costs about half of one on fake tensors (``FakeTensorMode``
-checks, hashes and wraps every op in Python), but two things see the meta device where the
+checks, hashes and wraps every op in Python), and a quarter once the results of repeated ops
+are remembered (``run_on_meta``); but two things see the meta device where the
 model would see its own: the model's Python code (``x.device``, ``x.to(device)``), and a few
 composite ops that pick their decomposition in C++ by device (attention picks a fused kernel
 on the CPU and plain math on meta; recurrent layers a fused layer on the CPU). So, during a
