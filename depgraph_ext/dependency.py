@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -294,45 +295,15 @@ class DependencyGraph:
         kind_of = np.zeros(res.num_groups, dtype=np.int8)  # the highest kind of its units
         for code in range(1, len(KINDS)):
             kind_of[unit_groups[self.unit_kind == code]] = code
-        groups = []
-        for gid in np.nonzero(prunable_groups)[0].tolist():
+        groups: list[Group] = []
+        ids = np.nonzero(prunable_groups)[0].tolist()
+        # The resolution of this moment (block_slots resolves again and lists new groups).
+        listing = functools.partial(_list_members, groups, ids, res, self.tensor_dims)
+        for gid in ids:
             unit_ids = order[bounds[gid] : bounds[gid + 1]]
             groups.append(Group(len(groups), unit_ids, self.unit_prunable[unit_ids],
-                                kind=KINDS[int(kind_of[gid])],
-                                list_members=self._list_members))
-        self._group_ids = np.nonzero(prunable_groups)[0]
+                                kind=KINDS[int(kind_of[gid])], list_members=listing))
         return groups
-
-    def _list_members(self) -> None:
-        """Fill in the members of every group (see :class:`Group`)."""
-        res = self.resolution
-        unit_groups = res.unit_groups
-        members: dict[int, list[tuple]] = {}
-        for name, dims in self.tensor_dims.items():
-            for td in dims:
-                for pos, leaf in enumerate(td.leaves):
-                    if res.leaf_unit_offsets[leaf] < 0:
-                        continue
-                    units = res.units_of_leaf(int(leaf))
-                    if td.leaves.shape[0] > 1:
-                        units = units[td.digits(pos)]
-                    gids = unit_groups[units]
-                    if gids[0] == gids[-1] and (gids == gids[0]).all():  # the common case
-                        members.setdefault(int(gids[0]), []).append(
-                            (name, td.dim, np.arange(units.shape[0]), units))
-                        continue
-                    for gid in np.unique(gids):
-                        sel = np.nonzero(gids == gid)[0]
-                        members.setdefault(int(gid), []).append((name, td.dim, sel, units[sel]))
-        order = np.argsort(unit_groups, kind="stable")
-        bounds = np.searchsorted(unit_groups[order], np.arange(res.num_groups + 1))
-        local = np.empty(res.num_units, dtype=np.int64)  # each unit's index in its group
-        local[order] = np.arange(res.num_units) - bounds[unit_groups[order]]
-        for group, gid in zip(self.groups, self._group_ids.tolist()):
-            group._members = [
-                Member(name, dim, torch.from_numpy(sel), torch.from_numpy(local[units]))
-                for name, dim, sel, units in members.get(gid, [])
-            ]
 
     # -- shapes --------------------------------------------------------------------------------
     def leaf_keep_masks(self, unit_keep: np.ndarray) -> dict[int, np.ndarray]:
@@ -518,3 +489,35 @@ def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph) -> list[str]
                     hidden is None or graph.values[graph.params[w]].shape[0] == hidden):
                 out.append(w)
     return out
+
+
+def _list_members(groups: list[Group], group_ids: list[int], res: Resolution,
+                  tensor_dims: dict[str, list[TensorDim]]) -> None:
+    """Fill in the members of every group of one resolution (see :class:`Group`)."""
+    unit_groups = res.unit_groups
+    members: dict[int, list[tuple]] = {}
+    for name, dims in tensor_dims.items():
+        for td in dims:
+            for pos, leaf in enumerate(td.leaves):
+                if res.leaf_unit_offsets[leaf] < 0:
+                    continue
+                units = res.units_of_leaf(int(leaf))
+                if td.leaves.shape[0] > 1:
+                    units = units[td.digits(pos)]
+                gids = unit_groups[units]
+                if gids[0] == gids[-1] and (gids == gids[0]).all():  # the common case
+                    members.setdefault(int(gids[0]), []).append(
+                        (name, td.dim, np.arange(units.shape[0]), units))
+                    continue
+                for gid in np.unique(gids):
+                    sel = np.nonzero(gids == gid)[0]
+                    members.setdefault(int(gid), []).append((name, td.dim, sel, units[sel]))
+    order = np.argsort(unit_groups, kind="stable")
+    bounds = np.searchsorted(unit_groups[order], np.arange(res.num_groups + 1))
+    local = np.empty(res.num_units, dtype=np.int64)  # each unit's index in its group
+    local[order] = np.arange(res.num_units) - bounds[unit_groups[order]]
+    for group, gid in zip(groups, group_ids):
+        group._members = [
+            Member(name, dim, torch.from_numpy(sel), torch.from_numpy(local[units]))
+            for name, dim, sel, units in members.get(gid, [])
+        ]

@@ -250,3 +250,24 @@ def test_summary_lists_changes():
     [row] = [line for line in text.splitlines() if line.startswith("stem.0 ")]
     assert "(16, 3, 3, 3)" in row and str(tuple(model.stem[0].weight.shape)) in row
     assert f"{result.params_before:,} -> {result.params_after:,}" in text and "time:" in text
+
+
+def test_group_members_are_those_of_the_resolution_they_came_from():
+    """Members are listed on first use; groups taken before the graph is resolved again (a
+    size found fixed) list the members of their own resolution, the new groups theirs."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(),
+                        nn.Linear(6, 2)).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+
+    def listed(groups):
+        return [[(m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members]
+                for g in groups]
+
+    expected = listed(dx.DependencyGraph(net, x).groups)
+    dg = dx.DependencyGraph(net, x)
+    taken = dg.groups
+    assert len(taken) == 2 and all(g._members is None for g in taken)  # not listed yet
+    dg.block_slots(dg.coupling_model.value_slots[dg.graph.params["0.weight"]][:1])
+    assert len(dg.groups) == 1 and dg.groups is not taken
+    assert listed(taken) == expected  # listed now, from the resolution they came from
+    assert listed(dg.groups) == expected[1:]
