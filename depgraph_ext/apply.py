@@ -159,15 +159,12 @@ def _is_pyg(m: nn.Module) -> bool:
     return type(m).__module__.startswith("torch_geometric.")
 
 
-def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict | None = None) -> None:
+def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict) -> None:
     """``update.attr`` of module ``update.module`` set to ``value``; ``modules`` caches the
     lookups of a batch of updates (a module has a dozen of them)."""
-    if modules is None:
-        m = model.get_submodule(update.module)
-    else:
-        m = modules.get(update.module)
-        if m is None:
-            m = modules[update.module] = model.get_submodule(update.module)
+    m = modules.get(update.module)
+    if m is None:
+        m = modules[update.module] = model.get_submodule(update.module)
     setattr(m, update.attr, value)
 
 
