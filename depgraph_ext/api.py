@@ -10,7 +10,7 @@ import torch
 
 from .apply import AttributeUpdate, apply_changes, state_companions
 from .configs import ConfigUpdate, apply_config_updates
-from .counting import PlannedCosts, count_params
+from .counting import PlannedCosts
 from .dependency import DependencyGraph, Group
 from .errors import InvalidArgumentError
 from .plan import Plan, keep_nonempty, make_plan
@@ -294,7 +294,7 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
     return PruneResult(
         plan=plan,
         params_before=params_before,
-        params_after=count_params(model),
+        params_after=sum(p.numel() for p in params.values()),  # each once, as named_parameters
         timings=timings,
         shapes_before=shapes_before,
         shapes_after={n: tuple(tensors[n].shape) for n in plan},

@@ -163,7 +163,10 @@ def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict) -> Non
     """``update.attr`` of module ``update.module`` set to ``value``; ``modules`` caches the
     lookups of a batch of updates (a module has a dozen of them)."""
     m = modules.get(update.module)
-    if m is None:
+    if m is None and not modules:  # a batch's first lookup: one walk serves the rest
+        modules.update(model.named_modules())
+        m = modules.get(update.module)
+    if m is None:  # (a module registered twice is walked under its first name only)
         m = modules[update.module] = model.get_submodule(update.module)
     setattr(m, update.attr, value)
 

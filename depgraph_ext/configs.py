@@ -145,12 +145,15 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
         with torch.device("meta"), warnings.catch_warnings(), _no_torch_init():
             warnings.simplefilter("ignore")
             fresh = type(model)(new_config)
-        current = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
-        aliases = dg.graph.aliases
-        for name, t in fresh.state_dict(keep_vars=True).items():
-            expected = planned_shapes.get(aliases.get(name, name), current.get(name))
-            if expected is not None and tuple(t.shape) != tuple(expected):
-                mismatches.append(f"{name} would be {tuple(t.shape)} from the config, "
+        g = dg.graph
+        traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
+        for name, shape in _state_shapes(fresh):
+            canonical = g.aliases.get(name, name)
+            expected = planned_shapes.get(canonical)
+            if expected is None and canonical in traced:
+                expected = g.values[traced[canonical]].shape
+            if expected is not None and shape != tuple(expected):
+                mismatches.append(f"{name} would be {shape} from the config, "
                                   f"{tuple(expected)} pruned")
     except Exception as exc:  # a config the model class itself rejects
         mismatches.append(f"{type(model).__name__} cannot be built from the updated config "
@@ -173,6 +176,19 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
     if require:
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
+
+
+def _state_shapes(model: torch.nn.Module):
+    """(name, shape) of every entry of ``model.state_dict()`` that is a parameter or a buffer,
+    without building the dict (persistent buffers only, shared tensors under every name)."""
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        dot = prefix + "." if prefix else ""
+        for key, p in module._parameters.items():
+            if p is not None:
+                yield dot + key, tuple(p.shape)
+        for key, b in module._buffers.items():
+            if b is not None and key not in module._non_persistent_buffers_set:
+                yield dot + key, tuple(b.shape)
 
 
 _INIT_FUNCTIONS = ("uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",

@@ -57,6 +57,7 @@ def _packet_of(op) -> str:
     return str(op.overloadpacket).removeprefix("aten.")
 
 
+@functools.cache
 def counts_macs(op) -> bool:
     """Whether ``node_macs`` may count anything for this op."""
     packet = _packet_of(op)
@@ -124,28 +125,41 @@ def graph_macs(graph: OpGraph, shape_of: Callable[[int], Shape]) -> int:
 
 class PlannedCosts:
     """Parameters and MACs the model would have under a keep mask over units, predicted from
-    the graph without slicing or tracing again (used to prune to a target)."""
+    the graph without slicing or tracing again (used to prune to a target, where it is asked
+    dozens of times, and to report what a prune did)."""
 
     def __init__(self, dg) -> None:
         self.dg = dg
         g = dg.graph
-        self.params_total = count_params(dg.model)
-        self._costly = [n for n in g.nodes if counts_macs(n.op)
-                        and node_macs(n, lambda v: g.values[v].shape)]
-        self._param_values = list(g.params.values())
+        slots = dg.coupling_model.value_slots
+        shapes = [g.values[v].shape for v in g.params.values()]
+        # The graph's parameters are the model's, each once (see ``named_tensors``).
+        self.params_total = sum(math.prod(shape) for shape in shapes)
+        # Every parameter's slots, padded with one past the last slot (a size of 1).
+        rank = max((len(shape) for shape in shapes), default=0)
+        pad = len(dg.resolution.slot_leaf_offsets) - 1
+        self._param_slots = np.full((len(shapes), rank), pad, dtype=np.int64)
+        for row, v in enumerate(g.params.values()):
+            self._param_slots[row, :len(slots[v])] = slots[v]
+        self._costly: list[Node] = []
+        self._macs_total = 0
+        for n in g.nodes:
+            if counts_macs(n.op):
+                macs = node_macs(n, lambda v: g.values[v].shape)
+                if macs:
+                    self._costly.append(n)
+                    self._macs_total += macs
 
     def at(self, keep: np.ndarray | None) -> tuple[int, int]:
         """(parameters, MACs) with the units where ``keep`` is False removed."""
-        g = self.dg.graph
         if keep is None:
-            def shape_of(v):
-                return g.values[v].shape
-        else:
-            sizes = self.dg.slot_kept_sizes(self.dg.leaf_keep_masks(keep)).tolist()
-            slots = self.dg.coupling_model.value_slots
+            return self.params_total, self._macs_total
+        sizes = np.append(self.dg.slot_kept_sizes(self.dg.leaf_keep_masks(keep)), 1)
+        params = int(np.prod(sizes[self._param_slots], axis=1).sum())
+        size_of = sizes.tolist().__getitem__
+        slots = self.dg.coupling_model.value_slots
 
-            def shape_of(v):
-                return tuple(sizes[s] for s in slots[v])
-        removed = sum(_prod(g.values[v].shape) - _prod(shape_of(v)) for v in self._param_values)
-        macs = sum(node_macs(n, shape_of) for n in self._costly)
-        return self.params_total - removed, macs
+        def shape_of(v):
+            return tuple(map(size_of, slots[v]))
+
+        return params, sum(node_macs(n, shape_of) for n in self._costly)

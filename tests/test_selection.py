@@ -396,3 +396,39 @@ def test_skipping_unshrinkable_groups_changes_no_result(monkeypatch, backend, kw
     ).items())  # something was pruned
     for name, value in theirs.items():
         assert torch.equal(ours[name], value), name
+
+
+def test_planned_costs_match_the_counts_of_the_pruned_model_with_tied_weights():
+    """What targets bisect on: ``PlannedCosts.at(keep)`` is the pruned model's own count of
+    parameters (a weight two modules share counted once) and MACs, for any keep mask."""
+    import time
+    import warnings
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from depgraph_ext.api import _apply
+    from depgraph_ext.counting import PlannedCosts
+    from depgraph_ext.plan import make_plan
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ids = torch.randint(0, 100, (1, 7))
+    dg = dx.DependencyGraph(model, ids)
+    costs = PlannedCosts(dg)
+    assert costs.at(None) == dx.count_params_and_macs(model, ids)
+    keep = np.ones(dg.resolution.num_units, dtype=bool)
+    rng = np.random.default_rng(0)
+    for group in dg.groups:  # a different share of every group, chosen at random
+        prunable = group.unit_ids[group.prunable]
+        drop = rng.choice(prunable, size=rng.integers(1, len(prunable)), replace=False)
+        keep[drop] = False
+    predicted = costs.at(keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = _apply(dg, *make_plan(dg, keep), {}, time.perf_counter(), keep=keep)
+    assert predicted == dx.count_params_and_macs(model, ids)
+    assert result.params_after == predicted[0] < result.params_before

@@ -308,3 +308,21 @@ def test_hidden_pruning_runs_with_parity(name):
                                          oracle=False, ratios={"heads": 0.0, "channels": 0.0})
     assert result.params_after < result.params_before
     assert pruned(**inputs_for(name)) is not None
+
+
+def test_config_check_reads_the_state_dicts_entries():
+    """The loadability check walks a freshly built model's state_dict entries without building
+    the dict: the same names and shapes (tied weights under both names, no non-persistent
+    buffer such as rotary's inv_freq, a BatchNorm's counter)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from depgraph_ext.configs import _state_shapes
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
+                      tie_word_embeddings=True)
+    extra = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    for model in (LlamaForCausalLM(cfg), extra):
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        assert dict(_state_shapes(model)) == expected
+        assert len(list(_state_shapes(model))) == len(expected)
