@@ -274,9 +274,9 @@ def _apply(dg: DependencyGraph, plan: Plan, updates, new_config, timings: dict,
     params_before, macs_before = costs.at(None)
     params_after_planned, macs_after = costs.at(keep) if keep is not None else (None, None)
     t = time.perf_counter()
-    params = dict(model.named_parameters())
+    params = dg.walk.params  # the model's, each once, as named_parameters
     param_names = params.keys()
-    tensors = params | dict(model.named_buffers())
+    tensors = params | dg.walk.buffers
     shapes_before = {n: tuple(tensors[n].shape) for n in plan}
     companions = state_companions(model, plan, optimizer, tensors)
     native = dg.backend == "native"

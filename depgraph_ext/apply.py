@@ -38,7 +38,7 @@ def attribute_updates(dg: DependencyGraph, plan, masks: dict[int, np.ndarray]):
     g = dg.graph
     named = g.params | g.buffers
     planned = dg.planned_shapes(plan)
-    modules = dict(dg.model.named_modules())
+    modules = dict(dg.walk.modules)
 
     def shape_of(module_name: str, tensor: str):
         full = f"{module_name}.{tensor}" if module_name else tensor

@@ -16,7 +16,7 @@ from .errors import InvalidArgumentError, PruningError, UnsupportedOpError, user
 from .progress import as_progress
 from .resolve import resolve, select_backend
 from .rules import AttentionCall, RuleContext, RuleError, rule_for
-from .trace import OpGraph, named_tensors, paused_gc, trace
+from .trace import ModelWalk, OpGraph, paused_gc, trace
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
 KINDS = ("channels", "hidden", "heads")
@@ -206,12 +206,14 @@ class DependencyGraph:
         self.backend = select_backend(backend)
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        self.graph = trace(model, example_inputs, progress=self.progress)
+        self.walk = ModelWalk.of(model)
+        self.graph = trace(model, example_inputs, progress=self.progress, walk=self.walk)
         t1 = time.perf_counter()
-        self.ignored = resolve_ignore(model, ignore)
+        self.ignored = resolve_ignore(model, ignore, self.walk)
         with paused_gc():
             self.coupling_model = build_couplings(self.graph, self.ignored, strict,
-                                                  _norm_weights_of_stream(model, self.graph))
+                                                  _norm_weights_of_stream(model, self.graph,
+                                                                          self.walk))
         t2 = time.perf_counter()
         self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
         t3 = time.perf_counter()
@@ -429,16 +431,16 @@ class DependencyGraph:
             )
 
 
-def resolve_ignore(model: torch.nn.Module, ignore) -> set[str]:
+def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None) -> set[str]:
     """Canonical parameter/buffer names covered by ``ignore`` (modules, names, or tensors)."""
     if ignore is None:
         return set()
     if isinstance(ignore, (str, torch.nn.Module, torch.Tensor)):
         ignore = [ignore]
-    params, buffers, aliases = named_tensors(model)
-    tensors = params | buffers
+    walk = walk or ModelWalk.of(model)
+    tensors, aliases = walk.params | walk.buffers, walk.aliases
     by_id = {id(t): n for n, t in tensors.items()}
-    modules = dict(model.named_modules())
+    modules = dict(walk.modules)
     module_names = {id(m): n for n, m in modules.items()}
     out: set[str] = set()
     for item in ignore:
@@ -477,12 +479,13 @@ def _module_tensors(module: torch.nn.Module):
     yield from module.named_buffers()
 
 
-def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph) -> list[str]:
+def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph,
+                            walk: ModelWalk) -> list[str]:
     """Weights of RMSNorm-style modules (built from primitive ops, so no op rule sees a norm)
     whose size is the model's hidden size: their dim is the residual stream."""
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     out = []
-    for name, m in model.named_modules():
+    for name, m in walk.modules:
         if type(m).__name__.endswith("RMSNorm"):
             w = f"{name}.weight" if name else "weight"
             if w in graph.params and len(graph.values[graph.params[w]].shape) == 1 and (

@@ -135,7 +135,7 @@ class GroupImportance(Importance):
 
     def raw_scores(self, dg: DependencyGraph) -> torch.Tensor:
         """Scores before normalisation: per-unit reduction over members."""
-        params = dict(dg.model.named_parameters())
+        params = dg.walk.params
         slices = [s for s in scored_slices(dg)
                   if self.scores_parameter(dg, s.name, params[s.name])]
         for s in slices:
@@ -203,7 +203,7 @@ class TaylorImportance(GroupImportance):
         return (param.detach() * param.grad.detach()).abs_()
 
     def raw_scores(self, dg):
-        params = dict(dg.model.named_parameters())
+        params = dg.walk.params
         if not any(params[s.name].grad is not None for s in scored_slices(dg)):
             raise MissingGradientsError(
                 "importance 'taylor' needs gradients: run loss.backward() on some batches "
@@ -270,7 +270,7 @@ class FisherImportance(GroupImportance):
         return param.detach().float().square() * fisher.to(param.device)
 
     def raw_scores(self, dg):
-        params = dict(dg.model.named_parameters())
+        params = dg.walk.params
         if not any(params[s.name] in _FISHER_STATS for s in scored_slices(dg)):
             raise MissingGradientsError(
                 "importance 'fisher' needs gradient statistics: run the backward passes inside "
@@ -446,7 +446,7 @@ def _check_finite(dg: DependencyGraph, scored: np.ndarray, imp) -> None:
     gradients) behind them are not finite."""
     if np.isfinite(scored).all():
         return
-    params = dict(dg.model.named_parameters())
+    params = dg.walk.params
     bad = [n for n in dg.graph.params if n in params
            and not torch.isfinite(params[n].detach()).all()]
     raise NonFiniteWeightsError(

@@ -255,6 +255,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
     try:
         with temporary_attributes(dg.model, updates):
             pruned = trace(dg.model, dg.example_inputs, shapes=shapes, progress=dg.progress,
+                           walk=dg.walk,
                            stage="check the plan", shapes_only=True,
                            meta=g.mode != "fake")  # ops aligned with the graph's
     except TraceError as exc:

@@ -158,6 +158,26 @@ def named_tensors(model: torch.nn.Module):
     return params, buffers, aliases
 
 
+
+@dataclass(frozen=True)
+class ModelWalk:
+    """One walk of a model for a whole pipeline: its modules (``named_modules`` order, each
+    once), its parameters and buffers by canonical name and the aliases of shared ones (as
+    ``named_tensors``). Valid until the model changes (a DependencyGraph takes one, and goes
+    stale when its plan is applied): 128 Llama layers took 15 walks of 1,670 modules, 20 ms."""
+
+    modules: list[tuple[str, torch.nn.Module]]
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    aliases: dict[str, str]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ModelWalk:
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidArgumentError(
+                f"model must be a torch.nn.Module, not {type(model).__name__}")
+        return cls(list(model.named_modules()), *named_tensors(model))
+
 class _EagerMode(TorchDispatchMode):
     """A dispatch mode whose ``__torch_dispatch__`` is called as it is: torch otherwise wraps it
     so that ``torch.compile`` skips it, a wrapper that cost a third of the recording time
@@ -526,13 +546,14 @@ _REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per 
 def trace(model: torch.nn.Module, example_inputs,
           shapes: dict[str, tuple] | None = None, progress: Progress = OFF,
           stage: str = "trace", shapes_only: bool = False,
-          meta: bool = True) -> OpGraph | ShapeTrace:
+          meta: bool = True, walk: ModelWalk | None = None) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
     traces the pruned shapes this way without touching any weight). ``progress`` shows a bar
     named ``stage`` over the model's module calls when the trace takes seconds.
     ``shapes_only``: record a :class:`ShapeTrace` (what checking a plan needs) instead.
+    ``walk``: the model's :class:`ModelWalk`, when the caller has one.
 
     A small model with real weights (``REAL_TRACE_MAX_BYTES``) is traced on real tensors first,
     within a time budget. A model on the CPU (or on meta, standing for the CPU) is traced next
@@ -543,26 +564,25 @@ def trace(model: torch.nn.Module, example_inputs,
     its buffers and inputs, zero-filled tensors for replaced shapes. Every kind of trace records
     the same ops wherever shapes do not depend on data.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise InvalidArgumentError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    named = named_tensors(model)  # one walk of the model for all the trace's uses
+    walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
+    named = walk.params, walk.buffers, walk.aliases
     if _real_is_cheap([*named[0].values(), *named[1].values()], example_inputs):
         try:
             graph = _trace(model, example_inputs, shapes, "real", budget=_REAL_BUDGET,
-                           bar=(progress, stage), shapes_only=shapes_only, named=named)
+                           bar=(progress, stage), shapes_only=shapes_only, named=named, modules=walk.modules)
         except (_TooSlow, TraceError):
             pass  # the fake trace decides (and its error, if any, is the one reported)
         else:
             return graph
-    if meta and _meta_stands_in(model.modules(), named, example_inputs):
+    if meta and _meta_stands_in((m for _, m in walk.modules), named, example_inputs):
         try:
             return _trace(model, example_inputs, shapes, "meta", bar=(progress, stage),
-                          shapes_only=shapes_only, named=named)
+                          shapes_only=shapes_only, named=named, modules=walk.modules)
         except TraceError:
             pass  # the fake trace decides (and its error, if any, is the one reported)
     try:
         return _trace(model, example_inputs, shapes, "fake", bar=(progress, stage),
-                      shapes_only=shapes_only, named=named)
+                      shapes_only=shapes_only, named=named, modules=walk.modules)
     except TraceError as exc:
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
@@ -573,7 +593,7 @@ def trace(model: torch.nn.Module, example_inputs,
                 "weights are on the meta device"
             ) from exc
     return _trace(model, example_inputs, shapes, "real", bar=(progress, stage),
-                  shapes_only=shapes_only, named=named)
+                  shapes_only=shapes_only, named=named, modules=walk.modules)
 
 
 def _real_is_cheap(tensors, example_inputs) -> bool:
@@ -616,7 +636,7 @@ def _meta_stands_in(modules, named, example_inputs) -> bool:
 def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,
            budget: tuple[float, float] | None = None,
            bar: tuple[Progress, str] = (OFF, "trace"), shapes_only: bool = False,
-           named=None) -> OpGraph | ShapeTrace:
+           named=None, modules=None) -> OpGraph | ShapeTrace:
     args, kwargs = normalize_inputs(example_inputs)
     params, buffers, aliases = named if named is not None else named_tensors(model)
     stack: list[str] = []
@@ -682,7 +702,7 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
     # processes for the cores).
-    modules = list(model.named_modules())
+    modules = list(model.named_modules()) if modules is None else modules
     gc_enabled, threads = gc.isenabled(), torch.get_num_threads()
     gc.disable()
     if real and budget is not None:
