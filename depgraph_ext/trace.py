@@ -565,35 +565,33 @@ def trace(model: torch.nn.Module, example_inputs,
     the same ops wherever shapes do not depend on data.
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
-    named = walk.params, walk.buffers, walk.aliases
-    if _real_is_cheap([*named[0].values(), *named[1].values()], example_inputs):
+    if _real_is_cheap([*walk.params.values(), *walk.buffers.values()], example_inputs):
         try:
             graph = _trace(model, example_inputs, shapes, "real", budget=_REAL_BUDGET,
-                           bar=(progress, stage), shapes_only=shapes_only, named=named, modules=walk.modules)
+                           bar=(progress, stage), shapes_only=shapes_only, walk=walk)
         except (_TooSlow, TraceError):
             pass  # the fake trace decides (and its error, if any, is the one reported)
         else:
             return graph
-    if meta and _meta_stands_in((m for _, m in walk.modules), named, example_inputs):
+    if meta and _meta_stands_in(walk, example_inputs):
         try:
             return _trace(model, example_inputs, shapes, "meta", bar=(progress, stage),
-                          shapes_only=shapes_only, named=named, modules=walk.modules)
+                          shapes_only=shapes_only, walk=walk)
         except TraceError:
             pass  # the fake trace decides (and its error, if any, is the one reported)
     try:
         return _trace(model, example_inputs, shapes, "fake", bar=(progress, stage),
-                      shapes_only=shapes_only, named=named, modules=walk.modules)
+                      shapes_only=shapes_only, walk=walk)
     except TraceError as exc:
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
-        params, buffers, _ = named
-        if _on_meta(params) or _on_meta(buffers):
+        if _on_meta(walk.params) or _on_meta(walk.buffers):
             raise TraceError(
                 f"{exc}; the model's shapes depend on data, which needs real weights, and its "
                 "weights are on the meta device"
             ) from exc
     return _trace(model, example_inputs, shapes, "real", bar=(progress, stage),
-                  shapes_only=shapes_only, named=named, modules=walk.modules)
+                  shapes_only=shapes_only, walk=walk)
 
 
 def _real_is_cheap(tensors, example_inputs) -> bool:
@@ -614,7 +612,7 @@ def _real_is_cheap(tensors, example_inputs) -> bool:
                    for t in leaves)
 
 
-def _meta_stands_in(modules, named, example_inputs) -> bool:
+def _meta_stands_in(walk: ModelWalk, example_inputs) -> bool:
     """Every parameter and buffer on the CPU, or every one on meta (standing for the CPU),
     inputs on either, and no module with a fused path a meta trace would miss
     (``standin.FUSED_PATH_MODULES``): a meta trace can stand in for a fake one."""
@@ -622,9 +620,9 @@ def _meta_stands_in(modules, named, example_inputs) -> bool:
 
     if _META_STANDS_FOR is not None and _META_STANDS_FOR.type != "cpu":
         return False
-    if any(isinstance(m, FUSED_PATH_MODULES) for m in modules):
+    if any(isinstance(m, FUSED_PATH_MODULES) for _, m in walk.modules):
         return False
-    tensors = [*named[0].values(), *named[1].values()]
+    tensors = [*walk.params.values(), *walk.buffers.values()]
     inputs = [t for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor)]
     if any(isinstance(t, FakeTensor) for t in tensors + inputs):
         return False
@@ -636,9 +634,10 @@ def _meta_stands_in(modules, named, example_inputs) -> bool:
 def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,
            budget: tuple[float, float] | None = None,
            bar: tuple[Progress, str] = (OFF, "trace"), shapes_only: bool = False,
-           named=None, modules=None) -> OpGraph | ShapeTrace:
+           walk: ModelWalk | None = None) -> OpGraph | ShapeTrace:
     args, kwargs = normalize_inputs(example_inputs)
-    params, buffers, aliases = named if named is not None else named_tensors(model)
+    walk = walk or ModelWalk.of(model)
+    params, buffers, aliases = walk.params, walk.buffers, walk.aliases
     stack: list[str] = []
     real = mode == "real"
     if shapes_only:
@@ -702,7 +701,7 @@ def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
     # processes for the cores).
-    modules = list(model.named_modules()) if modules is None else modules
+    modules = walk.modules
     gc_enabled, threads = gc.isenabled(), torch.get_num_threads()
     gc.disable()
     if real and budget is not None:

@@ -170,9 +170,9 @@ def test_meta_trace_records_what_a_fake_trace_records(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, inputs = make_model(), make_inputs()
-    named = tr.named_tensors(model)
-    meta = tr._trace(model, inputs, None, "meta", named=named)
-    fake = tr._trace(model, inputs, None, "fake", named=named)
+    walk = tr.ModelWalk.of(model)
+    meta = tr._trace(model, inputs, None, "meta", walk=walk)
+    fake = tr._trace(model, inputs, None, "fake", walk=walk)
     assert everything(meta) == everything(fake)
     assert (meta.mode, fake.mode) == ("meta", "fake")
     if name == "lstm_lm_fp32":  # the CPU's fused layer, not the generic cell of meta
@@ -229,9 +229,9 @@ def test_more_architectures_same_ops_and_groups(name, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = make_model().eval()
-    named = tr.named_tensors(model)
-    meta = tr._trace(model, inputs, None, "meta", named=named)
-    fake = tr._trace(model, inputs, None, "fake", named=named)
+    walk = tr.ModelWalk.of(model)
+    meta = tr._trace(model, inputs, None, "meta", walk=walk)
+    fake = tr._trace(model, inputs, None, "fake", walk=walk)
     assert without_lifts(meta) == without_lifts(fake)
     monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
     with warnings.catch_warnings():
@@ -248,8 +248,8 @@ def test_meta_trace_shapes_only_and_pruned_shapes():
     model = build(ALL["llama_8_2"][0])
     shapes = {f"model.layers.{i}.mlp.{p}_proj.weight": s for i in range(2)
               for p, s in (("up", (40, 64)), ("gate", (40, 64)), ("down", (64, 40)))}
-    named = tr.named_tensors(model)
-    meta, fake = (tr._trace(model, inputs_for("llama_8_2"), shapes, mode, named=named,
+    walk = tr.ModelWalk.of(model)
+    meta, fake = (tr._trace(model, inputs_for("llama_8_2"), shapes, mode, walk=walk,
                             shapes_only=True) for mode in ("meta", "fake"))
     assert (meta.ops, meta.module_calls, meta.outputs) == (fake.ops, fake.module_calls,
                                                           fake.outputs)
