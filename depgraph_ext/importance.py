@@ -54,12 +54,16 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
     res = dg.resolution
     wanted = dg.unit_prunable if dg.units_to_score is None else (
         dg.unit_prunable & dg.units_to_score)
+    leaf_wanted = _leaves_with_units_in(res, wanted)
     out = []
     for name in params_in_use_order(dg):
         for td in dg.tensor_dims[name]:
-            for pos in _scored_leaves(dg, td, wanted):
-                units = res.units_of_leaf(int(td.leaves[pos]))[td.digits(pos)]
-                out.append(ScoredSlice(name, td.dim, units))
+            single = len(td.leaves) == 1  # the common case: the dim is one atom
+            for pos, leaf in enumerate(td.leaves.tolist()):
+                if leaf_wanted[leaf]:
+                    units = res.units_of_leaf(leaf)
+                    out.append(ScoredSlice(name, td.dim, units if single
+                                           else units[td.digits(pos)]))
     return out
 
 
@@ -72,16 +76,14 @@ def params_in_use_order(dg: DependencyGraph) -> list[str]:
     return sorted(g.params, key=lambda n: first.get(g.params[n], len(g.nodes)))
 
 
-def _scored_leaves(dg: DependencyGraph, td, wanted: np.ndarray) -> list[int]:
-    """Positions of ``td``'s leaves with a unit in ``wanted``."""
-    res = dg.resolution
-    out = []
-    for pos, leaf in enumerate(td.leaves):
-        if res.leaf_unit_offsets[leaf] < 0:
-            continue
-        if wanted[res.units_of_leaf(int(leaf))].any():
-            out.append(pos)
-    return out
+def _leaves_with_units_in(res, wanted: np.ndarray) -> list[bool]:
+    """For every leaf: whether it has units and one of them is in ``wanted`` (at once)."""
+    starts = res.leaf_unit_offsets
+    has_units = starts >= 0
+    counts = np.concatenate(([0], np.cumsum(wanted[res.elem_units], dtype=np.int64)))
+    begin = np.where(has_units, starts, 0)
+    end = np.where(has_units, starts + res.leaf_sizes, 0)
+    return (has_units & (counts[end] > counts[begin])).tolist()
 
 
 # -- criteria --------------------------------------------------------------------------------------
@@ -391,13 +393,14 @@ def _fused(dg, slices, params, imp) -> torch.Tensor:
     """sum/mean/max over every member in one ``grouped_norm`` call."""
     n = dg.resolution.num_units
     tensors, dims, maps = [], [], []
-    touched = np.zeros(n, dtype=bool)
     for s in slices:
         w = params[s.name]
         tensors.append(imp.magnitudes(s.name, w))
         dims.append(s.dim)
         maps.append(torch.from_numpy(s.units).to(w.device))
-        touched[s.units[s.units >= 0]] = True
+    touched = np.zeros(n, dtype=bool)
+    every = np.concatenate([s.units for s in slices])
+    touched[every[every >= 0]] = True
     out = ops.grouped_norm(tensors, dims, maps, n, imp.p, imp.reduction).to("cpu", torch.float64)
     _check_finite(dg, out.numpy()[touched], imp)
     out[torch.from_numpy(~touched)] = float("nan")
