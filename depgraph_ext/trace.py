@@ -158,7 +158,6 @@ def named_tensors(model: torch.nn.Module):
     return params, buffers, aliases
 
 
-
 @dataclass(frozen=True)
 class ModelWalk:
     """One walk of a model for a whole pipeline: its modules (``named_modules`` order, each
