@@ -158,7 +158,9 @@ def test_llama_depth_scaling(benchmark, layers, tool):
         # Five rounds: the first prunes of a process run up to 1.5x slower than later ones
         # (fresh memory for the traced graphs), so three rounds after one warm-up still
         # swing the median.
-        measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=5)
+        result = measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=5)
+        EXTRA.append(f"llama hidden 256, {layers} layers, {tool}: stages of the last round "
+                     + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()))
     SCALING[(tool, layers)] = RESULTS[key]
 
 
