@@ -1,0 +1,138 @@
+"""Where a small-model prune spends its time: the figures bench/README.md quotes for the
+Llama-style model of the scaling row (hidden 256, GQA 8/2).
+
+    .venv/bin/python bench/profile_stages.py [LAYERS] [ROUNDS]     # defaults: 128 layers, 8
+
+Prints medians over ROUNDS prunes of fresh copies in one process (after one warm-up): the
+stages of ``PruneResult.timings``, the parts of "plan" (validation, its trace, the config
+check), scoring's slice listing and planned counts on the last prune's graph, and the model's
+own forward (no_grad, one thread) plain and under a pass-through dispatch mode (the floor of
+any ATen-level trace). It uses only APIs the earlier sessions had too, so the same file run
+on an older checkout measures the "before" figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+import warnings
+from collections import defaultdict
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import depgraph_ext as dx
+import depgraph_ext.counting as counting
+import depgraph_ext.importance as importance
+import depgraph_ext.plan as plan
+
+
+def small_llama(layers: int):
+    import transformers as T
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return T.LlamaForCausalLM(T.LlamaConfig(
+            vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
+            num_attention_heads=8, num_key_value_heads=2)).eval()
+
+
+IDS = {"input_ids": torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0))}
+
+
+def timed(module, name: str, label: str, into: dict[str, float]) -> None:
+    """Add the time of every call of ``module.name`` to ``into[label]``."""
+    fn = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into[label] += time.perf_counter() - t
+
+    setattr(module, name, wrapper)
+
+
+class _PassThrough(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def median_ms(samples) -> str:
+    return f"{statistics.median(samples) * 1e3:.1f} ms"
+
+
+def main() -> None:
+    layers = int(sys.argv[1]) if len(sys.argv) > 1 else 128
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    model = small_llama(layers)
+    parts: dict[str, float] = defaultdict(float)
+    timed(plan, "validate_plan", "plan: validate_plan", parts)
+    timed(plan, "trace", "plan: validation trace", parts)
+    timed(plan, "check_loadable", "plan: check_loadable", parts)
+    graphs = []
+    original_make_plan = plan.make_plan
+
+    def keep_graph(dg, *args, **kwargs):
+        graphs[:] = [dg]
+        return original_make_plan(dg, *args, **kwargs)
+
+    plan.make_plan = keep_graph
+    import depgraph_ext.pruner as pruner
+
+    pruner.make_plan = keep_graph
+    rows: dict[str, list[float]] = defaultdict(list)
+    for i in range(rounds + 1):
+        m = copy.deepcopy(model)
+        parts.clear()
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = dx.prune(m, IDS, ratio=0.5, ratios={"hidden": 0.0}, progress=False)
+        wall = time.perf_counter() - t
+        if i == 0:
+            continue  # warm-up
+        for k, v in result.timings.items():
+            rows[k].append(v)
+        for k, v in parts.items():
+            rows[k].append(v)
+        rows["wall"].append(wall)
+
+    dg = graphs[0]
+    for label, fn in (("scored_slices (last graph)", lambda: importance.scored_slices(dg)),
+                      ("PlannedCosts(dg) (last graph)", lambda: counting.PlannedCosts(dg))):
+        samples = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+        rows[label] = samples
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    fresh = copy.deepcopy(model)
+    for label, mode in (("forward, plain", None), ("forward, pass-through mode", _PassThrough)):
+        samples = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            with torch.no_grad():
+                if mode is None:
+                    fresh(**IDS)
+                else:
+                    with mode():
+                        fresh(**IDS)
+            samples.append(time.perf_counter() - t)
+        rows[label] = samples
+    torch.set_num_threads(threads)
+
+    print(f"llama hidden 256, {layers} layers: medians of {rounds} prunes (after a warm-up)")
+    for k, v in rows.items():
+        print(f"  {k:32s} {median_ms(v)}")
+
+
+if __name__ == "__main__":
+    main()
