@@ -50,6 +50,21 @@ def config_of(shape: str):
     return T.LlamaConfig(**SHAPES[shape.removesuffix("-meta")]), "bfloat16"
 
 
+def small_llama(layers: int):
+    """The scaling rows' model (``SMALL``, ``layers`` layers), seeded, fp32, in eval mode."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return T.LlamaForCausalLM(T.LlamaConfig(**SMALL, num_hidden_layers=layers)).eval()
+
+
+# The scaling rows' inputs: 16 tokens.
+SMALL_IDS = {"input_ids": torch.randint(0, SMALL["vocab_size"], (1, 16),
+                                        generator=torch.Generator().manual_seed(0))}
+
+
 def build(shape: str):
     """The model with random weights (on meta for ``*-meta``), in eval mode."""
     import transformers as T

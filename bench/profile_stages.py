@@ -21,26 +21,14 @@ import warnings
 from collections import defaultdict
 
 import torch
+from llm_scale import SMALL_IDS as IDS
+from llm_scale import small_llama
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import depgraph_ext as dx
 import depgraph_ext.counting as counting
 import depgraph_ext.importance as importance
 import depgraph_ext.plan as plan
-
-
-def small_llama(layers: int):
-    import transformers as T
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return T.LlamaForCausalLM(T.LlamaConfig(
-            vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
-            num_attention_heads=8, num_key_value_heads=2)).eval()
-
-
-IDS = {"input_ids": torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0))}
 
 
 def timed(module, name: str, label: str, into: dict[str, float]) -> None:

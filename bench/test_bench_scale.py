@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from llm_scale import SMALL_IDS as IDS
+from llm_scale import run_torch_pruning, small_llama
 
 import depgraph_ext as dx
 from conftest import EXTRA, RESULTS, measure, torch_pruning
@@ -119,19 +121,6 @@ def test_llama3_70b_meta(backend):
 DEPTHS = [32, 64, 128, 256]
 
 
-def small_llama(layers: int):
-    import transformers as T
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return T.LlamaForCausalLM(T.LlamaConfig(
-            vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=layers,
-            num_attention_heads=8, num_key_value_heads=2)).eval()
-
-
-IDS = {"input_ids": torch.randint(0, 128, (1, 16), generator=torch.Generator().manual_seed(0))}
-
 
 @pytest.mark.parametrize("tool", ["native", "python", "torch-pruning"])
 @pytest.mark.parametrize("layers", DEPTHS)
@@ -141,9 +130,6 @@ def test_llama_depth_scaling(benchmark, layers, tool):
     model = small_llama(layers)
     key = (f"llama hidden 256, {layers} layers", "prune 50% end to end", tool)
     if tool == "torch-pruning":
-        sys.path.insert(0, str(HERE))
-        from llm_scale import run_torch_pruning
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             measure(benchmark, key, lambda m: run_torch_pruning(m, IDS),
