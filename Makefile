@@ -1,31 +1,44 @@
 # The README's two commands (each sets everything up first, on a fresh machine too):
 #   make demo   prune the built-in default model (ResNet-50) and print what changed
-#   make test   run the whole test suite: the C++ core tests (CMake/CTest) and pytest
-# Also: make bench (pytest-benchmark suites, see bench/README.md), make digits (the
-# experiment of docs/digits.md), make clean.
+#   make test   run the whole test suite: the C++ core tests (CTest, plain and under ASan/UBSan)
+#               and pytest; `make test TORCH=torch==2.14.1` runs it against another torch
+# Also: make wheel-check (a wheel in a fresh venv imports and prunes), make lint, make bench
+# (pytest-benchmark suites, see bench/README.md), make digits (docs/digits.md), make clean.
 PYTHON ?= python3
-VENV ?= .venv
-PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-CORE_SOURCES := $(wildcard csrc/core/*.cpp csrc/core/*.hpp csrc/ops/*.cpp csrc/ops/*.h csrc/ops/cpu/*.cpp csrc/ops/cuda/*.cu csrc/ops/cuda/*.cuh) setup.py pyproject.toml
+# One venv per torch: .venv for the default one, .venv-<version> for any other.
+ifeq ($(TORCH),torch==2.13.0)
+VENV ?= .venv
+else
+VENV ?= .venv-$(patsubst torch==%,%,$(TORCH))
+endif
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# The extensions are built in place (depgraph_ext/*.so) for one venv's torch at a time; this
+# stamp says for which, so switching torch rebuilds them.
+BUILT := build/.built-for-$(notdir $(VENV))
+NATIVE_SOURCES := $(wildcard csrc/core/*.cpp csrc/core/*.hpp csrc/ops/*.cpp csrc/ops/*.h \
+	csrc/ops/cpu/*.cpp csrc/ops/cuda/*.cu csrc/ops/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup demo test test-core test-python bench digits clean
+.PHONY: setup demo test test-core test-python wheel-check lint bench digits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and alone, so that nothing after it can ask for another torch.
 $(VENV)/.deps: requirements-dev.txt | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt "$(TORCH)"
+	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -r requirements-dev.txt "$(TORCH)"
 	touch $@
 
 # --no-build-isolation: an isolated build would fetch a different torch.
-$(VENV)/.built: $(VENV)/.deps $(CORE_SOURCES)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
-	touch $@
+$(BUILT): $(VENV)/.deps $(NATIVE_SOURCES)
+	rm -f build/.built-for-*
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	$(PY) -c "import depgraph_ext.ops as o; print(o.build_info())"
+	mkdir -p build && touch $@
 
-setup: $(VENV)/.built
+setup: $(BUILT)
 
 demo: setup
 	$(PY) -m depgraph_ext
@@ -36,9 +49,27 @@ test-core:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > /dev/null
 	cmake --build build/cmake -j 2
 	ctest --test-dir build/cmake --output-on-failure
+	cmake -S . -B build/cmake-sanitize -DCMAKE_BUILD_TYPE=Debug -DDEPGRAPH_SANITIZE=ON > /dev/null
+	cmake --build build/cmake-sanitize -j 2
+	ctest --test-dir build/cmake-sanitize --output-on-failure
 
 test-python: setup
 	$(PY) -m pytest tests -q
+
+# A wheel, installed into a fresh venv with the same torch and nothing of this checkout on the
+# path, imports, finds its native parts and prunes (scripts/check_wheel.py).
+wheel-check: $(VENV)/.deps
+	rm -rf build/wheel build/wheel-venv
+	$(PIP) wheel --quiet --no-build-isolation --no-deps -w build/wheel .
+	$(PYTHON) -m venv build/wheel-venv
+	build/wheel-venv/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	build/wheel-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		build/wheel/depgraph_ext-*.whl "$(TORCH)"
+	cd build && wheel-venv/bin/python ../scripts/check_wheel.py
+
+lint: $(VENV)/.deps
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-columns=min,median,rounds --benchmark-sort=name
@@ -47,4 +78,4 @@ digits: setup
 	$(PY) examples/digits.py
 
 clean:
-	rm -rf build $(VENV) depgraph_ext/*.so *.egg-info
+	rm -rf build .venv .venv-* depgraph_ext/*.so *.egg-info

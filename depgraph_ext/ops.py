@@ -12,16 +12,27 @@ from collections.abc import Sequence
 
 import torch
 
-try:
-    from . import _ops  # noqa: F401  (loading the library registers the ops)
-except ImportError as exc:
-    _LOAD_ERROR: str | None = (
-        f"depgraph_ext's op library did not load ({exc}). It is built for the torch it was "
-        f"compiled with; this is torch {torch.__version__}. Rebuild it with "
-        "`pip install --no-build-isolation -e .` or use backend='python'."
-    )
-else:
-    _LOAD_ERROR = None
+_REBUILD = ("Rebuild it against this torch with `pip install --no-build-isolation -e .` (or "
+            "install the torch it was built for), or use backend='python'.")
+
+
+def _load() -> str | None:
+    """Load the op library; None, or why it cannot be used. The library is tied to the torch it
+    was compiled against (torch's C++ ABI changes between releases): any other version is
+    refused here rather than left to fail in a kernel."""
+    try:
+        from . import _ops  # noqa: F401  (loading the library registers the ops)
+    except ImportError as exc:
+        return (f"depgraph_ext's op library did not load ({exc}); this is torch "
+                f"{torch.__version__}. {_REBUILD}")
+    built_for = torch.ops.depgraph_ext.build_info().rpartition("; torch ")[2]
+    if built_for != torch.__version__:
+        return (f"depgraph_ext's op library was built for torch {built_for}, and this is torch "
+                f"{torch.__version__}. {_REBUILD}")
+    return None
+
+
+_LOAD_ERROR: str | None = _load()
 
 REDUCTIONS = ("sum", "mean", "max")
 

@@ -5,6 +5,8 @@ a GPU."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -87,18 +89,34 @@ def test_grouped_norm_edge_cases(device):
     assert ops.grouped_norm([one], [1], [torch.tensor([-1, -1])], 0).numel() == 0
 
 
-def test_grouped_norm_refuses_bad_arguments():
-    t = torch.randn(4, 3)
-    with pytest.raises(RuntimeError, match="unit_maps has 2 entries"):
-        ops.grouped_norm([t], [0], [torch.tensor([0, 1])], 2)
-    with pytest.raises(RuntimeError, match="out of range"):
-        ops.grouped_norm([t], [0], [torch.tensor([0, 1, 2, 5])], 3)
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("map_device", ["cpu", "same"])
+def test_grouped_norm_refuses_bad_arguments(device, map_device):
+    """The same refusals with the same messages on every device, unit maps on the host or on
+    the members' device."""
+    t = torch.randn(4, 3, device=device)
+
+    def m(*values):
+        return torch.tensor(values).to(device if map_device == "same" else "cpu")
+
+    with pytest.raises(RuntimeError, match="member 0: unit_maps has 2 entries"):
+        ops.grouped_norm([t], [0], [m(0, 1)], 2)
+    with pytest.raises(RuntimeError, match="member 1: unit 5 out of range"):
+        ops.grouped_norm([t, t], [0, 0], [m(0, 1, 2, 0), m(0, 1, 2, 5)], 3)
+    with pytest.raises(RuntimeError, match="member 0: unit -2 out of range"):
+        ops.grouped_norm([t], [0], [m(0, -2, 1, 0)], 3)
     with pytest.raises(RuntimeError, match="reduce must be"):
-        ops.grouped_norm([t], [0], [torch.zeros(4, dtype=torch.long)], 1, 2, "median")
+        ops.grouped_norm([t], [0], [m(0, 0, 0, 0)], 1, 2, "median")
     with pytest.raises(RuntimeError, match="p must be 1 or 2"):
-        ops.grouped_norm([t], [0], [torch.zeros(4, dtype=torch.long)], 1, 3)
+        ops.grouped_norm([t], [0], [m(0, 0, 0, 0)], 1, 3)
+    with pytest.raises(RuntimeError, match="num_units must be >= 0"):
+        ops.grouped_norm([t], [0], [m(-1, -1, -1, -1)], -1)
     with pytest.raises(RuntimeError, match="dim 2 out of range"):
-        ops.grouped_norm([t], [2], [torch.zeros(4, dtype=torch.long)], 1)
+        ops.grouped_norm([t], [2], [m(0, 0, 0, 0)], 1)
+    with pytest.raises(RuntimeError, match="must be int32 or int64"):
+        ops.grouped_norm([t], [0], [m(0.0, 0.0, 0.0, 0.0)], 1)
+    with pytest.raises(RuntimeError, match="must be floating point"):
+        ops.grouped_norm([t.long()], [0], [m(0, 0, 0, 0)], 1)
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
@@ -210,19 +228,50 @@ def test_scattered_columns_move_bit_exact(dtype):
                                base.index_select(1, shuffled))
 
 
-def test_gather_and_compact_refuse_bad_indices():
-    t = torch.randn(4, 3)
-    with pytest.raises(RuntimeError, match="out of range"):
-        ops.gather_slices([t], [0], [torch.tensor([0, 4])])
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("index_device", ["cpu", "same"])
+def test_gather_and_compact_refuse_bad_indices(device, index_device):
+    """The same refusals with the same messages on every device, indices on the host or on
+    the tensors' device; a refused compact_ leaves its tensors as they were."""
+    t = torch.randn(4, 3, device=device)
+
+    def k(*values):
+        return torch.tensor(values, dtype=torch.long).to(
+            device if index_device == "same" else "cpu")
+
+    with pytest.raises(RuntimeError, match="member 1: kept index 4 out of range for a dim of "
+                                           "size 4"):
+        ops.gather_slices([t, t], [0, 0], [k(0, 3), k(0, 4)])
+    with pytest.raises(RuntimeError, match="member 0: kept index -1 out of range"):
+        ops.gather_slices([t], [1], [k(-1)])
+    moved = t.clone()
+    with pytest.raises(RuntimeError, match="member 1: kept indices must be strictly increasing"):
+        ops.compact_([moved, moved.clone()], [0, 0], [k(0, 2), k(2, 1)])
     with pytest.raises(RuntimeError, match="strictly increasing"):
-        ops.compact_([t.clone()], [0], [torch.tensor([2, 1])])
+        ops.compact_([moved], [0], [k(1, 1)])
+    assert torch.equal(moved, t)
     with pytest.raises(RuntimeError, match="contiguous"):
-        ops.compact_([t.t()], [0], [torch.tensor([0])])
+        ops.compact_([t.t()], [0], [k(0)])
     with pytest.raises(RuntimeError, match="one entry per member"):
-        ops.gather_slices([t], [0, 1], [torch.tensor([0])])
+        ops.gather_slices([t], [0, 1], [k(0)])
+    with pytest.raises(RuntimeError, match="member 0: kept must be 1-d"):
+        ops.gather_slices([t], [0], [k(0, 1).view(1, 2)])
+    with pytest.raises(RuntimeError, match="dim -3 out of range"):
+        ops.gather_slices([t], [-3], [k(0)])
 
 
 def test_build_info_names_what_was_compiled():
     info = ops.build_info()
-    assert info.startswith("depgraph_ext ops: cpu") and torch.__version__ in info
-    assert ("cuda" in info) == (torch.version.cuda is not None and "cuda" in info)
+    assert info.startswith("depgraph_ext ops: cpu")
+    assert info.endswith(f"; torch {torch.__version__}")
+    if torch.version.cuda is None:
+        assert "cuda" not in info  # a CPU torch: no CUDA kernels can have been built
+    if os.environ.get("FORCE_CUDA") == "1":  # the build was made to include them
+        assert f", cuda {torch.version.cuda};" in info
+
+
+def test_a_library_built_for_another_torch_is_refused(monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    message = ops._load()
+    assert message is not None
+    assert "built for torch" in message and "and this is torch 9.9.9" in message

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "resolve.hpp"
@@ -22,16 +23,25 @@ py::array_t<T> to_numpy(std::vector<T>&& values) {
   return py::array_t<T>({static_cast<py::ssize_t>(owner->size())}, owner->data(), free_when_done);
 }
 
+template <typename T>
+void check_1d(const Array<T>& a, const char* name) {
+  if (a.ndim() != 1)
+    throw std::invalid_argument(std::string(name) + " must be a 1-d array, not " +
+                                std::to_string(a.ndim()) + "-d");
+}
+
 py::dict resolve_groups(const Array<int64_t>& slot_sizes, const Array<int8_t>& kinds,
                         const Array<int64_t>& offsets, const Array<int64_t>& data,
                         const Array<int64_t>& query_slots) {
-  if (offsets.size() != kinds.size() + 1)
-    throw std::invalid_argument("offsets must have one entry more than kinds");
-  if (offsets.size() > 0 && offsets.data()[offsets.size() - 1] != data.size())
-    throw std::invalid_argument("the last offset must equal the length of data");
-  depgraph::CouplingsView view{slot_sizes.data(), slot_sizes.size(), kinds.data(), kinds.size(),
-                               offsets.data(),    data.data(),       query_slots.data(),
-                               query_slots.size()};
+  check_1d(slot_sizes, "slot_sizes");
+  check_1d(kinds, "kinds");
+  check_1d(offsets, "offsets");
+  check_1d(data, "data");
+  check_1d(query_slots, "query_slots");
+  const depgraph::CouplingsView view{slot_sizes.data(), slot_sizes.size(), kinds.data(),
+                                     kinds.size(),      offsets.data(),    offsets.size(),
+                                     data.data(),       data.size(),       query_slots.data(),
+                                     query_slots.size()};
   depgraph::Resolution r;
   {
     py::gil_scoped_release release;

@@ -11,6 +11,9 @@ using Atom = int64_t;
 using AtomList = std::vector<Atom>;
 
 constexpr int64_t kNone = -1;
+// Index elements resolution may materialise (a few GiB of working memory): real graphs need a
+// few million; the bound turns absurd sizes into an error instead of exhausting memory.
+constexpr int64_t kMaxElements = int64_t{1} << 28;
 
 // Union-find root of x with path compression.
 int64_t find_root(std::vector<int64_t>& parent, int64_t x) {
@@ -197,9 +200,7 @@ class Resolver {
  public:
   explicit Resolver(const CouplingsView& c)
       : c_(c), atoms_(c.slot_sizes, c.num_slots), aux_(c.num_couplings, kNone),
-        conflict_(c.num_couplings, 0) {
-    validate();
-  }
+        conflict_(c.num_couplings, 0) {}
 
   Resolution run() {
     while (true) {
@@ -211,38 +212,6 @@ class Resolver {
   }
 
  private:
-  void validate() const {
-    if (c_.num_couplings < 0 || c_.offsets[0] != 0)
-      throw std::invalid_argument("coupling offsets must start at 0");
-    for (int64_t k = 0; k < c_.num_couplings; ++k) {
-      if (c_.offsets[k + 1] < c_.offsets[k])
-        throw std::invalid_argument("coupling offsets must not decrease");
-      const int64_t* ops = c_.data + c_.offsets[k];
-      int64_t n = c_.offsets[k + 1] - c_.offsets[k];
-      auto slot = [&](int64_t i) {
-        if (i >= n || ops[i] < 0 || ops[i] >= c_.num_slots)
-          throw std::invalid_argument("coupling " + std::to_string(k) + ": slot out of range");
-      };
-      switch (static_cast<CouplingKind>(c_.kinds[k])) {
-        case CouplingKind::kEqual: slot(0); slot(1); break;
-        case CouplingKind::kReshape: {
-          if (n < 2 || ops[0] < 0 || ops[0] + 2 > n || ops[ops[0] + 1] != n - ops[0] - 2)
-            throw std::invalid_argument("coupling " + std::to_string(k) + ": bad reshape");
-          for (int64_t i = 1; i < n; ++i)
-            if (i != ops[0] + 1) slot(i);
-          break;
-        }
-        case CouplingKind::kCatPiece: slot(0); slot(1); if (n != 3) throw std::invalid_argument("bad cat"); break;
-        case CouplingKind::kSlice: slot(0); slot(1); if (n != 4) throw std::invalid_argument("bad slice"); break;
-        case CouplingKind::kBlock: for (int64_t i = 0; i < n; ++i) slot(i); break;
-        default: throw std::invalid_argument("unknown coupling kind");
-      }
-    }
-    for (int64_t q = 0; q < c_.num_query; ++q)
-      if (c_.query_slots[q] < 0 || c_.query_slots[q] >= c_.num_slots)
-        throw std::invalid_argument("query slot out of range");
-  }
-
   const int64_t* ops(int64_t k) const { return c_.data + c_.offsets[k]; }
   int64_t num_ops(int64_t k) const { return c_.offsets[k + 1] - c_.offsets[k]; }
   CouplingKind kind(int64_t k) const { return static_cast<CouplingKind>(c_.kinds[k]); }
@@ -319,6 +288,10 @@ class Resolver {
   // -- phase B -------------------------------------------------------------------------------
   int64_t materialize(Atom a) {
     if (elem_base_[a] == kNone) {
+      if (atoms_.size(a) > kMaxElements - static_cast<int64_t>(elem_parent_.size()))
+        throw std::invalid_argument(
+            "couplings: resolving them needs more than " + std::to_string(kMaxElements) +
+            " index elements; sizes this large are not tensor dims");
       elem_base_[a] = static_cast<int64_t>(elem_parent_.size());
       for (int64_t i = 0; i < atoms_.size(a); ++i) {
         elem_parent_.push_back(elem_base_[a] + i);
@@ -472,6 +445,9 @@ class Resolver {
 
 }  // namespace
 
-Resolution resolve_groups(const CouplingsView& couplings) { return Resolver(couplings).run(); }
+Resolution resolve_groups(const CouplingsView& couplings) {
+  validate_couplings(couplings);
+  return Resolver(couplings).run();
+}
 
 }  // namespace depgraph

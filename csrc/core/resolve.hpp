@@ -1,6 +1,6 @@
 // Group resolution: which indices of which tensor dims must be pruned together.
 //
-// Torch-free C++17. Input: slots (one per tensor dim, with its size) and couplings between them
+// Torch-free C++. Input: slots (one per tensor dim, with its size) and couplings between them
 // (see depgraph_ext/couplings.py for the five kinds). Output: every slot as a row-major product
 // of leaf atoms, and for the leaves that can lose elements, each element's unit, each unit's
 // group and whether it is blocked. The algorithm is the one in depgraph_ext/resolve_reference.py,
@@ -11,20 +11,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "couplings.hpp"
+
 namespace depgraph {
-
-enum class CouplingKind : int8_t { kEqual = 0, kReshape = 1, kCatPiece = 2, kSlice = 3, kBlock = 4 };
-
-struct CouplingsView {
-  const int64_t* slot_sizes;
-  int64_t num_slots;
-  const int8_t* kinds;
-  int64_t num_couplings;
-  const int64_t* offsets;  // num_couplings + 1 entries into data
-  const int64_t* data;
-  const int64_t* query_slots;
-  int64_t num_query;
-};
 
 struct Resolution {
   std::vector<int64_t> leaf_sizes;
@@ -36,7 +25,8 @@ struct Resolution {
   std::vector<int64_t> unit_groups;
 };
 
-// Throws std::invalid_argument on malformed input (operand out of range, bad offsets).
+// Validates its input first (validate_couplings): malformed input throws
+// std::invalid_argument, never reads out of bounds.
 Resolution resolve_groups(const CouplingsView& couplings);
 
 }  // namespace depgraph

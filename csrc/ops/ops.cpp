@@ -48,6 +48,6 @@ TORCH_LIBRARY(depgraph_ext, m) {
 // `import depgraph_ext._ops` loads this library, whose static initialisers register the ops.
 extern "C" PyObject* PyInit__ops(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ops", "depgraph_ext op library",
-                                      -1, nullptr};
+                                      -1, nullptr, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module);
 }

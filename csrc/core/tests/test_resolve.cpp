@@ -41,9 +41,11 @@ struct Graph {
     offsets.push_back(static_cast<int64_t>(data.size()));
   }
   Resolution resolve() const {
-    CouplingsView v{sizes.data(), static_cast<int64_t>(sizes.size()), kinds.data(),
-                    static_cast<int64_t>(kinds.size()), offsets.data(), data.data(),
-                    query.data(), static_cast<int64_t>(query.size())};
+    CouplingsView v{sizes.data(),   static_cast<int64_t>(sizes.size()),
+                    kinds.data(),   static_cast<int64_t>(kinds.size()),
+                    offsets.data(), static_cast<int64_t>(offsets.size()),
+                    data.data(),    static_cast<int64_t>(data.size()),
+                    query.data(),   static_cast<int64_t>(query.size())};
     return depgraph::resolve_groups(v);
   }
 };
@@ -144,17 +146,49 @@ void test_unaligned_slice_blocks() {
   for (auto blocked : r.unit_blocked) CHECK(blocked == 1);
 }
 
-void test_malformed_input_throws() {
-  Graph g;
-  g.slot(4);
-  g.emit(CouplingKind::kEqual, {0, 7});
-  bool threw = false;
+// The message of the invalid_argument resolving g throws ("" when it resolves).
+std::string refusal(const Graph& g) {
   try {
     g.resolve();
-  } catch (const std::invalid_argument&) {
-    threw = true;
+  } catch (const std::invalid_argument& e) {
+    return e.what();
   }
-  CHECK(threw);
+  return "";
+}
+
+// Each operand is checked before it is used, and the message names the coupling.
+void test_malformed_input_throws() {
+  Graph g;
+  int64_t whole = g.slot(8), piece = g.slot(4);
+  g.emit(CouplingKind::kEqual, {0, 7});
+  CHECK(refusal(g) == "coupling 0 (EQUAL): slot 7 out of range [0, 2)");
+
+  Graph cat = Graph();
+  whole = cat.slot(8), piece = cat.slot(4);
+  cat.emit(CouplingKind::kCatPiece, {whole, piece, 5});  // would overrun the whole's elements
+  CHECK(refusal(cat) ==
+        "coupling 0 (CAT_PIECE): a piece of size 4 at offset 5 does not fit a whole of size 8");
+
+  Graph slice;
+  whole = slice.slot(8), piece = slice.slot(4);
+  slice.emit(CouplingKind::kSlice, {whole, piece, 0, -2});
+  CHECK(refusal(slice) == "coupling 0 (SLICE): step -2 must be >= 1");
+
+  Graph reshape;
+  int64_t a = reshape.slot(6), b = reshape.slot(4);
+  reshape.emit(CouplingKind::kReshape, {1, a, 1, b});
+  CHECK(refusal(reshape) == "coupling 0 (RESHAPE): sizes multiply to 6 and 4");
+
+  Graph offsets;
+  offsets.slot(4);
+  offsets.emit(CouplingKind::kBlock, {0});
+  offsets.offsets.back() = 3;  // past the end of data
+  CHECK(refusal(offsets) == "couplings: the last offset (3) must equal the length of data (1)");
+
+  Graph huge;
+  int64_t big = huge.slot(int64_t{1} << 40);
+  huge.query = {big};
+  CHECK(refusal(huge).find("needs more than 268435456 index elements") != std::string::npos);
 }
 
 }  // namespace

@@ -17,27 +17,13 @@
 #endif
 #include <vector>
 
-#include "../checks.h"
+#include "../arguments.h"
 
 namespace depgraph_ext {
 namespace {
 
 // Tensors with fewer elements are copied one per thread, each on a single thread.
 constexpr int64_t kSmallTensor = 1 << 20;
-
-std::vector<int64_t> kept_indices(const at::Tensor& kept, int64_t n, size_t i, bool sorted) {
-  check_index(kept, i, "kept");
-  at::Tensor k = kept.to(at::kLong).contiguous();
-  const int64_t* p = k.const_data_ptr<int64_t>();
-  std::vector<int64_t> out(p, p + k.numel());
-  for (size_t j = 0; j < out.size(); ++j) {
-    TORCH_CHECK(out[j] >= 0 && out[j] < n, "member ", i, ": kept index ", out[j],
-                " out of range for a dim of size ", n);
-    TORCH_CHECK(!sorted || j == 0 || out[j] > out[j - 1], "member ", i,
-                ": kept indices must be strictly increasing");
-  }
-  return out;
-}
 
 // Rows of at least this many bytes are written with non-temporal stores: they bypass the
 // cache, so the destination is not read first (a third less memory traffic) and the source
@@ -248,10 +234,15 @@ std::vector<at::Tensor> gather_slices_cpu(at::TensorList tensors, at::IntArrayRe
   std::vector<Around> arounds(n);
   std::vector<int64_t> small, large;
   for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(tensors[i].device().is_cpu(), "member ", i, " is on ", tensors[i].device(),
+                ", not the CPU");
+    check_index(kept[i], i, "kept");
+  }
+  const std::vector<at::Tensor> host_kept = on_host(kept);
+  for (size_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
-    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
     const int64_t d = checked_dim(t, dims[i], i);
-    indices[i] = kept_indices(kept[i], t.size(d), i, false);
+    indices[i] = kept_indices(host_kept[i], t.size(d), i, false);
     std::vector<int64_t> shape = t.sizes().vec();
     shape[d] = static_cast<int64_t>(indices[i].size());
     out[i] = at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous));
@@ -281,7 +272,12 @@ void compact_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList ke
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
     TORCH_CHECK(t.is_contiguous(), "member ", i, ": compact_ needs a contiguous tensor");
-    indices[i] = kept_indices(kept[i], t.size(checked_dim(t, dims[i], i)), i, true);
+    check_index(kept[i], i, "kept");
+  }
+  const std::vector<at::Tensor> host_kept = on_host(kept);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    indices[i] = kept_indices(host_kept[i], t.size(checked_dim(t, dims[i], i)), i, true);
   }
   at::parallel_for(0, static_cast<int64_t>(tensors.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {

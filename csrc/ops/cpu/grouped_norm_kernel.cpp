@@ -11,7 +11,7 @@
 #include <limits>
 #include <vector>
 
-#include "../checks.h"
+#include "../arguments.h"
 
 namespace depgraph_ext {
 namespace {
@@ -123,12 +123,6 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
 // Members with fewer elements are summed one per thread, each on a single thread.
 constexpr int64_t kSmallMember = 1 << 20;
 
-std::vector<int64_t> to_vector(const at::Tensor& idx) {
-  at::Tensor i64 = idx.to(at::kLong).contiguous();
-  const int64_t* p = i64.const_data_ptr<int64_t>();
-  return std::vector<int64_t>(p, p + i64.numel());
-}
-
 at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
                             at::TensorList unit_maps, int64_t num_units, int64_t p,
                             c10::string_view reduce_name) {
@@ -142,7 +136,6 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
   // share the cores), large ones each split across the threads.
   const size_t n = tensors.size();
   std::vector<Around> arounds(n);
-  std::vector<std::vector<int64_t>> maps(n);
   std::vector<std::vector<double>> sums(n);
   std::vector<int64_t> small, large;
   for (size_t i = 0; i < n; ++i) {
@@ -154,11 +147,11 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
     TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
                 unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
     arounds[i] = around(t, d);
-    maps[i] = to_vector(unit_maps[i]);
-    for (int64_t u : maps[i])
-      TORCH_CHECK(u >= -1 && u < num_units, "member ", i, ": unit ", u, " out of range");
     (t.numel() < kSmallMember ? small : large).push_back(static_cast<int64_t>(i));
   }
+  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
+  std::vector<std::vector<int64_t>> maps(n);
+  for (size_t i = 0; i < n; ++i) maps[i] = unit_map(host_maps[i], num_units, i);
   auto member_sums = [&](int64_t i) {
     const at::Tensor& t = tensors[i];
     if (t.numel() == 0) {
@@ -178,36 +171,9 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
   });
   for (int64_t i : large) member_sums(i);
 
-  std::vector<double> out(num_units, 0.0);
-  std::vector<int64_t> count(num_units, 0);
-  std::vector<double> contribution(num_units, 0.0);
-  std::vector<uint8_t> touched(num_units, 0);
-  std::vector<int64_t> hit;  // units this member touches, to reset only those
-  for (size_t i = 0; i < n; ++i) {
-    const std::vector<int64_t>& map = maps[i];
-    hit.clear();
-    for (int64_t j = 0; j < arounds[i].n; ++j) {
-      if (map[j] < 0) continue;
-      if (!touched[map[j]]) {
-        touched[map[j]] = 1;
-        hit.push_back(map[j]);
-      }
-      contribution[map[j]] += sums[i][j];
-    }
-    for (int64_t u : hit) {
-      if (reduce == Reduce::kMax) out[u] = count[u] ? std::max(out[u], contribution[u])
-                                                    : contribution[u];
-      else out[u] += contribution[u];
-      ++count[u];
-      contribution[u] = 0.0;
-      touched[u] = 0;
-    }
-  }
-  if (reduce == Reduce::kMean)
-    for (int64_t u = 0; u < num_units; ++u)
-      if (count[u]) out[u] /= static_cast<double>(count[u]);
-  at::Tensor result = at::empty({num_units}, at::TensorOptions().dtype(at::kDouble));
-  std::copy(out.begin(), out.end(), result.mutable_data_ptr<double>());
+  std::vector<const double*> sum_ptrs(n);
+  for (size_t i = 0; i < n; ++i) sum_ptrs[i] = sums[i].data();
+  const at::Tensor result = reduce_to_units(maps, sum_ptrs, num_units, reduce);
   return result.to(result_type(tensors));
 }
 

@@ -1,7 +1,10 @@
 // grouped_norm on CUDA. The weight pass (the only one that reads the model) is fused: one launch
 // per (dtype, row length class) covers every member, writing per-index sums of |w|^p (fp32 in a
-// thread, fp64 across threads). Mapping indices to units and reducing over members is then a
-// few device ops over those small sums. Launched on the current stream under a device guard.
+// thread, fp64 across threads). Those sums are small (one per index of each member's dim): they
+// come back to the host in one copy and are mapped to units and reduced over members by the
+// same code as on the CPU (arguments.h), so both devices check and reduce alike. Unit maps are
+// checked on the host (one batched copy when they live on the device). Launched on the current
+// stream under a device guard.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -9,10 +12,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cstring>
 #include <vector>
 
-#include "../checks.h"
+#include "../arguments.h"
 #include "launch.cuh"
 
 namespace depgraph_ext {
@@ -91,21 +93,15 @@ __global__ void short_rows(const Member* members, int count, int64_t items, doub
   }
 }
 
-at::Tensor upload(const std::vector<Member>& members, const at::Device& device) {
-  at::Tensor host = at::empty({int64_t(members.size() * sizeof(Member))}, at::kByte);
-  std::memcpy(host.data_ptr(), members.data(), members.size() * sizeof(Member));
-  return host.to(device);
-}
-
 template <typename scalar_t>
 void launch(const std::vector<Member>& members, bool long_kind, int64_t items, int64_t p,
             double* sums, const at::Device& device) {
   if (members.empty() || items == 0) return;
-  at::Tensor meta = upload(members, device);
+  const at::Tensor meta = upload(members.data(), members.size() * sizeof(Member), device);
   const Member* d = reinterpret_cast<const Member*>(meta.const_data_ptr());
   const int count = static_cast<int>(members.size());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  const int sms = multiprocessors();
+  const int sms = multiprocessors(device);
   if (long_kind) {
     const int64_t blocks = std::min<int64_t>(items, int64_t(sms) * 32);
     if (p == 2) long_rows<scalar_t, 2><<<blocks, kThreads, 0, stream>>>(d, count, items, sums);
@@ -123,6 +119,7 @@ at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
                              c10::string_view reduce_name) {
   check_lists(tensors.size(), dims.size(), unit_maps.size(), "unit_maps");
   TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
+  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
   const Reduce reduce = parse_reduce(std::string(reduce_name));
   TORCH_CHECK(!tensors.empty(), "grouped_norm on CUDA needs at least one member");
   const at::Device device = tensors[0].device();
@@ -143,6 +140,9 @@ at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
     offsets.push_back(total);
     total += t.size(d);
   }
+  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
+  std::vector<std::vector<int64_t>> maps(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) maps[i] = unit_map(host_maps[i], num_units, i);
   at::Tensor sums = at::zeros({total}, at::TensorOptions().dtype(at::kDouble).device(device));
   for (at::ScalarType dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
     for (bool long_kind : {true, false}) {
@@ -163,36 +163,13 @@ at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
       });
     }
   }
-  // Indices -> units, then the reduction over members, on the (small) per-index sums.
-  std::vector<at::Tensor> maps, member_ids;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    at::Tensor m = unit_maps[i].to(device, at::kLong);
-    maps.push_back(m);
-    member_ids.push_back(at::full_like(m, static_cast<int64_t>(i)));
-  }
-  at::Tensor units = at::cat(maps), members = at::cat(member_ids);
-  const at::Tensor valid = units.ge(0);
-  units = units.masked_select(valid);
-  members = members.masked_select(valid);
-  at::Tensor values = sums.masked_select(valid);
-  // One key per (member, unit) a member touches, with that member's contribution.
-  at::Tensor keys = members * num_units + units;
-  auto [unique_keys, inverse] = at::_unique(keys, /*sorted=*/true, /*return_inverse=*/true);
-  at::Tensor contribution = at::zeros({unique_keys.numel()}, sums.options());
-  contribution.index_add_(0, inverse, values);
-  const at::Tensor key_units = unique_keys.remainder(num_units);
-  at::Tensor out = at::zeros({num_units}, sums.options());
-  if (reduce == Reduce::kMax) {
-    out.scatter_reduce_(0, key_units, contribution, "amax", /*include_self=*/false);
-  } else {
-    out.index_add_(0, key_units, contribution);
-    if (reduce == Reduce::kMean) {
-      at::Tensor count = at::zeros({num_units}, sums.options());
-      count.index_add_(0, key_units, at::ones_like(contribution));
-      out = out / count.clamp_min(1);
-    }
-  }
-  return out.to(result_type(tensors));
+  // Indices -> units and the reduction over members, on the host's copy of the small sums.
+  const at::Tensor host_sums = sums.cpu();
+  std::vector<const double*> member_sums(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i)
+    member_sums[i] = host_sums.const_data_ptr<double>() + offsets[i];
+  return reduce_to_units(maps, member_sums, num_units, reduce)
+      .to(device, result_type(tensors));
 }
 
 }  // namespace

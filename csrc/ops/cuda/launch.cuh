@@ -1,18 +1,38 @@
 // Launch helpers shared by the CUDA kernels.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
 
 namespace depgraph_ext {
 
 constexpr int kThreads = 256;
 
-// Streaming multiprocessors of the current device (grids are sized as a multiple of it).
-inline int multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+// Streaming multiprocessors of a device (grids are sized as a multiple of it), asked of the
+// driver once per device and remembered.
+inline int multiprocessors(const at::Device& device) {
+  static std::mutex mutex;
+  static std::unordered_map<int, int> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = known.find(device.index());
+  if (it != known.end()) return it->second;
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device.index()));
+  known.emplace(device.index(), count);
   return count;
+}
+
+// `bytes` bytes of host data as a device tensor, copied from pinned memory without blocking
+// the host (the caching host allocator keeps the pinned buffer until the copy has run).
+inline at::Tensor upload(const void* data, size_t bytes, const at::Device& device) {
+  at::Tensor host = at::empty({static_cast<int64_t>(bytes)},
+                              at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  if (bytes) std::memcpy(host.data_ptr(), data, bytes);
+  return host.to(device, /*non_blocking=*/true);
 }
 
 }  // namespace depgraph_ext
