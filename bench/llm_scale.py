@@ -113,28 +113,24 @@ def run_ours(model, inputs, backend: str, meta: bool) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if meta:  # no weights: the graph, then the plan for equal scores, validated
-            from depgraph_ext.plan import make_plan, select_local
+            from depgraph_ext.prune.select import select_local
+            from depgraph_ext.prune.validate import plan_until_valid
 
             t = time.perf_counter()
             dg = dx.DependencyGraph(model, inputs, backend=backend, progress=False)
             t_graph = time.perf_counter()
-            rounds = 0
-            while True:  # what prune does when validation finds a size the code fixes
-                rounds += 1
-                scores = torch.zeros(dg.resolution.num_units, dtype=torch.float64)
-                keep = select_local(dg, scores, 0.5, None, {"hidden": 0.0})
-                try:
-                    plan, _, _ = make_plan(dg, keep)
-                    break
-                except dx.PlanValidationError as exc:
-                    fresh = set(exc.fixed_slots) - dg.extra_blocked
-                    if not fresh or rounds > 8:
-                        raise
-                    dg.block_slots(fresh)
+            rounds = []
+
+            def choose(g):  # equal scores; validation may block sizes the code fixes
+                rounds.append(1)
+                scores = torch.zeros(g.resolution.num_units, dtype=torch.float64)
+                return select_local(g, scores, 0.5, None, {"hidden": 0.0})
+
+            dg, plan = plan_until_valid(dg, choose)
             t_plan = time.perf_counter()
             timings = dict(dg.timings, plan=t_plan - t_graph)
-            return {"seconds": t_plan - t, "timings": timings, "planned": len(plan),
-                    "validation_rounds": rounds}
+            return {"seconds": t_plan - t, "timings": timings, "planned": len(plan.tensors),
+                    "validation_rounds": len(rounds)}
         t = time.perf_counter()
         result = dx.prune(model, inputs, ratio=0.5, ratios={"hidden": 0.0}, backend=backend,
                           in_place=backend == "native", progress=False)

@@ -7,8 +7,7 @@ Prints medians over ROUNDS prunes of fresh copies in one process (after one warm
 stages of ``PruneResult.timings``, the parts of "plan" (validation, its trace, the config
 check), scoring's slice listing and planned counts on the last prune's graph, and the model's
 own forward (no_grad, one thread) plain and under a pass-through dispatch mode (the floor of
-any ATen-level trace). It uses only APIs the earlier sessions had too, so the same file run
-on an older checkout measures the "before" figures.
+any ATen-level trace).
 """
 
 from __future__ import annotations
@@ -27,8 +26,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import depgraph_ext as dx
 import depgraph_ext.counting as counting
-import depgraph_ext.importance as importance
-import depgraph_ext.plan as plan
+import depgraph_ext.prune.importance as importance
+import depgraph_ext.prune.pruner as pruner
+import depgraph_ext.prune.validate as validate
+from depgraph_ext.graph.dependency import DependencyGraph
 
 
 def timed(module, name: str, label: str, into: dict[str, float]) -> None:
@@ -59,20 +60,17 @@ def main() -> None:
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     model = small_llama(layers)
     parts: dict[str, float] = defaultdict(float)
-    timed(plan, "validate_plan", "plan: validate_plan", parts)
-    timed(plan, "trace", "plan: validation trace", parts)
-    timed(plan, "check_loadable", "plan: check_loadable", parts)
+    timed(validate, "validate_plan", "plan: validate_plan", parts)
+    timed(DependencyGraph, "trace_pruned", "plan: validation trace", parts)
+    timed(validate, "check_loadable", "plan: check_loadable", parts)
     graphs = []
-    original_make_plan = plan.make_plan
+    original_apply_step = pruner.apply_step
 
     def keep_graph(dg, *args, **kwargs):
         graphs[:] = [dg]
-        return original_make_plan(dg, *args, **kwargs)
+        return original_apply_step(dg, *args, **kwargs)
 
-    plan.make_plan = keep_graph
-    import depgraph_ext.pruner as pruner
-
-    pruner.make_plan = keep_graph
+    pruner.apply_step = keep_graph
     rows: dict[str, list[float]] = defaultdict(list)
     for i in range(rounds + 1):
         m = copy.deepcopy(model)

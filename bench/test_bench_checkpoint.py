@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import EXTRA, RESULTS
-from depgraph_ext import safetensors_io
+from measuring import EXTRA, RESULTS
+from depgraph_ext.io import safetensors_io
 
 T = pytest.importorskip("transformers")
 

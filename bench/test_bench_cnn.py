@@ -11,9 +11,9 @@ import warnings
 import pytest
 
 import depgraph_ext as dx
-from conftest import classifier_of, fresh, image_model, measure, torch_pruning
-from depgraph_ext.resolve import resolve
-from depgraph_ext.trace import trace
+from measuring import classifier_of, fresh, image_model, measure, torch_pruning
+from depgraph_ext.graph.resolve import resolve
+from depgraph_ext.graph.trace import trace
 
 MODELS = ["densenet121", "resnet50", "mobilenet_v2", "resnext"]
 BACKENDS = ["native", "python"]

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import EXTRA, RESULTS, measure
+from measuring import EXTRA, RESULTS, measure
 from depgraph_ext import ops
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="op library not built")

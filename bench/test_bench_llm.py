@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from conftest import EXTRA, measure
-from depgraph_ext.resolve import resolve
+from measuring import EXTRA, measure
+from depgraph_ext.graph.resolve import resolve
 
 T = pytest.importorskip("transformers")
 

@@ -30,7 +30,7 @@ from llm_scale import SMALL_IDS as IDS
 from llm_scale import run_torch_pruning, small_llama
 
 import depgraph_ext as dx
-from conftest import EXTRA, RESULTS, measure, torch_pruning
+from measuring import EXTRA, RESULTS, measure, torch_pruning
 
 HERE = Path(__file__).resolve().parent
 LOCK = os.environ.get("DEPGRAPH_BIGMEM_LOCK", "/tmp/depgraph-bigmem.lock")

@@ -2,65 +2,59 @@
 
     import depgraph_ext as dx
     result = dx.prune(model, example_inputs, ratio=0.5)   # model is pruned in place
+
+The pipeline, one way: graph/ (trace, rules, resolve: the DependencyGraph) -> prune/
+(importance, select, plan, validate, apply) -> io/ (plans, checkpoints); api.py and cli.py are
+the facades. See docs/architecture.md.
 """
 
-from .api import PruneResult, prune, prune_group
-from .checkpoint import (
-    CheckpointError,
-    CheckpointResult,
-    CheckpointWriteError,
-    DiskFullError,
-    OutputExistsError,
-    UnknownModelTypeError,
-    prune_checkpoint,
-)
-from .configs import ConfigMismatchWarning
+from .api import prune, prune_group
 from .counting import count_params, count_params_and_macs
-from .dependency import DependencyGraph, FixedSizeWarning, Group, Member, OpaqueOpWarning
 from .errors import (
     BackendUnavailableError,
+    CheckpointError,
+    CheckpointWriteError,
+    ConfigMismatchWarning,
+    DiskFullError,
+    FixedSizeWarning,
     InvalidArgumentError,
+    MissingGradientsError,
     NonFiniteWeightsError,
     NoPrunableGroupsError,
+    OpaqueOpWarning,
+    OutputExistsError,
     PlanValidationError,
     PruningError,
     TraceError,
+    UnknownModelTypeError,
     UnsupportedOpError,
 )
-from .importance import (
+from .graph.dependency import DependencyGraph, Group, Member
+from .graph.resolve import native_available
+from .graph.rules import RuleContext, register_rule, unregister_rule
+from .io.checkpoint import CheckpointResult, prune_checkpoint
+from .io.plans import apply_plan
+from .prune.attributes import PlannedModule, register_attributes
+from .prune.importance import (
     BNScaleImportance,
     FisherImportance,
     GroupImportance,
     Importance,
     LAMPImportance,
     MagnitudeImportance,
-    MissingGradientsError,
     RandomImportance,
     TaylorImportance,
     collect_fisher,
 )
-from .pruner import Pruner
-from .resolve import native_available
-from .rules import RuleContext, register_rule
-from .saving import apply_plan
+from .prune.options import PruneOptions
+from .prune.pruner import Pruner
+from .result import PruneResult
 from .sparsity import GroupSparsity
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BNScaleImportance",
-    "FisherImportance",
-    "GroupImportance",
-    "GroupSparsity",
-    "Importance",
-    "LAMPImportance",
-    "MagnitudeImportance",
-    "MissingGradientsError",
-    "Pruner",
-    "RandomImportance",
-    "TaylorImportance",
-    "collect_fisher",
-    "count_params_and_macs",
     "BackendUnavailableError",
     "CheckpointError",
     "CheckpointResult",
@@ -68,26 +62,42 @@ __all__ = [
     "ConfigMismatchWarning",
     "DependencyGraph",
     "DiskFullError",
+    "FisherImportance",
     "FixedSizeWarning",
     "Group",
+    "GroupImportance",
+    "GroupSparsity",
+    "Importance",
     "InvalidArgumentError",
+    "LAMPImportance",
+    "MagnitudeImportance",
     "Member",
+    "MissingGradientsError",
     "NoPrunableGroupsError",
     "NonFiniteWeightsError",
     "OpaqueOpWarning",
     "OutputExistsError",
     "PlanValidationError",
+    "PlannedModule",
+    "PruneOptions",
     "PruneResult",
+    "Pruner",
     "PruningError",
+    "RandomImportance",
     "RuleContext",
+    "TaylorImportance",
     "TraceError",
     "UnknownModelTypeError",
     "UnsupportedOpError",
     "apply_plan",
+    "collect_fisher",
     "count_params",
+    "count_params_and_macs",
     "native_available",
     "prune",
     "prune_checkpoint",
     "prune_group",
+    "register_attributes",
     "register_rule",
+    "unregister_rule",
 ]

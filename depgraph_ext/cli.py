@@ -14,9 +14,9 @@ import argparse
 import os
 import sys
 
-from .checkpoint import STREAMED_IMPORTANCES
-from .dependency import KINDS
 from .errors import PruningError
+from .graph.dependency import KINDS
+from .io.checkpoint import STREAMED_IMPORTANCES
 
 
 def parse_ratios(text: str) -> dict[str, float]:
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import prune_checkpoint
+    from .io.checkpoint import prune_checkpoint
 
     started = _init_distributed(args.dist_backend)
     code = 0

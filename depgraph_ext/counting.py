@@ -10,6 +10,7 @@ copies the model or runs it for real.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .trace import Node, OpGraph, Ref, trace
+from .graph.trace import Node, OpGraph, Ref, trace
 
 Shape = tuple[int, ...]
 
@@ -137,7 +138,7 @@ class PlannedCosts:
         self.params_total = sum(math.prod(shape) for shape in shapes)
         # Every parameter's slots, padded with one past the last slot (a size of 1).
         rank = max((len(shape) for shape in shapes), default=0)
-        pad = len(dg.resolution.slot_leaf_offsets) - 1
+        pad = len(dg.slot_sizes)  # one past the last slot
         self._param_slots = np.full((len(shapes), rank), pad, dtype=np.int64)
         for row, v in enumerate(g.params.values()):
             self._param_slots[row, :len(slots[v])] = slots[v]
@@ -149,6 +150,17 @@ class PlannedCosts:
                 if macs:
                     self._costly.append(n)
                     self._macs_total += macs
+
+    def bound_to(self, dg) -> PlannedCosts:
+        """The same counts for another graph of the same trace (one with more slots blocked,
+        whose units are numbered anew): keep masks are then that graph's."""
+        if dg is self.dg:
+            return self
+        if dg.graph is not self.dg.graph:
+            raise ValueError("PlannedCosts can only be rebound to a graph of the same trace")
+        other = copy.copy(self)
+        other.dg = dg
+        return other
 
     def at(self, keep: np.ndarray | None) -> tuple[int, int]:
         """(parameters, MACs) with the units where ``keep`` is False removed."""

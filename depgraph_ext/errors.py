@@ -1,4 +1,5 @@
-"""Everything the library refuses raises a subclass of :class:`PruningError`."""
+"""Every exception and warning of the library. Everything it refuses raises a subclass of
+:class:`PruningError`."""
 
 from __future__ import annotations
 
@@ -55,5 +56,41 @@ class BackendUnavailableError(PruningError):
     """``backend="native"`` was asked for but the compiled extension is not importable."""
 
 
+class MissingGradientsError(PruningError):
+    """A gradient-based criterion found no gradients or statistics to score with."""
+
+
 class NonFiniteWeightsError(PruningError):
     """Weights are NaN or infinite, so no importance ranking is meaningful."""
+
+
+class OpaqueOpWarning(UserWarning):
+    """An op without a rule blocked the channels it touches."""
+
+
+class FixedSizeWarning(UserWarning):
+    """Validation found a size fixed by the model's code; the channels it touches are kept."""
+
+
+class ConfigMismatchWarning(UserWarning):
+    """The pruned model's shapes cannot be expressed by its config: it will not reload."""
+
+
+class CheckpointError(PruningError):
+    """The source is not a checkpoint this can prune: missing, malformed, or inconsistent."""
+
+
+class UnknownModelTypeError(CheckpointError):
+    """config.json names a ``model_type`` the installed transformers does not know."""
+
+
+class OutputExistsError(PruningError):
+    """The destination exists and ``overwrite`` was not given."""
+
+
+class CheckpointWriteError(PruningError):
+    """Writing the pruned checkpoint failed; nothing was left at the destination."""
+
+
+class DiskFullError(CheckpointWriteError):
+    """The destination's file system has no room for the pruned checkpoint."""

@@ -1,9 +1,11 @@
 """The native op library ``torch.ops.depgraph_ext`` (csrc/ops): wrappers, fake kernels,
 autograd, and a plain PyTorch reference for every op.
 
-``grouped_norm`` scores many tensors' slices per unit in one fused pass; ``gather_slices`` copies
-kept slices of many tensors in one call; ``compact_`` does it in place, in each tensor's own
-memory. The references are what the python backend runs and what the tests compare against.
+``grouped_norm`` scores many tensors' slices per unit in one fused pass (``index_sums`` is its
+first pass alone: per-index sums in fp64); ``gather_slices`` copies kept slices of many tensors
+in one call; ``compact_`` does it in place, in each tensor's own memory. The references are
+what the python backend runs and what the tests compare against; :func:`per_index_sums` is the
+one place the sum of |w|^p is written in Python.
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ def grouped_norm(tensors: Sequence[torch.Tensor], dims: Sequence[int],
                                                num_units, p, reduce)
 
 
+def index_sums(tensors: Sequence[torch.Tensor], dims: Sequence[int], p: int = 2
+               ) -> torch.Tensor:
+    """fp64 per-index sums of |w|^p: for member i, one entry per index of ``dims[i]`` (every
+    other dim summed); the members' sums back to back, on the members' device."""
+    _require()
+    return torch.ops.depgraph_ext.index_sums(list(tensors), list(dims), p)
+
+
 def gather_slices(tensors: Sequence[torch.Tensor], dims: Sequence[int],
                   kept: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """New tensors holding the ``kept`` indices of each tensor along its dim (bit-exact)."""
@@ -98,15 +108,44 @@ def _numel(shape) -> int:
 
 
 # -- references (plain PyTorch) -------------------------------------------------------------------
+_BLOCK = 1 << 24  # elements converted to fp64 at a time
+
+
+def per_index_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
+    """fp64 ``[t.shape[dim]]``: the sum of |t|^p over every other dim, for each index of ``dim``
+    (differentiable; a large tensor is converted to fp64 a block of rows at a time)."""
+    if t.dim() == 0:
+        raise ValueError("per_index_sums needs a tensor with at least one dim")
+    dim = dim % t.dim()
+    if t.numel() == 0:
+        return torch.zeros(t.shape[dim], dtype=torch.float64, device=t.device)
+    rows = max(1, _BLOCK // max(1, t[0].numel()))
+    parts, total = [], None
+    for start in range(0, t.shape[0], rows):
+        w = t[start : start + rows].to(torch.float64)
+        w = w.abs() if p == 1 else w.square()
+        others = [d for d in range(w.dim()) if d != dim]
+        s = w.sum(dim=others) if others else w
+        if dim == 0:
+            parts.append(s)
+        else:
+            total = s if total is None else total + s
+    return torch.cat(parts) if dim == 0 else total
+
+
+def index_sums_reference(tensors, dims, p: int = 2) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([per_index_sums(t.detach(), d, p).to(tensors[0].device)
+                      for t, d in zip(tensors, dims)])
+
+
 def member_contributions(tensors, dims, unit_maps, num_units: int, p: int):
     """[members, num_units] float64 contributions and a bool mask of the units each touches."""
     contributions = torch.zeros(len(tensors), num_units, dtype=torch.float64)
     touched = torch.zeros(len(tensors), num_units, dtype=torch.bool)
     for i, (t, d, m) in enumerate(zip(tensors, dims, unit_maps)):
-        w = t.detach().to(torch.float64, copy=True)
-        w = w.abs() if p == 1 else w.square()
-        others = [x for x in range(w.dim()) if x != d % w.dim()]
-        per_index = (w.sum(dim=others) if others else w).cpu()
+        per_index = per_index_sums(t.detach(), d, p).cpu()
         m = m.to("cpu", torch.long)
         valid = m >= 0
         contributions[i].index_add_(0, m[valid], per_index[valid])
@@ -141,6 +180,13 @@ if _LOAD_ERROR is None:
     def _grouped_norm_fake(tensors, dims, unit_maps, num_units, p, reduce):
         dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
         return tensors[0].new_empty((num_units,), dtype=dtype)
+
+    @torch.library.register_fake("depgraph_ext::index_sums")
+    def _index_sums_fake(tensors, dims, p):
+        total = sum(t.shape[d] for t, d in zip(tensors, dims))
+        if not tensors:
+            return torch.empty(0, dtype=torch.float64)
+        return tensors[0].new_empty((total,), dtype=torch.float64)
 
     @torch.library.register_fake("depgraph_ext::gather_slices")
     def _gather_slices_fake(tensors, dims, kept):

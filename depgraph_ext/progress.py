@@ -29,23 +29,28 @@ class _Off:
 
 
 class Progress:
-    """``enabled``: True, False, or None (on when standard error is a terminal)."""
+    """``enabled``: True, False, or None (on when standard error is a terminal); ``delay``:
+    seconds a stage runs before its bar is drawn (default ``DELAY``; 0: at once, with the bar
+    left on screen)."""
 
-    def __init__(self, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | None = None, delay: float | None = None) -> None:
         if enabled is None:
             enabled = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
         self.enabled = bool(enabled)
+        self.delay = DELAY if delay is None else delay
 
     def bar(self, stage: str, total: int | None = None, unit: str = "it"):
-        """A context-managed bar for one stage (``update(n)`` as work is done)."""
+        """A context-managed bar for one stage (``update(n)`` as work is done); ``unit="B"``
+        counts bytes (shown in KiB, MiB, ...)."""
         if not self.enabled:
             return _Off()
         try:
             from tqdm.auto import tqdm
         except ImportError:
             return _Off()
-        return tqdm(total=total, desc=f"depgraph_ext: {stage}", unit=unit, delay=DELAY,
-                    leave=False, file=sys.stderr, dynamic_ncols=True)
+        scale = dict(unit_scale=True, unit_divisor=1024) if unit == "B" else {}
+        return tqdm(total=total, desc=f"depgraph_ext: {stage}", unit=unit, delay=self.delay,
+                    leave=not self.delay, file=sys.stderr, dynamic_ncols=True, **scale)
 
 
 OFF = Progress(False)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from . import ops
-from .dependency import DependencyGraph
 from .errors import InvalidArgumentError, PruningError
-from .importance import scored_slices, unit_scores
+from .graph.dependency import DependencyGraph
+from .prune.importance import scored_slices, unit_scores
 
 _EPS = 1e-12  # inside the square root: a unit at exactly zero has a finite gradient
 
@@ -123,9 +123,7 @@ def _squares_reference(params, slices, num_units: int) -> torch.Tensor:
     """Sum of w^2 per unit in plain differentiable PyTorch (the python backend)."""
     out = torch.zeros(num_units, dtype=torch.float64, device=params[0].device)
     for p, s in zip(params, slices):
-        w = p.to(torch.float64).square()
-        others = [d for d in range(w.dim()) if d != s.dim]
-        per_index = w.sum(dim=others) if others else w
+        per_index = ops.per_index_sums(p, s.dim, 2)
         units = torch.from_numpy(s.units).to(out.device)
         valid = units >= 0
         out = out.index_add(0, units[valid], per_index.to(out.device)[valid])

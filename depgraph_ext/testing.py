@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.utils._pytree as pytree
 
-from .trace import normalize_inputs
+from .graph.trace import normalize_inputs
 
 _ONE_FILLED = ("running_var",)
 

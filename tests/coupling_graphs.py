@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from depgraph_ext.couplings import CouplingBuilder, CouplingKind, Couplings
+from depgraph_ext.graph.couplings import CouplingBuilder, CouplingKind, Couplings
 
 
 def random_couplings(seed: int) -> Couplings:

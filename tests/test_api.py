@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import assert_same_state, prune_and_check, state_of
+from helpers import assert_same_state, prune_and_check, state_of
 from depgraph_ext.testing import assert_scatter_back_equal
 from nets import ResNeXt, randomize_norms
 
@@ -75,12 +75,12 @@ def test_bad_inputs_type_and_options():
 def test_validation_failure_leaves_model_untouched(monkeypatch):
     model = small_net()
     before = state_of(model)
-    from depgraph_ext import pruner
+    from depgraph_ext.prune import validate
 
     def refuse(*a, **k):
         raise dx.PlanValidationError("injected")
 
-    monkeypatch.setattr(pruner, "make_plan", refuse)
+    monkeypatch.setattr(validate, "checked_plan", refuse)
     with pytest.raises(dx.PlanValidationError, match="injected"):
         dx.prune(model, X)
     assert_same_state(before, state_of(model))
@@ -267,7 +267,8 @@ def test_group_members_are_those_of_the_resolution_they_came_from():
     dg = dx.DependencyGraph(net, x)
     taken = dg.groups
     assert len(taken) == 2 and all(g._members is None for g in taken)  # not listed yet
-    dg.block_slots(dg.coupling_model.value_slots[dg.graph.params["0.weight"]][:1])
-    assert len(dg.groups) == 1 and dg.groups is not taken
+    blocked = dg.with_blocked(dg.coupling_model.value_slots[dg.graph.params["0.weight"]][:1])
+    assert len(blocked.groups) == 1 and blocked.groups is not taken
     assert listed(taken) == expected  # listed now, from the resolution they came from
-    assert listed(dg.groups) == expected[1:]
+    assert listed(blocked.groups) == expected[1:]
+    assert dg.groups is taken  # the first graph is as it was

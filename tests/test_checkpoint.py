@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from depgraph_ext import checkpoint as ck
-from depgraph_ext import safetensors_io
+from depgraph_ext.io import checkpoint as ck
+from depgraph_ext.progress import Progress
+from depgraph_ext.io import safetensors_io
 from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
 
 T = pytest.importorskip("transformers")
@@ -128,8 +129,8 @@ def test_streaming_equals_in_memory_prune(checkpoints, tmp_path, name, importanc
     assert result.params_before == sum(t.numel() for t in stored.values())
     assert result.params_after == sum(t.numel() for t in got.values()) < result.params_before
 
-    index = json.loads((tmp_path / "out" / ck.INDEX).read_text())
-    source_index = json.loads((src / ck.INDEX).read_text())
+    index = json.loads((tmp_path / "out" / ck.source.INDEX).read_text())
+    source_index = json.loads((src / ck.source.INDEX).read_text())
     assert index["weight_map"] == source_index["weight_map"]
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size()
                                                   for t in got.values())
@@ -164,18 +165,15 @@ def test_meta_model_traces_as_on_the_cpu():
     """On meta, SDPA decomposes into math with the key/value heads repeated, so a GQA graph has
     8 key/value heads per call; a meta model is traced as if on the CPU (by default), so it has
     the CPU model's graph."""
-    from depgraph_ext.trace import meta_stands_for
-
     cpu = dx.DependencyGraph(build("llama"), {"input_ids": IDS})
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         meta_model = MODELS["llama"][0]()
     stand_in = dx.DependencyGraph(meta_model, {"input_ids": IDS})
-    with meta_stands_for("meta"):
-        plain = dx.DependencyGraph(meta_model, {"input_ids": IDS})
+    plain = dx.DependencyGraph(meta_model, {"input_ids": IDS}, meta_stands_for="meta")
 
     def kv_heads(dg):
-        sizes = dg.coupling_model.couplings.slot_sizes
+        sizes = dg.slot_sizes
         return [int(sizes[c.kv_heads]) for c in dg.coupling_model.attention]
 
     assert kv_heads(plain) == [8, 8] and kv_heads(cpu) == kv_heads(stand_in) == [2, 2]
@@ -194,15 +192,16 @@ def test_python_backend_gives_the_same_checkpoint(checkpoints, tmp_path):
 def test_streamed_scores_are_prune_scores_bit_for_bit(checkpoints):
     """The per-index sums from the mapped shards, assembled in prune's order, are exactly the
     unit scores of the fused kernel on the model in memory."""
-    from depgraph_ext.importance import MagnitudeImportance
+    from depgraph_ext.prune.importance import MagnitudeImportance
 
     for name in MODELS:
         model = build(name)
         dg = dx.DependencyGraph(model, {"input_ids": IDS})
-        source = ck.open_source(checkpoints[name])
-        job = ck._Job(source, model, dg, 2, True, ck._Progress(False), ck._Ranks(False))
-        sums = job.shard_sums(list(range(len(source.shards))), ck._scored_dims(dg))
-        streamed = ck.unit_scores_from_sums(dg, sums, MODELS[name][1] == torch.float32)
+        source = ck.source.open_source(checkpoints[name])
+        scorer = ck.scores.ShardScores(source, ck.scores.KeyMap(source, model, dg), 2, True,
+                                       Progress(False), ck.distributed.Ranks(False))
+        sums = scorer.shard_sums(list(range(len(source.shards))), ck.scores.scored_dims(dg))
+        streamed = ck.scores.unit_scores_from_sums(dg, sums, MODELS[name][1] == torch.float32)
         expected = MagnitudeImportance(2, normalization=None).scores(dg)
         scored = ~torch.isnan(expected)  # NaN: a unit no parameter scores
         assert same_bits(streamed[scored], expected[scored]), name
@@ -214,13 +213,13 @@ def test_a_kind_of_ratio_zero_is_not_summed_while_streaming(checkpoints, tmp_pat
     and the result is in-memory prune's, which does not score them either."""
     name = "llama"
     asked: list = []
-    original_all_sums = ck._Job.all_sums
+    original_all_sums = ck.scores.ShardScores.all_sums
 
     def spy(self, owned, wanted):
         asked.extend(wanted)
         return original_all_sums(self, owned, wanted)
 
-    monkeypatch.setattr(ck._Job, "all_sums", spy)
+    monkeypatch.setattr(ck.scores.ShardScores, "all_sums", spy)
     ratios = {"heads": 0.5, "hidden": 0.0}
     model = build(name)
     expected = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios=ratios,
@@ -254,7 +253,7 @@ def test_non_weight_files_are_copied_and_stale_weights_are_not(checkpoints, tmp_
 def test_single_file_checkpoint(tmp_path):
     model = build("llama")
     model.save_pretrained(tmp_path / "src")  # one model.safetensors, no index
-    assert not (tmp_path / "src" / ck.INDEX).exists()
+    assert not (tmp_path / "src" / ck.source.INDEX).exists()
     expected = dx.prune(copy.deepcopy(model), {"input_ids": IDS}, ratios=RATIOS)
     result = dx.prune_checkpoint(tmp_path / "src", tmp_path / "out", ratios=RATIOS)
     assert_same_plan(result.plan, expected.plan)
@@ -290,55 +289,55 @@ def copy_tree(src: Path, dst: Path) -> Path:
 def test_missing_or_malformed_checkpoints(checkpoints, tmp_path):
     src = checkpoints["llama"]
     out = tmp_path / "out"
-    with pytest.raises(ck.CheckpointError, match="no checkpoint directory"):
+    with pytest.raises(dx.CheckpointError, match="no checkpoint directory"):
         dx.prune_checkpoint(tmp_path / "nowhere", out)
 
     bad = copy_tree(src, tmp_path / "no_config")
     (bad / "config.json").unlink()
-    with pytest.raises(ck.CheckpointError, match="no config.json"):
+    with pytest.raises(dx.CheckpointError, match="no config.json"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "bad_config")
     (bad / "config.json").write_text("{not json")
-    with pytest.raises(ck.CheckpointError, match="not valid JSON"):
+    with pytest.raises(dx.CheckpointError, match="not valid JSON"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "no_type")
     config = json.loads((bad / "config.json").read_text())
     del config["model_type"]
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ck.CheckpointError, match="no model_type"):
+    with pytest.raises(dx.CheckpointError, match="no model_type"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "bad_index")
-    (bad / ck.INDEX).write_text(json.dumps({"metadata": {}}))
-    with pytest.raises(ck.CheckpointError, match="no weight_map"):
+    (bad / ck.source.INDEX).write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(dx.CheckpointError, match="no weight_map"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "missing_shard")
     next(iter(sorted(bad.glob("*.safetensors")))).unlink()
-    with pytest.raises(ck.CheckpointError, match="is missing"):
+    with pytest.raises(dx.CheckpointError, match="is missing"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "truncated")
     shard = sorted(bad.glob("*.safetensors"))[-1]
     shard.write_bytes(shard.read_bytes()[:-10])
-    with pytest.raises(ck.CheckpointError, match="malformed shard"):
+    with pytest.raises(dx.CheckpointError, match="malformed shard"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "only_bin")
     for f in bad.glob("*.safetensors"):
         f.unlink()
-    (bad / ck.INDEX).unlink()
+    (bad / ck.source.INDEX).unlink()
     (bad / "pytorch_model.bin").write_bytes(b"x")
-    with pytest.raises(ck.CheckpointError, match="only safetensors"):
+    with pytest.raises(dx.CheckpointError, match="only safetensors"):
         dx.prune_checkpoint(bad, out)
 
     bad = copy_tree(src, tmp_path / "other_config")  # shards of another model's shapes
     config = json.loads((bad / "config.json").read_text())
     config["intermediate_size"] = 80
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ck.CheckpointError, match="do not belong to this config"):
+    with pytest.raises(dx.CheckpointError, match="do not belong to this config"):
         dx.prune_checkpoint(bad, out)
     assert not out.exists() and no_leftovers(tmp_path, "out")
 
@@ -379,7 +378,7 @@ def test_destination_rules(checkpoints, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty directory is no output to protect
     dx.prune_checkpoint(src, empty, ratios=RATIOS)
-    assert (empty / ck.INDEX).exists()
+    assert (empty / ck.source.INDEX).exists()
 
     with pytest.raises(dx.InvalidArgumentError, match="outside the source"):
         dx.prune_checkpoint(src, src / "pruned")
@@ -443,9 +442,9 @@ def test_too_little_free_space_is_refused_before_writing(checkpoints, tmp_path, 
 
 # -- distributed ----------------------------------------------------------------------------------
 def test_shards_are_shared_by_size():
-    assert ck.assign_shards([10, 50, 20, 20], 2) == [[1], [0, 2, 3]]
-    assert ck.assign_shards([5, 5, 5], 1) == [[0, 1, 2]]
-    assert ck.assign_shards([5], 3) == [[0], [], []]
+    assert ck.distributed.assign_shards([10, 50, 20, 20], 2) == [[1], [0, 2, 3]]
+    assert ck.distributed.assign_shards([5, 5, 5], 1) == [[0, 1, 2]]
+    assert ck.distributed.assign_shards([5], 3) == [[0], [], []]
 
 
 def _rank_worker(rank, world, rendezvous, src, dst, fail_rank, errors):

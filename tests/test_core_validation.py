@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import depgraph_ext as dx
-from depgraph_ext.couplings import CouplingBuilder, Couplings
-from depgraph_ext.resolve import resolve
+from depgraph_ext.graph.couplings import CouplingBuilder, Couplings
+from depgraph_ext.graph.resolve import resolve
 
 native = pytest.mark.skipif(not dx.native_available(), reason="native core not built")
 
@@ -23,8 +23,8 @@ import json, sys
 import numpy as np
 from coupling_graphs import malformed_couplings
 from depgraph_ext import _core
-from depgraph_ext.couplings import Couplings
-from depgraph_ext.resolve_reference import resolve_reference
+from depgraph_ext.graph.couplings import Couplings
+from depgraph_ext.graph.resolve_reference import resolve_reference
 
 FIELDS = ("leaf_sizes", "slot_leaf_offsets", "slot_leaves", "leaf_unit_offsets", "elem_units",
           "unit_blocked", "unit_groups")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import BACKENDS
+from helpers import BACKENDS
 
 
 class TwoDevices(nn.Module):

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import assert_same_state, prune_and_check, state_of
+from helpers import assert_same_state, prune_and_check, state_of
 from nets import randomize_norms
 
 EXAMPLES = int(os.environ.get("DEPGRAPH_FUZZ_EXAMPLES", "120"))

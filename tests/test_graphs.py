@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import prune_and_check
+from helpers import prune_and_check
 
 pyg = pytest.importorskip("torch_geometric.nn")
 

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from conftest import BACKENDS
-from depgraph_ext.importance import fisher_statistics, normalize
+from helpers import BACKENDS
+from depgraph_ext.prune.importance import fisher_statistics, normalize
 
 
 class Net(nn.Module):

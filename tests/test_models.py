@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import prune_and_check
+from helpers import prune_and_check
 from nets import DenseNet, ResNeXt, randomize_norms
 
 transformers = pytest.importorskip("transformers")

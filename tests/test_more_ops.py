@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import prune_and_check
+from helpers import prune_and_check
 from nets import randomize_norms
 
 F64 = torch.float64
@@ -120,7 +120,7 @@ def test_gather_and_scatter_on_non_channel_dims():
 def test_a_size_the_code_fixes_is_found_and_kept():
     """zeros(2, 10) in the forward fixes the width: validation finds the op, the channels are
     kept, and with nothing else to prune the call refuses, leaving the model as it was."""
-    from conftest import assert_same_state, state_of
+    from helpers import assert_same_state, state_of
 
     model = Tokens(hard_coded=True).double().eval()
     before = state_of(model)
@@ -144,7 +144,7 @@ class Reshaped(nn.Module):
 
 
 def test_a_size_fixed_silently_is_found_by_the_shape_check():
-    from conftest import assert_same_state, state_of
+    from helpers import assert_same_state, state_of
 
     model = Reshaped().double().eval()
     before = state_of(model)

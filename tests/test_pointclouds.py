@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from conftest import prune_and_check
+from helpers import prune_and_check
 from nets import randomize_norms
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import prune_and_check
+from helpers import prune_and_check
 
 
 class WordLM(nn.Module):

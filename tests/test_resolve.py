@@ -11,8 +11,8 @@ import torch
 
 import depgraph_ext as dx
 from coupling_graphs import random_couplings
-from depgraph_ext.couplings import CouplingBuilder
-from depgraph_ext.resolve import resolutions_equal, resolve
+from depgraph_ext.graph.couplings import CouplingBuilder
+from depgraph_ext.graph.resolve import resolutions_equal, resolve
 
 native = pytest.mark.skipif(not dx.native_available(), reason="native core not built")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import prune_and_check
+from helpers import prune_and_check
 
 
 def graph(model, x, backend="python", **kw) -> dx.DependencyGraph:
@@ -330,20 +330,18 @@ def test_registered_rule_makes_a_custom_op_transparent():
         assert member_map(dg, "a.weight", 0) == {}
         assert sorted(member_map(dg, "b.weight", 0)) == list(range(4))
     finally:
-        from depgraph_ext import rules
-
-        rules._RULES.pop("dxtest.mystery")
+        dx.unregister_rule("dxtest.mystery")
 
 
 def test_rules_looked_up_by_op_follow_changes_to_the_table():
-    from depgraph_ext import rules
+    from depgraph_ext.graph import rules
 
     node = dx.DependencyGraph(Mystery(), torch.randn(1, 2, 3, 3)).graph.nodes
     mystery_node = next(n for n in node if n.name == "dxtest.mystery.default")
     assert rules.rule_for(mystery_node) is None  # looked up once: remembered by op
-    rules._RULES["dxtest.mystery"] = rules._RULES["aten.relu"]
+    dx.register_rule("dxtest.mystery", rules.registered_rule("aten.relu"))
     try:
-        assert rules.rule_for(mystery_node) is rules._RULES["aten.relu"]
+        assert rules.rule_for(mystery_node) is rules.registered_rule("aten.relu")
     finally:
-        rules._RULES.pop("dxtest.mystery")
+        dx.unregister_rule("dxtest.mystery")
     assert rules.rule_for(mystery_node) is None

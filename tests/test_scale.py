@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from depgraph_ext import trace as tr
+from depgraph_ext.graph import trace as tr
 
 T = pytest.importorskip("transformers")
 
@@ -51,20 +51,20 @@ def test_meta_model_has_the_groups_of_its_real_twin():
 
 def test_real_fake_and_meta_traces_record_the_same_ops():
     model = llama("cpu")
-    real, fake, meta = (tr._trace(model, IDS, None, mode) for mode in ("real", "fake", "meta"))
+    real, fake, meta = (tr.trace_as(model, IDS, mode) for mode in ("real", "fake", "meta"))
     assert outputs(real) == outputs(fake) == outputs(meta)
     assert (real.mode, fake.mode, meta.mode) == ("real", "fake", "meta")
     assert tr.trace(model, IDS).real  # a small model with real weights: the cheap way
 
 
 def test_real_trace_over_budget_falls_back_to_fake(monkeypatch):
-    monkeypatch.setattr(tr, "_REAL_BUDGET", (0.0, 0.0))
+    monkeypatch.setattr(tr, "REAL_BUDGET", (0.0, 0.0))
     graph = tr.trace(llama("cpu"), IDS)
     assert not graph.real and graph.nodes
 
 
 def test_in_place_slicing_gives_the_freed_tail_back():
-    from depgraph_ext.apply import _apply_in_place
+    from depgraph_ext.prune.apply import apply_in_place
 
     def rss() -> int:
         with open("/proc/self/statm") as f:
@@ -77,7 +77,7 @@ def test_in_place_slicing_gives_the_freed_tail_back():
     before = rss()
     plan = {n: {0: torch.arange(0, 4096, 2)} for n in big}
     plan["small"] = {1: torch.tensor([1, 5])}
-    _apply_in_place(big | {"small": small}, plan)
+    apply_in_place(big | {"small": small}, plan)
     for i, (name, w) in enumerate(big.items()):
         assert id(w) == ids[name] and w.shape == (2048, 2048) and bool((w == i).all())
     assert torch.equal(small, torch.arange(64.0).view(8, 8)[:, [1, 5]])
@@ -143,8 +143,8 @@ def test_shape_trace_keeps_what_the_full_trace_records(monkeypatch, mode):
     shapes = {"model.layers.0.mlp.up_proj.weight": (40, 64),
               "model.layers.0.mlp.gate_proj.weight": (40, 64),
               "model.layers.0.mlp.down_proj.weight": (64, 40)}
-    full = tr.trace(model, IDS, shapes=shapes, meta=mode == "meta")
-    light = tr.trace(model, IDS, shapes=shapes, shapes_only=True, meta=mode == "meta")
+    full = tr.trace(model, IDS, shapes=shapes, allow_meta=mode == "meta")
+    light = tr.trace(model, IDS, shapes=shapes, shapes_only=True, allow_meta=mode == "meta")
     assert full.mode == light.mode == mode
     assert (light.ops, light.module_calls, light.outputs) == shapes_of_full(full)
     called = [name for name, _ in light.module_calls]  # every module called, once

@@ -11,9 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from conftest import BACKENDS, assert_same_state, prune_and_check, state_of
-from depgraph_ext.importance import unit_scores
-from depgraph_ext.plan import Selection, select
+from helpers import BACKENDS, assert_same_state, prune_and_check, state_of
+from depgraph_ext.prune.importance import unit_scores
+from depgraph_ext.prune.select import Selection, select
 
 
 class Chain(nn.Module):
@@ -148,7 +148,7 @@ def test_iterative_steps_recompute_scores_and_reach_the_ratio():
     # the composed plan maps to the original's coordinates: replay it on a fresh original
     fresh = make_chain()
     original = copy.deepcopy(fresh)
-    from depgraph_ext.saving import plan_to_dict
+    from depgraph_ext.io.plans import plan_to_dict
 
     dx.apply_plan(fresh, plan_to_dict(result))
     for (n, a), (_, b) in zip(fresh.state_dict().items(), m.state_dict().items()):
@@ -175,11 +175,11 @@ def test_pruner_object_steps_with_training_in_between():
 
 
 def test_a_failing_later_step_rolls_back_every_step(monkeypatch):
-    from depgraph_ext import pruner as pruner_module
+    from depgraph_ext.prune import validate
 
     m = make_chain()
     before = state_of(m)
-    real = pruner_module.make_plan
+    real = validate.checked_plan
     count = {"n": 0}
 
     def fail_second(*a, **k):
@@ -188,7 +188,7 @@ def test_a_failing_later_step_rolls_back_every_step(monkeypatch):
             raise RuntimeError("injected")
         return real(*a, **k)
 
-    monkeypatch.setattr(pruner_module, "make_plan", fail_second)
+    monkeypatch.setattr(validate, "checked_plan", fail_second)
     with pytest.raises(RuntimeError, match="injected"):
         dx.prune(m, X, ratio=0.5, iterative_steps=2)
     assert_same_state(before, state_of(m))
@@ -333,20 +333,19 @@ def test_scoring_only_leaves_other_groups_unscored_and_the_rest_unchanged(backen
     full = unit_scores(dg, "l2").numpy()
     wanted = np.array([g.kind != "hidden" for g in dg.groups])
     assert wanted.any() and not wanted.all()
-    with dg.scoring_only(wanted):
-        part = unit_scores(dg, "l2").numpy()
+    part = unit_scores(dg.scoring_only(wanted), "l2").numpy()
     for group, w in zip(dg.groups, wanted):
         ids_ = group.unit_ids[group.prunable]
         if w:
             np.testing.assert_array_equal(part[ids_], full[ids_])
         else:
             assert np.isnan(part[group.unit_ids]).all()
-    assert dg.units_to_score is None  # the block is over: everything scores again
+    assert dg.units_to_score is None  # a new graph: the first one still scores everything
 
 
 def captured_members(monkeypatch):
     """(parameter name, dim) of every slice the scorers read, recorded from scored_slices."""
-    from depgraph_ext import importance
+    from depgraph_ext.prune import importance
 
     seen: list[tuple[str, int]] = []
     original = importance.scored_slices
@@ -380,15 +379,13 @@ def test_a_kind_of_ratio_zero_is_not_read_for_scoring(monkeypatch):
     dict(ratio=0.5, ratios={"hidden": 0.0}, iterative_steps=2),
 ])
 def test_skipping_unshrinkable_groups_changes_no_result(monkeypatch, backend, kwargs):
-    import contextlib
-
-    from depgraph_ext.dependency import DependencyGraph
+    from depgraph_ext.graph.dependency import DependencyGraph
 
     model, ids = small_llama()
     reference = copy.deepcopy(model)
     dx.prune(model, ids, backend=backend, **kwargs)
     with monkeypatch.context() as m:
-        m.setattr(DependencyGraph, "scoring_only", lambda self, groups: contextlib.nullcontext())
+        m.setattr(DependencyGraph, "scoring_only", lambda self, groups: self)  # every unit
         dx.prune(reference, ids, backend=backend, **kwargs)
     ours, theirs = model.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys()
@@ -406,9 +403,9 @@ def test_planned_costs_match_the_counts_of_the_pruned_model_with_tied_weights():
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from depgraph_ext.api import _apply
     from depgraph_ext.counting import PlannedCosts
-    from depgraph_ext.plan import make_plan
+    from depgraph_ext.prune.pruner import apply_step
+    from depgraph_ext.prune.validate import checked_plan
 
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
@@ -429,6 +426,6 @@ def test_planned_costs_match_the_counts_of_the_pruned_model_with_tied_weights():
     predicted = costs.at(keep)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = _apply(dg, *make_plan(dg, keep), {}, time.perf_counter(), keep=keep)
+        result = apply_step(dg, checked_plan(dg, keep), {}, time.perf_counter())
     assert predicted == dx.count_params_and_macs(model, ids)
     assert result.params_after == predicted[0] < result.params_before

@@ -16,8 +16,9 @@ from test_recurrent import BiGRUClassifier, WordLM
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import prune_and_check
-from depgraph_ext import trace as tr
+from helpers import prune_and_check
+from depgraph_ext.graph import trace as tr
+from depgraph_ext.graph.walk import ModelWalk
 from nets import DenseNet, ResNeXt, randomize_norms
 
 T = pytest.importorskip("transformers")
@@ -170,9 +171,9 @@ def test_meta_trace_records_what_a_fake_trace_records(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, inputs = make_model(), make_inputs()
-    walk = tr.ModelWalk.of(model)
-    meta = tr._trace(model, inputs, None, "meta", walk=walk)
-    fake = tr._trace(model, inputs, None, "fake", walk=walk)
+    walk = ModelWalk.of(model)
+    meta = tr.trace_as(model, inputs, "meta", walk=walk)
+    fake = tr.trace_as(model, inputs, "fake", walk=walk)
     assert everything(meta) == everything(fake)
     assert (meta.mode, fake.mode) == ("meta", "fake")
     if name == "lstm_lm_fp32":  # the CPU's fused layer, not the generic cell of meta
@@ -229,9 +230,9 @@ def test_more_architectures_same_ops_and_groups(name, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = make_model().eval()
-    walk = tr.ModelWalk.of(model)
-    meta = tr._trace(model, inputs, None, "meta", walk=walk)
-    fake = tr._trace(model, inputs, None, "fake", walk=walk)
+    walk = ModelWalk.of(model)
+    meta = tr.trace_as(model, inputs, "meta", walk=walk)
+    fake = tr.trace_as(model, inputs, "fake", walk=walk)
     assert without_lifts(meta) == without_lifts(fake)
     monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
     with warnings.catch_warnings():
@@ -248,9 +249,9 @@ def test_meta_trace_shapes_only_and_pruned_shapes():
     model = build(ALL["llama_8_2"][0])
     shapes = {f"model.layers.{i}.mlp.{p}_proj.weight": s for i in range(2)
               for p, s in (("up", (40, 64)), ("gate", (40, 64)), ("down", (64, 40)))}
-    walk = tr.ModelWalk.of(model)
-    meta, fake = (tr._trace(model, inputs_for("llama_8_2"), shapes, mode, walk=walk,
-                            shapes_only=True) for mode in ("meta", "fake"))
+    walk = ModelWalk.of(model)
+    meta, fake = (tr.trace_as(model, inputs_for("llama_8_2"), mode, shapes=shapes, walk=walk,
+                              shapes_only=True) for mode in ("meta", "fake"))
     assert (meta.ops, meta.module_calls, meta.outputs) == (fake.ops, fake.module_calls,
                                                           fake.outputs)
     assert ("model.layers.1.mlp", [(2, 12, 64)]) in meta.module_calls
@@ -258,7 +259,7 @@ def test_meta_trace_shapes_only_and_pruned_shapes():
 
 def test_device_code_sees_the_cpu():
     x = rand(5, 6, dtype=torch.float32)
-    g = tr._trace(DeviceBranches().eval(), x, None, "meta")
+    g = tr.trace_as(DeviceBranches().eval(), x, "meta")
     assert "aten.flip.default" not in {str(n.op) for n in g.nodes}  # the CPU branch ran
 
 
@@ -327,7 +328,9 @@ def test_pruning_through_meta_traces(monkeypatch, name):
 def test_remembered_meta_results_are_the_kernels_results():
     """Results of ops that make new tensors are rebuilt from a key of their arguments'
     layouts; they must be what the meta kernel gives, and views must stay views."""
-    from depgraph_ext import standin
+    from depgraph_ext.graph import standin
+
+    memo = standin.MetaResults()
 
     def meta(*shape, dtype=torch.float32):
         return torch.empty(*shape, dtype=dtype, device="meta")
@@ -335,21 +338,21 @@ def test_remembered_meta_results_are_the_kernels_results():
     mul = torch.ops.aten.mul.Tensor
     a, b = meta(4, 6), meta(6)
     for _ in range(2):  # the second call is rebuilt
-        out = standin.run_on_meta(mul, (a, b), {})
+        out = memo.run(mul, (a, b), {})
         assert (out.shape, out.stride(), out.dtype) == ((4, 6), (6, 1), torch.float32)
     t = meta(6, 4).t()  # same shape, other strides: the result follows the input's layout
-    out = standin.run_on_meta(mul, (t, b), {})
+    out = memo.run(mul, (t, b), {})
     assert out.stride() == mul(t, b).stride() == t.stride() == (1, 4)
     ints = meta(3, dtype=torch.int64)  # 2 and 2.0 promote differently
-    assert standin.run_on_meta(torch.ops.aten.mul.Scalar, (ints, 2), {}).dtype == torch.int64
-    assert standin.run_on_meta(torch.ops.aten.mul.Scalar, (ints, 2.0), {}).dtype == torch.float32
-    assert standin.run_on_meta(torch.ops.aten.sum.dim_IntList, (a, [1], True), {}).shape == (4, 1)
-    assert standin.run_on_meta(torch.ops.aten.sum.dim_IntList, (a, [0], False), {}).shape == (6,)
-    values, indices = standin.run_on_meta(torch.ops.aten.topk.default, (a, 2), {})
+    assert memo.run(torch.ops.aten.mul.Scalar, (ints, 2), {}).dtype == torch.int64
+    assert memo.run(torch.ops.aten.mul.Scalar, (ints, 2.0), {}).dtype == torch.float32
+    assert memo.run(torch.ops.aten.sum.dim_IntList, (a, [1], True), {}).shape == (4, 1)
+    assert memo.run(torch.ops.aten.sum.dim_IntList, (a, [0], False), {}).shape == (6,)
+    values, indices = memo.run(torch.ops.aten.topk.default, (a, 2), {})
     assert (values.shape, indices.dtype) == ((4, 2), torch.int64)
     view = torch.ops.aten.view.default
     for _ in range(2):
-        v = standin.run_on_meta(view, (a, [24]), {})
+        v = memo.run(view, (a, [24]), {})
         assert v._base is a  # not rebuilt: a view shares its input's storage
-    assert standin._result_key(torch.ops.aten.add_.Tensor, (a, a), {}) is None  # writes
-    assert standin._result_key(torch.ops.aten.zeros.default, ([3],), {}) is None  # factory
+    assert standin.result_key(torch.ops.aten.add_.Tensor, (a, a), {}) is None  # writes
+    assert standin.result_key(torch.ops.aten.zeros.default, ([3],), {}) is None  # factory

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from conftest import BACKENDS, assert_same_state, state_of
+from helpers import BACKENDS, assert_same_state, state_of
 
 
 def _train(model, opt, steps=3):
@@ -69,7 +69,7 @@ def test_state_that_cannot_be_sliced_is_refused_before_any_change():
 
 
 def test_a_failure_while_slicing_leaves_the_optimizer_as_it_was(monkeypatch):
-    from depgraph_ext import apply
+    from depgraph_ext.prune import apply
 
     model = make_net().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

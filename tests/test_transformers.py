@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from conftest import BACKENDS, prune_and_check
+from helpers import BACKENDS, prune_and_check
 from depgraph_ext.testing import outputs_of
 
 T = pytest.importorskip("transformers")
@@ -249,7 +249,7 @@ def test_llama_3_8b_shape_traces_on_meta_without_weights():
     assert [g.kind for g in kv] == ["heads"] and kv[0].num_units == 8
     assert BACKENDS  # both backends agree on this graph too
     if len(BACKENDS) == 2:
-        from depgraph_ext.resolve import resolutions_equal, resolve
+        from depgraph_ext.graph.resolve import resolutions_equal, resolve
 
         py = resolve(dg.coupling_model.couplings, "python")
         assert resolutions_equal(py, dg.resolution)
@@ -316,7 +316,7 @@ def test_config_check_reads_the_state_dicts_entries():
     buffer such as rotary's inv_freq, a BatchNorm's counter)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from depgraph_ext.configs import _state_shapes
+    from depgraph_ext.prune.configs import state_shapes
 
     cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
@@ -324,5 +324,5 @@ def test_config_check_reads_the_state_dicts_entries():
     extra = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     for model in (LlamaForCausalLM(cfg), extra):
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        assert dict(_state_shapes(model)) == expected
-        assert len(list(_state_shapes(model))) == len(expected)
+        assert dict(state_shapes(model)) == expected
+        assert len(list(state_shapes(model))) == len(expected)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from conftest import assert_same_state, state_of
+from helpers import assert_same_state, state_of
 from depgraph_ext.testing import outputs_of
 from nets import ResNeXt, randomize_norms
 
@@ -160,16 +160,16 @@ def test_pruned_model_saves_exports_and_compiles(tmp_path):
 
 
 STAGES = [
-    ("depgraph_ext.dependency", "trace"),
-    ("depgraph_ext.dependency", "build_couplings"),
-    ("depgraph_ext.dependency", "resolve"),
-    ("depgraph_ext.pruner", "unit_scores"),
-    ("depgraph_ext.pruner", "select"),
-    ("depgraph_ext.plan", "attribute_updates"),
-    ("depgraph_ext.plan", "validate_plan"),
-    ("depgraph_ext.plan", "config_updates"),
+    ("depgraph_ext.graph.dependency", "trace"),
+    ("depgraph_ext.graph.dependency", "build_couplings"),
+    ("depgraph_ext.graph.dependency", "resolve"),
+    ("depgraph_ext.prune.pruner", "unit_scores"),
+    ("depgraph_ext.prune.select", "select"),
+    ("depgraph_ext.prune.plan", "attribute_updates"),
+    ("depgraph_ext.prune.validate", "validate_plan"),
+    ("depgraph_ext.prune.plan", "config_updates"),
     ("depgraph_ext.ops", "gather_slices"),  # native slicing
-    ("depgraph_ext.apply", "gather"),  # python slicing
+    ("depgraph_ext.prune.apply", "gather"),  # python slicing
 ]
 
 

@@ -7,6 +7,10 @@
 //   rows). Contributions are combined over members by reduce: "sum", "mean" (over the members
 //   that touch the unit) or "max". fp32 accumulation for fp16/bf16/fp32 (fp64 for fp64); the
 //   result is fp64 if any member is fp64, else fp32. One fused pass over all members.
+// index_sums(tensors, dims, p) -> Tensor[sum of the dims' sizes]
+//   Member i's per-index sums of |w|^p along dims[i] (every other dim summed), the members'
+//   sums back to back, fp64 on the members' device: grouped_norm's first pass, before any
+//   mapping to units or rounding (what streaming checkpoint scores add up exactly).
 // gather_slices(tensors, dims, kept) -> Tensor[]
 //   The kept indices (sorted, int32/int64) of each tensor along its dim, as new tensors;
 //   bit-identical to index_select, any dtype.
@@ -39,6 +43,7 @@ TORCH_LIBRARY(depgraph_ext, m) {
   m.def(
       "grouped_norm(Tensor[] tensors, int[] dims, Tensor[] unit_maps, int num_units, int p, "
       "str reduce) -> Tensor");
+  m.def("index_sums(Tensor[] tensors, int[] dims, int p) -> Tensor");
   m.def("gather_slices(Tensor[] tensors, int[] dims, Tensor[] kept) -> Tensor[]");
   m.def("compact_(Tensor(a!)[] tensors, int[] dims, Tensor[] kept) -> ()");
 }

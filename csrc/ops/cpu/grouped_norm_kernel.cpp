@@ -1,5 +1,6 @@
-// grouped_norm on CPU: per member, per-index sums of |w|^p (reduced with SIMD lanes in fp32, or
-// fp64 for fp64, and accumulated in double), then mapped to units and reduced over members.
+// index_sums and grouped_norm on CPU: per member, per-index sums of |w|^p (reduced with SIMD
+// lanes in fp32, or fp64 for fp64, and accumulated in double); grouped_norm then maps them to
+// units and reduces over members (arguments.h, as on every device).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -67,52 +68,59 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
                      });
     return sums;
   }
-  // short rows: split the outer dim, one partial vector per thread; blocks of outer rows are
+  // short rows: the outer dim in a fixed number of chunks (not one per thread: the sums must
+  // not depend on how many threads run, or on whether this runs inside another parallel
+  // region), one partial vector per chunk, added in chunk order; blocks of outer rows are
   // summed in the accumulation type (a vectorisable loop along the contiguous dim), then added
   // in double
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t kBlock = 32;
+  constexpr int64_t kChunks = 16;
   const int64_t width = a.n * a.inner;
-  const int threads = at::get_num_threads();
-  std::vector<std::vector<double>> partial(threads, std::vector<double>(a.n, 0.0));
-  at::parallel_for(0, (a.outer + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double>& mine = partial[at::get_thread_num()];
-    std::vector<acc_t> block(width);
-    for (int64_t b = begin; b < end; ++b) {
-      std::fill(block.begin(), block.end(), acc_t(0));
-      const int64_t o_end = std::min(a.outer, (b + 1) * kBlock);
-      acc_t* __restrict acc = block.data();
-      int64_t o = b * kBlock;
-      for (; o + 8 <= o_end; o += 8) {  // eight rows per pass over the accumulators
-        const scalar_t* __restrict r0 = data + o * width;
-        const scalar_t* __restrict r1 = r0 + width;
-        const scalar_t* __restrict r2 = r1 + width;
-        const scalar_t* __restrict r3 = r2 + width;
-        const scalar_t* __restrict r4 = r3 + width;
-        const scalar_t* __restrict r5 = r4 + width;
-        const scalar_t* __restrict r6 = r5 + width;
-        const scalar_t* __restrict r7 = r6 + width;
+  const int64_t blocks = (a.outer + kBlock - 1) / kBlock;
+  const int64_t chunks = std::min(blocks, kChunks);
+  std::vector<std::vector<double>> partial(chunks, std::vector<double>(a.n, 0.0));
+  at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
+    for (int64_t c = first_chunk; c < last_chunk; ++c) {
+      std::vector<double>& mine = partial[c];
+      std::vector<acc_t> block(width);
+      const int64_t begin = c * blocks / chunks, end = (c + 1) * blocks / chunks;
+      for (int64_t b = begin; b < end; ++b) {
+        std::fill(block.begin(), block.end(), acc_t(0));
+        const int64_t o_end = std::min(a.outer, (b + 1) * kBlock);
+        acc_t* __restrict acc = block.data();
+        int64_t o = b * kBlock;
+        for (; o + 8 <= o_end; o += 8) {  // eight rows per pass over the accumulators
+          const scalar_t* __restrict r0 = data + o * width;
+          const scalar_t* __restrict r1 = r0 + width;
+          const scalar_t* __restrict r2 = r1 + width;
+          const scalar_t* __restrict r3 = r2 + width;
+          const scalar_t* __restrict r4 = r3 + width;
+          const scalar_t* __restrict r5 = r4 + width;
+          const scalar_t* __restrict r6 = r5 + width;
+          const scalar_t* __restrict r7 = r6 + width;
 #pragma omp simd
-        for (int64_t e = 0; e < width; ++e) {
-          const acc_t v0 = widen(r0[e]), v1 = widen(r1[e]), v2 = widen(r2[e]), v3 = widen(r3[e]);
-          const acc_t v4 = widen(r4[e]), v5 = widen(r5[e]), v6 = widen(r6[e]), v7 = widen(r7[e]);
-          acc[e] += P == 2 ? ((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)) +
-                                 ((v4 * v4 + v5 * v5) + (v6 * v6 + v7 * v7))
-                           : ((std::abs(v0) + std::abs(v1)) + (std::abs(v2) + std::abs(v3))) +
-                                 ((std::abs(v4) + std::abs(v5)) + (std::abs(v6) + std::abs(v7)));
+          for (int64_t e = 0; e < width; ++e) {
+            const acc_t v0 = widen(r0[e]), v1 = widen(r1[e]), v2 = widen(r2[e]), v3 = widen(r3[e]);
+            const acc_t v4 = widen(r4[e]), v5 = widen(r5[e]), v6 = widen(r6[e]), v7 = widen(r7[e]);
+            acc[e] += P == 2 ? ((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)) +
+                                   ((v4 * v4 + v5 * v5) + (v6 * v6 + v7 * v7))
+                             : ((std::abs(v0) + std::abs(v1)) + (std::abs(v2) + std::abs(v3))) +
+                                   ((std::abs(v4) + std::abs(v5)) + (std::abs(v6) + std::abs(v7)));
+          }
         }
-      }
-      for (; o < o_end; ++o) {
-        const scalar_t* __restrict row = data + o * width;
+        for (; o < o_end; ++o) {
+          const scalar_t* __restrict row = data + o * width;
 #pragma omp simd
-        for (int64_t e = 0; e < width; ++e) {
-          const acc_t v = widen(row[e]);
-          acc[e] += P == 2 ? v * v : std::abs(v);
+          for (int64_t e = 0; e < width; ++e) {
+            const acc_t v = widen(row[e]);
+            acc[e] += P == 2 ? v * v : std::abs(v);
+          }
         }
+        for (int64_t j = 0; j < a.n; ++j)
+          for (int64_t i = 0; i < a.inner; ++i)
+            mine[j] += static_cast<double>(block[j * a.inner + i]);
       }
-      for (int64_t j = 0; j < a.n; ++j)
-        for (int64_t i = 0; i < a.inner; ++i)
-          mine[j] += static_cast<double>(block[j * a.inner + i]);
     }
   });
   for (const auto& p : partial)
@@ -123,17 +131,13 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
 // Members with fewer elements are summed one per thread, each on a single thread.
 constexpr int64_t kSmallMember = 1 << 20;
 
-at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
-                            at::TensorList unit_maps, int64_t num_units, int64_t p,
-                            c10::string_view reduce_name) {
-  check_lists(tensors.size(), dims.size(), unit_maps.size(), "unit_maps");
+// Per-index sums of |w|^p of every member (checked first): small members one per thread in a
+// single parallel region (many small tensors would otherwise open one region each, and each
+// region's barrier costs more than the work when other processes share the cores), large
+// ones each split across the threads.
+std::vector<std::vector<double>> member_index_sums(at::TensorList tensors, at::IntArrayRef dims,
+                                                   int64_t p) {
   TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
-  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
-  const Reduce reduce = parse_reduce(std::string(reduce_name));
-  // Checks and unit maps first; then the per-index sums of every member: small members one
-  // per thread in a single parallel region (many small tensors would otherwise open one
-  // region each, and each region's barrier costs more than the work when other processes
-  // share the cores), large ones each split across the threads.
   const size_t n = tensors.size();
   std::vector<Around> arounds(n);
   std::vector<std::vector<double>> sums(n);
@@ -142,16 +146,9 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
     TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
-    const int64_t d = checked_dim(t, dims[i], i);
-    check_index(unit_maps[i], i, "unit_maps");
-    TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
-                unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
-    arounds[i] = around(t, d);
+    arounds[i] = around(t, checked_dim(t, dims[i], i));
     (t.numel() < kSmallMember ? small : large).push_back(static_cast<int64_t>(i));
   }
-  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
-  std::vector<std::vector<int64_t>> maps(n);
-  for (size_t i = 0; i < n; ++i) maps[i] = unit_map(host_maps[i], num_units, i);
   auto member_sums = [&](int64_t i) {
     const at::Tensor& t = tensors[i];
     if (t.numel() == 0) {
@@ -159,7 +156,7 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
       return;
     }
     const at::Tensor x = t.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grouped_norm",
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "index_sums",
                                     [&] {
                                       sums[i] = p == 2 ? index_sums<scalar_t, 2>(x, arounds[i])
                                                        : index_sums<scalar_t, 1>(x, arounds[i]);
@@ -170,15 +167,52 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
     for (int64_t k = begin; k < end; ++k) member_sums(small[k]);
   });
   for (int64_t i : large) member_sums(i);
+  return sums;
+}
 
+at::Tensor index_sums_cpu(at::TensorList tensors, at::IntArrayRef dims, int64_t p) {
+  TORCH_CHECK(tensors.size() == dims.size(), "tensors and dims must have one entry per member "
+              "(got ", tensors.size(), ", ", dims.size(), ")");
+  const std::vector<std::vector<double>> sums = member_index_sums(tensors, dims, p);
+  int64_t total = 0;
+  for (const auto& s : sums) total += static_cast<int64_t>(s.size());
+  at::Tensor out = at::empty({total}, at::TensorOptions().dtype(at::kDouble));
+  double* dst = out.mutable_data_ptr<double>();
+  for (const auto& s : sums) dst = std::copy(s.begin(), s.end(), dst);
+  return out;
+}
+
+at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
+                            at::TensorList unit_maps, int64_t num_units, int64_t p,
+                            c10::string_view reduce_name) {
+  check_lists(tensors.size(), dims.size(), unit_maps.size(), "unit_maps");
+  TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
+  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
+  const Reduce reduce = parse_reduce(std::string(reduce_name));
+  const size_t n = tensors.size();
+  for (size_t i = 0; i < n; ++i) {  // every argument is checked before any weight is read
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    const int64_t d = checked_dim(t, dims[i], i);
+    check_index(unit_maps[i], i, "unit_maps");
+    TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
+                unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
+  }
+  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
+  std::vector<std::vector<int64_t>> maps(n);
+  for (size_t i = 0; i < n; ++i) maps[i] = unit_map(host_maps[i], num_units, i);
+  const std::vector<std::vector<double>> sums = member_index_sums(tensors, dims, p);
   std::vector<const double*> sum_ptrs(n);
   for (size_t i = 0; i < n; ++i) sum_ptrs[i] = sums[i].data();
-  const at::Tensor result = reduce_to_units(maps, sum_ptrs, num_units, reduce);
-  return result.to(result_type(tensors));
+  return reduce_to_units(maps, sum_ptrs, num_units, reduce).to(result_type(tensors));
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) { m.impl("grouped_norm", &grouped_norm_cpu); }
+TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
+  m.impl("grouped_norm", &grouped_norm_cpu);
+  m.impl("index_sums", &index_sums_cpu);
+}
 
 }  // namespace depgraph_ext

@@ -1,4 +1,4 @@
-// grouped_norm on CUDA. The weight pass (the only one that reads the model) is fused: one launch
+// index_sums and grouped_norm on CUDA. The weight pass (the only one that reads the model) is fused: one launch
 // per (dtype, row length class) covers every member, writing per-index sums of |w|^p (fp32 in a
 // thread, fp64 across threads). Those sums are small (one per index of each member's dim): they
 // come back to the host in one copy and are mapped to units and reduced over members by the
@@ -114,35 +114,24 @@ void launch(const std::vector<Member>& members, bool long_kind, int64_t items, i
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
-                             at::TensorList unit_maps, int64_t num_units, int64_t p,
-                             c10::string_view reduce_name) {
-  check_lists(tensors.size(), dims.size(), unit_maps.size(), "unit_maps");
+// Per-index sums of every member (fp64, back to back on the device) in one fused weight pass.
+at::Tensor member_index_sums(at::TensorList tensors, at::IntArrayRef dims, int64_t p,
+                             std::vector<int64_t>& offsets) {
   TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
-  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
-  const Reduce reduce = parse_reduce(std::string(reduce_name));
-  TORCH_CHECK(!tensors.empty(), "grouped_norm on CUDA needs at least one member");
+  TORCH_CHECK(!tensors.empty(), "a CUDA kernel needs at least one member");
   const at::Device device = tensors[0].device();
-  const c10::cuda::CUDAGuard guard(device);
-
   std::vector<at::Tensor> contiguous;  // alive until the kernels are queued
-  std::vector<int64_t> offsets;
   int64_t total = 0;
+  offsets.clear();
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device() == device, "member ", i, " is on ", t.device(), ", not ", device);
     TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
     const int64_t d = checked_dim(t, dims[i], i);
-    check_index(unit_maps[i], i, "unit_maps");
-    TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
-                unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
     contiguous.push_back(t.contiguous());
     offsets.push_back(total);
     total += t.size(d);
   }
-  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
-  std::vector<std::vector<int64_t>> maps(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) maps[i] = unit_map(host_maps[i], num_units, i);
   at::Tensor sums = at::zeros({total}, at::TensorOptions().dtype(at::kDouble).device(device));
   for (at::ScalarType dtype : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble}) {
     for (bool long_kind : {true, false}) {
@@ -158,11 +147,47 @@ at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
         members.push_back({x.const_data_ptr(), a.outer, a.n, a.inner, items, offsets[i]});
         items += n_items;
       }
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "grouped_norm_cuda", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "index_sums_cuda", [&] {
         launch<scalar_t>(members, long_kind, items, p, sums.mutable_data_ptr<double>(), device);
       });
     }
   }
+  return sums;
+}
+
+at::Tensor index_sums_cuda(at::TensorList tensors, at::IntArrayRef dims, int64_t p) {
+  TORCH_CHECK(tensors.size() == dims.size(), "tensors and dims must have one entry per member "
+              "(got ", tensors.size(), ", ", dims.size(), ")");
+  TORCH_CHECK(!tensors.empty(), "a CUDA kernel needs at least one member");
+  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  std::vector<int64_t> offsets;
+  return member_index_sums(tensors, dims, p, offsets);
+}
+
+at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
+                             at::TensorList unit_maps, int64_t num_units, int64_t p,
+                             c10::string_view reduce_name) {
+  check_lists(tensors.size(), dims.size(), unit_maps.size(), "unit_maps");
+  TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
+  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
+  const Reduce reduce = parse_reduce(std::string(reduce_name));
+  TORCH_CHECK(!tensors.empty(), "a CUDA kernel needs at least one member");
+  const at::Device device = tensors[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  for (size_t i = 0; i < tensors.size(); ++i) {  // every argument before any weight is read
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device() == device, "member ", i, " is on ", t.device(), ", not ", device);
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    const int64_t d = checked_dim(t, dims[i], i);
+    check_index(unit_maps[i], i, "unit_maps");
+    TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",
+                unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
+  }
+  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
+  std::vector<std::vector<int64_t>> maps(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) maps[i] = unit_map(host_maps[i], num_units, i);
+  std::vector<int64_t> offsets;
+  const at::Tensor sums = member_index_sums(tensors, dims, p, offsets);
   // Indices -> units and the reduction over members, on the host's copy of the small sums.
   const at::Tensor host_sums = sums.cpu();
   std::vector<const double*> member_sums(tensors.size());
@@ -174,6 +199,9 @@ at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(depgraph_ext, CUDA, m) { m.impl("grouped_norm", &grouped_norm_cuda); }
+TORCH_LIBRARY_IMPL(depgraph_ext, CUDA, m) {
+  m.impl("grouped_norm", &grouped_norm_cuda);
+  m.impl("index_sums", &index_sums_cuda);
+}
 
 }  // namespace depgraph_ext

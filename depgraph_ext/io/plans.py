@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .apply import AttributeUpdate, apply_changes
-from .configs import ConfigUpdate, apply_config_updates
-from .errors import InvalidArgumentError, PruningError
+from ..errors import InvalidArgumentError, PruningError
+from ..prune.apply import apply_changes
+from ..prune.attributes import AttributeUpdate
+from ..prune.configs import ConfigUpdate, apply_config_updates
 
 FORMAT = "depgraph_ext.plan/1"
 

@@ -2,7 +2,7 @@
 
 A trace on plain meta tensors costs about half of one on fake tensors (``FakeTensorMode``
 checks, hashes and wraps every op in Python), and a quarter once the results of repeated ops
-are remembered (``run_on_meta``); but two things see the meta device where the
+are remembered (``MetaResults``); but two things see the meta device where the
 model would see its own: the model's Python code (``x.device``, ``x.to(device)``), and a few
 composite ops that pick their decomposition in C++ by device (attention picks a fused kernel
 on the CPU and plain math on meta; recurrent layers a fused layer on the CPU). So, during a
@@ -157,30 +157,36 @@ def _is_stand_in(x: Any, device: torch.device) -> bool:
 
 
 # -- results of meta kernels, remembered ---------------------------------------------------------
-# Many meta kernels are Python functions (torch._refs: an elementwise mul on meta takes about
-# 150 us, ten times a CPU mul of a few thousand values), and a model repeats the same ops on
-# the same shapes layer after layer. An op that makes new tensors (no aliasing, no writing)
-# from tensors gives results whose layout follows from its inputs' layouts and its other
-# arguments alone, so it is run once per such key and its results are rebuilt from then on.
-_RESULTS: dict[tuple, Any] = {}
-_RESULTS_MAX = 1 << 16
+class MetaResults:
+    """The results of meta kernels, remembered where that is exact.
 
+    Many meta kernels are Python functions (torch._refs: an elementwise mul on meta takes about
+    150 us, ten times a CPU mul of a few thousand values), and a model repeats the same ops on
+    the same shapes layer after layer. An op that makes new tensors (no aliasing, no writing)
+    from tensors gives results whose layout follows from its inputs' layouts and its other
+    arguments alone, so it is run once per such key and its results are rebuilt from then on.
+    One memo serves the traces of one dependency graph (the trace and every validation)."""
 
-def run_on_meta(func, args, kwargs):
-    """``func(*args, **kwargs)`` on meta tensors, remembered where that is exact."""
-    key = _result_key(func, args, kwargs)
-    if key is None:
-        return func(*args, **kwargs)
-    layout = _RESULTS.get(key)
-    if layout is None:
-        out = func(*args, **kwargs)
-        layout = _layout_of(out)
-        if layout is not None:
-            if len(_RESULTS) >= _RESULTS_MAX:
-                _RESULTS.clear()
-            _RESULTS[key] = layout
-        return out
-    return _rebuild(layout)
+    MAX_ENTRIES = 1 << 16
+
+    def __init__(self) -> None:
+        self._layouts: dict[tuple, Any] = {}
+
+    def run(self, func, args, kwargs):
+        """``func(*args, **kwargs)`` on meta tensors."""
+        key = result_key(func, args, kwargs)
+        if key is None:
+            return func(*args, **kwargs)
+        layout = self._layouts.get(key)
+        if layout is None:
+            out = func(*args, **kwargs)
+            layout = _layout_of(out)
+            if layout is not None:
+                if len(self._layouts) >= self.MAX_ENTRIES:
+                    self._layouts.clear()
+                self._layouts[key] = layout
+            return out
+        return _rebuild(layout)
 
 
 @functools.cache
@@ -191,7 +197,7 @@ def _makes_new_tensors(func) -> bool:
     return not any(a.alias_info is not None for a in (*schema.arguments, *schema.returns))
 
 
-def _result_key(func, args, kwargs):
+def result_key(func, args, kwargs):
     if not _makes_new_tensors(func):
         return None
     parts = [func]

@@ -2,117 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .couplings import CouplingBuilder, CouplingKind, Couplings, Resolution
-from .errors import InvalidArgumentError, PruningError, UnsupportedOpError, user_stacklevel
-from .progress import as_progress
+from ..errors import InvalidArgumentError, OpaqueOpWarning, PruningError, user_stacklevel
+from ..gcpause import paused_gc
+from ..progress import as_progress
+from .coupling_model import OpaqueOp, build_couplings
+from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
-from .rules import AttentionCall, RuleContext, RuleError, rule_for
-from .trace import ModelWalk, OpGraph, paused_gc, trace
+from .standin import MetaResults
+from .trace import OpGraph, trace
+from .walk import ModelWalk
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
 KINDS = ("channels", "hidden", "heads")
-
-
-class OpaqueOpWarning(UserWarning):
-    """An op without a rule blocked the channels it touches."""
-
-
-class FixedSizeWarning(UserWarning):
-    """Validation found a size fixed by the model's code; the channels it touches are kept."""
-
-
-@dataclass
-class OpaqueOp:
-    op: str
-    module: str
-    node: int
-    reason: str
-    blocked: list[str] = field(default_factory=list)  # parameter names it kept from pruning
-
-    def describe(self) -> str:
-        what = ", ".join(self.blocked[:6]) + (" ..." if len(self.blocked) > 6 else "")
-        return (
-            f"op {self.op} in module {self.module or '<root>'} ({self.reason}) blocks pruning of "
-            f"the channels it touches" + (f": {what}" if what else "")
-        )
-
-
-@dataclass
-class CouplingModel:
-    couplings: Couplings
-    value_slots: list[list[int]]
-    attr_slots: list[tuple[str, str, int]]
-    opaque: list[OpaqueOp]
-    kind_slots: list[tuple[int, str]]
-    attention: list[AttentionCall]
-
-
-def build_couplings(graph: OpGraph, ignored: set[str], strict: bool,
-                    hidden_tensors: list[str] = ()) -> CouplingModel:
-    """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
-
-    ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights)."""
-    builder = CouplingBuilder()
-    ctx = RuleContext(graph, builder)
-    for name in hidden_tensors:
-        ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
-    for v in graph.inputs + graph.outputs:
-        ctx.block_value(v)
-    named = graph.params | graph.buffers
-    for name in sorted(ignored):
-        ctx.block_value(named[name])
-    opaque: list[OpaqueOp] = []
-    touched_anywhere: set[int] = set()
-    for node in graph.nodes:
-        rule = rule_for(node)
-        reason = "no rule for this op"
-        if rule is not None:
-            checkpoint = builder.checkpoint()
-            ctx.touched = set()
-            try:
-                rule(ctx, node)
-            except (RuleError, IndexError, TypeError, ValueError) as exc:
-                builder.rollback(checkpoint)
-                reason = f"its rule cannot map this call: {exc}"
-                rule = None
-        if rule is None:
-            if strict:
-                raise UnsupportedOpError(
-                    f"op {node.name} in module {node.module or '<root>'} has no exact rule "
-                    f"({reason}); strict mode refuses to guess. Register one with "
-                    "depgraph_ext.register_rule or pass strict=False to block its channels"
-                )
-            opaque.append(OpaqueOp(node.name, node.module, node.index, reason))
-            for v in node.inputs + node.outputs:
-                ctx.block_value(v)
-            continue
-        touched_anywhere |= ctx.touched
-        for v in node.outputs:
-            for s in ctx.slots(v):
-                if s not in ctx.touched and ctx.size(s) != 1:
-                    ctx.block(s)
-    # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
-    # the op that reads it.
-    for name in named:
-        for s in ctx.slots(named[name]):
-            if s not in touched_anywhere and ctx.size(s) != 1:
-                ctx.block(s)
-    query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
-    query += [slot for _, _, slot in ctx.attr_slots]
-    query += [slot for slot, _ in ctx.kind_slots]
-    query += [s for call in ctx.attention
-              for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim) if s >= 0]
-    return CouplingModel(builder.build(query), ctx.value_slots, ctx.attr_slots, opaque,
-                         ctx.kind_slots, ctx.attention)
 
 
 @dataclass
@@ -196,18 +106,29 @@ class DependencyGraph:
     ``strict``: raise on an op without a rule instead of blocking its channels.
     ``backend``: ``"native"`` (C++ core, default when built) or ``"python"``.
     ``progress``: bars on long stages (None: when standard error is a terminal).
+    ``meta_stands_for``: the device a model wholly on the meta device is traced as (the CPU by
+    default, so its ops dispatch as they would there).
+
+    A built graph never changes: later stages read it, and learning that more slots are fixed
+    (:meth:`with_blocked`) or scoring fewer units (:meth:`scoring_only`) yields a new graph.
+    It describes the model as it was traced: once the model's shapes change (a plan was
+    applied), :meth:`check_fresh` refuses it.
     """
 
     def __init__(self, model: torch.nn.Module, example_inputs, *, ignore=(), strict=False,
-                 backend: str | None = None, progress: bool | None = None) -> None:
+                 backend: str | None = None, progress: bool | None = None,
+                 meta_stands_for="cpu") -> None:
         self.model = model
         self.progress = as_progress(progress)
         self.example_inputs = example_inputs
         self.backend = select_backend(backend)
+        self.meta_stands_for = torch.device(meta_stands_for)
+        self.meta_results = MetaResults()
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
-        self.graph = trace(model, example_inputs, progress=self.progress, walk=self.walk)
+        self.graph = trace(model, example_inputs, progress=self.progress, walk=self.walk,
+                           meta_stands_for=self.meta_stands_for, meta_results=self.meta_results)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
         with paused_gc():
@@ -220,11 +141,28 @@ class DependencyGraph:
         self.timings.update(trace=t1 - t0, rules=t2 - t1, resolve=t3 - t2)
         self._index()
         self.timings["groups"] = time.perf_counter() - t3
-        self._explain_opaque()
-        self.stale = False
-        self.extra_blocked: set[int] = set()  # slots validation found fixed
+        self.extra_blocked: frozenset[int] = frozenset()  # slots validation found fixed
         # Units whose scores the selection at hand can use (None: all); see ``scoring_only``.
         self.units_to_score: np.ndarray | None = None
+        self._explain_opaque()
+        self._frozen = True
+
+    def __setattr__(self, name, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(
+                f"a DependencyGraph does not change once built (tried to set {name!r}); "
+                "with_blocked() and scoring_only() give new graphs")
+        object.__setattr__(self, name, value)
+
+    def _derived(self, **changes) -> DependencyGraph:
+        """A new graph sharing this one's trace, with ``changes`` (and nothing cached)."""
+        new = object.__new__(DependencyGraph)
+        state = dict(self.__dict__)
+        for cached in ("groups", "output_layout"):
+            state.pop(cached, None)
+        state.update(changes)
+        new.__dict__.update(state)
+        return new
 
     # -- indexing --------------------------------------------------------------------------------
     def _index(self) -> None:
@@ -281,11 +219,14 @@ class DependencyGraph:
         return self.coupling_model.opaque
 
     @property
+    def slot_sizes(self) -> np.ndarray:
+        """int64[num slots]: the traced size of every slot."""
+        return self.coupling_model.couplings.slot_sizes
+
+    @functools.cached_property
     def groups(self) -> list[Group]:
         """Groups with at least one prunable unit, each listing its member slices."""
-        if not hasattr(self, "_groups"):
-            self._groups = self._build_groups()
-        return self._groups
+        return self._build_groups()
 
     def _build_groups(self) -> list[Group]:
         res = self.resolution
@@ -299,7 +240,6 @@ class DependencyGraph:
             kind_of[unit_groups[self.unit_kind == code]] = code
         groups: list[Group] = []
         ids = np.nonzero(prunable_groups)[0].tolist()
-        # The resolution of this moment (block_slots resolves again and lists new groups).
         listing = functools.partial(_list_members, groups, ids, res, self.tensor_dims)
         for gid in ids:
             unit_ids = order[bounds[gid] : bounds[gid + 1]]
@@ -318,11 +258,11 @@ class DependencyGraph:
                 masks[int(leaf)] = mask
         return masks
 
-    def planned_shapes(self, plan) -> dict[str, tuple[int, ...]]:
-        """Shape of every planned tensor once pruned."""
+    def planned_shapes(self, tensors) -> dict[str, tuple[int, ...]]:
+        """Shape of every tensor of a tensor plan (name -> {dim: kept}) once pruned."""
         named = self.graph.params | self.graph.buffers
         shapes = {}
-        for name, dims in plan.items():
+        for name, dims in tensors.items():
             shape = list(self.graph.values[named[name]].shape)
             for d, kept in dims.items():
                 shape[d] = int(kept.numel())
@@ -350,6 +290,80 @@ class DependencyGraph:
             out[nonempty] = np.multiply.reduceat(leaf_kept[res.slot_leaves], offsets[nonempty])
         return out
 
+    @functools.cached_property
+    def output_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every op's results as flat arrays: (results per op, rank per result, the slots of
+        every result's dims in order); what a shape trace of the pruned model is compared to."""
+        slots = self.coupling_model.value_slots
+        outputs = [vo for node in self.graph.nodes for vo in node.outputs]
+        return (np.array([len(n.outputs) for n in self.graph.nodes], dtype=np.int64),
+                np.array([len(slots[vo]) for vo in outputs], dtype=np.int64),
+                np.array([s for vo in outputs for s in slots[vo]], dtype=np.int64))
+
+    def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan"):
+        """A :class:`~depgraph_ext.graph.trace.ShapeTrace` of the model with the given
+        parameter/buffer shapes (no weight is touched), traced as this graph was, so that its
+        ops line up with the graph's."""
+        return trace(self.model, self.example_inputs, shapes=shapes, shapes_only=True,
+                     allow_meta=self.graph.mode != "fake", walk=self.walk,
+                     meta_stands_for=self.meta_stands_for, meta_results=self.meta_results,
+                     progress=self.progress, stage=stage)
+
+    # -- derived graphs ------------------------------------------------------------------------
+    def scoring_only(self, groups: np.ndarray) -> DependencyGraph:
+        """This graph, with importances scoring only the units of ``groups`` (a bool per group
+        of ``self.groups``); the others come out NaN (not scored). The pruner leaves out the
+        groups its selection cannot shrink (a ratio of 0, such as ``ratios={"hidden": 0}``):
+        on an LLM that halves the bytes read for scoring."""
+        mask = np.zeros(self.resolution.num_units, dtype=bool)
+        for group, wanted in zip(self.groups, groups):
+            if wanted:
+                mask[group.unit_ids] = True
+        derived = self._derived(units_to_score=mask)
+        derived.__dict__["groups"] = self.groups  # the same resolution: the same groups
+        return derived
+
+    def with_blocked(self, slots) -> DependencyGraph:
+        """A new graph in which ``slots`` (sizes validation found fixed) are blocked too: the
+        couplings gain a BLOCK each, and the groups are resolved again."""
+        c = self.coupling_model.couplings
+        slots = np.asarray(sorted(set(int(s) for s in slots)), dtype=np.int64)
+        couplings = Couplings(
+            slot_sizes=c.slot_sizes,
+            kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
+            offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
+            data=np.concatenate([c.data, slots]),
+            query_slots=c.query_slots,
+        )
+        t = time.perf_counter()
+        derived = self._derived(
+            coupling_model=dataclasses.replace(self.coupling_model, couplings=couplings),
+            resolution=resolve(couplings, self.backend),
+            extra_blocked=self.extra_blocked | frozenset(slots.tolist()),
+            timings=dict(self.timings))
+        object.__setattr__(derived, "_frozen", False)
+        derived._index()
+        derived.timings["resolve"] += time.perf_counter() - t
+        object.__setattr__(derived, "_frozen", True)
+        return derived
+
+    # -- freshness ----------------------------------------------------------------------------
+    def is_fresh(self) -> bool:
+        """Whether the model still has the shapes this graph traced (no plan applied since)."""
+        g = self.graph
+        for names, tensors in ((g.params, self.walk.params), (g.buffers, self.walk.buffers)):
+            for name, v in names.items():
+                if tuple(tensors[name].shape) != g.values[v].shape:
+                    return False
+        return True
+
+    def check_fresh(self) -> None:
+        if not self.is_fresh():
+            raise PruningError(
+                "this DependencyGraph was built before the model was pruned; build a new one"
+            )
+
+    # -- rendering -----------------------------------------------------------------------------
     def to_dot(self, max_groups: int | None = None) -> str:
         """The groups as Graphviz DOT: one cluster per group (kind, units, prunable units), one
         node per member slice (tensor, dim, indices and indices per unit)."""
@@ -389,46 +403,6 @@ class DependencyGraph:
         subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups),
                        text=True, check=True)
         return path
-
-    @contextlib.contextmanager
-    def scoring_only(self, groups: np.ndarray):
-        """Within the block, importances score only the units of ``groups`` (a bool per group
-        of ``self.groups``); the others come out NaN (not scored). The pruner leaves out the
-        groups its selection cannot shrink (a ratio of 0, such as ``ratios={"hidden": 0}``):
-        on an LLM that halves the bytes read for scoring."""
-        mask = np.zeros(self.resolution.num_units, dtype=bool)
-        for group, wanted in zip(self.groups, groups):
-            if wanted:
-                mask[group.unit_ids] = True
-        previous, self.units_to_score = self.units_to_score, mask
-        try:
-            yield
-        finally:
-            self.units_to_score = previous
-
-    def block_slots(self, slots) -> None:
-        """Block more slots (sizes validation found fixed) and resolve again."""
-        c = self.coupling_model.couplings
-        slots = np.asarray(sorted(set(int(s) for s in slots)), dtype=np.int64)
-        self.extra_blocked.update(int(s) for s in slots)
-        self.coupling_model.couplings = Couplings(
-            slot_sizes=c.slot_sizes,
-            kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
-            offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
-            data=np.concatenate([c.data, slots]),
-            query_slots=c.query_slots,
-        )
-        t = time.perf_counter()
-        self.resolution = resolve(self.coupling_model.couplings, self.backend)
-        self._index()
-        self.__dict__.pop("_groups", None)
-        self.timings["resolve"] += time.perf_counter() - t
-
-    def check_fresh(self) -> None:
-        if self.stale:
-            raise PruningError(
-                "this DependencyGraph was built before the model was pruned; build a new one"
-            )
 
 
 def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None) -> set[str]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
+from .. import ops
 from .couplings import Couplings, Resolution
-from .errors import BackendUnavailableError, InvalidArgumentError
+from ..errors import BackendUnavailableError, InvalidArgumentError
 from .resolve_reference import resolve_reference
 
 try:
-    from . import _core  # type: ignore[attr-defined]
+    from .. import _core  # type: ignore[attr-defined]
 except ImportError as exc:  # the extension is not built
     _core = None
     _CORE_IMPORT_ERROR: ImportError | None = exc

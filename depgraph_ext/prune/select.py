@@ -1,24 +1,23 @@
-"""Selection of units to remove, the plan it implies, and the plan's validation on fake tensors."""
+"""Selection: how many units each group loses, and which (local or global, to a ratio or to a
+parameter/MACs target). Reads a dependency graph and scores; returns a keep mask over units."""
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from .apply import AttributeUpdate, attribute_updates, temporary_attributes
-from .configs import check_loadable, config_updates
-from .dependency import KINDS, DependencyGraph, FixedSizeWarning
-from .errors import InvalidArgumentError, PlanValidationError, TraceError, user_stacklevel
-from .trace import paused_gc, trace
+from ..counting import PlannedCosts
+from ..errors import InvalidArgumentError
+from ..graph.dependency import KINDS, DependencyGraph
+from .importance import scored_slices
 
-# state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
-Plan = dict[str, dict[int, torch.Tensor]]
+BISECTION_STEPS = 30  # halvings of the ratio searched for a target
 
 
+# -- arguments ------------------------------------------------------------------------------------
 def check_ratio(ratio, what: str = "ratio") -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise InvalidArgumentError(f"{what} must be a number in [0, 1), not {ratio!r}")
@@ -64,6 +63,38 @@ def check_min_units(min_units) -> int:
     return min_units
 
 
+
+def check_target(target, what: str):
+    if target is None:
+        return None
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(
+            target) or target <= 0:
+        raise InvalidArgumentError(f"{what} must be a positive count (int) or a fraction of the "
+                                   f"original in (0, 1] (float), not {target!r}")
+    if isinstance(target, float) and target > 1.0:
+        raise InvalidArgumentError(f"{what} as a float is the fraction of the original to keep, "
+                                   f"in (0, 1]; give a count as an int, not {target!r}")
+    return target
+
+
+def step_target(target, initial: int, i: int, n: int) -> int | None:
+    if target is None:
+        return None
+    final = target * initial if isinstance(target, float) else target
+    return int(math.floor(initial - (initial - final) * i / n))
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What one step must not exceed: parameters and MACs (None: no target), predicted by
+    ``costs`` for any keep mask."""
+
+    params: int | None
+    macs: int | None
+    costs: PlannedCosts
+
+
+# -- selection ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Selection:
     """How many units each group loses.
@@ -102,8 +133,6 @@ class Selection:
 
 def group_roots(dg: DependencyGraph) -> list[str]:
     """For every group, the parameter read first in the forward pass among its members."""
-    from .importance import scored_slices
-
     res = dg.resolution
     root_of_gid: dict[int, str] = {}
     for s in scored_slices(dg):
@@ -127,7 +156,8 @@ def group_ratios(dg: DependencyGraph, sel: Selection) -> tuple[np.ndarray, np.nd
     return out, by_module
 
 
-def shrinkable_groups(dg: DependencyGraph, selection: Selection, targets=None) -> np.ndarray:
+def shrinkable_groups(dg: DependencyGraph, selection: Selection,
+                      targets: Targets | None = None) -> np.ndarray:
     """Whether each group can lose units under ``selection``: not when its ratio is 0 (a kind
     or module given 0; with targets, the ratio searched for stands for the default one).
     Local or global, a group of ratio 0 keeps every unit whatever the scores."""
@@ -154,7 +184,7 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
             if not by_module[i]:
                 pools.setdefault(group.kind, []).append(i)
         local = [i for i in range(len(dg.groups)) if by_module[i]]
-        removed = _select_global(dg, s, sel, ratios, caps, pools)
+        removed = select_global(dg, s, sel, ratios, caps, pools)
     else:
         local, removed = range(len(dg.groups)), {}
     for i in local:
@@ -174,7 +204,7 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
     return keep
 
 
-def _select_global(dg, s, sel, ratios, caps, pools) -> dict[int, np.ndarray]:
+def select_global(dg, s, sel, ratios, caps, pools) -> dict[int, np.ndarray]:
     """Per kind: the kind's lowest-scoring units across its groups, as many as its ratio of
     all its candidates, no group past its cap. Returns removed units per group, lowest first."""
     removed: dict[int, np.ndarray] = {}
@@ -228,178 +258,49 @@ def keep_nonempty(dg: DependencyGraph, scores: np.ndarray, keep: np.ndarray) -> 
             keep[units[np.argmax(scores[units])]] = True
 
 
-def build_plan(dg: DependencyGraph, unit_keep: np.ndarray) -> tuple[Plan, dict[int, np.ndarray]]:
-    masks = dg.leaf_keep_masks(unit_keep)
-    plan: Plan = {}
-    for name, dims in dg.tensor_dims.items():
-        for td in dims:
-            leaf_masks = [masks.get(int(leaf)) for leaf in td.leaves]
-            if all(m is None for m in leaf_masks):
-                continue
-            combined = np.ones((), dtype=bool)
-            for leaf, m in zip(td.leaves, leaf_masks):
-                m = np.ones(int(dg.resolution.leaf_sizes[leaf]), dtype=bool) if m is None else m
-                combined = np.logical_and.outer(combined, m)
-            kept = np.nonzero(combined.reshape(-1))[0]
-            plan.setdefault(name, {})[td.dim] = torch.from_numpy(kept.astype(np.int64))
-    return plan, masks
+def choose_units(dg: DependencyGraph, scores: torch.Tensor, selection: Selection,
+                 targets: Targets | None = None) -> np.ndarray:
+    """The keep mask: ``selection`` as it is, or, with ``targets``, with the smallest
+    ``ratio`` whose predicted parameters and MACs are within both targets."""
+    if targets is None:
+        return select(dg, scores, selection)
+    max_params, max_macs = targets.params, targets.macs
+    costs = targets.costs.bound_to(dg)  # validation may have blocked slots since
+
+    def within(keep) -> bool:
+        params, macs = costs.at(keep)
+        return (max_params is None or params <= max_params) and (
+            max_macs is None or macs <= max_macs)
+
+    keep = select(dg, scores, selection.with_ratio(0.0))
+    if within(keep):
+        return keep
+    hi = 1.0 - 1e-9
+    keep_hi = select(dg, scores, selection.with_ratio(hi))
+    if not within(keep_hi):
+        params, macs = costs.at(keep_hi)
+        raise InvalidArgumentError(
+            f"the target cannot be reached: removing every prunable unit this selection allows "
+            f"leaves {params:,} parameters and {macs:,} MACs (targets: "
+            f"{max_params if max_params is not None else '-'} parameters, "
+            f"{max_macs if max_macs is not None else '-'} MACs); lower max_ratio/min_units "
+            "limits or the per-kind ratios, or ask for less")
+    lo = 0.0
+    for _ in range(BISECTION_STEPS):
+        mid = (lo + hi) / 2
+        keep_mid = select(dg, scores, selection.with_ratio(mid))
+        if within(keep_mid):
+            hi, keep_hi = mid, keep_mid
+        else:
+            lo = mid
+    return keep_hi
 
 
-def validate_plan(dg: DependencyGraph, plan: Plan, masks: dict[int, np.ndarray],
-                  updates: list[AttributeUpdate]) -> None:
-    """Trace the pruned shapes on fake tensors (attributes set for the duration only) and check
-    that every op runs and every tensor has exactly the predicted shape."""
-    shapes = dg.planned_shapes(plan)
-    g = dg.graph
-    slots = dg.coupling_model.value_slots
-    try:
-        with temporary_attributes(dg.model, updates):
-            pruned = trace(dg.model, dg.example_inputs, shapes=shapes, progress=dg.progress,
-                           walk=dg.walk,
-                           stage="check the plan", shapes_only=True,
-                           meta=g.mode != "fake")  # ops aligned with the graph's
-    except TraceError as exc:
-        failed = getattr(exc, "failed_at", None)
-        bad = _original_of(g, failed) if failed is not None else None
-        fixed, where = [], ""
-        if bad is not None:
-            fixed = (_sizes_fixed_by_call(dg, bad, failed.args, masks)
-                     or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
-                     or [s for v in bad.inputs + bad.outputs for s in slots[v]])
-            where = f" at op {bad.name} in module {bad.module or '<root>'}"
-        raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}",
-                                  bad.index if bad is not None else None, fixed) from exc
-
-    kept = dg.slot_kept_sizes(masks)
-    kept_sizes = kept.tolist()
-
-    def check(where: str, vo: int, actual: tuple) -> None:
-        expected = tuple([kept_sizes[s] for s in slots[vo]])
-        if expected == actual:
-            return
-        original = g.values[vo].shape
-        wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
-        # A dim the code kept at its original size is the one the code fixes.
-        fixed = [slots[vo][d] for d in wrong if actual[d] == original[d]]
-        fixed = fixed or [slots[vo][d] for d in wrong]
-        raise PlanValidationError(
-            f"{where} would produce shape {actual} where the plan needs {expected} (original "
-            f"{original}): the model's code fixes a size the rules treat as prunable",
-            None, fixed,
-        )
-
-    aligned = len(pruned.ops) == len(g.nodes) and all(
-        a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops))
-    if aligned and _all_ops_as_planned(dg, pruned, kept):
-        pass
-    elif aligned:  # op by op: the first deviating op is the one whose call fixes a size
-        for old, (_, _, new_shapes) in zip(g.nodes, pruned.ops):
-            for vo, shape in zip(old.outputs, new_shapes):
-                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape)
-    else:  # decompositions branch on shapes: compare what every module call returns
-        calls = list(zip(g.module_calls, pruned.module_calls))
-        if len(g.module_calls) != len(pruned.module_calls) or any(
-                a[0] != b[0] or len(a[1]) != len(b[1]) for a, b in calls):
-            raise PlanValidationError("the pruned model calls its modules differently from the "
-                                      "original; its control flow depends on the pruned sizes")
-        for (name, outs_old), (_, shapes_new) in calls:
-            for vo, shape in zip(outs_old, shapes_new):
-                check(f"module {name or '<root>'}", vo, shape)
-    for vo, shape in zip(g.outputs, pruned.outputs):
-        check("the model's output", vo, shape)
-
-
-def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> bool:
-    """Every op of an aligned pruned trace gave as many results as the original, of the same
-    ranks and exactly the planned sizes (in one comparison of flat arrays; the op-by-op check
-    runs only when not, to say where)."""
-    layout = getattr(dg, "_output_layout", None)
-    if layout is None or layout[0] is not dg.graph:
-        slots = dg.coupling_model.value_slots
-        outputs = [vo for node in dg.graph.nodes for vo in node.outputs]
-        layout = (dg.graph,
-                  np.array([len(n.outputs) for n in dg.graph.nodes], dtype=np.int64),
-                  np.array([len(slots[vo]) for vo in outputs], dtype=np.int64),
-                  np.array([s for vo in outputs for s in slots[vo]], dtype=np.int64))
-        dg._output_layout = layout
-    _, counts, ranks, flat_slots = layout
-    shapes = [shape for _, _, op_shapes in pruned.ops for shape in op_shapes]
-    if not np.array_equal(np.fromiter((len(s) for _, _, s in pruned.ops), np.int64,
-                                      len(pruned.ops)), counts):
-        return False
-    if not np.array_equal(np.fromiter((len(s) for s in shapes), np.int64, len(shapes)), ranks):
-        return False
-    actual = np.fromiter((d for shape in shapes for d in shape), np.int64, flat_slots.shape[0])
-    return bool(np.array_equal(actual, kept_sizes[flat_slots]))
-
-
-def _original_of(g, failed):
-    """The original node a failing op of the pruned trace corresponds to: the same index when
-    the two traces ran the same ops, else the same op's same occurrence in the same module
-    (decompositions may branch on shapes, shifting indices)."""
-    if failed.index < len(g.nodes) and g.nodes[failed.index].name == failed.op and (
-            g.nodes[failed.index].module == failed.module):
-        return g.nodes[failed.index]
-    same = [n for n in g.nodes if n.module == failed.module and n.name == failed.op]
-    return same[failed.occurrence] if failed.occurrence < len(same) else None
-
-
-def _sizes_fixed_by_call(dg: DependencyGraph, node, new_args, masks) -> list[int]:
-    """Output dims that a failing call (view, reshape, expand ...) was asked for at their
-    original size by an explicit integer, where the plan changes them: the code fixes those."""
-    out = node.outputs[0] if node.outputs else None
-    if out is None or new_args is None:
-        return []
-    slots = dg.coupling_model.value_slots[out]
-    for old_arg, new_arg in zip(node.args, new_args):
-        if (isinstance(old_arg, (list, tuple)) and isinstance(new_arg, (list, tuple))
-                and len(old_arg) == len(new_arg) == len(slots)
-                and all(isinstance(x, int) for x in (*old_arg, *new_arg))):
-            return [s for d, s in enumerate(slots) if new_arg[d] == old_arg[d] != -1
-                    and dg.slot_kept_size(s, masks) != old_arg[d]]
-    return []
-
-
-def _inputs_at_original_size(dg: DependencyGraph, node, shapes, masks) -> list[int]:
-    """Input dims of a failing op that arrived at their original size where the plan shrinks
-    them: whatever made that input fixes the size (zeros(2, 10) in the model's code, say)."""
-    g, slots = dg.graph, dg.coupling_model.value_slots
-    if shapes is None or len(shapes) != len(node.inputs):
-        return []
-    fixed = []
-    for v, shape in zip(node.inputs, shapes):
-        original = g.values[v].shape
-        if len(shape) != len(original):
-            return []
-        for d, s in enumerate(slots[v]):
-            if shape[d] == original[d] != dg.slot_kept_size(s, masks):
-                fixed.append(s)
-    return fixed
-
-
-def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> None:
-    """After a failed validation: block the dims the model's code was found to fix (a
-    ``FixedSizeWarning`` names them) so the plan can be redone; re-raise ``exc`` when there
-    is nothing new to block."""
-    fresh = set(exc.fixed_slots) - dg.extra_blocked
-    if not fresh and exc.node is not None:  # no progress: keep the whole op
-        node = dg.graph.nodes[exc.node]
-        slots = dg.coupling_model.value_slots
-        fresh = {s for v in node.inputs + node.outputs for s in slots[v]}
-        fresh -= dg.extra_blocked
-    if not fresh:
-        raise exc
-    warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
-                  stacklevel=user_stacklevel())
-    dg.block_slots(fresh)
-
-
-def make_plan(dg: DependencyGraph, unit_keep: np.ndarray, require_loadable: bool = False):
-    """Plan, attribute updates and config updates for a keep mask, validated before returning."""
-    with paused_gc():
-        plan, masks = build_plan(dg, unit_keep)
-        updates = attribute_updates(dg, plan, masks)
-        validate_plan(dg, plan, masks, updates)
-    new_config, problems = config_updates(dg, masks, unit_keep)
-    check_loadable(dg, new_config, dg.planned_shapes(plan), problems, require_loadable)
-    return plan, updates, new_config
+def units_by_kind(groups, keep: np.ndarray | None = None) -> dict[str, tuple[int, int]]:
+    """Per group kind: (units, units kept under ``keep``; all of them without one)."""
+    out: dict[str, tuple[int, int]] = {}
+    for group in groups:
+        before, after = out.get(group.kind, (0, 0))
+        kept = group.num_units if keep is None else int(keep[group.unit_ids].sum())
+        out[group.kind] = (before + group.num_units, after + kept)
+    return out

@@ -19,18 +19,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import PruningError, user_stacklevel
+from ..errors import ConfigMismatchWarning, PruningError, user_stacklevel
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .dependency import DependencyGraph
+    from ..graph.dependency import DependencyGraph
 
 _INTERMEDIATE = ("intermediate_size", "ffn_dim", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim")
-
-
-class ConfigMismatchWarning(UserWarning):
-    """The pruned model's shapes cannot be expressed by its config: it will not reload."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,8 @@ class ConfigUpdate:
     new: object
 
 
-def _config_of(model):
+def config_of(model):
+    """The transformers config of ``model`` (None: it has none, or transformers is absent)."""
     config = getattr(model, "config", None)
     try:
         from transformers import PretrainedConfig
@@ -63,10 +60,10 @@ def _uniform(pairs: set[tuple[int, int]], what: str, problems: list[str]):
 
 def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep: np.ndarray):
     """(updates, problems): new config field values, and what a config cannot express."""
-    config = _config_of(dg.model)
+    config = config_of(dg.model)
     if config is None:
         return [], []
-    sizes = dg.coupling_model.couplings.slot_sizes
+    sizes = dg.slot_sizes
     kept = dg.slot_kept_size
     problems: list[str] = []
     updates: list[ConfigUpdate] = []
@@ -134,7 +131,7 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
                    problems: list[str], require: bool) -> None:
     """Build the model from the updated config on meta and compare every tensor's shape."""
     model = dg.model
-    config = _config_of(model)
+    config = config_of(model)
     if config is None:
         return
     new_config = copy.deepcopy(config)
@@ -142,12 +139,12 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
         setattr(new_config, u.field, u.new)
     mismatches = list(problems)
     try:
-        with torch.device("meta"), warnings.catch_warnings(), _no_torch_init():
+        with torch.device("meta"), warnings.catch_warnings(), no_torch_init():
             warnings.simplefilter("ignore")
             fresh = type(model)(new_config)
         g = dg.graph
         traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
-        for name, shape in _state_shapes(fresh):
+        for name, shape in state_shapes(fresh):
             canonical = g.aliases.get(name, name)
             expected = planned_shapes.get(canonical)
             if expected is None and canonical in traced:
@@ -178,7 +175,7 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
 
 
-def _state_shapes(model: torch.nn.Module):
+def state_shapes(model: torch.nn.Module):
     """(name, shape) of every entry of ``model.state_dict()`` that is a parameter or a buffer,
     without building the dict (persistent buffers only, shared tensors under every name)."""
     for prefix, module in model.named_modules(remove_duplicate=False):
@@ -197,7 +194,7 @@ _INIT_FUNCTIONS = ("uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_"
 
 
 @contextlib.contextmanager
-def _no_torch_init():
+def no_torch_init():
     """torch.nn.init's functions do nothing for the duration: a model built on the meta device
     to compare shapes needs no initial values, and on meta each init costs a Python
     decomposition (a 128-layer model: 0.8 s instead of 0.08 s)."""
@@ -217,6 +214,6 @@ def _no_torch_init():
 
 
 def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:
-    config = _config_of(model)
+    config = config_of(model)
     for u in updates:
         setattr(config, u.field, u.new)

@@ -25,9 +25,14 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from . import ops
-from .dependency import DependencyGraph
-from .errors import InvalidArgumentError, NonFiniteWeightsError, PruningError
+from .. import ops
+from ..errors import (
+    InvalidArgumentError,
+    MissingGradientsError,
+    NonFiniteWeightsError,
+    PruningError,
+)
+from ..graph.dependency import DependencyGraph
 
 REDUCTIONS = ("sum", "mean", "max", "prod", "first")
 NORMALIZATIONS = (None, "mean", "max", "sum", "standardization", "lamp")
@@ -244,6 +249,12 @@ def collect_fisher(model: nn.Module):
             h.remove()
 
 
+def fisher_entry(param: torch.Tensor) -> list | None:
+    """The Fisher statistics held for ``param`` as ``[sum of g^2, batches]`` (the list itself,
+    so that pruning can slice the sum with the weight and undo that), or None."""
+    return _FISHER_STATS.get(param)
+
+
 def fisher_statistics(param: torch.Tensor) -> torch.Tensor | None:
     """E[g^2] of one parameter, or None when none was collected."""
     entry = _FISHER_STATS.get(param)
@@ -294,10 +305,6 @@ class RandomImportance(Importance):
 
     def __repr__(self) -> str:
         return f"RandomImportance(seed={self.seed})"
-
-
-class MissingGradientsError(PruningError):
-    """A gradient-based criterion found no gradients or statistics to score with."""
 
 
 _NAMED = {
@@ -381,10 +388,7 @@ def _slice_contribution(magnitude: torch.Tensor, s: ScoredSlice, p: int, backend
         m = torch.from_numpy(local_map).to(magnitude.device)
         sums = ops.grouped_norm([magnitude], [s.dim], [m], units.shape[0], p, "sum")
         return units, sums.to("cpu", torch.float64).numpy()
-    w = magnitude.to(torch.float64)
-    w = w.abs() if p == 1 else w.square()
-    others = [d for d in range(w.dim()) if d != s.dim]
-    per_index = (w.sum(dim=others) if others else w).cpu().numpy()
+    per_index = ops.per_index_sums(magnitude.detach(), s.dim, p).cpu().numpy()
     return units, np.bincount(local_map[valid], weights=per_index[valid],
                               minlength=units.shape[0])
 

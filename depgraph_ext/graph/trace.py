@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -22,13 +22,16 @@ import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import (
     DataDependentOutputException,
     DynamicOutputShapeException,
+    FakeTensor,
     FakeTensorMode,
 )
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import InvalidArgumentError, TraceError
-from .progress import OFF, Progress
-from .standin import FUSED_PATH_MODULES, META, StandIn, on_meta, run_on_meta
+from ..errors import InvalidArgumentError, TraceError
+from ..gcpause import paused_gc
+from ..progress import OFF, Progress
+from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
+from .walk import ModelWalk
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ class OpGraph:
     # the ATen op sequence, which may branch on shapes, this sequence is the model's own.
     module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     real: bool = False  # traced on real tensors (data-dependent shapes), not fake ones
-    mode: str = "fake"  # "real", "meta" (meta tensors standing in for the CPU's) or "fake"
+    mode: str = "fake"  # a TraceMode: "real", "meta" or "fake"
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -141,42 +144,6 @@ def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
     )
 
 
-def named_tensors(model: torch.nn.Module):
-    """Unique parameters and buffers by canonical name, and every alias of a shared one."""
-    params: dict[str, torch.Tensor] = {}
-    buffers: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[int, str] = {}
-    for store, named in ((params, model.named_parameters(remove_duplicate=False)),
-                         (buffers, model.named_buffers(remove_duplicate=False))):
-        for name, t in named:
-            if id(t) in seen:
-                aliases[name] = seen[id(t)]
-            else:
-                seen[id(t)] = name
-                store[name] = t
-    return params, buffers, aliases
-
-
-@dataclass(frozen=True)
-class ModelWalk:
-    """One walk of a model for a whole pipeline: its modules (``named_modules`` order, each
-    once), its parameters and buffers by canonical name and the aliases of shared ones (as
-    ``named_tensors``). Valid until the model changes (a DependencyGraph takes one, and goes
-    stale when its plan is applied); each stage would otherwise walk the model again."""
-
-    modules: list[tuple[str, torch.nn.Module]]
-    params: dict[str, torch.Tensor]
-    buffers: dict[str, torch.Tensor]
-    aliases: dict[str, str]
-
-    @classmethod
-    def of(cls, model: torch.nn.Module) -> ModelWalk:
-        if not isinstance(model, torch.nn.Module):
-            raise InvalidArgumentError(
-                f"model must be a torch.nn.Module, not {type(model).__name__}")
-        return cls(list(model.named_modules()), *named_tensors(model))
-
 class _EagerMode(TorchDispatchMode):
     """A dispatch mode whose ``__torch_dispatch__`` is called as it is: torch otherwise wraps it
     so that ``torch.compile`` skips it, a wrapper that cost a third of the recording time
@@ -196,12 +163,14 @@ class _RecorderBase(_EagerMode):
         self.graph = graph
         self.module_stack = module_stack
         self.failed_at: FailedOp | None = None
-        # Real tracing only: the time after which the trace gives up (see ``_REAL_BUDGET``).
+        # Real tracing only: the time after which the trace gives up (see ``REAL_BUDGET``).
         self.deadline: float | None = None
         self.budget_per_op = 0.0
         self.aborted = False
-        # Meta tracing: tensors from outside the trace are put on meta, factories build there.
+        # Meta tracing: tensors from outside the trace are put on meta, factories build there;
+        # ``meta_results`` remembers the results of meta kernels (set for a meta trace).
         self.meta = False
+        self.meta_results: MetaResults | None = None
         self._meta_of: dict[int, torch.Tensor] = {}
 
     def _recorded(self) -> list[tuple[Any, str]]:
@@ -213,11 +182,11 @@ class _RecorderBase(_EagerMode):
         op is described in ``failed_at`` before re-raising."""
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self.aborted = True
-            raise _TooSlow  # real ops cost more than fake ones would: trace on fake tensors
+            raise _OverBudget  # real ops cost more than fake ones would: trace on fake tensors
         try:
             if self.meta:
                 args, kwargs = self._on_meta(func, args, kwargs)
-                out = run_on_meta(func, args, kwargs)
+                out = self.meta_results.run(func, args, kwargs)
             else:
                 out = func(*args, **kwargs)
         except Exception:
@@ -403,8 +372,9 @@ class _ShapeRecorder(_RecorderBase):
         return out
 
 
-class _TooSlow(BaseException):  # not an Exception: a model's `except Exception` lets it by
-    """A trace on real tensors ran past its time budget."""
+class _OverBudget(Exception):
+    """A trace on real tensors ran past its time budget. (A model's code may catch it: the
+    recorder's ``aborted`` flag says what happened either way.)"""
 
 
 @functools.cache
@@ -422,31 +392,6 @@ def _leaves(x):
             yield from _leaves(item)
     else:
         yield x
-
-
-@contextlib.contextmanager
-def paused_gc():
-    """The garbage collector off for the duration: the pipeline's stages make many small,
-    acyclic objects, and every collection walks the whole traced graph (at 128 Llama layers,
-    applying the rules took 0.35 s with the collector on, 0.1 s with it off)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def without_gc(fn):
-    """``fn`` runs with the garbage collector paused (see ``paused_gc``)."""
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        with paused_gc():
-            return fn(*args, **kwargs)
-
-    return run
 
 
 @contextlib.contextmanager
@@ -511,92 +456,83 @@ def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]],
             store[key] = t
 
 
-def _on_meta(params: dict[str, torch.Tensor]) -> bool:
-    return any(p.device.type == "meta" for p in params.values())
+def _on_meta(tensors) -> bool:
+    return any(t.device.type == "meta" for t in tensors)
 
 
-_META_STANDS_FOR: torch.device | None = None
+class TraceMode(str, Enum):
+    """What the forward of a trace runs on (every mode records the same ops wherever shapes do
+    not depend on data)."""
 
-
-@contextlib.contextmanager
-def meta_stands_for(device):
-    """Trace models whose tensors are all on the meta device as if they were on ``device``
-    (fake tensors of that device: still no memory; the CPU when not set), so ops dispatch as
-    they would there: SDPA, for one, decomposes into plain math on meta but not on the CPU."""
-    global _META_STANDS_FOR
-    previous, _META_STANDS_FOR = _META_STANDS_FOR, torch.device(device)
-    try:
-        yield
-    finally:
-        _META_STANDS_FOR = previous
+    REAL = "real"  # the model's own tensors: small models, and shapes that depend on data
+    META = "meta"  # meta tensors standing in for CPU ones (standin.py)
+    FAKE = "fake"  # FakeTensorMode
 
 
 _DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
-
+CPU = torch.device("cpu")
 
 # A model whose parameters and buffers take at most this many bytes is traced on real tensors
 # first: a small model's real ops cost microseconds, far less than the Python dispatch of fake
 # tensors (about 0.2-0.5 ms per op). The real trace gives up, and the fake one runs instead, as
 # soon as it has taken longer than a fake trace of the same ops would have.
 REAL_TRACE_MAX_BYTES = 1 << 30
-_REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per op
+REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per op
 
 
-def trace(model: torch.nn.Module, example_inputs,
-          shapes: dict[str, tuple] | None = None, progress: Progress = OFF,
-          stage: str = "trace", shapes_only: bool = False,
-          meta: bool = True, walk: ModelWalk | None = None) -> OpGraph | ShapeTrace:
+def trace(model: torch.nn.Module, example_inputs, *,
+          shapes: dict[str, tuple] | None = None, shapes_only: bool = False,
+          allow_meta: bool = True, walk: ModelWalk | None = None,
+          meta_stands_for: torch.device = CPU, meta_results: MetaResults | None = None,
+          progress: Progress = OFF, stage: str = "trace") -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
-    traces the pruned shapes this way without touching any weight). ``progress`` shows a bar
-    named ``stage`` over the model's module calls when the trace takes seconds.
-    ``shapes_only``: record a :class:`ShapeTrace` (what checking a plan needs) instead.
-    ``walk``: the model's :class:`ModelWalk`, when the caller has one.
+    traces the pruned shapes this way without touching any weight); ``shapes_only`` records a
+    :class:`ShapeTrace` (what checking a plan needs) instead of a graph. ``walk``: the model's
+    :class:`ModelWalk`, when the caller has one. ``meta_stands_for``: the device a model wholly
+    on the meta device is traced as (the CPU: ops dispatch as they would there; ``"meta"``
+    traces it as it is). ``meta_results``: the memo of meta kernels' results to use (one per
+    dependency graph: its traces repeat the same ops). ``progress`` shows a bar named
+    ``stage`` over the model's module calls when the trace takes seconds.
 
     A small model with real weights (``REAL_TRACE_MAX_BYTES``) is traced on real tensors first,
     within a time budget. A model on the CPU (or on meta, standing for the CPU) is traced next
-    on meta tensors standing in for CPU ones (``standin``; ``meta=False`` skips this), which
-    records the ops a fake trace would at about half its cost; whatever fails there, on fake
-    tensors. A model whose shapes depend on data (masking edges of a graph, say)
-    cannot run on fake tensors; it is traced again on real ones: its own parameters, copies of
-    its buffers and inputs, zero-filled tensors for replaced shapes. Every kind of trace records
-    the same ops wherever shapes do not depend on data.
+    on meta tensors standing in for CPU ones (``standin``; ``allow_meta=False`` skips this),
+    which records the ops a fake trace would at about half its cost; whatever fails there, on
+    fake tensors. A model whose shapes depend on data (masking edges of a graph, say) cannot
+    run on fake tensors; it is traced again on real ones: its own parameters, copies of its
+    buffers and inputs, zero-filled tensors for replaced shapes.
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
+    stand_in = torch.device(meta_stands_for)
+    common = dict(shapes=shapes, shapes_only=shapes_only, walk=walk, bar=(progress, stage),
+                  stand_in=stand_in, meta_results=meta_results or MetaResults())
     if _real_is_cheap([*walk.params.values(), *walk.buffers.values()], example_inputs):
         try:
-            graph = _trace(model, example_inputs, shapes, "real", budget=_REAL_BUDGET,
-                           bar=(progress, stage), shapes_only=shapes_only, walk=walk)
-        except (_TooSlow, TraceError):
+            return trace_as(model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, **common)
+        except (_OverBudget, TraceError):
             pass  # the fake trace decides (and its error, if any, is the one reported)
-        else:
-            return graph
-    if meta and _meta_stands_in(walk, example_inputs):
+    if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
-            return _trace(model, example_inputs, shapes, "meta", bar=(progress, stage),
-                          shapes_only=shapes_only, walk=walk)
+            return trace_as(model, example_inputs, TraceMode.META, **common)
         except TraceError:
             pass  # the fake trace decides (and its error, if any, is the one reported)
     try:
-        return _trace(model, example_inputs, shapes, "fake", bar=(progress, stage),
-                      shapes_only=shapes_only, walk=walk)
+        return trace_as(model, example_inputs, TraceMode.FAKE, **common)
     except TraceError as exc:
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
-        if _on_meta(walk.params) or _on_meta(walk.buffers):
+        if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
             raise TraceError(
                 f"{exc}; the model's shapes depend on data, which needs real weights, and its "
                 "weights are on the meta device"
             ) from exc
-    return _trace(model, example_inputs, shapes, "real", bar=(progress, stage),
-                  shapes_only=shapes_only, walk=walk)
+    return trace_as(model, example_inputs, TraceMode.REAL, **common)
 
 
 def _real_is_cheap(tensors, example_inputs) -> bool:
     """Real weights (no meta, no fake tensors) of at most ``REAL_TRACE_MAX_BYTES`` in all."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
     total = 0
     for t in tensors:
         if t.device.type == "meta" or isinstance(t, FakeTensor):
@@ -611,13 +547,11 @@ def _real_is_cheap(tensors, example_inputs) -> bool:
                    for t in leaves)
 
 
-def _meta_stands_in(walk: ModelWalk, example_inputs) -> bool:
-    """Every parameter and buffer on the CPU, or every one on meta (standing for the CPU),
+def _meta_stands_in(walk: ModelWalk, example_inputs, stand_in: torch.device) -> bool:
+    """Every parameter and buffer on the CPU, or every one on meta standing for the CPU,
     inputs on either, and no module with a fused path a meta trace would miss
     (``standin.FUSED_PATH_MODULES``): a meta trace can stand in for a fake one."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    if _META_STANDS_FOR is not None and _META_STANDS_FOR.type != "cpu":
+    if stand_in.type != "cpu":
         return False
     if any(isinstance(m, FUSED_PATH_MODULES) for _, m in walk.modules):
         return False
@@ -630,134 +564,166 @@ def _meta_stands_in(walk: ModelWalk, example_inputs) -> bool:
         "cpu", "meta"}
 
 
-def _trace(model: torch.nn.Module, example_inputs, shapes, mode: str,
-           budget: tuple[float, float] | None = None,
-           bar: tuple[Progress, str] = (OFF, "trace"), shapes_only: bool = False,
-           walk: ModelWalk | None = None) -> OpGraph | ShapeTrace:
-    args, kwargs = normalize_inputs(example_inputs)
-    walk = walk or ModelWalk.of(model)
-    params, buffers, aliases = walk.params, walk.buffers, walk.aliases
-    stack: list[str] = []
-    real = mode == "real"
-    if shapes_only:
-        graph = ShapeTrace(real=real, mode=mode)
-        recorder = _ShapeRecorder(graph, stack)
-    else:
-        graph = OpGraph(aliases=aliases, real=real, mode=mode)
-        recorder = _Recorder(graph, stack)
-    fake_mode = (FakeTensorMode(allow_non_fake_inputs=True) if mode == "fake"
-                 else contextlib.nullcontext())
-    recorder.meta = mode == "meta"
-    stand_in_mode = (StandIn(torch.device("cpu"), recorder) if mode == "meta"
-                     else contextlib.nullcontext())
-    # A model wholly on the meta device is traced as fake tensors of another device (the CPU,
-    # or what meta_stands_for says): on meta, ops dispatch differently (attention decomposes
-    # into matmuls with an explicit repeat of the key/value heads, say), so the graph and the
-    # plan would differ from those of the same model with real weights. A model spread over
-    # devices, meta among them, keeps every tensor where it is: its code moves activations.
-    tensors = list(params.values()) or list(buffers.values())
-    all_meta = bool(tensors) and all(t.device.type == "meta" for t in tensors)
-    stand_in = ((_META_STANDS_FOR or torch.device("cpu")) if all_meta and mode == "fake"
-                else None)
+class _Placeholders:
+    """What one trace's forward runs on in place of the model's tensors and its inputs.
 
-    def moved(t: torch.Tensor) -> bool:
-        return stand_in is not None and t.device.type == "meta"
+    REAL: parameters as they are (or, for replaced shapes in a budgeted trace, views of their
+    memory), buffers and inputs copied (the model's code may change them in place). META: meta
+    tensors of the same layout. FAKE: fake tensors of the same device, or, for a model wholly
+    on the meta device, of the device it stands for (on meta, ops dispatch differently:
+    attention decomposes into matmuls with an explicit repeat of the key/value heads, say, so
+    the graph and the plan would differ from those of the same model with real weights; a
+    model spread over devices, meta among them, keeps every tensor where it is)."""
 
-    def on_stand_in(t: torch.Tensor, shape=None) -> torch.Tensor:
-        with fake_mode:
+    def __init__(self, mode: TraceMode, shapes, fake_mode, stand_in: torch.device | None,
+                 budgeted: bool) -> None:
+        self.mode, self.shapes, self.fake_mode = mode, shapes, fake_mode
+        self.stand_in, self.budgeted = stand_in, budgeted
+
+    def _moved(self, t: torch.Tensor) -> bool:
+        return self.stand_in is not None and t.device.type == "meta"
+
+    def _on_stand_in(self, t: torch.Tensor, shape=None) -> torch.Tensor:
+        with self.fake_mode:
             if shape is not None:
-                f = torch.zeros(shape, dtype=t.dtype, device=stand_in)
+                f = torch.zeros(shape, dtype=t.dtype, device=self.stand_in)
             else:
-                f = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=stand_in)
+                f = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=self.stand_in)
         return f.requires_grad_() if t.requires_grad else f
 
-    def fake_of(t: torch.Tensor, name: str | None = None) -> torch.Tensor:
-        if mode == "meta":
-            return on_meta(t, shapes.get(name) if shapes is not None else None)
-        if shapes is not None and name in shapes:
-            if moved(t):
-                return on_stand_in(t, shapes[name])
-            if real and budget is not None and isinstance(t, torch.nn.Parameter):
-                smaller = _leading_view(t, shapes[name])
+    def tensor(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """A parameter's or buffer's placeholder (``name``: its state_dict name)."""
+        shape = self.shapes.get(name) if self.shapes is not None else None
+        if self.mode is TraceMode.META:
+            return on_meta(t, shape)
+        if shape is not None:
+            if self._moved(t):
+                return self._on_stand_in(t, shape)
+            if self.budgeted and isinstance(t, torch.nn.Parameter):
+                smaller = _leading_view(t, shape)
                 if smaller is not None:
                     return smaller.requires_grad_() if t.requires_grad else smaller
-            with fake_mode:  # a tensor of the new shape on the tensor's own device
-                z = torch.zeros(shapes[name], dtype=t.dtype, device=t.device)
+            with self.fake_mode:  # a tensor of the new shape on the tensor's own device
+                z = torch.zeros(shape, dtype=t.dtype, device=t.device)
             return z.requires_grad_() if t.requires_grad else z
-        if real:  # parameters as they are; buffers copied, so nothing in the model can change
+        if self.mode is TraceMode.REAL:
             return t.detach() if isinstance(t, torch.nn.Parameter) else t.clone()
-        return on_stand_in(t) if moved(t) else fake_mode.from_tensor(t)
+        return self._on_stand_in(t) if self._moved(t) else self.fake_mode.from_tensor(t)
 
-    def fake_input(t):
-        if isinstance(t, torch.Tensor):
-            if mode == "meta":
-                return on_meta(t)
-            if real:  # a copy: the model's code may change its inputs in place
-                return t.clone()
-            return on_stand_in(t) if moved(t) else fake_mode.from_tensor(t)
-        return t
+    def input(self, x):
+        """An input leaf's placeholder (anything but a tensor is passed as it is)."""
+        if not isinstance(x, torch.Tensor):
+            return x
+        if self.mode is TraceMode.META:
+            return on_meta(x)
+        if self.mode is TraceMode.REAL:
+            return x.clone()
+        return self._on_stand_in(x) if self._moved(x) else self.fake_mode.from_tensor(x)
 
+
+def trace_as(model: torch.nn.Module, example_inputs, mode: TraceMode | str, *,
+             shapes=None, shapes_only: bool = False, walk: ModelWalk | None = None,
+             bar: tuple[Progress, str] = (OFF, "trace"), stand_in: torch.device = CPU,
+             meta_results: MetaResults | None = None,
+             budget: tuple[float, float] | None = None) -> OpGraph | ShapeTrace:
+    """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
+    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited."""
+    mode = TraceMode(mode)
+    walk = walk or ModelWalk.of(model)
+    meta_results = meta_results or MetaResults()
+    args, kwargs = normalize_inputs(example_inputs)
+    params, buffers, modules = walk.params, walk.buffers, walk.modules
+    stack: list[str] = []
+    if shapes_only:
+        graph = ShapeTrace(real=mode is TraceMode.REAL, mode=mode)
+        recorder = _ShapeRecorder(graph, stack)
+    else:
+        graph = OpGraph(aliases=walk.aliases, real=mode is TraceMode.REAL, mode=mode)
+        recorder = _Recorder(graph, stack)
+    fake_mode = (FakeTensorMode(allow_non_fake_inputs=True) if mode is TraceMode.FAKE
+                 else contextlib.nullcontext())
+    if mode is TraceMode.META:
+        recorder.meta, recorder.meta_results = True, meta_results
+    stand_in_mode = (StandIn(CPU, recorder) if mode is TraceMode.META
+                     else contextlib.nullcontext())
+    tensors = list(params.values()) or list(buffers.values())
+    all_meta = bool(tensors) and all(t.device.type == "meta" for t in tensors)
+    placeholders = _Placeholders(mode, shapes, fake_mode,
+                                 stand_in if all_meta and mode is TraceMode.FAKE else None,
+                                 budgeted=mode is TraceMode.REAL and budget is not None)
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
     # processes for the cores).
-    modules = walk.modules
-    gc_enabled, threads = gc.isenabled(), torch.get_num_threads()
-    gc.disable()
-    if real and budget is not None:
-        torch.set_num_threads(1)
-    try:
-        fake_params = {n: fake_of(p, n) for n, p in params.items()}
-        fake_buffers = {n: fake_of(b, n) for n, b in buffers.items()}
-        fakes = {id(t): fake_params.get(n, fake_buffers.get(n))
-                 for n, t in (params | buffers).items()}
-        fake_args = pytree.tree_map(fake_input, args)
-        fake_kwargs = pytree.tree_map(fake_input, kwargs)
-        if shapes_only:
-            for t in (*fake_params.values(), *fake_buffers.values(),
-                      *pytree.tree_leaves((fake_args, fake_kwargs))):
-                if isinstance(t, torch.Tensor):
-                    recorder.add_value(t, "")
-        else:
-            for name, p in fake_params.items():
-                graph.params[name] = recorder.add_value(p, "param", name)
-            for name, b in fake_buffers.items():
-                graph.buffers[name] = recorder.add_value(b, "buffer", name)
-            for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
-                if isinstance(leaf, torch.Tensor):
-                    graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
-        progress, stage = bar
-        if budget is not None:  # counted from the forward: preparing tensors is not the model's
-            recorder.deadline = time.perf_counter() + budget[0]
-            recorder.budget_per_op = budget[1]
-        with _eval_mode(model, modules), torch.no_grad(), progress.bar(
-                stage, total=len(modules), unit="module") as ticks, \
-                _module_scopes(modules, stack, recorder, ticks):
-            with fake_mode, recorder, stand_in_mode:
-                with _swapped_tensors(modules, fakes):
-                    out = model(*fake_args, **fake_kwargs)
-    except InvalidArgumentError:
-        raise
-    except Exception as exc:
-        if recorder.aborted:
-            raise _TooSlow from exc  # the model's code caught it and failed otherwise
-        where = f" (in module {stack[-1] or '<root>'})" if stack else ""
-        error = TraceError(
-            f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
-        )
-        error.failed_at = recorder.failed_at
-        raise error from exc
-    finally:
-        if gc_enabled:
-            gc.enable()
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        _check_untouched(modules, params, buffers)
+    with paused_gc(), _threads(1 if placeholders.budgeted else None):
+        try:
+            fake_params = {n: placeholders.tensor(p, n) for n, p in params.items()}
+            fake_buffers = {n: placeholders.tensor(b, n) for n, b in buffers.items()}
+            fakes = {id(t): fake_params.get(n, fake_buffers.get(n))
+                     for n, t in (params | buffers).items()}
+            fake_args = pytree.tree_map(placeholders.input, args)
+            fake_kwargs = pytree.tree_map(placeholders.input, kwargs)
+            _register_values(graph, recorder, fake_params, fake_buffers, fake_args,
+                             fake_kwargs, shapes_only)
+            progress, stage = bar
+            if budget is not None:  # counted from the forward: preparing tensors is not the model's
+                recorder.deadline = time.perf_counter() + budget[0]
+                recorder.budget_per_op = budget[1]
+            with _eval_mode(model, modules), torch.no_grad(), progress.bar(
+                    stage, total=len(modules), unit="module") as ticks, \
+                    _module_scopes(modules, stack, recorder, ticks):
+                with fake_mode, recorder, stand_in_mode:
+                    with _swapped_tensors(modules, fakes):
+                        out = model(*fake_args, **fake_kwargs)
+        except InvalidArgumentError:
+            raise
+        except Exception as exc:
+            if recorder.aborted:
+                raise _OverBudget from exc  # the model's code caught it and failed otherwise
+            where = f" (in module {stack[-1] or '<root>'})" if stack else ""
+            error = TraceError(f"the model could not run on the example inputs{where}: "
+                               f"{type(exc).__name__}: {exc}")
+            error.failed_at = recorder.failed_at
+            raise error from exc
+        finally:
+            _check_untouched(modules, params, buffers)
     if recorder.aborted:
-        raise _TooSlow  # the model's code caught it and went on
+        raise _OverBudget  # the model's code caught it and went on
     for leaf in pytree.tree_leaves(out):
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
     return graph
+
+
+def _register_values(graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs,
+                     shapes_only: bool) -> None:
+    """The placeholders the trace starts from: parameters and buffers by name, inputs by their
+    argument path (a shape trace only needs to know them)."""
+    if shapes_only:
+        for t in (*fake_params.values(), *fake_buffers.values(),
+                  *pytree.tree_leaves((fake_args, fake_kwargs))):
+            if isinstance(t, torch.Tensor):
+                recorder.add_value(t, "")
+        return
+    for name, p in fake_params.items():
+        graph.params[name] = recorder.add_value(p, "param", name)
+    for name, b in fake_buffers.items():
+        graph.buffers[name] = recorder.add_value(b, "buffer", name)
+    for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
+        if isinstance(leaf, torch.Tensor):
+            graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """torch's intra-op threads set to ``count`` for the duration (None: left as they are)."""
+    before = torch.get_num_threads()
+    if count is not None and count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _leading_view(t: torch.Tensor, shape) -> torch.Tensor | None:

@@ -1,0 +1,96 @@
+"""The rules applied to every traced op: the couplings of a graph, and what the rules learnt
+on the way (opaque ops, module attributes that follow slots, group kinds, attention calls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import UnsupportedOpError
+from .couplings import CouplingBuilder, Couplings
+from .rules import AttentionCall, RuleContext, RuleError, rule_for
+from .trace import OpGraph
+
+
+@dataclass
+class OpaqueOp:
+    op: str
+    module: str
+    node: int
+    reason: str
+    blocked: list[str] = field(default_factory=list)  # parameter names it kept from pruning
+
+    def describe(self) -> str:
+        what = ", ".join(self.blocked[:6]) + (" ..." if len(self.blocked) > 6 else "")
+        return (
+            f"op {self.op} in module {self.module or '<root>'} ({self.reason}) blocks pruning of "
+            f"the channels it touches" + (f": {what}" if what else "")
+        )
+
+
+@dataclass
+class CouplingModel:
+    couplings: Couplings
+    value_slots: list[list[int]]
+    attr_slots: list[tuple[str, str, int]]
+    opaque: list[OpaqueOp]
+    kind_slots: list[tuple[int, str]]
+    attention: list[AttentionCall]
+
+
+def build_couplings(graph: OpGraph, ignored: set[str], strict: bool,
+                    hidden_tensors: list[str] = ()) -> CouplingModel:
+    """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
+
+    ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights)."""
+    builder = CouplingBuilder()
+    ctx = RuleContext(graph, builder)
+    for name in hidden_tensors:
+        ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
+    for v in graph.inputs + graph.outputs:
+        ctx.block_value(v)
+    named = graph.params | graph.buffers
+    for name in sorted(ignored):
+        ctx.block_value(named[name])
+    opaque: list[OpaqueOp] = []
+    touched_anywhere: set[int] = set()
+    for node in graph.nodes:
+        rule = rule_for(node)
+        reason = "no rule for this op"
+        if rule is not None:
+            checkpoint = builder.checkpoint()
+            ctx.touched = set()
+            try:
+                rule(ctx, node)
+            except (RuleError, IndexError, TypeError, ValueError) as exc:
+                builder.rollback(checkpoint)
+                reason = f"its rule cannot map this call: {exc}"
+                rule = None
+        if rule is None:
+            if strict:
+                raise UnsupportedOpError(
+                    f"op {node.name} in module {node.module or '<root>'} has no exact rule "
+                    f"({reason}); strict mode refuses to guess. Register one with "
+                    "depgraph_ext.register_rule or pass strict=False to block its channels"
+                )
+            opaque.append(OpaqueOp(node.name, node.module, node.index, reason))
+            for v in node.inputs + node.outputs:
+                ctx.block_value(v)
+            continue
+        touched_anywhere |= ctx.touched
+        for v in node.outputs:
+            for s in ctx.slots(v):
+                if s not in ctx.touched and ctx.size(s) != 1:
+                    ctx.block(s)
+    # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
+    # the op that reads it.
+    for name in named:
+        for s in ctx.slots(named[name]):
+            if s not in touched_anywhere and ctx.size(s) != 1:
+                ctx.block(s)
+    query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
+    query += [slot for _, _, slot in ctx.attr_slots]
+    query += [slot for slot, _ in ctx.kind_slots]
+    query += [s for call in ctx.attention
+              for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim) if s >= 0]
+    return CouplingModel(builder.build(query), ctx.value_slots, ctx.attr_slots, opaque,
+                         ctx.kind_slots, ctx.attention)

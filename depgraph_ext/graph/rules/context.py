@@ -1,0 +1,183 @@
+"""What a rule sees and emits: :class:`RuleContext`, the argument helpers, and the records
+rules leave for later stages (attention calls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..couplings import CouplingBuilder
+from ..trace import Node, OpGraph, Ref
+
+
+class RuleContext:
+    """What a rule sees: the traced graph, the slots of each value, and coupling emitters."""
+
+    def __init__(self, graph: OpGraph, builder: CouplingBuilder) -> None:
+        self.graph = graph
+        self.builder = builder
+        # One slot per dim of every value, numbered value by value (slots made in bulk: a
+        # call per slot was a sixth of applying the rules).
+        sizes = builder.slot_sizes
+        self.value_slots: list[list[int]] = []
+        for value in graph.values:
+            start = len(sizes)
+            sizes.extend(value.shape)
+            self.value_slots.append(list(range(start, len(sizes))))
+        self.touched: set[int] = set()
+        # (module name, attribute, slot): the attribute's new value is the slot's kept size.
+        self.attr_slots: list[tuple[str, str, int]] = []
+        # (slot, kind): the group of the slot's units is of that kind ("heads", "hidden").
+        self.kind_slots: list[tuple[int, str]] = []
+        self.attention: list[AttentionCall] = []
+
+    # -- reading ---------------------------------------------------------------------------
+    def slots(self, v: int | Ref) -> list[int]:
+        return self.value_slots[v.value if isinstance(v, Ref) else v]
+
+    def shape(self, v: int | Ref) -> tuple[int, ...]:
+        return self.graph.values[v.value if isinstance(v, Ref) else v].shape
+
+    def size(self, slot: int) -> int:
+        return self.builder.slot_sizes[slot]
+
+    def consumers(self, v: int) -> list[Node]:
+        """Nodes reading value ``v``, in order."""
+        if not hasattr(self, "_consumers"):
+            self._consumers: dict[int, list[Node]] = {}
+            for node in self.graph.nodes:
+                for i in dict.fromkeys(node.inputs):
+                    self._consumers.setdefault(i, []).append(node)
+        return self._consumers.get(v, [])
+
+    # -- emitting ----------------------------------------------------------------------------
+    def new_slot(self, size: int) -> int:
+        return self.builder.new_slot(size)
+
+    def equal(self, a: int, b: int) -> None:
+        sizes = self.builder.slot_sizes
+        if sizes[a] != sizes[b]:
+            raise RuleError(f"EQUAL between slots of sizes {sizes[a]} and {sizes[b]}")
+        self.touched.add(a)
+        self.touched.add(b)
+        self.builder.equal(a, b)
+
+    def reshape(self, ins: list[int], outs: list[int]) -> None:
+        self.touched.update(ins)
+        self.touched.update(outs)
+        self.builder.reshape(ins, outs)
+
+    def cat_piece(self, whole: int, piece: int, offset: int) -> None:
+        self.touched.update((whole, piece))
+        self.builder.cat_piece(whole, piece, offset)
+
+    def slice(self, whole: int, piece: int, start: int, step: int) -> None:
+        self.touched.update((whole, piece))
+        self.builder.slice(whole, piece, start, step)
+
+    def block(self, slot: int) -> None:
+        self.touched.add(slot)
+        self.builder.block(slot)
+
+    def block_value(self, v: int | Ref) -> None:
+        for s in self.slots(v):
+            self.block(s)
+
+    def set_attr_from_slot(self, module: str, attr: str, slot: int) -> None:
+        self.attr_slots.append((module, attr, slot))
+
+    def tag(self, slot: int, kind: str) -> None:
+        self.kind_slots.append((slot, kind))
+
+    # -- shared patterns -------------------------------------------------------------------
+    def equal_dims(self, a: int | Ref, b: int | Ref, pairs) -> None:
+        sa, sb = self.slots(a), self.slots(b)
+        for i, j in pairs:
+            self.equal(sa[i], sb[j])
+
+    def broadcast(self, ins, outs) -> None:
+        """Element-wise with broadcasting: equal-sized dims aligned from the right are one."""
+        for o in outs:
+            so, shape_o = self.slots(o), self.shape(o)
+            for v in ins:
+                sv, shape_v = self.slots(v), self.shape(v)
+                lead = len(shape_o) - len(shape_v)
+                for i, size in enumerate(shape_v):
+                    j = lead + i
+                    if j >= 0 and size == shape_o[j] and size != 1:
+                        self.equal(sv[i], so[j])
+
+    def reshape_dims(self, src: int | Ref, dst: int | Ref) -> None:
+        """Couple a tensor with its reshaped view: minimal runs of dims with equal products."""
+        shape_s, shape_d = self.shape(src), self.shape(dst)
+        ss, sd = self.slots(src), self.slots(dst)
+        if 0 in shape_s or 0 in shape_d:
+            return
+        ins = [(i, n) for i, n in enumerate(shape_s) if n != 1]
+        outs = [(j, n) for j, n in enumerate(shape_d) if n != 1]
+        i = j = 0
+        while i < len(ins) and j < len(outs):
+            run_in, run_out = [ins[i]], [outs[j]]
+            p_in, p_out = ins[i][1], outs[j][1]
+            i += 1
+            j += 1
+            while p_in != p_out:
+                if p_in < p_out:
+                    run_in.append(ins[i])
+                    p_in *= ins[i][1]
+                    i += 1
+                else:
+                    run_out.append(outs[j])
+                    p_out *= outs[j][1]
+                    j += 1
+            if len(run_in) == 1 and len(run_out) == 1:
+                self.equal(ss[run_in[0][0]], sd[run_out[0][0]])
+            else:
+                self.reshape([ss[k] for k, _ in run_in], [sd[k] for k, _ in run_out])
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One attention op: its module and the slots of its query heads, key/value heads and head
+    dims (what attention modules' attributes and a transformers config describe)."""
+
+    module: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    v_head_dim: int
+
+
+class RuleError(Exception):
+    """A rule met a call it cannot map exactly; the op is then treated as opaque."""
+
+
+
+def arg(node: Node, name: str, default=None):
+    """An argument of ``node`` by its schema name, positional or keyword."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    positions = _ARG_POSITIONS.get(node.op)
+    if positions is None:
+        positions = {a.name: i for i, a in enumerate(node.op._schema.arguments)}
+        _ARG_POSITIONS[node.op] = positions
+    index = positions.get(name)
+    if index is None:
+        return default
+    return node.args[index] if index < len(node.args) else default
+
+
+_ARG_POSITIONS: dict = {}  # op -> {argument name: position in its schema}
+
+
+def wrap_dim(d: int, rank: int) -> int:
+    """A dim index, negative ones counted from the end."""
+    return d + rank if d < 0 else d
+
+
+def refs_in(x) -> list[Ref]:
+    """Every traced tensor in an argument (a Ref, or lists/tuples of them)."""
+    if isinstance(x, Ref):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [r for item in x for r in refs_in(item)]
+    return []

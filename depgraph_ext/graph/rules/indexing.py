@@ -1,0 +1,201 @@
+"""Concatenation, stacking, slicing, selection, gathers and padding."""
+
+from __future__ import annotations
+
+from ..trace import Node, Ref
+from .context import RuleContext, RuleError, arg, refs_in, wrap_dim
+from .registry import register_many
+
+
+# -- concatenation, slicing, selection ------------------------------------------------------------
+def cat(ctx: RuleContext, node: Node) -> None:
+    tensors = [r for r in refs_in(arg(node, "tensors")) if ctx.shape(r) != (0,)]
+    out = node.outputs[0]
+    rank = len(ctx.shape(out))
+    dim = wrap_dim(arg(node, "dim", 0), rank)
+    so = ctx.slots(out)
+    offset = 0
+    for t in tensors:
+        st = ctx.slots(t)
+        for i in range(rank):
+            if i == dim:
+                ctx.cat_piece(so[i], st[i], offset)
+            elif ctx.size(so[i]) != 1:
+                ctx.equal(st[i], so[i])
+        offset += ctx.shape(t)[dim]
+
+
+register_many(["aten.cat", "aten.concat", "aten.concatenate"], cat)
+
+
+def stack(ctx: RuleContext, node: Node) -> None:
+    tensors = refs_in(arg(node, "tensors"))
+    out = node.outputs[0]
+    rank = len(ctx.shape(out))
+    dim = wrap_dim(arg(node, "dim", 0), rank)
+    so = ctx.slots(out)
+    for t in tensors:
+        st = ctx.slots(t)
+        for i, s in enumerate(st):
+            ctx.equal(s, so[i if i < dim else i + 1])
+
+
+register_many(["aten.stack"], stack)
+
+
+def _slice_pieces(ctx: RuleContext, src, dim: int, pieces) -> None:
+    """pieces: (output value, start, step) along ``dim`` of ``src``; other dims are equal."""
+    ss = ctx.slots(src)
+    for out, start, step in pieces:
+        so = ctx.slots(out)
+        for i in range(len(ss)):
+            if i == dim:
+                ctx.slice(ss[i], so[i], start, step)
+            elif ctx.size(ss[i]) != 1:
+                ctx.equal(ss[i], so[i])
+
+
+def slice_tensor(ctx: RuleContext, node: Node) -> None:
+    src, out = node.inputs[0], node.outputs[0]
+    shape = ctx.shape(src)
+    dim = wrap_dim(arg(node, "dim", 0), len(shape))
+    start = arg(node, "start", None)
+    step = arg(node, "step", 1)
+    n = shape[dim]
+    start = 0 if start is None else (start + n if start < 0 else start)
+    start = max(0, min(start, n))
+    _slice_pieces(ctx, src, dim, [(out, start, step)])
+
+
+def split(ctx: RuleContext, node: Node) -> None:
+    src = node.inputs[0]
+    rank = len(ctx.shape(src))
+    dim = wrap_dim(arg(node, "dim", 0), rank)
+    pieces, offset = [], 0
+    for out in node.outputs:
+        pieces.append((out, offset, 1))
+        offset += ctx.shape(out)[dim]
+    _slice_pieces(ctx, src, dim, pieces)
+
+
+def narrow(ctx: RuleContext, node: Node) -> None:
+    src = node.inputs[0]
+    rank = len(ctx.shape(src))
+    dim, start = wrap_dim(arg(node, "dim"), rank), arg(node, "start")
+    if isinstance(start, Ref):
+        raise RuleError("narrow with a tensor start")
+    start = start + ctx.shape(src)[dim] if start < 0 else start
+    _slice_pieces(ctx, src, dim, [(node.outputs[0], start, 1)])
+
+
+def select(ctx: RuleContext, node: Node) -> None:
+    """x.select(dim, i): the index is a constant, so ``dim`` is blocked; other dims are equal."""
+    src, out = node.inputs[0], node.outputs[0]
+    rank = len(ctx.shape(src))
+    dims = [wrap_dim(arg(node, "dim"), rank)]
+    _drop_dims(ctx, src, out, dims)
+
+
+def unbind(ctx: RuleContext, node: Node) -> None:
+    src = node.inputs[0]
+    dim = wrap_dim(arg(node, "dim", 0), len(ctx.shape(src)))
+    for out in node.outputs:
+        _drop_dims(ctx, src, out, [dim])
+
+
+def _drop_dims(ctx: RuleContext, src, out, dropped: list[int]) -> None:
+    ss, so = ctx.slots(src), ctx.slots(out)
+    kept = [i for i in range(len(ss)) if i not in dropped]
+    for d in dropped:
+        ctx.block(ss[d])
+    for j, i in enumerate(kept):
+        ctx.equal(ss[i], so[j])
+
+
+register_many(["aten.slice", "aten.slice_copy"], slice_tensor)
+register_many(["aten.split", "aten.split_with_sizes", "aten.unsafe_split",
+                "aten.unsafe_split_with_sizes", "aten.split_copy", "aten.split_with_sizes_copy",
+                "aten.chunk", "aten.unsafe_chunk"], split)
+register_many(["aten.narrow", "aten.narrow_copy"], narrow)
+register_many(["aten.select", "aten.select_copy"], select)
+register_many(["aten.unbind", "aten.unbind_copy"], unbind)
+
+
+def index_along_dim(ctx: RuleContext, node: Node) -> None:
+    """index_select/gather/scatter along a dim pick data-dependent indices on that dim only."""
+    src = node.inputs[0]
+    rank = len(ctx.shape(src))
+    dim = wrap_dim(arg(node, "dim"), rank)
+    ss = ctx.slots(src)
+    ctx.block(ss[dim])
+    for out in node.outputs:
+        so = ctx.slots(out)
+        for i in range(rank):
+            if i != dim and ctx.shape(out)[i] == ctx.shape(src)[i]:
+                ctx.equal(ss[i], so[i])
+    for other in node.inputs[1:]:  # index / src tensors share the non-indexed dims
+        sv = ctx.slots(other)
+        if len(sv) == rank:
+            for i in range(rank):
+                if i != dim and ctx.shape(other)[i] == ctx.shape(src)[i] != 1:
+                    ctx.equal(sv[i], ss[i])
+
+
+register_many(["aten.index_select", "aten.gather", "aten.scatter", "aten.scatter_add",
+                "aten.scatter_reduce", "aten.index_add", "aten.index_copy", "aten.index_fill"],
+               index_along_dim)
+
+
+def index_tensor(ctx: RuleContext, node: Node) -> None:
+    """x[i0, i1, ...] with index tensors on some dims: indexed dims are blocked (their indices are
+    data); the other dims of x are equal to the output's; the index tensors' dims are the
+    output's broadcast dims."""
+    src, out = node.inputs[0], node.outputs[0]
+    indices = list(arg(node, "indices"))
+    ss, so = ctx.slots(src), ctx.slots(out)
+    indexed = [d for d, ix in enumerate(indices) if ix is not None]
+    if not indexed:
+        raise RuleError("index without index tensors")
+    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+    bdims = max(len(ctx.shape(ix)) for ix in indices if ix is not None)
+    first = indexed[0] if adjacent else 0
+    for d in indexed:
+        ctx.block(ss[d])
+    j = 0
+    for d in range(len(ss)):
+        if d in indexed:
+            continue
+        pos = (d if d < first else d - len(indexed) + bdims) if adjacent else bdims + j
+        j += 1
+        if ctx.size(ss[d]) != 1:
+            ctx.equal(ss[d], so[pos])
+    for ix in indices:
+        if isinstance(ix, Ref):
+            si, shape = ctx.slots(ix), ctx.shape(ix)
+            for k, size in enumerate(shape):
+                pos = first + bdims - len(shape) + k
+                if size != 1 and size == ctx.shape(out)[pos]:
+                    ctx.equal(si[k], so[pos])
+
+
+register_many(["aten.index", "aten._unsafe_index"], index_tensor)
+
+
+def constant_pad(ctx: RuleContext, node: Node) -> None:
+    src, out = node.inputs[0], node.outputs[0]
+    pad = list(arg(node, "pad"))
+    ss, so = ctx.slots(src), ctx.slots(out)
+    rank = len(ss)
+    for i in range(rank):
+        k = rank - 1 - i  # pad lists (left, right) pairs from the last dim backwards
+        left, right = (pad[2 * k], pad[2 * k + 1]) if 2 * k + 1 < len(pad) else (0, 0)
+        if left == 0 and right == 0:
+            if ctx.size(ss[i]) != 1:
+                ctx.equal(ss[i], so[i])
+        elif left >= 0 and right >= 0:
+            ctx.cat_piece(so[i], ss[i], left)
+        else:
+            ctx.block(ss[i])
+
+
+register_many(["aten.constant_pad_nd"], constant_pad)

@@ -1,0 +1,138 @@
+"""Views, reshapes, permutations, expansion, repetition, flips and shuffles: layouts
+whose index mappings are row-major factorisations or dim reorderings."""
+
+from __future__ import annotations
+
+from ..trace import Node
+from .context import RuleContext, RuleError, arg, wrap_dim
+from .registry import register_many
+
+
+# -- layout: views, reshapes, permutations --------------------------------------------------------
+def reshape_like(ctx: RuleContext, node: Node) -> None:
+    ctx.reshape_dims(node.inputs[0], node.outputs[0])
+
+
+register_many(
+    [f"aten.{n}" for n in "view _unsafe_view reshape view_copy _reshape_alias squeeze unsqueeze "
+     "squeeze_copy unsqueeze_copy flatten unflatten view_as reshape_as".split()],
+    reshape_like,
+)
+
+
+def permute(ctx: RuleContext, node: Node) -> None:
+    src, out = node.inputs[0], node.outputs[0]
+    rank = len(ctx.shape(src))
+    dims = [wrap_dim(d, rank) for d in arg(node, "dims")]
+    ctx.equal_dims(src, out, [(d, i) for i, d in enumerate(dims)])
+
+
+def transpose(ctx: RuleContext, node: Node) -> None:
+    src, out = node.inputs[0], node.outputs[0]
+    rank = len(ctx.shape(src))
+    if node.packet in ("aten.t", "aten.numpy_T"):
+        d0, d1 = 0, rank - 1
+    else:
+        d0, d1 = wrap_dim(arg(node, "dim0"), rank), wrap_dim(arg(node, "dim1"), rank)
+    order = list(range(rank))
+    order[d0], order[d1] = order[d1], order[d0]
+    ctx.equal_dims(src, out, [(d, i) for i, d in enumerate(order)])
+
+
+register_many(["aten.permute", "aten.permute_copy"], permute)
+register_many(["aten.t", "aten.transpose", "aten.transpose_copy", "aten.swapaxes",
+                "aten.swapdims", "aten.numpy_T"], transpose)
+
+
+def expand(ctx: RuleContext, node: Node) -> None:
+    """Dims of equal size are one; a new or broadcast dim repeats the same values along itself,
+    so (like zeros) it may shrink with what it meets. Its size comes from the call: if the code
+    fixes it, plan validation finds that and the dim is kept."""
+    ctx.broadcast([node.inputs[0]], node.outputs)
+    for out in node.outputs:
+        ctx.touched.update(ctx.slots(out))
+
+
+register_many(["aten.expand", "aten.expand_copy", "aten.expand_as", "aten.broadcast_to"], expand)
+
+
+def repeat(ctx: RuleContext, node: Node) -> None:
+    src, out = node.inputs[0], node.outputs[0]
+    repeats = list(arg(node, "repeats"))
+    shape_s, shape_o = ctx.shape(src), ctx.shape(out)
+    ss, so = ctx.slots(src), ctx.slots(out)
+    lead = len(shape_o) - len(shape_s)
+    for i, n in enumerate(shape_s):
+        j, r = lead + i, repeats[lead + i]
+        if n == 1:
+            continue
+        if r == 1:
+            ctx.equal(ss[i], so[j])
+        else:  # out[j] = [copy, index]: the copy factor is fixed by the call
+            copy = ctx.new_slot(r)
+            ctx.block(copy)
+            ctx.reshape([copy, ss[i]], [so[j]])
+
+
+register_many(["aten.repeat"], repeat)
+
+
+def flip(ctx: RuleContext, node: Node) -> None:
+    """Reversed dims map i to n-1-i, which pruning cannot keep: those dims are blocked."""
+    src, out = node.inputs[0], node.outputs[0]
+    rank = len(ctx.shape(src))
+    dims = {wrap_dim(d, rank) for d in arg(node, "dims")} or set(range(rank))
+    ss, so = ctx.slots(src), ctx.slots(out)
+    for i in range(rank):
+        if i in dims:
+            ctx.block(ss[i])
+        else:
+            ctx.equal(ss[i], so[i])
+
+
+register_many(["aten.flip", "aten.roll"], flip)
+
+
+def triangle(ctx: RuleContext, node: Node) -> None:
+    """tril/triu zero by position on the last two dims: those are blocked, the rest are equal."""
+    src, out = node.inputs[0], node.outputs[0]
+    ss, so = ctx.slots(src), ctx.slots(out)
+    for i in range(len(ss)):
+        if i >= len(ss) - 2:
+            ctx.block(ss[i])
+        else:
+            ctx.equal(ss[i], so[i])
+
+
+register_many(["aten.tril", "aten.triu"], triangle)
+
+
+def pixel_shuffle(ctx: RuleContext, node: Node) -> None:
+    """[N, C r r, H, W] <-> [N, C, H r, W r]: a channel is a block of r x r input channels; the
+    r factors become positions (fixed by the call)."""
+    x, out = node.inputs[0], node.outputs[0]
+    r = int(arg(node, "upscale_factor") or arg(node, "downscale_factor"))
+    shuffle = node.packet == "aten.pixel_shuffle"
+    deep, wide = (x, out) if shuffle else (out, x)  # deep: [.., C r r, H, W]
+    sd, sw = ctx.slots(deep), ctx.slots(wide)
+    for i in range(len(sd) - 3):
+        ctx.equal(sd[i], sw[i])
+    c, ry, rx = ctx.new_slot(ctx.size(sw[-3])), ctx.new_slot(r), ctx.new_slot(r)
+    ctx.reshape([sd[-3]], [c, ry, rx])
+    ctx.equal(c, sw[-3])
+    ctx.reshape([sw[-2]], [sd[-2], ry])
+    ctx.reshape([sw[-1]], [sd[-1], rx])
+
+
+register_many(["aten.pixel_shuffle", "aten.pixel_unshuffle"], pixel_shuffle)
+
+
+def as_strided(ctx: RuleContext, node: Node) -> None:
+    """Only the squeeze/unsqueeze-like case (same non-1 sizes, in order) has a known mapping."""
+    src, out = node.inputs[0], node.outputs[0]
+    if [n for n in ctx.shape(src) if n != 1] != [n for n in ctx.shape(out) if n != 1]:
+        raise RuleError("as_strided to a different layout")
+    ctx.reshape_dims(src, out)
+
+
+register_many(["aten.as_strided", "aten.as_strided_copy"], as_strided)

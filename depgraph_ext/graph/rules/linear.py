@@ -1,0 +1,93 @@
+"""Contractions (matrix products), convolutions and embeddings."""
+
+from __future__ import annotations
+
+from ..trace import Node, Ref
+from .context import RuleContext, arg
+from .registry import register_many
+
+
+# -- contractions ----------------------------------------------------------------------------------
+def mm(ctx: RuleContext, node: Node) -> None:
+    """[..., n, k] @ [..., k, m]: contraction k, batch dims broadcast, bias (addmm) broadcast."""
+    if node.packet in ("aten.addmm", "aten.baddbmm", "aten.addmv", "aten.addbmm"):
+        bias, a, b = node.inputs[0], node.inputs[1], node.inputs[2]
+    else:
+        bias, (a, b) = None, node.inputs[:2]
+    out = node.outputs[0]
+    sa, sb, so = ctx.slots(a), ctx.slots(b), ctx.slots(out)
+    if len(sb) == 1:  # matrix-vector
+        ctx.equal(sa[-1], sb[0])
+        for i in range(len(sa) - 1):
+            ctx.equal(sa[i], so[i])
+    else:
+        ctx.equal(sa[-1], sb[-2])
+        ctx.equal(sa[-2], so[-2])
+        ctx.equal(sb[-1], so[-1])
+        batch = len(so) - 2
+        for v, sv in ((a, sa), (b, sb)):
+            lead = batch - (len(sv) - 2)
+            for i in range(len(sv) - 2):
+                if ctx.shape(v)[i] == ctx.shape(out)[lead + i] != 1:
+                    ctx.equal(sv[i], so[lead + i])
+    if bias is not None:
+        ctx.broadcast([bias], [out])
+
+
+register_many(["aten.mm", "aten.bmm", "aten.matmul", "aten.addmm", "aten.baddbmm", "aten.mv",
+                "aten.addmv"], mm)
+
+
+def convolution(ctx: RuleContext, node: Node) -> None:
+    """N C_in *S -> N C_out *S'; weight [C_out, C_in/g, *k] ([C_in, C_out/g, *k] transposed).
+
+    With g groups, C_in = [g, C_in/g] and C_out = [g, C_out/g] share the group factor g, so a unit
+    is either a whole group or one channel index inside every group. Spatial output dims are fixed
+    by the call and therefore blocked.
+    """
+    x, w, bias = arg(node, "input"), arg(node, "weight"), arg(node, "bias")
+    transposed = bool(arg(node, "transposed", False))
+    groups = int(arg(node, "groups", 1))
+    out = node.outputs[0]
+    sx, sw, so = ctx.slots(x), ctx.slots(w), ctx.slots(out)
+    batched = len(sx) == len(sw)
+    c = 1 if batched else 0
+    if batched:
+        ctx.equal(sx[0], so[0])
+    for s in sx[c + 1 :]:  # input positions map to output positions by stride and padding
+        ctx.block(s)
+    w_in, w_out = (0, 1) if transposed else (1, 0)
+    if groups == 1:
+        ctx.equal(sx[c], sw[w_in])
+        ctx.equal(so[c], sw[w_out])
+    else:
+        g = ctx.new_slot(groups)
+        in_inner = ctx.new_slot(ctx.size(sx[c]) // groups)
+        out_inner = ctx.new_slot(ctx.size(so[c]) // groups)
+        ctx.reshape([sx[c]], [g, in_inner])
+        ctx.reshape([so[c]], [g, out_inner])
+        ctx.equal(in_inner if not transposed else out_inner, sw[1])
+        ctx.reshape([sw[0]], [g, out_inner if not transposed else in_inner])
+        ctx.set_attr_from_slot(node.module, "groups", g)
+    if isinstance(bias, Ref):
+        ctx.equal(ctx.slots(bias)[0], so[c])
+
+
+register_many(["aten.convolution", "aten._convolution", "aten.conv1d", "aten.conv2d",
+                "aten.conv3d", "aten.mkldnn_convolution", "aten.convolution_overrideable"],
+               convolution)
+
+
+def embedding(ctx: RuleContext, node: Node) -> None:
+    """weight [V, D] looked up by indices: D is the output's last dim; the vocabulary is blocked."""
+    w, idx = node.inputs[0], node.inputs[1]
+    sw, si, so = ctx.slots(w), ctx.slots(idx), ctx.slots(node.outputs[0])
+    ctx.block(sw[0])
+    ctx.equal(sw[1], so[-1])
+    ctx.tag(sw[1], "hidden")
+    for i, s in enumerate(si):
+        if ctx.size(s) != 1:
+            ctx.equal(s, so[i])
+
+
+register_many(["aten.embedding"], embedding)

@@ -1,0 +1,89 @@
+"""Batch/instance/layer/group norm and PReLU: per-channel parameters and statistics."""
+
+from __future__ import annotations
+
+from ..trace import Node, Ref
+from .context import RuleContext, arg
+from .registry import register_many
+
+
+def channel_norm(ctx: RuleContext, node: Node) -> None:
+    """Batch/instance norm: dim 1 of the input is the channel; every 1-D operand and statistic
+    of that size is indexed by channel."""
+    x = node.inputs[0]
+    sx = ctx.slots(x)
+    c = 1 if len(sx) > 1 else 0
+    n_channels = ctx.size(sx[c])
+    ctx.broadcast([x], [node.outputs[0]])
+    for v in node.inputs[1:] + node.outputs[1:]:
+        sv = ctx.slots(v)
+        if len(sv) == 1 and ctx.size(sv[0]) == n_channels:
+            ctx.equal(sv[0], sx[c])
+
+
+register_many(["aten.native_batch_norm", "aten._native_batch_norm_legit",
+                "aten._native_batch_norm_legit_no_training",
+                "aten._native_batch_norm_legit_functional", "aten.batch_norm",
+                "aten.instance_norm"], channel_norm)
+
+
+def layer_norm(ctx: RuleContext, node: Node) -> None:
+    """Normalised trailing dims couple the weight/bias; statistics keep the leading dims."""
+    x = node.inputs[0]
+    normalized = list(arg(node, "normalized_shape"))
+    sx = ctx.slots(x)
+    lead = len(sx) - len(normalized)
+    ctx.broadcast([x], [node.outputs[0]])
+    for s in sx[lead:]:
+        ctx.tag(s, "hidden")
+    for ref in (arg(node, "weight"), arg(node, "bias")):
+        if isinstance(ref, Ref):
+            sv = ctx.slots(ref)
+            for i, s in enumerate(sv):
+                ctx.equal(s, sx[lead + i])
+    for stat in node.outputs[1:]:
+        ss = ctx.slots(stat)
+        for i in range(min(lead, len(ss))):
+            if ctx.size(ss[i]) == ctx.size(sx[i]) != 1:
+                ctx.equal(ss[i], sx[i])
+
+
+register_many(["aten.native_layer_norm", "aten.layer_norm"], layer_norm)
+
+
+def group_norm(ctx: RuleContext, node: Node) -> None:
+    """C = [groups, C/groups]: a unit is a whole norm group or one index inside every group."""
+    x = node.inputs[0]
+    groups = int(arg(node, "group"))
+    sx = ctx.slots(x)
+    ctx.broadcast([x], [node.outputs[0]])
+    c = sx[1]
+    g = ctx.new_slot(groups)
+    inner = ctx.new_slot(ctx.size(c) // groups)
+    ctx.reshape([c], [g, inner])
+    for ref in (arg(node, "weight"), arg(node, "bias")):
+        if isinstance(ref, Ref):
+            ctx.equal(ctx.slots(ref)[0], c)
+    for stat in node.outputs[1:]:  # mean/rstd: [N, groups]
+        ss = ctx.slots(stat)
+        ctx.equal(ss[0], sx[0])
+        ctx.equal(ss[1], g)
+    ctx.set_attr_from_slot(node.module, "num_groups", g)
+
+
+register_many(["aten.native_group_norm"], group_norm)
+
+
+def prelu(ctx: RuleContext, node: Node) -> None:
+    """A 1-d weight indexes dim 1 (the channel); a weight already shaped to broadcast
+    ([C, 1, 1]) broadcasts like any element-wise operand."""
+    x, w = node.inputs[0], node.inputs[1]
+    sx, sw = ctx.slots(x), ctx.slots(w)
+    if len(sw) == 1 and ctx.size(sw[0]) > 1 and len(sx) > 1:
+        ctx.broadcast([x], node.outputs)
+        ctx.equal(sw[0], sx[1])
+    else:
+        ctx.broadcast([x, w], node.outputs)
+
+
+register_many(["aten._prelu_kernel", "aten.prelu"], prelu)

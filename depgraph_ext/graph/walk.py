@@ -1,0 +1,46 @@
+"""One walk of a model, shared by every stage of a pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidArgumentError
+
+
+def named_tensors(model: torch.nn.Module):
+    """Unique parameters and buffers by canonical name, and every alias of a shared one."""
+    params: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for store, named in ((params, model.named_parameters(remove_duplicate=False)),
+                         (buffers, model.named_buffers(remove_duplicate=False))):
+        for name, t in named:
+            if id(t) in seen:
+                aliases[name] = seen[id(t)]
+            else:
+                seen[id(t)] = name
+                store[name] = t
+    return params, buffers, aliases
+
+
+@dataclass(frozen=True)
+class ModelWalk:
+    """One walk of a model for a whole pipeline: its modules (``named_modules`` order, each
+    once), its parameters and buffers by canonical name and the aliases of shared ones (as
+    ``named_tensors``). Valid until the model changes (a DependencyGraph takes one, and goes
+    stale when its plan is applied); each stage would otherwise walk the model again."""
+
+    modules: list[tuple[str, torch.nn.Module]]
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    aliases: dict[str, str]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> ModelWalk:
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidArgumentError(
+                f"model must be a torch.nn.Module, not {type(model).__name__}")
+        return cls(list(model.named_modules()), *named_tensors(model))

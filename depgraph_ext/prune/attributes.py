@@ -1,0 +1,291 @@
+"""Module attributes that follow a plan (``out_channels``, ``in_features``, ``num_heads``, ...).
+
+Which attributes a module keeps, and how they follow from its tensors' shapes, is said by an
+*attribute rule* per module type, registered like op rules: ``register_attributes(Type, rule)``
+(a class and its subclasses) or ``register_attributes(predicate, rule)`` (any module the
+predicate accepts, for types that cannot be imported here). A rule reads a
+:class:`PlannedModule` and returns ``{attribute: new value}`` (None: unknown, left alone).
+Attention modules' head counts and the hidden size kept as attributes follow from the traced
+attention calls (:func:`attention_updates`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..graph.dependency import DependencyGraph
+
+
+@dataclass(frozen=True)
+class AttributeUpdate:
+    module: str
+    attr: str
+    old: object
+    new: object
+
+
+@dataclass(frozen=True)
+class PlannedModule:
+    """What an attribute rule sees of one module under a plan: ``shape(tensor)`` is the shape
+    its parameter/buffer ``tensor`` (a local name such as ``"weight"``) will have (None: it
+    has none); ``declared(attr)`` is a size an op rule tied to this module's attribute (a
+    convolution's ``groups``), or None."""
+
+    name: str
+    module: nn.Module
+    shape: Callable[[str], tuple[int, ...] | None]
+    declared: Callable[[str], int | None]
+
+
+AttributeRule = Callable[[PlannedModule], dict[str, object]]
+_BY_TYPE: dict[type, AttributeRule] = {}
+_BY_TEST: list[tuple[Callable[[nn.Module], bool], AttributeRule]] = []
+
+
+def register_attributes(kind, rule: AttributeRule | None = None):
+    """Register an attribute rule for a module class (its subclasses too; the most derived
+    registered class wins) or for a predicate ``module -> bool`` (tried after the classes, in
+    the order registered). Usable as a decorator."""
+
+    def register(fn: AttributeRule) -> AttributeRule:
+        if isinstance(kind, type):
+            _BY_TYPE[kind] = fn
+        elif callable(kind):
+            _BY_TEST.append((kind, fn))
+        else:
+            raise TypeError(f"register_attributes takes a module class or a predicate, not "
+                            f"{type(kind).__name__}")
+        return fn
+
+    return register if rule is None else register(rule)
+
+
+def attribute_rule(module: nn.Module) -> AttributeRule | None:
+    for cls in type(module).__mro__:
+        rule = _BY_TYPE.get(cls)
+        if rule is not None:
+            return rule
+    for test, rule in _BY_TEST:
+        if test(module):
+            return rule
+    return None
+
+
+def attribute_updates(dg: DependencyGraph, tensors, masks: dict[int, np.ndarray]
+                      ) -> list[AttributeUpdate]:
+    """Every module attribute that changes under the tensor plan ``tensors`` (with leaf masks
+    ``masks``): from each module's attribute rule, then from attention calls."""
+    g = dg.graph
+    named = g.params | g.buffers
+    planned = dg.planned_shapes(tensors)
+    modules = dict(dg.walk.modules)
+
+    def shape_of(module_name: str, tensor: str):
+        full = f"{module_name}.{tensor}" if module_name else tensor
+        full = g.aliases.get(full, full)
+        if full in planned:
+            return planned[full]
+        if full in named:
+            return g.values[named[full]].shape
+        return None
+
+    declared: dict[tuple[str, str], int] = {}
+    for module, attr, slot in dg.coupling_model.attr_slots:
+        m = modules.get(module)
+        if m is not None and getattr(m, attr, None) == dg.slot_sizes[slot]:
+            declared[(module, attr)] = dg.slot_kept_size(slot, masks)
+
+    updates: list[AttributeUpdate] = []
+    for name, m in modules.items():
+        rule = attribute_rule(m)
+        if rule is None:
+            continue
+        view = PlannedModule(name, m, lambda t, name=name: shape_of(name, t),
+                             lambda a, name=name: declared.get((name, a)))
+        for attr, new in rule(view).items():
+            old = getattr(m, attr)
+            if new is not None and old != new:
+                updates.append(AttributeUpdate(name, attr, old, new))
+    return updates + attention_updates(dg, modules, masks)
+
+
+# -- the built-in rules --------------------------------------------------------------------------
+@register_attributes(nn.modules.conv._ConvNd)
+def _convolution(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    if w is None:
+        return {}
+    m = p.module
+    groups = p.declared("groups") or m.groups
+    if m.transposed:
+        return {"groups": groups, "in_channels": w[0], "out_channels": w[1] * groups}
+    return {"groups": groups, "in_channels": w[1] * groups, "out_channels": w[0]}
+
+
+@register_attributes(nn.Linear)
+def _linear(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    return {} if w is None else {"in_features": w[1], "out_features": w[0]}
+
+
+@register_attributes(nn.modules.batchnorm._NormBase)
+def _batch_norm(p: PlannedModule) -> dict[str, object]:
+    ref = p.shape("weight") or p.shape("running_mean")
+    return {"num_features": ref[0] if ref else None}
+
+
+@register_attributes(nn.GroupNorm)
+def _group_norm(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    return {"num_groups": p.declared("num_groups") or p.module.num_groups,
+            "num_channels": w[0] if w else None}
+
+
+@register_attributes(nn.LayerNorm)
+def _layer_norm(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    return {} if w is None else {"normalized_shape": tuple(w)}
+
+
+@register_attributes(nn.Embedding)
+def _embedding(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    return {} if w is None else {"embedding_dim": w[1]}
+
+
+@register_attributes(nn.PReLU)
+def _prelu(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    return {} if w is None else {"num_parameters": w[0]}
+
+
+@register_attributes(nn.MultiheadAttention)
+def _multi_head_attention(p: PlannedModule) -> dict[str, object]:
+    qkv = p.shape("in_proj_weight")
+    if not p.module._qkv_same_embed_dim or not qkv:
+        return {}
+    return {"embed_dim": qkv[1], "kdim": qkv[1], "vdim": qkv[1],
+            "num_heads": qkv[1] // p.module.head_dim}
+
+
+@register_attributes(nn.RNNBase)
+def _recurrent(p: PlannedModule) -> dict[str, object]:
+    m = p.module
+    ih, hr = p.shape("weight_ih_l0"), p.shape("weight_hr_l0")
+    gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+    out = {"hidden_size": ih[0] // gates if ih else None, "input_size": ih[1] if ih else None}
+    if m.proj_size and hr:
+        out["proj_size"] = hr[0]
+    return out
+
+
+def _is_pyg(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("torch_geometric.")
+
+
+@register_attributes(lambda m: _is_pyg(m) and type(m).__name__ == "Linear")
+def _pyg_linear(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    if w is None or len(w) != 2:
+        return {}
+    return {"in_channels": w[1], "out_channels": w[0]}
+
+
+@register_attributes(lambda m: _is_pyg(m) and (hasattr(m, "att_src") or hasattr(m, "att")))
+def _pyg_graph_attention(p: PlannedModule) -> dict[str, object]:
+    att = p.shape("att_src") or p.shape("att")
+    if not att or len(att) != 3:  # graph attention: att [1, heads, channels]
+        return {}
+    return {"heads": att[1], "out_channels": att[2]}
+
+
+@register_attributes(lambda m: type(m).__name__ == "Conv1D" and hasattr(m, "nf"))
+def _gpt2_conv1d(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")  # transformers' GPT-2 linear: weight [in, out]
+    if w is None or len(w) != 2:
+        return {}
+    return {"nx": w[0], "nf": w[1]}
+
+
+# -- attention calls -----------------------------------------------------------------------------
+HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
+HEADS_TIMES_DIM = ("all_head_size", "inner_dim", "split_size")
+HIDDEN = ("hidden_size", "embed_dim", "d_model", "n_embd")
+
+
+def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
+    """Attention modules' head counts (and sizes derived from them), and the hidden size
+    modules keep as an attribute, where the current value matches the traced one."""
+    sizes = dg.slot_sizes
+    kept = dg.slot_kept_size
+    found: dict[tuple[str, str], object] = {}
+    for call in dg.coupling_model.attention:
+        h, hk = int(sizes[call.heads]), int(sizes[call.kv_heads])
+        h2, hk2 = kept(call.heads, masks), kept(call.kv_heads, masks)
+        known_dim = call.head_dim >= 0
+        d = int(sizes[call.head_dim]) if known_dim else 0
+        d2 = kept(call.head_dim, masks) if known_dim else 0
+        m = modules.get(call.module)
+        if m is None:
+            continue
+        for names, old, new in ((HEADS, h, h2), (KV_HEADS, hk, hk2),
+                                (HEADS_TIMES_DIM if known_dim else (), h * d, h2 * d2),
+                                (("num_key_value_groups",), h // hk, h2 // max(hk2, 1))):
+            for attr in names:
+                if getattr(m, attr, None) == old and old != new:
+                    found[(call.module, attr)] = (old, new)
+    hidden = {(int(sizes[s]), kept(s, masks)) for s, kind in dg.coupling_model.kind_slots
+              if kind == "hidden"}
+    changed = {old: new for old, new in hidden if old != new}
+    if len(changed) == 1 and len(hidden) == 1:
+        [(old, new)] = changed.items()
+        for name, m in modules.items():
+            for attr in HIDDEN:
+                if (name, attr) not in found and getattr(m, attr, None) == old:
+                    found[(name, attr)] = (old, new)
+    return [AttributeUpdate(name, attr, old, new) for (name, attr), (old, new) in found.items()]
+
+
+# -- setting them --------------------------------------------------------------------------------
+def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict) -> None:
+    """``update.attr`` of module ``update.module`` set to ``value``; ``modules`` caches the
+    lookups of a batch of updates (a module has a dozen of them)."""
+    m = modules.get(update.module)
+    if m is None and not modules:  # a batch's first lookup: one walk serves the rest
+        modules.update(model.named_modules())
+        m = modules.get(update.module)
+    if m is None:  # (a module registered twice is walked under its first name only)
+        m = modules[update.module] = model.get_submodule(update.module)
+    setattr(m, update.attr, value)
+
+
+def set_attributes(model: nn.Module, updates, new: bool = True) -> None:
+    """Every update's new (or old) value, in order (old values: in reverse order)."""
+    modules: dict[str, nn.Module] = {}
+    for u in (updates if new else reversed(updates)):
+        _set(model, u, u.new if new else u.old, modules)
+
+
+@contextlib.contextmanager
+def temporary_attributes(model: nn.Module, updates):
+    """The updates' new values for the duration; the old ones back on exit, whatever
+    happens."""
+    done = []
+    modules: dict[str, nn.Module] = {}
+    try:
+        for u in updates:
+            _set(model, u, u.new, modules)
+            done.append(u)
+        yield
+    finally:
+        for u in reversed(done):
+            _set(model, u, u.old, modules)

@@ -1,0 +1,61 @@
+"""The plan a keep mask implies: for every tensor the indices it keeps, the module attributes
+and config fields that follow. Nothing is checked here (``validate`` does that) and nothing
+changes (``apply`` does that)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..graph.dependency import DependencyGraph
+from .attributes import AttributeUpdate, attribute_updates
+from .configs import ConfigUpdate, config_updates
+
+# state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
+TensorPlan = dict[str, dict[int, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a keep mask changes, in the graph's original coordinates.
+
+    ``tensors``: per tensor name, the kept indices of each pruned dim; ``masks``: the kept
+    elements of every leaf atom that loses any; ``keep``: the keep mask over units it came
+    from; ``attributes``/``config``: module attributes and config fields that follow;
+    ``config_problems``: what the config cannot express."""
+
+    tensors: TensorPlan
+    masks: dict[int, np.ndarray]
+    keep: np.ndarray
+    attributes: tuple[AttributeUpdate, ...]
+    config: tuple[ConfigUpdate, ...]
+    config_problems: tuple[str, ...] = ()
+
+
+def propose_plan(dg: DependencyGraph, keep: np.ndarray) -> Plan:
+    """The plan of a keep mask over units (not validated)."""
+    tensors, masks = tensor_plan(dg, keep)
+    attributes = attribute_updates(dg, tensors, masks)
+    config, problems = config_updates(dg, masks, keep)
+    return Plan(tensors, masks, keep, tuple(attributes), tuple(config), tuple(problems))
+
+
+def tensor_plan(dg: DependencyGraph, unit_keep: np.ndarray
+                ) -> tuple[TensorPlan, dict[int, np.ndarray]]:
+    """Kept indices of every tensor dim that loses any, and the leaf masks behind them."""
+    masks = dg.leaf_keep_masks(unit_keep)
+    plan: TensorPlan = {}
+    for name, dims in dg.tensor_dims.items():
+        for td in dims:
+            leaf_masks = [masks.get(int(leaf)) for leaf in td.leaves]
+            if all(m is None for m in leaf_masks):
+                continue
+            combined = np.ones((), dtype=bool)
+            for leaf, m in zip(td.leaves, leaf_masks):
+                m = np.ones(int(dg.resolution.leaf_sizes[leaf]), dtype=bool) if m is None else m
+                combined = np.logical_and.outer(combined, m)
+            kept = np.nonzero(combined.reshape(-1))[0]
+            plan.setdefault(name, {})[td.dim] = torch.from_numpy(kept.astype(np.int64))
+    return plan, masks

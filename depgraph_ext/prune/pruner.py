@@ -1,0 +1,275 @@
+"""The pruning loop: score, select (local or global, to a ratio or to a parameter/MACs target),
+plan and validate, apply; once or in N steps with scores recomputed between them
+(:class:`Pruner`). Each step hands the next stage a typed object: a dependency graph, scores,
+a keep mask, a :class:`~depgraph_ext.prune.plan.Plan`, a :class:`~depgraph_ext.result.PruneResult`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..counting import PlannedCosts
+from ..errors import InvalidArgumentError, NoPrunableGroupsError, PruningError
+from ..gcpause import paused_gc
+from ..graph.dependency import DependencyGraph, Group
+from ..result import PruneResult, compose_results
+from .apply import apply_changes, state_companions
+from .attributes import set_attributes
+from .configs import apply_config_updates, config_of
+from .importance import fisher_entry, get_importance, unit_scores
+from .options import PruneOptions, with_options_signature
+from .plan import Plan
+from .select import (
+    Selection,
+    Targets,
+    check_max_ratio,
+    check_min_units,
+    check_ratio,
+    check_ratios,
+    check_round_to,
+    check_target,
+    choose_units,
+    group_roots,
+    keep_nonempty,
+    shrinkable_groups,
+    step_target,
+    units_by_kind,
+)
+from .validate import checked_plan, plan_until_valid
+
+
+class Pruner:
+    """Prune ``model`` in ``iterative_steps`` steps; call :meth:`step` once per step (train or
+    fine-tune in between: every step traces the current model and recomputes the scores).
+
+    After step i of N the model has lost ``i/N`` of what the whole schedule removes: of each
+    ratio's units, or of the way to ``target_params`` / ``target_macs``. The options are
+    those of :func:`depgraph_ext.prune` (:class:`PruneOptions`), which runs every step at once.
+    """
+
+    def __init__(self, model: torch.nn.Module, example_inputs, ratio: float | None = None,
+                 **options) -> None:
+        o = PruneOptions.of(options)
+        if ratio is not None and (o.target_params is not None or o.target_macs is not None):
+            raise InvalidArgumentError("give either ratio or target_params/target_macs, not both")
+        if not isinstance(o.iterative_steps, int) or isinstance(o.iterative_steps, bool) or (
+                o.iterative_steps < 1):
+            raise InvalidArgumentError(f"iterative_steps must be an integer >= 1, not "
+                                       f"{o.iterative_steps!r}")
+        if not isinstance(o.global_pruning, bool):
+            raise InvalidArgumentError(f"global_pruning must be True or False, not "
+                                       f"{o.global_pruning!r}")
+        if o.optimizer is not None and not isinstance(o.optimizer, torch.optim.Optimizer):
+            raise InvalidArgumentError(f"optimizer must be a torch.optim.Optimizer, not "
+                                       f"{type(o.optimizer).__name__}")
+        self.model = model
+        self.example_inputs = example_inputs
+        self.options = o
+        self.importance = get_importance(o.importance)
+        self.selection = Selection(
+            ratio=check_ratio(0.5 if ratio is None else ratio),
+            ratios=check_ratios(o.ratios, model),
+            global_pruning=o.global_pruning,
+            max_ratio=check_max_ratio(o.max_ratio),
+            min_units=check_min_units(o.min_units),
+            round_to=check_round_to(o.round_to),
+        )
+        self.target_params = check_target(o.target_params, "target_params")
+        self.target_macs = check_target(o.target_macs, "target_macs")
+        self.iterative_steps = o.iterative_steps
+        self.results: list[PruneResult] = []
+        self._initial: tuple[int, int] | None = None  # (params, MACs) before step 1
+        self._initial_units: tuple[dict, dict] | None = None  # prunable units before step 1
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) >= self.iterative_steps
+
+    def step(self) -> PruneResult:
+        """Run the next step; returns what it did (its plan in the current model's coordinates)."""
+        if self.done:
+            raise PruningError(f"all {self.iterative_steps} steps of this pruner are done")
+        i, n = len(self.results) + 1, self.iterative_steps
+        o = self.options
+        with paused_gc():
+            t0 = time.perf_counter()
+            dg = DependencyGraph(self.model, self.example_inputs, ignore=o.ignore,
+                                 backend=o.backend, strict=o.strict, progress=o.progress)
+            targets = None
+            if self.target_params is not None or self.target_macs is not None:
+                costs = PlannedCosts(dg)
+                if self._initial is None:
+                    self._initial = costs.at(None)
+                p0, m0 = self._initial
+                targets = Targets(step_target(self.target_params, p0, i, n),
+                                  step_target(self.target_macs, m0, i, n), costs)
+            selection = self.selection
+            if n > 1 and targets is None:
+                if self._initial_units is None:
+                    self._initial_units = _initial_counts(dg)
+                selection = replace(selection, progress=i / n,
+                                    initial_groups=self._initial_units[0],
+                                    initial_kinds=self._initial_units[1])
+            result = prune_step(dg, self.importance, selection, targets, o, t0)
+        self.results.append(result)
+        return result
+
+    def run(self) -> PruneResult:
+        """Every remaining step at once, as one result; if any step fails, the steps this call
+        ran are undone (unless ``in_place``) and the error is raised."""
+        if self.iterative_steps == 1 and not self.results:
+            return self.step()
+        snapshot = None if self.options.in_place else Snapshot(self.model,
+                                                               self.options.optimizer)
+        done_before = len(self.results)
+        try:
+            while not self.done:
+                self.step()
+        except BaseException:
+            if snapshot is not None:
+                snapshot.restore(self.results[done_before:])
+                del self.results[done_before:]
+            raise
+        return self.result()
+
+    def result(self) -> PruneResult:
+        """Every step so far as one result (plan in the original model's coordinates)."""
+        if not self.results:
+            raise PruningError("no step has run yet")
+        return compose_results(self.results)
+
+
+with_options_signature(Pruner.__init__, [
+    inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("example_inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    inspect.Parameter("ratio", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+
+
+def _initial_counts(dg: DependencyGraph) -> tuple[dict, dict]:
+    """Prunable units per group (keyed by its root parameter, stable across steps) and kind."""
+    groups, kinds = {}, {}
+    for group, root in zip(dg.groups, group_roots(dg)):
+        groups[root] = groups.get(root, 0) + group.num_prunable
+        kinds[group.kind] = kinds.get(group.kind, 0) + group.num_prunable
+    return groups, kinds
+
+
+def prune_step(dg: DependencyGraph, importance, selection: Selection, targets: Targets | None,
+               options: PruneOptions, t0: float) -> PruneResult:
+    """Score, select, plan and validate (learning sizes the model's code fixes), apply: once."""
+    timings = dict(dg.timings)
+    timings.update(score=0.0, select=0.0, plan=0.0)
+
+    def choose(g: DependencyGraph) -> np.ndarray:
+        t1 = time.perf_counter()
+        scores = unit_scores(g.scoring_only(shrinkable_groups(g, selection, targets)),
+                             importance)
+        t2 = time.perf_counter()
+        if not g.groups:
+            raise NoPrunableGroupsError(
+                "no group of the model has a prunable unit: every channel touches an input, an "
+                "output, an ignored tensor or an op without a rule"
+                + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
+            )
+        keep = choose_units(g, scores, selection, targets)
+        timings["score"] += t2 - t1
+        timings["select"] += time.perf_counter() - t2
+        return keep
+
+    dg, plan = plan_until_valid(dg, choose, options.require_loadable, timings)
+    return apply_step(dg, plan, timings, t0, options.in_place, options.optimizer)
+
+
+def prune_units(dg: DependencyGraph, group: Group, units) -> PruneResult:
+    """Remove the given group-local ``units`` of one group (validated, in place)."""
+    dg.check_fresh()
+    units = np.asarray(units, dtype=np.int64).reshape(-1)
+    if units.size and (units.min() < 0 or units.max() >= group.num_units):
+        raise InvalidArgumentError(f"units must be in [0, {group.num_units}) for {group!r}")
+    if units.size and not group.prunable[units].all():
+        raise InvalidArgumentError(f"{group!r}: units {units[~group.prunable[units]].tolist()} are "
+                                   "blocked and cannot be removed")
+    keep = np.ones(dg.resolution.num_units, dtype=bool)
+    keep[group.unit_ids[units]] = False
+    empty = keep.copy()
+    keep_nonempty(dg, np.zeros(keep.shape[0]), empty)
+    if not np.array_equal(empty, keep):
+        raise InvalidArgumentError(f"{group!r}: removing these units would empty a layer")
+    t0 = time.perf_counter()
+    plan = checked_plan(dg, keep)
+    return apply_step(dg, plan, dict(dg.timings) | {"plan": time.perf_counter() - t0}, t0)
+
+
+def apply_step(dg: DependencyGraph, plan: Plan, timings: dict, t0: float,
+               in_place: bool = False, optimizer=None) -> PruneResult:
+    """Apply a validated plan to the graph's model and say what changed."""
+    model = dg.model
+    t_count = time.perf_counter()
+    costs = PlannedCosts(dg)
+    params_before, macs_before = costs.at(None)
+    _, macs_after = costs.at(plan.keep)
+    t = time.perf_counter()
+    params = dg.walk.params  # the model's, each once, as named_parameters
+    tensors = params | dg.walk.buffers
+    shapes_before = {n: tuple(tensors[n].shape) for n in plan.tensors}
+    companions = state_companions(model, plan.tensors, optimizer, tensors)
+    native = dg.backend == "native"
+    apply_changes(model, plan.tensors, plan.attributes, in_place=in_place and native,
+                  native=native, companions=companions, tensors=tensors)
+    apply_config_updates(model, plan.config)
+    t_apply = time.perf_counter()
+    timings = timings | {"count": t - t_count, "apply": t_apply - t, "total": t_apply - t0}
+    return PruneResult(
+        plan=plan.tensors,
+        params_before=params_before,
+        params_after=sum(p.numel() for p in params.values()),  # each once, as named_parameters
+        timings=timings,
+        shapes_before=shapes_before,
+        shapes_after={n: tuple(tensors[n].shape) for n in plan.tensors},
+        attribute_updates=list(plan.attributes),
+        config_updates=list(plan.config),
+        num_groups=len(dg.groups),
+        backend=dg.backend,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        units=units_by_kind(dg.groups, plan.keep),
+        buffers=frozenset(plan.tensors.keys() - params.keys()),
+    )
+
+
+class Snapshot:
+    """References to everything pruning replaces (tensors' data and grads, optimizer state,
+    Fisher statistics), so several steps can be undone together. Holds no copies: pruning
+    builds new tensors rather than writing into the old ones (except ``in_place``)."""
+
+    def __init__(self, model: torch.nn.Module, optimizer=None) -> None:
+        self.model = model
+        tensors = list(model.parameters()) + list(model.buffers())
+        self.tensors = [(t, t.data, t.grad) for t in {id(t): t for t in tensors}.values()]
+        self.optimizer = optimizer
+        self.state = ({p: dict(st) for p, st in optimizer.state.items()}
+                      if optimizer is not None else {})
+        self.fisher = [(e, list(e)) for t in model.parameters()
+                       if (e := fisher_entry(t)) is not None]
+
+    def restore(self, results: list[PruneResult]) -> None:
+        """Undo ``results`` (the steps taken since the snapshot, in order)."""
+        for result in reversed(results):
+            set_attributes(self.model, result.attribute_updates, new=False)
+            config = config_of(self.model)
+            for c in reversed(result.config_updates):
+                setattr(config, c.field, c.old)
+        with torch.no_grad():
+            for t, data, grad in self.tensors:
+                t.data = data
+                t.grad = grad
+        for p, st in self.state.items():
+            self.optimizer.state[p] = st
+        for entry, old in self.fisher:
+            entry[:] = old

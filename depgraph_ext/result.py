@@ -1,0 +1,129 @@
+"""What a prune did: :class:`PruneResult` (one step, or several composed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .prune.attributes import AttributeUpdate
+from .prune.configs import ConfigUpdate
+from .prune.plan import TensorPlan
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` did. ``plan``: state_dict name -> {dim: kept indices (original coords)}."""
+
+    plan: TensorPlan
+    params_before: int
+    params_after: int
+    timings: dict[str, float]
+    shapes_before: dict[str, tuple[int, ...]]
+    shapes_after: dict[str, tuple[int, ...]]
+    attribute_updates: list[AttributeUpdate] = field(default_factory=list)
+    config_updates: list[ConfigUpdate] = field(default_factory=list)
+    num_groups: int = 0
+    backend: str = "native"
+    macs_before: int | None = None
+    macs_after: int | None = None
+    units: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (before, after)
+    steps: int = 1
+    buffers: frozenset[str] = frozenset()  # planned names that are buffers, not parameters
+
+    def save_plan(self, path):
+        """Write the plan (kept indices, attribute and config changes) as JSON; replay it on a
+        freshly built original with ``depgraph_ext.apply_plan(model, path)``."""
+        from .io.plans import save_plan
+
+        return save_plan(self, path)
+
+    def summary(self, max_rows: int | None = 40) -> str:
+        """The layers that changed (main tensor's shape and the layer's parameters before and
+        after), the units per group kind, parameters, MACs and the time per stage."""
+        layers: dict[str, list[str]] = {}
+        for name in self.plan:  # one row per module, shown by its weight if it has one
+            module, _, tensor = name.rpartition(".")
+            names = layers.setdefault(module, [])
+            names.insert(0, name) if tensor == "weight" else names.append(name)
+
+        def numel(shape) -> int:
+            return int(np.prod(shape, dtype=np.int64))
+
+        def params(shapes, names) -> int:
+            return sum(numel(shapes[x]) for x in names if x not in self.buffers)
+
+        rows = [(m or "<root>", n[0].rpartition(".")[2], self.shapes_before[n[0]],
+                 self.shapes_after[n[0]], params(self.shapes_before, n),
+                 params(self.shapes_after, n)) for m, n in layers.items()]
+        shown = rows if max_rows is None else rows[:max_rows]
+        width = max([len("layer")] + [len(r[0]) for r in shown])
+        lines = [f"{'layer':<{width}}  {'tensor':<8} {'before':>18}  {'after':>18}  "
+                 f"{'params before':>13}  {'after':>11}"]
+        for layer, tensor, before, after, p_before, p_after in shown:
+            lines.append(f"{layer:<{width}}  {tensor:<8} {str(tuple(before)):>18}  "
+                         f"{str(tuple(after)):>18}  {p_before:>13,}  {p_after:>11,}")
+        if len(rows) > len(shown):
+            lines.append(f"... {len(rows) - len(shown)} more layers changed")
+        for kind, (before, after) in sorted(self.units.items()):
+            lines.append(f"{kind}: {before:,} -> {after:,} units")
+        ratio = self.params_after / self.params_before if self.params_before else 1.0
+        lines.append(
+            f"parameters: {self.params_before:,} -> {self.params_after:,} ({ratio:.1%} kept); "
+            f"{len(rows)} layers changed in {self.num_groups} groups; backend {self.backend}"
+            + (f"; {self.steps} steps" if self.steps > 1 else "")
+        )
+        if self.macs_before is not None and self.macs_after is not None:
+            kept = self.macs_after / self.macs_before if self.macs_before else 1.0
+            lines.append(f"MACs: {self.macs_before:,} -> {self.macs_after:,} ({kept:.1%} kept)")
+        stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
+        lines.append(f"time: {stages}")
+        return "\n".join(lines)
+
+
+def compose_results(results: list[PruneResult]) -> PruneResult:
+    """Several steps as one result: plans composed into the original model's coordinates."""
+    if len(results) == 1:
+        return results[0]
+    plan: TensorPlan = {}
+    before: dict[str, tuple[int, ...]] = {}
+    after: dict[str, tuple[int, ...]] = {}
+    for r in results:
+        for name, dims in r.plan.items():
+            current = plan.setdefault(name, {})
+            for d, kept in dims.items():
+                current[d] = current[d][kept] if d in current else kept
+            before.setdefault(name, r.shapes_before[name])
+            after[name] = r.shapes_after[name]
+
+    def merged(updates, key):
+        first: dict = {}
+        for u in updates:
+            first[key(u)] = replace(first[key(u)], new=u.new) if key(u) in first else u
+        return [u for u in first.values() if u.old != u.new]
+
+    timings: dict[str, float] = {}
+    for r in results:
+        for k, v in r.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    units = {k: (results[0].units[k][0], results[-1].units.get(k, results[0].units[k])[1])
+             for k in results[0].units}
+    return PruneResult(
+        plan=plan,
+        params_before=results[0].params_before,
+        params_after=results[-1].params_after,
+        timings=timings,
+        shapes_before=before,
+        shapes_after=after,
+        attribute_updates=merged([u for r in results for u in r.attribute_updates],
+                                 lambda u: (u.module, u.attr)),
+        config_updates=merged([u for r in results for u in r.config_updates],
+                              lambda u: u.field),
+        num_groups=results[-1].num_groups,
+        backend=results[-1].backend,
+        macs_before=results[0].macs_before,
+        macs_after=results[-1].macs_after,
+        units=units,
+        steps=len(results),
+        buffers=frozenset().union(*(r.buffers for r in results)),
+    )
