@@ -12,14 +12,14 @@ import sys
 
 MODELS = {
     "llama (MHA 8/8)": "T.LlamaForCausalLM(T.LlamaConfig(vocab_size=128, hidden_size=256, "
-                       "intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, "
-                       "num_key_value_heads=8))",
+    "intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, "
+    "num_key_value_heads=8))",
     "llama (GQA 8/2)": "T.LlamaForCausalLM(T.LlamaConfig(vocab_size=128, hidden_size=256, "
-                       "intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, "
-                       "num_key_value_heads=2))",
+    "intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, "
+    "num_key_value_heads=2))",
     "gpt2": "T.GPT2LMHeadModel(T.GPT2Config(vocab_size=128, n_embd=256, n_layer=4, n_head=8))",
     "bert": "T.BertForMaskedLM(T.BertConfig(vocab_size=128, hidden_size=256, "
-            "intermediate_size=512, num_hidden_layers=4, num_attention_heads=8))",
+    "intermediate_size=512, num_hidden_layers=4, num_attention_heads=8))",
 }
 
 RUN = """
@@ -50,8 +50,16 @@ def main() -> None:
     print("| model | Torch-Pruning 1.6.1, ratio 0.5 |\n|---|---|")
     for name, model in MODELS.items():
         try:
-            out = subprocess.run([sys.executable, "-c", RUN.format(model=model)], timeout=limit,
-                                 capture_output=True, text=True).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    [sys.executable, "-c", RUN.format(model=model)],
+                    timeout=limit,
+                    capture_output=True,
+                    text=True,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             verdict = out[-1] if out else "no output"
         except subprocess.TimeoutExpired:
             verdict = f"does not finish in {limit:.0f} s"

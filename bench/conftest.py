@@ -34,8 +34,10 @@ def pytest_terminal_summary(terminalreporter):
     for w, s in rows:
         t = {tool: RESULTS.get((w, s, tool)) for tool in tools}
         cells = [f"{t[x] * 1e3:.1f} ms" if t[x] is not None else "-" for x in tools]
-        ratios = [f"{t[x] / t['native']:.1f}x" if t[x] and t["native"] else "-"
-                  for x in ("python", "torch-pruning")]
+        ratios = [
+            f"{t[x] / t['native']:.1f}x" if t[x] and t["native"] else "-"
+            for x in ("python", "torch-pruning")
+        ]
         lines.append(f"| {w} | {s} | " + " | ".join(cells + ratios) + " |")
         for tool in extra_tools:
             if (w, s, tool) in RESULTS:

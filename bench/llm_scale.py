@@ -30,15 +30,38 @@ import warnings
 import torch
 
 SHAPES = {
-    "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
-    "llama-3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
-    "llama-3-70b": dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672,
-                        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8),
+    "llama-2-7b": dict(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+    "llama-3-8b": dict(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+    ),
+    "llama-3-70b": dict(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+    ),
 }
-SMALL = dict(vocab_size=128, hidden_size=256, intermediate_size=512, num_attention_heads=8,
-             num_key_value_heads=2)
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=256,
+    intermediate_size=512,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+)
 BLOCK = 1_000_003
 
 
@@ -61,8 +84,11 @@ def small_llama(layers: int):
 
 
 # The scaling rows' inputs: 16 tokens.
-SMALL_IDS = {"input_ids": torch.randint(0, SMALL["vocab_size"], (1, 16),
-                                        generator=torch.Generator().manual_seed(0))}
+SMALL_IDS = {
+    "input_ids": torch.randint(
+        0, SMALL["vocab_size"], (1, 16), generator=torch.Generator().manual_seed(0)
+    )
+}
 
 
 def build(shape: str):
@@ -129,14 +155,29 @@ def run_ours(model, inputs, backend: str, meta: bool) -> dict:
             dg, plan = plan_until_valid(dg, choose)
             t_plan = time.perf_counter()
             timings = dict(dg.timings, plan=t_plan - t_graph)
-            return {"seconds": t_plan - t, "timings": timings, "planned": len(plan.tensors),
-                    "validation_rounds": len(rounds)}
+            return {
+                "seconds": t_plan - t,
+                "timings": timings,
+                "planned": len(plan.tensors),
+                "validation_rounds": len(rounds),
+            }
         t = time.perf_counter()
-        result = dx.prune(model, inputs, ratio=0.5, ratios={"hidden": 0.0}, backend=backend,
-                          in_place=backend == "native", progress=False)
+        result = dx.prune(
+            model,
+            inputs,
+            ratio=0.5,
+            ratios={"hidden": 0.0},
+            backend=backend,
+            in_place=backend == "native",
+            progress=False,
+        )
         seconds = time.perf_counter() - t
-    return {"seconds": seconds, "timings": result.timings,
-            "params_before": result.params_before, "params_after": result.params_after}
+    return {
+        "seconds": seconds,
+        "timings": result.timings,
+        "params_before": result.params_before,
+        "params_after": result.params_after,
+    }
 
 
 def run_torch_pruning(model, inputs) -> dict:
@@ -144,21 +185,37 @@ def run_torch_pruning(model, inputs) -> dict:
 
     layers = model.model.layers
     ignored = [model.lm_head, model.model.embed_tokens] + [
-        m for layer in layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                                        layer.self_attn.v_proj, layer.self_attn.o_proj,
-                                        layer.mlp.down_proj)]
+        m
+        for layer in layers
+        for m in (
+            layer.self_attn.q_proj,
+            layer.self_attn.k_proj,
+            layer.self_attn.v_proj,
+            layer.self_attn.o_proj,
+            layer.mlp.down_proj,
+        )
+    ]
     before = sum(p.numel() for p in model.parameters())
     t = time.perf_counter()
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs=inputs["input_ids"], output_transform=lambda out: out.logits,
-        importance=tp.importance.GroupMagnitudeImportance(p=2), global_pruning=False,
-        pruning_ratio=0.5, ignored_layers=ignored)
+        model,
+        example_inputs=inputs["input_ids"],
+        output_transform=lambda out: out.logits,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=False,
+        pruning_ratio=0.5,
+        ignored_layers=ignored,
+    )
     t_graph = time.perf_counter()
     pruner.step()
     t_step = time.perf_counter()
     after = sum(p.numel() for p in model.parameters())
-    return {"seconds": t_step - t, "timings": {"graph": t_graph - t, "step": t_step - t_graph},
-            "params_before": before, "params_after": after}
+    return {
+        "seconds": t_step - t,
+        "timings": {"graph": t_graph - t, "step": t_step - t_graph},
+        "params_before": before,
+        "params_after": after,
+    }
 
 
 def main() -> None:
@@ -167,16 +224,25 @@ def main() -> None:
     rss_start = peak_rss_bytes()
     model = build(shape)
     meta = shape.endswith("-meta")
-    size = model_bytes(model) if not meta else sum(
-        p.numel() * p.element_size() for p in model.parameters())
+    size = (
+        model_bytes(model)
+        if not meta
+        else sum(p.numel() * p.element_size() for p in model.parameters())
+    )
     rss_built = peak_rss_bytes()
     inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (1, 16))}
     if tool == "torch-pruning":
         out = run_torch_pruning(model, inputs)
     else:
         out = run_ours(model, inputs, tool, meta)
-    out.update(tool=tool, shape=shape, model_bytes=size, peak_rss=peak_rss_bytes(),
-               rss_after_imports=rss_start, rss_after_build=rss_built)
+    out.update(
+        tool=tool,
+        shape=shape,
+        model_bytes=size,
+        peak_rss=peak_rss_bytes(),
+        rss_after_imports=rss_start,
+        rss_after_build=rss_built,
+    )
     print(json.dumps(out))
 
 

@@ -58,8 +58,9 @@ def measure(benchmark, key: tuple[str, str, str], fn, *, setup=None, rounds: int
     if setup is None:
         result = benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
     else:
-        result = benchmark.pedantic(lambda *a: fn(*a), setup=lambda: ((setup(),), {}),
-                                    rounds=rounds, warmup_rounds=1)
+        result = benchmark.pedantic(
+            lambda *a: fn(*a), setup=lambda: ((setup(),), {}), rounds=rounds, warmup_rounds=1
+        )
     RESULTS[key] = benchmark.stats.stats.median
     return result
 

@@ -20,8 +20,6 @@ import warnings
 from collections import defaultdict
 
 import torch
-from llm_scale import SMALL_IDS as IDS
-from llm_scale import small_llama
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import depgraph_ext as dx
@@ -30,6 +28,8 @@ import depgraph_ext.prune.importance as importance
 import depgraph_ext.prune.pruner as pruner
 import depgraph_ext.prune.validate as validate
 from depgraph_ext.graph.dependency import DependencyGraph
+from llm_scale import SMALL_IDS as IDS
+from llm_scale import small_llama
 
 
 def timed(module, name: str, label: str, into: dict[str, float]) -> None:
@@ -89,8 +89,10 @@ def main() -> None:
         rows["wall"].append(wall)
 
     dg = graphs[0]
-    for label, fn in (("scored_slices (last graph)", lambda: importance.scored_slices(dg)),
-                      ("PlannedCosts(dg) (last graph)", lambda: counting.PlannedCosts(dg))):
+    for label, fn in (
+        ("scored_slices (last graph)", lambda: importance.scored_slices(dg)),
+        ("PlannedCosts(dg) (last graph)", lambda: counting.PlannedCosts(dg)),
+    ):
         samples = []
         for _ in range(rounds):
             t = time.perf_counter()

@@ -25,15 +25,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from measuring import EXTRA, RESULTS
 from depgraph_ext.io import safetensors_io
+from measuring import EXTRA, RESULTS
 
 T = pytest.importorskip("transformers")
 
 CACHE = Path(os.environ.get("DEPGRAPH_BENCH_CKPT", "/tmp/depgraph-bench-ckpt"))
-LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False)
+LLAMA2_7B = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    max_position_embeddings=4096,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
 SHARD_BYTES = 2 * 2**30
 WORKLOAD = "llama-2-7b shape, bf16 checkpoint"
 ARGS = ["--ratio", "0.5", "--ratios", "heads=0.25,hidden=0", "--no-progress", "--overwrite"]
@@ -46,11 +54,17 @@ def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     out = [("model.embed_tokens.weight", (v, h))]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        out += [(p + "self_attn.q_proj.weight", (h, h)), (p + "self_attn.k_proj.weight", (kv, h)),
-                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, h)),
-                (p + "mlp.gate_proj.weight", (m, h)), (p + "mlp.up_proj.weight", (m, h)),
-                (p + "mlp.down_proj.weight", (h, m)), (p + "input_layernorm.weight", (h,)),
-                (p + "post_attention_layernorm.weight", (h,))]
+        out += [
+            (p + "self_attn.q_proj.weight", (h, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, h)),
+            (p + "mlp.gate_proj.weight", (m, h)),
+            (p + "mlp.up_proj.weight", (m, h)),
+            (p + "mlp.down_proj.weight", (h, m)),
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+        ]
     return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
 
 
@@ -74,7 +88,8 @@ def generate(path: Path, config: dict, shard_bytes: int = SHARD_BYTES) -> None:
     for i, shard in enumerate(shards):
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         header, order = safetensors_io.output_layout(
-            [(n, torch.bfloat16, s) for n, s in shard], {"format": "pt"})
+            [(n, torch.bfloat16, s) for n, s in shard], {"format": "pt"}
+        )
         shapes = dict(shard)
         with open(tmp / fname, "wb") as f:
             f.write(header)
@@ -87,10 +102,12 @@ def generate(path: Path, config: dict, shard_bytes: int = SHARD_BYTES) -> None:
                 safetensors_io.write_tensor(f, t.to(torch.bfloat16))
                 weight_map[name] = fname
     total = sum(2 * int(torch.Size(s).numel()) for _, s in tensors)
-    (tmp / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    T.LlamaConfig(**config, dtype="bfloat16", architectures=["LlamaForCausalLM"]
-                  ).save_pretrained(tmp)
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+    T.LlamaConfig(**config, dtype="bfloat16", architectures=["LlamaForCausalLM"]).save_pretrained(
+        tmp
+    )
     shutil.rmtree(path, ignore_errors=True)
     os.rename(tmp, path)
 
@@ -119,12 +136,16 @@ def checkpoint():
 
 # Peak RSS from VmHWM, which starts afresh at exec (ru_maxrss keeps the forking parent's peak:
 # this process generated the checkpoint).
-_HWM = ("def hwm_kib():\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmHWM:'):\n"
-        "            return int(line.split()[1])\n")
+_HWM = (
+    "def hwm_kib():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1])\n"
+)
 
-_RUN = _HWM.replace("{", "{{").replace("}", "}}") + """
+_RUN = (
+    _HWM.replace("{", "{{").replace("}", "}}")
+    + """
 import json, sys, time
 t = time.perf_counter()
 import depgraph_ext as dx
@@ -137,6 +158,7 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "timings": r.timings,
                   "bytes_before": r.bytes_before, "bytes_after": r.bytes_after}}))
 print(r.summary(), file=sys.stderr)
 """
+)
 
 
 def check_output(src: Path, dst: Path) -> None:
@@ -148,15 +170,21 @@ def check_output(src: Path, dst: Path) -> None:
     assert config["intermediate_size"] == 5504 and config["hidden_size"] == 4096
     index = json.loads((dst / "model.safetensors.index.json").read_text())
     key = "model.layers.7.mlp.down_proj.weight"
-    with safe_open(dst / index["weight_map"][key], "pt") as out, safe_open(
-            src / index["weight_map"][key], "pt") as inp:
+    with (
+        safe_open(dst / index["weight_map"][key], "pt") as out,
+        safe_open(src / index["weight_map"][key], "pt") as inp,
+    ):
         pruned, original = out.get_tensor(key), inp.get_tensor(key)
     assert pruned.shape == (4096, 5504)
     # every pruned column is one of the original's, in order
-    cols = {bytes(original[:, j].contiguous().view(torch.uint8).numpy()): j
-            for j in range(original.shape[1])}
-    found = [cols[bytes(pruned[:, j].contiguous().view(torch.uint8).numpy())]
-             for j in range(pruned.shape[1])]
+    cols = {
+        bytes(original[:, j].contiguous().view(torch.uint8).numpy()): j
+        for j in range(original.shape[1])
+    }
+    found = [
+        cols[bytes(pruned[:, j].contiguous().view(torch.uint8).numpy())]
+        for j in range(pruned.shape[1])
+    ]
     assert found == sorted(found) and len(set(found)) == 5504
 
 
@@ -164,8 +192,12 @@ def test_prune_7b_checkpoint_one_process(checkpoint):
     dst = CACHE.with_name(CACHE.name + "-out1")
     shutil.rmtree(dst, ignore_errors=True)
     evict(checkpoint)
-    out = subprocess.run([sys.executable, "-c", _RUN.format(), str(checkpoint), str(dst)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN.format(), str(checkpoint), str(dst)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(out.stderr)
     check_output(checkpoint, dst)
@@ -176,7 +208,8 @@ def test_prune_7b_checkpoint_one_process(checkpoint):
         f"{r['bytes_after'] / 1e9:.1f} GB "
         f"(params {r['before']:,} -> {r['after']:,}), 1 process: {r['seconds']:.1f} s in the "
         f"process ({stages}); peak RSS {r['rss_kib'] / 2**20:.2f} GiB (after imports "
-        f"{r['imported_kib'] / 2**20:.2f} GiB)")
+        f"{r['imported_kib'] / 2**20:.2f} GiB)"
+    )
     RESULTS[(WORKLOAD, "prune from disk end to end, 1 process", "native")] = r["seconds"]
     print(EXTRA[-1])
     assert r["rss_kib"] < 3 * 2**20  # KiB: under 3 GiB for a 13.5 GB model
@@ -187,26 +220,42 @@ def test_prune_7b_checkpoint_two_ranks(checkpoint):
     one = CACHE.with_name(CACHE.name + "-out1")
     two = CACHE.with_name(CACHE.name + "-out2")
     if not one.exists():
-        subprocess.run([sys.executable, "-m", "depgraph_ext.cli", str(checkpoint), str(one),
-                        *ARGS], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "depgraph_ext.cli", str(checkpoint), str(one), *ARGS],
+            check=True,
+            capture_output=True,
+        )
     wrapper = Path(CACHE.with_name(CACHE.name + "-rss.py"))
     # Each rank prints its peak RSS as it leaves: the CLI of a distributed run leaves through
     # os._exit (see depgraph_ext/cli.py), which skips finally blocks.
     wrapper.write_text(
-        "import runpy, sys, os\n" + _HWM +
-        "def rss():\n"
+        "import runpy, sys, os\n" + _HWM + "def rss():\n"
         "    print('RSS', os.environ['RANK'], hwm_kib(), file=sys.stderr, flush=True)\n"
         "leave = os._exit\n"
         "def exit_after_rss(code):\n    rss()\n    leave(code)\n"
         "os._exit = exit_after_rss\n"
         "try:\n    runpy.run_module('depgraph_ext.cli', run_name='__main__')\n"
-        "finally:\n    rss()\n")
+        "finally:\n    rss()\n"
+    )
     shutil.rmtree(two, ignore_errors=True)
     evict(checkpoint)
     t = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node", "2", str(wrapper), str(checkpoint), str(two),
-                          *ARGS], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(wrapper),
+            str(checkpoint),
+            str(two),
+            *ARGS,
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - t
     assert run.returncode == 0, run.stderr[-3000:]
     print(run.stdout)
@@ -214,11 +263,13 @@ def test_prune_7b_checkpoint_two_ranks(checkpoint):
     for f in sorted(p.name for p in one.iterdir()):
         assert subprocess.run(["cmp", "-s", str(one / f), str(two / f)]).returncode == 0, f
     stages = re.search(r"time: (.*)$", run.stdout.strip().splitlines()[-1]).group(1)
-    EXTRA.append(f"llama-2-7b shape, 2 ranks (gloo, torchrun, OMP_NUM_THREADS=1 each): "
-                 f"{seconds:.1f} s wall including torchrun and imports (rank 0: {stages}); "
-                 "peak RSS per rank "
-                 f"{', '.join(f'{k / 2**20:.2f}' for k in rss)} GiB; output byte-identical to "
-                 "1 process")
+    EXTRA.append(
+        f"llama-2-7b shape, 2 ranks (gloo, torchrun, OMP_NUM_THREADS=1 each): "
+        f"{seconds:.1f} s wall including torchrun and imports (rank 0: {stages}); "
+        "peak RSS per rank "
+        f"{', '.join(f'{k / 2**20:.2f}' for k in rss)} GiB; output byte-identical to "
+        "1 process"
+    )
     RESULTS[(WORKLOAD, "prune from disk end to end, 2 ranks (torchrun)", "native")] = seconds
     print(EXTRA[-1])
     assert len(rss) == 2 and max(rss) < 3 * 2**20

@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-from measuring import EXTRA, RESULTS, measure
 from depgraph_ext import ops
+from measuring import EXTRA, RESULTS, measure
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="op library not built")
 LAYERS, HIDDEN, MLP, HEADS = 4, 4096, 11008, 32
@@ -36,8 +36,11 @@ def llama_weights(seed: int = 0):
         neurons = torch.arange(MLP) + units
         units += MLP
         for shape, dim, unit_map in [((HIDDEN, HIDDEN), 0, heads)] * 3 + [
-                ((HIDDEN, HIDDEN), 1, heads), ((MLP, HIDDEN), 0, neurons),
-                ((MLP, HIDDEN), 0, neurons), ((HIDDEN, MLP), 1, neurons)]:
+            ((HIDDEN, HIDDEN), 1, heads),
+            ((MLP, HIDDEN), 0, neurons),
+            ((MLP, HIDDEN), 0, neurons),
+            ((HIDDEN, MLP), 1, neurons),
+        ]:
             w = torch.empty(shape, dtype=torch.bfloat16).normal_(generator=g)
             for d, m in ((dim, unit_map), (1 - dim, hidden_map)):
                 tensors.append(w)
@@ -87,9 +90,12 @@ def test_grouped_norm(benchmark, weights, tool):
 
 def test_grouped_norm_agree(weights):
     tensors, dims, maps, units, _ = weights
-    torch.testing.assert_close(ops.grouped_norm(tensors, dims, maps, units, 2, "sum"),
-                               plain_pytorch_norms(tensors, dims, maps, units), rtol=1e-4,
-                               atol=0)
+    torch.testing.assert_close(
+        ops.grouped_norm(tensors, dims, maps, units, 2, "sum"),
+        plain_pytorch_norms(tensors, dims, maps, units),
+        rtol=1e-4,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("tool", ["native", "python"])
@@ -109,9 +115,12 @@ def test_gather_slices(benchmark, weights, tool):
 def test_compact_in_place(benchmark, weights):
     tensors = list({id(t): t for t in weights[0]}.values())
     kept = weights[4]
-    measure(benchmark, ("bf16 weights", "gather half the rows of every tensor", "native in place"),
-            lambda ts: ops.compact_(ts, [0] * len(ts), kept),
-            setup=lambda: [t.clone() for t in tensors])
+    measure(
+        benchmark,
+        ("bf16 weights", "gather half the rows of every tensor", "native in place"),
+        lambda ts: ops.compact_(ts, [0] * len(ts), kept),
+        setup=lambda: [t.clone() for t in tensors],
+    )
     seconds = RESULTS[("bf16 weights", "gather half the rows of every tensor", "native in place")]
     EXTRA.append(f"compact_ (in place): {unique_bytes(tensors) / seconds / 1e9:.1f} GB/s")
 
@@ -148,10 +157,16 @@ def test_slicing_in_a_fresh_process():
     times the allocator's cache as much as the copy)."""
     lines = []
     for method in ("index_select", "gather_slices", "compact_"):
-        out = subprocess.run([sys.executable, "-c", _FRESH.format(method=method)], check=True,
-                             capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _FRESH.format(method=method)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         seconds, before, after = float(out[0]), int(out[1]), int(out[2])
-        lines.append(f"{method} {seconds * 1e3:.0f} ms, peak RSS +{(after - before) / 2**20:.2f} "
-                     "GiB")
-    EXTRA.append("slicing half the rows of 1.6 GB of weights, fresh process each: "
-                 + "; ".join(lines))
+        lines.append(
+            f"{method} {seconds * 1e3:.0f} ms, peak RSS +{(after - before) / 2**20:.2f} GiB"
+        )
+    EXTRA.append(
+        "slicing half the rows of 1.6 GB of weights, fresh process each: " + "; ".join(lines)
+    )

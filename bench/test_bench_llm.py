@@ -15,13 +15,19 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from measuring import EXTRA, measure
 from depgraph_ext.graph.resolve import resolve
+from measuring import EXTRA, measure
 
 T = pytest.importorskip("transformers")
 
-LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)
+LLAMA3_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+)
 INPUTS = {"input_ids": torch.zeros(1, 16, dtype=torch.long)}
 
 
@@ -37,18 +43,29 @@ def llama8b():
 
 
 def test_llama3_8b_meta_dependency_graph(benchmark, llama8b):
-    dg = measure(benchmark, ("llama-3-8b shape, meta", "dependency graph", "native"),
-                 lambda: dx.DependencyGraph(llama8b, INPUTS))
-    kv_heads = [g for g in dg.groups if g.kind == "heads" and any(
-        m.name.endswith("k_proj.weight") and m.dim == 0 for m in g.members)]
+    dg = measure(
+        benchmark,
+        ("llama-3-8b shape, meta", "dependency graph", "native"),
+        lambda: dx.DependencyGraph(llama8b, INPUTS),
+    )
+    kv_heads = [
+        g
+        for g in dg.groups
+        if g.kind == "heads"
+        and any(m.name.endswith("k_proj.weight") and m.dim == 0 for m in g.members)
+    ]
     assert len(kv_heads) == 32 and [g.kind for g in dg.groups].count("hidden") == 1
 
 
 @pytest.mark.parametrize("backend", ["native", "python"])
 def test_llama3_8b_resolve(benchmark, llama8b, backend):
-    couplings = dx.DependencyGraph(llama8b, INPUTS).coupling_model.couplings
-    measure(benchmark, ("llama-3-8b shape, meta", "resolve groups", backend),
-            lambda: resolve(couplings, backend), rounds=10 if backend == "native" else 2)
+    couplings = dx.DependencyGraph(llama8b, INPUTS).couplings
+    measure(
+        benchmark,
+        ("llama-3-8b shape, meta", "resolve groups", backend),
+        lambda: resolve(couplings, backend),
+        rounds=10 if backend == "native" else 2,
+    )
 
 
 _RSS = """
@@ -66,24 +83,44 @@ print(time.perf_counter() - t, before, peak())
 
 
 def test_llama3_8b_meta_peak_rss():
-    out = subprocess.run([sys.executable, "-c", _RSS.format(config=LLAMA3_8B)], check=True,
-                         capture_output=True, text=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS.format(config=LLAMA3_8B)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     seconds, rss_before, rss_after = float(out[0]), int(out[1]), int(out[2])
-    EXTRA.append(f"llama-3-8b shape on meta: dependency graph {seconds:.2f} s in a fresh "
-                 f"process; peak RSS {rss_after / 2**20:.2f} GiB (after imports "
-                 f"{rss_before / 2**20:.2f} GiB); the model's bf16 weights would be 15.0 GiB")
+    EXTRA.append(
+        f"llama-3-8b shape on meta: dependency graph {seconds:.2f} s in a fresh "
+        f"process; peak RSS {rss_after / 2**20:.2f} GiB (after imports "
+        f"{rss_before / 2**20:.2f} GiB); the model's bf16 weights would be 15.0 GiB"
+    )
     assert rss_after < 3 * 2**20  # KiB: under 3 GiB, far below the weights it describes
 
 
 SMALL = {
-    "llama gqa 8/2, 4 layers": lambda: T.LlamaForCausalLM(T.LlamaConfig(
-        vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=2)),
-    "gpt2, 4 layers": lambda: T.GPT2LMHeadModel(T.GPT2Config(
-        vocab_size=128, n_embd=256, n_layer=4, n_head=8)),
-    "bert, 4 layers": lambda: T.BertForMaskedLM(T.BertConfig(
-        vocab_size=128, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=8)),
+    "llama gqa 8/2, 4 layers": lambda: T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=128,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+        )
+    ),
+    "gpt2, 4 layers": lambda: T.GPT2LMHeadModel(
+        T.GPT2Config(vocab_size=128, n_embd=256, n_layer=4, n_head=8)
+    ),
+    "bert, 4 layers": lambda: T.BertForMaskedLM(
+        T.BertConfig(
+            vocab_size=128,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+        )
+    ),
 }
 
 
@@ -104,5 +141,6 @@ def test_small_transformers_prune(benchmark, name, backend):
 
     import copy
 
-    measure(benchmark, (name, "prune 50% end to end", backend), run,
-            setup=lambda: copy.deepcopy(model))
+    measure(
+        benchmark, (name, "prune 50% end to end", backend), run, setup=lambda: copy.deepcopy(model)
+    )

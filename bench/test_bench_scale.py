@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_scale import SMALL_IDS as IDS
-from llm_scale import run_torch_pruning, small_llama
 
 import depgraph_ext as dx
+from llm_scale import SMALL_IDS as IDS
+from llm_scale import run_torch_pruning, small_llama
 from measuring import EXTRA, RESULTS, measure, torch_pruning
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +85,8 @@ def record(workload: str, stage: str, runs: list[dict] | str) -> None:
         + f"); peak RSS {peak / GIB:.2f} GiB = {peak / size:.3f}x the model "
         f"({size / GIB:.2f} GiB; RSS after building it {median['rss_after_build'] / GIB:.2f} "
         "GiB); the median run's stages "
-        + ", ".join(f"{k} {v:.2f} s" for k, v in median["timings"].items() if k != "total"))
+        + ", ".join(f"{k} {v:.2f} s" for k, v in median["timings"].items() if k != "total")
+    )
 
 
 @pytest.mark.parametrize("tool", ["native", "torch-pruning"])
@@ -110,16 +111,17 @@ def test_llama3_8b_bf16():
 def test_llama3_70b_meta(backend):
     out = run_script(backend, "llama-3-70b-meta", big=False)
     if isinstance(out, dict):
-        EXTRA.append(f"llama-3-70b shape on meta, {backend}: trace + resolve + plan "
-                     f"{out['seconds']:.2f} s, peak RSS {out['peak_rss'] / GIB:.2f} GiB "
-                     f"(the bf16 weights would be {out['model_bytes'] / GIB:.0f} GiB); "
-                     + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items()))
+        EXTRA.append(
+            f"llama-3-70b shape on meta, {backend}: trace + resolve + plan "
+            f"{out['seconds']:.2f} s, peak RSS {out['peak_rss'] / GIB:.2f} GiB "
+            f"(the bf16 weights would be {out['model_bytes'] / GIB:.0f} GiB); "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items())
+        )
         RESULTS[("llama-3-70b shape, meta", "trace + resolve + plan", backend)] = out["seconds"]
     assert isinstance(out, dict), out
 
 
 DEPTHS = [32, 64, 128, 256]
-
 
 
 @pytest.mark.parametrize("tool", ["native", "python", "torch-pruning"])
@@ -132,21 +134,30 @@ def test_llama_depth_scaling(benchmark, layers, tool):
     if tool == "torch-pruning":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            measure(benchmark, key, lambda m: run_torch_pruning(m, IDS),
-                    setup=lambda: copy.deepcopy(model), rounds=1 if layers >= 128 else 2)
+            measure(
+                benchmark,
+                key,
+                lambda m: run_torch_pruning(m, IDS),
+                setup=lambda: copy.deepcopy(model),
+                rounds=1 if layers >= 128 else 2,
+            )
     else:
+
         def run(m):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return dx.prune(m, IDS, ratio=0.5, ratios={"hidden": 0.0}, backend=tool,
-                                progress=False)
+                return dx.prune(
+                    m, IDS, ratio=0.5, ratios={"hidden": 0.0}, backend=tool, progress=False
+                )
 
         # Five rounds: the first prunes of a process run up to 1.5x slower than later ones
         # (fresh memory for the traced graphs), so three rounds after one warm-up still
         # swing the median.
         result = measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=5)
-        EXTRA.append(f"llama hidden 256, {layers} layers, {tool}: stages of the last round "
-                     + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items()))
+        EXTRA.append(
+            f"llama hidden 256, {layers} layers, {tool}: stages of the last round "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items())
+        )
     SCALING[(tool, layers)] = RESULTS[key]
 
 
@@ -168,9 +179,11 @@ def test_llama_depth_scaling_plot():
         label = tool if tool != "torch-pruning" else "Torch-Pruning 1.6.1 (MLP only)"
         ax.plot(depths, times, style, label=label)
         steps = [f"{b / a:.2f}x" for a, b in zip(times, times[1:])]
-        EXTRA.append(f"depth scaling, {tool}: " + ", ".join(
-            f"{d} layers {t:.2f} s" for d, t in zip(depths, times))
-            + f"; each doubling {', '.join(steps)}")
+        EXTRA.append(
+            f"depth scaling, {tool}: "
+            + ", ".join(f"{d} layers {t:.2f} s" for d, t in zip(depths, times))
+            + f"; each doubling {', '.join(steps)}"
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(DEPTHS, [str(d) for d in DEPTHS])
@@ -203,12 +216,21 @@ def test_densenet201(benchmark, densenet201, tool):
 
         def run(m):
             return tp.pruner.MetaPruner(
-                m, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
-                ignored_layers=[m.classifier]).step()
+                m,
+                x,
+                importance=tp.importance.MagnitudeImportance(p=2),
+                pruning_ratio=0.5,
+                ignored_layers=[m.classifier],
+            ).step()
 
         measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=1)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        measure(benchmark, key, lambda m: dx.prune(m, x, ratio=0.5, backend=tool, progress=False),
-                setup=lambda: copy.deepcopy(model), rounds=3)
+        measure(
+            benchmark,
+            key,
+            lambda m: dx.prune(m, x, ratio=0.5, backend=tool, progress=False),
+            setup=lambda: copy.deepcopy(model),
+            rounds=3,
+        )

@@ -28,8 +28,11 @@ def default_model(name: str):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m depgraph_ext", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m depgraph_ext",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", default="resnet50", choices=["resnet50", "mobilenet_v2"])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument("--backend", default=None, choices=["native", "python"])
@@ -48,14 +51,19 @@ def main(argv=None) -> None:
     elapsed = time.perf_counter() - t
     with torch.no_grad():
         logits_after = model(x).logits
-    print(f"{args.model}: pruned {args.ratio:.0%} of every group's prunable units in "
-          f"{elapsed:.2f} s")
+    print(
+        f"{args.model}: pruned {args.ratio:.0%} of every group's prunable units in {elapsed:.2f} s"
+    )
     print(result.summary(max_rows=args.rows or None))
-    print(f"forward after pruning: logits {tuple(logits_after.shape)} "
-          f"(before {tuple(logits_before.shape)})")
+    print(
+        f"forward after pruning: logits {tuple(logits_after.shape)} "
+        f"(before {tuple(logits_before.shape)})"
+    )
     if any(issubclass(w.category, dx.ConfigMismatchWarning) for w in caught):
-        print("note: the config update does not cover this model's per-stage widths, so keep "
-              "the pruned model with torch.save or result.save_plan(path), not save_pretrained")
+        print(
+            "note: the config update does not cover this model's per-stage widths, so keep "
+            "the pruned model with torch.save or result.save_plan(path), not save_pretrained"
+        )
 
 
 if __name__ == "__main__":

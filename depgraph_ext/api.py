@@ -12,8 +12,9 @@ from .prune.pruner import Pruner, prune_units
 from .result import PruneResult
 
 
-def prune(model: torch.nn.Module, example_inputs, ratio: float | None = None,
-          **options) -> PruneResult:
+def prune(
+    model: torch.nn.Module, example_inputs, ratio: float | None = None, **options
+) -> PruneResult:
     """Structurally prune ``model`` in place; returns a :class:`PruneResult`.
 
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs.
@@ -31,8 +32,12 @@ def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:
     return prune_units(dg, group, units)
 
 
-with_options_signature(prune, [
-    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    inspect.Parameter("example_inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    inspect.Parameter("ratio", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+with_options_signature(
+    prune,
+    [
+        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("example_inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("ratio", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ],
+)
 prune.__doc__ += "\n    Options:\n\n    " + PruneOptions.__doc__.split("\n\n", 1)[1]

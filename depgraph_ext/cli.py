@@ -27,7 +27,8 @@ def parse_ratios(text: str) -> dict[str, float]:
         kind = kind.strip()
         if not sep or kind not in KINDS:
             raise argparse.ArgumentTypeError(
-                f"{item!r}: expected KIND=RATIO with KIND one of {', '.join(KINDS)}")
+                f"{item!r}: expected KIND=RATIO with KIND one of {', '.join(KINDS)}"
+            )
         try:
             out[kind] = float(value)
         except ValueError:
@@ -39,28 +40,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="depgraph-prune",
         description="Structurally prune a transformers checkpoint (config.json + safetensors "
-                    "shards) into a new checkpoint that from_pretrained loads, without holding "
-                    "the model in memory. Under torchrun the processes share the shards.",
-        epilog="example: depgraph-prune llama out --ratio 0.5 --ratios heads=0.25,hidden=0")
+        "shards) into a new checkpoint that from_pretrained loads, without holding "
+        "the model in memory. Under torchrun the processes share the shards.",
+        epilog="example: depgraph-prune llama out --ratio 0.5 --ratios heads=0.25,hidden=0",
+    )
     p.add_argument("src", help="checkpoint directory to read (left unchanged)")
     p.add_argument("dst", help="directory to create with the pruned checkpoint")
-    p.add_argument("--ratio", type=float, default=0.5,
-                   help="fraction of each group's prunable units to remove (default 0.5)")
-    p.add_argument("--ratios", type=parse_ratios, default=None, metavar="KIND=R,...",
-                   help=f"per group kind ({', '.join(KINDS)}) ratios overriding --ratio; 0 "
-                        "leaves a kind alone")
-    p.add_argument("--importance", choices=STREAMED_IMPORTANCES, default="l2",
-                   help="grouped magnitude criterion (default l2)")
-    p.add_argument("--round-to", type=int, default=None, metavar="N",
-                   help="round the units each group keeps up to a multiple of N")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=0.5,
+        help="fraction of each group's prunable units to remove (default 0.5)",
+    )
+    p.add_argument(
+        "--ratios",
+        type=parse_ratios,
+        default=None,
+        metavar="KIND=R,...",
+        help=f"per group kind ({', '.join(KINDS)}) ratios overriding --ratio; 0 "
+        "leaves a kind alone",
+    )
+    p.add_argument(
+        "--importance",
+        choices=STREAMED_IMPORTANCES,
+        default="l2",
+        help="grouped magnitude criterion (default l2)",
+    )
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        metavar="N",
+        help="round the units each group keeps up to a multiple of N",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (they are off anyway when stderr is not a terminal)")
-    p.add_argument("--backend", choices=("native", "python"), default=None,
-                   help="native (C++ core and kernels, default when built) or python")
-    p.add_argument("--dist-backend", choices=("gloo", "nccl"), default=None,
-                   help="torch.distributed backend under torchrun (default: nccl with CUDA, "
-                        "else gloo)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (they are off anyway when stderr is not a terminal)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("native", "python"),
+        default=None,
+        help="native (C++ core and kernels, default when built) or python",
+    )
+    p.add_argument(
+        "--dist-backend",
+        choices=("gloo", "nccl"),
+        default=None,
+        help="torch.distributed backend under torchrun (default: nccl with CUDA, else gloo)",
+    )
     return p
 
 
@@ -72,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         result = prune_checkpoint(
-            args.src, args.dst, args.ratio, ratios=args.ratios, importance=args.importance,
-            round_to=args.round_to, overwrite=args.overwrite,
-            progress=False if args.no_progress else None, backend=args.backend)
+            args.src,
+            args.dst,
+            args.ratio,
+            ratios=args.ratios,
+            importance=args.importance,
+            round_to=args.round_to,
+            overwrite=args.overwrite,
+            progress=False if args.no_progress else None,
+            backend=args.backend,
+        )
     except PruningError as exc:
         print(f"depgraph-prune: error: {exc}", file=sys.stderr)
         code = 1

@@ -47,9 +47,23 @@ def _ref(x) -> int | None:
     return x.value if isinstance(x, Ref) else None
 
 
-_MAC_PACKETS = frozenset({"mm", "bmm", "addmm", "baddbmm", "addbmm", "mv", "addmv", "dot",
-                          "vdot", "convolution", "_convolution", "_native_multi_head_attention",
-                          "mkldnn_rnn_layer"})
+_MAC_PACKETS = frozenset(
+    {
+        "mm",
+        "bmm",
+        "addmm",
+        "baddbmm",
+        "addbmm",
+        "mv",
+        "addmv",
+        "dot",
+        "vdot",
+        "convolution",
+        "_convolution",
+        "_native_multi_head_attention",
+        "mkldnn_rnn_layer",
+    }
+)
 
 
 @functools.cache
@@ -141,7 +155,7 @@ class PlannedCosts:
         pad = len(dg.slot_sizes)  # one past the last slot
         self._param_slots = np.full((len(shapes), rank), pad, dtype=np.int64)
         for row, v in enumerate(g.params.values()):
-            self._param_slots[row, :len(slots[v])] = slots[v]
+            self._param_slots[row, : len(slots[v])] = slots[v]
         self._costly: list[Node] = []
         self._macs_total = 0
         for n in g.nodes:

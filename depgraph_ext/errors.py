@@ -13,8 +13,7 @@ def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the first caller outside this package
     (the user's line, however deep inside the library the warning is raised)."""
     level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-            _PACKAGE_DIR):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back
         level += 1
     return level

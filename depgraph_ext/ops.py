@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
-_REBUILD = ("Rebuild it against this torch with `pip install --no-build-isolation -e .` (or "
-            "install the torch it was built for), or use backend='python'.")
+_REBUILD = (
+    "Rebuild it against this torch with `pip install --no-build-isolation -e .` (or "
+    "install the torch it was built for), or use backend='python'."
+)
 
 
 def _load() -> str | None:
@@ -25,12 +27,16 @@ def _load() -> str | None:
     try:
         from . import _ops  # noqa: F401  (loading the library registers the ops)
     except ImportError as exc:
-        return (f"depgraph_ext's op library did not load ({exc}); this is torch "
-                f"{torch.__version__}. {_REBUILD}")
+        return (
+            f"depgraph_ext's op library did not load ({exc}); this is torch "
+            f"{torch.__version__}. {_REBUILD}"
+        )
     built_for = torch.ops.depgraph_ext.build_info().rpartition("; torch ")[2]
     if built_for != torch.__version__:
-        return (f"depgraph_ext's op library was built for torch {built_for}, and this is torch "
-                f"{torch.__version__}. {_REBUILD}")
+        return (
+            f"depgraph_ext's op library was built for torch {built_for}, and this is torch "
+            f"{torch.__version__}. {_REBUILD}"
+        )
     return None
 
 
@@ -58,36 +64,43 @@ def _require() -> None:
         raise ImportError(_LOAD_ERROR)
 
 
-def grouped_norm(tensors: Sequence[torch.Tensor], dims: Sequence[int],
-                 unit_maps: Sequence[torch.Tensor], num_units: int, p: int = 2,
-                 reduce: str = "sum") -> torch.Tensor:
+def grouped_norm(
+    tensors: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    unit_maps: Sequence[torch.Tensor],
+    num_units: int,
+    p: int = 2,
+    reduce: str = "sum",
+) -> torch.Tensor:
     """One score per unit over every member slice: sum of |w|^p, combined over members.
 
     Member i is ``tensors[i]`` along ``dims[i]``; ``unit_maps[i][j]`` is the unit of index j
     (-1: none). Result: fp32 ``[num_units]`` (fp64 if any member is fp64). Differentiable.
     """
     _require()
-    return torch.ops.depgraph_ext.grouped_norm(list(tensors), list(dims), list(unit_maps),
-                                               num_units, p, reduce)
+    return torch.ops.depgraph_ext.grouped_norm(
+        list(tensors), list(dims), list(unit_maps), num_units, p, reduce
+    )
 
 
-def index_sums(tensors: Sequence[torch.Tensor], dims: Sequence[int], p: int = 2
-               ) -> torch.Tensor:
+def index_sums(tensors: Sequence[torch.Tensor], dims: Sequence[int], p: int = 2) -> torch.Tensor:
     """fp64 per-index sums of |w|^p: for member i, one entry per index of ``dims[i]`` (every
     other dim summed); the members' sums back to back, on the members' device."""
     _require()
     return torch.ops.depgraph_ext.index_sums(list(tensors), list(dims), p)
 
 
-def gather_slices(tensors: Sequence[torch.Tensor], dims: Sequence[int],
-                  kept: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def gather_slices(
+    tensors: Sequence[torch.Tensor], dims: Sequence[int], kept: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
     """New tensors holding the ``kept`` indices of each tensor along its dim (bit-exact)."""
     _require()
     return torch.ops.depgraph_ext.gather_slices(list(tensors), list(dims), list(kept))
 
 
-def compact_(tensors: Sequence[torch.Tensor], dims: Sequence[int],
-             kept: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def compact_(
+    tensors: Sequence[torch.Tensor], dims: Sequence[int], kept: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
     """Move the kept slices (sorted indices) to the start of each contiguous tensor's memory
     and return views of that prefix with the new shapes. No second copy is allocated."""
     _require()
@@ -136,8 +149,9 @@ def per_index_sums(t: torch.Tensor, dim: int, p: int) -> torch.Tensor:
 def index_sums_reference(tensors, dims, p: int = 2) -> torch.Tensor:
     if not tensors:
         return torch.zeros(0, dtype=torch.float64)
-    return torch.cat([per_index_sums(t.detach(), d, p).to(tensors[0].device)
-                      for t, d in zip(tensors, dims)])
+    return torch.cat(
+        [per_index_sums(t.detach(), d, p).to(tensors[0].device) for t, d in zip(tensors, dims)]
+    )
 
 
 def member_contributions(tensors, dims, unit_maps, num_units: int, p: int):
@@ -153,8 +167,9 @@ def member_contributions(tensors, dims, unit_maps, num_units: int, p: int):
     return contributions, touched
 
 
-def grouped_norm_reference(tensors, dims, unit_maps, num_units: int, p: int = 2,
-                           reduce: str = "sum") -> torch.Tensor:
+def grouped_norm_reference(
+    tensors, dims, unit_maps, num_units: int, p: int = 2, reduce: str = "sum"
+) -> torch.Tensor:
     contributions, touched = member_contributions(tensors, dims, unit_maps, num_units, p)
     if reduce == "max":
         out = contributions.masked_fill(~touched, float("-inf")).amax(0)
@@ -169,8 +184,10 @@ def grouped_norm_reference(tensors, dims, unit_maps, num_units: int, p: int = 2,
 
 
 def gather_slices_reference(tensors, dims, kept) -> list[torch.Tensor]:
-    return [t.index_select(d, k.to(t.device, torch.long)).contiguous()
-            for t, d, k in zip(tensors, dims, kept)]
+    return [
+        t.index_select(d, k.to(t.device, torch.long)).contiguous()
+        for t, d, k in zip(tensors, dims, kept)
+    ]
 
 
 # -- fake kernels and autograd --------------------------------------------------------------------
@@ -205,14 +222,18 @@ if _LOAD_ERROR is None:
         tensors, dims, unit_maps, num_units, p, reduce = inputs
         ctx.save_for_backward(*tensors, *unit_maps)
         ctx.count, ctx.dims, ctx.num_units, ctx.p, ctx.reduce = (
-            len(tensors), list(dims), num_units, p, reduce)
+            len(tensors),
+            list(dims),
+            num_units,
+            p,
+            reduce,
+        )
 
     def _backward(ctx, grad):
         saved = ctx.saved_tensors
         tensors, maps = saved[: ctx.count], saved[ctx.count :]
         grad = grad.detach().to(torch.float64).cpu()
-        contributions, touched = member_contributions(tensors, ctx.dims, maps, ctx.num_units,
-                                                      ctx.p)
+        contributions, touched = member_contributions(tensors, ctx.dims, maps, ctx.num_units, ctx.p)
         if ctx.reduce == "mean":
             grad = grad / touched.sum(0).clamp_min(1)
         grads = []
@@ -232,5 +253,6 @@ if _LOAD_ERROR is None:
             grads.append(local * per_index.view(shape))
         return grads, None, [None] * len(maps), None, None, None
 
-    torch.library.register_autograd("depgraph_ext::grouped_norm", _backward,
-                                    setup_context=_setup_context)
+    torch.library.register_autograd(
+        "depgraph_ext::grouped_norm", _backward, setup_context=_setup_context
+    )

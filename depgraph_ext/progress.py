@@ -49,8 +49,16 @@ class Progress:
         except ImportError:
             return _Off()
         scale = dict(unit_scale=True, unit_divisor=1024) if unit == "B" else {}
-        return tqdm(total=total, desc=f"depgraph_ext: {stage}", unit=unit, delay=self.delay,
-                    leave=not self.delay, file=sys.stderr, dynamic_ncols=True, **scale)
+        return tqdm(
+            total=total,
+            desc=f"depgraph_ext: {stage}",
+            unit=unit,
+            delay=self.delay,
+            leave=not self.delay,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            **scale,
+        )
 
 
 OFF = Progress(False)

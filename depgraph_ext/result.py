@@ -53,16 +53,28 @@ class PruneResult:
         def params(shapes, names) -> int:
             return sum(numel(shapes[x]) for x in names if x not in self.buffers)
 
-        rows = [(m or "<root>", n[0].rpartition(".")[2], self.shapes_before[n[0]],
-                 self.shapes_after[n[0]], params(self.shapes_before, n),
-                 params(self.shapes_after, n)) for m, n in layers.items()]
+        rows = [
+            (
+                m or "<root>",
+                n[0].rpartition(".")[2],
+                self.shapes_before[n[0]],
+                self.shapes_after[n[0]],
+                params(self.shapes_before, n),
+                params(self.shapes_after, n),
+            )
+            for m, n in layers.items()
+        ]
         shown = rows if max_rows is None else rows[:max_rows]
         width = max([len("layer")] + [len(r[0]) for r in shown])
-        lines = [f"{'layer':<{width}}  {'tensor':<8} {'before':>18}  {'after':>18}  "
-                 f"{'params before':>13}  {'after':>11}"]
+        lines = [
+            f"{'layer':<{width}}  {'tensor':<8} {'before':>18}  {'after':>18}  "
+            f"{'params before':>13}  {'after':>11}"
+        ]
         for layer, tensor, before, after, p_before, p_after in shown:
-            lines.append(f"{layer:<{width}}  {tensor:<8} {str(tuple(before)):>18}  "
-                         f"{str(tuple(after)):>18}  {p_before:>13,}  {p_after:>11,}")
+            lines.append(
+                f"{layer:<{width}}  {tensor:<8} {str(tuple(before)):>18}  "
+                f"{str(tuple(after)):>18}  {p_before:>13,}  {p_after:>11,}"
+            )
         if len(rows) > len(shown):
             lines.append(f"... {len(rows) - len(shown)} more layers changed")
         for kind, (before, after) in sorted(self.units.items()):
@@ -106,8 +118,10 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
     for r in results:
         for k, v in r.timings.items():
             timings[k] = timings.get(k, 0.0) + v
-    units = {k: (results[0].units[k][0], results[-1].units.get(k, results[0].units[k])[1])
-             for k in results[0].units}
+    units = {
+        k: (results[0].units[k][0], results[-1].units.get(k, results[0].units[k])[1])
+        for k in results[0].units
+    }
     return PruneResult(
         plan=plan,
         params_before=results[0].params_before,
@@ -115,10 +129,10 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
         timings=timings,
         shapes_before=before,
         shapes_after=after,
-        attribute_updates=merged([u for r in results for u in r.attribute_updates],
-                                 lambda u: (u.module, u.attr)),
-        config_updates=merged([u for r in results for u in r.config_updates],
-                              lambda u: u.field),
+        attribute_updates=merged(
+            [u for r in results for u in r.attribute_updates], lambda u: (u.module, u.attr)
+        ),
+        config_updates=merged([u for r in results for u in r.config_updates], lambda u: u.field),
         num_groups=results[-1].num_groups,
         backend=results[-1].backend,
         macs_before=results[0].macs_before,

@@ -30,9 +30,18 @@ class GroupSparsity:
     computed now and again by :meth:`update_scales`. Build a new regulariser after pruning.
     """
 
-    def __init__(self, model: torch.nn.Module, example_inputs, lam: float = 1e-4,
-                 alpha: float = 16.0, importance="l2", *, ignore=(),
-                 backend: str | None = None, strict: bool = False) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        example_inputs,
+        lam: float = 1e-4,
+        alpha: float = 16.0,
+        importance="l2",
+        *,
+        ignore=(),
+        backend: str | None = None,
+        strict: bool = False,
+    ) -> None:
         if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0:
             raise InvalidArgumentError(f"lam must be a number >= 0, not {lam!r}")
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha >= 1:
@@ -41,25 +50,29 @@ class GroupSparsity:
         self.lam = float(lam)
         self.alpha = float(alpha)
         self.importance = importance
-        self.dg = DependencyGraph(model, example_inputs, ignore=ignore, strict=strict,
-                                  backend=backend)
+        self.dg = DependencyGraph(
+            model, example_inputs, ignore=ignore, strict=strict, backend=backend
+        )
         if not self.dg.groups:
             raise PruningError("the model has no prunable group to regularise")
         params = dict(model.named_parameters())
         self._slices = scored_slices(self.dg)
         self._params = [params[s.name] for s in self._slices]
         self._shapes = [tuple(p.shape) for p in self._params]
-        self._maps = [torch.from_numpy(s.units).to(p.device)
-                      for s, p in zip(self._slices, self._params)]
+        self._maps = [
+            torch.from_numpy(s.units).to(p.device) for s, p in zip(self._slices, self._params)
+        ]
         self.groups = self.dg.groups
         self.update_scales()
 
     def _check_unchanged(self) -> None:
         for s, p, shape in zip(self._slices, self._params, self._shapes):
             if tuple(p.shape) != shape:
-                raise PruningError(f"{s.name} changed shape since this regulariser was built "
-                                   f"({shape} -> {tuple(p.shape)}): build a new GroupSparsity "
-                                   "for the pruned model")
+                raise PruningError(
+                    f"{s.name} changed shape since this regulariser was built "
+                    f"({shape} -> {tuple(p.shape)}): build a new GroupSparsity "
+                    "for the pruned model"
+                )
 
     def unit_norms(self) -> torch.Tensor:
         """``||w_k||_2`` of every unit over all its group's member slices (differentiable)."""
@@ -72,9 +85,16 @@ class GroupSparsity:
             by_device.setdefault(p.device, []).append(i)
         home = self._params[0].device
         squares = sum(
-            ops.grouped_norm([self._params[i] for i in idx], [self._slices[i].dim for i in idx],
-                             [self._maps[i] for i in idx], n, 2, "sum").to(home)
-            for idx in by_device.values())
+            ops.grouped_norm(
+                [self._params[i] for i in idx],
+                [self._slices[i].dim for i in idx],
+                [self._maps[i] for i in idx],
+                n,
+                2,
+                "sum",
+            ).to(home)
+            for idx in by_device.values()
+        )
         return torch.sqrt(squares + _EPS)
 
     def update_scales(self) -> None:

@@ -42,8 +42,15 @@ def outputs_of(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
-def assert_scatter_back_equal(original: torch.nn.Module, pruned: torch.nn.Module, plan,
-                              example_inputs, *, rtol: float = 1e-9, atol: float = 1e-9) -> None:
+def assert_scatter_back_equal(
+    original: torch.nn.Module,
+    pruned: torch.nn.Module,
+    plan,
+    example_inputs,
+    *,
+    rtol: float = 1e-9,
+    atol: float = 1e-9,
+) -> None:
     """Raise AssertionError unless the pruned model matches the scatter-back of the original.
 
     ``original`` must be an unpruned copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
@@ -54,8 +61,9 @@ def assert_scatter_back_equal(original: torch.nn.Module, pruned: torch.nn.Module
     assert len(expected) == len(actual), f"{len(actual)} outputs, expected {len(expected)}"
     for i, (e, a) in enumerate(zip(expected, actual)):
         assert e.shape == a.shape, f"output {i}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-        torch.testing.assert_close(a, e, rtol=rtol, atol=atol,
-                                   msg=lambda m, i=i: f"output {i}: {m}")
+        torch.testing.assert_close(
+            a, e, rtol=rtol, atol=atol, msg=lambda m, i=i: f"output {i}: {m}"
+        )
 
 
 def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module, plan) -> None:
@@ -68,6 +76,7 @@ def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module
             expected = expected.index_select(d, kept)
         got = after[name].detach()
         assert got.shape == expected.shape, f"{name}: {tuple(got.shape)} != {tuple(expected.shape)}"
-        assert torch.equal(got.view(-1).view(torch.uint8) if got.is_floating_point() else got,
-                           expected.reshape(-1).view(torch.uint8)
-                           if expected.is_floating_point() else expected), f"{name} differs"
+        assert torch.equal(
+            got.view(-1).view(torch.uint8) if got.is_floating_point() else got,
+            expected.reshape(-1).view(torch.uint8) if expected.is_floating_point() else expected,
+        ), f"{name} differs"

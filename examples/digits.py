@@ -49,11 +49,15 @@ class DigitsNet(nn.Module):
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.stage1 = nn.Sequential(Block(width), Block(width))
-        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1,
-                                            bias=False), nn.BatchNorm2d(2 * width), nn.ReLU())
+        self.down = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+        )
         self.stage2 = Block(2 * width)
         self.fc = nn.Linear(2 * width, 10)
 
@@ -106,12 +110,22 @@ def importance_of(method: str, seed: int):
     return dx.MagnitudeImportance(2)
 
 
-def run(seeds: int = 5, epochs: int = 12, extra: int = 4, finetune: int = 1,
-        target_macs: float = 0.5, lam: float = 1e-2, subset: int | None = None,
-        width: int = 16, log=print) -> dict:
+def run(
+    seeds: int = 5,
+    epochs: int = 12,
+    extra: int = 4,
+    finetune: int = 1,
+    target_macs: float = 0.5,
+    lam: float = 1e-2,
+    subset: int | None = None,
+    width: int = 16,
+    log=print,
+) -> dict:
     """Returns {"dense": [...], method: {"pruned": [...], "finetuned": [...], "macs": [...]}}."""
-    out: dict = {"dense": [], **{m: {"trained": [], "pruned": [], "finetuned": [], "macs": []}
-                                  for m in METHODS}}
+    out: dict = {
+        "dense": [],
+        **{m: {"trained": [], "pruned": [], "finetuned": [], "macs": []} for m in METHODS},
+    }
     train_data, test_data = load(subset)
     example = train_data[0][:2]
     for seed in range(seeds):
@@ -126,16 +140,20 @@ def run(seeds: int = 5, epochs: int = 12, extra: int = 4, finetune: int = 1,
                 reg = dx.GroupSparsity(model, example, lam=lam, alpha=16)
             train(model, train_data, extra, seed + 1000, lr=3e-3, regulariser=reg)
             out[method]["trained"].append(accuracy(model, test_data))
-            dx.prune(model, example, target_macs=target_macs,
-                     importance=importance_of(method, seed))
+            dx.prune(
+                model, example, target_macs=target_macs, importance=importance_of(method, seed)
+            )
             _, macs = dx.count_params_and_macs(model, example)
             out[method]["macs"].append(macs / macs_dense)
             out[method]["pruned"].append(accuracy(model, test_data))
             train(model, train_data, finetune, seed + 2000, lr=1e-3)
             out[method]["finetuned"].append(accuracy(model, test_data))
-        log(f"seed {seed}: dense {out['dense'][-1]:.3f}; " + "; ".join(
-            f"{m} {out[m]['pruned'][-1]:.3f} -> {out[m]['finetuned'][-1]:.3f}"
-            for m in METHODS))
+        log(
+            f"seed {seed}: dense {out['dense'][-1]:.3f}; "
+            + "; ".join(
+                f"{m} {out[m]['pruned'][-1]:.3f} -> {out[m]['finetuned'][-1]:.3f}" for m in METHODS
+            )
+        )
     return out
 
 
@@ -145,14 +163,18 @@ def table(results: dict) -> str:
         spread = v.std(ddof=1) if len(v) > 1 else math.nan
         return f"{v.mean():.1f} ± {spread:.1f}" if len(v) > 1 else f"{v.mean():.1f}"
 
-    lines = ["| method | MACs kept | accuracy before pruning (%) | right after pruning (%) | "
-             "after fine-tuning (%) |",
-             "|---|---|---|---|---|",
-             f"| dense (no extra epochs, no pruning) | 100% | {fmt(results['dense'])} | - | - |"]
+    lines = [
+        "| method | MACs kept | accuracy before pruning (%) | right after pruning (%) | "
+        "after fine-tuning (%) |",
+        "|---|---|---|---|---|",
+        f"| dense (no extra epochs, no pruning) | 100% | {fmt(results['dense'])} | - | - |",
+    ]
     for m in METHODS:
         r = results[m]
-        lines.append(f"| {m} | {np.mean(r['macs']):.0%} | {fmt(r['trained'])} | "
-                     f"{fmt(r['pruned'])} | {fmt(r['finetuned'])} |")
+        lines.append(
+            f"| {m} | {np.mean(r['macs']):.0%} | {fmt(r['trained'])} | "
+            f"{fmt(r['pruned'])} | {fmt(r['finetuned'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -160,16 +182,27 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=12, help="training of the dense network")
-    ap.add_argument("--extra", type=int, default=4,
-                    help="extra epochs before pruning (with the penalty for grouped+GS)")
+    ap.add_argument(
+        "--extra",
+        type=int,
+        default=4,
+        help="extra epochs before pruning (with the penalty for grouped+GS)",
+    )
     ap.add_argument("--finetune", type=int, default=1)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--target-macs", type=float, default=0.5)
     ap.add_argument("--lam", type=float, default=1e-2, help="group-sparsity weight")
     args = ap.parse_args(argv)
     t0 = time.time()
-    results = run(args.seeds, args.epochs, args.extra, args.finetune, args.target_macs,
-                  args.lam, width=args.width)
+    results = run(
+        args.seeds,
+        args.epochs,
+        args.extra,
+        args.finetune,
+        args.target_macs,
+        args.lam,
+        width=args.width,
+    )
     print()
     print(table(results))
     print(f"\n{args.seeds} seeds, {time.time() - t0:.0f} s, torch {torch.__version__}")

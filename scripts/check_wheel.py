@@ -21,9 +21,20 @@ assert dx.native_available(), ops.load_error()
 print(f"depgraph_ext from {package}: {ops.build_info()}")
 
 torch.manual_seed(0)
-model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                      nn.Flatten(), nn.Linear(32, 10)).double().eval()
+model = (
+    nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+    .double()
+    .eval()
+)
 x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
 original = copy.deepcopy(model)
 result = dx.prune(model, x, ratio=0.5, backend="native")

@@ -30,8 +30,10 @@ def random_couplings(seed: int) -> Couplings:
         kind = rng.random()
         if kind < 0.35:  # EQUAL between slots of one size
             size = rng.choice(list(by_size))
-            b.equal(rng.choice(by_size[size]), slot(size) if rng.random() < 0.3
-                    else rng.choice(by_size[size]))
+            b.equal(
+                rng.choice(by_size[size]),
+                slot(size) if rng.random() < 0.3 else rng.choice(by_size[size]),
+            )
         elif kind < 0.6:  # RESHAPE: a slot against a factorisation of its size
             whole = rng.choice(range(len(b.slot_sizes)))
             n = b.slot_sizes[whole]
@@ -64,8 +66,10 @@ def random_couplings(seed: int) -> Couplings:
 
 
 def _arrays(c: Couplings) -> dict[str, np.ndarray]:
-    return {name: getattr(c, name).copy() for name in
-            ("slot_sizes", "kinds", "offsets", "data", "query_slots")}
+    return {
+        name: getattr(c, name).copy()
+        for name in ("slot_sizes", "kinds", "offsets", "data", "query_slots")
+    }
 
 
 def _fault(a: dict, rng: random.Random) -> str | None:
@@ -77,8 +81,17 @@ def _fault(a: dict, rng: random.Random) -> str | None:
         return slice(int(a["offsets"][k]), int(a["offsets"][k + 1]))
 
     def any_int() -> int:
-        return rng.choice([-1, -(2**40), num_slots, num_slots + 5, 2**62, 2**63 - 1,
-                           rng.randint(-3, num_slots + 3)])
+        return rng.choice(
+            [
+                -1,
+                -(2**40),
+                num_slots,
+                num_slots + 5,
+                2**62,
+                2**63 - 1,
+                rng.randint(-3, num_slots + 3),
+            ]
+        )
 
     k_count = a["kinds"].shape[0]
     fault = rng.randrange(12)
@@ -88,8 +101,9 @@ def _fault(a: dict, rng: random.Random) -> str | None:
         a["slot_sizes"][rng.randrange(num_slots)] = rng.choice([-1, 0, 2**40, 2**62])
     elif fault == 2 and k_count:  # offsets out of order
         i = rng.randrange(1, k_count + 1)
-        a["offsets"][i] = rng.choice([-1, 0, int(a["offsets"][i]) + rng.randint(1, 9),
-                                      int(a["offsets"][i]) - 1])
+        a["offsets"][i] = rng.choice(
+            [-1, 0, int(a["offsets"][i]) + rng.randint(1, 9), int(a["offsets"][i]) - 1]
+        )
     elif fault == 3 and k_count:  # an unknown kind
         a["kinds"][rng.randrange(k_count)] = rng.choice([-1, 5, 7, 127])
     elif fault == 4 and k_count:  # an operand added to or dropped from a coupling
@@ -102,23 +116,21 @@ def _fault(a: dict, rng: random.Random) -> str | None:
             a["data"] = np.delete(a["data"], end - 1)
             a["offsets"][k + 1 :] -= 1
     elif fault == 5:  # CAT_PIECE offsets / SLICE start and step
-        ks = np.nonzero(np.isin(a["kinds"], [CouplingKind.CAT_PIECE,
-                                             CouplingKind.SLICE]))[0]
+        ks = np.nonzero(np.isin(a["kinds"], [CouplingKind.CAT_PIECE, CouplingKind.SLICE]))[0]
         if ks.size:
             k = int(rng.choice(ks.tolist()))
             ops = operands(k)
-            pos = ops.start + rng.choice([2, 3] if a["kinds"][k] == CouplingKind.SLICE
-                                         else [2])
+            pos = ops.start + rng.choice([2, 3] if a["kinds"][k] == CouplingKind.SLICE else [2])
             a["data"][pos] = rng.choice([-1, 0, 1, 3, 7, 25, 2**62, 2**63 - 1])
     elif fault == 6:  # RESHAPE operand counts
         ks = np.nonzero(a["kinds"] == CouplingKind.RESHAPE)[0]
         if ks.size:
             ops = operands(int(rng.choice(ks.tolist())))
-            a["data"][ops.start + rng.choice([0, int(a["data"][ops.start]) + 1])] = (
-                rng.choice([-1, 0, 2, 9]))
+            a["data"][ops.start + rng.choice([0, int(a["data"][ops.start]) + 1])] = rng.choice(
+                [-1, 0, 2, 9]
+            )
     elif fault == 7 and a["query_slots"].size:  # a query slot
-        a["query_slots"][rng.randrange(a["query_slots"].size)] = rng.choice(
-            [-1, num_slots, 2**40])
+        a["query_slots"][rng.randrange(a["query_slots"].size)] = rng.choice([-1, num_slots, 2**40])
     elif fault == 8:  # the last offset off the end of data
         a["offsets"][-1] += rng.choice([-1, 1, 100])
     elif fault == 9:  # an array dropped or a kinds entry without offsets

@@ -15,19 +15,25 @@ BACKENDS = ["python", "native"] if dx.native_available() else ["python"]
 
 def state_of(model: torch.nn.Module) -> dict:
     """Everything prune may touch: tensors (values, identity), module attributes, modes."""
-    tensors = {n: (id(t), t.detach().clone(), t.requires_grad)
-               for n, t in list(model.named_parameters()) + list(model.named_buffers())}
-    attrs = {n: {k: copy.copy(v) for k, v in vars(m).items() if not k.startswith("_")}
-             for n, m in model.named_modules()}
-    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks))
-             for n, m in model.named_modules()}
+    tensors = {
+        n: (id(t), t.detach().clone(), t.requires_grad)
+        for n, t in list(model.named_parameters()) + list(model.named_buffers())
+    }
+    attrs = {
+        n: {k: copy.copy(v) for k, v in vars(m).items() if not k.startswith("_")}
+        for n, m in model.named_modules()
+    }
+    hooks = {
+        n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()
+    }
     return {"tensors": tensors, "attrs": attrs, "hooks": hooks}
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise equality (NaN equals the same NaN)."""
-    return a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8),
-                                              b.reshape(-1).view(torch.uint8))
+    return a.dtype == b.dtype and torch.equal(
+        a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)
+    )
 
 
 def assert_same_state(before: dict, after: dict) -> None:
@@ -41,8 +47,16 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before["hooks"] == after["hooks"]
 
 
-def prune_and_check(model: torch.nn.Module, inputs, *, rtol=1e-9, atol=1e-9, oracle=True,
-                    require_change=True, **kwargs):
+def prune_and_check(
+    model: torch.nn.Module,
+    inputs,
+    *,
+    rtol=1e-9,
+    atol=1e-9,
+    oracle=True,
+    require_change=True,
+    **kwargs,
+):
     """Prune copies with every backend; check identical plans, the scatter-back oracle and
     bit-identical kept weights. Returns (pruned model, result) of the last backend."""
     original = copy.deepcopy(model)

@@ -34,19 +34,28 @@ class DenseBlock(nn.Module):
 
 class Transition(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__(nn.BatchNorm2d(in_ch), nn.ReLU(), nn.Conv2d(in_ch, out_ch, 1, bias=False),
-                         nn.AvgPool2d(2, 2))
+        super().__init__(
+            nn.BatchNorm2d(in_ch),
+            nn.ReLU(),
+            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            nn.AvgPool2d(2, 2),
+        )
 
 
 class DenseNet(nn.Module):
     """DenseNet-BC (Huang et al.): blocks of concatenating layers joined by transitions.
     ``blocks=(6, 12, 24, 16), growth=32, stem=64`` is DenseNet-121."""
 
-    def __init__(self, blocks=(6, 12, 24, 16), growth: int = 32, stem: int = 64,
-                 num_classes: int = 1000) -> None:
+    def __init__(
+        self, blocks=(6, 12, 24, 16), growth: int = 32, stem: int = 64, num_classes: int = 1000
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, stem, 7, 2, 3, bias=False), nn.BatchNorm2d(stem),
-                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
         stages, ch = [], stem
         for i, n in enumerate(blocks):
             stages.append(DenseBlock(n, ch, growth))
@@ -84,11 +93,18 @@ class ResNeXtBlock(nn.Module):
 
 
 class ResNeXt(nn.Module):
-    def __init__(self, ch: int = 32, blocks: int = 3, cardinality: int = 8, width: int = 4,
-                 num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        ch: int = 32,
+        blocks: int = 3,
+        cardinality: int = 8,
+        width: int = 4,
+        num_classes: int = 10,
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()
+        )
         self.blocks = nn.Sequential(*(ResNeXtBlock(ch, cardinality, width) for _ in range(blocks)))
         self.head = nn.Linear(ch, num_classes)
 

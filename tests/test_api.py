@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from helpers import assert_same_state, prune_and_check, state_of
 from depgraph_ext.testing import assert_scatter_back_equal
+from helpers import assert_same_state, prune_and_check, state_of
 from nets import ResNeXt, randomize_norms
 
 
@@ -171,8 +171,12 @@ def test_dependency_graph_groups_and_prune_one_group_by_hand():
     dg = dx.DependencyGraph(model, X)
     assert dg.groups
     # conv1 feeds a conv of 4 groups: its 16 channels are [group, index in group], two groups.
-    found = [(g, m) for g in dg.groups for m in g.members
-             if m.name == "blocks.0.conv1.weight" and m.dim == 0]
+    found = [
+        (g, m)
+        for g in dg.groups
+        for m in g.members
+        if m.name == "blocks.0.conv1.weight" and m.dim == 0
+    ]
     assert len(found) == 2
     patterns = sorted(m.units.tolist() for _, m in found)
     assert patterns == sorted([[j % 4 for j in range(16)], [j // 4 for j in range(16)]])
@@ -255,13 +259,18 @@ def test_summary_lists_changes():
 def test_group_members_are_those_of_the_resolution_they_came_from():
     """Members are listed on first use; groups taken before the graph is resolved again (a
     size found fixed) list the members of their own resolution, the new groups theirs."""
-    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(),
-                        nn.Linear(6, 2)).double().eval()
+    net = (
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+        .double()
+        .eval()
+    )
     x = torch.randn(3, 4, dtype=torch.float64)
 
     def listed(groups):
-        return [[(m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members]
-                for g in groups]
+        return [
+            [(m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members]
+            for g in groups
+        ]
 
     expected = listed(dx.DependencyGraph(net, x).groups)
     dg = dx.DependencyGraph(net, x)

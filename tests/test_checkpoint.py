@@ -20,8 +20,8 @@ import torch
 
 import depgraph_ext as dx
 from depgraph_ext.io import checkpoint as ck
-from depgraph_ext.progress import Progress
 from depgraph_ext.io import safetensors_io
+from depgraph_ext.progress import Progress
 from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
 
 T = pytest.importorskip("transformers")
@@ -33,15 +33,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = {
     # untied embeddings, GQA 8/2, float32 (unit scores rounded to fp32 as prune's are)
-    "llama": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2)), torch.float32, "12KB"),
+    "llama": (
+        lambda: T.LlamaForCausalLM(
+            T.LlamaConfig(
+                vocab_size=128,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+            )
+        ),
+        torch.float32,
+        "12KB",
+    ),
     # tied embeddings (the checkpoint stores one of the two names), GQA 24/8, q/k/v biases,
     # float64 (unit scores kept in fp64)
-    "qwen2": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(
-        vocab_size=128, hidden_size=192, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=24, num_key_value_heads=8, tie_word_embeddings=True)),
-        torch.float64, "200KB"),
+    "qwen2": (
+        lambda: T.Qwen2ForCausalLM(
+            T.Qwen2Config(
+                vocab_size=128,
+                hidden_size=192,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=24,
+                num_key_value_heads=8,
+                tie_word_embeddings=True,
+            )
+        ),
+        torch.float64,
+        "200KB",
+    ),
 }
 
 
@@ -75,8 +97,14 @@ def load_dir(path: Path) -> dict[str, torch.Tensor]:
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(
+            a.contiguous().reshape(-1).view(torch.uint8),
+            b.contiguous().reshape(-1).view(torch.uint8),
+        )
+    )
 
 
 def reload(path: Path, cls):
@@ -114,10 +142,17 @@ def test_streaming_equals_in_memory_prune(checkpoints, tmp_path, name, importanc
     src = checkpoints[name]
     original = build(name)
     model = copy.deepcopy(original)
-    expected = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios=RATIOS,
-                        importance=importance, require_loadable=True)
-    result = dx.prune_checkpoint(src, tmp_path / "out", ratio=0.5, ratios=RATIOS,
-                                 importance=importance)
+    expected = dx.prune(
+        model,
+        {"input_ids": IDS},
+        ratio=0.5,
+        ratios=RATIOS,
+        importance=importance,
+        require_loadable=True,
+    )
+    result = dx.prune_checkpoint(
+        src, tmp_path / "out", ratio=0.5, ratios=RATIOS, importance=importance
+    )
     assert_same_plan(result.plan, expected.plan)
 
     got = load_dir(tmp_path / "out")
@@ -132,15 +167,15 @@ def test_streaming_equals_in_memory_prune(checkpoints, tmp_path, name, importanc
     index = json.loads((tmp_path / "out" / ck.source.INDEX).read_text())
     source_index = json.loads((src / ck.source.INDEX).read_text())
     assert index["weight_map"] == source_index["weight_map"]
-    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size()
-                                                  for t in got.values())
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in got.values()
+    )
     for f in set(index["weight_map"].values()):  # each shard holds what the index says
         keys = safetensors_torch.load_file(tmp_path / "out" / f).keys()
         assert keys == {k for k, v in index["weight_map"].items() if v == f}
 
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    for field in ("num_attention_heads", "num_key_value_heads", "hidden_size",
-                  "intermediate_size"):
+    for field in ("num_attention_heads", "num_key_value_heads", "hidden_size", "intermediate_size"):
         assert config[field] == getattr(model.config, field), field
     assert config["num_key_value_heads"] == original.config.num_key_value_heads // 2
 
@@ -153,12 +188,19 @@ def test_streaming_equals_in_memory_prune(checkpoints, tmp_path, name, importanc
 def test_reloaded_checkpoint_passes_the_scatter_back_oracle(checkpoints, tmp_path, name):
     """Heads and MLP channels (the hidden size kept: RMSNorm sees every hidden unit): the
     reloaded model computes what the original does with the removed slices zeroed."""
-    result = dx.prune_checkpoint(checkpoints[name], tmp_path / "out", ratio=0.5,
-                                 ratios={"heads": 0.5, "hidden": 0.0})
+    result = dx.prune_checkpoint(
+        checkpoints[name], tmp_path / "out", ratio=0.5, ratios={"heads": 0.5, "hidden": 0.0}
+    )
     again = reload(tmp_path / "out", type(build(name)))
     tight = MODELS[name][1] == torch.float64
-    assert_scatter_back_equal(build(name), again, result.plan, {"input_ids": IDS},
-                              rtol=1e-9 if tight else 1e-4, atol=1e-9 if tight else 1e-5)
+    assert_scatter_back_equal(
+        build(name),
+        again,
+        result.plan,
+        {"input_ids": IDS},
+        rtol=1e-9 if tight else 1e-4,
+        atol=1e-9 if tight else 1e-5,
+    )
 
 
 def test_meta_model_traces_as_on_the_cpu():
@@ -198,8 +240,14 @@ def test_streamed_scores_are_prune_scores_bit_for_bit(checkpoints):
         model = build(name)
         dg = dx.DependencyGraph(model, {"input_ids": IDS})
         source = ck.source.open_source(checkpoints[name])
-        scorer = ck.scores.ShardScores(source, ck.scores.KeyMap(source, model, dg), 2, True,
-                                       Progress(False), ck.distributed.Ranks(False))
+        scorer = ck.scores.ShardScores(
+            source,
+            ck.scores.KeyMap(source, model, dg),
+            2,
+            True,
+            Progress(False),
+            ck.distributed.Ranks(False),
+        )
         sums = scorer.shard_sums(list(range(len(source.shards))), ck.scores.scored_dims(dg))
         streamed = ck.scores.unit_scores_from_sums(dg, sums, MODELS[name][1] == torch.float32)
         expected = MagnitudeImportance(2, normalization=None).scores(dg)
@@ -222,8 +270,7 @@ def test_a_kind_of_ratio_zero_is_not_summed_while_streaming(checkpoints, tmp_pat
     monkeypatch.setattr(ck.scores.ShardScores, "all_sums", spy)
     ratios = {"heads": 0.5, "hidden": 0.0}
     model = build(name)
-    expected = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios=ratios,
-                        require_loadable=True)
+    expected = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios=ratios, require_loadable=True)
     result = dx.prune_checkpoint(checkpoints[name], tmp_path / "out", ratio=0.5, ratios=ratios)
     assert_same_plan(result.plan, expected.plan)
     assert ("model.layers.0.mlp.up_proj.weight", 0) in asked
@@ -242,12 +289,20 @@ def test_non_weight_files_are_copied_and_stale_weights_are_not(checkpoints, tmp_
     (src / "extra" / "notes.txt").write_text("kept")
     result = dx.prune_checkpoint(src, tmp_path / "out", ratios=RATIOS)
     out = tmp_path / "out"
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-              "extra/notes.txt"):
+    for f in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "extra/notes.txt",
+    ):
         assert (out / f).read_bytes() == (src / f).read_bytes(), f
     assert not (out / "pytorch_model.bin").exists()
-    assert set(result.copied_files) == {"extra", "generation_config.json", "tokenizer.json",
-                                        "tokenizer_config.json"}
+    assert set(result.copied_files) == {
+        "extra",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
 
 
 def test_single_file_checkpoint(tmp_path):
@@ -258,14 +313,18 @@ def test_single_file_checkpoint(tmp_path):
     result = dx.prune_checkpoint(tmp_path / "src", tmp_path / "out", ratios=RATIOS)
     assert_same_plan(result.plan, expected.plan)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors"]
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
     again = reload(tmp_path / "out", T.LlamaForCausalLM)
     assert again.config.hidden_size == 48
 
 
 def test_summary_and_progress(checkpoints, tmp_path, capsys):
-    result = dx.prune_checkpoint(checkpoints["llama"], tmp_path / "out", ratios=RATIOS,
-                                 progress=True)
+    result = dx.prune_checkpoint(
+        checkpoints["llama"], tmp_path / "out", ratios=RATIOS, progress=True
+    )
     err = capsys.readouterr().err
     shards = sorted(p.name for p in checkpoints["llama"].glob("*.safetensors"))
     assert len(shards) >= 3
@@ -451,8 +510,7 @@ def _rank_worker(rank, world, rendezvous, src, dst, fail_rank, errors):
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         if rank == fail_rank:
             safetensors_io.write_chunk = failing_write(0)
@@ -474,9 +532,13 @@ def run_ranks(world, src, dst, tmp_path, fail_rank=-1):
 
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
-    mp.start_processes(_rank_worker, args=(world, str(tmp_path / f"rdzv-{dst.name}"), str(src),
-                                           str(dst), fail_rank, errors),
-                       nprocs=world, join=True, start_method="spawn")
+    mp.start_processes(
+        _rank_worker,
+        args=(world, str(tmp_path / f"rdzv-{dst.name}"), str(src), str(dst), fail_rank, errors),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
     return dict(errors.get() for _ in range(world))
 
 
@@ -493,19 +555,43 @@ def run_cli(*args, torchrun: bool = False):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
     cmd = [sys.executable, "-m", "depgraph_ext.cli", *map(str, args)]
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "depgraph_ext.cli", *map(str, args)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "depgraph_ext.cli",
+            *map(str, args),
+        ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_cli_one_rank_and_two_ranks_under_torchrun_are_identical(checkpoints, tmp_path):
     src = checkpoints["qwen2"]
-    one = run_cli(src, tmp_path / "one", "--ratio", "0.5", "--ratios", "heads=0.5,hidden=0.25",
-                  "--no-progress")
+    one = run_cli(
+        src,
+        tmp_path / "one",
+        "--ratio",
+        "0.5",
+        "--ratios",
+        "heads=0.5,hidden=0.25",
+        "--no-progress",
+    )
     assert one.returncode == 0, one.stderr
     assert "parameters" in one.stdout and "heads units" in one.stdout
-    two = run_cli(src, tmp_path / "two", "--ratio", "0.5", "--ratios", "heads=0.5,hidden=0.25",
-                  "--no-progress", torchrun=True)
+    two = run_cli(
+        src,
+        tmp_path / "two",
+        "--ratio",
+        "0.5",
+        "--ratios",
+        "heads=0.5,hidden=0.25",
+        "--no-progress",
+        torchrun=True,
+    )
     assert two.returncode == 0, two.stderr
     assert "on 2 ranks" in two.stdout and two.stdout.count("parameters") == 1  # rank 0 prints
     assert_identical_dirs(tmp_path / "one", tmp_path / "two")

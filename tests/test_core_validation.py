@@ -60,10 +60,16 @@ print(json.dumps({"counts": counts, "mismatches": mismatches[:10]}))
 @pytest.mark.parametrize("start", [0, 1500])
 def test_random_malformed_arrays_never_crash_and_match_the_twin(start):
     tests = Path(__file__).resolve().parent
-    proc = subprocess.run([sys.executable, "-c", _DIFFERENTIAL, str(start), str(start + 1500)],
-                          cwd=tests, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DIFFERENTIAL, str(start), str(start + 1500)],
+        cwd=tests,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (
-        f"the subprocess died (return code {proc.returncode}): {proc.stderr[-2000:]}")
+        f"the subprocess died (return code {proc.returncode}): {proc.stderr[-2000:]}"
+    )
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["mismatches"] == [], report["mismatches"]
     # both verdicts are exercised, refusals the most
@@ -82,8 +88,9 @@ def _graph():
 
 
 def _with(c: Couplings, **changes) -> Couplings:
-    arrays = {f: getattr(c, f).copy() for f in
-              ("slot_sizes", "kinds", "offsets", "data", "query_slots")}
+    arrays = {
+        f: getattr(c, f).copy() for f in ("slot_sizes", "kinds", "offsets", "data", "query_slots")
+    }
     for name, (index, value) in changes.items():
         arrays[name][index] = value
     return Couplings(**arrays)
@@ -91,13 +98,19 @@ def _with(c: Couplings, **changes) -> Couplings:
 
 # (array, index, value) -> the message both backends give
 CASES = [
-    (("data", 2, 3), r"coupling 0 \(CAT_PIECE\): a piece of size 4 at offset 3 does not fit "
-                     r"a whole of size 6"),
+    (
+        ("data", 2, 3),
+        r"coupling 0 \(CAT_PIECE\): a piece of size 4 at offset 3 does not fit "
+        r"a whole of size 6",
+    ),
     (("data", 5, -1), r"coupling 1 \(CAT_PIECE\): a piece of size 2 at offset -1 does not fit"),
     (("data", 1, 99), r"coupling 0 \(CAT_PIECE\): slot 99 out of range \[0, 6\)"),
     (("data", 14, 0), r"coupling 3 \(SLICE\): step 0 must be >= 1"),
-    (("data", 13, 2), r"coupling 3 \(SLICE\): a piece of size 3 from 2 by step 2 does not fit "
-                      r"a whole of size 6"),
+    (
+        ("data", 13, 2),
+        r"coupling 3 \(SLICE\): a piece of size 3 from 2 by step 2 does not fit "
+        r"a whole of size 6",
+    ),
     (("data", 8, 3), r"coupling 2 \(RESHAPE\): operands must be n_in, n_in slots, n_out"),
     (("data", 9, 4), r"coupling 2 \(RESHAPE\): sizes multiply to 6 and 9"),
     (("slot_sizes", 3, -2), r"slot 3: size -2 is negative"),
@@ -136,8 +149,7 @@ def test_arrays_of_the_wrong_rank_are_refused():
     from depgraph_ext import _core
 
     c = _graph()
-    arrays = {f: getattr(c, f) for f in ("slot_sizes", "kinds", "offsets", "data",
-                                         "query_slots")}
+    arrays = {f: getattr(c, f) for f in ("slot_sizes", "kinds", "offsets", "data", "query_slots")}
     arrays["data"] = arrays["data"].reshape(1, -1)
     with pytest.raises(ValueError, match="data must be a 1-d array, not 2-d"):
         _core.resolve_groups(**arrays)

@@ -33,8 +33,9 @@ def test_each_parameter_is_pruned_on_its_own_device(backend):
     model = TwoDevices()
     original = copy.deepcopy(model)
     params = dict(model.named_parameters())
-    result = dx.prune(model, torch.randn(2, 4), ratio=0.5,
-                      importance=dx.RandomImportance(seed=1), backend=backend)
+    result = dx.prune(
+        model, torch.randn(2, 4), ratio=0.5, importance=dx.RandomImportance(seed=1), backend=backend
+    )
     assert (model.a.out_features, model.b.in_features, model.b.out_features) == (4, 4, 3)
     for name, p in model.named_parameters():
         assert p is params[name] and p.device == params[name].device

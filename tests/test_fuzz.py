@@ -100,8 +100,21 @@ def architectures(draw):
     c = draw(st.sampled_from([4, 6, 8, 12]))
     layers: list[nn.Module] = [ConvBN(3, c, act=draw(st.sampled_from(ACTIVATIONS)))]
     for _ in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["residual", "concat", "chunk", "grouped", "depthwise",
-                                     "shuffle", "se", "attention", "plain"]))
+        kind = draw(
+            st.sampled_from(
+                [
+                    "residual",
+                    "concat",
+                    "chunk",
+                    "grouped",
+                    "depthwise",
+                    "shuffle",
+                    "se",
+                    "attention",
+                    "plain",
+                ]
+            )
+        )
         act = draw(st.sampled_from(ACTIVATIONS))
         if kind == "residual":
             layers.append(Residual(c, act))
@@ -131,10 +144,18 @@ def architectures(draw):
     return nn.Sequential(*layers, head)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(model=architectures(), ratio=st.sampled_from([0.25, 0.5, 0.75]),
-       seed=st.integers(0, 2**16), global_pruning=st.booleans())
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    model=architectures(),
+    ratio=st.sampled_from([0.25, 0.5, 0.75]),
+    seed=st.integers(0, 2**16),
+    global_pruning=st.booleans(),
+)
 def test_random_architectures_prune_exactly(model, ratio, seed, global_pruning):
     torch.manual_seed(seed)
     for p in model.parameters():
@@ -143,8 +164,15 @@ def test_random_architectures_prune_exactly(model, ratio, seed, global_pruning):
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     before = state_of(model)
     try:
-        prune_and_check(model, x, ratio=ratio, rtol=1e-7, atol=1e-9, require_change=False,
-                        global_pruning=global_pruning)
+        prune_and_check(
+            model,
+            x,
+            ratio=ratio,
+            rtol=1e-7,
+            atol=1e-9,
+            require_change=False,
+            global_pruning=global_pruning,
+        )
     except dx.NoPrunableGroupsError:
         # e.g. two channel shuffles whose factorisations no pruning can keep: refused whole
         assert_same_state(before, state_of(model))

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from helpers import BACKENDS
 from depgraph_ext.prune.importance import fisher_statistics, normalize
+from helpers import BACKENDS
 
 
 class Net(nn.Module):
@@ -82,8 +82,13 @@ def reduce_direct(contribs, reduction, num_units):
     out = np.full(num_units, np.nan)
     for unit, values in contribs.items():
         v = np.array([x for _, x in sorted(values, key=lambda t: t[0])])
-        out[unit] = {"sum": v.sum(), "mean": v.mean(), "max": v.max(), "prod": v.prod(),
-                     "first": v[0]}[reduction]
+        out[unit] = {
+            "sum": v.sum(),
+            "mean": v.mean(),
+            "max": v.max(),
+            "prod": v.prod(),
+            "first": v[0],
+        }[reduction]
     return out
 
 
@@ -94,8 +99,9 @@ def test_magnitude_every_reduction_matches_direct(backend, p, reduction):
     dg = dx.DependencyGraph(make_net(), X, backend=backend)
     imp = dx.MagnitudeImportance(p, reduction=reduction, normalization=None)
     got = imp.scores(dg).numpy()
-    expected = reduce_direct(member_contributions(dg, lambda n, w: w.detach(), p), reduction,
-                             dg.resolution.num_units)
+    expected = reduce_direct(
+        member_contributions(dg, lambda n, w: w.detach(), p), reduction, dg.resolution.num_units
+    )
     scored = ~np.isnan(expected)
     assert scored.sum() >= 8 + 6 + 10
     np.testing.assert_allclose(got[scored], expected[scored], rtol=1e-9)
@@ -110,8 +116,9 @@ def test_first_is_the_root_layer_alone():
     group = next(g for g in dg.groups if any(m.name == "c1.weight" for m in g.members))
     units = [m for m in group.members if m.name == "c1.weight" and m.dim == 0][0]
     assert root  # groups exist
-    np.testing.assert_allclose(got[group.unit_ids[units.units.numpy()]].numpy(),
-                               c1_rows[units.indices].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        got[group.unit_ids[units.units.numpy()]].numpy(), c1_rows[units.indices].numpy(), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("normalization", ["mean", "max", "sum", "standardization", "lamp"])
@@ -129,8 +136,9 @@ def test_normalizations_within_each_group(normalization):
             expected = x / getattr(x, normalization)()
         np.testing.assert_allclose(got[group.unit_ids], expected, rtol=1e-9)
         # the order within a group never changes
-        assert (np.argsort(got[group.unit_ids], kind="stable")
-                == np.argsort(x, kind="stable")).all()
+        assert (
+            np.argsort(got[group.unit_ids], kind="stable") == np.argsort(x, kind="stable")
+        ).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -168,8 +176,12 @@ def test_taylor_is_w_times_grad_over_every_member(backend):
     net.c3.weight.grad = None  # a frozen member does not score
     dg = dx.DependencyGraph(net, X, backend=backend)
     got = dx.TaylorImportance(normalization=None).scores(dg).numpy()
-    contribs = member_contributions(dg, lambda n, w: w.detach() * w.grad, 1,
-                                    lambda n: dict(net.named_parameters())[n].grad is not None)
+    contribs = member_contributions(
+        dg,
+        lambda n, w: w.detach() * w.grad,
+        1,
+        lambda n: dict(net.named_parameters())[n].grad is not None,
+    )
     expected = reduce_direct(contribs, "sum", dg.resolution.num_units)
     ok = ~np.isnan(expected)
     np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-9)
@@ -197,8 +209,9 @@ def test_fisher_averages_squared_gradients_over_batches(backend):
     fisher = {n: sum(g.square() for g in gs) / 3 for n, gs in per_batch.items()}
     params = dict(net.named_parameters())
     for n in fisher:
-        torch.testing.assert_close(fisher_statistics(params[n]).double(), fisher[n],
-                                   rtol=1e-5, atol=1e-12)
+        torch.testing.assert_close(
+            fisher_statistics(params[n]).double(), fisher[n], rtol=1e-5, atol=1e-12
+        )
     dg = dx.DependencyGraph(net, X, backend=backend)
     got = dx.FisherImportance(normalization=None).scores(dg).numpy()
     contribs = member_contributions(dg, lambda n, w: w.detach().square() * fisher[n], 1)
@@ -206,10 +219,12 @@ def test_fisher_averages_squared_gradients_over_batches(backend):
     ok = ~np.isnan(expected)
     np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-5)
     # the summed .grad squared would be a different (wrong) statistic
-    wrong = member_contributions(dg, lambda n, w: w.detach().square() * params[n].grad.square()
-                                 / 9, 1)
-    assert not np.allclose(reduce_direct(wrong, "sum", dg.resolution.num_units)[ok],
-                           expected[ok], rtol=1e-3)
+    wrong = member_contributions(
+        dg, lambda n, w: w.detach().square() * params[n].grad.square() / 9, 1
+    )
+    assert not np.allclose(
+        reduce_direct(wrong, "sum", dg.resolution.num_units)[ok], expected[ok], rtol=1e-3
+    )
 
 
 def test_fisher_without_statistics_is_a_clear_error():
@@ -261,8 +276,11 @@ class Cubed(dx.GroupImportance):
 def test_a_user_criterion_plugs_in(backend):
     dg = dx.DependencyGraph(make_net(), X, backend=backend)
     got = Cubed(normalization=None).scores(dg).numpy()
-    expected = reduce_direct(member_contributions(dg, lambda n, w: w.detach().abs() ** 3, 1),
-                             "sum", dg.resolution.num_units)
+    expected = reduce_direct(
+        member_contributions(dg, lambda n, w: w.detach().abs() ** 3, 1),
+        "sum",
+        dg.resolution.num_units,
+    )
     ok = ~np.isnan(expected)
     np.testing.assert_allclose(got[ok], expected[ok], rtol=1e-9)
     model = make_net()
@@ -275,11 +293,14 @@ class WrongShape(dx.Importance):
         return torch.zeros(3)
 
 
-@pytest.mark.parametrize("importance, match", [
-    (WrongShape(), "must return a tensor of shape"),
-    ("taylor-ish", "importance must be one of"),
-    (42, "importance must be a name"),
-])
+@pytest.mark.parametrize(
+    "importance, match",
+    [
+        (WrongShape(), "must return a tensor of shape"),
+        ("taylor-ish", "importance must be one of"),
+        (42, "importance must be a name"),
+    ],
+)
 def test_bad_importance_is_refused_and_model_untouched(importance, match):
     model = make_net()
     before = copy.deepcopy(model.state_dict())
@@ -289,11 +310,14 @@ def test_bad_importance_is_refused_and_model_untouched(importance, match):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(reduction="median"), "reduction must be one of"),
-    (dict(normalization="softmax"), "normalization must be one of"),
-    (dict(p=3), "p must be 1 or 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(reduction="median"), "reduction must be one of"),
+        (dict(normalization="softmax"), "normalization must be one of"),
+        (dict(p=3), "p must be 1 or 2"),
+    ],
+)
 def test_bad_importance_options(kwargs, match):
     with pytest.raises(dx.InvalidArgumentError, match=match):
         dx.MagnitudeImportance(**kwargs)

@@ -22,8 +22,11 @@ def test_transformers_resnet50_default_config():
     model = randomize_norms(model.double().eval())
     pruned, result = prune_and_check(model, _image(), ratio=0.5)
     # The residual streams are coupled across each stage: every tensor of a stream shrinks alike.
-    stage0 = [n for n in result.plan if n.startswith("resnet.encoder.stages.0.")
-              and n.endswith("layer.2.convolution.weight")]
+    stage0 = [
+        n
+        for n in result.plan
+        if n.startswith("resnet.encoder.stages.0.") and n.endswith("layer.2.convolution.weight")
+    ]
     assert len({result.shapes_after[n][0] for n in stage0}) == 1
     assert pruned.classifier[1].in_features == pruned.classifier[1].weight.shape[1]
     labels = model.config.num_labels
@@ -36,8 +39,7 @@ def test_transformers_mobilenet_v2_depthwise():
     model = transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config())
     model = randomize_norms(model.double().eval())
     pruned, result = prune_and_check(model, _image(), ratio=0.5)
-    depthwise = [m for m in pruned.modules()
-                 if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    depthwise = [m for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert depthwise
     for m in depthwise:  # depthwise stays depthwise, attributes follow the weight
         assert m.groups == m.in_channels == m.out_channels == m.weight.shape[0]

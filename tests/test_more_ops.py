@@ -24,8 +24,14 @@ def test_conv_and_transposed_conv_in_1d_2d_3d(dims):
     conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
     tconv = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
-    model = nn.Sequential(conv(2, 8, 3, padding=1), bn(8), nn.ReLU(),
-                          tconv(8, 6, 2, stride=2, groups=2), nn.ReLU(), conv(6, 3, 1))
+    model = nn.Sequential(
+        conv(2, 8, 3, padding=1),
+        bn(8),
+        nn.ReLU(),
+        tconv(8, 6, 2, stride=2, groups=2),
+        nn.ReLU(),
+        conv(6, 3, 1),
+    )
     x = torch.randn(1, 2, *([4] * dims), dtype=F64)
     pruned, _ = check(model, x)
     t = pruned[3]  # its 2 groups make conv0's channels [group, channel in group]
@@ -42,15 +48,21 @@ def test_group_norm_keeps_groups_divisible():
 
 
 def test_instance_norm_and_prelu():
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.InstanceNorm2d(8, affine=True),
-                          nn.PReLU(8), nn.Conv2d(8, 2, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.InstanceNorm2d(8, affine=True), nn.PReLU(8), nn.Conv2d(8, 2, 1)
+    )
     pruned, _ = check(model, torch.randn(2, 3, 4, 4, dtype=F64))
     assert pruned[1].num_features == 4 and pruned[2].num_parameters == 4
 
 
 def test_pixel_shuffle_maps_a_channel_to_a_block():
-    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.PixelShuffle(2), nn.Conv2d(4, 8, 1),
-                          nn.PixelUnshuffle(2), nn.Conv2d(32, 2, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 1),
+        nn.PixelShuffle(2),
+        nn.Conv2d(4, 8, 1),
+        nn.PixelUnshuffle(2),
+        nn.Conv2d(32, 2, 1),
+    )
     x = torch.randn(1, 3, 4, 4, dtype=F64)
     dg = dx.DependencyGraph(randomize_norms(model).double(), x)
     # conv0's 16 channels are [4 shuffled channels, 2 x 2 positions]: only whole blocks of 4
@@ -125,8 +137,10 @@ def test_a_size_the_code_fixes_is_found_and_kept():
     model = Tokens(hard_coded=True).double().eval()
     before = state_of(model)
     x, idx = torch.randn(6, 4, dtype=F64), torch.tensor([5, 0, 3, 3])
-    with pytest.warns(dx.FixedSizeWarning, match="aten.add"), \
-            pytest.raises(dx.NoPrunableGroupsError):
+    with (
+        pytest.warns(dx.FixedSizeWarning, match="aten.add"),
+        pytest.raises(dx.NoPrunableGroupsError),
+    ):
         dx.prune(model, (x, idx), ratio=0.5)
     assert_same_state(before, state_of(model))
 
@@ -148,8 +162,10 @@ def test_a_size_fixed_silently_is_found_by_the_shape_check():
 
     model = Reshaped().double().eval()
     before = state_of(model)
-    with pytest.warns(dx.FixedSizeWarning, match="aten.view"), \
-            pytest.raises(dx.NoPrunableGroupsError):
+    with (
+        pytest.warns(dx.FixedSizeWarning, match="aten.view"),
+        pytest.raises(dx.NoPrunableGroupsError),
+    ):
         dx.prune(model, torch.randn(6, 4, dtype=F64), ratio=0.5)
     assert_same_state(before, state_of(model))
 

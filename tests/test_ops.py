@@ -79,13 +79,16 @@ def test_grouped_norm_edge_cases(device):
     f = torch.float32
     empty = torch.empty(0, 4, device=device, dtype=f)
     one = torch.tensor([[3.0, 4.0]], device=device, dtype=f)
-    got = ops.grouped_norm([empty, one], [0, 0], [torch.empty(0, dtype=torch.long),
-                                                 torch.tensor([0])], 1, 2, "sum")
+    got = ops.grouped_norm(
+        [empty, one], [0, 0], [torch.empty(0, dtype=torch.long), torch.tensor([0])], 1, 2, "sum"
+    )
     assert got.tolist() == [25.0]
     wide = torch.randn(6, 10, device=device).t()  # non-contiguous
     m = torch.arange(10) % 3
-    torch.testing.assert_close(ops.grouped_norm([wide], [0], [m], 3),
-                               ops.grouped_norm_reference([wide.contiguous()], [0], [m], 3))
+    torch.testing.assert_close(
+        ops.grouped_norm([wide], [0], [m], 3),
+        ops.grouped_norm_reference([wide.contiguous()], [0], [m], 3),
+    )
     assert ops.grouped_norm([one], [1], [torch.tensor([-1, -1])], 0).numel() == 0
 
 
@@ -127,18 +130,22 @@ def test_grouped_norm_gradcheck(reduce):
     maps = [torch.tensor([0, 1, 1, 2]), torch.tensor([2, 0, 1, 1])]
     for p in (1, 2):
         assert torch.autograd.gradcheck(
-            lambda x, y, p=p: ops.grouped_norm([x, y], [1, 0], maps, 3, p, reduce), (a, b))
+            lambda x, y, p=p: ops.grouped_norm([x, y], [1, 0], maps, 3, p, reduce), (a, b)
+        )
 
 
 def test_opcheck():
     tensors, dims, maps, n = members("cpu", torch.float32)
-    torch.library.opcheck(torch.ops.depgraph_ext.grouped_norm.default,
-                          (tensors, dims, maps, n, 2, "sum"))
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.grouped_norm.default, (tensors, dims, maps, n, 2, "sum")
+    )
     kept = [torch.tensor([0, 3, 5]), torch.tensor([1, 2])]
     gather_args = ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept)
     torch.library.opcheck(torch.ops.depgraph_ext.gather_slices.default, gather_args)
-    torch.library.opcheck(torch.ops.depgraph_ext.compact_.default,
-                          ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept))
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.compact_.default,
+        ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept),
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -155,8 +162,19 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64,
-                                   torch.int8, torch.int64, torch.bool, torch.complex128])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+        torch.float64,
+        torch.int8,
+        torch.int64,
+        torch.bool,
+        torch.complex128,
+    ],
+)
 @pytest.mark.parametrize("index_dtype", [torch.long, torch.int32])
 def test_gather_slices_bit_exact(device, dtype, index_dtype):
     g = torch.Generator().manual_seed(0)
@@ -166,7 +184,8 @@ def test_gather_slices_bit_exact(device, dtype, index_dtype):
     tensors = [t] * len(cases) + [t.transpose(0, 2)]  # the last one non-contiguous
     dims = [d for d, _ in cases] + [1]
     kept = [torch.tensor(k, dtype=index_dtype) for _, k in cases] + [
-        torch.tensor([1, 4], dtype=index_dtype)]
+        torch.tensor([1, 4], dtype=index_dtype)
+    ]
     got = ops.gather_slices(tensors, dims, kept)
     want = ops.gather_slices_reference(tensors, dims, kept)
     for a, b in zip(got, want):
@@ -203,8 +222,9 @@ def test_long_rows_move_bit_exact(dtype):
         assert torch.equal(ops.compact_([t], [dim], [kept])[0], want)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int32,
-                                   torch.float64, torch.int8])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float32, torch.int32, torch.float64, torch.int8]
+)
 def test_scattered_columns_move_bit_exact(dtype):
     """Single words kept one by one along the last dim (an MLP neuron's column): rows of every
     length around the 64-byte chunks (tails, a whole chunk kept or dropped, one word kept,
@@ -224,8 +244,9 @@ def test_scattered_columns_move_bit_exact(dtype):
             moved = base.clone()
             assert torch.equal(ops.compact_([moved], [1], [kept])[0], want), (n, kept)
             shuffled = kept[torch.randperm(kept.numel(), generator=g)]
-            assert torch.equal(ops.gather_slices([base], [1], [shuffled])[0],
-                               base.index_select(1, shuffled))
+            assert torch.equal(
+                ops.gather_slices([base], [1], [shuffled])[0], base.index_select(1, shuffled)
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -237,10 +258,12 @@ def test_gather_and_compact_refuse_bad_indices(device, index_device):
 
     def k(*values):
         return torch.tensor(values, dtype=torch.long).to(
-            device if index_device == "same" else "cpu")
+            device if index_device == "same" else "cpu"
+        )
 
-    with pytest.raises(RuntimeError, match="member 1: kept index 4 out of range for a dim of "
-                                           "size 4"):
+    with pytest.raises(
+        RuntimeError, match="member 1: kept index 4 out of range for a dim of size 4"
+    ):
         ops.gather_slices([t, t], [0, 0], [k(0, 3), k(0, 4)])
     with pytest.raises(RuntimeError, match="member 0: kept index -1 out of range"):
         ops.gather_slices([t], [1], [k(-1)])

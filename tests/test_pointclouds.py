@@ -43,10 +43,16 @@ class DGCNN(nn.Module):
     def __init__(self, k: int = 5, classes: int = 4):
         super().__init__()
         self.edge = nn.ModuleList([EdgeConv(3, 16, k), EdgeConv(16, 16, k), EdgeConv(16, 32, k)])
-        self.fuse = nn.Sequential(nn.Conv1d(64, 48, 1, bias=False), nn.BatchNorm1d(48),
-                                  nn.LeakyReLU(0.2))
-        self.head = nn.Sequential(nn.Linear(96, 32, bias=False), nn.BatchNorm1d(32),
-                                  nn.LeakyReLU(0.2), nn.Dropout(0.5), nn.Linear(32, classes))
+        self.fuse = nn.Sequential(
+            nn.Conv1d(64, 48, 1, bias=False), nn.BatchNorm1d(48), nn.LeakyReLU(0.2)
+        )
+        self.head = nn.Sequential(
+            nn.Linear(96, 32, bias=False),
+            nn.BatchNorm1d(32),
+            nn.LeakyReLU(0.2),
+            nn.Dropout(0.5),
+            nn.Linear(32, classes),
+        )
 
     def forward(self, points):  # [B, 3, N]
         features = []
@@ -56,8 +62,13 @@ class DGCNN(nn.Module):
             features.append(x)
         x = self.fuse(torch.cat(features, dim=1))
         b = x.shape[0]
-        pooled = torch.cat([nn.functional.adaptive_max_pool1d(x, 1).view(b, -1),
-                            nn.functional.adaptive_avg_pool1d(x, 1).view(b, -1)], dim=1)
+        pooled = torch.cat(
+            [
+                nn.functional.adaptive_max_pool1d(x, 1).view(b, -1),
+                nn.functional.adaptive_avg_pool1d(x, 1).view(b, -1),
+            ],
+            dim=1,
+        )
         return self.head(pooled)
 
 

@@ -80,8 +80,9 @@ def test_plain_rnn_relu():
         def forward(self, x):
             return self.head(self.body(x)[0][:, -1])
 
-    pruned, _ = prune_and_check(Last().double().eval(), torch.randn(2, 4, 5,
-                                dtype=torch.float64), ratio=0.5)
+    pruned, _ = prune_and_check(
+        Last().double().eval(), torch.randn(2, 4, 5, dtype=torch.float64), ratio=0.5
+    )
     assert pruned.body[1].hidden_size == 5
 
 
@@ -101,8 +102,9 @@ def test_lstm_with_projections():
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch: "not supported with oneDNN"
-        pruned, _ = prune_and_check(Projected().double().eval(),
-                                    torch.randn(5, 2, 4, dtype=torch.float64), ratio=0.5)
+        pruned, _ = prune_and_check(
+            Projected().double().eval(), torch.randn(5, 2, 4, dtype=torch.float64), ratio=0.5
+        )
     rnn = pruned.rnn
     assert (rnn.hidden_size, rnn.proj_size, rnn.input_size) == (3, 2, 4)
     assert rnn.weight_hr_l1.shape == (2, 3) and rnn.weight_ih_l1.shape == (12, 2)

@@ -25,8 +25,9 @@ def test_native_equals_python_on_random_graphs(seed):
     assert resolutions_equal(py, nat)
     # Every queried slot is a product of its leaves.
     for s in c.query_slots:
-        assert np.prod(py.leaf_sizes[py.leaves_of(int(s))]) == c.slot_sizes[s] or \
-            c.slot_sizes[s] == 1
+        assert (
+            np.prod(py.leaf_sizes[py.leaves_of(int(s))]) == c.slot_sizes[s] or c.slot_sizes[s] == 1
+        )
 
 
 def test_rotate_half_cycle_terminates_and_pairs_indices(backend):
@@ -51,5 +52,5 @@ def test_native_equals_python_on_densenet121():
     with warnings.catch_warnings():
         warnings.simplefilter("error", dx.OpaqueOpWarning)
         dg = dx.DependencyGraph(DenseNet().eval(), torch.randn(1, 3, 64, 64), backend="native")
-    c = dg.coupling_model.couplings
+    c = dg.couplings
     assert resolutions_equal(dg.resolution, resolve(c, "python"))

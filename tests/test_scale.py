@@ -17,8 +17,14 @@ T = pytest.importorskip("transformers")
 
 def llama(device: str):
     torch.manual_seed(0)
-    config = T.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96,
-                           num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2)
+    config = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+    )
     with torch.device(device), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return T.LlamaForCausalLM(config).eval()
@@ -28,8 +34,15 @@ IDS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
 
 
 def summary(dg):
-    return [(g.kind, g.num_units, g.num_prunable,
-             sorted((m.name, m.dim, m.indices.numel()) for m in g.members)) for g in dg.groups]
+    return [
+        (
+            g.kind,
+            g.num_units,
+            g.num_prunable,
+            sorted((m.name, m.dim, m.indices.numel()) for m in g.members),
+        )
+        for g in dg.groups
+    ]
 
 
 def outputs(graph):
@@ -100,10 +113,14 @@ def test_grouped_norm_of_a_weight_by_rows_and_by_columns(dtype, p):
     rows, cols = torch.arange(1100) % 7, 7 + torch.arange(1000) % 5
     fused = ops.grouped_norm([w.detach(), w.detach()], [0, 1], [rows, cols], 12, p, "sum")
     apart = ops.grouped_norm([w], [0], [rows], 12, p, "sum") + ops.grouped_norm(
-        [w], [1], [cols], 12, p, "sum")
+        [w], [1], [cols], 12, p, "sum"
+    )
     mag = w.double().abs() ** p
-    ref = torch.zeros(12, dtype=torch.float64).index_add_(0, rows, mag.sum(1)).index_add_(
-        0, cols, mag.sum(0))
+    ref = (
+        torch.zeros(12, dtype=torch.float64)
+        .index_add_(0, rows, mag.sum(1))
+        .index_add_(0, cols, mag.sum(0))
+    )
     torch.testing.assert_close(fused.double(), apart.double(), rtol=1e-6, atol=0)
     torch.testing.assert_close(fused.double(), ref, rtol=1e-5, atol=0)
 
@@ -119,8 +136,12 @@ def test_slicing_runs_of_kept_columns(dtype):
         pytest.skip("native ops not built")
     torch.manual_seed(0)
     w = torch.randn(6, 40, 96).to(dtype)
-    for kept in (torch.cat([torch.arange(s, s + n) for s, n in ((0, 16), (20, 8), (90, 6))]),
-                 torch.arange(96), torch.arange(10, 60), torch.arange(0, 96, 3)):
+    for kept in (
+        torch.cat([torch.arange(s, s + n) for s, n in ((0, 16), (20, 8), (90, 6))]),
+        torch.arange(96),
+        torch.arange(10, 60),
+        torch.arange(0, 96, 3),
+    ):
         expected = w.index_select(2, kept)
         assert torch.equal(ops.gather_slices([w], [2], [kept])[0], expected)
         [moved] = ops.compact_([w.clone()], [2], [kept])
@@ -130,9 +151,11 @@ def test_slicing_runs_of_kept_columns(dtype):
 def shapes_of_full(graph):
     """A full trace reduced to what a ShapeTrace keeps."""
     shape = lambda v: graph.values[v].shape  # noqa: E731
-    return ([(n.op, n.module, [shape(v) for v in n.outputs]) for n in graph.nodes],
-            [(name, [shape(v) for v in outs]) for name, outs in graph.module_calls],
-            [shape(v) for v in graph.outputs])
+    return (
+        [(n.op, n.module, [shape(v) for v in n.outputs]) for n in graph.nodes],
+        [(name, [shape(v) for v in outs]) for name, outs in graph.module_calls],
+        [shape(v) for v in graph.outputs],
+    )
 
 
 @pytest.mark.parametrize("mode", ["real", "meta", "fake"])
@@ -140,16 +163,19 @@ def test_shape_trace_keeps_what_the_full_trace_records(monkeypatch, mode):
     if mode != "real":
         monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
     model = llama("cpu")
-    shapes = {"model.layers.0.mlp.up_proj.weight": (40, 64),
-              "model.layers.0.mlp.gate_proj.weight": (40, 64),
-              "model.layers.0.mlp.down_proj.weight": (64, 40)}
+    shapes = {
+        "model.layers.0.mlp.up_proj.weight": (40, 64),
+        "model.layers.0.mlp.gate_proj.weight": (40, 64),
+        "model.layers.0.mlp.down_proj.weight": (64, 40),
+    }
     full = tr.trace(model, IDS, shapes=shapes, allow_meta=mode == "meta")
     light = tr.trace(model, IDS, shapes=shapes, shapes_only=True, allow_meta=mode == "meta")
     assert full.mode == light.mode == mode
     assert (light.ops, light.module_calls, light.outputs) == shapes_of_full(full)
     called = [name for name, _ in light.module_calls]  # every module called, once
-    assert sorted(called) == sorted(n for n, m in model.named_modules()
-                                    if not isinstance(m, torch.nn.ModuleList))
+    assert sorted(called) == sorted(
+        n for n, m in model.named_modules() if not isinstance(m, torch.nn.ModuleList)
+    )
 
 
 def test_shape_trace_reports_the_failing_op_as_the_full_trace_does():
@@ -175,7 +201,8 @@ def test_trace_leaves_training_flags_and_global_hooks_as_they_were():
     assert torch.nn.modules.module._global_forward_pre_hooks == pre
     assert torch.nn.modules.module._global_forward_hooks == post
     assert {name for name, _ in graph.module_calls} == {
-        n for n, m in model.named_modules() if not isinstance(m, torch.nn.ModuleList)}
+        n for n, m in model.named_modules() if not isinstance(m, torch.nn.ModuleList)
+    }
 
 
 def test_a_module_made_inside_the_forward_is_not_a_scope():

@@ -11,9 +11,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from helpers import BACKENDS, assert_same_state, prune_and_check, state_of
 from depgraph_ext.prune.importance import unit_scores
 from depgraph_ext.prune.select import Selection, select
+from helpers import BACKENDS, assert_same_state, prune_and_check, state_of
 
 
 class Chain(nn.Module):
@@ -85,8 +85,14 @@ def test_max_ratio_caps_every_group_in_global_pruning():
         m.l2.weight.mul_(1e-4)
         m.l2.bias.mul_(1e-4)
         m.l3.weight.mul_(1e-4)
-    dx.prune(m, X, ratio=0.3, global_pruning=True, max_ratio=0.5,
-             importance=dx.MagnitudeImportance(2, normalization=None))
+    dx.prune(
+        m,
+        X,
+        ratio=0.3,
+        global_pruning=True,
+        max_ratio=0.5,
+        importance=dx.MagnitudeImportance(2, normalization=None),
+    )
     assert m.l2.out_features == 4  # without the cap l2 would lose 7 of 8
     assert sum(widths(m)) == 36 - int(0.3 * 36)
 
@@ -221,16 +227,19 @@ def test_unreachable_target_is_refused_and_model_untouched():
     assert_same_state(before, state_of(m))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(ratio=0.5, target_params=0.5), "either ratio or"),
-    (dict(target_params=1.5), "fraction of the original"),
-    (dict(target_macs=-3), "positive count"),
-    (dict(iterative_steps=0), "iterative_steps"),
-    (dict(max_ratio=1.5), "max_ratio"),
-    (dict(min_units=0), "min_units"),
-    (dict(global_pruning="yes"), "global_pruning"),
-    (dict(optimizer="adam"), "optimizer must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(ratio=0.5, target_params=0.5), "either ratio or"),
+        (dict(target_params=1.5), "fraction of the original"),
+        (dict(target_macs=-3), "positive count"),
+        (dict(iterative_steps=0), "iterative_steps"),
+        (dict(max_ratio=1.5), "max_ratio"),
+        (dict(min_units=0), "min_units"),
+        (dict(global_pruning="yes"), "global_pruning"),
+        (dict(optimizer="adam"), "optimizer must be"),
+    ],
+)
 def test_bad_selection_arguments_are_refused(kwargs, match):
     m = make_chain()
     before = state_of(m)
@@ -241,9 +250,14 @@ def test_bad_selection_arguments_are_refused(kwargs, match):
 
 # -- MACs ----------------------------------------------------------------------------------------
 def test_macs_of_convs_linears_and_grouped_convs():
-    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3, groups=2),
-                      nn.ConvTranspose2d(4, 6, 2, stride=2), nn.Flatten(),
-                      nn.Linear(6 * 8 * 8, 10))
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, groups=2),
+        nn.ConvTranspose2d(4, 6, 2, stride=2),
+        nn.Flatten(),
+        nn.Linear(6 * 8 * 8, 10),
+    )
     params, macs = dx.count_params_and_macs(m, torch.randn(2, 3, 8, 8))
     expected = 2 * (6 * 6 * 8 * 3 * 9 + 4 * 4 * 4 * 4 * 9 + 4 * 4 * 4 * 6 * 4 + 384 * 10)
     assert macs == expected
@@ -253,8 +267,14 @@ def test_macs_of_convs_linears_and_grouped_convs():
 def test_macs_count_attention_matmuls():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
     model = LlamaForCausalLM(cfg).eval()
     tokens = 7
     _, macs = dx.count_params_and_macs(model, torch.randint(0, 100, (1, tokens)))
@@ -283,8 +303,14 @@ def test_count_does_not_copy_or_change_the_model():
 def test_predicted_macs_equal_the_pruned_models_count():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 100, (1, 7))
@@ -320,8 +346,14 @@ def test_summary_lists_layer_params_units_per_kind_and_macs():
 def small_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval(), torch.randint(0, 100, (1, 7))
 
@@ -372,12 +404,15 @@ def test_a_kind_of_ratio_zero_is_not_read_for_scoring(monkeypatch):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("kwargs", [
-    dict(ratio=0.5, ratios={"hidden": 0.0}),
-    dict(ratio=0.4, ratios={"hidden": 0.0, "model.layers.1": 0.0}, global_pruning=True),
-    dict(ratios={"hidden": 0.0, "heads": 0.0}, target_params=0.8),
-    dict(ratio=0.5, ratios={"hidden": 0.0}, iterative_steps=2),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(ratio=0.5, ratios={"hidden": 0.0}),
+        dict(ratio=0.4, ratios={"hidden": 0.0, "model.layers.1": 0.0}, global_pruning=True),
+        dict(ratios={"hidden": 0.0, "heads": 0.0}, target_params=0.8),
+        dict(ratio=0.5, ratios={"hidden": 0.0}, iterative_steps=2),
+    ],
+)
 def test_skipping_unshrinkable_groups_changes_no_result(monkeypatch, backend, kwargs):
     from depgraph_ext.graph.dependency import DependencyGraph
 
@@ -389,8 +424,9 @@ def test_skipping_unshrinkable_groups_changes_no_result(monkeypatch, backend, kw
         dx.prune(reference, ids, backend=backend, **kwargs)
     ours, theirs = model.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys()
-    assert any(ours[k].shape != v.shape for k, v in copy.deepcopy(small_llama()[0]).state_dict(
-    ).items())  # something was pruned
+    assert any(
+        ours[k].shape != v.shape for k, v in copy.deepcopy(small_llama()[0]).state_dict().items()
+    )  # something was pruned
     for name, value in theirs.items():
         assert torch.equal(ours[name], value), name
 
@@ -407,9 +443,15 @@ def test_planned_costs_match_the_counts_of_the_pruned_model_with_tied_weights():
     from depgraph_ext.prune.pruner import apply_step
     from depgraph_ext.prune.validate import checked_plan
 
-    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight

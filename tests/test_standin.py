@@ -16,9 +16,9 @@ from test_recurrent import BiGRUClassifier, WordLM
 from torch import nn
 
 import depgraph_ext as dx
-from helpers import prune_and_check
 from depgraph_ext.graph import trace as tr
 from depgraph_ext.graph.walk import ModelWalk
+from helpers import prune_and_check
 from nets import DenseNet, ResNeXt, randomize_norms
 
 T = pytest.importorskip("transformers")
@@ -43,10 +43,19 @@ def without_device(x):
 
 
 def everything(g: tr.OpGraph):
-    return ([(v.shape, v.dtype, v.kind, v.name, v.producer) for v in g.values],
-            [(n.op, n.module, without_device(n.args), without_device(n.kwargs), n.inputs,
-              n.outputs) for n in g.nodes],
-            g.params, g.buffers, g.aliases, g.inputs, g.outputs, g.module_calls)
+    return (
+        [(v.shape, v.dtype, v.kind, v.name, v.producer) for v in g.values],
+        [
+            (n.op, n.module, without_device(n.args), without_device(n.kwargs), n.inputs, n.outputs)
+            for n in g.nodes
+        ],
+        g.params,
+        g.buffers,
+        g.aliases,
+        g.inputs,
+        g.outputs,
+        g.module_calls,
+    )
 
 
 class Constants(nn.Module):
@@ -73,8 +82,14 @@ class DeviceBranches(nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.a(x))
-        cpu = (y.device.type == "cpu" and y.is_cpu and not y.is_meta and y.get_device() == -1
-               and str(y.device) == "cpu" and y.type() == "torch.FloatTensor")
+        cpu = (
+            y.device.type == "cpu"
+            and y.is_cpu
+            and not y.is_meta
+            and y.get_device() == -1
+            and str(y.device) == "cpu"
+            and y.type() == "torch.FloatTensor"
+        )
         y = y * 2 if cpu else y.reshape(-1, 2, 4).flip(1).reshape(-1, 8)
         return self.b(y)
 
@@ -96,9 +111,16 @@ class Norms(nn.Module):
         tconv = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1]
         bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
         inorm = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1]
-        self.body = nn.Sequential(conv(3, 8, 3, padding=1), bn(8), nn.ReLU(),
-                                  tconv(8, 6, 3, groups=2), inorm(6, affine=True),
-                                  nn.GroupNorm(3, 6), nn.PReLU(6), conv(6, 4, 1))
+        self.body = nn.Sequential(
+            conv(3, 8, 3, padding=1),
+            bn(8),
+            nn.ReLU(),
+            tconv(8, 6, 3, groups=2),
+            inorm(6, affine=True),
+            nn.GroupNorm(3, 6),
+            nn.PReLU(6),
+            conv(6, 4, 1),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -107,8 +129,13 @@ class Norms(nn.Module):
 class Shuffles(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.PixelShuffle(2), nn.Conv2d(2, 4, 1),
-                                  nn.ChannelShuffle(2), nn.Conv2d(4, 2, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.PixelShuffle(2),
+            nn.Conv2d(2, 4, 1),
+            nn.ChannelShuffle(2),
+            nn.Conv2d(4, 2, 1),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -137,12 +164,18 @@ class SquareNet(nn.Module):
 
 
 MODELS = {
-    **{name: (lambda f=f: build(f), lambda name=name: inputs_for(name))
-       for name, (f, _) in ALL.items()},
-    "resnet50": (lambda: T.ResNetForImageClassification(T.ResNetConfig()).double().eval(),
-                 lambda: rand(2, 3, 64, 64)),
-    "mobilenet_v2": (lambda: T.MobileNetV2ForImageClassification(
-        T.MobileNetV2Config()).double().eval(), lambda: rand(2, 3, 64, 64)),
+    **{
+        name: (lambda f=f: build(f), lambda name=name: inputs_for(name))
+        for name, (f, _) in ALL.items()
+    },
+    "resnet50": (
+        lambda: T.ResNetForImageClassification(T.ResNetConfig()).double().eval(),
+        lambda: rand(2, 3, 64, 64),
+    ),
+    "mobilenet_v2": (
+        lambda: T.MobileNetV2ForImageClassification(T.MobileNetV2Config()).double().eval(),
+        lambda: rand(2, 3, 64, 64),
+    ),
     "densenet": (lambda: DenseNet().double().eval(), lambda: rand(2, 3, 32, 32)),
     "resnext": (lambda: ResNeXt().double().eval(), lambda: rand(2, 3, 32, 32)),
     "dgcnn": (lambda: DGCNN().double().eval(), lambda: rand(2, 3, 32)),
@@ -150,15 +183,18 @@ MODELS = {
     "bi_gru": (lambda: BiGRUClassifier().double().eval(), lambda: rand(5, 3, 10)),
     "rnn_and_projected_lstm": (lambda: Recurrent().double().eval(), lambda: rand(5, 3, 6)),
     "lstm_lm_fp32": (lambda: WordLM().eval(), lambda: WORDS),  # the fused CPU layer
-    **{f"norms_{d}d": (lambda d=d: Norms(d).double().eval(), lambda d=d: rand(2, 3, *[6] * d))
-       for d in (1, 2, 3)},
+    **{
+        f"norms_{d}d": (lambda d=d: Norms(d).double().eval(), lambda d=d: rand(2, 3, *[6] * d))
+        for d in (1, 2, 3)
+    },
     "shuffles": (lambda: Shuffles().double().eval(), lambda: rand(2, 3, 8, 8)),
-    "tokens": (lambda: Tokens().double().eval(),
-               lambda: (rand(6, 4), torch.tensor([5, 0, 3, 3]))),
+    "tokens": (lambda: Tokens().double().eval(), lambda: (rand(6, 4), torch.tensor([5, 0, 3, 3]))),
     "reshaped": (lambda: Reshaped().double().eval(), lambda: rand(6, 4)),
     "autograd_function": (lambda: SquareNet().double().eval(), lambda: rand(4, 3)),
-    "attention": (lambda: Attention().double().eval(),
-                  lambda: torch.randint(0, 10, (2, 5), generator=torch.Generator())),
+    "attention": (
+        lambda: Attention().double().eval(),
+        lambda: torch.randint(0, 10, (2, 5), generator=torch.Generator()),
+    ),
     "constants": (lambda: Constants().eval(), lambda: rand(3, 4, dtype=torch.float32)),
     "device_branches": (lambda: DeviceBranches().eval(), lambda: rand(5, 6, dtype=torch.float32)),
 }
@@ -180,46 +216,99 @@ def test_meta_trace_records_what_a_fake_trace_records(name):
         assert "aten.mkldnn_rnn_layer.default" in {str(n.op) for n in meta.nodes}
     if name.startswith(("llama", "qwen", "mistral")):  # the CPU's fused attention, grouped
         assert "aten._scaled_dot_product_flash_attention_for_cpu.default" in {
-            str(n.op) for n in meta.nodes}
+            str(n.op) for n in meta.nodes
+        }
 
 
-SMALL = dict(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2)
+SMALL = dict(
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
 IDS = {"input_ids": torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(1))}
 PIXELS = {"pixel_values": rand(1, 3, 32, 32, dtype=torch.float32)}
 MORE = {  # more transformers architectures, float32 as loaded
     "gemma": (lambda: T.GemmaForCausalLM(T.GemmaConfig(**SMALL, head_dim=16)), IDS),
     "gemma2": (lambda: T.Gemma2ForCausalLM(T.Gemma2Config(**SMALL, head_dim=16)), IDS),
     "phi3": (lambda: T.Phi3ForCausalLM(T.Phi3Config(**SMALL, pad_token_id=0)), IDS),
-    "falcon": (lambda: T.FalconForCausalLM(T.FalconConfig(
-        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)), IDS),
-    "gpt_neox": (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(
-        vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4)), IDS),
-    "t5": (lambda: T.T5ForConditionalGeneration(T.T5Config(
-        vocab_size=100, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4)),
-        dict(IDS, decoder_input_ids=IDS["input_ids"][:, :5])),
-    "convnext": (lambda: T.ConvNextForImageClassification(T.ConvNextConfig(
-        hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=5)), PIXELS),
-    "deit": (lambda: T.DeiTForImageClassification(T.DeiTConfig(
-        image_size=32, patch_size=8, hidden_size=64, intermediate_size=96,
-        num_hidden_layers=2, num_attention_heads=4, num_labels=5)), PIXELS),
-    "distilbert": (lambda: T.DistilBertForMaskedLM(T.DistilBertConfig(
-        vocab_size=100, dim=64, hidden_dim=96, n_layers=2, n_heads=4)), IDS),
+    "falcon": (
+        lambda: T.FalconForCausalLM(
+            T.FalconConfig(
+                vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4
+            )
+        ),
+        IDS,
+    ),
+    "gpt_neox": (
+        lambda: T.GPTNeoXForCausalLM(
+            T.GPTNeoXConfig(
+                vocab_size=100,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            )
+        ),
+        IDS,
+    ),
+    "t5": (
+        lambda: T.T5ForConditionalGeneration(
+            T.T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_heads=4)
+        ),
+        dict(IDS, decoder_input_ids=IDS["input_ids"][:, :5]),
+    ),
+    "convnext": (
+        lambda: T.ConvNextForImageClassification(
+            T.ConvNextConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=5)
+        ),
+        PIXELS,
+    ),
+    "deit": (
+        lambda: T.DeiTForImageClassification(
+            T.DeiTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_labels=5,
+            )
+        ),
+        PIXELS,
+    ),
+    "distilbert": (
+        lambda: T.DistilBertForMaskedLM(
+            T.DistilBertConfig(vocab_size=100, dim=64, hidden_dim=96, n_layers=2, n_heads=4)
+        ),
+        IDS,
+    ),
 }
 
 
 def without_lifts(g: tr.OpGraph):
     """Ops, modules and result shapes, leaving out ``lift_fresh`` (the identity that lifts a
     constant into a trace: Python indexing by a list lifts its index on fake tensors only)."""
-    return [(n.op, n.module, [g.values[v].shape for v in n.outputs]) for n in g.nodes
-            if n.op is not torch.ops.aten.lift_fresh.default]
+    return [
+        (n.op, n.module, [g.values[v].shape for v in n.outputs])
+        for n in g.nodes
+        if n.op is not torch.ops.aten.lift_fresh.default
+    ]
 
 
 def groups_of(dg):
-    return [(g.kind, g.num_units, g.num_prunable,
-             sorted((m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members))
-            for g in dg.groups]
+    return [
+        (
+            g.kind,
+            g.num_units,
+            g.num_prunable,
+            sorted((m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members),
+        )
+        for g in dg.groups
+    ]
 
 
 @pytest.mark.parametrize("name", list(MORE))
@@ -247,13 +336,23 @@ def test_more_architectures_same_ops_and_groups(name, monkeypatch):
 def test_meta_trace_shapes_only_and_pruned_shapes():
     """The validation's trace (pruned shapes, shapes only) records what a fake one records."""
     model = build(ALL["llama_8_2"][0])
-    shapes = {f"model.layers.{i}.mlp.{p}_proj.weight": s for i in range(2)
-              for p, s in (("up", (40, 64)), ("gate", (40, 64)), ("down", (64, 40)))}
+    shapes = {
+        f"model.layers.{i}.mlp.{p}_proj.weight": s
+        for i in range(2)
+        for p, s in (("up", (40, 64)), ("gate", (40, 64)), ("down", (64, 40)))
+    }
     walk = ModelWalk.of(model)
-    meta, fake = (tr.trace_as(model, inputs_for("llama_8_2"), mode, shapes=shapes, walk=walk,
-                              shapes_only=True) for mode in ("meta", "fake"))
-    assert (meta.ops, meta.module_calls, meta.outputs) == (fake.ops, fake.module_calls,
-                                                          fake.outputs)
+    meta, fake = (
+        tr.trace_as(
+            model, inputs_for("llama_8_2"), mode, shapes=shapes, walk=walk, shapes_only=True
+        )
+        for mode in ("meta", "fake")
+    )
+    assert (meta.ops, meta.module_calls, meta.outputs) == (
+        fake.ops,
+        fake.module_calls,
+        fake.outputs,
+    )
     assert ("model.layers.1.mlp", [(2, 12, 64)]) in meta.module_calls
 
 
@@ -322,7 +421,8 @@ def test_pruning_through_meta_traces(monkeypatch, name):
     assert on_meta.plan.keys() == on_fake.plan.keys()
     for tensor, dims in on_meta.plan.items():
         assert {d: k.tolist() for d, k in dims.items()} == {
-            d: k.tolist() for d, k in on_fake.plan[tensor].items()}
+            d: k.tolist() for d, k in on_fake.plan[tensor].items()
+        }
 
 
 def test_remembered_meta_results_are_the_kernels_results():

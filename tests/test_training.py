@@ -22,11 +22,14 @@ def _train(model, opt, steps=3):
         opt.step()
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
-    lambda ps: torch.optim.Adam(ps, lr=1e-3),
-    lambda ps: torch.optim.AdamW(ps, lr=1e-3, amsgrad=True),
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9),
+        lambda ps: torch.optim.Adam(ps, lr=1e-3),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-3, amsgrad=True),
+    ],
+)
 def test_optimizer_state_and_grads_are_sliced_with_the_weights(make_opt):
     model = make_net().train()
     opt = make_opt(model.parameters())

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from helpers import BACKENDS, prune_and_check
 from depgraph_ext.testing import outputs_of
+from helpers import BACKENDS, prune_and_check
 
 T = pytest.importorskip("transformers")
 
@@ -21,34 +21,125 @@ PIXELS = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generato
 
 # name -> (factory, inputs, class that reloads it, whether head pruning is expressible)
 LLMS = {
-    "llama_8_2": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2)), True),
-    "qwen2_24_8": (lambda: T.Qwen2ForCausalLM(T.Qwen2Config(
-        vocab_size=128, hidden_size=192, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=24, num_key_value_heads=8)), True),
-    "qwen3_28_4": (lambda: T.Qwen3ForCausalLM(T.Qwen3Config(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=28, num_key_value_heads=4, head_dim=8)), True),
-    "mistral_8_2": (lambda: T.MistralForCausalLM(T.MistralConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2)), True),
-    "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(
-        vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)), False),
-    "opt": (lambda: T.OPTForCausalLM(T.OPTConfig(
-        vocab_size=128, hidden_size=64, ffn_dim=96, num_hidden_layers=2, num_attention_heads=4,
-        word_embed_proj_dim=64, bos_token_id=0, eos_token_id=0, pad_token_id=1)), False),
-    "bert": (lambda: T.BertForMaskedLM(T.BertConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4)), False),
+    "llama_8_2": (
+        lambda: T.LlamaForCausalLM(
+            T.LlamaConfig(
+                vocab_size=128,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+            )
+        ),
+        True,
+    ),
+    "qwen2_24_8": (
+        lambda: T.Qwen2ForCausalLM(
+            T.Qwen2Config(
+                vocab_size=128,
+                hidden_size=192,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=24,
+                num_key_value_heads=8,
+            )
+        ),
+        True,
+    ),
+    "qwen3_28_4": (
+        lambda: T.Qwen3ForCausalLM(
+            T.Qwen3Config(
+                vocab_size=128,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=28,
+                num_key_value_heads=4,
+                head_dim=8,
+            )
+        ),
+        True,
+    ),
+    "mistral_8_2": (
+        lambda: T.MistralForCausalLM(
+            T.MistralConfig(
+                vocab_size=128,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+            )
+        ),
+        True,
+    ),
+    "gpt2": (
+        lambda: T.GPT2LMHeadModel(
+            T.GPT2Config(
+                vocab_size=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+            )
+        ),
+        False,
+    ),
+    "opt": (
+        lambda: T.OPTForCausalLM(
+            T.OPTConfig(
+                vocab_size=128,
+                hidden_size=64,
+                ffn_dim=96,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                word_embed_proj_dim=64,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=1,
+            )
+        ),
+        False,
+    ),
+    "bert": (
+        lambda: T.BertForMaskedLM(
+            T.BertConfig(
+                vocab_size=128,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            )
+        ),
+        False,
+    ),
 }
 VISION = {
-    "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(
-        image_size=32, patch_size=8, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_labels=5)), True),
-    "swin": (lambda: T.SwinForImageClassification(T.SwinConfig(
-        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4],
-        window_size=4, num_labels=5)), False),
+    "vit": (
+        lambda: T.ViTForImageClassification(
+            T.ViTConfig(
+                image_size=32,
+                patch_size=8,
+                hidden_size=64,
+                intermediate_size=96,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_labels=5,
+            )
+        ),
+        True,
+    ),
+    "swin": (
+        lambda: T.SwinForImageClassification(
+            T.SwinConfig(
+                image_size=32,
+                patch_size=4,
+                embed_dim=16,
+                depths=[2, 2],
+                num_heads=[2, 4],
+                window_size=4,
+                num_labels=5,
+            )
+        ),
+        False,
+    ),
 }
 
 
@@ -73,10 +164,13 @@ def reload_and_compare(model, inputs, tmp_path):
 
 
 def heads_of(model):
-    return [m for m in model.modules() if any(hasattr(m, a) for a in
-            ("num_heads", "num_attention_heads", "n_head")) and hasattr(m, "forward")
-            and any(isinstance(c, nn.Linear) or type(c).__name__ == "Conv1D"
-                    for c in m.children())]
+    return [
+        m
+        for m in model.modules()
+        if any(hasattr(m, a) for a in ("num_heads", "num_attention_heads", "n_head"))
+        and hasattr(m, "forward")
+        and any(isinstance(c, nn.Linear) or type(c).__name__ == "Conv1D" for c in m.children())
+    ]
 
 
 ALL = {**LLMS, **VISION}
@@ -89,14 +183,15 @@ def test_heads_and_mlp_scatter_back_oracle(name):
     inputs = inputs_for(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
-        pruned, result = prune_and_check(model, inputs, ratio=0.5,
-                                         ratios={"heads": 0.5, "hidden": 0.0})
+        pruned, result = prune_and_check(
+            model, inputs, ratio=0.5, ratios={"heads": 0.5, "hidden": 0.0}
+        )
     before = dx.DependencyGraph(build(factory), inputs)
     after = dx.DependencyGraph(pruned, inputs)
     assert {g.kind for g in before.groups} >= {"heads", "channels"}
 
     def kv_heads(dg):  # key/value heads of every attention call, as traced
-        sizes = dg.coupling_model.couplings.slot_sizes
+        sizes = dg.slot_sizes
         return [int(sizes[c.kv_heads]) for c in dg.coupling_model.attention]
 
     assert kv_heads(after) == [n - n // 2 for n in kv_heads(before)]
@@ -109,17 +204,23 @@ def test_heads_mlp_and_hidden_reload(name, tmp_path):
     model = build(factory)
     inputs = inputs_for(name)
     original_config = copy.deepcopy(model.config)
-    pruned, result = prune_and_check(model, inputs, ratio=0.5, oracle=False,
-                                     ratios={"heads": 0.5, "hidden": 0.25},
-                                     require_loadable=True)
+    pruned, result = prune_and_check(
+        model,
+        inputs,
+        ratio=0.5,
+        oracle=False,
+        ratios={"heads": 0.5, "hidden": 0.25},
+        require_loadable=True,
+    )
     cfg, old = pruned.config, original_config
     if hasattr(old, "num_key_value_heads"):
         assert cfg.num_key_value_heads == old.num_key_value_heads // 2
     assert cfg.num_attention_heads == old.num_attention_heads // 2
     assert cfg.hidden_size == old.hidden_size - old.hidden_size // 4
     assert cfg.intermediate_size == old.intermediate_size // 2
-    assert cfg.head_dim == (getattr(old, "head_dim", None)
-                            or old.hidden_size // old.num_attention_heads)
+    assert cfg.head_dim == (
+        getattr(old, "head_dim", None) or old.hidden_size // old.num_attention_heads
+    )
     reload_and_compare(pruned, inputs, tmp_path)
 
 
@@ -136,17 +237,21 @@ def test_models_whose_config_derives_head_dim(name, tmp_path):
     with pytest.raises(dx.PruningError, match="cannot express"):
         dx.prune(model, inputs, ratio=0.5, ratios={"hidden": 0.0}, require_loadable=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    pruned, result = prune_and_check(model, inputs, ratio=0.5,
-                                     ratios={"heads": 0.0, "hidden": 0.0},
-                                     require_loadable=True)
+    pruned, result = prune_and_check(
+        model, inputs, ratio=0.5, ratios={"heads": 0.0, "hidden": 0.0}, require_loadable=True
+    )
     reload_and_compare(pruned, inputs, tmp_path)
 
 
 def test_gqa_unit_is_a_kv_head_with_its_query_heads():
     model = build(LLMS["qwen3_28_4"][0])
     dg = dx.DependencyGraph(model, {"input_ids": IDS})
-    [heads] = [g for g in dg.groups if g.kind == "heads" and any(
-        m.name == "model.layers.0.self_attn.q_proj.weight" for m in g.members)]
+    [heads] = [
+        g
+        for g in dg.groups
+        if g.kind == "heads"
+        and any(m.name == "model.layers.0.self_attn.q_proj.weight" for m in g.members)
+    ]
     assert heads.num_units == 4  # key/value heads
     q = next(m for m in heads.members if m.name == "model.layers.0.self_attn.q_proj.weight")
     k = next(m for m in heads.members if m.name == "model.layers.0.self_attn.k_proj.weight")
@@ -159,9 +264,15 @@ def test_gqa_unit_is_a_kv_head_with_its_query_heads():
 
 
 def test_rotary_rotate_half_closes_and_tied_embeddings(backend):
-    config = T.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                           tie_word_embeddings=True)
+    config = T.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    )
     model = build(lambda: T.LlamaForCausalLM(config))
     assert model.lm_head.weight is model.model.embed_tokens.weight
     dg = dx.DependencyGraph(model, {"input_ids": IDS}, backend=backend)
@@ -202,7 +313,7 @@ class Attention(nn.Module):
     def __init__(self, dim, num_heads):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv, self.proj = nn.Linear(dim, dim * 3), nn.Linear(dim, dim)
 
     def forward(self, x):
@@ -237,21 +348,32 @@ def test_timm_style_vit_heads_mlp_and_hidden():
 
 
 def test_llama_3_8b_shape_traces_on_meta_without_weights():
-    config = T.LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                           num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=8)
+    config = T.LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+    )
     with torch.device("meta"):
         model = T.LlamaForCausalLM(config)
     dg = dx.DependencyGraph(model, {"input_ids": torch.randint(0, 128256, (1, 16))})
     kinds = [g.kind for g in dg.groups]
     assert kinds.count("hidden") == 1 and kinds.count("channels") == 2
-    kv = [g for g in dg.groups if any(m.name.endswith("layers.0.self_attn.k_proj.weight")
-                                      and m.dim == 0 for m in g.members)]
+    kv = [
+        g
+        for g in dg.groups
+        if any(
+            m.name.endswith("layers.0.self_attn.k_proj.weight") and m.dim == 0 for m in g.members
+        )
+    ]
     assert [g.kind for g in kv] == ["heads"] and kv[0].num_units == 8
     assert BACKENDS  # both backends agree on this graph too
     if len(BACKENDS) == 2:
         from depgraph_ext.graph.resolve import resolutions_equal, resolve
 
-        py = resolve(dg.coupling_model.couplings, "python")
+        py = resolve(dg.couplings, "python")
         assert resolutions_equal(py, dg.resolution)
 
 
@@ -304,8 +426,13 @@ def test_hidden_pruning_runs_with_parity(name):
     factory, _ = ALL[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
-        pruned, result = prune_and_check(build(factory), inputs_for(name), ratio=0.25,
-                                         oracle=False, ratios={"heads": 0.0, "channels": 0.0})
+        pruned, result = prune_and_check(
+            build(factory),
+            inputs_for(name),
+            ratio=0.25,
+            oracle=False,
+            ratios={"heads": 0.0, "channels": 0.0},
+        )
     assert result.params_after < result.params_before
     assert pruned(**inputs_for(name)) is not None
 
@@ -318,9 +445,15 @@ def test_config_check_reads_the_state_dicts_entries():
 
     from depgraph_ext.prune.configs import state_shapes
 
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, vocab_size=50,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=50,
+        tie_word_embeddings=True,
+    )
     extra = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     for model in (LlamaForCausalLM(cfg), extra):
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

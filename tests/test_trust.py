@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from helpers import assert_same_state, state_of
 from depgraph_ext.testing import outputs_of
+from helpers import assert_same_state, state_of
 from nets import ResNeXt, randomize_norms
 
 X = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -52,8 +52,14 @@ def test_saved_plan_replays_bit_for_bit(tmp_path):
 
 def test_saved_plan_replays_a_transformers_config(tmp_path):
     T = pytest.importorskip("transformers")
-    config = T.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    config = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     original = T.LlamaForCausalLM(config).double().eval()
     ids = {"input_ids": torch.randint(0, 64, (1, 6))}
@@ -111,9 +117,14 @@ def test_dot_export_lists_every_group_and_member(tmp_path):
         assert "<svg" in svg and "blocks.0.conv1.weight" in svg
 
 
-@pytest.mark.parametrize("ratios, match", [({"attention": 0.5}, "neither group kinds"),
-                                           ({"heads": 1.5}, r"ratios\['heads'\]"),
-                                           ([0.5], "must be a dict")])
+@pytest.mark.parametrize(
+    "ratios, match",
+    [
+        ({"attention": 0.5}, "neither group kinds"),
+        ({"heads": 1.5}, r"ratios\['heads'\]"),
+        ([0.5], "must be a dict"),
+    ],
+)
 def test_bad_per_kind_ratios(ratios, match):
     model = resnext()
     before = state_of(model)
@@ -205,5 +216,6 @@ def test_in_place_mode_matches_the_default():
     ra = dx.prune(a, X, ratio=0.5)
     rb = dx.prune(b, X, ratio=0.5, in_place=True)
     assert {k: {d: v.tolist() for d, v in dims.items()} for k, dims in ra.plan.items()} == {
-        k: {d: v.tolist() for d, v in dims.items()} for k, dims in rb.plan.items()}
+        k: {d: v.tolist() for d, v in dims.items()} for k, dims in rb.plan.items()
+    }
     assert_same_model(a, b, X)

@@ -37,8 +37,9 @@ class CouplingModel:
     attention: list[AttentionCall]
 
 
-def build_couplings(graph: OpGraph, ignored: set[str], strict: bool,
-                    hidden_tensors: list[str] = ()) -> CouplingModel:
+def build_couplings(
+    graph: OpGraph, ignored: set[str], strict: bool, hidden_tensors: list[str] = ()
+) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
     ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights)."""
@@ -90,7 +91,12 @@ def build_couplings(graph: OpGraph, ignored: set[str], strict: bool,
     query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
     query += [slot for _, _, slot in ctx.attr_slots]
     query += [slot for slot, _ in ctx.kind_slots]
-    query += [s for call in ctx.attention
-              for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim) if s >= 0]
-    return CouplingModel(builder.build(query), ctx.value_slots, ctx.attr_slots, opaque,
-                         ctx.kind_slots, ctx.attention)
+    query += [
+        s
+        for call in ctx.attention
+        for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim)
+        if s >= 0
+    ]
+    return CouplingModel(
+        builder.build(query), ctx.value_slots, ctx.attr_slots, opaque, ctx.kind_slots, ctx.attention
+    )

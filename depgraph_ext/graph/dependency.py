@@ -51,9 +51,15 @@ class Group:
     pruning need only the units, and listing the members of every group costs a Llama-7B-sized
     graph a quarter of a second."""
 
-    def __init__(self, index: int, unit_ids: np.ndarray, prunable: np.ndarray,
-                 members: list[Member] | None = None, kind: str = "channels",
-                 list_members=None) -> None:
+    def __init__(
+        self,
+        index: int,
+        unit_ids: np.ndarray,
+        prunable: np.ndarray,
+        members: list[Member] | None = None,
+        kind: str = "channels",
+        list_members=None,
+    ) -> None:
         self.index = index
         self.unit_ids = unit_ids  # global unit ids, group-local unit i is unit_ids[i]
         self.prunable = prunable  # bool per local unit
@@ -78,9 +84,11 @@ class Group:
     def __repr__(self) -> str:
         names = ", ".join(f"{m.name}[{m.dim}]" for m in self.members[:4])
         more = f" +{len(self.members) - 4}" if len(self.members) > 4 else ""
-        return (f"Group({self.index}, {self.kind}: {self.num_units} units, "
-                f"{self.num_prunable} prunable; "
-                f"{names}{more})")
+        return (
+            f"Group({self.index}, {self.kind}: {self.num_units} units, "
+            f"{self.num_prunable} prunable; "
+            f"{names}{more})"
+        )
 
 
 @dataclass
@@ -115,9 +123,17 @@ class DependencyGraph:
     applied), :meth:`check_fresh` refuses it.
     """
 
-    def __init__(self, model: torch.nn.Module, example_inputs, *, ignore=(), strict=False,
-                 backend: str | None = None, progress: bool | None = None,
-                 meta_stands_for="cpu") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        example_inputs,
+        *,
+        ignore=(),
+        strict=False,
+        backend: str | None = None,
+        progress: bool | None = None,
+        meta_stands_for="cpu",
+    ) -> None:
         self.model = model
         self.progress = as_progress(progress)
         self.example_inputs = example_inputs
@@ -127,14 +143,23 @@ class DependencyGraph:
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
-        self.graph = trace(model, example_inputs, progress=self.progress, walk=self.walk,
-                           meta_stands_for=self.meta_stands_for, meta_results=self.meta_results)
+        self.graph = trace(
+            model,
+            example_inputs,
+            progress=self.progress,
+            walk=self.walk,
+            meta_stands_for=self.meta_stands_for,
+            meta_results=self.meta_results,
+        )
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
         with paused_gc():
-            self.coupling_model = build_couplings(self.graph, self.ignored, strict,
-                                                  _norm_weights_of_stream(model, self.graph,
-                                                                          self.walk))
+            self.coupling_model = build_couplings(
+                self.graph,
+                self.ignored,
+                strict,
+                _norm_weights_of_stream(model, self.graph, self.walk),
+            )
         t2 = time.perf_counter()
         self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
         t3 = time.perf_counter()
@@ -151,7 +176,8 @@ class DependencyGraph:
         if self.__dict__.get("_frozen"):
             raise AttributeError(
                 f"a DependencyGraph does not change once built (tried to set {name!r}); "
-                "with_blocked() and scoring_only() give new graphs")
+                "with_blocked() and scoring_only() give new graphs"
+            )
         object.__setattr__(self, name, value)
 
     def _derived(self, **changes) -> DependencyGraph:
@@ -219,6 +245,11 @@ class DependencyGraph:
         return self.coupling_model.opaque
 
     @property
+    def couplings(self) -> Couplings:
+        """The couplings the rules emitted (and the slots validation blocked)."""
+        return self.coupling_model.couplings
+
+    @property
     def slot_sizes(self) -> np.ndarray:
         """int64[num slots]: the traced size of every slot."""
         return self.coupling_model.couplings.slot_sizes
@@ -243,8 +274,15 @@ class DependencyGraph:
         listing = functools.partial(_list_members, groups, ids, res, self.tensor_dims)
         for gid in ids:
             unit_ids = order[bounds[gid] : bounds[gid + 1]]
-            groups.append(Group(len(groups), unit_ids, self.unit_prunable[unit_ids],
-                                kind=KINDS[int(kind_of[gid])], list_members=listing))
+            groups.append(
+                Group(
+                    len(groups),
+                    unit_ids,
+                    self.unit_prunable[unit_ids],
+                    kind=KINDS[int(kind_of[gid])],
+                    list_members=listing,
+                )
+            )
         return groups
 
     # -- shapes --------------------------------------------------------------------------------
@@ -296,18 +334,28 @@ class DependencyGraph:
         every result's dims in order); what a shape trace of the pruned model is compared to."""
         slots = self.coupling_model.value_slots
         outputs = [vo for node in self.graph.nodes for vo in node.outputs]
-        return (np.array([len(n.outputs) for n in self.graph.nodes], dtype=np.int64),
-                np.array([len(slots[vo]) for vo in outputs], dtype=np.int64),
-                np.array([s for vo in outputs for s in slots[vo]], dtype=np.int64))
+        return (
+            np.array([len(n.outputs) for n in self.graph.nodes], dtype=np.int64),
+            np.array([len(slots[vo]) for vo in outputs], dtype=np.int64),
+            np.array([s for vo in outputs for s in slots[vo]], dtype=np.int64),
+        )
 
     def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan"):
         """A :class:`~depgraph_ext.graph.trace.ShapeTrace` of the model with the given
         parameter/buffer shapes (no weight is touched), traced as this graph was, so that its
         ops line up with the graph's."""
-        return trace(self.model, self.example_inputs, shapes=shapes, shapes_only=True,
-                     allow_meta=self.graph.mode != "fake", walk=self.walk,
-                     meta_stands_for=self.meta_stands_for, meta_results=self.meta_results,
-                     progress=self.progress, stage=stage)
+        return trace(
+            self.model,
+            self.example_inputs,
+            shapes=shapes,
+            shapes_only=True,
+            allow_meta=self.graph.mode != "fake",
+            walk=self.walk,
+            meta_stands_for=self.meta_stands_for,
+            meta_results=self.meta_results,
+            progress=self.progress,
+            stage=stage,
+        )
 
     # -- derived graphs ------------------------------------------------------------------------
     def scoring_only(self, groups: np.ndarray) -> DependencyGraph:
@@ -340,7 +388,8 @@ class DependencyGraph:
             coupling_model=dataclasses.replace(self.coupling_model, couplings=couplings),
             resolution=resolve(couplings, self.backend),
             extra_blocked=self.extra_blocked | frozenset(slots.tolist()),
-            timings=dict(self.timings))
+            timings=dict(self.timings),
+        )
         object.__setattr__(derived, "_frozen", False)
         derived._index()
         derived.timings["resolve"] += time.perf_counter() - t
@@ -371,8 +420,11 @@ class DependencyGraph:
         def quote(text: str) -> str:
             return '"' + text.replace('"', '\\"') + '"'  # "\n" in labels is a line break
 
-        lines = ["digraph dependency_graph {", "  rankdir=LR;",
-                 '  node [shape=box, fontname="monospace", fontsize=10];']
+        lines = [
+            "digraph dependency_graph {",
+            "  rankdir=LR;",
+            '  node [shape=box, fontname="monospace", fontsize=10];',
+        ]
         for g in self.groups[:max_groups]:
             lines.append(f"  subgraph cluster_{g.index} {{")
             label = f"group {g.index}: {g.kind}, {g.num_units} units, {g.num_prunable} prunable"
@@ -398,10 +450,13 @@ class DependencyGraph:
         fmt = fmt or path.suffix.lstrip(".") or "svg"
         dot = shutil.which("dot")
         if dot is None:
-            raise PruningError("rendering needs Graphviz's `dot` (apt-get install graphviz); "
-                               "to_dot() returns the graph as text without it")
-        subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups),
-                       text=True, check=True)
+            raise PruningError(
+                "rendering needs Graphviz's `dot` (apt-get install graphviz); "
+                "to_dot() returns the graph as text without it"
+            )
+        subprocess.run(
+            [dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups), text=True, check=True
+        )
         return path
 
 
@@ -429,8 +484,9 @@ def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None
                 continue
         elif isinstance(item, torch.Tensor):
             if id(item) not in by_id:
-                raise InvalidArgumentError("ignore: a tensor given is not a parameter or buffer "
-                                           "of the model")
+                raise InvalidArgumentError(
+                    "ignore: a tensor given is not a parameter or buffer of the model"
+                )
             out.add(by_id[id(item)])
         elif isinstance(item, str):
             if item in tensors or item in aliases:
@@ -453,8 +509,7 @@ def _module_tensors(module: torch.nn.Module):
     yield from module.named_buffers()
 
 
-def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph,
-                            walk: ModelWalk) -> list[str]:
+def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph, walk: ModelWalk) -> list[str]:
     """Weights of RMSNorm-style modules (built from primitive ops, so no op rule sees a norm)
     whose size is the model's hidden size: their dim is the residual stream."""
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
@@ -462,14 +517,21 @@ def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph,
     for name, m in walk.modules:
         if type(m).__name__.endswith("RMSNorm"):
             w = f"{name}.weight" if name else "weight"
-            if w in graph.params and len(graph.values[graph.params[w]].shape) == 1 and (
-                    hidden is None or graph.values[graph.params[w]].shape[0] == hidden):
+            if (
+                w in graph.params
+                and len(graph.values[graph.params[w]].shape) == 1
+                and (hidden is None or graph.values[graph.params[w]].shape[0] == hidden)
+            ):
                 out.append(w)
     return out
 
 
-def _list_members(groups: list[Group], group_ids: list[int], res: Resolution,
-                  tensor_dims: dict[str, list[TensorDim]]) -> None:
+def _list_members(
+    groups: list[Group],
+    group_ids: list[int],
+    res: Resolution,
+    tensor_dims: dict[str, list[TensorDim]],
+) -> None:
     """Fill in the members of every group of one resolution (see :class:`Group`)."""
     unit_groups = res.unit_groups
     members: dict[int, list[tuple]] = {}
@@ -484,7 +546,8 @@ def _list_members(groups: list[Group], group_ids: list[int], res: Resolution,
                 gids = unit_groups[units]
                 if gids[0] == gids[-1] and (gids == gids[0]).all():  # the common case
                     members.setdefault(int(gids[0]), []).append(
-                        (name, td.dim, np.arange(units.shape[0]), units))
+                        (name, td.dim, np.arange(units.shape[0]), units)
+                    )
                     continue
                 for gid in np.unique(gids):
                     sel = np.nonzero(gids == gid)[0]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
-from .couplings import Couplings, Resolution
 from ..errors import BackendUnavailableError, InvalidArgumentError
+from .couplings import Couplings, Resolution
 from .resolve_reference import resolve_reference
 
 try:
@@ -66,6 +66,13 @@ def resolve(couplings: Couplings, backend: str) -> Resolution:
 def resolutions_equal(a: Resolution, b: Resolution) -> bool:
     return all(
         np.array_equal(getattr(a, f), getattr(b, f))
-        for f in ("leaf_sizes", "slot_leaf_offsets", "slot_leaves", "leaf_unit_offsets",
-                  "elem_units", "unit_blocked", "unit_groups")
+        for f in (
+            "leaf_sizes",
+            "slot_leaf_offsets",
+            "slot_leaves",
+            "leaf_unit_offsets",
+            "elem_units",
+            "unit_blocked",
+            "unit_groups",
+        )
     )

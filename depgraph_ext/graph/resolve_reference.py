@@ -262,8 +262,10 @@ class _Resolver:
             if base is None:
                 n = atoms.size[a]
                 if n > MAX_ELEMENTS - len(elem_parent):
-                    raise ValueError(f"couplings: resolving them needs more than {MAX_ELEMENTS} "
-                                     "index elements; sizes this large are not tensor dims")
+                    raise ValueError(
+                        f"couplings: resolving them needs more than {MAX_ELEMENTS} "
+                        "index elements; sizes this large are not tensor dims"
+                    )
                 base = len(elem_parent)
                 elem_base[a] = base
                 elem_parent.extend(range(base, base + n))
@@ -381,6 +383,17 @@ _INT64_MAX = (1 << 63) - 1
 _KIND_NAMES = {int(k): k.name for k in CouplingKind}
 
 
+def _count(where: str, n: int, expected: int) -> None:
+    if n != expected:
+        raise ValueError(f"{where}takes {expected} operands, not {n}")
+
+
+def _slot(where: str, ops: list[int], i: int, sizes: list[int]) -> int:
+    if not 0 <= ops[i] < len(sizes):
+        raise ValueError(f"{where}slot {ops[i]} out of range [0, {len(sizes)})")
+    return sizes[ops[i]]
+
+
 def validate_couplings(c: Couplings) -> None:
     """Raise ValueError naming the first malformed array, coupling, slot or query slot (the
     checks, in order and word for word, of ``validate_couplings`` in csrc/core)."""
@@ -392,13 +405,17 @@ def validate_couplings(c: Couplings) -> None:
     offsets, data = c.offsets.tolist(), c.data.tolist()
     num_slots = len(sizes)
     if len(offsets) != len(kinds) + 1:
-        raise ValueError(f"couplings: offsets must have one entry more than kinds (got "
-                         f"{len(offsets)} for {len(kinds)} kinds)")
+        raise ValueError(
+            f"couplings: offsets must have one entry more than kinds (got "
+            f"{len(offsets)} for {len(kinds)} kinds)"
+        )
     if offsets[0] != 0:
         raise ValueError("couplings: offsets must start at 0")
     if offsets[-1] != len(data):
-        raise ValueError(f"couplings: the last offset ({offsets[-1]}) must equal the length of "
-                         f"data ({len(data)})")
+        raise ValueError(
+            f"couplings: the last offset ({offsets[-1]}) must equal the length of "
+            f"data ({len(data)})"
+        )
     for k in range(len(kinds)):
         if offsets[k + 1] < offsets[k]:
             raise ValueError(f"coupling {k}: offsets decrease")
@@ -412,19 +429,9 @@ def validate_couplings(c: Couplings) -> None:
         where = f"coupling {k} ({name}): "
         ops = data[offsets[k] : offsets[k + 1]]
         n = len(ops)
-
-        def count(expected: int) -> None:
-            if n != expected:
-                raise ValueError(f"{where}takes {expected} operands, not {n}")
-
-        def slot(i: int) -> int:
-            if not 0 <= ops[i] < num_slots:
-                raise ValueError(f"{where}slot {ops[i]} out of range [0, {num_slots})")
-            return sizes[ops[i]]
-
         if kind == _EQUAL:
-            count(2)
-            a, b = slot(0), slot(1)
+            _count(where, n, 2)
+            a, b = _slot(where, ops, 0, sizes), _slot(where, ops, 1, sizes)
             if a != b:
                 raise ValueError(f"{where}slots {ops[0]} and {ops[1]} have sizes {a} and {b}")
         elif kind == _RESHAPE:
@@ -432,7 +439,7 @@ def validate_couplings(c: Couplings) -> None:
                 raise ValueError(f"{where}operands must be n_in, n_in slots, n_out, n_out slots")
             n_in = ops[0]
             for i in [*range(1, n_in + 1), *range(n_in + 2, n)]:
-                slot(i)
+                _slot(where, ops, i, sizes)
             p_in = _product(sizes[s] for s in ops[1 : n_in + 1])
             p_out = _product(sizes[s] for s in ops[n_in + 2 :])
             if p_in > _INT64_MAX or p_out > _INT64_MAX:
@@ -440,25 +447,30 @@ def validate_couplings(c: Couplings) -> None:
             if p_in != p_out:
                 raise ValueError(f"{where}sizes multiply to {p_in} and {p_out}")
         elif kind == _CAT:
-            count(3)
-            whole, piece, offset = slot(0), slot(1), ops[2]
+            _count(where, n, 3)
+            whole, piece, offset = _slot(where, ops, 0, sizes), _slot(where, ops, 1, sizes), ops[2]
             if offset < 0 or offset + piece > whole:
-                raise ValueError(f"{where}a piece of size {piece} at offset {offset} does not "
-                                 f"fit a whole of size {whole}")
+                raise ValueError(
+                    f"{where}a piece of size {piece} at offset {offset} does not "
+                    f"fit a whole of size {whole}"
+                )
         elif kind == _SLICE:
-            count(4)
-            whole, piece, start, step = slot(0), slot(1), ops[2], ops[3]
+            _count(where, n, 4)
+            whole, piece = _slot(where, ops, 0, sizes), _slot(where, ops, 1, sizes)
+            start, step = ops[2], ops[3]
             if step < 1:
                 raise ValueError(f"{where}step {step} must be >= 1")
             last = start + step * (piece - 1)
             if start < 0 or (start > whole if piece == 0 else last >= whole):
-                raise ValueError(f"{where}a piece of size {piece} from {start} by step {step} "
-                                 f"does not fit a whole of size {whole}")
+                raise ValueError(
+                    f"{where}a piece of size {piece} from {start} by step {step} "
+                    f"does not fit a whole of size {whole}"
+                )
         else:  # BLOCK
             if n < 1:
                 raise ValueError(f"{where}takes at least 1 operand, not {n}")
             for i in range(n):
-                slot(i)
+                _slot(where, ops, i, sizes)
     for q, s in enumerate(c.query_slots.tolist()):
         if not 0 <= s < num_slots:
             raise ValueError(f"query {q}: slot {s} out of range [0, {num_slots})")

@@ -35,22 +35,27 @@ META = torch.device("meta")
 # whose CPU kernel returns empty saved statistics in eval mode where the meta kernel returns
 # full ones. (A torch function mode sees the outermost call only: ``F.batch_norm``, not the
 # ``torch.batch_norm`` inside it.)
-DEVICE_SENSITIVE = frozenset({
-    torch._C._nn.scaled_dot_product_attention,
-    torch._VF.lstm,
-    torch._VF.gru,
-    torch._VF.rnn_tanh,
-    torch._VF.rnn_relu,
-    torch.nn.functional.batch_norm,
-    torch.nn.functional.instance_norm,
-    torch.batch_norm,
-    torch.instance_norm,
-})
+DEVICE_SENSITIVE = frozenset(
+    {
+        torch._C._nn.scaled_dot_product_attention,
+        torch._VF.lstm,
+        torch._VF.gru,
+        torch._VF.rnn_tanh,
+        torch._VF.rnn_relu,
+        torch.nn.functional.batch_norm,
+        torch.nn.functional.instance_norm,
+        torch.batch_norm,
+        torch.instance_norm,
+    }
+)
 
 # Modules whose Python code takes a fused path only when no torch function mode is active
 # (``has_torch_function``): a model with one is traced on fake tensors instead.
-FUSED_PATH_MODULES = (torch.nn.MultiheadAttention, torch.nn.TransformerEncoderLayer,
-                      torch.nn.TransformerEncoder)
+FUSED_PATH_MODULES = (
+    torch.nn.MultiheadAttention,
+    torch.nn.TransformerEncoderLayer,
+    torch.nn.TransformerEncoder,
+)
 
 _DEVICE = torch.Tensor.device.__get__
 _IS_CPU = torch.Tensor.is_cpu.__get__
@@ -152,8 +157,11 @@ def _is_stand_in(x: Any, device: torch.device) -> bool:
             x = torch.device(x)
         except RuntimeError:
             return False
-    return isinstance(x, torch.device) and x.type == device.type and (
-        x.index is None or device.index is None or x.index == device.index)
+    return (
+        isinstance(x, torch.device)
+        and x.type == device.type
+        and (x.index is None or device.index is None or x.index == device.index)
+    )
 
 
 # -- results of meta kernels, remembered ---------------------------------------------------------
@@ -218,8 +226,7 @@ def _key_part(x, parts: list, tensors: list) -> bool:
     if isinstance(x, torch.Tensor):
         if x.device.type != "meta":
             return False
-        parts.append((tuple(x.shape), x.stride(), x.dtype, x.storage_offset(),
-                      x.requires_grad))
+        parts.append((tuple(x.shape), x.stride(), x.dtype, x.storage_offset(), x.requires_grad))
         tensors[0] += 1
         return True
     kind = type(x)
@@ -227,8 +234,16 @@ def _key_part(x, parts: list, tensors: list) -> bool:
         parts.append(kind)
         parts.append(len(x))
         return all(_key_part(item, parts, tensors) for item in x)
-    if x is None or kind in (bool, int, float, str, torch.dtype, torch.device, torch.layout,
-                             torch.memory_format):
+    if x is None or kind in (
+        bool,
+        int,
+        float,
+        str,
+        torch.dtype,
+        torch.device,
+        torch.layout,
+        torch.memory_format,
+    ):
         parts.append((kind, x))  # the type too: 2 and 2.0 promote differently
         return True
     return False

@@ -278,8 +278,7 @@ class _Recorder(_RecorderBase):
         values = self.graph.values
         for t in out_leaves:
             known = self.value_of.get(id(t))
-            if (known is not None and known in inputs
-                    and values[known].shape == tuple(t.shape)):
+            if known is not None and known in inputs and values[known].shape == tuple(t.shape):
                 outputs.append(known)  # in-place / out= result: the same tensor, same indices
             else:
                 outputs.append(self.add_value(t, "op", producer=node_index))
@@ -291,8 +290,11 @@ class _Recorder(_RecorderBase):
 
     def module_outputs(self, output) -> list[int]:
         """The recorded tensors a module call returned (their value indices)."""
-        return [self.value_of[id(t)] for t in pytree.tree_leaves(output)
-                if isinstance(t, torch.Tensor) and id(t) in self.value_of]
+        return [
+            self.value_of[id(t)]
+            for t in pytree.tree_leaves(output)
+            if isinstance(t, torch.Tensor) and id(t) in self.value_of
+        ]
 
     def model_output(self, t: torch.Tensor) -> None:
         self.graph.outputs.append(self.lookup(t))
@@ -315,8 +317,9 @@ class _Recorder(_RecorderBase):
 def _failed_op(index: int, func, args, kwargs, module: str, occurrence: int) -> FailedOp:
     """The index the op would have had, its name, its non-tensor arguments, its input shapes."""
     plain = pytree.tree_map(lambda x: None if isinstance(x, torch.Tensor) else x, args)
-    shapes = [tuple(t.shape) for t in pytree.tree_leaves((args, kwargs))
-              if isinstance(t, torch.Tensor)]
+    shapes = [
+        tuple(t.shape) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+    ]
     return FailedOp(index, str(func), plain, shapes, module, occurrence)
 
 
@@ -342,8 +345,11 @@ class _ShapeRecorder(_RecorderBase):
         self.known[id(t)] = t
 
     def module_outputs(self, output) -> list[tuple]:
-        return [tuple(t.shape) for t in pytree.tree_leaves(output)
-                if isinstance(t, torch.Tensor) and id(t) in self.known]
+        return [
+            tuple(t.shape)
+            for t in pytree.tree_leaves(output)
+            if isinstance(t, torch.Tensor) and id(t) in self.known
+        ]
 
     def model_output(self, t: torch.Tensor) -> None:
         self.graph.outputs.append(tuple(t.shape))
@@ -395,8 +401,7 @@ def _leaves(x):
 
 
 @contextlib.contextmanager
-def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str], recorder,
-                   ticks):
+def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str], recorder, ticks):
     """Keep ``stack`` at the names of the modules running, and record every call's outputs.
     Two global hooks, not two per module: registering 3,000 hooks and removing them again
     took 14 ms per trace at 128 Llama layers."""
@@ -413,8 +418,10 @@ def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str],
             ticks.update(1)
             calls.append((stack.pop(), recorder.module_outputs(output)))
 
-    handles = [torch.nn.modules.module.register_module_forward_pre_hook(push),
-               torch.nn.modules.module.register_module_forward_hook(pop)]
+    handles = [
+        torch.nn.modules.module.register_module_forward_pre_hook(push),
+        torch.nn.modules.module.register_module_forward_hook(pop),
+    ]
     try:
         yield
     finally:
@@ -436,8 +443,7 @@ def _eval_mode(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]
 
 
 @contextlib.contextmanager
-def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]],
-                     fakes: dict[int, torch.Tensor]):
+def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]], fakes: dict[int, torch.Tensor]):
     """Put fake tensors in place of the model's own, and put back exactly what was there.
 
     (``torch.func.functional_call`` restores the wrong tensor when one module is registered
@@ -480,11 +486,19 @@ REAL_TRACE_MAX_BYTES = 1 << 30
 REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per op
 
 
-def trace(model: torch.nn.Module, example_inputs, *,
-          shapes: dict[str, tuple] | None = None, shapes_only: bool = False,
-          allow_meta: bool = True, walk: ModelWalk | None = None,
-          meta_stands_for: torch.device = CPU, meta_results: MetaResults | None = None,
-          progress: Progress = OFF, stage: str = "trace") -> OpGraph | ShapeTrace:
+def trace(
+    model: torch.nn.Module,
+    example_inputs,
+    *,
+    shapes: dict[str, tuple] | None = None,
+    shapes_only: bool = False,
+    allow_meta: bool = True,
+    walk: ModelWalk | None = None,
+    meta_stands_for: torch.device = CPU,
+    meta_results: MetaResults | None = None,
+    progress: Progress = OFF,
+    stage: str = "trace",
+) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
@@ -506,8 +520,14 @@ def trace(model: torch.nn.Module, example_inputs, *,
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(meta_stands_for)
-    common = dict(shapes=shapes, shapes_only=shapes_only, walk=walk, bar=(progress, stage),
-                  stand_in=stand_in, meta_results=meta_results or MetaResults())
+    common = dict(
+        shapes=shapes,
+        shapes_only=shapes_only,
+        walk=walk,
+        bar=(progress, stage),
+        stand_in=stand_in,
+        meta_results=meta_results or MetaResults(),
+    )
     if _real_is_cheap([*walk.params.values(), *walk.buffers.values()], example_inputs):
         try:
             return trace_as(model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, **common)
@@ -540,11 +560,15 @@ def _real_is_cheap(tensors, example_inputs) -> bool:
         total += t.numel() * t.element_size()
     if total > REAL_TRACE_MAX_BYTES:
         return False
-    leaves = example_inputs.values() if isinstance(example_inputs, dict) else (
-        example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])
-    return not any(isinstance(t, torch.Tensor) and (t.device.type == "meta"
-                                                    or isinstance(t, FakeTensor))
-                   for t in leaves)
+    leaves = (
+        example_inputs.values()
+        if isinstance(example_inputs, dict)
+        else (example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])
+    )
+    return not any(
+        isinstance(t, torch.Tensor) and (t.device.type == "meta" or isinstance(t, FakeTensor))
+        for t in leaves
+    )
 
 
 def _meta_stands_in(walk: ModelWalk, example_inputs, stand_in: torch.device) -> bool:
@@ -561,7 +585,9 @@ def _meta_stands_in(walk: ModelWalk, example_inputs, stand_in: torch.device) -> 
         return False
     devices = {t.device.type for t in tensors}
     return devices in ({"cpu"}, {"meta"}, set()) and {t.device.type for t in inputs} <= {
-        "cpu", "meta"}
+        "cpu",
+        "meta",
+    }
 
 
 class _Placeholders:
@@ -575,8 +601,9 @@ class _Placeholders:
     the graph and the plan would differ from those of the same model with real weights; a
     model spread over devices, meta among them, keeps every tensor where it is)."""
 
-    def __init__(self, mode: TraceMode, shapes, fake_mode, stand_in: torch.device | None,
-                 budgeted: bool) -> None:
+    def __init__(
+        self, mode: TraceMode, shapes, fake_mode, stand_in: torch.device | None, budgeted: bool
+    ) -> None:
         self.mode, self.shapes, self.fake_mode = mode, shapes, fake_mode
         self.stand_in, self.budgeted = stand_in, budgeted
 
@@ -621,11 +648,19 @@ class _Placeholders:
         return self._on_stand_in(x) if self._moved(x) else self.fake_mode.from_tensor(x)
 
 
-def trace_as(model: torch.nn.Module, example_inputs, mode: TraceMode | str, *,
-             shapes=None, shapes_only: bool = False, walk: ModelWalk | None = None,
-             bar: tuple[Progress, str] = (OFF, "trace"), stand_in: torch.device = CPU,
-             meta_results: MetaResults | None = None,
-             budget: tuple[float, float] | None = None) -> OpGraph | ShapeTrace:
+def trace_as(
+    model: torch.nn.Module,
+    example_inputs,
+    mode: TraceMode | str,
+    *,
+    shapes=None,
+    shapes_only: bool = False,
+    walk: ModelWalk | None = None,
+    bar: tuple[Progress, str] = (OFF, "trace"),
+    stand_in: torch.device = CPU,
+    meta_results: MetaResults | None = None,
+    budget: tuple[float, float] | None = None,
+) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
     a real trace may take, as (a fixed allowance, an allowance per op), or unlimited."""
     mode = TraceMode(mode)
@@ -640,17 +675,23 @@ def trace_as(model: torch.nn.Module, example_inputs, mode: TraceMode | str, *,
     else:
         graph = OpGraph(aliases=walk.aliases, real=mode is TraceMode.REAL, mode=mode)
         recorder = _Recorder(graph, stack)
-    fake_mode = (FakeTensorMode(allow_non_fake_inputs=True) if mode is TraceMode.FAKE
-                 else contextlib.nullcontext())
+    fake_mode = (
+        FakeTensorMode(allow_non_fake_inputs=True)
+        if mode is TraceMode.FAKE
+        else contextlib.nullcontext()
+    )
     if mode is TraceMode.META:
         recorder.meta, recorder.meta_results = True, meta_results
-    stand_in_mode = (StandIn(CPU, recorder) if mode is TraceMode.META
-                     else contextlib.nullcontext())
+    stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
     tensors = list(params.values()) or list(buffers.values())
     all_meta = bool(tensors) and all(t.device.type == "meta" for t in tensors)
-    placeholders = _Placeholders(mode, shapes, fake_mode,
-                                 stand_in if all_meta and mode is TraceMode.FAKE else None,
-                                 budgeted=mode is TraceMode.REAL and budget is not None)
+    placeholders = _Placeholders(
+        mode,
+        shapes,
+        fake_mode,
+        stand_in if all_meta and mode is TraceMode.FAKE else None,
+        budgeted=mode is TraceMode.REAL and budget is not None,
+    )
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
     # processes for the cores).
@@ -658,19 +699,25 @@ def trace_as(model: torch.nn.Module, example_inputs, mode: TraceMode | str, *,
         try:
             fake_params = {n: placeholders.tensor(p, n) for n, p in params.items()}
             fake_buffers = {n: placeholders.tensor(b, n) for n, b in buffers.items()}
-            fakes = {id(t): fake_params.get(n, fake_buffers.get(n))
-                     for n, t in (params | buffers).items()}
+            fakes = {
+                id(t): fake_params.get(n, fake_buffers.get(n))
+                for n, t in (params | buffers).items()
+            }
             fake_args = pytree.tree_map(placeholders.input, args)
             fake_kwargs = pytree.tree_map(placeholders.input, kwargs)
-            _register_values(graph, recorder, fake_params, fake_buffers, fake_args,
-                             fake_kwargs, shapes_only)
+            _register_values(
+                graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only
+            )
             progress, stage = bar
             if budget is not None:  # counted from the forward: preparing tensors is not the model's
                 recorder.deadline = time.perf_counter() + budget[0]
                 recorder.budget_per_op = budget[1]
-            with _eval_mode(model, modules), torch.no_grad(), progress.bar(
-                    stage, total=len(modules), unit="module") as ticks, \
-                    _module_scopes(modules, stack, recorder, ticks):
+            with (
+                _eval_mode(model, modules),
+                torch.no_grad(),
+                progress.bar(stage, total=len(modules), unit="module") as ticks,
+                _module_scopes(modules, stack, recorder, ticks),
+            ):
                 with fake_mode, recorder, stand_in_mode:
                     with _swapped_tensors(modules, fakes):
                         out = model(*fake_args, **fake_kwargs)
@@ -680,8 +727,9 @@ def trace_as(model: torch.nn.Module, example_inputs, mode: TraceMode | str, *,
             if recorder.aborted:
                 raise _OverBudget from exc  # the model's code caught it and failed otherwise
             where = f" (in module {stack[-1] or '<root>'})" if stack else ""
-            error = TraceError(f"the model could not run on the example inputs{where}: "
-                               f"{type(exc).__name__}: {exc}")
+            error = TraceError(
+                f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
+            )
             error.failed_at = recorder.failed_at
             raise error from exc
         finally:
@@ -694,13 +742,17 @@ def trace_as(model: torch.nn.Module, example_inputs, mode: TraceMode | str, *,
     return graph
 
 
-def _register_values(graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs,
-                     shapes_only: bool) -> None:
+def _register_values(
+    graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only: bool
+) -> None:
     """The placeholders the trace starts from: parameters and buffers by name, inputs by their
     argument path (a shape trace only needs to know them)."""
     if shapes_only:
-        for t in (*fake_params.values(), *fake_buffers.values(),
-                  *pytree.tree_leaves((fake_args, fake_kwargs))):
+        for t in (
+            *fake_params.values(),
+            *fake_buffers.values(),
+            *pytree.tree_leaves((fake_args, fake_kwargs)),
+        ):
             if isinstance(t, torch.Tensor):
                 recorder.add_value(t, "")
         return
@@ -741,8 +793,9 @@ def _leading_view(t: torch.Tensor, shape) -> torch.Tensor | None:
     return t.detach().reshape(-1)[:numel].view(shape)
 
 
-def _check_untouched(modules: list[tuple[str, torch.nn.Module]], params: dict,
-                     buffers: dict) -> None:
+def _check_untouched(
+    modules: list[tuple[str, torch.nn.Module]], params: dict, buffers: dict
+) -> None:
     """Every module must hold exactly the tensors the model held before tracing."""
     before = {id(t) for t in params.values()} | {id(t) for t in buffers.values()}
     for _, module in modules:
@@ -750,4 +803,5 @@ def _check_untouched(modules: list[tuple[str, torch.nn.Module]], params: dict,
             for t in store.values():
                 if t is not None and id(t) not in before:
                     raise RuntimeError(
-                        "internal error: tracing did not restore the model's tensors")
+                        "internal error: tracing did not restore the model's tensors"
+                    )

@@ -15,8 +15,10 @@ def named_tensors(model: torch.nn.Module):
     buffers: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[int, str] = {}
-    for store, named in ((params, model.named_parameters(remove_duplicate=False)),
-                         (buffers, model.named_buffers(remove_duplicate=False))):
+    for store, named in (
+        (params, model.named_parameters(remove_duplicate=False)),
+        (buffers, model.named_buffers(remove_duplicate=False)),
+    ):
         for name, t in named:
             if id(t) in seen:
                 aliases[name] = seen[id(t)]
@@ -42,5 +44,6 @@ class ModelWalk:
     def of(cls, model: torch.nn.Module) -> ModelWalk:
         if not isinstance(model, torch.nn.Module):
             raise InvalidArgumentError(
-                f"model must be a torch.nn.Module, not {type(model).__name__}")
+                f"model must be a torch.nn.Module, not {type(model).__name__}"
+            )
         return cls(list(model.named_modules()), *named_tensors(model))

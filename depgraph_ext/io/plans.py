@@ -25,14 +25,20 @@ def plan_to_dict(result) -> dict:
     return {
         "format": FORMAT,
         "tensors": {
-            name: {"shape": list(result.shapes_before[name]),
-                   "kept": {str(d): kept.tolist() for d, kept in dims.items()}}
+            name: {
+                "shape": list(result.shapes_before[name]),
+                "kept": {str(d): kept.tolist() for d, kept in dims.items()},
+            }
             for name, dims in result.plan.items()
         },
-        "attributes": [{"module": u.module, "attr": u.attr, "old": _plain(u.old),
-                        "new": _plain(u.new)} for u in result.attribute_updates],
-        "config": [{"field": u.field, "old": _plain(u.old), "new": _plain(u.new)}
-                   for u in result.config_updates],
+        "attributes": [
+            {"module": u.module, "attr": u.attr, "old": _plain(u.old), "new": _plain(u.new)}
+            for u in result.attribute_updates
+        ],
+        "config": [
+            {"field": u.field, "old": _plain(u.old), "new": _plain(u.new)}
+            for u in result.config_updates
+        ],
         "params_before": result.params_before,
         "params_after": result.params_after,
     }
@@ -70,8 +76,10 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
         if t is None:
             raise PruningError(f"the plan prunes {name}, which this model does not have")
         if list(t.shape) != entry["shape"]:
-            raise PruningError(f"{name} has shape {tuple(t.shape)}, the plan was made for "
-                               f"{tuple(entry['shape'])}: apply it to the original model")
+            raise PruningError(
+                f"{name} has shape {tuple(t.shape)}, the plan was made for "
+                f"{tuple(entry['shape'])}: apply it to the original model"
+            )
         dims = {}
         for d, kept in entry["kept"].items():
             index = torch.tensor(kept, dtype=torch.long)
@@ -83,12 +91,15 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
     for u in data["attributes"]:
         m = modules.get(u["module"])
         if m is None or not hasattr(m, u["attr"]):
-            raise PruningError(f"the plan sets {u['module']}.{u['attr']}, which this model "
-                               "does not have")
+            raise PruningError(
+                f"the plan sets {u['module']}.{u['attr']}, which this model does not have"
+            )
         current = getattr(m, u["attr"])
         if _plain(current) != u["old"]:
-            raise PruningError(f"{u['module'] or '<root>'}.{u['attr']} is {current!r}, the plan "
-                               f"was made for {u['old']!r}")
+            raise PruningError(
+                f"{u['module'] or '<root>'}.{u['attr']} is {current!r}, the plan "
+                f"was made for {u['old']!r}"
+            )
         new = tuple(u["new"]) if isinstance(current, tuple) else u["new"]
         updates.append(AttributeUpdate(u["module"], u["attr"], current, new))
     config = getattr(model, "config", None)

@@ -19,10 +19,18 @@ from pathlib import Path
 import torch
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 NAMES = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 2**20  # the reference implementation refuses headers above 100 MB
@@ -74,8 +82,9 @@ def read_header(path) -> Header:
             raise SafetensorsFormatError(f"{path}: {size} bytes, too short for a header")
         n = int.from_bytes(raw, "little")
         if n > _MAX_HEADER or 8 + n > size:
-            raise SafetensorsFormatError(f"{path}: header length {n} does not fit the file "
-                                         f"({size} bytes)")
+            raise SafetensorsFormatError(
+                f"{path}: header length {n} does not fit the file ({size} bytes)"
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -91,15 +100,22 @@ def read_header(path) -> Header:
             shape = tuple(int(s) for s in info["shape"])
             begin, end = (int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise SafetensorsFormatError(f"{path}: tensor {key!r} has a bad header entry "
-                                         f"{info!r}") from exc
+            raise SafetensorsFormatError(
+                f"{path}: tensor {key!r} has a bad header entry {info!r}"
+            ) from exc
         entry = TensorEntry(key, dtype, shape, data_start + begin, data_start + end)
         itemsize = torch.empty((), dtype=dtype).element_size()
-        if min(shape, default=0) < 0 or entry.nbytes != entry.numel * itemsize or begin < 0 or (
-                entry.end > size):
-            raise SafetensorsFormatError(f"{path}: tensor {key!r} ({info['dtype']} "
-                                         f"{list(shape)}) has bytes [{begin}, {end}) that do "
-                                         f"not match its shape or the file ({size} bytes)")
+        if (
+            min(shape, default=0) < 0
+            or entry.nbytes != entry.numel * itemsize
+            or begin < 0
+            or (entry.end > size)
+        ):
+            raise SafetensorsFormatError(
+                f"{path}: tensor {key!r} ({info['dtype']} "
+                f"{list(shape)}) has bytes [{begin}, {end}) that do "
+                f"not match its shape or the file ({size} bytes)"
+            )
         entries.append(entry)
     entries.sort(key=lambda e: e.begin)
     return Header(path, {e.key: e for e in entries}, dict(metadata), size)
@@ -113,19 +129,22 @@ class MappedFile:
     def __init__(self, header: Header) -> None:
         self.header = header
         self._file = open(header.path, "rb")
-        self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-                     if header.file_size else None)
+        self._map = (
+            mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY) if header.file_size else None
+        )
 
     def tensor(self, entry: TensorEntry) -> torch.Tensor:
         if entry.numel == 0:
             return torch.empty(entry.shape, dtype=entry.dtype)
         itemsize = torch.empty((), dtype=entry.dtype).element_size()
         if entry.begin % itemsize:  # unaligned: a copy, so kernels see aligned data
-            raw = torch.frombuffer(self._map, dtype=torch.uint8, count=entry.nbytes,
-                                   offset=entry.begin).clone()
+            raw = torch.frombuffer(
+                self._map, dtype=torch.uint8, count=entry.nbytes, offset=entry.begin
+            ).clone()
             return raw.view(entry.dtype).view(entry.shape)
-        return torch.frombuffer(self._map, dtype=entry.dtype, count=entry.numel,
-                                offset=entry.begin).view(entry.shape)
+        return torch.frombuffer(
+            self._map, dtype=entry.dtype, count=entry.numel, offset=entry.begin
+        ).view(entry.shape)
 
     def raw(self, begin: int, end: int) -> memoryview:
         return memoryview(self._map)[begin:end]
@@ -166,10 +185,12 @@ def write_chunk(f, data) -> None:
     f.write(data)
 
 
-def output_layout(items: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                  metadata: dict[str, str]) -> tuple[bytes, list[str]]:
+def output_layout(
+    items: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]
+) -> tuple[bytes, list[str]]:
     """Header bytes (padded to 8 bytes) for tensors written in the returned key order: largest
     element size first, so every tensor starts aligned to its element size."""
+
     def itemsize(dtype):
         return torch.empty((), dtype=dtype).element_size()
 
@@ -183,8 +204,11 @@ def output_layout(items: list[tuple[str, torch.dtype, tuple[int, ...]]],
         n = itemsize(dtype)
         for s in shape:
             n *= s
-        header[key] = {"dtype": NAMES[dtype], "shape": list(shape),
-                       "data_offsets": [offset, offset + n]}
+        header[key] = {
+            "dtype": NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-(8 + len(text)) % 8)

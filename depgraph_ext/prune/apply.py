@@ -27,9 +27,9 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
     return out.contiguous()
 
 
-def state_companions(model: nn.Module, plan, optimizer=None,
-                     tensors: dict[str, torch.Tensor] | None = None
-                     ) -> list[tuple[object, object, str]]:
+def state_companions(
+    model: nn.Module, plan, optimizer=None, tensors: dict[str, torch.Tensor] | None = None
+) -> list[tuple[object, object, str]]:
     """Training state that must be sliced with the weights: ``(container, key, name)`` for every
     optimizer state tensor (momentum, Adam moments, ...) and Fisher statistic of a planned
     parameter. Refuses, before anything changes, state it cannot slice. ``tensors``: the
@@ -48,7 +48,8 @@ def state_companions(model: nn.Module, plan, optimizer=None,
                     raise InvalidArgumentError(
                         f"optimizer state {key!r} of {name} has shape {tuple(v.shape)}, not the "
                         f"parameter's {tuple(t.shape)}: depgraph_ext cannot slice it (factored "
-                        "optimizers); rebuild the optimizer after pruning instead")
+                        "optimizers); rebuild the optimizer after pruning instead"
+                    )
                 out.append((optimizer.state[t], key, name))
         entry = fisher_entry(t)
         if entry is not None and entry[0].shape == t.shape:
@@ -56,9 +57,15 @@ def state_companions(model: nn.Module, plan, optimizer=None,
     return out
 
 
-def apply_changes(model: nn.Module, plan, updates, in_place: bool = False,
-                  native: bool = False, companions=(),
-                  tensors: dict[str, torch.Tensor] | None = None) -> None:
+def apply_changes(
+    model: nn.Module,
+    plan,
+    updates,
+    in_place: bool = False,
+    native: bool = False,
+    companions=(),
+    tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Slice every tensor of the tensor plan ``plan`` (and its ``.grad`` and the
     ``companions`` state of :func:`state_companions`) and set the attribute ``updates``.
 
@@ -137,8 +144,11 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
                     by_device.setdefault(datas[n].device, []).append(n)
             for device, names in by_device.items():
                 steps = [sorted(plan[n].items())[r] for n in names]
-                outs = ops.compact_([datas[n] for n in names], [d for d, _ in steps],
-                                    [kept.to(device) for _, kept in steps])
+                outs = ops.compact_(
+                    [datas[n] for n in names],
+                    [d for d, _ in steps],
+                    [kept.to(device) for _, kept in steps],
+                )
                 datas.update(zip(names, outs))
         for name, data in datas.items():
             tensors[name].data = data
@@ -153,7 +163,10 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
             data = tensors[name].data
             storage = data.untyped_storage()
             needed = data.numel() * data.element_size()
-            if data.device.type == "cpu" and data.storage_offset() == 0 and (
-                    storage.nbytes() > needed):
+            if (
+                data.device.type == "cpu"
+                and data.storage_offset() == 0
+                and (storage.nbytes() > needed)
+            ):
                 tails.append((storage, needed))
         release_tails(tails)

@@ -61,8 +61,10 @@ def register_attributes(kind, rule: AttributeRule | None = None):
         elif callable(kind):
             _BY_TEST.append((kind, fn))
         else:
-            raise TypeError(f"register_attributes takes a module class or a predicate, not "
-                            f"{type(kind).__name__}")
+            raise TypeError(
+                f"register_attributes takes a module class or a predicate, not "
+                f"{type(kind).__name__}"
+            )
         return fn
 
     return register if rule is None else register(rule)
@@ -79,8 +81,9 @@ def attribute_rule(module: nn.Module) -> AttributeRule | None:
     return None
 
 
-def attribute_updates(dg: DependencyGraph, tensors, masks: dict[int, np.ndarray]
-                      ) -> list[AttributeUpdate]:
+def attribute_updates(
+    dg: DependencyGraph, tensors, masks: dict[int, np.ndarray]
+) -> list[AttributeUpdate]:
     """Every module attribute that changes under the tensor plan ``tensors`` (with leaf masks
     ``masks``): from each module's attribute rule, then from attention calls."""
     g = dg.graph
@@ -108,8 +111,12 @@ def attribute_updates(dg: DependencyGraph, tensors, masks: dict[int, np.ndarray]
         rule = attribute_rule(m)
         if rule is None:
             continue
-        view = PlannedModule(name, m, lambda t, name=name: shape_of(name, t),
-                             lambda a, name=name: declared.get((name, a)))
+        view = PlannedModule(
+            name,
+            m,
+            lambda t, name=name: shape_of(name, t),
+            lambda a, name=name: declared.get((name, a)),
+        )
         for attr, new in rule(view).items():
             old = getattr(m, attr)
             if new is not None and old != new:
@@ -145,8 +152,10 @@ def _batch_norm(p: PlannedModule) -> dict[str, object]:
 @register_attributes(nn.GroupNorm)
 def _group_norm(p: PlannedModule) -> dict[str, object]:
     w = p.shape("weight")
-    return {"num_groups": p.declared("num_groups") or p.module.num_groups,
-            "num_channels": w[0] if w else None}
+    return {
+        "num_groups": p.declared("num_groups") or p.module.num_groups,
+        "num_channels": w[0] if w else None,
+    }
 
 
 @register_attributes(nn.LayerNorm)
@@ -172,8 +181,12 @@ def _multi_head_attention(p: PlannedModule) -> dict[str, object]:
     qkv = p.shape("in_proj_weight")
     if not p.module._qkv_same_embed_dim or not qkv:
         return {}
-    return {"embed_dim": qkv[1], "kdim": qkv[1], "vdim": qkv[1],
-            "num_heads": qkv[1] // p.module.head_dim}
+    return {
+        "embed_dim": qkv[1],
+        "kdim": qkv[1],
+        "vdim": qkv[1],
+        "num_heads": qkv[1] // p.module.head_dim,
+    }
 
 
 @register_attributes(nn.RNNBase)
@@ -237,14 +250,20 @@ def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
         m = modules.get(call.module)
         if m is None:
             continue
-        for names, old, new in ((HEADS, h, h2), (KV_HEADS, hk, hk2),
-                                (HEADS_TIMES_DIM if known_dim else (), h * d, h2 * d2),
-                                (("num_key_value_groups",), h // hk, h2 // max(hk2, 1))):
+        for names, old, new in (
+            (HEADS, h, h2),
+            (KV_HEADS, hk, hk2),
+            (HEADS_TIMES_DIM if known_dim else (), h * d, h2 * d2),
+            (("num_key_value_groups",), h // hk, h2 // max(hk2, 1)),
+        ):
             for attr in names:
                 if getattr(m, attr, None) == old and old != new:
                     found[(call.module, attr)] = (old, new)
-    hidden = {(int(sizes[s]), kept(s, masks)) for s, kind in dg.coupling_model.kind_slots
-              if kind == "hidden"}
+    hidden = {
+        (int(sizes[s]), kept(s, masks))
+        for s, kind in dg.coupling_model.kind_slots
+        if kind == "hidden"
+    }
     changed = {old: new for old, new in hidden if old != new}
     if len(changed) == 1 and len(hidden) == 1:
         [(old, new)] = changed.items()
@@ -271,7 +290,7 @@ def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict) -> Non
 def set_attributes(model: nn.Module, updates, new: bool = True) -> None:
     """Every update's new (or old) value, in order (old values: in reverse order)."""
     modules: dict[str, nn.Module] = {}
-    for u in (updates if new else reversed(updates)):
+    for u in updates if new else reversed(updates):
         _set(model, u, u.new if new else u.old, modules)
 
 

@@ -77,20 +77,32 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
 
     calls = dg.coupling_model.attention
     if calls:
-        propose("num_attention_heads",
-                _uniform({(int(sizes[c.heads]), kept(c.heads, masks)) for c in calls},
-                         "the number of attention heads", problems))
-        propose("num_key_value_heads",
-                _uniform({(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in calls},
-                         "the number of key/value heads", problems))
-        dims = {(int(sizes[c.head_dim]), kept(c.head_dim, masks)) for c in calls
-                if c.head_dim >= 0}
+        propose(
+            "num_attention_heads",
+            _uniform(
+                {(int(sizes[c.heads]), kept(c.heads, masks)) for c in calls},
+                "the number of attention heads",
+                problems,
+            ),
+        )
+        propose(
+            "num_key_value_heads",
+            _uniform(
+                {(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in calls},
+                "the number of key/value heads",
+                problems,
+            ),
+        )
+        dims = {(int(sizes[c.head_dim]), kept(c.head_dim, masks)) for c in calls if c.head_dim >= 0}
         propose("head_dim", _uniform(dims, "the head dim", problems))
         kept_dims = {new for _, new in dims}
         head_dim = kept_dims.pop() if len(kept_dims) == 1 else None
 
-    hidden = {(int(sizes[s]), kept(s, masks)) for s, kind in dg.coupling_model.kind_slots
-              if kind == "hidden"}
+    hidden = {
+        (int(sizes[s]), kept(s, masks))
+        for s, kind in dg.coupling_model.kind_slots
+        if kind == "hidden"
+    }
     propose("hidden_size", _uniform(hidden, "the hidden size", problems))
     if calls and head_dim is not None and not hasattr(config, "head_dim") and updates:
         # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
@@ -127,8 +139,13 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     return updates, problems
 
 
-def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_shapes,
-                   problems: list[str], require: bool) -> None:
+def check_loadable(
+    dg: DependencyGraph,
+    updates: list[ConfigUpdate],
+    planned_shapes,
+    problems: list[str],
+    require: bool,
+) -> None:
     """Build the model from the updated config on meta and compare every tensor's shape."""
     model = dg.model
     config = config_of(model)
@@ -150,25 +167,35 @@ def check_loadable(dg: DependencyGraph, updates: list[ConfigUpdate], planned_sha
             if expected is None and canonical in traced:
                 expected = g.values[traced[canonical]].shape
             if expected is not None and shape != tuple(expected):
-                mismatches.append(f"{name} would be {shape} from the config, "
-                                  f"{tuple(expected)} pruned")
+                mismatches.append(
+                    f"{name} would be {shape} from the config, {tuple(expected)} pruned"
+                )
     except Exception as exc:  # a config the model class itself rejects
-        mismatches.append(f"{type(model).__name__} cannot be built from the updated config "
-                          f"({type(exc).__name__}: {exc})")
+        mismatches.append(
+            f"{type(model).__name__} cannot be built from the updated config "
+            f"({type(exc).__name__}: {exc})"
+        )
     if not mismatches:
         return
     if dg.coupling_model.attention:
-        advice = (" Models whose config derives the head dim from hidden_size / "
-                  "num_attention_heads (GPT-2, BERT, OPT, Swin) reload after pruning MLP "
-                  "channels only: pass ratios={'heads': 0, 'hidden': 0}.")
+        advice = (
+            " Models whose config derives the head dim from hidden_size / "
+            "num_attention_heads (GPT-2, BERT, OPT, Swin) reload after pruning MLP "
+            "channels only: pass ratios={'heads': 0, 'hidden': 0}."
+        )
     else:
-        advice = (" The config update knows hidden, intermediate and head fields only, not "
-                  "how this config describes these widths; keep the pruned model with "
-                  "torch.save, or replay result.save_plan(path) on a fresh original.")
+        advice = (
+            " The config update knows hidden, intermediate and head fields only, not "
+            "how this config describes these widths; keep the pruned model with "
+            "torch.save, or replay result.save_plan(path) on a fresh original."
+        )
     message = (
         f"{type(model).__name__}'s config cannot express the pruned shapes, so "
         "save_pretrained/from_pretrained will not rebuild this model: "
-        + "; ".join(mismatches[:4]) + ("; ..." if len(mismatches) > 4 else "") + "." + advice
+        + "; ".join(mismatches[:4])
+        + ("; ..." if len(mismatches) > 4 else "")
+        + "."
+        + advice
     )
     if require:
         raise PruningError(message)
@@ -188,9 +215,22 @@ def state_shapes(model: torch.nn.Module):
                 yield dot + key, tuple(b.shape)
 
 
-_INIT_FUNCTIONS = ("uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
-                   "trunc_normal_", "orthogonal_", "sparse_")
+_INIT_FUNCTIONS = (
+    "uniform_",
+    "normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "trunc_normal_",
+    "orthogonal_",
+    "sparse_",
+)
 
 
 @contextlib.contextmanager

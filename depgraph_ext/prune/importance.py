@@ -57,8 +57,9 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
     order the forward pass first reads them (so a group's first slice is its root layer).
     Buffers never score."""
     res = dg.resolution
-    wanted = dg.unit_prunable if dg.units_to_score is None else (
-        dg.unit_prunable & dg.units_to_score)
+    wanted = (
+        dg.unit_prunable if dg.units_to_score is None else (dg.unit_prunable & dg.units_to_score)
+    )
     leaf_wanted = _leaves_with_units_in(res, wanted)
     out = []
     for name in params_in_use_order(dg):
@@ -67,8 +68,9 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
             for pos, leaf in enumerate(td.leaves.tolist()):
                 if leaf_wanted[leaf]:
                     units = res.units_of_leaf(leaf)
-                    out.append(ScoredSlice(name, td.dim, units if single
-                                           else units[td.digits(pos)]))
+                    out.append(
+                        ScoredSlice(name, td.dim, units if single else units[td.digits(pos)])
+                    )
     return out
 
 
@@ -120,17 +122,19 @@ class GroupImportance(Importance):
 
     def __init__(self, reduction: str = "sum", normalization: str | None = "mean") -> None:
         if reduction not in REDUCTIONS:
-            raise InvalidArgumentError(f"reduction must be one of {REDUCTIONS}, not "
-                                       f"{reduction!r}")
+            raise InvalidArgumentError(f"reduction must be one of {REDUCTIONS}, not {reduction!r}")
         if normalization not in NORMALIZATIONS:
-            raise InvalidArgumentError(f"normalization must be one of {NORMALIZATIONS}, not "
-                                       f"{normalization!r}")
+            raise InvalidArgumentError(
+                f"normalization must be one of {NORMALIZATIONS}, not {normalization!r}"
+            )
         self.reduction = reduction
         self.normalization = normalization
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(reduction={self.reduction!r}, "
-                f"normalization={self.normalization!r})")
+        return (
+            f"{type(self).__name__}(reduction={self.reduction!r}, "
+            f"normalization={self.normalization!r})"
+        )
 
     def scores_parameter(self, dg: DependencyGraph, name: str, param: torch.Tensor) -> bool:
         """Whether this parameter's slices take part (all of them by default)."""
@@ -143,8 +147,7 @@ class GroupImportance(Importance):
     def raw_scores(self, dg: DependencyGraph) -> torch.Tensor:
         """Scores before normalisation: per-unit reduction over members."""
         params = dg.walk.params
-        slices = [s for s in scored_slices(dg)
-                  if self.scores_parameter(dg, s.name, params[s.name])]
+        slices = [s for s in scored_slices(dg) if self.scores_parameter(dg, s.name, params[s.name])]
         for s in slices:
             _check_real(params[s.name], s.name, self)
         return _reduce_members(dg, slices, params, self)
@@ -157,8 +160,9 @@ class GroupImportance(Importance):
 class MagnitudeImportance(GroupImportance):
     """Sum over the group's slices of ``|w|^p`` (p = 1: L1, p = 2: L2 squared)."""
 
-    def __init__(self, p: int = 2, reduction: str = "sum",
-                 normalization: str | None = "mean") -> None:
+    def __init__(
+        self, p: int = 2, reduction: str = "sum", normalization: str | None = "mean"
+    ) -> None:
         if p not in (1, 2):
             raise InvalidArgumentError(f"p must be 1 or 2, not {p!r}")
         super().__init__(reduction, normalization)
@@ -169,8 +173,10 @@ class MagnitudeImportance(GroupImportance):
         return param.detach()  # the kernel raises |w| to p itself
 
     def __repr__(self) -> str:
-        return (f"MagnitudeImportance(p={self.p}, reduction={self.reduction!r}, "
-                f"normalization={self.normalization!r})")
+        return (
+            f"MagnitudeImportance(p={self.p}, reduction={self.reduction!r}, "
+            f"normalization={self.normalization!r})"
+        )
 
 
 class LAMPImportance(MagnitudeImportance):
@@ -214,7 +220,8 @@ class TaylorImportance(GroupImportance):
         if not any(params[s.name].grad is not None for s in scored_slices(dg)):
             raise MissingGradientsError(
                 "importance 'taylor' needs gradients: run loss.backward() on some batches "
-                "before pruning (no scoring parameter has a .grad)")
+                "before pruning (no scoring parameter has a .grad)"
+            )
         return super().raw_scores(dg)
 
 
@@ -278,8 +285,10 @@ class FisherImportance(GroupImportance):
     def magnitudes(self, name, param):
         fisher = fisher_statistics(param)
         if fisher.shape != param.shape:
-            raise PruningError(f"Fisher statistics of {name} have shape {tuple(fisher.shape)}, "
-                               f"the parameter {tuple(param.shape)}")
+            raise PruningError(
+                f"Fisher statistics of {name} have shape {tuple(fisher.shape)}, "
+                f"the parameter {tuple(param.shape)}"
+            )
         return param.detach().float().square() * fisher.to(param.device)
 
     def raw_scores(self, dg):
@@ -287,7 +296,8 @@ class FisherImportance(GroupImportance):
         if not any(params[s.name] in _FISHER_STATS for s in scored_slices(dg)):
             raise MissingGradientsError(
                 "importance 'fisher' needs gradient statistics: run the backward passes inside "
-                "`with depgraph_ext.collect_fisher(model):` before pruning")
+                "`with depgraph_ext.collect_fisher(model):` before pruning"
+            )
         return super().raw_scores(dg)
 
 
@@ -326,10 +336,12 @@ def get_importance(importance) -> Importance:
     if isinstance(importance, str) and importance in _NAMED:
         return _NAMED[importance]()
     if isinstance(importance, str):
-        raise InvalidArgumentError(f"importance must be one of {IMPORTANCES} or an Importance "
-                                   f"object, not {importance!r}")
-    raise InvalidArgumentError(f"importance must be a name or an Importance object, not "
-                               f"{type(importance).__name__}")
+        raise InvalidArgumentError(
+            f"importance must be one of {IMPORTANCES} or an Importance object, not {importance!r}"
+        )
+    raise InvalidArgumentError(
+        f"importance must be a name or an Importance object, not {type(importance).__name__}"
+    )
 
 
 def unit_scores(dg: DependencyGraph, importance="l2") -> torch.Tensor:
@@ -339,18 +351,21 @@ def unit_scores(dg: DependencyGraph, importance="l2") -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or scores.shape != (dg.resolution.num_units,):
         raise InvalidArgumentError(
             f"{imp!r}.scores must return a tensor of shape ({dg.resolution.num_units},), not "
-            f"{getattr(scores, 'shape', type(scores).__name__)}")
+            f"{getattr(scores, 'shape', type(scores).__name__)}"
+        )
     return scores.detach().to("cpu", torch.float64)
 
 
 # -- reduction over members ----------------------------------------------------------------------
-def _reduce_members(dg: DependencyGraph, slices: list[ScoredSlice], params,
-                    imp: GroupImportance) -> torch.Tensor:
+def _reduce_members(
+    dg: DependencyGraph, slices: list[ScoredSlice], params, imp: GroupImportance
+) -> torch.Tensor:
     n = dg.resolution.num_units
     if not slices:
         return torch.full((n,), float("nan"), dtype=torch.float64)
     plain = type(imp).magnitudes is MagnitudeImportance.magnitudes or isinstance(
-        imp, BNScaleImportance)
+        imp, BNScaleImportance
+    )
     one_device = len({params[s.name].device for s in slices}) == 1
     if dg.backend == "native" and plain and imp.reduction in ops.REDUCTIONS and one_device:
         return _fused(dg, slices, params, imp)
@@ -389,8 +404,7 @@ def _slice_contribution(magnitude: torch.Tensor, s: ScoredSlice, p: int, backend
         sums = ops.grouped_norm([magnitude], [s.dim], [m], units.shape[0], p, "sum")
         return units, sums.to("cpu", torch.float64).numpy()
     per_index = ops.per_index_sums(magnitude.detach(), s.dim, p).cpu().numpy()
-    return units, np.bincount(local_map[valid], weights=per_index[valid],
-                              minlength=units.shape[0])
+    return units, np.bincount(local_map[valid], weights=per_index[valid], minlength=units.shape[0])
 
 
 def _fused(dg, slices, params, imp) -> torch.Tensor:
@@ -412,8 +426,7 @@ def _fused(dg, slices, params, imp) -> torch.Tensor:
 
 
 # -- normalisation across groups -----------------------------------------------------------------
-def normalize(dg: DependencyGraph, scores: torch.Tensor, normalization: str | None
-              ) -> torch.Tensor:
+def normalize(dg: DependencyGraph, scores: torch.Tensor, normalization: str | None) -> torch.Tensor:
     """Scores divided (or standardised) group by group over the group's scored prunable units,
     so that groups of different sizes compete fairly in global pruning. Unscored units stay
     NaN; the order within a group never changes."""
@@ -454,8 +467,9 @@ def _check_finite(dg: DependencyGraph, scored: np.ndarray, imp) -> None:
     if np.isfinite(scored).all():
         return
     params = dg.walk.params
-    bad = [n for n in dg.graph.params if n in params
-           and not torch.isfinite(params[n].detach()).all()]
+    bad = [
+        n for n in dg.graph.params if n in params and not torch.isfinite(params[n].detach()).all()
+    ]
     raise NonFiniteWeightsError(
         f"importance {getattr(imp, 'name', imp)!r} met weights that are NaN or infinite in "
         f"{', '.join(bad[:5]) or 'the model (or its gradients)'}; no ranking of units is "

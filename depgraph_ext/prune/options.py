@@ -60,14 +60,19 @@ class PruneOptions:
         if unknown:
             raise InvalidArgumentError(
                 f"unknown option(s) {unknown}; the options are "
-                f"{[f.name for f in dataclasses.fields(cls)]}")
+                f"{[f.name for f in dataclasses.fields(cls)]}"
+            )
         return cls(**options)
 
 
 def with_options_signature(fn, leading: list[inspect.Parameter]):
     """Give ``fn(..., **options)`` the signature that lists every option (what ``help`` and
     editors show), after its ``leading`` parameters."""
-    options = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                 annotation=f.type) for f in dataclasses.fields(PruneOptions)]
+    options = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type
+        )
+        for f in dataclasses.fields(PruneOptions)
+    ]
     fn.__signature__ = inspect.Signature(leading + options)
     return fn

@@ -42,8 +42,9 @@ def propose_plan(dg: DependencyGraph, keep: np.ndarray) -> Plan:
     return Plan(tensors, masks, keep, tuple(attributes), tuple(config), tuple(problems))
 
 
-def tensor_plan(dg: DependencyGraph, unit_keep: np.ndarray
-                ) -> tuple[TensorPlan, dict[int, np.ndarray]]:
+def tensor_plan(
+    dg: DependencyGraph, unit_keep: np.ndarray
+) -> tuple[TensorPlan, dict[int, np.ndarray]]:
     """Kept indices of every tensor dim that loses any, and the leaf masks behind them."""
     masks = dg.leaf_keep_masks(unit_keep)
     plan: TensorPlan = {}

@@ -52,21 +52,28 @@ class Pruner:
     those of :func:`depgraph_ext.prune` (:class:`PruneOptions`), which runs every step at once.
     """
 
-    def __init__(self, model: torch.nn.Module, example_inputs, ratio: float | None = None,
-                 **options) -> None:
+    def __init__(
+        self, model: torch.nn.Module, example_inputs, ratio: float | None = None, **options
+    ) -> None:
         o = PruneOptions.of(options)
         if ratio is not None and (o.target_params is not None or o.target_macs is not None):
             raise InvalidArgumentError("give either ratio or target_params/target_macs, not both")
-        if not isinstance(o.iterative_steps, int) or isinstance(o.iterative_steps, bool) or (
-                o.iterative_steps < 1):
-            raise InvalidArgumentError(f"iterative_steps must be an integer >= 1, not "
-                                       f"{o.iterative_steps!r}")
+        if (
+            not isinstance(o.iterative_steps, int)
+            or isinstance(o.iterative_steps, bool)
+            or (o.iterative_steps < 1)
+        ):
+            raise InvalidArgumentError(
+                f"iterative_steps must be an integer >= 1, not {o.iterative_steps!r}"
+            )
         if not isinstance(o.global_pruning, bool):
-            raise InvalidArgumentError(f"global_pruning must be True or False, not "
-                                       f"{o.global_pruning!r}")
+            raise InvalidArgumentError(
+                f"global_pruning must be True or False, not {o.global_pruning!r}"
+            )
         if o.optimizer is not None and not isinstance(o.optimizer, torch.optim.Optimizer):
-            raise InvalidArgumentError(f"optimizer must be a torch.optim.Optimizer, not "
-                                       f"{type(o.optimizer).__name__}")
+            raise InvalidArgumentError(
+                f"optimizer must be a torch.optim.Optimizer, not {type(o.optimizer).__name__}"
+            )
         self.model = model
         self.example_inputs = example_inputs
         self.options = o
@@ -98,23 +105,35 @@ class Pruner:
         o = self.options
         with paused_gc():
             t0 = time.perf_counter()
-            dg = DependencyGraph(self.model, self.example_inputs, ignore=o.ignore,
-                                 backend=o.backend, strict=o.strict, progress=o.progress)
+            dg = DependencyGraph(
+                self.model,
+                self.example_inputs,
+                ignore=o.ignore,
+                backend=o.backend,
+                strict=o.strict,
+                progress=o.progress,
+            )
             targets = None
             if self.target_params is not None or self.target_macs is not None:
                 costs = PlannedCosts(dg)
                 if self._initial is None:
                     self._initial = costs.at(None)
                 p0, m0 = self._initial
-                targets = Targets(step_target(self.target_params, p0, i, n),
-                                  step_target(self.target_macs, m0, i, n), costs)
+                targets = Targets(
+                    step_target(self.target_params, p0, i, n),
+                    step_target(self.target_macs, m0, i, n),
+                    costs,
+                )
             selection = self.selection
             if n > 1 and targets is None:
                 if self._initial_units is None:
                     self._initial_units = _initial_counts(dg)
-                selection = replace(selection, progress=i / n,
-                                    initial_groups=self._initial_units[0],
-                                    initial_kinds=self._initial_units[1])
+                selection = replace(
+                    selection,
+                    progress=i / n,
+                    initial_groups=self._initial_units[0],
+                    initial_kinds=self._initial_units[1],
+                )
             result = prune_step(dg, self.importance, selection, targets, o, t0)
         self.results.append(result)
         return result
@@ -124,8 +143,7 @@ class Pruner:
         ran are undone (unless ``in_place``) and the error is raised."""
         if self.iterative_steps == 1 and not self.results:
             return self.step()
-        snapshot = None if self.options.in_place else Snapshot(self.model,
-                                                               self.options.optimizer)
+        snapshot = None if self.options.in_place else Snapshot(self.model, self.options.optimizer)
         done_before = len(self.results)
         try:
             while not self.done:
@@ -144,11 +162,15 @@ class Pruner:
         return compose_results(self.results)
 
 
-with_options_signature(Pruner.__init__, [
-    inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    inspect.Parameter("example_inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    inspect.Parameter("ratio", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+with_options_signature(
+    Pruner.__init__,
+    [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("example_inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("ratio", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ],
+)
 
 
 def _initial_counts(dg: DependencyGraph) -> tuple[dict, dict]:
@@ -160,16 +182,21 @@ def _initial_counts(dg: DependencyGraph) -> tuple[dict, dict]:
     return groups, kinds
 
 
-def prune_step(dg: DependencyGraph, importance, selection: Selection, targets: Targets | None,
-               options: PruneOptions, t0: float) -> PruneResult:
+def prune_step(
+    dg: DependencyGraph,
+    importance,
+    selection: Selection,
+    targets: Targets | None,
+    options: PruneOptions,
+    t0: float,
+) -> PruneResult:
     """Score, select, plan and validate (learning sizes the model's code fixes), apply: once."""
     timings = dict(dg.timings)
     timings.update(score=0.0, select=0.0, plan=0.0)
 
     def choose(g: DependencyGraph) -> np.ndarray:
         t1 = time.perf_counter()
-        scores = unit_scores(g.scoring_only(shrinkable_groups(g, selection, targets)),
-                             importance)
+        scores = unit_scores(g.scoring_only(shrinkable_groups(g, selection, targets)), importance)
         t2 = time.perf_counter()
         if not g.groups:
             raise NoPrunableGroupsError(
@@ -193,8 +220,10 @@ def prune_units(dg: DependencyGraph, group: Group, units) -> PruneResult:
     if units.size and (units.min() < 0 or units.max() >= group.num_units):
         raise InvalidArgumentError(f"units must be in [0, {group.num_units}) for {group!r}")
     if units.size and not group.prunable[units].all():
-        raise InvalidArgumentError(f"{group!r}: units {units[~group.prunable[units]].tolist()} are "
-                                   "blocked and cannot be removed")
+        raise InvalidArgumentError(
+            f"{group!r}: units {units[~group.prunable[units]].tolist()} are "
+            "blocked and cannot be removed"
+        )
     keep = np.ones(dg.resolution.num_units, dtype=bool)
     keep[group.unit_ids[units]] = False
     empty = keep.copy()
@@ -206,8 +235,14 @@ def prune_units(dg: DependencyGraph, group: Group, units) -> PruneResult:
     return apply_step(dg, plan, dict(dg.timings) | {"plan": time.perf_counter() - t0}, t0)
 
 
-def apply_step(dg: DependencyGraph, plan: Plan, timings: dict, t0: float,
-               in_place: bool = False, optimizer=None) -> PruneResult:
+def apply_step(
+    dg: DependencyGraph,
+    plan: Plan,
+    timings: dict,
+    t0: float,
+    in_place: bool = False,
+    optimizer=None,
+) -> PruneResult:
     """Apply a validated plan to the graph's model and say what changed."""
     model = dg.model
     t_count = time.perf_counter()
@@ -220,8 +255,15 @@ def apply_step(dg: DependencyGraph, plan: Plan, timings: dict, t0: float,
     shapes_before = {n: tuple(tensors[n].shape) for n in plan.tensors}
     companions = state_companions(model, plan.tensors, optimizer, tensors)
     native = dg.backend == "native"
-    apply_changes(model, plan.tensors, plan.attributes, in_place=in_place and native,
-                  native=native, companions=companions, tensors=tensors)
+    apply_changes(
+        model,
+        plan.tensors,
+        plan.attributes,
+        in_place=in_place and native,
+        native=native,
+        companions=companions,
+        tensors=tensors,
+    )
     apply_config_updates(model, plan.config)
     t_apply = time.perf_counter()
     timings = timings | {"count": t - t_count, "apply": t_apply - t, "total": t_apply - t0}
@@ -253,10 +295,12 @@ class Snapshot:
         tensors = list(model.parameters()) + list(model.buffers())
         self.tensors = [(t, t.data, t.grad) for t in {id(t): t for t in tensors}.values()]
         self.optimizer = optimizer
-        self.state = ({p: dict(st) for p, st in optimizer.state.items()}
-                      if optimizer is not None else {})
-        self.fisher = [(e, list(e)) for t in model.parameters()
-                       if (e := fisher_entry(t)) is not None]
+        self.state = (
+            {p: dict(st) for p, st in optimizer.state.items()} if optimizer is not None else {}
+        )
+        self.fisher = [
+            (e, list(e)) for t in model.parameters() if (e := fisher_entry(t)) is not None
+        ]
 
     def restore(self, results: list[PruneResult]) -> None:
         """Undo ``results`` (the steps taken since the snapshot, in order)."""

@@ -22,8 +22,9 @@ def check_ratio(ratio, what: str = "ratio") -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise InvalidArgumentError(f"{what} must be a number in [0, 1), not {ratio!r}")
     if not 0.0 <= ratio < 1.0:
-        raise InvalidArgumentError(f"{what} must be in [0, 1) (1 would remove whole layers), "
-                                   f"not {ratio}")
+        raise InvalidArgumentError(
+            f"{what} must be in [0, 1) (1 would remove whole layers), not {ratio}"
+        )
     return float(ratio)
 
 
@@ -40,19 +41,24 @@ def check_ratios(ratios, model: torch.nn.Module | None = None) -> dict[str, floa
     if ratios is None:
         return {}
     if not isinstance(ratios, dict):
-        raise InvalidArgumentError(f"ratios must be a dict {{kind or module: ratio}}, not "
-                                   f"{type(ratios).__name__}")
+        raise InvalidArgumentError(
+            f"ratios must be a dict {{kind or module: ratio}}, not {type(ratios).__name__}"
+        )
     modules = set(dict(model.named_modules())) if model is not None else set()
     unknown = [k for k in ratios if k not in KINDS and k not in modules]
     if unknown:
-        raise InvalidArgumentError(f"ratios: {unknown} are neither group kinds {list(KINDS)} "
-                                   "nor modules of the model")
+        raise InvalidArgumentError(
+            f"ratios: {unknown} are neither group kinds {list(KINDS)} nor modules of the model"
+        )
     return {k: check_ratio(v, f"ratios[{k!r}]") for k, v in ratios.items()}
 
 
 def check_max_ratio(max_ratio) -> float:
-    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not (
-            0.0 <= max_ratio <= 1.0):
+    if (
+        isinstance(max_ratio, bool)
+        or not isinstance(max_ratio, (int, float))
+        or not (0.0 <= max_ratio <= 1.0)
+    ):
         raise InvalidArgumentError(f"max_ratio must be a number in [0, 1], not {max_ratio!r}")
     return float(max_ratio)
 
@@ -63,17 +69,24 @@ def check_min_units(min_units) -> int:
     return min_units
 
 
-
 def check_target(target, what: str):
     if target is None:
         return None
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(
-            target) or target <= 0:
-        raise InvalidArgumentError(f"{what} must be a positive count (int) or a fraction of the "
-                                   f"original in (0, 1] (float), not {target!r}")
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, (int, float))
+        or not math.isfinite(target)
+        or target <= 0
+    ):
+        raise InvalidArgumentError(
+            f"{what} must be a positive count (int) or a fraction of the "
+            f"original in (0, 1] (float), not {target!r}"
+        )
     if isinstance(target, float) and target > 1.0:
-        raise InvalidArgumentError(f"{what} as a float is the fraction of the original to keep, "
-                                   f"in (0, 1]; give a count as an int, not {target!r}")
+        raise InvalidArgumentError(
+            f"{what} as a float is the fraction of the original to keep, "
+            f"in (0, 1]; give a count as an int, not {target!r}"
+        )
     return target
 
 
@@ -149,15 +162,17 @@ def group_ratios(dg: DependencyGraph, sel: Selection) -> tuple[np.ndarray, np.nd
     by_module = np.zeros(len(dg.groups), dtype=bool)
     for i, (group, root) in enumerate(zip(dg.groups, roots)):
         module = root.rpartition(".")[0]
-        key = next((k for k in module_keys
-                    if k == "" or module == k or module.startswith(k + ".")), None)
+        key = next(
+            (k for k in module_keys if k == "" or module == k or module.startswith(k + ".")), None
+        )
         by_module[i] = key is not None
         out[i] = sel.ratios[key] if key is not None else sel.ratios.get(group.kind, sel.ratio)
     return out, by_module
 
 
-def shrinkable_groups(dg: DependencyGraph, selection: Selection,
-                      targets: Targets | None = None) -> np.ndarray:
+def shrinkable_groups(
+    dg: DependencyGraph, selection: Selection, targets: Targets | None = None
+) -> np.ndarray:
     """Whether each group can lose units under ``selection``: not when its ratio is 0 (a kind
     or module given 0; with targets, the ratio searched for stands for the default one).
     Local or global, a group of ratio 0 keeps every unit whatever the scores."""
@@ -175,8 +190,10 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
     caps = []
     for group in dg.groups:
         candidates = group.unit_ids[group.prunable & np.isfinite(s[group.unit_ids])]
-        cap = min(int(math.floor(candidates.shape[0] * sel.max_ratio + 1e-9)),
-                  group.num_units - sel.min_units)
+        cap = min(
+            int(math.floor(candidates.shape[0] * sel.max_ratio + 1e-9)),
+            group.num_units - sel.min_units,
+        )
         caps.append((candidates, max(0, cap)))
     if sel.global_pruning:
         pools: dict[str, list[int]] = {}
@@ -189,8 +206,9 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
         local, removed = range(len(dg.groups)), {}
     for i in local:
         candidates, cap = caps[i]
-        n_remove = min(sel.removal(ratios[i], candidates.shape[0],
-                                   sel.initial_groups.get(roots[i])), cap)
+        n_remove = min(
+            sel.removal(ratios[i], candidates.shape[0], sel.initial_groups.get(roots[i])), cap
+        )
         order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
         removed[i] = candidates[order[:n_remove]]
     for i, units in removed.items():
@@ -229,9 +247,13 @@ def select_global(dg, s, sel, ratios, caps, pools) -> dict[int, np.ndarray]:
     return removed
 
 
-def select_local(dg: DependencyGraph, scores: torch.Tensor, ratio: float,
-                 round_to: int | None = None, ratios: dict[str, float] | None = None
-                 ) -> np.ndarray:
+def select_local(
+    dg: DependencyGraph,
+    scores: torch.Tensor,
+    ratio: float,
+    round_to: int | None = None,
+    ratios: dict[str, float] | None = None,
+) -> np.ndarray:
     """Local pruning: every group loses ``floor(r * prunable units)`` of its lowest scoring
     prunable units, r being ``ratios[group.kind]`` or else ``ratio``; with ``round_to`` the
     units left in a group are rounded up to a multiple of it. Every tensor dim keeps at least
@@ -249,17 +271,24 @@ def keep_nonempty(dg: DependencyGraph, scores: np.ndarray, keep: np.ndarray) -> 
     starts = res.leaf_unit_offsets[leaves].astype(np.int64)
     # every element of every leaf, leaf by leaf
     elem = np.repeat(starts - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(
-        int(sizes.sum()))
-    kept_any = np.maximum.reduceat(keep[res.elem_units[elem]], np.concatenate(
-        ([0], np.cumsum(sizes)[:-1]))) if elem.shape[0] else np.ones(0, dtype=bool)
+        int(sizes.sum())
+    )
+    kept_any = (
+        np.maximum.reduceat(
+            keep[res.elem_units[elem]], np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        )
+        if elem.shape[0]
+        else np.ones(0, dtype=bool)
+    )
     for leaf in leaves[~kept_any.astype(bool)]:  # few: re-check, an earlier fix may cover it
         units = res.units_of_leaf(int(leaf))
         if not keep[units].any():
             keep[units[np.argmax(scores[units])]] = True
 
 
-def choose_units(dg: DependencyGraph, scores: torch.Tensor, selection: Selection,
-                 targets: Targets | None = None) -> np.ndarray:
+def choose_units(
+    dg: DependencyGraph, scores: torch.Tensor, selection: Selection, targets: Targets | None = None
+) -> np.ndarray:
     """The keep mask: ``selection`` as it is, or, with ``targets``, with the smallest
     ``ratio`` whose predicted parameters and MACs are within both targets."""
     if targets is None:
@@ -270,7 +299,8 @@ def choose_units(dg: DependencyGraph, scores: torch.Tensor, selection: Selection
     def within(keep) -> bool:
         params, macs = costs.at(keep)
         return (max_params is None or params <= max_params) and (
-            max_macs is None or macs <= max_macs)
+            max_macs is None or macs <= max_macs
+        )
 
     keep = select(dg, scores, selection.with_ratio(0.0))
     if within(keep):
@@ -284,7 +314,8 @@ def choose_units(dg: DependencyGraph, scores: torch.Tensor, selection: Selection
             f"leaves {params:,} parameters and {macs:,} MACs (targets: "
             f"{max_params if max_params is not None else '-'} parameters, "
             f"{max_macs if max_macs is not None else '-'} MACs); lower max_ratio/min_units "
-            "limits or the per-kind ratios, or ask for less")
+            "limits or the per-kind ratios, or ask for less"
+        )
     lo = 0.0
     for _ in range(BISECTION_STEPS):
         mid = (lo + hi) / 2

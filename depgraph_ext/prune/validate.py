@@ -26,14 +26,18 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
     with paused_gc():
         plan = propose_plan(dg, keep)
         validate_plan(dg, plan)
-    check_loadable(dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems,
-                   require_loadable)
+    check_loadable(
+        dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, require_loadable
+    )
     return plan
 
 
-def plan_until_valid(dg: DependencyGraph, choose: Callable[[DependencyGraph], np.ndarray],
-                     require_loadable: bool = False, timings: dict[str, float] | None = None
-                     ) -> tuple[DependencyGraph, Plan]:
+def plan_until_valid(
+    dg: DependencyGraph,
+    choose: Callable[[DependencyGraph], np.ndarray],
+    require_loadable: bool = False,
+    timings: dict[str, float] | None = None,
+) -> tuple[DependencyGraph, Plan]:
     """``choose(dg)`` gives a keep mask; its plan is checked; when its shapes do not run, the
     sizes the model's code fixes are blocked and ``choose`` runs again on the new graph.
     Returns the graph the plan belongs to and the plan. ``timings["plan"]`` accumulates the
@@ -69,12 +73,17 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         bad = _original_of(g, failed) if failed is not None else None
         fixed, where = [], ""
         if bad is not None:
-            fixed = (_sizes_fixed_by_call(dg, bad, failed.args, masks)
-                     or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
-                     or [s for v in bad.inputs + bad.outputs for s in slots[v]])
+            fixed = (
+                _sizes_fixed_by_call(dg, bad, failed.args, masks)
+                or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
+                or [s for v in bad.inputs + bad.outputs for s in slots[v]]
+            )
             where = f" at op {bad.name} in module {bad.module or '<root>'}"
-        raise PlanValidationError(f"the pruned shapes do not run{where}: {exc}",
-                                  bad.index if bad is not None else None, fixed) from exc
+        raise PlanValidationError(
+            f"the pruned shapes do not run{where}: {exc}",
+            bad.index if bad is not None else None,
+            fixed,
+        ) from exc
 
     kept = dg.slot_kept_sizes(masks)
     kept_sizes = kept.tolist()
@@ -91,11 +100,13 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         raise PlanValidationError(
             f"{where} would produce shape {actual} where the plan needs {expected} (original "
             f"{original}): the model's code fixes a size the rules treat as prunable",
-            None, fixed,
+            None,
+            fixed,
         )
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
-        a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops))
+        a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
+    )
     if aligned and _all_ops_as_planned(dg, pruned, kept):
         pass
     elif aligned:  # op by op: the first deviating op is the one whose call fixes a size
@@ -105,9 +116,12 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     else:  # decompositions branch on shapes: compare what every module call returns
         calls = list(zip(g.module_calls, pruned.module_calls))
         if len(g.module_calls) != len(pruned.module_calls) or any(
-                a[0] != b[0] or len(a[1]) != len(b[1]) for a, b in calls):
-            raise PlanValidationError("the pruned model calls its modules differently from the "
-                                      "original; its control flow depends on the pruned sizes")
+            a[0] != b[0] or len(a[1]) != len(b[1]) for a, b in calls
+        ):
+            raise PlanValidationError(
+                "the pruned model calls its modules differently from the "
+                "original; its control flow depends on the pruned sizes"
+            )
         for (name, outs_old), (_, shapes_new) in calls:
             for vo, shape in zip(outs_old, shapes_new):
                 check(f"module {name or '<root>'}", vo, shape)
@@ -121,8 +135,9 @@ def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> 
     runs only when not, to say where)."""
     counts, ranks, flat_slots = dg.output_layout
     shapes = [shape for _, _, op_shapes in pruned.ops for shape in op_shapes]
-    if not np.array_equal(np.fromiter((len(s) for _, _, s in pruned.ops), np.int64,
-                                      len(pruned.ops)), counts):
+    if not np.array_equal(
+        np.fromiter((len(s) for _, _, s in pruned.ops), np.int64, len(pruned.ops)), counts
+    ):
         return False
     if not np.array_equal(np.fromiter((len(s) for s in shapes), np.int64, len(shapes)), ranks):
         return False
@@ -134,8 +149,11 @@ def _original_of(g, failed):
     """The original node a failing op of the pruned trace corresponds to: the same index when
     the two traces ran the same ops, else the same op's same occurrence in the same module
     (decompositions may branch on shapes, shifting indices)."""
-    if failed.index < len(g.nodes) and g.nodes[failed.index].name == failed.op and (
-            g.nodes[failed.index].module == failed.module):
+    if (
+        failed.index < len(g.nodes)
+        and g.nodes[failed.index].name == failed.op
+        and (g.nodes[failed.index].module == failed.module)
+    ):
         return g.nodes[failed.index]
     same = [n for n in g.nodes if n.module == failed.module and n.name == failed.op]
     return same[failed.occurrence] if failed.occurrence < len(same) else None
@@ -149,11 +167,17 @@ def _sizes_fixed_by_call(dg: DependencyGraph, node, new_args, masks) -> list[int
         return []
     slots = dg.coupling_model.value_slots[out]
     for old_arg, new_arg in zip(node.args, new_args):
-        if (isinstance(old_arg, (list, tuple)) and isinstance(new_arg, (list, tuple))
-                and len(old_arg) == len(new_arg) == len(slots)
-                and all(isinstance(x, int) for x in (*old_arg, *new_arg))):
-            return [s for d, s in enumerate(slots) if new_arg[d] == old_arg[d] != -1
-                    and dg.slot_kept_size(s, masks) != old_arg[d]]
+        if (
+            isinstance(old_arg, (list, tuple))
+            and isinstance(new_arg, (list, tuple))
+            and len(old_arg) == len(new_arg) == len(slots)
+            and all(isinstance(x, int) for x in (*old_arg, *new_arg))
+        ):
+            return [
+                s
+                for d, s in enumerate(slots)
+                if new_arg[d] == old_arg[d] != -1 and dg.slot_kept_size(s, masks) != old_arg[d]
+            ]
     return []
 
 
@@ -186,6 +210,7 @@ def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> Dependen
         fresh -= dg.extra_blocked
     if not fresh:
         raise exc
-    warnings.warn(f"{exc}; keeping the channels of those dims", FixedSizeWarning,
-                  stacklevel=user_stacklevel())
+    warnings.warn(
+        f"{exc}; keeping the channels of those dims", FixedSizeWarning, stacklevel=user_stacklevel()
+    )
     return dg.with_blocked(fresh)

@@ -30,5 +30,13 @@ from . import (  # noqa: F401  (importing a family registers its rules)
 from .context import AttentionCall, RuleContext, RuleError
 from .registry import Rule, register_rule, registered_rule, rule_for, unregister_rule
 
-__all__ = ["AttentionCall", "Rule", "RuleContext", "RuleError", "register_rule",
-           "registered_rule", "rule_for", "unregister_rule"]
+__all__ = [
+    "AttentionCall",
+    "Rule",
+    "RuleContext",
+    "RuleError",
+    "register_rule",
+    "registered_rule",
+    "rule_for",
+    "unregister_rule",
+]

@@ -60,14 +60,17 @@ def attention(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(
-    ["aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention_for_cpu",
-     "aten._scaled_dot_product_flash_attention", "aten._scaled_dot_product_efficient_attention",
-     "aten._scaled_dot_product_cudnn_attention", "aten._scaled_dot_product_attention_math",
-     "aten._scaled_dot_product_fused_attention_overrideable"],
+    [
+        "aten.scaled_dot_product_attention",
+        "aten._scaled_dot_product_flash_attention_for_cpu",
+        "aten._scaled_dot_product_flash_attention",
+        "aten._scaled_dot_product_efficient_attention",
+        "aten._scaled_dot_product_cudnn_attention",
+        "aten._scaled_dot_product_attention_math",
+        "aten._scaled_dot_product_fused_attention_overrideable",
+    ],
     attention,
 )
-
-
 
 
 def native_multi_head_attention(ctx: RuleContext, node: Node) -> None:
@@ -80,8 +83,11 @@ def native_multi_head_attention(ctx: RuleContext, node: Node) -> None:
     proj_w, proj_b = arg(node, "proj_weight"), arg(node, "proj_bias")
     heads = int(arg(node, "num_head"))
     e = ctx.shape(q)[-1]
-    if ctx.shape(qkv_w) != (3 * e, e) or e % heads or not all(
-            ctx.shape(t)[-1] == e for t in (k, v)):
+    if (
+        ctx.shape(qkv_w) != (3 * e, e)
+        or e % heads
+        or not all(ctx.shape(t)[-1] == e for t in (k, v))
+    ):
         raise RuleError("separate key/value sizes")
     out = node.outputs[0]
     stream = ctx.slots(q)[-1]

@@ -151,7 +151,6 @@ class RuleError(Exception):
     """A rule met a call it cannot map exactly; the op is then treated as opaque."""
 
 
-
 def arg(node: Node, name: str, default=None):
     """An argument of ``node`` by its schema name, positional or keyword."""
     if name in node.kwargs:

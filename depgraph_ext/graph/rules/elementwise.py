@@ -46,5 +46,11 @@ def uniform_fill(ctx: RuleContext, node: Node) -> None:
         ctx.touched.update(ctx.slots(out))
 
 
-register_many([f"aten.{n}" for n in "empty empty_strided zeros ones full new_empty new_zeros "
-                "new_ones new_full new_empty_strided".split()], uniform_fill)
+register_many(
+    [
+        f"aten.{n}"
+        for n in "empty empty_strided zeros ones full new_empty new_zeros "
+        "new_ones new_full new_empty_strided".split()
+    ],
+    uniform_fill,
+)

@@ -113,9 +113,19 @@ def _drop_dims(ctx: RuleContext, src, out, dropped: list[int]) -> None:
 
 
 register_many(["aten.slice", "aten.slice_copy"], slice_tensor)
-register_many(["aten.split", "aten.split_with_sizes", "aten.unsafe_split",
-                "aten.unsafe_split_with_sizes", "aten.split_copy", "aten.split_with_sizes_copy",
-                "aten.chunk", "aten.unsafe_chunk"], split)
+register_many(
+    [
+        "aten.split",
+        "aten.split_with_sizes",
+        "aten.unsafe_split",
+        "aten.unsafe_split_with_sizes",
+        "aten.split_copy",
+        "aten.split_with_sizes_copy",
+        "aten.chunk",
+        "aten.unsafe_chunk",
+    ],
+    split,
+)
 register_many(["aten.narrow", "aten.narrow_copy"], narrow)
 register_many(["aten.select", "aten.select_copy"], select)
 register_many(["aten.unbind", "aten.unbind_copy"], unbind)
@@ -141,9 +151,19 @@ def index_along_dim(ctx: RuleContext, node: Node) -> None:
                     ctx.equal(sv[i], ss[i])
 
 
-register_many(["aten.index_select", "aten.gather", "aten.scatter", "aten.scatter_add",
-                "aten.scatter_reduce", "aten.index_add", "aten.index_copy", "aten.index_fill"],
-               index_along_dim)
+register_many(
+    [
+        "aten.index_select",
+        "aten.gather",
+        "aten.scatter",
+        "aten.scatter_add",
+        "aten.scatter_reduce",
+        "aten.index_add",
+        "aten.index_copy",
+        "aten.index_fill",
+    ],
+    index_along_dim,
+)
 
 
 def index_tensor(ctx: RuleContext, node: Node) -> None:

@@ -14,8 +14,11 @@ def reshape_like(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(
-    [f"aten.{n}" for n in "view _unsafe_view reshape view_copy _reshape_alias squeeze unsqueeze "
-     "squeeze_copy unsqueeze_copy flatten unflatten view_as reshape_as".split()],
+    [
+        f"aten.{n}"
+        for n in "view _unsafe_view reshape view_copy _reshape_alias squeeze unsqueeze "
+        "squeeze_copy unsqueeze_copy flatten unflatten view_as reshape_as".split()
+    ],
     reshape_like,
 )
 
@@ -40,8 +43,17 @@ def transpose(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.permute", "aten.permute_copy"], permute)
-register_many(["aten.t", "aten.transpose", "aten.transpose_copy", "aten.swapaxes",
-                "aten.swapdims", "aten.numpy_T"], transpose)
+register_many(
+    [
+        "aten.t",
+        "aten.transpose",
+        "aten.transpose_copy",
+        "aten.swapaxes",
+        "aten.swapdims",
+        "aten.numpy_T",
+    ],
+    transpose,
+)
 
 
 def expand(ctx: RuleContext, node: Node) -> None:

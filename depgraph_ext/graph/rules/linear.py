@@ -34,8 +34,10 @@ def mm(ctx: RuleContext, node: Node) -> None:
         ctx.broadcast([bias], [out])
 
 
-register_many(["aten.mm", "aten.bmm", "aten.matmul", "aten.addmm", "aten.baddbmm", "aten.mv",
-                "aten.addmv"], mm)
+register_many(
+    ["aten.mm", "aten.bmm", "aten.matmul", "aten.addmm", "aten.baddbmm", "aten.mv", "aten.addmv"],
+    mm,
+)
 
 
 def convolution(ctx: RuleContext, node: Node) -> None:
@@ -73,9 +75,18 @@ def convolution(ctx: RuleContext, node: Node) -> None:
         ctx.equal(ctx.slots(bias)[0], so[c])
 
 
-register_many(["aten.convolution", "aten._convolution", "aten.conv1d", "aten.conv2d",
-                "aten.conv3d", "aten.mkldnn_convolution", "aten.convolution_overrideable"],
-               convolution)
+register_many(
+    [
+        "aten.convolution",
+        "aten._convolution",
+        "aten.conv1d",
+        "aten.conv2d",
+        "aten.conv3d",
+        "aten.mkldnn_convolution",
+        "aten.convolution_overrideable",
+    ],
+    convolution,
+)
 
 
 def embedding(ctx: RuleContext, node: Node) -> None:

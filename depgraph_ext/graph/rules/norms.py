@@ -21,10 +21,17 @@ def channel_norm(ctx: RuleContext, node: Node) -> None:
             ctx.equal(sv[0], sx[c])
 
 
-register_many(["aten.native_batch_norm", "aten._native_batch_norm_legit",
-                "aten._native_batch_norm_legit_no_training",
-                "aten._native_batch_norm_legit_functional", "aten.batch_norm",
-                "aten.instance_norm"], channel_norm)
+register_many(
+    [
+        "aten.native_batch_norm",
+        "aten._native_batch_norm_legit",
+        "aten._native_batch_norm_legit_no_training",
+        "aten._native_batch_norm_legit_functional",
+        "aten.batch_norm",
+        "aten.instance_norm",
+    ],
+    channel_norm,
+)
 
 
 def layer_norm(ctx: RuleContext, node: Node) -> None:

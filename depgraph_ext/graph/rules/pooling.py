@@ -25,12 +25,28 @@ def _spatial(k: int) -> Rule:
 
 for _k in (1, 2, 3):
     register_many(
-        [f"aten.{n}{_k}d" for n in ("max_pool", "avg_pool", "adaptive_avg_pool",
-                                    "_adaptive_avg_pool", "adaptive_max_pool", "lp_pool",
-                                    "fractional_max_pool", "reflection_pad", "replication_pad",
-                                    "upsample_nearest")]
-        + [f"aten.max_pool{_k}d_with_indices", f"aten.upsample_bilinear{_k}d",
-           f"aten.upsample_linear{_k}d", f"aten.upsample_bicubic{_k}d",
-           f"aten._upsample_nearest_exact{_k}d", f"aten.upsample_trilinear{_k}d"],
+        [
+            f"aten.{n}{_k}d"
+            for n in (
+                "max_pool",
+                "avg_pool",
+                "adaptive_avg_pool",
+                "_adaptive_avg_pool",
+                "adaptive_max_pool",
+                "lp_pool",
+                "fractional_max_pool",
+                "reflection_pad",
+                "replication_pad",
+                "upsample_nearest",
+            )
+        ]
+        + [
+            f"aten.max_pool{_k}d_with_indices",
+            f"aten.upsample_bilinear{_k}d",
+            f"aten.upsample_linear{_k}d",
+            f"aten.upsample_bicubic{_k}d",
+            f"aten._upsample_nearest_exact{_k}d",
+            f"aten.upsample_trilinear{_k}d",
+        ],
         _spatial(_k),
     )

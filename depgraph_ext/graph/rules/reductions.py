@@ -34,8 +34,11 @@ def reduction(ctx: RuleContext, node: Node) -> None:
 
 register_many([f"aten.{n}.other" for n in ("max", "min")], elementwise)
 register_many(
-    [f"aten.{n}" for n in "sum mean amax amin max min argmax argmin logsumexp prod var std "
-     "var_mean std_mean norm linalg_vector_norm any all nansum count_nonzero".split()],
+    [
+        f"aten.{n}"
+        for n in "sum mean amax amin max min argmax argmin logsumexp prod var std "
+        "var_mean std_mean norm linalg_vector_norm any all nansum count_nonzero".split()
+    ],
     reduction,
 )
 
@@ -98,9 +101,19 @@ def _matmul_after(ctx: RuleContext, v: int, depth: int = 6) -> Node | None:
     return None
 
 
-register_many(["aten._softmax", "aten.softmax", "aten._safe_softmax", "aten._log_softmax",
-                "aten.log_softmax",
-                "aten.cumsum", "aten.cumprod", "aten.logcumsumexp"], softmax)
+register_many(
+    [
+        "aten._softmax",
+        "aten.softmax",
+        "aten._safe_softmax",
+        "aten._log_softmax",
+        "aten.log_softmax",
+        "aten.cumsum",
+        "aten.cumprod",
+        "aten.logcumsumexp",
+    ],
+    softmax,
+)
 
 
 def sort_along(ctx: RuleContext, node: Node) -> None:
@@ -118,5 +131,7 @@ def sort_along(ctx: RuleContext, node: Node) -> None:
                 ctx.equal(ss[i], so[i])
 
 
-register_many(["aten.sort", "aten.topk", "aten.argsort", "aten.kthvalue", "aten.median",
-                "aten.mode"], sort_along)
+register_many(
+    ["aten.sort", "aten.topk", "aten.argsort", "aten.kthvalue", "aten.median", "aten.mode"],
+    sort_along,
+)

@@ -80,10 +80,15 @@ class CheckpointResult:
 
     def summary(self) -> str:
         """A table: parameters and units of each group kind before and after, then times."""
-        rows = [("parameters", self.params_before, self.params_after),
-                ("bytes", self.bytes_before, self.bytes_after)]
-        rows += [(f"{kind} units", self.units_before[kind], self.units_after[kind])
-                 for kind in KINDS if self.units_before.get(kind)]
+        rows = [
+            ("parameters", self.params_before, self.params_after),
+            ("bytes", self.bytes_before, self.bytes_after),
+        ]
+        rows += [
+            (f"{kind} units", self.units_before[kind], self.units_after[kind])
+            for kind in KINDS
+            if self.units_before.get(kind)
+        ]
         width = max(len(r[0]) for r in rows)
         lines = [f"{'':<{width}}  {'before':>16}  {'after':>16}  {'kept':>6}"]
         for name, before, after in rows:
@@ -133,7 +138,8 @@ def prune_checkpoint(
         raise InvalidArgumentError(
             f"importance must be one of {STREAMED_IMPORTANCES} when pruning a checkpoint (the "
             f"others need gradients or statistics a checkpoint does not have), not "
-            f"{importance!r}")
+            f"{importance!r}"
+        )
     backend = select_backend(backend)
     src, dst = Path(src), Path(dst)
     ranks = Ranks(distributed)
@@ -147,8 +153,9 @@ def prune_checkpoint(
         model = meta_model(source)
         dg = DependencyGraph(model, example_inputs(model), backend=backend)
         keys = KeyMap(source, model, dg)
-        scorer = ShardScores(source, keys, 1 if importance == "l1" else 2, backend == "native",
-                             bars, ranks)
+        scorer = ShardScores(
+            source, keys, 1 if importance == "l1" else 2, backend == "native", bars, ranks
+        )
         return source, model, dg, keys, scorer
 
     source, model, dg, keys, scorer = collective(ranks, setup)
@@ -171,9 +178,11 @@ def prune_checkpoint(
         needed = sum(writer.output_bytes(i) for i in range(len(source.shards)))
         free = shutil.disk_usage(dst.parent).free
         if needed > free:
-            raise DiskFullError(f"the pruned checkpoint needs {needed / 2**30:.2f} GiB and "
-                                f"{dst.parent} has {free / 2**30:.2f} GiB free; nothing was "
-                                "written")
+            raise DiskFullError(
+                f"the pruned checkpoint needs {needed / 2**30:.2f} GiB and "
+                f"{dst.parent} has {free / 2**30:.2f} GiB free; nothing was "
+                "written"
+            )
         tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         return tmp
@@ -181,6 +190,7 @@ def prune_checkpoint(
     tmp = Path(ranks.broadcast(collective(ranks, prepare if ranks.rank == 0 else str)))
     copied: list[str] = []
     try:
+
         def write_mine():
             try:
                 for i in owned:
@@ -209,29 +219,42 @@ def prune_checkpoint(
     units = units_by_kind(dg.groups, plan.keep)
     entries = [source.entry(k) for k in source.location]
     return CheckpointResult(
-        src=src, dst=dst, plan=plan.tensors,
+        src=src,
+        dst=dst,
+        plan=plan.tensors,
         params_before=sum(e.numel for e in entries),
         params_after=sum(numel(writer.output_shape(e.key)) for e in entries),
         bytes_before=sum(e.nbytes for e in entries),
-        bytes_after=sum(e.nbytes // max(e.numel, 1) * numel(writer.output_shape(e.key))
-                        for e in entries),
+        bytes_after=sum(
+            e.nbytes // max(e.numel, 1) * numel(writer.output_shape(e.key)) for e in entries
+        ),
         units_before={k: units.get(k, (0, 0))[0] for k in KINDS},
         units_after={k: units.get(k, (0, 0))[1] for k in KINDS},
-        config_updates=list(plan.config), timings=timings, num_shards=len(source.shards),
-        world_size=ranks.world, copied_files=copied,
+        config_updates=list(plan.config),
+        timings=timings,
+        num_shards=len(source.shards),
+        world_size=ranks.world,
+        copied_files=copied,
     )
 
 
-def _plan(dg: DependencyGraph, source, keys: KeyMap, scorer: ShardScores,
-          sums: dict[tuple[str, int], np.ndarray], selection: Selection):
+def _plan(
+    dg: DependencyGraph,
+    source,
+    keys: KeyMap,
+    scorer: ShardScores,
+    sums: dict[tuple[str, int], np.ndarray],
+    selection: Selection,
+):
     """Select and validate as ``prune`` does (the same loop, blocking sizes the model's code
     fixes), from the streamed sums; a round after blocking may score tensors not read yet."""
     fp32 = not any(source.entry(keys.key_of[n]).dtype == torch.float64 for n, _ in sums)
 
     def choose(g: DependencyGraph) -> np.ndarray:
         if not g.groups:
-            raise NoPrunableGroupsError("no group of the model has a prunable unit with these "
-                                        "settings")
+            raise NoPrunableGroupsError(
+                "no group of the model has a prunable unit with these settings"
+            )
         scoring = g.scoring_only(shrinkable_groups(g, selection))
         missing = [w for w in scored_dims(scoring) if w not in sums]
         if missing:

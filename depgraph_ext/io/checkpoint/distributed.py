@@ -17,8 +17,10 @@ class Ranks:
 
         active = dist.is_available() and dist.is_initialized()
         if distributed and not active:
-            raise InvalidArgumentError("distributed=True needs torch.distributed initialised "
-                                       "(torch.distributed.init_process_group)")
+            raise InvalidArgumentError(
+                "distributed=True needs torch.distributed initialised "
+                "(torch.distributed.init_process_group)"
+            )
         self.dist = dist if active and distributed is not False else None
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
@@ -39,7 +41,8 @@ class Ranks:
             return
         messages = [None] * self.world
         self.dist.all_gather_object(
-            messages, None if error is None else f"{type(error).__name__}: {error}")
+            messages, None if error is None else f"{type(error).__name__}: {error}"
+        )
         if error is not None:
             raise error
         rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)

@@ -36,15 +36,17 @@ class KeyMap:
                 if shape != want:
                     raise CheckpointError(
                         f"{key} has shape {list(shape)} in the checkpoint, the config gives "
-                        f"{list(want)}: the shards do not belong to this config")
+                        f"{list(want)}: the shards do not belong to this config"
+                    )
                 if name not in self.key_of or key == name:
                     self.key_of[name] = key
         missing = [n for n in dg.graph.params if n not in self.key_of]
         if missing:
             raise CheckpointError(
                 f"the checkpoint lacks {len(missing)} parameter(s) of {type(model).__name__}: "
-                + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
-
+                + ", ".join(missing[:5])
+                + (" ..." if len(missing) > 5 else "")
+            )
 
 
 def per_index_sums(t: torch.Tensor, dim: int, p: int, native: bool) -> np.ndarray:
@@ -63,8 +65,9 @@ def scored_dims(dg: DependencyGraph) -> list[tuple[str, int]]:
     return list(seen)
 
 
-def unit_scores_from_sums(dg: DependencyGraph, sums: dict[tuple[str, int], np.ndarray],
-                          result_fp32: bool) -> torch.Tensor:
+def unit_scores_from_sums(
+    dg: DependencyGraph, sums: dict[tuple[str, int], np.ndarray], result_fp32: bool
+) -> torch.Tensor:
     """Unit scores from per-index sums, added in the order of ``prune``'s fused kernel call
     (member by member, index by index, in double) and rounded as its result is."""
     out = np.zeros(dg.resolution.num_units, dtype=np.float64)
@@ -86,7 +89,7 @@ def read_ahead(mapped: MappedFile, header, keys: list[str]):
         entry = header.entries[key]
         if n == 0:
             mapped.prefetch(entry.begin, entry.end)
-        for ahead in keys[n + 1:n + 1 + AHEAD]:
+        for ahead in keys[n + 1 : n + 1 + AHEAD]:
             mapped.prefetch(header.entries[ahead].begin, header.entries[ahead].end)
         yield key, entry
 
@@ -94,8 +97,9 @@ def read_ahead(mapped: MappedFile, header, keys: list[str]):
 class ShardScores:
     """Reads the scored tensors of a checkpoint's shards: this rank's share, or any shard."""
 
-    def __init__(self, source: Source, keys: KeyMap, p: int, native: bool, progress: Progress,
-                 ranks: Ranks) -> None:
+    def __init__(
+        self, source: Source, keys: KeyMap, p: int, native: bool, progress: Progress, ranks: Ranks
+    ) -> None:
         self.source, self.keys, self.p, self.native = source, keys, p, native
         self.progress, self.ranks = progress, ranks
 
@@ -108,9 +112,14 @@ class ShardScores:
         for i in shards:
             header = self.source.shards[i]
             keys = [k for k in header.entries if k in by_key]
-            with self.progress.bar(f"score {header.path.name}", unit="B",
-                                   total=sum(header.entries[k].nbytes for k in keys)) as bar, \
-                    MappedFile(header) as mapped:
+            with (
+                self.progress.bar(
+                    f"score {header.path.name}",
+                    unit="B",
+                    total=sum(header.entries[k].nbytes for k in keys),
+                ) as bar,
+                MappedFile(header) as mapped,
+            ):
                 for key, entry in read_ahead(mapped, header, keys):
                     t = mapped.tensor(entry)
                     name = self.keys.aliases.get(key, key)
@@ -119,7 +128,8 @@ class ShardScores:
                         if not np.isfinite(s).all():
                             raise NonFiniteWeightsError(
                                 f"{key} in {header.path.name} holds NaN or infinite values; "
-                                "no ranking of units is meaningful")
+                                "no ranking of units is meaningful"
+                            )
                         sums[(name, dim)] = s
                     del t
                     mapped.release(entry.begin, entry.end)
@@ -136,6 +146,6 @@ class ShardScores:
         flat = np.zeros(int(offsets[-1]), dtype=np.float64)
         for i, item in enumerate(wanted):
             if item in mine:
-                flat[offsets[i]:offsets[i + 1]] = mine[item]
+                flat[offsets[i] : offsets[i + 1]] = mine[item]
         flat = self.ranks.sum_(flat)
-        return {item: flat[offsets[i]:offsets[i + 1]] for i, item in enumerate(wanted)}
+        return {item: flat[offsets[i] : offsets[i + 1]] for i, item in enumerate(wanted)}

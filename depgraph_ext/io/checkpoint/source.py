@@ -48,15 +48,20 @@ def open_source(src) -> Source:
         index = _read_json(path / INDEX, "the shard index")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
             raise CheckpointError(f"{path / INDEX} has no weight_map of tensor name -> file")
         files = sorted(set(weight_map.values()))
     elif (path / SINGLE).is_file():
         weight_map, files = None, [SINGLE]
     else:
         others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
-        hint = (f" (found {', '.join(others)}: only safetensors checkpoints are pruned; save "
-                "with save_pretrained(..., safe_serialization=True))" if others else "")
+        hint = (
+            f" (found {', '.join(others)}: only safetensors checkpoints are pruned; save "
+            "with save_pretrained(..., safe_serialization=True))"
+            if others
+            else ""
+        )
         raise CheckpointError(f"{path} has neither {INDEX} nor {SINGLE}{hint}")
     shards = []
     for name in files:
@@ -71,8 +76,9 @@ def open_source(src) -> Source:
     for i, header in enumerate(shards):
         for key in header.entries:
             if key in location:
-                raise CheckpointError(f"tensor {key} is stored in both {files[location[key][0]]} "
-                                      f"and {files[i]}")
+                raise CheckpointError(
+                    f"tensor {key} is stored in both {files[location[key][0]]} and {files[i]}"
+                )
             location[key] = (i, key)
     if weight_map is not None:
         for key, name in weight_map.items():
@@ -102,12 +108,15 @@ def meta_model(source: Source):
     if model_type not in CONFIG_MAPPING:
         raise UnknownModelTypeError(
             f"{source.path / CONFIG} has model_type {model_type!r}, which transformers "
-            f"{transformers.__version__} does not know (custom code is not run)")
+            f"{transformers.__version__} does not know (custom code is not run)"
+        )
     try:
         config = AutoConfig.from_pretrained(source.path)
     except Exception as exc:  # transformers' own validation of the fields
-        raise CheckpointError(f"{source.path / CONFIG} is not a valid {model_type} config: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            f"{source.path / CONFIG} is not a valid {model_type} config: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     classes = [getattr(transformers, a, None) for a in (config.architectures or [])]
     candidates = [c for c in classes if c is not None]
     candidates += [AutoModelForCausalLM.from_config, AutoModel.from_config]
@@ -120,8 +129,9 @@ def meta_model(source: Source):
             return model.eval()
         except Exception as exc:  # the next candidate
             errors.append(f"{getattr(build, '__qualname__', build)}: {exc}")
-    raise CheckpointError(f"no model class builds from {source.path / CONFIG}: "
-                          + "; ".join(errors))
+    raise CheckpointError(
+        f"no model class builds from {source.path / CONFIG}: " + "; ".join(errors)
+    )
 
 
 def example_inputs(model):
@@ -134,5 +144,7 @@ def example_inputs(model):
         size = config.image_size
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         return {"pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), *size)}
-    raise CheckpointError(f"{type(model).__name__} takes {name!r} inputs, which checkpoint "
-                          "pruning cannot make up; load it and use depgraph_ext.prune")
+    raise CheckpointError(
+        f"{type(model).__name__} takes {name!r} inputs, which checkpoint "
+        "pruning cannot make up; load it and use depgraph_ext.prune"
+    )

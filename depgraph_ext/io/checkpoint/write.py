@@ -35,8 +35,7 @@ def numel(shape) -> int:
 class ShardWriter:
     """The pruned shards of one plan: their layouts, sizes, and writing them."""
 
-    def __init__(self, source: Source, keys: KeyMap, plan: TensorPlan,
-                 progress: Progress) -> None:
+    def __init__(self, source: Source, keys: KeyMap, plan: TensorPlan, progress: Progress) -> None:
         self.source, self.keys, self.plan, self.progress = source, keys, plan, progress
 
     def output_shape(self, key: str) -> tuple[int, ...]:
@@ -62,9 +61,15 @@ class ShardWriter:
     def write_shard(self, i: int, out_dir: Path) -> None:
         header = self.source.shards[i]
         header_bytes, keys = self.shard_layout(i)
-        with self.progress.bar(f"write {header.path.name}", unit="B",
-                               total=sum(header.entries[k].nbytes for k in keys)) as bar, \
-                MappedFile(header) as mapped, open(out_dir / header.path.name, "xb") as f:
+        with (
+            self.progress.bar(
+                f"write {header.path.name}",
+                unit="B",
+                total=sum(header.entries[k].nbytes for k in keys),
+            ) as bar,
+            MappedFile(header) as mapped,
+            open(out_dir / header.path.name, "xb") as f,
+        ):
             safetensors_io.write_chunk(f, header_bytes)
             for key, entry in read_ahead(mapped, header, keys):
                 dims = self.plan.get(self.keys.aliases.get(key, key))
@@ -77,8 +82,6 @@ class ShardWriter:
                     copy_bytes(f, mapped, entry.begin, entry.end)
                 bar.update(entry.nbytes)
             f.flush()  # synced with the others at the end: the kernel writes back meanwhile
-
-
 
 
 def new_config(source: Source, model, updates: list[ConfigUpdate]) -> dict:
@@ -97,19 +100,24 @@ def new_config(source: Source, model, updates: list[ConfigUpdate]) -> dict:
 def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents or d in s.parents:
-        raise InvalidArgumentError(f"the destination {dst} must be outside the source {src} "
-                                   "(and not contain it)")
+        raise InvalidArgumentError(
+            f"the destination {dst} must be outside the source {src} (and not contain it)"
+        )
     if dst.exists() and not overwrite and not (dst.is_dir() and not any(dst.iterdir())):
-        raise OutputExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to "
-                                "replace it")
+        raise OutputExistsError(
+            f"{dst} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
 
 
 def write_error(exc: OSError, dst: Path) -> CheckpointWriteError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"no space left on the device of {dst.parent} while writing the "
-                             f"pruned checkpoint ({exc}); nothing was written to {dst}")
-    return CheckpointWriteError(f"writing the pruned checkpoint failed ({exc}); nothing was "
-                                f"written to {dst}")
+        return DiskFullError(
+            f"no space left on the device of {dst.parent} while writing the "
+            f"pruned checkpoint ({exc}); nothing was written to {dst}"
+        )
+    return CheckpointWriteError(
+        f"writing the pruned checkpoint failed ({exc}); nothing was written to {dst}"
+    )
 
 
 def publish(tmp: Path, dst: Path, overwrite: bool) -> None:
@@ -144,28 +152,32 @@ def copy_other_files(source: Source, out: Path) -> list[str]:
     skip = {CONFIG, INDEX} | {h.path.name for h in source.shards}
     copied = []
     for item in sorted(source.path.iterdir()):
-        if item.name in skip or item.name.startswith(".") or item.name.endswith(
-                _WEIGHT_SUFFIXES):
+        if item.name in skip or item.name.startswith(".") or item.name.endswith(_WEIGHT_SUFFIXES):
             continue
         if item.is_dir():
-            shutil.copytree(item, out / item.name,
-                            ignore=shutil.ignore_patterns(*(f"*{s}" for s in _WEIGHT_SUFFIXES)))
+            shutil.copytree(
+                item,
+                out / item.name,
+                ignore=shutil.ignore_patterns(*(f"*{s}" for s in _WEIGHT_SUFFIXES)),
+            )
         else:
             shutil.copy2(item, out / item.name)
         copied.append(item.name)
     return copied
 
 
-def finish(source: Source, model, writer: ShardWriter, updates, tmp: Path,
-           copied: list[str]) -> None:
+def finish(
+    source: Source, model, writer: ShardWriter, updates, tmp: Path, copied: list[str]
+) -> None:
     """Rank 0: the index, the config and the non-weight files, into ``tmp``."""
     if source.index is not None:
         index = copy.deepcopy(source.index)
         metadata = dict(index.get("metadata") or {})
         keys = list(source.location)
         metadata["total_size"] = sum(
-            source.entry(k).nbytes // max(source.entry(k).numel, 1)
-            * numel(writer.output_shape(k)) for k in keys)
+            source.entry(k).nbytes // max(source.entry(k).numel, 1) * numel(writer.output_shape(k))
+            for k in keys
+        )
         if "total_parameters" in metadata:
             metadata["total_parameters"] = sum(numel(writer.output_shape(k)) for k in keys)
         index["metadata"] = metadata
