@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import tracemalloc
 import warnings
@@ -69,7 +71,21 @@ def test_bad_inputs_type_and_options():
         dx.prune(model, X, round_to=0)
     with pytest.raises(dx.InvalidArgumentError, match="backend"):
         dx.prune(model, X, backend="gpu")
+    with pytest.raises(dx.InvalidArgumentError, match=r"unknown option\(s\) \['ratoi'\]"):
+        dx.prune(model, X, ratoi=0.3)
+    with pytest.raises(dx.InvalidArgumentError, match="unknown option"):
+        dx.Pruner(model, X, iterative_step=2)
     assert_same_state(before, state_of(model))
+
+
+def test_the_options_are_in_the_signatures():
+    import inspect
+
+    fields = [f.name for f in dataclasses.fields(dx.PruneOptions)]
+    for fn in (dx.prune, dx.Pruner):
+        params = list(inspect.signature(fn).parameters)
+        assert params[:3] == ["model", "example_inputs", "ratio"] and params[3:] == fields
+    assert "global_pruning" in dx.prune.__doc__ and "require_loadable" in dx.prune.__doc__
 
 
 def test_validation_failure_leaves_model_untouched(monkeypatch):

@@ -362,3 +362,23 @@ def test_rules_looked_up_by_op_follow_changes_to_the_table():
     finally:
         dx.unregister_rule("dxtest.mystery")
     assert rules.rule_for(mystery_node) is None
+
+
+def test_a_rule_emitting_malformed_couplings_makes_its_op_opaque(backend):
+    """A user's rule whose couplings the resolution refuses (a cat piece past the end of its
+    whole) does not crash anything: its op is opaque, and the warning says why."""
+
+    @dx.register_rule("dxtest.mystery")
+    def _rule(ctx, node):
+        x, out = node.inputs[0], node.outputs[0]
+        ctx.cat_piece(ctx.slots(out)[1], ctx.slots(x)[1], 1000)
+
+    try:
+        with pytest.warns(dx.OpaqueOpWarning, match="malformed coupling: coupling .*CAT_PIECE"):
+            dg = dx.DependencyGraph(Mystery(), torch.randn(1, 2, 3, 3), backend=backend)
+        assert [op.op for op in dg.opaque_ops] == ["dxtest.mystery.default"]
+        assert member_map(dg, "a.weight", 0) == {}  # blocked, as an op without a rule
+        with pytest.raises(dx.UnsupportedOpError, match="malformed coupling"):
+            dx.DependencyGraph(Mystery(), torch.randn(1, 2, 3, 3), backend=backend, strict=True)
+    finally:
+        dx.unregister_rule("dxtest.mystery")

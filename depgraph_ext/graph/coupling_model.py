@@ -3,6 +3,8 @@ on the way (opaque ops, module attributes that follow slots, group kinds, attent
 
 from __future__ import annotations
 
+import bisect
+import re
 from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
@@ -35,14 +37,36 @@ class CouplingModel:
     opaque: list[OpaqueOp]
     kind_slots: list[tuple[int, str]]
     attention: list[AttentionCall]
+    # (node index, first coupling, end) of every rule that emitted couplings, in order
+    rule_spans: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def node_that_emitted(self, coupling: int) -> int | None:
+        """The node whose rule emitted coupling number ``coupling`` (None: no rule did)."""
+        i = bisect.bisect_right([start for _, start, _ in self.rule_spans], coupling) - 1
+        if i >= 0 and coupling < self.rule_spans[i][2]:
+            return self.rule_spans[i][0]
+        return None
+
+    def node_of_malformed(self, error: ValueError) -> int | None:
+        """The node whose rule emitted the coupling a resolution refused (its message names
+        the coupling: ``coupling K (KIND): ...``), or None."""
+        match = re.match(r"coupling (\d+)\b", str(error))
+        return self.node_that_emitted(int(match.group(1))) if match else None
 
 
 def build_couplings(
-    graph: OpGraph, ignored: set[str], strict: bool, hidden_tensors: list[str] = ()
+    graph: OpGraph,
+    ignored: set[str],
+    strict: bool,
+    hidden_tensors: list[str] = (),
+    malformed: dict[int, str] | None = None,
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
-    ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights)."""
+    ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights).
+    ``malformed``: nodes whose rules emitted couplings resolution refused (node index ->
+    why): they are opaque this time."""
+    malformed = malformed or {}
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
     for name in hidden_tensors:
@@ -53,10 +77,13 @@ def build_couplings(
     for name in sorted(ignored):
         ctx.block_value(named[name])
     opaque: list[OpaqueOp] = []
+    spans: list[tuple[int, int, int]] = []
     touched_anywhere: set[int] = set()
     for node in graph.nodes:
         rule = rule_for(node)
         reason = "no rule for this op"
+        if node.index in malformed:
+            rule, reason = None, malformed[node.index]
         if rule is not None:
             checkpoint = builder.checkpoint()
             ctx.touched = set()
@@ -66,6 +93,9 @@ def build_couplings(
                 builder.rollback(checkpoint)
                 reason = f"its rule cannot map this call: {exc}"
                 rule = None
+            else:
+                if builder.checkpoint()[1] > checkpoint[1]:
+                    spans.append((node.index, checkpoint[1], builder.checkpoint()[1]))
         if rule is None:
             if strict:
                 raise UnsupportedOpError(
@@ -98,5 +128,11 @@ def build_couplings(
         if s >= 0
     ]
     return CouplingModel(
-        builder.build(query), ctx.value_slots, ctx.attr_slots, opaque, ctx.kind_slots, ctx.attention
+        builder.build(query),
+        ctx.value_slots,
+        ctx.attr_slots,
+        opaque,
+        ctx.kind_slots,
+        ctx.attention,
+        spans,
     )

@@ -153,15 +153,24 @@ class DependencyGraph:
         )
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
-        with paused_gc():
-            self.coupling_model = build_couplings(
-                self.graph,
-                self.ignored,
-                strict,
-                _norm_weights_of_stream(model, self.graph, self.walk),
-            )
-        t2 = time.perf_counter()
-        self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
+        norm_weights = _norm_weights_of_stream(model, self.graph, self.walk)
+        # A rule (a user's, say) that emits couplings the resolution refuses makes its op
+        # opaque, named in the warning; anything else malformed is a bug of the library.
+        malformed: dict[int, str] = {}
+        while True:
+            with paused_gc():
+                self.coupling_model = build_couplings(
+                    self.graph, self.ignored, strict, norm_weights, malformed
+                )
+            t2 = time.perf_counter()
+            try:
+                self.resolution: Resolution = resolve(self.coupling_model.couplings, self.backend)
+                break
+            except ValueError as exc:
+                node = self.coupling_model.node_of_malformed(exc)
+                if node is None or node in malformed:
+                    raise PruningError(f"internal error: malformed couplings ({exc})") from exc
+                malformed[node] = f"its rule emitted a malformed coupling: {exc}"
         t3 = time.perf_counter()
         self.timings.update(trace=t1 - t0, rules=t2 - t1, resolve=t3 - t2)
         self._index()
