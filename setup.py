@@ -99,8 +99,10 @@ def cuda_decision() -> tuple[bool, str]:
     if version is None:
         return False, "nvcc not found"
     if version[0] != int(torch.version.cuda.split(".")[0]):
-        return False, (f"nvcc is CUDA {version[0]}.{version[1]}, torch was built with CUDA "
-                       f"{torch.version.cuda}")
+        return False, (
+            f"nvcc is CUDA {version[0]}.{version[1]}, torch was built with CUDA "
+            f"{torch.version.cuda}"
+        )
     return True, f"torch CUDA {torch.version.cuda} matches nvcc {version[0]}.{version[1]}"
 
 
@@ -136,8 +138,15 @@ if WITH_CUDA:
         include_dirs=["csrc/ops"],
         extra_compile_args={
             "cxx": cxx_flags,
-            "nvcc": [f"-std=c++{STD}", *OPT, *defines, "--Werror", "all-warnings",
-                     "-Xcompiler", ",".join(WARNINGS)],
+            "nvcc": [
+                f"-std=c++{STD}",
+                *OPT,
+                *defines,
+                "--Werror",
+                "all-warnings",
+                "-Xcompiler",
+                ",".join(WARNINGS),
+            ],
         },
         extra_link_args=OPENMP,
     )
@@ -156,8 +165,10 @@ ops.include_dirs = ["csrc/ops"]
 for flags in ops.extra_compile_args.values():
     flags += [arg for d in torch_includes for arg in ("-isystem", d)]
 
-print(f"depgraph_ext build: _core (C++17, {'debug' if DEBUG else 'release'}); _ops (C++{STD}: "
-      f"{STD_WHY}) with CPU kernels{' and CUDA kernels' if WITH_CUDA else ''} ({WHY})")
+print(
+    f"depgraph_ext build: _core (C++17, {'debug' if DEBUG else 'release'}); _ops (C++{STD}: "
+    f"{STD_WHY}) with CPU kernels{' and CUDA kernels' if WITH_CUDA else ''} ({WHY})"
+)
 
 setup(
     ext_modules=[core, ops],
