@@ -38,13 +38,17 @@ class UnsupportedOpError(PruningError):
 class PlanValidationError(PruningError):
     """The pruned shapes failed the fake forward that checks every plan before weights change.
 
-    ``node`` is the index of the first op that deviated from the plan (None if unknown) and
-    ``fixed_slots`` the slots it showed to be fixed by the model's code."""
+    ``node`` is the index of the first op that deviated from the plan (None if unknown),
+    ``fixed_slots`` the slots it showed to be fixed by the model's code, and ``module`` the
+    innermost module where it happened (None if unknown)."""
 
-    def __init__(self, message: str, node: int | None = None, fixed_slots=()) -> None:
+    def __init__(
+        self, message: str, node: int | None = None, fixed_slots=(), module: str | None = None
+    ) -> None:
         super().__init__(message)
         self.node = node
         self.fixed_slots = list(fixed_slots)
+        self.module = module
 
 
 class NoPrunableGroupsError(PruningError):
@@ -93,3 +97,19 @@ class CheckpointWriteError(PruningError):
 
 class DiskFullError(CheckpointWriteError):
     """The destination's file system has no room for the pruned checkpoint."""
+
+
+class VerificationError(PruningError):
+    """``verify=True``: the pruned model does not compute what the original computes with the
+    removed units zeroed, for groups that claim to be exact. ``groups`` describes them,
+    ``difference`` is the largest relative difference of the outputs."""
+
+    def __init__(self, message: str, groups=(), difference: float = float("nan")) -> None:
+        super().__init__(message)
+        self.groups = list(groups)
+        self.difference = difference
+
+
+class FunctionChangingWarning(UserWarning):
+    """Groups whose removal changes what the kept units compute (a norm's statistics, a mean or
+    a softmax over them ...) were pruned; ``exact_only=True`` keeps them."""

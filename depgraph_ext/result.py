@@ -30,6 +30,9 @@ class PruneResult:
     units: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind -> (before, after)
     steps: int = 1
     buffers: frozenset[str] = frozenset()  # planned names that are buffers, not parameters
+    # function-changing groups that lost units, each described with why (empty: exact prune)
+    function_changing: list[str] = field(default_factory=list)
+    model_ref: object = field(default=None, repr=False, compare=False)  # weakref to the model
 
     def save_plan(self, path):
         """Write the plan (kept indices, attribute and config changes) as JSON; replay it on a
@@ -90,7 +93,49 @@ class PruneResult:
             lines.append(f"MACs: {self.macs_before:,} -> {self.macs_after:,} ({kept:.1%} kept)")
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
         lines.append(f"time: {stages}")
+        if self.function_changing:
+            lines.append(
+                f"function-changing groups pruned ({len(self.function_changing)}): "
+                "removing their units changes what the kept units compute"
+            )
+            lines += [f"  - {g}" for g in self.function_changing[:max_rows]]
+            if max_rows is not None and len(self.function_changing) > max_rows:
+                lines.append(f"  ... {len(self.function_changing) - max_rows} more")
+        else:
+            lines.append("every pruned group is exact (removing its units equals zeroing them)")
         return "\n".join(lines)
+
+    def verify(self, example_inputs, *, rtol: float | None = None) -> float:
+        """Check the pruned model on ``example_inputs`` against the original with the removed
+        units zeroed, rebuilt from the pruned model itself (its kept weights scattered back
+        into the original shapes, attributes and config set back): the scatter-back oracle.
+        Returns the largest relative difference of the outputs; raises VerificationError
+        beyond ``rtol`` (by default the tolerance of the weights' dtype). Only for prunes of
+        exact groups (function-changing ones changed the outputs on purpose); costs a copy of
+        the model at its original size and two forward passes."""
+        from .errors import InvalidArgumentError, VerificationError
+        from .prune.verify import scatter_back_difference
+
+        model = self.model_ref() if self.model_ref is not None else None
+        if model is None:
+            raise InvalidArgumentError("the pruned model of this result is gone")
+        if self.function_changing:
+            raise InvalidArgumentError(
+                f"this prune removed units of {len(self.function_changing)} function-changing "
+                "group(s), which change the outputs on purpose; only exact prunes can be "
+                "verified after the fact (prune with exact_only=True, or verify=True, which "
+                "checks the exact groups before the model changes)"
+            )
+        difference, tolerance = scatter_back_difference(self, model, example_inputs)
+        limit = tolerance if rtol is None else rtol
+        if difference > limit:
+            raise VerificationError(
+                f"the pruned model does not compute what the original computes with the "
+                f"removed units zeroed: largest relative difference {difference:.3g} "
+                f"(tolerance {limit:.3g})",
+                difference=difference,
+            )
+        return difference
 
 
 def compose_results(results: list[PruneResult]) -> PruneResult:
@@ -140,4 +185,6 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
         units=units,
         steps=len(results),
         buffers=frozenset().union(*(r.buffers for r in results)),
+        function_changing=[g for r in results for g in r.function_changing],
+        model_ref=results[-1].model_ref,
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UnsupportedOpError
 from .couplings import CouplingBuilder, Couplings
-from .rules import AttentionCall, RuleContext, RuleError, rule_for
+from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
 from .trace import OpGraph
 
 
@@ -39,6 +39,7 @@ class CouplingModel:
     attention: list[AttentionCall]
     # (node index, first coupling, end) of every rule that emitted couplings, in order
     rule_spans: list[tuple[int, int, int]] = field(default_factory=list)
+    reductions: list[Reduction] = field(default_factory=list)
 
     def node_that_emitted(self, coupling: int) -> int | None:
         """The node whose rule emitted coupling number ``coupling`` (None: no rule did)."""
@@ -108,6 +109,13 @@ def build_couplings(
                 ctx.block_value(v)
             continue
         touched_anywhere |= ctx.touched
+        # An input dim the rule neither coupled nor freed has its size fixed by this op (a
+        # convolution's kernel taps, read through a view): a dim is prunable only if every
+        # op that reads it allows it.
+        for v in dict.fromkeys(node.inputs):
+            for s in ctx.slots(v):
+                if s not in ctx.touched and ctx.size(s) != 1:
+                    ctx.block(s)
         for v in node.outputs:
             for s in ctx.slots(v):
                 if s not in ctx.touched and ctx.size(s) != 1:
@@ -135,4 +143,5 @@ def build_couplings(
         ctx.kind_slots,
         ctx.attention,
         spans,
+        ctx.reductions,
     )

@@ -47,6 +47,11 @@ class Member:
 class Group:
     """Coupled slices that must be pruned together, unit by unit.
 
+    ``exact``: removing units of this group equals zeroing them in the original (the
+    scatter-back oracle holds); otherwise the group is *function-changing* and ``reasons`` says
+    why (an op that reduces over its units with more than a sum: a norm's statistics, a mean, a
+    softmax, a max ...).
+
     ``members`` are listed on first use (for every group of the graph at once): selecting and
     pruning need only the units, and listing the members of every group costs a Llama-7B-sized
     graph a quarter of a second."""
@@ -59,13 +64,19 @@ class Group:
         members: list[Member] | None = None,
         kind: str = "channels",
         list_members=None,
+        reasons: tuple[str, ...] = (),
     ) -> None:
         self.index = index
         self.unit_ids = unit_ids  # global unit ids, group-local unit i is unit_ids[i]
         self.prunable = prunable  # bool per local unit
         self.kind = kind  # "heads" | "hidden" | "channels"
+        self.reasons = reasons
         self._members = members
         self._list_members = list_members  # fills ``_members`` of every group
+
+    @property
+    def exact(self) -> bool:
+        return not self.reasons
 
     @property
     def members(self) -> list[Member]:
@@ -86,8 +97,17 @@ class Group:
         more = f" +{len(self.members) - 4}" if len(self.members) > 4 else ""
         return (
             f"Group({self.index}, {self.kind}: {self.num_units} units, "
-            f"{self.num_prunable} prunable; "
+            f"{self.num_prunable} prunable{'' if self.exact else ', function-changing'}; "
             f"{names}{more})"
+        )
+
+    def describe(self) -> str:
+        """The group in a line: kind, size, a few members, and why it is function-changing."""
+        names = ", ".join(f"{m.name}[{m.dim}]" for m in self.members[:3])
+        more = f" +{len(self.members) - 3}" if len(self.members) > 3 else ""
+        why = "; ".join(self.reasons[:2]) + (" ..." if len(self.reasons) > 2 else "")
+        return f"{self.kind} group of {self.num_units} units ({names}{more})" + (
+            f": {why}" if why else ""
         )
 
 
@@ -227,6 +247,19 @@ class DependencyGraph:
         self.unit_prunable = has_param & ~res.unit_blocked
         for leaf in np.nonzero((res.leaf_sizes == 1) & (res.leaf_unit_offsets >= 0))[0]:
             self.unit_prunable[res.units_of_leaf(int(leaf))] = False  # a dim of 1 stays
+        # Why each resolution group's units cannot be removed as if zeroed (none: exact).
+        self.group_reasons: dict[int, list[str]] = {}
+        for r in self.coupling_model.reductions:
+            for leaf in res.leaves_of(r.slot):
+                if res.leaf_unit_offsets[leaf] < 0:
+                    continue
+                units = res.units_of_leaf(int(leaf))
+                units = units[self.unit_prunable[units]]
+                for gid in np.unique(res.unit_groups[units]).tolist():
+                    reasons = self.group_reasons.setdefault(gid, [])
+                    why = r.describe()
+                    if why not in reasons:
+                        reasons.append(why)
 
     def _explain_opaque(self) -> None:
         opaque = self.coupling_model.opaque
@@ -290,6 +323,7 @@ class DependencyGraph:
                     self.unit_prunable[unit_ids],
                     kind=KINDS[int(kind_of[gid])],
                     list_members=listing,
+                    reasons=tuple(self.group_reasons.get(gid, ())),
                 )
             )
         return groups

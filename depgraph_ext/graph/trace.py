@@ -177,6 +177,10 @@ class _RecorderBase(_EagerMode):
         """(op, module) of every op recorded so far."""
         raise NotImplementedError
 
+    def recorded_count(self) -> int:
+        """How many ops were recorded so far."""
+        return len(self.graph.nodes if isinstance(self.graph, OpGraph) else self.graph.ops)
+
     def _run(self, func, args, kwargs) -> tuple[Any, list[torch.Tensor] | tuple | None]:
         """Run the op: what it returned and its tensor results (None: it has none). A failing
         op is described in ``failed_at`` before re-raising."""
@@ -730,7 +734,9 @@ def trace_as(
             error = TraceError(
                 f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
             )
-            error.failed_at = recorder.failed_at
+            error.failed_at = recorder.failed_at  # the op that raised, when one did
+            error.module = stack[-1] if stack else None  # the innermost module running
+            error.ops_done = recorder.recorded_count()  # ops recorded before the failure
             raise error from exc
         finally:
             _check_untouched(modules, params, buffers)

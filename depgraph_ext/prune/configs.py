@@ -125,13 +125,21 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     ratio = getattr(config, "mlp_ratio", None)
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0:
         # Swin-like: each MLP is mlp_ratio x its stage's width; uniform pruning keeps one ratio.
+        # The width is the pruned one: a model built from the config makes each MLP
+        # mlp_ratio x its stage's *new* width.
+        stream: dict[int, set[int]] = {}
+        for s, kind in dg.coupling_model.kind_slots:
+            if kind == "hidden":
+                stream.setdefault(int(sizes[s]), set()).add(kept(s, masks))
         new_ratios = set()
         for g in dg.groups:
             base = g.num_units / ratio
             if g.kind == "channels" and base == int(base) and int(base) > 0:
                 kept_units = int(unit_keep[g.unit_ids].sum())
-                if kept_units != g.num_units:
-                    new_ratios.add(kept_units / base)
+                widths = stream.get(int(base), {int(base)})
+                kept_base = next(iter(widths)) if len(widths) == 1 else int(base)
+                if kept_units / kept_base != ratio:
+                    new_ratios.add(kept_units / kept_base)
         if len(new_ratios) == 1:
             propose("mlp_ratio", new_ratios.pop())
         elif new_ratios:
@@ -141,24 +149,43 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
 
 def check_loadable(
     dg: DependencyGraph,
-    updates: list[ConfigUpdate],
+    updates,
     planned_shapes,
-    problems: list[str],
+    problems,
     require: bool,
-) -> None:
-    """Build the model from the updated config on meta and compare every tensor's shape."""
+) -> list[ConfigUpdate]:
+    """Whether the updated config rebuilds the pruned model: each update set on a copy of the
+    config (its own field validation runs; an integral float becomes an int where the field
+    asks for one), the config's class-level validation (``validate()``), a round trip through
+    a dict (what loading from config.json runs), and a model built from it on the meta device
+    whose every tensor must have the pruned shape. Returns the updates the config accepts;
+    what it cannot express is a ``ConfigMismatchWarning``, or with ``require`` a
+    ``PruningError`` raised before anything changes."""
     model = dg.model
     config = config_of(model)
     if config is None:
-        return
+        return list(updates)
     new_config = copy.deepcopy(config)
-    for u in updates:
-        setattr(new_config, u.field, u.new)
     mismatches = list(problems)
+    accepted: list[ConfigUpdate] = []
+    for u in updates:
+        error = _set_field(new_config, u.field, u.new)
+        if error is None:
+            accepted.append(u)
+            continue
+        value = int(u.new) if isinstance(u.new, float) and u.new.is_integer() else None
+        if value is not None and _set_field(new_config, u.field, value) is None:
+            accepted.append(ConfigUpdate(u.field, u.old, value))
+        else:
+            mismatches.append(f"config.{u.field} cannot hold {u.new!r} ({error})")
     try:
-        with torch.device("meta"), warnings.catch_warnings(), no_torch_init():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fresh = type(model)(new_config)
+            if callable(getattr(new_config, "validate", None)):
+                new_config.validate()  # what save_pretrained runs
+            reloaded = type(new_config).from_dict(new_config.to_dict())  # what loading runs
+            with torch.device("meta"), no_torch_init():
+                fresh = type(model)(reloaded)
         g = dg.graph
         traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
         for name, shape in state_shapes(fresh):
@@ -170,13 +197,14 @@ def check_loadable(
                 mismatches.append(
                     f"{name} would be {shape} from the config, {tuple(expected)} pruned"
                 )
-    except Exception as exc:  # a config the model class itself rejects
+    except Exception as exc:  # a config the class or the model refuses
+        cause = exc.__cause__ or exc
         mismatches.append(
             f"{type(model).__name__} cannot be built from the updated config "
-            f"({type(exc).__name__}: {exc})"
+            f"({type(exc).__name__}: {str(cause)[:300]})"
         )
     if not mismatches:
-        return
+        return accepted
     if dg.coupling_model.attention:
         advice = (
             " Models whose config derives the head dim from hidden_size / "
@@ -200,6 +228,16 @@ def check_loadable(
     if require:
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
+    return accepted
+
+
+def _set_field(config, field: str, value) -> str | None:
+    """Set ``config.field``; None, or why the config refused the value."""
+    try:
+        setattr(config, field, value)
+    except Exception as exc:  # strict configs validate each field on assignment
+        return f"{type(exc).__name__}: {str(exc.__cause__ or exc)[:200]}"
+    return None
 
 
 def state_shapes(model: torch.nn.Module):

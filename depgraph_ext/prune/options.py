@@ -35,6 +35,13 @@ class PruneOptions:
     is never held twice; by default every pruned tensor is built before the first is assigned,
     so any failure leaves the model as it was. ``progress``: bars on stages that take seconds;
     None shows them when standard error is a terminal, False never.
+
+    Exactness: ``exact_only`` prunes only groups whose removal equals zeroing their units
+    (``Group.exact``); function-changing groups (a norm's statistics, a mean or a softmax over
+    their units ...) keep every unit. ``verify``: before the model changes, the pruned model
+    and the original with the removed units zeroed run on the example inputs; for the exact
+    groups they must agree, or a ``VerificationError`` names the groups that do not (two
+    forward passes, and a copy of the removed slices while they run).
     """
 
     importance: object = "l2"
@@ -53,6 +60,8 @@ class PruneOptions:
     in_place: bool = False
     optimizer: object = None
     progress: bool | None = None
+    exact_only: bool = False
+    verify: bool = False
 
     @classmethod
     def of(cls, options: dict) -> PruneOptions:

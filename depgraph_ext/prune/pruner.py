@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import inspect
 import time
+import warnings
+import weakref
 from dataclasses import replace
 
 import numpy as np
 import torch
 
 from ..counting import PlannedCosts
-from ..errors import InvalidArgumentError, NoPrunableGroupsError, PruningError
+from ..errors import (
+    FunctionChangingWarning,
+    InvalidArgumentError,
+    NoPrunableGroupsError,
+    PruningError,
+    user_stacklevel,
+)
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph, Group
 from ..result import PruneResult, compose_results
@@ -27,6 +35,7 @@ from .plan import Plan
 from .select import (
     Selection,
     Targets,
+    check_flag,
     check_max_ratio,
     check_min_units,
     check_ratio,
@@ -41,6 +50,7 @@ from .select import (
     units_by_kind,
 )
 from .validate import checked_plan, plan_until_valid
+from .verify import verify_plan
 
 
 class Pruner:
@@ -66,10 +76,7 @@ class Pruner:
             raise InvalidArgumentError(
                 f"iterative_steps must be an integer >= 1, not {o.iterative_steps!r}"
             )
-        if not isinstance(o.global_pruning, bool):
-            raise InvalidArgumentError(
-                f"global_pruning must be True or False, not {o.global_pruning!r}"
-            )
+        check_flag(o.global_pruning, "global_pruning")
         if o.optimizer is not None and not isinstance(o.optimizer, torch.optim.Optimizer):
             raise InvalidArgumentError(
                 f"optimizer must be a torch.optim.Optimizer, not {type(o.optimizer).__name__}"
@@ -85,7 +92,9 @@ class Pruner:
             max_ratio=check_max_ratio(o.max_ratio),
             min_units=check_min_units(o.min_units),
             round_to=check_round_to(o.round_to),
+            exact_only=check_flag(o.exact_only, "exact_only"),
         )
+        check_flag(o.verify, "verify")
         self.target_params = check_target(o.target_params, "target_params")
         self.target_macs = check_target(o.target_macs, "target_macs")
         self.iterative_steps = o.iterative_steps
@@ -210,6 +219,10 @@ def prune_step(
         return keep
 
     dg, plan = plan_until_valid(dg, choose, options.require_loadable, timings)
+    if options.verify:
+        t = time.perf_counter()
+        verify_plan(dg, plan)
+        timings["verify"] = time.perf_counter() - t
     return apply_step(dg, plan, timings, t0, options.in_place, options.optimizer)
 
 
@@ -267,6 +280,16 @@ def apply_step(
     apply_config_updates(model, plan.config)
     t_apply = time.perf_counter()
     timings = timings | {"count": t - t_count, "apply": t_apply - t, "total": t_apply - t0}
+    changing = [g.describe() for g in dg.groups if not g.exact and not plan.keep[g.unit_ids].all()]
+    if changing:
+        warnings.warn(
+            f"{len(changing)} function-changing group(s) were pruned: removing their units "
+            f"changes what the kept ones compute ({changing[0]}"
+            + (f"; and {len(changing) - 1} more" if len(changing) > 1 else "")
+            + "); result.summary() lists them, exact_only=True keeps them",
+            FunctionChangingWarning,
+            stacklevel=user_stacklevel(),
+        )
     return PruneResult(
         plan=plan.tensors,
         params_before=params_before,
@@ -282,6 +305,8 @@ def apply_step(
         macs_after=macs_after,
         units=units_by_kind(dg.groups, plan.keep),
         buffers=frozenset(plan.tensors.keys() - params.keys()),
+        function_changing=changing,
+        model_ref=weakref.ref(model),
     )
 
 

@@ -63,6 +63,12 @@ def check_max_ratio(max_ratio) -> float:
     return float(max_ratio)
 
 
+def check_flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be True or False, not {value!r}")
+    return value
+
+
 def check_min_units(min_units) -> int:
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
         raise InvalidArgumentError(f"min_units must be an integer >= 1, not {min_units!r}")
@@ -117,7 +123,8 @@ class Selection:
     wins) overriding ``ratio``; ``global_pruning``: groups of one kind compete on their
     normalised scores and the kind as a whole loses its ratio of units; ``max_ratio``: no group
     loses more than this fraction; ``min_units``: every group keeps at least this many units;
-    ``round_to``: the units a group keeps are rounded up to a multiple of this.
+    ``round_to``: the units a group keeps are rounded up to a multiple of this;
+    ``exact_only``: function-changing groups keep every unit.
     """
 
     ratio: float = 0.5
@@ -126,6 +133,7 @@ class Selection:
     max_ratio: float = 1.0
     min_units: int = 1
     round_to: int | None = None
+    exact_only: bool = False
     # Iterative pruning: the fraction of the schedule done after this step, and the prunable
     # units before the first step, per group (by root parameter) and per kind.
     progress: float = 1.0
@@ -175,8 +183,11 @@ def shrinkable_groups(
 ) -> np.ndarray:
     """Whether each group can lose units under ``selection``: not when its ratio is 0 (a kind
     or module given 0; with targets, the ratio searched for stands for the default one).
-    Local or global, a group of ratio 0 keeps every unit whatever the scores."""
+    Local or global, a group of ratio 0 keeps every unit whatever the scores; with
+    ``exact_only``, so does a function-changing group."""
     ratios, _ = group_ratios(dg, selection.with_ratio(1.0) if targets is not None else selection)
+    if selection.exact_only:
+        ratios = ratios * np.array([g.exact for g in dg.groups], dtype=bool)
     return ratios > 0
 
 
@@ -190,6 +201,8 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
     caps = []
     for group in dg.groups:
         candidates = group.unit_ids[group.prunable & np.isfinite(s[group.unit_ids])]
+        if sel.exact_only and not group.exact:
+            candidates = candidates[:0]
         cap = min(
             int(math.floor(candidates.shape[0] * sel.max_ratio + 1e-9)),
             group.num_units - sel.min_units,

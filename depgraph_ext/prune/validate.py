@@ -4,6 +4,7 @@ feedback loop of every pipeline (``prune``, ``prune_checkpoint``) is :func:`plan
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from .attributes import temporary_attributes
 from .configs import check_loadable
 from .plan import Plan, propose_plan
 
-MAX_ROUNDS = 32  # validation rounds of one plan; each blocks at least one more slot
+MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
 
 
 def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False) -> Plan:
@@ -26,10 +27,10 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
     with paused_gc():
         plan = propose_plan(dg, keep)
         validate_plan(dg, plan)
-    check_loadable(
+    accepted = check_loadable(
         dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, require_loadable
     )
-    return plan
+    return dataclasses.replace(plan, config=tuple(accepted))
 
 
 def plan_until_valid(
@@ -71,24 +72,37 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     except TraceError as exc:
         failed = getattr(exc, "failed_at", None)
         bad = _original_of(g, failed) if failed is not None else None
+        done, module = getattr(exc, "ops_done", None), getattr(exc, "module", None)
+        if (
+            bad is None
+            and done is not None
+            and done < len(g.nodes)
+            and (g.nodes[done].module == module)
+        ):
+            # It failed before an op ran (a composite such as reshape checks its sizes first):
+            # the op the original ran next, in the same module, is the one.
+            bad = g.nodes[done]
         fixed, where = [], ""
         if bad is not None:
             fixed = (
-                _sizes_fixed_by_call(dg, bad, failed.args, masks)
-                or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
-                or [s for v in bad.inputs + bad.outputs for s in slots[v]]
-            )
+                failed is not None
+                and (
+                    _sizes_fixed_by_call(dg, bad, failed.args, masks)
+                    or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
+                )
+            ) or [s for v in bad.inputs + bad.outputs for s in slots[v]]
             where = f" at op {bad.name} in module {bad.module or '<root>'}"
         raise PlanValidationError(
             f"the pruned shapes do not run{where}: {exc}",
             bad.index if bad is not None else None,
             fixed,
+            bad.module if bad is not None else module,
         ) from exc
 
     kept = dg.slot_kept_sizes(masks)
     kept_sizes = kept.tolist()
 
-    def check(where: str, vo: int, actual: tuple) -> None:
+    def check(where: str, vo: int, actual: tuple, module: str | None) -> None:
         expected = tuple([kept_sizes[s] for s in slots[vo]])
         if expected == actual:
             return
@@ -102,7 +116,13 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
             f"{original}): the model's code fixes a size the rules treat as prunable",
             None,
             fixed,
+            module,
         )
+
+    def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
+        for vo, shape in zip(old.outputs, new_shapes):
+            if not same_ranks_only or len(shape) == len(slots[vo]):
+                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape, old.module)
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
         a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
@@ -111,22 +131,43 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         pass
     elif aligned:  # op by op: the first deviating op is the one whose call fixes a size
         for old, (_, _, new_shapes) in zip(g.nodes, pruned.ops):
-            for vo, shape in zip(old.outputs, new_shapes):
-                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape)
-    else:  # decompositions branch on shapes: compare what every module call returns
+            check_op(old, new_shapes)
+    else:
+        # Decompositions branch on shapes. Ops before the traces part correspond one to one
+        # (a channel shuffle in a module's own forward is seen nowhere else): op by op there;
+        # then what every module call returns.
+        for old, (op, _, new_shapes) in zip(g.nodes, pruned.ops):
+            if not (old.op is op or old.name == str(op)) or len(old.outputs) != len(new_shapes):
+                break
+            check_op(old, new_shapes, same_ranks_only=True)
         calls = list(zip(g.module_calls, pruned.module_calls))
-        if len(g.module_calls) != len(pruned.module_calls) or any(
-            a[0] != b[0] or len(a[1]) != len(b[1]) for a, b in calls
-        ):
-            raise PlanValidationError(
-                "the pruned model calls its modules differently from the "
-                "original; its control flow depends on the pruned sizes"
-            )
-        for (name, outs_old), (_, shapes_new) in calls:
+        for (name, outs_old), (new_name, shapes_new) in calls:
+            if name != new_name or len(outs_old) != len(shapes_new):
+                raise PlanValidationError(
+                    f"the pruned model calls its modules differently from the original (module "
+                    f"{name or '<root>'}): its control flow depends on the pruned sizes",
+                    None,
+                    (),
+                    name,
+                )
             for vo, shape in zip(outs_old, shapes_new):
-                check(f"module {name or '<root>'}", vo, shape)
+                check(f"module {name or '<root>'}", vo, shape, name)
+        if len(g.module_calls) != len(pruned.module_calls):
+            shorter = min(len(g.module_calls), len(pruned.module_calls))
+            name = (
+                g.module_calls[shorter]
+                if shorter < len(g.module_calls)
+                else pruned.module_calls[shorter]
+            )[0]
+            raise PlanValidationError(
+                f"the pruned model calls its modules differently from the original (module "
+                f"{name or '<root>'}): its control flow depends on the pruned sizes",
+                None,
+                (),
+                name,
+            )
     for vo, shape in zip(g.outputs, pruned.outputs):
-        check("the model's output", vo, shape)
+        check("the model's output", vo, shape, None)
 
 
 def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> bool:
@@ -201,16 +242,55 @@ def _inputs_at_original_size(dg: DependencyGraph, node, shapes, masks) -> list[i
 def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> DependencyGraph:
     """After a failed validation: the graph with the dims the model's code was found to fix
     blocked (a ``FixedSizeWarning`` names them), so the plan can be redone; re-raise ``exc``
-    when there is nothing new to block."""
-    fresh = set(exc.fixed_slots) - dg.extra_blocked
+    when there is nothing new to block.
+
+    What is blocked, in order, the first that holds anything not yet blocked: the slots the
+    failure showed fixed; every dim of the failing op; then, when the size came from Python
+    (``C // num_heads`` of an input's shape, a module attribute, a control-flow decision), what
+    crosses the failing module's calls (the activations it reads from outside and returns),
+    then its own parameters and buffers, then the same one module up."""
+    blocked = dg.extra_blocked
+    fresh = set(exc.fixed_slots) - blocked
+    slots = dg.coupling_model.value_slots
     if not fresh and exc.node is not None:  # no progress: keep the whole op
         node = dg.graph.nodes[exc.node]
-        slots = dg.coupling_model.value_slots
-        fresh = {s for v in node.inputs + node.outputs for s in slots[v]}
-        fresh -= dg.extra_blocked
+        fresh = {s for v in node.inputs + node.outputs for s in slots[v]} - blocked
+    module = exc.module
+    if module is None and exc.node is not None:
+        module = dg.graph.nodes[exc.node].module
+    while not fresh and module is not None:
+        activations, tensors = _module_boundary(dg, module)
+        fresh = (activations - blocked) or (tensors - blocked)
+        module = None if module == "" else module.rpartition(".")[0]
     if not fresh:
         raise exc
     warnings.warn(
         f"{exc}; keeping the channels of those dims", FixedSizeWarning, stacklevel=user_stacklevel()
     )
     return dg.with_blocked(fresh)
+
+
+def _module_boundary(dg: DependencyGraph, module: str) -> tuple[set[int], set[int]]:
+    """The slots of what crosses the calls of ``module``: the activations its ops read from
+    outside it and the outputs of its calls; and those of the parameters/buffers it reads."""
+    g, slots = dg.graph, dg.coupling_model.value_slots
+
+    def inside(name: str) -> bool:
+        return module == "" or name == module or name.startswith(module + ".")
+
+    activations: set[int] = set()
+    tensors: set[int] = set()
+    for node in g.nodes:
+        if not inside(node.module):
+            continue
+        for v in node.inputs:
+            value = g.values[v]
+            if value.producer is None:
+                (tensors if value.kind in ("param", "buffer") else activations).update(slots[v])
+            elif not inside(g.nodes[value.producer].module):
+                activations.update(slots[v])
+    for name, outs in g.module_calls:
+        if name == module:
+            for v in outs:
+                activations.update(slots[v])
+    return activations, tensors

@@ -27,11 +27,12 @@ from . import (  # noqa: F401  (importing a family registers its rules)
     recurrent,
     reductions,
 )
-from .context import AttentionCall, RuleContext, RuleError
+from .context import AttentionCall, Reduction, RuleContext, RuleError
 from .registry import Rule, register_rule, registered_rule, rule_for, unregister_rule
 
 __all__ = [
     "AttentionCall",
+    "Reduction",
     "Rule",
     "RuleContext",
     "RuleError",

@@ -29,6 +29,10 @@ class RuleContext:
         # (slot, kind): the group of the slot's units is of that kind ("heads", "hidden").
         self.kind_slots: list[tuple[int, str]] = []
         self.attention: list[AttentionCall] = []
+        # Ops that reduce over a slot with more than a sum (a mean, a norm's statistics, a
+        # softmax, a max ...): removing any of its indices changes every result, so a group
+        # with units there is function-changing.
+        self.reductions: list[Reduction] = []
 
     # -- reading ---------------------------------------------------------------------------
     def slots(self, v: int | Ref) -> list[int]:
@@ -81,6 +85,18 @@ class RuleContext:
     def block_value(self, v: int | Ref) -> None:
         for s in self.slots(v):
             self.block(s)
+
+    def free(self, slot: int) -> None:
+        """An input dim the op drops where removed (zeroed) indices contribute nothing (a
+        summed dim): any index may go. An input dim a rule neither couples nor frees is
+        fixed by the op and blocked."""
+        self.touched.add(slot)
+
+    def reduces(self, slot: int, node: Node, what: str) -> None:
+        """``node`` reduces over input dim ``slot`` with ``what`` (a mean, a statistic ...):
+        any index may go, but removing one changes the result for every other."""
+        self.touched.add(slot)
+        self.reductions.append(Reduction(slot, node.name, node.module, what))
 
     def set_attr_from_slot(self, module: str, attr: str, slot: int) -> None:
         self.attr_slots.append((module, attr, slot))
@@ -145,6 +161,20 @@ class AttentionCall:
     kv_heads: int
     head_dim: int
     v_head_dim: int
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """An op reducing over a slot with more than a sum: why removing its units is not the same
+    as zeroing them."""
+
+    slot: int
+    op: str
+    module: str
+    what: str
+
+    def describe(self) -> str:
+        return f"{self.what} ({self.op} in module {self.module or '<root>'})"
 
 
 class RuleError(Exception):

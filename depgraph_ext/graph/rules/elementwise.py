@@ -44,6 +44,8 @@ def uniform_fill(ctx: RuleContext, node: Node) -> None:
     plan validation finds that and the dim is kept)."""
     for out in node.outputs:
         ctx.touched.update(ctx.slots(out))
+    for v in node.inputs:  # new_zeros(x, ...): x lends its dtype and device, not its indices
+        ctx.touched.update(ctx.slots(v))
 
 
 register_many(

@@ -58,6 +58,8 @@ def convolution(ctx: RuleContext, node: Node) -> None:
         ctx.equal(sx[0], so[0])
     for s in sx[c + 1 :]:  # input positions map to output positions by stride and padding
         ctx.block(s)
+    for s in sw[2:]:  # kernel taps: their positions are fixed by padding, stride, dilation
+        ctx.block(s)
     w_in, w_out = (0, 1) if transposed else (1, 0)
     if groups == 1:
         ctx.equal(sx[c], sw[w_in])

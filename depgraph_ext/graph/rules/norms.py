@@ -43,6 +43,7 @@ def layer_norm(ctx: RuleContext, node: Node) -> None:
     ctx.broadcast([x], [node.outputs[0]])
     for s in sx[lead:]:
         ctx.tag(s, "hidden")
+        ctx.reduces(s, node, "LayerNorm statistics over the units")
     for ref in (arg(node, "weight"), arg(node, "bias")):
         if isinstance(ref, Ref):
             sv = ctx.slots(ref)
@@ -68,6 +69,9 @@ def group_norm(ctx: RuleContext, node: Node) -> None:
     g = ctx.new_slot(groups)
     inner = ctx.new_slot(ctx.size(c) // groups)
     ctx.reshape([c], [g, inner])
+    # statistics per norm group: losing a whole group changes no other, losing an index
+    # inside every group changes every group's
+    ctx.reduces(inner, node, "GroupNorm statistics within each group over the units")
     for ref in (arg(node, "weight"), arg(node, "bias")):
         if isinstance(ref, Ref):
             ctx.equal(ctx.slots(ref)[0], c)

@@ -7,20 +7,46 @@ from .context import AttentionCall, RuleContext, arg, wrap_dim
 from .elementwise import elementwise
 from .registry import register_many
 
-
 # -- reductions and normalisation over a dim ------------------------------------------------------
+# Reductions whose result over the kept indices is that over all of them once the removed ones
+# are zero: a sum of terms (a zero adds nothing), a count of non-zeros, any(). Every other one
+# (mean, var, max, prod, logsumexp, all, argmax ...) depends on the removed indices.
+SUM_LIKE = frozenset({"aten.sum", "aten.nansum", "aten.any", "aten.count_nonzero"})
+# Norms are sums of |x|^p: exact for p > 0 (p = inf is a max of |x| >= 0, exact too).
+NORMS = frozenset({"aten.norm", "aten.linalg_vector_norm"})
+
+
+def _sum_like(node: Node) -> bool:
+    if node.packet in SUM_LIKE:
+        return True
+    if node.packet in NORMS:
+        p = arg(node, "ord", None) if node.packet == "aten.linalg_vector_norm" else arg(node, "p")
+        return p is None or (isinstance(p, (int, float)) and p > 0)
+    return False
+
+
 def reduction(ctx: RuleContext, node: Node) -> None:
-    """Reduced dims are free (their indices vanish); kept dims are equal, in order."""
+    """Kept dims are equal, in order; reduced dims vanish: free for sum-like reductions,
+    function-changing (``ctx.reduces``) for the others."""
     src = node.inputs[0]
     shape = ctx.shape(src)
     rank = len(shape)
+    ss = ctx.slots(src)
     dims = arg(node, "dim", None)
     if dims is None or isinstance(dims, bool) or (isinstance(dims, (list, tuple)) and not dims):
-        return  # full reduction
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    dims = {wrap_dim(d, rank) for d in dims}
+        dims = set(range(rank))  # full reduction
+    else:
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = {wrap_dim(d, rank) for d in dims}
+    exact = _sum_like(node)
+    for d in dims:
+        if exact:
+            ctx.free(ss[d])
+        else:
+            ctx.reduces(ss[d], node, f"a {node.packet.removeprefix('aten.')} over the units")
+    if len(dims) == rank:
+        return
     keepdim = bool(arg(node, "keepdim", False))
-    ss = ctx.slots(src)
     for out in node.outputs:
         so = ctx.slots(out)
         j = 0
@@ -44,9 +70,15 @@ register_many(
 
 
 def softmax(ctx: RuleContext, node: Node) -> None:
+    """softmax, log_softmax and running reductions along a dim: every dim is equal; the dim
+    itself is function-changing (a softmax normalises over it), except for cumsum (a running
+    sum: zeroed indices add nothing)."""
     ctx.broadcast([node.inputs[0]], node.outputs)
     x = node.inputs[0]
     shape = ctx.shape(x)
+    if shape and node.packet != "aten.cumsum":
+        dim = ctx.slots(x)[wrap_dim(arg(node, "dim"), len(shape))]
+        ctx.reduces(dim, node, f"a {node.packet.removeprefix('aten.').lstrip('_')} over the units")
     if node.packet not in ("aten._softmax", "aten.softmax", "aten._safe_softmax"):
         return
     if len(shape) != 4 or wrap_dim(arg(node, "dim"), 4) != 3:

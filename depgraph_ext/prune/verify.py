@@ -1,0 +1,215 @@
+"""Verification: a plan proves itself on the example inputs before the model changes.
+
+The model pruned by the plan's exact groups (its pruned tensors swapped in for the duration)
+must compute what the original computes with those groups' removed units zeroed (the
+scatter-back oracle, run in place: the removed slices are saved, zeroed and put back). When it
+does not, the groups at fault are found by halving the set of groups and checking again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+
+from ..errors import VerificationError
+from ..graph.dependency import DependencyGraph, Group
+from ..graph.trace import normalize_inputs
+from .apply import gather
+from .attributes import temporary_attributes
+from .configs import config_of
+from .plan import Plan, propose_plan
+
+# Largest relative difference of the outputs (to their largest magnitude) taken as rounding,
+# by the outputs' dtype: a pruned matmul adds its terms in another order.
+TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
+_MAX_CHECKS = 24  # checks spent finding the groups at fault (each runs two forward passes)
+_ONE_FILLED = ("running_var",)  # removed BatchNorm variances: 1, so zero channels stay zero
+
+
+def verify_plan(dg: DependencyGraph, plan: Plan) -> None:
+    """Raise VerificationError unless the plan's exact groups prune exactly on the example
+    inputs; function-changing groups are left out of the check. Changes nothing."""
+    suspects = _pruned_exact_groups(dg, plan.keep)
+    if not suspects:
+        return
+    if any(t.device.type == "meta" for t in dg.walk.params.values()):
+        raise VerificationError(
+            "verify=True runs the model: its weights must be real, and some are on the meta device"
+        )
+    difference = _difference(dg, _keep_only(dg, plan.keep, suspects))
+    if difference <= _tolerance(dg):
+        return
+    faulty, checks = _culprits(dg, plan.keep, suspects, [0])
+    names = [g.describe() for g in faulty] or [g.describe() for g in suspects]
+    raise VerificationError(
+        f"the pruned model does not compute what the original computes with the removed units "
+        f"zeroed (largest relative difference {difference:.3g}), though these groups claim to "
+        f"be exact: "
+        + "; ".join(names[:4])
+        + (" ..." if len(names) > 4 else "")
+        + ". Nothing was changed; please report this model (exact_only=True with "
+        "ignore=[...] on the groups' layers avoids them)",
+        names,
+        difference,
+    )
+
+
+def _pruned_exact_groups(dg: DependencyGraph, keep: np.ndarray) -> list[Group]:
+    return [g for g in dg.groups if g.exact and not keep[g.unit_ids].all()]
+
+
+def _keep_only(dg: DependencyGraph, keep: np.ndarray, groups: list[Group]) -> np.ndarray:
+    """The keep mask with only ``groups``' units removed."""
+    partial = np.ones_like(keep)
+    for g in groups:
+        partial[g.unit_ids] = keep[g.unit_ids]
+    return partial
+
+
+def _culprits(dg, keep, groups: list[Group], spent: list[int]) -> tuple[list[Group], int]:
+    """The groups whose removal alone changes the outputs, by halving (at most _MAX_CHECKS)."""
+    if len(groups) == 1:
+        return groups, spent[0]
+    half = len(groups) // 2
+    found: list[Group] = []
+    for part in (groups[:half], groups[half:]):
+        if spent[0] >= _MAX_CHECKS:
+            break
+        spent[0] += 1
+        if _difference(dg, _keep_only(dg, keep, part)) > _tolerance(dg):
+            found += _culprits(dg, keep, part, spent)[0]
+    return found, spent[0]
+
+
+def _tolerance(dg: DependencyGraph) -> float:
+    dtypes = [t.dtype for t in dg.walk.params.values() if t.is_floating_point()]
+    return max((TOLERANCE.get(d, 1e-3) for d in dtypes), default=1e-3)
+
+
+def _difference(dg: DependencyGraph, keep: np.ndarray) -> float:
+    """Largest relative difference between the model pruned to ``keep`` and the original with
+    the removed units zeroed, over every output on the example inputs."""
+    plan = propose_plan(dg, keep)
+    with _pruned(dg, plan):
+        pruned = _outputs(dg.model, dg.example_inputs)
+    with _zeroed(dg, plan):
+        zeroed = _outputs(dg.model, dg.example_inputs)
+    return relative_difference(pruned, zeroed)
+
+
+def relative_difference(outputs: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest difference of two models' outputs, relative to each expected output's
+    largest magnitude (inf: different numbers or shapes of outputs, or unequal integers)."""
+    if len(outputs) != len(expected):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(outputs, expected):
+        if a.shape != b.shape:
+            return float("inf")
+        if not a.is_floating_point():
+            worst = max(worst, 0.0 if torch.equal(a, b) else float("inf"))
+            continue
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        diff = float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
+        worst = max(worst, diff / max(scale, 1e-30) if diff else 0.0)
+    return worst
+
+
+def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
+    """The model's tensor outputs in eval mode and without grad (training flags put back)."""
+    args, kwargs = normalize_inputs(example_inputs)
+    training = [m for m in model.modules() if m.training]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(*args, **kwargs)
+            return [
+                t.detach().clone() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)
+            ]
+    finally:
+        for m in training:
+            m.training = True
+
+
+@contextlib.contextmanager
+def _pruned(dg: DependencyGraph, plan: Plan):
+    """The model as the plan prunes it, for the duration: pruned tensors, attributes and
+    config fields swapped in, and everything put back on exit."""
+    tensors = dg.walk.params | dg.walk.buffers
+    sliced = {name: gather(tensors[name].data, dims) for name, dims in plan.tensors.items()}
+    config = config_of(dg.model)
+    swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
+    changed: list[tuple[str, object]] = []
+    try:
+        with torch.no_grad():
+            for name, data in sliced.items():
+                swapped.append((tensors[name], tensors[name].data))
+                tensors[name].data = data
+        if config is not None:
+            for u in plan.config:
+                changed.append((u.field, getattr(config, u.field, None)))
+                setattr(config, u.field, u.new)
+        with temporary_attributes(dg.model, plan.attributes):
+            yield
+    finally:
+        with torch.no_grad():
+            for t, data in reversed(swapped):
+                t.data = data
+        for field, old in reversed(changed):
+            setattr(config, field, old)
+
+
+@contextlib.contextmanager
+def _zeroed(dg: DependencyGraph, plan: Plan):
+    """The original with the plan's removed slices zeroed (BatchNorm variances set to 1), for
+    the duration: the removed slices are saved first and written back on exit."""
+    tensors = dg.walk.params | dg.walk.buffers
+    saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name, dims in plan.tensors.items():
+                t = tensors[name].data
+                fill = 1.0 if name.rpartition(".")[2] in _ONE_FILLED else 0.0
+                for d, kept in sorted(dims.items()):
+                    removed = torch.ones(t.shape[d], dtype=torch.bool)
+                    removed[kept] = False
+                    index = torch.nonzero(removed).view(-1).to(t.device)
+                    saved.append((t, d, index, t.index_select(d, index)))
+                    t.index_fill_(d, index, fill)
+        yield
+    finally:
+        with torch.no_grad():
+            for t, d, index, values in reversed(saved):
+                t.index_copy_(d, index, values)
+
+
+def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> tuple[float, float]:
+    """(largest relative difference of the outputs, tolerance of the weights' dtype) between
+    the pruned ``model`` and the original rebuilt from it with the removed units zeroed."""
+    import copy
+
+    original = copy.deepcopy(model)
+    tensors = dict(original.named_parameters()) | dict(original.named_buffers())
+    with torch.no_grad():
+        for name, dims in result.plan.items():
+            t = tensors[name]
+            fill = 1.0 if name.rpartition(".")[2] in _ONE_FILLED else 0.0
+            full = t.detach()
+            for d, kept in sorted(dims.items(), reverse=True):  # gather's dims, undone
+                shape = list(full.shape)
+                shape[d] = result.shapes_before[name][d]
+                wider = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+                full = wider.index_copy_(d, kept.to(t.device), full)
+            t.data = full
+    for u in reversed(result.attribute_updates):
+        setattr(original.get_submodule(u.module), u.attr, u.old)
+    config = config_of(original)
+    for u in reversed(result.config_updates):
+        setattr(config, u.field, u.old)
+    worst = relative_difference(_outputs(model, example_inputs), _outputs(original, example_inputs))
+    dtypes = [t.dtype for t in model.parameters() if t.is_floating_point()]
+    tolerance = max((TOLERANCE.get(d, 1e-3) for d in dtypes), default=1e-3)
+    return worst, tolerance
