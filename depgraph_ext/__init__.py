@@ -17,6 +17,7 @@ from .errors import (
     ConfigMismatchWarning,
     DiskFullError,
     FixedSizeWarning,
+    FunctionChangingWarning,
     InvalidArgumentError,
     MissingGradientsError,
     NonFiniteWeightsError,
@@ -28,6 +29,7 @@ from .errors import (
     TraceError,
     UnknownModelTypeError,
     UnsupportedOpError,
+    VerificationError,
 )
 from .graph.dependency import DependencyGraph, Group, Member
 from .graph.resolve import native_available
@@ -64,6 +66,7 @@ __all__ = [
     "DiskFullError",
     "FisherImportance",
     "FixedSizeWarning",
+    "FunctionChangingWarning",
     "Group",
     "GroupImportance",
     "GroupSparsity",
@@ -89,6 +92,7 @@ __all__ = [
     "TraceError",
     "UnknownModelTypeError",
     "UnsupportedOpError",
+    "VerificationError",
     "apply_plan",
     "collect_fisher",
     "count_params",

@@ -126,3 +126,104 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                     m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                     m.bias.copy_(torch.rand(n, generator=g) - 0.5)
     return model
+
+
+class WindowAttention(nn.Module):
+    """Swin-style attention inside windows, the head dim derived from the input's own width
+    (``C // num_heads``, as torchvision's shifted_window_attention), with a cyclic shift."""
+
+    def __init__(self, dim: int, heads: int, window: int, shift: int) -> None:
+        super().__init__()
+        self.heads, self.window, self.shift = heads, window, shift
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.bias = nn.Parameter(0.02 * torch.randn(heads, window * window, window * window))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, H, W, C]
+        b, h, w, c = x.shape
+        p = self.window
+        if self.shift:
+            x = torch.roll(x, (-self.shift, -self.shift), (1, 2))
+        x = x.view(b, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, p * p, c)
+        qkv = self.qkv(x).reshape(x.size(0), p * p, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = (q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1) + self.bias
+        x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(x.size(0), p * p, c)
+        x = self.proj(x).view(b, h // p, w // p, p, p, c).permute(0, 1, 3, 2, 4, 5)
+        x = x.reshape(b, h, w, c)
+        return torch.roll(x, (self.shift, self.shift), (1, 2)) if self.shift else x
+
+
+class SwinStage(nn.Module):
+    """Two Swin blocks (plain and shifted windows) on a patch embedding, 3 heads of 16."""
+
+    def __init__(self, dim: int = 48, heads: int = 3, window: int = 4) -> None:
+        super().__init__()
+        self.patch, self.patch_norm = nn.Conv2d(3, dim, 4, 4), nn.LayerNorm(dim)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(4))
+        self.attns = nn.ModuleList(WindowAttention(dim, heads, window, s) for s in (0, 2))
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+            for _ in range(2)
+        )
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_norm(self.patch(x).permute(0, 2, 3, 1))
+        for i in range(2):
+            x = x + self.attns[i](self.norms[2 * i](x))
+            x = x + self.mlps[i](self.norms[2 * i + 1](x))
+        return self.head(x.mean((1, 2)))
+
+
+class PartitionAttention(nn.Module):
+    """MaxViT-style block or grid attention: the feature map split into partitions of p x p
+    positions (block) or into p x p strided grids (grid), heads of a fixed head dim."""
+
+    def __init__(self, dim: int, head_dim: int, p: int, grid: bool) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.p, self.grid = dim // head_dim, head_dim, p, grid
+        self.norm, self.qkv, self.merge = (
+            nn.LayerNorm(dim),
+            nn.Linear(dim, 3 * dim),
+            nn.Linear(dim, dim),
+        )
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W]
+        b, c, h, w = x.shape
+        p = self.p
+        if self.grid:  # p x p grids of positions h // p apart
+            y = x.reshape(b, c, p, h // p, p, w // p).permute(0, 3, 5, 2, 4, 1)
+        else:  # p x p blocks of neighbouring positions
+            y = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        y = y.reshape(b, -1, p * p, c)
+        q, k, v = self.qkv(self.norm(y)).chunk(3, dim=-1)
+        shape = (b, y.shape[1], p * p, self.heads, self.head_dim)
+        q, k, v = (t.reshape(shape).transpose(2, 3) for t in (q, k, v))
+        a = torch.einsum("bghid,bghjd->bghij", q, k * self.head_dim**-0.5).softmax(-1)
+        out = torch.einsum("bghij,bghjd->bghid", a, v).transpose(2, 3).reshape(y.shape)
+        y = y + self.merge(out)
+        y = y + self.mlp(y)
+        if self.grid:
+            y = y.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 3, 1, 4, 2)
+        else:
+            y = y.reshape(b, h // p, w // p, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return y.reshape(b, c, h, w)
+
+
+class MaxViTStage(nn.Module):
+    """A stem, block attention, grid attention and a head."""
+
+    def __init__(self, dim: int = 32, head_dim: int = 8, p: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 3, padding=1)
+        self.block, self.grid = (
+            PartitionAttention(dim, head_dim, p, False),
+            PartitionAttention(dim, head_dim, p, True),
+        )
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.grid(self.block(self.stem(x))).mean((2, 3)))

@@ -1,21 +1,27 @@
 """Random architectures (hypothesis): stacks of blocks drawn from conv/BN/activations, residual
-adds, concats, chunks, grouped and depthwise convs, channel shuffles, squeeze-excitation,
-reshapes and attention over positions, pruned at random ratios; every case must pass the
-scatter-back oracle, python/native parity and bit-identical kept weights.
+adds, concats, chunks, grouped and depthwise convs, channel shuffles (with residuals across
+them), squeeze-excitation, reshapes, attention over positions (heads split by the tensor's
+own width), norms over merged dims, means over channels, depthwise convs whose taps another
+op reads; pruned at random ratios. Every case is exact or declared: with ``exact_only=True``
+it passes the scatter-back oracle, python/native parity and bit-identical kept weights; by
+default either the oracle holds or the result names the function-changing groups it pruned.
 
     DEPGRAPH_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/test_fuzz.py -q   # longer run
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import depgraph_ext as dx
+from depgraph_ext.testing import assert_scatter_back_equal
 from helpers import assert_same_state, prune_and_check, state_of
 from nets import randomize_norms
 
@@ -95,6 +101,80 @@ class PositionAttention(nn.Module):
         return x + (a @ self.v(t)).transpose(1, 2).reshape(n, c, h, w)
 
 
+class ShuffleResidual(nn.Module):
+    """A grouped 1x1 conv, a channel shuffle, a depthwise conv, and the block's input added
+    back: the residual ties channel i to the shuffled channel i."""
+
+    def __init__(self, c, groups, act):
+        super().__init__()
+        self.grouped = nn.Conv2d(c, c, 1, groups=groups)
+        self.shuffle, self.act = Shuffle(groups), act()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        return self.dw(self.shuffle(self.act(self.grouped(x)))) + x
+
+
+class MergedNorm(nn.Module):
+    """An RMS norm over channels viewed as [C/2, 2] (statistics over merged dims)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        y = x.view(n, c // 2, 2, h, w)
+        y = y * torch.rsqrt(y.pow(2).mean((1, 2), keepdim=True) + 1e-5)
+        return y.reshape(n, c, h, w) * self.gain.view(1, c, 1, 1)
+
+
+class ChannelCentering(nn.Module):
+    """Subtracts the mean over channels (a mean over a pruned dim), then a conv."""
+
+    def __init__(self, c, act):
+        super().__init__()
+        self.f = ConvBN(c, c, act=act)
+
+    def forward(self, x):
+        return self.f(x - x.mean(1, keepdim=True))
+
+
+class TapReader(nn.Module):
+    """A depthwise conv run through a view of its weight (Mamba's causal conv): its taps are
+    read by a squeeze and an unsqueeze before the convolution."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, (1, 3), padding=(0, 1), groups=c)
+
+    def forward(self, x):
+        w = self.conv.weight.squeeze(2)  # [c, 1, 3]
+        return F.conv2d(x, w.unsqueeze(2), self.conv.bias, padding=(0, 1), groups=x.shape[1])
+
+
+class WidthHeads(nn.Module):
+    """Attention over positions with two heads split by the tensor's own width:
+    ``view(n, hw, heads, t.shape[-1] // heads)``."""
+
+    def __init__(self, c, d):
+        super().__init__()
+        self.heads = 2
+        self.qkv, self.out = nn.Linear(c, 3 * d), nn.Linear(d, c)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+
+        def split(z):
+            return z.view(n, h * w, self.heads, z.shape[-1] // self.heads).transpose(1, 2)
+
+        a = (split(q) @ split(k).transpose(-1, -2) / 4.0).softmax(-1) @ split(v)
+        y = self.out(a.transpose(1, 2).reshape(n, h * w, -1))
+        return x + y.transpose(1, 2).reshape(n, c, h, w)
+
+
 @st.composite
 def architectures(draw):
     c = draw(st.sampled_from([4, 6, 8, 12]))
@@ -111,6 +191,11 @@ def architectures(draw):
                     "shuffle",
                     "se",
                     "attention",
+                    "shuffle_residual",
+                    "merged_norm",
+                    "centering",
+                    "taps",
+                    "width_heads",
                     "plain",
                 ]
             )
@@ -136,6 +221,16 @@ def architectures(draw):
             layers.append(SE(c, draw(st.sampled_from([2, 3]))))
         elif kind == "attention":
             layers.append(PositionAttention(c, draw(st.sampled_from([4, 8]))))
+        elif kind == "shuffle_residual" and c % 4 == 0:
+            layers.append(ShuffleResidual(c, draw(st.sampled_from([2, 4])), act))
+        elif kind == "merged_norm" and c % 2 == 0:
+            layers.append(MergedNorm(c))
+        elif kind == "centering":
+            layers.append(ChannelCentering(c, act))
+        elif kind == "taps":
+            layers.append(TapReader(c))
+        elif kind == "width_heads":
+            layers.append(WidthHeads(c, draw(st.sampled_from([4, 8]))))
         else:
             out = draw(st.sampled_from([4, 8, 10]))
             layers.append(ConvBN(c, out, act=act))
@@ -163,16 +258,19 @@ def test_random_architectures_prune_exactly(model, ratio, seed, global_pruning):
     model = randomize_norms(model, seed).double().eval()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     before = state_of(model)
-    try:
+    options = dict(ratio=ratio, global_pruning=global_pruning)
+    try:  # exact: the oracle, parity, kept weights bit for bit
         prune_and_check(
-            model,
-            x,
-            ratio=ratio,
-            rtol=1e-7,
-            atol=1e-9,
-            require_change=False,
-            global_pruning=global_pruning,
+            model, x, rtol=1e-7, atol=1e-9, require_change=False, exact_only=True, **options
         )
     except dx.NoPrunableGroupsError:
         # e.g. two channel shuffles whose factorisations no pruning can keep: refused whole
         assert_same_state(before, state_of(model))
+    # by default: exact, or declared
+    pruned = copy.deepcopy(model)
+    try:
+        result = dx.prune(pruned, x, **options)
+    except dx.NoPrunableGroupsError:
+        return
+    if not result.function_changing:
+        assert_scatter_back_equal(model, pruned, result.plan, x, rtol=1e-7, atol=1e-9)

@@ -5,6 +5,7 @@ feedback loop of every pipeline (``prune``, ``prune_checkpoint``) is :func:`plan
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import time
 import warnings
 from collections.abc import Callable
@@ -133,12 +134,10 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         for old, (_, _, new_shapes) in zip(g.nodes, pruned.ops):
             check_op(old, new_shapes)
     else:
-        # Decompositions branch on shapes. Ops before the traces part correspond one to one
-        # (a channel shuffle in a module's own forward is seen nowhere else): op by op there;
-        # then what every module call returns.
-        for old, (op, _, new_shapes) in zip(g.nodes, pruned.ops):
-            if not (old.op is op or old.name == str(op)) or len(old.outputs) != len(new_shapes):
-                break
+        # Decompositions branch on shapes (a reshape copies or not), so the traces part: the
+        # ops that still correspond are checked one by one (a functional channel shuffle, a
+        # head split by a tensor's own width); then what every module call returns.
+        for old, new_shapes in _matched_ops(g.nodes, pruned.ops):
             check_op(old, new_shapes, same_ranks_only=True)
         calls = list(zip(g.module_calls, pruned.module_calls))
         for (name, outs_old), (new_name, shapes_new) in calls:
@@ -168,6 +167,45 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
             )
     for vo, shape in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, shape, None)
+
+
+def _matched_ops(nodes, pruned_ops):
+    """(original node, pruned results' shapes) for the ops of two traces that correspond:
+    both traces are cut into runs of consecutive ops of one module (a call of a child module
+    ends its parent's run), the runs are aligned by module (difflib), and within two aligned
+    runs the ops of their common prefix and common suffix (same op names) are paired. Ops
+    between them (where a decomposition that depends on the sizes adds or drops some) are
+    left out rather than guessed."""
+
+    def runs(items):
+        out: list[tuple[str, list]] = []
+        for module, item in items:
+            if not out or out[-1][0] != module:
+                out.append((module, []))
+            out[-1][1].append(item)
+        return out
+
+    old = runs((node.module, node) for node in nodes)
+    new = runs((module, (str(op), shapes)) for op, module, shapes in pruned_ops)
+    matcher = difflib.SequenceMatcher(
+        None, [m for m, _ in old], [m for m, _ in new], autojunk=False
+    )
+    for a, b, size in matcher.get_matching_blocks():
+        for k in range(size):
+            old_run, new_run = old[a + k][1], new[b + k][1]
+            n = min(len(old_run), len(new_run))
+            prefix = 0
+            while prefix < n and old_run[prefix].name == new_run[prefix][0]:
+                prefix += 1
+            suffix = 0
+            while suffix < n - prefix and old_run[-1 - suffix].name == new_run[-1 - suffix][0]:
+                suffix += 1
+            pairs = list(zip(old_run[:prefix], new_run[:prefix]))
+            if suffix:
+                pairs += zip(old_run[-suffix:], new_run[-suffix:])
+            for node, (_, shapes) in pairs:
+                if len(shapes) == len(node.outputs):
+                    yield node, shapes
 
 
 def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> bool:

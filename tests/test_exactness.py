@@ -1,0 +1,298 @@
+"""Exact or declared: a pruned group either equals zeroing its units (the scatter-back oracle) or
+says that it changes the function, and why. The patterns here once changed models silently
+(kernel taps read through a view, a residual across a channel shuffle, a norm over all heads, a
+mean over heads) or refused models that run (window, block/grid and multi-query attention, a
+config field of another type)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from depgraph_ext.testing import assert_scatter_back_equal
+from helpers import assert_same_state, prune_and_check, state_of
+from nets import MaxViTStage, SwinStage
+
+T = pytest.importorskip("transformers")
+IDS = {"input_ids": torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(0))}
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def build(config_class, model_class, **fields):
+    torch.manual_seed(0)
+    return quiet(model_class, config_class(**fields)).double().eval()
+
+
+def test_convolution_taps_read_through_a_view_are_never_pruned(backend):
+    """Mamba runs its depthwise causal conv as conv1d(weight.squeeze(1).unsqueeze(1)): the
+    views read the kernel taps, which stay whole; the channels prune exactly."""
+    model = build(
+        T.MambaConfig,
+        T.MambaForCausalLM,
+        hidden_size=32,
+        state_size=8,
+        num_hidden_layers=2,
+        vocab_size=128,
+        expand=2,
+    )
+    pruned, result = quiet(prune_and_check, model, IDS, ratio=0.5, ratios={"hidden": 0.0})
+    conv = pruned.backbone.layers[0].mixer.conv1d
+    assert conv.weight.shape == (32, 1, 4)  # 64 channels -> 32, every one of the 4 taps kept
+    assert not result.function_changing
+
+
+class ShuffleResidual(nn.Module):
+    """x = relu(conv3x3(in)); y = relu(grouped conv1x1(x)); shuffle(y); conv1x1(dw(y) + x)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.grouped = nn.Conv2d(32, 32, 1, groups=4)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.out = nn.Conv2d(32, 8, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.grouped(x))
+        n, c, h, w = y.shape
+        y = y.view(n, 4, c // 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.out(self.dw(y) + x)
+
+
+def test_a_residual_across_a_shuffle_after_a_grouped_conv_prunes_exactly(backend):
+    torch.manual_seed(0)
+    model = ShuffleResidual().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    pruned, result = quiet(prune_and_check, model, x, ratio=0.5)
+    assert pruned.stem.weight.shape[0] < 32 and not result.function_changing
+
+
+def olmo2():
+    return build(
+        T.Olmo2Config,
+        T.Olmo2ForCausalLM,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        vocab_size=128,
+    )
+
+
+def test_a_norm_over_all_heads_makes_the_heads_function_changing():
+    """OLMo-2 normalises the whole q_proj/k_proj output (heads x head_dim) before splitting
+    heads: removing a head changes every kept head. The heads group says so; exact_only
+    keeps it and prunes the rest exactly; a default prune warns and lists it."""
+    model = olmo2()
+    dg = quiet(dx.DependencyGraph, model, IDS)
+    [heads] = [g for g in dg.groups if g.kind == "heads"]
+    assert not heads.exact and any("q_norm" in r and "mean" in r for r in heads.reasons)
+    assert all(g.exact for g in dg.groups if g.kind == "channels")  # the MLP
+
+    pruned, result = quiet(prune_and_check, model, IDS, ratio=0.5, exact_only=True)
+    attention = pruned.model.layers[0].self_attn
+    assert (
+        attention.q_proj.weight.shape == (64, 64)
+        and pruned.model.layers[0].mlp.up_proj.weight.shape[0] == 64
+    )
+    assert not result.function_changing
+
+    changed = copy.deepcopy(model)
+    with pytest.warns(dx.FunctionChangingWarning, match="q_norm"):
+        result = dx.prune(changed, IDS, ratio=0.5, ratios={"hidden": 0.0})
+    assert len(result.function_changing) == 1 and "heads group" in result.function_changing[0]
+    assert "function-changing groups pruned (1)" in result.summary()
+    with pytest.raises(AssertionError):  # and indeed, the oracle does not hold
+        assert_scatter_back_equal(model, changed, result.plan, IDS, rtol=1e-6, atol=1e-6)
+
+
+def test_a_mean_over_heads_makes_the_heads_function_changing():
+    """torch_geometric's GATConv(concat=False) averages its heads: removing heads changes the
+    divisor. That group is function-changing; exact_only prunes the rest exactly."""
+    pyg = pytest.importorskip("torch_geometric")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = pyg.nn.GATConv(8, 16, heads=4)
+            self.c2 = pyg.nn.GATConv(64, 5, heads=4, concat=False)
+
+        def forward(self, x, edge_index):
+            return self.c2(torch.relu(self.c1(x, edge_index)), edge_index)
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(10, 8, dtype=torch.float64)
+    edges = torch.randint(0, 10, (2, 30))
+    dg = quiet(dx.DependencyGraph, model, (x, edges))
+    changing = [g for g in dg.groups if not g.exact]
+    assert changing and all(any("mean" in r and "c2" in r for r in g.reasons) for g in changing)
+    pruned, result = quiet(prune_and_check, model, (x, edges), ratio=0.5, exact_only=True)
+    assert pruned.c1.lin.weight.shape[0] < 64 and not result.function_changing
+
+
+def test_norm_statistics_are_reasons_and_whole_norm_groups_stay_exact():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.ln, self.b = nn.Linear(4, 16), nn.LayerNorm(16), nn.Linear(16, 2)
+            self.c, self.gn, self.d = nn.Conv2d(3, 16, 1), nn.GroupNorm(4, 16), nn.Conv2d(16, 2, 1)
+
+        def forward(self, x, img):
+            return self.b(self.ln(self.a(x))), self.d(self.gn(self.c(img)))
+
+    dg = dx.DependencyGraph(Net(), (torch.randn(2, 4), torch.randn(2, 3, 4, 4)))
+    [ln] = [g for g in dg.groups if any(m.name == "ln.weight" for m in g.members)]
+    assert not ln.exact and "LayerNorm statistics" in ln.reasons[0]
+    norm_groups = [g for g in dg.groups if any(m.name == "gn.weight" for m in g.members)]
+    assert sorted(g.num_units for g in norm_groups) == [4, 4]  # whole groups, index in groups
+    whole, inner = sorted(norm_groups, key=lambda g: not g.exact)
+    assert whole.exact and not inner.exact and "GroupNorm statistics" in inner.reasons[0]
+
+
+@pytest.mark.parametrize("model_and_input", ["swin", "maxvit"])
+def test_window_and_grid_attention_prune_by_default(model_and_input, backend):
+    """Sizes the model's code fixes through Python (C // num_heads of an input's shape, a
+    fixed head count) are learnt from the failing module: the defaults converge on a plan
+    that runs instead of refusing, and the exact part passes the oracle."""
+    if model_and_input == "swin":
+        model, x = SwinStage(), torch.randn(2, 3, 32, 32)
+    else:
+        model, x = MaxViTStage(), torch.randn(2, 3, 16, 16)
+    torch.manual_seed(0)
+    model, x = model.double().eval(), x.double()
+    before = model(x).shape
+    pruned = copy.deepcopy(model)
+    result = quiet(dx.prune, pruned, x, ratio=0.5, backend=backend)
+    assert result.params_after < result.params_before and pruned(x).shape == before
+    quiet(prune_and_check, model, x, ratio=0.5, exact_only=True)
+
+
+def test_multi_query_attention_split_by_sizes_prunes_by_default():
+    """GPTBigCode: one key/value head and a fused c_attn split by (embed_dim, kv, kv)."""
+    model = build(
+        T.GPTBigCodeConfig,
+        T.GPTBigCodeForCausalLM,
+        n_embd=64,
+        n_head=4,
+        n_layer=2,
+        vocab_size=128,
+        n_positions=32,
+        multi_query=True,
+    )
+    before = model(**IDS).logits.shape
+    pruned = copy.deepcopy(model)
+    result = quiet(dx.prune, pruned, IDS, ratio=0.5)
+    assert result.params_after < result.params_before and pruned(**IDS).logits.shape == before
+    quiet(prune_and_check, model, IDS, ratio=0.5, exact_only=True)
+
+
+def test_config_updates_respect_the_fields_types():
+    """DINOv2's mlp_ratio is an int: a whole new ratio is written as an int, a fractional one
+    is not written at all (a ConfigMismatchWarning; require_loadable refuses, untouched)."""
+    fields = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=4,
+        image_size=32,
+        patch_size=8,
+    )
+    x = {"pixel_values": torch.randn(1, 3, 32, 32, dtype=torch.float64)}
+    model = build(T.Dinov2Config, T.Dinov2Model, **fields)
+    quiet(dx.prune, model, x, ratio=0.5)
+    assert model.config.mlp_ratio == 2 and type(model.config.mlp_ratio) is int
+
+    model = build(T.Dinov2Config, T.Dinov2Model, **fields)
+    with pytest.warns(dx.ConfigMismatchWarning, match="mlp_ratio"):
+        dx.prune(model, x, ratio=0.3, ratios={"hidden": 0.0, "heads": 0.0})
+    assert model.config.mlp_ratio == 4
+    model = build(T.Dinov2Config, T.Dinov2Model, **fields)
+    before = state_of(model)
+    with pytest.raises(dx.PruningError, match="mlp_ratio"):
+        quiet(
+            dx.prune,
+            model,
+            x,
+            ratio=0.3,
+            ratios={"hidden": 0.0, "heads": 0.0},
+            require_loadable=True,
+        )
+    assert_same_state(before, state_of(model))
+
+
+# -- verification -------------------------------------------------------------------------------
+def test_verify_passes_an_exact_prune_and_result_verify_agrees():
+    model = build(
+        T.LlamaConfig,
+        T.LlamaForCausalLM,
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=128,
+    )
+    result = dx.prune(model, IDS, ratio=0.5, exact_only=True, verify=True)
+    assert result.timings["verify"] > 0 and not result.function_changing
+    assert result.verify(IDS) < 1e-9
+
+
+def test_result_verify_refuses_a_function_changing_prune():
+    model = olmo2()
+    result = quiet(dx.prune, model, IDS, ratio=0.5)
+    assert result.function_changing
+    with pytest.raises(dx.InvalidArgumentError, match="function-changing"):
+        result.verify(IDS)
+
+
+@torch.library.custom_op("dxtest::reverse_channels", mutates_args=())
+def reverse_channels(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(1)
+
+
+@reverse_channels.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Reversing(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(reverse_channels(self.a(x))))
+
+
+def test_verify_catches_a_wrong_rule_and_leaves_the_model_untouched():
+    """A rule that claims channel i stays channel i through an op that reverses them gives a
+    plan that is not exact: verify=True finds it before anything changes and names the group."""
+    dx.register_rule(
+        "dxtest.reverse_channels",
+        lambda ctx, node: ctx.equal_dims(
+            node.inputs[0], node.outputs[0], [(i, i) for i in range(4)]
+        ),
+    )
+    try:
+        torch.manual_seed(0)
+        model = Reversing().double().eval()
+        x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+        before = state_of(model)
+        with pytest.raises(dx.VerificationError, match="a.weight") as info:
+            dx.prune(model, x, ratio=0.5, verify=True)
+        assert info.value.difference > 1e-3 and len(info.value.groups) == 1
+        assert_same_state(before, state_of(model))
+    finally:
+        dx.unregister_rule("dxtest.reverse_channels")
