@@ -36,6 +36,7 @@ from .graph.resolve import native_available
 from .graph.rules import RuleContext, register_rule, unregister_rule
 from .io.checkpoint import CheckpointResult, prune_checkpoint
 from .io.plans import apply_plan
+from .io.pretrained import SavedModel, from_pretrained, save_pretrained
 from .prune.attributes import PlannedModule, register_attributes
 from .prune.importance import (
     BNScaleImportance,
@@ -88,6 +89,7 @@ __all__ = [
     "PruningError",
     "RandomImportance",
     "RuleContext",
+    "SavedModel",
     "TaylorImportance",
     "TraceError",
     "UnknownModelTypeError",
@@ -97,11 +99,13 @@ __all__ = [
     "collect_fisher",
     "count_params",
     "count_params_and_macs",
+    "from_pretrained",
     "native_available",
     "prune",
     "prune_checkpoint",
     "prune_group",
     "register_attributes",
     "register_rule",
+    "save_pretrained",
     "unregister_rule",
 ]

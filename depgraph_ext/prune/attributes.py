@@ -274,6 +274,22 @@ def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
     return [AttributeUpdate(name, attr, old, new) for (name, attr), (old, new) in found.items()]
 
 
+def attributes_named_like(dg: DependencyGraph, config_updates, known) -> list[AttributeUpdate]:
+    """Module attributes named like a config field that changes (an MLP's
+    ``intermediate_size``, say) and holding its old value: they follow it, as a model built
+    from the updated config would have them."""
+    done = {(u.module, u.attr) for u in known}
+    out = []
+    for c in config_updates:
+        if not isinstance(c.old, int) or isinstance(c.old, bool):
+            continue
+        for name, m in dg.walk.modules:
+            if (name, c.field) not in done and getattr(m, c.field, None) == c.old and name:
+                out.append(AttributeUpdate(name, c.field, c.old, c.new))
+                done.add((name, c.field))
+    return out
+
+
 # -- setting them --------------------------------------------------------------------------------
 def _set(model: nn.Module, update: AttributeUpdate, value, modules: dict) -> None:
     """``update.attr`` of module ``update.module`` set to ``value``; ``modules`` caches the

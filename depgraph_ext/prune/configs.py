@@ -168,21 +168,28 @@ def check_loadable(
     new_config = copy.deepcopy(config)
     mismatches = list(problems)
     accepted: list[ConfigUpdate] = []
+    valid = _validation_error(new_config) is None
     for u in updates:
-        error = _set_field(new_config, u.field, u.new)
-        if error is None:
-            accepted.append(u)
-            continue
-        value = int(u.new) if isinstance(u.new, float) and u.new.is_integer() else None
-        if value is not None and _set_field(new_config, u.field, value) is None:
-            accepted.append(ConfigUpdate(u.field, u.old, value))
-        else:
-            mismatches.append(f"config.{u.field} cannot hold {u.new!r} ({error})")
+        candidates = [u.new]
+        if isinstance(u.new, float) and u.new.is_integer():
+            candidates.append(int(u.new))  # an int field: a whole ratio as an int
+        error = None
+        for value in candidates:
+            before = getattr(new_config, u.field, None)
+            error = _set_field(new_config, u.field, value)
+            if error is None and valid:
+                # the class's own checks (hidden divisible by heads ...) on what is set so far
+                error = _validation_error(new_config)
+                if error is not None:
+                    _set_field(new_config, u.field, before)
+            if error is None:
+                accepted.append(ConfigUpdate(u.field, u.old, value))
+                break
+        if error is not None:
+            mismatches.append(f"config.{u.field} cannot be {u.new!r} ({error})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if callable(getattr(new_config, "validate", None)):
-                new_config.validate()  # what save_pretrained runs
             reloaded = type(new_config).from_dict(new_config.to_dict())  # what loading runs
             with torch.device("meta"), no_torch_init():
                 fresh = type(model)(reloaded)
@@ -229,6 +236,20 @@ def check_loadable(
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
     return accepted
+
+
+def _validation_error(config) -> str | None:
+    """None, or why the config's class-level validation (what save_pretrained runs) fails."""
+    validate = getattr(config, "validate", None)
+    if not callable(validate):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            validate()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc.__cause__ or exc)[:200]}"
+    return None
 
 
 def _set_field(config, field: str, value) -> str | None:

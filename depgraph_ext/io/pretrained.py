@@ -1,0 +1,354 @@
+"""Saving a pruned transformers model so that it loads again, with no pickle.
+
+    info = dx.save_pretrained(model, "out/dir")      # info.plain: plain from_pretrained works
+    model = dx.from_pretrained("out/dir", torch_dtype=torch.bfloat16, device="cuda")
+
+The directory is what transformers' own ``save_pretrained`` writes (config.json, safetensors
+shards, generation config), plus ``depgraph_ext.json``: the model's class, and what its config
+cannot express, found by building the same class from the saved config on the meta device
+and comparing: every tensor whose shape differs, and every module attribute whose value differs
+(a head dim derived from hidden / heads, a scaling factor, a per-stage width). Non-persistent
+buffers (rotary frequencies ...) are saved as they are, in ``depgraph_ext_buffers.safetensors``.
+When nothing differs the directory is *plain*: ``AutoModel*.from_pretrained`` rebuilds it.
+
+Loading builds the class from the config on the meta device, sets the recorded attributes and
+shapes, allocates the tensors on the device and loads the weights into them; anything that does
+not fit (a tensor of another shape, a missing or unexpected one, a missing shard, a config of
+another model) is refused with a ``CheckpointError`` naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, InvalidArgumentError
+from ..prune.configs import config_of, no_torch_init
+
+FORMAT = "depgraph_ext.pretrained/1"
+META = "depgraph_ext.json"
+BUFFERS = "depgraph_ext_buffers.safetensors"
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """What ``save_pretrained`` wrote. ``plain``: the config says everything, so plain
+    transformers ``from_pretrained`` rebuilds the model; otherwise ``tensors`` (shapes) and
+    ``attributes`` (module attribute values) are what only ``dx.from_pretrained`` restores."""
+
+    directory: Path
+    plain: bool
+    tensors: dict[str, list[int]] = field(default_factory=dict)
+    attributes: list[dict] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.plain:
+            return (
+                f"{self.directory}: plain transformers from_pretrained rebuilds this model "
+                "(so does depgraph_ext.from_pretrained)"
+            )
+        what = list(self.tensors)[:3] + [f"{a['module']}.{a['attr']}" for a in self.attributes][:3]
+        return (
+            f"{self.directory}: load it with depgraph_ext.from_pretrained; its config "
+            f"cannot express {len(self.tensors)} tensor shape(s) and {len(self.attributes)} "
+            f"module attribute(s) ({', '.join(what)} ...)"
+        )
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise CheckpointError("saving and loading pruned models needs transformers") from exc
+    return transformers
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers = _transformers()
+        logger = transformers.utils.logging
+        level, bars = logger.get_verbosity(), logger.is_progress_bar_enabled()
+        logger.set_verbosity_error()
+        logger.disable_progress_bar()
+        try:
+            yield
+        finally:
+            logger.set_verbosity(level)
+            if bars:
+                logger.enable_progress_bar()
+
+
+def _build_on_meta(cls, config) -> nn.Module:
+    """``cls`` built from ``config`` on the meta device (no memory, no initialisation)."""
+    with _quiet(), torch.device("meta"), no_torch_init():
+        return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under every name (tied ones under each)."""
+    out = dict(model.named_parameters(remove_duplicate=False))
+    out.update(model.named_buffers(remove_duplicate=False))
+    return out
+
+
+def _plain_value(value):
+    """A JSON value for a simple attribute (None when it is not simple)."""
+    if isinstance(value, _SIMPLE):
+        return {"value": value, "type": "scalar"}
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _SIMPLE) for v in value):
+        return {"value": list(value), "type": type(value).__name__}
+    if isinstance(value, torch.Size):
+        return {"value": list(value), "type": "tuple"}
+    return None
+
+
+def _from_plain(entry):
+    return tuple(entry["value"]) if entry["type"] == "tuple" else entry["value"]
+
+
+def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict]]:
+    """(tensor shapes, module attributes) of ``model`` that a model built from its own config
+    would not have: what the config cannot express."""
+    fresh = _build_on_meta(type(model), copy.deepcopy(model.config))
+    mine, theirs = _tensors(model), _tensors(fresh)
+    if mine.keys() != theirs.keys():
+        missing = sorted(mine.keys() ^ theirs.keys())
+        raise CheckpointError(
+            f"{type(model).__name__} built from its config has other tensors than the model "
+            f"({', '.join(missing[:4])} ...): the model was changed beyond pruning"
+        )
+    tensors = {n: list(t.shape) for n, t in mine.items() if t.shape != theirs[n].shape}
+    fresh_modules = dict(fresh.named_modules(remove_duplicate=False))
+    attributes = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        other = fresh_modules.get(name)
+        if other is None:
+            continue
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or attr == "training":
+                continue
+            plain = _plain_value(value)
+            if plain is None or not hasattr(other, attr):
+                continue
+            if _plain_value(getattr(other, attr)) != plain:
+                attributes.append({"module": name, "attr": attr, **plain})
+    return tensors, attributes
+
+
+def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
+    """Save a (pruned) transformers model into ``directory`` so that
+    :func:`from_pretrained` rebuilds it bit for bit; ``kwargs`` go to the model's own
+    ``save_pretrained`` (``max_shard_size``, ...). Returns what was written, and whether plain
+    transformers ``from_pretrained`` loads it too (``SavedModel.plain``)."""
+    transformers = _transformers()
+    if not isinstance(model, transformers.PreTrainedModel) or config_of(model) is None:
+        raise InvalidArgumentError(
+            f"save_pretrained takes a transformers model, not {type(model).__name__}; keep "
+            "other models with torch.save or a plan (result.save_plan)"
+        )
+    cls_name = type(model).__name__
+    if getattr(transformers, cls_name, None) is not type(model):
+        raise InvalidArgumentError(
+            f"{cls_name} is not a class transformers exports; from_pretrained could not find "
+            "it again"
+        )
+    try:
+        model.config.validate()
+    except Exception as exc:
+        raise CheckpointError(
+            f"the model's config does not pass its own validation ({exc.__cause__ or exc}); "
+            "transformers would refuse to save or load it"
+        ) from exc
+    tensors, attributes = differences(model)
+    plain = not tensors and not attributes
+    directory = Path(directory)
+    buffers = {
+        n: b
+        for n, b in model.named_buffers(remove_duplicate=False)
+        if n.rpartition(".")[2] in _non_persistent(model, n)
+    }
+    with _quiet():
+        if plain:
+            model.save_pretrained(directory, **kwargs)
+        else:  # in-memory tensor names: no conversion that assumes the config's sizes
+            model.save_pretrained(directory, save_original_format=False, **kwargs)
+    if buffers:
+        from safetensors.torch import save_file
+
+        save_file(
+            {n: b.detach().contiguous().cpu() for n, b in buffers.items()}, str(directory / BUFFERS)
+        )
+    meta = {
+        "format": FORMAT,
+        "class": cls_name,
+        "transformers_version": transformers.__version__,
+        "plain": plain,
+        "tensors": tensors,
+        "attributes": attributes,
+        "non_persistent_buffers": sorted(buffers),
+    }
+    (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return SavedModel(directory, plain, tensors, attributes)
+
+
+def _non_persistent(model: nn.Module, name: str) -> set[str]:
+    module_name = name.rpartition(".")[0]
+    module = model.get_submodule(module_name) if module_name else model
+    return set(module._non_persistent_buffers_set)
+
+
+def _read_meta(directory: Path) -> dict:
+    path = directory / META
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {META}: not saved by "
+            "depgraph_ext.save_pretrained (plain from_pretrained may load it)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a depgraph_ext file (expected format {FORMAT!r})")
+    return meta
+
+
+def _state_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{index} is not a shard index: {exc}") from exc
+        files = [directory / n for n in names]
+    else:
+        files = [directory / "model.safetensors"]
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(f"the weights file {f.name} is missing from {directory}")
+    return files
+
+
+def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=None) -> nn.Module:
+    """Load a model written by :func:`save_pretrained`: built from its config on the meta
+    device, the recorded shapes and attributes set, the weights loaded (cast to
+    ``torch_dtype`` when given) on ``device`` (the CPU by default). Returns it in eval mode."""
+    transformers = _transformers()
+    directory = Path(directory)
+    meta = _read_meta(directory)
+    cls = getattr(transformers, str(meta.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(
+            f"{directory / META} names {meta.get('class')!r}, which is not a "
+            f"model class of transformers {transformers.__version__}"
+        )
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        with _quiet():
+            config = cls.config_class.from_pretrained(directory)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{directory / 'config.json'} is not a valid {cls.config_class.__name__}: {exc}"
+        ) from exc
+    if type(config) is not cls.config_class:
+        raise CheckpointError(
+            f"{directory / 'config.json'} describes a {type(config).__name__},"
+            f" not the {cls.config_class.__name__} of {cls.__name__}"
+        )
+    model = _build_on_meta(cls, config)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for a in meta.get("attributes", []):
+        module = modules.get(a.get("module"))
+        if module is None or not hasattr(module, a.get("attr", "")):
+            raise CheckpointError(
+                f"{META} sets {a.get('module')}.{a.get('attr')}, which {cls.__name__} does not have"
+            )
+        setattr(module, a["attr"], _from_plain(a))
+    placeholders = _tensors(model)
+    for name, shape in meta.get("tensors", {}).items():
+        old = placeholders.get(name)
+        if old is None:
+            raise CheckpointError(
+                f"{META} gives a shape for {name}, which {cls.__name__} does not have"
+            )
+        _replace(model, name, torch.empty(shape, dtype=old.dtype, device="meta"), old)
+    tied = _tied_names(model)  # before allocation, which unties them
+    model.to_empty(device=device)
+    _load_weights(model, directory, meta, device, tied)
+    if tied:
+        model.tie_weights()
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+    return model.eval()
+
+
+def _replace(model: nn.Module, name: str, new: torch.Tensor, old: torch.Tensor) -> None:
+    module_name, _, key = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if key in module._parameters:
+        module._parameters[key] = nn.Parameter(new, requires_grad=old.requires_grad)
+    else:
+        module._buffers[key] = new
+
+
+def _load_weights(model: nn.Module, directory: Path, meta: dict, device, tied: set[str]) -> None:
+    """Every saved tensor put in place as it was saved (same dtype, bit for bit), checked
+    against the model's names and shapes first."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    try:
+        for f in _state_files(directory):
+            state.update(load_file(str(f), device=str(device)))
+        buffers = directory / BUFFERS
+        if meta.get("non_persistent_buffers"):
+            if not buffers.is_file():
+                raise CheckpointError(f"{BUFFERS} is missing from {directory}")
+            state.update(load_file(str(buffers), device=str(device)))
+    except SafetensorError as exc:
+        raise CheckpointError(
+            f"a weights file of {directory} is not valid safetensors: {exc}"
+        ) from exc
+    targets = _tensors(model)
+    unexpected = sorted(state.keys() - targets.keys())
+    if unexpected:
+        raise CheckpointError(
+            f"the weights hold tensors the model does not have: {', '.join(unexpected[:5])}"
+        )
+    for name, t in state.items():
+        if t.shape != targets[name].shape:
+            raise CheckpointError(
+                f"{name} has shape {tuple(t.shape)} in the weights and "
+                f"{tuple(targets[name].shape)} in the model: the files do not belong together"
+            )
+    missing = sorted(n for n in targets.keys() - state.keys() if n not in tied)
+    if missing:
+        raise CheckpointError(
+            f"the weights lack {len(missing)} tensor(s) of the model: {', '.join(missing[:5])}"
+        )
+    for name, t in state.items():
+        _replace(model, name, t, targets[name])
+
+
+def _tied_names(model: nn.Module) -> set[str]:
+    """Names under which a tensor shared with another name is saved only once."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, t in _tensors(model).items():
+        if id(t) in seen:
+            tied.add(name)
+            tied.add(seen[id(t)])
+        else:
+            seen[id(t)] = name
+    return tied
