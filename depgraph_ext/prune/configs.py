@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from ..graph.dependency import DependencyGraph
 
-_INTERMEDIATE = ("intermediate_size", "ffn_dim", "n_inner", "encoder_ffn_dim", "decoder_ffn_dim")
-
 
 @dataclass(frozen=True)
 class ConfigUpdate:
@@ -104,24 +102,21 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
         if kind == "hidden"
     }
     propose("hidden_size", _uniform(hidden, "the hidden size", problems))
-    if calls and head_dim is not None and not hasattr(config, "head_dim") and updates:
+    if calls and head_dim is not None and getattr(config, "head_dim", None) is None and updates:
         # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
         updates.append(ConfigUpdate("head_dim", None, head_dim))
 
-    for field in _INTERMEDIATE:
-        if not hasattr(config, field):
-            continue
-        width = getattr(config, field)
-        if width is None and field == "n_inner":  # GPT-2: None means 4 * hidden
-            width = 4 * config.hidden_size
-        if not isinstance(width, int):
-            continue
-        widths = set()
-        for g in dg.groups:
-            if g.kind == "channels" and g.num_units == width:
-                widths.add((width, int(unit_keep[g.unit_ids].sum())))
+    # Widths a config field holds (intermediate_size, d_ff, ffn_dim ...) are found by trying
+    # them on a rebuild (check_loadable); GPT-2's n_inner=None (4 x hidden) holds no value.
+    if getattr(config, "n_inner", 0) is None and isinstance(config.hidden_size, int):
+        width = 4 * config.hidden_size
+        widths = {
+            (width, int(unit_keep[g.unit_ids].sum()))
+            for g in dg.groups
+            if g.kind == "channels" and g.num_units == width
+        }
         if any(old != new for old, new in widths):
-            propose(field, _uniform(widths, f"config.{field}", problems))
+            propose("n_inner", _uniform(widths, "config.n_inner", problems))
     ratio = getattr(config, "mlp_ratio", None)
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0:
         # Swin-like: each MLP is mlp_ratio x its stage's width; uniform pruning keeps one ratio.
@@ -187,55 +182,112 @@ def check_loadable(
                 break
         if error is not None:
             mismatches.append(f"config.{u.field} cannot be {u.new!r} ({error})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reloaded = type(new_config).from_dict(new_config.to_dict())  # what loading runs
-            with torch.device("meta"), no_torch_init():
-                fresh = type(model)(reloaded)
-        g = dg.graph
-        traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
-        for name, shape in state_shapes(fresh):
-            canonical = g.aliases.get(name, name)
-            expected = planned_shapes.get(canonical)
-            if expected is None and canonical in traced:
-                expected = g.values[traced[canonical]].shape
-            if expected is not None and shape != tuple(expected):
-                mismatches.append(
-                    f"{name} would be {shape} from the config, {tuple(expected)} pruned"
-                )
-    except Exception as exc:  # a config the class or the model refuses
-        cause = exc.__cause__ or exc
-        mismatches.append(
-            f"{type(model).__name__} cannot be built from the updated config "
-            f"({type(exc).__name__}: {str(cause)[:300]})"
+    shapes = _shape_mismatches(dg, new_config, planned_shapes)
+    if shapes:  # fields the updates above do not know: found by trying them on a rebuild
+        new_config, found, shapes = _search_fields(
+            dg, new_config, planned_shapes, shapes, {u.field for u in accepted}
         )
+        accepted += found
+    mismatches += shapes
     if not mismatches:
         return accepted
-    if dg.coupling_model.attention:
-        advice = (
-            " Models whose config derives the head dim from hidden_size / "
-            "num_attention_heads (GPT-2, BERT, OPT, Swin) reload after pruning MLP "
-            "channels only: pass ratios={'heads': 0, 'hidden': 0}."
-        )
-    else:
-        advice = (
-            " The config update knows hidden, intermediate and head fields only, not "
-            "how this config describes these widths; keep the pruned model with "
-            "torch.save, or replay result.save_plan(path) on a fresh original."
-        )
     message = (
-        f"{type(model).__name__}'s config cannot express the pruned shapes, so "
-        "save_pretrained/from_pretrained will not rebuild this model: "
+        f"{type(model).__name__}'s config cannot express the pruned shapes ("
         + "; ".join(mismatches[:4])
         + ("; ..." if len(mismatches) > 4 else "")
-        + "."
-        + advice
+        + "), so plain transformers from_pretrained will not rebuild this model: save it with "
+        "depgraph_ext.save_pretrained and load it with depgraph_ext.from_pretrained, or "
+        "prune with require_loadable=True (counts the config can say, or a refusal)"
+        + (
+            ". Configs that derive the head dim from hidden_size / num_attention_heads "
+            "(GPT-2, BERT, OPT) can say MLP pruning only: ratios={'heads': 0, 'hidden': 0}"
+            if dg.coupling_model.attention
+            else ""
+        )
     )
     if require:
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
     return accepted
+
+
+def _shape_mismatches(dg: DependencyGraph, config, planned_shapes) -> list[str]:
+    """What a model built from ``config`` (after a round trip through a dict, as loading does)
+    on the meta device would have of another shape than the pruned model (or why it cannot
+    be built at all)."""
+    model = dg.model
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reloaded = type(config).from_dict(config.to_dict())  # what loading runs
+            with torch.device("meta"), no_torch_init():
+                fresh = type(model)(reloaded)
+    except Exception as exc:  # a config the class or the model refuses
+        cause = exc.__cause__ or exc
+        return [
+            f"{type(model).__name__} cannot be built from the updated config "
+            f"({type(exc).__name__}: {str(cause)[:300]})"
+        ]
+    g = dg.graph
+    traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
+    out = []
+    for name, shape in state_shapes(fresh):
+        canonical = g.aliases.get(name, name)
+        expected = planned_shapes.get(canonical)
+        if expected is None and canonical in traced:
+            expected = g.values[traced[canonical]].shape
+        if expected is not None and shape != tuple(expected):
+            out.append(f"{name} would be {shape} from the config, {tuple(expected)} pruned")
+    return out
+
+
+def _width_changes(dg: DependencyGraph, planned_shapes) -> dict[int, int]:
+    """Every size that changed the same way wherever it changed (old -> new), from the pruned
+    tensors' dims (the same size elsewhere unchanged, a vocabulary, does not count)."""
+    g = dg.graph
+    named = g.params | g.buffers
+    seen: dict[int, set[int]] = {}
+    for name, shape in planned_shapes.items():
+        for old, new in zip(g.values[named[name]].shape, shape):
+            if old != new:
+                seen.setdefault(int(old), set()).add(int(new))
+    return {old: news.pop() for old, news in seen.items() if len(news) == 1}
+
+
+def _search_fields(dg: DependencyGraph, config, planned_shapes, shapes: list[str], done: set):
+    """Config fields holding a size that changed, set to the new size one at a time where
+    that makes a rebuild from the config match more of the pruned shapes (and the config
+    still validates): (config, updates found, shape mismatches left)."""
+    changes = _width_changes(dg, planned_shapes)
+    candidates = []
+    for field, value in config.to_dict().items():
+        if field in done or field.startswith("_") or field.endswith("_token_id"):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value in changes:
+            candidates.append((field, value, changes[value]))
+        elif (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            and any(v in changes for v in value)
+        ):
+            candidates.append((field, value, [changes.get(v, v) for v in value]))
+    found: list[ConfigUpdate] = []
+    improved = True
+    while improved and candidates and shapes:
+        improved = False
+        for cand in candidates:
+            field, old, new = cand
+            trial = copy.deepcopy(config)
+            if _set_field(trial, field, new) is not None or _validation_error(trial) is not None:
+                continue
+            left = _shape_mismatches(dg, trial, planned_shapes)
+            if len(left) < len(shapes):
+                config, shapes, improved = trial, left, True
+                found.append(ConfigUpdate(field, old, new))
+                candidates.remove(cand)
+                break
+    return config, found, shapes
 
 
 def _validation_error(config) -> str | None:
