@@ -33,6 +33,8 @@ class PruneResult:
     # function-changing groups that lost units, each described with why (empty: exact prune)
     function_changing: list[str] = field(default_factory=list)
     model_ref: object = field(default=None, repr=False, compare=False)  # weakref to the model
+    # require_loadable: counts rounded up to what the config can say, in words
+    rounded: list[str] = field(default_factory=list)
 
     def save_plan(self, path):
         """Write the plan (kept indices, attribute and config changes) as JSON; replay it on a
@@ -186,5 +188,6 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
         steps=len(results),
         buffers=frozenset().union(*(r.buffers for r in results)),
         function_changing=[g for r in results for g in r.function_changing],
+        rounded=[n for r in results for n in r.rounded],
         model_ref=results[-1].model_ref,
     )

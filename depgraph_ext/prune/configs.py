@@ -17,13 +17,12 @@ import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ..errors import ConfigMismatchWarning, PruningError, user_stacklevel
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ..graph.dependency import DependencyGraph
 
 
@@ -368,3 +367,58 @@ def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:
     config = config_of(model)
     for u in updates:
         setattr(config, u.field, u.new)
+
+
+def round_to_config(dg: DependencyGraph, keep: np.ndarray, scores) -> tuple[np.ndarray, list[str]]:
+    """The keep mask with each attention layer's head count rounded up to the nearest count the
+    config's own validation accepts (``hidden_size`` divisible by ``num_attention_heads`` ...):
+    the best-scored heads the selection removed come back. Returns the mask and what was
+    rounded, in words."""
+    config = config_of(dg.model)
+    calls = dg.coupling_model.attention
+    heads = [g for g in dg.groups if g.kind == "heads"]
+    if config is None or not calls or not heads or _validation_error(config) is not None:
+        return keep, []
+    sizes = dg.slot_sizes
+    per_kv = {int(sizes[c.heads]) // max(1, int(sizes[c.kv_heads])) for c in calls}
+    if len(per_kv) != 1:
+        return keep, []
+    q_per_kv = per_kv.pop()
+    trial = copy.deepcopy(config)
+    masks = dg.leaf_keep_masks(keep)
+    hidden = {
+        dg.slot_kept_size(s, masks) for s, kind in dg.coupling_model.kind_slots if kind == "hidden"
+    }
+    if len(hidden) == 1 and hasattr(trial, "hidden_size"):
+        _set_field(trial, "hidden_size", hidden.pop())
+    s = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    keep = keep.copy()
+    notes: list[tuple[int, int]] = []
+    for g in heads:
+        kept = int(keep[g.unit_ids].sum())
+        if kept == g.num_units:
+            continue
+        allowed = kept
+        while allowed < g.num_units and not _accepts_heads(trial, allowed, q_per_kv):
+            allowed += 1
+        if allowed == kept:
+            continue
+        removed = g.unit_ids[~keep[g.unit_ids]]
+        best = removed[np.argsort(-np.nan_to_num(s[removed], nan=-np.inf), kind="stable")]
+        keep[best[: allowed - kept]] = True
+        notes.append((kept * q_per_kv, allowed * q_per_kv))
+    return keep, [
+        f"attention heads: {new} kept instead of {old} in {notes.count((old, new))} layer(s), "
+        "the nearest count the config accepts"
+        for old, new in dict.fromkeys(notes)
+    ]
+
+
+def _accepts_heads(config, kv_heads: int, q_per_kv: int) -> bool:
+    for field, value in (
+        ("num_attention_heads", kv_heads * q_per_kv),
+        ("num_key_value_heads", kv_heads),
+    ):
+        if hasattr(config, field) and _set_field(config, field, value) is not None:
+            return False
+    return _validation_error(config) is None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..graph.dependency import DependencyGraph
-from .attributes import AttributeUpdate, attribute_updates, attributes_named_like
+from .attributes import AttributeUpdate, attribute_updates
 from .configs import ConfigUpdate, config_updates
 
 # state_dict name -> {dim: kept indices (sorted int64, original coordinates)}
@@ -39,7 +39,6 @@ def propose_plan(dg: DependencyGraph, keep: np.ndarray) -> Plan:
     tensors, masks = tensor_plan(dg, keep)
     attributes = attribute_updates(dg, tensors, masks)
     config, problems = config_updates(dg, masks, keep)
-    attributes += attributes_named_like(dg, config, attributes)
     return Plan(tensors, masks, keep, tuple(attributes), tuple(config), tuple(problems))
 
 

@@ -28,7 +28,7 @@ from ..graph.dependency import DependencyGraph, Group
 from ..result import PruneResult, compose_results
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
-from .configs import apply_config_updates, config_of
+from .configs import apply_config_updates, config_of, round_to_config
 from .importance import fisher_entry, get_importance, unit_scores
 from .options import PruneOptions, with_options_signature
 from .plan import Plan
@@ -202,6 +202,7 @@ def prune_step(
     """Score, select, plan and validate (learning sizes the model's code fixes), apply: once."""
     timings = dict(dg.timings)
     timings.update(score=0.0, select=0.0, plan=0.0)
+    rounded: list[str] = []
 
     def choose(g: DependencyGraph) -> np.ndarray:
         t1 = time.perf_counter()
@@ -214,6 +215,9 @@ def prune_step(
                 + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
             )
         keep = choose_units(g, scores, selection, targets)
+        if options.require_loadable:  # head counts the config can say
+            keep, notes = round_to_config(g, keep, scores)
+            rounded[:] = notes
         timings["score"] += t2 - t1
         timings["select"] += time.perf_counter() - t2
         return keep
@@ -223,7 +227,9 @@ def prune_step(
         t = time.perf_counter()
         verify_plan(dg, plan)
         timings["verify"] = time.perf_counter() - t
-    return apply_step(dg, plan, timings, t0, options.in_place, options.optimizer)
+    result = apply_step(dg, plan, timings, t0, options.in_place, options.optimizer)
+    result.rounded = list(rounded)
+    return result
 
 
 def prune_units(dg: DependencyGraph, group: Group, units) -> PruneResult:

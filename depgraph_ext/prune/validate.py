@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import FixedSizeWarning, PlanValidationError, TraceError, user_stacklevel
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
-from .attributes import temporary_attributes
+from .attributes import attributes_named_like, temporary_attributes
 from .configs import check_loadable
 from .plan import Plan, propose_plan
 
@@ -31,7 +31,12 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
     accepted = check_loadable(
         dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, require_loadable
     )
-    return dataclasses.replace(plan, config=tuple(accepted))
+    # module attributes named like a config field that changes follow it (an MLP's
+    # intermediate_size), as a model built from the updated config has them
+    named_like = attributes_named_like(dg, accepted, plan.attributes)
+    return dataclasses.replace(
+        plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
+    )
 
 
 def plan_until_valid(

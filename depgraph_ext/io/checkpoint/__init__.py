@@ -38,7 +38,7 @@ from ...errors import DiskFullError, InvalidArgumentError, NoPrunableGroupsError
 from ...graph.dependency import KINDS, DependencyGraph
 from ...graph.resolve import select_backend
 from ...progress import Progress
-from ...prune.configs import ConfigUpdate
+from ...prune.configs import ConfigUpdate, round_to_config
 from ...prune.plan import TensorPlan
 from ...prune.select import (
     Selection,
@@ -77,6 +77,7 @@ class CheckpointResult:
     num_shards: int
     world_size: int = 1
     copied_files: list[str] = field(default_factory=list)
+    rounded: list[str] = field(default_factory=list)  # counts rounded up to what the config says
 
     def summary(self) -> str:
         """A table: parameters and units of each group kind before and after, then times."""
@@ -96,6 +97,7 @@ class CheckpointResult:
             lines.append(f"{name:<{width}}  {before:>16,}  {after:>16,}  {kept:>6}")
         changes = ", ".join(f"{u.field} {u.old} -> {u.new}" for u in self.config_updates)
         lines.append(f"config: {changes or 'unchanged'}")
+        lines += [f"rounded: {note}" for note in self.rounded]
         ranks = f" on {self.world_size} ranks" if self.world_size > 1 else ""
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         lines.append(f"{self.num_shards} shards{ranks} -> {self.dst}; time: {stages}")
@@ -168,7 +170,7 @@ def prune_checkpoint(
     sums = scorer.all_sums(owned, scored_dims(dg.scoring_only(shrinkable_groups(dg, selection))))
     timings["score"] = time.perf_counter() - t
     t = time.perf_counter()
-    dg, plan = collective(ranks, _plan, dg, source, keys, scorer, sums, selection)
+    dg, plan, rounded = collective(ranks, _plan, dg, source, keys, scorer, sums, selection)
     timings["plan"] = time.perf_counter() - t
     t = time.perf_counter()
     writer = ShardWriter(source, keys, plan.tensors, bars)
@@ -235,6 +237,7 @@ def prune_checkpoint(
         num_shards=len(source.shards),
         world_size=ranks.world,
         copied_files=copied,
+        rounded=rounded,
     )
 
 
@@ -249,6 +252,7 @@ def _plan(
     """Select and validate as ``prune`` does (the same loop, blocking sizes the model's code
     fixes), from the streamed sums; a round after blocking may score tensors not read yet."""
     fp32 = not any(source.entry(keys.key_of[n]).dtype == torch.float64 for n, _ in sums)
+    rounded: list[str] = []
 
     def choose(g: DependencyGraph) -> np.ndarray:
         if not g.groups:
@@ -261,6 +265,10 @@ def _plan(
             shards = sorted({source.location[keys.key_of[n]][0] for n, _ in missing})
             sums.update(scorer.shard_sums(shards, missing))
         scores = unit_scores_from_sums(scoring, sums, fp32)
-        return select_local(g, scores, selection.ratio, selection.round_to, selection.ratios)
+        keep = select_local(g, scores, selection.ratio, selection.round_to, selection.ratios)
+        keep, notes = round_to_config(g, keep, scores)  # head counts the config can say
+        rounded[:] = notes
+        return keep
 
-    return plan_until_valid(dg, choose, require_loadable=True)
+    dg, plan = plan_until_valid(dg, choose, require_loadable=True)
+    return dg, plan, rounded
