@@ -95,6 +95,7 @@ class PruneResult:
             lines.append(f"MACs: {self.macs_before:,} -> {self.macs_after:,} ({kept:.1%} kept)")
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
         lines.append(f"time: {stages}")
+        lines += [f"rounded: {note}" for note in self.rounded]
         if self.function_changing:
             lines.append(
                 f"function-changing groups pruned ({len(self.function_changing)}): "

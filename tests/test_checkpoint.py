@@ -314,11 +314,15 @@ def test_single_file_checkpoint(tmp_path):
     assert_same_plan(result.plan, expected.plan)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "config.json",
+        "depgraph_ext.json",  # what depgraph_ext.from_pretrained reads: a plain checkpoint
         "generation_config.json",
         "model.safetensors",
     ]
     again = reload(tmp_path / "out", T.LlamaForCausalLM)
     assert again.config.hidden_size == 48
+    ours = dx.from_pretrained(tmp_path / "out")
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=IDS).logits, again(input_ids=IDS).logits)
 
 
 def test_summary_and_progress(checkpoints, tmp_path, capsys):

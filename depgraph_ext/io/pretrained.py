@@ -145,6 +145,19 @@ def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict]]:
     return tensors, attributes
 
 
+def plain_meta(model: nn.Module) -> dict:
+    """The depgraph_ext.json of a model whose config says everything."""
+    return {
+        "format": FORMAT,
+        "class": type(model).__name__,
+        "transformers_version": _transformers().__version__,
+        "plain": True,
+        "tensors": {},
+        "attributes": [],
+        "non_persistent_buffers": [],
+    }
+
+
 def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
     """Save a (pruned) transformers model into ``directory`` so that
     :func:`from_pretrained` rebuilds it bit for bit; ``kwargs`` go to the model's own
@@ -188,10 +201,7 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
         save_file(
             {n: b.detach().contiguous().cpu() for n, b in buffers.items()}, str(directory / BUFFERS)
         )
-    meta = {
-        "format": FORMAT,
-        "class": cls_name,
-        "transformers_version": transformers.__version__,
+    meta = plain_meta(model) | {
         "plain": plain,
         "tensors": tensors,
         "attributes": attributes,
@@ -254,6 +264,15 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
         )
     device = torch.device(device) if device is not None else torch.device("cpu")
     try:
+        described = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(f"{directory / 'config.json'} is missing or not JSON: {exc}") from exc
+    if described != cls.config_class.model_type:
+        raise CheckpointError(
+            f"{directory / 'config.json'} describes a {described!r} model, not the "
+            f"{cls.config_class.model_type!r} of {cls.__name__} ({cls.config_class.__name__})"
+        )
+    try:
         with _quiet():
             config = cls.config_class.from_pretrained(directory)
     except Exception as exc:
@@ -265,6 +284,8 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
             f"{directory / 'config.json'} describes a {type(config).__name__},"
             f" not the {cls.config_class.__name__} of {cls.__name__}"
         )
+    if meta.get("plain") and not meta.get("non_persistent_buffers"):
+        return _plain_load(cls, directory, torch_dtype, device)  # written by prune_checkpoint
     model = _build_on_meta(cls, config)
     modules = dict(model.named_modules(remove_duplicate=False))
     for a in meta.get("attributes", []):
@@ -290,6 +311,19 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
     if torch_dtype is not None:
         model.to(torch_dtype)
     return model.eval()
+
+
+def _plain_load(cls, directory: Path, torch_dtype, device) -> nn.Module:
+    """A directory whose config says everything: transformers' own loading (it computes the
+    non-persistent buffers), the weights in their saved dtype unless one is asked for."""
+    try:
+        with _quiet():
+            model = cls.from_pretrained(directory, dtype=torch_dtype or "auto")
+    except Exception as exc:
+        raise CheckpointError(
+            f"{cls.__name__} cannot be loaded from {directory}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return model.to(device).eval()
 
 
 def _replace(model: nn.Module, name: str, new: torch.Tensor, old: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ from ...progress import Progress
 from ...prune.apply import gather
 from ...prune.configs import ConfigUpdate
 from ...prune.plan import TensorPlan
-from .. import safetensors_io
+from .. import pretrained, safetensors_io
 from ..safetensors_io import MappedFile, copy_bytes, fsync, output_layout, write_tensor
 from .scores import KeyMap, read_ahead
 from .source import CONFIG, INDEX, Source
@@ -149,7 +149,9 @@ def publish(tmp: Path, dst: Path, overwrite: bool) -> None:
 
 
 def copy_other_files(source: Source, out: Path) -> list[str]:
-    skip = {CONFIG, INDEX} | {h.path.name for h in source.shards}
+    skip = {CONFIG, INDEX, pretrained.META, pretrained.BUFFERS} | {
+        h.path.name for h in source.shards
+    }
     copied = []
     for item in sorted(source.path.iterdir()):
         if item.name in skip or item.name.startswith(".") or item.name.endswith(_WEIGHT_SUFFIXES):
@@ -184,6 +186,8 @@ def finish(
         write_text(tmp / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     config = new_config(source, model, updates)
     write_text(tmp / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # the file depgraph_ext.from_pretrained reads: its config says every pruned shape
+    write_text(tmp / pretrained.META, json.dumps(pretrained.plain_meta(model), indent=2) + "\n")
     copied.extend(copy_other_files(source, tmp))
 
 

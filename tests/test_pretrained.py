@@ -1,0 +1,292 @@
+"""Pruned transformers models save and load again: dx.save_pretrained / dx.from_pretrained round
+trips bit for bit (plain transformers from_pretrained too where the config says everything);
+files that do not belong together are refused; what the CLI writes loads with plain
+transformers; require_loadable rounds head counts to ones the config accepts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import depgraph_ext as dx
+
+T = pytest.importorskip("transformers")
+IDS = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(0))
+
+
+def quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        T.utils.logging.set_verbosity_error()
+        T.utils.logging.disable_progress_bar()
+        return fn(*args, **kwargs)
+
+
+def llama(heads=16, kv=4, hidden=256, dtype=torch.float32, **extra):
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=128,
+        **extra,
+    )
+    return quiet(T.LlamaForCausalLM, cfg).to(dtype).eval()
+
+
+def logits(model, ids=IDS):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+MODELS = {
+    # name: (factory, ratios, plain with require_loadable?)
+    "llama 16 -> 12 heads": (llama, {"heads": 0.25, "hidden": 0.0}),
+    "llama tied, hidden pruned": (
+        lambda: llama(tie_word_embeddings=True),
+        {"heads": 0.5, "hidden": 0.25},
+    ),
+    "llama bf16": (lambda: llama(dtype=torch.bfloat16), {"heads": 0.5, "hidden": 0.0}),
+    "gpt2 heads": (
+        lambda: quiet(
+            T.GPT2LMHeadModel, T.GPT2Config(n_embd=64, n_head=4, n_layer=2, vocab_size=128)
+        ).eval(),
+        {"hidden": 0.0},
+    ),
+    "bert heads": (
+        lambda: quiet(
+            T.BertForMaskedLM,
+            T.BertConfig(
+                hidden_size=64,
+                num_attention_heads=4,
+                num_hidden_layers=2,
+                intermediate_size=128,
+                vocab_size=128,
+            ),
+        ).eval(),
+        {"hidden": 0.0},
+    ),
+    "t5 heads and d_ff": (
+        lambda: quiet(
+            T.T5ForConditionalGeneration,
+            T.T5Config(d_model=64, d_ff=128, num_heads=4, d_kv=16, num_layers=2, vocab_size=128),
+        ).eval(),
+        {"hidden": 0.0},
+    ),
+}
+
+
+def inputs_of(model):
+    if model.config.is_encoder_decoder:
+        return {"input_ids": IDS, "decoder_input_ids": IDS}
+    return {"input_ids": IDS}
+
+
+def outputs(model):
+    with torch.no_grad():
+        return model(**inputs_of(model)).logits
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_pruned_models_round_trip_bit_for_bit(name, tmp_path):
+    factory, ratios = MODELS[name]
+    model = factory()
+    quiet(dx.prune, model, inputs_of(model), ratio=0.5, ratios=ratios)
+    info = quiet(dx.save_pretrained, model, tmp_path)
+    again = quiet(dx.from_pretrained, tmp_path)
+    assert type(again) is type(model) and not again.training
+    assert torch.equal(outputs(again), outputs(model))
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), n
+    meta = json.loads((tmp_path / "depgraph_ext.json").read_text())
+    assert meta["plain"] == info.plain and meta["class"] == type(model).__name__
+    if info.plain and model.dtype == torch.float32:  # the config says it all: plain
+        # transformers loads it too (in bf16 it would compute rotary frequencies in fp32,
+        # where this model, converted with .to(bfloat16), holds them in bf16)
+        plain = quiet(type(model).from_pretrained, tmp_path, dtype=model.dtype).eval()
+        assert torch.equal(outputs(plain), outputs(model))
+    elif not info.plain:
+        assert info.tensors or info.attributes
+        assert "depgraph_ext.from_pretrained" in info.describe()
+
+
+def test_the_t5_config_says_heads_and_feed_forward():
+    factory, ratios = MODELS["t5 heads and d_ff"]
+    model = factory()
+    result = quiet(dx.prune, model, inputs_of(model), ratio=0.5, ratios=ratios)
+    fields = {u.field: u.new for u in result.config_updates}
+    assert fields == {"num_heads": 2, "d_ff": 64} or fields == {
+        "num_attention_heads": 2,
+        "d_ff": 64,
+    }
+    assert model.config.num_heads == 2 and model.config.d_ff == 64
+
+
+def test_loading_to_a_dtype_and_a_device(tmp_path):
+    model = llama()
+    quiet(dx.prune, model, {"input_ids": IDS}, ratio=0.5, ratios={"heads": 0.25, "hidden": 0.0})
+    quiet(dx.save_pretrained, model, tmp_path)
+    again = quiet(dx.from_pretrained, tmp_path, torch_dtype=torch.bfloat16, device="cpu")
+    assert {p.dtype for p in again.parameters()} == {torch.bfloat16}
+    assert torch.equal(logits(again), logits(model.to(torch.bfloat16)))
+
+
+def test_require_loadable_rounds_heads_to_counts_the_config_accepts(tmp_path):
+    """Llama's config wants hidden divisible by heads: 16 heads pruned by a quarter would be
+    12 (256 % 12 != 0); the nearest count at or above that Llama accepts is 16, with GQA 4
+    kv heads of 4: no head goes, and the result says so. Halving gives 8, which it accepts."""
+    model = llama()
+    result = quiet(
+        dx.prune,
+        model,
+        {"input_ids": IDS},
+        ratio=0.5,
+        ratios={"heads": 0.25, "hidden": 0.0},
+        require_loadable=True,
+    )
+    assert model.config.num_attention_heads == 16 and len(result.rounded) == 1
+    assert "16 kept instead of 12" in result.rounded[0] and "rounded" in result.summary()
+    assert quiet(dx.save_pretrained, model, tmp_path).plain
+    model = llama()
+    result = quiet(
+        dx.prune,
+        model,
+        {"input_ids": IDS},
+        ratio=0.5,
+        ratios={"heads": 0.5, "hidden": 0.0},
+        require_loadable=True,
+    )
+    assert model.config.num_attention_heads == 8 and not result.rounded
+
+
+# -- refusals ------------------------------------------------------------------------------------
+@pytest.fixture
+def saved(tmp_path):
+    model = llama()
+    quiet(dx.prune, model, {"input_ids": IDS}, ratio=0.5, ratios={"heads": 0.25, "hidden": 0.0})
+    assert not quiet(dx.save_pretrained, model, tmp_path).plain
+    return tmp_path
+
+
+def test_shapes_that_do_not_match_the_weights_are_refused(saved):
+    meta = json.loads((saved / "depgraph_ext.json").read_text())
+    name = next(iter(meta["tensors"]))
+    meta["tensors"][name] = [s + 1 for s in meta["tensors"][name]]
+    (saved / "depgraph_ext.json").write_text(json.dumps(meta))
+    with pytest.raises(dx.CheckpointError, match=name.replace(".", r"\.")):
+        quiet(dx.from_pretrained, saved)
+
+
+def test_a_missing_shard_and_broken_files_are_refused(saved, tmp_path_factory):
+    (saved / "model.safetensors").rename(saved / "elsewhere.safetensors")
+    with pytest.raises(dx.CheckpointError, match="model.safetensors is missing"):
+        quiet(dx.from_pretrained, saved)
+    (saved / "elsewhere.safetensors").rename(saved / "model.safetensors")
+    (saved / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(dx.CheckpointError, match="not valid safetensors"):
+        quiet(dx.from_pretrained, saved)
+    empty = tmp_path_factory.mktemp("empty")
+    with pytest.raises(dx.CheckpointError, match="has no depgraph_ext.json"):
+        quiet(dx.from_pretrained, empty)
+    (empty / "depgraph_ext.json").write_text("{nope")
+    with pytest.raises(dx.CheckpointError, match="not valid JSON"):
+        quiet(dx.from_pretrained, empty)
+
+
+def test_a_config_of_another_model_is_refused(saved):
+    quiet(T.GPT2Config(n_embd=64, n_head=4, n_layer=2).save_pretrained, saved)
+    with pytest.raises(dx.CheckpointError, match="describes a 'gpt2' model"):
+        quiet(dx.from_pretrained, saved)
+
+
+def test_only_transformers_models_are_saved(tmp_path):
+    with pytest.raises(dx.InvalidArgumentError, match="transformers model"):
+        dx.save_pretrained(torch.nn.Linear(2, 2), tmp_path)
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+def seeded(factory):
+    def build():
+        torch.manual_seed(0)
+        return factory()
+
+    return build
+
+
+def cli_qwen2():
+    config = T.Qwen2Config(
+        hidden_size=192,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=128,
+    )
+    return quiet(T.Qwen2ForCausalLM, config).eval()
+
+
+def cli_mistral():
+    config = T.MistralConfig(
+        hidden_size=128,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=128,
+        head_dim=16,
+    )
+    return quiet(T.MistralForCausalLM, config).eval()
+
+
+CLI_MODELS = {
+    "llama": seeded(lambda: llama(heads=16, kv=4, hidden=256)),
+    "qwen2": seeded(cli_qwen2),
+    "mistral": seeded(cli_mistral),
+}
+
+
+@pytest.mark.parametrize("heads", ["0.25", "0.5"])
+@pytest.mark.parametrize("name", list(CLI_MODELS))
+def test_the_cli_writes_checkpoints_plain_transformers_loads(name, heads, tmp_path):
+    torch.manual_seed(0)
+    model = CLI_MODELS[name]()
+    quiet(model.save_pretrained, tmp_path / "src")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "depgraph_ext.cli",
+            str(tmp_path / "src"),
+            str(tmp_path / "out"),
+            "--ratio",
+            "0.5",
+            "--ratios",
+            f"heads={heads},hidden=0",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    plain = quiet(T.AutoModelForCausalLM.from_pretrained, tmp_path / "out").eval()
+    ours = quiet(dx.from_pretrained, tmp_path / "out")
+    assert torch.equal(logits(plain), logits(ours))
+    expected = CLI_MODELS[name]()
+    quiet(
+        dx.prune,
+        expected,
+        {"input_ids": torch.zeros(1, 16, dtype=torch.long)},
+        ratio=0.5,
+        ratios={"heads": float(heads), "hidden": 0.0},
+        require_loadable=True,
+    )
+    assert torch.equal(logits(plain), logits(expected))
+    assert plain.config.num_attention_heads == expected.config.num_attention_heads
