@@ -141,24 +141,22 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     return updates, problems
 
 
-def check_loadable(
+def loadable_config(
     dg: DependencyGraph,
     updates,
     planned_shapes,
     problems,
-    require: bool,
-) -> list[ConfigUpdate]:
+) -> tuple[list[ConfigUpdate], str | None]:
     """Whether the updated config rebuilds the pruned model: each update set on a copy of the
     config (its own field validation runs; an integral float becomes an int where the field
     asks for one), the config's class-level validation (``validate()``), a round trip through
     a dict (what loading from config.json runs), and a model built from it on the meta device
-    whose every tensor must have the pruned shape. Returns the updates the config accepts;
-    what it cannot express is a ``ConfigMismatchWarning``, or with ``require`` a
-    ``PruningError`` raised before anything changes."""
+    whose every tensor must have the pruned shape. Returns the updates the config accepts and
+    what it cannot express (None: everything), for :func:`report_mismatch`."""
     model = dg.model
     config = config_of(model)
     if config is None:
-        return list(updates)
+        return list(updates), None
     new_config = copy.deepcopy(config)
     mismatches = list(problems)
     accepted: list[ConfigUpdate] = []
@@ -189,9 +187,13 @@ def check_loadable(
         accepted += found
     mismatches += shapes
     if not mismatches:
-        return accepted
-    message = (
-        f"{type(model).__name__}'s config cannot express the pruned shapes ("
+        return accepted, None
+    return accepted, mismatch_message(dg, mismatches)
+
+
+def mismatch_message(dg: DependencyGraph, mismatches: list[str]) -> str:
+    return (
+        f"{type(dg.model).__name__}'s config cannot express the pruned shapes ("
         + "; ".join(mismatches[:4])
         + ("; ..." if len(mismatches) > 4 else "")
         + "), so plain transformers from_pretrained will not rebuild this model: save it with "
@@ -204,10 +206,16 @@ def check_loadable(
             else ""
         )
     )
+
+
+def report_mismatch(message: str | None, require: bool) -> None:
+    """What the config cannot express: a ``ConfigMismatchWarning``, or with ``require`` a
+    ``PruningError`` raised before anything changes."""
+    if message is None:
+        return
     if require:
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
-    return accepted
 
 
 def _shape_mismatches(dg: DependencyGraph, config, planned_shapes) -> list[str]:
@@ -256,7 +264,10 @@ def _width_changes(dg: DependencyGraph, planned_shapes) -> dict[int, int]:
 def _search_fields(dg: DependencyGraph, config, planned_shapes, shapes: list[str], done: set):
     """Config fields holding a size that changed, set to the new size one at a time where
     that makes a rebuild from the config match more of the pruned shapes (and the config
-    still validates): (config, updates found, shape mismatches left)."""
+    still validates): (config, updates found, shape mismatches left). Found fields are kept
+    only when together they make every shape match: a field set part-way (a per-stage list
+    whose last stage was not pruned) would tell the model's code a size it does not have."""
+    original, mismatches = config, shapes
     changes = _width_changes(dg, planned_shapes)
     candidates = []
     for field, value in config.to_dict().items():
@@ -286,6 +297,8 @@ def _search_fields(dg: DependencyGraph, config, planned_shapes, shapes: list[str
                 found.append(ConfigUpdate(field, old, new))
                 candidates.remove(cand)
                 break
+    if shapes:
+        return original, [], mismatches
     return config, found, shapes
 
 
@@ -367,6 +380,22 @@ def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:
     config = config_of(model)
     for u in updates:
         setattr(config, u.field, u.new)
+
+
+@contextlib.contextmanager
+def temporary_config(model, updates):
+    """The config updates' new values for the duration (a model's code may read its config
+    while it runs); the old ones back on exit, whatever happens."""
+    config = config_of(model)
+    done = []
+    try:
+        for u in updates:
+            setattr(config, u.field, u.new)
+            done.append(u)
+        yield
+    finally:
+        for u in reversed(done):
+            setattr(config, u.field, u.old)
 
 
 def round_to_config(dg: DependencyGraph, keep: np.ndarray, scores) -> tuple[np.ndarray, list[str]]:

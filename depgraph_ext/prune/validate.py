@@ -16,27 +16,42 @@ from ..errors import FixedSizeWarning, PlanValidationError, TraceError, user_sta
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from .attributes import attributes_named_like, temporary_attributes
-from .configs import check_loadable
+from .configs import loadable_config, report_mismatch, temporary_config
 from .plan import Plan, propose_plan
 
 MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
 
 
 def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False) -> Plan:
-    """The plan of a keep mask, validated (PlanValidationError when its shapes do not run) and
-    its config checked (``require_loadable``: refused when the config cannot express it)."""
+    """The plan of a keep mask with the config updates the config accepts, validated with
+    them set (PlanValidationError when its shapes do not run) and the rest of the config
+    reported (``require_loadable``: refused when the config cannot express it)."""
     with paused_gc():
         plan = propose_plan(dg, keep)
-        validate_plan(dg, plan)
-    accepted = check_loadable(
-        dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, require_loadable
-    )
-    # module attributes named like a config field that changes follow it (an MLP's
-    # intermediate_size), as a model built from the updated config has them
-    named_like = attributes_named_like(dg, accepted, plan.attributes)
-    return dataclasses.replace(
-        plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
-    )
+        accepted, mismatch = loadable_config(
+            dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems
+        )
+        # module attributes named like a config field that changes follow it (an MLP's
+        # intermediate_size), as a model built from the updated config has them
+        named_like = attributes_named_like(dg, accepted, plan.attributes)
+        full = dataclasses.replace(
+            plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
+        )
+        try:
+            validate_plan(dg, full)  # the model's code may read its config as it runs
+        except PlanValidationError as exc:
+            if not accepted:
+                raise
+            validate_plan(dg, dataclasses.replace(plan, config=()))  # the shapes alone
+            # The shapes run; the config updates are what breaks the run: none is set.
+            fields = ", ".join(f"config.{u.field}" for u in accepted)
+            mismatch = (mismatch + "; " if mismatch else "") + (
+                f"{type(dg.model).__name__}'s code reads {fields} as it runs and would "
+                f"not run with the pruned values ({exc}), so the config is left as it is"
+            )
+            full = dataclasses.replace(plan, config=())
+    report_mismatch(mismatch, require_loadable)
+    return full
 
 
 def plan_until_valid(
@@ -73,7 +88,10 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     g = dg.graph
     slots = dg.coupling_model.value_slots
     try:
-        with temporary_attributes(dg.model, plan.attributes):
+        with (
+            temporary_attributes(dg.model, plan.attributes),
+            temporary_config(dg.model, plan.config),
+        ):
             pruned = dg.trace_pruned(dg.planned_shapes(plan.tensors))
     except TraceError as exc:
         failed = getattr(exc, "failed_at", None)

@@ -1,0 +1,104 @@
+"""Real transformers architectures, built from their configs with random weights.
+
+Each model type is pruned twice: by default (the pruned model must run and give outputs of the
+original shapes) and with ``exact_only=True`` in float64, where the scatter-back oracle must hold.
+Mixture-of-experts models run the oracle in float32: their expert dispatch refuses float64.
+``scripts/sweep_transformers.py`` runs the same checks over every model type transformers has.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import zoo_transformers as zoo
+
+import depgraph_ext as dx
+from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
+
+pytest.importorskip("transformers")
+
+CAUSAL_LMS = """
+    llama mistral qwen2 qwen3 gemma gemma2 gemma3_text gemma4_text phi phi3 gpt2 gpt_neo
+    gpt_neox gptj bloom falcon opt codegen cohere cohere2 olmo olmo2 starcoder2 stablelm
+    persimmon granite helium internlm3 exaone4 glm glm4 minicpm3 smollm3 ctrl biogpt openai-gpt
+    gpt_bigcode diffllama doge llama4_text mllama_text_model nanochat vaultgemma
+""".split()
+STATE_SPACE_AND_HYBRID = "recurrent_gemma rwkv mamba falcon_mamba zamba2 lfm2 olmo_hybrid".split()
+ENCODERS = """
+    bert roberta albert distilbert deberta deberta-v2 electra ernie modernbert mpnet squeezebert
+    convbert longformer big_bird mobilebert xlnet xlm-roberta fnet nystromformer layoutlm tapas
+    rembert clip_text_model siglip_text_model
+""".split()
+SEQ2SEQ = """
+    t5 mt5 umt5 bart mbart marian pegasus blenderbot m2m_100 plbart longt5 switch_transformers
+    nllb-moe seamless_m4t prophetnet whisper
+""".split()
+VISION = """
+    vit deit beit dinov2 swin swinv2 convnext resnet regnet mobilenet_v2 mobilevit poolformer
+    segformer pvt_v2 hiera yolos vit_mae focalnet dinov3_convnext glpn swiftformer
+    clip_vision_model siglip_vision_model vivit videomae
+""".split()
+MIXTURES_OF_EXPERTS = """
+    mixtral qwen2_moe qwen3_moe deepseek_v2 deepseek_v3 granitemoe phimoe glm4_moe ernie4_5_moe
+    jamba qwen3_next xglm
+""".split()  # (jamba and qwen3_next are hybrids with experts; xglm's positions need float32)
+
+FLOAT32_ONLY = set(MIXTURES_OF_EXPERTS)
+ALL = CAUSAL_LMS + STATE_SPACE_AND_HYBRID + ENCODERS + SEQ2SEQ + VISION + MIXTURES_OF_EXPERTS
+
+
+def build(model_type):
+    try:
+        return zoo.build(model_type)
+    except zoo.Unbuildable as e:  # a transformers version without this type or its inputs
+        pytest.skip(f"{model_type}: {e}")
+
+
+def in_dtype(inputs, dtype):
+    return {
+        k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in inputs.items()
+    }
+
+
+def prune_quietly(model, inputs, **options):
+    """Prune half; returns the result and the categories of the warnings raised. Opaque ops are
+    expected in a zoo (they block what they touch): the prune must work around them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dx.prune(model, inputs, ratio=0.5, **options)
+    return result, {w.category for w in caught}
+
+
+def seeded_outputs(model, inputs):
+    torch.manual_seed(0)  # a model that samples takes the same draw each time
+    return outputs_of(model, inputs)
+
+
+@pytest.mark.parametrize("model_type", ALL)
+def test_default_prune_runs_with_the_original_output_shapes(model_type):
+    z = build(model_type)
+    shapes = [o.shape for o in seeded_outputs(z.model, z.inputs)]
+    result, warned = prune_quietly(z.model, z.inputs)
+    assert result.params_after < result.params_before
+    assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes
+    # function-changing groups pruned are declared: warned about and listed in the summary
+    assert (dx.FunctionChangingWarning in warned) == bool(result.function_changing)
+    assert all(group in result.summary(max_rows=None) for group in result.function_changing)
+
+
+@pytest.mark.parametrize("model_type", ALL)
+def test_exact_only_prune_equals_zeroing_the_removed_units(model_type):
+    z = build(model_type)
+    dtype = torch.float32 if model_type in FLOAT32_ONLY else torch.float64
+    model = z.model.to(dtype)
+    inputs = in_dtype(z.inputs, dtype)
+    original = copy.deepcopy(model)
+    result, warned = prune_quietly(model, inputs, exact_only=True)
+    assert result.params_after < result.params_before
+    assert not result.function_changing and dx.FunctionChangingWarning not in warned
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-8
+    assert_scatter_back_equal(original, model, result.plan, inputs, rtol=tolerance, atol=tolerance)
