@@ -13,9 +13,9 @@ import warnings
 
 import pytest
 import torch
-import zoo_transformers as zoo
 
 import depgraph_ext as dx
+import zoo_transformers as zoo
 from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
 
 pytest.importorskip("transformers")
