@@ -51,6 +51,7 @@ from .prune.importance import (
 )
 from .prune.options import PruneOptions
 from .prune.pruner import Pruner
+from .prune.routing import RoutingImportance, collect_routing
 from .result import PruneResult
 from .sparsity import GroupSparsity
 
@@ -88,6 +89,7 @@ __all__ = [
     "Pruner",
     "PruningError",
     "RandomImportance",
+    "RoutingImportance",
     "RuleContext",
     "SavedModel",
     "TaylorImportance",
@@ -97,6 +99,7 @@ __all__ = [
     "VerificationError",
     "apply_plan",
     "collect_fisher",
+    "collect_routing",
     "count_params",
     "count_params_and_macs",
     "from_pretrained",

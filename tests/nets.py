@@ -227,3 +227,46 @@ class MaxViTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.grid(self.block(self.stem(x))).mean((2, 3)))
+
+
+class LoopedExperts(nn.Module):
+    """A mixture of experts with one module per expert, run in a loop over experts (the layout
+    before fused expert weights): each expert gets the tokens whose top-k chose it."""
+
+    def __init__(self, hidden: int = 16, inner: int = 24, experts: int = 4, top_k: int = 2):
+        super().__init__()
+        self.top_k = top_k
+        self.gate = nn.Linear(hidden, experts, bias=False)
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, inner), nn.SiLU(), nn.Linear(inner, hidden))
+            for _ in range(experts)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.gate(x), dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.where(chosen == e)
+            out = out.index_add(0, token, expert(x[token]) * weights[token, slot, None])
+        return out
+
+
+class FusedExperts(nn.Module):
+    """The same with every expert's weights in one tensor, gathered by the chosen indices."""
+
+    def __init__(self, hidden: int = 16, inner: int = 24, experts: int = 4, top_k: int = 2):
+        super().__init__()
+        self.top_k = top_k
+        self.num_experts = experts
+        self.gate = nn.Linear(hidden, experts, bias=False)
+        self.up = nn.Parameter(torch.randn(experts, inner, hidden) / hidden**0.5)
+        self.down = nn.Parameter(torch.randn(experts, hidden, inner) / inner**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.gate(x), dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        flat = chosen.reshape(-1)
+        h = torch.bmm(self.up[flat], x.repeat_interleave(self.top_k, 0).unsqueeze(-1))
+        y = torch.bmm(self.down[flat], torch.nn.functional.silu(h)).squeeze(-1)
+        return (y * weights.reshape(-1, 1)).view(x.shape[0], self.top_k, -1).sum(1)

@@ -7,6 +7,8 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import UnsupportedOpError
 from .couplings import CouplingBuilder, Couplings
 from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
@@ -40,6 +42,8 @@ class CouplingModel:
     # (node index, first coupling, end) of every rule that emitted couplings, in order
     rule_spans: list[tuple[int, int, int]] = field(default_factory=list)
     reductions: list[Reduction] = field(default_factory=list)
+    min_sizes: list[tuple[int, int]] = field(default_factory=list)  # (slot, indices it keeps)
+    routers: list[tuple[int, str]] = field(default_factory=list)  # (experts slot, router module)
 
     def node_that_emitted(self, coupling: int) -> int | None:
         """The node whose rule emitted coupling number ``coupling`` (None: no rule did)."""
@@ -85,6 +89,7 @@ def build_couplings(
         reason = "no rule for this op"
         if node.index in malformed:
             rule, reason = None, malformed[node.index]
+        ctx.mapped_positions = set()
         if rule is not None:
             checkpoint = builder.checkpoint()
             ctx.touched = set()
@@ -107,8 +112,11 @@ def build_couplings(
             opaque.append(OpaqueOp(node.name, node.module, node.index, reason))
             for v in node.inputs + node.outputs:
                 ctx.block_value(v)
+            _positions_read(ctx, node)
             continue
         touched_anywhere |= ctx.touched
+        _carry_index_domain(ctx, node)
+        _positions_read(ctx, node)
         # An input dim the rule neither coupled nor freed has its size fixed by this op (a
         # convolution's kernel taps, read through a view): a dim is prunable only if every
         # op that reads it allows it.
@@ -120,6 +128,9 @@ def build_couplings(
             for s in ctx.slots(v):
                 if s not in ctx.touched and ctx.size(s) != 1:
                     ctx.block(s)
+    for v in graph.outputs:  # positions handed out fix what they point at
+        if (domain := ctx.domain(v)) is not None:
+            ctx.block(domain[0])
     # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
     # the op that reads it.
     for name in named:
@@ -129,6 +140,8 @@ def build_couplings(
     query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
     query += [slot for _, _, slot in ctx.attr_slots]
     query += [slot for slot, _ in ctx.kind_slots]
+    query += [slot for slot, _ in ctx.min_sizes]
+    query += [slot for slot, _ in ctx.routers]
     query += [
         s
         for call in ctx.attention
@@ -144,4 +157,42 @@ def build_couplings(
         ctx.attention,
         spans,
         ctx.reductions,
+        ctx.min_sizes,
+        ctx.routers,
     )
+
+
+# Ops whose integer results hold the same positions as their first input (reshaped, copied).
+_POSITION_PRESERVING = frozenset(
+    "aten.view aten._unsafe_view aten.reshape aten.clone aten.contiguous aten.expand "
+    "aten.flatten aten.squeeze aten.unsqueeze aten.permute aten.transpose aten.t aten.select "
+    "aten.slice aten.repeat_interleave aten.repeat aten.alias aten.detach aten._to_copy "
+    "aten.lift_fresh_copy aten.view_copy aten.expand_copy".split()
+)
+
+
+def _positions_read(ctx: RuleContext, node) -> None:
+    """Positions along a slot read other than by a coupled index or a position-preserving
+    op (compared with a constant expert number, counted, fed to an opaque op) fix that slot:
+    its indices must keep their numbers."""
+    if node.packet in _POSITION_PRESERVING:
+        return
+    for v in node.inputs:
+        domain = ctx.domain(v)
+        if domain is not None and v not in ctx.mapped_positions:
+            ctx.block(domain[0])
+
+
+def _carry_index_domain(ctx: RuleContext, node) -> None:
+    """Integer results of a position-preserving op on indices into a slot index it too."""
+    if not node.inputs or node.packet not in _POSITION_PRESERVING:
+        return
+    domain = ctx.domain(node.inputs[0])
+    if domain is None:
+        return
+    for v in node.outputs:
+        dtype = ctx.graph.values[v].dtype
+        if not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool:
+            ctx.indexes(v, *domain)
+        else:  # positions turned into numbers: whatever reads them fixes the slot
+            ctx.block(domain[0])

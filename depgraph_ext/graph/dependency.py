@@ -22,7 +22,7 @@ from .trace import OpGraph, trace
 from .walk import ModelWalk
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
-KINDS = ("channels", "hidden", "heads")
+KINDS = ("channels", "hidden", "heads", "experts")
 
 
 @dataclass
@@ -65,12 +65,14 @@ class Group:
         kind: str = "channels",
         list_members=None,
         reasons: tuple[str, ...] = (),
+        min_kept: int = 1,
     ) -> None:
         self.index = index
         self.unit_ids = unit_ids  # global unit ids, group-local unit i is unit_ids[i]
         self.prunable = prunable  # bool per local unit
-        self.kind = kind  # "heads" | "hidden" | "channels"
+        self.kind = kind  # "channels" | "hidden" | "heads" | "experts"
         self.reasons = reasons
+        self.min_kept = min_kept  # units an op needs kept (a top-k's k)
         self._members = members
         self._list_members = list_members  # fills ``_members`` of every group
 
@@ -314,6 +316,7 @@ class DependencyGraph:
         groups: list[Group] = []
         ids = np.nonzero(prunable_groups)[0].tolist()
         listing = functools.partial(_list_members, groups, ids, res, self.tensor_dims)
+        min_kept = self._min_kept()
         for gid in ids:
             unit_ids = order[bounds[gid] : bounds[gid + 1]]
             groups.append(
@@ -324,9 +327,22 @@ class DependencyGraph:
                     kind=KINDS[int(kind_of[gid])],
                     list_members=listing,
                     reasons=tuple(self.group_reasons.get(gid, ())),
+                    min_kept=min_kept.get(gid, 1),
                 )
             )
         return groups
+
+    def _min_kept(self) -> dict[int, int]:
+        """Resolution group -> the units ops need kept (a top-k's k over a one-leaf slot)."""
+        res = self.resolution
+        out: dict[int, int] = {}
+        for slot, n in self.coupling_model.min_sizes:
+            leaves = res.leaves_of(slot)
+            if len(leaves) != 1 or res.leaf_unit_offsets[leaves[0]] < 0:
+                continue
+            gid = int(res.unit_groups[res.units_of_leaf(int(leaves[0]))[0]])
+            out[gid] = max(out.get(gid, 1), int(n))
+        return out
 
     # -- shapes --------------------------------------------------------------------------------
     def leaf_keep_masks(self, unit_keep: np.ndarray) -> dict[int, np.ndarray]:

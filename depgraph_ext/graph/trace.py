@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -31,6 +32,7 @@ from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
 from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
+from .traceable import traceable_paths
 from .walk import ModelWalk
 
 
@@ -699,7 +701,12 @@ def trace_as(
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
     # processes for the cores).
-    with paused_gc(), _threads(1 if placeholders.budgeted else None):
+    with (
+        paused_gc(),
+        _threads(1 if placeholders.budgeted else None),
+        _fake_errors_unlogged(),
+        traceable_paths(modules),
+    ):
         try:
             fake_params = {n: placeholders.tensor(p, n) for n, p in params.items()}
             fake_buffers = {n: placeholders.tensor(b, n) for n, b in buffers.items()}
@@ -746,6 +753,19 @@ def trace_as(
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
     return graph
+
+
+@contextlib.contextmanager
+def _fake_errors_unlogged():
+    """Fake tensors log each op that raises with its traceback; a trace that fails (a
+    validation trace finding a fixed size, say) reports its error as a TraceError instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _register_values(

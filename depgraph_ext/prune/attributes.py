@@ -121,6 +121,14 @@ def attribute_updates(
             old = getattr(m, attr)
             if new is not None and old != new:
                 updates.append(AttributeUpdate(name, attr, old, new))
+    # An attribute an op rule tied to a slot that no module rule speaks for (an expert
+    # module's num_experts) follows the slot by itself.
+    spoken = {(u.module, u.attr) for u in updates}
+    for (name, attr), new in declared.items():
+        if attribute_rule(modules[name]) is None and (name, attr) not in spoken:
+            old = getattr(modules[name], attr)
+            if old != new:
+                updates.append(AttributeUpdate(name, attr, old, new))
     return updates + attention_updates(dg, modules, masks)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigMismatchWarning, PruningError, user_stacklevel
+from .attributes import AttributeUpdate
 
 if TYPE_CHECKING:
     from ..graph.dependency import DependencyGraph
@@ -53,6 +54,10 @@ def _uniform(pairs: set[tuple[int, int]], what: str, problems: list[str]):
         problems.append(f"{what} would differ between layers: {sorted(pairs)} (old, new)")
         return None
     return news.pop()
+
+
+# Config fields holding the number of experts of every MoE layer, by model family.
+EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep: np.ndarray):
@@ -104,6 +109,18 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     if calls and head_dim is not None and getattr(config, "head_dim", None) is None and updates:
         # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
         updates.append(ConfigUpdate("head_dim", None, head_dim))
+
+    experts = {
+        (int(sizes[s]), kept(s, masks))
+        for s, kind in dg.coupling_model.kind_slots
+        if kind == "experts"
+    }
+    count = _uniform(experts, "the number of experts", problems)
+    if count is not None:
+        old = next(iter(experts))[0]
+        for name in EXPERT_COUNT_FIELDS:
+            if getattr(config, name, None) == old:
+                propose(name, count)
 
     # Widths a config field holds (intermediate_size, d_ff, ffn_dim ...) are found by trying
     # them on a rebuild (check_loadable); GPT-2's n_inner=None (4 x hidden) holds no value.
@@ -216,6 +233,52 @@ def report_mismatch(message: str | None, require: bool) -> None:
     if require:
         raise PruningError(message)
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
+
+
+def _built_from(model, config):
+    """``type(model)`` built on the meta device from ``config`` after a round trip through a
+    dict (what loading runs); None when the class or the config refuses."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reloaded = type(config).from_dict(config.to_dict())
+            with torch.device("meta"), no_torch_init():
+                return type(model)(reloaded)
+    except Exception:  # noqa: BLE001  (said by the shape check, which builds it too)
+        return None
+
+
+def attributes_of_rebuild(dg: DependencyGraph, updates, known) -> list[AttributeUpdate]:
+    """Number attributes a model built from the updated config holds otherwise, where this
+    model holds what one built from its original config does (a value the config decides, as
+    an expert module's ``intermediate_dim``): they follow, so that the pruned model is what
+    loading its saved config builds. ``known``: attribute updates already planned."""
+    config = config_of(dg.model)
+    if config is None or not updates:
+        return []
+    new_config = copy.deepcopy(config)
+    for u in updates:
+        setattr(new_config, u.field, u.new)
+    before, after = _built_from(dg.model, config), _built_from(dg.model, new_config)
+    if before is None or after is None:
+        return []
+    built_before = dict(before.named_modules())
+    built_after = dict(after.named_modules())
+    done = {(u.module, u.attr) for u in known}
+    out = []
+    for name, module in dg.walk.modules:
+        b, a = built_before.get(name), built_after.get(name)
+        if b is None or a is None:
+            continue
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or (name, attr) in done:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            old, new = getattr(b, attr, None), getattr(a, attr, None)
+            if value == old and type(new) is type(value) and new != old:
+                out.append(AttributeUpdate(name, attr, value, new))
+    return out
 
 
 def _shape_mismatches(dg: DependencyGraph, config, planned_shapes) -> list[str]:

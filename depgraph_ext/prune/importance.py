@@ -325,7 +325,16 @@ _NAMED = {
     "taylor": TaylorImportance,
     "fisher": FisherImportance,
     "random": RandomImportance,
+    "routing": lambda: _routing().RoutingImportance(),
 }
+
+
+def _routing():
+    from . import routing  # (it builds on the criteria above)
+
+    return routing
+
+
 IMPORTANCES = tuple(_NAMED)
 
 

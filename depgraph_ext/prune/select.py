@@ -14,6 +14,7 @@ from ..errors import InvalidArgumentError
 from ..graph.dependency import KINDS, DependencyGraph
 from .importance import scored_slices
 
+OPT_IN_KINDS = ("experts",)  # kinds the default ratio leaves alone
 BISECTION_STEPS = 30  # halvings of the ratio searched for a target
 
 
@@ -167,14 +168,19 @@ def group_ratios(dg: DependencyGraph, sel: Selection) -> tuple[np.ndarray, np.nd
     module_keys = sorted((k for k in sel.ratios if k not in KINDS), key=len, reverse=True)
     roots = group_roots(dg) if module_keys else [""] * len(dg.groups)
     out = np.empty(len(dg.groups))
+    # Whole experts go only when their kind is given a ratio: removing one reroutes tokens.
+    default = {kind: 0.0 if kind in OPT_IN_KINDS else sel.ratio for kind in KINDS}
     by_module = np.zeros(len(dg.groups), dtype=bool)
     for i, (group, root) in enumerate(zip(dg.groups, roots)):
         module = root.rpartition(".")[0]
         key = next(
             (k for k in module_keys if k == "" or module == k or module.startswith(k + ".")), None
         )
+        if group.kind in OPT_IN_KINDS:  # by kind only: a module's ratio means its widths
+            key = None
         by_module[i] = key is not None
-        out[i] = sel.ratios[key] if key is not None else sel.ratios.get(group.kind, sel.ratio)
+        kind_ratio = sel.ratios.get(group.kind, default[group.kind])
+        out[i] = sel.ratios[key] if key is not None else kind_ratio
     return out, by_module
 
 
@@ -205,7 +211,7 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
             candidates = candidates[:0]
         cap = min(
             int(math.floor(candidates.shape[0] * sel.max_ratio + 1e-9)),
-            group.num_units - sel.min_units,
+            group.num_units - max(sel.min_units, group.min_kept),
         )
         caps.append((candidates, max(0, cap)))
     if sel.global_pruning:

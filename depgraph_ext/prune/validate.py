@@ -16,7 +16,7 @@ from ..errors import FixedSizeWarning, PlanValidationError, TraceError, user_sta
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from .attributes import attributes_named_like, temporary_attributes
-from .configs import loadable_config, report_mismatch, temporary_config
+from .configs import attributes_of_rebuild, loadable_config, report_mismatch, temporary_config
 from .plan import Plan, propose_plan
 
 MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
@@ -34,6 +34,7 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
         # module attributes named like a config field that changes follow it (an MLP's
         # intermediate_size), as a model built from the updated config has them
         named_like = attributes_named_like(dg, accepted, plan.attributes)
+        named_like += attributes_of_rebuild(dg, accepted, plan.attributes + tuple(named_like))
         full = dataclasses.replace(
             plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
         )

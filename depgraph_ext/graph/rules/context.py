@@ -33,6 +33,15 @@ class RuleContext:
         # softmax, a max ...): removing any of its indices changes every result, so a group
         # with units there is function-changing.
         self.reductions: list[Reduction] = []
+        # Integer tensors whose values are positions along a slot (top-k indices of a router's
+        # logits): value -> (slot, module of the op that chose them). A dim indexed by such
+        # values is that slot, so the two are coupled (experts and their router rows).
+        self.index_domains: dict[int, tuple[int, str]] = {}
+        # (slot, n): the slot must keep at least n indices (a top-k's k).
+        self.min_sizes: list[tuple[int, int]] = []
+        # (slot, module): a bank of experts along the slot, chosen by the module (its router).
+        self.routers: list[tuple[int, str]] = []
+        self.mapped_positions: set[int] = set()  # index values the current op coupled
 
     # -- reading ---------------------------------------------------------------------------
     def slots(self, v: int | Ref) -> list[int]:
@@ -97,6 +106,21 @@ class RuleContext:
         any index may go, but removing one changes the result for every other."""
         self.touched.add(slot)
         self.reductions.append(Reduction(slot, node.name, node.module, what))
+
+    def indexes(self, v: int | Ref, slot: int, module: str) -> None:
+        """The values of integer tensor ``v`` are positions along ``slot`` (chosen in
+        ``module``)."""
+        self.index_domains[v.value if isinstance(v, Ref) else v] = (slot, module)
+
+    def domain(self, v) -> tuple[int, str] | None:
+        """(slot, module) whose positions the values of ``v`` are, if known."""
+        if not isinstance(v, (int, Ref)):
+            return None
+        return self.index_domains.get(v.value if isinstance(v, Ref) else v)
+
+    def keeps_at_least(self, slot: int, n: int) -> None:
+        self.touched.add(slot)
+        self.min_sizes.append((slot, n))
 
     def set_attr_from_slot(self, module: str, attr: str, slot: int) -> None:
         self.attr_slots.append((module, attr, slot))

@@ -137,7 +137,11 @@ def index_along_dim(ctx: RuleContext, node: Node) -> None:
     rank = len(ctx.shape(src))
     dim = wrap_dim(arg(node, "dim"), rank)
     ss = ctx.slots(src)
-    ctx.block(ss[dim])
+    if not _couple_with_domain(ctx, node, src, dim, arg(node, "index")):
+        ctx.block(ss[dim])
+    elif node.packet not in ("aten.index_select", "aten.gather"):  # scatters keep self's dim
+        for out in node.outputs:
+            ctx.equal(ss[dim], ctx.slots(out)[dim])
     for out in node.outputs:
         so = ctx.slots(out)
         for i in range(rank):
@@ -166,6 +170,28 @@ register_many(
 )
 
 
+def _couple_with_domain(ctx: RuleContext, node: Node, src: int, dim: int, index) -> bool:
+    """Indices whose values are positions along a known slot (a router's top-k experts) pick
+    along ``dim`` of ``src``: that dim is the slot. A parameter indexed so is a bank of
+    experts, one per index; module attributes holding their count follow it."""
+    domain = ctx.domain(index)
+    if domain is None:
+        return False
+    slot, chooser = domain
+    dim_slot = ctx.slots(src)[dim]
+    if ctx.size(dim_slot) != ctx.size(slot) or ctx.size(slot) == 1:
+        return False
+    ctx.equal(dim_slot, slot)
+    ctx.mapped_positions.add(index.value if isinstance(index, Ref) else index)
+    if ctx.graph.values[src].kind == "param":
+        ctx.tag(slot, "experts")
+        if (slot, chooser) not in ctx.routers:
+            ctx.routers.append((slot, chooser))
+        for module in dict.fromkeys((node.module, chooser)):
+            ctx.set_attr_from_slot(module, "num_experts", slot)
+    return True
+
+
 def index_tensor(ctx: RuleContext, node: Node) -> None:
     """x[i0, i1, ...] with index tensors on some dims: indexed dims are blocked (their indices are
     data); the other dims of x are equal to the output's; the index tensors' dims are the
@@ -180,7 +206,8 @@ def index_tensor(ctx: RuleContext, node: Node) -> None:
     bdims = max(len(ctx.shape(ix)) for ix in indices if ix is not None)
     first = indexed[0] if adjacent else 0
     for d in indexed:
-        ctx.block(ss[d])
+        if not _couple_with_domain(ctx, node, src, d, indices[d]):
+            ctx.block(ss[d])
     j = 0
     for d in range(len(ss)):
         if d in indexed:
@@ -219,3 +246,13 @@ def constant_pad(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.constant_pad_nd"], constant_pad)
+
+
+def positions_of_nonzero(ctx: RuleContext, node: Node) -> None:
+    """nonzero/argwhere return the positions of a tensor's nonzero elements: those positions
+    are the data, so every dim of the input keeps its size (and the count is the data's)."""
+    for v in node.inputs + node.outputs:
+        ctx.block_value(v)
+
+
+register_many(["aten.nonzero", "aten.argwhere", "aten.nonzero_static"], positions_of_nonzero)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..trace import Node
-from .context import AttentionCall, RuleContext, arg, wrap_dim
+from .context import AttentionCall, RuleContext, RuleError, arg, wrap_dim
 from .elementwise import elementwise
 from .registry import register_many
 
@@ -164,6 +164,33 @@ def sort_along(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(
-    ["aten.sort", "aten.topk", "aten.argsort", "aten.kthvalue", "aten.median", "aten.mode"],
+    ["aten.sort", "aten.argsort", "aten.kthvalue", "aten.median", "aten.mode"],
     sort_along,
 )
+
+
+def topk(ctx: RuleContext, node: Node) -> None:
+    """topk chooses k indices of a dim by value (a router choosing experts): removing units
+    of that dim changes the choice (function-changing), at least k must stay, and the indices
+    it returns are positions along the dim (a dim they index is coupled with it)."""
+    src = node.inputs[0]
+    rank = len(ctx.shape(src))
+    if rank == 0:
+        raise RuleError("topk of a scalar")
+    dim = wrap_dim(arg(node, "dim", -1), rank)
+    k = arg(node, "k")
+    if not isinstance(k, int):
+        raise RuleError(f"topk with k={k!r}")
+    ss = ctx.slots(src)
+    ctx.reduces(ss[dim], node, "a top-k choice among the units")
+    ctx.keeps_at_least(ss[dim], k)
+    for out in node.outputs:
+        so = ctx.slots(out)
+        for i in range(rank):
+            if i != dim:
+                ctx.equal(ss[i], so[i])
+    if len(node.outputs) == 2:
+        ctx.indexes(node.outputs[1], ss[dim], node.module)
+
+
+register_many(["aten.topk"], topk)

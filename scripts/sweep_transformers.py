@@ -1,0 +1,270 @@
+"""Prune every model type transformers has, built small from its config with random weights.
+
+    python scripts/sweep_transformers.py [--workers 2] [--timeout 150] [--only a,b] [--out F]
+
+Per model type, in a worker process (one that overruns ``--timeout`` is replaced):
+  build    tests/zoo_transformers.build(type): a tiny model and inputs that run it, or why not
+  prune    dx.prune(model, inputs, ratio=0.5) in float32: does it prune, does the pruned model
+           run, are the output shapes the original's, how many function-changing groups
+  oracle   dx.prune(model, inputs, ratio=0.5, exact_only=True) in float64 (float32 where the
+           model cannot run in float64, as expert dispatch): the scatter-back oracle
+Writes one JSON record per type (``--out``, default sweep_transformers.json) and prints the
+counts the README's table shows. Types whose config has sub-configs (vision-language models
+run on text, say) are counted apart: the generic recipe feeds them only part of their inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def _short(e: BaseException, n: int = 300) -> str:
+    return f"{type(e).__name__}: " + " ".join(str(e).split())[:n]
+
+
+def _in_dtype(inputs, dtype):
+    import torch
+
+    return {
+        k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in inputs.items()
+    }
+
+
+def _prune(model, inputs, **options):
+    import warnings
+
+    import depgraph_ext as dx
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dx.prune(model, inputs, ratio=0.5, **options)
+    return result, sorted({w.category.__name__ for w in caught})
+
+
+def _seeded_outputs(model, inputs):
+    import torch
+
+    from depgraph_ext.testing import outputs_of
+
+    torch.manual_seed(0)
+    return outputs_of(model, inputs)
+
+
+def _default_prune(zoo, model_type) -> dict:
+    record: dict = {}
+    z = zoo.build(model_type)
+    try:
+        shapes = [tuple(o.shape) for o in _seeded_outputs(z.model, z.inputs)]
+        result, warned = _prune(z.model, z.inputs)
+        record.update(
+            ok=True,
+            warnings=warned,
+            params=[result.params_before, result.params_after],
+            function_changing=len(result.function_changing),
+        )
+    except Exception as e:  # noqa: BLE001
+        record.update(ok=False, error=_short(e))
+        return record
+    try:
+        after = [tuple(o.shape) for o in _seeded_outputs(z.model, z.inputs)]
+        record.update(runs=True, shapes_kept=after == shapes)
+    except Exception as e:  # noqa: BLE001
+        record.update(runs=False, error=_short(e))
+    return record
+
+
+def _oracle(zoo, model_type) -> dict:
+    import copy
+    import warnings
+
+    import torch
+
+    from depgraph_ext.testing import assert_scatter_back_equal
+
+    z = zoo.build(model_type)
+    dtype = torch.float64
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = _seeded_outputs(z.model.to(dtype), _in_dtype(z.inputs, dtype))
+        if not all(bool(torch.isfinite(o).all()) for o in out if o.is_floating_point()):
+            raise ValueError("not finite in float64")
+    except Exception:  # noqa: BLE001
+        dtype = torch.float32
+        z = zoo.build(model_type)
+    model, inputs = z.model.to(dtype), _in_dtype(z.inputs, dtype)
+    record: dict = {"dtype": str(dtype).removeprefix("torch.")}
+    original = copy.deepcopy(model)
+    try:
+        result, warned = _prune(model, inputs, exact_only=True)
+    except Exception as e:  # noqa: BLE001
+        record.update(ok=False, error=_short(e))
+        return record
+    record.update(ok=True, warnings=warned, params=[result.params_before, result.params_after])
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-8
+    try:
+        torch.manual_seed(0)
+        assert_scatter_back_equal(
+            original, model, result.plan, inputs, rtol=tolerance, atol=tolerance
+        )
+        record["holds"] = True
+    except Exception as e:  # noqa: BLE001
+        record.update(holds=False, error=_short(e))
+    return record
+
+
+def sweep_one(model_type: str) -> dict:
+    import zoo_transformers as zoo
+
+    record: dict = {"type": model_type}
+    t0 = time.perf_counter()
+    try:
+        z = zoo.build(model_type)
+    except zoo.Unbuildable as e:
+        record.update(build="unbuildable", reason=str(e))
+        return record
+    record.update(build="ok", task=z.task, composite=z.composite, model=type(z.model).__name__)
+    del z
+    record["prune"] = _default_prune(zoo, model_type)
+    record["oracle"] = _oracle(zoo, model_type)
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    return record
+
+
+def _worker(conn) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    while (model_type := conn.recv()) is not None:
+        try:
+            record = sweep_one(model_type)
+        except BaseException as e:  # noqa: BLE001
+            record = {"type": model_type, "build": "crash", "reason": _short(e)}
+            record["traceback"] = traceback.format_exc()[-1500:]
+        conn.send(record)
+
+
+def run(types: list[str], workers: int, timeout: float, done: dict, out: str) -> dict:
+    ctx = mp.get_context("spawn")
+    pending = [t for t in types if t not in done]
+    running: dict = {}  # connection -> (process, type, start)
+
+    def start():
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_worker, args=(child,), daemon=True)
+        process.start()
+        return parent, process
+
+    idle = [start() for _ in range(min(workers, len(pending)))]
+    while pending or running:
+        while idle and pending:
+            conn, process = idle.pop()
+            model_type = pending.pop(0)
+            conn.send(model_type)
+            running[conn] = (process, model_type, time.monotonic())
+        for conn in mp.connection.wait(list(running), timeout=1.0):
+            process, model_type, _ = running.pop(conn)
+            try:
+                done[model_type] = conn.recv()
+            except EOFError:  # the worker died (a crash in native code of some model)
+                done[model_type] = {"type": model_type, "build": "crash", "reason": "died"}
+                conn, process = start()
+            idle.append((conn, process))
+            print(f"{len(done):4d} {model_type}: {verdict(done[model_type])}", flush=True)
+            _save(done, out)
+        for conn, (process, model_type, started) in list(running.items()):
+            if time.monotonic() - started > timeout:
+                process.kill()
+                running.pop(conn)
+                done[model_type] = {"type": model_type, "build": "timeout", "reason": f"{timeout}s"}
+                print(f"{len(done):4d} {model_type}: timeout", flush=True)
+                idle.append(start())
+    for conn, _ in idle:
+        conn.send(None)
+    return done
+
+
+def _save(done: dict, out: str) -> None:
+    with open(out + ".tmp", "w") as f:
+        json.dump(done, f, indent=1, sort_keys=True)
+    os.replace(out + ".tmp", out)
+
+
+def verdict(record: dict) -> str:
+    if record.get("build") != "ok":
+        return f"{record.get('build')} ({record.get('reason', '')[:90]})"
+    prune, oracle = record["prune"], record["oracle"]
+    if not prune.get("ok"):
+        first = f"prune fails: {prune['error'][:90]}"
+    elif not prune.get("runs"):
+        first = f"pruned model does not run: {prune['error'][:90]}"
+    elif not prune.get("shapes_kept"):
+        first = "output shapes changed"
+    else:
+        first = "prunes, runs, shapes kept"
+    if not oracle.get("ok"):
+        second = f"exact_only fails: {oracle['error'][:90]}"
+    elif oracle["params"][0] == oracle["params"][1]:
+        second = "no exact group to prune"
+    else:
+        second = "oracle holds" if oracle.get("holds") else f"ORACLE FAILS: {oracle['error'][:90]}"
+    return f"{first}; {second} [{oracle.get('dtype')}]"
+
+
+def counts(done: dict) -> dict:
+    """The README's table: per kind of config, how many types reach each stage."""
+    table: dict = {}
+    for record in done.values():
+        if record.get("build") != "ok":
+            table.setdefault("not built", collections.Counter())[record.get("build")] += 1
+            continue
+        kind = "with sub-configs" if record["composite"] else "single config"
+        c = table.setdefault(kind, collections.Counter())
+        prune, oracle = record["prune"], record["oracle"]
+        c["built"] += 1
+        c["pruned"] += bool(prune.get("ok") and prune["params"][1] < prune["params"][0])
+        c["runs, shapes kept"] += bool(prune.get("runs") and prune.get("shapes_kept"))
+        c["declares function-changing groups"] += bool(prune.get("function_changing"))
+        exact = oracle.get("ok") and oracle["params"][1] < oracle["params"][0]
+        c["exact_only prunes"] += bool(exact)
+        c["oracle holds"] += bool(exact and oracle.get("holds"))
+        c["ORACLE FAILS"] += bool(exact and not oracle.get("holds"))
+    return {k: dict(v) for k, v in table.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=150.0, help="seconds per model type")
+    parser.add_argument("--only", default="", help="comma-separated model types")
+    parser.add_argument("--out", default="sweep_transformers.json")
+    parser.add_argument("--resume", action="store_true", help="keep the records in --out")
+    args = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import zoo_transformers as zoo
+
+    types = args.only.split(",") if args.only else zoo.model_types()
+    done = {}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            done = {t: r for t, r in json.load(f).items() if t in types}
+    t0 = time.perf_counter()
+    done = run(types, args.workers, args.timeout, done, args.out)
+    print(f"\n{len(done)} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
+    for kind, c in counts(done).items():
+        print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+
+
+if __name__ == "__main__":
+    main()
