@@ -138,7 +138,7 @@ def test_a_size_the_code_fixes_is_found_and_kept():
     before = state_of(model)
     x, idx = torch.randn(6, 4, dtype=F64), torch.tensor([5, 0, 3, 3])
     with (
-        pytest.warns(dx.FixedSizeWarning, match="aten.add"),
+        pytest.warns(dx.FixedSizeWarning, match="aten.zeros"),
         pytest.raises(dx.NoPrunableGroupsError),
     ):
         dx.prune(model, (x, idx), ratio=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -18,7 +19,7 @@ from .coupling_model import OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
 from .standin import MetaResults
-from .trace import OpGraph, trace
+from .trace import OpGraph, Ref, trace
 from .walk import ModelWalk
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
@@ -165,14 +166,19 @@ class DependencyGraph:
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
-        self.graph = trace(
-            model,
-            example_inputs,
-            progress=self.progress,
-            walk=self.walk,
-            meta_stands_for=self.meta_stands_for,
-            meta_results=self.meta_results,
-        )
+        with config_reads(model) as reads:
+            self.graph = trace(
+                model,
+                example_inputs,
+                progress=self.progress,
+                walk=self.walk,
+                meta_stands_for=self.meta_stands_for,
+                meta_results=self.meta_results,
+            )
+        # Fields of the model's config its forward reads (LayoutLMv3 divides its position bias
+        # by sqrt(hidden_size / num_attention_heads)): the plan validated the forward with
+        # their values, so they keep them.
+        self.config_reads: frozenset[str] = frozenset(reads)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
         norm_weights = _norm_weights_of_stream(model, self.graph, self.walk)
@@ -215,7 +221,7 @@ class DependencyGraph:
         """A new graph sharing this one's trace, with ``changes`` (and nothing cached)."""
         new = object.__new__(DependencyGraph)
         state = dict(self.__dict__)
-        for cached in ("groups", "output_layout"):
+        for cached in ("groups", "output_layout", "dynamic_slots"):
             state.pop(cached, None)
         state.update(changes)
         new.__dict__.update(state)
@@ -399,6 +405,55 @@ class DependencyGraph:
             np.array([s for vo in outputs for s in slots[vo]], dtype=np.int64),
         )
 
+    @functools.cached_property
+    def dynamic_slots(self) -> np.ndarray:
+        """bool[num slots]: dims whose size the data decides (the count of a ``nonzero``, of a
+        boolean mask's selection, of ``unique``) and every dim coupled to one: a trace of the
+        pruned model (other weights, other values) may see them at any size."""
+        g, res = self.graph, self.resolution
+        slots = self.coupling_model.value_slots
+        seeds: list[int] = []
+        for node in g.nodes:
+            if torch.Tag.dynamic_output_shape not in getattr(node.op, "tags", ()):
+                continue
+            packet = node.packet
+            if packet in ("aten.nonzero", "aten.argwhere", "aten.masked_select"):
+                seeds += [slots[v][0] for v in node.outputs if slots[v]]
+            elif packet in ("aten.index", "aten._unsafe_index"):
+                indices = list(node.args[1]) if len(node.args) > 1 else []
+                masks = [
+                    d
+                    for d, ix in enumerate(indices)
+                    if isinstance(ix, Ref) and g.values[ix.value].dtype in (torch.bool, torch.uint8)
+                ]
+                if not masks:
+                    continue  # integer indices: the index tensors' shapes decide
+                indexed = [d for d, ix in enumerate(indices) if ix is not None]
+                adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+                out = slots[node.outputs[0]]
+                pos = indexed[0] if adjacent else 0
+                if pos < len(out):
+                    seeds.append(out[pos])
+            else:  # unique and the like: every result
+                seeds += [s for v in node.outputs for s in slots[v]]
+        dynamic = np.zeros(len(res.slot_leaf_offsets) - 1, dtype=bool)
+        if not seeds:
+            return dynamic
+        leaves = {int(x) for s in seeds for x in res.leaves_of(s)}
+        units = np.zeros(res.num_units, dtype=bool)
+        for leaf in leaves:
+            if res.leaf_unit_offsets[leaf] >= 0:
+                units[res.units_of_leaf(leaf)] = True
+        for s in range(dynamic.shape[0]):
+            for leaf in res.leaves_of(s):
+                leaf = int(leaf)
+                if leaf in leaves or (
+                    res.leaf_unit_offsets[leaf] >= 0 and units[res.units_of_leaf(leaf)].any()
+                ):
+                    dynamic[s] = True
+                    break
+        return dynamic
+
     def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan"):
         """A :class:`~depgraph_ext.graph.trace.ShapeTrace` of the model with the given
         parameter/buffer shapes (no weight is touched), traced as this graph was, so that its
@@ -414,6 +469,7 @@ class DependencyGraph:
             meta_results=self.meta_results,
             progress=self.progress,
             stage=stage,
+            real_decides=self.graph.mode == "real",
         )
 
     # -- derived graphs ------------------------------------------------------------------------
@@ -517,6 +573,41 @@ class DependencyGraph:
             [dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups), text=True, check=True
         )
         return path
+
+
+@contextlib.contextmanager
+def config_reads(model: torch.nn.Module):
+    """The names of the fields of ``model.config`` read for the duration (a set filled in as
+    they are read; attribute-map aliases under their own and their field's name)."""
+    reads: set[str] = set()
+    config = getattr(model, "config", None)
+    cls = type(config)
+    if config is None or cls.__module__ == "builtins":
+        yield reads
+        return
+    had = "__getattribute__" in cls.__dict__
+    original = cls.__getattribute__
+
+    def spy(self, key):
+        if self is config:
+            reads.add(key)
+            mapped = original(self, "attribute_map").get(key) if key != "attribute_map" else None
+            if isinstance(mapped, str):
+                reads.add(mapped)
+        return original(self, key)
+
+    try:
+        cls.__getattribute__ = spy
+    except TypeError:  # a class that refuses (a C type): nothing is recorded
+        yield reads
+        return
+    try:
+        yield reads
+    finally:
+        if had:
+            cls.__getattribute__ = original
+        else:
+            del cls.__getattribute__
 
 
 def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None) -> set[str]:

@@ -295,12 +295,11 @@ class _Recorder(_RecorderBase):
         return out
 
     def module_outputs(self, output) -> list[int]:
-        """The recorded tensors a module call returned (their value indices)."""
-        return [
-            self.value_of[id(t)]
-            for t in pytree.tree_leaves(output)
-            if isinstance(t, torch.Tensor) and id(t) in self.value_of
-        ]
+        """The tensors a module call returned (their value indices). One no op made (a
+        memoised result, such as transformers' lru-cached position embeddings, computed by
+        an earlier trace or forward) is a constant: whether a call recomputes it or not, both
+        traces of the model report the same outputs."""
+        return [self.lookup(t) for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
 
     def model_output(self, t: torch.Tensor) -> None:
         self.graph.outputs.append(self.lookup(t))
@@ -351,11 +350,7 @@ class _ShapeRecorder(_RecorderBase):
         self.known[id(t)] = t
 
     def module_outputs(self, output) -> list[tuple]:
-        return [
-            tuple(t.shape)
-            for t in pytree.tree_leaves(output)
-            if isinstance(t, torch.Tensor) and id(t) in self.known
-        ]
+        return [tuple(t.shape) for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
 
     def model_output(self, t: torch.Tensor) -> None:
         self.graph.outputs.append(tuple(t.shape))
@@ -504,6 +499,7 @@ def trace(
     meta_results: MetaResults | None = None,
     progress: Progress = OFF,
     stage: str = "trace",
+    real_decides: bool = False,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
@@ -522,7 +518,9 @@ def trace(
     which records the ops a fake trace would at about half its cost; whatever fails there, on
     fake tensors. A model whose shapes depend on data (masking edges of a graph, say) cannot
     run on fake tensors; it is traced again on real ones: its own parameters, copies of its
-    buffers and inputs, zero-filled tensors for replaced shapes.
+    buffers and inputs, zero-filled tensors for replaced shapes. ``real_decides``: a failure
+    of the real trace is final (the model was traced on real tensors before, so its kernels,
+    not the more lenient meta ones, say whether these shapes run).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(meta_stands_for)
@@ -534,11 +532,20 @@ def trace(
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
     )
-    if _real_is_cheap([*walk.params.values(), *walk.buffers.values()], example_inputs):
+    cheap = _real_is_cheap([*walk.params.values(), *walk.buffers.values()], example_inputs)
+    real_error: TraceError | None = None  # the model's own tensors failed: a real failure
+    if cheap:
         try:
             return trace_as(model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, **common)
-        except (_OverBudget, TraceError):
-            pass  # the fake trace decides (and its error, if any, is the one reported)
+        except _OverBudget:
+            pass  # the meta or fake trace is cheaper
+        except TraceError as exc:
+            if real_decides:
+                # The model ran on its own kernels before and fails with these shapes: meta
+                # and fake kernels check less (index_add's take any source shape), so a
+                # trace on them could pass a plan the model cannot run.
+                raise
+            real_error = exc
     if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
             return trace_as(model, example_inputs, TraceMode.META, **common)
@@ -547,6 +554,16 @@ def trace(
     try:
         return trace_as(model, example_inputs, TraceMode.FAKE, **common)
     except TraceError as exc:
+        if real_error is not None:
+            # The real ops failed first: that is what the model does with these shapes. Meta
+            # and fake kernels may refuse what the CPU runs (aten._grouped_mm's meta kernel
+            # wants bfloat16, the CPU one takes float32), and their error would blame an op
+            # the plan never touched.
+            raise real_error from exc
+        if cheap and not isinstance(exc.__cause__, _DATA_DEPENDENT):
+            # A fake kernel may refuse what the real one runs: a small model's real trace,
+            # unbudgeted, decides (its error is reported if it fails too).
+            return trace_as(model, example_inputs, TraceMode.REAL, **common)
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
         if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
@@ -744,6 +761,7 @@ def trace_as(
             error.failed_at = recorder.failed_at  # the op that raised, when one did
             error.module = stack[-1] if stack else None  # the innermost module running
             error.ops_done = recorder.recorded_count()  # ops recorded before the failure
+            error.partial = graph if shapes_only else None  # what ran before it, by shape
             raise error from exc
         finally:
             _check_untouched(modules, params, buffers)

@@ -70,12 +70,22 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     problems: list[str] = []
     updates: list[ConfigUpdate] = []
 
+    reads = getattr(dg, "config_reads", frozenset())
+
     def propose(field: str, new) -> None:
         if new is None or not hasattr(config, field):
             return
         old = getattr(config, field)
-        if old != new:
-            updates.append(ConfigUpdate(field, old, new))
+        if old == new:
+            return
+        if field in reads:
+            # The forward reads it: the plan was validated with the old value, and a new one
+            # could change what the pruned model computes (not only how it reloads).
+            problems.append(
+                f"config.{field} keeps {old!r} (not {new!r}): the model's forward reads it"
+            )
+            return
+        updates.append(ConfigUpdate(field, old, new))
 
     calls = dg.coupling_model.attention
     if calls:
@@ -106,7 +116,13 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
         if kind == "hidden"
     }
     propose("hidden_size", _uniform(hidden, "the hidden size", problems))
-    if calls and head_dim is not None and getattr(config, "head_dim", None) is None and updates:
+    if (
+        calls
+        and head_dim is not None
+        and getattr(config, "head_dim", None) is None
+        and updates
+        and "head_dim" not in reads
+    ):
         # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
         updates.append(ConfigUpdate("head_dim", None, head_dim))
 

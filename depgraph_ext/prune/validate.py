@@ -12,7 +12,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import FixedSizeWarning, PlanValidationError, TraceError, user_stacklevel
+from ..errors import (
+    FixedSizeWarning,
+    NoPrunableGroupsError,
+    PlanValidationError,
+    TraceError,
+    user_stacklevel,
+)
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from .attributes import attributes_named_like, temporary_attributes
@@ -65,8 +71,18 @@ def plan_until_valid(
     sizes the model's code fixes are blocked and ``choose`` runs again on the new graph.
     Returns the graph the plan belongs to and the plan. ``timings["plan"]`` accumulates the
     time spent planning and validating."""
+    last: PlanValidationError | None = None
     for _ in range(MAX_ROUNDS):
-        keep = choose(dg)
+        try:
+            keep = choose(dg)
+        except NoPrunableGroupsError as exc:
+            if last is None:
+                raise
+            # What validation learnt blocked every group: the failure that did it is the news.
+            raise NoPrunableGroupsError(
+                "no group is left to prune once the sizes the model's code fixes are kept; "
+                f"the last the plan's validation found: {last}"
+            ) from exc
         t = time.perf_counter()
         try:
             plan = checked_plan(dg, keep, require_loadable)
@@ -74,6 +90,7 @@ def plan_until_valid(
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
             dg = learn_fixed_sizes(dg, exc)
+            last = exc
             continue
         if timings is not None:
             timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
@@ -88,6 +105,38 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     masks = plan.masks
     g = dg.graph
     slots = dg.coupling_model.value_slots
+    kept = dg.slot_kept_sizes(masks)
+    kept_sizes = kept.tolist()
+    dynamic = dg.dynamic_slots  # sizes the data decides: any size will do
+
+    def check(where: str, vo: int, actual: tuple, module: str | None) -> None:
+        expected = tuple([kept_sizes[s] for s in slots[vo]])
+        if expected == actual:
+            return
+        original = g.values[vo].shape
+        wrong = [
+            d
+            for d in range(len(expected))
+            if d >= len(actual) or (expected[d] != actual[d] and not dynamic[slots[vo][d]])
+        ]
+        if not wrong and len(expected) == len(actual):
+            return
+        # A dim the code kept at its original size is the one the code fixes.
+        fixed = [slots[vo][d] for d in wrong if d < len(actual) and actual[d] == original[d]]
+        fixed = fixed or [slots[vo][d] for d in wrong]
+        raise PlanValidationError(
+            f"{where} would produce shape {actual} where the plan needs {expected} (original "
+            f"{original}): the model's code fixes a size the rules treat as prunable",
+            None,
+            fixed,
+            module,
+        )
+
+    def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
+        for vo, shape in zip(old.outputs, new_shapes):
+            if not same_ranks_only or len(shape) == len(slots[vo]):
+                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape, old.module)
+
     try:
         with (
             temporary_attributes(dg.model, plan.attributes),
@@ -95,6 +144,15 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         ):
             pruned = dg.trace_pruned(dg.planned_shapes(plan.tensors))
     except TraceError as exc:
+        partial = getattr(exc, "partial", None)
+        if partial is not None:
+            # The ops that ran before the failure, op by op: the first whose result deviates
+            # from the plan is where the size was fixed (repeat_kv's expand to the module's
+            # num_key_value_groups, say, which a broadcasting matmul hides until a cat fails).
+            for old, (op, _, new_shapes) in zip(g.nodes, partial.ops):
+                if not (old.op is op or old.name == str(op)) or len(old.outputs) != len(new_shapes):
+                    break
+                check_op(old, new_shapes, same_ranks_only=True)
         failed = getattr(exc, "failed_at", None)
         bad = _original_of(g, failed) if failed is not None else None
         done, module = getattr(exc, "ops_done", None), getattr(exc, "module", None)
@@ -123,31 +181,6 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
             fixed,
             bad.module if bad is not None else module,
         ) from exc
-
-    kept = dg.slot_kept_sizes(masks)
-    kept_sizes = kept.tolist()
-
-    def check(where: str, vo: int, actual: tuple, module: str | None) -> None:
-        expected = tuple([kept_sizes[s] for s in slots[vo]])
-        if expected == actual:
-            return
-        original = g.values[vo].shape
-        wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
-        # A dim the code kept at its original size is the one the code fixes.
-        fixed = [slots[vo][d] for d in wrong if actual[d] == original[d]]
-        fixed = fixed or [slots[vo][d] for d in wrong]
-        raise PlanValidationError(
-            f"{where} would produce shape {actual} where the plan needs {expected} (original "
-            f"{original}): the model's code fixes a size the rules treat as prunable",
-            None,
-            fixed,
-            module,
-        )
-
-    def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
-        for vo, shape in zip(old.outputs, new_shapes):
-            if not same_ranks_only or len(shape) == len(slots[vo]):
-                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape, old.module)
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
         a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
@@ -245,7 +278,8 @@ def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> 
     if not np.array_equal(np.fromiter((len(s) for s in shapes), np.int64, len(shapes)), ranks):
         return False
     actual = np.fromiter((d for shape in shapes for d in shape), np.int64, flat_slots.shape[0])
-    return bool(np.array_equal(actual, kept_sizes[flat_slots]))
+    same = actual == kept_sizes[flat_slots]
+    return bool(same.all() or (same | dg.dynamic_slots[flat_slots]).all())
 
 
 def _original_of(g, failed):
@@ -320,10 +354,12 @@ def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> Dependen
     module = exc.module
     if module is None and exc.node is not None:
         module = dg.graph.nodes[exc.node].module
-    while not fresh and module is not None:
+    # Not the root: what crosses its calls is the model's inputs and outputs (blocked already)
+    # and its tensors are every parameter, which leaves nothing to prune.
+    while not fresh and module:
         activations, tensors = _module_boundary(dg, module)
         fresh = (activations - blocked) or (tensors - blocked)
-        module = None if module == "" else module.rpartition(".")[0]
+        module = module.rpartition(".")[0]
     if not fresh:
         raise exc
     warnings.warn(

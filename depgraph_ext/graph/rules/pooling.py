@@ -50,3 +50,30 @@ for _k in (1, 2, 3):
         ],
         _spatial(_k),
     )
+
+
+def grid_sampler(ctx: RuleContext, node: Node) -> None:
+    """grid_sample: input [N, C, *S_in], grid [N, *S_out, k] -> [N, C, *S_out]. Each channel is
+    sampled on its own (C is equal, and exact); the input positions are read where the grid
+    points (blocked); the output positions are the grid's, its last dim the coordinates."""
+    x, grid = node.inputs[0], node.inputs[1]
+    sx, sg, so = ctx.slots(x), ctx.slots(grid), ctx.slots(node.outputs[0])
+    ctx.equal(sx[0], so[0])
+    ctx.equal(sg[0], so[0])
+    ctx.equal(sx[1], so[1])
+    for i, s in enumerate(sg[1:-1]):
+        ctx.equal(s, so[2 + i])
+    for s in sx[2:]:
+        ctx.block(s)
+    ctx.block(sg[-1])
+
+
+register_many(
+    [
+        "aten.grid_sampler_2d",
+        "aten.grid_sampler_3d",
+        "aten.grid_sampler",
+        "aten.cudnn_grid_sampler",
+    ],
+    grid_sampler,
+)
