@@ -614,3 +614,87 @@ def test_cli_errors(tmp_path):
     assert bad.returncode == 2 and "KIND=RATIO" in bad.stderr
     helped = run_cli("--help")
     assert helped.returncode == 0 and "--ratios" in helped.stdout and "torchrun" in helped.stdout
+
+
+# -- mixture-of-experts checkpoints: one tensor per expert on disk, stacked in the model ---------
+MOE = {
+    "mixtral": lambda: T.MixtralForCausalLM(
+        T.MixtralConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=8,
+            num_experts_per_tok=2,
+        )
+    ),
+    "qwen2_moe": lambda: T.Qwen2MoeForCausalLM(
+        T.Qwen2MoeConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=80,
+        )
+    ),
+    "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(
+        T.Qwen3MoeConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=48,
+        )
+    ),
+}
+
+
+def build_moe(name):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MOE[name]().eval()
+
+
+@pytest.mark.parametrize("experts", [0.0, 0.5])
+@pytest.mark.parametrize("name", list(MOE))
+def test_moe_checkpoints_stream_as_in_memory_prune(tmp_path, name, experts):
+    """Experts stored one tensor per expert (as transformers saves them) are scored stacked,
+    as the model holds them, and written per expert: the removed ones left out, the kept
+    ones renumbered; what transformers saves of the same prune in memory, bit for bit."""
+    build_moe(name).save_pretrained(tmp_path / "src", max_shard_size="60KB")
+    ratios = {"hidden": 0.0, "heads": 0.0, "experts": experts}
+    model = build_moe(name)
+    expected = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios=ratios, require_loadable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(tmp_path / "expected")
+    result = dx.prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, ratios=ratios)
+    assert_same_plan(result.plan, expected.plan)
+    assert result.units_after["experts"] == (8 if experts == 0 else 4) * 2
+    got, want = load_dir(tmp_path / "out"), load_dir(tmp_path / "expected")
+    assert got.keys() == want.keys()
+    assert any(".experts.3." in k for k in got)
+    assert any(".experts.4." in k for k in got) == (experts == 0)  # renumbered from 0
+    for key in want:
+        assert same_bits(got[key], want[key]), key
+    index = json.loads((tmp_path / "out" / ck.source.INDEX).read_text())
+    assert set(index["weight_map"]) == set(got)
+    for f in set(index["weight_map"].values()):
+        keys = safetensors_torch.load_file(tmp_path / "out" / f).keys()
+        assert keys == {k for k, v in index["weight_map"].items() if v == f}
+    again = reload(tmp_path / "out", type(model))
+    for a, b in zip(outputs_of(again, {"input_ids": IDS}), outputs_of(model, {"input_ids": IDS})):
+        assert same_bits(a, b)

@@ -251,7 +251,7 @@ def _plan(
 ):
     """Select and validate as ``prune`` does (the same loop, blocking sizes the model's code
     fixes), from the streamed sums; a round after blocking may score tensors not read yet."""
-    fp32 = not any(source.entry(keys.key_of[n]).dtype == torch.float64 for n, _ in sums)
+    fp32 = not any(keys.dtype(n) == torch.float64 for n, _ in sums)
     rounded: list[str] = []
 
     def choose(g: DependencyGraph) -> np.ndarray:
@@ -262,8 +262,7 @@ def _plan(
         scoring = g.scoring_only(shrinkable_groups(g, selection))
         missing = [w for w in scored_dims(scoring) if w not in sums]
         if missing:
-            shards = sorted({source.location[keys.key_of[n]][0] for n, _ in missing})
-            sums.update(scorer.shard_sums(shards, missing))
+            sums.update(scorer.sums_of(missing))
         scores = unit_scores_from_sums(scoring, sums, fp32)
         keep = select_local(g, scores, selection.ratio, selection.round_to, selection.ratios)
         keep, notes = round_to_config(g, keep, scores)  # head counts the config can say

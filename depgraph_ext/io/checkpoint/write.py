@@ -12,6 +12,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+import torch
+
 from ...errors import CheckpointWriteError, DiskFullError, InvalidArgumentError, OutputExistsError
 from ...progress import Progress
 from ...prune.apply import gather
@@ -26,6 +28,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msg
 
 
 def numel(shape) -> int:
+    if shape is None:  # a key left out
+        return 0
     n = 1
     for s in shape:
         n *= s
@@ -33,22 +37,64 @@ def numel(shape) -> int:
 
 
 class ShardWriter:
-    """The pruned shards of one plan: their layouts, sizes, and writing them."""
+    """The pruned shards of one plan: their layouts, sizes, and writing them. Every key keeps
+    its name, except a removed expert's (left out) and a kept one's (renumbered from 0)."""
 
     def __init__(self, source: Source, keys: KeyMap, plan: TensorPlan, progress: Progress) -> None:
         self.source, self.keys, self.plan, self.progress = source, keys, plan, progress
 
-    def output_shape(self, key: str) -> tuple[int, ...]:
-        entry = self.source.entry(key)
-        shape = list(entry.shape)
-        for d, kept in self.plan.get(self.keys.aliases.get(key, key), {}).items():
+    def output_of(self, key: str) -> tuple[str, dict[int, torch.Tensor]] | None:
+        """The key ``key`` is written under and the kept indices of each of its dims (None:
+        its expert is removed)."""
+        part = self.keys.expert_keys.get(key)
+        if part is None:
+            return key, self.plan.get(self.keys.name_of.get(key, key), {})
+        dims = self.plan.get(part.name, {})
+        experts = dims.get(0)
+        if experts is not None:
+            position = torch.nonzero(experts == part.expert)
+            if position.numel() == 0:
+                return None
+            key = part.renumbered(key, int(position[0, 0]))
+        sizes = self.keys.stacked[part.name].part_sizes
+        offset = sum(sizes[: part.part])
+        out = {}
+        for d, kept in dims.items():
+            if d == 1:  # the parts' rows, concatenated: this part's, from 0
+                mine = kept[(kept >= offset) & (kept < offset + sizes[part.part])] - offset
+                if mine.numel() != sizes[part.part]:
+                    out[0] = mine
+            elif d > 1:
+                out[d - 1] = kept
+        return key, out
+
+    def output_shape(self, key: str) -> tuple[int, ...] | None:
+        written = self.output_of(key)
+        if written is None:
+            return None
+        shape = list(self.source.entry(key).shape)
+        for d, kept in written[1].items():
             shape[d] = int(kept.numel())
         return tuple(shape)
 
+    def output_keys(self, i: int) -> dict[str, str]:
+        """Shard ``i``'s keys as written -> the keys they are read from."""
+        out = {}
+        for key in self.source.shards[i].entries:
+            written = self.output_of(key)
+            if written is not None:
+                out[written[0]] = key
+        return out
+
     def shard_layout(self, i: int) -> tuple[bytes, list[str]]:
+        """The header of output shard ``i`` and the source keys in the order written."""
         header = self.source.shards[i]
-        items = [(k, e.dtype, self.output_shape(k)) for k, e in header.entries.items()]
-        return output_layout(items, header.metadata or {"format": "pt"})
+        sources = self.output_keys(i)
+        items = [
+            (k, header.entries[src].dtype, self.output_shape(src)) for k, src in sources.items()
+        ]
+        header_bytes, order = output_layout(items, header.metadata or {"format": "pt"})
+        return header_bytes, [sources[k] for k in order]
 
     def output_bytes(self, i: int) -> int:
         header_bytes, keys = self.shard_layout(i)
@@ -72,7 +118,7 @@ class ShardWriter:
         ):
             safetensors_io.write_chunk(f, header_bytes)
             for key, entry in read_ahead(mapped, header, keys):
-                dims = self.plan.get(self.keys.aliases.get(key, key))
+                _, dims = self.output_of(key)
                 if dims:
                     t = mapped.tensor(entry)
                     write_tensor(f, gather(t, dims))
@@ -175,7 +221,7 @@ def finish(
     if source.index is not None:
         index = copy.deepcopy(source.index)
         metadata = dict(index.get("metadata") or {})
-        keys = list(source.location)
+        keys = [k for k in source.location if writer.output_shape(k) is not None]
         metadata["total_size"] = sum(
             source.entry(k).nbytes // max(source.entry(k).numel, 1) * numel(writer.output_shape(k))
             for k in keys
@@ -183,6 +229,12 @@ def finish(
         if "total_parameters" in metadata:
             metadata["total_parameters"] = sum(numel(writer.output_shape(k)) for k in keys)
         index["metadata"] = metadata
+        if writer.keys.expert_keys:  # experts left out or renumbered: the map is the new keys'
+            index["weight_map"] = {
+                out: h.path.name
+                for i, h in enumerate(source.shards)
+                for out in writer.output_keys(i)
+            }
         write_text(tmp / INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     config = new_config(source, model, updates)
     write_text(tmp / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
