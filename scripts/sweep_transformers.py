@@ -5,7 +5,9 @@
 Per model type, in a worker process (one that overruns ``--timeout`` is replaced):
   build    tests/zoo_transformers.build(type): a tiny model and inputs that run it, or why not
   prune    dx.prune(model, inputs, ratio=0.5) in float32: does it prune, does the pruned model
-           run, are the output shapes the original's, how many function-changing groups
+           run, are the output shapes the original's, how many function-changing groups;
+           then dx.save_pretrained and reloading: dx.from_pretrained, and plain transformers
+           where the config says everything (outputs equal to the saved model's, bit for bit)
   oracle   dx.prune(model, inputs, ratio=0.5, exact_only=True) in float64 (float32 where the
            model cannot run in float64, as expert dispatch): the scatter-back oracle
 Writes one JSON record per type (``--out``, default sweep_transformers.json) and prints the
@@ -61,6 +63,43 @@ def _seeded_outputs(model, inputs):
     return outputs_of(model, inputs)
 
 
+def _round_trip(model, inputs) -> dict:
+    """dx.save_pretrained, then dx.from_pretrained (and plain transformers where the config
+    says everything): the reloaded model's outputs equal the saved one's, bit for bit."""
+    import tempfile
+    import warnings
+
+    import torch
+
+    import depgraph_ext as dx
+
+    record: dict = {}
+    expected = _seeded_outputs(model, inputs)
+    with tempfile.TemporaryDirectory() as directory, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            info = dx.save_pretrained(model, directory)
+        except Exception as e:  # noqa: BLE001
+            return {"saved": False, "error": _short(e)}
+        record.update(saved=True, plain=info.plain)
+        try:
+            again = dx.from_pretrained(directory)
+            same = all(torch.equal(a, b) for a, b in zip(_seeded_outputs(again, inputs), expected))
+            record.update(dx_loads=same)
+        except Exception as e:  # noqa: BLE001
+            record.update(dx_loads=False, error=_short(e))
+        if info.plain:
+            try:
+                again = type(model).from_pretrained(directory).eval()
+                same = all(
+                    torch.equal(a, b) for a, b in zip(_seeded_outputs(again, inputs), expected)
+                )
+                record.update(plain_loads=same)
+            except Exception as e:  # noqa: BLE001
+                record.update(plain_loads=False, plain_error=_short(e))
+    return record
+
+
 def _default_prune(zoo, model_type) -> dict:
     record: dict = {}
     z = zoo.build(model_type)
@@ -81,6 +120,8 @@ def _default_prune(zoo, model_type) -> dict:
         record.update(runs=True, shapes_kept=after == shapes)
     except Exception as e:  # noqa: BLE001
         record.update(runs=False, error=_short(e))
+        return record
+    record["round_trip"] = _round_trip(z.model, z.inputs)
     return record
 
 
@@ -212,7 +253,15 @@ def verdict(record: dict) -> str:
     elif not prune.get("shapes_kept"):
         first = "output shapes changed"
     else:
-        first = "prunes, runs, shapes kept"
+        trip = prune.get("round_trip", {})
+        reload = (
+            "plain"
+            if trip.get("plain_loads")
+            else "dx"
+            if trip.get("dx_loads")
+            else f"no reload ({trip.get('error', trip.get('plain_error', ''))[:60]})"
+        )
+        first = f"prunes, runs, shapes kept, reloads {reload}"
     if not oracle.get("ok"):
         second = f"exact_only fails: {oracle['error'][:90]}"
     elif oracle["params"][0] == oracle["params"][1]:
@@ -236,6 +285,10 @@ def counts(done: dict) -> dict:
         c["pruned"] += bool(prune.get("ok") and prune["params"][1] < prune["params"][0])
         c["runs, shapes kept"] += bool(prune.get("runs") and prune.get("shapes_kept"))
         c["declares function-changing groups"] += bool(prune.get("function_changing"))
+        trip = prune.get("round_trip", {})
+        c["reloads: plain transformers"] += bool(trip.get("plain") and trip.get("plain_loads"))
+        c["reloads: dx.from_pretrained"] += bool(trip.get("dx_loads"))
+        c["reloads: neither"] += bool(prune.get("runs") and not trip.get("dx_loads"))
         exact = oracle.get("ok") and oracle["params"][1] < oracle["params"][0]
         c["exact_only prunes"] += bool(exact)
         c["oracle holds"] += bool(exact and oracle.get("holds"))

@@ -216,6 +216,9 @@ def test_pruned_experts_reload_with_plain_transformers(family, tmp_path):
     info = quiet(dx.save_pretrained, model, tmp_path)
     assert info.plain
     model_class, _ = FAMILIES[family]()
+    ours = quiet(dx.from_pretrained, tmp_path)  # the per-expert files stacked as on loading
+    for (n, a), (_, b) in zip(ours.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), n
     again = quiet(model_class.from_pretrained, tmp_path).eval()
     assert torch.equal(
         outputs_of(again, {"input_ids": IDS})[0], outputs_of(model, {"input_ids": IDS})[0]

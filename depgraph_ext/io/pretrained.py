@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidArgumentError
 from ..prune.configs import config_of, no_torch_init
+from .layout import conversions_of, renamed, stacked_parameters
 
 FORMAT = "depgraph_ext.pretrained/1"
 META = "depgraph_ext.json"
@@ -335,6 +336,28 @@ def _replace(model: nn.Module, name: str, new: torch.Tensor, old: torch.Tensor) 
         module._buffers[key] = new
 
 
+def _as_model_names(model: nn.Module, state: dict, targets: dict) -> dict:
+    """The saved tensors under the model's names: transformers' renamings and parameters
+    stacked from one tensor per expert, as its own loading applies them (keys it does not
+    know are left as they are, for the caller to refuse)."""
+    if state.keys() <= targets.keys():
+        return state
+    renamings, converters = conversions_of(model)
+    out, rest = {}, []
+    for key, t in state.items():
+        name = renamed(key, renamings)
+        if name in targets:
+            out[name] = t
+        else:
+            rest.append(key)
+    wanted = {n: tuple(t.shape) for n, t in targets.items() if n not in out}
+    stacked, expert_keys = stacked_parameters(rest, renamings, converters, wanted)
+    for name, s in stacked.items():
+        out[name] = torch.stack([torch.cat([state[k] for k in parts], 0) for parts in s.keys])
+    out.update({k: state[k] for k in rest if k not in expert_keys})
+    return out
+
+
 def _load_weights(model: nn.Module, directory: Path, meta: dict, device, tied: set[str]) -> None:
     """Every saved tensor put in place as it was saved (same dtype, bit for bit), checked
     against the model's names and shapes first."""
@@ -355,6 +378,7 @@ def _load_weights(model: nn.Module, directory: Path, meta: dict, device, tied: s
             f"a weights file of {directory} is not valid safetensors: {exc}"
         ) from exc
     targets = _tensors(model)
+    state = _as_model_names(model, state, targets)
     unexpected = sorted(state.keys() - targets.keys())
     if unexpected:
         raise CheckpointError(

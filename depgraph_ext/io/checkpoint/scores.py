@@ -14,9 +14,9 @@ from ...errors import CheckpointError, NonFiniteWeightsError
 from ...graph.dependency import DependencyGraph
 from ...progress import Progress
 from ...prune.importance import scored_slices
+from ..layout import StackedParameter, conversions_of, renamed, stacked_parameters
 from ..safetensors_io import MappedFile
 from .distributed import Ranks, collective
-from .layout import StackedParameter, conversions_of, renamed, stacked_parameters
 from .source import Source
 
 AHEAD = 2  # tensors whose reading is started ahead of the one being worked on

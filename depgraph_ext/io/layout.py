@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ...errors import CheckpointError
+from ..errors import CheckpointError
 
 
 @dataclass
