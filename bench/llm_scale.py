@@ -3,9 +3,11 @@ run it in a fresh subprocess per measurement, so that each peak RSS is that run'
 
     .venv/bin/python bench/llm_scale.py TOOL SHAPE
 
-TOOL: ``native`` / ``python`` (our backends) or ``torch-pruning``; SHAPE: ``llama-2-7b``,
-``llama-3-8b`` (bf16 weights), ``llama-3-70b-meta`` (on the meta device: trace + resolve + plan,
-no weights), or ``llama-small-N`` (hidden 256, GQA 8/2, N layers, fp32).
+TOOL: ``native`` / ``python`` (our backends), ``verify`` (native with ``verify=True``: the plan
+checked on the inputs before anything changes) or ``torch-pruning``; SHAPE: ``llama-2-7b``,
+``llama-3-8b`` (bf16 weights), ``llama-3-70b-meta`` or ``qwen3-30b-a3b-meta`` (on the meta
+device: trace + resolve + plan, no weights; the MoE with half its experts removed too), or
+``llama-small-N`` (hidden 256, GQA 8/2, N layers, fp32).
 
 Weights are random values: one block of 1,000,003 ``randn`` values tiled over every tensor (a
 block length prime to every row length, so rows differ; drawing 7B normal values would take a
@@ -55,6 +57,22 @@ SHAPES = {
         num_key_value_heads=8,
     ),
 }
+# Qwen3-30B-A3B: 48 layers of 128 experts (8 chosen per token, 768 neurons each), 30.5B
+# parameters; planned on meta with whole experts pruned too.
+MOE_SHAPES = {
+    "qwen3-30b-a3b": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_hidden_layers=48,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        num_experts=128,
+        num_experts_per_tok=8,
+    ),
+}
 SMALL = dict(
     vocab_size=128,
     hidden_size=256,
@@ -70,7 +88,16 @@ def config_of(shape: str):
 
     if shape.startswith("llama-small-"):
         return T.LlamaConfig(**SMALL, num_hidden_layers=int(shape.rsplit("-", 1)[1])), "float32"
+    if shape.removesuffix("-meta") in MOE_SHAPES:
+        return T.Qwen3MoeConfig(**MOE_SHAPES[shape.removesuffix("-meta")]), "bfloat16"
     return T.LlamaConfig(**SHAPES[shape.removesuffix("-meta")]), "bfloat16"
+
+
+def ratios_of(shape: str) -> dict:
+    """Heads and MLP neurons (the residual stream kept); half the experts of an MoE too."""
+    if shape.removesuffix("-meta") in MOE_SHAPES:
+        return {"hidden": 0.0, "experts": 0.5}
+    return {"hidden": 0.0}
 
 
 def small_llama(layers: int):
@@ -97,9 +124,10 @@ def build(shape: str):
 
     config, dtype = config_of(shape)
     dtype = getattr(torch, dtype)
+    model_class = T.Qwen3MoeForCausalLM if isinstance(config, T.Qwen3MoeConfig) else None
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = T.LlamaForCausalLM(config).to(dtype).eval()
+        model = (model_class or T.LlamaForCausalLM)(config).to(dtype).eval()
     if shape.endswith("-meta"):
         return model
     model.to_empty(device="cpu")
@@ -133,7 +161,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_ours(model, inputs, backend: str, meta: bool) -> dict:
+def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool = False) -> dict:
     import depgraph_ext as dx
 
     with warnings.catch_warnings():
@@ -150,26 +178,35 @@ def run_ours(model, inputs, backend: str, meta: bool) -> dict:
             def choose(g):  # equal scores; validation may block sizes the code fixes
                 rounds.append(1)
                 scores = torch.zeros(g.resolution.num_units, dtype=torch.float64)
-                return select_local(g, scores, 0.5, None, {"hidden": 0.0})
+                return select_local(g, scores, 0.5, None, ratios)
 
             dg, plan = plan_until_valid(dg, choose)
             t_plan = time.perf_counter()
             timings = dict(dg.timings, plan=t_plan - t_graph)
+            units = {}
+            for group in dg.groups:
+                before, after = units.get(group.kind, (0, 0))
+                units[group.kind] = (
+                    before + group.num_units,
+                    after + int(plan.keep[group.unit_ids].sum()),
+                )
             return {
                 "seconds": t_plan - t,
                 "timings": timings,
                 "planned": len(plan.tensors),
                 "validation_rounds": len(rounds),
+                "units": units,
             }
         t = time.perf_counter()
         result = dx.prune(
             model,
             inputs,
             ratio=0.5,
-            ratios={"hidden": 0.0},
+            ratios=ratios,
             backend=backend,
             in_place=backend == "native",
             progress=False,
+            verify=verify,
         )
         seconds = time.perf_counter() - t
     return {
@@ -233,8 +270,10 @@ def main() -> None:
     inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (1, 16))}
     if tool == "torch-pruning":
         out = run_torch_pruning(model, inputs)
+    elif tool == "verify":  # native, checking the plan on the inputs before slicing
+        out = run_ours(model, inputs, "native", meta, ratios_of(shape), verify=True)
     else:
-        out = run_ours(model, inputs, tool, meta)
+        out = run_ours(model, inputs, tool, meta, ratios_of(shape))
     out.update(
         tool=tool,
         shape=shape,

@@ -68,12 +68,67 @@ def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
     return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
 
 
-def generate(path: Path, config: dict, shard_bytes: int = SHARD_BYTES) -> None:
+# A scaled-down Qwen3-MoE (the Qwen3-30B-A3B layout: per-expert tensors on disk, q/k norms):
+# 16 layers of 32 experts (top-4, 512 neurons each), hidden 1024; 0.91B parameters, 1.8 GB.
+QWEN3_MOE = dict(
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=2048,
+    moe_intermediate_size=512,
+    num_hidden_layers=16,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=64,
+    num_experts=32,
+    num_experts_per_tok=4,
+    tie_word_embeddings=False,
+)
+MOE_WORKLOAD = "qwen3-moe, 32 experts x 16 layers, bf16 checkpoint"
+
+
+def qwen3_moe_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of a Qwen3-MoE checkpoint as transformers saves it (one tensor per
+    expert and projection)."""
+    h, m, v, d = c["hidden_size"], c["moe_intermediate_size"], c["vocab_size"], c["head_dim"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    out = [("model.embed_tokens.weight", (v, h))]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [
+            (p + "self_attn.q_proj.weight", (q, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, q)),
+            (p + "self_attn.q_norm.weight", (d,)),
+            (p + "self_attn.k_norm.weight", (d,)),
+            (p + "mlp.gate.weight", (c["num_experts"], h)),
+        ]
+        for e in range(c["num_experts"]):
+            out += [
+                (p + f"mlp.experts.{e}.gate_proj.weight", (m, h)),
+                (p + f"mlp.experts.{e}.up_proj.weight", (m, h)),
+                (p + f"mlp.experts.{e}.down_proj.weight", (h, m)),
+            ]
+        out += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "post_attention_layernorm.weight", (h,)),
+        ]
+    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def generate(
+    path: Path,
+    config: dict,
+    shard_bytes: int = SHARD_BYTES,
+    tensors_of=llama_tensors,
+    config_class: str = "LlamaConfig",
+    architecture: str = "LlamaForCausalLM",
+) -> None:
     """Write a bf16 checkpoint one tensor at a time (random normal * 0.02; norms near 1)."""
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = llama_tensors(config)
+    tensors = tensors_of(config)
     shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
     for name, shape in tensors:
@@ -105,9 +160,9 @@ def generate(path: Path, config: dict, shard_bytes: int = SHARD_BYTES) -> None:
     (tmp / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     )
-    T.LlamaConfig(**config, dtype="bfloat16", architectures=["LlamaForCausalLM"]).save_pretrained(
-        tmp
-    )
+    getattr(T, config_class)(
+        **config, dtype="bfloat16", architectures=[architecture]
+    ).save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
     os.rename(tmp, path)
 
@@ -276,3 +331,57 @@ def test_prune_7b_checkpoint_two_ranks(checkpoint):
     shutil.rmtree(one, ignore_errors=True)
     shutil.rmtree(two, ignore_errors=True)
     wrapper.unlink()
+
+
+@pytest.fixture(scope="module")
+def moe_checkpoint():
+    path = CACHE.with_name(CACHE.name + "-moe")
+    if not (path / "model.safetensors.index.json").exists():
+        t = time.perf_counter()
+        generate(
+            path,
+            QWEN3_MOE,
+            shard_bytes=2**30,
+            tensors_of=qwen3_moe_tensors,
+            config_class="Qwen3MoeConfig",
+            architecture="Qwen3MoeForCausalLM",
+        )
+        EXTRA.append(f"generated the MoE checkpoint in {time.perf_counter() - t:.0f} s")
+    return path
+
+
+_RUN_MOE = _RUN.replace(
+    'ratios={{"heads": 0.25,\n                        "hidden": 0.0}}',
+    'ratios={{"hidden": 0.0, "experts": 0.5}}',
+)
+
+
+def test_prune_moe_checkpoint(moe_checkpoint):
+    """Half the experts and half of every kept expert's neurons (and heads), from disk."""
+    assert _RUN_MOE != _RUN
+    dst = moe_checkpoint.with_name(moe_checkpoint.name + "-out")
+    shutil.rmtree(dst, ignore_errors=True)
+    evict(moe_checkpoint)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUN_MOE.format(), str(moe_checkpoint), str(dst)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(out.stderr)
+    config = json.loads((dst / "config.json").read_text())
+    assert config["num_experts"] == 16 and config["moe_intermediate_size"] == 256
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    assert "model.layers.3.mlp.experts.15.down_proj.weight" in index["weight_map"]
+    assert "model.layers.3.mlp.experts.16.down_proj.weight" not in index["weight_map"]
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
+    EXTRA.append(
+        f"{MOE_WORKLOAD}: {r['bytes_before'] / 1e9:.2f} GB on disk (page cache dropped) -> "
+        f"{r['bytes_after'] / 1e9:.2f} GB (params {r['before']:,} -> {r['after']:,}; experts "
+        f"32 -> 16 per layer, 512 -> 256 neurons each), 1 process: {r['seconds']:.1f} s "
+        f"({stages}); peak RSS {r['rss_kib'] / 2**20:.2f} GiB (after imports "
+        f"{r['imported_kib'] / 2**20:.2f} GiB)"
+    )
+    RESULTS[(MOE_WORKLOAD, "prune from disk end to end, 1 process", "native")] = r["seconds"]
+    print(EXTRA[-1])

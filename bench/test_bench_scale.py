@@ -100,6 +100,14 @@ def test_llama2_7b_bf16(tool):
         assert all(r["params_after"] < r["params_before"] for r in runs)
 
 
+def test_llama2_7b_bf16_verified():
+    """verify=True: before anything changes, the plan's exact groups are checked on the inputs
+    (the pruned tensors swapped in for one forward, the removed slices zeroed for another)."""
+    runs = run_rounds("verify", "llama-2-7b")
+    record("llama-2-7b shape, bf16", "prune 50% end to end", runs)
+    assert isinstance(runs, list), runs
+
+
 def test_llama3_8b_bf16():
     runs = run_rounds("native", "llama-3-8b")
     record("llama-3-8b shape, bf16", "prune 50% end to end", runs)
@@ -118,6 +126,23 @@ def test_llama3_70b_meta(backend):
             + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items())
         )
         RESULTS[("llama-3-70b shape, meta", "trace + resolve + plan", backend)] = out["seconds"]
+    assert isinstance(out, dict), out
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+def test_qwen3_30b_a3b_meta(backend):
+    """Qwen3-30B-A3B (48 layers x 128 experts) on meta: heads, expert neurons and half of the
+    experts planned and validated."""
+    out = run_script(backend, "qwen3-30b-a3b-meta", big=False)
+    if isinstance(out, dict):
+        units = ", ".join(f"{k} {a:,} -> {b:,}" for k, (a, b) in out["units"].items())
+        EXTRA.append(
+            f"qwen3-30b-a3b shape on meta, {backend}: trace + resolve + plan "
+            f"{out['seconds']:.2f} s, peak RSS {out['peak_rss'] / GIB:.2f} GiB (the bf16 "
+            f"weights would be {out['model_bytes'] / GIB:.0f} GiB); units {units}; "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in out["timings"].items())
+        )
+        RESULTS[("qwen3-30b-a3b shape, meta", "trace + resolve + plan", backend)] = out["seconds"]
     assert isinstance(out, dict), out
 
 

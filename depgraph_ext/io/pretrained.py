@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,49 @@ def _build_on_meta(cls, config) -> nn.Module:
         return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
 
 
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Parameters go to the meta device as modules register them; buffers stay real, so the
+    values a constructor computes from the config (an embedding scale, a position table) can
+    be compared. Each parameter exists for a moment, uninitialised, before it moves."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def computed_buffers_differ(model: nn.Module) -> list[str] | None:
+    """The non-persistent buffers (which loading computes from the config, not reads) whose
+    values a model built from ``model``'s config would not share; None when that model cannot
+    be built with real buffers (so nothing can be promised)."""
+    try:
+        with _quiet(), _parameters_on_meta(), no_torch_init():
+            cls = type(model)
+            config = copy.deepcopy(model.config)
+            fresh = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    except Exception:
+        return None
+    theirs = dict(fresh.named_buffers(remove_duplicate=False))
+    differ = []
+    for name, mine in model.named_buffers(remove_duplicate=False):
+        if name.rpartition(".")[2] not in _non_persistent(model, name):
+            continue
+        other = theirs.get(name)
+        if other is None or other.is_meta or other.shape != mine.shape:
+            differ.append(name)
+        elif not torch.equal(other.to(mine.dtype), mine.detach().cpu()):
+            differ.append(name)
+    return differ
+
+
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer under every name (tied ones under each)."""
     out = dict(model.named_parameters(remove_duplicate=False))
@@ -135,6 +180,13 @@ def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict]]:
         other = fresh_modules.get(name)
         if other is None:
             continue
+        if type(other) is not type(module):
+            raise CheckpointError(
+                f"{name or 'the model'} is a {type(module).__name__}, but a "
+                f"{type(other).__name__} in a model built from its config: the model replaced "
+                "its own modules after it was built (BigBird does so on short inputs, in "
+                "set_attention_type); set them back before saving"
+            )
         for attr, value in vars(module).items():
             if attr.startswith("_") or attr == "training":
                 continue
@@ -151,6 +203,8 @@ def plain_meta(model: nn.Module) -> dict:
     return {
         "format": FORMAT,
         "class": type(model).__name__,
+        "module": type(model).__module__,
+        "model_type": getattr(model.config, "model_type", None),
         "transformers_version": _transformers().__version__,
         "plain": True,
         "tensors": {},
@@ -171,10 +225,9 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
             "other models with torch.save or a plan (result.save_plan)"
         )
     cls_name = type(model).__name__
-    if getattr(transformers, cls_name, None) is not type(model):
+    if _model_class(transformers, cls_name, type(model).__module__) is not type(model):
         raise InvalidArgumentError(
-            f"{cls_name} is not a class transformers exports; from_pretrained could not find "
-            "it again"
+            f"{cls_name} is not a class of transformers; from_pretrained could not find it again"
         )
     try:
         model.config.validate()
@@ -184,7 +237,13 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
             "transformers would refuse to save or load it"
         ) from exc
     tensors, attributes = differences(model)
-    plain = not tensors and not attributes
+    # Tensors transformers leaves out of its files (sinusoidal position tables it recomputes
+    # from the config on loading) hold what pruning kept: they are saved with the buffers,
+    # and only this package's loader puts them back.
+    unsaved = _unsaved_tensors(model)
+    plain = not tensors and not attributes and not unsaved
+    if plain:  # and the buffers loading computes come out as the model has them
+        plain = computed_buffers_differ(model) == []
     directory = Path(directory)
     buffers = {
         n: b
@@ -196,6 +255,7 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
             model.save_pretrained(directory, **kwargs)
         else:  # in-memory tensor names: no conversion that assumes the config's sizes
             model.save_pretrained(directory, save_original_format=False, **kwargs)
+    buffers.update(unsaved)
     if buffers:
         from safetensors.torch import save_file
 
@@ -206,10 +266,32 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
         "plain": plain,
         "tensors": tensors,
         "attributes": attributes,
-        "non_persistent_buffers": sorted(buffers),
+        "non_persistent_buffers": sorted(buffers),  # and the tensors the files leave out
     }
     (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
     return SavedModel(directory, plain, tensors, attributes)
+
+
+def _unsaved_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters and persistent buffers transformers' save leaves out
+    (``_keys_to_ignore_on_save``), by name."""
+    ignored = getattr(model, "_keys_to_ignore_on_save", None) or ()
+    if not ignored:
+        return {}
+    state = model.state_dict()
+    return {n: t for n, t in state.items() if any(n == k or re.search(k, n) for k in ignored)}
+
+
+def _model_class(transformers, name: str, module: str | None):
+    """A model class of transformers by name: exported, or defined in ``module`` (one of
+    transformers' own modules: a vision tower, say); None otherwise."""
+    cls = getattr(transformers, name, None)
+    if cls is None and isinstance(module, str) and module.startswith("transformers."):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            cls = None
+    return cls
 
 
 def _non_persistent(model: nn.Module, name: str) -> set[str]:
@@ -257,7 +339,7 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
     transformers = _transformers()
     directory = Path(directory)
     meta = _read_meta(directory)
-    cls = getattr(transformers, str(meta.get("class")), None)
+    cls = _model_class(transformers, str(meta.get("class")), meta.get("module"))
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise CheckpointError(
             f"{directory / META} names {meta.get('class')!r}, which is not a "
@@ -268,25 +350,36 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
         described = json.loads((directory / "config.json").read_text()).get("model_type")
     except (OSError, json.JSONDecodeError, AttributeError) as exc:
         raise CheckpointError(f"{directory / 'config.json'} is missing or not JSON: {exc}") from exc
-    if described != cls.config_class.model_type:
+    # The model type saved with the model (a class may serve several: ExaONE's config builds
+    # a LlamaForCausalLM); files of older saves name none: the class's own.
+    saved_type = meta.get("model_type") or cls.config_class.model_type
+    if described != saved_type:
         raise CheckpointError(
             f"{directory / 'config.json'} describes a {described!r} model, not the "
-            f"{cls.config_class.model_type!r} of {cls.__name__} ({cls.config_class.__name__})"
+            f"{saved_type!r} of {cls.__name__} ({cls.config_class.__name__})"
         )
+    config_class = (
+        cls.config_class
+        if described == cls.config_class.model_type
+        else type(transformers.AutoConfig.for_model(described))
+    )
     try:
         with _quiet():
-            config = cls.config_class.from_pretrained(directory)
+            config = config_class.from_pretrained(directory)
     except Exception as exc:
         raise CheckpointError(
-            f"{directory / 'config.json'} is not a valid {cls.config_class.__name__}: {exc}"
+            f"{directory / 'config.json'} is not a valid {config_class.__name__}: {exc}"
         ) from exc
-    if type(config) is not cls.config_class:
+    if type(config) is not config_class:
         raise CheckpointError(
             f"{directory / 'config.json'} describes a {type(config).__name__},"
-            f" not the {cls.config_class.__name__} of {cls.__name__}"
+            f" not the {config_class.__name__} of {cls.__name__}"
         )
-    if meta.get("plain") and not meta.get("non_persistent_buffers"):
-        return _plain_load(cls, directory, torch_dtype, device)  # written by prune_checkpoint
+    if meta.get("plain"):  # written by prune_checkpoint, or a prune the config says all of
+        model = _plain_load(cls, directory, torch_dtype, device)
+        if meta.get("non_persistent_buffers"):
+            _restore_buffers(model, directory, meta, device)
+        return model
     model = _build_on_meta(cls, config)
     modules = dict(model.named_modules(remove_duplicate=False))
     for a in meta.get("attributes", []):
@@ -304,6 +397,8 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
                 f"{META} gives a shape for {name}, which {cls.__name__} does not have"
             )
         _replace(model, name, torch.empty(shape, dtype=old.dtype, device="meta"), old)
+    with contextlib.suppress(Exception):  # the tied weights of its config, as on loading
+        model.tie_weights()
     tied = _tied_names(model)  # before allocation, which unties them
     model.to_empty(device=device)
     _load_weights(model, directory, meta, device, tied)
@@ -325,6 +420,25 @@ def _plain_load(cls, directory: Path, torch_dtype, device) -> nn.Module:
             f"{cls.__name__} cannot be loaded from {directory}: {type(exc).__name__}: {exc}"
         ) from exc
     return model.to(device).eval()
+
+
+def _restore_buffers(model: nn.Module, directory: Path, meta: dict, device) -> None:
+    """The saved non-persistent buffers, over what loading computed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / BUFFERS
+    if not path.is_file():
+        raise CheckpointError(f"{BUFFERS} is missing from {directory}")
+    try:
+        saved = load_file(str(path), device=str(device))
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is not valid safetensors: {exc}") from exc
+    targets = _tensors(model)
+    for name in meta["non_persistent_buffers"]:
+        if name not in saved or name not in targets or saved[name].shape != targets[name].shape:
+            raise CheckpointError(f"{BUFFERS} does not hold {name} as the model has it")
+        _replace(model, name, saved[name], targets[name])
 
 
 def _replace(model: nn.Module, name: str, new: torch.Tensor, old: torch.Tensor) -> None:

@@ -195,6 +195,11 @@ def loadable_config(
     accepted: list[ConfigUpdate] = []
     valid = _validation_error(new_config) is None
     for u in updates:
+        held = getattr(new_config, u.field, None)
+        if isinstance(held, (list, tuple, dict)) and not isinstance(u.new, type(held)):
+            # a value per stage or layer (Swin's num_heads): one number cannot stand for it
+            mismatches.append(f"config.{u.field} holds {held!r}, not one value for every layer")
+            continue
         candidates = [u.new]
         if isinstance(u.new, float) and u.new.is_integer():
             candidates.append(int(u.new))  # an int field: a whole ratio as an int

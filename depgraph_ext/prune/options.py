@@ -15,18 +15,20 @@ class PruneOptions:
 
     How much: ``ratio`` (an argument of its own, default 0.5) is the fraction of each group's
     prunable units removed; ``ratios`` overrides it per group kind (``"heads"``, ``"hidden"``,
-    ``"channels"``; 0 leaves the kind alone) or per module (the group's root layer is in it);
+    ``"channels"``, ``"experts"``; 0 leaves the kind alone; whole experts are removed only
+    when their kind is given a ratio) or per module (the group's root layer is in it);
     or, instead of ``ratio``, ``target_params`` / ``target_macs``: a count (int) or a fraction
     of the original (float) the pruned model must not exceed (the smallest ratio that reaches
     it is found). ``global_pruning``: groups of one kind compete on normalised scores instead
     of each losing the same fraction; ``max_ratio`` caps any group's loss; ``min_units`` is the
     least a group keeps; ``round_to`` rounds the units a group keeps up to a multiple of it.
     ``importance``: ``"l2"``, ``"l1"``, ``"lamp"``, ``"bn_scale"``, ``"taylor"`` (needs
-    ``.grad``), ``"fisher"`` (needs ``collect_fisher``), ``"random"``, or an ``Importance``
-    object. ``iterative_steps``: prune in N steps, tracing and scoring again between them (use
-    ``Pruner`` to train in between). ``optimizer``: its state (momentum, Adam moments) is
-    sliced with the weights, so training goes on with the same optimizer; gradients are always
-    sliced. ``ignore``: modules, parameter/buffer names or tensors that must not change.
+    ``.grad``), ``"fisher"`` (needs ``collect_fisher``), ``"routing"`` (experts by the routing
+    weight they got under ``collect_routing``), ``"random"``, or an ``Importance`` object.
+    ``iterative_steps``: prune in N steps, tracing and scoring again between them (use ``Pruner``
+    to train in between). ``optimizer``: its state (momentum, Adam moments) is sliced with the
+    weights, so training goes on with the same optimizer; gradients are always sliced.
+    ``ignore``: modules, parameter/buffer names or tensors that must not change.
     ``backend``: ``"native"`` (default when the extension is built) or ``"python"``.
     ``strict``: raise on ops without a rule instead of blocking their channels.
     ``require_loadable``: refuse (before any change) when a transformers config cannot express
