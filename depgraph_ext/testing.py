@@ -35,9 +35,16 @@ def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
     return model
 
 
-def outputs_of(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
+def outputs_of(
+    model: torch.nn.Module, example_inputs, seed: int | None = None
+) -> list[torch.Tensor]:
+    """The model's tensor outputs without grad. With ``seed``, the forward draws its random
+    numbers (ViLT samples image patches) from that seed, and the caller's RNG state is left
+    as it was."""
     args, kwargs = normalize_inputs(example_inputs)
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
         out = model(*args, **kwargs)
     return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
@@ -50,14 +57,16 @@ def assert_scatter_back_equal(
     *,
     rtol: float = 1e-9,
     atol: float = 1e-9,
+    seed: int | None = 0,
 ) -> None:
     """Raise AssertionError unless the pruned model matches the scatter-back of the original.
 
     ``original`` must be an unpruned copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
-    the same training mode as ``pruned``. Use float64 models for tight tolerances.
+    the same training mode as ``pruned``. Use float64 models for tight tolerances. Both
+    forwards draw random numbers from ``seed`` (None: from the current RNG state).
     """
-    expected = outputs_of(scatter_back(original, plan), example_inputs)
-    actual = outputs_of(pruned, example_inputs)
+    expected = outputs_of(scatter_back(original, plan), example_inputs, seed)
+    actual = outputs_of(pruned, example_inputs, seed)
     assert len(expected) == len(actual), f"{len(actual)} outputs, expected {len(expected)}"
     for i, (e, a) in enumerate(zip(expected, actual)):
         assert e.shape == a.shape, f"output {i}: shape {tuple(a.shape)} != {tuple(e.shape)}"

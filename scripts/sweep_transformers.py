@@ -9,7 +9,8 @@ Per model type, in a worker process (one that overruns ``--timeout`` is replaced
            then dx.save_pretrained and reloading: dx.from_pretrained, and plain transformers
            where the config says everything (outputs equal to the saved model's, bit for bit)
   oracle   dx.prune(model, inputs, ratio=0.5, exact_only=True) in float64 (float32 where the
-           model cannot run in float64, as expert dispatch): the scatter-back oracle
+           model cannot run in float64, as expert dispatch): the scatter-back oracle, to 1e-8
+           (1e-5 where the model computes parts in float32 whatever its dtype; recorded)
 Writes one JSON record per type (``--out``, default sweep_transformers.json) and prints the
 counts the README's table shows. Types whose config has sub-configs (vision-language models
 run on text, say) are counted apart: the generic recipe feeds them only part of their inputs.
@@ -153,15 +154,18 @@ def _oracle(zoo, model_type) -> dict:
         record.update(ok=False, error=_short(e))
         return record
     record.update(ok=True, warnings=warned, params=[result.params_before, result.params_after])
-    tolerance = 1e-4 if dtype == torch.float32 else 1e-8
-    try:
-        torch.manual_seed(0)
-        assert_scatter_back_equal(
-            original, model, result.plan, inputs, rtol=tolerance, atol=tolerance
-        )
-        record["holds"] = True
-    except Exception as e:  # noqa: BLE001
-        record.update(holds=False, error=_short(e))
+    # Models that compute parts in float32 whatever their dtype (a softmax, a norm) hold to
+    # float32's precision only: checked at 1e-8, then at 1e-5, and recorded which.
+    tolerances = [1e-4] if dtype == torch.float32 else [1e-8, 1e-5]
+    for tolerance in tolerances:
+        try:
+            assert_scatter_back_equal(
+                original, model, result.plan, inputs, rtol=tolerance, atol=tolerance
+            )
+            record.update(holds=True, tolerance=tolerance)
+            break
+        except Exception as e:  # noqa: BLE001
+            record.update(holds=False, error=_short(e))
     return record
 
 
@@ -267,7 +271,11 @@ def verdict(record: dict) -> str:
     elif oracle["params"][0] == oracle["params"][1]:
         second = "no exact group to prune"
     else:
-        second = "oracle holds" if oracle.get("holds") else f"ORACLE FAILS: {oracle['error'][:90]}"
+        second = (
+            f"oracle holds to {oracle.get('tolerance')}"
+            if oracle.get("holds")
+            else f"ORACLE FAILS: {oracle['error'][:90]}"
+        )
     return f"{first}; {second} [{oracle.get('dtype')}]"
 
 
@@ -292,6 +300,9 @@ def counts(done: dict) -> dict:
         exact = oracle.get("ok") and oracle["params"][1] < oracle["params"][0]
         c["exact_only prunes"] += bool(exact)
         c["oracle holds"] += bool(exact and oracle.get("holds"))
+        c["oracle holds (to float32 precision)"] += bool(
+            exact and oracle.get("holds") and oracle.get("tolerance") == 1e-5
+        )
         c["ORACLE FAILS"] += bool(exact and not oracle.get("holds"))
     return {k: dict(v) for k, v in table.items()}
 

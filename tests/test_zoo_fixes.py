@@ -127,3 +127,58 @@ def test_a_data_dependent_count_is_not_a_fixed_size():
     r = dx.prune(model, x, ratio=0.5)
     assert model.fc1.out_features == 4
     assert r.params_after < r.params_before
+
+
+class ScaleConfig(transformers.PretrainedConfig):
+    model_type = "zoo_fix_scale"
+
+    def __init__(self, hidden_size=8, intermediate_size=16, **kw):
+        super().__init__(**kw)
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+
+
+class ScaledMLP(transformers.PreTrainedModel):
+    """Dory's MLP: its gate is scaled by sqrt(hidden_size), a float taken from the config
+    when the module is built (an int, the width, is taken too)."""
+
+    config_class = ScaleConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        h, m = config.hidden_size, config.intermediate_size
+        self.scale, self.width = config.intermediate_size**0.5, m
+        self.up, self.down = nn.Linear(h, m), nn.Linear(m, h)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x) * self.scale)[..., : self.width])
+
+
+def test_a_scale_the_config_decided_keeps_its_value():
+    model = ScaledMLP(ScaleConfig()).double().eval()
+    x = torch.randn(2, 5, 8, dtype=F64)
+    original = copy.deepcopy(model)
+    r = dx.prune(model, x, ratio=0.5, ratios={"hidden": 0}, exact_only=True, progress=False)
+    assert model.config.intermediate_size == 8 and model.width == 8  # a size follows
+    assert model.scale == 16**0.5  # a value the forward multiplies by does not
+    assert_scatter_back_equal(original, model, r.plan, x)
+
+
+class SamplesPatches(nn.Module):
+    """ViLT: the forward samples which positions it keeps, with torch's RNG."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        keep = torch.randperm(x.shape[1])[:3]
+        return self.fc2(torch.relu(self.fc1(x[:, keep])))
+
+
+def test_a_sampling_model_verifies_and_passes_the_oracle():
+    model = SamplesPatches().double().eval()
+    x = torch.randn(2, 6, 4, dtype=F64)
+    original = copy.deepcopy(model)
+    r = dx.prune(model, x, ratio=0.5, verify=True, progress=False)  # both forwards sample alike
+    assert model.fc1.out_features == 8
+    assert_scatter_back_equal(original, model, r.plan, x)

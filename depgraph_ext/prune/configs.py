@@ -270,7 +270,7 @@ def _built_from(model, config):
 
 
 def attributes_of_rebuild(dg: DependencyGraph, updates, known) -> list[AttributeUpdate]:
-    """Number attributes a model built from the updated config holds otherwise, where this
+    """Integer attributes a model built from the updated config holds otherwise, where this
     model holds what one built from its original config does (a value the config decides, as
     an expert module's ``intermediate_dim``): they follow, so that the pruned model is what
     loading its saved config builds. ``known``: attribute updates already planned."""
@@ -294,7 +294,9 @@ def attributes_of_rebuild(dg: DependencyGraph, updates, known) -> list[Attribute
         for attr, value in vars(module).items():
             if attr.startswith("_") or (name, attr) in done:
                 continue
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+            # Counts and sizes only: a float the config decides is a scale the forward
+            # multiplies by (Dory's sqrt(hidden_size)); changing it would change the function.
+            if not isinstance(value, int) or isinstance(value, bool):
                 continue
             old, new = getattr(b, attr, None), getattr(a, attr, None)
             if value == old and type(new) is type(value) and new != old:

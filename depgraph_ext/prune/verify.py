@@ -119,12 +119,15 @@ def relative_difference(outputs: list[torch.Tensor], expected: list[torch.Tensor
 
 
 def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
-    """The model's tensor outputs in eval mode and without grad (training flags put back)."""
+    """The model's tensor outputs in eval mode and without grad (training flags put back).
+    Every forward draws the same random numbers (a model that samples, as ViLT's patches),
+    and the caller's RNG state is left as it was."""
     args, kwargs = normalize_inputs(example_inputs)
     training = [m for m in model.modules() if m.training]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(0)
             out = model(*args, **kwargs)
             return [
                 t.detach().clone() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)
