@@ -7,7 +7,9 @@ The directory is what transformers' own ``save_pretrained`` writes (config.json,
 shards, generation config), plus ``depgraph_ext.json``: the model's class, and what its config
 cannot express, found by building the same class from the saved config on the meta device
 and comparing: every tensor whose shape differs, and every module attribute whose value differs
-(a head dim derived from hidden / heads, a scaling factor, a per-stage width). Non-persistent
+(a head dim derived from hidden / heads, a scaling factor, a per-stage width), and the
+attention implementation a sub-model was built with where loading would choose another (eager
+and sdpa differ in the last bits). Non-persistent
 buffers (rotary frequencies ...) are saved as they are, in ``depgraph_ext_buffers.safetensors``.
 When nothing differs the directory is *plain*: ``AutoModel*.from_pretrained`` rebuilds it.
 
@@ -162,10 +164,19 @@ def _from_plain(entry):
     return tuple(entry["value"]) if entry["type"] == "tuple" else entry["value"]
 
 
-def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict]]:
-    """(tensor shapes, module attributes) of ``model`` that a model built from its own config
-    would not have: what the config cannot express."""
-    fresh = _build_on_meta(type(model), copy.deepcopy(model.config))
+def attention_of(module: nn.Module) -> str | None:
+    config = getattr(module, "config", None)
+    return getattr(config, "_attn_implementation", None) if config is not None else None
+
+
+def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict], dict[str, str]]:
+    """(tensor shapes, module attributes, attention implementations) of ``model`` that a model
+    built from its own config would not have: what the config cannot express. (The attention
+    implementation of a sub-model is chosen when it is built and not saved with the config;
+    eager and sdpa attention differ in the last bits.)"""
+    with _quiet():  # the config as loading reads it back (no sub-model's attention choice)
+        config = type(model.config).from_dict(model.config.to_dict())
+    fresh = _build_on_meta(type(model), config)
     mine, theirs = _tensors(model), _tensors(fresh)
     if mine.keys() != theirs.keys():
         missing = sorted(mine.keys() ^ theirs.keys())
@@ -175,11 +186,13 @@ def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict]]:
         )
     tensors = {n: list(t.shape) for n, t in mine.items() if t.shape != theirs[n].shape}
     fresh_modules = dict(fresh.named_modules(remove_duplicate=False))
-    attributes = []
+    attributes, attention = [], {}
     for name, module in model.named_modules(remove_duplicate=False):
         other = fresh_modules.get(name)
         if other is None:
             continue
+        if attention_of(module) != attention_of(other) and attention_of(module) is not None:
+            attention[name] = attention_of(module)
         if type(other) is not type(module):
             raise CheckpointError(
                 f"{name or 'the model'} is a {type(module).__name__}, but a "
@@ -195,7 +208,7 @@ def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict]]:
                 continue
             if _plain_value(getattr(other, attr)) != plain:
                 attributes.append({"module": name, "attr": attr, **plain})
-    return tensors, attributes
+    return tensors, attributes, attention
 
 
 def plain_meta(model: nn.Module) -> dict:
@@ -236,12 +249,12 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
             f"the model's config does not pass its own validation ({exc.__cause__ or exc}); "
             "transformers would refuse to save or load it"
         ) from exc
-    tensors, attributes = differences(model)
+    tensors, attributes, attention = differences(model)
     # Tensors transformers leaves out of its files (sinusoidal position tables it recomputes
     # from the config on loading) hold what pruning kept: they are saved with the buffers,
     # and only this package's loader puts them back.
     unsaved = _unsaved_tensors(model)
-    plain = not tensors and not attributes and not unsaved
+    plain = not tensors and not attributes and not unsaved and not attention
     if plain:  # and the buffers loading computes come out as the model has them
         plain = computed_buffers_differ(model) == []
     directory = Path(directory)
@@ -267,6 +280,7 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
         "tensors": tensors,
         "attributes": attributes,
         "non_persistent_buffers": sorted(buffers),  # and the tensors the files leave out
+        "attention": attention,
     }
     (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
     return SavedModel(directory, plain, tensors, attributes)
@@ -389,6 +403,13 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
                 f"{META} sets {a.get('module')}.{a.get('attr')}, which {cls.__name__} does not have"
             )
         setattr(module, a["attr"], _from_plain(a))
+    for name, implementation in meta.get("attention", {}).items():
+        module = modules.get(name)
+        if attention_of(module) is None or not isinstance(implementation, str):
+            raise CheckpointError(
+                f"{META} sets the attention of {name}, which {cls.__name__} does not have"
+            )
+        module.config._attn_implementation = implementation
     placeholders = _tensors(model)
     for name, shape in meta.get("tensors", {}).items():
         old = placeholders.get(name)
