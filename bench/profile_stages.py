@@ -24,17 +24,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import depgraph_ext as dx
 import depgraph_ext.counting as counting
-import depgraph_ext.prune.importance as importance
-import depgraph_ext.prune.pruner as pruner
-import depgraph_ext.prune.validate as validate
 from depgraph_ext.graph.dependency import DependencyGraph
+from depgraph_ext.prune import importance, pruner, validate
 from llm_scale import SMALL_IDS as IDS
 from llm_scale import small_llama
 
 
 def timed(module, name: str, label: str, into: dict[str, float]) -> None:
-    """Add the time of every call of ``module.name`` to ``into[label]``."""
-    fn = getattr(module, name)
+    """Add the time of every call of ``module.name`` to ``into[label]`` (nothing where an
+    older checkout has no such function, so the file measures it too)."""
+    fn = getattr(module, name, None)
+    if fn is None:
+        return
 
     def wrapper(*args, **kwargs):
         t = time.perf_counter()
@@ -62,7 +63,9 @@ def main() -> None:
     parts: dict[str, float] = defaultdict(float)
     timed(validate, "validate_plan", "plan: validate_plan", parts)
     timed(DependencyGraph, "trace_pruned", "plan: validation trace", parts)
-    timed(validate, "check_loadable", "plan: check_loadable", parts)
+    timed(validate, "loadable_config", "plan: loadable_config (config check)", parts)
+    timed(validate, "attributes_of_rebuild", "plan: attributes_of_rebuild", parts)
+    timed(validate, "propose_plan", "plan: propose_plan", parts)
     graphs = []
     original_apply_step = pruner.apply_step
 

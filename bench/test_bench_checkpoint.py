@@ -44,7 +44,7 @@ LLAMA2_7B = dict(
 )
 SHARD_BYTES = 2 * 2**30
 WORKLOAD = "llama-2-7b shape, bf16 checkpoint"
-ARGS = ["--ratio", "0.5", "--ratios", "heads=0.25,hidden=0", "--no-progress", "--overwrite"]
+ARGS = ["--ratio", "0.5", "--ratios", "heads=0.5,hidden=0", "--no-progress", "--overwrite"]
 
 
 def llama_tensors(c: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -205,7 +205,7 @@ import json, sys, time
 t = time.perf_counter()
 import depgraph_ext as dx
 imported = hwm_kib()
-r = dx.prune_checkpoint(sys.argv[1], sys.argv[2], ratio=0.5, ratios={{"heads": 0.25,
+r = dx.prune_checkpoint(sys.argv[1], sys.argv[2], ratio=0.5, ratios={{"heads": 0.5,
                         "hidden": 0.0}}, overwrite=True, progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "timings": r.timings,
                   "rss_kib": hwm_kib(),
@@ -221,7 +221,7 @@ def check_output(src: Path, dst: Path) -> None:
     from safetensors import safe_open
 
     config = json.loads((dst / "config.json").read_text())
-    assert config["num_attention_heads"] == 24 and config["num_key_value_heads"] == 24
+    assert config["num_attention_heads"] == 16 and config["num_key_value_heads"] == 16
     assert config["intermediate_size"] == 5504 and config["hidden_size"] == 4096
     index = json.loads((dst / "model.safetensors.index.json").read_text())
     key = "model.layers.7.mlp.down_proj.weight"
@@ -351,7 +351,7 @@ def moe_checkpoint():
 
 
 _RUN_MOE = _RUN.replace(
-    'ratios={{"heads": 0.25,\n                        "hidden": 0.0}}',
+    'ratios={{"heads": 0.5,\n                        "hidden": 0.0}}',
     'ratios={{"hidden": 0.0, "experts": 0.5}}',
 )
 
@@ -371,7 +371,7 @@ def test_prune_moe_checkpoint(moe_checkpoint):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(out.stderr)
     config = json.loads((dst / "config.json").read_text())
-    assert config["num_experts"] == 16 and config["moe_intermediate_size"] == 256
+    assert config["num_local_experts"] == 16 and config["moe_intermediate_size"] == 256
     index = json.loads((dst / "model.safetensors.index.json").read_text())
     assert "model.layers.3.mlp.experts.15.down_proj.weight" in index["weight_map"]
     assert "model.layers.3.mlp.experts.16.down_proj.weight" not in index["weight_map"]

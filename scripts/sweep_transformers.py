@@ -307,6 +307,48 @@ def counts(done: dict) -> dict:
     return {k: dict(v) for k, v in table.items()}
 
 
+FAMILY_COLUMNS = (
+    "built",
+    "pruned, runs, shapes kept",
+    "function-changing groups declared",
+    "exact_only: oracle holds",
+    "reloads: plain",
+    "reloads: dx only",
+    "reloads: neither",
+)
+
+
+def family_table(done: dict) -> str:
+    """The README's per-family table (markdown): the model types built, by the task the
+    sweep built them for."""
+    rows: dict = {}
+    for record in done.values():
+        if record.get("build") != "ok":
+            continue
+        prune, oracle = record["prune"], record["oracle"]
+        trip = prune.get("round_trip", {})
+        runs = bool(prune.get("ok") and prune.get("runs") and prune.get("shapes_kept"))
+        plain = bool(trip.get("plain") and trip.get("plain_loads"))
+        exact = oracle.get("ok") and oracle["params"][1] < oracle["params"][0]
+        values = (
+            1,
+            runs,
+            bool(prune.get("function_changing")),
+            bool(exact and oracle.get("holds")),
+            plain,
+            bool(trip.get("dx_loads")) and not plain,
+            runs and not trip.get("dx_loads"),
+        )
+        for task in (record.get("task", "?"), "all"):
+            row = rows.setdefault(task, [0] * len(values))
+            for i, v in enumerate(values):
+                row[i] += int(v)
+    lines = ["| family | " + " | ".join(FAMILY_COLUMNS) + " |", "|---" * 8 + "|"]
+    for task in sorted(rows, key=lambda t: (t == "all", -rows[t][0])):
+        lines.append(f"| {task} | " + " | ".join(str(v) for v in rows[task]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -328,6 +370,7 @@ def main() -> None:
     print(f"\n{len(done)} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
     for kind, c in counts(done).items():
         print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    print(family_table(done))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,6 +33,30 @@ class ConfigUpdate:
     field: str
     old: object
     new: object
+
+
+class Rebuilds:
+    """Models of ``type(model)`` built on the meta device from configs after a round trip
+    through a dict (what loading runs), one per distinct config: a plan's checks ask for the
+    same config more than once, and a build of a deep model costs a tenth of a second."""
+
+    def __init__(self, model):
+        self.model = model
+        self._built: dict[str, tuple] = {}
+
+    def of(self, config):
+        """(the model, None), or (None, what the class or the config raised)."""
+        key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+        if key not in self._built:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    reloaded = type(config).from_dict(config.to_dict())
+                    with torch.device("meta"), no_torch_init():
+                        self._built[key] = (type(self.model)(reloaded), None)
+            except Exception as exc:  # noqa: BLE001  (a config the class or the model refuses)
+                self._built[key] = (None, exc)
+        return self._built[key]
 
 
 def config_of(model):
@@ -134,7 +159,10 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     count = _uniform(experts, "the number of experts", problems)
     if count is not None:
         old = next(iter(experts))[0]
+        aliases = getattr(type(config), "attribute_map", {}) or {}
         for name in EXPERT_COUNT_FIELDS:
+            if name in aliases and aliases[name] in EXPERT_COUNT_FIELDS:
+                continue  # another name of a field set here (Qwen3-MoE's num_experts)
             if getattr(config, name, None) == old:
                 propose(name, count)
 
@@ -179,6 +207,7 @@ def loadable_config(
     updates,
     planned_shapes,
     problems,
+    rebuilds: Rebuilds | None = None,
 ) -> tuple[list[ConfigUpdate], str | None]:
     """Whether the updated config rebuilds the pruned model: each update set on a copy of the
     config (its own field validation runs; an integral float becomes an int where the field
@@ -190,6 +219,7 @@ def loadable_config(
     config = config_of(model)
     if config is None:
         return list(updates), None
+    rebuilds = rebuilds or Rebuilds(model)
     new_config = copy.deepcopy(config)
     mismatches = list(problems)
     accepted: list[ConfigUpdate] = []
@@ -217,10 +247,10 @@ def loadable_config(
                 break
         if error is not None:
             mismatches.append(f"config.{u.field} cannot be {u.new!r} ({error})")
-    shapes = _shape_mismatches(dg, new_config, planned_shapes)
+    shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
     if shapes:  # fields the updates above do not know: found by trying them on a rebuild
         new_config, found, shapes = _search_fields(
-            dg, new_config, planned_shapes, shapes, {u.field for u in accepted}
+            dg, new_config, planned_shapes, shapes, {u.field for u in accepted}, rebuilds
         )
         accepted += found
     mismatches += shapes
@@ -256,20 +286,9 @@ def report_mismatch(message: str | None, require: bool) -> None:
     warnings.warn(message, ConfigMismatchWarning, stacklevel=user_stacklevel())
 
 
-def _built_from(model, config):
-    """``type(model)`` built on the meta device from ``config`` after a round trip through a
-    dict (what loading runs); None when the class or the config refuses."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reloaded = type(config).from_dict(config.to_dict())
-            with torch.device("meta"), no_torch_init():
-                return type(model)(reloaded)
-    except Exception:  # noqa: BLE001  (said by the shape check, which builds it too)
-        return None
-
-
-def attributes_of_rebuild(dg: DependencyGraph, updates, known) -> list[AttributeUpdate]:
+def attributes_of_rebuild(
+    dg: DependencyGraph, updates, known, rebuilds: Rebuilds | None = None
+) -> list[AttributeUpdate]:
     """Integer attributes a model built from the updated config holds otherwise, where this
     model holds what one built from its original config does (a value the config decides, as
     an expert module's ``intermediate_dim``): they follow, so that the pruned model is what
@@ -277,19 +296,19 @@ def attributes_of_rebuild(dg: DependencyGraph, updates, known) -> list[Attribute
     config = config_of(dg.model)
     if config is None or not updates:
         return []
+    rebuilds = rebuilds or Rebuilds(dg.model)
     new_config = copy.deepcopy(config)
     for u in updates:
         setattr(new_config, u.field, u.new)
-    before, after = _built_from(dg.model, config), _built_from(dg.model, new_config)
-    if before is None or after is None:
+    after = rebuilds.of(new_config)[0]
+    if after is None:
         return []
-    built_before = dict(before.named_modules())
     built_after = dict(after.named_modules())
     done = {(u.module, u.attr) for u in known}
-    out = []
+    candidates = []
     for name, module in dg.walk.modules:
-        b, a = built_before.get(name), built_after.get(name)
-        if b is None or a is None:
+        a = built_after.get(name)
+        if a is None:
             continue
         for attr, value in vars(module).items():
             if attr.startswith("_") or (name, attr) in done:
@@ -298,24 +317,29 @@ def attributes_of_rebuild(dg: DependencyGraph, updates, known) -> list[Attribute
             # multiplies by (Dory's sqrt(hidden_size)); changing it would change the function.
             if not isinstance(value, int) or isinstance(value, bool):
                 continue
-            old, new = getattr(b, attr, None), getattr(a, attr, None)
-            if value == old and type(new) is type(value) and new != old:
-                out.append(AttributeUpdate(name, attr, value, new))
-    return out
+            new = getattr(a, attr, None)
+            if type(new) is type(value) and new != value:
+                candidates.append((name, attr, value, new))
+    if not candidates:
+        return []
+    before = rebuilds.of(config)[0]  # only values the original config decided follow
+    if before is None:
+        return []
+    built_before = dict(before.named_modules())
+    return [
+        AttributeUpdate(name, attr, value, new)
+        for name, attr, value, new in candidates
+        if name in built_before and getattr(built_before[name], attr, None) == value
+    ]
 
 
-def _shape_mismatches(dg: DependencyGraph, config, planned_shapes) -> list[str]:
+def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Rebuilds) -> list[str]:
     """What a model built from ``config`` (after a round trip through a dict, as loading does)
     on the meta device would have of another shape than the pruned model (or why it cannot
     be built at all)."""
     model = dg.model
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            reloaded = type(config).from_dict(config.to_dict())  # what loading runs
-            with torch.device("meta"), no_torch_init():
-                fresh = type(model)(reloaded)
-    except Exception as exc:  # a config the class or the model refuses
+    fresh, exc = rebuilds.of(config)
+    if exc is not None:  # a config the class or the model refuses
         cause = exc.__cause__ or exc
         return [
             f"{type(model).__name__} cannot be built from the updated config "
@@ -334,27 +358,33 @@ def _shape_mismatches(dg: DependencyGraph, config, planned_shapes) -> list[str]:
     return out
 
 
-def _width_changes(dg: DependencyGraph, planned_shapes) -> dict[int, int]:
+def _width_changes(dg: DependencyGraph, planned_shapes) -> tuple[dict[int, int], set[int]]:
     """Every size that changed the same way wherever it changed (old -> new), from the pruned
-    tensors' dims (the same size elsewhere unchanged, a vocabulary, does not count)."""
+    tensors' dims; and the sizes that also stay unchanged in some pruned tensor (a field
+    holding one of those is less likely the one that changed: tried last)."""
     g = dg.graph
     named = g.params | g.buffers
     seen: dict[int, set[int]] = {}
+    kept: set[int] = set()
     for name, shape in planned_shapes.items():
         for old, new in zip(g.values[named[name]].shape, shape):
             if old != new:
                 seen.setdefault(int(old), set()).add(int(new))
-    return {old: news.pop() for old, news in seen.items() if len(news) == 1}
+            else:
+                kept.add(int(old))
+    return {old: news.pop() for old, news in seen.items() if len(news) == 1}, kept
 
 
-def _search_fields(dg: DependencyGraph, config, planned_shapes, shapes: list[str], done: set):
+def _search_fields(
+    dg: DependencyGraph, config, planned_shapes, shapes: list[str], done: set, rebuilds: Rebuilds
+):
     """Config fields holding a size that changed, set to the new size one at a time where
     that makes a rebuild from the config match more of the pruned shapes (and the config
     still validates): (config, updates found, shape mismatches left). Found fields are kept
     only when together they make every shape match: a field set part-way (a per-stage list
     whose last stage was not pruned) would tell the model's code a size it does not have."""
     original, mismatches = config, shapes
-    changes = _width_changes(dg, planned_shapes)
+    changes, kept = _width_changes(dg, planned_shapes)
     candidates = []
     for field, value in config.to_dict().items():
         if field in done or field.startswith("_") or field.endswith("_token_id"):
@@ -368,6 +398,9 @@ def _search_fields(dg: DependencyGraph, config, planned_shapes, shapes: list[str
             and any(v in changes for v in value)
         ):
             candidates.append((field, value, [changes.get(v, v) for v in value]))
+    # Each trial builds the model: sizes that changed everywhere first (Llama's
+    # intermediate_size before its hidden_size, which the heads' projections share).
+    candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
     while improved and candidates and shapes:
@@ -377,7 +410,7 @@ def _search_fields(dg: DependencyGraph, config, planned_shapes, shapes: list[str
             trial = copy.deepcopy(config)
             if _set_field(trial, field, new) is not None or _validation_error(trial) is not None:
                 continue
-            left = _shape_mismatches(dg, trial, planned_shapes)
+            left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
             if len(left) < len(shapes):
                 config, shapes, improved = trial, left, True
                 found.append(ConfigUpdate(field, old, new))

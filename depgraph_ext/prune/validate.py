@@ -22,7 +22,13 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from .attributes import attributes_named_like, temporary_attributes
-from .configs import attributes_of_rebuild, loadable_config, report_mismatch, temporary_config
+from .configs import (
+    Rebuilds,
+    attributes_of_rebuild,
+    loadable_config,
+    report_mismatch,
+    temporary_config,
+)
 from .plan import Plan, propose_plan
 
 MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
@@ -34,13 +40,16 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
     reported (``require_loadable``: refused when the config cannot express it)."""
     with paused_gc():
         plan = propose_plan(dg, keep)
+        rebuilds = Rebuilds(dg.model)
         accepted, mismatch = loadable_config(
-            dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems
+            dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, rebuilds
         )
         # module attributes named like a config field that changes follow it (an MLP's
         # intermediate_size), as a model built from the updated config has them
         named_like = attributes_named_like(dg, accepted, plan.attributes)
-        named_like += attributes_of_rebuild(dg, accepted, plan.attributes + tuple(named_like))
+        named_like += attributes_of_rebuild(
+            dg, accepted, plan.attributes + tuple(named_like), rebuilds
+        )
         full = dataclasses.replace(
             plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
         )
