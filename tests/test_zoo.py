@@ -39,7 +39,7 @@ SEQ2SEQ = """
 VISION = """
     vit deit beit dinov2 swin swinv2 convnext resnet regnet mobilenet_v2 mobilevit poolformer
     segformer pvt_v2 hiera yolos vit_mae focalnet dinov3_convnext glpn swiftformer
-    clip_vision_model siglip_vision_model vivit videomae vitpose
+    clip_vision_model siglip_vision_model vivit videomae vitpose groupvit
 """.split()
 MIXTURES_OF_EXPERTS = """
     mixtral qwen2_moe qwen3_moe deepseek_v2 deepseek_v3 granitemoe phimoe glm4_moe ernie4_5_moe

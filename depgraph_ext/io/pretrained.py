@@ -405,7 +405,7 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
         setattr(module, a["attr"], _from_plain(a))
     for name, implementation in meta.get("attention", {}).items():
         module = modules.get(name)
-        if attention_of(module) is None or not isinstance(implementation, str):
+        if getattr(module, "config", None) is None or not isinstance(implementation, str):
             raise CheckpointError(
                 f"{META} sets the attention of {name}, which {cls.__name__} does not have"
             )
