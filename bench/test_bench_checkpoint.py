@@ -243,18 +243,24 @@ def check_output(src: Path, dst: Path) -> None:
     assert found == sorted(found) and len(set(found)) == 5504
 
 
-def test_prune_7b_checkpoint_one_process(checkpoint):
-    dst = CACHE.with_name(CACHE.name + "-out1")
+def prune_in_a_fresh_process(script: str, src: Path, dst: Path) -> dict:
+    """Run ``script`` (one of the _RUN texts) on ``src`` -> ``dst`` with a cold page cache;
+    its JSON line (seconds, stages, peak RSS, counts)."""
     shutil.rmtree(dst, ignore_errors=True)
-    evict(checkpoint)
+    evict(src)
     out = subprocess.run(
-        [sys.executable, "-c", _RUN.format(), str(checkpoint), str(dst)],
+        [sys.executable, "-c", script.format(), str(src), str(dst)],
         capture_output=True,
         text=True,
         check=True,
     )
-    r = json.loads(out.stdout.strip().splitlines()[-1])
     print(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_prune_7b_checkpoint_one_process(checkpoint):
+    dst = CACHE.with_name(CACHE.name + "-out1")
+    r = prune_in_a_fresh_process(_RUN, checkpoint, dst)
     check_output(checkpoint, dst)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
     EXTRA.append(
@@ -360,16 +366,7 @@ def test_prune_moe_checkpoint(moe_checkpoint):
     """Half the experts and half of every kept expert's neurons (and heads), from disk."""
     assert _RUN_MOE != _RUN
     dst = moe_checkpoint.with_name(moe_checkpoint.name + "-out")
-    shutil.rmtree(dst, ignore_errors=True)
-    evict(moe_checkpoint)
-    out = subprocess.run(
-        [sys.executable, "-c", _RUN_MOE.format(), str(moe_checkpoint), str(dst)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(out.stderr)
+    r = prune_in_a_fresh_process(_RUN_MOE, moe_checkpoint, dst)
     config = json.loads((dst / "config.json").read_text())
     assert config["num_local_experts"] == 16 and config["moe_intermediate_size"] == 256
     index = json.loads((dst / "model.safetensors.index.json").read_text())
