@@ -100,8 +100,9 @@ def build_couplings(
                 reason = f"its rule cannot map this call: {exc}"
                 rule = None
             else:
-                if builder.checkpoint()[1] > checkpoint[1]:
-                    spans.append((node.index, checkpoint[1], builder.checkpoint()[1]))
+                after = builder.checkpoint()[1]
+                if after > checkpoint[1]:
+                    spans.append((node.index, checkpoint[1], after))
         if rule is None:
             if strict:
                 raise UnsupportedOpError(
@@ -112,11 +113,13 @@ def build_couplings(
             opaque.append(OpaqueOp(node.name, node.module, node.index, reason))
             for v in node.inputs + node.outputs:
                 ctx.block_value(v)
-            _positions_read(ctx, node)
+            if ctx.index_domains:
+                _positions_read(ctx, node)
             continue
         touched_anywhere |= ctx.touched
-        _carry_index_domain(ctx, node)
-        _positions_read(ctx, node)
+        if ctx.index_domains:  # positions (a top-k's indices) seen so far: where they go
+            _carry_index_domain(ctx, node)
+            _positions_read(ctx, node)
         # An input dim the rule neither coupled nor freed has its size fixed by this op (a
         # convolution's kernel taps, read through a view): a dim is prunable only if every
         # op that reads it allows it.
