@@ -617,44 +617,35 @@ def test_cli_errors(tmp_path):
 
 
 # -- mixture-of-experts checkpoints: one tensor per expert on disk, stacked in the model ---------
+MOE_SIZES = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_experts_per_tok=2,
+)
 MOE = {
     "mixtral": lambda: T.MixtralForCausalLM(
         T.MixtralConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **MOE_SIZES,
             num_local_experts=8,
-            num_experts_per_tok=2,
         )
     ),
     "qwen2_moe": lambda: T.Qwen2MoeForCausalLM(
         T.Qwen2MoeConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **MOE_SIZES,
             num_experts=8,
-            num_experts_per_tok=2,
             moe_intermediate_size=48,
             shared_expert_intermediate_size=80,
         )
     ),
     "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(
         T.Qwen3MoeConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **MOE_SIZES,
             head_dim=16,
             num_experts=8,
-            num_experts_per_tok=2,
             moe_intermediate_size=48,
         )
     ),
