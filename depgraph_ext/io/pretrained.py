@@ -5,13 +5,14 @@
 
 The directory is what transformers' own ``save_pretrained`` writes (config.json, safetensors
 shards, generation config), plus ``depgraph_ext.json``: the model's class, and what its config
-cannot express, found by building the same class from the saved config on the meta device
-and comparing: every tensor whose shape differs, and every module attribute whose value differs
-(a head dim derived from hidden / heads, a scaling factor, a per-stage width), and the
-attention implementation a sub-model was built with where loading would choose another (eager
-and sdpa differ in the last bits). Non-persistent
-buffers (rotary frequencies ...) are saved as they are, in ``depgraph_ext_buffers.safetensors``.
-When nothing differs the directory is *plain*: ``AutoModel*.from_pretrained`` rebuilds it.
+cannot express, found by building the same class from the saved config (parameters on the
+meta device, buffers real) and comparing: every tensor whose shape differs, every module
+attribute whose value differs (a head dim derived from hidden / heads, a scaling factor, a
+per-stage width), and the attention implementation a sub-model was built with where loading
+would choose another (eager and sdpa differ in the last bits). Non-persistent buffers (rotary
+frequencies ...) are saved as they are, in ``depgraph_ext_buffers.safetensors``. When nothing
+differs, computed buffers included (Gemma's embedding scale follows the hidden size), the
+directory is *plain*: ``AutoModel*.from_pretrained`` rebuilds it.
 
 Loading builds the class from the config on the meta device, sets the recorded attributes and
 shapes, allocates the tensors on the device and loads the weights into them; anything that does
@@ -22,7 +23,6 @@ another model) is refused with a ``CheckpointError`` naming it.
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import json
 import re
@@ -118,17 +118,20 @@ def _parameters_on_meta():
         nn.Module.register_parameter = register
 
 
-def computed_buffers_differ(model: nn.Module) -> list[str] | None:
-    """The non-persistent buffers (which loading computes from the config, not reads) whose
-    values a model built from ``model``'s config would not share; None when that model cannot
-    be built with real buffers (so nothing can be promised)."""
+def _build_to_compare(cls, config) -> tuple[nn.Module, bool]:
+    """``cls`` built from ``config`` with its parameters on the meta device and its buffers
+    real, so that values a constructor computes can be compared (True); where that build
+    fails, wholly on meta (False)."""
     try:
         with _quiet(), _parameters_on_meta(), no_torch_init():
-            cls = type(model)
-            config = copy.deepcopy(model.config)
-            fresh = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
-    except Exception:
-        return None
+            return (cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)), True
+    except Exception:  # noqa: BLE001  (the meta build says why, if it fails too)
+        return _build_on_meta(cls, config), False
+
+
+def computed_buffers_differ(model: nn.Module, fresh: nn.Module) -> list[str]:
+    """The non-persistent buffers (which loading computes from the config, not reads) whose
+    values ``fresh``, built from the config with real buffers, does not share."""
     theirs = dict(fresh.named_buffers(remove_duplicate=False))
     differ = []
     for name, mine in model.named_buffers(remove_duplicate=False):
@@ -169,14 +172,15 @@ def attention_of(module: nn.Module) -> str | None:
     return getattr(config, "_attn_implementation", None) if config is not None else None
 
 
-def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict], dict[str, str]]:
-    """(tensor shapes, module attributes, attention implementations) of ``model`` that a model
-    built from its own config would not have: what the config cannot express. (The attention
-    implementation of a sub-model is chosen when it is built and not saved with the config;
-    eager and sdpa attention differ in the last bits.)"""
+def differences(model: nn.Module):
+    """(tensor shapes, module attributes, attention implementations, computed buffers) of
+    ``model`` that a model built from its own config would not have: what the config cannot
+    express. (The attention implementation of a sub-model is chosen when it is built and not
+    saved with the config; eager and sdpa attention differ in the last bits. Computed buffers:
+    the non-persistent ones whose values differ, None where they could not be built.)"""
     with _quiet():  # the config as loading reads it back (no sub-model's attention choice)
         config = type(model.config).from_dict(model.config.to_dict())
-    fresh = _build_on_meta(type(model), config)
+    fresh, buffers_real = _build_to_compare(type(model), config)
     mine, theirs = _tensors(model), _tensors(fresh)
     if mine.keys() != theirs.keys():
         missing = sorted(mine.keys() ^ theirs.keys())
@@ -208,7 +212,8 @@ def differences(model: nn.Module) -> tuple[dict[str, list[int]], list[dict], dic
                 continue
             if _plain_value(getattr(other, attr)) != plain:
                 attributes.append({"module": name, "attr": attr, **plain})
-    return tensors, attributes, attention
+    computed = computed_buffers_differ(model, fresh) if buffers_real else None
+    return tensors, attributes, attention, computed
 
 
 def plain_meta(model: nn.Module) -> dict:
@@ -249,14 +254,13 @@ def save_pretrained(model: nn.Module, directory, **kwargs) -> SavedModel:
             f"the model's config does not pass its own validation ({exc.__cause__ or exc}); "
             "transformers would refuse to save or load it"
         ) from exc
-    tensors, attributes, attention = differences(model)
+    tensors, attributes, attention, computed = differences(model)
     # Tensors transformers leaves out of its files (sinusoidal position tables it recomputes
     # from the config on loading) hold what pruning kept: they are saved with the buffers,
     # and only this package's loader puts them back.
     unsaved = _unsaved_tensors(model)
-    plain = not tensors and not attributes and not unsaved and not attention
-    if plain:  # and the buffers loading computes come out as the model has them
-        plain = computed_buffers_differ(model) == []
+    # plain: and the buffers loading computes come out as the model has them
+    plain = not tensors and not attributes and not unsaved and not attention and computed == []
     directory = Path(directory)
     buffers = {
         n: b
