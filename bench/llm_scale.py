@@ -167,8 +167,8 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if meta:  # no weights: the graph, then the plan for equal scores, validated
-            from depgraph_ext.prune.select import select_local
-            from depgraph_ext.prune.validate import plan_until_valid
+            from depgraph_ext.pruning.select import select_local
+            from depgraph_ext.pruning.validate import plan_until_valid
 
             t = time.perf_counter()
             dg = dx.DependencyGraph(model, inputs, backend=backend, progress=False)

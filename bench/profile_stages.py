@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import depgraph_ext as dx
 import depgraph_ext.counting as counting
 from depgraph_ext.graph.dependency import DependencyGraph
-from depgraph_ext.prune import importance, pruner, validate
+from depgraph_ext.pruning import importance, pruner, validate
 from llm_scale import SMALL_IDS as IDS
 from llm_scale import small_llama
 

@@ -3,7 +3,7 @@
     import depgraph_ext as dx
     result = dx.prune(model, example_inputs, ratio=0.5)   # model is pruned in place
 
-The pipeline, one way: graph/ (trace, rules, resolve: the DependencyGraph) -> prune/
+The pipeline, one way: graph/ (trace, rules, resolve: the DependencyGraph) -> pruning/
 (importance, select, plan, validate, apply) -> io/ (plans, checkpoints); api.py and cli.py are
 the facades. See docs/architecture.md.
 """
@@ -37,8 +37,8 @@ from .graph.rules import RuleContext, register_rule, unregister_rule
 from .io.checkpoint import CheckpointResult, prune_checkpoint
 from .io.plans import apply_plan
 from .io.pretrained import SavedModel, from_pretrained, save_pretrained
-from .prune.attributes import PlannedModule, register_attributes
-from .prune.importance import (
+from .pruning.attributes import PlannedModule, register_attributes
+from .pruning.importance import (
     BNScaleImportance,
     FisherImportance,
     GroupImportance,
@@ -49,9 +49,9 @@ from .prune.importance import (
     TaylorImportance,
     collect_fisher,
 )
-from .prune.options import PruneOptions
-from .prune.pruner import Pruner
-from .prune.routing import RoutingImportance, collect_routing
+from .pruning.options import PruneOptions
+from .pruning.pruner import Pruner
+from .pruning.routing import RoutingImportance, collect_routing
 from .result import PruneResult
 from .sparsity import GroupSparsity
 

@@ -7,8 +7,8 @@ import inspect
 import torch
 
 from .graph.dependency import DependencyGraph, Group
-from .prune.options import PruneOptions, with_options_signature
-from .prune.pruner import Pruner, prune_units
+from .pruning.options import PruneOptions, with_options_signature
+from .pruning.pruner import Pruner, prune_units
 from .result import PruneResult
 
 
@@ -20,7 +20,7 @@ def prune(
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs.
     ``ratio``: the fraction of each group's prunable units removed (default 0.5). The other
     options (``ratios``, ``target_params``, ``importance``, ``ignore``, ...) are the fields of
-    :class:`~depgraph_ext.prune.options.PruneOptions`, described there.
+    :class:`~depgraph_ext.pruning.options.PruneOptions`, described there.
 
     Nothing about the model (or the optimizer) changes when an error is raised.
     """

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .prune.attributes import AttributeUpdate
-from .prune.configs import ConfigUpdate
-from .prune.plan import TensorPlan
+from .pruning.attributes import AttributeUpdate
+from .pruning.configs import ConfigUpdate
+from .pruning.plan import TensorPlan
 
 
 @dataclass
@@ -117,7 +117,7 @@ class PruneResult:
         exact groups (function-changing ones changed the outputs on purpose); costs a copy of
         the model at its original size and two forward passes."""
         from .errors import InvalidArgumentError, VerificationError
-        from .prune.verify import scatter_back_difference
+        from .pruning.verify import scatter_back_difference
 
         model = self.model_ref() if self.model_ref is not None else None
         if model is None:

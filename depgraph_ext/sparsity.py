@@ -15,7 +15,8 @@ import torch
 from . import ops
 from .errors import InvalidArgumentError, PruningError
 from .graph.dependency import DependencyGraph
-from .prune.importance import scored_slices, unit_scores
+from .pruning.criteria import unit_scores
+from .pruning.importance import scored_slices
 
 _EPS = 1e-12  # inside the square root: a unit at exactly zero has a finite gradient
 

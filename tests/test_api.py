@@ -87,10 +87,54 @@ def test_the_options_are_in_the_signatures():
     assert "global_pruning" in dx.prune.__doc__ and "require_loadable" in dx.prune.__doc__
 
 
+def test_every_module_imports_by_its_dotted_name_and_none_import_each_other():
+    """``import depgraph_ext.pruning.importance as x`` works (no sub-package is shadowed by a
+    function of the facade), and the modules' imports, module-level or inside functions, form
+    no cycle (package facades aside)."""
+    import ast
+    import importlib
+    import pathlib
+
+    root = pathlib.Path(dx.__file__).parent
+    files = {}
+    for f in root.rglob("*.py"):
+        parts = ["depgraph_ext", *f.relative_to(root).with_suffix("").parts]
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    imports = {}
+    for name, f in files.items():
+        module = importlib.import_module(name)
+        reached = dx  # what ``import depgraph_ext.a.b as x`` binds: attributes, one by one
+        for part in name.split(".")[1:]:
+            reached = getattr(reached, part)
+        assert reached is module, f"depgraph_ext's attributes do not lead to {name}"
+        package = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets |= {base} | {f"{base}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        imports[name] = {t for t in targets if t in files and files[t].name != "__init__.py"}
+    modules = [n for n, f in files.items() if f.name != "__init__.py"]
+
+    def reaches(start, goal, seen):
+        for t in imports[start]:
+            if t == goal or (t not in seen and (seen.add(t) or reaches(t, goal, seen))):
+                return True
+        return False
+
+    cyclic = [n for n in modules if reaches(n, n, set())]
+    assert not cyclic, f"import cycles through {cyclic}"
+
+
 def test_validation_failure_leaves_model_untouched(monkeypatch):
     model = small_net()
     before = state_of(model)
-    from depgraph_ext.prune import validate
+    from depgraph_ext.pruning import validate
 
     def refuse(*a, **k):
         raise dx.PlanValidationError("injected")

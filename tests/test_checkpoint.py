@@ -234,7 +234,7 @@ def test_python_backend_gives_the_same_checkpoint(checkpoints, tmp_path):
 def test_streamed_scores_are_prune_scores_bit_for_bit(checkpoints):
     """The per-index sums from the mapped shards, assembled in prune's order, are exactly the
     unit scores of the fused kernel on the model in memory."""
-    from depgraph_ext.prune.importance import MagnitudeImportance
+    from depgraph_ext.pruning.importance import MagnitudeImportance
 
     for name in MODELS:
         model = build(name)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from depgraph_ext.prune.importance import fisher_statistics, normalize
+from depgraph_ext.pruning.importance import fisher_statistics, normalize
 from helpers import BACKENDS
 
 

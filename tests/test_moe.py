@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from depgraph_ext.prune.routing import routing_statistics
+from depgraph_ext.pruning.routing import routing_statistics
 from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
 from nets import FusedExperts, LoopedExperts
 

@@ -77,7 +77,7 @@ def test_real_trace_over_budget_falls_back_to_fake(monkeypatch):
 
 
 def test_in_place_slicing_gives_the_freed_tail_back():
-    from depgraph_ext.prune.apply import apply_in_place
+    from depgraph_ext.pruning.apply import apply_in_place
 
     def rss() -> int:
         with open("/proc/self/statm") as f:

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import depgraph_ext as dx
-from depgraph_ext.prune.importance import unit_scores
-from depgraph_ext.prune.select import Selection, select
+from depgraph_ext.pruning.criteria import unit_scores
+from depgraph_ext.pruning.select import Selection, select
 from helpers import BACKENDS, assert_same_state, prune_and_check, state_of
 
 
@@ -181,7 +181,7 @@ def test_pruner_object_steps_with_training_in_between():
 
 
 def test_a_failing_later_step_rolls_back_every_step(monkeypatch):
-    from depgraph_ext.prune import validate
+    from depgraph_ext.pruning import validate
 
     m = make_chain()
     before = state_of(m)
@@ -377,7 +377,7 @@ def test_scoring_only_leaves_other_groups_unscored_and_the_rest_unchanged(backen
 
 def captured_members(monkeypatch):
     """(parameter name, dim) of every slice the scorers read, recorded from scored_slices."""
-    from depgraph_ext.prune import importance
+    from depgraph_ext.pruning import importance
 
     seen: list[tuple[str, int]] = []
     original = importance.scored_slices
@@ -440,8 +440,8 @@ def test_planned_costs_match_the_counts_of_the_pruned_model_with_tied_weights():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from depgraph_ext.counting import PlannedCosts
-    from depgraph_ext.prune.pruner import apply_step
-    from depgraph_ext.prune.validate import checked_plan
+    from depgraph_ext.pruning.pruner import apply_step
+    from depgraph_ext.pruning.validate import checked_plan
 
     cfg = LlamaConfig(
         hidden_size=64,

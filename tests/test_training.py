@@ -72,7 +72,7 @@ def test_state_that_cannot_be_sliced_is_refused_before_any_change():
 
 
 def test_a_failure_while_slicing_leaves_the_optimizer_as_it_was(monkeypatch):
-    from depgraph_ext.prune import apply
+    from depgraph_ext.pruning import apply
 
     model = make_net().train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

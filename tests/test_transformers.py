@@ -443,7 +443,7 @@ def test_config_check_reads_the_state_dicts_entries():
     buffer such as rotary's inv_freq, a BatchNorm's counter)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from depgraph_ext.prune.configs import state_shapes
+    from depgraph_ext.pruning.configs import state_shapes
 
     cfg = LlamaConfig(
         hidden_size=32,

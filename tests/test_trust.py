@@ -174,13 +174,13 @@ STAGES = [
     ("depgraph_ext.graph.dependency", "trace"),
     ("depgraph_ext.graph.dependency", "build_couplings"),
     ("depgraph_ext.graph.dependency", "resolve"),
-    ("depgraph_ext.prune.pruner", "unit_scores"),
-    ("depgraph_ext.prune.select", "select"),
-    ("depgraph_ext.prune.plan", "attribute_updates"),
-    ("depgraph_ext.prune.validate", "validate_plan"),
-    ("depgraph_ext.prune.plan", "config_updates"),
+    ("depgraph_ext.pruning.pruner", "unit_scores"),
+    ("depgraph_ext.pruning.select", "select"),
+    ("depgraph_ext.pruning.plan", "attribute_updates"),
+    ("depgraph_ext.pruning.validate", "validate_plan"),
+    ("depgraph_ext.pruning.plan", "config_updates"),
     ("depgraph_ext.ops", "gather_slices"),  # native slicing
-    ("depgraph_ext.prune.apply", "gather"),  # python slicing
+    ("depgraph_ext.pruning.apply", "gather"),  # python slicing
 ]
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgumentError, PruningError
-from ..prune.apply import apply_changes
-from ..prune.attributes import AttributeUpdate
-from ..prune.configs import ConfigUpdate, apply_config_updates
+from ..pruning.apply import apply_changes
+from ..pruning.attributes import AttributeUpdate
+from ..pruning.configs import ConfigUpdate, apply_config_updates
 
 FORMAT = "depgraph_ext.plan/1"
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InvalidArgumentError
-from ..prune.configs import config_of, no_torch_init
+from ..pruning.configs import config_of, no_torch_init
 from .layout import conversions_of, renamed, stacked_parameters
 
 FORMAT = "depgraph_ext.pretrained/1"

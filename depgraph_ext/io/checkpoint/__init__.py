@@ -38,9 +38,9 @@ from ...errors import DiskFullError, InvalidArgumentError, NoPrunableGroupsError
 from ...graph.dependency import KINDS, DependencyGraph
 from ...graph.resolve import select_backend
 from ...progress import Progress
-from ...prune.configs import ConfigUpdate, round_to_config
-from ...prune.plan import TensorPlan
-from ...prune.select import (
+from ...pruning.configs import ConfigUpdate, round_to_config
+from ...pruning.plan import TensorPlan
+from ...pruning.select import (
     Selection,
     check_ratio,
     check_ratios,
@@ -49,7 +49,7 @@ from ...prune.select import (
     shrinkable_groups,
     units_by_kind,
 )
-from ...prune.validate import plan_until_valid
+from ...pruning.validate import plan_until_valid
 from ..safetensors_io import sync_file
 from .distributed import Ranks, assign_shards, collective
 from .scores import KeyMap, ShardScores, scored_dims, unit_scores_from_sums

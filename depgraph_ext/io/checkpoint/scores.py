@@ -13,7 +13,7 @@ from ... import ops
 from ...errors import CheckpointError, NonFiniteWeightsError
 from ...graph.dependency import DependencyGraph
 from ...progress import Progress
-from ...prune.importance import scored_slices
+from ...pruning.importance import scored_slices
 from ..layout import StackedParameter, conversions_of, renamed, stacked_parameters
 from ..safetensors_io import MappedFile
 from .distributed import Ranks, collective

@@ -16,9 +16,9 @@ import torch
 
 from ...errors import CheckpointWriteError, DiskFullError, InvalidArgumentError, OutputExistsError
 from ...progress import Progress
-from ...prune.apply import gather
-from ...prune.configs import ConfigUpdate
-from ...prune.plan import TensorPlan
+from ...pruning.apply import gather
+from ...pruning.configs import ConfigUpdate
+from ...pruning.plan import TensorPlan
 from .. import pretrained, safetensors_io
 from ..safetensors_io import MappedFile, copy_bytes, fsync, output_layout, write_tensor
 from .scores import KeyMap, read_ahead

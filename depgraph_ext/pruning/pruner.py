@@ -1,7 +1,8 @@
 """The pruning loop: score, select (local or global, to a ratio or to a parameter/MACs target),
 plan and validate, apply; once or in N steps with scores recomputed between them
 (:class:`Pruner`). Each step hands the next stage a typed object: a dependency graph, scores,
-a keep mask, a :class:`~depgraph_ext.prune.plan.Plan`, a :class:`~depgraph_ext.result.PruneResult`.
+a keep mask, a :class:`~depgraph_ext.pruning.plan.Plan`, a
+:class:`~depgraph_ext.result.PruneResult`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from ..result import PruneResult, compose_results
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
 from .configs import apply_config_updates, config_of, round_to_config
-from .importance import fisher_entry, get_importance, unit_scores
+from .criteria import get_importance, unit_scores
+from .importance import fisher_entry
 from .options import PruneOptions, with_options_signature
 from .plan import Plan
 from .select import (
