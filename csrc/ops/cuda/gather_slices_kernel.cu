@@ -113,8 +113,10 @@ std::vector<at::Tensor> gather(at::TensorList tensors, at::IntArrayRef dims, at:
         {src.const_data_ptr(), result.data_ptr(), starts[i], a.n, k, inner, words[slot]});
     words[slot] += a.outer * k * inner;
   }
-  const int64_t* kept_ptr = kept_on_device.numel() ? kept_on_device.const_data_ptr<int64_t>()
-                                                   : nullptr;
+  // upload() returns raw bytes: the indices are read through a pointer of their own type.
+  const int64_t* kept_ptr =
+      kept_on_device.numel() ? static_cast<const int64_t*>(kept_on_device.const_data_ptr())
+                             : nullptr;
   launch<uint8_t>(by_size[0], kept_ptr, words[0], device);
   launch<uint16_t>(by_size[1], kept_ptr, words[1], device);
   launch<uint32_t>(by_size[2], kept_ptr, words[2], device);

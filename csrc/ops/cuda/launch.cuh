@@ -26,7 +26,8 @@ inline int multiprocessors(const at::Device& device) {
   return count;
 }
 
-// `bytes` bytes of host data as a device tensor, copied from pinned memory without blocking
+// `bytes` bytes of host data as a device byte tensor (read it through `const_data_ptr()` cast
+// to the data's own type, never `const_data_ptr<T>()`, which checks the dtype), copied from pinned memory without blocking
 // the host (the caching host allocator keeps the pinned buffer until the copy has run).
 inline at::Tensor upload(const void* data, size_t bytes, const at::Device& device) {
   at::Tensor host = at::empty({static_cast<int64_t>(bytes)},
