@@ -3,7 +3,8 @@
 #   make test   run the whole test suite: the C++ core tests (CTest, plain and under ASan/UBSan)
 #               and pytest; `make test TORCH=torch==2.14.1` runs it against another torch
 # Also: make wheel-check (a wheel in a fresh venv imports and prunes), make lint, make bench
-# (pytest-benchmark suites, see bench/README.md), make digits (docs/digits.md), make clean.
+# (pytest-benchmark suites, see bench/README.md), make gpu-check (on a machine with an NVIDIA
+# GPU, with the python and torch found there), make digits (docs/digits.md), make clean.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 # One venv per torch: .venv for the default one, .venv-<version> for any other.
@@ -20,7 +21,7 @@ BUILT := build/.built-for-$(notdir $(VENV))
 NATIVE_SOURCES := $(wildcard csrc/core/*.cpp csrc/core/*.hpp csrc/ops/*.cpp csrc/ops/*.h \
 	csrc/ops/cpu/*.cpp csrc/ops/cuda/*.cu csrc/ops/cuda/*.cuh) setup.py pyproject.toml
 
-.PHONY: setup demo test test-core test-python wheel-check lint bench digits clean
+.PHONY: setup demo test test-core test-python wheel-check lint bench gpu-check digits clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,12 @@ lint: $(VENV)/.deps
 
 bench: setup
 	$(PY) -m pytest bench -q --benchmark-columns=min,median,rounds --benchmark-sort=name
+
+# Builds the CUDA kernels for the GPU present only, runs every CUDA test and prints the table
+# of kernels and whole prunes (bench/gpu_check.py). No venv: a GPU machine brings its own torch.
+# Without a GPU it says so and exits.
+gpu-check:
+	$(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 digits: setup
 	$(PY) examples/digits.py

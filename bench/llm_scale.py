@@ -40,6 +40,14 @@ SHAPES = {
         num_attention_heads=32,
         num_key_value_heads=32,
     ),
+    "llama-2-13b": dict(
+        vocab_size=32000,
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=40,
+        num_attention_heads=40,
+        num_key_value_heads=40,
+    ),
     "llama-3-8b": dict(
         vocab_size=128256,
         hidden_size=4096,
@@ -118,8 +126,8 @@ SMALL_IDS = {
 }
 
 
-def build(shape: str):
-    """The model with random weights (on meta for ``*-meta``), in eval mode."""
+def build(shape: str, device="cpu"):
+    """The model with random weights on ``device`` (on meta for ``*-meta``), in eval mode."""
     import transformers as T
 
     config, dtype = config_of(shape)
@@ -130,9 +138,9 @@ def build(shape: str):
         model = (model_class or T.LlamaForCausalLM)(config).to(dtype).eval()
     if shape.endswith("-meta"):
         return model
-    model.to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    block = torch.randn(BLOCK, generator=gen).to(dtype)
+    model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    block = torch.randn(BLOCK, generator=gen, device=device).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             flat = p.view(-1)
@@ -140,7 +148,7 @@ def build(shape: str):
                 stop = min(flat.numel(), start + BLOCK)
                 flat[start:stop].copy_(block[: stop - start])
         rotary = model.model.rotary_emb  # its buffers were never computed on meta
-        model.model.rotary_emb = type(rotary)(config=config).eval()
+        model.model.rotary_emb = type(rotary)(config=config).to(device).eval()
     return model
 
 

@@ -22,18 +22,18 @@ pytestmark = pytest.mark.skipif(not ops.available(), reason="op library not buil
 LAYERS, HIDDEN, MLP, HEADS = 4, 4096, 11008, 32
 
 
-def llama_weights(seed: int = 0):
+def llama_weights(seed: int = 0, layers: int = LAYERS, device="cpu"):
     """(tensors, dims, unit maps, units, kept) as the pipeline would score and slice them:
     heads on q/k/v rows and o columns, MLP neurons on gate/up rows and down columns, the hidden
-    size on every other dim."""
-    g = torch.Generator().manual_seed(seed)
+    size on every other dim. Everything on ``device``."""
+    g = torch.Generator(device=device).manual_seed(seed)
     tensors, dims, maps, kept = [], [], [], []
     units = HIDDEN
-    hidden_map = torch.arange(HIDDEN)
-    for _ in range(LAYERS):
-        heads = torch.arange(HIDDEN) // (HIDDEN // HEADS) + units
+    hidden_map = torch.arange(HIDDEN, device=device)
+    for _ in range(layers):
+        heads = torch.arange(HIDDEN, device=device) // (HIDDEN // HEADS) + units
         units += HEADS
-        neurons = torch.arange(MLP) + units
+        neurons = torch.arange(MLP, device=device) + units
         units += MLP
         for shape, dim, unit_map in [((HIDDEN, HIDDEN), 0, heads)] * 3 + [
             ((HIDDEN, HIDDEN), 1, heads),
@@ -41,12 +41,12 @@ def llama_weights(seed: int = 0):
             ((MLP, HIDDEN), 0, neurons),
             ((HIDDEN, MLP), 1, neurons),
         ]:
-            w = torch.empty(shape, dtype=torch.bfloat16).normal_(generator=g)
+            w = torch.empty(shape, dtype=torch.bfloat16, device=device).normal_(generator=g)
             for d, m in ((dim, unit_map), (1 - dim, hidden_map)):
                 tensors.append(w)
                 dims.append(d)
                 maps.append(m)
-            kept.append(torch.arange(0, shape[0], 2))
+            kept.append(torch.arange(0, shape[0], 2, device=device))
     return tensors, dims, maps, units, kept
 
 

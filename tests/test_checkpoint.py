@@ -212,7 +212,7 @@ def test_meta_model_traces_as_on_the_cpu():
         warnings.simplefilter("ignore")
         meta_model = MODELS["llama"][0]()
     stand_in = dx.DependencyGraph(meta_model, {"input_ids": IDS})
-    plain = dx.DependencyGraph(meta_model, {"input_ids": IDS}, meta_stands_for="meta")
+    plain = dx.DependencyGraph(meta_model, {"input_ids": IDS}, trace_device="meta")
 
     def kv_heads(dg):
         sizes = dg.slot_sizes

@@ -283,6 +283,28 @@ def test_gather_and_compact_refuse_bad_indices(device, index_device):
         ops.gather_slices([t], [-3], [k(0)])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_ops_run_on_the_current_stream():
+    """Launched on a side stream, with indices and maps on the host and on the device: the
+    results are the CPU's once that stream is done."""
+    g = torch.Generator().manual_seed(0)
+    cpu = [torch.randn(64, 96, generator=g), torch.randn(8, 5, 7, generator=g).bfloat16()]
+    maps = [torch.arange(96) % 7, torch.arange(5) % 7]
+    kept = [torch.tensor([1, 5, 70, 95]), torch.tensor([0, 4])]
+    want_norm = ops.grouped_norm(cpu, [1, 1], maps, 7)
+    want_kept = ops.gather_slices(cpu, [1, 1], kept)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        on_gpu = [t.cuda() for t in cpu]
+        norm = ops.grouped_norm(on_gpu, [1, 1], [m.cuda() for m in maps], 7)
+        gathered = ops.gather_slices(on_gpu, [1, 1], kept)
+        compacted = ops.compact_([t.clone() for t in on_gpu], [1, 1], [k.cuda() for k in kept])
+    side.synchronize()
+    torch.testing.assert_close(norm.cpu(), want_norm, rtol=1e-6, atol=0)
+    for a, b, c in zip(gathered, compacted, want_kept):
+        assert torch.equal(a.cpu(), c) and torch.equal(b.cpu(), c)
+
+
 def test_build_info_names_what_was_compiled():
     info = ops.build_info()
     assert info.startswith("depgraph_ext ops: cpu")

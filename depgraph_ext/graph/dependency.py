@@ -137,8 +137,9 @@ class DependencyGraph:
     ``strict``: raise on an op without a rule instead of blocking its channels.
     ``backend``: ``"native"`` (C++ core, default when built) or ``"python"``.
     ``progress``: bars on long stages (None: when standard error is a terminal).
-    ``meta_stands_for``: the device a model wholly on the meta device is traced as (the CPU by
-    default, so its ops dispatch as they would there).
+    ``trace_device``: the device the model is traced as (the CPU), wherever its weights live:
+    ATen dispatches by device (cuDNN batch norm, fused attention kernels), and a model's groups
+    and plan are the same on every device. ``"meta"`` traces a meta model as it is.
 
     A built graph never changes: later stages read it, and learning that more slots are fixed
     (:meth:`with_blocked`) or scoring fewer units (:meth:`scoring_only`) yields a new graph.
@@ -155,13 +156,13 @@ class DependencyGraph:
         strict=False,
         backend: str | None = None,
         progress: bool | None = None,
-        meta_stands_for="cpu",
+        trace_device="cpu",
     ) -> None:
         self.model = model
         self.progress = as_progress(progress)
         self.example_inputs = example_inputs
         self.backend = select_backend(backend)
-        self.meta_stands_for = torch.device(meta_stands_for)
+        self.trace_device = torch.device(trace_device)
         self.meta_results = MetaResults()
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -172,7 +173,7 @@ class DependencyGraph:
                 example_inputs,
                 progress=self.progress,
                 walk=self.walk,
-                meta_stands_for=self.meta_stands_for,
+                trace_device=self.trace_device,
                 meta_results=self.meta_results,
             )
         # Fields of the model's config its forward reads (LayoutLMv3 divides its position bias
@@ -465,7 +466,7 @@ class DependencyGraph:
             shapes_only=True,
             allow_meta=self.graph.mode != "fake",
             walk=self.walk,
-            meta_stands_for=self.meta_stands_for,
+            trace_device=self.trace_device,
             meta_results=self.meta_results,
             progress=self.progress,
             stage=stage,

@@ -174,6 +174,11 @@ class _RecorderBase(_EagerMode):
         self.meta = False
         self.meta_results: MetaResults | None = None
         self._meta_of: dict[int, torch.Tensor] = {}
+        # Fake runs (a fake trace, a meta trace's device-sensitive calls): the device the
+        # trace runs as. Tensors the model's code makes or moves elsewhere (``x.cuda()``, a
+        # ``zeros(..., device="cuda")``, a constant kept on a GPU) are made there instead.
+        self.stand_in: torch.device | None = None
+        self._stand_in_of: dict[int, torch.Tensor] = {}
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -194,6 +199,8 @@ class _RecorderBase(_EagerMode):
                 args, kwargs = self._on_meta(func, args, kwargs)
                 out = self.meta_results.run(func, args, kwargs)
             else:
+                if self.stand_in is not None:
+                    args, kwargs = self._on_stand_in(func, args, kwargs)
                 out = func(*args, **kwargs)
         except Exception:
             module = self.module_stack[-1] if self.module_stack else ""
@@ -219,6 +226,34 @@ class _RecorderBase(_EagerMode):
         if _takes_device(func):
             kwargs = dict(kwargs, device=META)
         return args, kwargs
+
+    def _on_stand_in(self, func, args, kwargs):
+        """Arguments of a fake run with every tensor on the stand-in device, and a factory's or
+        a copy's device that one."""
+        if _takes_device(func):
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type != self.stand_in.type:
+                kwargs = dict(kwargs, device=self.stand_in)
+        if any(_foreign(a, self.stand_in) for a in args) or any(
+            _foreign(v, self.stand_in) for v in kwargs.values()
+        ):
+            args = tuple([self._stand_in_arg(a) for a in args])
+            kwargs = {k: self._stand_in_arg(v) for k, v in kwargs.items()}
+        return args, kwargs
+
+    def _stand_in_arg(self, x):
+        if isinstance(x, torch.Tensor):
+            if x.device.type == self.stand_in.type:
+                return x
+            s = self._stand_in_of.get(id(x))
+            if s is None:  # (the fake mode below the recorder makes it)
+                s = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=self.stand_in)
+                self._stand_in_of[id(x)] = s
+                self.alias(s, x)
+            return s
+        if type(x) is list or type(x) is tuple:
+            return type(x)([self._stand_in_arg(item) for item in x])
+        return x
 
     def _meta_arg(self, x):
         if isinstance(x, torch.Tensor):
@@ -384,6 +419,15 @@ class _OverBudget(Exception):
     recorder's ``aborted`` flag says what happened either way.)"""
 
 
+def _foreign(x, device: torch.device) -> bool:
+    """A tensor (or a list of them, one level) off ``device``."""
+    if isinstance(x, torch.Tensor):
+        return x.device.type != device.type
+    if type(x) is list or type(x) is tuple:
+        return any(isinstance(t, torch.Tensor) and t.device.type != device.type for t in x)
+    return False
+
+
 @functools.cache
 def _takes_device(func) -> bool:
     """Whether an op has a keyword-only ``device`` argument: a factory (zeros, arange, ...),
@@ -495,7 +539,7 @@ def trace(
     shapes_only: bool = False,
     allow_meta: bool = True,
     walk: ModelWalk | None = None,
-    meta_stands_for: torch.device = CPU,
+    trace_device: torch.device | str = CPU,
     meta_results: MetaResults | None = None,
     progress: Progress = OFF,
     stage: str = "trace",
@@ -506,24 +550,29 @@ def trace(
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
     traces the pruned shapes this way without touching any weight); ``shapes_only`` records a
     :class:`ShapeTrace` (what checking a plan needs) instead of a graph. ``walk``: the model's
-    :class:`ModelWalk`, when the caller has one. ``meta_stands_for``: the device a model wholly
-    on the meta device is traced as (the CPU: ops dispatch as they would there; ``"meta"``
-    traces it as it is). ``meta_results``: the memo of meta kernels' results to use (one per
-    dependency graph: its traces repeat the same ops). ``progress`` shows a bar named
-    ``stage`` over the model's module calls when the trace takes seconds.
+    :class:`ModelWalk`, when the caller has one. ``trace_device``: the device the forward runs
+    as (the CPU): tensors anywhere else (on a GPU, on meta) are stood in for by meta or fake
+    tensors that look like tensors of it, because ATen dispatches by device (cuDNN batch norm,
+    fused attention kernels, cuDNN recurrent layers) and the graph must not depend on where
+    the weights live; ``"meta"`` traces a meta model as it is. ``meta_results``: the memo of
+    meta kernels' results to use (one per dependency graph: its traces repeat the same ops).
+    ``progress`` shows a bar named ``stage`` over the model's module calls when the trace
+    takes seconds.
 
-    A small model with real weights (``REAL_TRACE_MAX_BYTES``) is traced on real tensors first,
-    within a time budget. A model on the CPU (or on meta, standing for the CPU) is traced next
-    on meta tensors standing in for CPU ones (``standin``; ``allow_meta=False`` skips this),
+    A small model with real weights (``REAL_TRACE_MAX_BYTES``) on the trace device is traced
+    on real tensors first, within a time budget. Traced as the CPU, a model is traced next on
+    meta tensors standing in for CPU ones (``standin``; ``allow_meta=False`` skips this),
     which records the ops a fake trace would at about half its cost; whatever fails there, on
-    fake tensors. A model whose shapes depend on data (masking edges of a graph, say) cannot
-    run on fake tensors; it is traced again on real ones: its own parameters, copies of its
-    buffers and inputs, zero-filled tensors for replaced shapes. ``real_decides``: a failure
-    of the real trace is final (the model was traced on real tensors before, so its kernels,
-    not the more lenient meta ones, say whether these shapes run).
+    fake tensors of the trace device. A model whose shapes depend on data (masking edges of a
+    graph, say) cannot run on fake tensors; it is traced again on real ones, where they are:
+    its own parameters, copies of its buffers and inputs, zero-filled tensors for replaced
+    shapes (on a GPU its ops are the GPU's: the device-specific ones have rules of their
+    own). ``real_decides``: a failure of the real trace is final (the model was traced on real
+    tensors before, so its kernels, not the more lenient meta ones, say whether these shapes
+    run).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
-    stand_in = torch.device(meta_stands_for)
+    stand_in = torch.device(trace_device)
     common = dict(
         shapes=shapes,
         shapes_only=shapes_only,
@@ -532,7 +581,9 @@ def trace(
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
     )
-    cheap = _real_is_cheap([*walk.params.values(), *walk.buffers.values()], example_inputs)
+    cheap = _real_is_cheap(
+        [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
+    )
     real_error: TraceError | None = None  # the model's own tensors failed: a real failure
     if cheap:
         try:
@@ -574,11 +625,12 @@ def trace(
     return trace_as(model, example_inputs, TraceMode.REAL, **common)
 
 
-def _real_is_cheap(tensors, example_inputs) -> bool:
-    """Real weights (no meta, no fake tensors) of at most ``REAL_TRACE_MAX_BYTES`` in all."""
+def _real_is_cheap(tensors, example_inputs, trace_device: torch.device) -> bool:
+    """Real weights (no meta, no fake tensors), all on the trace device, of at most
+    ``REAL_TRACE_MAX_BYTES`` in all."""
     total = 0
     for t in tensors:
-        if t.device.type == "meta" or isinstance(t, FakeTensor):
+        if t.device.type != trace_device.type or isinstance(t, FakeTensor):
             return False
         total += t.numel() * t.element_size()
     if total > REAL_TRACE_MAX_BYTES:
@@ -589,40 +641,35 @@ def _real_is_cheap(tensors, example_inputs) -> bool:
         else (example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])
     )
     return not any(
-        isinstance(t, torch.Tensor) and (t.device.type == "meta" or isinstance(t, FakeTensor))
+        isinstance(t, torch.Tensor)
+        and (t.device.type != trace_device.type or isinstance(t, FakeTensor))
         for t in leaves
     )
 
 
 def _meta_stands_in(walk: ModelWalk, example_inputs, stand_in: torch.device) -> bool:
-    """Every parameter and buffer on the CPU, or every one on meta standing for the CPU,
-    inputs on either, and no module with a fused path a meta trace would miss
-    (``standin.FUSED_PATH_MODULES``): a meta trace can stand in for a fake one."""
+    """Traced as the CPU, with no fake tensor among the model's or the inputs' and no module
+    with a fused path a meta trace would miss (``standin.FUSED_PATH_MODULES``): a meta trace
+    can stand in for a fake one, wherever the tensors live."""
     if stand_in.type != "cpu":
         return False
     if any(isinstance(m, FUSED_PATH_MODULES) for _, m in walk.modules):
         return False
     tensors = [*walk.params.values(), *walk.buffers.values()]
     inputs = [t for t in pytree.tree_leaves(example_inputs) if isinstance(t, torch.Tensor)]
-    if any(isinstance(t, FakeTensor) for t in tensors + inputs):
-        return False
-    devices = {t.device.type for t in tensors}
-    return devices in ({"cpu"}, {"meta"}, set()) and {t.device.type for t in inputs} <= {
-        "cpu",
-        "meta",
-    }
+    return not any(isinstance(t, FakeTensor) for t in tensors + inputs)
 
 
 class _Placeholders:
     """What one trace's forward runs on in place of the model's tensors and its inputs.
 
     REAL: parameters as they are (or, for replaced shapes in a budgeted trace, views of their
-    memory), buffers and inputs copied (the model's code may change them in place). META: meta
-    tensors of the same layout. FAKE: fake tensors of the same device, or, for a model wholly
-    on the meta device, of the device it stands for (on meta, ops dispatch differently:
-    attention decomposes into matmuls with an explicit repeat of the key/value heads, say, so
-    the graph and the plan would differ from those of the same model with real weights; a
-    model spread over devices, meta among them, keeps every tensor where it is)."""
+    memory), buffers and inputs copied (the model's code may change them in place), wherever
+    they are. META: meta tensors of the same layout. FAKE: fake tensors of the trace device
+    (``stand_in``), made from the tensors on it and standing in for the others: ops dispatch by
+    device (on meta, attention decomposes into matmuls with an explicit repeat of the
+    key/value heads; on a GPU, batch norm is cuDNN's), so the graph and the plan of a model
+    would otherwise depend on where its weights live."""
 
     def __init__(
         self, mode: TraceMode, shapes, fake_mode, stand_in: torch.device | None, budgeted: bool
@@ -631,7 +678,7 @@ class _Placeholders:
         self.stand_in, self.budgeted = stand_in, budgeted
 
     def _moved(self, t: torch.Tensor) -> bool:
-        return self.stand_in is not None and t.device.type == "meta"
+        return self.stand_in is not None and t.device.type != self.stand_in.type
 
     def _on_stand_in(self, t: torch.Tensor, shape=None) -> torch.Tensor:
         with self.fake_mode:
@@ -706,13 +753,13 @@ def trace_as(
     if mode is TraceMode.META:
         recorder.meta, recorder.meta_results = True, meta_results
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
-    tensors = list(params.values()) or list(buffers.values())
-    all_meta = bool(tensors) and all(t.device.type == "meta" for t in tensors)
+    if mode is not TraceMode.REAL:
+        recorder.stand_in = stand_in if mode is TraceMode.FAKE else CPU
     placeholders = _Placeholders(
         mode,
         shapes,
         fake_mode,
-        stand_in if all_meta and mode is TraceMode.FAKE else None,
+        stand_in if mode is TraceMode.FAKE else None,
         budgeted=mode is TraceMode.REAL and budget is not None,
     )
     # The trace makes many small objects and no garbage cycles: the collector only costs time.

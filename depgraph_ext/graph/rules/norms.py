@@ -29,6 +29,12 @@ register_many(
         "aten._native_batch_norm_legit_functional",
         "aten.batch_norm",
         "aten.instance_norm",
+        # what batch norm runs on a GPU (cuDNN, MIOpen), and the forms export decomposes to
+        "aten.cudnn_batch_norm",
+        "aten.miopen_batch_norm",
+        "aten._batch_norm_with_update",
+        "aten._batch_norm_with_update_functional",
+        "aten._batch_norm_no_update",
     ],
     channel_norm,
 )
@@ -36,14 +42,25 @@ register_many(
 
 def layer_norm(ctx: RuleContext, node: Node) -> None:
     """Normalised trailing dims couple the weight/bias; statistics keep the leading dims."""
+    _normalised_trailing(ctx, node, "LayerNorm statistics over the units")
+    for s in ctx.slots(node.inputs[0])[-len(arg(node, "normalized_shape")) :]:
+        ctx.tag(s, "hidden")
+
+
+def rms_norm(ctx: RuleContext, node: Node) -> None:
+    """RMSNorm fused (what ``F.rms_norm`` runs on a GPU; the CPU runs its decomposition, whose
+    mean over the normalised dims the reductions' rule sees): as LayerNorm, without a bias."""
+    _normalised_trailing(ctx, node, "RMSNorm statistics over the units")
+
+
+def _normalised_trailing(ctx: RuleContext, node: Node, what: str) -> None:
     x = node.inputs[0]
     normalized = list(arg(node, "normalized_shape"))
     sx = ctx.slots(x)
     lead = len(sx) - len(normalized)
     ctx.broadcast([x], [node.outputs[0]])
     for s in sx[lead:]:
-        ctx.tag(s, "hidden")
-        ctx.reduces(s, node, "LayerNorm statistics over the units")
+        ctx.reduces(s, node, what)
     for ref in (arg(node, "weight"), arg(node, "bias")):
         if isinstance(ref, Ref):
             sv = ctx.slots(ref)
@@ -57,6 +74,7 @@ def layer_norm(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.native_layer_norm", "aten.layer_norm"], layer_norm)
+register_many(["aten._fused_rms_norm"], rms_norm)
 
 
 def group_norm(ctx: RuleContext, node: Node) -> None:
