@@ -53,7 +53,8 @@ def graph(model, inputs, **kwargs) -> dx.DependencyGraph:
 
 # -- the GPU's ops, called directly -----------------------------------------------------------
 class ConvNormNet(nn.Module):
-    """conv -> batch norm (eval) -> relu -> conv; ``norm`` picks how batch norm runs."""
+    """conv -> batch norm (eval) -> relu -> conv; ``norm`` picks how the first conv and the
+    batch norm run."""
 
     def __init__(self, norm: str = "functional"):
         super().__init__()
@@ -63,10 +64,13 @@ class ConvNormNet(nn.Module):
         self.conv2 = nn.Conv2d(8, 4, 3)
 
     def forward(self, x):
-        h = self.conv1(x)
-        bn = self.bn
+        c, bn = self.conv1, self.bn
+        if self.norm == "mkldnn conv":  # the CPU's own convolution kernel, called by name
+            h = aten.mkldnn_convolution(x, c.weight, c.bias, [1, 1], [1, 1], [1, 1], 1)
+        else:
+            h = c(x)
         args = (h, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        if self.norm == "functional":
+        if self.norm in ("functional", "mkldnn conv"):
             h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1)
         elif self.norm == "cudnn":
             h = aten.cudnn_batch_norm(*args, False, 0.1, bn.eps)[0]
@@ -174,6 +178,12 @@ PAIRS = {  # name: (the CPU's model, the model calling the GPU's op, its op, inp
         "miopen_batch_norm",
         (2, 3, 6, 6),
     ),
+    "the CPU's mkldnn convolution": (
+        ConvNormNet,
+        lambda: ConvNormNet("mkldnn conv"),
+        "mkldnn_convolution",
+        (2, 3, 6, 6),
+    ),
     "batch norm, export's form": (
         ConvNormNet,
         lambda: ConvNormNet("no_update"),
@@ -238,7 +248,7 @@ PAIRS = {  # name: (the CPU's model, the model calling the GPU's op, its op, inp
 
 
 @pytest.mark.parametrize("name", list(PAIRS))
-def test_a_gpu_op_couples_what_its_cpu_counterpart_couples(name):
+def test_a_device_specific_op_couples_what_its_counterpart_couples(name):
     """The same groups (members, units, exactness, kind) from the GPU's op as from the
     functional the CPU runs; and something prunes."""
     make_cpu, make_gpu, op, shape = PAIRS[name]

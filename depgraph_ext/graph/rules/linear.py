@@ -47,7 +47,7 @@ def convolution(ctx: RuleContext, node: Node) -> None:
     is either a whole group or one channel index inside every group. Spatial output dims are fixed
     by the call and therefore blocked.
     """
-    x, w, bias = arg(node, "input"), arg(node, "weight"), arg(node, "bias")
+    x, w, bias = arg(node, "input", arg(node, "self")), arg(node, "weight"), arg(node, "bias")
     transposed = bool(arg(node, "transposed", False))
     groups = int(arg(node, "groups", 1))
     out = node.outputs[0]
