@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
+from .size_watch import CodeSaw, SizeWatch
 from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
 from .walk import ModelWalk
@@ -114,6 +115,9 @@ class OpGraph:
     module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     real: bool = False  # traced on real tensors (data-dependent shapes), not fake ones
     mode: str = "fake"  # a TraceMode: "real", "meta" or "fake"
+    # What the model's code read of sizes and values, and the ops of calls it passed integers
+    # to (size_watch.py): what a plan must leave alone to need no second trace.
+    code_saw: CodeSaw | None = None
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -292,6 +296,10 @@ class _Recorder(_RecorderBase):
         self.value_of[id(t)] = index
         self.keep_alive.append(t)
         return index
+
+    def value_index(self, t: torch.Tensor) -> int | None:
+        """The value ``t`` is, if the trace knows it."""
+        return self.value_of.get(id(t))
 
     def lookup(self, t: torch.Tensor) -> int:
         index = self.value_of.get(id(t))
@@ -753,6 +761,10 @@ def trace_as(
     if mode is TraceMode.META:
         recorder.meta, recorder.meta_results = True, meta_results
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
+    # (A model with a fused path a torch function mode would turn off is not watched: its
+    # plans are always traced again.)
+    fused = any(isinstance(m, FUSED_PATH_MODULES) for _, m in modules)
+    watch = SizeWatch(recorder) if not shapes_only and not fused else None
     if mode is not TraceMode.REAL:
         recorder.stand_in = stand_in if mode is TraceMode.FAKE else CPU
     placeholders = _Placeholders(
@@ -793,7 +805,7 @@ def trace_as(
                 progress.bar(stage, total=len(modules), unit="module") as ticks,
                 _module_scopes(modules, stack, recorder, ticks),
             ):
-                with fake_mode, recorder, stand_in_mode:
+                with fake_mode, recorder, stand_in_mode, watch or contextlib.nullcontext():
                     with _swapped_tensors(modules, fakes):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
@@ -817,6 +829,8 @@ def trace_as(
     for leaf in pytree.tree_leaves(out):
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
+    if watch is not None:
+        graph.code_saw = watch.saw
     return graph
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import time
 import warnings
 from collections.abc import Callable
 
 import numpy as np
+from torch import nn
 
 from ..errors import (
     FixedSizeWarning,
@@ -32,6 +34,30 @@ from .configs import (
 from .plan import Plan, propose_plan
 
 MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
+# Tests set this: a plan that needs no second trace (needs_trace) is traced all the same, and
+# an internal error is raised if it does not run.
+CHECK_SKIPPED_TRACES = os.environ.get("DEPGRAPH_CHECK_SKIPPED_TRACES") == "1"
+# Modules whose forward only passes the attributes a plan sets on to ops (where the trace saw
+# what it passed): convolutions, linear layers, batch/layer/group norms, embeddings, PReLU.
+_PASS_THROUGH_FORWARDS = frozenset(
+    cls.forward
+    for cls in (
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.Embedding,
+        nn.PReLU,
+    )
+)
 
 
 def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False) -> Plan:
@@ -54,7 +80,10 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
             plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
         )
         try:
-            validate_plan(dg, full)  # the model's code may read its config as it runs
+            if needs_trace(dg, full):
+                validate_plan(dg, full)  # the model's code may read its config as it runs
+            elif CHECK_SKIPPED_TRACES:
+                _check_needs_no_trace(dg, full)
         except PlanValidationError as exc:
             if not accepted:
                 raise
@@ -105,6 +134,46 @@ def plan_until_valid(
             timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
         return dg, plan
     raise PlanValidationError(f"no valid plan after {MAX_ROUNDS} rounds of validation")
+
+
+def needs_trace(dg: DependencyGraph, plan: Plan) -> bool:
+    """Whether the plan's shapes must be traced to be known to run: unless the model's code
+    neither read a size the plan prunes nor passed integers to an op whose tensors it prunes,
+    read no value, and the plan sets no config field and no attribute of a module whose
+    forward does more than pass it on, every op's pruned shape is the one the rules planned
+    (``graph/size_watch.py``)."""
+    saw = dg.graph.code_saw
+    if saw is None or saw.values_read or saw.unknown_reads or plan.config:
+        return True
+    if dg.graph.real and dg.dynamic_slots.any():
+        return True  # sizes the data decides
+    for update in plan.attributes:
+        if type(dg.model.get_submodule(update.module)).forward not in _PASS_THROUGH_FORWARDS:
+            return True
+    pruned = dg.slot_kept_sizes(plan.masks) != dg.slot_sizes
+    slots = dg.coupling_model.value_slots
+
+    def prunes(v: int) -> bool:
+        return any(pruned[s] for s in slots[v])
+
+    if any(prunes(v) for v in saw.size_reads):
+        return True
+    nodes = dg.graph.nodes
+    return any(
+        prunes(v)
+        for start, stop in saw.sized_ops
+        for n in nodes[start:stop]
+        for v in n.inputs + n.outputs
+    )
+
+
+def _check_needs_no_trace(dg: DependencyGraph, plan: Plan) -> None:
+    try:
+        validate_plan(dg, plan)
+    except PlanValidationError as exc:
+        raise AssertionError(
+            f"internal error: a plan judged to need no trace does not run: {exc}"
+        ) from exc
 
 
 def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
