@@ -79,3 +79,53 @@ def prune_and_check(
     if oracle:
         assert_scatter_back_equal(original, pruned, result.plan, inputs, rtol=rtol, atol=atol)
     return pruned, result
+
+
+def to_fake_device(model: torch.nn.Module, inputs, device: str = "cuda"):
+    """A copy of ``model`` whose parameters and buffers are fake tensors on ``device``, and the
+    inputs there too: a model "on a GPU" without one (a CUDA build of torch makes fake cuda
+    tensors anywhere). Parameters stay Parameters with their ``requires_grad``."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    model = copy.deepcopy(model)
+    moved: dict[int, torch.Tensor] = {}  # one tensor for every name it has (tied weights)
+    with fake:
+        for module in model.modules():
+            for key, p in module._parameters.items():
+                if p is not None and id(p) not in moved:
+                    on = fake.from_tensor(p.detach()).to(device)
+                    moved[id(p)] = torch.nn.Parameter(on, p.requires_grad)
+                if p is not None:
+                    module._parameters[key] = moved[id(p)]
+            for key, b in module._buffers.items():
+                if b is not None and id(b) not in moved:
+                    moved[id(b)] = fake.from_tensor(b).to(device)
+                if b is not None:
+                    module._buffers[key] = moved[id(b)]
+
+        def move(x):
+            return fake.from_tensor(x).to(device) if isinstance(x, torch.Tensor) else x
+
+        if isinstance(inputs, dict):
+            inputs = {k: move(v) for k, v in inputs.items()}
+        elif isinstance(inputs, (tuple, list)):
+            inputs = type(inputs)(move(v) for v in inputs)
+        else:
+            inputs = move(inputs)
+    return model, inputs
+
+
+def groups_of(dg: dx.DependencyGraph) -> list:
+    """Every group as its kind, sizes, exactness and members (tensor, dim, indices, units),
+    in a canonical order: what two graphs of one model must agree on."""
+    return sorted(
+        (
+            g.kind,
+            g.num_units,
+            g.num_prunable,
+            g.exact,
+            sorted((m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members),
+        )
+        for g in dg.groups
+    )

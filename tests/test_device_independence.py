@@ -18,31 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import depgraph_ext as dx
 from depgraph_ext.graph import trace as tr
+from helpers import groups_of, to_fake_device
 
 aten = torch.ops.aten
 CUDA_BUILD = torch.backends.cuda.is_built()
 needs_cuda_build = pytest.mark.skipif(
     not CUDA_BUILD, reason="fake cuda tensors need a CUDA build of torch"
 )
-
-
-def groups_of(dg: dx.DependencyGraph) -> list:
-    """Every group as its kind, sizes, exactness and members (tensor, dim, indices, units),
-    in a canonical order."""
-    return sorted(
-        (
-            g.kind,
-            g.num_units,
-            g.num_prunable,
-            g.exact,
-            sorted((m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members),
-        )
-        for g in dg.groups
-    )
 
 
 def graph(model, inputs, **kwargs) -> dx.DependencyGraph:
@@ -299,17 +284,9 @@ GPU_OPS = {f"aten.{op}" for _, _, op, _ in PAIRS.values()} | {"aten._fused_rms_n
 
 
 def on_fake_cuda(make_model, make_inputs):
-    """The model built with every parameter and buffer a fake ``cuda`` tensor (no GPU needed),
-    and its inputs there too."""
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake, torch.device("cuda"):
-        model = make_model().eval()
-        inputs = make_inputs("cuda")
-        if isinstance(inputs, dict):
-            inputs = {k: v.to("cuda") for k, v in inputs.items()}
-        else:
-            inputs = inputs.to("cuda")
-    return model, inputs
+    """The model built on the CPU (seeded), then put on fake ``cuda`` tensors with its inputs."""
+    torch.manual_seed(0)
+    return to_fake_device(make_model().eval(), make_inputs("cpu"), "cuda")
 
 
 @needs_cuda_build

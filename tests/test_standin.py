@@ -18,7 +18,7 @@ from torch import nn
 import depgraph_ext as dx
 from depgraph_ext.graph import trace as tr
 from depgraph_ext.graph.walk import ModelWalk
-from helpers import prune_and_check
+from helpers import groups_of, prune_and_check
 from nets import DenseNet, ResNeXt, randomize_norms
 
 T = pytest.importorskip("transformers")
@@ -296,18 +296,6 @@ def without_lifts(g: tr.OpGraph):
         (n.op, n.module, [g.values[v].shape for v in n.outputs])
         for n in g.nodes
         if n.op is not torch.ops.aten.lift_fresh.default
-    ]
-
-
-def groups_of(dg):
-    return [
-        (
-            g.kind,
-            g.num_units,
-            g.num_prunable,
-            sorted((m.name, m.dim, m.indices.tolist(), m.units.tolist()) for m in g.members),
-        )
-        for g in dg.groups
     ]
 
 

@@ -16,7 +16,9 @@ import torch
 
 import depgraph_ext as dx
 import zoo_transformers as zoo
+from depgraph_ext.graph import trace as tr
 from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
+from helpers import groups_of, to_fake_device
 
 pytest.importorskip("transformers")
 
@@ -123,3 +125,30 @@ def test_pruned_models_save_and_load_bit_for_bit(model_type, tmp_path):
         actual = seeded_outputs(model, z.inputs)
         assert len(actual) == len(expected)
         assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+
+
+# Its forward moves one of its modules (``.to(dtype)``), which fake parameters cannot take.
+MOVES_ITS_MODULES = {"nllb-moe"}
+
+
+@pytest.mark.skipif(not torch.backends.cuda.is_built(), reason="needs a CUDA build of torch")
+@pytest.mark.parametrize("model_type", ALL)
+def test_the_groups_on_a_gpu_are_the_groups_on_the_cpu(model_type, monkeypatch):
+    """The model on fake cuda tensors (traced as the CPU runs it) and on the CPU, both traced
+    on fake tensors (the trace modes are compared elsewhere): the same groups. (A model whose
+    shapes depend on data is traced on real tensors where they are: on a GPU, that needs one.)"""
+    if model_type in MOVES_ITS_MODULES:
+        pytest.skip("its forward moves a module, which fake parameters cannot take")
+    z = build(model_type)
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    monkeypatch.setattr(tr, "_meta_stands_in", lambda *args: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = dx.DependencyGraph(z.model, z.inputs)
+        if want.graph.mode == "real":
+            pytest.skip("its shapes depend on data: traced on the device itself")
+        on_gpu, inputs = to_fake_device(z.model, z.inputs, "cuda")
+        got = dx.DependencyGraph(on_gpu, inputs)
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+    assert (want.graph.mode, got.graph.mode) == ("fake", "fake")
+    assert groups_of(got) == groups_of(want)
