@@ -1,9 +1,10 @@
 """The scatter-back oracle: check that a pruned model computes what the plan says it should.
 
-Put zeros back where the plan removed slices (BatchNorm ``running_var`` gets 1 so removed
-channels normalise to exactly zero) into a copy of the *original* model. Wherever removed units
-contribute nothing (conv/BN channels, MLP neurons, attention heads), that original-shaped model
-must compute what the pruned model computes.
+Put zeros back where the plan removed slices into a copy of the *original* model (where zero
+would not remove a unit, what does: BatchNorm ``running_var`` gets 1 so removed channels
+normalise to exactly zero; a weight norm's direction gets 1 where its scale is zeroed).
+Wherever removed units contribute nothing (conv/BN channels, MLP neurons, attention heads),
+that original-shaped model must compute what the pruned model computes.
 """
 
 from __future__ import annotations
@@ -13,25 +14,25 @@ import copy
 import torch
 import torch.utils._pytree as pytree
 
+from .graph.computed import RemovedFills
 from .graph.trace import normalize_inputs
-
-_ONE_FILLED = ("running_var",)
 
 
 def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
-    """A copy of ``original`` with every slice the plan removes set to zero (variances to 1)."""
+    """A copy of ``original`` with every slice the plan removes set to zero (variances to 1;
+    a weight norm's direction to 1 along its norm dim)."""
     model = copy.deepcopy(original)
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    fills = RemovedFills(model)
     with torch.no_grad():
         for name, dims in plan.items():
             t = tensors[name]
-            fill = 1.0 if name.rsplit(".", 1)[-1] in _ONE_FILLED else 0.0
             for d, kept in dims.items():
                 removed = torch.ones(t.shape[d], dtype=torch.bool)
                 removed[kept] = False
                 index = [slice(None)] * t.dim()
                 index[d] = removed.to(t.device)
-                t[tuple(index)] = fill
+                t[tuple(index)] = fills.of(name, d)
     return model
 
 

@@ -19,8 +19,12 @@ def state_of(model: torch.nn.Module) -> dict:
         n: (id(t), t.detach().clone(), t.requires_grad)
         for n, t in list(model.named_parameters()) + list(model.named_buffers())
     }
-    attrs = {
-        n: {k: copy.copy(v) for k, v in vars(m).items() if not k.startswith("_")}
+    attrs = {  # (a tensor kept as a plain attribute, a hook's weight: by identity)
+        n: {
+            k: ("tensor", id(v)) if isinstance(v, torch.Tensor) else copy.copy(v)
+            for k, v in vars(m).items()
+            if not k.startswith("_")
+        }
         for n, m in model.named_modules()
     }
     hooks = {

@@ -15,6 +15,7 @@ import torch
 from ..errors import InvalidArgumentError, OpaqueOpWarning, PruningError, user_stacklevel
 from ..gcpause import paused_gc
 from ..progress import as_progress
+from .computed import computed_tensors
 from .coupling_model import OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
@@ -290,6 +291,12 @@ class DependencyGraph:
                         names |= param_leaves.get(int(leaf), set())
             op.blocked = sorted(names)
             warnings.warn(op.describe(), OpaqueOpWarning, stacklevel=user_stacklevel())
+
+    @functools.cached_property
+    def computed_tensors(self) -> dict[str, int]:
+        """Tensors the model computes as it runs (a parametrized weight, a hook's weight): name
+        -> traced value (see :mod:`depgraph_ext.graph.computed`)."""
+        return computed_tensors(self.graph, self.walk)
 
     @property
     def opaque_ops(self) -> list[OpaqueOp]:

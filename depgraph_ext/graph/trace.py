@@ -114,6 +114,9 @@ class OpGraph:
     module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     real: bool = False  # traced on real tensors (data-dependent shapes), not fake ones
     mode: str = "fake"  # a TraceMode: "real", "meta" or "fake"
+    # Tensors the forward stored as plain module attributes (a hook-computed weight):
+    # qualified name -> value index. The model gets its own tensors back after the trace.
+    attribute_tensors: dict[str, int] = field(default_factory=dict)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -488,12 +491,22 @@ def _eval_mode(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]
 
 
 @contextlib.contextmanager
-def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]], fakes: dict[int, torch.Tensor]):
+def _swapped_tensors(
+    modules: list[tuple[str, torch.nn.Module]], fakes: dict[int, torch.Tensor], computed=None
+):
     """Put fake tensors in place of the model's own, and put back exactly what was there.
 
-    (``torch.func.functional_call`` restores the wrong tensor when one module is registered
-    under two names, so the swap is done here, once per unique module.)"""
+    Tensors the forward stores as plain module attributes (the older ``weight_norm`` and
+    ``spectral_norm`` compute ``module.weight`` in a forward pre-hook) are put back too: the
+    trace's own tensors (meta, fake) must not stay in the model. ``computed``: a dict that
+    receives, by qualified name, each attribute the forward set to a tensor, before it is put
+    back. (``torch.func.functional_call`` restores the wrong tensor when one module is
+    registered under two names, so the swap is done here, once per unique module.)"""
     saved = []
+    attributes = [
+        (name, module, {k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+        for name, module in modules
+    ]
     try:
         for _, module in modules:
             for store in (module._parameters, module._buffers):
@@ -505,6 +518,16 @@ def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]], fakes: dict[int
     finally:
         for store, key, t in reversed(saved):
             store[key] = t
+        for name, module, before in attributes:
+            state = vars(module)
+            for key, value in list(state.items()):
+                if isinstance(value, torch.Tensor) and before.get(key) is not value:
+                    if computed is not None:
+                        computed[f"{name}.{key}" if name else key] = value
+                    if key in before:
+                        state[key] = before[key]
+                    else:
+                        del state[key]
 
 
 def _on_meta(tensors) -> bool:
@@ -784,6 +807,7 @@ def trace_as(
                 graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only
             )
             progress, stage = bar
+            set_attributes: dict[str, torch.Tensor] = {}
             if budget is not None:  # counted from the forward: preparing tensors is not the model's
                 recorder.deadline = time.perf_counter() + budget[0]
                 recorder.budget_per_op = budget[1]
@@ -794,7 +818,7 @@ def trace_as(
                 _module_scopes(modules, stack, recorder, ticks),
             ):
                 with fake_mode, recorder, stand_in_mode:
-                    with _swapped_tensors(modules, fakes):
+                    with _swapped_tensors(modules, fakes, set_attributes):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
@@ -814,6 +838,12 @@ def trace_as(
             _check_untouched(modules, params, buffers)
     if recorder.aborted:
         raise _OverBudget  # the model's code caught it and went on
+    if not shapes_only:
+        graph.attribute_tensors = {
+            name: recorder.value_of[id(t)]
+            for name, t in set_attributes.items()
+            if id(t) in recorder.value_of
+        }
     for leaf in pytree.tree_leaves(out):
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)

@@ -90,6 +90,7 @@ def attribute_updates(
     named = g.params | g.buffers
     planned = dg.planned_shapes(tensors)
     modules = dict(dg.walk.modules)
+    computed, slots = dg.computed_tensors, dg.coupling_model.value_slots
 
     def shape_of(module_name: str, tensor: str):
         full = f"{module_name}.{tensor}" if module_name else tensor
@@ -98,6 +99,8 @@ def attribute_updates(
             return planned[full]
         if full in named:
             return g.values[named[full]].shape
+        if full in computed:  # a parametrized or hook-computed weight: as it will be computed
+            return tuple(dg.slot_kept_size(s, masks) for s in slots[computed[full]])
         return None
 
     declared: dict[tuple[str, str], int] = {}
