@@ -115,6 +115,21 @@ class Group:
         )
 
 
+@dataclass(frozen=True)
+class FactorFamily:
+    """Groups (indices into a graph's ``groups``) whose units are factors of tensor dims.
+
+    ``products``: the groups each such dim is a product of (a dim made of one of them too).
+    ``members``: the order in which they take a ratio (see ``select``): a group that is the
+    only prunable factor of some dim first (a depthwise conv's channels are its groups; a
+    grouped conv's input channels per group are its width), then the others but the counts of
+    groups a module declares (a conv's ``groups``, a GroupNorm's ``num_groups``), those last;
+    most units first within each."""
+
+    members: tuple[int, ...]
+    products: tuple[tuple[int, ...], ...]
+
+
 @dataclass
 class TensorDim:
     """One dim of a parameter/buffer as a row-major product of leaf atoms."""
@@ -223,7 +238,7 @@ class DependencyGraph:
         """A new graph sharing this one's trace, with ``changes`` (and nothing cached)."""
         new = object.__new__(DependencyGraph)
         state = dict(self.__dict__)
-        for cached in ("groups", "output_layout", "dynamic_slots"):
+        for cached in ("groups", "output_layout", "dynamic_slots", "factor_families"):
             state.pop(cached, None)
         state.update(changes)
         new.__dict__.update(state)
@@ -345,6 +360,51 @@ class DependencyGraph:
                 )
             )
         return groups
+
+    @functools.cached_property
+    def factor_families(self) -> list[FactorFamily]:
+        """Groups whose units meet as factors of one tensor dim: a grouped conv's channels are
+        [groups, channels per group], a GroupNorm's [norm groups, channels per norm group],
+        each factor an atom of its own group (see :class:`FactorFamily`)."""
+        res = self.resolution
+        group_of = np.full(res.num_groups, -1, dtype=np.int64)
+        for i, group in enumerate(self.groups):
+            group_of[res.unit_groups[group.unit_ids[0]]] = i
+        parent = list(range(len(self.groups)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        products: set[tuple[int, ...]] = set()
+        for dims in self.tensor_dims.values():
+            for td in dims:
+                found = groups_of_leaves(res, td.leaves, group_of)
+                if found:
+                    products.add(tuple(found))
+                for other in found[1:]:
+                    parent[root(other)] = root(found[0])
+        linked = {i for p in products if len(p) > 1 for i in p}
+        if not linked:
+            return []
+        alone = {p[0] for p in products if len(p) == 1}
+        counts = set()
+        for _, attr, slot in self.coupling_model.attr_slots:
+            if attr in ("groups", "num_groups"):
+                counts.update(groups_of_leaves(res, res.leaves_of(slot), group_of))
+        families: dict[int, list[int]] = {}
+        for i in sorted(linked):
+            families.setdefault(root(i), []).append(i)
+        out = []
+        for members in families.values():
+            order = sorted(
+                members, key=lambda i: (i not in alone, i in counts, -self.groups[i].num_units, i)
+            )
+            mine = sorted(p for p in products if p[0] in members)
+            out.append(FactorFamily(tuple(order), tuple(mine)))
+        return out
 
     def _min_kept(self) -> dict[int, int]:
         """Resolution group -> the units ops need kept (a top-k's k over a one-leaf slot)."""
@@ -682,6 +742,17 @@ def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph, walk: ModelW
             ):
                 out.append(w)
     return out
+
+
+def groups_of_leaves(res: Resolution, leaves, group_of: np.ndarray) -> list[int]:
+    """The groups (indices into a graph's ``groups``, via ``group_of``) of the prunable units
+    of ``leaves`` (leaves of size 1 never lose their element), in order, each once."""
+    found: list[int] = []
+    for leaf in leaves:
+        if res.leaf_sizes[leaf] > 1 and res.leaf_unit_offsets[leaf] >= 0:
+            units = res.units_of_leaf(int(leaf))
+            found += np.unique(group_of[res.unit_groups[units]]).tolist()
+    return [i for i in dict.fromkeys(found) if i >= 0]
 
 
 def _list_members(

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph, Group
-from ..result import PruneResult, compose_results
+from ..result import PruneResult, compose_results, layer_of, layer_width
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
 from .configs import apply_config_updates, config_of, round_to_config
@@ -274,6 +274,9 @@ def apply_step(
     params = dg.walk.params  # the model's, each once, as named_parameters
     tensors = params | dg.walk.buffers
     shapes_before = {n: tuple(tensors[n].shape) for n in plan.tensors}
+    modules = dict(dg.walk.modules)
+    layers = {layer_of(n)[0] for n in plan.tensors} & modules.keys()
+    widths = {m: layer_width(modules[m]) for m in layers}
     companions = state_companions(model, plan.tensors, optimizer, tensors)
     native = dg.backend == "native"
     apply_changes(
@@ -315,6 +318,11 @@ def apply_step(
         buffers=frozenset(plan.tensors.keys() - params.keys()),
         function_changing=changing,
         model_ref=weakref.ref(model),
+        channels={
+            m: (before, layer_width(modules[m]))
+            for m, before in widths.items()
+            if before is not None
+        },
     )
 
 
