@@ -13,7 +13,10 @@ from .pruning.plan import TensorPlan
 
 @dataclass
 class PruneResult:
-    """What ``prune`` did. ``plan``: state_dict name -> {dim: kept indices (original coords)}."""
+    """What ``prune`` did. ``plan``: every ``state_dict()`` key whose tensor changed -> {dim:
+    kept indices (original coordinates)}, each name of a tied tensor included (``tied``: such
+    a name -> the name it is tied to); ``non_persistent``: the same for changed buffers
+    ``state_dict()`` leaves out."""
 
     plan: TensorPlan
     params_before: int
@@ -37,6 +40,14 @@ class PruneResult:
     rounded: list[str] = field(default_factory=list)
     # layer -> (its width before, after): output channels, features, normalised features ...
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tied: dict[str, str] = field(default_factory=dict)  # a planned name -> the one it is tied to
+    non_persistent: TensorPlan = field(default_factory=dict)  # buffers outside the state_dict
+
+    @property
+    def tensors(self) -> TensorPlan:
+        """Every changed tensor once (tied names left out), buffers outside the state_dict
+        included: what rebuilding the pruned model from the original takes."""
+        return {n: d for n, d in self.plan.items() if n not in self.tied} | self.non_persistent
 
     def save_plan(self, path):
         """Write the plan (kept indices, attribute and config changes) as JSON; replay it on a
@@ -50,7 +61,7 @@ class PruneResult:
         before and after), the units per group kind, parameters, MACs and the time per
         stage."""
         layers: dict[str, list[str]] = {}
-        for name in self.plan:  # one row per module, shown by its weight if it has one
+        for name in self.tensors:  # one row per module, shown by its weight if it has one
             module, tensor = layer_of(name)
             names = layers.setdefault(module, [])
             main = tensor in ("weight", "weight.original", "weight.original1", "weight_v")
@@ -203,15 +214,17 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
     if len(results) == 1:
         return results[0]
     plan: TensorPlan = {}
+    outside: TensorPlan = {}
     before: dict[str, tuple[int, ...]] = {}
     after: dict[str, tuple[int, ...]] = {}
     for r in results:
-        for name, dims in r.plan.items():
-            current = plan.setdefault(name, {})
-            for d, kept in dims.items():
-                current[d] = current[d][kept] if d in current else kept
-            before.setdefault(name, r.shapes_before[name])
-            after[name] = r.shapes_after[name]
+        for into, planned in ((plan, r.plan), (outside, r.non_persistent)):
+            for name, dims in planned.items():
+                current = into.setdefault(name, {})
+                for d, kept in dims.items():
+                    current[d] = current[d][kept] if d in current else kept
+                before.setdefault(name, r.shapes_before[name])
+                after[name] = r.shapes_after[name]
 
     def merged(updates, key):
         first: dict = {}
@@ -248,6 +261,8 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
         function_changing=[g for r in results for g in r.function_changing],
         rounded=[n for r in results for n in r.rounded],
         model_ref=results[-1].model_ref,
+        tied={alias: name for r in results for alias, name in r.tied.items()},
+        non_persistent=outside,
         channels={
             m: (next(r.channels[m][0] for r in results if m in r.channels), after)
             for m, (_, after) in {m: w for r in results for m, w in r.channels.items()}.items()

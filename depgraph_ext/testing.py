@@ -18,14 +18,28 @@ from .graph.computed import RemovedFills
 from .graph.trace import normalize_inputs
 
 
+def changed_tensors(plan) -> dict:
+    """What a plan changes, each tensor once: a ``PruneResult`` (its plan, tied names left out,
+    and the buffers outside the state_dict) or a mapping name -> {dim: kept indices}."""
+    tensors = getattr(plan, "tensors", None)
+    return dict(tensors if tensors is not None and hasattr(plan, "tied") else plan)
+
+
+def _named(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by every name they have (tied ones under each)."""
+    return dict(model.named_parameters(remove_duplicate=False)) | dict(
+        model.named_buffers(remove_duplicate=False)
+    )
+
+
 def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
     """A copy of ``original`` with every slice the plan removes set to zero (variances to 1;
     a weight norm's direction to 1 along its norm dim)."""
     model = copy.deepcopy(original)
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    tensors = _named(model)
     fills = RemovedFills(model)
     with torch.no_grad():
-        for name, dims in plan.items():
+        for name, dims in changed_tensors(plan).items():
             t = tensors[name]
             for d, kept in dims.items():
                 removed = torch.ones(t.shape[d], dtype=torch.bool)
@@ -62,7 +76,9 @@ def assert_scatter_back_equal(
 ) -> None:
     """Raise AssertionError unless the pruned model matches the scatter-back of the original.
 
-    ``original`` must be an unpruned copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
+    ``plan``: the ``PruneResult`` (or its ``plan``, a mapping name -> {dim: kept indices}; a
+    result also brings the buffers outside the state_dict). ``original`` must be an unpruned
+    copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
     the same training mode as ``pruned``. Use float64 models for tight tolerances. Both
     forwards draw random numbers from ``seed`` (None: from the current RNG state).
     """
@@ -77,10 +93,12 @@ def assert_scatter_back_equal(
 
 
 def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module, plan) -> None:
-    """Every pruned tensor equals the original's kept slices, bit for bit."""
-    before = dict(original.named_parameters()) | dict(original.named_buffers())
-    after = dict(pruned.named_parameters()) | dict(pruned.named_buffers())
-    for name, dims in plan.items():
+    """Every pruned tensor equals the original's kept slices, bit for bit (``plan``: a
+    ``PruneResult`` or a mapping name -> {dim: kept indices}; every name checked, tied ones
+    too)."""
+    before, after = _named(original), _named(pruned)
+    planned = dict(plan.plan) | plan.non_persistent if hasattr(plan, "tied") else plan
+    for name, dims in planned.items():
         expected = before[name].detach()
         for d, kept in sorted(dims.items()):
             expected = expected.index_select(d, kept)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..graph.dependency import DependencyGraph
+from ..graph.walk import ModelWalk
 from .attributes import AttributeUpdate, attribute_updates
 from .configs import ConfigUpdate, config_updates
 
@@ -60,3 +61,38 @@ def tensor_plan(
             kept = np.nonzero(combined.reshape(-1))[0]
             plan.setdefault(name, {})[td.dim] = torch.from_numpy(kept.astype(np.int64))
     return plan, masks
+
+
+@dataclass(frozen=True)
+class NamedPlan:
+    """A tensor plan as users find the tensors: ``tensors``, every ``state_dict()`` key whose
+    tensor changes (each name of a tied tensor, ``tied`` mapping each further name to the one
+    the plan was made under); ``outside``: the changed buffers ``state_dict()`` leaves out
+    (non-persistent ones), which the model needs all the same."""
+
+    tensors: TensorPlan
+    tied: dict[str, str]
+    outside: TensorPlan
+
+
+def named_plan(tensors: TensorPlan, walk: ModelWalk) -> NamedPlan:
+    """``tensors`` (canonical names) as the model's ``state_dict`` names them."""
+    modules = dict(walk.modules)
+
+    def in_state_dict(name: str) -> bool:
+        if name in walk.params or walk.aliases.get(name) in walk.params:
+            return True
+        module, _, key = name.rpartition(".")
+        m = modules.get(module)
+        return m is None or key not in m._non_persistent_buffers_set
+
+    out: TensorPlan = {}
+    outside: TensorPlan = {}
+    tied: dict[str, str] = {}
+    for name, dims in tensors.items():
+        (out if in_state_dict(name) else outside)[name] = dims
+    for alias, canonical in walk.aliases.items():
+        if canonical in tensors:
+            (out if in_state_dict(alias) else outside)[alias] = tensors[canonical]
+            tied[alias] = canonical
+    return NamedPlan(out, tied, outside)

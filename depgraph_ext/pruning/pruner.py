@@ -33,7 +33,7 @@ from .configs import apply_config_updates, config_of, round_to_config
 from .criteria import get_importance, unit_scores
 from .importance import fisher_entry
 from .options import PruneOptions, with_options_signature
-from .plan import Plan
+from .plan import Plan, named_plan
 from .select import (
     Selection,
     Targets,
@@ -273,7 +273,9 @@ def apply_step(
     t = time.perf_counter()
     params = dg.walk.params  # the model's, each once, as named_parameters
     tensors = params | dg.walk.buffers
-    shapes_before = {n: tuple(tensors[n].shape) for n in plan.tensors}
+    named = named_plan(plan.tensors, dg.walk)
+    users = {n: named.tied.get(n, n) for n in [*named.tensors, *named.outside]}
+    shapes_before = {n: tuple(tensors[c].shape) for n, c in users.items()}
     modules = dict(dg.walk.modules)
     layers = {layer_of(n)[0] for n in plan.tensors} & modules.keys()
     widths = {m: layer_width(modules[m]) for m in layers}
@@ -302,12 +304,12 @@ def apply_step(
             stacklevel=user_stacklevel(),
         )
     return PruneResult(
-        plan=plan.tensors,
+        plan=named.tensors,
         params_before=params_before,
         params_after=sum(p.numel() for p in params.values()),  # each once, as named_parameters
         timings=timings,
         shapes_before=shapes_before,
-        shapes_after={n: tuple(tensors[n].shape) for n in plan.tensors},
+        shapes_after={n: tuple(tensors[c].shape) for n, c in users.items()},
         attribute_updates=list(plan.attributes),
         config_updates=list(plan.config),
         num_groups=len(dg.groups),
@@ -315,7 +317,7 @@ def apply_step(
         macs_before=macs_before,
         macs_after=macs_after,
         units=units_by_kind(dg.groups, plan.keep),
-        buffers=frozenset(plan.tensors.keys() - params.keys()),
+        buffers=frozenset(n for n, c in users.items() if c not in params),
         function_changing=changing,
         model_ref=weakref.ref(model),
         channels={
@@ -323,6 +325,8 @@ def apply_step(
             for m, before in widths.items()
             if before is not None
         },
+        tied=named.tied,
+        non_persistent=named.outside,
     )
 
 

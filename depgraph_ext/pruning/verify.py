@@ -167,8 +167,9 @@ def _pruned(dg: DependencyGraph, plan: Plan):
 
 @contextlib.contextmanager
 def _zeroed(dg: DependencyGraph, plan: Plan):
-    """The original with the plan's removed slices zeroed (BatchNorm variances set to 1), for
-    the duration: the removed slices are saved first and written back on exit."""
+    """The original with the plan's removed slices zeroed (or what removes them where zero
+    does not: ``RemovedFills``), for the duration: the removed slices are saved first and
+    written back on exit."""
     tensors = dg.walk.params | dg.walk.buffers
     fills = RemovedFills(dg.model)
     saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
@@ -199,7 +200,7 @@ def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> t
     tensors = dict(original.named_parameters()) | dict(original.named_buffers())
     fills = RemovedFills(original)
     with torch.no_grad():
-        for name, dims in result.plan.items():
+        for name, dims in result.tensors.items():  # each tensor once
             t = tensors[name]
             full = t.detach()
             for d, kept in sorted(dims.items(), reverse=True):  # gather's dims, undone
