@@ -7,10 +7,11 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .couplings import CouplingBuilder, Couplings
+from .couplings import CouplingBuilder, CouplingKind, Couplings
 from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
 from .trace import OpGraph
 
@@ -44,6 +45,11 @@ class CouplingModel:
     reductions: list[Reduction] = field(default_factory=list)
     min_sizes: list[tuple[int, int]] = field(default_factory=list)  # (slot, indices it keeps)
     routers: list[tuple[int, str]] = field(default_factory=list)  # (experts slot, router module)
+    # Dims (slots of size > 1) of the values other than parameters whose values come only from
+    # constants and buffers (a coordinate table, a frequency table: see ``carried_slots``), and
+    # those whose values come from a parameter or an input.
+    constant_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    varying_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def node_that_emitted(self, coupling: int) -> int | None:
         """The node whose rule emitted coupling number ``coupling`` (None: no rule did)."""
@@ -65,10 +71,13 @@ def build_couplings(
     strict: bool,
     hidden_tensors: list[str] = (),
     malformed: dict[int, str] | None = None,
+    computed_buffers=(),
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
     ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights).
+    ``computed_buffers``: the buffers the model computes from its config (``state_dict``
+    leaves them out): constants, as ``carried_slots`` says.
     ``malformed``: nodes whose rules emitted couplings resolution refused (node index ->
     why): they are opaque this time."""
     malformed = malformed or {}
@@ -151,6 +160,7 @@ def build_couplings(
         for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim)
         if s >= 0
     ]
+    constant, varying = carried_slots(ctx, graph, spans, set(computed_buffers))
     return CouplingModel(
         builder.build(query),
         ctx.value_slots,
@@ -162,7 +172,95 @@ def build_couplings(
         ctx.reductions,
         ctx.min_sizes,
         ctx.routers,
+        constant,
+        varying,
     )
+
+
+def carried_slots(
+    ctx: RuleContext, graph: OpGraph, spans: list[tuple[int, int, int]], computed: set[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dims whose values come only from constants, dims whose values come from the model's
+    state or its inputs), over the dims of size > 1 of every value the model's state alone
+    does not make.
+
+    Constants: the buffers the model computes from its config (``computed``: the ones its
+    ``state_dict`` leaves out), tensors from outside the model, what creation ops make. State:
+    parameters and the other buffers (running statistics). Along a dim of an op's result,
+    values come from the input dims the op's rule couples it with (an element-wise op's
+    aligned dims, a matmul's outer dims; not a contracted dim, not a dim an operand is
+    broadcast along): every dim of the state and of the inputs varies, and so does each result
+    dim coupled, within its op, to a dim that varies. A table of coordinates or frequencies
+    varies along no dim. What the state alone makes (a transposed weight, a weight a
+    parametrization computes) reads values rather than carrying them, and is left out."""
+    builder = ctx.builder
+    sizes, slots_of = builder.slot_sizes, ctx.value_slots
+    varies = bytearray(len(sizes))
+    full = bytearray(len(graph.values))  # every dim of the value varies
+    state = bytearray(len(graph.values))  # made by the state alone
+    for name, v in graph.params.items() | graph.buffers.items():
+        if name not in computed:
+            state[v] = 1
+    for v in [*(v for v in range(len(state)) if state[v]), *graph.inputs]:
+        full[v] = 1
+        for s in slots_of[v]:
+            varies[s] = 1
+    span_of = {node: (start, end) for node, start, end in spans}
+    kinds, offsets, data = builder._kinds, builder._offsets, builder._data
+    reshape, equal = int(CouplingKind.RESHAPE), int(CouplingKind.EQUAL)
+    pieces = (int(CouplingKind.CAT_PIECE), int(CouplingKind.SLICE))
+    for node in graph.nodes:
+        ins = node.inputs
+        if ins and all(state[v] for v in ins):
+            for v in node.outputs:
+                state[v] = 1
+        if ins and all(full[v] for v in ins):  # the common case: nothing constant comes in
+            for v in node.outputs:
+                if not full[v]:
+                    full[v] = 1
+                    for s in slots_of[v]:
+                        varies[s] = 1
+            continue
+        parent: dict[int, int] = {}
+        start, end = span_of.get(node.index, (0, 0))
+        for k in range(start, end):
+            ops = data[offsets[k] : offsets[k + 1]]
+            kind = kinds[k]
+            if kind == equal:
+                linked = ops
+            elif kind == reshape:
+                linked = ops[1 : 1 + ops[0]] + ops[2 + ops[0] :]
+            elif kind in pieces:
+                linked = ops[:2]
+            else:
+                continue
+            first = _find(parent, linked[0])
+            for x in linked[1:]:
+                parent[_find(parent, x)] = first
+        sources = {_find(parent, s) for v in ins for s in slots_of[v] if varies[s]}
+        for v in node.outputs:
+            every = True
+            for s in slots_of[v]:
+                if not varies[s] and _find(parent, s) in sources:
+                    varies[s] = 1
+                every = every and (varies[s] or sizes[s] == 1)
+            full[v] = every
+    n = sum(len(slots) for slots in slots_of)  # value slots come first, value by value
+    flags = np.frombuffer(bytes(varies[:n]), dtype=np.uint8).astype(bool)
+    wanted = np.asarray(sizes[:n], dtype=np.int64) > 1
+    for v in range(len(state)):
+        if state[v]:
+            wanted[slots_of[v]] = False
+    return np.nonzero(wanted & ~flags)[0], np.nonzero(wanted & flags)[0]
+
+
+def _find(parent: dict[int, int], x: int) -> int:
+    """The root of ``x`` in a union-find forest kept as a dict (absent: a root)."""
+    root = x
+    while parent.get(root, root) != root:
+        root = parent[root]
+    parent[x] = root
+    return root
 
 
 # Ops whose integer results hold the same positions as their first input (reshaped, copied).

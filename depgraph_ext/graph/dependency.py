@@ -16,12 +16,12 @@ from ..errors import InvalidArgumentError, OpaqueOpWarning, PruningError, user_s
 from ..gcpause import paused_gc
 from ..progress import as_progress
 from .computed import computed_tensors
-from .coupling_model import OpaqueOp, build_couplings
+from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
 from .standin import MetaResults
 from .trace import OpGraph, Ref, trace
-from .walk import ModelWalk
+from .walk import ModelWalk, non_persistent
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
 KINDS = ("channels", "hidden", "heads", "experts")
@@ -202,10 +202,11 @@ class DependencyGraph:
         # A rule (a user's, say) that emits couplings the resolution refuses makes its op
         # opaque, named in the warning; anything else malformed is a bug of the library.
         malformed: dict[int, str] = {}
+        computed = non_persistent(self.walk) & self.graph.buffers.keys()
         while True:
             with paused_gc():
                 self.coupling_model = build_couplings(
-                    self.graph, self.ignored, strict, norm_weights, malformed
+                    self.graph, self.ignored, strict, norm_weights, malformed, computed
                 )
             t2 = time.perf_counter()
             try:
@@ -216,6 +217,9 @@ class DependencyGraph:
                 if node is None or node in malformed:
                     raise PruningError(f"internal error: malformed couplings ({exc})") from exc
                 malformed[node] = f"its rule emitted a malformed coupling: {exc}"
+        self.coupling_model, self.resolution = constants_as_inputs(
+            self.coupling_model, self.resolution, self.backend
+        )
         t3 = time.perf_counter()
         self.timings.update(trace=t1 - t0, rules=t2 - t1, resolve=t3 - t2)
         self._index()
@@ -557,15 +561,8 @@ class DependencyGraph:
     def with_blocked(self, slots) -> DependencyGraph:
         """A new graph in which ``slots`` (sizes validation found fixed) are blocked too: the
         couplings gain a BLOCK each, and the groups are resolved again."""
-        c = self.coupling_model.couplings
         slots = np.asarray(sorted(set(int(s) for s in slots)), dtype=np.int64)
-        couplings = Couplings(
-            slot_sizes=c.slot_sizes,
-            kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
-            offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
-            data=np.concatenate([c.data, slots]),
-            query_slots=c.query_slots,
-        )
+        couplings = with_blocks(self.coupling_model.couplings, slots)
         t = time.perf_counter()
         derived = self._derived(
             coupling_model=dataclasses.replace(self.coupling_model, couplings=couplings),
@@ -641,6 +638,58 @@ class DependencyGraph:
             [dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups), text=True, check=True
         )
         return path
+
+
+def with_blocks(c: Couplings, slots: np.ndarray) -> Couplings:
+    """``c`` with a BLOCK of each of ``slots`` added."""
+    return Couplings(
+        slot_sizes=c.slot_sizes,
+        kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
+        offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
+        data=np.concatenate([c.data, slots]),
+        query_slots=c.query_slots,
+    )
+
+
+def _slot_groups(res: Resolution, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, resolution group) pairs: the groups of the units of each slot's leaves (a
+    leaf's first and last unit: a leaf's units are of one group but where a slice cuts it)."""
+    offsets = res.slot_leaf_offsets
+    counts = offsets[slots + 1] - offsets[slots]
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.repeat(offsets[slots] - (np.cumsum(counts) - counts), counts)
+    leaves = res.slot_leaves[starts + np.arange(total)]
+    owners = np.repeat(slots, counts)
+    has = res.leaf_unit_offsets[leaves] >= 0
+    leaves, owners = leaves[has], owners[has]
+    first = res.leaf_unit_offsets[leaves]
+    last = first + res.leaf_sizes[leaves] - 1
+    groups = res.unit_groups[res.elem_units[np.concatenate([first, last])]]
+    return np.concatenate([owners, owners]), groups
+
+
+def constants_as_inputs(model: CouplingModel, res: Resolution, backend: str):
+    """Dims whose values come only from constants and buffers the model computes (Swinv2's
+    table of relative coordinates fed to its position-bias MLP, a table of frequencies) are
+    kept like the model's inputs: a group none of whose activations comes from a parameter or
+    an input, but that holds such a dim, is blocked (through those dims), and the groups are
+    resolved again. (Removing a coordinate is the same as zeroing the weights that read it,
+    so the oracle could not object; no one wants a position bias that sees x and not y.)"""
+    if model.constant_slots.size == 0:
+        return model, res
+    owners, groups = _slot_groups(res, model.constant_slots)
+    _, varying = _slot_groups(res, model.varying_slots)
+    live = np.zeros(res.num_groups, dtype=bool)  # groups with a unit not blocked yet
+    live[res.unit_groups[~res.unit_blocked]] = True
+    inputlike = live.copy()
+    inputlike[varying] = False
+    slots = np.unique(owners[inputlike[groups]])
+    if slots.size == 0:
+        return model, res
+    couplings = with_blocks(model.couplings, slots)
+    return dataclasses.replace(model, couplings=couplings), resolve(couplings, backend)
 
 
 @contextlib.contextmanager

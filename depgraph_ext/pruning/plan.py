@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..graph.dependency import DependencyGraph
-from ..graph.walk import ModelWalk
+from ..graph.walk import ModelWalk, non_persistent
 from .attributes import AttributeUpdate, attribute_updates
 from .configs import ConfigUpdate, config_updates
 
@@ -77,14 +77,10 @@ class NamedPlan:
 
 def named_plan(tensors: TensorPlan, walk: ModelWalk) -> NamedPlan:
     """``tensors`` (canonical names) as the model's ``state_dict`` names them."""
-    modules = dict(walk.modules)
+    left_out = non_persistent(walk)
 
     def in_state_dict(name: str) -> bool:
-        if name in walk.params or walk.aliases.get(name) in walk.params:
-            return True
-        module, _, key = name.rpartition(".")
-        m = modules.get(module)
-        return m is None or key not in m._non_persistent_buffers_set
+        return name not in left_out
 
     out: TensorPlan = {}
     outside: TensorPlan = {}
