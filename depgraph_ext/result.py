@@ -42,6 +42,8 @@ class PruneResult:
     channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)  # a planned name -> the one it is tied to
     non_persistent: TensorPlan = field(default_factory=dict)  # buffers outside the state_dict
+    # position among the model's tensor outputs -> {dim: kept indices} (``prune_outputs``)
+    outputs: dict[int, dict] = field(default_factory=dict)
 
     @property
     def tensors(self) -> TensorPlan:
@@ -262,9 +264,21 @@ def compose_results(results: list[PruneResult]) -> PruneResult:
         rounded=[n for r in results for n in r.rounded],
         model_ref=results[-1].model_ref,
         tied={alias: name for r in results for alias, name in r.tied.items()},
+        outputs=_composed_outputs(results),
         non_persistent=outside,
         channels={
             m: (next(r.channels[m][0] for r in results if m in r.channels), after)
             for m, (_, after) in {m: w for r in results for m, w in r.channels.items()}.items()
         },
     )
+
+
+def _composed_outputs(results: list[PruneResult]) -> dict[int, dict]:
+    """The kept indices of each shrinking output, in the original's coordinates."""
+    out: dict[int, dict] = {}
+    for r in results:
+        for i, dims in r.outputs.items():
+            current = out.setdefault(i, {})
+            for d, kept in dims.items():
+                current[d] = current[d][kept] if d in current else kept
+    return out

@@ -72,12 +72,14 @@ def build_couplings(
     hidden_tensors: list[str] = (),
     malformed: dict[int, str] | None = None,
     computed_buffers=(),
+    free_outputs=(),
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
     ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights).
     ``computed_buffers``: the buffers the model computes from its config (``state_dict``
-    leaves them out): constants, as ``carried_slots`` says.
+    leaves them out): constants, as ``carried_slots`` says. ``free_outputs``: positions in
+    ``graph.outputs`` of outputs whose width may shrink (the others keep every dim).
     ``malformed``: nodes whose rules emitted couplings resolution refused (node index ->
     why): they are opaque this time."""
     malformed = malformed or {}
@@ -85,7 +87,8 @@ def build_couplings(
     ctx = RuleContext(graph, builder)
     for name in hidden_tensors:
         ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
-    for v in graph.inputs + graph.outputs:
+    free = {graph.outputs[i] for i in free_outputs}
+    for v in graph.inputs + [v for v in graph.outputs if v not in free]:
         ctx.block_value(v)
     named = graph.params | graph.buffers
     for name in sorted(ignored):

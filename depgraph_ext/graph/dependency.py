@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,7 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError, OpaqueOpWarning, PruningError, user_stacklevel
+from ..errors import (
+    InvalidArgumentError,
+    OpaqueOpWarning,
+    PruningError,
+    TraceError,
+    user_stacklevel,
+)
 from ..gcpause import paused_gc
 from ..progress import as_progress
 from .computed import computed_tensors
@@ -20,7 +27,7 @@ from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
 from .standin import MetaResults
-from .trace import OpGraph, Ref, trace
+from .trace import OpGraph, Ref, model_frame, stack_of_op, trace
 from .walk import ModelWalk, non_persistent
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
@@ -173,6 +180,7 @@ class DependencyGraph:
         backend: str | None = None,
         progress: bool | None = None,
         trace_device="cpu",
+        prune_outputs=(),
     ) -> None:
         self.model = model
         self.progress = as_progress(progress)
@@ -198,6 +206,7 @@ class DependencyGraph:
         self.config_reads: frozenset[str] = frozenset(reads)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
+        self.free_outputs = resolve_outputs(self.graph, prune_outputs)
         norm_weights = _norm_weights_of_stream(model, self.graph, self.walk)
         # A rule (a user's, say) that emits couplings the resolution refuses makes its op
         # opaque, named in the warning; anything else malformed is a bug of the library.
@@ -206,7 +215,13 @@ class DependencyGraph:
         while True:
             with paused_gc():
                 self.coupling_model = build_couplings(
-                    self.graph, self.ignored, strict, norm_weights, malformed, computed
+                    self.graph,
+                    self.ignored,
+                    strict,
+                    norm_weights,
+                    malformed,
+                    computed,
+                    self.free_outputs,
                 )
             t2 = time.perf_counter()
             try:
@@ -383,17 +398,23 @@ class DependencyGraph:
             return i
 
         products: set[tuple[int, ...]] = set()
+        alone: set[int] = set()
         for dims in self.tensor_dims.values():
             for td in dims:
-                found = groups_of_leaves(res, td.leaves, group_of)
-                if found:
-                    products.add(tuple(found))
-                for other in found[1:]:
-                    parent[root(other)] = root(found[0])
+                # per leaf, the groups of its units (several: the pieces of a concatenation)
+                factors = [groups_of_leaves(res, [leaf], group_of) for leaf in td.leaves]
+                factors = [f for f in factors if f]
+                if len(factors) == 1:
+                    alone.update(factors[0])
+                elif factors and all(len(f) == 1 for f in factors):  # atoms of one group each
+                    found = tuple(dict.fromkeys(f[0] for f in factors))
+                    products.add(found)
+                    for other in found[1:]:
+                        parent[root(other)] = root(found[0])
+        products.update((i,) for i in alone)
         linked = {i for p in products if len(p) > 1 for i in p}
         if not linked:
             return []
-        alone = {p[0] for p in products if len(p) == 1}
         counts = set()
         for _, attr, slot in self.coupling_model.attr_slots:
             if attr in ("groups", "num_groups"):
@@ -543,6 +564,19 @@ class DependencyGraph:
             stage=stage,
             real_decides=self.graph.mode == "real",
         )
+
+    def source_line(self, node: int) -> str | None:
+        """Where the model's Python code runs op number ``node`` (``file:line in function:
+        code``; None when it cannot be told): the model traced again, shapes only, the stack
+        taken at that op."""
+        with stack_of_op(node) as found:
+            try:
+                self.trace_pruned({}, stage="find the line")
+            except TraceError:
+                pass
+        if found["op"] != self.graph.nodes[node].name:
+            return None
+        return model_frame(found["stack"])
 
     # -- derived graphs ------------------------------------------------------------------------
     def scoring_only(self, groups: np.ndarray) -> DependencyGraph:
@@ -769,6 +803,45 @@ def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None
                 f"ignore: expected module, name or tensor, not {type(item).__name__}"
             )
     return out
+
+
+def resolve_outputs(graph: OpGraph, prune_outputs) -> tuple[int, ...]:
+    """Positions in ``graph.outputs`` (the model's tensor outputs, flattened in order) named by
+    ``prune_outputs``: positions, or names (a key of what the model returned, ``"logits"``, or
+    a whole key path, ``"[1]['a']"``; a name covers every tensor under it)."""
+    if prune_outputs is None:
+        return ()
+    if isinstance(prune_outputs, (str, bytes)) or not isinstance(
+        prune_outputs, (list, tuple, set, frozenset)
+    ):
+        raise InvalidArgumentError(
+            f"prune_outputs must be a list of output positions or names, not {prune_outputs!r}"
+        )
+    paths = graph.output_paths
+    out: list[int] = []
+    for item in prune_outputs:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(paths):
+            out.append(item)
+            continue
+        found = (
+            [i for i, p in enumerate(paths) if p == item or _top_key(p) == item]
+            if isinstance(item, str)
+            else []
+        )
+        if not found:
+            raise InvalidArgumentError(
+                f"prune_outputs: {item!r} names no output of the model; its tensor outputs are "
+                f"positions 0 to {len(paths) - 1}: {', '.join(paths[:12])}"
+                + (" ..." if len(paths) > 12 else "")
+            )
+        out += found
+    return tuple(sorted(set(out)))
+
+
+def _top_key(path: str) -> str | None:
+    """The first key of a key path (``['logits'][0]`` -> ``logits``; ``.logits`` too)."""
+    match = re.match(r"^\['([^']*)'\]|^\.(\w+)", path)
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def _module_tensors(module: torch.nn.Module):

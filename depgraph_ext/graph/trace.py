@@ -11,11 +11,15 @@ hooks and parameters are restored even when the forward fails.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
+import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -117,6 +121,9 @@ class OpGraph:
     # Tensors the forward stored as plain module attributes (a hook-computed weight):
     # qualified name -> value index. The model gets its own tensors back after the trace.
     attribute_tensors: dict[str, int] = field(default_factory=dict)
+    # Where each of ``outputs`` is in what the model returned: its key path
+    # (``torch.utils._pytree.keystr``: ``[0]``, ``['logits']``).
+    output_paths: list[str] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -168,6 +175,7 @@ class _RecorderBase(_EagerMode):
         self.graph = graph
         self.module_stack = module_stack
         self.failed_at: FailedOp | None = None
+        self.stack_at: dict | None = _STACK_AT.get()  # see ``stack_of_op``
         # Real tracing only: the time after which the trace gives up (see ``REAL_BUDGET``).
         self.deadline: float | None = None
         self.budget_per_op = 0.0
@@ -186,6 +194,11 @@ class _RecorderBase(_EagerMode):
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
         raise NotImplementedError
+
+    def _note_stack(self, index: int, func) -> None:
+        """The Python stack of the op ``stack_of_op`` asks for, when it is op ``index``."""
+        if index == self.stack_at["index"] and self.stack_at["stack"] is None:
+            self.stack_at.update(stack=traceback.extract_stack(), op=str(func))
 
     def recorded_count(self) -> int:
         """How many ops were recorded so far."""
@@ -330,6 +343,8 @@ class _Recorder(_RecorderBase):
         self.graph.nodes.append(
             Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module)
         )
+        if self.stack_at is not None:
+            self._note_stack(node_index, func)
         return out
 
     def module_outputs(self, output) -> list[int]:
@@ -413,8 +428,40 @@ class _ShapeRecorder(_RecorderBase):
         known = self.known
         for t in out_leaves:
             known[id(t)] = t
+        if self.stack_at is not None:
+            self._note_stack(len(self.graph.ops), func)
         self.graph.ops.append((func, module, [tuple(t.shape) for t in out_leaves]))
         return out
+
+
+_STACK_AT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("stack_at", default=None)
+_LIBRARIES = (
+    str(Path(torch.__file__).parent) + os.sep,
+    str(Path(__file__).parent.parent) + os.sep,  # depgraph_ext
+    contextlib.__file__,
+)
+
+
+@contextlib.contextmanager
+def stack_of_op(index: int):
+    """For the traces run for the duration: ``{"stack", "op"}`` of the ``index``-th op that
+    returns tensors (the Python stack it ran from, its name), filled once it runs."""
+    holder = {"index": index, "stack": None, "op": None}
+    token = _STACK_AT.set(holder)
+    try:
+        yield holder
+    finally:
+        _STACK_AT.reset(token)
+
+
+def model_frame(stack) -> str | None:
+    """The innermost frame of a stack outside torch and depgraph_ext: the model's line that
+    ran the op, as ``file:line in function: code``."""
+    for frame in reversed(stack or ()):
+        if not frame.filename.startswith(_LIBRARIES):
+            code = f": {frame.line.strip()}" if frame.line else ""
+            return f"{frame.filename}:{frame.lineno} in {frame.name}{code}"
+    return None
 
 
 class _OverBudget(Exception):
@@ -844,9 +891,11 @@ def trace_as(
             for name, t in set_attributes.items()
             if id(t) in recorder.value_of
         }
-    for leaf in pytree.tree_leaves(out):
+    for path, leaf in pytree.tree_flatten_with_path(out)[0]:
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
+            if not shapes_only:
+                graph.output_paths.append(pytree.keystr(path))
     return graph
 
 

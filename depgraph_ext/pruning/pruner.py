@@ -123,6 +123,7 @@ class Pruner:
                 backend=o.backend,
                 strict=o.strict,
                 progress=o.progress,
+                prune_outputs=o.prune_outputs,
             )
             targets = None
             if self.target_params is not None or self.target_macs is not None:
@@ -208,14 +209,34 @@ def prune_step(
 
     def choose(g: DependencyGraph) -> np.ndarray:
         t1 = time.perf_counter()
-        scores = unit_scores(g.scoring_only(shrinkable_groups(g, selection, targets)), importance)
+        shrinkable = shrinkable_groups(g, selection, targets)
+        scores = unit_scores(g.scoring_only(shrinkable), importance)
         t2 = time.perf_counter()
         if not g.groups:
             raise NoPrunableGroupsError(
                 "no group of the model has a prunable unit: every channel touches an input, an "
-                "output, an ignored tensor or an op without a rule"
+                "output, an ignored tensor or an op without a rule (outputs keep their width "
+                "unless prune_outputs names them)"
                 + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
             )
+        if selection.exact_only and not shrinkable.any():
+            whole = [
+                grp
+                for grp, could in zip(
+                    g.groups, shrinkable_groups(g, replace(selection, exact_only=False), targets)
+                )
+                if could and not grp.exact
+            ]
+            if whole:
+                raise NoPrunableGroupsError(
+                    f"nothing can be pruned exactly: {len(whole)} group"
+                    + (" was" if len(whole) == 1 else "s were")
+                    + " left whole because removing its units changes the function "
+                    "(exact_only=True), and no other group can shrink; without exact_only they "
+                    "are pruned and declared. "
+                    + "; ".join(grp.describe() for grp in whole[:3])
+                    + (" ..." if len(whole) > 3 else "")
+                )
         keep = choose_units(g, scores, selection, targets)
         if options.require_loadable:  # head counts the config can say
             keep, notes = round_to_config(g, keep, scores)
@@ -327,6 +348,7 @@ def apply_step(
         },
         tied=named.tied,
         non_persistent=named.outside,
+        outputs=dict(plan.outputs),
     )
 
 
