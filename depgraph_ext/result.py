@@ -130,6 +130,9 @@ class PruneResult:
         stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
         lines.append(f"time: {stages}")
         lines += [f"rounded: {note}" for note in self.rounded]
+        for i, dims in sorted(self.outputs.items()):
+            kept = ", ".join(f"dim {d} keeps {k.numel()}" for d, k in sorted(dims.items()))
+            lines.append(f"output {i} shrinks (prune_outputs): {kept}")
         if self.function_changing:
             lines.append(
                 f"function-changing groups pruned ({len(self.function_changing)}): "

@@ -56,6 +56,13 @@ def test_prune_outputs_by_position():
     assert f1.shape == (2, a) and f2.shape == (2, b) and logits.shape == (2, 5)
 
 
+def test_shrinking_outputs_verify_and_are_summarised():
+    m = model()
+    result = dx.prune(m, X, ratio=0.5, prune_outputs=[0, 1], verify=True)
+    assert result.verify(X) < 1e-12
+    assert "output 0 shrinks (prune_outputs): dim 1 keeps" in result.summary()
+
+
 def test_prune_outputs_by_name():
     pruned, result = prune_and_check(model(as_dict=True), X, ratio=0.5, prune_outputs=["f2"])
     assert (pruned.a.out_channels, pruned.b.out_channels) == (8, 3)

@@ -29,12 +29,19 @@ def _hooked_weight_norm(m):
         return torch.nn.utils.weight_norm(m)
 
 
+def _masked(m):
+    """torch.nn.utils.prune: weight = weight_orig * weight_mask, in a forward pre-hook."""
+    with torch.no_grad():
+        return torch.nn.utils.prune.random_unstructured(m, "weight", amount=0.3)
+
+
 WRAPS = {
     "weight_norm": parametrizations.weight_norm,
     "spectral_norm": parametrizations.spectral_norm,
     "orthogonal": parametrizations.orthogonal,
     "hooked_weight_norm": _hooked_weight_norm,
     "hooked_spectral_norm": torch.nn.utils.spectral_norm,
+    "hooked_mask": _masked,
 }
 # What each computes the weight from, by the name under the module (state_dict keys).
 SOURCES = {
@@ -42,6 +49,7 @@ SOURCES = {
     "spectral_norm": ("parametrizations.weight.original",),
     "hooked_weight_norm": ("weight_g", "weight_v"),
     "hooked_spectral_norm": ("weight_orig",),
+    "hooked_mask": ("weight_mask", "weight_orig"),
 }
 
 
@@ -54,6 +62,20 @@ def conv_net(wrap):
         nn.Conv2d(8, 6, 1),
         nn.ReLU(),
         nn.Conv2d(6, 4, 1),
+    )
+
+
+def transposed_net(wrap):
+    """A vocoder's upsampling: a transposed conv, whose weight is [in, out, k] (weight_norm's
+    dim 0 is its input channels; spectral_norm's dim is 1)."""
+    return nn.Sequential(
+        nn.Conv1d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        wrap(nn.ConvTranspose1d(8, 6, 4, stride=2, padding=1)),
+        nn.ReLU(),
+        nn.Conv1d(6, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(5, 2, 1),
     )
 
 
@@ -81,6 +103,7 @@ class EmbeddingNet(nn.Module):
 
 LAYERS = {
     "conv": (conv_net, lambda: torch.randn(2, 3, 6, 6, dtype=F64), "2"),
+    "transposed": (transposed_net, lambda: torch.randn(2, 3, 10, dtype=F64), "2"),
     "linear": (linear_net, lambda: torch.randn(4, 5, dtype=F64), "2"),
     "embedding": (EmbeddingNet, lambda: torch.randint(0, 11, (2, 5)), "emb"),
 }
@@ -121,14 +144,17 @@ def test_every_parametrization_on_a_conv_a_linear_and_an_embedding(wrap_name, la
     else:
         assert parametrize.is_parametrized(module, "weight")
     pruned_here = any(n.startswith(f"{where}.") for n in result.plan)
-    assert pruned_here == (wrap_name != "orthogonal" or layer == "linear")
+    assert pruned_here or wrap_name == "orthogonal"  # (orthogonal: where a base's rows go)
     if layer == "conv":
         assert (module.out_channels, module.in_channels) == tuple(weight.shape[:2])
+    elif layer == "transposed":
+        assert (module.in_channels, module.out_channels) == tuple(weight.shape[:2])
     elif layer == "linear":
         assert (module.out_features, module.in_features) == tuple(weight.shape)
     else:
         assert module.embedding_dim == weight.shape[1]
-    assert weight.numel() < 8 * 8 * (9 if layer == "conv" else 1) or not pruned_here
+    full = {"conv": 8 * 8 * 9, "transposed": 8 * 6 * 4}.get(layer, 8 * 8)
+    assert weight.numel() < full or not pruned_here
 
 
 def test_weight_norm_g_and_v_are_one_weights_members(backend):
@@ -210,3 +236,15 @@ def test_wav2vec2_positional_convolution():
     assert conv.weight.shape == (conv.out_channels, conv.in_channels // conv.groups, 8)
     assert all("weight_norm" not in why for why in result.function_changing)
     assert pruned(x).logits.shape == model(x).logits.shape
+
+
+@pytest.mark.parametrize("wrap_name", ["hooked_weight_norm", "hooked_spectral_norm", "hooked_mask"])
+def test_a_hooks_stored_weight_is_computed_again_after_the_prune(wrap_name):
+    """``module.weight`` is what the hook stored at the last forward: the prune computes it
+    again from the pruned tensors, so it has the pruned shape before any forward."""
+    model, x, _ = build(wrap_name, "conv")
+    dx.prune(model, x, ratio=0.5)
+    conv = model[2]
+    assert conv.weight.shape == (conv.out_channels, conv.in_channels, 3, 3)
+    assert conv.out_channels < 8 and conv.in_channels < 8
+    copy.deepcopy(model)  # (a stored weight with an autograd graph could not be copied)

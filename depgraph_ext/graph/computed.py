@@ -1,7 +1,7 @@
 """Tensors a model computes from others as it runs: parametrizations
 (``torch.nn.utils.parametrize``: ``weight_norm``, ``spectral_norm``, ``orthogonal``, a user's
-own) and the older hook-based ``weight_norm`` / ``spectral_norm``, which store ``module.weight``
-as a plain attribute in a forward pre-hook.
+own) and the forward pre-hooks that store ``module.weight`` as a plain attribute: the older
+``weight_norm`` / ``spectral_norm`` and ``torch.nn.utils.prune``'s masks.
 
 The graph prunes what they are computed from (the parametrization's ``original`` tensors, the
 hooks' ``weight_g`` / ``weight_v`` / ``weight_orig``, spectral norm's ``u`` and ``v``), through
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm
+from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
@@ -79,22 +80,29 @@ class RemovedFills:
 
 
 def refresh_hooked(model: torch.nn.Module, changed) -> None:
-    """Compute again the weight each ``weight_norm`` / ``spectral_norm`` hook stores on a module
-    whose tensors (``changed``, qualified names) were pruned, so that ``module.weight`` has the
+    """Compute again the tensor each ``weight_norm``, ``spectral_norm`` or
+    ``torch.nn.utils.prune`` hook stores on a module whose tensors it computes it from
+    (``name_g`` / ``name_v``, ``name_orig`` / ``name_u`` / ``name_v``, ``name_orig`` /
+    ``name_mask``) are among ``changed`` (qualified names), so that ``module.weight`` has the
     pruned shape before the next forward computes it anyway (no power iteration is run; no
     autograd graph is kept, as a model that can be copied)."""
     changed = set(changed)
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         for hook in m._forward_pre_hooks.values():
-            if not isinstance(hook, (WeightNorm, SpectralNorm)):
+            if isinstance(hook, (WeightNorm, SpectralNorm)):
+                tensor = hook.name
+            elif isinstance(hook, BasePruningMethod):
+                tensor = hook._tensor_name
+            else:
                 continue
-            sources = ("_g", "_v") if isinstance(hook, WeightNorm) else ("_orig", "_u", "_v")
-            if not any(f"{prefix}{hook.name}{s}" in changed for s in sources):
+            if not any(n.startswith(f"{prefix}{tensor}_") for n in changed):
                 continue
             with torch.no_grad():
                 if isinstance(hook, WeightNorm):
-                    weight = hook.compute_weight(m)
+                    value = hook.compute_weight(m)
+                elif isinstance(hook, SpectralNorm):
+                    value = hook.compute_weight(m, do_power_iteration=False)
                 else:
-                    weight = hook.compute_weight(m, do_power_iteration=False)
-            setattr(m, hook.name, weight)
+                    value = hook.apply_mask(m)
+            setattr(m, tensor, value)

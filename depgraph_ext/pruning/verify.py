@@ -96,8 +96,17 @@ def _difference(dg: DependencyGraph, keep: np.ndarray) -> float:
     with _pruned(dg, plan):
         pruned = _outputs(dg.model, dg.example_inputs)
     with _zeroed(dg, plan):
-        zeroed = _outputs(dg.model, dg.example_inputs)
+        zeroed = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
     return relative_difference(pruned, zeroed)
+
+
+def kept_outputs(outputs: list[torch.Tensor], kept: dict) -> list[torch.Tensor]:
+    """The original's outputs, those that shrink (``prune_outputs``) cut to what they keep."""
+    outputs = list(outputs)
+    for i, dims in kept.items():
+        for d, index in sorted(dims.items()):
+            outputs[i] = outputs[i].index_select(d, index.to(outputs[i].device))
+    return outputs
 
 
 def relative_difference(outputs: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
@@ -214,7 +223,10 @@ def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> t
     config = config_of(original)
     for u in reversed(result.config_updates):
         setattr(config, u.field, u.old)
-    worst = relative_difference(_outputs(model, example_inputs), _outputs(original, example_inputs))
+    worst = relative_difference(
+        _outputs(model, example_inputs),
+        kept_outputs(_outputs(original, example_inputs), result.outputs),
+    )
     dtypes = [t.dtype for t in model.parameters() if t.is_floating_point()]
     tolerance = max((TOLERANCE.get(d, 1e-3) for d in dtypes), default=1e-3)
     return worst, tolerance
