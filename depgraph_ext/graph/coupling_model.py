@@ -198,32 +198,32 @@ def carried_slots(
     parametrization computes) reads values rather than carrying them, and is left out."""
     builder = ctx.builder
     sizes, slots_of = builder.slot_sizes, ctx.value_slots
-    varies = bytearray(len(sizes))
-    full = bytearray(len(graph.values))  # every dim of the value varies
-    state = bytearray(len(graph.values))  # made by the state alone
-    for name, v in graph.params.items() | graph.buffers.items():
-        if name not in computed:
-            state[v] = 1
-    for v in [*(v for v in range(len(state)) if state[v]), *graph.inputs]:
-        full[v] = 1
-        for s in slots_of[v]:
-            varies[s] = 1
+    n = sum(len(slots) for slots in slots_of)  # value slots come first, value by value
+    varies = bytearray(b"\x01") * n  # what a dim does unless it comes from constants alone
+    state = {v for name, v in graph.params.items() | graph.buffers.items() if name not in computed}
+    # Values with a dim that does not vary: constants, and what ops make of them.
+    tainted = {graph.buffers[name] for name in computed}
+    tainted.update(v.index for v in graph.values if v.kind == "constant")
     span_of = {node: (start, end) for node, start, end in spans}
     kinds, offsets, data = builder._kinds, builder._offsets, builder._data
     reshape, equal = int(CouplingKind.RESHAPE), int(CouplingKind.EQUAL)
     pieces = (int(CouplingKind.CAT_PIECE), int(CouplingKind.SLICE))
+    for v in tainted:
+        for s in slots_of[v]:
+            varies[s] = 0
     for node in graph.nodes:
         ins = node.inputs
-        if ins and all(state[v] for v in ins):
+        if not ins:  # a creation op (arange, zeros): values from the call alone
+            tainted.update(node.outputs)
             for v in node.outputs:
-                state[v] = 1
-        if ins and all(full[v] for v in ins):  # the common case: nothing constant comes in
-            for v in node.outputs:
-                if not full[v]:
-                    full[v] = 1
-                    for s in slots_of[v]:
-                        varies[s] = 1
+                for s in slots_of[v]:
+                    varies[s] = 0
             continue
+        if state.issuperset(ins):
+            state.update(node.outputs)
+        if tainted.isdisjoint(ins):  # the common case: nothing constant comes in
+            continue
+        # Which result dims are coupled, within the op, to a dim that varies.
         parent: dict[int, int] = {}
         start, end = span_of.get(node.index, (0, 0))
         for k in range(start, end):
@@ -240,20 +240,19 @@ def carried_slots(
             first = _find(parent, linked[0])
             for x in linked[1:]:
                 parent[_find(parent, x)] = first
-        sources = {_find(parent, s) for v in ins for s in slots_of[v] if varies[s]}
+        inputs = {s for v in ins for s in slots_of[v]}
+        sources = {_find(parent, s) for s in inputs if varies[s]}
         for v in node.outputs:
-            every = True
             for s in slots_of[v]:
-                if not varies[s] and _find(parent, s) in sources:
+                if s not in inputs:
+                    varies[s] = _find(parent, s) in sources
+                elif not varies[s] and _find(parent, s) in sources:  # an in-place op's
                     varies[s] = 1
-                every = every and (varies[s] or sizes[s] == 1)
-            full[v] = every
-    n = sum(len(slots) for slots in slots_of)  # value slots come first, value by value
-    flags = np.frombuffer(bytes(varies[:n]), dtype=np.uint8).astype(bool)
+                if not varies[s] and sizes[s] != 1:
+                    tainted.add(v)
+    flags = np.frombuffer(bytes(varies), dtype=np.uint8).astype(bool)
     wanted = np.asarray(sizes[:n], dtype=np.int64) > 1
-    for v in range(len(state)):
-        if state[v]:
-            wanted[slots_of[v]] = False
+    wanted[[s for v in state for s in slots_of[v]]] = False
     return np.nonzero(wanted & ~flags)[0], np.nonzero(wanted & flags)[0]
 
 
