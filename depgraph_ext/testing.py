@@ -1,9 +1,10 @@
 """The scatter-back oracle: check that a pruned model computes what the plan says it should.
 
-Put zeros back where the plan removed slices (BatchNorm ``running_var`` gets 1 so removed
-channels normalise to exactly zero) into a copy of the *original* model. Wherever removed units
-contribute nothing (conv/BN channels, MLP neurons, attention heads), that original-shaped model
-must compute what the pruned model computes.
+Put zeros back where the plan removed slices into a copy of the *original* model (where zero
+would not remove a unit, what does: BatchNorm ``running_var`` gets 1 so removed channels
+normalise to exactly zero; a weight norm's direction gets 1 where its scale is zeroed).
+Wherever removed units contribute nothing (conv/BN channels, MLP neurons, attention heads),
+that original-shaped model must compute what the pruned model computes.
 """
 
 from __future__ import annotations
@@ -13,25 +14,39 @@ import copy
 import torch
 import torch.utils._pytree as pytree
 
+from .graph.computed import RemovedFills
 from .graph.trace import normalize_inputs
 
-_ONE_FILLED = ("running_var",)
+
+def changed_tensors(plan) -> dict:
+    """What a plan changes, each tensor once: a ``PruneResult`` (its plan, tied names left out,
+    and the buffers outside the state_dict) or a mapping name -> {dim: kept indices}."""
+    tensors = getattr(plan, "tensors", None)
+    return dict(tensors if tensors is not None and hasattr(plan, "tied") else plan)
+
+
+def _named(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by every name they have (tied ones under each)."""
+    return dict(model.named_parameters(remove_duplicate=False)) | dict(
+        model.named_buffers(remove_duplicate=False)
+    )
 
 
 def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
-    """A copy of ``original`` with every slice the plan removes set to zero (variances to 1)."""
+    """A copy of ``original`` with every slice the plan removes set to zero (variances to 1;
+    a weight norm's direction to 1 along its norm dim)."""
     model = copy.deepcopy(original)
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    tensors = _named(model)
+    fills = RemovedFills(model)
     with torch.no_grad():
-        for name, dims in plan.items():
+        for name, dims in changed_tensors(plan).items():
             t = tensors[name]
-            fill = 1.0 if name.rsplit(".", 1)[-1] in _ONE_FILLED else 0.0
             for d, kept in dims.items():
                 removed = torch.ones(t.shape[d], dtype=torch.bool)
                 removed[kept] = False
                 index = [slice(None)] * t.dim()
                 index[d] = removed.to(t.device)
-                t[tuple(index)] = fill
+                t[tuple(index)] = fills.of(name, d)
     return model
 
 
@@ -61,12 +76,17 @@ def assert_scatter_back_equal(
 ) -> None:
     """Raise AssertionError unless the pruned model matches the scatter-back of the original.
 
-    ``original`` must be an unpruned copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
+    ``plan``: the ``PruneResult`` (or its ``plan``, a mapping name -> {dim: kept indices}; a
+    result also brings the buffers outside the state_dict). ``original`` must be an unpruned
+    copy (e.g. ``copy.deepcopy`` taken before ``prune``), in
     the same training mode as ``pruned``. Use float64 models for tight tolerances. Both
     forwards draw random numbers from ``seed`` (None: from the current RNG state).
     """
     expected = outputs_of(scatter_back(original, plan), example_inputs, seed)
     actual = outputs_of(pruned, example_inputs, seed)
+    for i, dims in getattr(plan, "outputs", {}).items():  # outputs that shrink: what they kept
+        for d, kept in sorted(dims.items()):
+            expected[i] = expected[i].index_select(d, kept.to(expected[i].device))
     assert len(expected) == len(actual), f"{len(actual)} outputs, expected {len(expected)}"
     for i, (e, a) in enumerate(zip(expected, actual)):
         assert e.shape == a.shape, f"output {i}: shape {tuple(a.shape)} != {tuple(e.shape)}"
@@ -76,10 +96,12 @@ def assert_scatter_back_equal(
 
 
 def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module, plan) -> None:
-    """Every pruned tensor equals the original's kept slices, bit for bit."""
-    before = dict(original.named_parameters()) | dict(original.named_buffers())
-    after = dict(pruned.named_parameters()) | dict(pruned.named_buffers())
-    for name, dims in plan.items():
+    """Every pruned tensor equals the original's kept slices, bit for bit (``plan``: a
+    ``PruneResult`` or a mapping name -> {dim: kept indices}; every name checked, tied ones
+    too)."""
+    before, after = _named(original), _named(pruned)
+    planned = dict(plan.plan) | plan.non_persistent if hasattr(plan, "tied") else plan
+    for name, dims in planned.items():
         expected = before[name].detach()
         for d, kept in sorted(dims.items()):
             expected = expected.index_select(d, kept)

@@ -19,8 +19,12 @@ def state_of(model: torch.nn.Module) -> dict:
         n: (id(t), t.detach().clone(), t.requires_grad)
         for n, t in list(model.named_parameters()) + list(model.named_buffers())
     }
-    attrs = {
-        n: {k: copy.copy(v) for k, v in vars(m).items() if not k.startswith("_")}
+    attrs = {  # (a tensor kept as a plain attribute, a hook's weight: by identity)
+        n: {
+            k: ("tensor", id(v)) if isinstance(v, torch.Tensor) else copy.copy(v)
+            for k, v in vars(m).items()
+            if not k.startswith("_")
+        }
         for n, m in model.named_modules()
     }
     hooks = {
@@ -64,7 +68,7 @@ def prune_and_check(
     for backend in BACKENDS:
         m = copy.deepcopy(model)
         results[backend] = (m, dx.prune(m, inputs, backend=backend, **kwargs))
-    plans = [r.plan for _, r in results.values()]
+    plans = [r.plan | r.non_persistent for _, r in results.values()]
     for plan in plans[1:]:
         assert plan.keys() == plans[0].keys()
         for name in plan:
@@ -75,9 +79,10 @@ def prune_and_check(
     if require_change:
         assert result.plan, "nothing was pruned"
         assert result.params_after < result.params_before
-    assert_kept_bit_identical(original, pruned, result.plan)
+    assert_plan_names_the_state_dict(original, pruned, result)
+    assert_kept_bit_identical(original, pruned, result)
     if oracle:
-        assert_scatter_back_equal(original, pruned, result.plan, inputs, rtol=rtol, atol=atol)
+        assert_scatter_back_equal(original, pruned, result, inputs, rtol=rtol, atol=atol)
     return pruned, result
 
 
@@ -129,3 +134,20 @@ def groups_of(dg: dx.DependencyGraph) -> list:
         )
         for g in dg.groups
     )
+
+
+def assert_plan_names_the_state_dict(original, pruned, result) -> None:
+    """The plan names exactly the state_dict keys whose tensors changed (tied names too), and
+    the changed buffers outside the state_dict apart."""
+    before, after = original.state_dict(), pruned.state_dict()
+    assert before.keys() == after.keys()
+    changed = {k for k in before if before[k].shape != after[k].shape}
+    assert changed == set(result.plan), changed ^ set(result.plan)
+    every = dict(original.named_buffers(remove_duplicate=False))
+    every |= dict(original.named_parameters(remove_duplicate=False))
+    pruned_every = dict(pruned.named_buffers(remove_duplicate=False))
+    outside = {k for k in every.keys() - before.keys() if every[k].shape != pruned_every[k].shape}
+    assert outside == set(result.non_persistent)
+    for alias, name in result.tied.items():
+        assert every[alias] is every[name]
+        assert alias in result.plan or alias in result.non_persistent

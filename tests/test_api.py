@@ -303,7 +303,10 @@ def test_model_output_pytree_and_shared_parameters():
     x = torch.randn(3, 3, dtype=torch.float64)
     pruned, result = prune_and_check(Tied().double(), x, ratio=0.5)
     assert pruned.b.weight is pruned.d.weight
-    assert "d.weight" not in result.plan  # one tensor, planned once under its canonical name
+    # one tensor under two state_dict keys: the plan names both, the second marked as tied
+    assert result.tied == {"d.weight": "b.weight", "d.bias": "b.bias"}
+    assert result.plan["d.weight"] is result.plan["b.weight"]
+    assert "d.weight" not in result.tensors  # (each tensor once)
 
 
 def test_summary_lists_changes():

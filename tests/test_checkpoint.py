@@ -154,6 +154,11 @@ def test_streaming_equals_in_memory_prune(checkpoints, tmp_path, name, importanc
         src, tmp_path / "out", ratio=0.5, ratios=RATIOS, importance=importance
     )
     assert_same_plan(result.plan, expected.plan)
+    assert (
+        result.tied
+        == expected.tied
+        == ({"lm_head.weight": "model.embed_tokens.weight"} if name == "qwen2" else {})
+    )
 
     got = load_dir(tmp_path / "out")
     stored = load_dir(src)

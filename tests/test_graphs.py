@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import depgraph_ext as dx
 from helpers import prune_and_check
 
 pyg = pytest.importorskip("torch_geometric.nn")
@@ -80,3 +81,56 @@ def test_gcn_and_sage():
     pruned, _ = prune_and_check(Net().double().eval(), (X, EDGES), ratio=0.5)
     assert pruned.c1.lin.weight.shape == (8, 12)
     assert pruned.c2.lin_l.weight.shape == (8, 8) == pruned.c2.lin_r.weight.shape
+
+
+class Transformer(nn.Module):
+    """Graph transformer layers (heads concatenated, root weight, no edge features): each
+    reshapes its projections by ``view(-1, self.heads, self.out_channels)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = pyg.TransformerConv(12, 8, heads=4)
+        self.c2 = pyg.TransformerConv(32, 8, heads=4)
+        self.c3 = pyg.TransformerConv(32, 5, heads=1)
+
+    def forward(self, x, edge_index):
+        x = torch.relu(self.c1(x, edge_index))
+        x = torch.relu(self.c2(x, edge_index))
+        return self.c3(x, edge_index)
+
+
+def test_transformer_conv_prunes_heads():
+    """The head count the code reshapes by follows the heads kept; the channels per head stay
+    (the code fixes them, and the attention scale reads them)."""
+    torch.manual_seed(0)
+    model = Transformer().double().eval()
+    with pytest.warns(dx.FixedSizeWarning, match="view"):  # the channels per head: fixed
+        pruned, result = prune_and_check(model, (X, EDGES), ratio=0.5)
+    for conv in (pruned.c1, pruned.c2):
+        assert conv.heads == 2 and conv.out_channels == 8
+        for lin in (conv.lin_query, conv.lin_key, conv.lin_value, conv.lin_skip):
+            assert lin.weight.shape[0] == 16
+    assert pruned.c2.lin_query.weight.shape[1] == 16
+    assert pruned(X, EDGES).shape == (N, 5)
+
+
+def test_transformer_conv_with_nothing_to_prune_names_the_op_and_its_line():
+    """One head: its channels are all there is, and the code fixes them; the refusal says
+    which op and which line of the model's code."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = pyg.TransformerConv(12, 8, heads=1), nn.Linear(8, 5)
+
+        def forward(self, x, edge_index):
+            return self.out(torch.relu(self.conv(x, edge_index)))
+
+    model = Net().double().eval()
+    with pytest.warns(dx.FixedSizeWarning):
+        with pytest.raises(dx.NoPrunableGroupsError) as refusal:
+            dx.prune(model, (X, EDGES), ratio=0.5)
+    message = str(refusal.value)
+    assert "aten.view" in message and "transformer_conv.py:" in message
+    assert ".view(-1, H, C)" in message
+    assert model.conv.lin_query.weight.shape == (8, 12)  # untouched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from helpers import prune_and_check
 from nets import DenseNet, ResNeXt, randomize_norms
@@ -58,6 +59,59 @@ def test_resnext_grouped_conv():
     # Units of a grouped conv are whole groups or one index inside every group: either way every
     # group keeps the same width.
     assert any(b.conv2.groups < 8 or b.conv2.in_channels < 32 for b in pruned.blocks)
+
+
+@pytest.mark.parametrize(
+    "cardinality,width,ratio,kept",
+    [
+        (32, 4, 0.5, (32, 2)),  # resnext50_32x4d's layer1: 128 channels in 32 groups
+        (32, 4, 0.25, (32, 3)),
+        (6, 8, 0.5, (6, 4)),  # regnet_y_400mf: 48 channels in 6 groups
+        (6, 8, 0.9, (5, 1)),  # the width cannot lose 90%: the groups take the rest
+    ],
+)
+def test_grouped_convs_keep_what_the_ratio_says(cardinality, width, ratio, kept):
+    """A grouped conv's channels are [groups, channels per group], two atoms: the width in every
+    group takes the ratio and the groups keep their number (cardinality is the architecture's
+    choice); whole groups go only for what the width cannot lose. Either way the layer keeps
+    the ratio's share of its channels, as a plain conv does."""
+    torch.manual_seed(0)
+    inner = cardinality * width
+    model = ResNeXt(ch=16, blocks=2, cardinality=cardinality, width=width)
+    model = randomize_norms(model.double().eval())
+    pruned, result = prune_and_check(model, _image(size=8), ratio=ratio)
+    for block in pruned.blocks:
+        conv = block.conv2
+        assert (conv.groups, conv.out_channels // conv.groups) == kept
+        assert conv.in_channels == conv.out_channels == block.conv1.out_channels
+        assert conv.out_channels >= inner * (1 - ratio) and conv.out_channels < inner
+        assert conv.weight.shape == (conv.out_channels, conv.in_channels // conv.groups, 3, 3)
+    # the summary says what each layer keeps, in channels
+    channels = f"{inner} -> {kept[0] * kept[1]}"
+    row = next(line for line in result.summary().splitlines() if line.startswith("blocks.0.conv2"))
+    assert channels in row, row
+
+
+def test_depthwise_convs_keep_what_the_ratio_says():
+    """Depthwise: one channel per group, so the groups take the ratio; with a channel multiplier
+    the groups are also another depthwise conv's channels, which keep what the ratio says, and
+    the multiplier keeps its two."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),  # depthwise
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, groups=16),  # depthwise, two channels a group
+        nn.ReLU(),
+        nn.Conv2d(32, 4, 1),
+    )
+    torch.manual_seed(0)
+    model = randomize_norms(model).double().eval()
+    pruned, _ = prune_and_check(model, _image(size=8), ratio=0.5)
+    assert (pruned[3].groups, pruned[3].out_channels) == (8, 8)
+    assert (pruned[6].groups, pruned[6].out_channels) == (8, 16)
 
 
 def test_densenet_concat_heavy():

@@ -195,3 +195,17 @@ def test_custom_autograd_function_is_traced_through_its_aten_ops():
 
     pruned, _ = check(Net(), torch.randn(4, 3, dtype=F64))
     assert pruned.a.out_features == 4
+
+
+def test_a_refusal_for_sizes_the_code_fixes_names_the_line():
+    class Rows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 12), nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.out(self.fc(x).view(-1, 12))  # "12": a constant of the code
+
+    with pytest.warns(dx.FixedSizeWarning):
+        with pytest.raises(dx.NoPrunableGroupsError, match=r"test_more_ops.py:\d+ in forward"):
+            dx.prune(Rows(), torch.randn(3, 4), ratio=0.5)

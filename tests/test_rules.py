@@ -288,19 +288,19 @@ def test_maxpool_and_split_with_hardcoded_sizes(backend):
 
 
 def test_view_with_hard_coded_size_is_learned_from_validation():
-    class Pairs(nn.Module):
+    class Rows(nn.Module):
         def __init__(self):
             super().__init__()
-            self.fc, self.out = nn.Linear(4, 12), nn.Linear(6, 3)
+            self.fc0, self.fc, self.out = nn.Linear(4, 8), nn.Linear(8, 12), nn.Linear(12, 3)
 
         def forward(self, x):
-            y = self.fc(x).view(x.shape[0], 2, -1)  # "2" is a constant of the code
-            return self.out(y.sum(1))
+            y = self.fc(torch.relu(self.fc0(x))).view(-1, 12)  # "12" is a constant of the code
+            return self.out(y)
 
     x = torch.randn(3, 4, dtype=torch.float64)
     with pytest.warns(dx.FixedSizeWarning, match="aten.view"):
-        pruned, result = prune_and_check(Pairs().double(), x, ratio=0.5)
-    assert pruned.fc.out_features == 6 and pruned.out.in_features == 3
+        pruned, result = prune_and_check(Rows().double(), x, ratio=0.5)
+    assert pruned.fc.out_features == 12 and pruned.fc0.out_features == 4
 
 
 @torch.library.custom_op("dxtest::mystery", mutates_args=())

@@ -104,7 +104,7 @@ def test_exact_only_prune_equals_zeroing_the_removed_units(model_type):
     assert result.params_after < result.params_before
     assert not result.function_changing and dx.FunctionChangingWarning not in warned
     tolerance = 1e-4 if dtype == torch.float32 else 1e-8
-    assert_scatter_back_equal(original, model, result.plan, inputs, rtol=tolerance, atol=tolerance)
+    assert_scatter_back_equal(original, model, result, inputs, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("model_type", ALL)

@@ -7,10 +7,11 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
-from .couplings import CouplingBuilder, Couplings
+from .couplings import CouplingBuilder, CouplingKind, Couplings
 from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
 from .trace import OpGraph
 
@@ -44,6 +45,11 @@ class CouplingModel:
     reductions: list[Reduction] = field(default_factory=list)
     min_sizes: list[tuple[int, int]] = field(default_factory=list)  # (slot, indices it keeps)
     routers: list[tuple[int, str]] = field(default_factory=list)  # (experts slot, router module)
+    # Dims (slots of size > 1) of the values other than parameters whose values come only from
+    # constants and buffers (a coordinate table, a frequency table: see ``carried_slots``), and
+    # those whose values come from a parameter or an input.
+    constant_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    varying_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def node_that_emitted(self, coupling: int) -> int | None:
         """The node whose rule emitted coupling number ``coupling`` (None: no rule did)."""
@@ -65,10 +71,15 @@ def build_couplings(
     strict: bool,
     hidden_tensors: list[str] = (),
     malformed: dict[int, str] | None = None,
+    computed_buffers=(),
+    free_outputs=(),
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
     ``hidden_tensors``: 1-D parameters whose dim is the residual stream (norm weights).
+    ``computed_buffers``: the buffers the model computes from its config (``state_dict``
+    leaves them out): constants, as ``carried_slots`` says. ``free_outputs``: positions in
+    ``graph.outputs`` of outputs whose width may shrink (the others keep every dim).
     ``malformed``: nodes whose rules emitted couplings resolution refused (node index ->
     why): they are opaque this time."""
     malformed = malformed or {}
@@ -76,7 +87,8 @@ def build_couplings(
     ctx = RuleContext(graph, builder)
     for name in hidden_tensors:
         ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
-    for v in graph.inputs + graph.outputs:
+    free = {graph.outputs[i] for i in free_outputs}
+    for v in graph.inputs + [v for v in graph.outputs if v not in free]:
         ctx.block_value(v)
     named = graph.params | graph.buffers
     for name in sorted(ignored):
@@ -151,6 +163,7 @@ def build_couplings(
         for s in (call.heads, call.kv_heads, call.head_dim, call.v_head_dim)
         if s >= 0
     ]
+    constant, varying = carried_slots(ctx, graph, spans, set(computed_buffers))
     return CouplingModel(
         builder.build(query),
         ctx.value_slots,
@@ -162,7 +175,94 @@ def build_couplings(
         ctx.reductions,
         ctx.min_sizes,
         ctx.routers,
+        constant,
+        varying,
     )
+
+
+def carried_slots(
+    ctx: RuleContext, graph: OpGraph, spans: list[tuple[int, int, int]], computed: set[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dims whose values come only from constants, dims whose values come from the model's
+    state or its inputs), over the dims of size > 1 of every value the model's state alone
+    does not make.
+
+    Constants: the buffers the model computes from its config (``computed``: the ones its
+    ``state_dict`` leaves out), tensors from outside the model, what creation ops make. State:
+    parameters and the other buffers (running statistics). Along a dim of an op's result,
+    values come from the input dims the op's rule couples it with (an element-wise op's
+    aligned dims, a matmul's outer dims; not a contracted dim, not a dim an operand is
+    broadcast along): every dim of the state and of the inputs varies, and so does each result
+    dim coupled, within its op, to a dim that varies. A table of coordinates or frequencies
+    varies along no dim. What the state alone makes (a transposed weight, a weight a
+    parametrization computes) reads values rather than carrying them, and is left out."""
+    builder = ctx.builder
+    sizes, slots_of = builder.slot_sizes, ctx.value_slots
+    n = sum(len(slots) for slots in slots_of)  # value slots come first, value by value
+    varies = bytearray(b"\x01") * n  # what a dim does unless it comes from constants alone
+    state = {v for name, v in graph.params.items() | graph.buffers.items() if name not in computed}
+    # Values with a dim that does not vary: constants, and what ops make of them.
+    tainted = {graph.buffers[name] for name in computed}
+    tainted.update(v.index for v in graph.values if v.kind == "constant")
+    span_of = {node: (start, end) for node, start, end in spans}
+    kinds, offsets, data = builder._kinds, builder._offsets, builder._data
+    reshape, equal = int(CouplingKind.RESHAPE), int(CouplingKind.EQUAL)
+    pieces = (int(CouplingKind.CAT_PIECE), int(CouplingKind.SLICE))
+    for v in tainted:
+        for s in slots_of[v]:
+            varies[s] = 0
+    for node in graph.nodes:
+        ins = node.inputs
+        if not ins:  # a creation op (arange, zeros): values from the call alone
+            tainted.update(node.outputs)
+            for v in node.outputs:
+                for s in slots_of[v]:
+                    varies[s] = 0
+            continue
+        if state.issuperset(ins):
+            state.update(node.outputs)
+        if tainted.isdisjoint(ins):  # the common case: nothing constant comes in
+            continue
+        # Which result dims are coupled, within the op, to a dim that varies.
+        parent: dict[int, int] = {}
+        start, end = span_of.get(node.index, (0, 0))
+        for k in range(start, end):
+            ops = data[offsets[k] : offsets[k + 1]]
+            kind = kinds[k]
+            if kind == equal:
+                linked = ops
+            elif kind == reshape:
+                linked = ops[1 : 1 + ops[0]] + ops[2 + ops[0] :]
+            elif kind in pieces:
+                linked = ops[:2]
+            else:
+                continue
+            first = _find(parent, linked[0])
+            for x in linked[1:]:
+                parent[_find(parent, x)] = first
+        inputs = {s for v in ins for s in slots_of[v]}
+        sources = {_find(parent, s) for s in inputs if varies[s]}
+        for v in node.outputs:
+            for s in slots_of[v]:
+                if s not in inputs:
+                    varies[s] = _find(parent, s) in sources
+                elif not varies[s] and _find(parent, s) in sources:  # an in-place op's
+                    varies[s] = 1
+                if not varies[s] and sizes[s] != 1:
+                    tainted.add(v)
+    flags = np.frombuffer(bytes(varies), dtype=np.uint8).astype(bool)
+    wanted = np.asarray(sizes[:n], dtype=np.int64) > 1
+    wanted[[s for v in state for s in slots_of[v]]] = False
+    return np.nonzero(wanted & ~flags)[0], np.nonzero(wanted & flags)[0]
+
+
+def _find(parent: dict[int, int], x: int) -> int:
+    """The root of ``x`` in a union-find forest kept as a dict (absent: a root)."""
+    root = x
+    while parent.get(root, root) != root:
+        root = parent[root]
+    parent[x] = root
+    return root
 
 
 # Ops whose integer results hold the same positions as their first input (reshaped, copied).

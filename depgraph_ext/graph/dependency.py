@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,15 +13,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError, OpaqueOpWarning, PruningError, user_stacklevel
+from ..errors import (
+    InvalidArgumentError,
+    OpaqueOpWarning,
+    PruningError,
+    TraceError,
+    user_stacklevel,
+)
 from ..gcpause import paused_gc
 from ..progress import as_progress
-from .coupling_model import OpaqueOp, build_couplings
+from .computed import computed_tensors
+from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
 from .standin import MetaResults
-from .trace import OpGraph, Ref, trace
-from .walk import ModelWalk
+from .trace import OpGraph, Ref, model_frame, stack_of_op, trace
+from .walk import ModelWalk, non_persistent
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
 KINDS = ("channels", "hidden", "heads", "experts")
@@ -114,6 +122,21 @@ class Group:
         )
 
 
+@dataclass(frozen=True)
+class FactorFamily:
+    """Groups (indices into a graph's ``groups``) whose units are factors of tensor dims.
+
+    ``products``: the groups each such dim is a product of (a dim made of one of them too).
+    ``members``: the order in which they take a ratio (see ``select``): a group that is the
+    only prunable factor of some dim first (a depthwise conv's channels are its groups; a
+    grouped conv's input channels per group are its width), then the others but the counts of
+    groups a module declares (a conv's ``groups``, a GroupNorm's ``num_groups``), those last;
+    most units first within each."""
+
+    members: tuple[int, ...]
+    products: tuple[tuple[int, ...], ...]
+
+
 @dataclass
 class TensorDim:
     """One dim of a parameter/buffer as a row-major product of leaf atoms."""
@@ -157,6 +180,7 @@ class DependencyGraph:
         backend: str | None = None,
         progress: bool | None = None,
         trace_device="cpu",
+        prune_outputs=(),
     ) -> None:
         self.model = model
         self.progress = as_progress(progress)
@@ -182,14 +206,22 @@ class DependencyGraph:
         self.config_reads: frozenset[str] = frozenset(reads)
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
+        self.free_outputs = resolve_outputs(self.graph, prune_outputs)
         norm_weights = _norm_weights_of_stream(model, self.graph, self.walk)
         # A rule (a user's, say) that emits couplings the resolution refuses makes its op
         # opaque, named in the warning; anything else malformed is a bug of the library.
         malformed: dict[int, str] = {}
+        computed = non_persistent(self.walk) & self.graph.buffers.keys()
         while True:
             with paused_gc():
                 self.coupling_model = build_couplings(
-                    self.graph, self.ignored, strict, norm_weights, malformed
+                    self.graph,
+                    self.ignored,
+                    strict,
+                    norm_weights,
+                    malformed,
+                    computed,
+                    self.free_outputs,
                 )
             t2 = time.perf_counter()
             try:
@@ -200,6 +232,9 @@ class DependencyGraph:
                 if node is None or node in malformed:
                     raise PruningError(f"internal error: malformed couplings ({exc})") from exc
                 malformed[node] = f"its rule emitted a malformed coupling: {exc}"
+        self.coupling_model, self.resolution = constants_as_inputs(
+            self.coupling_model, self.resolution, self.backend
+        )
         t3 = time.perf_counter()
         self.timings.update(trace=t1 - t0, rules=t2 - t1, resolve=t3 - t2)
         self._index()
@@ -222,7 +257,7 @@ class DependencyGraph:
         """A new graph sharing this one's trace, with ``changes`` (and nothing cached)."""
         new = object.__new__(DependencyGraph)
         state = dict(self.__dict__)
-        for cached in ("groups", "output_layout", "dynamic_slots"):
+        for cached in ("groups", "output_layout", "dynamic_slots", "factor_families"):
             state.pop(cached, None)
         state.update(changes)
         new.__dict__.update(state)
@@ -291,6 +326,12 @@ class DependencyGraph:
             op.blocked = sorted(names)
             warnings.warn(op.describe(), OpaqueOpWarning, stacklevel=user_stacklevel())
 
+    @functools.cached_property
+    def computed_tensors(self) -> dict[str, int]:
+        """Tensors the model computes as it runs (a parametrized weight, a hook's weight): name
+        -> traced value (see :mod:`depgraph_ext.graph.computed`)."""
+        return computed_tensors(self.graph, self.walk)
+
     @property
     def opaque_ops(self) -> list[OpaqueOp]:
         return self.coupling_model.opaque
@@ -338,6 +379,57 @@ class DependencyGraph:
                 )
             )
         return groups
+
+    @functools.cached_property
+    def factor_families(self) -> list[FactorFamily]:
+        """Groups whose units meet as factors of one tensor dim: a grouped conv's channels are
+        [groups, channels per group], a GroupNorm's [norm groups, channels per norm group],
+        each factor an atom of its own group (see :class:`FactorFamily`)."""
+        res = self.resolution
+        group_of = np.full(res.num_groups, -1, dtype=np.int64)
+        for i, group in enumerate(self.groups):
+            group_of[res.unit_groups[group.unit_ids[0]]] = i
+        parent = list(range(len(self.groups)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        products: set[tuple[int, ...]] = set()
+        alone: set[int] = set()
+        for dims in self.tensor_dims.values():
+            for td in dims:
+                # per leaf, the groups of its units (several: the pieces of a concatenation)
+                factors = [groups_of_leaves(res, [leaf], group_of) for leaf in td.leaves]
+                factors = [f for f in factors if f]
+                if len(factors) == 1:
+                    alone.update(factors[0])
+                elif factors and all(len(f) == 1 for f in factors):  # atoms of one group each
+                    found = tuple(dict.fromkeys(f[0] for f in factors))
+                    products.add(found)
+                    for other in found[1:]:
+                        parent[root(other)] = root(found[0])
+        products.update((i,) for i in alone)
+        linked = {i for p in products if len(p) > 1 for i in p}
+        if not linked:
+            return []
+        counts = set()
+        for _, attr, slot in self.coupling_model.attr_slots:
+            if attr in ("groups", "num_groups"):
+                counts.update(groups_of_leaves(res, res.leaves_of(slot), group_of))
+        families: dict[int, list[int]] = {}
+        for i in sorted(linked):
+            families.setdefault(root(i), []).append(i)
+        out = []
+        for members in families.values():
+            order = sorted(
+                members, key=lambda i: (i not in alone, i in counts, -self.groups[i].num_units, i)
+            )
+            mine = sorted(p for p in products if p[0] in members)
+            out.append(FactorFamily(tuple(order), tuple(mine)))
+        return out
 
     def _min_kept(self) -> dict[int, int]:
         """Resolution group -> the units ops need kept (a top-k's k over a one-leaf slot)."""
@@ -473,6 +565,19 @@ class DependencyGraph:
             real_decides=self.graph.mode == "real",
         )
 
+    def source_line(self, node: int) -> str | None:
+        """Where the model's Python code runs op number ``node`` (``file:line in function:
+        code``; None when it cannot be told): the model traced again, shapes only, the stack
+        taken at that op."""
+        with stack_of_op(node) as found:
+            try:
+                self.trace_pruned({}, stage="find the line")
+            except TraceError:
+                pass
+        if found["op"] != self.graph.nodes[node].name:
+            return None
+        return model_frame(found["stack"])
+
     # -- derived graphs ------------------------------------------------------------------------
     def scoring_only(self, groups: np.ndarray) -> DependencyGraph:
         """This graph, with importances scoring only the units of ``groups`` (a bool per group
@@ -490,15 +595,8 @@ class DependencyGraph:
     def with_blocked(self, slots) -> DependencyGraph:
         """A new graph in which ``slots`` (sizes validation found fixed) are blocked too: the
         couplings gain a BLOCK each, and the groups are resolved again."""
-        c = self.coupling_model.couplings
         slots = np.asarray(sorted(set(int(s) for s in slots)), dtype=np.int64)
-        couplings = Couplings(
-            slot_sizes=c.slot_sizes,
-            kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
-            offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
-            data=np.concatenate([c.data, slots]),
-            query_slots=c.query_slots,
-        )
+        couplings = with_blocks(self.coupling_model.couplings, slots)
         t = time.perf_counter()
         derived = self._derived(
             coupling_model=dataclasses.replace(self.coupling_model, couplings=couplings),
@@ -574,6 +672,58 @@ class DependencyGraph:
             [dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot(max_groups), text=True, check=True
         )
         return path
+
+
+def with_blocks(c: Couplings, slots: np.ndarray) -> Couplings:
+    """``c`` with a BLOCK of each of ``slots`` added."""
+    return Couplings(
+        slot_sizes=c.slot_sizes,
+        kinds=np.concatenate([c.kinds, np.full(slots.shape[0], CouplingKind.BLOCK, np.int8)]),
+        offsets=np.concatenate([c.offsets, c.offsets[-1] + np.arange(1, slots.shape[0] + 1)]),
+        data=np.concatenate([c.data, slots]),
+        query_slots=c.query_slots,
+    )
+
+
+def _slot_groups(res: Resolution, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, resolution group) pairs: the groups of the units of each slot's leaves (a
+    leaf's first and last unit: a leaf's units are of one group but where a slice cuts it)."""
+    offsets = res.slot_leaf_offsets
+    counts = offsets[slots + 1] - offsets[slots]
+    total = int(counts.sum())
+    if not total:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.repeat(offsets[slots] - (np.cumsum(counts) - counts), counts)
+    leaves = res.slot_leaves[starts + np.arange(total)]
+    owners = np.repeat(slots, counts)
+    has = res.leaf_unit_offsets[leaves] >= 0
+    leaves, owners = leaves[has], owners[has]
+    first = res.leaf_unit_offsets[leaves]
+    last = first + res.leaf_sizes[leaves] - 1
+    groups = res.unit_groups[res.elem_units[np.concatenate([first, last])]]
+    return np.concatenate([owners, owners]), groups
+
+
+def constants_as_inputs(model: CouplingModel, res: Resolution, backend: str):
+    """Dims whose values come only from constants and buffers the model computes (Swinv2's
+    table of relative coordinates fed to its position-bias MLP, a table of frequencies) are
+    kept like the model's inputs: a group none of whose activations comes from a parameter or
+    an input, but that holds such a dim, is blocked (through those dims), and the groups are
+    resolved again. (Removing a coordinate is the same as zeroing the weights that read it,
+    so the oracle could not object; no one wants a position bias that sees x and not y.)"""
+    if model.constant_slots.size == 0:
+        return model, res
+    owners, groups = _slot_groups(res, model.constant_slots)
+    _, varying = _slot_groups(res, model.varying_slots)
+    live = np.zeros(res.num_groups, dtype=bool)  # groups with a unit not blocked yet
+    live[res.unit_groups[~res.unit_blocked]] = True
+    inputlike = live.copy()
+    inputlike[varying] = False
+    slots = np.unique(owners[inputlike[groups]])
+    if slots.size == 0:
+        return model, res
+    couplings = with_blocks(model.couplings, slots)
+    return dataclasses.replace(model, couplings=couplings), resolve(couplings, backend)
 
 
 @contextlib.contextmanager
@@ -655,6 +805,45 @@ def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None
     return out
 
 
+def resolve_outputs(graph: OpGraph, prune_outputs) -> tuple[int, ...]:
+    """Positions in ``graph.outputs`` (the model's tensor outputs, flattened in order) named by
+    ``prune_outputs``: positions, or names (a key of what the model returned, ``"logits"``, or
+    a whole key path, ``"[1]['a']"``; a name covers every tensor under it)."""
+    if prune_outputs is None:
+        return ()
+    if isinstance(prune_outputs, (str, bytes)) or not isinstance(
+        prune_outputs, (list, tuple, set, frozenset)
+    ):
+        raise InvalidArgumentError(
+            f"prune_outputs must be a list of output positions or names, not {prune_outputs!r}"
+        )
+    paths = graph.output_paths
+    out: list[int] = []
+    for item in prune_outputs:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(paths):
+            out.append(item)
+            continue
+        found = (
+            [i for i, p in enumerate(paths) if p == item or _top_key(p) == item]
+            if isinstance(item, str)
+            else []
+        )
+        if not found:
+            raise InvalidArgumentError(
+                f"prune_outputs: {item!r} names no output of the model; its tensor outputs are "
+                f"positions 0 to {len(paths) - 1}: {', '.join(paths[:12])}"
+                + (" ..." if len(paths) > 12 else "")
+            )
+        out += found
+    return tuple(sorted(set(out)))
+
+
+def _top_key(path: str) -> str | None:
+    """The first key of a key path (``['logits'][0]`` -> ``logits``; ``.logits`` too)."""
+    match = re.match(r"^\['([^']*)'\]|^\.(\w+)", path)
+    return (match.group(1) or match.group(2)) if match else None
+
+
 def _module_tensors(module: torch.nn.Module):
     yield from module.named_parameters()
     yield from module.named_buffers()
@@ -675,6 +864,17 @@ def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph, walk: ModelW
             ):
                 out.append(w)
     return out
+
+
+def groups_of_leaves(res: Resolution, leaves, group_of: np.ndarray) -> list[int]:
+    """The groups (indices into a graph's ``groups``, via ``group_of``) of the prunable units
+    of ``leaves`` (leaves of size 1 never lose their element), in order, each once."""
+    found: list[int] = []
+    for leaf in leaves:
+        if res.leaf_sizes[leaf] > 1 and res.leaf_unit_offsets[leaf] >= 0:
+            units = res.units_of_leaf(int(leaf))
+            found += np.unique(group_of[res.unit_groups[units]]).tolist()
+    return [i for i in dict.fromkeys(found) if i >= 0]
 
 
 def _list_members(

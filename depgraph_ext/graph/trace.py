@@ -11,11 +11,15 @@ hooks and parameters are restored even when the forward fails.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
+import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -118,6 +122,12 @@ class OpGraph:
     # What the model's code read of sizes and values, and the ops of calls it passed integers
     # to (size_watch.py): what a plan must leave alone to need no second trace.
     code_saw: CodeSaw | None = None
+    # Tensors the forward stored as plain module attributes (a hook-computed weight):
+    # qualified name -> value index. The model gets its own tensors back after the trace.
+    attribute_tensors: dict[str, int] = field(default_factory=dict)
+    # Where each of ``outputs`` is in what the model returned: its key path
+    # (``torch.utils._pytree.keystr``: ``[0]``, ``['logits']``).
+    output_paths: list[str] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -169,6 +179,7 @@ class _RecorderBase(_EagerMode):
         self.graph = graph
         self.module_stack = module_stack
         self.failed_at: FailedOp | None = None
+        self.stack_at: dict | None = _STACK_AT.get()  # see ``stack_of_op``
         # Real tracing only: the time after which the trace gives up (see ``REAL_BUDGET``).
         self.deadline: float | None = None
         self.budget_per_op = 0.0
@@ -187,6 +198,11 @@ class _RecorderBase(_EagerMode):
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
         raise NotImplementedError
+
+    def _note_stack(self, index: int, func) -> None:
+        """The Python stack of the op ``stack_of_op`` asks for, when it is op ``index``."""
+        if index == self.stack_at["index"] and self.stack_at["stack"] is None:
+            self.stack_at.update(stack=traceback.extract_stack(), op=str(func))
 
     def recorded_count(self) -> int:
         """How many ops were recorded so far."""
@@ -335,6 +351,8 @@ class _Recorder(_RecorderBase):
         self.graph.nodes.append(
             Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module)
         )
+        if self.stack_at is not None:
+            self._note_stack(node_index, func)
         return out
 
     def module_outputs(self, output) -> list[int]:
@@ -418,8 +436,40 @@ class _ShapeRecorder(_RecorderBase):
         known = self.known
         for t in out_leaves:
             known[id(t)] = t
+        if self.stack_at is not None:
+            self._note_stack(len(self.graph.ops), func)
         self.graph.ops.append((func, module, [tuple(t.shape) for t in out_leaves]))
         return out
+
+
+_STACK_AT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("stack_at", default=None)
+_LIBRARIES = (
+    str(Path(torch.__file__).parent) + os.sep,
+    str(Path(__file__).parent.parent) + os.sep,  # depgraph_ext
+    contextlib.__file__,
+)
+
+
+@contextlib.contextmanager
+def stack_of_op(index: int):
+    """For the traces run for the duration: ``{"stack", "op"}`` of the ``index``-th op that
+    returns tensors (the Python stack it ran from, its name), filled once it runs."""
+    holder = {"index": index, "stack": None, "op": None}
+    token = _STACK_AT.set(holder)
+    try:
+        yield holder
+    finally:
+        _STACK_AT.reset(token)
+
+
+def model_frame(stack) -> str | None:
+    """The innermost frame of a stack outside torch and depgraph_ext: the model's line that
+    ran the op, as ``file:line in function: code``."""
+    for frame in reversed(stack or ()):
+        if not frame.filename.startswith(_LIBRARIES):
+            code = f": {frame.line.strip()}" if frame.line else ""
+            return f"{frame.filename}:{frame.lineno} in {frame.name}{code}"
+    return None
 
 
 class _OverBudget(Exception):
@@ -496,12 +546,22 @@ def _eval_mode(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]
 
 
 @contextlib.contextmanager
-def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]], fakes: dict[int, torch.Tensor]):
+def _swapped_tensors(
+    modules: list[tuple[str, torch.nn.Module]], fakes: dict[int, torch.Tensor], computed=None
+):
     """Put fake tensors in place of the model's own, and put back exactly what was there.
 
-    (``torch.func.functional_call`` restores the wrong tensor when one module is registered
-    under two names, so the swap is done here, once per unique module.)"""
+    Tensors the forward stores as plain module attributes (the older ``weight_norm`` and
+    ``spectral_norm`` compute ``module.weight`` in a forward pre-hook) are put back too: the
+    trace's own tensors (meta, fake) must not stay in the model. ``computed``: a dict that
+    receives, by qualified name, each attribute the forward set to a tensor, before it is put
+    back. (``torch.func.functional_call`` restores the wrong tensor when one module is
+    registered under two names, so the swap is done here, once per unique module.)"""
     saved = []
+    attributes = [
+        (name, module, {k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
+        for name, module in modules
+    ]
     try:
         for _, module in modules:
             for store in (module._parameters, module._buffers):
@@ -513,6 +573,16 @@ def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]], fakes: dict[int
     finally:
         for store, key, t in reversed(saved):
             store[key] = t
+        for name, module, before in attributes:
+            state = vars(module)
+            for key, value in list(state.items()):
+                if isinstance(value, torch.Tensor) and before.get(key) is not value:
+                    if computed is not None:
+                        computed[f"{name}.{key}" if name else key] = value
+                    if key in before:
+                        state[key] = before[key]
+                    else:
+                        del state[key]
 
 
 def _on_meta(tensors) -> bool:
@@ -796,6 +866,7 @@ def trace_as(
                 graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only
             )
             progress, stage = bar
+            set_attributes: dict[str, torch.Tensor] = {}
             if budget is not None:  # counted from the forward: preparing tensors is not the model's
                 recorder.deadline = time.perf_counter() + budget[0]
                 recorder.budget_per_op = budget[1]
@@ -806,7 +877,7 @@ def trace_as(
                 _module_scopes(modules, stack, recorder, ticks),
             ):
                 with fake_mode, recorder, stand_in_mode, watch or contextlib.nullcontext():
-                    with _swapped_tensors(modules, fakes):
+                    with _swapped_tensors(modules, fakes, set_attributes):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
@@ -826,9 +897,17 @@ def trace_as(
             _check_untouched(modules, params, buffers)
     if recorder.aborted:
         raise _OverBudget  # the model's code caught it and went on
-    for leaf in pytree.tree_leaves(out):
+    if not shapes_only:
+        graph.attribute_tensors = {
+            name: recorder.value_of[id(t)]
+            for name, t in set_attributes.items()
+            if id(t) in recorder.value_of
+        }
+    for path, leaf in pytree.tree_flatten_with_path(out)[0]:
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
+            if not shapes_only:
+                graph.output_paths.append(pytree.keystr(path))
     if watch is not None:
         graph.code_saw = watch.saw
     return graph

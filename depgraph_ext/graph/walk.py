@@ -47,3 +47,12 @@ class ModelWalk:
                 f"model must be a torch.nn.Module, not {type(model).__name__}"
             )
         return cls(list(model.named_modules()), *named_tensors(model))
+
+
+def non_persistent(walk: ModelWalk) -> set[str]:
+    """The buffers ``state_dict`` leaves out (a module's non-persistent ones), by name."""
+    return {
+        f"{name}.{key}" if name else key
+        for name, m in walk.modules
+        for key in m._non_persistent_buffers_set
+    }

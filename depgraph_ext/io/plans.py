@@ -1,6 +1,12 @@
 """Plans users can keep: ``result.save_plan(path)`` writes JSON (no pickle); ``apply_plan(model,
 path)`` replays it on a freshly built original model, reproducing the pruned model bit for bit
-(tensors, module attributes and a transformers config)."""
+(tensors, module attributes and a transformers config).
+
+Format ``depgraph_ext.plan/2``: ``tensors`` holds every ``state_dict()`` key whose tensor
+changes (its shape before and the kept indices of each pruned dim; a tied name also says
+``"tied_to"``, the name it shares its tensor with), ``non_persistent`` the changed buffers
+``state_dict()`` leaves out; ``attributes`` and ``config`` the changes that follow. Plans of
+format 1 (one list of tensors, tied names left out) are read too."""
 
 from __future__ import annotations
 
@@ -14,23 +20,31 @@ from ..pruning.apply import apply_changes
 from ..pruning.attributes import AttributeUpdate
 from ..pruning.configs import ConfigUpdate, apply_config_updates
 
-FORMAT = "depgraph_ext.plan/1"
+FORMAT = "depgraph_ext.plan/2"
+FORMATS = ("depgraph_ext.plan/1", FORMAT)  # what apply_plan reads
 
 
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def _entries(result, plan) -> dict:
+    out = {}
+    for name, dims in plan.items():
+        out[name] = {
+            "shape": list(result.shapes_before[name]),
+            "kept": {str(d): kept.tolist() for d, kept in dims.items()},
+        }
+        if name in result.tied:
+            out[name]["tied_to"] = result.tied[name]
+    return out
+
+
 def plan_to_dict(result) -> dict:
     return {
         "format": FORMAT,
-        "tensors": {
-            name: {
-                "shape": list(result.shapes_before[name]),
-                "kept": {str(d): kept.tolist() for d, kept in dims.items()},
-            }
-            for name, dims in result.plan.items()
-        },
+        "tensors": _entries(result, result.plan),
+        "non_persistent": _entries(result, result.non_persistent),
         "attributes": [
             {"module": u.module, "attr": u.attr, "old": _plain(u.old), "new": _plain(u.new)}
             for u in result.attribute_updates
@@ -58,7 +72,7 @@ def load_plan(path_or_dict) -> dict:
             data = json.loads(Path(path_or_dict).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InvalidArgumentError(f"cannot read a plan from {path_or_dict}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in FORMATS:
         raise InvalidArgumentError(f"not a depgraph_ext plan (expected format {FORMAT!r})")
     return data
 
@@ -68,13 +82,29 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
     every tensor must exist with its original shape and every attribute hold its original
     value; if not, a PruningError names it and the model is untouched."""
     data = load_plan(plan)
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors |= dict(model.named_buffers(remove_duplicate=False))
     modules = dict(model.named_modules())
     tensor_plan = {}
-    for name, entry in data["tensors"].items():
+    planned: dict[int, str] = {}  # tensors the plan slices, by identity
+    entries = data["tensors"] | data.get("non_persistent", {})
+    for name, entry in entries.items():
         t = tensors.get(name)
         if t is None:
             raise PruningError(f"the plan prunes {name}, which this model does not have")
+        tied_to = entry.get("tied_to")
+        if tied_to is not None:  # the same tensor as another name of the plan: sliced once
+            if tensors.get(tied_to) is not t or tied_to not in entries:
+                raise PruningError(
+                    f"the plan was made for a model whose {name} is tied to {tied_to}, and "
+                    "in this model it is not"
+                )
+            continue
+        if id(t) in planned:
+            raise PruningError(
+                f"{name} is the same tensor as {planned[id(t)]} in this model, and the plan "
+                "was made for a model where they are two"
+            )
         if list(t.shape) != entry["shape"]:
             raise PruningError(
                 f"{name} has shape {tuple(t.shape)}, the plan was made for "
@@ -87,6 +117,7 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
                 raise PruningError(f"the plan's indices for {name} dim {d} are out of range")
             dims[int(d)] = index
         tensor_plan[name] = dims
+        planned[id(t)] = name
     updates = []
     for u in data["attributes"]:
         m = modules.get(u["module"])
@@ -106,6 +137,6 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
     config_updates = [ConfigUpdate(u["field"], u["old"], u["new"]) for u in data["config"]]
     if config_updates and config is None:
         raise PruningError("the plan updates a config, and this model has none")
-    apply_changes(model, tensor_plan, updates)
+    apply_changes(model, tensor_plan, updates, tensors=tensors)
     apply_config_updates(model, config_updates)
     return tensor_plan

@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import ops
 from ..errors import InvalidArgumentError
+from ..graph.computed import refresh_hooked
 from .attributes import set_attributes
 from .importance import fisher_entry
 from .release import release_tails
@@ -84,6 +85,7 @@ def apply_changes(
             for container, key, name in companions:
                 container[key] = gather(container[key], plan[name])
         set_attributes(model, updates)
+        refresh_hooked(model, plan)
         return
     with torch.no_grad():
         sliced = {}
@@ -101,6 +103,7 @@ def apply_changes(
         for (container, key, _), new in zip(companions, state):
             container[key] = new
     set_attributes(model, updates)
+    refresh_hooked(model, plan)
 
 
 def _gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str, torch.Tensor]:

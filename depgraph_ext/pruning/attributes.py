@@ -90,6 +90,7 @@ def attribute_updates(
     named = g.params | g.buffers
     planned = dg.planned_shapes(tensors)
     modules = dict(dg.walk.modules)
+    computed, slots = dg.computed_tensors, dg.coupling_model.value_slots
 
     def shape_of(module_name: str, tensor: str):
         full = f"{module_name}.{tensor}" if module_name else tensor
@@ -98,6 +99,8 @@ def attribute_updates(
             return planned[full]
         if full in named:
             return g.values[named[full]].shape
+        if full in computed:  # a parametrized or hook-computed weight: as it will be computed
+            return tuple(dg.slot_kept_size(s, masks) for s in slots[computed[full]])
         return None
 
     declared: dict[tuple[str, str], int] = {}
@@ -129,7 +132,11 @@ def attribute_updates(
             old = getattr(modules[name], attr)
             if old != new:
                 updates.append(AttributeUpdate(name, attr, old, new))
-    return updates + attention_updates(dg, modules, masks)
+    updates += attention_updates(dg, modules, masks)
+    spoken = {(u.module, u.attr) for u in updates}
+    return updates + [
+        u for u in reshaped_head_counts(dg, modules, masks) if (u.module, u.attr) not in spoken
+    ]
 
 
 # -- the built-in rules --------------------------------------------------------------------------
@@ -280,6 +287,46 @@ def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
                 if (name, attr) not in found and getattr(m, attr, None) == old:
                     found[(name, attr)] = (old, new)
     return [AttributeUpdate(name, attr, old, new) for (name, attr), (old, new) in found.items()]
+
+
+_VIEWS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten.view_copy"})
+
+
+def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
+    """Head counts of modules whose attention the rules do not see as such (attention over a
+    graph's edges: torch_geometric's ``TransformerConv``), from the code's own reshapes: a
+    module that views a tensor as ``(-1, self.heads, C)`` names the heads' dim by its count;
+    the count follows the heads kept there. Only where every such dim of the module agrees;
+    a module whose attention calls or attribute rule say its heads is left to them."""
+    g, slots = dg.graph, dg.coupling_model.value_slots
+    attending = {call.module for call in dg.coupling_model.attention}
+    found: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for node in g.nodes:
+        m = modules.get(node.module)
+        if m is None or node.packet not in _VIEWS or node.module in attending:
+            continue
+        counts = {
+            a: getattr(m, a)
+            for a in (*HEADS, "heads")
+            if isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)
+        }
+        sizes = node.args[1] if len(node.args) > 1 else None
+        if not counts or not isinstance(sizes, (list, tuple)) or not node.outputs:
+            continue
+        out = slots[node.outputs[0]]
+        for d, size in enumerate(sizes):
+            for attr, count in counts.items():
+                if size == count and d < len(out) and dg.slot_sizes[out[d]] == count:
+                    found.setdefault((node.module, attr), set()).add(
+                        (count, dg.slot_kept_size(out[d], masks))
+                    )
+    updates = []
+    for (module, attr), seen in found.items():
+        if len(seen) == 1 and attribute_rule(modules[module]) is None:
+            [(old, new)] = seen
+            if old != new:
+                updates.append(AttributeUpdate(module, attr, old, new))
+    return updates
 
 
 def attributes_named_like(dg: DependencyGraph, config_updates, known) -> list[AttributeUpdate]:

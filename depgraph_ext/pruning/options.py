@@ -44,6 +44,11 @@ class PruneOptions:
     and the original with the removed units zeroed run on the example inputs; for the exact
     groups they must agree, or a ``VerificationError`` names the groups that do not (two
     forward passes, and a copy of the removed slices while they run).
+
+    Outputs: every tensor the model returns keeps its width (as its inputs do), except those
+    ``prune_outputs`` names: positions among the model's tensor outputs (flattened in order)
+    or names (a key of what it returns, or a key path); ``result.outputs`` says what each of
+    them kept.
     """
 
     importance: object = "l2"
@@ -64,6 +69,7 @@ class PruneOptions:
     progress: bool | None = None
     exact_only: bool = False
     verify: bool = False
+    prune_outputs: object = ()
 
     @classmethod
     def of(cls, options: dict) -> PruneOptions:

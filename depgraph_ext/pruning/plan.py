@@ -4,12 +4,13 @@ changes (``apply`` does that)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..graph.dependency import DependencyGraph
+from ..graph.walk import ModelWalk, non_persistent
 from .attributes import AttributeUpdate, attribute_updates
 from .configs import ConfigUpdate, config_updates
 
@@ -32,6 +33,9 @@ class Plan:
     attributes: tuple[AttributeUpdate, ...]
     config: tuple[ConfigUpdate, ...]
     config_problems: tuple[str, ...] = ()
+    # position among the model's tensor outputs -> {dim: kept indices}: the outputs that
+    # shrink (``prune_outputs``)
+    outputs: dict[int, dict[int, torch.Tensor]] = field(default_factory=dict)
 
 
 def propose_plan(dg: DependencyGraph, keep: np.ndarray) -> Plan:
@@ -39,7 +43,29 @@ def propose_plan(dg: DependencyGraph, keep: np.ndarray) -> Plan:
     tensors, masks = tensor_plan(dg, keep)
     attributes = attribute_updates(dg, tensors, masks)
     config, problems = config_updates(dg, masks, keep)
-    return Plan(tensors, masks, keep, tuple(attributes), tuple(config), tuple(problems))
+    outputs = {}
+    for i in dg.free_outputs:
+        slots = dg.coupling_model.value_slots[dg.graph.outputs[i]]
+        dims = {}
+        for d, slot in enumerate(slots):
+            kept = kept_indices(dg, dg.resolution.leaves_of(slot), masks)
+            if kept is not None:
+                dims[d] = kept
+        if dims:
+            outputs[i] = dims
+    return Plan(tensors, masks, keep, tuple(attributes), tuple(config), tuple(problems), outputs)
+
+
+def kept_indices(dg: DependencyGraph, leaves, masks: dict[int, np.ndarray]):
+    """The kept indices of a dim made of ``leaves`` (None: it keeps every one)."""
+    leaf_masks = [masks.get(int(leaf)) for leaf in leaves]
+    if all(m is None for m in leaf_masks):
+        return None
+    combined = np.ones((), dtype=bool)
+    for leaf, m in zip(leaves, leaf_masks):
+        m = np.ones(int(dg.resolution.leaf_sizes[leaf]), dtype=bool) if m is None else m
+        combined = np.logical_and.outer(combined, m)
+    return torch.from_numpy(np.nonzero(combined.reshape(-1))[0].astype(np.int64))
 
 
 def tensor_plan(
@@ -50,13 +76,38 @@ def tensor_plan(
     plan: TensorPlan = {}
     for name, dims in dg.tensor_dims.items():
         for td in dims:
-            leaf_masks = [masks.get(int(leaf)) for leaf in td.leaves]
-            if all(m is None for m in leaf_masks):
-                continue
-            combined = np.ones((), dtype=bool)
-            for leaf, m in zip(td.leaves, leaf_masks):
-                m = np.ones(int(dg.resolution.leaf_sizes[leaf]), dtype=bool) if m is None else m
-                combined = np.logical_and.outer(combined, m)
-            kept = np.nonzero(combined.reshape(-1))[0]
-            plan.setdefault(name, {})[td.dim] = torch.from_numpy(kept.astype(np.int64))
+            kept = kept_indices(dg, td.leaves, masks)
+            if kept is not None:
+                plan.setdefault(name, {})[td.dim] = kept
     return plan, masks
+
+
+@dataclass(frozen=True)
+class NamedPlan:
+    """A tensor plan as users find the tensors: ``tensors``, every ``state_dict()`` key whose
+    tensor changes (each name of a tied tensor, ``tied`` mapping each further name to the one
+    the plan was made under); ``outside``: the changed buffers ``state_dict()`` leaves out
+    (non-persistent ones), which the model needs all the same."""
+
+    tensors: TensorPlan
+    tied: dict[str, str]
+    outside: TensorPlan
+
+
+def named_plan(tensors: TensorPlan, walk: ModelWalk) -> NamedPlan:
+    """``tensors`` (canonical names) as the model's ``state_dict`` names them."""
+    left_out = non_persistent(walk)
+
+    def in_state_dict(name: str) -> bool:
+        return name not in left_out
+
+    out: TensorPlan = {}
+    outside: TensorPlan = {}
+    tied: dict[str, str] = {}
+    for name, dims in tensors.items():
+        (out if in_state_dict(name) else outside)[name] = dims
+    for alias, canonical in walk.aliases.items():
+        if canonical in tensors:
+            (out if in_state_dict(alias) else outside)[alias] = tensors[canonical]
+            tied[alias] = canonical
+    return NamedPlan(out, tied, outside)

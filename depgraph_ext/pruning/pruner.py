@@ -26,14 +26,14 @@ from ..errors import (
 )
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph, Group
-from ..result import PruneResult, compose_results
+from ..result import PruneResult, compose_results, layer_of, layer_width
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
 from .configs import apply_config_updates, config_of, round_to_config
 from .criteria import get_importance, unit_scores
 from .importance import fisher_entry
 from .options import PruneOptions, with_options_signature
-from .plan import Plan
+from .plan import Plan, named_plan
 from .select import (
     Selection,
     Targets,
@@ -123,6 +123,7 @@ class Pruner:
                 backend=o.backend,
                 strict=o.strict,
                 progress=o.progress,
+                prune_outputs=o.prune_outputs,
             )
             targets = None
             if self.target_params is not None or self.target_macs is not None:
@@ -208,14 +209,34 @@ def prune_step(
 
     def choose(g: DependencyGraph) -> np.ndarray:
         t1 = time.perf_counter()
-        scores = unit_scores(g.scoring_only(shrinkable_groups(g, selection, targets)), importance)
+        shrinkable = shrinkable_groups(g, selection, targets)
+        scores = unit_scores(g.scoring_only(shrinkable), importance)
         t2 = time.perf_counter()
         if not g.groups:
             raise NoPrunableGroupsError(
                 "no group of the model has a prunable unit: every channel touches an input, an "
-                "output, an ignored tensor or an op without a rule"
+                "output, an ignored tensor or an op without a rule (outputs keep their width "
+                "unless prune_outputs names them)"
                 + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
             )
+        if selection.exact_only and not shrinkable.any():
+            whole = [
+                grp
+                for grp, could in zip(
+                    g.groups, shrinkable_groups(g, replace(selection, exact_only=False), targets)
+                )
+                if could and not grp.exact
+            ]
+            if whole:
+                raise NoPrunableGroupsError(
+                    f"nothing can be pruned exactly: {len(whole)} group"
+                    + (" was" if len(whole) == 1 else "s were")
+                    + " left whole because removing its units changes the function "
+                    "(exact_only=True), and no other group can shrink; without exact_only they "
+                    "are pruned and declared. "
+                    + "; ".join(grp.describe() for grp in whole[:3])
+                    + (" ..." if len(whole) > 3 else "")
+                )
         keep = choose_units(g, scores, selection, targets)
         if options.require_loadable:  # head counts the config can say
             keep, notes = round_to_config(g, keep, scores)
@@ -273,7 +294,12 @@ def apply_step(
     t = time.perf_counter()
     params = dg.walk.params  # the model's, each once, as named_parameters
     tensors = params | dg.walk.buffers
-    shapes_before = {n: tuple(tensors[n].shape) for n in plan.tensors}
+    named = named_plan(plan.tensors, dg.walk)
+    users = {n: named.tied.get(n, n) for n in [*named.tensors, *named.outside]}
+    shapes_before = {n: tuple(tensors[c].shape) for n, c in users.items()}
+    modules = dict(dg.walk.modules)
+    layers = {layer_of(n)[0] for n in plan.tensors} & modules.keys()
+    widths = {m: layer_width(modules[m]) for m in layers}
     companions = state_companions(model, plan.tensors, optimizer, tensors)
     native = dg.backend == "native"
     apply_changes(
@@ -299,12 +325,12 @@ def apply_step(
             stacklevel=user_stacklevel(),
         )
     return PruneResult(
-        plan=plan.tensors,
+        plan=named.tensors,
         params_before=params_before,
         params_after=sum(p.numel() for p in params.values()),  # each once, as named_parameters
         timings=timings,
         shapes_before=shapes_before,
-        shapes_after={n: tuple(tensors[n].shape) for n in plan.tensors},
+        shapes_after={n: tuple(tensors[c].shape) for n, c in users.items()},
         attribute_updates=list(plan.attributes),
         config_updates=list(plan.config),
         num_groups=len(dg.groups),
@@ -312,9 +338,17 @@ def apply_step(
         macs_before=macs_before,
         macs_after=macs_after,
         units=units_by_kind(dg.groups, plan.keep),
-        buffers=frozenset(plan.tensors.keys() - params.keys()),
+        buffers=frozenset(n for n, c in users.items() if c not in params),
         function_changing=changing,
         model_ref=weakref.ref(model),
+        channels={
+            m: (before, layer_width(modules[m]))
+            for m, before in widths.items()
+            if before is not None
+        },
+        tied=named.tied,
+        non_persistent=named.outside,
+        outputs=dict(plan.outputs),
     )
 
 

@@ -184,17 +184,74 @@ def group_ratios(dg: DependencyGraph, sel: Selection) -> tuple[np.ndarray, np.nd
     return out, by_module
 
 
+def family_ratios(
+    dg: DependencyGraph, ratios: np.ndarray, counts, caps
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ratios of groups that are factors of one dim (``dg.factor_families``: a grouped
+    conv's [groups, channels per group]) shared so that each dim keeps what the ratio says:
+    the members, in their order, each lose what keeps ``1 - ratio`` of every dim they are a
+    factor of, given what the members before them keep (a dim never keeps less). The ratio is
+    that of the family's first member with candidates. ``counts``: candidate units per group;
+    ``caps``: the most each may lose. Returns the ratios and, per group, whether it yielded
+    (lost less than its ratio) to other factors (global pruning leaves those whole)."""
+    shared = ratios.copy()
+    yielded = np.zeros(len(dg.groups), dtype=bool)
+    for family in dg.factor_families:
+        lead = next((i for i in family.members if counts[i] > 0), None)
+        if lead is None:
+            continue
+        target = 1.0 - ratios[lead]  # of every dim of the family
+        kept: dict[int, float] = {}
+        for i in family.members:
+            if counts[i] == 0:
+                kept[i] = 1.0
+                continue
+            need = 0.0  # the fraction of its units this group keeps
+            for product in family.products:
+                if i in product:
+                    decided = math.prod(kept.get(j, 1.0) for j in product)
+                    need = max(need, target / decided)
+            ratio = 0.0 if need >= 1.0 - 1e-9 else 1.0 - need
+            removed = min(int(math.floor(counts[i] * ratio + 1e-9)), caps[i])
+            kept[i] = (counts[i] - removed) / counts[i]
+            yielded[i] = ratio < ratios[i] - 1e-12
+            shared[i] = ratio
+    return shared, yielded
+
+
+def _counts_and_caps(dg: DependencyGraph, sel: Selection, counts) -> tuple[list, list]:
+    """Candidate counts (``counts``, or the prunable units, none of a function-changing group
+    under ``exact_only``) and the most units each group may lose."""
+    if counts is None:
+        counts = [0 if sel.exact_only and not g.exact else g.num_prunable for g in dg.groups]
+    caps = [
+        max(
+            0,
+            min(
+                int(math.floor(n * sel.max_ratio + 1e-9)),
+                g.num_units - max(sel.min_units, g.min_kept),
+            ),
+        )
+        for g, n in zip(dg.groups, counts)
+    ]
+    return list(counts), caps
+
+
 def shrinkable_groups(
     dg: DependencyGraph, selection: Selection, targets: Targets | None = None
 ) -> np.ndarray:
     """Whether each group can lose units under ``selection``: not when its ratio is 0 (a kind
-    or module given 0; with targets, the ratio searched for stands for the default one).
-    Local or global, a group of ratio 0 keeps every unit whatever the scores; with
-    ``exact_only``, so does a function-changing group."""
-    ratios, _ = group_ratios(dg, selection.with_ratio(1.0) if targets is not None else selection)
-    if selection.exact_only:
-        ratios = ratios * np.array([g.exact for g in dg.groups], dtype=bool)
-    return ratios > 0
+    or module given 0; with targets, the ratio searched for stands for the default one; a
+    factor of a dim that another factor's ratio covers). Local or global, a group of ratio 0
+    keeps every unit whatever the scores; with ``exact_only``, so does a function-changing
+    group."""
+    sel = selection.with_ratio(1.0) if targets is not None else selection
+    ratios, _ = group_ratios(dg, sel)
+    counts, caps = _counts_and_caps(dg, sel, None)
+    ratios, yielded = family_ratios(dg, ratios, counts, caps)
+    if selection.global_pruning:
+        ratios = ratios * ~yielded
+    return (ratios > 0) & (np.asarray(counts) > 0)
 
 
 def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndarray:
@@ -204,20 +261,22 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
     keep = np.ones(dg.resolution.num_units, dtype=bool)
     ratios, by_module = group_ratios(dg, sel)
     roots = group_roots(dg) if sel.initial_groups else [None] * len(dg.groups)
-    caps = []
+    candidates_of = []
     for group in dg.groups:
         candidates = group.unit_ids[group.prunable & np.isfinite(s[group.unit_ids])]
         if sel.exact_only and not group.exact:
             candidates = candidates[:0]
-        cap = min(
-            int(math.floor(candidates.shape[0] * sel.max_ratio + 1e-9)),
-            group.num_units - max(sel.min_units, group.min_kept),
-        )
-        caps.append((candidates, max(0, cap)))
+        candidates_of.append(candidates)
+    counts, limits = _counts_and_caps(dg, sel, [c.shape[0] for c in candidates_of])
+    caps = list(zip(candidates_of, limits))
+    # Factors of one dim share its ratio, by what they will have lost once the schedule is done
+    # (iterative pruning: counted from the units before the first step).
+    initial = [sel.initial_groups.get(r, n) if r else n for r, n in zip(roots, counts)]
+    shared, yielded = family_ratios(dg, ratios, initial, _counts_and_caps(dg, sel, initial)[1])
     if sel.global_pruning:
         pools: dict[str, list[int]] = {}
         for i, group in enumerate(dg.groups):
-            if not by_module[i]:
+            if not by_module[i] and not yielded[i]:
                 pools.setdefault(group.kind, []).append(i)
         local = [i for i in range(len(dg.groups)) if by_module[i]]
         removed = select_global(dg, s, sel, ratios, caps, pools)
@@ -226,7 +285,7 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
     for i in local:
         candidates, cap = caps[i]
         n_remove = min(
-            sel.removal(ratios[i], candidates.shape[0], sel.initial_groups.get(roots[i])), cap
+            sel.removal(shared[i], candidates.shape[0], sel.initial_groups.get(roots[i])), cap
         )
         order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
         removed[i] = candidates[order[:n_remove]]

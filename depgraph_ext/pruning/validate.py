@@ -116,10 +116,13 @@ def plan_until_valid(
         except NoPrunableGroupsError as exc:
             if last is None:
                 raise
-            # What validation learnt blocked every group: the failure that did it is the news.
+            # What validation learnt blocked every group: the failure that did it is the news,
+            # with the line of the model's code that ran the op.
+            line = dg.source_line(last.node) if last.node is not None else None
             raise NoPrunableGroupsError(
                 "no group is left to prune once the sizes the model's code fixes are kept; "
                 f"the last the plan's validation found: {last}"
+                + (f"; the op runs at {line}" if line else "")
             ) from exc
         t = time.perf_counter()
         try:
@@ -187,7 +190,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     kept_sizes = kept.tolist()
     dynamic = dg.dynamic_slots  # sizes the data decides: any size will do
 
-    def check(where: str, vo: int, actual: tuple, module: str | None) -> None:
+    def check(where: str, vo: int, actual: tuple, module: str | None, node=None) -> None:
         expected = tuple([kept_sizes[s] for s in slots[vo]])
         if expected == actual:
             return
@@ -205,7 +208,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         raise PlanValidationError(
             f"{where} would produce shape {actual} where the plan needs {expected} (original "
             f"{original}): the model's code fixes a size the rules treat as prunable",
-            None,
+            node,
             fixed,
             module,
         )
@@ -213,7 +216,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
         for vo, shape in zip(old.outputs, new_shapes):
             if not same_ranks_only or len(shape) == len(slots[vo]):
-                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape, old.module)
+                where = f"op {old.name} in module {old.module or '<root>'}"
+                check(where, vo, shape, old.module, old.index)
 
     try:
         with (

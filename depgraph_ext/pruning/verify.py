@@ -15,6 +15,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..errors import VerificationError
+from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
 from ..graph.trace import normalize_inputs
 from .apply import gather
@@ -26,7 +27,6 @@ from .plan import Plan, propose_plan
 # by the outputs' dtype: a pruned matmul adds its terms in another order.
 TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 _MAX_CHECKS = 24  # checks spent finding the groups at fault (each runs two forward passes)
-_ONE_FILLED = ("running_var",)  # removed BatchNorm variances: 1, so zero channels stay zero
 
 
 def verify_plan(dg: DependencyGraph, plan: Plan) -> None:
@@ -96,8 +96,17 @@ def _difference(dg: DependencyGraph, keep: np.ndarray) -> float:
     with _pruned(dg, plan):
         pruned = _outputs(dg.model, dg.example_inputs)
     with _zeroed(dg, plan):
-        zeroed = _outputs(dg.model, dg.example_inputs)
+        zeroed = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
     return relative_difference(pruned, zeroed)
+
+
+def kept_outputs(outputs: list[torch.Tensor], kept: dict) -> list[torch.Tensor]:
+    """The original's outputs, those that shrink (``prune_outputs``) cut to what they keep."""
+    outputs = list(outputs)
+    for i, dims in kept.items():
+        for d, index in sorted(dims.items()):
+            outputs[i] = outputs[i].index_select(d, index.to(outputs[i].device))
+    return outputs
 
 
 def relative_difference(outputs: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
@@ -167,16 +176,18 @@ def _pruned(dg: DependencyGraph, plan: Plan):
 
 @contextlib.contextmanager
 def _zeroed(dg: DependencyGraph, plan: Plan):
-    """The original with the plan's removed slices zeroed (BatchNorm variances set to 1), for
-    the duration: the removed slices are saved first and written back on exit."""
+    """The original with the plan's removed slices zeroed (or what removes them where zero
+    does not: ``RemovedFills``), for the duration: the removed slices are saved first and
+    written back on exit."""
     tensors = dg.walk.params | dg.walk.buffers
+    fills = RemovedFills(dg.model)
     saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
             for name, dims in plan.tensors.items():
                 t = tensors[name].data
-                fill = 1.0 if name.rpartition(".")[2] in _ONE_FILLED else 0.0
                 for d, kept in sorted(dims.items()):
+                    fill = fills.of(name, d)
                     removed = torch.ones(t.shape[d], dtype=torch.bool)
                     removed[kept] = False
                     index = torch.nonzero(removed).view(-1).to(t.device)
@@ -196,15 +207,15 @@ def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> t
 
     original = copy.deepcopy(model)
     tensors = dict(original.named_parameters()) | dict(original.named_buffers())
+    fills = RemovedFills(original)
     with torch.no_grad():
-        for name, dims in result.plan.items():
+        for name, dims in result.tensors.items():  # each tensor once
             t = tensors[name]
-            fill = 1.0 if name.rpartition(".")[2] in _ONE_FILLED else 0.0
             full = t.detach()
             for d, kept in sorted(dims.items(), reverse=True):  # gather's dims, undone
                 shape = list(full.shape)
                 shape[d] = result.shapes_before[name][d]
-                wider = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+                wider = torch.full(shape, fills.of(name, d), dtype=t.dtype, device=t.device)
                 full = wider.index_copy_(d, kept.to(t.device), full)
             t.data = full
     for u in reversed(result.attribute_updates):
@@ -212,7 +223,10 @@ def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> t
     config = config_of(original)
     for u in reversed(result.config_updates):
         setattr(config, u.field, u.old)
-    worst = relative_difference(_outputs(model, example_inputs), _outputs(original, example_inputs))
+    worst = relative_difference(
+        _outputs(model, example_inputs),
+        kept_outputs(_outputs(original, example_inputs), result.outputs),
+    )
     dtypes = [t.dtype for t in model.parameters() if t.is_floating_point()]
     tolerance = max((TOLERANCE.get(d, 1e-3) for d in dtypes), default=1e-3)
     return worst, tolerance

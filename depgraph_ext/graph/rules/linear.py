@@ -40,6 +40,15 @@ register_many(
 )
 
 
+def dot(ctx: RuleContext, node: Node) -> None:
+    """The dot product of two vectors (spectral norm's u . W v): one summed dim."""
+    a, b = node.inputs[:2]
+    ctx.equal(ctx.slots(a)[0], ctx.slots(b)[0])
+
+
+register_many(["aten.dot", "aten.vdot"], dot)
+
+
 def convolution(ctx: RuleContext, node: Node) -> None:
     """N C_in *S -> N C_out *S'; weight [C_out, C_in/g, *k] ([C_in, C_out/g, *k] transposed).
 

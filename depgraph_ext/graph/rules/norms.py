@@ -1,9 +1,10 @@
-"""Batch/instance/layer/group norm and PReLU: per-channel parameters and statistics."""
+"""Batch/instance/layer/group norm, weight norm and PReLU: per-channel parameters and
+statistics."""
 
 from __future__ import annotations
 
 from ..trace import Node, Ref
-from .context import RuleContext, arg
+from .context import RuleContext, arg, wrap_dim
 from .registry import register_many
 
 
@@ -101,6 +102,26 @@ def group_norm(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.native_group_norm"], group_norm)
+
+
+def weight_norm(ctx: RuleContext, node: Node) -> None:
+    """w = g * v / ||v||, the norm taken over every dim of v but ``dim`` (what
+    ``weight_norm`` parametrizations and hooks compute a weight from): every dim of v is w's;
+    g (and the norms returned) are indexed along ``dim`` only. The norm is a sum of squares,
+    so removing indices of the other dims is the same as zeroing them: exact."""
+    v, g = arg(node, "v"), arg(node, "g")
+    sv = ctx.slots(v)
+    dim = wrap_dim(int(arg(node, "dim", 0)), len(sv))
+    ctx.equal_dims(v, node.outputs[0], [(i, i) for i in range(len(sv))])
+    for ref in [g, *node.outputs[1:]]:
+        sr = ctx.slots(ref)
+        if len(sr) == len(sv) and ctx.size(sr[dim]) == ctx.size(sv[dim]) != 1:
+            ctx.equal(sr[dim], sv[dim])
+        elif len(sr) == 1 and ctx.size(sr[0]) == ctx.size(sv[dim]) != 1:
+            ctx.equal(sr[0], sv[dim])
+
+
+register_many(["aten._weight_norm_interface"], weight_norm)
 
 
 def prelu(ctx: RuleContext, node: Node) -> None:

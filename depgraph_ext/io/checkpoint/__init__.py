@@ -39,7 +39,7 @@ from ...graph.dependency import KINDS, DependencyGraph
 from ...graph.resolve import select_backend
 from ...progress import Progress
 from ...pruning.configs import ConfigUpdate, round_to_config
-from ...pruning.plan import TensorPlan
+from ...pruning.plan import TensorPlan, named_plan
 from ...pruning.select import (
     Selection,
     check_ratio,
@@ -61,7 +61,9 @@ STREAMED_IMPORTANCES = ("l2", "l1")
 
 @dataclass
 class CheckpointResult:
-    """What ``prune_checkpoint`` did."""
+    """What ``prune_checkpoint`` did. ``plan``, ``tied``, ``non_persistent``: as
+    ``PruneResult``'s, for the model the checkpoint holds (the checkpoint stores one name of a
+    tied pair, which its shards keep)."""
 
     src: Path
     dst: Path
@@ -78,6 +80,8 @@ class CheckpointResult:
     world_size: int = 1
     copied_files: list[str] = field(default_factory=list)
     rounded: list[str] = field(default_factory=list)  # counts rounded up to what the config says
+    tied: dict[str, str] = field(default_factory=dict)  # a planned name -> the one it is tied to
+    non_persistent: TensorPlan = field(default_factory=dict)  # buffers outside the state_dict
 
     def summary(self) -> str:
         """A table: parameters and units of each group kind before and after, then times."""
@@ -220,10 +224,13 @@ def prune_checkpoint(
     timings["total"] = time.perf_counter() - t0
     units = units_by_kind(dg.groups, plan.keep)
     entries = [source.entry(k) for k in source.location]
+    named = named_plan(plan.tensors, dg.walk)
     return CheckpointResult(
         src=src,
         dst=dst,
-        plan=plan.tensors,
+        plan=named.tensors,
+        tied=named.tied,
+        non_persistent=named.outside,
         params_before=sum(e.numel for e in entries),
         params_after=sum(numel(writer.output_shape(e.key)) for e in entries),
         bytes_before=sum(e.nbytes for e in entries),

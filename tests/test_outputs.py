@@ -1,0 +1,99 @@
+"""What a model hands out: outputs keep their width unless named in ``prune_outputs``; a model
+with nothing else to prune, or whose every group changes the function under ``exact_only``,
+is refused saying so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from helpers import assert_same_state, prune_and_check, state_of
+
+F64 = torch.float64
+X = torch.randn(2, 3, 6, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+
+class TwoFeatures(nn.Module):
+    """Two feature outputs returned next to a classifier that reads them: the features are
+    the only channels."""
+
+    def __init__(self, as_dict: bool = False):
+        super().__init__()
+        self.as_dict = as_dict
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 1)
+        self.fc = nn.Linear(14, 5)
+
+    def forward(self, x):
+        f1 = torch.relu(self.a(x)).mean((2, 3))
+        f2 = torch.relu(self.b(x)).mean((2, 3))
+        logits = self.fc(torch.cat([f1, f2], 1))
+        if self.as_dict:
+            return {"f1": f1, "f2": f2, "logits": logits}
+        return f1, f2, logits
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    return TwoFeatures(**kw).double().eval()
+
+
+def test_outputs_keep_their_width_and_the_refusal_says_how_to_let_them_shrink():
+    m = model()
+    before = state_of(m)
+    with pytest.raises(dx.NoPrunableGroupsError, match="prune_outputs"):
+        dx.prune(m, X, ratio=0.5)
+    assert_same_state(before, state_of(m))
+
+
+def test_prune_outputs_by_position():
+    pruned, result = prune_and_check(model(), X, ratio=0.5, prune_outputs=[0, 1])
+    a, b = pruned.a.out_channels, pruned.b.out_channels  # (one group: the classifier's concat)
+    assert a + b == pruned.fc.in_features == 7 and a < 8 and b < 6
+    assert set(result.outputs) == {0, 1} and result.outputs[0][1].numel() == a
+    f1, f2, logits = pruned(X)
+    assert f1.shape == (2, a) and f2.shape == (2, b) and logits.shape == (2, 5)
+
+
+def test_shrinking_outputs_verify_and_are_summarised():
+    m = model()
+    result = dx.prune(m, X, ratio=0.5, prune_outputs=[0, 1], verify=True)
+    assert result.verify(X) < 1e-12
+    assert "output 0 shrinks (prune_outputs): dim 1 keeps" in result.summary()
+
+
+def test_prune_outputs_by_name():
+    pruned, result = prune_and_check(model(as_dict=True), X, ratio=0.5, prune_outputs=["f2"])
+    assert (pruned.a.out_channels, pruned.b.out_channels) == (8, 3)
+    assert set(result.outputs) == {1}
+
+
+@pytest.mark.parametrize("bad", [[3], ["f3"], [-1], "f1", [1.5]])
+def test_prune_outputs_naming_no_output_is_refused(bad):
+    m = model(as_dict=True)
+    before = state_of(m)
+    with pytest.raises(dx.InvalidArgumentError, match="prune_outputs"):
+        dx.prune(m, X, ratio=0.5, prune_outputs=bad)
+    assert_same_state(before, state_of(m))
+
+
+class NormedMlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(4, 16), nn.LayerNorm(16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(self.norm(self.fc1(x)))
+
+
+def test_exact_only_with_every_group_function_changing_is_refused():
+    """As any model with nothing to prune: refused, saying how many groups were left whole
+    because they change the function."""
+    m = NormedMlp().double()
+    before = state_of(m)
+    with pytest.raises(dx.NoPrunableGroupsError, match=r"1 group .*changes the function"):
+        dx.prune(m, torch.randn(5, 4, dtype=F64), ratio=0.5, exact_only=True)
+    assert_same_state(before, state_of(m))
+    with pytest.warns(dx.FunctionChangingWarning):  # without exact_only: pruned, declared
+        dx.prune(m, torch.randn(5, 4, dtype=F64), ratio=0.5)
