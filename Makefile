@@ -13,7 +13,10 @@ else
 VENV ?= .venv-$(patsubst torch==%,%,$(TORCH))
 endif
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check
+# Every install below names the torch exactly, so a machine-wide pip cap on torch (this
+# project's machines have `torch<=2.14.1` in /etc/xdg/pip) is lifted for them: it would only
+# refuse a newer torch asked for by name.
+PIP := PIP_CONSTRAINT=/dev/null $(PY) -m pip --disable-pip-version-check
 # The extensions are built in place (depgraph_ext/*.so) for one venv's torch at a time; this
 # stamp says for which, so switching torch rebuilds them.
 BUILT := build/.built-for-$(notdir $(VENV))
@@ -56,15 +59,15 @@ test-core:
 test-python: setup
 	$(PY) -m pytest tests -q
 
+WHEEL_PIP := PIP_CONSTRAINT=/dev/null build/wheel-venv/bin/python -m pip --disable-pip-version-check
 # A wheel, installed into a fresh venv with the same torch and nothing of this checkout on the
 # path, imports, finds its native parts and prunes (scripts/check_wheel.py).
 wheel-check: $(VENV)/.deps
 	rm -rf build/wheel build/wheel-venv
 	$(PIP) wheel --quiet --no-build-isolation --no-deps -w build/wheel .
 	$(PYTHON) -m venv build/wheel-venv
-	build/wheel-venv/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	build/wheel-venv/bin/python -m pip install --quiet --disable-pip-version-check \
-		build/wheel/depgraph_ext-*.whl "$(TORCH)"
+	$(WHEEL_PIP) install --quiet "$(TORCH)"
+	$(WHEEL_PIP) install --quiet build/wheel/depgraph_ext-*.whl "$(TORCH)"
 	cd build && wheel-venv/bin/python ../scripts/check_wheel.py
 
 lint: $(VENV)/.deps

@@ -5,6 +5,7 @@ a GPU."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -293,8 +294,14 @@ def test_build_info_names_what_was_compiled():
         assert f", cuda {torch.version.cuda};" in info
 
 
+def test_the_library_file_names_the_torch_it_was_built_for():
+    assert ops.built_for(importlib.util.find_spec("depgraph_ext._ops").origin) == torch.__version__
+
+
 def test_a_library_built_for_another_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    built = torch.__version__
+    other = "2.12.0" if not built.startswith("2.12.") else "2.13.0"  # supported, not this one
+    monkeypatch.setattr(torch, "__version__", other)
     message = ops._load()
     assert message is not None
-    assert "built for torch" in message and "and this is torch 9.9.9" in message
+    assert f"built for torch {built}, and this is torch {other}" in message
