@@ -1,7 +1,8 @@
 # The README's two commands (each sets everything up first, on a fresh machine too):
 #   make demo   prune the built-in default model (ResNet-50) and print what changed
 #   make test   run the whole test suite: the C++ core tests (CTest, plain and under ASan/UBSan)
-#               and pytest; `make test TORCH=torch==2.14.1` runs it against another torch
+#               and pytest; `make test TORCH=torch==2.11.0` runs it against another torch (any
+#               of the supported 2.11 to 2.15), `make test-python TORCH=...` the pytest part
 # Also: make wheel-check (a wheel in a fresh venv imports and prunes), make lint, make bench
 # (pytest-benchmark suites, see bench/README.md), make digits (docs/digits.md), make clean.
 PYTHON ?= python3
