@@ -121,6 +121,23 @@ def test_grouped_norm_refuses_bad_arguments(device, map_device):
         ops.grouped_norm([t], [0], [m(0.0, 0.0, 0.0, 0.0)], 1)
     with pytest.raises(RuntimeError, match="must be floating point"):
         ops.grouped_norm([t.long()], [0], [m(0, 0, 0, 0)], 1)
+    # fp8 is floating point to torch, but no kernel reads it (the CUDA one used to score it 0)
+    fp8 = t.to(torch.float8_e4m3fn)
+    with pytest.raises(RuntimeError, match=r"member 0 must be .*float64\), not Float8_e4m3fn"):
+        ops.grouped_norm([fp8], [0], [m(0, 0, 0, 0)], 1)
+    with pytest.raises(RuntimeError, match=r"member 1 must be .*float64\), not Float8_e4m3fn"):
+        ops.index_sums([t, fp8], [0, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cpu_members_with_indices_on_a_gpu_are_refused():
+    """The dispatcher sends these to the CUDA kernels (an index tensor is on a GPU)."""
+    t = torch.randn(4, 3)
+    on_gpu = torch.tensor([0, 1, 0, 1], device="cuda")
+    with pytest.raises(RuntimeError, match="member 0 is on cpu, and an index tensor is on a CUDA"):
+        ops.grouped_norm([t], [0], [on_gpu], 2)
+    with pytest.raises(RuntimeError, match="member 0 is on cpu, and an index tensor is on a CUDA"):
+        ops.gather_slices([t], [0], [on_gpu[:2]])
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
