@@ -98,3 +98,20 @@ def test_setup_refuses_to_build_against_an_unsupported_torch():
         "depgraph_ext supports torch 2.11 to 2.15" in out.stderr
     )
     assert "depgraph_ext build:" not in out.stdout  # nothing was configured, let alone built
+
+
+def test_attention_with_no_key_or_value_heads_fails_a_trace_without_killing_it():
+    """torch 2.11 and 2.12 divide by the value's head count here (SIGFPE); a pruned candidate
+    the plan validator traces can have none, so during a trace the call raises instead."""
+    from depgraph_ext.graph import trace
+
+    q, k, v = torch.randn(2, 4, 8, 16), torch.randn(2, 2, 8, 16), torch.randn(2, 0, 8, 16)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with trace._attention_refusing_zero_heads():
+        if trace._ATTENTION_DIVIDES_BY_HEADS:
+            with pytest.raises(RuntimeError, match=r"needs key and value heads, got key \(2, 2"):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        else:  # later torches return; the guard is not installed
+            assert torch.nn.functional.scaled_dot_product_attention is sdpa
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa  # put back
