@@ -1,7 +1,8 @@
 # The README's two commands (each sets everything up first, on a fresh machine too):
 #   make demo   prune the built-in default model (ResNet-50) and print what changed
 #   make test   run the whole test suite: the C++ core tests (CTest, plain and under ASan/UBSan)
-#               and pytest; `make test TORCH=torch==2.14.1` runs it against another torch
+#               and pytest; `make test TORCH=torch==2.11.0` runs it against another torch (any
+#               of the supported 2.11 to 2.15), `make test-python TORCH=...` the pytest part
 # Also: make wheel-check (a wheel in a fresh venv imports and prunes), make lint, make bench
 # (pytest-benchmark suites, see bench/README.md), make gpu-check (on a machine with an NVIDIA
 # GPU, with the python and torch found there), make digits (docs/digits.md), make clean.
@@ -14,7 +15,10 @@ else
 VENV ?= .venv-$(patsubst torch==%,%,$(TORCH))
 endif
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check
+# Every install below names the torch exactly, so a machine-wide pip cap on torch (this
+# project's machines have `torch<=2.14.1` in /etc/xdg/pip) is lifted for them: it would only
+# refuse a newer torch asked for by name.
+PIP := PIP_CONSTRAINT=/dev/null $(PY) -m pip --disable-pip-version-check
 # The extensions are built in place (depgraph_ext/*.so) for one venv's torch at a time; this
 # stamp says for which, so switching torch rebuilds them.
 BUILT := build/.built-for-$(notdir $(VENV))
@@ -57,15 +61,15 @@ test-core:
 test-python: setup
 	$(PY) -m pytest tests -q
 
+WHEEL_PIP := PIP_CONSTRAINT=/dev/null build/wheel-venv/bin/python -m pip --disable-pip-version-check
 # A wheel, installed into a fresh venv with the same torch and nothing of this checkout on the
 # path, imports, finds its native parts and prunes (scripts/check_wheel.py).
 wheel-check: $(VENV)/.deps
 	rm -rf build/wheel build/wheel-venv
 	$(PIP) wheel --quiet --no-build-isolation --no-deps -w build/wheel .
 	$(PYTHON) -m venv build/wheel-venv
-	build/wheel-venv/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	build/wheel-venv/bin/python -m pip install --quiet --disable-pip-version-check \
-		build/wheel/depgraph_ext-*.whl "$(TORCH)"
+	$(WHEEL_PIP) install --quiet "$(TORCH)"
+	$(WHEEL_PIP) install --quiet build/wheel/depgraph_ext-*.whl "$(TORCH)"
 	cd build && wheel-venv/bin/python ../scripts/check_wheel.py
 
 lint: $(VENV)/.deps

@@ -10,14 +10,18 @@ Extensions:
   build_info). CPU kernels always; CUDA kernels when torch is a CUDA build whose CUDA major
   version matches nvcc's.
 
+Supported torch: the releases in depgraph_ext/torch_range.py (2.11 to 2.15); a build against
+any other torch stops here, naming the range.
+
 C++ standard of _ops: the one the headers of the torch being built against require, read from
 the `#error C++NN or later ...` line of its ATen/ATen.h (C++17 up to torch 2.13, C++20 from
 torch 2.14), never below C++17. Kernels and core compile with -Wall -Wextra -Werror.
 
 A wheel is tied to the torch it was built with: _ops links against that torch's libraries,
 whose C++ ABI changes between releases, so it loads only under the same torch version (and,
-with CUDA kernels, a torch of the same CUDA major version). depgraph_ext checks this on import
-and names the torch to install.
+with CUDA kernels, a torch of the same CUDA major version). The library carries that version
+as a string (ops.cpp); depgraph_ext reads it from the file and refuses a library built for
+another torch before loading it, naming the torch to install.
 
 Environment flags:
 - FORCE_CUDA=1         build the CUDA kernels or fail loudly saying why not.
@@ -32,6 +36,7 @@ Environment flags:
 import glob
 import os
 import re
+import runpy
 import shutil
 import subprocess
 
@@ -54,6 +59,14 @@ import pybind11  # noqa: E402
 import torch  # noqa: E402
 from setuptools import Extension, setup  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+# The supported torch releases, read from the package's own file without importing the package.
+TORCH_RANGE = runpy.run_path(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "depgraph_ext", "torch_range.py")
+)
+UNSUPPORTED_TORCH = TORCH_RANGE["unsupported"](torch.__version__)
+if UNSUPPORTED_TORCH:
+    raise RuntimeError(f"depgraph_ext cannot be built: {UNSUPPORTED_TORCH}")
 
 DEBUG = os.environ.get("DEPGRAPH_DEBUG", "0") == "1"
 FORCE_CUDA = os.environ.get("FORCE_CUDA", "0") == "1"

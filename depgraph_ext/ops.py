@@ -10,31 +10,55 @@ one place the sum of |w|^p is written in Python.
 
 from __future__ import annotations
 
+import importlib.util
+import mmap
+import re
 from collections.abc import Sequence
 
 import torch
+
+from . import torch_range
 
 _REBUILD = (
     "Rebuild it against this torch with `pip install --no-build-isolation -e .` (or "
     "install the torch it was built for), or use backend='python'."
 )
+# The string ops.cpp puts in the library's file: the torch version it was built for.
+_BUILT_FOR = re.compile(rb"depgraph_ext op library built for torch ([^\x00]*)\x00")
+
+
+def built_for(path: str) -> str | None:
+    """The torch version the op library file at ``path`` was built for, read from the file
+    without loading it; None when the file names none."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        match = _BUILT_FOR.search(data)
+        return match.group(1).decode(errors="replace") if match else None
 
 
 def _load() -> str | None:
     """Load the op library; None, or why it cannot be used. The library is tied to the torch it
-    was compiled against (torch's C++ ABI changes between releases): any other version is
-    refused here rather than left to fail in a kernel."""
+    was compiled against (torch's C++ ABI changes between releases), so it is loaded only under
+    a supported torch and only when the file says it was built for this very version: a
+    library for another torch is refused before any of its code runs."""
+    unsupported = torch_range.unsupported(torch.__version__)
+    if unsupported:
+        return f"depgraph_ext's op library is not loaded: {unsupported}. Or use backend='python'."
+    spec = importlib.util.find_spec(f"{__package__}._ops")
+    if spec is None or not spec.origin:
+        return (
+            f"depgraph_ext's op library is not built; this is torch {torch.__version__}. {_REBUILD}"
+        )
+    library_torch = built_for(spec.origin)
+    if library_torch != torch.__version__:
+        return (
+            f"depgraph_ext's op library was built for torch {library_torch or 'unknown'}, and "
+            f"this is torch {torch.__version__}. {_REBUILD}"
+        )
     try:
         from . import _ops  # noqa: F401  (loading the library registers the ops)
     except ImportError as exc:
         return (
             f"depgraph_ext's op library did not load ({exc}); this is torch "
-            f"{torch.__version__}. {_REBUILD}"
-        )
-    built_for = torch.ops.depgraph_ext.build_info().rpartition("; torch ")[2]
-    if built_for != torch.__version__:
-        return (
-            f"depgraph_ext's op library was built for torch {built_for}, and this is torch "
             f"{torch.__version__}. {_REBUILD}"
         )
     return None

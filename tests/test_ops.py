@@ -5,6 +5,7 @@ a GPU."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -120,6 +121,23 @@ def test_grouped_norm_refuses_bad_arguments(device, map_device):
         ops.grouped_norm([t], [0], [m(0.0, 0.0, 0.0, 0.0)], 1)
     with pytest.raises(RuntimeError, match="must be floating point"):
         ops.grouped_norm([t.long()], [0], [m(0, 0, 0, 0)], 1)
+    # fp8 is floating point to torch, but no kernel reads it (the CUDA one used to score it 0)
+    fp8 = t.to(torch.float8_e4m3fn)
+    with pytest.raises(RuntimeError, match=r"member 0 must be .*float64\), not Float8_e4m3fn"):
+        ops.grouped_norm([fp8], [0], [m(0, 0, 0, 0)], 1)
+    with pytest.raises(RuntimeError, match=r"member 1 must be .*float64\), not Float8_e4m3fn"):
+        ops.index_sums([t, fp8], [0, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cpu_members_with_indices_on_a_gpu_are_refused():
+    """The dispatcher sends these to the CUDA kernels (an index tensor is on a GPU)."""
+    t = torch.randn(4, 3)
+    on_gpu = torch.tensor([0, 1, 0, 1], device="cuda")
+    with pytest.raises(RuntimeError, match="member 0 is on cpu, and an index tensor is on a CUDA"):
+        ops.grouped_norm([t], [0], [on_gpu], 2)
+    with pytest.raises(RuntimeError, match="member 0 is on cpu, and an index tensor is on a CUDA"):
+        ops.gather_slices([t], [0], [on_gpu[:2]])
 
 
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
@@ -315,8 +333,14 @@ def test_build_info_names_what_was_compiled():
         assert f", cuda {torch.version.cuda};" in info
 
 
+def test_the_library_file_names_the_torch_it_was_built_for():
+    assert ops.built_for(importlib.util.find_spec("depgraph_ext._ops").origin) == torch.__version__
+
+
 def test_a_library_built_for_another_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    built = torch.__version__
+    other = "2.12.0" if not built.startswith("2.12.") else "2.13.0"  # supported, not this one
+    monkeypatch.setattr(torch, "__version__", other)
     message = ops._load()
     assert message is not None
-    assert "built for torch" in message and "and this is torch 9.9.9" in message
+    assert f"built for torch {built}, and this is torch {other}" in message

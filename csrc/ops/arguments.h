@@ -33,6 +33,16 @@ inline int64_t checked_dim(const at::Tensor& t, int64_t dim, size_t i) {
   return d;
 }
 
+// A member's dtype: one the kernels read. The fp8 types count as floating point for
+// at::isFloatingType, and would fail inside the CPU kernel's dispatch or be left out of the CUDA
+// launches (scoring zero); they are refused here, on every device alike.
+inline void check_member_dtype(const at::Tensor& t, size_t i) {
+  const at::ScalarType s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16,
+              "member ", i, " must be floating point (float16, bfloat16, float32 or float64), not ",
+              s);
+}
+
 inline void check_lists(size_t tensors, size_t dims, size_t maps, const char* what) {
   TORCH_CHECK(tensors == dims && tensors == maps, "tensors, dims and ", what,
               " must have one entry per member (got ", tensors, ", ", dims, ", ", maps, ")");

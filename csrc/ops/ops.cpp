@@ -19,13 +19,20 @@
 //   (contiguous) tensor's memory; the caller then views that prefix with the new shape, so no
 //   second copy of the weights is ever allocated.
 // build_info() -> str
-//   What was compiled: the devices with kernels, and the versions built against.
+//   What was compiled: the devices with kernels, and the versions built against (the torch
+//   version is also in the file as depgraph_ext_built_for, read before loading).
 #include <Python.h>
 #include <torch/library.h>
 
 #include <string>
 
 #include "build_info.h"
+
+// The torch this library was built for, as a string in the file: depgraph_ext/ops.py reads it
+// from there before loading the library, and loads only a library built for the torch it runs
+// under (loading runs the registrations below, compiled against that torch's C++ ABI).
+extern "C" __attribute__((used, visibility("default"))) const char depgraph_ext_built_for[] =
+    "depgraph_ext op library built for torch " DEPGRAPH_TORCH_VERSION;
 
 namespace depgraph_ext {
 

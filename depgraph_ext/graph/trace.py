@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
+from ..torch_range import release
 from .size_watch import CodeSaw, SizeWatch
 from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
@@ -503,6 +504,38 @@ def _leaves(x):
         yield x
 
 
+# torch 2.11 and 2.12 divide by the key's or value's head count in scaled_dot_product_attention
+# with enable_gqa: zero heads there is a SIGFPE that kills the process (later torches return).
+# A pruned candidate the plan validator traces can have zero key or value heads, so during a
+# trace on those versions the call raises instead, as a failed op of the trace.
+_ATTENTION_DIVIDES_BY_HEADS = (release(torch.__version__) or (0, 0)) < (2, 13)
+
+
+@contextlib.contextmanager
+def _attention_refusing_zero_heads():
+    if not _ATTENTION_DIVIDES_BY_HEADS:
+        yield
+        return
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+
+    @functools.wraps(original)
+    def checked(query, key, value, *args, **kwargs):
+        gqa = kwargs.get("enable_gqa", args[4] if len(args) > 4 else False)
+        if gqa and min(key.shape[-3:-2] or (1,)) * min(value.shape[-3:-2] or (1,)) == 0:
+            raise RuntimeError(
+                "scaled_dot_product_attention with enable_gqa needs key and value heads, got "
+                f"key {tuple(key.shape)} and value {tuple(value.shape)}"
+            )
+        return original(query, key, value, *args, **kwargs)
+
+    functional.scaled_dot_product_attention = checked
+    try:
+        yield
+    finally:
+        functional.scaled_dot_product_attention = original
+
+
 @contextlib.contextmanager
 def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str], recorder, ticks):
     """Keep ``stack`` at the names of the modules running, and record every call's outputs.
@@ -793,7 +826,12 @@ class _Placeholders:
             return on_meta(x)
         if self.mode is TraceMode.REAL:
             return x.clone()
-        return self._on_stand_in(x) if self._moved(x) else self.fake_mode.from_tensor(x)
+        if self._moved(x) or (self.stand_in is not None and self.stand_in.type == "meta"):
+            # A model wholly on meta traced as it is takes its inputs there too: the fake
+            # tensors of torch 2.11 refuse an op mixing meta and CPU ones (an embedding's
+            # CPU ids), later ones let meta win, as the model's real meta kernels do.
+            return self._on_stand_in(x)
+        return self.fake_mode.from_tensor(x)
 
 
 def trace_as(
@@ -876,7 +914,13 @@ def trace_as(
                 progress.bar(stage, total=len(modules), unit="module") as ticks,
                 _module_scopes(modules, stack, recorder, ticks),
             ):
-                with fake_mode, recorder, stand_in_mode, watch or contextlib.nullcontext():
+                with (
+                    fake_mode,
+                    recorder,
+                    stand_in_mode,
+                    _attention_refusing_zero_heads(),
+                    watch or contextlib.nullcontext(),
+                ):
                     with _swapped_tensors(modules, fakes, set_attributes):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:

@@ -145,7 +145,7 @@ std::vector<std::vector<double>> member_index_sums(at::TensorList tensors, at::I
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    check_member_dtype(t, i);
     arounds[i] = around(t, checked_dim(t, dims[i], i));
     (t.numel() < kSmallMember ? small : large).push_back(static_cast<int64_t>(i));
   }
@@ -193,7 +193,7 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
   for (size_t i = 0; i < n; ++i) {  // every argument is checked before any weight is read
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    check_member_dtype(t, i);
     const int64_t d = checked_dim(t, dims[i], i);
     check_index(unit_maps[i], i, "unit_maps");
     TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",

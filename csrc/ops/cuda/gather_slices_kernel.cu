@@ -65,7 +65,7 @@ std::vector<at::Tensor> gather(at::TensorList tensors, at::IntArrayRef dims, at:
   check_lists(tensors.size(), dims.size(), kept.size(), "kept");
   std::vector<at::Tensor> out;
   if (tensors.empty()) return out;
-  const at::Device device = tensors[0].device();
+  const at::Device device = cuda_device(tensors);
   const c10::cuda::CUDAGuard guard(device);
   for (size_t i = 0; i < tensors.size(); ++i) {
     TORCH_CHECK(tensors[i].device() == device, "member ", i, " is on ", tensors[i].device(),

@@ -126,7 +126,7 @@ at::Tensor member_index_sums(at::TensorList tensors, at::IntArrayRef dims, int64
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device() == device, "member ", i, " is on ", t.device(), ", not ", device);
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    check_member_dtype(t, i);
     const int64_t d = checked_dim(t, dims[i], i);
     contiguous.push_back(t.contiguous());
     offsets.push_back(total);
@@ -158,8 +158,7 @@ at::Tensor member_index_sums(at::TensorList tensors, at::IntArrayRef dims, int64
 at::Tensor index_sums_cuda(at::TensorList tensors, at::IntArrayRef dims, int64_t p) {
   TORCH_CHECK(tensors.size() == dims.size(), "tensors and dims must have one entry per member "
               "(got ", tensors.size(), ", ", dims.size(), ")");
-  TORCH_CHECK(!tensors.empty(), "a CUDA kernel needs at least one member");
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
+  const c10::cuda::CUDAGuard guard(cuda_device(tensors));
   std::vector<int64_t> offsets;
   return member_index_sums(tensors, dims, p, offsets);
 }
@@ -171,13 +170,12 @@ at::Tensor grouped_norm_cuda(at::TensorList tensors, at::IntArrayRef dims,
   TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
   TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
   const Reduce reduce = parse_reduce(std::string(reduce_name));
-  TORCH_CHECK(!tensors.empty(), "a CUDA kernel needs at least one member");
-  const at::Device device = tensors[0].device();
+  const at::Device device = cuda_device(tensors);
   const c10::cuda::CUDAGuard guard(device);
   for (size_t i = 0; i < tensors.size(); ++i) {  // every argument before any weight is read
     const at::Tensor& t = tensors[i];
     TORCH_CHECK(t.device() == device, "member ", i, " is on ", t.device(), ", not ", device);
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "member ", i, " must be floating point");
+    check_member_dtype(t, i);
     const int64_t d = checked_dim(t, dims[i], i);
     check_index(unit_maps[i], i, "unit_maps");
     TORCH_CHECK(unit_maps[i].numel() == t.size(d), "member ", i, ": unit_maps has ",

@@ -12,6 +12,18 @@ namespace depgraph_ext {
 
 constexpr int kThreads = 256;
 
+// The device a CUDA kernel runs on: member 0's. The dispatcher picks the CUDA kernel when any
+// tensor argument is on a CUDA device, index tensors included, so member 0 may be elsewhere;
+// it is refused here by name rather than by the device guard's internal check.
+inline at::Device cuda_device(at::TensorList tensors) {
+  TORCH_CHECK(!tensors.empty(), "a CUDA kernel needs at least one member");
+  const at::Device device = tensors[0].device();
+  TORCH_CHECK(device.is_cuda(), "member 0 is on ", device,
+              ", and an index tensor is on a CUDA device: put the members and their index "
+              "tensors on one device");
+  return device;
+}
+
 // Streaming multiprocessors of a device (grids are sized as a multiple of it), asked of the
 // driver once per device and remembered.
 inline int multiprocessors(const at::Device& device) {
