@@ -16,8 +16,9 @@ from torch import nn
 
 import depgraph_ext as dx
 from depgraph_ext.graph.dependency import DependencyGraph
-from depgraph_ext.pruning import validate
-from helpers import prune_and_check
+from depgraph_ext.pruning import criteria, validate
+from depgraph_ext.pruning import importance as imp_module
+from helpers import prune_and_check, same_bits
 from nets import MaxViT
 
 F64 = torch.float64
@@ -136,3 +137,35 @@ def test_a_later_failure_touching_what_an_earlier_one_blocks_waits():
     assert [str(w.message).split(";")[0] for w in caught] == [str(first), str(other_branch)]
     assert set(first.fixed_slots) | set(other_branch.fixed_slots) <= learnt.extra_blocked
     assert not set(same_branch.fixed_slots) & learnt.extra_blocked
+
+
+@pytest.mark.parametrize("importance", ["l2", "l1", "lamp", "bn_scale"])
+def test_later_rounds_score_what_scoring_anew_would(importance, backend, monkeypatch):
+    """A validation round blocks units but changes none: the weights are scored once per
+    prune, and every round's scores of the units it can remove are bit for bit those of
+    scoring that round's graph anew."""
+    runs, rounds = [], []
+    raw_scores = imp_module.GroupImportance.raw_scores
+    call = criteria.RoundScores.__call__
+
+    def counted(self, dg):
+        runs.append(1)
+        return raw_scores(self, dg)
+
+    def compared(self, dg):
+        scores = call(self, dg)
+        wanted = imp_module.scored_units(dg)
+        anew = criteria.unit_scores(dg, self.importance)
+        rounds.append(same_bits(scores[wanted], anew[wanted]))  # (NaN: not scored)
+        return scores
+
+    torch.manual_seed(0)
+    model, x = MaxViT(), torch.randn(1, 3, 32, 32)
+    model = nn.Sequential(nn.BatchNorm2d(3), model).eval() if importance == "bn_scale" else model
+    monkeypatch.setattr(imp_module.GroupImportance, "raw_scores", counted)
+    monkeypatch.setattr(criteria.RoundScores, "__call__", compared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dx.prune(model.eval(), x, ratio=0.5, importance=importance, backend=backend)
+    assert len(rounds) >= 3 and all(rounds)
+    assert len(runs) == 1 + len(rounds)  # once for the prune, once per round to compare
