@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import BACKENDS
+from helpers import BACKENDS, PRUNE_TIMINGS
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The ten slowest prunes the zoo tests recorded, with their stages."""
+    if not PRUNE_TIMINGS:
+        return
+    slowest = sorted(PRUNE_TIMINGS, key=lambda record: -record[1].get("total", 0.0))[:10]
+    terminalreporter.write_sep("=", f"slowest prunes ({len(PRUNE_TIMINGS)} recorded)")
+    for what, timings in slowest:
+        stages = ", ".join(
+            f"{k} {timings[k]:.2f}" for k in ("trace", "score", "plan", "apply") if k in timings
+        )
+        terminalreporter.write_line(f"{timings.get('total', 0.0):7.2f} s  {what} ({stages})")
