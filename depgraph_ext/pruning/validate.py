@@ -36,10 +36,13 @@ from .plan import Plan, propose_plan
 MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
 
 
-def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False) -> Plan:
+def checked_plan(
+    dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False, guided: bool = False
+) -> Plan:
     """The plan of a keep mask with the config updates the config accepts, validated with
     them set (PlanValidationError when its shapes do not run) and the rest of the config
-    reported (``require_loadable``: refused when the config cannot express it)."""
+    reported (``require_loadable``: refused when the config cannot express it); ``guided``:
+    see :func:`validate_plan`."""
     with paused_gc():
         plan = propose_plan(dg, keep)
         rebuilds = Rebuilds(dg.model)
@@ -56,11 +59,11 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
             plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
         )
         try:
-            validate_plan(dg, full)  # the model's code may read its config as it runs
+            validate_plan(dg, full, guided)  # the model's code may read its config as it runs
         except PlanValidationError as exc:
             if not accepted:
                 raise
-            validate_plan(dg, dataclasses.replace(plan, config=()))  # the shapes alone
+            validate_plan(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
             # The shapes run; the config updates are what breaks the run: none is set.
             fields = ", ".join(f"config.{u.field}" for u in accepted)
             mismatch = (mismatch + "; " if mismatch else "") + (
@@ -96,7 +99,10 @@ def plan_until_valid(
             ) from exc
         t = time.perf_counter()
         try:
-            plan = checked_plan(dg, keep, require_loadable)
+            # Most plans pass their first validation, which is not guided (a guided trace
+            # costs a Python call per op and per torch function); a model that failed one has
+            # sizes its code fixes, and its next validations learn all they can.
+            plan = checked_plan(dg, keep, require_loadable, guided=last is not None)
         except PlanValidationError as exc:
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
@@ -109,15 +115,15 @@ def plan_until_valid(
     raise PlanValidationError(f"no valid plan after {MAX_ROUNDS} rounds of validation")
 
 
-def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
+def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     """Trace the pruned shapes (attributes set for the duration only) and check that every op
     runs and every tensor has exactly the predicted shape; raise PlanValidationError naming
     the op and the slots it showed to be fixed otherwise.
 
-    The trace is guided (:class:`_Guide`): an op that fails (or a reshape that fails before
-    its ops ran) is stood in for by results of the planned shapes, an op whose results
-    deviate from the plan gets the planned ones, and the trace goes on, so that it finds what
-    fails after them too: the error's ``more``."""
+    ``guided``: the trace is guided (:class:`_Guide`): an op that fails (or a reshape that
+    fails before its ops ran) is stood in for by results of the planned shapes, an op whose
+    results deviate from the plan gets the planned ones, and the trace goes on, so that it
+    finds what fails after them too: the error's ``more``."""
     masks = plan.masks
     g = dg.graph
     slots = dg.coupling_model.value_slots
@@ -153,7 +159,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
             if not same_ranks_only or len(shape) == len(slots[vo]):
                 check(f"op {old.name} in module {old.module or '<root>'}", vo, shape, old.module)
 
-    guide = _Guide(dg, kept_sizes, check)
+    guide = _Guide(dg, kept_sizes, check) if guided else None
     try:
         with (
             temporary_attributes(dg.model, plan.attributes),
@@ -162,7 +168,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
             pruned = dg.trace_pruned(dg.planned_shapes(plan.tensors), guide=guide)
     except TraceError as exc:
         partial = getattr(exc, "partial", None)
-        if guide.events and partial is not None and partial is guide.trace:
+        if guide is not None and guide.events and partial is not None and partial is guide.trace:
             raise guide.errors(masks) from exc
         done = getattr(exc, "ops_done", None)
         ran = [] if partial is None else partial.ops if done is None else partial.ops[:done]
@@ -176,7 +182,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
         raise _failure_error(
             dg, masks, getattr(exc, "failed_at", None), done, getattr(exc, "module", None), exc
         ) from exc
-    if guide.events and pruned is guide.trace:
+    if guide is not None and guide.events and pruned is guide.trace:
         raise guide.errors(masks)
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
@@ -270,7 +276,7 @@ class _Guide:
     def ran(self, index, func, module, shapes, results):
         if self.lost:
             return None
-        node = self._counterpart(index, str(func), module)
+        node = self._counterpart(index, func, module)
         if node is None:
             return None
         planned = [self.planned(v) for v in node.outputs]
@@ -322,15 +328,16 @@ class _Guide:
             self._runs = [tuple(r) for r in runs]
         return self._runs
 
-    def _counterpart(self, index: int, name: str, module: str):
-        """The original op of the op at ``index``, or None (none, or not lined up)."""
+    def _counterpart(self, index: int, op, module: str):
+        """The original op of ``op`` at ``index``, or None (none, or not lined up)."""
         g = self.g
         if not self.events:  # until the first error: op for op, as an unguided check
             node = g.nodes[index] if index < len(g.nodes) else None
-            if node is None or node.module != module or node.name != name:
+            if node is None or node.module != module or not (node.op is op or node.name == str(op)):
                 self.lost = True
                 return None
             return node
+        name = str(op)
         if module != self.module:  # a new run: the next original run of this module
             self.module = module
             runs = self._runs_of()
@@ -362,7 +369,7 @@ class _Guide:
         if self.lost:
             return None
         if self.events and failed.module != self.module:
-            self._counterpart(failed.index, failed.op, failed.module)  # the run it is in
+            self._counterpart(failed.index, func, failed.module)  # the run it is in
             if self.lost:
                 return None
         stand_ins = self._stand_ins(failed, func, args, kwargs)
