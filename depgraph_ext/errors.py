@@ -40,7 +40,8 @@ class PlanValidationError(PruningError):
 
     ``node`` is the index of the first op that deviated from the plan (None if unknown),
     ``fixed_slots`` the slots it showed to be fixed by the model's code, and ``module`` the
-    innermost module where it happened (None if unknown)."""
+    innermost module where it happened (None if unknown). ``more``: the errors of ops that
+    failed later in the same trace (each of them such an error)."""
 
     def __init__(
         self, message: str, node: int | None = None, fixed_slots=(), module: str | None = None
@@ -49,6 +50,7 @@ class PlanValidationError(PruningError):
         self.node = node
         self.fixed_slots = list(fixed_slots)
         self.module = module
+        self.more: tuple[PlanValidationError, ...] = ()
 
 
 class NoPrunableGroupsError(PruningError):

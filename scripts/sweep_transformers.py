@@ -5,15 +5,18 @@
 Per model type, in a worker process (one that overruns ``--timeout`` is replaced):
   build    tests/zoo_transformers.build(type): a tiny model and inputs that run it, or why not
   prune    dx.prune(model, inputs, ratio=0.5) in float32: does it prune, does the pruned model
-           run, are the output shapes the original's, how many function-changing groups;
+           run, are the output shapes the original's, how many function-changing groups, how
+           long it took (seconds and the stages of PruneResult.timings);
            then dx.save_pretrained and reloading: dx.from_pretrained, and plain transformers
            where the config says everything (outputs equal to the saved model's, bit for bit)
   oracle   dx.prune(model, inputs, ratio=0.5, exact_only=True) in float64 (float32 where the
            model cannot run in float64, as expert dispatch): the scatter-back oracle, to 1e-8
            (1e-5 where the model computes parts in float32 whatever its dtype; recorded)
 Writes one JSON record per type (``--out``, default sweep_transformers.json) and prints the
-counts the README's table shows. Types whose config has sub-configs (vision-language models
-run on text, say) are counted apart: the generic recipe feeds them only part of their inputs.
+counts the README's table shows, and the ten slowest prunes with their stages beside the
+prune of a ResNet-50 (transformers' default config, 224 x 224) in a worker of the same run.
+Types whose config has sub-configs (vision-language models run on text, say) are counted
+apart: the generic recipe feeds them only part of their inputs.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ def _prune(model, inputs, **options):
         warnings.simplefilter("always")
         result = dx.prune(model, inputs, ratio=0.5, **options)
     return result, sorted({w.category.__name__ for w in caught})
+
+
+def _timed(result) -> dict:
+    """How long the prune took (its "total": graph to applied plan) and its stages."""
+    return {
+        "seconds": round(result.timings["total"], 4),
+        "stages": {k: round(v, 4) for k, v in result.timings.items()},
+    }
 
 
 def _seeded_outputs(model, inputs):
@@ -112,6 +123,7 @@ def _default_prune(zoo, model_type) -> dict:
             warnings=warned,
             params=[result.params_before, result.params_after],
             function_changing=len(result.function_changing),
+            **_timed(result),
         )
     except Exception as e:  # noqa: BLE001
         record.update(ok=False, error=_short(e))
@@ -175,9 +187,34 @@ def _oracle(zoo, model_type) -> dict:
     return record
 
 
+REFERENCE = "ResNet-50 (reference)"  # not a model type: the prune every other is compared with
+
+
+def reference_prune() -> dict:
+    """A prune of transformers' ResNet-50 (default config) on 1 x 3 x 224 x 224, after one to
+    warm up, as the workers prune (one thread): what the slowest model types compare with."""
+    import warnings
+
+    import torch
+    import transformers
+
+    def model():
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return transformers.ResNetForImageClassification(transformers.ResNetConfig()).eval()
+
+    x = torch.randn(1, 3, 224, 224)
+    _prune(model(), x)
+    result, warned = _prune(model(), x)
+    return {"type": REFERENCE, "build": "reference", "prune": {"ok": True, **_timed(result)}}
+
+
 def sweep_one(model_type: str) -> dict:
     import zoo_transformers as zoo
 
+    if model_type == REFERENCE:
+        return reference_prune()
     record: dict = {"type": model_type}
     t0 = time.perf_counter()
     try:
@@ -253,6 +290,8 @@ def _save(done: dict, out: str) -> None:
 
 
 def verdict(record: dict) -> str:
+    if record.get("build") == "reference":
+        return f"pruned in {record['prune']['seconds']:.2f} s"
     if record.get("build") != "ok":
         return f"{record.get('build')} ({record.get('reason', '')[:90]})"
     prune, oracle = record["prune"], record["oracle"]
@@ -289,6 +328,8 @@ def counts(done: dict) -> dict:
     """The README's table: per kind of config, how many types reach each stage."""
     table: dict = {}
     for record in done.values():
+        if record.get("build") == "reference":
+            continue
         if record.get("build") != "ok":
             table.setdefault("not built", collections.Counter())[record.get("build")] += 1
             continue
@@ -355,6 +396,25 @@ def family_table(done: dict) -> str:
     return "\n".join(lines)
 
 
+def slowest(done: dict, n: int = 10) -> str:
+    """The ``n`` slowest default prunes, with their stages and their ratio to the reference."""
+    timed = [
+        (r["prune"]["seconds"], t, r["prune"]["stages"])
+        for t, r in done.items()
+        if r.get("build") == "ok" and "seconds" in r.get("prune", {})
+    ]
+    reference = done.get(REFERENCE, {}).get("prune", {}).get("seconds")
+    lines = [
+        f"slowest {min(n, len(timed))} of {len(timed)} prunes"
+        + (f" (ResNet-50 in the same run: {reference:.2f} s)" if reference else "")
+    ]
+    for seconds, model_type, stages in sorted(timed, reverse=True)[:n]:
+        ratio = f" = {seconds / reference:.2f}x ResNet-50" if reference else ""
+        parts = ", ".join(f"{k} {stages[k]:.2f}" for k in ("trace", "score", "plan") if k in stages)
+        lines.append(f"  {model_type:<28} {seconds:6.2f} s{ratio} ({parts})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -366,17 +426,19 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import zoo_transformers as zoo
 
-    types = args.only.split(",") if args.only else zoo.model_types()
+    types = [REFERENCE] + (args.only.split(",") if args.only else zoo.model_types())
     done = {}
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             done = {t: r for t, r in json.load(f).items() if t in types}
     t0 = time.perf_counter()
     done = run(types, args.workers, args.timeout, done, args.out)
-    print(f"\n{len(done)} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
+    types_done = len(done) - (REFERENCE in done)
+    print(f"\n{types_done} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
     for kind, c in counts(done).items():
         print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     print(family_table(done))
+    print(slowest(done))
 
 
 if __name__ == "__main__":

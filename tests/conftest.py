@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from depgraph_ext.pruning import validate
-from helpers import BACKENDS
+from helpers import BACKENDS, PRUNE_TIMINGS
 
 
 @pytest.fixture(params=BACKENDS)
@@ -18,3 +18,16 @@ def check_skipped_traces(monkeypatch):
     """Every plan judged to run without a second trace is traced all the same, and a plan that
     does not run then fails the test: the whole suite checks that judgement."""
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The ten slowest prunes the zoo tests recorded, with their stages."""
+    if not PRUNE_TIMINGS:
+        return
+    slowest = sorted(PRUNE_TIMINGS, key=lambda record: -record[1].get("total", 0.0))[:10]
+    terminalreporter.write_sep("=", f"slowest prunes ({len(PRUNE_TIMINGS)} recorded)")
+    for what, timings in slowest:
+        stages = ", ".join(
+            f"{k} {timings[k]:.2f}" for k in ("trace", "score", "plan", "apply") if k in timings
+        )
+        terminalreporter.write_line(f"{timings.get('total', 0.0):7.2f} s  {what} ({stages})")

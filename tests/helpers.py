@@ -12,6 +12,14 @@ from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_
 
 BACKENDS = ["python", "native"] if dx.native_available() else ["python"]
 
+# Every prune the zoo tests ran, by what was pruned: its PruneResult.timings. The session's
+# slowest are listed at its end (conftest.py); timings are never asserted (bench/ has them).
+PRUNE_TIMINGS: list[tuple[str, dict[str, float]]] = []
+
+
+def record_prune(what: str, result) -> None:
+    PRUNE_TIMINGS.append((what, dict(result.timings)))
+
 
 def state_of(model: torch.nn.Module) -> dict:
     """Everything prune may touch: tensors (values, identity), module attributes, modes."""

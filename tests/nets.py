@@ -1,4 +1,5 @@
-"""Architectures written for the tests (no torchvision here): DenseNet and ResNeXt-style nets."""
+"""Architectures written for the tests (no torchvision here): DenseNet, ResNeXt-style,
+Swin- and MaxViT-style nets, mixtures of experts."""
 
 from __future__ import annotations
 
@@ -227,6 +228,116 @@ class MaxViTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.grid(self.block(self.stem(x))).mean((2, 3)))
+
+
+class RelativeAttention(nn.Module):
+    """torchvision's MaxViT attention over partitions ``[B, G, P, D]``: the head count a
+    fixed attribute (``dim // head_dim``), q/k/v split off one projection and reshaped by it
+    (a copy: the split is not contiguous), a relative position bias table indexed by a
+    buffer, and the heads merged back to the input's own width."""
+
+    def __init__(self, dim: int, head_dim: int, p: int) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = dim // head_dim, head_dim
+        self.to_qkv, self.merge = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.table = nn.Parameter(0.02 * torch.randn((2 * p - 1) ** 2, self.n_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij"))
+        rel = (coords.flatten(1)[:, :, None] - coords.flatten(1)[:, None, :]).permute(1, 2, 0)
+        self.register_buffer("index", ((rel[..., 0] + p - 1) * (2 * p - 1) + rel[..., 1] + p - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, g, p, d = x.shape
+        h, dh = self.n_heads, self.head_dim
+        q, k, v = torch.chunk(self.to_qkv(x), 3, dim=-1)
+        q, k, v = (t.reshape(b, g, p, h, dh).permute(0, 1, 3, 2, 4) for t in (q, k, v))
+        dot = torch.einsum("bghid,bghjd->bghij", q * dh**-0.5, k)
+        bias = self.table[self.index.reshape(-1)].reshape(p, p, h).permute(2, 0, 1)
+        out = torch.einsum("bghij,bghjd->bghid", (dot + bias).softmax(-1), v)
+        return self.merge(out.permute(0, 1, 3, 2, 4).reshape(b, g, p, d))
+
+
+class PartitionBlock(nn.Module):
+    """Window (p x p neighbours) or grid (p x p positions h // p apart) attention with an MLP,
+    on ``[B, C, H, W]``."""
+
+    def __init__(self, dim: int, head_dim: int, p: int, grid: bool) -> None:
+        super().__init__()
+        self.p, self.grid = p, grid
+        self.norm, self.attn = nn.LayerNorm(dim), RelativeAttention(dim, head_dim, p)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.p
+        if self.grid:
+            y = x.reshape(b, c, p, h // p, p, w // p).permute(0, 3, 5, 2, 4, 1)
+        else:
+            y = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+        y = y.reshape(b, -1, p * p, c)
+        y = y + self.attn(self.norm(y))
+        y = y + self.mlp(y)
+        y = y.reshape(b, h // p, w // p, p, p, c)
+        if self.grid:
+            y = y.permute(0, 5, 3, 1, 4, 2)
+        else:
+            y = y.permute(0, 5, 1, 3, 2, 4)
+        return y.reshape(b, c, h, w)
+
+
+class MBConv(nn.Module):
+    """Inverted bottleneck: 1x1 expansion, depthwise 3x3 (strided to downsample),
+    squeeze-excitation, 1x1 projection; a residual (through a pooled 1x1 when downsampling)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        mid = 4 * c_out
+        self.expand = nn.Sequential(nn.BatchNorm2d(c_in), nn.Conv2d(c_in, mid, 1), nn.GELU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid), nn.BatchNorm2d(mid), nn.GELU()
+        )
+        self.squeeze = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(mid, mid // 4, 1),
+            nn.SiLU(),
+            nn.Conv2d(mid // 4, mid, 1),
+            nn.Sigmoid(),
+        )
+        self.project = nn.Conv2d(mid, c_out, 1)
+        self.shortcut = (
+            nn.Sequential(nn.AvgPool2d(stride), nn.Conv2d(c_in, c_out, 1))
+            if stride > 1 or c_in != c_out
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.depthwise(self.expand(x))
+        return self.shortcut(x) + self.project(y * self.squeeze(y))
+
+
+class MaxViT(nn.Module):
+    """torchvision's MaxViT in small: stages of MBConv + window attention + grid attention
+    blocks, every attention with a fixed head count and a relative position bias. Its
+    attention modules fix their sizes in Python, so a default prune learns many of them."""
+
+    def __init__(self, dims=(16, 32), depths=(2, 2), head_dim: int = 8, p: int = 2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 3, 2, 1), nn.BatchNorm2d(dims[0]))
+        layers, c_in = [], dims[0]
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            for j in range(depth):
+                layers += [
+                    MBConv(c_in, dim, 2 if i and not j else 1),
+                    PartitionBlock(dim, head_dim, p, grid=False),
+                    PartitionBlock(dim, head_dim, p, grid=True),
+                ]
+                c_in = dim
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.LayerNorm(dims[-1]), nn.Linear(dims[-1], 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(self.stem(x)).mean((2, 3)))
 
 
 class LoopedExperts(nn.Module):

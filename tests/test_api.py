@@ -343,3 +343,19 @@ def test_group_members_are_those_of_the_resolution_they_came_from():
     assert listed(taken) == expected  # listed now, from the resolution they came from
     assert listed(blocked.groups) == expected[1:]
     assert dg.groups is taken  # the first graph is as it was
+
+
+def test_a_model_without_a_transformers_config_is_pruned_without_importing_transformers():
+    """Importing transformers takes about a second: a model transformers did not build never
+    pays for it (the config checks look for a config only where transformers is loaded)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, depgraph_ext as dx\n"
+        "m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n"
+        "dx.prune(m, torch.randn(3, 4), ratio=0.5)\n"
+        "print('transformers' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -174,7 +174,7 @@ STAGES = [
     ("depgraph_ext.graph.dependency", "trace"),
     ("depgraph_ext.graph.dependency", "build_couplings"),
     ("depgraph_ext.graph.dependency", "resolve"),
-    ("depgraph_ext.pruning.pruner", "unit_scores"),
+    ("depgraph_ext.pruning.criteria", "unit_scores"),
     ("depgraph_ext.pruning.select", "select"),
     ("depgraph_ext.pruning.plan", "attribute_updates"),
     ("depgraph_ext.pruning.validate", "validate_plan"),

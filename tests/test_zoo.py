@@ -18,7 +18,7 @@ import depgraph_ext as dx
 import zoo_transformers as zoo
 from depgraph_ext.graph import trace as tr
 from depgraph_ext.testing import assert_scatter_back_equal, outputs_of
-from helpers import groups_of, to_fake_device
+from helpers import groups_of, record_prune, to_fake_device
 
 pytest.importorskip("transformers")
 
@@ -67,12 +67,14 @@ def in_dtype(inputs, dtype):
     }
 
 
-def prune_quietly(model, inputs, **options):
+def prune_quietly(model_type, model, inputs, **options):
     """Prune half; returns the result and the categories of the warnings raised. Opaque ops are
-    expected in a zoo (they block what they touch): the prune must work around them."""
+    expected in a zoo (they block what they touch): the prune must work around them. How long
+    it took is recorded (the session ends with the slowest)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = dx.prune(model, inputs, ratio=0.5, **options)
+    record_prune(" ".join([model_type, *(f"{k}={v}" for k, v in options.items())]), result)
     return result, {w.category for w in caught}
 
 
@@ -85,7 +87,7 @@ def seeded_outputs(model, inputs):
 def test_default_prune_runs_with_the_original_output_shapes(model_type):
     z = build(model_type)
     shapes = [o.shape for o in seeded_outputs(z.model, z.inputs)]
-    result, warned = prune_quietly(z.model, z.inputs)
+    result, warned = prune_quietly(model_type, z.model, z.inputs)
     assert result.params_after < result.params_before
     assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes
     # function-changing groups pruned are declared: warned about and listed in the summary
@@ -100,7 +102,7 @@ def test_exact_only_prune_equals_zeroing_the_removed_units(model_type):
     model = z.model.to(dtype)
     inputs = in_dtype(z.inputs, dtype)
     original = copy.deepcopy(model)
-    result, warned = prune_quietly(model, inputs, exact_only=True)
+    result, warned = prune_quietly(model_type, model, inputs, exact_only=True)
     assert result.params_after < result.params_before
     assert not result.function_changing and dx.FunctionChangingWarning not in warned
     tolerance = 1e-4 if dtype == torch.float32 else 1e-8
@@ -110,7 +112,7 @@ def test_exact_only_prune_equals_zeroing_the_removed_units(model_type):
 @pytest.mark.parametrize("model_type", ALL)
 def test_pruned_models_save_and_load_bit_for_bit(model_type, tmp_path):
     z = build(model_type)
-    prune_quietly(z.model, z.inputs)
+    prune_quietly(model_type, z.model, z.inputs)
     expected = seeded_outputs(z.model, z.inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

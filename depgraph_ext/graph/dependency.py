@@ -547,10 +547,12 @@ class DependencyGraph:
                     break
         return dynamic
 
-    def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan"):
+    def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan", guide=None):
         """A :class:`~depgraph_ext.graph.trace.ShapeTrace` of the model with the given
         parameter/buffer shapes (no weight is touched), traced as this graph was, so that its
-        ops line up with the graph's."""
+        ops line up with the graph's. ``guide``: stands for ops that fail and keeps results on
+        a plan, so that the trace finds every op that fails (see
+        :func:`~depgraph_ext.graph.trace.trace_as`)."""
         return trace(
             self.model,
             self.example_inputs,
@@ -563,6 +565,7 @@ class DependencyGraph:
             progress=self.progress,
             stage=stage,
             real_decides=self.graph.mode == "real",
+            guide=guide,
         )
 
     def source_line(self, node: int) -> str | None:

@@ -63,7 +63,9 @@ def resolve(couplings: Couplings, backend: str) -> Resolution:
     )
 
 
-def resolutions_equal(a: Resolution, b: Resolution) -> bool:
+def resolutions_equal(a: Resolution, b: Resolution, blocked: bool = True) -> bool:
+    """Whether two resolutions are the same (``blocked=False``: the same leaves, units and
+    groups, whichever units are blocked)."""
     return all(
         np.array_equal(getattr(a, f), getattr(b, f))
         for f in (
@@ -72,7 +74,7 @@ def resolutions_equal(a: Resolution, b: Resolution) -> bool:
             "slot_leaves",
             "leaf_unit_offsets",
             "elem_units",
-            "unit_blocked",
             "unit_groups",
         )
+        + (("unit_blocked",) if blocked else ())
     )

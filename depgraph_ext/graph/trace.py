@@ -30,7 +30,8 @@ from torch._subclasses.fake_tensor import (
     FakeTensor,
     FakeTensorMode,
 )
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
 
 from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
@@ -145,6 +146,9 @@ class ShapeTrace:
     outputs: list[tuple] = field(default_factory=list)
     real: bool = False
     mode: str = "fake"
+    # Ops that failed and went on with what a ``guide`` gave (see trace_as), with their
+    # errors, in order.
+    recovered: list[tuple[FailedOp, str]] = field(default_factory=list)
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -195,6 +199,9 @@ class _RecorderBase(_EagerMode):
         # ``zeros(..., device="cuda")``, a constant kept on a GPU) are made there instead.
         self.stand_in: torch.device | None = None
         self._stand_in_of: dict[int, torch.Tensor] = {}
+        # Shape traces: what stands for a failing op, so that the forward goes on (trace_as).
+        self.guide = None
+        self.stood_in = False  # the last op's results are a stand-in's
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -223,12 +230,19 @@ class _RecorderBase(_EagerMode):
                 if self.stand_in is not None:
                     args, kwargs = self._on_stand_in(func, args, kwargs)
                 out = func(*args, **kwargs)
-        except Exception:
+        except Exception as exc:
             module = self.module_stack[-1] if self.module_stack else ""
             done = self._recorded()
             occurrence = sum(1 for op, m in done if m == module and op is func)
             self.failed_at = _failed_op(len(done), func, args, kwargs, module, occurrence)
-            raise
+            stand_ins = None
+            if self.guide is not None and not isinstance(exc, _DATA_DEPENDENT):
+                stand_ins = self.guide.failed(self.failed_at, func, args, kwargs)
+            if not stand_ins or len(stand_ins) != 1:
+                raise
+            out = stand_ins[0][1]
+            self.graph.recovered.append((self.failed_at, f"{type(exc).__name__}: {exc}"))
+            self.failed_at, self.stood_in = None, True
         if isinstance(out, torch.Tensor):
             leaves = (out,)
         else:
@@ -434,13 +448,60 @@ class _ShapeRecorder(_RecorderBase):
         self._note(args)
         if kwargs:
             self._note(list(kwargs.values()))
+        shapes = [tuple(t.shape) for t in out_leaves]
+        if self.guide is not None and not self.stood_in:
+            planned = self.guide.ran(len(self.graph.ops), func, module, shapes, out)
+            if planned is not None:  # results of other shapes than planned: the planned ones
+                out = planned
+                out_leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
+                shapes = [tuple(t.shape) for t in out_leaves]
+        self.stood_in = False
         known = self.known
         for t in out_leaves:
             known[id(t)] = t
         if self.stack_at is not None:
             self._note_stack(len(self.graph.ops), func)
-        self.graph.ops.append((func, module, [tuple(t.shape) for t in out_leaves]))
+        self.graph.ops.append((func, module, shapes))
         return out
+
+
+class _GuidedCalls(TorchFunctionMode):
+    """A shape trace's ``guide`` for torch functions that fail before any of their ops ran
+    (a composite such as reshape checks its sizes first): the ops it gives are recorded in
+    their place, and the last one's results returned."""
+
+    def __init__(self, recorder: _ShapeRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        recorder = self.recorder
+        done, failed_op = recorder.recorded_count(), recorder.failed_at
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if (
+                isinstance(exc, (_OverBudget, *_DATA_DEPENDENT))
+                or recorder.aborted
+                or recorder.recorded_count() != done
+                or recorder.failed_at is not failed_op  # an op failed: it was not stood in for
+            ):
+                raise
+            module = recorder.module_stack[-1] if recorder.module_stack else ""
+            failed = FailedOp(done, "", None, None, module, 0)  # no op ran
+            with _pop_mode_temporarily() as top:  # the stand-ins are made, not recorded
+                if top is not recorder:
+                    raise
+                stand_ins = recorder.guide.failed(failed, func, args, kwargs)
+            if not stand_ins:
+                raise
+            for op, results in stand_ins:
+                leaves = [t for t in _leaves(results) if isinstance(t, torch.Tensor)]
+                recorder._note(leaves)
+                recorder.graph.ops.append((op, module, [tuple(t.shape) for t in leaves]))
+            recorder.graph.recovered.append((failed, f"{type(exc).__name__}: {exc}"))
+            return stand_ins[-1][1]
 
 
 _STACK_AT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("stack_at", default=None)
@@ -655,6 +716,7 @@ def trace(
     progress: Progress = OFF,
     stage: str = "trace",
     real_decides: bool = False,
+    guide=None,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
@@ -681,6 +743,10 @@ def trace(
     own). ``real_decides``: a failure of the real trace is final (the model was traced on real
     tensors before, so its kernels, not the more lenient meta ones, say whether these shapes
     run).
+
+    ``guide`` (shape traces): stands for ops that fail and keeps results on a plan, so that
+    the forward goes on (see :func:`trace_as`); it guides the traces whose failure would be
+    the one reported.
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -698,7 +764,9 @@ def trace(
     real_error: TraceError | None = None  # the model's own tensors failed: a real failure
     if cheap:
         try:
-            return trace_as(model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, **common)
+            return trace_as(
+                model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, guide=guide, **common
+            )
         except _OverBudget:
             pass  # the meta or fake trace is cheaper
         except TraceError as exc:
@@ -713,8 +781,12 @@ def trace(
             return trace_as(model, example_inputs, TraceMode.META, **common)
         except TraceError:
             pass  # the fake trace decides (and its error, if any, is the one reported)
+    # (A meta trace's failure is never the one reported.)
+    decides = real_error is None and not cheap
     try:
-        return trace_as(model, example_inputs, TraceMode.FAKE, **common)
+        return trace_as(
+            model, example_inputs, TraceMode.FAKE, guide=guide if decides else None, **common
+        )
     except TraceError as exc:
         if real_error is not None:
             # The real ops failed first: that is what the model does with these shapes. Meta
@@ -725,7 +797,7 @@ def trace(
         if cheap and not isinstance(exc.__cause__, _DATA_DEPENDENT):
             # A fake kernel may refuse what the real one runs: a small model's real trace,
             # unbudgeted, decides (its error is reported if it fails too).
-            return trace_as(model, example_inputs, TraceMode.REAL, **common)
+            return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
         if not isinstance(exc.__cause__, _DATA_DEPENDENT):
             raise
         if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
@@ -733,7 +805,7 @@ def trace(
                 f"{exc}; the model's shapes depend on data, which needs real weights, and its "
                 "weights are on the meta device"
             ) from exc
-    return trace_as(model, example_inputs, TraceMode.REAL, **common)
+    return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
 
 
 def _real_is_cheap(tensors, example_inputs, trace_device: torch.device) -> bool:
@@ -846,9 +918,20 @@ def trace_as(
     stand_in: torch.device = CPU,
     meta_results: MetaResults | None = None,
     budget: tuple[float, float] | None = None,
+    guide=None,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
-    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited."""
+    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited.
+
+    ``guide`` (shape traces only), so that one trace finds every op that fails rather than the
+    first: ``guide.start(trace)`` is called first; ``guide.failed(failed_op, op, args,
+    kwargs)``, with what failed (a :class:`FailedOp`; its ``op`` is empty for a torch function
+    that failed before any of its ops ran), gives the ops that stand for it, each with its
+    results, or None to fail there (an op stands for itself; a function, for the ops it would
+    have run), and the forward goes on with the last one's results; ``guide.ran(index, op,
+    module, shapes, results)`` gives other results for an op that ran (or None). A trace some
+    of whose ops failed (``recovered`` of the :class:`ShapeTrace`) still raises a TraceError
+    for the first of them, its ``partial`` the whole trace."""
     mode = TraceMode(mode)
     walk = walk or ModelWalk.of(model)
     meta_results = meta_results or MetaResults()
@@ -858,6 +941,9 @@ def trace_as(
     if shapes_only:
         graph = ShapeTrace(real=mode is TraceMode.REAL, mode=mode)
         recorder = _ShapeRecorder(graph, stack)
+        if guide is not None:
+            recorder.guide = guide
+            guide.start(graph)
     else:
         graph = OpGraph(aliases=walk.aliases, real=mode is TraceMode.REAL, mode=mode)
         recorder = _Recorder(graph, stack)
@@ -869,10 +955,13 @@ def trace_as(
     if mode is TraceMode.META:
         recorder.meta, recorder.meta_results = True, meta_results
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
-    # (A model with a fused path a torch function mode would turn off is not watched: its
-    # plans are always traced again.)
+    # (A torch function mode takes modules' fused paths away: a model with one is not watched,
+    # its plans always traced again, and its shape traces are guided only where the trace had
+    # no fused paths either.)
     fused = any(isinstance(m, FUSED_PATH_MODULES) for _, m in modules)
     watch = SizeWatch(recorder) if not shapes_only and not fused else None
+    guided = guide is not None and shapes_only and (mode is TraceMode.META or not fused)
+    guided_calls = _GuidedCalls(recorder) if guided else contextlib.nullcontext()
     if mode is not TraceMode.REAL:
         recorder.stand_in = stand_in if mode is TraceMode.FAKE else CPU
     placeholders = _Placeholders(
@@ -920,12 +1009,15 @@ def trace_as(
                     stand_in_mode,
                     _attention_refusing_zero_heads(),
                     watch or contextlib.nullcontext(),
+                    guided_calls,
                 ):
                     with _swapped_tensors(modules, fakes, set_attributes):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
         except Exception as exc:
+            if shapes_only and graph.recovered:
+                raise _recovered_error(graph) from exc  # the first failure is the news
             if recorder.aborted:
                 raise _OverBudget from exc  # the model's code caught it and failed otherwise
             where = f" (in module {stack[-1] or '<root>'})" if stack else ""
@@ -939,6 +1031,8 @@ def trace_as(
             raise error from exc
         finally:
             _check_untouched(modules, params, buffers)
+    if shapes_only and graph.recovered:
+        raise _recovered_error(graph)
     if recorder.aborted:
         raise _OverBudget  # the model's code caught it and went on
     if not shapes_only:
@@ -955,6 +1049,18 @@ def trace_as(
     if watch is not None:
         graph.code_saw = watch.saw
     return graph
+
+
+def _recovered_error(graph: ShapeTrace) -> TraceError:
+    """The error of a shape trace some of whose ops failed and were stood in for: the first."""
+    failed, message = graph.recovered[0]
+    error = TraceError(
+        f"the model could not run on the example inputs (in module {failed.module or '<root>'})"
+        f": {message}"
+    )
+    error.failed_at, error.module, error.ops_done = failed, failed.module, failed.index
+    error.partial = graph
+    return error
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -60,13 +61,14 @@ class Rebuilds:
 
 
 def config_of(model):
-    """The transformers config of ``model`` (None: it has none, or transformers is absent)."""
+    """The transformers config of ``model`` (None: it has none, or transformers is absent).
+    A model with a transformers config was built by transformers, so it is imported already:
+    a model without one never pays for importing it (a second, the first time)."""
     config = getattr(model, "config", None)
-    try:
-        from transformers import PretrainedConfig
-    except ImportError:
+    transformers = sys.modules.get("transformers")
+    if config is None or transformers is None:
         return None
-    return config if isinstance(config, PretrainedConfig) else None
+    return config if isinstance(config, transformers.PretrainedConfig) else None
 
 
 def _uniform(pairs: set[tuple[int, int]], what: str, problems: list[str]):

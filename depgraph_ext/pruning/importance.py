@@ -57,10 +57,7 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
     order the forward pass first reads them (so a group's first slice is its root layer).
     Buffers never score."""
     res = dg.resolution
-    wanted = (
-        dg.unit_prunable if dg.units_to_score is None else (dg.unit_prunable & dg.units_to_score)
-    )
-    leaf_wanted = _leaves_with_units_in(res, wanted)
+    leaf_wanted = _leaves_with_units_in(res, scored_units(dg))
     out = []
     for name in params_in_use_order(dg):
         for td in dg.tensor_dims[name]:
@@ -72,6 +69,11 @@ def scored_slices(dg: DependencyGraph) -> list[ScoredSlice]:
                         ScoredSlice(name, td.dim, units if single else units[td.digits(pos)])
                     )
     return out
+
+
+def scored_units(dg: DependencyGraph) -> np.ndarray:
+    """bool per unit: the units criteria score (prunable ones the selection can remove)."""
+    return dg.unit_prunable if dg.units_to_score is None else (dg.unit_prunable & dg.units_to_score)
 
 
 def params_in_use_order(dg: DependencyGraph) -> list[str]:

@@ -30,7 +30,7 @@ from ..result import PruneResult, compose_results, layer_of, layer_width
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
 from .configs import apply_config_updates, config_of, round_to_config
-from .criteria import get_importance, unit_scores
+from .criteria import RoundScores, get_importance
 from .importance import fisher_entry
 from .options import PruneOptions, with_options_signature
 from .plan import Plan, named_plan
@@ -207,10 +207,12 @@ def prune_step(
     timings.update(score=0.0, select=0.0, plan=0.0)
     rounded: list[str] = []
 
+    round_scores = RoundScores(importance)
+
     def choose(g: DependencyGraph) -> np.ndarray:
         t1 = time.perf_counter()
         shrinkable = shrinkable_groups(g, selection, targets)
-        scores = unit_scores(g.scoring_only(shrinkable), importance)
+        scores = round_scores(g.scoring_only(shrinkable))
         t2 = time.perf_counter()
         if not g.groups:
             raise NoPrunableGroupsError(

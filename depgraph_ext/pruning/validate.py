@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
+import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ..errors import (
@@ -60,10 +62,13 @@ _PASS_THROUGH_FORWARDS = frozenset(
 )
 
 
-def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False) -> Plan:
+def checked_plan(
+    dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False, guided: bool = False
+) -> Plan:
     """The plan of a keep mask with the config updates the config accepts, validated with
     them set (PlanValidationError when its shapes do not run) and the rest of the config
-    reported (``require_loadable``: refused when the config cannot express it)."""
+    reported (``require_loadable``: refused when the config cannot express it); ``guided``:
+    see :func:`validate_plan`."""
     with paused_gc():
         plan = propose_plan(dg, keep)
         rebuilds = Rebuilds(dg.model)
@@ -81,13 +86,13 @@ def checked_plan(dg: DependencyGraph, keep: np.ndarray, require_loadable: bool =
         )
         try:
             if needs_trace(dg, full):
-                validate_plan(dg, full)  # the model's code may read its config as it runs
+                validate_plan(dg, full, guided)  # the model's code may read its config as it runs
             elif CHECK_SKIPPED_TRACES:
                 _check_needs_no_trace(dg, full)
         except PlanValidationError as exc:
             if not accepted:
                 raise
-            validate_plan(dg, dataclasses.replace(plan, config=()))  # the shapes alone
+            validate_plan(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
             # The shapes run; the config updates are what breaks the run: none is set.
             fields = ", ".join(f"config.{u.field}" for u in accepted)
             mismatch = (mismatch + "; " if mismatch else "") + (
@@ -126,7 +131,10 @@ def plan_until_valid(
             ) from exc
         t = time.perf_counter()
         try:
-            plan = checked_plan(dg, keep, require_loadable)
+            # Most plans pass their first validation, which is not guided (a guided trace
+            # costs a Python call per op and per torch function); a model that failed one has
+            # sizes its code fixes, and its next validations learn all they can.
+            plan = checked_plan(dg, keep, require_loadable, guided=last is not None)
         except PlanValidationError as exc:
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
@@ -172,17 +180,22 @@ def needs_trace(dg: DependencyGraph, plan: Plan) -> bool:
 
 def _check_needs_no_trace(dg: DependencyGraph, plan: Plan) -> None:
     try:
-        validate_plan(dg, plan)
+        validate_plan(dg, plan, guided=False)
     except PlanValidationError as exc:
         raise AssertionError(
             f"internal error: a plan judged to need no trace does not run: {exc}"
         ) from exc
 
 
-def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
+def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     """Trace the pruned shapes (attributes set for the duration only) and check that every op
     runs and every tensor has exactly the predicted shape; raise PlanValidationError naming
-    the op and the slots it showed to be fixed otherwise."""
+    the op and the slots it showed to be fixed otherwise.
+
+    ``guided``: the trace is guided (:class:`_Guide`): an op that fails (or a reshape that
+    fails before its ops ran) is stood in for by results of the planned shapes, an op whose
+    results deviate from the plan gets the planned ones, and the trace goes on, so that it
+    finds what fails after them too: the error's ``more``."""
     masks = plan.masks
     g = dg.graph
     slots = dg.coupling_model.value_slots
@@ -219,50 +232,31 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
                 where = f"op {old.name} in module {old.module or '<root>'}"
                 check(where, vo, shape, old.module, old.index)
 
+    guide = _Guide(dg, kept_sizes, check) if guided else None
     try:
         with (
             temporary_attributes(dg.model, plan.attributes),
             temporary_config(dg.model, plan.config),
         ):
-            pruned = dg.trace_pruned(dg.planned_shapes(plan.tensors))
+            pruned = dg.trace_pruned(dg.planned_shapes(plan.tensors), guide=guide)
     except TraceError as exc:
         partial = getattr(exc, "partial", None)
-        if partial is not None:
-            # The ops that ran before the failure, op by op: the first whose result deviates
-            # from the plan is where the size was fixed (repeat_kv's expand to the module's
-            # num_key_value_groups, say, which a broadcasting matmul hides until a cat fails).
-            for old, (op, _, new_shapes) in zip(g.nodes, partial.ops):
-                if not (old.op is op or old.name == str(op)) or len(old.outputs) != len(new_shapes):
-                    break
-                check_op(old, new_shapes, same_ranks_only=True)
-        failed = getattr(exc, "failed_at", None)
-        bad = _original_of(g, failed) if failed is not None else None
-        done, module = getattr(exc, "ops_done", None), getattr(exc, "module", None)
-        if (
-            bad is None
-            and done is not None
-            and done < len(g.nodes)
-            and (g.nodes[done].module == module)
-        ):
-            # It failed before an op ran (a composite such as reshape checks its sizes first):
-            # the op the original ran next, in the same module, is the one.
-            bad = g.nodes[done]
-        fixed, where = [], ""
-        if bad is not None:
-            fixed = (
-                failed is not None
-                and (
-                    _sizes_fixed_by_call(dg, bad, failed.args, masks)
-                    or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
-                )
-            ) or [s for v in bad.inputs + bad.outputs for s in slots[v]]
-            where = f" at op {bad.name} in module {bad.module or '<root>'}"
-        raise PlanValidationError(
-            f"the pruned shapes do not run{where}: {exc}",
-            bad.index if bad is not None else None,
-            fixed,
-            bad.module if bad is not None else module,
+        if guide is not None and guide.events and partial is not None and partial is guide.trace:
+            raise guide.errors(masks) from exc
+        done = getattr(exc, "ops_done", None)
+        ran = [] if partial is None else partial.ops if done is None else partial.ops[:done]
+        # The ops that ran before the failure, op by op: the first whose result deviates
+        # from the plan is where the size was fixed (repeat_kv's expand to the module's
+        # num_key_value_groups, say, which a broadcasting matmul hides until a cat fails).
+        for old, (op, _, new_shapes) in zip(g.nodes, ran):
+            if not (old.op is op or old.name == str(op)) or len(old.outputs) != len(new_shapes):
+                break
+            check_op(old, new_shapes, same_ranks_only=True)
+        raise _failure_error(
+            dg, masks, getattr(exc, "failed_at", None), done, getattr(exc, "module", None), exc
         ) from exc
+    if guide is not None and guide.events and pruned is guide.trace:
+        raise guide.errors(masks)
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
         a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
@@ -306,6 +300,289 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
             )
     for vo, shape in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, shape, None)
+
+
+_RUNS_AHEAD = 16  # runs of ops of one module a guided trace may find the original skipping
+# What the original ran for a reshape: a view, or a copy and a view of the copy.
+_VIEWS = frozenset(
+    {"aten.view.default", "aten._unsafe_view.default", "aten._reshape_alias.default"}
+)
+
+
+class _Guide:
+    """The guide of a validation trace (see :func:`~depgraph_ext.graph.trace.trace_as`): it
+    keeps the trace on the plan, so that what runs after an op that fails or deviates still
+    runs on the planned shapes and fails, or not, on its own account.
+
+    An op whose results deviate from the plan gets zeros of the planned shapes instead. A
+    failing op is stood in for by the original op it is, with zeros of the sizes the plan
+    gives its results; a reshape (a torch function that failed before its ops ran, or a
+    failing view) by what the original ran there, a view, or a copy and a view of the copy.
+    The original op of a failing one is the one at the same place, or else the nearest in
+    the same module with the same name whose inputs have the planned shapes of the tensors
+    the failing one was given; where there is none, the guide stops (the trace fails there).
+
+    Until the first error the two traces must line up op for op (else the guide stops: the
+    trace is checked as an unguided one is). After it, ops are matched within the runs of
+    consecutive ops of one module, each pruned run with the next original run of the same
+    module: a reshape may run as a view where the original copied first (a size of 1 keeps
+    a tensor contiguous) or the other way round, and a trace on other tensors records some
+    ops otherwise (a constant lifted, or made); the rest of a run that does not line up is
+    left unchecked. ``events``: what it did, in order: ``("deviates", error)``, ``("failed",
+    failed op, original op)``."""
+
+    def __init__(self, dg: DependencyGraph, kept_sizes: list[int], check) -> None:
+        self.dg, self.g, self.slots = dg, dg.graph, dg.coupling_model.value_slots
+        self.kept_sizes, self.check = kept_sizes, check
+        self._in_module: dict[str, list] | None = None
+        self._runs: list[tuple[str, int, int]] | None = None
+        self._run_of: list[int] = []
+        self.start(None)
+
+    def start(self, trace) -> None:
+        self.trace, self.events, self.lost = trace, [], False
+        self.offset, self.module, self.run, self.synced = 0, None, -1, True
+
+    def planned(self, v: int) -> tuple[int, ...]:
+        return tuple([self.kept_sizes[s] for s in self.slots[v]])
+
+    def ran(self, index, func, module, shapes, results):
+        if self.lost:
+            return None
+        node = self._counterpart(index, func, module)
+        if node is None:
+            return None
+        planned = [self.planned(v) for v in node.outputs]
+        if shapes == planned:
+            return None
+        if len(shapes) != len(planned) or any(len(a) != len(b) for a, b in zip(shapes, planned)):
+            self._part()
+            return None
+        try:
+            for v, shape in zip(node.outputs, shapes):
+                where = f"op {node.name} in module {node.module or '<root>'}"
+                self.check(where, v, shape, module, node.index)
+        except PlanValidationError as exc:
+            self._event(node, ("deviates", exc))
+            it = iter(planned)
+            return pytree.tree_map(
+                lambda t: (
+                    torch.zeros(next(it), dtype=t.dtype, device=t.device)
+                    if isinstance(t, torch.Tensor)
+                    else t
+                ),
+                results,
+            )
+        return None  # only sizes the data decides differ
+
+    def _part(self) -> None:
+        """The traces part here: before the first error the guide stops; after it, the rest
+        of this run of ops is left unchecked."""
+        if self.events:
+            self.synced = False
+        else:
+            self.lost = True
+
+    def _event(self, node, event) -> None:
+        self.events.append(event)
+        self._runs_of()
+        self.run, self.module = self._run_of[node.index], node.module
+        self.synced = True
+
+    def _runs_of(self) -> list[tuple[str, int, int]]:
+        if self._runs is None:
+            runs: list[list] = []
+            for node in self.g.nodes:
+                if not runs or runs[-1][0] != node.module:
+                    runs.append([node.module, node.index, node.index])
+                runs[-1][2] = node.index + 1
+                self._run_of.append(len(runs) - 1)
+            self._runs = [tuple(r) for r in runs]
+        return self._runs
+
+    def _counterpart(self, index: int, op, module: str):
+        """The original op of ``op`` at ``index``, or None (none, or not lined up)."""
+        g = self.g
+        if not self.events:  # until the first error: op for op, as an unguided check
+            node = g.nodes[index] if index < len(g.nodes) else None
+            if node is None or node.module != module or not (node.op is op or node.name == str(op)):
+                self.lost = True
+                return None
+            return node
+        name = str(op)
+        if module != self.module:  # a new run: the next original run of this module
+            self.module = module
+            runs = self._runs_of()
+            later = range(self.run + 1, min(self.run + 1 + _RUNS_AHEAD, len(runs)))
+            run = next((k for k in later if runs[k][0] == module), None)
+            if run is None:
+                self.lost = True
+                return None
+            self.run, self.offset, self.synced = run, runs[run][1] - index, True
+        i, end = index + self.offset, self._runs_of()[self.run][2]
+        if not self.synced or i >= end:
+            self.synced = False
+            return None
+        node = g.nodes[i]
+        if node.name == name or (name in _VIEWS and node.name in _VIEWS):
+            return node
+        if name in _VIEWS and node.name == "aten.clone.default" and i + 1 < end:
+            view = g.nodes[i + 1]
+            if view.name in _VIEWS and view.inputs[:1] == node.outputs:
+                self.offset += 1
+                return view
+        if name == "aten.clone.default" and node.name in _VIEWS:
+            self.offset -= 1  # a copy the original did not make
+            return None
+        self.synced = False
+        return None
+
+    def failed(self, failed, func, args, kwargs):
+        if self.lost:
+            return None
+        if self.events and failed.module != self.module:
+            self._counterpart(failed.index, func, failed.module)  # the run it is in
+            if self.lost:
+                return None
+        stand_ins = self._stand_ins(failed, func, args, kwargs)
+        if stand_ins is None:
+            self.lost = True
+        return stand_ins
+
+    def _original(self, failed, matches):
+        g, at = self.g, failed.index + self.offset
+        if at < len(g.nodes) and matches(g.nodes[at]):
+            return g.nodes[at]
+        if self._in_module is None:
+            self._in_module = {}
+            for node in g.nodes:
+                self._in_module.setdefault(node.module, []).append(node)
+        candidates = [n for n in self._in_module.get(failed.module, ()) if matches(n)]
+        return min(candidates, key=lambda n: abs(n.index - at), default=None)
+
+    def _stand_ins(self, failed, func, args, kwargs):
+        g = self.g
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if not tensors:
+            return None
+        device = tensors[0].device
+
+        def zeros(v: int) -> torch.Tensor:
+            return torch.zeros(self.planned(v), dtype=g.values[v].dtype, device=device)
+
+        if not failed.op or failed.op in _VIEWS:  # a reshape, however the original ran it
+
+            def reshape_at(node) -> bool:
+                chain = g.nodes[node.index : node.index + 2]
+                if node.name != "aten.clone.default":
+                    chain = chain[:1]
+                return (
+                    node.module == failed.module
+                    and chain[-1].name in _VIEWS
+                    and chain[-1].module == failed.module
+                    and (len(chain) == 1 or chain[1].inputs[:1] == node.outputs)
+                    and bool(node.inputs)
+                    and self.planned(node.inputs[0]) == tuple(tensors[0].shape)
+                )
+
+            node = self._original(failed, reshape_at)
+            if node is None:
+                return None
+            copies = node.name == "aten.clone.default"
+            chain = g.nodes[node.index : node.index + (2 if copies else 1)]
+            self._event(node, ("failed", failed, node))
+            if failed.op:  # the view stands for what the original ran, with its results
+                self.offset = chain[-1].index - failed.index
+                return [(func, zeros(chain[-1].outputs[0]))]
+            self.offset = node.index - failed.index
+            return [(n.op, zeros(n.outputs[0])) for n in chain]
+        shapes = [tuple(t.shape) for t in tensors]
+        node = self._original(
+            failed,
+            lambda n: (
+                n.module == failed.module
+                and n.name == failed.op
+                and len(n.inputs) == len(shapes)
+                and all(self.planned(v) == shape for v, shape in zip(n.inputs, shapes))
+            ),
+        )
+        returns = getattr(getattr(func, "_schema", None), "returns", None)
+        if node is None or not node.outputs or not returns:
+            return None
+        kinds = [r.type for r in returns]
+        if len(kinds) == 1 and isinstance(kinds[0], torch.ListType):
+            if not isinstance(kinds[0].getElementType(), torch.TensorType):
+                return None
+            results = [zeros(v) for v in node.outputs]
+        elif len(kinds) == len(node.outputs) and all(
+            isinstance(k, torch.TensorType) for k in kinds
+        ):
+            results = tuple(zeros(v) for v in node.outputs)
+            results = results[0] if len(results) == 1 else results
+        else:
+            return None
+        self._event(node, ("failed", failed, node))
+        self.offset = node.index - failed.index
+        return [(func, results)]
+
+    def errors(self, masks) -> PlanValidationError:
+        """The first error of the guided trace, the others its ``more``."""
+        messages = {failed.index: message for failed, message in self.trace.recovered}
+        errors = []
+        for kind, *payload in self.events:
+            if kind == "deviates":
+                errors.append(payload[0])
+                continue
+            failed, node = payload
+            message = (
+                f"the model could not run on the example inputs (in module "
+                f"{failed.module or '<root>'}): {messages[failed.index]}"
+            )
+            first = not errors  # as an unguided trace would say it
+            errors.append(
+                _failure_error(
+                    self.dg,
+                    masks,
+                    failed,
+                    failed.index,
+                    failed.module,
+                    message,
+                    None if first else node,
+                )
+            )
+        errors[0].more = tuple(errors[1:])
+        return errors[0]
+
+
+def _failure_error(
+    dg: DependencyGraph, masks, failed, done, module, error, bad=None
+) -> PlanValidationError:
+    """The error of an op that failed in a validation trace (``failed``: what the trace knows
+    of it; ``done``: the ops that ran before it; ``module``: where it failed; ``bad``: the
+    original op, when known)."""
+    g, slots = dg.graph, dg.coupling_model.value_slots
+    if bad is None and failed is not None:
+        bad = _original_of(g, failed)
+    if bad is None and done is not None and done < len(g.nodes) and g.nodes[done].module == module:
+        # It failed before an op ran (a composite such as reshape checks its sizes first):
+        # the op the original ran next, in the same module, is the one.
+        bad = g.nodes[done]
+    fixed, where = [], ""
+    if bad is not None:
+        fixed = (
+            failed is not None
+            and (
+                _sizes_fixed_by_call(dg, bad, failed.args, masks)
+                or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
+            )
+        ) or [s for v in bad.inputs + bad.outputs for s in slots[v]]
+        where = f" at op {bad.name} in module {bad.module or '<root>'}"
+    return PlanValidationError(
+        f"the pruned shapes do not run{where}: {error}",
+        bad.index if bad is not None else None,
+        fixed,
+        bad.module if bad is not None else module,
+    )
 
 
 def _matched_ops(nodes, pruned_ops):
@@ -422,32 +699,89 @@ def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> Dependen
     blocked (a ``FixedSizeWarning`` names them), so the plan can be redone; re-raise ``exc``
     when there is nothing new to block.
 
-    What is blocked, in order, the first that holds anything not yet blocked: the slots the
-    failure showed fixed; every dim of the failing op; then, when the size came from Python
-    (``C // num_heads`` of an input's shape, a module attribute, a control-flow decision), what
-    crosses the failing module's calls (the activations it reads from outside and returns),
-    then its own parameters and buffers, then the same one module up."""
+    What is blocked, in order, the first that blocks a unit the plan could remove: the slots
+    the failure showed fixed; every dim of the failing op; then, when the size came from
+    Python (``C // num_heads`` of an input's shape, a module attribute, a control-flow
+    decision), what crosses the failing module's calls (the activations it reads from outside
+    and returns), then its own parameters and buffers, then the same one module up. (Dims
+    whose units are all kept already change nothing; they are blocked with the next.)
+
+    The later failures of the same trace (``exc.more``) are learnt at once, each as the first
+    is, while none of the units of its op's dims nor of what it blocks is in a group an
+    earlier one touched: blocking those cannot be what made it fail, so the next plan would
+    fail there again."""
     blocked = dg.extra_blocked
-    fresh = set(exc.fixed_slots) - blocked
+    fresh = _fixed_by(dg, exc, blocked)
+    if not fresh:
+        raise exc
+    learnt, taken = [exc], set(fresh)
+    near = _groups_of(dg, fresh | _op_slots(dg, exc.node))
+    for later in exc.more:
+        if later.node is None:
+            break
+        slots = _fixed_by(dg, later, blocked) - taken
+        groups = _groups_of(dg, slots | _op_slots(dg, later.node))
+        if slots and not groups & near:
+            learnt.append(later)
+            taken |= slots
+        near |= groups
+    for e in learnt:
+        warnings.warn(
+            f"{e}; keeping the channels of those dims",
+            FixedSizeWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return dg.with_blocked(taken)
+
+
+def _fixed_by(dg: DependencyGraph, exc: PlanValidationError, blocked) -> set[int]:
+    """The slots to block for one failure (see :func:`learn_fixed_sizes`); empty when no
+    choice blocks a unit the plan could remove."""
     slots = dg.coupling_model.value_slots
-    if not fresh and exc.node is not None:  # no progress: keep the whole op
+    tiers = [set(exc.fixed_slots)]
+    if exc.node is not None:  # no progress: keep the whole op
         node = dg.graph.nodes[exc.node]
-        fresh = {s for v in node.inputs + node.outputs for s in slots[v]} - blocked
+        tiers.append({s for v in node.inputs + node.outputs for s in slots[v]})
     module = exc.module
     if module is None and exc.node is not None:
         module = dg.graph.nodes[exc.node].module
+    fresh: set[int] = set()
+    for tier in _module_tiers(dg, tiers, module):
+        new = tier - blocked - fresh
+        fresh |= new
+        if _groups_of(dg, new):
+            return fresh
+    return set()
+
+
+def _module_tiers(dg: DependencyGraph, tiers: list[set[int]], module: str | None):
+    yield from tiers
     # Not the root: what crosses its calls is the model's inputs and outputs (blocked already)
     # and its tensors are every parameter, which leaves nothing to prune.
-    while not fresh and module:
+    while module:
         activations, tensors = _module_boundary(dg, module)
-        fresh = (activations - blocked) or (tensors - blocked)
+        yield activations
+        yield tensors
         module = module.rpartition(".")[0]
-    if not fresh:
-        raise exc
-    warnings.warn(
-        f"{exc}; keeping the channels of those dims", FixedSizeWarning, stacklevel=user_stacklevel()
-    )
-    return dg.with_blocked(fresh)
+
+
+def _op_slots(dg: DependencyGraph, node: int | None) -> set[int]:
+    if node is None:
+        return set()
+    n, slots = dg.graph.nodes[node], dg.coupling_model.value_slots
+    return {s for v in n.inputs + n.outputs for s in slots[v]}
+
+
+def _groups_of(dg: DependencyGraph, slots) -> set[int]:
+    """The resolution groups of the units of ``slots`` the plan could remove."""
+    res = dg.resolution
+    out: set[int] = set()
+    for s in slots:
+        for leaf in res.leaves_of(int(s)):
+            if res.leaf_unit_offsets[leaf] >= 0:
+                units = res.units_of_leaf(int(leaf))
+                out.update(np.unique(res.unit_groups[units[dg.unit_prunable[units]]]).tolist())
+    return out
 
 
 def _module_boundary(dg: DependencyGraph, module: str) -> tuple[set[int], set[int]]:

@@ -1,0 +1,195 @@
+"""Plan validation learns the sizes a model's code fixes from one trace where they do not
+depend on each other: once a plan failed its validation (the first one is not guided: most
+pass), the guided trace stands in for ops that fail, gives deviating ops their planned
+results and goes on, so a model with many fixed sizes (MaxViT's attention modules, one
+hard-coded view per branch) is planned in a few validation traces, not one per fixed size.
+Each test compares against validation that learns one failure per trace (the guide switched
+off), which must give the same plan."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from depgraph_ext.graph.dependency import DependencyGraph
+from depgraph_ext.pruning import criteria, validate
+from depgraph_ext.pruning import importance as imp_module
+from helpers import prune_and_check, same_bits
+from nets import MaxViT
+
+F64 = torch.float64
+
+
+def prune_counting(model, x, monkeypatch, **options):
+    """Prune; returns the result, the validation traces it took (whether each was guided)
+    and the fixed sizes warned (the suite's check of plans that need no trace is off: its
+    traces are not the prune's)."""
+    traces = []
+    trace_pruned = DependencyGraph.trace_pruned
+
+    def counted(self, *args, **kwargs):
+        traces.append(kwargs.get("guide") is not None)
+        return trace_pruned(self, *args, **kwargs)
+
+    with monkeypatch.context() as m, warnings.catch_warnings(record=True) as caught:
+        m.setattr(DependencyGraph, "trace_pruned", counted)
+        m.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+        warnings.simplefilter("always")
+        result = dx.prune(model, x, **options)
+    fixed = [w for w in caught if issubclass(w.category, dx.FixedSizeWarning)]
+    return result, traces, fixed
+
+
+def unguided(monkeypatch):
+    """Validation as it was: the first failure of a trace ends it."""
+    monkeypatch.setattr(validate._Guide, "ran", lambda self, *args: None)
+    monkeypatch.setattr(validate._Guide, "failed", lambda self, *args: None)
+
+
+def same_plans(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        a[n].keys() == b[n].keys() and all(torch.equal(a[n][d], b[n][d]) for d in a[n]) for n in a
+    )
+
+
+class Branches(nn.Module):
+    """``n`` branches, each splitting its 12 features into 2 groups of 6 by constants of the
+    code (``view(b, 2, 6)``): every branch fixes its own size; none depends on another."""
+
+    def __init__(self, n: int = 6, silent: bool = False) -> None:
+        super().__init__()
+        self.silent = silent
+        self.ins = nn.ModuleList(nn.Linear(4, 12) for _ in range(n))
+        self.outs = nn.ModuleList(nn.Linear(6, 8) for _ in range(n))
+        self.finals = nn.ModuleList(nn.Linear(8, 3) for _ in range(n))  # 8 prunable: no view
+
+    def forward(self, x):
+        y = 0
+        for a, b, c in zip(self.ins, self.outs, self.finals):
+            h = torch.relu(a(x))
+            if self.silent:  # reshape(-1, 6) runs on any even width, with other rows
+                y = y + c(torch.relu(b(h.reshape(-1, 6)))).sum(0)
+            else:
+                y = y + c(torch.relu(b(h.view(x.shape[0], 2, 6).sum(1)))).sum(0)
+        return y
+
+
+@pytest.mark.parametrize("silent", [False, True], ids=["failing", "deviating"])
+def test_independent_fixed_sizes_are_learnt_from_one_trace(silent, monkeypatch):
+    """Six branches that each fix a size: the first validation finds one, the next (guided)
+    the other five (the ops that fail are stood in for; the ones that run to other shapes
+    get the planned ones), and the plan is the one six rounds of one failure each give."""
+    x = torch.randn(4, 4, dtype=F64)
+    model = Branches(silent=silent).double()
+    result, traces, fixed = prune_counting(copy.deepcopy(model), x, monkeypatch, ratio=0.5)
+    assert traces == [False, True, True]
+    unguided(monkeypatch)
+    reference, reference_traces, reference_fixed = prune_counting(model, x, monkeypatch, ratio=0.5)
+    assert len(reference_traces) >= 7  # one failure per trace
+    assert len(fixed) == len(reference_fixed)
+    assert same_plans(result.plan, reference.plan)
+
+
+def test_a_maxvit_like_net_is_planned_in_four_validation_traces(monkeypatch):
+    """MaxViT's attention fixes its head count (an attribute) and merges the heads back to
+    its input's width: every attention module fails twice, the second failure only once the
+    heads are kept. After the first (unguided) validation, a guided trace learns the first
+    failure of every other module in one round (the reshapes fail before their ops run, on
+    copies of split tensors), the second in the next; a failure that follows from an earlier
+    one of the same trace waits for its round. One failure per trace needs 10 failing traces
+    for the same plan."""
+    torch.manual_seed(0)
+    model, x = MaxViT().eval(), torch.randn(1, 3, 32, 32)
+    before = model(x).shape
+    pruned = copy.deepcopy(model)
+    result, traces, _ = prune_counting(pruned, x, monkeypatch, ratio=0.5)
+    assert len(traces) == 4 and result.params_after < result.params_before
+    assert pruned(x).shape == before
+    unguided(monkeypatch)
+    reference, reference_traces, _ = prune_counting(model, x, monkeypatch, ratio=0.5)
+    assert len(reference_traces) == 11
+    assert same_plans(result.plan, reference.plan)
+
+
+def test_the_maxvit_like_net_passes_the_oracle(backend):
+    torch.manual_seed(0)
+    model, x = MaxViT().double().eval(), torch.randn(1, 3, 32, 32, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prune_and_check(model, x, ratio=0.5, exact_only=True)
+
+
+def test_a_later_failure_touching_what_an_earlier_one_blocks_waits():
+    """learn_fixed_sizes takes a later failure of the same trace only where its op's units
+    and what it would block are in groups no earlier one touched: the later failure in the
+    first branch (whose units the first failure blocks) waits for the next round, the one in
+    the second branch is learnt now."""
+    dg = DependencyGraph(Branches(n=2).double(), torch.randn(4, 4, dtype=F64))
+    slots = dg.coupling_model.value_slots
+    views = [n for n in dg.graph.nodes if n.name == "aten.view.default"]
+    relus = [n for n in dg.graph.nodes if n.name == "aten.relu.default"]
+
+    def error(node):
+        return dx.PlanValidationError(f"op {node.index}", node.index, slots[node.outputs[0]])
+
+    first, same_branch, other_branch = error(views[0]), error(relus[0]), error(views[1])
+    first.more = (same_branch, other_branch)
+    with pytest.warns(dx.FixedSizeWarning) as caught:
+        learnt = validate.learn_fixed_sizes(dg, first)
+    assert [str(w.message).split(";")[0] for w in caught] == [str(first), str(other_branch)]
+    assert set(first.fixed_slots) | set(other_branch.fixed_slots) <= learnt.extra_blocked
+    assert not set(same_branch.fixed_slots) & learnt.extra_blocked
+
+
+@pytest.mark.parametrize("importance", ["l2", "l1", "lamp", "bn_scale"])
+def test_later_rounds_score_what_scoring_anew_would(importance, backend, monkeypatch):
+    """A validation round blocks units but changes none: the weights are scored once per
+    prune, and every round's scores of the units it can remove are bit for bit those of
+    scoring that round's graph anew."""
+    runs, rounds = [], []
+    raw_scores = imp_module.GroupImportance.raw_scores
+    call = criteria.RoundScores.__call__
+
+    def counted(self, dg):
+        runs.append(1)
+        return raw_scores(self, dg)
+
+    def compared(self, dg):
+        scores = call(self, dg)
+        wanted = imp_module.scored_units(dg)
+        anew = criteria.unit_scores(dg, self.importance)
+        rounds.append(same_bits(scores[wanted], anew[wanted]))  # (NaN: not scored)
+        return scores
+
+    torch.manual_seed(0)
+    model, x = MaxViT(), torch.randn(1, 3, 32, 32)
+    model = nn.Sequential(nn.BatchNorm2d(3), model).eval() if importance == "bn_scale" else model
+    monkeypatch.setattr(imp_module.GroupImportance, "raw_scores", counted)
+    monkeypatch.setattr(criteria.RoundScores, "__call__", compared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dx.prune(model.eval(), x, ratio=0.5, importance=importance, backend=backend)
+    assert len(rounds) >= 3 and all(rounds)
+    assert len(runs) == 1 + len(rounds)  # once for the prune, once per round to compare
+
+
+def test_a_plan_that_passes_is_validated_unguided(monkeypatch):
+    """A guided trace costs a Python call per op and per torch function: a model whose first
+    plan passes (most) is validated once, without a guide."""
+    x = torch.randn(4, 4, dtype=F64)
+    model = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), Flatten(), nn.Linear(12, 3)).double()
+    _, traces, fixed = prune_counting(model, x, monkeypatch, ratio=0.5)
+    assert traces == [False] and not fixed
+
+
+class Flatten(nn.Module):
+    """Reads its input's batch size (``view(x.shape[0], -1)``): a plan that prunes what it
+    views is traced again."""
+
+    def forward(self, x):
+        return x.view(x.shape[0], -1)
