@@ -20,17 +20,21 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import (
-    DataDependentOutputException,
-    DynamicOutputShapeException,
-    FakeTensor,
-    FakeTensorMode,
-)
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
+from .decisions import (
+    DATA_DEPENDENT,
+    Decision,
+    decides,
+    replayed,
+    result_copy,
+    snapshot,
+    without_data,
+)
 from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
 from .walk import ModelWalk
@@ -114,6 +118,9 @@ class OpGraph:
     module_calls: list[tuple[str, list[int]]] = field(default_factory=list)
     real: bool = False  # traced on real tensors (data-dependent shapes), not fake ones
     mode: str = "fake"  # a TraceMode: "real", "meta" or "fake"
+    # Calls whose results the data decided (a real trace's nonzero, NMS, .item() ...), with the
+    # inputs that decided: a trace of the pruned shapes replays them (decisions.py).
+    decisions: list[Decision] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -179,6 +186,12 @@ class _RecorderBase(_EagerMode):
         # ``zeros(..., device="cuda")``, a constant kept on a GPU) are made there instead.
         self.stand_in: torch.device | None = None
         self._stand_in_of: dict[int, torch.Tensor] = {}
+        # Real traces: the data's decisions are recorded (a graph's), or replayed (the
+        # original's, by op, module and occurrence, in a trace of the pruned shapes).
+        self.decisions: list[Decision] | None = None
+        self.replay: dict | None = None
+        self._occurrences: dict = {}
+        self.failed_by_data = False  # the failing op is a decision of the data
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -194,10 +207,19 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self.aborted = True
             raise _OverBudget  # real ops cost more than fake ones would: trace on fake tensors
+        pending = original = None
+        if self.decisions is not None or self.replay is not None:
+            args, kwargs, pending, original = self._decision(func, args, kwargs)
         try:
             if self.meta:
                 args, kwargs = self._on_meta(func, args, kwargs)
-                out = self.meta_results.run(func, args, kwargs)
+                replay = original and without_data(args, kwargs, original, META)
+                if replay and replay[0] == "result":
+                    out = replay[1]
+                else:
+                    if replay:
+                        args, kwargs = replay[1]
+                    out = self.meta_results.run(func, args, kwargs)
             else:
                 if self.stand_in is not None:
                     args, kwargs = self._on_stand_in(func, args, kwargs)
@@ -207,16 +229,40 @@ class _RecorderBase(_EagerMode):
             done = self._recorded()
             occurrence = sum(1 for op, m in done if m == module and op is func)
             self.failed_at = _failed_op(len(done), func, args, kwargs, module, occurrence)
+            # (a size the data decides; the value of an .item() a fake tensor may know, when
+            # it is of a constant)
+            self.failed_by_data = decides(func, args, kwargs, ("sizes",))
             raise
         if isinstance(out, torch.Tensor):
             leaves = (out,)
         else:
             leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
-            if not leaves:
-                return out, None
+        if pending is not None:
+            node = self.recorded_count() if leaves else None
+            self.decisions.append(Decision(*pending, result=result_copy(func, out), node=node))
+        if not leaves:
+            return out, None
         if self.deadline is not None:
             self.deadline += self.budget_per_op
         return out, leaves
+
+    def _decision(self, func, args, kwargs):
+        """For a call the data decides: its arguments (on real tensors, with the original's
+        deciding inputs replayed), what to record of it, and the original's decision to replay
+        (None for any other call)."""
+        if not decides(func, args, kwargs):
+            return args, kwargs, None, None
+        module = self.module_stack[-1] if self.module_stack else ""
+        occurrence = self._occurrences.get((func, module), 0)
+        self._occurrences[(func, module)] = occurrence + 1
+        original = None
+        if self.replay is not None:
+            original = self.replay.get((func, module, occurrence))
+            if original is not None and not self.meta:
+                args, kwargs = replayed(args, kwargs, original)
+        if self.decisions is None:
+            return args, kwargs, None, original
+        return args, kwargs, (func, module, occurrence, *snapshot(func, args, kwargs)), original
 
     def _on_meta(self, func, args, kwargs):
         """Arguments with every tensor on meta, and a factory's device meta."""
@@ -507,6 +553,62 @@ def _swapped_tensors(modules: list[tuple[str, torch.nn.Module]], fakes: dict[int
             store[key] = t
 
 
+_STORES = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _holds_tensors(value) -> bool:
+    """A tensor, or a list, tuple or dict with a tensor among its items."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if type(value) is list or type(value) is tuple:
+        return any(isinstance(x, torch.Tensor) for x in value)
+    if type(value) is dict:
+        return any(isinstance(x, torch.Tensor) for x in value.values())
+    return False
+
+
+def _contents(value) -> list | None:
+    """The items of a list, or the keys and values of a dict, in order (None: neither)."""
+    if type(value) is list:
+        return list(value)
+    if type(value) is dict:
+        return [x for item in value.items() for x in item]
+    return None
+
+
+@contextlib.contextmanager
+def _attributes_kept(modules: list[tuple[str, torch.nn.Module]]):
+    """Module attributes that hold tensors put back as they were, in place too, and those the
+    forward added removed: a forward may keep what it computed (torchvision's anchor generator
+    replaces its cell anchors with copies of the input's dtype and device), and what a trace
+    computes is meta or fake tensors, which the model's next forward could not use."""
+    saved = []
+    for _, module in modules:
+        d = module.__dict__
+        held = {
+            k: (v, _contents(v)) for k, v in d.items() if k not in _STORES and _holds_tensors(v)
+        }
+        saved.append((d, held, frozenset(d)))
+    try:
+        yield
+    finally:
+        for d, held, keys in saved:
+            for k, (v, items) in held.items():
+                d[k] = v
+                now = _contents(v)
+                if items is None or (
+                    len(now) == len(items) and all(a is b for a, b in zip(now, items))
+                ):
+                    continue
+                if type(v) is list:
+                    v[:] = items
+                else:
+                    v.clear()
+                    v.update(zip(items[::2], items[1::2]))
+            for k in [k for k in d if k not in keys and _holds_tensors(d[k])]:
+                del d[k]
+
+
 def _on_meta(tensors) -> bool:
     return any(t.device.type == "meta" for t in tensors)
 
@@ -520,7 +622,6 @@ class TraceMode(str, Enum):
     FAKE = "fake"  # FakeTensorMode
 
 
-_DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
 CPU = torch.device("cpu")
 
 # A model whose parameters and buffers take at most this many bytes is traced on real tensors
@@ -544,6 +645,7 @@ def trace(
     progress: Progress = OFF,
     stage: str = "trace",
     real_decides: bool = False,
+    replay: list[Decision] | None = None,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
@@ -569,7 +671,13 @@ def trace(
     shapes (on a GPU its ops are the GPU's: the device-specific ones have rules of their
     own). ``real_decides``: a failure of the real trace is final (the model was traced on real
     tensors before, so its kernels, not the more lenient meta ones, say whether these shapes
-    run).
+    run). A meta trace that stops at a decision of the data (a ``nonzero``, NMS) goes on real
+    tensors at once: a fake trace would stop there too.
+
+    ``replay``: the decisions of the data a real trace of the model recorded
+    (``OpGraph.decisions``), replayed so that the data decides every size as it did there
+    (decisions.py): on meta tensors (each decision returns the original's result), and where
+    that fails, on real tensors (each decision is given the original's inputs).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -581,6 +689,13 @@ def trace(
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
     )
+    if replay:
+        if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
+            try:
+                return trace_as(model, example_inputs, TraceMode.META, replay=replay, **common)
+            except TraceError:
+                pass  # a decision met with other shapes, or an op that reads data: real tensors
+        return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, **common)
     cheap = _real_is_cheap(
         [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
     )
@@ -597,31 +712,37 @@ def trace(
                 # trace on them could pass a plan the model cannot run.
                 raise
             real_error = exc
+    by_data: TraceError | None = None  # a trace stopped at a decision of the data
     if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
             return trace_as(model, example_inputs, TraceMode.META, **common)
-        except TraceError:
-            pass  # the fake trace decides (and its error, if any, is the one reported)
-    try:
-        return trace_as(model, example_inputs, TraceMode.FAKE, **common)
-    except TraceError as exc:
-        if real_error is not None:
-            # The real ops failed first: that is what the model does with these shapes. Meta
-            # and fake kernels may refuse what the CPU runs (aten._grouped_mm's meta kernel
-            # wants bfloat16, the CPU one takes float32), and their error would blame an op
-            # the plan never touched.
-            raise real_error from exc
-        if cheap and not isinstance(exc.__cause__, _DATA_DEPENDENT):
-            # A fake kernel may refuse what the real one runs: a small model's real trace,
-            # unbudgeted, decides (its error is reported if it fails too).
-            return trace_as(model, example_inputs, TraceMode.REAL, **common)
-        if not isinstance(exc.__cause__, _DATA_DEPENDENT):
-            raise
-        if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
-            raise TraceError(
-                f"{exc}; the model's shapes depend on data, which needs real weights, and its "
-                "weights are on the meta device"
-            ) from exc
+        except TraceError as exc:
+            # the fake trace decides (and its error, if any, is the one reported); at a
+            # decision of the data it would stop too
+            if exc.by_data and real_error is None:
+                by_data = exc
+    if by_data is None:
+        try:
+            return trace_as(model, example_inputs, TraceMode.FAKE, **common)
+        except TraceError as exc:
+            if real_error is not None:
+                # The real ops failed first: that is what the model does with these shapes.
+                # Meta and fake kernels may refuse what the CPU runs (aten._grouped_mm's meta
+                # kernel wants bfloat16, the CPU one takes float32), and their error would
+                # blame an op the plan never touched.
+                raise real_error from exc
+            if cheap and not exc.by_data:
+                # A fake kernel may refuse what the real one runs: a small model's real trace,
+                # unbudgeted, decides (its error is reported if it fails too).
+                return trace_as(model, example_inputs, TraceMode.REAL, **common)
+            if not exc.by_data:
+                raise
+            by_data = exc
+    if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
+        raise TraceError(
+            f"{by_data}; the model's shapes depend on data, which needs real weights, and its "
+            "weights are on the meta device"
+        ) from by_data
     return trace_as(model, example_inputs, TraceMode.REAL, **common)
 
 
@@ -730,9 +851,11 @@ def trace_as(
     stand_in: torch.device = CPU,
     meta_results: MetaResults | None = None,
     budget: tuple[float, float] | None = None,
+    replay: list[Decision] | None = None,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
-    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited."""
+    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited. A real
+    trace records the decisions of the data (a graph's) or replays ``replay``'s."""
     mode = TraceMode(mode)
     walk = walk or ModelWalk.of(model)
     meta_results = meta_results or MetaResults()
@@ -752,6 +875,10 @@ def trace_as(
     )
     if mode is TraceMode.META:
         recorder.meta, recorder.meta_results = True, meta_results
+    if replay and mode is not TraceMode.FAKE:
+        recorder.replay = {d.key: d for d in replay}
+    if mode is TraceMode.REAL and not shapes_only:
+        recorder.decisions = graph.decisions
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
     if mode is not TraceMode.REAL:
         recorder.stand_in = stand_in if mode is TraceMode.FAKE else CPU
@@ -794,7 +921,7 @@ def trace_as(
                 _module_scopes(modules, stack, recorder, ticks),
             ):
                 with fake_mode, recorder, stand_in_mode:
-                    with _swapped_tensors(modules, fakes):
+                    with _swapped_tensors(modules, fakes), _attributes_kept(modules):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
@@ -809,6 +936,10 @@ def trace_as(
             error.module = stack[-1] if stack else None  # the innermost module running
             error.ops_done = recorder.recorded_count()  # ops recorded before the failure
             error.partial = graph if shapes_only else None  # what ran before it, by shape
+            # it stopped at a decision of the data (a fake or meta kernel cannot say its size)
+            error.by_data = isinstance(exc, DATA_DEPENDENT) or (
+                mode is TraceMode.META and recorder.failed_by_data
+            )
             raise error from exc
         finally:
             _check_untouched(modules, params, buffers)
