@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 
 import pytest
 import torch
@@ -219,4 +220,43 @@ def test_a_failed_prune_of_a_detector_leaves_it_untouched():
     before = state_of(model)
     with pytest.raises(dx.NoPrunableGroupsError):
         dx.prune(model, ([image()],), ignore=[model], progress=False)
+    assert_same_state(before, state_of(model))
+
+
+def test_a_trace_error_names_the_op_the_module_and_the_line():
+    """Inputs the detector cannot run: the error names the op, the module and the model's
+    line that ran it; nothing changed."""
+    model = build("retinanet")
+    before = state_of(model)
+    with pytest.raises(dx.TraceError) as info:
+        dx.prune(model, ([torch.rand(4, 64, 64, dtype=torch.float64)],), progress=False)
+    message = str(info.value)
+    assert "in module backbone.stem.0" in message and "op aten.convolution" in message
+    assert re.search(r"detectors\.py:\d+ \(x = self\.stem\(x\)\)", message), message
+    assert_same_state(before, state_of(model))
+
+
+def test_a_size_the_code_fixes_is_named_with_its_line():
+    model = build("fasterrcnn", fixed_view=True)
+    with pytest.warns(dx.FixedSizeWarning) as caught:
+        dx.prune(model, ([image()],), exact_only=True, progress=False)
+    assert re.search(
+        r"op aten\.view\.default in module <root> at \S*detectors\.py:\d+ "
+        r"\(rois = rois\.reshape\(-1, self\.box_features\)\)",
+        str(caught[0].message),
+    )
+
+
+def test_an_internal_error_is_a_pruning_error_and_changes_nothing(monkeypatch):
+    """A bug of the library (the top-k of no candidate once raised IndexError while the groups
+    were listed) reaches the user as an InternalError naming the stage; nothing changed."""
+    model = build("ssd")
+    before = state_of(model)
+
+    def broken(self):
+        raise IndexError("index 0 is out of bounds for axis 0 with size 0")
+
+    monkeypatch.setattr(dx.DependencyGraph, "_min_kept", broken)
+    with pytest.raises(dx.InternalError, match="listing the groups.*IndexError"):
+        dx.prune(model, ([image()],), progress=False)
     assert_same_state(before, state_of(model))

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError, OpaqueOpWarning, PruningError, user_stacklevel
+from ..errors import (
+    InvalidArgumentError,
+    OpaqueOpWarning,
+    PruningError,
+    internal_errors,
+    user_stacklevel,
+)
 from ..gcpause import paused_gc
 from ..progress import as_progress
 from .coupling_model import OpaqueOp, build_couplings
@@ -168,6 +174,7 @@ class DependencyGraph:
     applied), :meth:`check_fresh` refuses it.
     """
 
+    @internal_errors("building the dependency graph")
     def __init__(
         self,
         model: torch.nn.Module,
@@ -333,6 +340,7 @@ class DependencyGraph:
         """Groups with at least one prunable unit, each listing its member slices."""
         return self._build_groups()
 
+    @internal_errors("listing the groups")
     def _build_groups(self) -> list[Group]:
         res = self.resolution
         unit_groups = res.unit_groups

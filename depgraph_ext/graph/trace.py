@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
+from . import source
 from .decisions import (
     DATA_DEPENDENT,
     Decision,
@@ -93,10 +94,16 @@ class Node:
     inputs: list[int]  # value indices of tensor arguments, in flattened order
     outputs: list[int]  # value indices of tensor results, in flattened order
     module: str  # qualified name of the innermost module running the op ("" = the root)
+    where: tuple[str, int] | None = None  # (file, line) of the model's code that ran it
 
     @property
     def name(self) -> str:
         return str(self.op)
+
+    def describe(self) -> str:
+        """``op <name> in module <module> at <file>:<line> (<code>)``: what errors name."""
+        at = source.describe(self.where)
+        return f"op {self.name} in module {self.module or '<root>'}" + (f" at {at}" if at else "")
 
     @property
     def packet(self) -> str:
@@ -371,7 +378,7 @@ class _Recorder(_RecorderBase):
                 outputs.append(self.add_value(t, "op", producer=node_index))
         module = self.module_stack[-1] if self.module_stack else ""
         self.graph.nodes.append(
-            Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module)
+            Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module, source.here())
         )
         return out
 
@@ -928,7 +935,12 @@ def trace_as(
         except Exception as exc:
             if recorder.aborted:
                 raise _OverBudget from exc  # the model's code caught it and failed otherwise
-            where = f" (in module {stack[-1] or '<root>'})" if stack else ""
+            where = [f"in module {stack[-1] or '<root>'}"] if stack else []
+            if recorder.failed_at is not None:
+                where.append(f"op {recorder.failed_at.op}")
+            if (line := source.raised_at(exc)) is not None:
+                where.append(f"at {source.describe(line)}")
+            where = f" ({', '.join(where)})" if where else ""
             error = TraceError(
                 f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
             )

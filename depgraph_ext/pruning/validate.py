@@ -144,7 +144,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
     def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
         for vo, shape in zip(old.outputs, new_shapes):
             if not same_ranks_only or len(shape) == len(slots[vo]):
-                check(f"op {old.name} in module {old.module or '<root>'}", vo, shape, old.module)
+                check(old.describe(), vo, shape, old.module)
 
     try:
         with (
@@ -183,7 +183,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan) -> None:
                     or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
                 )
             ) or [s for v in bad.inputs + bad.outputs for s in slots[v]]
-            where = f" at op {bad.name} in module {bad.module or '<root>'}"
+            where = f" at {bad.describe()}"
         raise PlanValidationError(
             f"the pruned shapes do not run{where}: {exc}",
             bad.index if bad is not None else None,
