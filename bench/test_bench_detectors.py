@@ -1,6 +1,6 @@
 """torchvision's detectors (random weights, ``num_classes=5``, eval mode, one 320x320 image):
 the whole prune (``ratio=0.5``, default options) with each backend, Torch-Pruning's (in a
-subprocess, given 300 s), one plain forward for scale, and the checks of a prune: outputs of
+subprocess, given 300 s: with the predicting layers ignored, and with its default options), one plain forward for scale, and the checks of a prune: outputs of
 the same structure, the class count and anchors kept, and with ``exact_only=True`` in float64
 the scatter-back oracle on the heads' raw outputs and on the detections. Skipped without
 torchvision, which is no dependency of the project.
@@ -24,7 +24,7 @@ import torch.utils._pytree as pytree
 
 import depgraph_ext as dx
 from depgraph_ext.testing import scatter_back
-from measuring import EXTRA, fresh, measure, torch_pruning
+from measuring import EXTRA, RESULTS, fresh, measure, torch_pruning
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -91,13 +91,18 @@ def test_prune(benchmark, workload, backend):
     if backend == "native" and not dx.native_available():
         pytest.skip("native core not built")
     name, model, image = workload
-    measure(
+    result = measure(
         benchmark,
         (name, "prune 50% end to end", backend),
         lambda m: dx.prune(m, ([image],), ratio=0.5, backend=backend, progress=False),
         setup=fresh(model),
         rounds=1,
     )
+    if backend == "native":
+        EXTRA.append(
+            f"{name}: depgraph_ext, default options: {result.params_before:,} -> "
+            f"{result.params_after:,} parameters"
+        )
 
 
 _TP_RUN = """
@@ -108,34 +113,40 @@ model = getattr(torchvision.models.detection, {name!r})(
 ).eval()
 x = torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(0))
 ignored = [model.get_submodule(n) for n in {predictors!r}]
+before = sum(p.numel() for p in model.parameters())
 t = time.perf_counter()
 tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
                      pruning_ratio=0.5, ignored_layers=ignored).step()
-print("SECONDS", time.perf_counter() - t)
+print("SECONDS", time.perf_counter() - t, before, sum(p.numel() for p in model.parameters()))
 """
 
 
 @pytest.mark.skipif(torch_pruning is None, reason="torch-pruning not installed")
-def test_torch_pruning_prune(workload):
-    """Torch-Pruning's MetaPruner and step, the predicting layers ignored (as its examples for
-    detectors do), in a fresh process given TP_LIMIT seconds."""
+@pytest.mark.parametrize("ignored", ["predictors", "none"])
+def test_torch_pruning_prune(workload, ignored):
+    """Torch-Pruning's MetaPruner and step in a fresh process given TP_LIMIT seconds: with the
+    predicting layers ignored (as its examples for detectors do; the table's column), and
+    with its default options (no layer ignored)."""
     name = workload[0]
-    code = textwrap.dedent(_TP_RUN.format(name=name, predictors=predictors(workload[1])))
+    names = predictors(workload[1]) if ignored == "predictors" else []
+    code = textwrap.dedent(_TP_RUN.format(name=name, predictors=names))
+    what = f"Torch-Pruning, {'predictors ignored' if names else 'default options'}"
     try:
         run = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=TP_LIMIT
         )
     except subprocess.TimeoutExpired:
-        EXTRA.append(f"{name}: Torch-Pruning gave no answer in {TP_LIMIT} s")
+        EXTRA.append(f"{name}: {what}: no answer in {TP_LIMIT} s")
         return
-    seconds = [line.split()[1] for line in run.stdout.splitlines() if line.startswith("SECONDS")]
-    if not seconds:
+    found = [line.split()[1:] for line in run.stdout.splitlines() if line.startswith("SECONDS")]
+    if not found:
         tail = (run.stderr.strip().splitlines() or ["?"])[-1]
-        EXTRA.append(f"{name}: Torch-Pruning failed: {tail[:200]}")
+        EXTRA.append(f"{name}: {what}: failed: {tail[:200]}")
         return
-    from measuring import RESULTS
-
-    RESULTS[(name, "prune 50% end to end", "torch-pruning")] = float(seconds[0])
+    seconds, before, after = float(found[0][0]), int(found[0][1]), int(found[0][2])
+    EXTRA.append(f"{name}: {what}: {seconds:.1f} s, {before:,} -> {after:,} parameters")
+    if names:
+        RESULTS[(name, "prune 50% end to end", "torch-pruning")] = seconds
 
 
 def _run_with_heads(model, heads, image):

@@ -25,7 +25,7 @@ class PruningError(Exception):
     """Base class of every refusal; the message names the cause (and the module where known)."""
 
 
-class InternalError(PruningError):
+class InternalError(PruningError, RuntimeError):
     """depgraph_ext itself failed (a bug: please report it with the model's code); raised
     before anything changed, so the model is as it was. The message names the stage, the
     error and the library's line; ``__cause__`` is the original error."""

@@ -260,3 +260,17 @@ def test_an_internal_error_is_a_pruning_error_and_changes_nothing(monkeypatch):
     with pytest.raises(dx.InternalError, match="listing the groups.*IndexError"):
         dx.prune(model, ([image()],), progress=False)
     assert_same_state(before, state_of(model))
+
+
+def test_only_the_backbone():
+    """A ratio by module name: the backbone's channels go (and the FPN's inputs with them);
+    the FPN's and the head's own channels stay."""
+    model = build("retinanet")
+    inputs = ([image()],)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, ratio=0.0, ratios={"backbone": 0.5}, progress=False)
+    assert model.backbone.stem[0].out_channels == 4
+    assert model.fpn.lateral[0].in_channels == model.backbone.widths[0] // 2
+    assert model.fpn.output[0].out_channels == 8 and model.head.cls_tower[0].out_channels == 8
+    assert {name.split(".")[0] for name in result.plan} == {"backbone", "fpn"}
+    oracle(original, model, result.plan, inputs)

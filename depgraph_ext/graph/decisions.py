@@ -89,7 +89,7 @@ def decides(func, args, kwargs, what: tuple[str, ...] = ("sizes", "value")) -> b
         else:
             known = "sizes" if _fake_kernel_needs_data(func, args, kwargs) else ""
         _KNOWN[func] = known
-    if known not in what or not known:
+    if known not in what:
         return False
     if str(func.overloadpacket) in _MASKED:
         indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
