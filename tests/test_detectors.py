@@ -274,3 +274,27 @@ def test_only_the_backbone():
     assert model.fpn.output[0].out_channels == 8 and model.head.cls_tower[0].out_channels == 8
     assert {name.split(".")[0] for name in result.plan} == {"backbone", "fpn"}
     oracle(original, model, result.plan, inputs)
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "fasterrcnn"])
+def test_a_large_detector_is_checked_on_meta_tensors(monkeypatch, kind):
+    """Past the size traced on real tensors first, the original is traced on meta tensors up to
+    its first decision of the data and then on real ones; the plan is checked on meta tensors,
+    each decision returning the original's result."""
+    import depgraph_ext.graph.trace as tr
+
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    modes = []
+    trace_as = tr.trace_as
+
+    def recorded(*args, **kwargs):
+        modes.append((TraceMode(args[2]).value, kwargs.get("shapes_only", False)))
+        return trace_as(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "trace_as", recorded)
+    model = build(kind, nms="op")
+    inputs = ([image()],)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, exact_only=True, progress=False)
+    assert modes == [("meta", False), ("real", False), ("meta", True)]
+    oracle(original, model, result.plan, inputs)

@@ -683,8 +683,8 @@ def trace(
 
     ``replay``: the decisions of the data a real trace of the model recorded
     (``OpGraph.decisions``), replayed so that the data decides every size as it did there
-    (decisions.py): on meta tensors (each decision returns the original's result), and where
-    that fails, on real tensors (each decision is given the original's inputs).
+    (decisions.py): on real tensors each decision is given the original's inputs, on meta
+    tensors it returns the original's result (a fake trace stops at it, as ever).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -695,14 +695,8 @@ def trace(
         bar=(progress, stage),
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
+        replay=replay,
     )
-    if replay:
-        if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
-            try:
-                return trace_as(model, example_inputs, TraceMode.META, replay=replay, **common)
-            except TraceError:
-                pass  # a decision met with other shapes, or an op that reads data: real tensors
-        return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, **common)
     cheap = _real_is_cheap(
         [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
     )
