@@ -276,14 +276,18 @@ def test_only_the_backbone():
     oracle(original, model, result.plan, inputs)
 
 
+@pytest.mark.parametrize("large", [False, True])
 @pytest.mark.parametrize("kind", ["retinanet", "fasterrcnn"])
-def test_a_large_detector_is_checked_on_meta_tensors(monkeypatch, kind):
-    """Past the size traced on real tensors first, the original is traced on meta tensors up to
-    its first decision of the data and then on real ones; the plan is checked on meta tensors,
-    each decision returning the original's result."""
+def test_a_detectors_plan_is_checked_on_meta_tensors(monkeypatch, kind, large):
+    """The plan's check reads no value: on real tensors a pruned trace computes on zero-filled
+    or borrowed weights, and RoI pooling of the boxes computed so may fail or crash
+    (torchvision's roi_align on NaN boxes); on meta tensors each decision returns the
+    original's result. Past the size traced on real tensors first, the original is traced on
+    meta tensors up to its first decision, then on real ones."""
     import depgraph_ext.graph.trace as tr
 
-    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    if large:
+        monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
     modes = []
     trace_as = tr.trace_as
 
@@ -296,5 +300,8 @@ def test_a_large_detector_is_checked_on_meta_tensors(monkeypatch, kind):
     inputs = ([image()],)
     original = copy.deepcopy(model)
     result = dx.prune(model, inputs, exact_only=True, progress=False)
-    assert modes == [("meta", False), ("real", False), ("meta", True)]
+    checks = [mode for mode, shapes_only in modes if shapes_only]
+    assert checks == ["meta"]
+    if large:
+        assert modes == [("meta", False), ("real", False), ("meta", True)]
     oracle(original, model, result.plan, inputs)

@@ -683,8 +683,8 @@ def trace(
 
     ``replay``: the decisions of the data a real trace of the model recorded
     (``OpGraph.decisions``), replayed so that the data decides every size as it did there
-    (decisions.py): on real tensors each decision is given the original's inputs, on meta
-    tensors it returns the original's result (a fake trace stops at it, as ever).
+    (decisions.py): on meta tensors first (each decision returns the original's result), and
+    where that fails on real tensors (each decision is given the original's inputs).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -695,8 +695,18 @@ def trace(
         bar=(progress, stage),
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
-        replay=replay,
     )
+    if replay:
+        # A trace of pruned shapes on real tensors computes on values no model would (weights
+        # zero-filled or borrowed): past a decision replayed, a kernel that reads values as
+        # positions (RoI pooling of the boxes computed so) may fail, or crash the process
+        # (torchvision's roi_align on NaN boxes). On meta tensors nothing reads a value.
+        if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
+            try:
+                return trace_as(model, example_inputs, TraceMode.META, replay=replay, **common)
+            except TraceError:
+                pass  # a decision met with other shapes, or an op that reads data
+        return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, **common)
     cheap = _real_is_cheap(
         [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
     )
