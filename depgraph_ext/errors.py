@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import traceback
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -21,6 +23,33 @@ def user_stacklevel() -> int:
 
 class PruningError(Exception):
     """Base class of every refusal; the message names the cause (and the module where known)."""
+
+
+class InternalError(PruningError, RuntimeError):
+    """depgraph_ext itself failed (a bug: please report it with the model's code); raised
+    before anything changed, so the model is as it was. The message names the stage, the
+    error and the library's line; ``__cause__`` is the original error."""
+
+
+@contextlib.contextmanager
+def internal_errors(stage: str):
+    """Within ``stage`` (which changes nothing of the model), any error but a
+    :class:`PruningError` is an :class:`InternalError`."""
+    try:
+        yield
+    except PruningError:
+        raise
+    except Exception as exc:
+        frames = [
+            f
+            for f in traceback.extract_tb(exc.__traceback__)
+            if f.filename.startswith(_PACKAGE_DIR)
+        ]
+        at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        raise InternalError(
+            f"depgraph_ext failed while {stage} ({type(exc).__name__}: {exc}{at}); the model "
+            "is unchanged. This is a bug of depgraph_ext: please report it with the model's code"
+        ) from exc
 
 
 class InvalidArgumentError(PruningError, ValueError):

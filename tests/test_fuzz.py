@@ -2,9 +2,11 @@
 adds, concats, chunks, grouped and depthwise convs, channel shuffles (with residuals across
 them), squeeze-excitation, reshapes, attention over positions (heads split by the tensor's
 own width), norms over merged dims, means over channels, depthwise convs whose taps another
-op reads; pruned at random ratios. Every case is exact or declared: with ``exact_only=True``
-it passes the scatter-back oracle, python/native parity and bit-identical kept weights; by
-default either the oracle holds or the result names the function-changing groups it pruned.
+op reads; ending in a classifier or a detector's data-dependent end (a threshold that may
+leave no candidate, top-k of those left); pruned at random ratios. Every case is exact or
+declared: with ``exact_only=True`` it passes the scatter-back oracle, python/native parity and
+bit-identical kept weights; by default either the oracle holds or the result names the
+function-changing groups it pruned.
 
     DEPGRAPH_FUZZ_EXAMPLES=2000 .venv/bin/python -m pytest tests/test_fuzz.py -q   # longer run
 """
@@ -175,6 +177,25 @@ class WidthHeads(nn.Module):
         return x + y.transpose(1, 2).reshape(n, c, h, w)
 
 
+class DetectHead(nn.Module):
+    """A detector's end: a score per position, a threshold (which may leave no candidate),
+    top-k of the candidates left, their features classified; beside the pooled features'
+    classes. Sizes the data decides (how many pass, how many are kept) reach the outputs."""
+
+    def __init__(self, c, threshold, k):
+        super().__init__()
+        self.score, self.fc, self.cls = nn.Conv2d(c, 1, 1), nn.Linear(c, 3), nn.Linear(c, 2)
+        self.threshold, self.k = threshold, k
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        scores = self.score(x).flatten()
+        features = x.permute(0, 2, 3, 1).reshape(-1, c)
+        candidates = torch.where(scores > self.threshold)[0]
+        top, idx = scores[candidates].topk(min(self.k, candidates.shape[0]))
+        return self.cls(x.mean((2, 3))), top, self.fc(features[candidates[idx]])
+
+
 @st.composite
 def architectures(draw):
     c = draw(st.sampled_from([4, 6, 8, 12]))
@@ -235,6 +256,10 @@ def architectures(draw):
             out = draw(st.sampled_from([4, 8, 10]))
             layers.append(ConvBN(c, out, act=act))
             c = out
+    if draw(st.booleans()):  # a detector's data-dependent end (no candidate, some, all)
+        return nn.Sequential(
+            *layers, DetectHead(c, draw(st.sampled_from([-1e9, 0.0, 1e9])), draw(st.integers(1, 8)))
+        )
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 3))
     return nn.Sequential(*layers, head)
 

@@ -17,7 +17,7 @@ from ..errors import (
     InvalidArgumentError,
     OpaqueOpWarning,
     PruningError,
-    TraceError,
+    internal_errors,
     user_stacklevel,
 )
 from ..gcpause import paused_gc
@@ -27,7 +27,7 @@ from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
 from .standin import MetaResults
-from .trace import OpGraph, Ref, model_frame, stack_of_op, trace
+from .trace import OpGraph, Ref, trace
 from .walk import ModelWalk, non_persistent
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
@@ -153,6 +153,27 @@ class TensorDim:
         return (np.arange(self.size, dtype=np.int64) // inner) % int(self.leaf_sizes[position])
 
 
+def _decided_dims(g: OpGraph, node, slots) -> list[int]:
+    """The dims of a decision's results whose size the data gave: a ``nonzero``'s count, the
+    position a boolean mask selects along; every dim of another's (``unique``, an NMS)."""
+    packet = node.packet
+    if packet in ("aten.nonzero", "aten.argwhere", "aten.masked_select"):
+        return [slots[v][0] for v in node.outputs if slots[v]]
+    if packet in ("aten.index", "aten._unsafe_index"):
+        indices = list(node.args[1]) if len(node.args) > 1 else []
+        indexed = [d for d, ix in enumerate(indices) if ix is not None]
+        if not any(
+            isinstance(ix, Ref) and g.values[ix.value].dtype in (torch.bool, torch.uint8)
+            for ix in indices
+        ):
+            return []  # integer indices: the index tensors' shapes decide
+        adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+        out = slots[node.outputs[0]]
+        pos = indexed[0] if adjacent else 0
+        return [out[pos]] if pos < len(out) else []
+    return [s for v in node.outputs for s in slots[v]]
+
+
 class DependencyGraph:
     """Trace ``model`` on ``example_inputs``, apply the op rules and resolve coupled groups.
 
@@ -170,6 +191,7 @@ class DependencyGraph:
     applied), :meth:`check_fresh` refuses it.
     """
 
+    @internal_errors("building the dependency graph")
     def __init__(
         self,
         model: torch.nn.Module,
@@ -291,6 +313,8 @@ class DependencyGraph:
         self.unit_prunable = has_param & ~res.unit_blocked
         for leaf in np.nonzero((res.leaf_sizes == 1) & (res.leaf_unit_offsets >= 0))[0]:
             self.unit_prunable[res.units_of_leaf(int(leaf))] = False  # a dim of 1 stays
+        if g.decisions:  # a size the data decides (boxes NMS kept) is no channel: none goes
+            self.unit_prunable &= ~self._dynamic_atoms()[1]
         # Why each resolution group's units cannot be removed as if zeroed (none: exact).
         self.group_reasons: dict[int, list[str]] = {}
         for r in self.coupling_model.reductions:
@@ -351,6 +375,7 @@ class DependencyGraph:
         """Groups with at least one prunable unit, each listing its member slices."""
         return self._build_groups()
 
+    @internal_errors("listing the groups")
     def _build_groups(self) -> list[Group]:
         res = self.resolution
         unit_groups = res.unit_groups
@@ -439,7 +464,10 @@ class DependencyGraph:
             leaves = res.leaves_of(slot)
             if len(leaves) != 1 or res.leaf_unit_offsets[leaves[0]] < 0:
                 continue
-            gid = int(res.unit_groups[res.units_of_leaf(int(leaves[0]))[0]])
+            units = res.units_of_leaf(int(leaves[0]))
+            if units.shape[0] == 0:  # a top-k of nothing (no candidate passed a threshold)
+                continue
+            gid = int(res.unit_groups[units[0]])
             out[gid] = max(out.get(gid, 1), int(n))
         return out
 
@@ -501,42 +529,14 @@ class DependencyGraph:
     @functools.cached_property
     def dynamic_slots(self) -> np.ndarray:
         """bool[num slots]: dims whose size the data decides (the count of a ``nonzero``, of a
-        boolean mask's selection, of ``unique``) and every dim coupled to one: a trace of the
-        pruned model (other weights, other values) may see them at any size."""
-        g, res = self.graph, self.resolution
-        slots = self.coupling_model.value_slots
-        seeds: list[int] = []
-        for node in g.nodes:
-            if torch.Tag.dynamic_output_shape not in getattr(node.op, "tags", ()):
-                continue
-            packet = node.packet
-            if packet in ("aten.nonzero", "aten.argwhere", "aten.masked_select"):
-                seeds += [slots[v][0] for v in node.outputs if slots[v]]
-            elif packet in ("aten.index", "aten._unsafe_index"):
-                indices = list(node.args[1]) if len(node.args) > 1 else []
-                masks = [
-                    d
-                    for d, ix in enumerate(indices)
-                    if isinstance(ix, Ref) and g.values[ix.value].dtype in (torch.bool, torch.uint8)
-                ]
-                if not masks:
-                    continue  # integer indices: the index tensors' shapes decide
-                indexed = [d for d, ix in enumerate(indices) if ix is not None]
-                adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
-                out = slots[node.outputs[0]]
-                pos = indexed[0] if adjacent else 0
-                if pos < len(out):
-                    seeds.append(out[pos])
-            else:  # unique and the like: every result
-                seeds += [s for v in node.outputs for s in slots[v]]
+        boolean mask's selection, of ``unique``, of an NMS: the decisions a real trace
+        recorded) and every dim made of one downstream (``_dynamic_atoms``): a trace of the
+        pruned model that did not replay the decisions may see them at any size."""
+        res = self.resolution
+        leaves, units = self._dynamic_atoms()
         dynamic = np.zeros(len(res.slot_leaf_offsets) - 1, dtype=bool)
-        if not seeds:
+        if not leaves:
             return dynamic
-        leaves = {int(x) for s in seeds for x in res.leaves_of(s)}
-        units = np.zeros(res.num_units, dtype=bool)
-        for leaf in leaves:
-            if res.leaf_unit_offsets[leaf] >= 0:
-                units[res.units_of_leaf(leaf)] = True
         for s in range(dynamic.shape[0]):
             for leaf in res.leaves_of(s):
                 leaf = int(leaf)
@@ -546,6 +546,91 @@ class DependencyGraph:
                     dynamic[s] = True
                     break
         return dynamic
+
+    def _dynamic_atoms(self) -> tuple[set[int], np.ndarray]:
+        """The leaves (atoms) whose size the data decides, and a bool per unit: whether it is
+        an element of one. Seeded by the recorded decisions (the count of a ``nonzero``, of a
+        mask's selection, every result of ``unique`` or an NMS) and carried forward op by op:
+        through what each op's rule relates (a dim equal to a dynamic one, a slice of one, a
+        concatenation with one, a reshape of one), and, where an op's rule relates a dynamic
+        input dim to none of its results (a top-k's k of the candidates left, a sort), to
+        its results' dims that nothing relates (their sizes came from that data)."""
+        g, res = self.graph, self.resolution
+        slots = self.coupling_model.value_slots
+        leaves: set[int] = set()
+        for decision in g.decisions:
+            if decision.node is None:
+                continue  # a Python number (.item()): the sizes it makes are replayed
+            node = g.nodes[decision.node]
+            for s in _decided_dims(g, node, slots):
+                leaves.update(int(x) for x in res.leaves_of(s))
+        units = np.zeros(res.num_units, dtype=bool)
+        if not leaves:
+            return leaves, units
+        self._carry_dynamic(leaves)
+        for leaf in leaves:
+            if res.leaf_unit_offsets[leaf] >= 0:
+                units[res.units_of_leaf(leaf)] = True
+        return leaves, units
+
+    def _carry_dynamic(self, leaves: set[int]) -> None:
+        """Add to ``leaves`` what the ops after each dynamic dim make of it (see
+        ``_dynamic_atoms``), in the order the ops ran."""
+        g, res, cm = self.graph, self.resolution, self.coupling_model
+        slots = cm.value_slots
+        c = cm.couplings
+        kinds, offsets, data = c.kinds.tolist(), c.offsets.tolist(), c.data.tolist()
+        spans = {node: (start, end) for node, start, end in cm.rule_spans}
+        sizes = c.slot_sizes
+
+        def dynamic(s: int) -> bool:
+            return any(int(x) in leaves for x in res.leaves_of(s))
+
+        def mark(s: int) -> None:
+            leaves.update(int(x) for x in res.leaves_of(s))
+
+        for node in g.nodes:
+            ins = {s for v in node.inputs for s in slots[v]}
+            if not any(dynamic(s) for s in ins):
+                continue
+            outs = {s for v in node.outputs for s in slots[v]}
+            related: set[int] = set()  # slots some coupling of this op relates to another
+            start, end = spans.get(node.index, (0, 0))
+            for _ in range(2):  # twice: through slots a rule made between inputs and outputs
+                for k in range(start, end):
+                    ops, kind = data[offsets[k] : offsets[k + 1]], kinds[k]
+                    if kind == CouplingKind.EQUAL:
+                        pair = ops
+                    elif kind == CouplingKind.RESHAPE:
+                        n = ops[0]
+                        ins_k, outs_k = ops[1 : 1 + n], ops[2 + n :]
+                        pair = ins_k + outs_k
+                        if any(dynamic(s) for s in ins_k) and not any(dynamic(s) for s in outs_k):
+                            for s in outs_k:  # a reshape the atoms could not follow
+                                mark(s)
+                    elif kind in (CouplingKind.SLICE, CouplingKind.CAT_PIECE):
+                        pair = ops[:2]
+                        whole, piece = ops[0], ops[1]
+                        if kind == CouplingKind.SLICE and dynamic(whole) and not dynamic(piece):
+                            mark(piece)  # (an unaligned slice is no atom of the whole)
+                        elif kind == CouplingKind.CAT_PIECE and dynamic(piece):
+                            if not dynamic(whole):
+                                mark(whole)
+                    else:
+                        continue
+                    related.update(pair)
+                    # (two equal dims are one atom, unless their factorisations conflict)
+                    if kind == CouplingKind.EQUAL and dynamic(ops[0]) != dynamic(ops[1]):
+                        for s in ops:
+                            mark(s)
+            if any(dynamic(s) and s not in related for s in ins):
+                # sizes that came from the data some other way; a result's dim of an input's
+                # fixed size is that input's (index_add's result is its first input's shape),
+                # and a dim of 1 is a place, not a count
+                fixed = {int(sizes[s]) for s in ins if not dynamic(s)} | {1}
+                for s in outs - related:
+                    if int(sizes[s]) not in fixed:
+                        mark(s)
 
     def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan", guide=None):
         """A :class:`~depgraph_ext.graph.trace.ShapeTrace` of the model with the given
@@ -566,20 +651,8 @@ class DependencyGraph:
             stage=stage,
             real_decides=self.graph.mode == "real",
             guide=guide,
+            replay=self.graph.decisions,
         )
-
-    def source_line(self, node: int) -> str | None:
-        """Where the model's Python code runs op number ``node`` (``file:line in function:
-        code``; None when it cannot be told): the model traced again, shapes only, the stack
-        taken at that op."""
-        with stack_of_op(node) as found:
-            try:
-                self.trace_pruned({}, stage="find the line")
-            except TraceError:
-                pass
-        if found["op"] != self.graph.nodes[node].name:
-            return None
-        return model_frame(found["stack"])
 
     # -- derived graphs ------------------------------------------------------------------------
     def scoring_only(self, groups: np.ndarray) -> DependencyGraph:

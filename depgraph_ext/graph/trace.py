@@ -11,25 +11,16 @@ hooks and parameters are restored even when the forward fails.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import logging
-import os
 import time
-import traceback
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from torch._subclasses.fake_tensor import (
-    DataDependentOutputException,
-    DynamicOutputShapeException,
-    FakeTensor,
-    FakeTensorMode,
-)
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
 
@@ -37,6 +28,16 @@ from ..errors import InvalidArgumentError, TraceError
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
 from ..torch_range import release
+from . import source
+from .decisions import (
+    DATA_DEPENDENT,
+    Decision,
+    decides,
+    replayed,
+    result_copy,
+    snapshot,
+    without_data,
+)
 from .size_watch import CodeSaw, SizeWatch
 from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
@@ -96,10 +97,16 @@ class Node:
     inputs: list[int]  # value indices of tensor arguments, in flattened order
     outputs: list[int]  # value indices of tensor results, in flattened order
     module: str  # qualified name of the innermost module running the op ("" = the root)
+    where: tuple[str, int] | None = None  # (file, line) of the model's code that ran it
 
     @property
     def name(self) -> str:
         return str(self.op)
+
+    def describe(self) -> str:
+        """``op <name> in module <module> at <file>:<line> (<code>)``: what errors name."""
+        at = source.describe(self.where)
+        return f"op {self.name} in module {self.module or '<root>'}" + (f" at {at}" if at else "")
 
     @property
     def packet(self) -> str:
@@ -130,6 +137,9 @@ class OpGraph:
     # Where each of ``outputs`` is in what the model returned: its key path
     # (``torch.utils._pytree.keystr``: ``[0]``, ``['logits']``).
     output_paths: list[str] = field(default_factory=list)
+    # Calls whose results the data decided (a real trace's nonzero, NMS, .item() ...), with the
+    # inputs that decided: a trace of the pruned shapes replays them (decisions.py).
+    decisions: list[Decision] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -184,7 +194,6 @@ class _RecorderBase(_EagerMode):
         self.graph = graph
         self.module_stack = module_stack
         self.failed_at: FailedOp | None = None
-        self.stack_at: dict | None = _STACK_AT.get()  # see ``stack_of_op``
         # Real tracing only: the time after which the trace gives up (see ``REAL_BUDGET``).
         self.deadline: float | None = None
         self.budget_per_op = 0.0
@@ -202,15 +211,16 @@ class _RecorderBase(_EagerMode):
         # Shape traces: what stands for a failing op, so that the forward goes on (trace_as).
         self.guide = None
         self.stood_in = False  # the last op's results are a stand-in's
+        # Real traces: the data's decisions are recorded (a graph's), or replayed (the
+        # original's, by op, module and occurrence, in a trace of the pruned shapes).
+        self.decisions: list[Decision] | None = None
+        self.replay: dict | None = None
+        self._occurrences: dict = {}
+        self.failed_by_data = False  # the failing op is a decision of the data
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
         raise NotImplementedError
-
-    def _note_stack(self, index: int, func) -> None:
-        """The Python stack of the op ``stack_of_op`` asks for, when it is op ``index``."""
-        if index == self.stack_at["index"] and self.stack_at["stack"] is None:
-            self.stack_at.update(stack=traceback.extract_stack(), op=str(func))
 
     def recorded_count(self) -> int:
         """How many ops were recorded so far."""
@@ -222,10 +232,19 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None and time.perf_counter() > self.deadline:
             self.aborted = True
             raise _OverBudget  # real ops cost more than fake ones would: trace on fake tensors
+        pending = original = None
+        if self.decisions is not None or self.replay is not None:
+            args, kwargs, pending, original = self._decision(func, args, kwargs)
         try:
             if self.meta:
                 args, kwargs = self._on_meta(func, args, kwargs)
-                out = self.meta_results.run(func, args, kwargs)
+                replay = original and without_data(args, kwargs, original, META)
+                if replay and replay[0] == "result":
+                    out = replay[1]
+                else:
+                    if replay:
+                        args, kwargs = replay[1]
+                    out = self.meta_results.run(func, args, kwargs)
             else:
                 if self.stand_in is not None:
                     args, kwargs = self._on_stand_in(func, args, kwargs)
@@ -235,9 +254,13 @@ class _RecorderBase(_EagerMode):
             done = self._recorded()
             occurrence = sum(1 for op, m in done if m == module and op is func)
             self.failed_at = _failed_op(len(done), func, args, kwargs, module, occurrence)
+            # (a size the data decides; the value of an .item() a fake tensor may know, when
+            # it is of a constant)
+            self.failed_by_data = decides(func, args, kwargs, ("sizes",))
             stand_ins = None
-            if self.guide is not None and not isinstance(exc, _DATA_DEPENDENT):
-                stand_ins = self.guide.failed(self.failed_at, func, args, kwargs)
+            if self.guide is not None and not self.failed_by_data:
+                if not isinstance(exc, DATA_DEPENDENT):
+                    stand_ins = self.guide.failed(self.failed_at, func, args, kwargs)
             if not stand_ins or len(stand_ins) != 1:
                 raise
             out = stand_ins[0][1]
@@ -247,11 +270,32 @@ class _RecorderBase(_EagerMode):
             leaves = (out,)
         else:
             leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
-            if not leaves:
-                return out, None
+        if pending is not None:
+            node = self.recorded_count() if leaves else None
+            self.decisions.append(Decision(*pending, result=result_copy(func, out), node=node))
+        if not leaves:
+            return out, None
         if self.deadline is not None:
             self.deadline += self.budget_per_op
         return out, leaves
+
+    def _decision(self, func, args, kwargs):
+        """For a call the data decides: its arguments (on real tensors, with the original's
+        deciding inputs replayed), what to record of it, and the original's decision to replay
+        (None for any other call)."""
+        if not decides(func, args, kwargs):
+            return args, kwargs, None, None
+        module = self.module_stack[-1] if self.module_stack else ""
+        occurrence = self._occurrences.get((func, module), 0)
+        self._occurrences[(func, module)] = occurrence + 1
+        original = None
+        if self.replay is not None:
+            original = self.replay.get((func, module, occurrence))
+            if original is not None and not self.meta:
+                args, kwargs = replayed(args, kwargs, original)
+        if self.decisions is None:
+            return args, kwargs, None, original
+        return args, kwargs, (func, module, occurrence, *snapshot(func, args, kwargs)), original
 
     def _on_meta(self, func, args, kwargs):
         """Arguments with every tensor on meta, and a factory's device meta."""
@@ -364,10 +408,8 @@ class _Recorder(_RecorderBase):
                 outputs.append(self.add_value(t, "op", producer=node_index))
         module = self.module_stack[-1] if self.module_stack else ""
         self.graph.nodes.append(
-            Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module)
+            Node(node_index, func, ref_args, ref_kwargs, inputs, outputs, module, source.here())
         )
-        if self.stack_at is not None:
-            self._note_stack(node_index, func)
         return out
 
     def module_outputs(self, output) -> list[int]:
@@ -459,8 +501,6 @@ class _ShapeRecorder(_RecorderBase):
         known = self.known
         for t in out_leaves:
             known[id(t)] = t
-        if self.stack_at is not None:
-            self._note_stack(len(self.graph.ops), func)
         self.graph.ops.append((func, module, shapes))
         return out
 
@@ -482,7 +522,7 @@ class _GuidedCalls(TorchFunctionMode):
             return func(*args, **kwargs)
         except Exception as exc:
             if (
-                isinstance(exc, (_OverBudget, *_DATA_DEPENDENT))
+                isinstance(exc, (_OverBudget, *DATA_DEPENDENT))
                 or recorder.aborted
                 or recorder.recorded_count() != done
                 or recorder.failed_at is not failed_op  # an op failed: it was not stood in for
@@ -502,36 +542,6 @@ class _GuidedCalls(TorchFunctionMode):
                 recorder.graph.ops.append((op, module, [tuple(t.shape) for t in leaves]))
             recorder.graph.recovered.append((failed, f"{type(exc).__name__}: {exc}"))
             return stand_ins[-1][1]
-
-
-_STACK_AT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("stack_at", default=None)
-_LIBRARIES = (
-    str(Path(torch.__file__).parent) + os.sep,
-    str(Path(__file__).parent.parent) + os.sep,  # depgraph_ext
-    contextlib.__file__,
-)
-
-
-@contextlib.contextmanager
-def stack_of_op(index: int):
-    """For the traces run for the duration: ``{"stack", "op"}`` of the ``index``-th op that
-    returns tensors (the Python stack it ran from, its name), filled once it runs."""
-    holder = {"index": index, "stack": None, "op": None}
-    token = _STACK_AT.set(holder)
-    try:
-        yield holder
-    finally:
-        _STACK_AT.reset(token)
-
-
-def model_frame(stack) -> str | None:
-    """The innermost frame of a stack outside torch and depgraph_ext: the model's line that
-    ran the op, as ``file:line in function: code``."""
-    for frame in reversed(stack or ()):
-        if not frame.filename.startswith(_LIBRARIES):
-            code = f": {frame.line.strip()}" if frame.line else ""
-            return f"{frame.filename}:{frame.lineno} in {frame.name}{code}"
-    return None
 
 
 class _OverBudget(Exception):
@@ -679,6 +689,61 @@ def _swapped_tensors(
                         del state[key]
 
 
+_STORES = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _holds_tensors(value) -> bool:
+    """A list, tuple or dict with a tensor among its items."""
+    if type(value) is list or type(value) is tuple:
+        return any(isinstance(x, torch.Tensor) for x in value)
+    if type(value) is dict:
+        return any(isinstance(x, torch.Tensor) for x in value.values())
+    return False
+
+
+def _contents(value) -> list | None:
+    """The items of a list, or the keys and values of a dict, in order (None: neither)."""
+    if type(value) is list:
+        return list(value)
+    if type(value) is dict:
+        return [x for item in value.items() for x in item]
+    return None
+
+
+@contextlib.contextmanager
+def _attributes_kept(modules: list[tuple[str, torch.nn.Module]]):
+    """Module attributes that hold tensors in a list, tuple or dict put back as they were, in
+    place too, and those the forward added removed: a forward may keep what it computed
+    (torchvision's anchor generator replaces its cell anchors with copies of the input's dtype
+    and device), and what a trace computes is meta or fake tensors, which the model's next
+    forward could not use. (Attributes that are tensors: ``_swapped_tensors``.)"""
+    saved = []
+    for _, module in modules:
+        d = module.__dict__
+        held = {
+            k: (v, _contents(v)) for k, v in d.items() if k not in _STORES and _holds_tensors(v)
+        }
+        saved.append((d, held, frozenset(d)))
+    try:
+        yield
+    finally:
+        for d, held, keys in saved:
+            for k, (v, items) in held.items():
+                d[k] = v
+                now = _contents(v)
+                if items is None or (
+                    len(now) == len(items) and all(a is b for a, b in zip(now, items))
+                ):
+                    continue
+                if type(v) is list:
+                    v[:] = items
+                else:
+                    v.clear()
+                    v.update(zip(items[::2], items[1::2]))
+            for k in [k for k in d if k not in keys and _holds_tensors(d[k])]:
+                del d[k]
+
+
 def _on_meta(tensors) -> bool:
     return any(t.device.type == "meta" for t in tensors)
 
@@ -692,7 +757,6 @@ class TraceMode(str, Enum):
     FAKE = "fake"  # FakeTensorMode
 
 
-_DATA_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
 CPU = torch.device("cpu")
 
 # A model whose parameters and buffers take at most this many bytes is traced on real tensors
@@ -717,6 +781,7 @@ def trace(
     stage: str = "trace",
     real_decides: bool = False,
     guide=None,
+    replay: list[Decision] | None = None,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
@@ -742,11 +807,15 @@ def trace(
     shapes (on a GPU its ops are the GPU's: the device-specific ones have rules of their
     own). ``real_decides``: a failure of the real trace is final (the model was traced on real
     tensors before, so its kernels, not the more lenient meta ones, say whether these shapes
-    run).
+    run). A meta trace that stops at a decision of the data (a ``nonzero``, NMS) goes on real
+    tensors at once: a fake trace would stop there too.
 
     ``guide`` (shape traces): stands for ops that fail and keeps results on a plan, so that
     the forward goes on (see :func:`trace_as`); it guides the traces whose failure would be
-    the one reported.
+    the one reported. ``replay``: the decisions of the data a real trace of the model recorded
+    (``OpGraph.decisions``), replayed so that the data decides every size as it did there
+    (decisions.py): on meta tensors first (each decision returns the original's result), and
+    where that fails on real tensors (each decision is given the original's inputs).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -758,6 +827,17 @@ def trace(
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
     )
+    if replay:
+        # A trace of pruned shapes on real tensors computes on values no model would (weights
+        # zero-filled or borrowed): past a decision replayed, a kernel that reads values as
+        # positions (RoI pooling of the boxes computed so) may fail, or crash the process
+        # (torchvision's roi_align on NaN boxes). On meta tensors nothing reads a value.
+        if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
+            try:
+                return trace_as(model, example_inputs, TraceMode.META, replay=replay, **common)
+            except TraceError:
+                pass  # a decision met with other shapes, or an op that reads data
+        return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, **common)
     cheap = _real_is_cheap(
         [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
     )
@@ -776,35 +856,41 @@ def trace(
                 # trace on them could pass a plan the model cannot run.
                 raise
             real_error = exc
+    by_data: TraceError | None = None  # a trace stopped at a decision of the data
     if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
             return trace_as(model, example_inputs, TraceMode.META, **common)
-        except TraceError:
-            pass  # the fake trace decides (and its error, if any, is the one reported)
-    # (A meta trace's failure is never the one reported.)
-    decides = real_error is None and not cheap
-    try:
-        return trace_as(
-            model, example_inputs, TraceMode.FAKE, guide=guide if decides else None, **common
-        )
-    except TraceError as exc:
-        if real_error is not None:
-            # The real ops failed first: that is what the model does with these shapes. Meta
-            # and fake kernels may refuse what the CPU runs (aten._grouped_mm's meta kernel
-            # wants bfloat16, the CPU one takes float32), and their error would blame an op
-            # the plan never touched.
-            raise real_error from exc
-        if cheap and not isinstance(exc.__cause__, _DATA_DEPENDENT):
-            # A fake kernel may refuse what the real one runs: a small model's real trace,
-            # unbudgeted, decides (its error is reported if it fails too).
-            return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
-        if not isinstance(exc.__cause__, _DATA_DEPENDENT):
-            raise
-        if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
-            raise TraceError(
-                f"{exc}; the model's shapes depend on data, which needs real weights, and its "
-                "weights are on the meta device"
-            ) from exc
+        except TraceError as exc:
+            # the fake trace decides (and its error, if any, is the one reported); at a
+            # decision of the data it would stop too
+            if exc.by_data and real_error is None:
+                by_data = exc
+    if by_data is None:
+        # (A meta trace's failure is never the one reported: the others are guided.)
+        reported = real_error is None and not cheap
+        try:
+            return trace_as(
+                model, example_inputs, TraceMode.FAKE, guide=guide if reported else None, **common
+            )
+        except TraceError as exc:
+            if real_error is not None:
+                # The real ops failed first: that is what the model does with these shapes.
+                # Meta and fake kernels may refuse what the CPU runs (aten._grouped_mm's meta
+                # kernel wants bfloat16, the CPU one takes float32), and their error would
+                # blame an op the plan never touched.
+                raise real_error from exc
+            if cheap and not exc.by_data:
+                # A fake kernel may refuse what the real one runs: a small model's real trace,
+                # unbudgeted, decides (its error is reported if it fails too).
+                return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
+            if not exc.by_data:
+                raise
+            by_data = exc
+    if _on_meta(walk.params.values()) or _on_meta(walk.buffers.values()):
+        raise TraceError(
+            f"{by_data}; the model's shapes depend on data, which needs real weights, and its "
+            "weights are on the meta device"
+        ) from by_data
     return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
 
 
@@ -919,9 +1005,11 @@ def trace_as(
     meta_results: MetaResults | None = None,
     budget: tuple[float, float] | None = None,
     guide=None,
+    replay: list[Decision] | None = None,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
-    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited.
+    a real trace may take, as (a fixed allowance, an allowance per op), or unlimited. A real
+    trace records the decisions of the data (a graph's) or replays ``replay``'s.
 
     ``guide`` (shape traces only), so that one trace finds every op that fails rather than the
     first: ``guide.start(trace)`` is called first; ``guide.failed(failed_op, op, args,
@@ -954,6 +1042,10 @@ def trace_as(
     )
     if mode is TraceMode.META:
         recorder.meta, recorder.meta_results = True, meta_results
+    if replay and mode is not TraceMode.FAKE:
+        recorder.replay = {d.key: d for d in replay}
+    if mode is TraceMode.REAL and not shapes_only:
+        recorder.decisions = graph.decisions
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
     # (A torch function mode takes modules' fused paths away: a model with one is not watched,
     # its plans always traced again, and its shape traces are guided only where the trace had
@@ -1011,7 +1103,10 @@ def trace_as(
                     watch or contextlib.nullcontext(),
                     guided_calls,
                 ):
-                    with _swapped_tensors(modules, fakes, set_attributes):
+                    with (
+                        _attributes_kept(modules),
+                        _swapped_tensors(modules, fakes, set_attributes),
+                    ):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
@@ -1020,7 +1115,12 @@ def trace_as(
                 raise _recovered_error(graph) from exc  # the first failure is the news
             if recorder.aborted:
                 raise _OverBudget from exc  # the model's code caught it and failed otherwise
-            where = f" (in module {stack[-1] or '<root>'})" if stack else ""
+            where = [f"in module {stack[-1] or '<root>'}"] if stack else []
+            if recorder.failed_at is not None:
+                where.append(f"op {recorder.failed_at.op}")
+            if (line := source.raised_at(exc)) is not None:
+                where.append(f"at {source.describe(line)}")
+            where = f" ({', '.join(where)})" if where else ""
             error = TraceError(
                 f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
             )
@@ -1028,6 +1128,10 @@ def trace_as(
             error.module = stack[-1] if stack else None  # the innermost module running
             error.ops_done = recorder.recorded_count()  # ops recorded before the failure
             error.partial = graph if shapes_only else None  # what ran before it, by shape
+            # it stopped at a decision of the data (a fake or meta kernel cannot say its size)
+            error.by_data = isinstance(exc, DATA_DEPENDENT) or (
+                mode is TraceMode.META and recorder.failed_by_data
+            )
             raise error from exc
         finally:
             _check_untouched(modules, params, buffers)

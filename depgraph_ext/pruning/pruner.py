@@ -22,6 +22,7 @@ from ..errors import (
     InvalidArgumentError,
     NoPrunableGroupsError,
     PruningError,
+    internal_errors,
     user_stacklevel,
 )
 from ..gcpause import paused_gc
@@ -247,11 +248,12 @@ def prune_step(
         timings["select"] += time.perf_counter() - t2
         return keep
 
-    dg, plan = plan_until_valid(dg, choose, options.require_loadable, timings)
-    if options.verify:
-        t = time.perf_counter()
-        verify_plan(dg, plan)
-        timings["verify"] = time.perf_counter() - t
+    with internal_errors("planning"):
+        dg, plan = plan_until_valid(dg, choose, options.require_loadable, timings)
+        if options.verify:
+            t = time.perf_counter()
+            verify_plan(dg, plan)
+            timings["verify"] = time.perf_counter() - t
     result = apply_step(dg, plan, timings, t0, options.in_place, options.optimizer)
     result.rounded = list(rounded)
     return result
@@ -275,7 +277,8 @@ def prune_units(dg: DependencyGraph, group: Group, units) -> PruneResult:
     if not np.array_equal(empty, keep):
         raise InvalidArgumentError(f"{group!r}: removing these units would empty a layer")
     t0 = time.perf_counter()
-    plan = checked_plan(dg, keep)
+    with internal_errors("planning"):
+        plan = checked_plan(dg, keep)
     return apply_step(dg, plan, dict(dg.timings) | {"plan": time.perf_counter() - t0}, t0)
 
 

@@ -342,7 +342,8 @@ def select_local(
 def keep_nonempty(dg: DependencyGraph, scores: np.ndarray, keep: np.ndarray) -> None:
     """Give back the best unit of any leaf that would lose every element (in place)."""
     res = dg.resolution
-    leaves = np.nonzero(res.leaf_unit_offsets >= 0)[0]
+    # (a leaf of no elements, an empty tensor's dim, has nothing to keep)
+    leaves = np.nonzero((res.leaf_unit_offsets >= 0) & (res.leaf_sizes > 0))[0]
     if leaves.shape[0] == 0:
         return
     sizes = res.leaf_sizes[leaves].astype(np.int64)

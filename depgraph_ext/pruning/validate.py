@@ -121,13 +121,11 @@ def plan_until_valid(
         except NoPrunableGroupsError as exc:
             if last is None:
                 raise
-            # What validation learnt blocked every group: the failure that did it is the news,
-            # with the line of the model's code that ran the op.
-            line = dg.source_line(last.node) if last.node is not None else None
+            # What validation learnt blocked every group: the failure that did it is the news
+            # (it names the op and the line of the model's code that ran it).
             raise NoPrunableGroupsError(
                 "no group is left to prune once the sizes the model's code fixes are kept; "
                 f"the last the plan's validation found: {last}"
-                + (f"; the op runs at {line}" if line else "")
             ) from exc
         t = time.perf_counter()
         try:
@@ -229,8 +227,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
         for vo, shape in zip(old.outputs, new_shapes):
             if not same_ranks_only or len(shape) == len(slots[vo]):
-                where = f"op {old.name} in module {old.module or '<root>'}"
-                check(where, vo, shape, old.module, old.index)
+                check(old.describe(), vo, shape, old.module, old.index)
 
     guide = _Guide(dg, kept_sizes, check) if guided else None
     try:
@@ -360,8 +357,7 @@ class _Guide:
             return None
         try:
             for v, shape in zip(node.outputs, shapes):
-                where = f"op {node.name} in module {node.module or '<root>'}"
-                self.check(where, v, shape, module, node.index)
+                self.check(node.describe(), v, shape, module, node.index)
         except PlanValidationError as exc:
             self._event(node, ("deviates", exc))
             it = iter(planned)
@@ -576,7 +572,7 @@ def _failure_error(
                 or _inputs_at_original_size(dg, bad, failed.input_shapes, masks)
             )
         ) or [s for v in bad.inputs + bad.outputs for s in slots[v]]
-        where = f" at op {bad.name} in module {bad.module or '<root>'}"
+        where = f" at {bad.describe()}"
     return PlanValidationError(
         f"the pruned shapes do not run{where}: {error}",
         bad.index if bad is not None else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401  (importing a family registers its rules)
     attention,
+    detection,
     elementwise,
     indexing,
     layout,

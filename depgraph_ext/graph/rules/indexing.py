@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..trace import Node, Ref
 from .context import RuleContext, RuleError, arg, refs_in, wrap_dim
 from .registry import register_many
@@ -228,6 +230,47 @@ def index_tensor(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.index", "aten._unsafe_index"], index_tensor)
 
 
+def index_put(ctx: RuleContext, node: Node) -> None:
+    """x[i0, i1, ...] = values: x's indexed dims are blocked (their indices are data), its other
+    dims are the result's, and the values' dims that broadcast onto them (right-aligned onto
+    the layout ``x[i0, i1, ...]`` has) are those dims."""
+    src, out = node.inputs[0], node.outputs[0]
+    indices = list(arg(node, "indices"))
+    values = arg(node, "values")
+    ss, so = ctx.slots(src), ctx.slots(out)
+    indexed = [d for d, ix in enumerate(indices) if ix is not None]
+    if not indexed or not isinstance(values, Ref):
+        raise RuleError("index_put without index tensors or values")
+    if any(
+        ctx.graph.values[ix.value].dtype == torch.bool and len(ctx.shape(ix)) > 1
+        for ix in refs_in(indices)
+    ):
+        raise RuleError("index_put with a mask over several dims")
+    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+    bdims = max(len(ctx.shape(ix)) for ix in indices if ix is not None)
+    first = indexed[0] if adjacent else 0
+    layout: list[int | None] = [None] * (len(ss) - len(indexed) + bdims)  # x dim at each place
+    j = 0
+    for d in range(len(ss)):
+        if d in indexed:
+            ctx.block(ss[d])
+            ctx.block(so[d])
+            continue
+        layout[(d if d < first else d - len(indexed) + bdims) if adjacent else bdims + j] = d
+        j += 1
+        if ctx.size(ss[d]) != 1:
+            ctx.equal(ss[d], so[d])
+    sv, shape = ctx.slots(values), ctx.shape(values)
+    for k, size in enumerate(shape):
+        pos = len(layout) - len(shape) + k
+        d = layout[pos] if pos >= 0 else None
+        if d is not None and size == ctx.shape(src)[d] and size != 1:
+            ctx.equal(sv[k], ss[d])
+
+
+register_many(["aten.index_put", "aten._index_put_impl", "aten._unsafe_index_put"], index_put)
+
+
 def constant_pad(ctx: RuleContext, node: Node) -> None:
     src, out = node.inputs[0], node.outputs[0]
     pad = list(arg(node, "pad"))
@@ -248,11 +291,25 @@ def constant_pad(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.constant_pad_nd"], constant_pad)
 
 
-def positions_of_nonzero(ctx: RuleContext, node: Node) -> None:
-    """nonzero/argwhere return the positions of a tensor's nonzero elements: those positions
-    are the data, so every dim of the input keeps its size (and the count is the data's)."""
+def read_as_data(ctx: RuleContext, node: Node) -> None:
+    """nonzero/argwhere return the positions of a tensor's nonzero elements, unique its
+    distinct values, bincount its counts, an NMS the boxes it keeps: what they read is the
+    data, so every dim of the input keeps its size (and the counts are the data's)."""
     for v in node.inputs + node.outputs:
         ctx.block_value(v)
 
 
-register_many(["aten.nonzero", "aten.argwhere", "aten.nonzero_static"], positions_of_nonzero)
+register_many(
+    [
+        "aten.nonzero",
+        "aten.argwhere",
+        "aten.nonzero_static",
+        "aten._unique",
+        "aten._unique2",
+        "aten.unique_dim",
+        "aten.unique_consecutive",
+        "aten.bincount",
+        "torchvision.nms",
+    ],
+    read_as_data,
+)

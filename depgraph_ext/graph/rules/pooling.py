@@ -77,3 +77,15 @@ register_many(
     ],
     grid_sampler,
 )
+
+
+def affine_grid(ctx: RuleContext, node: Node) -> None:
+    """affine_grid: theta [N, k, k + 1] -> grid [N, *S, k]: one grid per matrix; the positions
+    (from the size argument) and the coordinates are fixed."""
+    theta, grid = node.inputs[0], node.outputs[0]
+    ctx.equal(ctx.slots(theta)[0], ctx.slots(grid)[0])
+    for s in ctx.slots(theta)[1:]:
+        ctx.block(s)
+
+
+register_many(["aten.affine_grid_generator"], affine_grid)

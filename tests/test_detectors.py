@@ -1,0 +1,307 @@
+"""Detectors whose outputs have data-dependent sizes (score thresholds, top-k over the candidates
+left, NMS): built in plain torch (tests/detectors.py), pruned in eval mode. Sizes the data decides
+are recorded as such, are no channels, and the plan's check replays the original's decisions;
+sizes the code fixes (anchors per location, the class count, a literal view) stay fixed."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+
+import pytest
+import torch
+
+import depgraph_ext as dx
+from depgraph_ext.graph.trace import TraceMode, trace_as
+from depgraph_ext.testing import assert_scatter_back_equal
+from detectors import build, image
+from helpers import assert_same_state, prune_and_check, state_of
+
+KINDS = ["retinanet", "fcos", "ssd", "fasterrcnn"]
+_nothing = contextlib.nullcontext
+
+
+def structure(detections) -> list:
+    """What the detections look like: per image, each key with its trailing dims and dtype."""
+    return [{k: (tuple(v.shape[1:]), v.dtype) for k, v in d.items()} for d in detections]
+
+
+def oracle(original, pruned, plan, inputs) -> None:
+    """The scatter-back oracle on the heads' raw outputs and on the detections."""
+    original, pruned = copy.deepcopy(original), copy.deepcopy(pruned)
+    original.with_raw = pruned.with_raw = True
+    assert_scatter_back_equal(original, pruned, plan, inputs)
+
+
+def what_stays(model) -> dict:
+    """The sizes the code fixes: the class count and the anchors per location."""
+    if hasattr(model, "rpn"):
+        return {
+            "objectness": model.rpn.objectness.out_channels,
+            "deltas": model.rpn.deltas.out_channels,
+            "classes": model.cls_score.out_features,
+            "boxes": model.bbox_pred.out_features,
+        }
+    if hasattr(model.head, "cls"):
+        return {
+            "classes": [h[-1].out_channels for h in model.head.cls],
+            "boxes": [h[-1].out_channels for h in model.head.reg],
+        }
+    return {
+        "classes": model.head.cls_logits.out_channels,
+        "boxes": model.head.bbox_reg.out_channels,
+    }
+
+
+@pytest.mark.parametrize("nms", ["op", "torch"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_detectors_prune_exactly(kind, nms):
+    """Backbone, FPN and head channels go; the class count and anchors stay; python/native
+    parity, kept weights bit for bit, the oracle on the raw head outputs and the detections."""
+    model = build(kind, nms=nms)
+    inputs = ([image()],)
+    before = structure(model(*inputs))
+    assert before[0]["boxes"][0] == (4,)
+    original = copy.deepcopy(model)
+    pruned, result = prune_and_check(model, inputs, oracle=False, exact_only=True)
+    oracle(original, pruned, result.plan, inputs)
+    assert structure(pruned(*inputs)) == before
+    assert pruned.backbone.stem[0].out_channels < 8
+    assert pruned.backbone.stages[2][1].a[0].out_channels < 16
+    assert pruned.fpn.output[0].out_channels < 8
+    if kind == "fasterrcnn":
+        assert pruned.rpn.conv.out_channels < 8 and pruned.fc6.out_features < 16
+    elif kind == "ssd":
+        assert pruned.head.cls[0][0][0].out_channels == pruned.fpn.output[0].out_channels
+    elif kind == "retinanet":
+        assert pruned.head.cls_tower[0].out_channels < 8
+    assert what_stays(pruned) == what_stays(original)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_detectors_prune_by_default_exact_or_declared(kind):
+    """Default options: FCOS's GroupNorm towers are pruned and declared; every other group is
+    exact (the oracle holds)."""
+    model = build(kind)
+    inputs = ([image(1)],)
+    original = copy.deepcopy(model)
+    with pytest.warns(dx.FunctionChangingWarning) if kind == "fcos" else _nothing():
+        result = dx.prune(model, inputs, progress=False)
+    assert result.params_after < result.params_before
+    assert what_stays(model) == what_stays(original)
+    if kind == "fcos":
+        assert result.function_changing
+        assert model.head.cls_tower[0].out_channels < 8
+        assert all("GroupNorm" in group for group in result.function_changing)
+    else:
+        assert not result.function_changing
+        oracle(original, model, result.plan, inputs)
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "fcos", "ssd"])
+def test_no_candidate_passes_the_threshold(kind):
+    """A threshold nothing passes: top-k over no candidate, NMS of no box, no detection (a
+    top-k of nothing once raised IndexError while the groups were listed)."""
+    model = build(kind, score_thresh=1.0)
+    inputs = ([image()],)
+    assert model(*inputs)[0]["boxes"].shape == (0, 4)
+    original = copy.deepcopy(model)
+    pruned, result = prune_and_check(model, inputs, oracle=False, exact_only=True)
+    oracle(original, pruned, result.plan, inputs)
+    assert pruned(*inputs)[0]["boxes"].shape == (0, 4)
+
+
+def test_data_dependent_sizes_are_recorded_and_are_no_channels():
+    """The trace records the decisions of the data (the thresholds' selections, NMS); every
+    size they make is dynamic, none is a prunable unit, and the channels stay prunable."""
+    model = build("retinanet", nms="op")
+    dg = dx.DependencyGraph(model, ([image()],))
+    ops = {str(d.op) for d in dg.graph.decisions}
+    assert {"dxtest.nms.default", "aten.nonzero.default", "aten.index.Tensor"} <= ops
+    slots, dynamic = dg.coupling_model.value_slots, dg.dynamic_slots
+    nms = [d.node for d in dg.graph.decisions if str(d.op) == "dxtest.nms.default"]
+    assert all(dynamic[slots[v][0]] for n in nms for v in dg.graph.nodes[n].outputs)
+    boxes = next(v for v in dg.graph.outputs if len(dg.graph.values[v].shape) == 2)  # [n, 4]
+    assert dynamic[slots[boxes][0]] and not dynamic[slots[boxes][1]]
+    conv = dg.graph.params["fpn.output.0.weight"]
+    assert not dynamic[slots[conv][0]]
+    res = dg.resolution
+    for s in range(dynamic.shape[0]):
+        for leaf in res.leaves_of(s) if dynamic[s] else ():
+            if res.leaf_unit_offsets[leaf] >= 0:
+                assert not dg.unit_prunable[res.units_of_leaf(int(leaf))].any()
+    assert any(m.name == "fpn.output.0.weight" for g in dg.groups for m in g.members)
+
+
+@pytest.mark.parametrize("mode", ["meta", "real"])
+def test_the_plans_check_replays_the_datas_decisions(mode):
+    """Traced with the pruned shapes (zero-filled weights, other scores), the model makes the
+    original's decisions: on meta tensors every decision returns the original's result, on
+    real ones it is given the original's inputs; the detections have the original's sizes."""
+    model = build("fasterrcnn", nms="op")
+    inputs = ([image()],)
+    dg = dx.DependencyGraph(model, inputs)
+    shapes = dict(dg.planned_shapes(dx.prune(copy.deepcopy(model), inputs, progress=False).plan))
+
+    def kept_by_nms(ops):
+        return [shapes for op, _, shapes in ops if str(op) == "dxtest.nms.default"]
+
+    original = kept_by_nms(
+        (n.op, n.module, [dg.graph.values[v].shape for v in n.outputs]) for n in dg.graph.nodes
+    )
+    replayed = trace_as(
+        model, inputs, TraceMode(mode), shapes=shapes, shapes_only=True, replay=dg.graph.decisions
+    )
+    assert replayed.mode == mode and kept_by_nms(replayed.ops) == original
+    assert replayed.outputs == [dg.graph.values[v].shape for v in dg.graph.outputs]
+    if mode == "real":  # without the replay, the zero-filled weights decide otherwise
+        plain = trace_as(model, inputs, TraceMode.REAL, shapes=shapes, shapes_only=True)
+        assert kept_by_nms(plain.ops) != original
+
+
+def test_a_size_the_code_fixes_after_nms_is_still_found():
+    """A literal view of the box features (the width the code was written for), after the
+    proposals' NMS: the plan's check still finds it and keeps those channels."""
+    model = build("fasterrcnn", nms="op", fixed_view=True)
+    inputs = ([image()],)
+    original = copy.deepcopy(model)
+    with pytest.warns(dx.FixedSizeWarning, match="reshape|view"):
+        result = dx.prune(model, inputs, exact_only=True, progress=False)
+    assert model.fc6.in_features == 128 and model.fpn.output[0].out_channels == 8
+    assert model.backbone.stem[0].out_channels < 8
+    oracle(original, model, result.plan, inputs)
+
+
+def test_roi_align_keeps_the_features_channels():
+    """RoI pooling by a custom op with torchvision.roi_align's rule: the FPN's channels and the
+    box head's inputs are one group."""
+    model = build("fasterrcnn", nms="op", roi="op")
+    inputs = ([image()],)
+    original = copy.deepcopy(model)
+    pruned, result = prune_and_check(model, inputs, oracle=False, exact_only=True)
+    oracle(original, pruned, result.plan, inputs)
+    assert pruned.fc6.in_features == pruned.fpn.output[0].out_channels * 16 < 128
+
+
+class CellAnchors(torch.nn.Module):
+    """torchvision's anchor generator: its forward replaces the anchors it keeps in a plain
+    attribute with copies of the input's dtype and device, and keeps a cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.cell_anchors = [torch.ones(2, 4), torch.zeros(3, 4)]
+        self.cache = {"k": torch.ones(1)}
+
+    def forward(self, x):
+        self.cell_anchors = [a.to(dtype=x.dtype, device=x.device) for a in self.cell_anchors]
+        self.cache["k"] = self.cache["k"] + 1
+        self.seen = x.sum()
+        return self.conv(x).sum() + sum(a.sum() for a in self.cell_anchors)
+
+
+@pytest.mark.parametrize("mode", ["meta", "fake", "real"])
+def test_a_trace_leaves_tensors_the_model_keeps_as_they_were(mode):
+    """What a trace computes is meta or fake tensors: attributes holding tensors are put back
+    (the model's next forward uses them) and those the forward added are removed."""
+    model = CellAnchors()
+    anchors, items, cache = model.cell_anchors, list(model.cell_anchors), model.cache
+    trace_as(model, torch.randn(1, 3, 5, 5), TraceMode(mode))
+    assert model.cell_anchors is anchors and all(a is b for a, b in zip(anchors, items))
+    assert model.cache is cache and torch.equal(cache["k"], torch.ones(1))
+    assert not hasattr(model, "seen")
+    model(torch.randn(1, 3, 5, 5))
+
+
+def test_a_failed_prune_of_a_detector_leaves_it_untouched():
+    """A detector whose every group is ignored: refused, and nothing changed."""
+    model = build("ssd")
+    before = state_of(model)
+    with pytest.raises(dx.NoPrunableGroupsError):
+        dx.prune(model, ([image()],), ignore=[model], progress=False)
+    assert_same_state(before, state_of(model))
+
+
+def test_a_trace_error_names_the_op_the_module_and_the_line():
+    """Inputs the detector cannot run: the error names the op, the module and the model's
+    line that ran it; nothing changed."""
+    model = build("retinanet")
+    before = state_of(model)
+    with pytest.raises(dx.TraceError) as info:
+        dx.prune(model, ([torch.rand(4, 64, 64, dtype=torch.float64)],), progress=False)
+    message = str(info.value)
+    assert "in module backbone.stem.0" in message and "op aten.convolution" in message
+    assert re.search(r"detectors\.py:\d+ \(x = self\.stem\(x\)\)", message), message
+    assert_same_state(before, state_of(model))
+
+
+def test_a_size_the_code_fixes_is_named_with_its_line():
+    model = build("fasterrcnn", fixed_view=True)
+    with pytest.warns(dx.FixedSizeWarning) as caught:
+        dx.prune(model, ([image()],), exact_only=True, progress=False)
+    assert re.search(
+        r"op aten\.view\.default in module <root> at \S*detectors\.py:\d+ "
+        r"\(rois = rois\.reshape\(-1, self\.box_features\)\)",
+        str(caught[0].message),
+    )
+
+
+def test_an_internal_error_is_a_pruning_error_and_changes_nothing(monkeypatch):
+    """A bug of the library (the top-k of no candidate once raised IndexError while the groups
+    were listed) reaches the user as an InternalError naming the stage; nothing changed."""
+    model = build("ssd")
+    before = state_of(model)
+
+    def broken(self):
+        raise IndexError("index 0 is out of bounds for axis 0 with size 0")
+
+    monkeypatch.setattr(dx.DependencyGraph, "_min_kept", broken)
+    with pytest.raises(dx.InternalError, match="listing the groups.*IndexError"):
+        dx.prune(model, ([image()],), progress=False)
+    assert_same_state(before, state_of(model))
+
+
+def test_only_the_backbone():
+    """A ratio by module name: the backbone's channels go (and the FPN's inputs with them);
+    the FPN's and the head's own channels stay."""
+    model = build("retinanet")
+    inputs = ([image()],)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, ratio=0.0, ratios={"backbone": 0.5}, progress=False)
+    assert model.backbone.stem[0].out_channels == 4
+    assert model.fpn.lateral[0].in_channels == model.backbone.widths[0] // 2
+    assert model.fpn.output[0].out_channels == 8 and model.head.cls_tower[0].out_channels == 8
+    assert {name.split(".")[0] for name in result.plan} == {"backbone", "fpn"}
+    oracle(original, model, result.plan, inputs)
+
+
+@pytest.mark.parametrize("large", [False, True])
+@pytest.mark.parametrize("kind", ["retinanet", "fasterrcnn"])
+def test_a_detectors_plan_is_checked_on_meta_tensors(monkeypatch, kind, large):
+    """The plan's check reads no value: on real tensors a pruned trace computes on zero-filled
+    or borrowed weights, and RoI pooling of the boxes computed so may fail or crash
+    (torchvision's roi_align on NaN boxes); on meta tensors each decision returns the
+    original's result. Past the size traced on real tensors first, the original is traced on
+    meta tensors up to its first decision, then on real ones."""
+    import depgraph_ext.graph.trace as tr
+
+    if large:
+        monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    modes = []
+    trace_as = tr.trace_as
+
+    def recorded(*args, **kwargs):
+        modes.append((TraceMode(args[2]).value, kwargs.get("shapes_only", False)))
+        return trace_as(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "trace_as", recorded)
+    model = build(kind, nms="op")
+    inputs = ([image()],)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, exact_only=True, progress=False)
+    checks = [mode for mode, shapes_only in modes if shapes_only]
+    assert checks == ["meta"]
+    if large:
+        assert modes == [("meta", False), ("real", False), ("meta", True)]
+    oracle(original, model, result.plan, inputs)
