@@ -1,9 +1,9 @@
-"""torchvision's detectors (random weights, ``num_classes=5``, eval mode, one 320x320 image):
-the whole prune (``ratio=0.5``, default options) with each backend, Torch-Pruning's (in a
-subprocess, given 300 s: with the predicting layers ignored, and with its default options),
-one plain forward for scale, and the checks of a prune: outputs of the same structure, the class count and anchors kept, and with ``exact_only=True`` in float64
-the scatter-back oracle on the heads' raw outputs and on the detections. Skipped without
-torchvision, which is no dependency of the project.
+"""torchvision's detectors (random weights, ``num_classes=5``, eval mode, one 320x320 image): the
+whole prune (``ratio=0.5``, default options) with each backend, Torch-Pruning's (in a subprocess,
+given 300 s: with the predicting layers ignored, and with its default options), one plain forward
+for scale, and the checks of a prune: outputs of the same structure, the class count and anchors
+kept, and with ``exact_only=True`` in float64 the scatter-back oracle on the heads' raw outputs
+and on the detections. Skipped without torchvision, which is no dependency of the project.
 
     .venv-tv/bin/python -m pytest bench/test_bench_detectors.py -q -s
 """
