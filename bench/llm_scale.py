@@ -4,10 +4,11 @@ run it in a fresh subprocess per measurement, so that each peak RSS is that run'
     .venv/bin/python bench/llm_scale.py TOOL SHAPE
 
 TOOL: ``native`` / ``python`` (our backends), ``verify`` (native with ``verify=True``: the plan
-checked on the inputs before anything changes) or ``torch-pruning``; SHAPE: ``llama-2-7b``,
-``llama-3-8b`` (bf16 weights), ``llama-3-70b-meta`` or ``qwen3-30b-a3b-meta`` (on the meta
-device: trace + resolve + plan, no weights; the MoE with half its experts removed too), or
-``llama-small-N`` (hidden 256, GQA 8/2, N layers, fp32).
+checked on the inputs before anything changes), ``torch-pruning``, or ``forward`` (two plain
+forwards of the model on the same inputs and a 1 GiB copy: what a prune's stages compare to);
+SHAPE: ``llama-2-7b``, ``llama-3-8b`` (bf16 weights), ``llama-3-70b-meta`` or
+``qwen3-30b-a3b-meta`` (on the meta device: trace + resolve + plan, no weights; the MoE with
+half its experts removed too), or ``llama-small-N`` (hidden 256, GQA 8/2, N layers, fp32).
 
 Weights are random values: one block of 1,000,003 ``randn`` values tiled over every tensor (a
 block length prime to every row length, so rows differ; drawing 7B normal values would take a
@@ -205,6 +206,7 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
                 "validation_rounds": len(rounds),
                 "units": units,
             }
+        bytes_before = tensor_bytes(model)
         t = time.perf_counter()
         result = dx.prune(
             model,
@@ -217,11 +219,46 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
             verify=verify,
         )
         seconds = time.perf_counter() - t
+        bytes_after = tensor_bytes(model)
+    changed = [name for name in result.plan if name in bytes_before]
     return {
         "seconds": seconds,
         "timings": result.timings,
         "params_before": result.params_before,
         "params_after": result.params_after,
+        # What score and apply must move at least: every pruned tensor read once to score
+        # it; its kept part read and written once to compact it in place.
+        "score_bytes": sum(bytes_before[n] for n in changed),
+        "apply_bytes": 2 * sum(bytes_after[n] for n in changed),
+    }
+
+
+def tensor_bytes(model) -> dict[str, int]:
+    """Bytes of every parameter and buffer, by name."""
+    return {n: t.numel() * t.element_size() for n, t in model.state_dict(keep_vars=True).items()}
+
+
+def run_forward(model, inputs, runs: int = 2) -> dict:
+    """Plain forwards of the model on the inputs (no grad), and the machine's copy bandwidth
+    (a 1 GiB tensor copied, read + write bytes per second, best of 5) in the same process."""
+    times = []
+    with torch.no_grad():
+        for _ in range(runs):
+            t = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - t)
+    source = torch.ones(2**30, dtype=torch.uint8)
+    target = torch.empty_like(source)
+    copies = []
+    for _ in range(5):
+        t = time.perf_counter()
+        target.copy_(source)
+        copies.append(time.perf_counter() - t)
+    return {
+        "seconds": sum(times) / len(times),
+        "forwards": times,
+        "copy_bytes_per_second": 2 * 2**30 / min(copies),
+        "timings": {},
     }
 
 
@@ -278,6 +315,8 @@ def main() -> None:
     inputs = {"input_ids": torch.randint(0, model.config.vocab_size, (1, 16))}
     if tool == "torch-pruning":
         out = run_torch_pruning(model, inputs)
+    elif tool == "forward":  # plain forwards and the copy bandwidth, for scale
+        out = run_forward(model, inputs)
     elif tool == "verify":  # native, checking the plan on the inputs before slicing
         out = run_ours(model, inputs, "native", meta, ratios_of(shape), verify=True)
     else:

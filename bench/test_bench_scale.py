@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -89,6 +90,40 @@ def record(workload: str, stage: str, runs: list[dict] | str) -> None:
     )
 
 
+FORWARD: dict[str, dict] = {}  # shape -> the "forward" tool's run: forwards, copy bandwidth
+
+
+def test_llama2_7b_bf16_forward():
+    """Scale for the rows below, in the same run: two plain forwards of the model on the
+    prune's inputs, and the machine's copy bandwidth (read + write of a 1 GiB tensor)."""
+    out = run_script("forward", "llama-2-7b", big=True)
+    assert isinstance(out, dict), out
+    FORWARD["llama-2-7b"] = out
+    EXTRA.append(
+        f"llama-2-7b shape, bf16: a plain forward {out['seconds']:.2f} s (runs "
+        + ", ".join(f"{t:.2f}" for t in out["forwards"])
+        + f"); copy bandwidth {out['copy_bytes_per_second'] / 1e9:.1f} GB/s (read + write)"
+    )
+
+
+def bandwidths(shape: str, runs: list[dict]) -> None:
+    """Score and apply of the median run in GB/s of the bytes they must move, next to the copy
+    bandwidth of the same run of the suite (how far each is from it, as a factor)."""
+    median = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+    copy_rate = FORWARD.get(shape, {}).get("copy_bytes_per_second")
+    parts = []
+    for stage in ("score", "apply"):
+        seconds, moved = median["timings"].get(stage), median.get(f"{stage}_bytes")
+        if not seconds or not moved:
+            continue
+        rate = moved / seconds
+        parts.append(
+            f"{stage} {moved / 1e9:.2f} GB in {seconds:.2f} s = {rate / 1e9:.1f} GB/s"
+            + (f" ({copy_rate / rate:.2f}x below the copy bandwidth)" if copy_rate else "")
+        )
+    EXTRA.append(f"{shape} shape, bf16, native: " + "; ".join(parts))
+
+
 @pytest.mark.parametrize("tool", ["native", "torch-pruning"])
 def test_llama2_7b_bf16(tool):
     if tool == "torch-pruning" and torch_pruning is None:
@@ -98,14 +133,26 @@ def test_llama2_7b_bf16(tool):
     assert isinstance(runs, list), runs
     if tool == "native":
         assert all(r["params_after"] < r["params_before"] for r in runs)
+        bandwidths("llama-2-7b", runs)
 
 
 def test_llama2_7b_bf16_verified():
     """verify=True: before anything changes, the plan's exact groups are checked on the inputs
-    (the pruned tensors swapped in for one forward, the removed slices zeroed for another)."""
+    (the pruned tensors swapped in for one forward, the removed slices zeroed for another);
+    its check next to two plain forwards of the same run."""
     runs = run_rounds("verify", "llama-2-7b")
     record("llama-2-7b shape, bf16", "prune 50% end to end", runs)
     assert isinstance(runs, list), runs
+    forward = FORWARD.get("llama-2-7b")
+    if forward is not None:
+        checks = sorted(r["timings"]["verify"] for r in runs)
+        check = checks[len(checks) // 2]
+        EXTRA.append(
+            f"llama-2-7b shape, bf16, verify=True: the check {check:.2f} s (median; runs "
+            + ", ".join(f"{c:.2f}" for c in checks)
+            + f") = {check / (2 * forward['seconds']):.2f}x two plain forwards "
+            f"({2 * forward['seconds']:.2f} s)"
+        )
 
 
 def test_llama3_8b_bf16():
@@ -179,11 +226,25 @@ def test_llama_depth_scaling(benchmark, layers, tool):
         # (fresh memory for the traced graphs), so three rounds after one warm-up still
         # swing the median.
         result = measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=5)
+        forward = _forward_seconds(model)
         EXTRA.append(
-            f"llama hidden 256, {layers} layers, {tool}: stages of the last round "
-            + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items())
+            f"llama hidden 256, {layers} layers, {tool}: {RESULTS[key] / forward:.1f} plain "
+            f"forwards' worth (a forward {forward * 1e3:.1f} ms, median of 5); stages of the "
+            "last round " + ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items())
         )
     SCALING[(tool, layers)] = RESULTS[key]
+
+
+def _forward_seconds(model, rounds: int = 5) -> float:
+    """Median time of a plain forward of ``model`` on the scaling inputs, after a warm-up."""
+    times = []
+    with torch.no_grad():
+        model(**IDS)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            model(**IDS)
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
 
 
 def test_llama_depth_scaling_plot():
