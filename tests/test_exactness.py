@@ -296,3 +296,34 @@ def test_verify_catches_a_wrong_rule_and_leaves_the_model_untouched():
         assert_same_state(before, state_of(model))
     finally:
         dx.unregister_rule("dxtest.reverse_channels")
+
+
+def test_verify_zeroes_the_removed_slices_of_every_dim_and_puts_them_back(backend):
+    """What verify compares with: the original with every removed slice zeroed, along each
+    pruned dim of a tensor (the middle weight loses rows and columns), for the duration only;
+    afterwards every value is back, bit for bit, in the same tensor objects."""
+    import numpy as np
+
+    from depgraph_ext.pruning.plan import propose_plan
+    from depgraph_ext.pruning.verify import _zeroed
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)
+    ).double()
+    dg = dx.DependencyGraph(model, torch.randn(2, 4, dtype=torch.float64), backend=backend)
+    keep = np.ones(dg.resolution.num_units, dtype=bool)
+    for group in dg.groups:
+        keep[np.asarray(group.unit_ids)[1::2]] = False  # every other unit of every group
+    plan = propose_plan(dg, keep)
+    assert sorted(plan.tensors["2.weight"]) == [0, 1]
+    before = state_of(model)
+    original = before["tensors"]["2.weight"][1]
+    with _zeroed(dg, plan):
+        rows, cols = plan.tensors["2.weight"][0], plan.tensors["2.weight"][1]
+        kept = torch.zeros(8, 8, dtype=torch.bool)
+        kept[rows[:, None], cols] = True
+        weight = model[2].weight.detach()
+        assert torch.equal(weight[kept], original[kept])
+        assert (weight[~kept] == 0).all() and (~kept).sum() == 48
+    assert_same_state(before, state_of(model))

@@ -89,7 +89,7 @@ def apply_changes(
         return
     with torch.no_grad():
         sliced = {}
-        datas = _gather_all(tensors, plan, native)
+        datas = gather_all(tensors, plan, native)
         for name, dims in plan.items():
             t = tensors[name]
             grad = t.grad if isinstance(t, nn.Parameter) and t.grad is not None else None
@@ -106,7 +106,7 @@ def apply_changes(
     refresh_hooked(model, plan)
 
 
-def _gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str, torch.Tensor]:
+def gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str, torch.Tensor]:
     """New tensors for every planned one; with ``native`` each round of dims is one batched
     ``gather_slices`` call over all tensors."""
     if not native:

@@ -18,7 +18,7 @@ from ..errors import VerificationError
 from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
 from ..graph.trace import normalize_inputs
-from .apply import gather
+from .apply import gather_all
 from .attributes import temporary_attributes
 from .configs import config_of
 from .plan import Plan, propose_plan
@@ -151,7 +151,8 @@ def _pruned(dg: DependencyGraph, plan: Plan):
     """The model as the plan prunes it, for the duration: pruned tensors, attributes and
     config fields swapped in, and everything put back on exit."""
     tensors = dg.walk.params | dg.walk.buffers
-    sliced = {name: gather(tensors[name].data, dims) for name, dims in plan.tensors.items()}
+    with torch.no_grad():
+        sliced = gather_all(tensors, plan.tensors, native=dg.backend == "native")
     config = config_of(dg.model)
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
     changed: list[tuple[str, object]] = []
@@ -181,23 +182,31 @@ def _zeroed(dg: DependencyGraph, plan: Plan):
     written back on exit."""
     tensors = dg.walk.params | dg.walk.buffers
     fills = RemovedFills(dg.model)
-    saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+    # Every removed slice of the original, by (tensor, dim), saved in one batched gather
+    # before any is filled (each holds original values, so they go back in any order).
+    removed: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
+    for name, dims in plan.tensors.items():
+        t = tensors[name].data
+        for d, kept in dims.items():
+            mask = torch.ones(t.shape[d], dtype=torch.bool)
+            mask[kept] = False
+            removed[(name, d)] = {d: torch.nonzero(mask).view(-1).to(t.device)}
+    by_slice = {key: tensors[key[0]] for key in removed}
+    with torch.no_grad():
+        saved = gather_all(by_slice, removed, native=dg.backend == "native")
+    filled: list[tuple[str, int]] = []
     try:
         with torch.no_grad():
-            for name, dims in plan.tensors.items():
-                t = tensors[name].data
-                for d, kept in sorted(dims.items()):
-                    fill = fills.of(name, d)
-                    removed = torch.ones(t.shape[d], dtype=torch.bool)
-                    removed[kept] = False
-                    index = torch.nonzero(removed).view(-1).to(t.device)
-                    saved.append((t, d, index, t.index_select(d, index)))
-                    t.index_fill_(d, index, fill)
+            for key, dims in removed.items():
+                (name, d), index = key, dims[key[1]]
+                tensors[name].data.index_fill_(d, index, fills.of(name, d))
+                filled.append(key)
         yield
     finally:
         with torch.no_grad():
-            for t, d, index, values in reversed(saved):
-                t.index_copy_(d, index, values)
+            for key in filled:
+                (name, d), index = key, removed[key][key[1]]
+                tensors[name].data.index_copy_(d, index, saved[key])
 
 
 def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> tuple[float, float]:
