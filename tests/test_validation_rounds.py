@@ -193,3 +193,42 @@ class Flatten(nn.Module):
 
     def forward(self, x):
         return x.view(x.shape[0], -1)
+
+
+class Routed(nn.Module):
+    """Tokens routed to one of two experts by the sign of a router's score (the counts read
+    with ``.tolist()``, then a split, as JetMoE does), after a width the code fixes (a view
+    by constants): once that fails validation, a stand-in (zeros) would change what the
+    router sees, and the tokens each expert gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.mix = nn.Linear(4, 12), nn.Linear(6, 4)
+        self.router = nn.Linear(4, 1)
+        self.experts = nn.ModuleList(nn.Linear(4, 8) for _ in range(2))
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.mix(torch.relu(self.inp(x)).view(x.shape[0], 2, 6).sum(1))
+        score = self.router(h).view(-1)
+        order = torch.argsort(score)
+        second = (score > 0).long().sum().view(1)
+        sizes = torch.cat([second.new_tensor([x.shape[0]]) - second, second]).tolist()
+        parts = h[order].split(sizes, 0)
+        y = torch.cat([torch.relu(e(p)) for e, p in zip(self.experts, parts)], 0)
+        return self.out(y)
+
+
+def test_a_model_whose_code_reads_values_is_not_guided(monkeypatch):
+    """Past a stand-in the data is not the model's, nor are the sizes it decides (tokens per
+    expert): such a model learns one failure per validation, and its plan is that of
+    validation without a guide."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, dtype=F64)
+    model = Routed().double()
+    result, traces, _ = prune_counting(copy.deepcopy(model), x, monkeypatch, ratio=0.5)
+    assert not any(traces)
+    unguided(monkeypatch)
+    reference, _, _ = prune_counting(model, x, monkeypatch, ratio=0.5)
+    assert same_plans(result.plan, reference.plan)
+    assert result.params_after < result.params_before

@@ -45,7 +45,7 @@ VISION = """
 """.split()
 MIXTURES_OF_EXPERTS = """
     mixtral qwen2_moe qwen3_moe deepseek_v2 deepseek_v3 granitemoe phimoe glm4_moe ernie4_5_moe
-    jamba qwen3_next xglm
+    jamba qwen3_next xglm jetmoe
 """.split()  # (jamba and qwen3_next are hybrids with experts; xglm's positions need float32)
 
 FLOAT32_ONLY = set(MIXTURES_OF_EXPERTS)

@@ -131,8 +131,12 @@ def plan_until_valid(
         try:
             # Most plans pass their first validation, which is not guided (a guided trace
             # costs a Python call per op and per torch function); a model that failed one has
-            # sizes its code fixes, and its next validations learn all they can.
-            plan = checked_plan(dg, keep, require_loadable, guided=last is not None)
+            # sizes its code fixes, and its next validations learn all they can. Not a model
+            # whose code reads values: past a stand-in (planned shapes, zeros) its data, and
+            # the sizes the data decides (tokens routed to each expert), are not the model's.
+            saw = dg.graph.code_saw
+            guided = last is not None and saw is not None and not saw.values_read
+            plan = checked_plan(dg, keep, require_loadable, guided=guided)
         except PlanValidationError as exc:
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
