@@ -41,6 +41,7 @@ FORMAT = "depgraph_ext.pretrained/1"
 META = "depgraph_ext.json"
 BUFFERS = "depgraph_ext_buffers.safetensors"
 _SIMPLE = (bool, int, float, str, type(None))
+ALIGNMENT = 64  # bytes: the alignment of torch's CPU allocator
 
 
 @dataclass(frozen=True)
@@ -397,6 +398,7 @@ def from_pretrained(directory, torch_dtype: torch.dtype | None = None, device=No
         model = _plain_load(cls, directory, torch_dtype, device)
         if meta.get("non_persistent_buffers"):
             _restore_buffers(model, directory, meta, device)
+        _aligned(model)
         return model
     model = _build_on_meta(cls, config)
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -536,6 +538,19 @@ def _load_weights(model: nn.Module, directory: Path, meta: dict, device, tied: s
         )
     for name, t in state.items():
         _replace(model, name, t, targets[name])
+    _aligned(model)
+
+
+def _aligned(model: nn.Module) -> None:
+    """Tensors on the CPU moved to memory aligned as torch allocates it where they are not.
+    A weights file's buffer holds tensors at any offset; CPU kernels vectorise by the data's
+    alignment, and the last bits of their sums follow it: a reloaded model computes bit for
+    bit what the saved one did only on aligned memory (a depthwise conv on one thread did
+    not)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.device.type == "cpu" and t.data_ptr() % ALIGNMENT:
+                t.data = t.data.clone()
 
 
 def _tied_names(model: nn.Module) -> set[str]:
