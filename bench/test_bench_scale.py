@@ -1,4 +1,4 @@
-"""Speed and memory at LLM scale (issue 7): one test per row of the issue's table.
+"""Speed and memory at LLM scale: one test per row of bench/README.md's tables.
 
     .venv/bin/python -m pytest bench/test_bench_scale.py -q -s
 
