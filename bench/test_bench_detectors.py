@@ -5,7 +5,11 @@ for scale, and the checks of a prune: outputs of the same structure, the class c
 kept, and with ``exact_only=True`` in float64 the scatter-back oracle on the heads' raw outputs
 and on the detections. Skipped without torchvision, which is no dependency of the project.
 
-    .venv-tv/bin/python -m pytest bench/test_bench_detectors.py -q -s
+    python -m pytest bench/test_bench_detectors.py -q -s
+
+in an environment with torchvision beside a torch it was built for (torchvision pulls its own
+torch: not this project's venv). ``-k "not none"`` leaves out Torch-Pruning with its default
+options, which runs into its 300 s limit on three of the four.
 """
 
 from __future__ import annotations
