@@ -34,10 +34,11 @@ class InternalError(PruningError, RuntimeError):
 @contextlib.contextmanager
 def internal_errors(stage: str):
     """Within ``stage`` (which changes nothing of the model), any error but a
-    :class:`PruningError` is an :class:`InternalError`."""
+    :class:`PruningError` is an :class:`InternalError`; a warning the caller turned into an
+    error (``warnings.simplefilter("error", ...)``) is raised as it is: it names its cause."""
     try:
         yield
-    except PruningError:
+    except (PruningError, Warning):
         raise
     except Exception as exc:
         frames = [

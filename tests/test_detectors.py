@@ -262,6 +262,27 @@ def test_an_internal_error_is_a_pruning_error_and_changes_nothing(monkeypatch):
     assert_same_state(before, state_of(model))
 
 
+def test_a_warning_turned_into_an_error_is_raised_as_it_is():
+    """A caller that turns warnings into errors gets the warning (it names the op and what it
+    blocked), not an InternalError that calls it a bug; nothing changed."""
+    model = Spectral()
+    before = state_of(model)
+    with pytest.raises(dx.OpaqueOpWarning, match="aten._fft_r2c"):  # an error: pyproject.toml
+        dx.prune(model, torch.randn(2, 8), progress=False)
+    assert_same_state(before, state_of(model))
+
+
+class Spectral(torch.nn.Module):
+    """A linear layer, then an FFT (an op without a rule) of its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(torch.fft.rfft(self.a(x)).abs().sum(-1, keepdim=True).expand(-1, 8))
+
+
 def test_only_the_backbone():
     """A ratio by module name: the backbone's channels go (and the FPN's inputs with them);
     the FPN's and the head's own channels stay."""
@@ -305,3 +326,44 @@ def test_a_detectors_plan_is_checked_on_meta_tensors(monkeypatch, kind, large):
     if large:
         assert modes == [("meta", False), ("real", False), ("meta", True)]
     oracle(original, model, result.plan, inputs)
+
+
+class GreedyDecoder(torch.nn.Module):
+    """Decodes until every sequence emits the end token (at most 8 steps), each step's argmax
+    fed back through ``F.one_hot``, as SLANeXt's table decoder does. On real tensors
+    ``one_hot`` reads its indices' range (``.item()`` calls of its own), on meta it does not:
+    the replayed decisions must be the model's own, the loop's stop among them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = torch.nn.Linear(4, 16), torch.nn.Linear(16, 5)
+        self.cell = torch.nn.Linear(16 + 5, 16)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        chars = torch.zeros(x.shape[0], dtype=torch.long)
+        steps = []
+        for _ in range(8):
+            fed = torch.nn.functional.one_hot(chars, 5).to(h.dtype)
+            h = torch.tanh(self.cell(torch.cat([h, fed], -1)))
+            logits = self.out(h)
+            chars = logits.argmax(-1)
+            steps.append(logits)
+            if chars.eq(4).all():
+                break
+        return torch.stack(steps, 1)
+
+
+def test_a_loop_the_data_stops_runs_as_often_in_the_plans_check():
+    """The plan's check replays the loop's stop, not one_hot's own range checks: the pruned
+    decoder is checked, and prunes exactly (the hidden width goes; with its units removed it
+    decides otherwise, as the original with them zeroed does: the oracle)."""
+    torch.manual_seed(0)
+    model = GreedyDecoder().double().eval()
+    with torch.no_grad():
+        model.out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    x = torch.randn(3, 4, dtype=torch.float64)
+    steps = model(x).shape[1]
+    assert 1 < steps < 8  # the data stops the loop, not its bound
+    pruned, _ = prune_and_check(model, (x,))
+    assert pruned.inp.out_features < 16

@@ -47,10 +47,12 @@ _BOOL = (torch.bool, torch.uint8)
 
 @dataclass(frozen=True)
 class Decision:
-    """One call whose result the data decided: the op, the module that ran it, how many
-    deciding calls of that op the module made before it, the tensors that decided (their
-    positions among the call's flattened arguments, and copies of their values), and the node
-    it made (None: it returned no tensor, as ``.item()`` does)."""
+    """One call whose result the data decided: the op, the module that ran it, the line of the
+    model's code that ran it, how many deciding calls of that op the module made from that
+    line before it, the tensors that decided (their positions among the call's flattened
+    arguments, and copies of their values), and the node it made (None: it returned no
+    tensor, as ``.item()`` does). (The line tells a model's own decisions from those a kernel
+    makes on real tensors only: ``F.one_hot`` reads its indices' range there, not on meta.)"""
 
     op: Any  # torch._ops.OpOverload
     module: str
@@ -60,10 +62,11 @@ class Decision:
     shapes: tuple[tuple[int, tuple[int, ...]], ...]  # every tensor argument's: (position, shape)
     result: Any  # what it returned, tensors copied (None for a selection by masks)
     node: int | None
+    line: tuple[str, int] | None = None  # (file, line) of the model's code
 
     @property
-    def key(self) -> tuple[Any, str, int]:
-        return (self.op, self.module, self.occurrence)
+    def key(self) -> tuple[Any, str, tuple[str, int] | None, int]:
+        return (self.op, self.module, self.line, self.occurrence)
 
 
 # op -> what the data decides of its results (any call): "sizes", "value" (a Python number),

@@ -272,7 +272,10 @@ class _RecorderBase(_EagerMode):
             leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
         if pending is not None:
             node = self.recorded_count() if leaves else None
-            self.decisions.append(Decision(*pending, result=result_copy(func, out), node=node))
+            *fields, line = pending
+            self.decisions.append(
+                Decision(*fields, result=result_copy(func, out), node=node, line=line)
+            )
         if not leaves:
             return out, None
         if self.deadline is not None:
@@ -286,16 +289,18 @@ class _RecorderBase(_EagerMode):
         if not decides(func, args, kwargs):
             return args, kwargs, None, None
         module = self.module_stack[-1] if self.module_stack else ""
-        occurrence = self._occurrences.get((func, module), 0)
-        self._occurrences[(func, module)] = occurrence + 1
+        line = source.here()
+        occurrence = self._occurrences.get((func, module, line), 0)
+        self._occurrences[(func, module, line)] = occurrence + 1
         original = None
         if self.replay is not None:
-            original = self.replay.get((func, module, occurrence))
+            original = self.replay.get((func, module, line, occurrence))
             if original is not None and not self.meta:
                 args, kwargs = replayed(args, kwargs, original)
         if self.decisions is None:
             return args, kwargs, None, original
-        return args, kwargs, (func, module, occurrence, *snapshot(func, args, kwargs)), original
+        snap = snapshot(func, args, kwargs)
+        return args, kwargs, (func, module, occurrence, *snap, line), original
 
     def _on_meta(self, func, args, kwargs):
         """Arguments with every tensor on meta, and a factory's device meta."""

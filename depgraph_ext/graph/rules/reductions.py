@@ -62,7 +62,7 @@ register_many([f"aten.{n}.other" for n in ("max", "min")], elementwise)
 register_many(
     [
         f"aten.{n}"
-        for n in "sum mean amax amin max min argmax argmin logsumexp prod var std "
+        for n in "sum mean amax amin aminmax max min argmax argmin logsumexp prod var std "
         "var_mean std_mean norm linalg_vector_norm any all nansum count_nonzero".split()
     ],
     reduction,
