@@ -660,17 +660,27 @@ def _swapped_tensors(
 ):
     """Put fake tensors in place of the model's own, and put back exactly what was there.
 
-    Tensors the forward stores as plain module attributes (the older ``weight_norm`` and
-    ``spectral_norm`` compute ``module.weight`` in a forward pre-hook) are put back too: the
-    trace's own tensors (meta, fake) must not stay in the model. ``computed``: a dict that
-    receives, by qualified name, each attribute the forward set to a tensor, before it is put
-    back. (``torch.func.functional_call`` restores the wrong tensor when one module is
-    registered under two names, so the swap is done here, once per unique module.)"""
+    Module attributes that hold tensors, themselves or in a list, tuple or dict, are put back
+    too (in place for a list or dict), and those the forward added are removed: a forward may
+    keep what it computes (the older ``weight_norm`` and ``spectral_norm`` set
+    ``module.weight`` in a forward pre-hook; torchvision's anchor generator replaces its cell
+    anchors with copies of the input's dtype and device), and the trace's own tensors (meta,
+    fake) must not stay in the model. ``computed``: a dict that receives, by qualified name,
+    each attribute the forward set to a tensor, before it is put back.
+    (``torch.func.functional_call`` restores the wrong tensor when one module is registered
+    under two names, so the swap is done here, once per unique module.)"""
     saved = []
-    attributes = [
-        (name, module, {k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)})
-        for name, module in modules
-    ]
+    # (name, the module's __dict__, its keys, its tensors, its containers of tensors)
+    attributes = []
+    for name, module in modules:
+        state = vars(module)
+        tensors, containers = {}, {}
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                tensors[k] = v
+            elif k not in _STORES and _holds_tensors(v):
+                containers[k] = (v, _contents(v))
+        attributes.append((name, state, frozenset(state), tensors, containers))
     try:
         for _, module in modules:
             for store in (module._parameters, module._buffers):
@@ -682,16 +692,31 @@ def _swapped_tensors(
     finally:
         for store, key, t in reversed(saved):
             store[key] = t
-        for name, module, before in attributes:
-            state = vars(module)
+        for name, state, keys, tensors, containers in attributes:
             for key, value in list(state.items()):
-                if isinstance(value, torch.Tensor) and before.get(key) is not value:
+                if isinstance(value, torch.Tensor):
+                    if tensors.get(key) is value:
+                        continue
                     if computed is not None:
                         computed[f"{name}.{key}" if name else key] = value
-                    if key in before:
-                        state[key] = before[key]
-                    else:
-                        del state[key]
+                    if key in tensors:
+                        state[key] = tensors[key]
+                        continue
+                elif key in keys or not _holds_tensors(value):
+                    continue
+                del state[key]  # a tensor, or tensors in a container, the forward added
+            for key, (value, items) in containers.items():
+                state[key] = value
+                now = _contents(value)
+                if items is None or (
+                    len(now) == len(items) and all(a is b for a, b in zip(now, items))
+                ):
+                    continue
+                if type(value) is list:
+                    value[:] = items
+                else:
+                    value.clear()
+                    value.update(zip(items[::2], items[1::2]))
 
 
 _STORES = frozenset({"_parameters", "_buffers", "_modules"})
@@ -713,40 +738,6 @@ def _contents(value) -> list | None:
     if type(value) is dict:
         return [x for item in value.items() for x in item]
     return None
-
-
-@contextlib.contextmanager
-def _attributes_kept(modules: list[tuple[str, torch.nn.Module]]):
-    """Module attributes that hold tensors in a list, tuple or dict put back as they were, in
-    place too, and those the forward added removed: a forward may keep what it computed
-    (torchvision's anchor generator replaces its cell anchors with copies of the input's dtype
-    and device), and what a trace computes is meta or fake tensors, which the model's next
-    forward could not use. (Attributes that are tensors: ``_swapped_tensors``.)"""
-    saved = []
-    for _, module in modules:
-        d = module.__dict__
-        held = {
-            k: (v, _contents(v)) for k, v in d.items() if k not in _STORES and _holds_tensors(v)
-        }
-        saved.append((d, held, frozenset(d)))
-    try:
-        yield
-    finally:
-        for d, held, keys in saved:
-            for k, (v, items) in held.items():
-                d[k] = v
-                now = _contents(v)
-                if items is None or (
-                    len(now) == len(items) and all(a is b for a, b in zip(now, items))
-                ):
-                    continue
-                if type(v) is list:
-                    v[:] = items
-                else:
-                    v.clear()
-                    v.update(zip(items[::2], items[1::2]))
-            for k in [k for k in d if k not in keys and _holds_tensors(d[k])]:
-                del d[k]
 
 
 def _on_meta(tensors) -> bool:
@@ -1108,10 +1099,7 @@ def trace_as(
                     watch or contextlib.nullcontext(),
                     guided_calls,
                 ):
-                    with (
-                        _attributes_kept(modules),
-                        _swapped_tensors(modules, fakes, set_attributes),
-                    ):
+                    with _swapped_tensors(modules, fakes, set_attributes):
                         out = model(*fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
