@@ -279,7 +279,13 @@ class DependencyGraph:
         """A new graph sharing this one's trace, with ``changes`` (and nothing cached)."""
         new = object.__new__(DependencyGraph)
         state = dict(self.__dict__)
-        for cached in ("groups", "output_layout", "dynamic_slots", "factor_families"):
+        for cached in (
+            "groups",
+            "output_layout",
+            "dynamic_slots",
+            "dynamic_atoms",
+            "factor_families",
+        ):
             state.pop(cached, None)
         state.update(changes)
         new.__dict__.update(state)
@@ -314,7 +320,7 @@ class DependencyGraph:
         for leaf in np.nonzero((res.leaf_sizes == 1) & (res.leaf_unit_offsets >= 0))[0]:
             self.unit_prunable[res.units_of_leaf(int(leaf))] = False  # a dim of 1 stays
         if g.decisions:  # a size the data decides (boxes NMS kept) is no channel: none goes
-            self.unit_prunable &= ~self._dynamic_atoms()[1]
+            self.unit_prunable &= ~self.dynamic_atoms[1]
         # Why each resolution group's units cannot be removed as if zeroed (none: exact).
         self.group_reasons: dict[int, list[str]] = {}
         for r in self.coupling_model.reductions:
@@ -530,10 +536,10 @@ class DependencyGraph:
     def dynamic_slots(self) -> np.ndarray:
         """bool[num slots]: dims whose size the data decides (the count of a ``nonzero``, of a
         boolean mask's selection, of ``unique``, of an NMS: the decisions a real trace
-        recorded) and every dim made of one downstream (``_dynamic_atoms``): a trace of the
+        recorded) and every dim made of one downstream (``dynamic_atoms``): a trace of the
         pruned model that did not replay the decisions may see them at any size."""
         res = self.resolution
-        leaves, units = self._dynamic_atoms()
+        leaves, units = self.dynamic_atoms
         dynamic = np.zeros(len(res.slot_leaf_offsets) - 1, dtype=bool)
         if not leaves:
             return dynamic
@@ -547,7 +553,8 @@ class DependencyGraph:
                     break
         return dynamic
 
-    def _dynamic_atoms(self) -> tuple[set[int], np.ndarray]:
+    @functools.cached_property
+    def dynamic_atoms(self) -> tuple[set[int], np.ndarray]:
         """The leaves (atoms) whose size the data decides, and a bool per unit: whether it is
         an element of one. Seeded by the recorded decisions (the count of a ``nonzero``, of a
         mask's selection, every result of ``unique`` or an NMS) and carried forward op by op:
@@ -575,7 +582,7 @@ class DependencyGraph:
 
     def _carry_dynamic(self, leaves: set[int]) -> None:
         """Add to ``leaves`` what the ops after each dynamic dim make of it (see
-        ``_dynamic_atoms``), in the order the ops ran."""
+        ``dynamic_atoms``), in the order the ops ran."""
         g, res, cm = self.graph, self.resolution, self.coupling_model
         slots = cm.value_slots
         c = cm.couplings
