@@ -184,29 +184,30 @@ def _zeroed(dg: DependencyGraph, plan: Plan):
     fills = RemovedFills(dg.model)
     # Every removed slice of the original, by (tensor, dim), saved in one batched gather
     # before any is filled (each holds original values, so they go back in any order).
-    removed: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
+    removed: dict[tuple[str, int], torch.Tensor] = {}  # (name, dim) -> the removed indices
     for name, dims in plan.tensors.items():
         t = tensors[name].data
         for d, kept in dims.items():
             mask = torch.ones(t.shape[d], dtype=torch.bool)
             mask[kept] = False
-            removed[(name, d)] = {d: torch.nonzero(mask).view(-1).to(t.device)}
-    by_slice = {key: tensors[key[0]] for key in removed}
+            removed[(name, d)] = torch.nonzero(mask).view(-1).to(t.device)
     with torch.no_grad():
-        saved = gather_all(by_slice, removed, native=dg.backend == "native")
+        saved = gather_all(
+            {key: tensors[key[0]] for key in removed},
+            {key: {key[1]: index} for key, index in removed.items()},
+            native=dg.backend == "native",
+        )
     filled: list[tuple[str, int]] = []
     try:
         with torch.no_grad():
-            for key, dims in removed.items():
-                (name, d), index = key, dims[key[1]]
+            for (name, d), index in removed.items():
                 tensors[name].data.index_fill_(d, index, fills.of(name, d))
-                filled.append(key)
+                filled.append((name, d))
         yield
     finally:
         with torch.no_grad():
-            for key in filled:
-                (name, d), index = key, removed[key][key[1]]
-                tensors[name].data.index_copy_(d, index, saved[key])
+            for name, d in filled:
+                tensors[name].data.index_copy_(d, removed[(name, d)], saved[(name, d)])
 
 
 def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> tuple[float, float]:
