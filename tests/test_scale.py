@@ -217,3 +217,24 @@ def test_a_module_made_inside_the_forward_is_not_a_scope():
     graph = tr.trace(Outer(), torch.randn(2, 4))
     assert [name for name, _ in graph.module_calls] == ["lin", ""]
     assert graph.nodes[-1].module == ""  # the ReLU's op belongs to the module running it
+
+
+def test_a_model_whose_real_trace_ran_over_budget_checks_its_plans_without_one(monkeypatch):
+    """The graph's real trace ran past its budget: a real trace of the plan's shapes would
+    too, so the plan's check goes straight to the trace that decides for such a model."""
+    monkeypatch.setattr(tr, "REAL_BUDGET", (0.0, 0.0))
+    modes = []
+    trace_as = tr.trace_as
+
+    def counted(model, inputs, mode, **kwargs):
+        modes.append((tr.TraceMode(mode).value, kwargs.get("shapes_only", False)))
+        return trace_as(model, inputs, mode, **kwargs)
+
+    monkeypatch.setattr(tr, "trace_as", counted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(llama("cpu"), IDS, ratio=0.5)
+    assert result.params_after < result.params_before
+    assert modes[:2] == [("real", False), ("meta", False)]
+    checks = [mode for mode, shapes_only in modes if shapes_only]
+    assert checks and "real" not in checks

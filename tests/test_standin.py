@@ -444,3 +444,52 @@ def test_remembered_meta_results_are_the_kernels_results():
         assert v._base is a  # not rebuilt: a view shares its input's storage
     assert standin.result_key(torch.ops.aten.add_.Tensor, (a, a), {}) is None  # writes
     assert standin.result_key(torch.ops.aten.zeros.default, ([3],), {}) is None  # factory
+
+
+def test_cat_and_stack_of_meta_tensors_are_shaped_as_their_kernels_shape_them():
+    """A decoder loop stacks all it made so far at every step: cat and stack of plain meta
+    tensors are shaped without their Python meta kernels, and give what those give (shape,
+    strides, dtype) or leave the call to them (other dtypes, layouts, ranks; sizes that do
+    not line up, which the kernel refuses)."""
+    from depgraph_ext.graph import standin
+
+    memo = standin.MetaResults()
+    cat, stack = torch.ops.aten.cat.default, torch.ops.aten.stack.default
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    def same(func, args):
+        out, expected = memo.run(func, args, {}), func(*args)
+        return (out.shape, out.stride(), out.dtype) == (
+            expected.shape,
+            expected.stride(),
+            expected.dtype,
+        )
+
+    joined = [
+        (cat, ([meta(2, 3), meta(4, 3)],)),
+        (cat, ([meta(2, 3), meta(2, 5), meta(2, 1)], 1)),
+        (cat, ([meta(2, 3, 4)] * 300, -1)),
+        (cat, ([meta(5, dtype=torch.int64)] * 3,)),
+        (stack, ([meta(3)] * 500, 1)),
+        (stack, ([meta(2, 3)] * 4, -1)),
+        (stack, ([meta(2, 3)] * 4,)),
+    ]
+    for func, args in joined:
+        assert standin._joined(func, args, {}) is not None
+        assert same(func, args)
+    left_to_the_kernel = [
+        (cat, ([meta(2, 3), meta(2, 3, dtype=torch.float64)],)),  # promotion
+        (cat, ([meta(2, 3), meta(3, 2).t()],)),  # a transposed input
+        (cat, ([meta(2, 3, 4, 5)] * 2, 1)),  # rank 4: a layout the kernel decides
+        (cat, ([meta(0), meta(2, 3)],)),  # the legacy empty tensor, skipped
+        (stack, ([meta(2, 3, 4)] * 2,)),
+    ]
+    for func, args in left_to_the_kernel:
+        assert standin._joined(func, args, {}) is None
+        assert same(func, args)
+    for func, args in [(cat, ([meta(2, 3), meta(2, 4)],)), (stack, ([meta(2), meta(3)],))]:
+        assert standin._joined(func, args, {}) is None
+        with pytest.raises(RuntimeError):
+            memo.run(func, args, {})

@@ -659,6 +659,7 @@ class DependencyGraph:
             real_decides=self.graph.mode == "real",
             guide=guide,
             replay=self.graph.decisions,
+            real_over_budget=self.graph.real_over_budget,
         )
 
     # -- derived graphs ------------------------------------------------------------------------

@@ -246,3 +246,16 @@ def _has_int(items) -> bool:
         elif (kind is list or kind is tuple or kind is torch.Size) and _has_int(x):
             return True
     return False
+
+
+def reads_values(func, args, out) -> bool:
+    """Whether a torch function's call read a tensor's values into Python (its sizes and
+    metadata are no values)."""
+    if func in _VALUE_READS:
+        return True
+    return (
+        type(out) in _PYTHON_VALUES
+        and func not in _SIZE_READS
+        and func not in _METADATA
+        and any(isinstance(a, torch.Tensor) for a in args)
+    )

@@ -182,6 +182,10 @@ class MetaResults:
 
     def run(self, func, args, kwargs):
         """``func(*args, **kwargs)`` on meta tensors."""
+        if func in _JOINS:
+            out = _joined(func, args, kwargs)
+            if out is not None:
+                return out
         key = result_key(func, args, kwargs)
         if key is None:
             return func(*args, **kwargs)
@@ -195,6 +199,57 @@ class MetaResults:
                 self._layouts[key] = layout
             return out
         return _rebuild(layout)
+
+
+_JOINS = frozenset({torch.ops.aten.cat.default, torch.ops.aten.stack.default})
+
+
+def _joined(func, args, kwargs):
+    """A cat or stack of plain meta tensors, shaped here: their meta kernels are Python
+    (torch._refs) at several microseconds per tensor joined, and a decoder loop stacking what
+    it made so far joins thousands per step. None where the kernel must decide: tensors of
+    other dtypes (promotion), ranks or layouts (a channels-last result), sizes that do not
+    line up or an empty tensor (the kernel raises or skips it), requires_grad."""
+    tensors = kwargs.get("tensors", args[0] if args else None)
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+    if type(tensors) not in (list, tuple) or not tensors or type(dim) is not int:
+        return None
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor):
+        return None
+    shape, dtype, rank = first.shape, first.dtype, first.dim()
+    stack = func is torch.ops.aten.stack.default
+    if rank + stack > 3 or rank == 0:
+        return None
+    for t in tensors:
+        if (
+            not isinstance(t, torch.Tensor)
+            or t.device.type != "meta"
+            or t.dtype != dtype
+            or t.requires_grad
+            or t.dim() != rank
+            or not t.is_contiguous()
+            or t.numel() == 0
+        ):
+            return None
+    out_rank = rank + stack
+    if not -out_rank <= dim < out_rank:
+        return None
+    dim %= out_rank
+    if stack:
+        if any(t.shape != shape for t in tensors):
+            return None
+        size = [*shape[:dim], len(tensors), *shape[dim:]]
+    else:
+        size = list(shape)
+        total = 0
+        for t in tensors:
+            other = t.shape
+            if other[:dim] != shape[:dim] or other[dim + 1 :] != shape[dim + 1 :]:
+                return None
+            total += other[dim]
+        size[dim] = total
+    return torch.empty(size, dtype=dtype, device=META)
 
 
 @functools.cache

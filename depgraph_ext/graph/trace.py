@@ -38,7 +38,7 @@ from .decisions import (
     snapshot,
     without_data,
 )
-from .size_watch import CodeSaw, SizeWatch
+from .size_watch import CodeSaw, SizeWatch, reads_values
 from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
 from .walk import ModelWalk
@@ -140,6 +140,9 @@ class OpGraph:
     # Calls whose results the data decided (a real trace's nonzero, NMS, .item() ...), with the
     # inputs that decided: a trace of the pruned shapes replays them (decisions.py).
     decisions: list[Decision] = field(default_factory=list)
+    # A real trace was tried first and ran past its time budget: so would one of the plan's
+    # shapes, and its checks skip it (see ``trace``'s ``real_over_budget``).
+    real_over_budget: bool = False
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -524,7 +527,12 @@ class _GuidedCalls(TorchFunctionMode):
         recorder = self.recorder
         done, failed_op = recorder.recorded_count(), recorder.failed_at
         try:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
+            if recorder.guide.events and reads_values(func, args, out):
+                # Past a stand-in the data is not the model's: what the code reads of it
+                # (tokens per expert) may steer it anywhere; the failures found so far stand.
+                recorder.guide.lost = True
+            return out
         except Exception as exc:
             if (
                 isinstance(exc, (_OverBudget, *DATA_DEPENDENT))
@@ -778,6 +786,7 @@ def trace(
     real_decides: bool = False,
     guide=None,
     replay: list[Decision] | None = None,
+    real_over_budget: bool = False,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs``.
 
@@ -812,6 +821,9 @@ def trace(
     (``OpGraph.decisions``), replayed so that the data decides every size as it did there
     (decisions.py): on meta tensors first (each decision returns the original's result), and
     where that fails on real tensors (each decision is given the original's inputs).
+    ``real_over_budget``: the model's graph was traced so (its real trace ran past the
+    budget): no budgeted real trace is tried, and the fake trace decides, as for a large
+    model.
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -830,21 +842,24 @@ def trace(
         # (torchvision's roi_align on NaN boxes). On meta tensors nothing reads a value.
         if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
             try:
-                return trace_as(model, example_inputs, TraceMode.META, replay=replay, **common)
+                return trace_as(
+                    model, example_inputs, TraceMode.META, replay=replay, guide=guide, **common
+                )
             except TraceError:
                 pass  # a decision met with other shapes, or an op that reads data
-        return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, **common)
-    cheap = _real_is_cheap(
+        return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, guide=guide, **common)
+    cheap = not real_over_budget and _real_is_cheap(
         [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
     )
     real_error: TraceError | None = None  # the model's own tensors failed: a real failure
+    over_budget = False
     if cheap:
         try:
             return trace_as(
                 model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, guide=guide, **common
             )
         except _OverBudget:
-            pass  # the meta or fake trace is cheaper
+            over_budget = True  # the meta or fake trace is cheaper
         except TraceError as exc:
             if real_decides:
                 # The model ran on its own kernels before and fails with these shapes: meta
@@ -855,7 +870,7 @@ def trace(
     by_data: TraceError | None = None  # a trace stopped at a decision of the data
     if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
-            return trace_as(model, example_inputs, TraceMode.META, **common)
+            return _noting(trace_as(model, example_inputs, TraceMode.META, **common), over_budget)
         except TraceError as exc:
             # the fake trace decides (and its error, if any, is the one reported); at a
             # decision of the data it would stop too
@@ -865,8 +880,15 @@ def trace(
         # (A meta trace's failure is never the one reported: the others are guided.)
         reported = real_error is None and not cheap
         try:
-            return trace_as(
-                model, example_inputs, TraceMode.FAKE, guide=guide if reported else None, **common
+            return _noting(
+                trace_as(
+                    model,
+                    example_inputs,
+                    TraceMode.FAKE,
+                    guide=guide if reported else None,
+                    **common,
+                ),
+                over_budget,
             )
         except TraceError as exc:
             if real_error is not None:
@@ -888,6 +910,13 @@ def trace(
             "weights are on the meta device"
         ) from by_data
     return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
+
+
+def _noting(graph, over_budget: bool):
+    """``graph``, noting that a real trace of the model ran past its budget first."""
+    if over_budget and isinstance(graph, OpGraph):
+        graph.real_over_budget = True
+    return graph
 
 
 def _real_is_cheap(tensors, example_inputs, trace_device: torch.device) -> bool:
@@ -1157,6 +1186,7 @@ def _recovered_error(graph: ShapeTrace) -> TraceError:
     )
     error.failed_at, error.module, error.ops_done = failed, failed.module, failed.index
     error.partial = graph
+    error.by_data = False  # a decision of the data is never stood in for
     return error
 
 

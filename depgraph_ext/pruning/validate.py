@@ -63,15 +63,20 @@ _PASS_THROUGH_FORWARDS = frozenset(
 
 
 def checked_plan(
-    dg: DependencyGraph, keep: np.ndarray, require_loadable: bool = False, guided: bool = False
+    dg: DependencyGraph,
+    keep: np.ndarray,
+    require_loadable: bool = False,
+    guided: bool = False,
+    rebuilds: Rebuilds | None = None,
 ) -> Plan:
     """The plan of a keep mask with the config updates the config accepts, validated with
     them set (PlanValidationError when its shapes do not run) and the rest of the config
     reported (``require_loadable``: refused when the config cannot express it); ``guided``:
-    see :func:`validate_plan`."""
+    see :func:`validate_plan`; ``rebuilds``: the models built from configs so far (the
+    rounds of one prune try many of the same configs)."""
     with paused_gc():
         plan = propose_plan(dg, keep)
-        rebuilds = Rebuilds(dg.model)
+        rebuilds = rebuilds or Rebuilds(dg.model)
         accepted, mismatch = loadable_config(
             dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, rebuilds
         )
@@ -115,6 +120,7 @@ def plan_until_valid(
     Returns the graph the plan belongs to and the plan. ``timings["plan"]`` accumulates the
     time spent planning and validating."""
     last: PlanValidationError | None = None
+    rebuilds = Rebuilds(dg.model)
     for _ in range(MAX_ROUNDS):
         try:
             keep = choose(dg)
@@ -131,12 +137,10 @@ def plan_until_valid(
         try:
             # Most plans pass their first validation, which is not guided (a guided trace
             # costs a Python call per op and per torch function); a model that failed one has
-            # sizes its code fixes, and its next validations learn all they can. Not a model
-            # whose code reads values: past a stand-in (planned shapes, zeros) its data, and
-            # the sizes the data decides (tokens routed to each expert), are not the model's.
-            saw = dg.graph.code_saw
-            guided = last is not None and saw is not None and not saw.values_read
-            plan = checked_plan(dg, keep, require_loadable, guided=guided)
+            # sizes its code fixes, and its next validations learn all they can (up to where
+            # its code reads data past a stand-in: see _GuidedCalls).
+            guided = last is not None and dg.graph.code_saw is not None
+            plan = checked_plan(dg, keep, require_loadable, guided=guided, rebuilds=rebuilds)
         except PlanValidationError as exc:
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
@@ -603,10 +607,7 @@ def _matched_ops(nodes, pruned_ops):
 
     old = runs((node.module, node) for node in nodes)
     new = runs((module, (str(op), shapes)) for op, module, shapes in pruned_ops)
-    matcher = difflib.SequenceMatcher(
-        None, [m for m, _ in old], [m for m, _ in new], autojunk=False
-    )
-    for a, b, size in matcher.get_matching_blocks():
+    for a, b, size in _aligned_blocks([m for m, _ in old], [m for m, _ in new]):
         for k in range(size):
             old_run, new_run = old[a + k][1], new[b + k][1]
             n = min(len(old_run), len(new_run))
@@ -622,6 +623,30 @@ def _matched_ops(nodes, pruned_ops):
             for node, (_, shapes) in pairs:
                 if len(shapes) == len(node.outputs):
                     yield node, shapes
+
+
+def _aligned_blocks(a: list, b: list):
+    """difflib's matching blocks of ``a`` and ``b``, with their common prefix and suffix taken
+    as they are first: difflib's search is quadratic in what it is given, and two traces of
+    one model call the same modules in the same order but where sizes steer the code (a loop
+    of a thousand steps in the same modules would take it seconds)."""
+    n = min(len(a), len(b))
+    head = 0
+    while head < n and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < n - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    if head:
+        yield 0, 0, head
+    middle = difflib.SequenceMatcher(
+        None, a[head : len(a) - tail], b[head : len(b) - tail], autojunk=False
+    )
+    for i, j, size in middle.get_matching_blocks():
+        if size:
+            yield head + i, head + j, size
+    if tail:
+        yield len(a) - tail, len(b) - tail, tail
 
 
 def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> bool:
