@@ -493,3 +493,37 @@ def test_cat_and_stack_of_meta_tensors_are_shaped_as_their_kernels_shape_them():
         assert standin._joined(func, args, {}) is None
         with pytest.raises(RuntimeError):
             memo.run(func, args, {})
+
+
+def test_in_place_ops_on_meta_are_checked_once_per_layout():
+    """An op that writes its first argument alone is run once per key of its arguments'
+    layouts; from then on it returns that argument as its kernel did. One that refuses its
+    arguments refuses every time, and one that changes its argument's layout (``t_``,
+    ``unsqueeze_``) always runs."""
+    from depgraph_ext.graph import standin
+
+    memo = standin.MetaResults()
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    sigmoid_, add_ = torch.ops.aten.sigmoid_.default, torch.ops.aten.add_.Tensor
+    runs = []
+    for _ in range(3):
+        x = meta(4, 6)
+        assert memo.run(sigmoid_, (x,), {}) is x
+        assert memo.run(add_, (x, meta(6)), {}) is x
+        runs.append(len(memo._writes_accepted))
+    assert runs == [2, 2, 2]
+    for _ in range(2):  # does not broadcast to the written shape; a float into an int
+        with pytest.raises(RuntimeError):
+            memo.run(add_, (meta(4, 6), meta(4, 1, 6)), {})
+        with pytest.raises(RuntimeError):
+            memo.run(add_, (meta(4, dtype=torch.int64), meta(4)), {})
+    for _ in range(2):
+        x = meta(4, 6)
+        assert memo.run(torch.ops.aten.t_.default, (x,), {}) is x and x.shape == (6, 4)
+        assert memo.run(torch.ops.aten.unsqueeze_.default, (x, 0), {}).shape == (1, 6, 4)
+    assert len(memo._writes_accepted) == 2
+    assert standin.in_place_key(torch.ops.aten.copy_.default, (meta(2), meta(2)), {}) is not None
+    assert standin.in_place_key(torch.ops.aten.add.Tensor, (meta(2), meta(2)), {}) is None

@@ -173,12 +173,16 @@ class MetaResults:
     the same shapes layer after layer. An op that makes new tensors (no aliasing, no writing)
     from tensors gives results whose layout follows from its inputs' layouts and its other
     arguments alone, so it is run once per such key and its results are rebuilt from then on.
-    One memo serves the traces of one dependency graph (the trace and every validation)."""
+    An op that writes its first argument alone (``sigmoid_``, ``add_``: what a GRU cell runs
+    at every step) returns that argument; where its kernel accepted a key and left the
+    argument's layout as it was, the argument is returned from then on. One memo serves the
+    traces of one dependency graph (the trace and every validation)."""
 
     MAX_ENTRIES = 1 << 16
 
     def __init__(self) -> None:
         self._layouts: dict[tuple, Any] = {}
+        self._writes_accepted: set[tuple] = set()
 
     def run(self, func, args, kwargs):
         """``func(*args, **kwargs)`` on meta tensors."""
@@ -188,7 +192,23 @@ class MetaResults:
                 return out
         key = result_key(func, args, kwargs)
         if key is None:
-            return func(*args, **kwargs)
+            key = in_place_key(func, args, kwargs)
+            if key is None:
+                return func(*args, **kwargs)
+            written = args[0]
+            if key in self._writes_accepted:
+                return written
+            before = (written.shape, written.stride(), written.storage_offset())
+            out = func(*args, **kwargs)
+            if out is written and before == (
+                written.shape,
+                written.stride(),
+                written.storage_offset(),
+            ):
+                if len(self._writes_accepted) >= self.MAX_ENTRIES:
+                    self._writes_accepted.clear()
+                self._writes_accepted.add(key)
+            return out
         layout = self._layouts.get(key)
         if layout is None:
             out = func(*args, **kwargs)
@@ -224,7 +244,7 @@ def _joined(func, args, kwargs):
     for t in tensors:
         if (
             not isinstance(t, torch.Tensor)
-            or t.device.type != "meta"
+            or not _IS_META(t)
             or t.dtype != dtype
             or t.requires_grad
             or t.dim() != rank
@@ -260,9 +280,41 @@ def _makes_new_tensors(func) -> bool:
     return not any(a.alias_info is not None for a in (*schema.arguments, *schema.returns))
 
 
+@functools.cache
+def _writes_first_argument_only(func) -> bool:
+    """The op writes its first argument, returns it, and aliases nothing else."""
+    schema = func._schema
+    arguments, returns = schema.arguments, schema.returns
+    if not arguments or len(returns) != 1 or arguments[0].alias_info is None:
+        return False
+    first, returned = arguments[0].alias_info, returns[0].alias_info
+    return (
+        first.is_write
+        and returned is not None
+        and set(returned.before_set) == set(first.before_set)
+        and not any(a.alias_info is not None for a in arguments[1:])
+    )
+
+
+def in_place_key(func, args, kwargs):
+    """The key of an op that writes its first argument alone (a meta tensor, given as the
+    first positional argument), or None."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    if not _writes_first_argument_only(func):
+        return None
+    key = _key(func, args, kwargs)
+    # (grad mode too: an in-place op on a leaf that requires grad raises only with it on)
+    return None if key is None else (*key, torch.is_grad_enabled())
+
+
 def result_key(func, args, kwargs):
     if not _makes_new_tensors(func):
         return None
+    return _key(func, args, kwargs)
+
+
+def _key(func, args, kwargs):
     parts = [func]
     tensors = [0]
     for a in args:
@@ -279,7 +331,7 @@ def result_key(func, args, kwargs):
 
 def _key_part(x, parts: list, tensors: list) -> bool:
     if isinstance(x, torch.Tensor):
-        if x.device.type != "meta":
+        if not _IS_META(x):
             return False
         parts.append((tuple(x.shape), x.stride(), x.dtype, x.storage_offset(), x.requires_grad))
         tensors[0] += 1
@@ -306,7 +358,7 @@ def _key_part(x, parts: list, tensors: list) -> bool:
 
 def _layout_of(out):
     if isinstance(out, torch.Tensor):
-        if out.device.type != "meta" or out.requires_grad:
+        if not _IS_META(out) or out.requires_grad:
             return None
         return (tuple(out.shape), out.stride(), out.dtype)
     if type(out) in (tuple, list):

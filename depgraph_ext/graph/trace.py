@@ -39,7 +39,7 @@ from .decisions import (
     without_data,
 )
 from .size_watch import CodeSaw, SizeWatch, reads_values
-from .standin import FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
+from .standin import _IS_META, FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
 from .walk import ModelWalk
 
@@ -344,7 +344,7 @@ class _RecorderBase(_EagerMode):
 
     def _meta_arg(self, x):
         if isinstance(x, torch.Tensor):
-            if x.device.type == "meta":
+            if _IS_META(x):
                 return x
             m = self._meta_of.get(id(x))
             if m is None:
