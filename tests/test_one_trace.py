@@ -1,8 +1,11 @@
 """A prune traces the model once when the model's code cannot have fixed a pruned size: it read
-no size the plan prunes, passed no integer to an op whose tensors the plan prunes, and read no
-value (graph/size_watch.py). Otherwise the pruned shapes are traced again, as before, and a
-size the code fixes is still found. (Every other test of the suite also traces the plans that
-skip the second trace, and fails if one does not run: conftest.py.)"""
+no size the plan prunes (dim by dim), gave no pruned size of a view, reshape, expand or new
+tensor as a number (rather than -1), indexed no pruned dim, passed no other integer to an op
+whose tensors the plan prunes, read no value, and the plan sets no config field or module
+attribute the forward read (graph/size_watch.py). Otherwise the pruned shapes are traced
+again, as before, and a size the code fixes is still found. (Every other test of the suite
+also traces the plans that skip the second trace, and fails if one does not run:
+conftest.py.)"""
 
 from __future__ import annotations
 
@@ -57,6 +60,31 @@ class FixesItsWidth(SmallResNet):
         return self.head(h.view(-1, 24))
 
 
+class ReadsTheBatchSize(SmallResNet):
+    """The same, flattening with the batch size it reads: ``h.view(h.shape[0], -1)``."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(h.view(h.shape[0], -1))
+
+
+class SlicesItsWidth(SmallResNet):
+    """The same, taking the first channels by a number it reads: ``h[:, : h.shape[1] // 2]``
+    (a width it could as well fix)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1)).flatten(1)
+        return self.head(h[:, : h.shape[1] // 2])
+
+
 class ReadsAValue(SmallResNet):
     """The same, with a branch on a value: ``if h.mean() > 100``."""
 
@@ -84,7 +112,15 @@ def forwards_during_prune(model, **options) -> tuple[int, dx.PruneResult]:
 
 
 @pytest.mark.parametrize(
-    "make, traces", [(SmallResNet, 1), (ReadsItsWidth, 2), (FixesItsWidth, 2), (ReadsAValue, 2)]
+    "make, traces",
+    [
+        (SmallResNet, 1),
+        (ReadsTheBatchSize, 1),
+        (ReadsItsWidth, 2),
+        (FixesItsWidth, 2),
+        (SlicesItsWidth, 2),
+        (ReadsAValue, 2),
+    ],
 )
 def test_one_trace_unless_the_code_saw_a_pruned_size(make, traces, monkeypatch):
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
@@ -102,3 +138,125 @@ def test_a_size_the_code_fixes_is_still_found():
         pruned, result = prune_and_check(model, X)
     assert pruned.down[0].out_channels == 24  # the width the code fixes is kept
     assert pruned.stem[0].out_channels < 16
+
+
+def _llama():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=100,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"ratios": {"hidden": 0}}, {"exact_only": True}],
+    ids=["default", "heads-and-mlp", "exact-only"],
+)
+def test_a_llama_is_traced_once(options, monkeypatch):
+    """Its code reads the batch and sequence sizes and head_dim, gives the heads and the
+    hidden width to views as -1, slices the head dim in halves, and its config fields and the
+    attributes named like them (the MLP's intermediate_size) are set but never read by the
+    forward: the plan needs no second trace, and it runs."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    model = _llama()
+    ids = torch.randint(0, 100, (1, 8))
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(model, ids, ratio=0.5, **options)
+    assert len(calls) == 1
+    assert result.params_after < result.params_before
+    assert result.config_updates  # (the config does follow the pruning)
+    calls.clear()
+    assert model(ids).logits.shape == (1, 8, 100)
+
+
+def test_a_config_field_the_forward_reads_keeps_its_value(monkeypatch):
+    """A forward that reads a config field (the MLP's intermediate_size, here) could compute
+    otherwise with a new value: the field keeps its value (the search for fields that make
+    the config rebuild the pruned shapes does not set it either), and the user is told."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    model = _llama()
+    for layer in model.model.layers:
+        mlp = layer.mlp
+        forward = type(mlp).forward
+
+        def reading(x, mlp=mlp, forward=forward):
+            assert mlp.config.intermediate_size % 2 == 0
+            return forward(mlp, x)
+
+        mlp.config = model.config
+        mlp.forward = reading
+    ids = torch.randint(0, 100, (1, 8))
+    with pytest.warns(dx.ConfigMismatchWarning, match="cannot express the pruned shapes"):
+        result = dx.prune(model, ids, ratio=0.5, ratios={"hidden": 0})
+    assert model.model.layers[0].mlp.up_proj.out_features < 128
+    assert "intermediate_size" not in {u.field for u in result.config_updates}
+    assert model.config.intermediate_size == 128
+
+
+def test_sizes_the_code_reads_are_noted_dim_by_dim():
+    """What ``x.shape`` gives the model's code during a graph trace: it behaves as the
+    torch.Size it stands for, and each way of using it notes the dims it read."""
+    from depgraph_ext.graph.size_watch import CodeSaw, WatchedShape
+
+    def watched():
+        saw = CodeSaw()
+        return WatchedShape(torch.Size((2, 3, 4)), saw, 7, (0, 1, 2)), saw
+
+    def dims_read(use) -> set:
+        shape, saw = watched()
+        use(shape)
+        return {d for v, d in saw.size_reads if v == 7}
+
+    assert dims_read(lambda s: s[0]) == {0}
+    assert dims_read(lambda s: s[-1]) == {2}
+    assert dims_read(lambda s: s[:-1]) == set()
+    assert dims_read(lambda s: s[1:][0]) == {1}
+    assert dims_read(lambda s: (*s[:-1], -1)) == {0, 1}
+    assert dims_read(len) == set()
+    for reads_all in (list, tuple, hash, str, lambda s: s == (2, 3, 4), lambda s: s.numel(),
+                      lambda s: s + (1,), lambda s: 3 in s):  # fmt: skip
+        assert dims_read(reads_all) == {0, 1, 2}
+    shape, _ = watched()
+    assert shape == torch.Size((2, 3, 4)) and shape.numel() == 24 and len(shape) == 3
+    assert shape + (5,) == torch.Size((2, 3, 4, 5)) and isinstance(shape + (5,), torch.Size)
+    assert repr(shape) == "torch.Size([2, 3, 4])" and torch.zeros(shape).shape == (2, 3, 4)
+
+
+def test_the_code_of_a_traced_model_gets_watched_sizes():
+    """During the graph trace ``x.shape`` and ``x.size()`` are watched and ``x.size(1)`` reads
+    one dim; sizes passed whole to a torch function are all read; the model run outside a
+    trace sees torch.Size."""
+    seen = []
+
+    class Looks(nn.Module):
+        def __init__(self, whole: bool):
+            super().__init__()
+            self.fc, self.whole = nn.Linear(4, 6), whole
+
+        def forward(self, x):
+            h = self.fc(x)
+            seen.append((type(h.shape).__name__, type(h.size()).__name__))
+            if self.whole:
+                return h.view(h.shape[:1] + h.shape[1:])
+            return h.view(h.shape[0], -1) * h.size(1)
+
+    def reads_of_fc(whole: bool) -> set:
+        graph = dx.DependencyGraph(Looks(whole), torch.randn(2, 4)).graph
+        fc = [n for n in graph.nodes if n.module == "fc"][-1].outputs[0]
+        return {d for v, d in graph.code_saw.size_reads if v == fc}
+
+    assert reads_of_fc(whole=False) == {0, 1}  # h.shape[0], h.size(1)
+    assert seen[0] == ("WatchedShape", "WatchedShape")
+    assert reads_of_fc(whole=True) == {0, 1}
+    Looks(False)(torch.randn(2, 4))
+    assert seen[-1] == ("Size", "Size")

@@ -90,10 +90,12 @@ def test_independent_fixed_sizes_are_learnt_from_one_trace(silent, monkeypatch):
     x = torch.randn(4, 4, dtype=F64)
     model = Branches(silent=silent).double()
     result, traces, fixed = prune_counting(copy.deepcopy(model), x, monkeypatch, ratio=0.5)
-    assert traces == [False, True, True]
+    # (the plan learnt is traced once more where the code passes a size it fixes: view(b, 2, 6);
+    # reshape(-1, 6) gives the pruned rows as -1, so that plan needs no trace)
+    assert traces == ([False, True] if silent else [False, True, True])
     unguided(monkeypatch)
     reference, reference_traces, reference_fixed = prune_counting(model, x, monkeypatch, ratio=0.5)
-    assert len(reference_traces) >= 7  # one failure per trace
+    assert len(reference_traces) >= 6  # one failure per trace
     assert len(fixed) == len(reference_fixed)
     assert same_plans(result.plan, reference.plan)
 
@@ -220,11 +222,11 @@ def test_a_plan_that_passes_is_validated_unguided(monkeypatch):
 
 
 class Flatten(nn.Module):
-    """Reads its input's batch size (``view(x.shape[0], -1)``): a plan that prunes what it
-    views is traced again."""
+    """Reads its input's width (``view(x.shape[0], x.shape[1])``): a plan that prunes it is
+    traced again."""
 
     def forward(self, x):
-        return x.view(x.shape[0], -1)
+        return x.view(x.shape[0], x.shape[1])
 
 
 class Routed(nn.Module):

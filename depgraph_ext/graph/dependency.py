@@ -213,7 +213,10 @@ class DependencyGraph:
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
-        with config_reads(model) as reads:
+        with (
+            config_reads(model) as reads,
+            attribute_reads(self.walk.modules) as attributes_read,
+        ):
             self.graph = trace(
                 model,
                 example_inputs,
@@ -224,8 +227,10 @@ class DependencyGraph:
             )
         # Fields of the model's config its forward reads (LayoutLMv3 divides its position bias
         # by sqrt(hidden_size / num_attention_heads)): the plan validated the forward with
-        # their values, so they keep them.
-        self.config_reads: frozenset[str] = frozenset(reads)
+        # their values, so they keep them. The integer attributes of modules the forward read:
+        # a plan that sets none of them (nor a config field read) may need no second trace.
+        self.config_reads: Reads = reads.result()
+        self.attribute_reads: Reads = attributes_read.result()
         t1 = time.perf_counter()
         self.ignored = resolve_ignore(model, ignore, self.walk)
         self.free_outputs = resolve_outputs(self.graph, prune_outputs)
@@ -810,15 +815,46 @@ def constants_as_inputs(model: CouplingModel, res: Resolution, backend: str):
     return dataclasses.replace(model, couplings=couplings), resolve(couplings, backend)
 
 
+class Reads(frozenset):
+    """Names a forward read; ``known``: whether every read was seen (a class that refuses a
+    spy, or a read of the whole object, leaves it False)."""
+
+    known: bool = True
+
+    @classmethod
+    def of(cls, names, known: bool) -> Reads:
+        reads = cls(names)
+        reads.known = known
+        return reads
+
+
+class _Recording:
+    """What a spy records for the duration: names read, and whether that is every read."""
+
+    def __init__(self) -> None:
+        self.names: set = set()
+        self.known = True
+
+    def result(self) -> Reads:
+        return Reads.of(self.names, self.known)
+
+
+# Reads of a config that see every field at once.
+_WHOLE_CONFIG_READS = frozenset(
+    {"__dict__", "to_dict", "to_diff_dict", "to_json_string", "__getstate__", "__reduce_ex__"}
+)
+
+
 @contextlib.contextmanager
 def config_reads(model: torch.nn.Module):
-    """The names of the fields of ``model.config`` read for the duration (a set filled in as
-    they are read; attribute-map aliases under their own and their field's name)."""
-    reads: set[str] = set()
+    """The names of the fields of ``model.config`` read for the duration (``.result()`` of
+    what it yields; attribute-map aliases under their own and their field's name)."""
+    recording = _Recording()
+    reads = recording.names
     config = getattr(model, "config", None)
     cls = type(config)
     if config is None or cls.__module__ == "builtins":
-        yield reads
+        yield recording
         return
     had = "__getattribute__" in cls.__dict__
     original = cls.__getattribute__
@@ -826,6 +862,8 @@ def config_reads(model: torch.nn.Module):
     def spy(self, key):
         if self is config:
             reads.add(key)
+            if key in _WHOLE_CONFIG_READS:
+                recording.known = False
             mapped = original(self, "attribute_map").get(key) if key != "attribute_map" else None
             if isinstance(mapped, str):
                 reads.add(mapped)
@@ -834,15 +872,62 @@ def config_reads(model: torch.nn.Module):
     try:
         cls.__getattribute__ = spy
     except TypeError:  # a class that refuses (a C type): nothing is recorded
-        yield reads
+        recording.known = False
+        yield recording
         return
     try:
-        yield reads
+        yield recording
     finally:
         if had:
             cls.__getattribute__ = original
         else:
             del cls.__getattribute__
+
+
+@contextlib.contextmanager
+def attribute_reads(modules: list[tuple[str, torch.nn.Module]]):
+    """(module name, attribute) of every public attribute of ``modules`` that is no method
+    read for the duration (``.result()`` of what it yields): a spy on the modules' classes
+    (patched, so every instance's reads are seen; only these modules' are kept). (Code that
+    reads attributes through ``vars(module)`` is not seen.)"""
+    recording = _Recording()
+    names: dict[int, list[str]] = {}
+    classes = []
+    for name, m in modules:
+        names.setdefault(id(m), []).append(name)
+        if type(m) not in classes:
+            classes.append(type(m))
+    # Each class's own lookup, taken before any is patched (a subclass would find its base's
+    # spy otherwise).
+    originals = [(cls, "__getattribute__" in cls.__dict__, cls.__getattribute__) for cls in classes]
+    reads = recording.names
+    patched = []
+
+    def spy_of(original):
+        def spy(self, key):
+            value = original(self, key)
+            if key[0] != "_" and not callable(value):
+                reads.add((id(self), key))
+            return value
+
+        return spy
+
+    try:
+        for cls, had, original in originals:
+            try:
+                cls.__getattribute__ = spy_of(original)
+            except TypeError:  # a class that refuses a spy
+                recording.known = False
+                continue
+            patched.append((cls, had, original))
+        yield recording
+    finally:
+        for cls, had, original in reversed(patched):
+            if had:
+                cls.__getattribute__ = original
+            else:
+                del cls.__getattribute__
+        recording.names = {(name, k) for i, k in reads for name in names.get(i, ())}
 
 
 def resolve_ignore(model: torch.nn.Module, ignore, walk: ModelWalk | None = None) -> set[str]:

@@ -251,8 +251,10 @@ def loadable_config(
             mismatches.append(f"config.{u.field} cannot be {u.new!r} ({error})")
     shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
     if shapes:  # fields the updates above do not know: found by trying them on a rebuild
+        # (not a field the forward reads: its new value could change what the model computes)
+        settled = {u.field for u in accepted} | set(getattr(dg, "config_reads", ()))
         new_config, found, shapes = _search_fields(
-            dg, new_config, planned_shapes, shapes, {u.field for u in accepted}, rebuilds
+            dg, new_config, planned_shapes, shapes, settled, rebuilds
         )
         accepted += found
     mismatches += shapes

@@ -160,21 +160,43 @@ def needs_trace(dg: DependencyGraph, plan: Plan) -> bool:
     forward does more than pass it on, every op's pruned shape is the one the rules planned
     (``graph/size_watch.py``)."""
     saw = dg.graph.code_saw
-    if saw is None or saw.values_read or saw.unknown_reads or plan.config:
+    if saw is None or saw.values_read or saw.unknown_reads:
         return True
+    if any(not dg.config_reads.known or u.field in dg.config_reads for u in plan.config):
+        return True  # the forward reads a field the plan sets
     if dg.graph.real and dg.dynamic_slots.any():
         return True  # sizes the data decides
     for update in plan.attributes:
-        if type(dg.model.get_submodule(update.module)).forward not in _PASS_THROUGH_FORWARDS:
-            return True
+        module = dg.model.get_submodule(update.module)
+        if type(module).forward in _PASS_THROUGH_FORWARDS:
+            continue
+        if (update.module, update.attr) in dg.attribute_reads or not dg.attribute_reads.known:
+            return True  # the forward reads an attribute the plan sets
     pruned = dg.slot_kept_sizes(plan.masks) != dg.slot_sizes
     slots = dg.coupling_model.value_slots
 
     def prunes(v: int) -> bool:
         return any(pruned[s] for s in slots[v])
 
-    if any(prunes(v) for v in saw.size_reads):
+    def prunes_dim(v: int, d: int | None) -> bool:
+        if d is None or d >= len(slots[v]):
+            return prunes(v)
+        return bool(pruned[slots[v][d]])
+
+    if any(prunes_dim(v, d) for v, d in saw.size_reads):
         return True
+    for call in saw.shaped_calls:
+        if call.value is None or len(call.ints) != len(slots[call.value]):
+            return True  # (a result the trace does not know, or of another rank)
+        dims = [bool(pruned[s]) for s in slots[call.value]]
+        if call.kind == "index":  # a pruned dim indexed or sliced by the code's integers
+            if any(p and picked for p, picked in zip(dims, call.ints)):
+                return True
+        elif call.kind == "new":
+            if any(dims):
+                return True
+        elif any(p and size != -1 for p, size in zip(dims, call.ints)):
+            return True  # a pruned size given as a number, not inferred (view) or kept (expand)
     nodes = dg.graph.nodes
     return any(
         prunes(v)
