@@ -5,10 +5,14 @@ fix a size the rules treat as prunable (``x.view(b, 2, -1)``, ``torch.zeros(10)`
 one. The code can only do that with a size it read (``x.shape``, ``x.size(1)``, ``len(x)``),
 an integer it passed to an op (a literal, an attribute, a computed size), or a value it read
 (``x.item()``, ``bool(x)``). :class:`SizeWatch`, a torch function mode over the model's forward,
-notes each: the values whose sizes were read, the ops produced by calls with integers that may
-be sizes, and whether any value was read. A plan that prunes none of those is shaped exactly by
-the rules (every other op's result follows from its inputs' shapes), so it needs no second
-trace (:func:`depgraph_ext.pruning.validate.needs_trace`).
+notes each: the sizes read, dim by dim (``x.shape`` is a :class:`WatchedShape` there); the
+integers of views, reshapes, expands and new tensors by the position of the size they give,
+and the dims indexed or sliced by integers (:class:`ShapedCall`); the ops produced by other
+calls with integers that may be sizes; and whether any value was read. A plan that prunes no
+size read, gives no pruned size as a number (``-1`` is inferred from the pruned input), indexes
+no pruned dim and prunes no tensor of those other ops is shaped exactly by the rules (every
+other op's result follows from its inputs' shapes), so it needs no second trace
+(:func:`depgraph_ext.pruning.validate.needs_trace`).
 
 Integers known not to be sizes of anything a rule treats as prunable are not noted: dims
 (``sum(x, 1)``, ``cat(xs, 1)``), spatial parameters (a convolution's stride and padding, a
