@@ -262,3 +262,25 @@ def test_the_code_of_a_traced_model_gets_watched_sizes():
     assert reads_of_fc(whole=True) == {0, 1}
     Looks(False)(torch.randn(2, 4))
     assert seen[-1] == ("Size", "Size")
+
+
+def test_a_scale_the_config_derives_from_a_pruned_size_keeps_its_value():
+    """MiniCPM3 divides its last hidden states by ``config.logits_scaling``, a property of
+    ``hidden_size / dim_model_base``: the forward reads hidden_size through it, so pruning the
+    hidden width leaves the field (and the scale) as they were; the config search set it
+    before, and the pruned model's logits were scaled otherwise, unannounced."""
+    pytest.importorskip("transformers")
+    import zoo_transformers as zoo
+
+    try:
+        built = zoo.build("minicpm3")
+    except zoo.Unbuildable as e:  # a transformers version without this type
+        pytest.skip(str(e))
+    config = built.model.config
+    hidden, scaling = config.hidden_size, config.logits_scaling
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(built.model, built.inputs, ratio=0.5)
+    assert built.model.model.norm.weight.shape[0] < hidden  # the hidden width was pruned
+    assert "hidden_size" not in {u.field for u in result.config_updates}
+    assert (config.hidden_size, config.logits_scaling) == (hidden, scaling)
