@@ -137,6 +137,32 @@ def compact_(
     return out
 
 
+def scatter_slices_(
+    tensors: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    indices: Sequence[torch.Tensor],
+    sources: Sequence[torch.Tensor],
+) -> None:
+    """Write ``sources[i]``'s slices at ``indices[i]`` (strictly increasing) of each contiguous
+    CPU tensor along its dim, in place: ``index_copy_``, bit for bit, in one call."""
+    _require()
+    torch.ops.depgraph_ext.scatter_slices_(list(tensors), list(dims), list(indices), list(sources))
+
+
+def fill_slices_(
+    tensors: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    indices: Sequence[torch.Tensor],
+    values: Sequence[float],
+) -> None:
+    """Set the slices at ``indices[i]`` (strictly increasing) of each contiguous CPU tensor
+    along its dim to ``values[i]``, in place: ``index_fill_`` in one call."""
+    _require()
+    torch.ops.depgraph_ext.fill_slices_(
+        list(tensors), list(dims), list(indices), [float(v) for v in values]
+    )
+
+
 def _numel(shape) -> int:
     n = 1
     for s in shape:
@@ -240,6 +266,14 @@ if _LOAD_ERROR is None:
 
     @torch.library.register_fake("depgraph_ext::compact_")
     def _compact_fake(tensors, dims, kept):
+        return None
+
+    @torch.library.register_fake("depgraph_ext::scatter_slices_")
+    def _scatter_slices_fake(tensors, dims, indices, sources):
+        return None
+
+    @torch.library.register_fake("depgraph_ext::fill_slices_")
+    def _fill_slices_fake(tensors, dims, indices, values):
         return None
 
     def _setup_context(ctx, inputs, output):

@@ -344,3 +344,83 @@ def test_a_library_built_for_another_torch_is_refused(monkeypatch):
     message = ops._load()
     assert message is not None
     assert f"built for torch {built}, and this is torch {other}" in message
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int8, torch.int64,
+     torch.bool, torch.complex64],
+)  # fmt: skip
+@pytest.mark.parametrize("index_dtype", [torch.long, torch.int32])
+def test_scatter_and_fill_slices_are_index_copy_and_index_fill(dtype, index_dtype):
+    """In place, several tensors and dims in one call (one tensor twice, along two dims),
+    every dim, empty and full index sets, single words and whole rows, a non-contiguous
+    source: bit for bit what index_copy_ and index_fill_ do."""
+    g = torch.Generator().manual_seed(0)
+
+    def tensor(*shape):
+        base = torch.randn(*shape, generator=g) * 10
+        return base.to(dtype) if dtype != torch.complex64 else base.to(dtype) * 1j
+
+    cases = [(0, [0, 2, 5]), (1, [6]), (2, [0, 1, 2, 3, 4]), (1, []), (-1, [1, 3]), (0, [3])]
+    for value in (0.0, 1.0):
+        targets = [tensor(6, 7, 5) for _ in cases[:-1]] + [None]
+        targets[-1] = targets[0]  # the first tensor again, along another dim
+        indices = [torch.tensor(k, dtype=index_dtype) for _, k in cases]
+        dims = [d for d, _ in cases]
+        sources = []
+        for t, d, k in zip(targets, dims, indices):
+            shape = list(t.shape)
+            shape[d] = k.numel()
+            sources.append(tensor(*shape[::-1]).permute(2, 1, 0))  # non-contiguous
+        want = [t.clone() for t in targets]
+        want[-1] = want[0]
+        for t, d, k, s in zip(want, dims, indices, sources):
+            t.index_copy_(d, k.long(), s)
+        ops.scatter_slices_(targets, dims, indices, sources)
+        assert all(torch.equal(a, b) for a, b in zip(targets, want))
+        for t, d, k in zip(want, dims, indices):
+            t.index_fill_(d, k.long(), value)
+        ops.fill_slices_(targets, dims, indices, [value] * len(targets))
+        assert all(torch.equal(a, b) for a, b in zip(targets, want))
+
+
+def test_scatter_and_fill_refuse_bad_arguments_and_leave_the_tensors():
+    """Refusals name the member and the cause; nothing is written when any member is bad."""
+    t = torch.randn(4, 3)
+    before = t.clone()
+    k = torch.tensor([0, 2])
+    src = torch.randn(2, 3)
+    bad = [
+        (
+            lambda: ops.scatter_slices_([t, t], [0, 0], [k, torch.tensor([2, 1])], [src, src]),
+            "member 1: kept indices must be strictly increasing",
+        ),
+        (
+            lambda: ops.scatter_slices_([t, t], [0, 0], [k, torch.tensor([0, 4])], [src, src]),
+            "member 1: kept index 4 out of range for a dim of size 4",
+        ),
+        (
+            lambda: ops.scatter_slices_([t], [0], [k], [torch.randn(3, 3)]),
+            "member 0: its source has shape",
+        ),
+        (
+            lambda: ops.scatter_slices_([t], [0], [k], [src.double()]),
+            "member 0: its source is Double, the tensor Float",
+        ),
+        (lambda: ops.scatter_slices_([t], [0], [k], []), "sources must have one entry per member"),
+        (
+            lambda: ops.scatter_slices_([t.t()], [0], [torch.tensor([0])], [torch.randn(1, 4)]),
+            "contiguous",
+        ),
+        (
+            lambda: ops.fill_slices_([t, t], [0, 2], [k, k], [0.0, 0.0]),
+            "member 1: dim 2 out of range",
+        ),
+        (lambda: ops.fill_slices_([t], [0], [k.float()], [0.0]), "must be int32 or int64"),
+        (lambda: ops.fill_slices_([t], [0], [k], [0.0, 1.0]), "values must have one entry"),
+    ]
+    for call, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+        assert torch.equal(t, before)

@@ -18,6 +18,11 @@
 //   The same, in place: the kept slices are written contiguously to the start of each
 //   (contiguous) tensor's memory; the caller then views that prefix with the new shape, so no
 //   second copy of the weights is ever allocated.
+// scatter_slices_(tensors, dims, indices, sources) -> ()
+//   The inverse of gather_slices, in place: sources[i]'s slices are written at indices[i]
+//   (strictly increasing) of tensors[i] along its dim; bit-identical to index_copy_ (CPU).
+// fill_slices_(tensors, dims, indices, values) -> ()
+//   tensors[i]'s slices at indices[i] along its dim set to values[i]; as index_fill_ (CPU).
 // build_info() -> str
 //   What was compiled: the devices with kernels, and the versions built against (the torch
 //   version is also in the file as depgraph_ext_built_for, read before loading).
@@ -53,6 +58,10 @@ TORCH_LIBRARY(depgraph_ext, m) {
   m.def("index_sums(Tensor[] tensors, int[] dims, int p) -> Tensor");
   m.def("gather_slices(Tensor[] tensors, int[] dims, Tensor[] kept) -> Tensor[]");
   m.def("compact_(Tensor(a!)[] tensors, int[] dims, Tensor[] kept) -> ()");
+  m.def(
+      "scatter_slices_(Tensor(a!)[] tensors, int[] dims, Tensor[] indices, Tensor[] sources) "
+      "-> ()");
+  m.def("fill_slices_(Tensor(a!)[] tensors, int[] dims, Tensor[] indices, float[] values) -> ()");
 }
 
 }  // namespace depgraph_ext

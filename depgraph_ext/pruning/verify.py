@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from .. import ops
 from ..errors import VerificationError
 from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
@@ -197,17 +198,48 @@ def _zeroed(dg: DependencyGraph, plan: Plan):
             {key: {key[1]: index} for key, index in removed.items()},
             native=dg.backend == "native",
         )
+    # The CPU's contiguous tensors are filled and written back by the native kernels in one
+    # call each (torch's index_fill_/index_copy_ move 4 GB/s along a bf16 weight's columns);
+    # the others one by one. A tensor pruned along two dims is filled and restored per dim
+    # in order, the native ones first (each restore writes original values only).
+    native = dg.backend == "native" and ops.available()
+    batched = [key for key in removed if native and _native_slices(tensors[key[0]].data)]
+    in_batch = set(batched)
+    one_by_one = [key for key in removed if key not in in_batch]
     filled: list[tuple[str, int]] = []
     try:
         with torch.no_grad():
-            for (name, d), index in removed.items():
-                tensors[name].data.index_fill_(d, index, fills.of(name, d))
+            if batched:
+                ops.fill_slices_(
+                    [tensors[n].data for n, _ in batched],
+                    [d for _, d in batched],
+                    [removed[key] for key in batched],
+                    [fills.of(n, d) for n, d in batched],
+                )
+                filled += batched
+            for name, d in one_by_one:
+                tensors[name].data.index_fill_(d, removed[(name, d)], fills.of(name, d))
                 filled.append((name, d))
         yield
     finally:
         with torch.no_grad():
+            native_filled = [key for key in filled if key in in_batch]
+            if native_filled:
+                ops.scatter_slices_(
+                    [tensors[n].data for n, _ in native_filled],
+                    [d for _, d in native_filled],
+                    [removed[key] for key in native_filled],
+                    [saved[key] for key in native_filled],
+                )
             for name, d in filled:
-                tensors[name].data.index_copy_(d, removed[(name, d)], saved[(name, d)])
+                if (name, d) not in in_batch:
+                    tensors[name].data.index_copy_(d, removed[(name, d)], saved[(name, d)])
+
+
+def _native_slices(t: torch.Tensor) -> bool:
+    """The native fill and scatter take this tensor: a contiguous CPU tensor of a dtype whose
+    elements are 1, 2, 4 or 8 bytes."""
+    return t.device.type == "cpu" and t.is_contiguous() and t.element_size() in (1, 2, 4, 8)
 
 
 def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> tuple[float, float]:

@@ -290,11 +290,155 @@ void compact_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList ke
   });
 }
 
+// Element (o, idx[j], :) of dst is element (o, j, :) of src: gather's copy, the other way.
+// Rows go to threads and never overlap (the indices are strictly increasing).
+template <typename word_t>
+void scatter_rows(char* dst, const char* src, const Around& a, const std::vector<int64_t>& idx) {
+  const int64_t k = static_cast<int64_t>(idx.size());
+  if (a.inner == 1) {
+    at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t o = begin; o < end; ++o) {
+                         word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
+                         const word_t* s = reinterpret_cast<const word_t*>(src) + o * k;
+                         for (int64_t j = 0; j < k; ++j) d[idx[j]] = s[j];
+                       }
+                     });
+    return;
+  }
+  const int64_t row = a.inner * static_cast<int64_t>(sizeof(word_t));
+  at::parallel_for(0, a.outer * k, std::max<int64_t>(1, (1 << 20) / row),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r) {
+                       const int64_t o = r / k, j = r % k;
+                       std::memcpy(dst + (o * a.n + idx[j]) * row, src + r * row, row);
+                     }
+                   });
+}
+
+// Every element of rows (o, idx[j], :) of dst set to `value` (one element's bytes).
+template <typename word_t>
+void fill_rows(char* dst, const Around& a, const std::vector<int64_t>& idx, word_t value) {
+  const int64_t k = static_cast<int64_t>(idx.size());
+  if (a.inner == 1) {
+    at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t o = begin; o < end; ++o) {
+                         word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
+                         for (int64_t j = 0; j < k; ++j) d[idx[j]] = value;
+                       }
+                     });
+    return;
+  }
+  at::parallel_for(0, a.outer * k, std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(a.inner, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r) {
+                       const int64_t o = r / k, j = r % k;
+                       word_t* d = reinterpret_cast<word_t*>(dst) + (o * a.n + idx[j]) * a.inner;
+                       std::fill(d, d + a.inner, value);
+                     }
+                   });
+}
+
+// The members' indices, checked as gather's kept indices are (strictly increasing, in range),
+// after the members themselves: on the CPU, contiguous.
+std::vector<std::vector<int64_t>> checked_slices(at::TensorList tensors, at::IntArrayRef dims,
+                                                 at::TensorList indices, size_t values,
+                                                 const char* what, const char* op) {
+  check_lists(tensors.size(), dims.size(), indices.size(), "indices");
+  TORCH_CHECK(values == tensors.size(), what, " must have one entry per member (got ",
+              tensors.size(), " tensors and ", values, " ", what, ")");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
+    TORCH_CHECK(t.is_contiguous(), "member ", i, ": ", op, " needs a contiguous tensor");
+    checked_dim(t, dims[i], i);
+    check_index(indices[i], i, "indices");
+  }
+  const std::vector<at::Tensor> host = on_host(indices);
+  std::vector<std::vector<int64_t>> out(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    out[i] = kept_indices(host[i], t.size(checked_dim(t, dims[i], i)), i, true);
+  }
+  return out;
+}
+
+void scatter_slices_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList indices,
+                        at::TensorList sources) {
+  const auto idx = checked_slices(tensors, dims, indices, sources.size(), "sources",
+                                  "scatter_slices_");
+  std::vector<at::Tensor> contiguous(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    const at::Tensor& s = sources[i];
+    const int64_t d = checked_dim(t, dims[i], i);
+    TORCH_CHECK(s.device().is_cpu(), "member ", i, ": its source is on ", s.device(),
+                ", not the CPU");
+    TORCH_CHECK(s.scalar_type() == t.scalar_type(), "member ", i, ": its source is ",
+                s.scalar_type(), ", the tensor ", t.scalar_type());
+    std::vector<int64_t> shape = t.sizes().vec();
+    shape[d] = static_cast<int64_t>(idx[i].size());
+    TORCH_CHECK(s.sizes().vec() == shape, "member ", i, ": its source has shape ", s.sizes(),
+                ", the slices ", at::IntArrayRef(shape));
+    contiguous[i] = s.contiguous();
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    if (t.numel() == 0 || idx[i].empty()) continue;
+    char* dst = static_cast<char*>(t.data_ptr());
+    const char* src = static_cast<const char*>(contiguous[i].const_data_ptr());
+    const Around a = around(t, checked_dim(t, dims[i], i));
+    switch (t.element_size()) {
+      case 1: scatter_rows<uint8_t>(dst, src, a, idx[i]); break;
+      case 2: scatter_rows<uint16_t>(dst, src, a, idx[i]); break;
+      case 4: scatter_rows<uint32_t>(dst, src, a, idx[i]); break;
+      case 8: scatter_rows<uint64_t>(dst, src, a, idx[i]); break;
+      default: {
+        Around bytes = a;
+        bytes.inner *= t.element_size();
+        scatter_rows<uint8_t>(dst, src, bytes, idx[i]);
+      }
+    }
+  }
+}
+
+template <typename word_t>
+word_t element_bytes(const at::Tensor& one) {
+  word_t w;
+  std::memcpy(&w, one.const_data_ptr(), sizeof(word_t));
+  return w;
+}
+
+void fill_slices_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList indices,
+                     at::ArrayRef<double> values) {
+  const auto idx = checked_slices(tensors, dims, indices, values.size(), "values",
+                                  "fill_slices_");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    if (t.numel() == 0 || idx[i].empty()) continue;
+    // The value as one element of the tensor's dtype, converted as index_fill_ converts it.
+    const at::Tensor one = at::scalar_tensor(values[i], t.options());
+    char* dst = static_cast<char*>(t.data_ptr());
+    const Around a = around(t, checked_dim(t, dims[i], i));
+    switch (t.element_size()) {
+      case 1: fill_rows<uint8_t>(dst, a, idx[i], element_bytes<uint8_t>(one)); break;
+      case 2: fill_rows<uint16_t>(dst, a, idx[i], element_bytes<uint16_t>(one)); break;
+      case 4: fill_rows<uint32_t>(dst, a, idx[i], element_bytes<uint32_t>(one)); break;
+      case 8: fill_rows<uint64_t>(dst, a, idx[i], element_bytes<uint64_t>(one)); break;
+      default: TORCH_CHECK(false, "member ", i, ": fill_slices_ does not fill ",
+                           t.scalar_type(), " tensors");
+    }
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
   m.impl("gather_slices", &gather_slices_cpu);
   m.impl("compact_", &compact_cpu);
+  m.impl("scatter_slices_", &scatter_slices_cpu);
+  m.impl("fill_slices_", &fill_slices_cpu);
 }
 
 }  // namespace depgraph_ext
