@@ -149,6 +149,16 @@ def scatter_slices_(
     torch.ops.depgraph_ext.scatter_slices_(list(tensors), list(dims), list(indices), list(sources))
 
 
+def expand_(
+    tensors: Sequence[torch.Tensor], dims: Sequence[int], kept: Sequence[torch.Tensor]
+) -> None:
+    """Undo :func:`compact_` on the same (contiguous CPU) tensors and kept indices: the kept
+    slices go back to their places; the slices between them hold what they held after
+    compact_ (put the removed ones back with :func:`scatter_slices_`)."""
+    _require()
+    torch.ops.depgraph_ext.expand_(list(tensors), list(dims), list(kept))
+
+
 def fill_slices_(
     tensors: Sequence[torch.Tensor],
     dims: Sequence[int],
@@ -270,6 +280,10 @@ if _LOAD_ERROR is None:
 
     @torch.library.register_fake("depgraph_ext::scatter_slices_")
     def _scatter_slices_fake(tensors, dims, indices, sources):
+        return None
+
+    @torch.library.register_fake("depgraph_ext::expand_")
+    def _expand_fake(tensors, dims, kept):
         return None
 
     @torch.library.register_fake("depgraph_ext::fill_slices_")

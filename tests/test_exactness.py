@@ -329,3 +329,34 @@ def test_verify_zeroes_the_removed_slices_of_every_dim_and_puts_them_back(backen
         assert torch.equal(weight[kept], original[kept])
         assert (weight[~kept] == 0).all() and (~kept).sum() == 48
     assert_same_state(before, state_of(model))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_verify_leaves_every_tensor_as_it_was(dtype, backend, monkeypatch):
+    """verify's check zeroes the removed slices of the original and, natively on the CPU,
+    moves the kept ones to the front of each tensor's own memory for the pruned forward (no
+    copy of the weights): afterwards every tensor is the original object with the original
+    bits, a weight pruned along both its dims included."""
+    from depgraph_ext.pruning import verify
+    from depgraph_ext.pruning.plan import propose_plan
+    from depgraph_ext.pruning.select import select_local
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 8, 1), nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
+    ).to(dtype).eval()  # fmt: skip
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    dg = dx.DependencyGraph(model, x, backend=backend)
+    scores = torch.rand(dg.resolution.num_units, dtype=torch.float64)
+    plan = propose_plan(dg, select_local(dg, scores, 0.5, None, None))
+    assert any(len(dims) == 2 for dims in plan.tensors.values())
+    in_place = []
+    compacts = verify._compacts_in_place
+    monkeypatch.setattr(
+        verify, "_compacts_in_place", lambda *a: in_place.append(compacts(*a)) or in_place[-1]
+    )
+    before = state_of(model)
+    assert verify._difference(dg, plan.keep) < 0.05
+    assert in_place == [backend == "native"]
+    assert_same_state(before, state_of(model))

@@ -424,3 +424,33 @@ def test_scatter_and_fill_refuse_bad_arguments_and_leave_the_tensors():
         with pytest.raises(RuntimeError, match=message):
             call()
         assert torch.equal(t, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64, torch.int8])
+def test_expand_undoes_compact_in_place(dtype):
+    """compact_ then expand_ with the same kept indices puts every kept slice back where it
+    was (the others then written back by scatter_slices_): the original bits, in the same
+    memory, for single words, whole rows and a middle dim; runs, scattered, all, none kept."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((37, 100), (6, 7, 5), (40, 3, 2048)):
+        for d in range(len(shape)):
+            n = shape[d]
+            for kept in (
+                torch.nonzero(torch.rand(n, generator=g) < 0.5).view(-1),
+                torch.arange(n),
+                torch.tensor([n - 1]),
+                torch.arange(0, n // 2),
+            ):
+                t = (torch.randn(*shape, generator=g) * 100).to(dtype)
+                original, pointer = t.clone(), t.data_ptr()
+                removed = torch.nonzero(~torch.isin(torch.arange(n), kept)).view(-1)
+                saved = original.index_select(d, removed)
+                view = ops.compact_([t], [d], [kept])[0]
+                assert torch.equal(view, original.index_select(d, kept))
+                ops.expand_([t], [d], [kept])
+                ops.scatter_slices_([t], [d], [removed], [saved])
+                assert t.data_ptr() == pointer and torch.equal(t, original), (shape, d, kept)
+    with pytest.raises(RuntimeError, match="member 0: kept indices must be strictly increasing"):
+        ops.expand_([torch.zeros(4, 3)], [0], [torch.tensor([2, 1])])
+    with pytest.raises(RuntimeError, match="expand_ needs a contiguous tensor"):
+        ops.expand_([torch.zeros(4, 3).t()], [0], [torch.tensor([0])])

@@ -21,6 +21,10 @@
 // scatter_slices_(tensors, dims, indices, sources) -> ()
 //   The inverse of gather_slices, in place: sources[i]'s slices are written at indices[i]
 //   (strictly increasing) of tensors[i] along its dim; bit-identical to index_copy_ (CPU).
+// expand_(tensors, dims, kept) -> ()
+//   compact_ undone: the slices compact_ wrote to the start of each tensor's memory go back to
+//   their kept indices (strictly increasing) along its dim, in place; what lies between them
+//   is left as it was (scatter_slices_ puts it back). CPU.
 // fill_slices_(tensors, dims, indices, values) -> ()
 //   tensors[i]'s slices at indices[i] along its dim set to values[i]; as index_fill_ (CPU).
 // build_info() -> str
@@ -62,6 +66,7 @@ TORCH_LIBRARY(depgraph_ext, m) {
       "scatter_slices_(Tensor(a!)[] tensors, int[] dims, Tensor[] indices, Tensor[] sources) "
       "-> ()");
   m.def("fill_slices_(Tensor(a!)[] tensors, int[] dims, Tensor[] indices, float[] values) -> ()");
+  m.def("expand_(Tensor(a!)[] tensors, int[] dims, Tensor[] kept) -> ()");
 }
 
 }  // namespace depgraph_ext

@@ -94,11 +94,62 @@ def _difference(dg: DependencyGraph, keep: np.ndarray) -> float:
     """Largest relative difference between the model pruned to ``keep`` and the original with
     the removed units zeroed, over every output on the example inputs."""
     plan = propose_plan(dg, keep)
+    if _compacts_in_place(dg, plan):
+        # No copy of the kept weights: after the zeroed forward, the kept slices are moved to
+        # the front of each tensor's own memory for the pruned one, and back after it.
+        with _zeroed(dg, plan):
+            zeroed = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
+            with _pruned(dg, plan, in_place=True):
+                pruned = _outputs(dg.model, dg.example_inputs)
+        return relative_difference(pruned, zeroed)
     with _pruned(dg, plan):
         pruned = _outputs(dg.model, dg.example_inputs)
     with _zeroed(dg, plan):
         zeroed = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
     return relative_difference(pruned, zeroed)
+
+
+def _compacted(tensors, plan: Plan, rounds: list) -> dict[str, torch.Tensor]:
+    """Each pruned tensor's kept slices moved to the front of its own memory, dim by dim (each
+    tensor's r-th pruned dim of all of them in one ``compact_`` call, noted in ``rounds`` for
+    ``expand_`` to undo in reverse): the views of the pruned shapes, by name."""
+    current = {name: tensors[name].data for name in plan.tensors}
+    steps = {name: sorted(dims.items()) for name, dims in plan.tensors.items()}
+    depth = max((len(s) for s in steps.values()), default=0)
+    with torch.no_grad():
+        for r in range(depth):
+            names = [n for n, s in steps.items() if len(s) > r]
+            call = (
+                [current[n] for n in names],
+                [steps[n][r][0] for n in names],
+                [steps[n][r][1].to("cpu", torch.long) for n in names],
+            )
+            views = ops.compact_(*call)
+            rounds.append(call)
+            current.update(zip(names, views))
+    return current
+
+
+def _compacts_in_place(dg: DependencyGraph, plan: Plan) -> bool:
+    """The native kernels can move the plan's kept slices within each pruned tensor's own
+    memory and back: contiguous CPU tensors, none sharing its memory with another tensor of
+    the model."""
+    if dg.backend != "native" or not ops.available():
+        return False
+    everything = list(dg.walk.params.values()) + list(dg.walk.buffers.values())
+    owners: dict[int, int] = {}
+    for t in everything:
+        if t.device.type == "cpu":
+            key = t.untyped_storage().data_ptr()
+            owners[key] = owners.get(key, 0) + 1
+    tensors = dg.walk.params | dg.walk.buffers
+    for name in plan.tensors:
+        t = tensors[name].data
+        if t.device.type != "cpu" or not t.is_contiguous() or t.numel() == 0:
+            return False
+        if owners.get(t.untyped_storage().data_ptr(), 0) != 1:
+            return False
+    return True
 
 
 def kept_outputs(outputs: list[torch.Tensor], kept: dict) -> list[torch.Tensor]:
@@ -148,16 +199,23 @@ def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _pruned(dg: DependencyGraph, plan: Plan):
+def _pruned(dg: DependencyGraph, plan: Plan, in_place: bool = False):
     """The model as the plan prunes it, for the duration: pruned tensors, attributes and
-    config fields swapped in, and everything put back on exit."""
+    config fields swapped in, and everything put back on exit. ``in_place``: the pruned
+    tensors are views of the originals' own memory, the kept slices moved to its front
+    (``ops.compact_``) and back on exit (``ops.expand_``); the slices between them are not
+    restored (``_zeroed`` writes the removed ones back)."""
     tensors = dg.walk.params | dg.walk.buffers
-    with torch.no_grad():
-        sliced = gather_all(tensors, plan.tensors, native=dg.backend == "native")
+    rounds: list[tuple[list, list, list]] = []  # compact_ calls done: (tensors, dims, kept)
+    if not in_place:
+        with torch.no_grad():
+            sliced = gather_all(tensors, plan.tensors, native=dg.backend == "native")
     config = config_of(dg.model)
     swapped: list[tuple[torch.Tensor, torch.Tensor]] = []
     changed: list[tuple[str, object]] = []
     try:
+        if in_place:
+            sliced = _compacted(tensors, plan, rounds)
         with torch.no_grad():
             for name, data in sliced.items():
                 swapped.append((tensors[name], tensors[name].data))
@@ -172,6 +230,8 @@ def _pruned(dg: DependencyGraph, plan: Plan):
         with torch.no_grad():
             for t, data in reversed(swapped):
                 t.data = data
+            for call in reversed(rounds):
+                ops.expand_(*call)
         for field, old in reversed(changed):
             setattr(config, field, old)
 

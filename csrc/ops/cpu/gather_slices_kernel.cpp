@@ -403,6 +403,52 @@ void scatter_slices_cpu(at::TensorList tensors, at::IntArrayRef dims, at::Tensor
   }
 }
 
+// compact_ undone in one tensor's memory: slice (o, j) of the prefix [outer, k, inner] goes to
+// (o, idx[j]) of [outer, n, inner]. Each destination lies at or after its source, so the
+// slices move from the last to the first (memmove: a slice may overlap its own destination).
+template <typename word_t>
+void expand_words(word_t* base, const Around& a, const std::vector<int64_t>& idx) {
+  const int64_t k = static_cast<int64_t>(idx.size());
+  for (int64_t o = a.outer - 1; o >= 0; --o) {
+    word_t* d = base + o * a.n;
+    const word_t* s = base + o * k;
+    for (int64_t j = k - 1; j >= 0; --j) d[idx[j]] = s[j];
+  }
+}
+
+void expand_rows(char* base, const Around& a, const std::vector<int64_t>& idx,
+                 int64_t element_size) {
+  if (a.inner == 1) {  // single words: typed copies (one element never overlaps another)
+    switch (element_size) {
+      case 1: return expand_words(reinterpret_cast<uint8_t*>(base), a, idx);
+      case 2: return expand_words(reinterpret_cast<uint16_t*>(base), a, idx);
+      case 4: return expand_words(reinterpret_cast<uint32_t*>(base), a, idx);
+      case 8: return expand_words(reinterpret_cast<uint64_t*>(base), a, idx);
+      default: break;
+    }
+  }
+  const int64_t k = static_cast<int64_t>(idx.size());
+  const int64_t row = a.inner * element_size;
+  for (int64_t o = a.outer - 1; o >= 0; --o)
+    for (int64_t j = k - 1; j >= 0; --j) {
+      char* d = base + (o * a.n + idx[j]) * row;
+      const char* s = base + (o * k + j) * row;
+      if (d != s) std::memmove(d, s, row);
+    }
+}
+
+void expand_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept) {
+  const auto idx = checked_slices(tensors, dims, kept, kept.size(), "kept", "expand_");
+  at::parallel_for(0, static_cast<int64_t>(tensors.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const at::Tensor& t = tensors[i];
+      if (t.numel() == 0) continue;
+      expand_rows(static_cast<char*>(t.data_ptr()), around(t, checked_dim(t, dims[i], i)),
+                  idx[i], t.element_size());
+    }
+  });
+}
+
 template <typename word_t>
 word_t element_bytes(const at::Tensor& one) {
   word_t w;
@@ -439,6 +485,7 @@ TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
   m.impl("compact_", &compact_cpu);
   m.impl("scatter_slices_", &scatter_slices_cpu);
   m.impl("fill_slices_", &fill_slices_cpu);
+  m.impl("expand_", &expand_cpu);
 }
 
 }  // namespace depgraph_ext
