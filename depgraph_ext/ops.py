@@ -250,6 +250,16 @@ def gather_slices_reference(tensors, dims, kept) -> list[torch.Tensor]:
     ]
 
 
+def scatter_slices_reference(tensors, dims, indices, sources) -> None:
+    for t, d, k, s in zip(tensors, dims, indices, sources):
+        t.index_copy_(d, k.to(t.device, torch.long), s)
+
+
+def fill_slices_reference(tensors, dims, indices, values) -> None:
+    for t, d, k, v in zip(tensors, dims, indices, values):
+        t.index_fill_(d, k.to(t.device, torch.long), v)
+
+
 # -- fake kernels and autograd --------------------------------------------------------------------
 if _LOAD_ERROR is None:
 

@@ -164,6 +164,19 @@ def test_opcheck():
         torch.ops.depgraph_ext.compact_.default,
         ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept),
     )
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.expand_.default,
+        ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept),
+    )
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.scatter_slices_.default,
+        ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept,
+         [torch.randn(3, 4), torch.randn(2, 3, 2)]),
+    )  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.fill_slices_.default,
+        ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept, [0.0, 1.0]),
+    )
 
 
 def test_torch_compile_fullgraph():
@@ -375,12 +388,10 @@ def test_scatter_and_fill_slices_are_index_copy_and_index_fill(dtype, index_dtyp
             sources.append(tensor(*shape[::-1]).permute(2, 1, 0))  # non-contiguous
         want = [t.clone() for t in targets]
         want[-1] = want[0]
-        for t, d, k, s in zip(want, dims, indices, sources):
-            t.index_copy_(d, k.long(), s)
+        ops.scatter_slices_reference(want, dims, indices, sources)
         ops.scatter_slices_(targets, dims, indices, sources)
         assert all(torch.equal(a, b) for a, b in zip(targets, want))
-        for t, d, k in zip(want, dims, indices):
-            t.index_fill_(d, k.long(), value)
+        ops.fill_slices_reference(want, dims, indices, [value] * len(want))
         ops.fill_slices_(targets, dims, indices, [value] * len(targets))
         assert all(torch.equal(a, b) for a, b in zip(targets, want))
 
