@@ -61,7 +61,31 @@ def _load() -> str | None:
             f"depgraph_ext's op library did not load ({exc}); this is torch "
             f"{torch.__version__}. {_REBUILD}"
         )
-    return None
+    return missing_ops(torch.ops.depgraph_ext)
+
+
+# Every op of the library (ops.cpp): a library built from an older checkout lacks some.
+OPS = (
+    "build_info",
+    "grouped_norm",
+    "index_sums",
+    "gather_slices",
+    "compact_",
+    "expand_",
+    "scatter_slices_",
+    "fill_slices_",
+)
+
+
+def missing_ops(namespace) -> str | None:
+    """None, or which ops a loaded library lacks (it was built from an older checkout)."""
+    missing = [name for name in OPS if not hasattr(namespace, name)]
+    if not missing:
+        return None
+    return (
+        f"depgraph_ext's op library is out of date: it has no {', '.join(missing)} (built from "
+        f"an older checkout). {_REBUILD}"
+    )
 
 
 _LOAD_ERROR: str | None = _load()

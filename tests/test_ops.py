@@ -359,6 +359,26 @@ def test_a_library_built_for_another_torch_is_refused(monkeypatch):
     assert f"built for torch {built}, and this is torch {other}" in message
 
 
+def test_a_library_from_an_older_checkout_is_refused_by_what_it_lacks():
+    """Every op ops.cpp declares is one the loader checks for (a library built before an op
+    was added loads, but lacks it: the native backend is then unavailable, with the reason,
+    instead of an import that fails)."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "csrc" / "ops" / "ops.cpp").read_text()
+    declared = re.findall(r'm\.def\(\s*"(\w+)\(', source)
+    assert sorted(declared) == sorted(ops.OPS)
+    assert ops.missing_ops(torch.ops.depgraph_ext) is None
+
+    class Older:
+        build_info = grouped_norm = index_sums = gather_slices = compact_ = None
+
+    message = ops.missing_ops(Older())
+    assert "has no expand_, scatter_slices_, fill_slices_" in message
+    assert "pip install --no-build-isolation -e ." in message
+
+
 @pytest.mark.parametrize(
     "dtype",
     [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int8, torch.int64,
