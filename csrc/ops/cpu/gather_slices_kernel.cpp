@@ -290,20 +290,27 @@ void compact_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList ke
   });
 }
 
+// body(o) for every outer row of a member whose dim holds single words (k of them touched
+// per row), the rows split across threads.
+template <typename F>
+void for_each_outer(const Around& a, int64_t k, const F& body) {
+  at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t o = begin; o < end; ++o) body(o);
+                   });
+}
+
 // Element (o, idx[j], :) of dst is element (o, j, :) of src: gather's copy, the other way.
 // Rows go to threads and never overlap (the indices are strictly increasing).
 template <typename word_t>
 void scatter_rows(char* dst, const char* src, const Around& a, const std::vector<int64_t>& idx) {
   const int64_t k = static_cast<int64_t>(idx.size());
   if (a.inner == 1) {
-    at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t o = begin; o < end; ++o) {
-                         word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
-                         const word_t* s = reinterpret_cast<const word_t*>(src) + o * k;
-                         for (int64_t j = 0; j < k; ++j) d[idx[j]] = s[j];
-                       }
-                     });
+    for_each_outer(a, k, [&](int64_t o) {
+      word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
+      const word_t* s = reinterpret_cast<const word_t*>(src) + o * k;
+      for (int64_t j = 0; j < k; ++j) d[idx[j]] = s[j];
+    });
     return;
   }
   const int64_t row = a.inner * static_cast<int64_t>(sizeof(word_t));
@@ -321,13 +328,10 @@ template <typename word_t>
 void fill_rows(char* dst, const Around& a, const std::vector<int64_t>& idx, word_t value) {
   const int64_t k = static_cast<int64_t>(idx.size());
   if (a.inner == 1) {
-    at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)),
-                     [&](int64_t begin, int64_t end) {
-                       for (int64_t o = begin; o < end; ++o) {
-                         word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
-                         for (int64_t j = 0; j < k; ++j) d[idx[j]] = value;
-                       }
-                     });
+    for_each_outer(a, k, [&](int64_t o) {
+      word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
+      for (int64_t j = 0; j < k; ++j) d[idx[j]] = value;
+    });
     return;
   }
   at::parallel_for(0, a.outer * k, std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(a.inner, 1)),
