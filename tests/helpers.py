@@ -159,3 +159,13 @@ def assert_plan_names_the_state_dict(original, pruned, result) -> None:
     for alias, name in result.tied.items():
         assert every[alias] is every[name]
         assert alias in result.plan or alias in result.non_persistent
+
+
+def tiny_llama(**config):
+    """A seeded transformers LlamaForCausalLM in eval mode from a LlamaConfig of ``config``
+    (skips the test where transformers is missing)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()

@@ -21,7 +21,7 @@ from torch import nn
 
 import depgraph_ext as dx
 from depgraph_ext.graph import trace as tr
-from helpers import groups_of, to_fake_device
+from helpers import groups_of, tiny_llama, to_fake_device
 
 aten = torch.ops.aten
 CUDA_BUILD = torch.backends.cuda.is_built()
@@ -250,9 +250,8 @@ def test_a_device_specific_op_couples_what_its_counterpart_couples(name):
 
 
 # -- models on a GPU, traced as the CPU runs them ------------------------------------------------
-def tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
+def small_llama():
+    return tiny_llama(
         vocab_size=64,
         hidden_size=32,
         intermediate_size=48,
@@ -261,8 +260,6 @@ def tiny_llama():
         num_key_value_heads=2,
         max_position_embeddings=32,
     )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 MODELS = {
@@ -276,7 +273,7 @@ MODELS = {
         lambda d: torch.randn(5, 3, 6),
     ),
     "RMSNorm": (lambda: RMSNormNet(), lambda d: torch.randn(2, 5, 6)),
-    "small Llama (GQA 4/2)": (tiny_llama, lambda d: {"input_ids": torch.randint(0, 64, (1, 7))}),
+    "small Llama (GQA 4/2)": (small_llama, lambda d: {"input_ids": torch.randint(0, 64, (1, 7))}),
 }
 
 
@@ -427,7 +424,7 @@ ON_GPU = {
         lambda: RecurrentNet("lstm", num_layers=2, bidirectional=True),
         torch.randn(5, 3, 6),
     ),
-    "small Llama (GQA 4/2)": (tiny_llama, IDS),
+    "small Llama (GQA 4/2)": (small_llama, IDS),
     "small Mixtral (4 experts, top-2)": (tiny_mixtral, IDS),
 }
 

@@ -17,7 +17,7 @@ from torch import nn
 
 import depgraph_ext as dx
 from depgraph_ext.pruning import validate
-from helpers import prune_and_check
+from helpers import prune_and_check, tiny_llama
 
 
 class SmallResNet(nn.Module):
@@ -141,8 +141,7 @@ def test_a_size_the_code_fixes_is_still_found():
 
 
 def _llama():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
+    return tiny_llama(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -152,8 +151,6 @@ def _llama():
         num_key_value_heads=4,
         vocab_size=100,
     )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize(
