@@ -74,6 +74,8 @@ OPS = (
     "expand_",
     "scatter_slices_",
     "fill_slices_",
+    "gather_slices_into",
+    "copy_with_fills_",
 )
 
 
@@ -144,6 +146,34 @@ def gather_slices(
     """New tensors holding the ``kept`` indices of each tensor along its dim (bit-exact)."""
     _require()
     return torch.ops.depgraph_ext.gather_slices(list(tensors), list(dims), list(kept))
+
+
+def gather_slices_into(
+    tensors: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    kept: Sequence[torch.Tensor],
+    outs: Sequence[torch.Tensor],
+) -> None:
+    """:func:`gather_slices` into given tensors: ``outs[i]`` (contiguous, on the CPU, of the
+    gathered shape, apart from ``tensors[i]``'s memory) receives the kept slices."""
+    _require()
+    torch.ops.depgraph_ext.gather_slices_into(list(tensors), list(dims), list(kept), list(outs))
+
+
+def copy_with_fills_(
+    outs: Sequence[torch.Tensor],
+    tensors: Sequence[torch.Tensor],
+    dims: Sequence[int],
+    indices: Sequence[torch.Tensor],
+    values: Sequence[float],
+) -> None:
+    """``outs[i]`` (contiguous, on the CPU, of ``tensors[i]``'s shape and dtype) becomes a copy
+    of ``tensors[i]`` whose slices at ``indices[i]`` (strictly increasing) along its dim hold
+    ``values[i]``: ``copy_`` then ``index_fill_``, in one pass that never reads those slices."""
+    _require()
+    torch.ops.depgraph_ext.copy_with_fills_(
+        list(outs), list(tensors), list(dims), list(indices), [float(v) for v in values]
+    )
 
 
 def compact_(
@@ -279,6 +309,16 @@ def scatter_slices_reference(tensors, dims, indices, sources) -> None:
         t.index_copy_(d, k.to(t.device, torch.long), s)
 
 
+def gather_slices_into_reference(tensors, dims, kept, outs) -> None:
+    for t, d, k, out in zip(tensors, dims, kept, outs):
+        torch.index_select(t, d, k.to(t.device, torch.long), out=out)
+
+
+def copy_with_fills_reference(outs, tensors, dims, indices, values) -> None:
+    for out, t, d, k, v in zip(outs, tensors, dims, indices, values):
+        out.copy_(t).index_fill_(d, k.to(t.device, torch.long), v)
+
+
 def fill_slices_reference(tensors, dims, indices, values) -> None:
     for t, d, k, v in zip(tensors, dims, indices, values):
         t.index_fill_(d, k.to(t.device, torch.long), v)
@@ -322,6 +362,14 @@ if _LOAD_ERROR is None:
 
     @torch.library.register_fake("depgraph_ext::fill_slices_")
     def _fill_slices_fake(tensors, dims, indices, values):
+        return None
+
+    @torch.library.register_fake("depgraph_ext::gather_slices_into")
+    def _gather_slices_into_fake(tensors, dims, kept, outs):
+        return None
+
+    @torch.library.register_fake("depgraph_ext::copy_with_fills_")
+    def _copy_with_fills_fake(outs, tensors, dims, indices, values):
         return None
 
     def _setup_context(ctx, inputs, output):

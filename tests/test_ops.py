@@ -177,6 +177,15 @@ def test_opcheck():
         torch.ops.depgraph_ext.fill_slices_.default,
         ([torch.randn(6, 4), torch.randn(2, 3, 4)], [0, 2], kept, [0.0, 1.0]),
     )
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.gather_slices_into.default,
+        (*gather_args, [torch.empty(3, 4), torch.empty(2, 3, 2)]),
+    )
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.copy_with_fills_.default,
+        ([torch.empty(6, 4), torch.empty(2, 3, 4)], [torch.randn(6, 4), torch.randn(2, 3, 4)],
+         [0, 2], kept, [0.0, 1.0]),
+    )  # fmt: skip
 
 
 def test_torch_compile_fullgraph():
@@ -485,3 +494,70 @@ def test_expand_undoes_compact_in_place(dtype):
         ops.expand_([torch.zeros(4, 3)], [0], [torch.tensor([2, 1])])
     with pytest.raises(RuntimeError, match="expand_ needs a contiguous tensor"):
         ops.expand_([torch.zeros(4, 3).t()], [0], [torch.tensor([0])])
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.bool]
+)
+def test_gather_into_and_copy_with_fills_are_index_select_and_index_fill(dtype):
+    """Into given tensors (reused scratch), every dim, single words and whole rows, long rows
+    that are streamed (8 KiB and more) and short ones, empty and full index sets: bit for bit
+    what index_select(out=) and copy_ + index_fill_ give."""
+    g = torch.Generator().manual_seed(0)
+
+    def tensor(*shape):
+        return (torch.randn(*shape, generator=g) * 10).to(dtype)
+
+    cases = [
+        ((6, 7, 5), 0, [0, 2, 5]), ((6, 7, 5), 1, [6]), ((6, 7, 5), 2, [0, 1, 2, 3, 4]),
+        ((6, 7, 5), 1, []), ((4, 4096), 0, [1, 3]), ((3, 4096), 1, list(range(0, 4096, 3))),
+        ((9, 2048), 0, [0, 8]),
+    ]  # fmt: skip
+    for value in (0.0, 1.0):
+        tensors = [tensor(*shape) for shape, _, _ in cases]
+        dims = [d for _, d, _ in cases]
+        indices = [torch.tensor(k, dtype=torch.long) for _, _, k in cases]
+        kept = [
+            torch.tensor(sorted(set(range(t.shape[d])) - set(k.tolist())), dtype=torch.long)
+            for t, d, k in zip(tensors, dims, indices)
+        ]
+        outs = [torch.full_like(t, 7) for t in tensors]
+        want = [torch.empty_like(t) for t in tensors]
+        ops.copy_with_fills_(outs, tensors, dims, indices, [value] * len(cases))
+        ops.copy_with_fills_reference(want, tensors, dims, indices, [value] * len(cases))
+        assert all(torch.equal(a, b) for a, b in zip(outs, want))
+        gathered = [torch.full_like(r, 7) for r in ops.gather_slices_reference(tensors, dims, kept)]
+        want = [torch.empty_like(t) for t in gathered]
+        ops.gather_slices_into(tensors, dims, kept, gathered)
+        ops.gather_slices_into_reference(tensors, dims, kept, want)
+        assert all(torch.equal(a, b) for a, b in zip(gathered, want))
+
+
+def test_gather_into_and_copy_with_fills_refuse_bad_outs_and_write_nothing():
+    """An out tensor of the wrong shape, dtype or layout, or one that shares the member's
+    memory, is refused by member before anything is written."""
+    t = torch.randn(4, 3)
+    k = torch.tensor([0, 2])
+    out = torch.zeros(2, 3)
+    full = torch.zeros(4, 3)
+    bad = [
+        (lambda: ops.gather_slices_into([t], [0], [k], [torch.zeros(3, 3)]), "has shape"),
+        (lambda: ops.gather_slices_into([t], [0], [k], [out.double()]), "is Double"),
+        (lambda: ops.gather_slices_into([t], [0], [k], [torch.zeros(3, 2).t()]), "contiguous"),
+        (lambda: ops.gather_slices_into([t], [0], [k], [t[:2]]), "shares memory"),
+        (lambda: ops.gather_slices_into([t, t], [0, 0], [k, k], [out]), "one tensor per member"),
+        (
+            lambda: ops.copy_with_fills_([full, t], [t, t], [0, 0], [k, k], [0.0, 0.0]),
+            "member 1: its out tensor shares memory",
+        ),
+        (
+            lambda: ops.copy_with_fills_([full], [t], [0], [torch.tensor([2, 0])], [0.0]),
+            "strictly increasing",
+        ),
+        (lambda: ops.copy_with_fills_([full], [t], [0], [k], []), "values must have one entry"),
+        (lambda: ops.copy_with_fills_([torch.zeros(4, 4)], [t], [0], [k], [0.0]), "has shape"),
+    ]  # fmt: skip
+    for call, message in bad:
+        with pytest.raises(RuntimeError, match=message):
+            call()
+        assert not out.any() and not full.any()

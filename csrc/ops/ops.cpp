@@ -67,6 +67,10 @@ TORCH_LIBRARY(depgraph_ext, m) {
       "-> ()");
   m.def("fill_slices_(Tensor(a!)[] tensors, int[] dims, Tensor[] indices, float[] values) -> ()");
   m.def("expand_(Tensor(a!)[] tensors, int[] dims, Tensor[] kept) -> ()");
+  m.def("gather_slices_into(Tensor[] tensors, int[] dims, Tensor[] kept, Tensor(a!)[] outs) -> ()");
+  m.def(
+      "copy_with_fills_(Tensor(a!)[] outs, Tensor[] tensors, int[] dims, Tensor[] indices, "
+      "float[] values) -> ()");
 }
 
 }  // namespace depgraph_ext

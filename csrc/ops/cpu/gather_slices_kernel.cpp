@@ -1,5 +1,6 @@
 // gather_slices and compact_ on CPU: byte copies of kept rows, so any dtype is bit-exact.
-// gather_slices copies rows in parallel into new tensors; compact_ moves rows toward the start
+// gather_slices copies rows in parallel into new tensors (gather_slices_into: into given
+// ones; copy_with_fills_ copies whole tensors with some rows filled); compact_ moves rows toward the start
 // of the tensor's own memory in increasing order (each destination lies at or before its
 // source, so the order makes the overlapping moves safe), in parallel across tensors.
 #include <ATen/ATen.h>
@@ -225,44 +226,107 @@ void copy_kept(char* dst, const char* src, const Around& a, const std::vector<in
   }
 }
 
-std::vector<at::Tensor> gather_slices_cpu(at::TensorList tensors, at::IntArrayRef dims,
-                                          at::TensorList kept) {
-  check_lists(tensors.size(), dims.size(), kept.size(), "kept");
+// The kept slices of each member copied into outs[i] (contiguous, of the gathered shape), the
+// members checked first. Small tensors one per thread in one parallel region (inside it
+// copy_rows' parallel_for runs inline); large ones each split across the threads.
+void gather_into(at::TensorList tensors, at::IntArrayRef dims,
+                 const std::vector<std::vector<int64_t>>& indices,
+                 const std::vector<at::Tensor>& outs) {
   const size_t n = tensors.size();
-  std::vector<at::Tensor> out(n), sources(n);
-  std::vector<std::vector<int64_t>> indices(n);
+  std::vector<at::Tensor> sources(n);
   std::vector<Around> arounds(n);
   std::vector<int64_t> small, large;
   for (size_t i = 0; i < n; ++i) {
+    if (outs[i].numel() == 0) continue;
+    const at::Tensor& t = tensors[i];
+    sources[i] = t.contiguous();
+    arounds[i] = around(sources[i], checked_dim(t, dims[i], i));
+    (t.numel() < kSmallTensor ? small : large).push_back(static_cast<int64_t>(i));
+  }
+  auto copy = [&](int64_t i) {
+    copy_kept(static_cast<char*>(outs[i].data_ptr()),
+              static_cast<const char*>(sources[i].const_data_ptr()), arounds[i], indices[i],
+              sources[i].element_size(), true);
+  };
+  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) copy(small[k]);
+  });
+  for (int64_t i : large) copy(i);
+}
+
+// Each member's kept indices (any order, in range), checked as gather_slices checks them.
+std::vector<std::vector<int64_t>> gathered_indices(at::TensorList tensors, at::IntArrayRef dims,
+                                                   at::TensorList kept) {
+  check_lists(tensors.size(), dims.size(), kept.size(), "kept");
+  for (size_t i = 0; i < tensors.size(); ++i) {
     TORCH_CHECK(tensors[i].device().is_cpu(), "member ", i, " is on ", tensors[i].device(),
                 ", not the CPU");
     check_index(kept[i], i, "kept");
   }
   const std::vector<at::Tensor> host_kept = on_host(kept);
-  for (size_t i = 0; i < n; ++i) {
+  std::vector<std::vector<int64_t>> indices(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    indices[i] = kept_indices(host_kept[i], t.size(checked_dim(t, dims[i], i)), i, false);
+  }
+  return indices;
+}
+
+std::vector<int64_t> gathered_shape(const at::Tensor& t, int64_t dim, int64_t k) {
+  std::vector<int64_t> shape = t.sizes().vec();
+  shape[dim] = k;
+  return shape;
+}
+
+std::vector<at::Tensor> gather_slices_cpu(at::TensorList tensors, at::IntArrayRef dims,
+                                          at::TensorList kept) {
+  const auto indices = gathered_indices(tensors, dims, kept);
+  std::vector<at::Tensor> out(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     const int64_t d = checked_dim(t, dims[i], i);
-    indices[i] = kept_indices(host_kept[i], t.size(d), i, false);
-    std::vector<int64_t> shape = t.sizes().vec();
-    shape[d] = static_cast<int64_t>(indices[i].size());
-    out[i] = at::empty(shape, t.options().memory_format(at::MemoryFormat::Contiguous));
-    if (out[i].numel() == 0) continue;
-    sources[i] = t.contiguous();
-    arounds[i] = around(sources[i], d);
-    (t.numel() < kSmallTensor ? small : large).push_back(static_cast<int64_t>(i));
+    out[i] = at::empty(gathered_shape(t, d, static_cast<int64_t>(indices[i].size())),
+                       t.options().memory_format(at::MemoryFormat::Contiguous));
   }
-  auto copy = [&](int64_t i) {
-    copy_kept(static_cast<char*>(out[i].data_ptr()),
-              static_cast<const char*>(sources[i].const_data_ptr()), arounds[i], indices[i],
-              sources[i].element_size(), true);
-  };
-  // Small tensors one per thread in one parallel region (inside it copy_rows' parallel_for
-  // runs inline); large ones each split across the threads.
-  at::parallel_for(0, static_cast<int64_t>(small.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) copy(small[k]);
-  });
-  for (int64_t i : large) copy(i);
+  gather_into(tensors, dims, indices, out);
   return out;
+}
+
+// The memory of a and b overlaps.
+bool overlaps(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  const char* a0 = static_cast<const char*>(a.const_data_ptr());
+  const char* b0 = static_cast<const char*>(b.const_data_ptr());
+  const char* a1 = a0 + a.numel() * a.element_size();
+  const char* b1 = b0 + b.numel() * b.element_size();
+  return a0 < b1 && b0 < a1;
+}
+
+// An out tensor for member i: on the CPU, contiguous, of the member's dtype and of `shape`,
+// its memory apart from the member's.
+void check_out(const at::Tensor& out, const at::Tensor& t, const std::vector<int64_t>& shape,
+               size_t i) {
+  TORCH_CHECK(out.device().is_cpu(), "member ", i, ": its out tensor is on ", out.device(),
+              ", not the CPU");
+  TORCH_CHECK(out.is_contiguous(), "member ", i, ": its out tensor is not contiguous");
+  TORCH_CHECK(out.scalar_type() == t.scalar_type(), "member ", i, ": its out tensor is ",
+              out.scalar_type(), ", the member ", t.scalar_type());
+  TORCH_CHECK(out.sizes().vec() == shape, "member ", i, ": its out tensor has shape ",
+              out.sizes(), ", the result ", at::IntArrayRef(shape));
+  TORCH_CHECK(!overlaps(out, t), "member ", i, ": its out tensor shares memory with it");
+}
+
+void gather_slices_into_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept,
+                            at::TensorList outs) {
+  const auto indices = gathered_indices(tensors, dims, kept);
+  TORCH_CHECK(outs.size() == tensors.size(), "outs must have one tensor per member (got ",
+              tensors.size(), " tensors and ", outs.size(), " outs)");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    const int64_t d = checked_dim(t, dims[i], i);
+    check_out(outs[i], t, gathered_shape(t, d, static_cast<int64_t>(indices[i].size())), i);
+  }
+  gather_into(tensors, dims, indices, outs.vec());
 }
 
 void compact_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept) {
@@ -482,6 +546,90 @@ void fill_slices_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorLis
   }
 }
 
+// dst = src with every element of rows (o, idx[j], :) set to `value`, in one pass: a row
+// removed is written, never read. Long rows are streamed (see kStreamRow): dst is fresh
+// scratch memory, and reading it before writing it would add half again to the traffic.
+template <typename word_t>
+void copy_filled_rows(char* dst, const char* src, const Around& a,
+                      const std::vector<int64_t>& idx, word_t value) {
+  const int64_t w = static_cast<int64_t>(sizeof(word_t));
+  auto streams = [&](int64_t bytes) {
+    return bytes >= kStreamRow && bytes % 64 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  };
+  if (a.inner == 1) {  // single words: each row put together in a buffer, then written out
+    const int64_t k = static_cast<int64_t>(idx.size());
+    const bool stream = streams(a.n * w);
+    at::parallel_for(0, a.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(a.n, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       std::vector<word_t> row(stream ? a.n : 0);
+                       for (int64_t o = begin; o < end; ++o) {
+                         const word_t* s = reinterpret_cast<const word_t*>(src) + o * a.n;
+                         word_t* d = reinterpret_cast<word_t*>(dst) + o * a.n;
+                         word_t* build = stream ? row.data() : d;
+                         std::memcpy(build, s, a.n * w);
+                         for (int64_t j = 0; j < k; ++j) build[idx[j]] = value;
+                         if (stream) stream_copy(reinterpret_cast<char*>(d),
+                                                 reinterpret_cast<const char*>(build), a.n * w);
+                       }
+                       if (stream) store_fence();
+                     });
+    return;
+  }
+  std::vector<char> removed(a.n, 0);
+  for (int64_t j : idx) removed[j] = 1;
+  const int64_t row = a.inner * w;
+  const bool stream = streams(row);
+  std::vector<word_t> filled(stream ? a.inner : 0, value);  // the row a removed one becomes
+  at::parallel_for(0, a.outer * a.n, std::max<int64_t>(1, (1 << 20) / row),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r) {
+                       char* d = dst + r * row;
+                       if (stream) {
+                         stream_copy(d, removed[r % a.n]
+                                            ? reinterpret_cast<const char*>(filled.data())
+                                            : src + r * row,
+                                     row);
+                       } else if (removed[r % a.n]) {
+                         std::fill(reinterpret_cast<word_t*>(d),
+                                   reinterpret_cast<word_t*>(d) + a.inner, value);
+                       } else {
+                         std::memcpy(d, src + r * row, row);
+                       }
+                     }
+                     if (stream) store_fence();
+                   });
+}
+
+void copy_with_fills_cpu(at::TensorList outs, at::TensorList tensors, at::IntArrayRef dims,
+                         at::TensorList indices, at::ArrayRef<double> values) {
+  const auto idx = checked_slices(tensors, dims, indices, values.size(), "values",
+                                  "copy_with_fills_");
+  TORCH_CHECK(outs.size() == tensors.size(), "outs must have one tensor per member (got ",
+              tensors.size(), " tensors and ", outs.size(), " outs)");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    check_out(outs[i], tensors[i], tensors[i].sizes().vec(), i);
+    TORCH_CHECK(tensors[i].element_size() <= 8 &&
+                    (tensors[i].element_size() & (tensors[i].element_size() - 1)) == 0,
+                "member ", i, ": copy_with_fills_ does not fill ", tensors[i].scalar_type(),
+                " tensors");
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    if (t.numel() == 0) continue;
+    const at::Tensor one = at::scalar_tensor(values[i], t.options());
+    char* dst = static_cast<char*>(outs[i].data_ptr());
+    const char* src = static_cast<const char*>(t.const_data_ptr());
+    const Around a = around(t, checked_dim(t, dims[i], i));
+    switch (t.element_size()) {
+      case 1: copy_filled_rows<uint8_t>(dst, src, a, idx[i], element_bytes<uint8_t>(one)); break;
+      case 2: copy_filled_rows<uint16_t>(dst, src, a, idx[i], element_bytes<uint16_t>(one)); break;
+      case 4: copy_filled_rows<uint32_t>(dst, src, a, idx[i], element_bytes<uint32_t>(one)); break;
+      default: copy_filled_rows<uint64_t>(dst, src, a, idx[i], element_bytes<uint64_t>(one));
+    }
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
@@ -490,6 +638,8 @@ TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
   m.impl("scatter_slices_", &scatter_slices_cpu);
   m.impl("fill_slices_", &fill_slices_cpu);
   m.impl("expand_", &expand_cpu);
+  m.impl("gather_slices_into", &gather_slices_into_cpu);
+  m.impl("copy_with_fills_", &copy_with_fills_cpu);
 }
 
 }  // namespace depgraph_ext

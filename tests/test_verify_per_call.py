@@ -1,0 +1,182 @@
+"""verify=True's check with the substitutes swapped in per module call: the same numbers as the
+check that changes the model's own tensors, the model left as it was, and the other check
+wherever a planned tensor is read outside the modules holding it."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import depgraph_ext as dx
+from depgraph_ext.pruning import verify
+from depgraph_ext.pruning.plan import propose_plan
+from depgraph_ext.pruning.select import select_local
+from helpers import assert_same_state, state_of, tiny_llama
+
+LLAMA = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32,
+)  # fmt: skip
+IDS = torch.tensor([[1, 5, 9, 3, 7, 2]])
+
+
+class Shared(nn.Module):
+    """One block called twice, a weight and its bias held by one module, a batch norm's
+    buffers, and a linear layer whose weight its parent's code never touches."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.block(self.block(self.stem(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class ReadsAChildsWeight(nn.Module):
+    """The parent's code reads its child's weight: swapping it per call of the child would
+    miss that read."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(6, 10)
+        self.down = nn.Linear(10, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.up(x))
+        return self.down(h) + nn.functional.linear(h, self.down.weight)
+
+
+def graph_and_plan(model, inputs, backend, seed=0, **options):
+    dg = dx.DependencyGraph(model, inputs, backend=backend)
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(dg.resolution.num_units, generator=g, dtype=torch.float64)
+    return dg, propose_plan(dg, select_local(dg, scores, 0.5, None, options.get("ratios")))
+
+
+def cases():
+    torch.manual_seed(0)
+    yield "shared", Shared().double().eval(), torch.randn(2, 3, 8, 8, dtype=torch.float64), None
+    yield "llama", tiny_llama(**LLAMA).double(), IDS, {"hidden": 0}
+    yield "tied llama", tiny_llama(**LLAMA, tie_word_embeddings=True).double(), IDS, {"hidden": 0}
+
+
+@pytest.mark.parametrize("case", ["shared", "llama", "tied llama"])
+def test_the_check_per_call_computes_what_the_check_in_memory_computes(case, backend):
+    """Bit for bit the same largest difference (both forwards compute the same numbers from
+    the same weights), the model's every tensor the original object with its bits after
+    each, and the per-call check is the one these models get."""
+    name, model, inputs, ratios = next(c for c in cases() if c[0] == case)
+    dg, plan = graph_and_plan(model, inputs, backend, ratios=ratios)
+    holders = verify._holders_of_every_read(dg, plan)
+    assert holders is not None
+    before = state_of(model)
+    per_call = verify._difference_per_call(dg, plan, holders)
+    assert_same_state(before, state_of(model))
+    in_memory = verify._difference_in_memory(dg, plan)
+    assert_same_state(before, state_of(model))
+    assert per_call == in_memory and per_call < 1e-7
+
+
+def test_a_wrong_plan_differs_as_much_per_call_as_in_memory(backend):
+    """A plan that is not exact (its pruned weights taken from other units than its zeroed
+    ones) gives the same large difference both ways: the per-call check sees what the other
+    sees."""
+    torch.manual_seed(0)
+    model = Shared().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    dg, plan = graph_and_plan(model, x, backend)
+    name = next(n for n, dims in plan.tensors.items() if 0 in dims and n.endswith("weight"))
+    kept = plan.tensors[name][0]
+    removed = sorted(set(range(model.get_parameter(name).shape[0])) - set(kept.tolist()))
+    plan.tensors[name][0] = torch.tensor([removed[0], *kept.tolist()[1:]]).sort().values
+    holders = verify._holders_of_every_read(dg, plan)
+    per_call = verify._difference_per_call(dg, plan, holders)
+    assert per_call > 1e-3
+    assert per_call == verify._difference_in_memory(dg, plan)
+
+
+def test_a_tensor_read_outside_its_holders_is_checked_in_memory(backend, monkeypatch):
+    """The parent reads ``down.weight`` in its own code: no per-call check, and verify=True
+    still proves the prune on the model's own tensors."""
+    torch.manual_seed(0)
+    model = ReadsAChildsWeight().double().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    dg, plan = graph_and_plan(model, x, backend)
+    assert "down.weight" in plan.tensors
+    assert verify._holders_of_every_read(dg, plan) is None
+    in_memory = []
+    original = verify._difference_in_memory
+    monkeypatch.setattr(
+        verify, "_difference_in_memory", lambda *a: in_memory.append(1) or original(*a)
+    )
+    per_call = []
+    monkeypatch.setattr(verify, "_difference_per_call", lambda *a: per_call.append(1))
+    expected = model(x)
+    result = dx.prune(model, x, ratio=0.5, verify=True, backend=backend)
+    assert in_memory and not per_call
+    assert result.params_after < result.params_before
+    assert model(x).shape == expected.shape
+
+
+def test_a_forward_that_raises_in_the_check_leaves_the_model_as_it_was(backend, monkeypatch):
+    """A forward that fails halfway through the pruned forward (its substitutes swapped in for
+    the modules running): every tensor gets its own data back, and the check in memory
+    decides."""
+    model = tiny_llama(**LLAMA).double()
+    dg, plan = graph_and_plan(model, IDS, backend, ratios={"hidden": 0})
+    holders = verify._holders_of_every_read(dg, plan)
+    calls = []
+
+    def fail_in_the_second_forward(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            # inside down_proj's call, its substitute swapped in (its own hooks run after
+            # the global ones)
+            assert module.weight.shape[1] < LLAMA["intermediate_size"]
+            raise RuntimeError("the model's own failure")
+
+    handle = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(
+        fail_in_the_second_forward
+    )
+    try:
+        before = state_of(model)
+        with pytest.raises(RuntimeError, match="the model's own failure"):
+            verify._difference_per_call(dg, plan, holders)
+        assert_same_state(before, state_of(model))
+        in_memory = []
+        original = verify._difference_in_memory
+        monkeypatch.setattr(
+            verify, "_difference_in_memory", lambda *a: in_memory.append(1) or original(*a)
+        )
+        calls.clear()
+        calls.append(1)  # the per-call check's second forward fails again, then in memory
+        assert verify._difference(dg, plan.keep) < 1e-7
+        assert in_memory
+        assert_same_state(before, state_of(model))
+    finally:
+        handle.remove()
+
+
+def test_the_scratch_memory_does_not_grow_with_depth(backend, monkeypatch):
+    """Substitutes are put in scratch tensors that are reused once their call returns: a
+    model four times as deep allocates no more of them."""
+    allocated = []
+    take = verify._Scratch.take
+
+    def counting(self, shape, like):
+        key = (tuple(shape), like.dtype, like.device)
+        allocated.append(not self.free.get(key))
+        return take(self, shape, like)
+
+    monkeypatch.setattr(verify._Scratch, "take", counting)
+    counts = []
+    for layers in (2, 8):
+        model = tiny_llama(**(LLAMA | {"num_hidden_layers": layers})).double()
+        dg, plan = graph_and_plan(model, IDS, backend, ratios={"hidden": 0})
+        allocated.clear()
+        verify._difference_per_call(dg, plan, verify._holders_of_every_read(dg, plan))
+        counts.append((sum(allocated), len(allocated)))
+    (fresh_2, calls_2), (fresh_8, calls_8) = counts
+    assert calls_8 == 4 * calls_2 and fresh_8 == fresh_2 < calls_2
