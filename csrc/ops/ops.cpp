@@ -27,6 +27,13 @@
 //   is left as it was (scatter_slices_ puts it back). CPU.
 // fill_slices_(tensors, dims, indices, values) -> ()
 //   tensors[i]'s slices at indices[i] along its dim set to values[i]; as index_fill_ (CPU).
+// gather_slices_into(tensors, dims, kept, outs) -> ()
+//   gather_slices into given tensors: outs[i] (contiguous, of the gathered shape and the
+//   member's dtype, sharing no memory with it) receives the kept slices (CPU).
+// copy_with_fills_(outs, tensors, dims, indices, values) -> ()
+//   outs[i] (contiguous, of tensors[i]'s shape and dtype, sharing no memory with it) becomes
+//   tensors[i] with its slices at indices[i] (strictly increasing) set to values[i]: copy_
+//   then index_fill_, in one pass that never reads those slices (CPU).
 // build_info() -> str
 //   What was compiled: the devices with kernels, and the versions built against (the torch
 //   version is also in the file as depgraph_ext_built_for, read before loading).
