@@ -2,6 +2,8 @@
 check that changes the model's own tensors, the model left as it was, and the other check
 wherever a planned tensor is read outside the modules holding it."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -152,7 +154,7 @@ def test_a_forward_that_raises_in_the_check_leaves_the_model_as_it_was(backend, 
         )
         calls.clear()
         calls.append(1)  # the per-call check's second forward fails again, then in memory
-        assert verify._difference(dg, plan.keep) < 1e-7
+        assert verify._difference(dg, plan) < 1e-7
         assert in_memory
         assert_same_state(before, state_of(model))
     finally:
@@ -180,3 +182,74 @@ def test_the_scratch_memory_does_not_grow_with_depth(backend, monkeypatch):
         counts.append((sum(allocated), len(allocated)))
     (fresh_2, calls_2), (fresh_8, calls_8) = counts
     assert calls_8 == 4 * calls_2 and fresh_8 == fresh_2 < calls_2
+
+
+def test_verify_checks_the_prunes_own_plan_with_its_config_fields():
+    """DINOv2's MLP width is config.mlp_ratio x hidden: the prune sets mlp_ratio to the
+    integer its config takes; the check runs the same plan (a plan proposed anew set 2.0,
+    which the config's validation refuses, and verify=True raised an internal error)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=4,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Dinov2Model(config).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True, verify=True)
+    assert result.params_after < result.params_before
+    assert model.config.mlp_ratio == 2 and isinstance(model.config.mlp_ratio, int)
+    assert model(pixel_values=x).last_hidden_state.shape == (2, 17, 32)
+
+
+def test_verify_says_when_the_exact_groups_do_not_run_on_their_own():
+    """GPT-Neo's attention fixes head count x head size = hidden width: pruned by default,
+    the hidden width (function-changing) and the heads (exact) must shrink together, so the
+    exact groups alone, which verify=True checks, do not run. It says so, and changes
+    nothing; with exact_only=True the plan is checked whole."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPTNeoConfig(
+        vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=32,
+        attention_types=[[["global", "local"], 1]], window_size=4, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPTNeoForCausalLM(config).double().eval()
+    before = state_of(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.FunctionChangingWarning)
+        with pytest.raises(dx.VerificationError, match="does not run with only its exact"):
+            dx.prune(model, IDS, ratio=0.5, verify=True)
+    assert_same_state(before, state_of(model))
+    result = dx.prune(model, IDS, ratio=0.5, verify=True, exact_only=True)
+    assert result.params_after < result.params_before
+
+
+class Upcasts(nn.Module):
+    """A float64 model that computes one step in float32 after its first layer."""
+
+    def __init__(self, upcast: bool):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.upcast = upcast
+        self.register_buffer("scale", torch.ones(3, dtype=torch.float32))
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        if self.upcast:
+            h = h.float().double()
+        return self.fc2(h) * self.scale.double()
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_the_tolerance_is_that_of_the_least_precise_dtype_computed_from_pruned_weights(upcast):
+    """float64 weights, and float32 either on the way from a pruned weight to the outputs
+    (rounded as float32 there) or only in a buffer no pruned weight reaches (float64's)."""
+    from depgraph_ext.pruning.verify import TOLERANCE, _tolerance
+
+    model = Upcasts(upcast).double().eval()
+    model.scale.data = model.scale.data.float()
+    dg, plan = graph_and_plan(model, torch.randn(2, 6, dtype=torch.float64), "native")
+    assert "fc1.weight" in plan.tensors
+    expected = TOLERANCE[torch.float32 if upcast else torch.float64]
+    assert _tolerance(dg, plan) == expected

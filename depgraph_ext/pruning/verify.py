@@ -1,28 +1,33 @@
 """Verification: a plan proves itself on the example inputs before the model changes.
 
-The model pruned by the plan's exact groups (its pruned tensors swapped in for the duration)
-must compute what the original computes with those groups' removed units zeroed (the
-scatter-back oracle, run in place: the removed slices are saved, zeroed and put back). When it
-does not, the groups at fault are found by halving the set of groups and checking again.
+The model pruned by the plan's exact groups must compute what the original computes with
+those groups' removed units zeroed (the scatter-back oracle). Each forward sees the zeroed or
+the pruned version of a planned tensor only while a module holding it runs (built in reused
+scratch memory), where the trace shows every read of it inside such a call; otherwise, and to
+confirm a failure, the model's own tensors are changed for the forward (the removed slices
+saved, zeroed and put back). When the check fails, the groups at fault are found by halving
+the set of groups and checking again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
 from .. import ops
-from ..errors import VerificationError
+from ..errors import ConfigMismatchWarning, PlanValidationError, VerificationError
 from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
 from ..graph.trace import normalize_inputs
 from .apply import gather, gather_all
 from .attributes import temporary_attributes
 from .configs import config_of
-from .plan import Plan, propose_plan
+from .plan import Plan
+from .validate import checked_plan
 
 # Largest relative difference of the outputs (to their largest magnitude) taken as rounding,
 # by the outputs' dtype: a pruned matmul adds its terms in another order.
@@ -40,10 +45,20 @@ def verify_plan(dg: DependencyGraph, plan: Plan) -> None:
         raise VerificationError(
             "verify=True runs the model: its weights must be real, and some are on the meta device"
         )
-    difference = _difference(dg, _keep_only(dg, plan.keep, suspects))
-    if difference <= _tolerance(dg):
+    try:
+        checked = _plan_of(dg, _keep_only(dg, plan.keep, suspects), plan)
+    except PlanValidationError as exc:
+        raise VerificationError(
+            "verify=True checks a plan's exact groups on their own (its function-changing "
+            "groups left whole, since pruning them changes the outputs), and this model does "
+            f"not run with only its exact groups pruned: {exc}. Nothing was changed; with "
+            "exact_only=True every pruned group is exact and the plan is checked whole",
+            [g.describe() for g in suspects],
+        ) from exc
+    difference = _difference(dg, checked)
+    if difference <= _tolerance(dg, checked):
         return
-    faulty, checks = _culprits(dg, plan.keep, suspects, [0])
+    faulty, checks = _culprits(dg, plan, suspects, [0])
     names = [g.describe() for g in faulty] or [g.describe() for g in suspects]
     raise VerificationError(
         f"the pruned model does not compute what the original computes with the removed units "
@@ -70,8 +85,21 @@ def _keep_only(dg: DependencyGraph, keep: np.ndarray, groups: list[Group]) -> np
     return partial
 
 
-def _culprits(dg, keep, groups: list[Group], spent: list[int]) -> tuple[list[Group], int]:
-    """The groups whose removal alone changes the outputs, by halving (at most _MAX_CHECKS)."""
+def _plan_of(dg: DependencyGraph, keep: np.ndarray, plan: Plan) -> Plan:
+    """The validated plan of ``keep``: the prune's own ``plan`` where that is its keep mask
+    (with the config fields and attributes the prune sets), else one checked anew
+    (PlanValidationError when its shapes do not run)."""
+    if np.array_equal(keep, plan.keep):
+        return plan
+    with warnings.catch_warnings():
+        # what the config cannot express was reported for the prune's own plan
+        warnings.simplefilter("ignore", ConfigMismatchWarning)
+        return checked_plan(dg, keep)
+
+
+def _culprits(dg, plan: Plan, groups: list[Group], spent: list[int]) -> tuple[list[Group], int]:
+    """The groups whose removal alone changes the outputs, by halving (at most _MAX_CHECKS);
+    a part that does not run pruned on its own stays suspect whole."""
     if len(groups) == 1:
         return groups, spent[0]
     half = len(groups) // 2
@@ -80,20 +108,35 @@ def _culprits(dg, keep, groups: list[Group], spent: list[int]) -> tuple[list[Gro
         if spent[0] >= _MAX_CHECKS:
             break
         spent[0] += 1
-        if _difference(dg, _keep_only(dg, keep, part)) > _tolerance(dg):
-            found += _culprits(dg, keep, part, spent)[0]
+        try:
+            checked = _plan_of(dg, _keep_only(dg, plan.keep, part), plan)
+        except PlanValidationError:
+            found += part
+            continue
+        if _difference(dg, checked) > _tolerance(dg, checked):
+            found += _culprits(dg, plan, part, spent)[0]
     return found, spent[0]
 
 
-def _tolerance(dg: DependencyGraph) -> float:
-    dtypes = [t.dtype for t in dg.walk.params.values() if t.is_floating_point()]
-    return max((TOLERANCE.get(d, 1e-3) for d in dtypes), default=1e-3)
+def _tolerance(dg: DependencyGraph, plan: Plan) -> float:
+    """The rounding of the least precise floating dtype among the weights and the values the
+    trace computed from a planned tensor (a float64 model whose code computes in float32 on
+    the way, as an RMSNorm that upcasts to float32 does, rounds as float32 does there)."""
+    dtypes = {t.dtype for t in dg.walk.params.values() if t.is_floating_point()}
+    graph = getattr(dg, "graph", None)
+    if graph is not None:
+        named = graph.params | graph.buffers
+        reached = {named[n] for n in plan.tensors if n in named}
+        for node in graph.nodes:
+            if any(v in reached for v in node.inputs):
+                reached.update(node.outputs)
+        dtypes |= {graph.values[v].dtype for v in reached}
+    return max((TOLERANCE.get(d, 1e-3) for d in dtypes if d.is_floating_point), default=1e-3)
 
 
-def _difference(dg: DependencyGraph, keep: np.ndarray) -> float:
-    """Largest relative difference between the model pruned to ``keep`` and the original with
-    the removed units zeroed, over every output on the example inputs."""
-    plan = propose_plan(dg, keep)
+def _difference(dg: DependencyGraph, plan: Plan) -> float:
+    """Largest relative difference between the model pruned by ``plan`` (validated) and the
+    original with its removed units zeroed, over every output on the example inputs."""
     holders = _holders_of_every_read(dg, plan)
     if holders is not None:
         # The cheap way first; only a pass is taken from it (a failure, or a forward that
@@ -102,7 +145,7 @@ def _difference(dg: DependencyGraph, keep: np.ndarray) -> float:
             difference = _difference_per_call(dg, plan, holders)
         except Exception:  # noqa: BLE001 - the check below decides, and says why
             difference = float("inf")
-        if difference <= _tolerance(dg):
+        if difference <= _tolerance(dg, plan):
             return difference
     return _difference_in_memory(dg, plan)
 
