@@ -9,9 +9,10 @@ Per model type, in a worker process (one that overruns ``--timeout`` is replaced
            long it took (seconds and the stages of PruneResult.timings);
            then dx.save_pretrained and reloading: dx.from_pretrained, and plain transformers
            where the config says everything (outputs equal to the saved model's, bit for bit)
-  oracle   dx.prune(model, inputs, ratio=0.5, exact_only=True) in float64 (float32 where the
-           model cannot run in float64, as expert dispatch): the scatter-back oracle, to 1e-8
-           (1e-5 where the model computes parts in float32 whatever its dtype; recorded)
+  oracle   dx.prune(model, inputs, ratio=0.5, exact_only=True, verify=True) in float64
+           (float32 where the model cannot run in float64, as expert dispatch): the plan checked
+           before it is applied, then the scatter-back oracle on the result, to 1e-8 (1e-5
+           where the model computes parts in float32 whatever its dtype; recorded)
 Writes one JSON record per type (``--out``, default sweep_transformers.json) and prints the
 counts the README's table shows, and the ten slowest prunes with their stages beside the
 prune of a ResNet-50 (transformers' default config, 224 x 224) in a worker of the same run.
@@ -161,7 +162,7 @@ def _oracle(zoo, model_type) -> dict:
     record: dict = {"dtype": str(dtype).removeprefix("torch.")}
     original = copy.deepcopy(model)
     try:
-        result, warned = _prune(model, inputs, exact_only=True)
+        result, warned = _prune(model, inputs, exact_only=True, verify=True)
     except Exception as e:  # noqa: BLE001
         import depgraph_ext as dx
 
