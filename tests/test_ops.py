@@ -556,6 +556,14 @@ def test_gather_into_and_copy_with_fills_refuse_bad_outs_and_write_nothing():
         ),
         (lambda: ops.copy_with_fills_([full], [t], [0], [k], []), "values must have one entry"),
         (lambda: ops.copy_with_fills_([torch.zeros(4, 4)], [t], [0], [k], [0.0]), "has shape"),
+        (
+            lambda: ops.copy_with_fills_([full, t], [t, full], [0, 0], [k, k], [0.0, 0.0]),
+            "member 0: its out tensor shares memory with member 1",
+        ),
+        (
+            lambda: ops.gather_slices_into([t, full], [0, 0], [k, k], [out, out]),
+            "member 1: its out tensor shares memory with the out tensor of member 0",
+        ),
     ]  # fmt: skip
     for call, message in bad:
         with pytest.raises(RuntimeError, match=message):

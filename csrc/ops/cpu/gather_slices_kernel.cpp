@@ -316,6 +316,19 @@ void check_out(const at::Tensor& out, const at::Tensor& t, const std::vector<int
   TORCH_CHECK(!overlaps(out, t), "member ", i, ": its out tensor shares memory with it");
 }
 
+// No out tensor shares memory with another out tensor or with any member (the members are
+// read while the outs are written).
+void check_outs_apart(at::TensorList outs, at::TensorList tensors) {
+  for (size_t i = 0; i < outs.size(); ++i) {
+    for (size_t j = 0; j < tensors.size(); ++j)
+      TORCH_CHECK(!overlaps(outs[i], tensors[j]), "member ", i,
+                  ": its out tensor shares memory with member ", j);
+    for (size_t j = 0; j < i; ++j)
+      TORCH_CHECK(!overlaps(outs[i], outs[j]), "member ", i,
+                  ": its out tensor shares memory with the out tensor of member ", j);
+  }
+}
+
 void gather_slices_into_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept,
                             at::TensorList outs) {
   const auto indices = gathered_indices(tensors, dims, kept);
@@ -326,6 +339,7 @@ void gather_slices_into_cpu(at::TensorList tensors, at::IntArrayRef dims, at::Te
     const int64_t d = checked_dim(t, dims[i], i);
     check_out(outs[i], t, gathered_shape(t, d, static_cast<int64_t>(indices[i].size())), i);
   }
+  check_outs_apart(outs, tensors);
   gather_into(tensors, dims, indices, outs.vec());
 }
 
@@ -614,6 +628,7 @@ void copy_with_fills_cpu(at::TensorList outs, at::TensorList tensors, at::IntArr
                 "member ", i, ": copy_with_fills_ does not fill ", tensors[i].scalar_type(),
                 " tensors");
   }
+  check_outs_apart(outs, tensors);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
     if (t.numel() == 0) continue;
