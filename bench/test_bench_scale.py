@@ -138,8 +138,8 @@ def test_llama2_7b_bf16(tool):
 
 def test_llama2_7b_bf16_verified():
     """verify=True: before anything changes, the plan's exact groups are checked on the inputs
-    (the pruned tensors swapped in for one forward, the removed slices zeroed for another);
-    its check next to two plain forwards of the same run."""
+    (a forward with the removed slices zeroed, one with the pruned tensors, each swapped in
+    while the module holding it runs); its check next to two plain forwards of the same run."""
     runs = run_rounds("verify", "llama-2-7b")
     record("llama-2-7b shape, bf16", "prune 50% end to end", runs)
     assert isinstance(runs, list), runs
