@@ -57,20 +57,54 @@ def graph_and_plan(model, inputs, backend, seed=0, **options):
     return dg, propose_plan(dg, select_local(dg, scores, 0.5, None, options.get("ratios")))
 
 
+class Recurrent(nn.Module):
+    """An LSTM reads its weights through its flat-weights list, a linear head after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(6, 12, batch_first=True), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0])
+
+
+def weight_normed(parametrized: bool) -> nn.Module:
+    """Weights computed from g and v as the module runs: by the older weight_norm's forward
+    pre-hook, or by a parametrization module called from the layer's forward."""
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
+    for layer in (model[0], model[2]):
+        if parametrized:
+            nn.utils.parametrizations.weight_norm(layer)
+        else:
+            nn.utils.weight_norm(layer)
+    return model.double().eval()
+
+
 def cases():
     torch.manual_seed(0)
     yield "shared", Shared().double().eval(), torch.randn(2, 3, 8, 8, dtype=torch.float64), None
     yield "llama", tiny_llama(**LLAMA).double(), IDS, {"hidden": 0}
     yield "tied llama", tiny_llama(**LLAMA, tie_word_embeddings=True).double(), IDS, {"hidden": 0}
+    x = torch.randn(3, 6, dtype=torch.float64)
+    yield "weight_norm", weight_normed(False), x, None
+    yield "parametrized weight_norm", weight_normed(True), x, None
+    yield "lstm", Recurrent().double().eval(), torch.randn(2, 5, 6, dtype=torch.float64), None
 
 
-@pytest.mark.parametrize("case", ["shared", "llama", "tied llama"])
+CASES = ["shared", "llama", "tied llama", "weight_norm", "parametrized weight_norm", "lstm"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_the_check_per_call_computes_what_the_check_in_memory_computes(case, backend):
     """Bit for bit the same largest difference (both forwards compute the same numbers from
     the same weights), the model's every tensor the original object with its bits after
-    each, and the per-call check is the one these models get."""
+    each, and the per-call check is the one these models get: blocks called twice, tied
+    embeddings, weights computed by a pre-hook or a parametrization, an LSTM's flat weights."""
     name, model, inputs, ratios = next(c for c in cases() if c[0] == case)
     dg, plan = graph_and_plan(model, inputs, backend, ratios=ratios)
+    assert any(n.endswith(("weight_g", "original0", "weight_ih_l0")) for n in plan.tensors) or (
+        case in CASES[:3]
+    )
     holders = verify._holders_of_every_read(dg, plan)
     assert holders is not None
     before = state_of(model)

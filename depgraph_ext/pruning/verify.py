@@ -429,7 +429,12 @@ def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
     Every forward draws the same random numbers (a model that samples, as ViLT's patches),
     and the caller's RNG state is left as it was."""
     args, kwargs = normalize_inputs(example_inputs)
-    training = [m for m in model.modules() if m.training]
+    modules = list(model.modules())
+    training = [m for m in modules if m.training]
+    # Tensors a forward keeps as plain module attributes (the older weight_norm sets
+    # module.weight in a pre-hook) are put back: computed from a check's substitutes, they
+    # would outlive it.
+    kept = [(m, {k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}) for m in modules]
     try:
         model.eval()
         with torch.no_grad(), torch.random.fork_rng():
@@ -441,6 +446,12 @@ def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
     finally:
         for m in training:
             m.training = True
+        for m, attributes in kept:
+            state = vars(m)
+            for k in [k for k, v in state.items() if isinstance(v, torch.Tensor)]:
+                if k not in attributes:
+                    del state[k]
+            state.update(attributes)
 
 
 @contextlib.contextmanager
