@@ -638,9 +638,18 @@ def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str],
             ticks.update(1)
             calls.append((stack.pop(), recorder.module_outputs(output)))
 
+    with global_module_hooks(push, pop):
+        yield
+
+
+@contextlib.contextmanager
+def global_module_hooks(before, after):
+    """``before(module, args)`` and ``after(module, args, output)`` around every module call,
+    for the duration (each must return None). Global hooks run before a module's own, so
+    anything a module's own hooks do falls inside the scope they open."""
     handles = [
-        torch.nn.modules.module.register_module_forward_pre_hook(push),
-        torch.nn.modules.module.register_module_forward_hook(pop),
+        torch.nn.modules.module.register_module_forward_pre_hook(before),
+        torch.nn.modules.module.register_module_forward_hook(after),
     ]
     try:
         yield

@@ -22,7 +22,7 @@ from .. import ops
 from ..errors import ConfigMismatchWarning, PlanValidationError, VerificationError
 from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
-from ..graph.trace import normalize_inputs
+from ..graph.trace import global_module_hooks, normalize_inputs
 from .apply import gather, gather_all
 from .attributes import temporary_attributes
 from .configs import config_of
@@ -55,8 +55,9 @@ def verify_plan(dg: DependencyGraph, plan: Plan) -> None:
             "exact_only=True every pruned group is exact and the plan is checked whole",
             [g.describe() for g in suspects],
         ) from exc
-    difference = _difference(dg, checked)
-    if difference <= _tolerance(dg, checked):
+    tolerance = _tolerance(dg, checked)
+    difference = _difference(dg, checked, tolerance)
+    if difference <= tolerance:
         return
     faulty, checks = _culprits(dg, plan, suspects, [0])
     names = [g.describe() for g in faulty] or [g.describe() for g in suspects]
@@ -113,7 +114,8 @@ def _culprits(dg, plan: Plan, groups: list[Group], spent: list[int]) -> tuple[li
         except PlanValidationError:
             found += part
             continue
-        if _difference(dg, checked) > _tolerance(dg, checked):
+        tolerance = _tolerance(dg, checked)
+        if _difference(dg, checked, tolerance) > tolerance:
             found += _culprits(dg, plan, part, spent)[0]
     return found, spent[0]
 
@@ -134,9 +136,10 @@ def _tolerance(dg: DependencyGraph, plan: Plan) -> float:
     return max((TOLERANCE.get(d, 1e-3) for d in dtypes if d.is_floating_point), default=1e-3)
 
 
-def _difference(dg: DependencyGraph, plan: Plan) -> float:
+def _difference(dg: DependencyGraph, plan: Plan, tolerance: float) -> float:
     """Largest relative difference between the model pruned by ``plan`` (validated) and the
-    original with its removed units zeroed, over every output on the example inputs."""
+    original with its removed units zeroed, over every output on the example inputs; a
+    difference within ``tolerance`` may come from the per-call check alone."""
     holders = _holders_of_every_read(dg, plan)
     if holders is not None:
         # The cheap way first; only a pass is taken from it (a failure, or a forward that
@@ -145,7 +148,7 @@ def _difference(dg: DependencyGraph, plan: Plan) -> float:
             difference = _difference_per_call(dg, plan, holders)
         except Exception:  # noqa: BLE001 - the check below decides, and says why
             difference = float("inf")
-        if difference <= _tolerance(dg, plan):
+        if difference <= tolerance:
             return difference
     return _difference_in_memory(dg, plan)
 
@@ -296,8 +299,8 @@ def _sole_user(t: torch.Tensor) -> bool:
 def _swapped_per_call(holders: dict[int, list[str]], tensors, substitute, scratch: _Scratch):
     """While a module of ``holders`` runs, each planned tensor it holds has the data
     ``substitute(name, own data)``; the tensor's own data comes back when the outermost call of
-    a module holding it returns, and on exit whatever happens. The hooks are global, as the
-    trace's module scopes are, so a module's own hooks run inside its scope in both."""
+    a module holding it returns, and on exit whatever happens. The hooks are the trace's kind
+    (``global_module_hooks``), so a module's own hooks run inside its scope in both."""
     active: dict[str, list] = {}  # name -> [calls running that hold it, own data, substitute]
 
     def enter(module, args):
@@ -324,15 +327,10 @@ def _swapped_per_call(holders: dict[int, list[str]], tensors, substitute, scratc
                 tensors[name].data = entry[1]
                 scratch.give(entry[2])
 
-    handles = [
-        torch.nn.modules.module.register_module_forward_pre_hook(enter),
-        torch.nn.modules.module.register_module_forward_hook(leave),
-    ]
     try:
-        yield
+        with global_module_hooks(enter, leave):
+            yield
     finally:
-        for h in handles:
-            h.remove()
         for name, (_, own, _) in active.items():
             tensors[name].data = own
 
@@ -495,11 +493,8 @@ def _zeroed(dg: DependencyGraph, plan: Plan):
     # before any is filled (each holds original values, so they go back in any order).
     removed: dict[tuple[str, int], torch.Tensor] = {}  # (name, dim) -> the removed indices
     for name, dims in plan.tensors.items():
-        t = tensors[name].data
-        for d, kept in dims.items():
-            mask = torch.ones(t.shape[d], dtype=torch.bool)
-            mask[kept] = False
-            removed[(name, d)] = torch.nonzero(mask).view(-1).to(t.device)
+        for d, index in _removed_indices(tensors[name].data, dims).items():
+            removed[(name, d)] = index
     with torch.no_grad():
         saved = gather_all(
             {key: tensors[key[0]] for key in removed},

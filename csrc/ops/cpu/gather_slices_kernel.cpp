@@ -254,20 +254,24 @@ void gather_into(at::TensorList tensors, at::IntArrayRef dims,
   for (int64_t i : large) copy(i);
 }
 
-// Each member's kept indices (any order, in range), checked as gather_slices checks them.
-std::vector<std::vector<int64_t>> gathered_indices(at::TensorList tensors, at::IntArrayRef dims,
-                                                   at::TensorList kept) {
+// Each member's kept indices, in range (strictly increasing with `increasing`), the members
+// on the CPU (and contiguous where `contiguous_for` names the op that needs it).
+std::vector<std::vector<int64_t>> checked_kept(at::TensorList tensors, at::IntArrayRef dims,
+                                               at::TensorList kept, bool increasing,
+                                               const char* contiguous_for = nullptr) {
   check_lists(tensors.size(), dims.size(), kept.size(), "kept");
   for (size_t i = 0; i < tensors.size(); ++i) {
-    TORCH_CHECK(tensors[i].device().is_cpu(), "member ", i, " is on ", tensors[i].device(),
-                ", not the CPU");
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
+    TORCH_CHECK(contiguous_for == nullptr || t.is_contiguous(), "member ", i, ": ",
+                contiguous_for, " needs a contiguous tensor");
     check_index(kept[i], i, "kept");
   }
   const std::vector<at::Tensor> host_kept = on_host(kept);
   std::vector<std::vector<int64_t>> indices(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
-    indices[i] = kept_indices(host_kept[i], t.size(checked_dim(t, dims[i], i)), i, false);
+    indices[i] = kept_indices(host_kept[i], t.size(checked_dim(t, dims[i], i)), i, increasing);
   }
   return indices;
 }
@@ -280,7 +284,7 @@ std::vector<int64_t> gathered_shape(const at::Tensor& t, int64_t dim, int64_t k)
 
 std::vector<at::Tensor> gather_slices_cpu(at::TensorList tensors, at::IntArrayRef dims,
                                           at::TensorList kept) {
-  const auto indices = gathered_indices(tensors, dims, kept);
+  const auto indices = checked_kept(tensors, dims, kept, false);
   std::vector<at::Tensor> out(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     const at::Tensor& t = tensors[i];
@@ -331,7 +335,7 @@ void check_outs_apart(at::TensorList outs, at::TensorList tensors) {
 
 void gather_slices_into_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept,
                             at::TensorList outs) {
-  const auto indices = gathered_indices(tensors, dims, kept);
+  const auto indices = checked_kept(tensors, dims, kept, false);
   TORCH_CHECK(outs.size() == tensors.size(), "outs must have one tensor per member (got ",
               tensors.size(), " tensors and ", outs.size(), " outs)");
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -344,19 +348,7 @@ void gather_slices_into_cpu(at::TensorList tensors, at::IntArrayRef dims, at::Te
 }
 
 void compact_cpu(at::TensorList tensors, at::IntArrayRef dims, at::TensorList kept) {
-  check_lists(tensors.size(), dims.size(), kept.size(), "kept");
-  std::vector<std::vector<int64_t>> indices(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK(t.device().is_cpu(), "member ", i, " is on ", t.device(), ", not the CPU");
-    TORCH_CHECK(t.is_contiguous(), "member ", i, ": compact_ needs a contiguous tensor");
-    check_index(kept[i], i, "kept");
-  }
-  const std::vector<at::Tensor> host_kept = on_host(kept);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    indices[i] = kept_indices(host_kept[i], t.size(checked_dim(t, dims[i], i)), i, true);
-  }
+  const auto indices = checked_kept(tensors, dims, kept, true, "compact_");
   at::parallel_for(0, static_cast<int64_t>(tensors.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const at::Tensor& t = tensors[i];
