@@ -134,3 +134,29 @@ def test_transformer_conv_with_nothing_to_prune_names_the_op_and_its_line():
     assert "aten.view" in message and "transformer_conv.py:" in message
     assert ".view(-1, H, C)" in message
     assert model.conv.lin_query.weight.shape == (8, 12)  # untouched
+
+
+def test_hypergraph_attention_keeps_its_channel_count():
+    """HypergraphConv's attention vector is [1, heads, 2 x out_channels] (node and hyperedge
+    features side by side): out_channels follows as half its last dim."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = pyg.HypergraphConv(12, 16, use_attention=True, heads=2)
+            self.e = nn.Linear(12, 32)
+            self.c2 = pyg.HypergraphConv(32, 16, use_attention=True, heads=2)
+            self.out = nn.Linear(32, 4)
+
+        def forward(self, x, hyperedges, features):
+            h = torch.relu(self.c1(x, hyperedges, hyperedge_attr=features))
+            return self.out(self.c2(h, hyperedges, hyperedge_attr=self.e(features)))
+
+    torch.manual_seed(0)
+    hyperedges = torch.stack([EDGES[0], torch.arange(E) % 8])
+    features = torch.randn(8, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    model = Net().double().eval()
+    pruned, _ = prune_and_check(model, (X, hyperedges, features), ratio=0.5, exact_only=True)
+    for conv in (pruned.c1, pruned.c2):
+        assert conv.att.shape == (1, conv.heads, 2 * conv.out_channels)
+        assert conv.lin.weight.shape[0] == conv.heads * conv.out_channels

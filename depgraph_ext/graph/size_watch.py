@@ -22,6 +22,7 @@ pool's kernel, an interpolation's size) and counts the rules keep aligned (``chu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -194,6 +195,17 @@ class CodeSaw:
     shaped_calls: list[ShapedCall] = field(default_factory=list)
     values_read: bool = False  # the code read some tensor's values
     unknown_reads: bool = False  # it read sizes of a tensor the trace did not know
+    # (value, dim) of each size read -> how many ops had run when it was first read
+    read_at: dict[tuple[int, int | None], int] = field(default_factory=dict)
+    # How many ops have run so far (the trace's count, while it runs; then None).
+    clock: Callable[[], int] | None = field(default=None, repr=False, compare=False)
+
+    def read(self, value: int, dim: int | None) -> None:
+        """Note a size read (its first time too)."""
+        key = (value, dim)
+        if key not in self.read_at:
+            self.size_reads.add(key)
+            self.read_at[key] = self.clock() if self.clock is not None else 0
 
 
 @dataclass(frozen=True)
@@ -223,9 +235,9 @@ class WatchedShape(tuple):
         return shape
 
     def _read(self, dims) -> None:
-        reads, value = self._saw.size_reads, self._value
+        saw, value = self._saw, self._value
         for d in dims:
-            reads.add((value, d))
+            saw.read(value, d)
 
     def read_all(self) -> None:
         self._read(self._dims)
@@ -296,7 +308,7 @@ class SizeWatch(TorchFunctionMode):
     def __init__(self, recorder) -> None:
         super().__init__()
         self.recorder = recorder
-        self.saw = CodeSaw()
+        self.saw = CodeSaw(clock=recorder.recorded_count)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -345,10 +357,10 @@ class SizeWatch(TorchFunctionMode):
         if index is None:
             self.saw.unknown_reads = True
         elif dims is None:
-            self.saw.size_reads.add((index, None))
+            self.saw.read(index, None)
         else:
             for d in dims:
-                self.saw.size_reads.add((index, d))
+                self.saw.read(index, d)
 
 
 _PYTHON_VALUES = frozenset({bool, int, float, complex, list, str})

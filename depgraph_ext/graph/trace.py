@@ -38,6 +38,7 @@ from .decisions import (
     snapshot,
     without_data,
 )
+from .op_numbers import constant_value, op_numbers
 from .size_watch import CodeSaw, SizeWatch, reads_values
 from .standin import _IS_META, FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
@@ -143,6 +144,9 @@ class OpGraph:
     # A real trace was tried first and ran past its time budget: so would one of the plan's
     # shapes, and its checks skip it (see ``trace``'s ``real_over_budget``).
     real_over_budget: bool = False
+    # The values of the small constants the ops read (tensors made outside the traced ops,
+    # ``tensor(128)``): value index -> ``op_numbers.constant_value``.
+    constants: dict[int, tuple] = field(default_factory=dict)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -162,6 +166,8 @@ class ShapeTrace:
     # Ops that failed and went on with what a ``guide`` gave (see trace_as), with their
     # errors, in order.
     recovered: list[tuple[FailedOp, str]] = field(default_factory=list)
+    # The numbers ops computed with (``op_numbers``): op index -> its numbers, where any.
+    numbers: dict[int, tuple] = field(default_factory=dict)
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -388,6 +394,9 @@ class _Recorder(_RecorderBase):
         index = self.value_of.get(id(t))
         if index is None:
             index = self.add_value(t, "constant")
+            value = constant_value(t)
+            if value is not None:
+                self.graph.constants[index] = value
         return index
 
     def keep(self, t: torch.Tensor) -> None:
@@ -481,6 +490,13 @@ class _ShapeRecorder(_RecorderBase):
     def model_output(self, t: torch.Tensor) -> None:
         self.graph.outputs.append(tuple(t.shape))
 
+    def _constant(self, x):
+        """The values of a small tensor the trace meets for the first time (a constant, as a
+        graph trace would record it), else None."""
+        if isinstance(x, torch.Tensor) and id(x) not in self.known:
+            return constant_value(x)
+        return None
+
     def _note(self, items) -> None:
         known = self.known
         for x in items:  # ATen arguments: tensors, and lists of them (one level, mostly)
@@ -495,6 +511,9 @@ class _ShapeRecorder(_RecorderBase):
         if out_leaves is None:
             return out
         module = self.module_stack[-1] if self.module_stack else ""
+        numbers = op_numbers(func, args, kwargs, self._constant)
+        if numbers:
+            self.graph.numbers[len(self.graph.ops)] = numbers
         self._note(args)
         if kwargs:
             self._note(list(kwargs.values()))
@@ -1182,6 +1201,7 @@ def trace_as(
             if not shapes_only:
                 graph.output_paths.append(pytree.keystr(path))
     if watch is not None:
+        watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)
         graph.code_saw = watch.saw
     return graph
 

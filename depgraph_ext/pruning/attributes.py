@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -37,12 +38,14 @@ class PlannedModule:
     """What an attribute rule sees of one module under a plan: ``shape(tensor)`` is the shape
     its parameter/buffer ``tensor`` (a local name such as ``"weight"``) will have (None: it
     has none); ``declared(attr)`` is a size an op rule tied to this module's attribute (a
-    convolution's ``groups``), or None."""
+    convolution's ``groups``), or None; ``output(i)`` the planned shape of the ``i``-th
+    tensor its first call returned (None: it was not called, or returned fewer)."""
 
     name: str
     module: nn.Module
     shape: Callable[[str], tuple[int, ...] | None]
     declared: Callable[[str], int | None]
+    output: Callable[[int], tuple[int, ...] | None] = lambda i: None
 
 
 AttributeRule = Callable[[PlannedModule], dict[str, object]]
@@ -103,6 +106,16 @@ def attribute_updates(
             return tuple(dg.slot_kept_size(s, masks) for s in slots[computed[full]])
         return None
 
+    first_outputs: dict[str, list[int]] = {}
+    for module_name, outputs in g.module_calls:
+        first_outputs.setdefault(module_name, outputs)
+
+    def output_of(module_name: str, i: int):
+        outputs = first_outputs.get(module_name, ())
+        if i >= len(outputs):
+            return None
+        return tuple(dg.slot_kept_size(s, masks) for s in slots[outputs[i]])
+
     declared: dict[tuple[str, str], int] = {}
     for module, attr, slot in dg.coupling_model.attr_slots:
         m = modules.get(module)
@@ -119,6 +132,7 @@ def attribute_updates(
             m,
             lambda t, name=name: shape_of(name, t),
             lambda a, name=name: declared.get((name, a)),
+            lambda i, name=name: output_of(name, i),
         )
         for attr, new in rule(view).items():
             old = getattr(m, attr)
@@ -161,7 +175,16 @@ def _linear(p: PlannedModule) -> dict[str, object]:
 @register_attributes(nn.modules.batchnorm._NormBase)
 def _batch_norm(p: PlannedModule) -> dict[str, object]:
     ref = p.shape("weight") or p.shape("running_mean")
-    return {"num_features": ref[0] if ref else None}
+    if ref:
+        return {"num_features": ref[0]}
+    # No tensor to say it (an InstanceNorm without affine or running statistics): the
+    # channels of what it returned, at the dim its own check reads.
+    out = p.output(0)
+    if not out:
+        return {"num_features": None}
+    m = p.module
+    dim = len(out) - m._get_no_batch_dim() if hasattr(m, "_get_no_batch_dim") else 1
+    return {"num_features": out[dim] if 0 <= dim < len(out) else None}
 
 
 @register_attributes(nn.GroupNorm)
@@ -229,10 +252,20 @@ def _pyg_linear(p: PlannedModule) -> dict[str, object]:
 
 @register_attributes(lambda m: _is_pyg(m) and (hasattr(m, "att_src") or hasattr(m, "att")))
 def _pyg_graph_attention(p: PlannedModule) -> dict[str, object]:
-    att = p.shape("att_src") or p.shape("att")
-    if not att or len(att) != 3:  # graph attention: att [1, heads, channels]
+    name = "att_src" if hasattr(p.module, "att_src") else "att"
+    att, before = p.shape(name), getattr(p.module, name, None)
+    if not att or len(att) != 3 or not isinstance(before, torch.Tensor) or before.dim() != 3:
         return {}
-    return {"heads": att[1], "out_channels": att[2]}
+    # graph attention: att [1, heads, k x out_channels] (k = 1 for GAT; HypergraphConv's
+    # concatenates two: k = 2); each count follows where the module's value is the tensor's
+    out: dict[str, object] = {}
+    heads, width = getattr(p.module, "heads", None), getattr(p.module, "out_channels", None)
+    if heads == before.shape[1]:
+        out["heads"] = att[1]
+    if isinstance(width, int) and width > 0 and before.shape[2] % width == 0:
+        per = before.shape[2] // width
+        out["out_channels"] = att[2] // per if att[2] % per == 0 else None
+    return out
 
 
 @register_attributes(lambda m: type(m).__name__ == "Conv1D" and hasattr(m, "nf"))

@@ -25,6 +25,8 @@ from ..errors import (
 )
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
+from ..graph.op_numbers import differences, op_numbers
+from ..graph.trace import Ref
 from .attributes import attributes_named_like, temporary_attributes
 from .configs import (
     Rebuilds,
@@ -54,6 +56,9 @@ _PASS_THROUGH_FORWARDS = frozenset(
         nn.BatchNorm1d,
         nn.BatchNorm2d,
         nn.BatchNorm3d,
+        nn.InstanceNorm1d,  # (its forward compares num_features with its input, nothing more)
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
         nn.LayerNorm,
         nn.GroupNorm,
         nn.Embedding,
@@ -288,6 +293,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     aligned = len(pruned.ops) == len(g.nodes) and all(
         a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
     )
+    matched = None  # (original node, index in the pruned trace) of the ops that correspond
     if aligned and _all_ops_as_planned(dg, pruned, kept):
         pass
     elif aligned:  # op by op: the first deviating op is the one whose call fixes a size
@@ -297,8 +303,11 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         # Decompositions branch on shapes (a reshape copies or not), so the traces part: the
         # ops that still correspond are checked one by one (a functional channel shuffle, a
         # head split by a tensor's own width); then what every module call returns.
-        for old, new_shapes in _matched_ops(g.nodes, pruned.ops):
+        matched = []
+        unmatched: list[tuple[str, str, str]] = []
+        for old, new_shapes, index in _matched_ops(g.nodes, pruned.ops, unmatched):
             check_op(old, new_shapes, same_ranks_only=True)
+            matched.append((old, index))
         calls = list(zip(g.module_calls, pruned.module_calls))
         for (name, outs_old), (new_name, shapes_new) in calls:
             if name != new_name or len(outs_old) != len(shapes_new):
@@ -325,8 +334,64 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
                 (),
                 name,
             )
+        _check_same_computation(dg, unmatched, kept)
     for vo, shape in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, shape, None)
+    _check_numbers(dg, pruned, matched, kept)
+
+
+def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> None:
+    """The shapes run as planned; the numbers the ops compute with must be the original's
+    too (graph/op_numbers.py): one that differs was computed from a size the plan prunes
+    (RAFT's ``corr / sqrt(tensor(num_channels))``), and pruning would change what the kept
+    units compute. The slots to keep are the pruned sizes the code read before that op.
+    Not compared where the code read tensor values (numbers may come from the data, which
+    the pruned trace does not have) or where nothing watched its reads."""
+    g = dg.graph
+    saw = g.code_saw
+    if saw is None or saw.values_read or not pruned.numbers:
+        return
+    if matched is None:
+        pairs = [(g.nodes[j], j) for j in sorted(pruned.numbers) if j < len(g.nodes)]
+    else:
+        pairs = [(node, j) for node, j in matched if j in pruned.numbers]
+
+    def constant_of(x):
+        return g.constants.get(x.value) if type(x) is Ref else None
+
+    for node, j in pairs:
+        before = op_numbers(node.op, node.args, node.kwargs, constant_of)
+        differ = differences(before, pruned.numbers[j])
+        if not differ:
+            continue
+        position, old, new = differ[0]
+        slots = dg.coupling_model.value_slots
+        pruned_slots = kept != dg.slot_sizes
+        fixed = sorted(
+            {
+                s
+                for (v, d), at in saw.read_at.items()
+                if at <= node.index
+                for s in (slots[v] if d is None or d >= len(slots[v]) else [slots[v][d]])
+                if pruned_slots[s]
+            }
+        )
+        raise PlanValidationError(
+            f"{node.describe()} would compute with {_number(new)} where the original computes "
+            f"with {_number(old)} (argument {position}): the model's code computes a number "
+            "from a size the plan prunes, so the pruned model would compute something else",
+            node.index,
+            fixed,
+            node.module,
+        )
+
+
+def _number(value) -> str:
+    """A number of op_numbers as errors show it: a constant by its values."""
+    if type(value) is tuple:  # (dtype, shape, values)
+        values = value[2]
+        return f"tensor({values[0] if not value[1] else list(values)!r})"
+    return repr(value)
 
 
 _RUNS_AHEAD = 16  # runs of ops of one module a guided trace may find the original skipping
@@ -611,13 +676,84 @@ def _failure_error(
     )
 
 
-def _matched_ops(nodes, pruned_ops):
-    """(original node, pruned results' shapes) for the ops of two traces that correspond:
+# Ops two traces of one model may run differently where sizes steer a decomposition (a
+# reshape copies or views, a matmul runs as mm or bmm, a constant is lifted or made): what
+# one trace runs and the other does not must be among them.
+_LAYOUT_OPS = frozenset(
+    {
+        "aten.view", "aten._unsafe_view", "aten._reshape_alias", "aten.reshape", "aten.clone",
+        "aten.contiguous", "aten.copy_", "aten._to_copy", "aten.expand", "aten.alias", "aten.t",
+        "aten.transpose", "aten.permute", "aten.unsqueeze", "aten.squeeze", "aten.slice",
+        "aten.select", "aten.detach", "aten.lift_fresh", "aten.lift_fresh_copy",
+        "aten.scalar_tensor", "aten.as_strided", "aten.unbind", "aten.split",
+        "aten.split_with_sizes", "aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm",
+        "aten.matmul", "aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty",
+        "aten.new_empty_strided", "aten.zeros", "aten.zeros_like", "aten.new_zeros",
+        "aten.fill_", "aten.flatten", "aten.unflatten", "aten.expand_as", "aten.view_as",
+        "aten._unsafe_index", "aten.index", "aten.sym_size", "aten.sym_numel",
+        "aten.sym_stride", "aten.sym_storage_offset",
+    }
+)  # fmt: skip
+
+
+def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) -> None:
+    """The ops one trace ran and the other did not (``(trace, op, module)``, where trace is
+    "original" or "pruned"), layout ops left out, must be the same ops in each module, in
+    the same order (a constant lifted in one and made in the other shifts the pairing of
+    two runs, not what they compute). An op that computes (an add, a sigmoid) in one trace
+    only is where the code branched on a size the plan prunes (torch_geometric's HGTConv
+    adds its skip connection when its output is as wide as its input): the pruned model
+    would compute something else. The slots to keep: the pruned sizes the code read in that
+    module (or in any, when it read none there)."""
+    ran: dict[str, dict[str, list[str]]] = {"original": {}, "pruned": {}}
+    for trace, op, module in unmatched:
+        if op.rpartition(".")[0] not in _LAYOUT_OPS:
+            ran[trace].setdefault(module, []).append(op)
+    for module in dict.fromkeys([*ran["original"], *ran["pruned"]]):
+        before, after = ran["original"].get(module, []), ran["pruned"].get(module, [])
+        if before == after:
+            continue
+        k = 0
+        while k < min(len(before), len(after)) and before[k] == after[k]:
+            k += 1
+        trace, op = ("pruned", after[k]) if k < len(after) else ("original", before[k])
+        saw = dg.graph.code_saw
+        slots = dg.coupling_model.value_slots
+        pruned_slots = kept != dg.slot_sizes
+        reads = []
+        if saw is not None:
+            for v, d in saw.size_reads:
+                for s in slots[v] if d is None or d >= len(slots[v]) else [slots[v][d]]:
+                    if pruned_slots[s]:
+                        reads.append((s, _producer_module(dg, v)))
+        near = [s for s, m in reads if m == module or m.startswith(module + ".") or not module]
+        fixed = sorted(set(near or [s for s, _ in reads]))
+        other = "original" if trace == "pruned" else "pruned"
+        raise PlanValidationError(
+            f"the {trace} model runs op {op} in module {module or '<root>'} where the {other} "
+            "does not: its code branches on a size the plan prunes, so the pruned model would "
+            "compute something else",
+            None,
+            fixed,
+            module,
+        )
+
+
+def _producer_module(dg: DependencyGraph, v: int) -> str:
+    """The module of the op that made value ``v`` ("" for inputs, parameters, constants)."""
+    producer = dg.graph.values[v].producer
+    return "" if producer is None else dg.graph.nodes[producer].module
+
+
+def _matched_ops(nodes, pruned_ops, unmatched: list | None = None):
+    """(original node, pruned results' shapes, pruned index) for the ops of two traces that
+    correspond:
     both traces are cut into runs of consecutive ops of one module (a call of a child module
     ends its parent's run), the runs are aligned by module (difflib), and within two aligned
     runs the ops of their common prefix and common suffix (same op names) are paired. Ops
     between them (where a decomposition that depends on the sizes adds or drops some) are
-    left out rather than guessed."""
+    left out rather than guessed. ``unmatched`` receives ``(trace, op name, module)`` of the
+    ops of either trace that are not paired: "original" or "pruned"."""
 
     def runs(items):
         out: list[tuple[str, list]] = []
@@ -628,9 +764,12 @@ def _matched_ops(nodes, pruned_ops):
         return out
 
     old = runs((node.module, node) for node in nodes)
-    new = runs((module, (str(op), shapes)) for op, module, shapes in pruned_ops)
+    new = runs((module, (str(op), shapes, j)) for j, (op, module, shapes) in enumerate(pruned_ops))
+    aligned_old, aligned_new = set(), set()
     for a, b, size in _aligned_blocks([m for m, _ in old], [m for m, _ in new]):
         for k in range(size):
+            aligned_old.add(a + k)
+            aligned_new.add(b + k)
             old_run, new_run = old[a + k][1], new[b + k][1]
             n = min(len(old_run), len(new_run))
             prefix = 0
@@ -642,9 +781,22 @@ def _matched_ops(nodes, pruned_ops):
             pairs = list(zip(old_run[:prefix], new_run[:prefix]))
             if suffix:
                 pairs += zip(old_run[-suffix:], new_run[-suffix:])
-            for node, (_, shapes) in pairs:
+            if unmatched is not None:
+                module = old[a + k][0]
+                for node in old_run[prefix : len(old_run) - suffix]:
+                    unmatched.append(("original", node.name, module))
+                for name, _, _ in new_run[prefix : len(new_run) - suffix]:
+                    unmatched.append(("pruned", name, module))
+            for node, (_, shapes, j) in pairs:
                 if len(shapes) == len(node.outputs):
-                    yield node, shapes
+                    yield node, shapes, j
+    if unmatched is not None:
+        for i, (module, run) in enumerate(old):
+            if i not in aligned_old:
+                unmatched.extend(("original", node.name, module) for node in run)
+        for i, (module, run) in enumerate(new):
+            if i not in aligned_new:
+                unmatched.extend(("pruned", name, module) for name, _, _ in run)
 
 
 def _aligned_blocks(a: list, b: list):

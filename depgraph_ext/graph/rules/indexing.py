@@ -197,19 +197,37 @@ def _couple_with_domain(ctx: RuleContext, node: Node, src: int, dim: int, index)
 def index_tensor(ctx: RuleContext, node: Node) -> None:
     """x[i0, i1, ...] with index tensors on some dims: indexed dims are blocked (their indices are
     data); the other dims of x are equal to the output's; the index tensors' dims are the
-    output's broadcast dims."""
+    output's broadcast dims. A boolean mask of k dims indexes the next k dims of x at once,
+    and gives one result dim (as many as it has true values: the data's count)."""
     src, out = node.inputs[0], node.outputs[0]
     indices = list(arg(node, "indices"))
     ss, so = ctx.slots(src), ctx.slots(out)
-    indexed = [d for d, ix in enumerate(indices) if ix is not None]
+    # (first dim of x it indexes, how many, the index, whether a mask) per index argument
+    entries: list[tuple[int, int, object, bool]] = []
+    d = 0
+    for ix in indices:
+        mask = isinstance(ix, Ref) and ctx.graph.values[ix.value].dtype in _MASK_DTYPES
+        width = len(ctx.shape(ix)) if mask else 1
+        if mask and width == 0:
+            raise RuleError("index with a 0-dim mask")
+        entries.append((d, width, ix, mask))
+        d += width
+    indexed = [
+        d for start, width, ix, _ in entries if ix is not None for d in range(start, start + width)
+    ]
     if not indexed:
         raise RuleError("index without index tensors")
+    if indexed[-1] >= len(ss):
+        raise RuleError("index with more indexed dims than its input has")
     adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
-    bdims = max(len(ctx.shape(ix)) for ix in indices if ix is not None)
+    bdims = max(1 if mask else len(ctx.shape(ix)) for _, _, ix, mask in entries if ix is not None)
     first = indexed[0] if adjacent else 0
-    for d in indexed:
-        if not _couple_with_domain(ctx, node, src, d, indices[d]):
-            ctx.block(ss[d])
+    for start, width, ix, mask in entries:
+        if ix is None:
+            continue
+        if mask or not _couple_with_domain(ctx, node, src, start, ix):
+            for d in range(start, start + width):
+                ctx.block(ss[d])
     j = 0
     for d in range(len(ss)):
         if d in indexed:
@@ -218,13 +236,16 @@ def index_tensor(ctx: RuleContext, node: Node) -> None:
         j += 1
         if ctx.size(ss[d]) != 1:
             ctx.equal(ss[d], so[pos])
-    for ix in indices:
-        if isinstance(ix, Ref):
+    for _, _, ix, mask in entries:
+        if isinstance(ix, Ref) and not mask:
             si, shape = ctx.slots(ix), ctx.shape(ix)
             for k, size in enumerate(shape):
                 pos = first + bdims - len(shape) + k
                 if size != 1 and size == ctx.shape(out)[pos]:
                     ctx.equal(si[k], so[pos])
+
+
+_MASK_DTYPES = frozenset({torch.bool, torch.uint8})
 
 
 register_many(["aten.index", "aten._unsafe_index"], index_tensor)

@@ -1,0 +1,221 @@
+"""Numbers the model's code computes from a size it read (torchvision's RAFT divides its
+correlation volume by ``sqrt(tensor(num_channels))``, ``num_channels`` read from a feature
+map): pruning that size changes what the kept units compute, though every shape runs. The
+validation compares the numbers every op computes with in the original and the pruned trace
+(graph/op_numbers.py) and keeps the sizes behind a number that changes."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from depgraph_ext.errors import FixedSizeWarning
+from depgraph_ext.graph import op_numbers
+from depgraph_ext.pruning import validate
+from depgraph_ext.testing import assert_scatter_back_equal
+
+
+class ScaledByWidth(nn.Module):
+    """conv a -> relu -> conv b -> scaled by a number computed from b's channel count (or,
+    with ``how="spatial"``/``"literal"``, from a size no plan prunes, or none) -> head."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        channels = y.shape[1]
+        if self.how == "constant":  # RAFT's way
+            y = y / torch.sqrt(torch.tensor(channels, dtype=y.dtype))
+        elif self.how == "float":
+            y = y * channels**-0.5
+        elif self.how == "int":
+            y = y / channels
+        elif self.how == "fill":
+            y = y + torch.full((1, 1, 1, 1), 1.0 / channels, dtype=y.dtype)
+        elif self.how == "spatial":
+            y = y / y.shape[-1]
+        else:
+            y = y * 0.5
+        return self.head(y)
+
+
+def _pruned(how: str, **options):
+    torch.manual_seed(0)
+    model = ScaledByWidth(how).double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dx.prune(model, x, ratio=0.5, progress=False, **options)
+    return original, model, result, x, [w for w in caught if w.category is FixedSizeWarning]
+
+
+@pytest.mark.parametrize("how", ["constant", "float", "int", "fill"])
+def test_a_number_computed_from_a_pruned_size_keeps_that_size(how, backend):
+    original, model, result, x, fixed = _pruned(how, exact_only=True, backend=backend)
+    assert model.b.out_channels == 8  # the size the number is computed from: kept
+    assert model.a.out_channels == 4  # the rest still prunes
+    assert_scatter_back_equal(original, model, result, x)
+    (warning,) = fixed
+    message = str(warning.message)
+    assert "computes a number from a size the plan prunes" in message
+    assert "test_numbers_from_sizes.py" in message  # the model's line
+
+
+@pytest.mark.parametrize("how", ["constant", "int"])
+def test_without_the_comparison_the_plan_changes_the_function(how, monkeypatch):
+    """What the comparison prevents: the same plan with it switched off prunes b's channels,
+    and the pruned model no longer computes the zeroed original's outputs."""
+    monkeypatch.setattr(validate, "_check_numbers", lambda *args: None)
+    original, model, result, x, _ = _pruned(how, exact_only=True)
+    assert model.b.out_channels == 4
+    with pytest.raises(AssertionError, match="not close"):
+        assert_scatter_back_equal(original, model, result, x)
+
+
+def test_the_default_prune_keeps_it_too():
+    """Not only under exact_only: a default prune would change the function silently."""
+    original, model, result, x, fixed = _pruned("constant")
+    assert model.b.out_channels == 8 and len(fixed) == 1
+    assert_scatter_back_equal(original, model, result, x)
+
+
+@pytest.mark.parametrize("how", ["spatial", "literal"])
+def test_numbers_no_plan_changes_block_nothing(how):
+    original, model, result, x, fixed = _pruned(how, exact_only=True)
+    assert model.b.out_channels == 4 and model.a.out_channels == 4
+    assert not fixed
+    assert_scatter_back_equal(original, model, result, x)
+
+
+def test_op_numbers_lists_the_numbers_not_the_sizes():
+    aten = torch.ops.aten
+    known: dict = {}
+
+    def constant_of(t):
+        return op_numbers.constant_value(t) if id(t) not in known else None
+
+    x, xt = torch.ones(2, 3), torch.ones(3, 2)
+    known.update({id(x): x, id(xt): xt})
+    assert op_numbers.op_numbers(aten.div.Tensor, (x, 8), {}, constant_of) == ((1, 8),)
+    assert op_numbers.op_numbers(aten.mul.Tensor, (x, 0.5), {}, constant_of) == ((1, 0.5),)
+    scale = torch.tensor(2.0)
+    assert op_numbers.op_numbers(aten.div.Tensor, (x, scale), {}, constant_of) == (
+        (1, (torch.float32, (), (2.0,))),
+    )
+    # sizes and dims are not numbers; nor are the sizes of a factory; a tensor the trace
+    # computed is not a constant
+    assert op_numbers.op_numbers(aten.view.default, (x, [3, 2]), {}, constant_of) == ()
+    assert op_numbers.op_numbers(aten.sum.dim_IntList, (x, [1]), {}, constant_of) == ()
+    assert op_numbers.op_numbers(aten.arange.default, (8,), {}, constant_of) == ()
+    assert op_numbers.op_numbers(aten.mm.default, (x, xt), {}, constant_of) == ()
+    assert op_numbers.op_numbers(aten.full.default, ([2], 0.25), {}, constant_of) == ((1, 0.25),)
+    assert op_numbers.differences(((1, 8),), ((1, 4),)) == [(1, 8, 4)]
+    assert op_numbers.differences(((1, float("nan")),), ((1, float("nan")),)) == []
+    assert op_numbers.differences(((0, 1.0),), ((1, 2.0),)) == []  # nothing to compare
+
+
+def test_instance_norm_without_tensors_follows_its_channels():
+    """An InstanceNorm without affine weights or running statistics holds num_features all
+    the same (its forward warns when its input disagrees): it follows the channels kept."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.norm = nn.InstanceNorm2d(8)
+            self.b = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.norm(self.a(x))))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True, progress=False)
+    assert model.a.out_channels == 4 and model.norm.num_features == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the norm's own check: no warning
+        model(x)
+    assert_scatter_back_equal(original, model, result, x)
+
+
+class SkipWhenSameWidth(nn.Module):
+    """torch_geometric's HGTConv adds a skip connection when its output is as wide as its
+    input: a branch on sizes, which a plan keeping 16 of the 32 features turns on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 32)
+        self.out = nn.Linear(32, 4)
+        self.skip = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, x):
+        h = torch.relu(self.lin(x))
+        if h.size(-1) == x.size(-1):
+            a = self.skip.sigmoid()
+            h = a * h + (1 - a) * x
+        return self.out(h)
+
+
+def _skip_model():
+    torch.manual_seed(0)
+    return SkipWhenSameWidth().double().eval(), torch.randn(5, 16, dtype=torch.float64)
+
+
+def test_a_branch_on_a_pruned_size_is_not_taken_silently():
+    model, x = _skip_model()
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    with pytest.raises(dx.errors.NoPrunableGroupsError, match="branches on a size the plan"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dx.prune(model, x, ratio=0.5, exact_only=True, progress=False)
+    assert all(torch.equal(before[n], t) for n, t in model.state_dict().items())
+    # A plan that keeps another width takes the original's branch, and prunes exactly.
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.25, exact_only=True, progress=False)
+    assert model.lin.out_features == 24
+    assert_scatter_back_equal(original, model, result, x)
+
+
+def test_without_the_op_comparison_the_branch_changes_the_function(monkeypatch):
+    monkeypatch.setattr(validate, "_check_same_computation", lambda *args: None)
+    model, x = _skip_model()
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True, progress=False)
+    assert model.lin.out_features == 16
+    with pytest.raises(AssertionError, match="not close"):
+        assert_scatter_back_equal(original, model, result, x)
+
+
+def test_a_mask_over_several_dims_indexes_them_together(backend):
+    """h[mask] with a [batch, tokens] mask (torch_geometric's to_dense_batch): the mask's
+    dims are indexed at once, the features pass through."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x, mask):
+            return self.b(torch.relu(self.a(x)[mask]))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, (x, mask), ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.a.out_features == 8
+    assert_scatter_back_equal(original, model, result, (x, mask))
