@@ -195,17 +195,18 @@ class CodeSaw:
     shaped_calls: list[ShapedCall] = field(default_factory=list)
     values_read: bool = False  # the code read some tensor's values
     unknown_reads: bool = False  # it read sizes of a tensor the trace did not know
-    # (value, dim) of each size read -> how many ops had run when it was first read
-    read_at: dict[tuple[int, int | None], int] = field(default_factory=dict)
-    # How many ops have run so far (the trace's count, while it runs; then None).
-    clock: Callable[[], int] | None = field(default=None, repr=False, compare=False)
+    # (value, dim) of each size read -> (how many ops had run, the module running) when it
+    # was first read
+    read_at: dict[tuple[int, int | None], tuple[int, str]] = field(default_factory=dict)
+    # (how many ops have run so far, the module running): the trace's, while it runs; then None
+    clock: Callable[[], tuple[int, str]] | None = field(default=None, repr=False, compare=False)
 
     def read(self, value: int, dim: int | None) -> None:
         """Note a size read (its first time too)."""
         key = (value, dim)
         if key not in self.read_at:
             self.size_reads.add(key)
-            self.read_at[key] = self.clock() if self.clock is not None else 0
+            self.read_at[key] = self.clock() if self.clock is not None else (0, "")
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,8 @@ class SizeWatch(TorchFunctionMode):
     def __init__(self, recorder) -> None:
         super().__init__()
         self.recorder = recorder
-        self.saw = CodeSaw(clock=recorder.recorded_count)
+        stack = recorder.module_stack
+        self.saw = CodeSaw(clock=lambda: (recorder.recorded_count(), stack[-1] if stack else ""))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

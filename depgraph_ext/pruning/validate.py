@@ -344,9 +344,13 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> No
     """The shapes run as planned; the numbers the ops compute with must be the original's
     too (graph/op_numbers.py): one that differs was computed from a size the plan prunes
     (RAFT's ``corr / sqrt(tensor(num_channels))``), and pruning would change what the kept
-    units compute. The slots to keep are the pruned sizes the code read before that op.
-    Not compared where the code read tensor values (numbers may come from the data, which
-    the pruned trace does not have) or where nothing watched its reads."""
+    units compute. The slots to keep: the pruned sizes the code read in that op's module
+    before it, where they are all of exact groups (where one is of a function-changing
+    group, the change is put down to it: declared, as under ``exact_only`` it cannot be).
+    A number from a module attribute or config field the plan sets (DeepSeek-V3.2's
+    ``self.n_heads ** -0.5``) is not traced to a size, and not acted on. Not compared
+    where the code read tensor values (numbers may come from the data, which the pruned trace
+    does not have) or where nothing watched its reads."""
     g = dg.graph
     saw = g.code_saw
     if saw is None or saw.values_read or not pruned.numbers:
@@ -365,17 +369,9 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> No
         if not differ:
             continue
         position, old, new = differ[0]
-        slots = dg.coupling_model.value_slots
-        pruned_slots = kept != dg.slot_sizes
-        fixed = sorted(
-            {
-                s
-                for (v, d), at in saw.read_at.items()
-                if at <= node.index
-                for s in (slots[v] if d is None or d >= len(slots[v]) else [slots[v][d]])
-                if pruned_slots[s]
-            }
-        )
+        fixed = _pruned_reads_in(dg, node.module, kept, before=node.index)
+        if not _all_exact(dg, fixed):
+            continue
         raise PlanValidationError(
             f"{node.describe()} would compute with {_number(new)} where the original computes "
             f"with {_number(old)} (argument {position}): the model's code computes a number "
@@ -704,7 +700,11 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) ->
     only is where the code branched on a size the plan prunes (torch_geometric's HGTConv
     adds its skip connection when its output is as wide as its input): the pruned model
     would compute something else. The slots to keep: the pruned sizes the code read in that
-    module (or in any, when it read none there)."""
+    module, where they are all of exact groups (as for numbers). Not compared where the code read
+    tensor values: the data may steer it otherwise in a trace without the model's data."""
+    saw = dg.graph.code_saw
+    if saw is None or saw.values_read:
+        return
     ran: dict[str, dict[str, list[str]]] = {"original": {}, "pruned": {}}
     for trace, op, module in unmatched:
         if op.rpartition(".")[0] not in _LAYOUT_OPS:
@@ -717,17 +717,9 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) ->
         while k < min(len(before), len(after)) and before[k] == after[k]:
             k += 1
         trace, op = ("pruned", after[k]) if k < len(after) else ("original", before[k])
-        saw = dg.graph.code_saw
-        slots = dg.coupling_model.value_slots
-        pruned_slots = kept != dg.slot_sizes
-        reads = []
-        if saw is not None:
-            for v, d in saw.size_reads:
-                for s in slots[v] if d is None or d >= len(slots[v]) else [slots[v][d]]:
-                    if pruned_slots[s]:
-                        reads.append((s, _producer_module(dg, v)))
-        near = [s for s, m in reads if m == module or m.startswith(module + ".") or not module]
-        fixed = sorted(set(near or [s for s, _ in reads]))
+        fixed = _pruned_reads_in(dg, module, kept)
+        if not _all_exact(dg, fixed):
+            continue
         other = "original" if trace == "pruned" else "pruned"
         raise PlanValidationError(
             f"the {trace} model runs op {op} in module {module or '<root>'} where the {other} "
@@ -739,10 +731,28 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) ->
         )
 
 
-def _producer_module(dg: DependencyGraph, v: int) -> str:
-    """The module of the op that made value ``v`` ("" for inputs, parameters, constants)."""
-    producer = dg.graph.values[v].producer
-    return "" if producer is None else dg.graph.nodes[producer].module
+def _all_exact(dg: DependencyGraph, slots) -> bool:
+    """Whether ``slots`` are some, and the groups the plan prunes behind them all exact: a
+    number or a branch that may follow the size of a function-changing group is put down to
+    the change the prune declares for it."""
+    groups = _groups_of(dg, slots)
+    return bool(groups) and not any(dg.group_reasons.get(g) for g in groups)
+
+
+def _pruned_reads_in(dg: DependencyGraph, module: str, kept: np.ndarray, before=None) -> list:
+    """The slots the plan prunes whose sizes the model's code read while ``module`` (or a
+    module inside it) ran, before op ``before`` where given."""
+    saw = dg.graph.code_saw
+    slots = dg.coupling_model.value_slots
+    pruned = kept != dg.slot_sizes
+    found = set()
+    for (v, d), (at, where) in saw.read_at.items():
+        if before is not None and at > before:
+            continue
+        if module and where != module and not where.startswith(module + "."):
+            continue
+        found.update(slots[v] if d is None or d >= len(slots[v]) else [slots[v][d]])
+    return sorted(s for s in found if pruned[s])
 
 
 def _matched_ops(nodes, pruned_ops, unmatched: list | None = None):
