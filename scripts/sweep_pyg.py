@@ -1,0 +1,877 @@
+"""Prune every torch_geometric conv layer (and some ready-made models and layer options), each
+in a small net on a 20-node graph with random weights.
+
+    .venv/bin/python scripts/sweep_pyg.py [--workers 1] [--timeout 120] [--cases GATConv,models.GCN]
+                                          [--out sweep_pyg.json]
+
+The full sweep (112 cases, about 12 minutes on one core):
+
+    .venv/bin/python scripts/sweep_pyg.py --workers 1 --out /tmp/pyg_sweep.json
+
+Each case runs in its own child process (``sweep_pyg.py --child NAME``, one thread), in float64:
+  build    the case's model and inputs (cases needing torch-sparse, pyg-lib, cugraph-ops or
+           dgNN are recorded as not built, with the reason)
+  exact    dx.prune(copy, inputs, ratio=0.5, exact_only=True): the kept slices bit-identical to
+           the original's, the scatter-back oracle to 1e-7, the pruned forward's output shapes
+  default  dx.prune(copy, inputs, ratio=0.5): does the pruned model run, shapes kept
+  verify   dx.prune(copy, inputs, ratio=0.5, verify=True): its outcome
+After an error the model must be as it was (the same tensor objects, the same values, the same
+plain attributes). Warnings are recorded by category and first line. Writes one JSON record per
+case (``--out``), prints a line per case, then the counts: conv classes found, built, pruned,
+oracle holds, refusals grouped by reason, failures (what looks like a bug of the library).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import warnings
+from functools import partial
+
+try:
+    import torch
+    import torch_geometric
+    import torch_geometric.nn.conv as C
+    import torch_geometric.nn.models as M
+    from torch import nn
+    from torch_geometric.utils import degree
+except ImportError as error:
+    sys.exit(f"sweep_pyg.py needs torch and torch_geometric ({error})")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORD = "SWEEP_PYG_RECORD "  # the child's stdout line that carries its JSON record
+STEPS = {"exact": {"exact_only": True}, "default": {}, "verify": {"verify": True}}
+TOLERANCE = 1e-7
+
+# ---- the graph and the cases ----------------------------------------------------------------
+
+N, E, IN, HID, OUT = 20, 60, 16, 32, 4  # nodes, edges, input width, hidden width, output width
+
+
+class NotBuilt(Exception):
+    """A case that cannot be built; the message says why."""
+
+
+def _graph() -> dict:
+    """Every input a case may take, float64: a graph of N nodes and E edges without self loops,
+    edge features (3), edge types (3), positions and normals (3-d), node types (2)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, IN, dtype=torch.float64, generator=g)
+    src = torch.randint(0, N, (E,), generator=g)
+    edge_index = torch.stack([src, (src + torch.randint(1, N, (E,), generator=g)) % N])
+    edge_attr = torch.randn(E, 3, dtype=torch.float64, generator=g)
+    edge_type = torch.randint(0, 3, (E,), generator=g)
+    pos = torch.randn(N, 3, dtype=torch.float64, generator=g)
+    normal = nn.functional.normalize(torch.randn(N, 3, dtype=torch.float64, generator=g), dim=-1)
+    node_type = torch.randint(0, 2, (N,), generator=g)
+    mesh = torch.Generator().manual_seed(1)
+    return {
+        "x": x,
+        "edge_index": edge_index,
+        "edge_attr": edge_attr,
+        "edge_pseudo": edge_attr.sigmoid(),  # SplineConv's pseudo-coordinates, in [0, 1]
+        "edge_type": edge_type,
+        "pos": pos,
+        "normal": normal,
+        "node_type": node_type,
+        "batch": torch.zeros(N, dtype=torch.long),
+        # node i is in hyperedge (edge id mod 8): [nodes, hyperedges]
+        "hyperedge_index": torch.stack([edge_index[0], torch.arange(E) % 8]),
+        "hyperedge_attr": torch.randn(
+            8, IN, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+        ),
+        # LSTM aggregation needs the edges sorted by destination
+        "sorted_edge_index": edge_index[:, torch.argsort(edge_index[1] * N + edge_index[0])],
+        # MeshCNNConv: every node (edge of a mesh) has four neighbours
+        "mesh_adjacency": torch.stack(
+            [torch.arange(N).repeat_interleave(4), torch.randint(0, N, (4 * N,), generator=mesh)]
+        ),
+    }
+
+
+G = _graph()
+META = (["n"], [("n", "to", "n")])  # heterogeneous layers see one node type and one edge type
+
+
+def inputs(*names: str) -> tuple:
+    return tuple(G[name] for name in names)
+
+
+def degree_histogram() -> torch.Tensor:
+    return torch.bincount(degree(G["edge_index"][1], N, dtype=torch.long))
+
+
+def mlp(*widths: int) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them."""
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class TwoLayers(nn.Module):
+    """[Linear(IN, width)] -> layer -> ReLU -> layer -> Linear(width, OUT). ``call``: how a layer
+    takes its inputs: "graph" layer(h, edge_index, *extra), "points" layer(h, *extra,
+    edge_index), "features" layer(h, *extra) (a layer that builds its own graph). A layer that
+    returns (features, something) gives its features."""
+
+    def __init__(self, first, second, call="graph", pre=None, width=HID):
+        super().__init__()
+        self.pre, self.c1, self.c2, self.out = pre, first, second, nn.Linear(width, OUT)
+        self.call = call
+
+    def layer(self, conv, h, edge_index, extra):
+        if self.call == "graph":
+            out = conv(h, edge_index, *extra)
+        elif self.call == "points":
+            out = conv(h, *extra, edge_index)
+        else:
+            out = conv(h, *extra)
+        return out[0] if isinstance(out, tuple) else out
+
+    def forward(self, x, edge_index, *extra):
+        h = x if self.pre is None else self.pre(x)
+        h = torch.relu(self.layer(self.c1, h, edge_index, extra))
+        return self.out(self.layer(self.c2, h, edge_index, extra))
+
+
+def two(make, *extra, second=None, call="graph", pre=False, width=HID, edges="edge_index"):
+    """A case: TwoLayers(make(IN, width), (second or make)(width, width)) on (x, G[edges],
+    *G[extra]). ``pre``: a Linear(IN, width) first, and the first layer made (width, width)
+    (layers that keep their input's width)."""
+
+    def build():
+        first = make(width if pre else IN, width)
+        model = TwoLayers(
+            first,
+            (second or make)(width, width),
+            call,
+            nn.Linear(IN, width) if pre else None,
+            width,
+        )
+        return model, inputs("x", edges, *extra)
+
+    return build
+
+
+class SumOfNeighbours(C.MessagePassing):
+    """The abstract base made concrete: a Linear, then the sum of x_j over the edges."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__(aggr="add")
+        self.lin = nn.Linear(in_channels, out_channels)
+
+    def forward(self, x, edge_index):
+        return self.propagate(edge_index, x=self.lin(x))
+
+    def message(self, x_j):
+        return x_j
+
+
+class InitialResidualNet(nn.Module):
+    """Linear -> layer(h, x0) -> ReLU -> layer(h, x0) -> Linear: GCN2Conv, FAConv."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.pre, self.c1, self.c2 = nn.Linear(IN, HID), make(), make()
+        self.out = nn.Linear(HID, OUT)
+
+    def forward(self, x, edge_index):
+        x0 = self.pre(x)
+        h = torch.relu(self.c1(x0, x0, edge_index))
+        return self.out(self.c2(h, x0, edge_index))
+
+
+class DNANet(nn.Module):
+    """DNAConv attends over the layers so far: (N, layers, width) in."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = nn.Linear(IN, HID)
+        self.c1, self.c2 = C.DNAConv(HID, heads=2), C.DNAConv(HID, heads=2)
+        self.out = nn.Linear(HID, OUT)
+
+    def forward(self, x, edge_index):
+        h0 = self.pre(x)
+        h1 = torch.relu(self.c1(h0.unsqueeze(1), edge_index))
+        return self.out(self.c2(torch.stack([h0, h1], 1), edge_index))
+
+
+class SignedNet(nn.Module):
+    """SignedConv on positive and negative edges; its output is twice its out_channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = C.SignedConv(IN, 16, first_aggr=True)
+        self.c2 = C.SignedConv(16, 16, first_aggr=False)
+        self.out = nn.Linear(32, OUT)
+
+    def forward(self, x, positive_edges, negative_edges):
+        h = torch.relu(self.c1(x, positive_edges, negative_edges))
+        return self.out(self.c2(h, positive_edges, negative_edges))
+
+
+class HeteroNet(nn.Module):
+    """The homogeneous graph as node type "n" and edge type ("n", "to", "n")."""
+
+    def __init__(self, first, second):
+        super().__init__()
+        self.c1, self.c2, self.out = first, second, nn.Linear(HID, OUT)
+
+    def forward(self, x, edge_index):
+        edges = {META[1][0]: edge_index}
+        h = torch.relu(self.c1({"n": x}, edges)["n"])
+        return self.out(self.c2({"n": h}, edges)["n"])
+
+
+def hetero(make, second=None):
+    return lambda: (HeteroNet(make(IN, HID), (second or make)(HID, HID)), inputs("x", "edge_index"))
+
+
+class HyperedgeAttentionNet(nn.Module):
+    """HypergraphConv with attention: hyperedge features (projected for the second layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = C.HypergraphConv(IN, 16, use_attention=True, heads=2)
+        self.c2 = C.HypergraphConv(HID, 16, use_attention=True, heads=2)
+        self.project, self.out = nn.Linear(IN, HID), nn.Linear(HID, OUT)
+
+    def forward(self, x, hyperedge_index, hyperedge_attr):
+        h = torch.relu(self.c1(x, hyperedge_index, hyperedge_attr=hyperedge_attr))
+        h = self.c2(h, hyperedge_index, hyperedge_attr=self.project(hyperedge_attr))
+        return self.out(h)
+
+
+class EdgeEmbeddingNet(nn.Module):
+    """GINEConv without edge_dim: edge features embedded as wide as each layer's input."""
+
+    def __init__(self):
+        super().__init__()
+        self.e1, self.e2 = nn.Linear(3, IN), nn.Linear(3, HID)
+        self.c1, self.c2 = C.GINEConv(mlp(IN, HID, HID)), C.GINEConv(mlp(HID, HID, HID))
+        self.out = nn.Linear(HID, OUT)
+
+    def forward(self, x, edge_index, edge_attr):
+        h = torch.relu(self.c1(x, edge_index, self.e1(edge_attr)))
+        return self.out(self.c2(h, edge_index, self.e2(edge_attr)))
+
+
+class DeepGCNNet(nn.Module):
+    """Linear -> two DeepGCNLayer("res+") of GENConv -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+
+        def layer():
+            return M.DeepGCNLayer(C.GENConv(HID, HID), nn.LayerNorm(HID), nn.ReLU(), block="res+")
+
+        self.pre, self.l1, self.l2, self.out = (
+            nn.Linear(IN, HID),
+            layer(),
+            layer(),
+            nn.Linear(HID, OUT),
+        )
+
+    def forward(self, x, edge_index):
+        return self.out(self.l2(self.l1(self.pre(x), edge_index), edge_index))
+
+
+def not_built(reason: str):
+    def build():
+        raise NotBuilt(reason)
+
+    return build
+
+
+def sgformer():
+    torch.set_default_dtype(torch.float64)  # its forward makes tensors of the default dtype
+    return M.SGFormer(IN, HID, OUT), inputs("x", "edge_index", "batch")
+
+
+HEAT = dict(
+    num_node_types=2, num_edge_types=3, edge_type_emb_dim=4, edge_dim=3, edge_attr_emb_dim=4
+)
+GEN = dict(edge_dim=3, msg_norm=True, learn_t=True, num_layers=2)
+
+# One per class of torch_geometric.nn.conv, by its name: a builder returning (model, inputs).
+CONVS = {
+    "MessagePassing": two(SumOfNeighbours),
+    "SimpleConv": two(lambda i, o: C.SimpleConv(aggr="mean", combine_root="self_loop"), pre=True),
+    "GCNConv": two(C.GCNConv),
+    "ChebConv": two(partial(C.ChebConv, K=2)),
+    "SAGEConv": two(C.SAGEConv),
+    "CuGraphSAGEConv": two(C.CuGraphSAGEConv),
+    "GraphConv": two(C.GraphConv),
+    "GravNetConv": two(
+        partial(C.GravNetConv, space_dimensions=4, propagate_dimensions=8, k=4), call="features"
+    ),
+    "GatedGraphConv": two(lambda i, o: C.GatedGraphConv(o, num_layers=2)),
+    "ResGatedGraphConv": two(C.ResGatedGraphConv),
+    "GATConv": two(lambda i, o: C.GATConv(i, o // 2, heads=2)),
+    "CuGraphGATConv": two(lambda i, o: C.CuGraphGATConv(i, o // 2, heads=2)),
+    "FusedGATConv": two(lambda i, o: C.FusedGATConv(i, o // 2, heads=2, add_self_loops=False)),
+    "GATv2Conv": two(lambda i, o: C.GATv2Conv(i, o // 2, heads=2)),
+    "TransformerConv": two(lambda i, o: C.TransformerConv(i, o // 2, heads=2)),
+    "AGNNConv": two(lambda i, o: C.AGNNConv(), pre=True),
+    "TAGConv": two(partial(C.TAGConv, K=2)),
+    "GINConv": two(lambda i, o: C.GINConv(mlp(i, o, o))),
+    "GINEConv": two(lambda i, o: C.GINEConv(mlp(i, o, o), edge_dim=3), "edge_attr"),
+    "ARMAConv": two(partial(C.ARMAConv, num_stacks=2, num_layers=2)),
+    "SGConv": two(partial(C.SGConv, K=2)),
+    "SSGConv": two(partial(C.SSGConv, alpha=0.1, K=2)),
+    "APPNP": two(lambda i, o: C.APPNP(K=2, alpha=0.1), pre=True),
+    "MFConv": two(partial(C.MFConv, max_degree=6)),
+    "RGCNConv": two(partial(C.RGCNConv, num_relations=3), "edge_type"),
+    "FastRGCNConv": two(partial(C.FastRGCNConv, num_relations=3), "edge_type"),
+    "CuGraphRGCNConv": two(partial(C.CuGraphRGCNConv, num_relations=3), "edge_type"),
+    "RGATConv": two(lambda i, o: C.RGATConv(i, o // 2, num_relations=3, heads=2), "edge_type"),
+    "SignedConv": lambda: (SignedNet(), (G["x"], G["edge_index"][:, :30], G["edge_index"][:, 30:])),
+    "DNAConv": lambda: (DNANet(), inputs("x", "edge_index")),
+    "PointNetConv": two(
+        lambda i, o: C.PointNetConv(local_nn=mlp(i + 3, o, o), global_nn=mlp(o, o)),
+        "pos",
+        call="points",
+    ),
+    "GMMConv": two(partial(C.GMMConv, dim=3, kernel_size=2), "edge_attr"),
+    "SplineConv": two(partial(C.SplineConv, dim=3, kernel_size=2), "edge_pseudo"),
+    "NNConv": two(lambda i, o: C.NNConv(i, o, nn=mlp(3, 8, i * o)), "edge_attr"),
+    "CGConv": two(lambda i, o: C.CGConv(o, dim=3), "edge_attr", pre=True),
+    "EdgeConv": two(lambda i, o: C.EdgeConv(mlp(2 * i, o, o))),
+    "DynamicEdgeConv": two(lambda i, o: C.DynamicEdgeConv(mlp(2 * i, o, o), k=4), call="features"),
+    "XConv": two(partial(C.XConv, dim=3, kernel_size=4), "pos", call="features"),
+    "PPFConv": two(
+        lambda i, o: C.PPFConv(local_nn=mlp(i + 4, o, o), global_nn=mlp(o, o)),
+        "pos",
+        "normal",
+        call="points",
+    ),
+    "FeaStConv": two(partial(C.FeaStConv, heads=2)),
+    "PointTransformerConv": two(C.PointTransformerConv, "pos", call="points"),
+    "HypergraphConv": two(C.HypergraphConv, edges="hyperedge_index"),
+    "LEConv": two(C.LEConv),
+    "PNAConv": two(
+        partial(
+            C.PNAConv,
+            aggregators=["mean", "min", "max", "std"],
+            scalers=["identity", "amplification", "attenuation"],
+            deg=degree_histogram(),
+            towers=2,
+            edge_dim=3,
+        ),
+        "edge_attr",
+    ),
+    "ClusterGCNConv": two(C.ClusterGCNConv),
+    "GENConv": two(C.GENConv),
+    "GCN2Conv": lambda: (
+        InitialResidualNet(lambda: C.GCN2Conv(HID, alpha=0.1, theta=0.5, layer=1)),
+        inputs("x", "edge_index"),
+    ),
+    "PANConv": two(partial(C.PANConv, filter_size=2)),
+    "WLConv": not_built(
+        "WLConv maps integer colours to new colour ids (a hash table) and has no parameters: "
+        "no float channels to prune or to feed a Linear"
+    ),
+    "WLConvContinuous": two(lambda i, o: C.WLConvContinuous(), pre=True),
+    "FiLMConv": two(partial(C.FiLMConv, num_relations=3), "edge_type"),
+    "SuperGATConv": two(lambda i, o: C.SuperGATConv(i, o // 2, heads=2)),
+    "FAConv": lambda: (
+        InitialResidualNet(lambda: C.FAConv(HID, eps=0.1)),
+        inputs("x", "edge_index"),
+    ),
+    "EGConv": two(partial(C.EGConv, aggregators=["sum", "mean", "max"], num_heads=2, num_bases=2)),
+    "PDNConv": two(partial(C.PDNConv, edge_dim=3, hidden_channels=8), "edge_attr"),
+    "GeneralConv": two(
+        partial(C.GeneralConv, in_edge_channels=3, attention=True, heads=2), "edge_attr"
+    ),
+    "HGTConv": hetero(partial(C.HGTConv, metadata=META, heads=2)),
+    "HEATConv": two(
+        lambda i, o: C.HEATConv(i, o // 2, heads=2, **HEAT), "node_type", "edge_type", "edge_attr"
+    ),
+    "HeteroConv": hetero(
+        lambda i, o: C.HeteroConv({META[1][0]: C.GCNConv(i, o)}),
+        lambda i, o: C.HeteroConv({META[1][0]: C.SAGEConv(i, o)}),
+    ),
+    "HANConv": hetero(partial(C.HANConv, metadata=META, heads=2)),
+    "LGConv": two(lambda i, o: C.LGConv(), pre=True),
+    "PointGNNConv": two(
+        lambda i, o: C.PointGNNConv(mlp_h=mlp(o, 16, 3), mlp_f=mlp(3 + o, o), mlp_g=mlp(o, o)),
+        "pos",
+        call="points",
+        pre=True,
+    ),
+    "GPSConv": two(lambda i, o: C.GPSConv(o, C.GINConv(mlp(o, o, o)), heads=2), pre=True),
+    "AntiSymmetricConv": two(lambda i, o: C.AntiSymmetricConv(o), pre=True),
+    "DirGNNConv": two(lambda i, o: C.DirGNNConv(C.GCNConv(i, o))),
+    "MixHopConv": two(lambda i, o: C.MixHopConv(i, o // 2, powers=[0, 1])),
+    "MeshCNNConv": two(C.MeshCNNConv, edges="mesh_adjacency"),
+}
+
+# Ready-made models of torch_geometric.nn.models.
+MODELS = {
+    "models.MLP": lambda: (M.MLP([IN, HID, HID, OUT]), inputs("x")),
+    "models.GCN": lambda: (M.GCN(IN, HID, 2, OUT), inputs("x", "edge_index")),
+    "models.GraphSAGE": lambda: (M.GraphSAGE(IN, HID, 2, OUT), inputs("x", "edge_index")),
+    "models.GIN": lambda: (M.GIN(IN, HID, 2, OUT), inputs("x", "edge_index")),
+    "models.GAT": lambda: (M.GAT(IN, HID, 2, OUT, heads=2), inputs("x", "edge_index")),
+    "models.PNA": lambda: (
+        M.PNA(
+            IN,
+            HID,
+            2,
+            OUT,
+            aggregators=["mean", "max", "std"],
+            scalers=["identity", "amplification"],
+            deg=degree_histogram(),
+        ),
+        inputs("x", "edge_index"),
+    ),
+    "models.EdgeCNN": lambda: (M.EdgeCNN(IN, HID, 2, OUT), inputs("x", "edge_index")),
+    "models.GCN_jk_cat_batchnorm": lambda: (
+        M.GCN(IN, HID, 3, OUT, jk="cat", norm="batch_norm"),
+        inputs("x", "edge_index"),
+    ),
+    "models.GraphUNet": lambda: (M.GraphUNet(IN, HID, OUT, depth=2), inputs("x", "edge_index")),
+    "models.LINKX": lambda: (M.LINKX(N, IN, HID, OUT, num_layers=2), inputs("x", "edge_index")),
+    "models.PMLP": lambda: (M.PMLP(IN, HID, OUT, num_layers=2), inputs("x", "edge_index")),
+    "models.RECT_L": lambda: (M.RECT_L(IN, HID), inputs("x", "edge_index")),
+    "models.AttentiveFP": lambda: (
+        M.AttentiveFP(IN, HID, OUT, edge_dim=3, num_layers=2, num_timesteps=2),
+        inputs("x", "edge_index", "edge_attr", "batch"),
+    ),
+    "models.SGFormer": sgformer,
+    "models.Polynormer": lambda: (
+        M.Polynormer(IN, HID, OUT, local_layers=2, global_layers=1, heads=2),
+        inputs("x", "edge_index", "batch"),
+    ),
+    "models.DeepGCNLayer": lambda: (DeepGCNNet(), inputs("x", "edge_index")),
+}
+
+# Other constructor options of the same layers and models.
+VARIANTS = {
+    "var.GATConv_edge_dim_residual": two(
+        lambda i, o: C.GATConv(i, o // 2, heads=2, edge_dim=3, residual=True), "edge_attr"
+    ),
+    "var.GATConv_concat_false": two(partial(C.GATConv, heads=2, concat=False)),
+    "var.GATv2Conv_share_weights_edge": two(
+        lambda i, o: C.GATv2Conv(i, o // 2, heads=2, share_weights=True, edge_dim=3), "edge_attr"
+    ),
+    "var.TransformerConv_edge_beta": two(
+        lambda i, o: C.TransformerConv(i, o // 2, heads=2, edge_dim=3, beta=True), "edge_attr"
+    ),
+    "var.TransformerConv_concat_false": two(partial(C.TransformerConv, heads=2, concat=False)),
+    "var.SAGEConv_project_normalize": two(
+        partial(C.SAGEConv, project=True, normalize=True), second=partial(C.SAGEConv, project=True)
+    ),
+    "var.SAGEConv_multi_aggr": two(
+        partial(C.SAGEConv, aggr=["mean", "max", "sum"]),
+        second=partial(C.SAGEConv, aggr=["mean", "max"]),
+    ),
+    "var.SAGEConv_lstm_aggr": two(
+        partial(C.SAGEConv, aggr="lstm"),
+        second=partial(C.SAGEConv, aggr="max"),
+        edges="sorted_edge_index",
+    ),
+    "var.GENConv_edge_msgnorm": two(
+        partial(C.GENConv, **GEN),
+        "edge_attr",
+        second=partial(C.GENConv, aggr="powermean", learn_p=True, **GEN),
+    ),
+    "var.RGCNConv_bases": two(
+        partial(C.RGCNConv, num_relations=3, num_bases=2),
+        "edge_type",
+        second=partial(C.RGCNConv, num_relations=3, num_blocks=4),
+    ),
+    "var.FastRGCNConv_bases": two(
+        partial(C.FastRGCNConv, num_relations=3, num_bases=2),
+        "edge_type",
+        second=partial(C.FastRGCNConv, num_relations=3, num_blocks=4),
+    ),
+    "var.PNAConv_divide_input": two(
+        partial(
+            C.PNAConv,
+            aggregators=["mean", "max"],
+            scalers=["identity", "linear"],
+            deg=degree_histogram(),
+            towers=2,
+            divide_input=True,
+            pre_layers=2,
+            post_layers=2,
+        )
+    ),
+    "var.GeneralConv_plain_skip": two(
+        partial(C.GeneralConv, in_edge_channels=3, skip_linear=True),
+        "edge_attr",
+        second=partial(C.GeneralConv, in_edge_channels=3),
+    ),
+    "var.GeneralConv_dotproduct_heads": two(
+        partial(C.GeneralConv, attention=True, attention_type="dot_product", heads=2)
+    ),
+    "var.HypergraphConv_attention": lambda: (
+        HyperedgeAttentionNet(),
+        inputs("x", "hyperedge_index", "hyperedge_attr"),
+    ),
+    "var.ResGatedGraphConv_edge": two(partial(C.ResGatedGraphConv, edge_dim=3), "edge_attr"),
+    "var.CGConv_batchnorm": two(
+        lambda i, o: C.CGConv(o, dim=3, batch_norm=True), "edge_attr", pre=True
+    ),
+    "var.SuperGATConv_SD": two(
+        lambda i, o: C.SuperGATConv(i, o // 2, heads=2, attention_type="SD")
+    ),
+    "var.GINConv_train_eps": two(lambda i, o: C.GINConv(mlp(i, o, o), train_eps=True)),
+    "var.MixHopConv_three_powers": two(
+        lambda i, o: C.MixHopConv(i, o // 3, powers=[0, 1, 2]), width=24
+    ),
+    "var.GPSConv_performer": two(
+        lambda i, o: C.GPSConv(
+            o, C.GCNConv(o, o), heads=2, attn_type="performer", norm="layer_norm"
+        ),
+        pre=True,
+    ),
+    "var.DirGNNConv_sage": two(
+        lambda i, o: C.DirGNNConv(C.SAGEConv(i, o), alpha=0.3),
+        second=lambda i, o: C.DirGNNConv(C.SAGEConv(i, o), root_weight=False),
+    ),
+    "var.NNConv_mean": two(
+        lambda i, o: C.NNConv(i, o, nn=mlp(3, i * o), aggr="mean"),
+        "edge_attr",
+        second=lambda i, o: C.NNConv(i, o, nn=mlp(3, i * o), aggr="max"),
+    ),
+    "var.EdgeConv_add": two(
+        lambda i, o: C.EdgeConv(mlp(2 * i, o), aggr="add"),
+        second=lambda i, o: C.EdgeConv(mlp(2 * i, o), aggr="mean"),
+    ),
+    "var.models.GAT_v2_jk_max": lambda: (
+        M.GAT(IN, HID, 3, OUT, heads=2, v2=True, jk="max"),
+        inputs("x", "edge_index"),
+    ),
+    "var.models.GIN_jk_lstm": lambda: (
+        M.GIN(IN, HID, 3, OUT, jk="lstm"),
+        inputs("x", "edge_index"),
+    ),
+    "var.models.GraphSAGE_layernorm": lambda: (
+        M.GraphSAGE(IN, HID, 2, OUT, norm="layer_norm"),
+        inputs("x", "edge_index"),
+    ),
+    "var.HEATConv_concat_false": two(
+        lambda i, o: C.HEATConv(i, o, heads=2, concat=False, **HEAT),
+        "node_type",
+        "edge_type",
+        "edge_attr",
+    ),
+    "var.GINEConv_no_edge_dim": lambda: (
+        EdgeEmbeddingNet(),
+        inputs("x", "edge_index", "edge_attr"),
+    ),
+}
+
+CASES = CONVS | MODELS | VARIANTS
+
+# ---- one case (in the child process) --------------------------------------------------------
+
+
+def _short(e: BaseException, n: int = 1000) -> str:
+    """The error's type and its message's first line, paths shortened to the package's."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    first = re.sub(r"\S*/site-packages/", "", first).replace(ROOT + os.sep, "")
+    return f"{type(e).__name__}: {first}"[:n]
+
+
+def _shapes(model, example_inputs) -> list:
+    from depgraph_ext.testing import outputs_of
+
+    return [list(t.shape) for t in outputs_of(model, example_inputs)]
+
+
+PLAIN = (int, float, str, bool, type(None), torch.dtype, torch.device)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).view(torch.uint8)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    """What an error must leave as it was: each tensor (object, bits, requires_grad) by every
+    name, and the plain attributes of each module (numbers, strings and tuples of them)."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    named += list(model.named_buffers(remove_duplicate=False))
+    tensors = {n: (id(t), t.dtype, t.shape, _bits(t).clone(), t.requires_grad) for n, t in named}
+    attributes = {
+        f"{name}.{key}": repr(value)
+        for name, module in model.named_modules(remove_duplicate=False)
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and (
+            isinstance(value, PLAIN)
+            or isinstance(value, (tuple, list))
+            and all(isinstance(v, PLAIN) for v in value)
+        )
+    }
+    return {"tensors": tensors, "attributes": attributes}
+
+
+def _changes(before: dict, after: dict) -> list[str]:
+    """How ``after`` differs from ``before`` (two snapshots), one line per tensor or attribute."""
+    t0, t1 = before["tensors"], after["tensors"]
+    changes = [f"tensor {name} added or removed" for name in t0.keys() ^ t1.keys()]
+    for name in t0.keys() & t1.keys():
+        (id0, dtype0, shape0, bits0, grad0) = t0[name]
+        (id1, dtype1, shape1, bits1, grad1) = t1[name]
+        if id0 != id1:
+            changes.append(f"{name}: another tensor object")
+        if (dtype0, shape0, grad0) != (dtype1, shape1, grad1) or not torch.equal(bits0, bits1):
+            changes.append(f"{name}: {list(shape0)} -> {list(shape1)}, or its values")
+    a0, a1 = before["attributes"], after["attributes"]
+    changes += [
+        f"{k}: {a0.get(k)} -> {a1.get(k)}" for k in a0.keys() | a1 if a0.get(k) != a1.get(k)
+    ]
+    return sorted(changes)
+
+
+def _prune_step(model, example_inputs, shapes, step: str) -> dict:
+    """dx.prune(copy of model, ratio=0.5, STEPS[step]): its outcome, and what it left."""
+    import depgraph_ext as dx
+    from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_equal
+
+    pruned = copy.deepcopy(model)
+    before = _snapshot(pruned)
+    record: dict = {}
+    error = None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = dx.prune(pruned, example_inputs, ratio=0.5, progress=False, **STEPS[step])
+        except Exception as e:  # noqa: BLE001
+            error = e
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    record["warnings"] = sorted({_short(w.message, 160) for w in caught})  # "Category: ..."
+    record["warning_categories"] = sorted({w.category.__name__ for w in caught})
+    if error is not None:
+        # a refusal names its cause; an InternalError or any other exception is a bug, and a
+        # VerificationError means groups claimed exact were not
+        is_refusal = isinstance(error, dx.errors.PruningError) and not isinstance(
+            error, (dx.errors.InternalError, dx.errors.VerificationError)
+        )
+        record.update(outcome="refused" if is_refusal else "error", error=_short(error))
+        record["changes_after_error"] = _changes(before, _snapshot(pruned))[:20]
+        return record
+    record.update(
+        outcome="pruned",
+        params=[result.params_before, result.params_after],
+        function_changing=len(getattr(result, "function_changing", ()) or ()),
+    )
+    try:
+        after = _shapes(pruned, example_inputs)
+        record.update(runs=True, shapes_kept=after == shapes, shapes=after)
+    except Exception as e:  # noqa: BLE001
+        record.update(runs=False, run_error=_short(e))
+    if step == "exact":
+        for check, assertion in (
+            ("kept_bit_identical", lambda: assert_kept_bit_identical(model, pruned, result)),
+            (
+                "oracle",
+                lambda: assert_scatter_back_equal(
+                    model, pruned, result, example_inputs, rtol=TOLERANCE, atol=TOLERANCE
+                ),
+            ),
+        ):
+            try:
+                assertion()
+                record[check] = "holds"
+            except Exception as e:  # noqa: BLE001
+                record[check] = _short(e, 600)
+    return record
+
+
+def sweep_case(name: str) -> dict:
+    record: dict = {"case": name}
+    torch.manual_seed(0)
+    try:
+        model, example_inputs = CASES[name]()
+        model = model.double().eval()
+        shapes = _shapes(model, example_inputs)
+    except (NotBuilt, ImportError) as e:  # the cases needing a package not installed
+        return record | {"build": "not built", "reason": _short(e)}
+    except Exception as e:  # noqa: BLE001
+        return record | {"build": "error", "reason": _short(e)}
+    params = sum(t.numel() for t in model.parameters())
+    record.update(build="ok", model=type(model).__name__, params=params, shapes=shapes)
+    for step in STEPS:
+        record[step] = _prune_step(model, example_inputs, shapes, step)
+    return record
+
+
+def child(name: str) -> None:
+    torch.set_num_threads(1)
+    record = sweep_case(name)
+    print(RECORD + json.dumps(record), flush=True)
+
+
+# ---- the sweep (in the parent) --------------------------------------------------------------
+
+
+def run_case(name: str, timeout: float) -> dict:
+    """``sweep_pyg.py --child NAME`` in a subprocess; a child that dies or overruns is a record."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, os.path.abspath(__file__), "--child", name]
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"case": name, "build": "timeout", "reason": f"over {timeout:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RECORD)]
+    if not lines:
+        tail = " ".join(done.stderr.strip().splitlines()[-3:])[-600:]
+        return {"case": name, "build": "crash", "reason": f"exit {done.returncode}: {tail}"}
+    record = json.loads(lines[-1][len(RECORD) :])
+    record["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+def failures(record: dict) -> list[str]:
+    """What looks like a bug: of the library (an error that is not a refusal, a model changed
+    by an error, a pruned model that does not run or changes its output shapes, the oracle)
+    or of the case (it does not build for another reason than a missing package)."""
+    if record["build"] in ("error", "timeout", "crash"):
+        return [f"{record['build']}: {record['reason']}"]
+    if record["build"] != "ok":
+        return []
+    found = []
+    for step in STEPS:
+        s = record[step]
+        if s["outcome"] == "error":
+            found.append(f"{step}: {s['error']}")
+        if s.get("changes_after_error"):
+            found.append(f"{step}: model changed after the error: {s['changes_after_error']}")
+        if s["outcome"] == "pruned" and not s["runs"]:
+            found.append(f"{step}: the pruned model does not run: {s['run_error']}")
+        elif s["outcome"] == "pruned" and not s["shapes_kept"]:
+            found.append(f"{step}: output shapes {record['shapes']} -> {s['shapes']}")
+        for check in ("kept_bit_identical", "oracle"):
+            if s.get(check, "holds") != "holds":
+                found.append(f"{step}: {check}: {s[check]}")
+    return found
+
+
+def verdict(record: dict) -> str:
+    if record["build"] != "ok":
+        return f"{record['build']} ({record['reason'][:110]})"
+    parts, said = [], set()
+    for step in STEPS:
+        s = record[step]
+        if s["outcome"] == "pruned":
+            before, after = s["params"]
+            text = f"{step} pruned {before}->{after}"
+            if step == "exact" and s.get("oracle") == "holds":
+                text += ", oracle holds"
+        else:
+            error = s["error"] if s["error"] not in said else "the same"
+            said.add(s["error"])
+            text = f"{step} {s['outcome']} ({error[:200]})"
+        parts.append(text)
+    flags = failures(record)
+    return "; ".join(parts) + (f"  FAILURES: {len(flags)}" if flags else "")
+
+
+def reason_of(error: str) -> str:
+    """The general cause of a refusal: its type and the message up to the first ':' or ';'."""
+    kind, _, message = error.partition(": ")
+    return f"{kind}: {re.split(r'[:;(]', message, maxsplit=1)[0].strip()}"
+
+
+def summary(done: dict, seconds: float) -> str:
+    classes = list(C.__all__)
+    without_case = [c for c in classes if c not in CASES]
+    records = list(done.values())
+    built = [r for r in records if r["build"] == "ok"]
+    lines = [
+        f"\n{len(records)} cases in {seconds:.0f} s (torch {torch.__version__}, "
+        f"torch_geometric {torch_geometric.__version__})",
+        f"classes found: {len(classes)} in torch_geometric.nn.conv, "
+        f"{len(classes) - len(without_case)} with a case"
+        + (f" (none for {', '.join(without_case)})" if without_case else ""),
+        f"cases: {len(records)} ({sum(n in CONVS for n in done)} conv classes, "
+        f"{sum(n in MODELS for n in done)} models, {sum(n in VARIANTS for n in done)} variants)",
+        f"built: {len(built)} of {len(records)}",
+    ]
+    for r in records:
+        if r["build"] == "not built":
+            lines.append(f"  not built: {r['case']}: {r['reason'][:150]}")
+    for step in STEPS:
+        n = sum(r[step]["outcome"] == "pruned" for r in built)
+        lines.append(f"pruned ({step}): {n} of {len(built)}")
+    exact = [r for r in built if r["exact"]["outcome"] == "pruned"]
+    holds = sum(r["exact"].get("oracle") == "holds" for r in exact)
+    lines.append(f"oracle holds: {holds} of {len(exact)} exact_only prunes (to {TOLERANCE})")
+    refused: dict = collections.defaultdict(lambda: collections.defaultdict(list))
+    for r in built:
+        for step in STEPS:
+            if r[step]["outcome"] == "refused":
+                refused[reason_of(r[step]["error"])][r[step]["error"]].append((r["case"], step))
+    total = sum(len(v) for by_message in refused.values() for v in by_message.values())
+    lines.append(f"refused: {total} prunes of {len(built) * len(STEPS)}")
+    for reason, by_message in sorted(refused.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"  {reason}")
+        for message, where in by_message.items():
+            cases = collections.defaultdict(list)
+            for case, step in where:
+                cases[case].append(step)
+            names = ", ".join(f"{c} ({'/'.join(s)})" for c, s in cases.items())
+            detail = message.partition(": ")[2].removeprefix(reason.partition(": ")[2])
+            lines.append(f"    {names}: {detail.lstrip(':; ')[:300]}")
+    categories = collections.Counter(
+        c for r in built for step in STEPS for c in r[step]["warning_categories"]
+    )
+    warned = ", ".join(f"{c} {n}" for c, n in categories.most_common()) or "none"
+    lines.append(f"warnings (in prunes): {warned}")
+    found = {r["case"]: failures(r) for r in records if failures(r)}
+    lines.append(f"failures: {sum(len(v) for v in found.values())} in {len(found)} cases")
+    for case, flags in found.items():
+        lines += [f"  {case}: {flag[:600]}" for flag in flags]
+    return "\n".join(lines)
+
+
+def _save(done: dict, out: str) -> None:
+    with open(out + ".tmp", "w") as f:
+        json.dump(done, f, indent=1, sort_keys=True)
+    os.replace(out + ".tmp", out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--out", default="sweep_pyg.json", help="JSON: one record per case")
+    parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child)
+    names = args.cases.split(",") if args.cases else list(CASES)
+    if unknown := [n for n in names if n not in CASES]:
+        parser.error(f"no case named {', '.join(unknown)} (cases: {', '.join(CASES)})")
+    done: dict = {}
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_case, name, args.timeout) for name in names]
+        for future in concurrent.futures.as_completed(futures):
+            record = future.result()
+            done[record["case"]] = record
+            print(f"{len(done):4d}/{len(names)} {record['case']}: {verdict(record)}", flush=True)
+            _save(done, args.out)
+    done = {n: done[n] for n in names}
+    _save(done, args.out)
+    print(summary(done, time.perf_counter() - t0))
+
+
+if __name__ == "__main__":
+    main()
