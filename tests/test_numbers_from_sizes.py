@@ -219,3 +219,27 @@ def test_a_mask_over_several_dims_indexes_them_together(backend):
     result = dx.prune(model, (x, mask), ratio=0.5, strict=True, backend=backend, progress=False)
     assert model.a.out_features == 8
     assert_scatter_back_equal(original, model, result, (x, mask))
+
+
+def test_a_number_from_a_function_changing_groups_size_is_part_of_its_declared_change():
+    """A LayerNorm'd width (a function-changing group: its statistics change) the code also
+    scales by: the default prune prunes it and declares it; nothing is put down to an exact
+    group, so nothing is kept for the number's sake."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.norm, self.b = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.norm(self.a(x))
+            return self.b(h * h.shape[-1] ** 0.5)
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dx.prune(model, x, ratio=0.5, progress=False)
+    assert model.a.out_features == 8 and result.function_changing
+    assert not [w for w in caught if w.category is FixedSizeWarning]
