@@ -3,11 +3,14 @@ exact index mapping checked where it is not the identity."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import depgraph_ext as dx
+from depgraph_ext.testing import assert_scatter_back_equal
 from helpers import prune_and_check
 from nets import randomize_norms
 
@@ -209,3 +212,49 @@ def test_a_refusal_for_sizes_the_code_fixes_names_the_line():
     with pytest.warns(dx.FixedSizeWarning):
         with pytest.raises(dx.NoPrunableGroupsError, match=r"test_more_ops.py:\d+ \(return "):
             dx.prune(Rows(), torch.randn(3, 4), ratio=0.5)
+
+
+def test_a_mask_over_several_dims_indexes_them_together(backend):
+    """h[mask] with a [batch, tokens] mask (torch_geometric's to_dense_batch): the mask's
+    dims are indexed at once, the features pass through."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x, mask):
+            return self.b(torch.relu(self.a(x)[mask]))
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, (x, mask), ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.a.out_features == 8
+    assert_scatter_back_equal(original, model, result, (x, mask))
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-6])
+def test_a_fill_where_a_mask_of_the_same_shape_says_is_element_wise(value, backend):
+    """``h[h < 0] = v`` (SGFormer's ``qs[qs == 0] = eps``) fills where a mask of h's own shape
+    says: masked_fill, element-wise; the features prune through it."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            h[h < 0] = value
+            return self.b(h)
+
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.a.out_features == 8
+    assert_scatter_back_equal(original, model, result, x)

@@ -199,28 +199,6 @@ def test_without_the_op_comparison_the_branch_changes_the_function(monkeypatch):
         assert_scatter_back_equal(original, model, result, x)
 
 
-def test_a_mask_over_several_dims_indexes_them_together(backend):
-    """h[mask] with a [batch, tokens] mask (torch_geometric's to_dense_batch): the mask's
-    dims are indexed at once, the features pass through."""
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
-
-        def forward(self, x, mask):
-            return self.b(torch.relu(self.a(x)[mask]))
-
-    torch.manual_seed(0)
-    model = Net().double().eval()
-    x = torch.randn(2, 5, 8, dtype=torch.float64)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    original = copy.deepcopy(model)
-    result = dx.prune(model, (x, mask), ratio=0.5, strict=True, backend=backend, progress=False)
-    assert model.a.out_features == 8
-    assert_scatter_back_equal(original, model, result, (x, mask))
-
-
 def test_a_number_from_a_function_changing_groups_size_is_part_of_its_declared_change():
     """A LayerNorm'd width (a function-changing group: its statistics change) the code also
     scales by: the default prune prunes it and declares it; nothing is put down to an exact

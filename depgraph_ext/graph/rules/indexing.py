@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..trace import Node, Ref
@@ -262,6 +264,14 @@ def index_put(ctx: RuleContext, node: Node) -> None:
     indexed = [d for d, ix in enumerate(indices) if ix is not None]
     if not indexed or not isinstance(values, Ref):
         raise RuleError("index_put without index tensors or values")
+    if _fills_where(ctx, src, indices, values):
+        # x[mask] = v with a mask of x's own shape and one value: masked_fill, element-wise
+        mask = indices[0]
+        for a, b, c in zip(ss, so, ctx.slots(mask)):
+            if ctx.size(a) != 1:
+                ctx.equal(a, b)
+                ctx.equal(a, c)
+        return
     if any(
         ctx.graph.values[ix.value].dtype == torch.bool and len(ctx.shape(ix)) > 1
         for ix in refs_in(indices)
@@ -287,6 +297,18 @@ def index_put(ctx: RuleContext, node: Node) -> None:
         d = layout[pos] if pos >= 0 else None
         if d is not None and size == ctx.shape(src)[d] and size != 1:
             ctx.equal(sv[k], ss[d])
+
+
+def _fills_where(ctx: RuleContext, src: int, indices, values: Ref) -> bool:
+    """``x[mask] = v``: one boolean mask of x's shape, and a value of one element."""
+    if len(indices) != 1 or not isinstance(indices[0], Ref):
+        return False
+    mask = indices[0]
+    return (
+        ctx.graph.values[mask.value].dtype == torch.bool
+        and ctx.shape(mask) == ctx.shape(src)
+        and math.prod(ctx.shape(values)) == 1
+    )
 
 
 register_many(["aten.index_put", "aten._index_put_impl", "aten._unsafe_index_put"], index_put)
