@@ -188,24 +188,26 @@ _GROUPS_POSITION = 6  # conv*d(input, weight, bias, stride, padding, dilation, g
 class CodeSaw:
     """What the model's code saw and passed during one trace (value and node indices)."""
 
-    # (value, dim) of every size the code read; dim None: all of the value's sizes
-    size_reads: set[tuple[int, int | None]] = field(default_factory=set)
     sized_ops: list[tuple[int, int]] = field(default_factory=list)  # [start, stop) of nodes
     # Calls whose integers are a shape, or an index, by position (see ShapedCall)
     shaped_calls: list[ShapedCall] = field(default_factory=list)
     values_read: bool = False  # the code read some tensor's values
     unknown_reads: bool = False  # it read sizes of a tensor the trace did not know
-    # (value, dim) of each size read -> (how many ops had run, the module running) when it
-    # was first read
+    # (value, dim) of every size the code read (dim None: all of the value's sizes) -> (how
+    # many ops had run, the module running) when it was first read
     read_at: dict[tuple[int, int | None], tuple[int, str]] = field(default_factory=dict)
     # (how many ops have run so far, the module running): the trace's, while it runs; then None
     clock: Callable[[], tuple[int, str]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def size_reads(self):
+        """(value, dim) of every size the code read."""
+        return self.read_at.keys()
 
     def read(self, value: int, dim: int | None) -> None:
         """Note a size read (its first time too)."""
         key = (value, dim)
         if key not in self.read_at:
-            self.size_reads.add(key)
             self.read_at[key] = self.clock() if self.clock is not None else (0, "")
 
 
