@@ -117,7 +117,7 @@ def forwards_during_prune(model, **options) -> tuple[int, dx.PruneResult]:
         (SmallResNet, 1),
         (ReadsTheBatchSize, 1),
         (ReadsItsWidth, 2),
-        (FixesItsWidth, 2),
+        (FixesItsWidth, 1),
         (SlicesItsWidth, 2),
         (ReadsAValue, 2),
     ],
@@ -204,8 +204,9 @@ def test_a_config_field_the_forward_reads_keeps_its_value(monkeypatch):
 
 def test_sizes_the_code_reads_are_noted_dim_by_dim():
     """What ``x.shape`` gives the model's code during a graph trace: it behaves as the
-    torch.Size it stands for, and each way of using it notes the dims it read."""
-    from depgraph_ext.graph.size_watch import CodeSaw, WatchedShape
+    torch.Size it stands for; taking a size reads that dim, and the sizes (SizeInts) carry
+    how they were computed."""
+    from depgraph_ext.graph.size_watch import CodeSaw, SizeInt, WatchedShape, evaluate
 
     def watched():
         saw = CodeSaw()
@@ -221,20 +222,55 @@ def test_sizes_the_code_reads_are_noted_dim_by_dim():
     assert dims_read(lambda s: s[:-1]) == set()
     assert dims_read(lambda s: s[1:][0]) == {1}
     assert dims_read(lambda s: (*s[:-1], -1)) == {0, 1}
+    assert dims_read(lambda s: s[:1] + s[2:]) == set()  # (joined, as a view's sizes)
     assert dims_read(len) == set()
     for reads_all in (list, tuple, hash, str, lambda s: s == (2, 3, 4), lambda s: s.numel(),
-                      lambda s: s + (1,), lambda s: 3 in s):  # fmt: skip
+                      lambda s: 3 in s):  # fmt: skip
         assert dims_read(reads_all) == {0, 1, 2}
     shape, _ = watched()
     assert shape == torch.Size((2, 3, 4)) and shape.numel() == 24 and len(shape) == 3
-    assert shape + (5,) == torch.Size((2, 3, 4, 5)) and isinstance(shape + (5,), torch.Size)
+    assert shape + (5,) == torch.Size((2, 3, 4, 5))
     assert repr(shape) == "torch.Size([2, 3, 4])" and torch.zeros(shape).shape == (2, 3, 4)
+    # the integers computed again with other sizes
+    b, c, d = watched()[0]
+    width = (c * d) // 2 + 1 - b % 2
+    assert type(width) is SizeInt and width == 7
+    other = {0: 5, 1: 6, 2: 8}
+    assert evaluate(width, lambda leaf: other[leaf.dim]) == (6 * 8) // 2 + 1 - 5 % 2
+    assert evaluate(-c + 10, lambda leaf: other[leaf.dim]) == 4
+    assert evaluate(17, lambda leaf: None) == 17
+    assert evaluate(c * 0.5, lambda leaf: 1) is None  # (a float: no size)
+
+
+def test_an_attribute_followed_into_sizes_is_read_by_any_other_use():
+    """A module's integer attribute, read during the graph trace, is a SizeInt: followed
+    through integer arithmetic into sizes, read (as before) by any other use."""
+    import math
+
+    import numpy as np
+
+    from depgraph_ext.graph.size_watch import AttributeLeaf, SizeInt
+
+    def attribute_read(use) -> bool:
+        reads: set = set()
+        heads = SizeInt(4, AttributeLeaf(reads, 1, "heads", 4, lambda: True))
+        use(heads)
+        return bool(reads)
+
+    for follows in (lambda h: h * 8, lambda h: (h + 1) // 2 - h % 3, lambda h: 64 - h,
+                    lambda h: -h, lambda h: +h):  # fmt: skip
+        assert not attribute_read(follows)
+    for reads in (lambda h: h == 4, lambda h: int(h), lambda h: h / 2, lambda h: h**-0.5,
+                  lambda h: h * 0.5, lambda h: math.sqrt(h), lambda h: np.sqrt(h), str,
+                  lambda h: f"{h}", hash, bool, lambda h: {h: 1}, lambda h: divmod(h, 3),
+                  lambda h: h.bit_length(), lambda h: h.real, lambda h: (h * 2) > 3):  # fmt: skip
+        assert attribute_read(reads)
 
 
 def test_the_code_of_a_traced_model_gets_watched_sizes():
     """During the graph trace ``x.shape`` and ``x.size()`` are watched and ``x.size(1)`` reads
-    one dim; sizes passed whole to a torch function are all read; the model run outside a
-    trace sees torch.Size."""
+    one dim; a shape given whole to a view is not read (its sizes are followed); the model
+    run outside a trace sees torch.Size."""
     seen = []
 
     class Looks(nn.Module):
@@ -249,14 +285,18 @@ def test_the_code_of_a_traced_model_gets_watched_sizes():
                 return h.view(h.shape[:1] + h.shape[1:])
             return h.view(h.shape[0], -1) * h.size(1)
 
-    def reads_of_fc(whole: bool) -> set:
+    def reads_of_fc(whole: bool) -> tuple[set, list]:
         graph = dx.DependencyGraph(Looks(whole), torch.randn(2, 4)).graph
         fc = [n for n in graph.nodes if n.module == "fc"][-1].outputs[0]
-        return {d for v, d in graph.code_saw.size_reads if v == fc}
+        views = [c for c in graph.code_saw.shaped_calls if c.source == fc]
+        return {d for v, d in graph.code_saw.size_reads if v == fc}, views
 
-    assert reads_of_fc(whole=False) == {0, 1}  # h.shape[0], h.size(1)
+    reads, views = reads_of_fc(whole=False)
+    assert reads == {0, 1}  # h.shape[0], h.size(1)
     assert seen[0] == ("WatchedShape", "WatchedShape")
-    assert reads_of_fc(whole=True) == {0, 1}
+    reads, views = reads_of_fc(whole=True)
+    assert reads == set() and [int(x) for x in views[0].ints] == [2, 6]
+    assert all(type(x).__name__ == "SizeInt" for x in views[0].ints)
     Looks(False)(torch.randn(2, 4))
     assert seen[-1] == ("Size", "Size")
 

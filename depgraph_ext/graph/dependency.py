@@ -26,6 +26,7 @@ from .computed import computed_tensors
 from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .resolve import resolve, select_backend
+from .size_watch import AttributeLeaf, SizeInt, watching
 from .standin import MetaResults
 from .trace import OpGraph, Ref, trace
 from .walk import ModelWalk, non_persistent
@@ -903,10 +904,18 @@ def attribute_reads(modules: list[tuple[str, torch.nn.Module]]):
     reads = recording.names
     patched = []
 
+    live = [True]  # emptied when the recording ends: later uses of its SizeInts read nothing
+
+    def is_live() -> bool:
+        return bool(live)
+
     def spy_of(original):
         def spy(self, key):
             value = original(self, key)
             if key[0] != "_" and not callable(value):
+                if type(value) is int and watching():
+                    # followed: read when the code uses it otherwise than in sizes
+                    return SizeInt(value, AttributeLeaf(reads, id(self), key, value, is_live))
                 reads.add((id(self), key))
             return value
 
@@ -922,6 +931,7 @@ def attribute_reads(modules: list[tuple[str, torch.nn.Module]]):
             patched.append((cls, had, original))
         yield recording
     finally:
+        live.clear()
         for cls, had, original in reversed(patched):
             if had:
                 cls.__getattribute__ = original

@@ -22,11 +22,13 @@ pool's kernel, an interpolation's size) and counts the rules keep aligned (``chu
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
 Tensor = torch.Tensor
@@ -177,6 +179,30 @@ _INTS_NOT_SIZES |= frozenset(
         if f is not None
     }
 )  # fmt: skip
+# Modules whose forward only passes the attributes a plan sets on to ops (where the trace saw
+# what it passed): convolutions, linear layers, batch/layer/group norms, embeddings, PReLU.
+PASS_THROUGH_FORWARDS = frozenset(
+    cls.forward
+    for cls in (
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.InstanceNorm1d,  # (its forward compares num_features with its input, nothing more)
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.Embedding,
+        nn.PReLU,
+    )
+)
 _CONVOLUTIONS = frozenset(
     {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 )
@@ -198,6 +224,7 @@ class CodeSaw:
     read_at: dict[tuple[int, int | None], tuple[int, str]] = field(default_factory=dict)
     # (how many ops have run so far, the module running): the trace's, while it runs; then None
     clock: Callable[[], tuple[int, str]] | None = field(default=None, repr=False, compare=False)
+    live: bool = True  # SizeInts used after the trace read nothing
 
     @property
     def size_reads(self):
@@ -217,42 +244,240 @@ class ShapedCall:
     "view": a view or reshape, -1 the one size inferred; "expand": -1 a size kept; "new": a
     new tensor's sizes) or how each dim of its input is indexed ("index": ``x[..., :n]``,
     ``ints`` holding per input dim whether it is sliced or indexed). ``value``: the result
-    (the input, for "index"), or None where the trace does not know it."""
+    (the input, for "index"), or None where the trace does not know it; ``source``: the
+    input of a view or expand. A size is a :class:`SizeInt` where the code computed it from
+    sizes it read and attributes of modules (how it did, to be computed again with a plan's
+    sizes: :func:`evaluate`)."""
 
     kind: str
     ints: tuple
     value: int | None
+    source: int | None = None
+
+
+class SizeLeaf:
+    """A size the code read: dim ``dim`` of traced value ``value`` (noted as read in ``saw``
+    when the code uses it in a way that is not followed)."""
+
+    __slots__ = ("saw", "value", "dim")
+
+    def __init__(self, saw: CodeSaw, value: int, dim: int) -> None:
+        self.saw, self.value, self.dim = saw, value, dim
+
+    def escape(self) -> None:
+        if self.saw.live:  # (only while its trace runs)
+            self.saw.read(self.value, self.dim)
+
+
+class AttributeLeaf:
+    """An integer attribute of a module the code read (noted in ``reads``, the attribute
+    reads of the trace, when the code uses it in a way that is not followed)."""
+
+    __slots__ = ("reads", "module", "name", "value", "live")
+
+    def __init__(self, reads: set, module: int, name: str, value: int, live) -> None:
+        self.reads, self.module, self.name, self.value, self.live = reads, module, name, value, live
+
+    def escape(self) -> None:
+        if self.live():
+            self.reads.add((self.module, self.name))
+
+
+# Integer arithmetic followed through SizeInt (what size computations use); any other use
+# of a SizeInt reads every size and attribute it came from.
+_FOLLOWED = {
+    "__add__": lambda a, b: a + b,
+    "__sub__": lambda a, b: a - b,
+    "__mul__": lambda a, b: a * b,
+    "__floordiv__": lambda a, b: a // b,
+    "__mod__": lambda a, b: a % b,
+}
+
+
+class SizeInt(int):
+    """An integer the model's code got, during a graph trace, from an integer attribute of a
+    module or a size of a traced tensor, and computed with, with how (``expr``: a leaf, or
+    ``(operator name, a, b)`` of SizeInts and plain integers), so that a plan's attributes and
+    sizes can be put in (:func:`evaluate`) where the code gave it to a view, reshape, expand
+    or new tensor. It is the int it stands for. Additions, subtractions, products, floor
+    divisions and remainders with integers are followed; any other use (a comparison,
+    hashing, printing, a true division, ``int()``, a numpy ufunc, an argument of another torch
+    function) reads every attribute and size it came from.
+
+    A size is read when the code takes it from the shape all the same (``x.shape[1]``,
+    unpacking, ``x.size(1)``): C code may read an int subclass's value without a Python call
+    (float's own arithmetic in ``1.0 / n``, ``range(n)``, ``math.log(n)``), so only
+    attributes are followed past that point, where a number the plan changes is the
+    attribute's new value (what a trace with the plan's attributes set computes too)."""
+
+    def __new__(cls, value: int, expr):
+        self = int.__new__(cls, value)
+        self.expr = expr
+        return self
+
+    def escape(self) -> None:
+        """Note every size and attribute it came from as read."""
+        stack = [self.expr]
+        while stack:
+            e = stack.pop()
+            if type(e) is tuple:
+                stack.extend(x.expr if type(x) is SizeInt else x for x in e[1:])
+            elif type(e) is not int:
+                e.escape()
+
+    def __reduce__(self):
+        self.escape()
+        return (int, (int.__int__(self),))
+
+    def __reduce_ex__(self, protocol):
+        return self.__reduce__()
+
+    def __pos__(self):
+        return self
+
+    def __neg__(self):
+        return SizeInt(-int.__int__(self), ("__sub__", 0, self))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(_plain(x) for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def _followed(name, operation, reflected):  # noqa: N805  (builds the methods below)
+        def method(self, other):
+            kind = type(other)
+            if kind is not int and kind is not SizeInt:
+                self.escape()  # (a float, a tensor ...: what it gives is no size)
+                a, b = int.__int__(self), _plain(other)
+                return operation(b, a) if reflected else operation(a, b)
+            a, b = int.__int__(self), int.__int__(other) if kind is SizeInt else other
+            if reflected:
+                return SizeInt(operation(b, a), (name, other, self))
+            return SizeInt(operation(a, b), (name, self, other))
+
+        return method
+
+    for _name, _operation in _FOLLOWED.items():
+        locals()[_name] = _followed(_name, _operation, False)
+        locals()["__r" + _name[2:]] = _followed(_name, _operation, True)
+    del _name, _operation, _followed
+
+
+# Binary operators: with any other operand, a SizeInt computes as its plain value would.
+_BINARY = {
+    name: getattr(operator, f"__{name}__")
+    for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "lshift", "rshift",
+                 "and", "or", "xor", "eq", "ne", "lt", "le", "gt", "ge")
+} | {"divmod": divmod}  # fmt: skip
+
+
+def _escaping(name: str):
+    method = getattr(int, name)
+    reflected = name.startswith("__r") and name[3:-2] in _BINARY
+    operation = _BINARY.get(name[3:-2] if reflected else name[2:-2])
+
+    def escapes(self, *args, **kwargs):
+        self.escape()
+        plain = [_plain(a) for a in args]  # (reads a SizeInt among them too)
+        value = int.__int__(self)
+        if operation is not None and len(plain) == 1 and not kwargs:
+            # a binary operator with any other operand (float's own, say, as an int's would)
+            return operation(plain[0], value) if reflected else operation(value, plain[0])
+        return method(value, *plain, **kwargs)
+
+    escapes.__name__ = name
+    return escapes
+
+
+def _escaping_property(name: str):
+    def read(self):
+        self.escape()
+        return getattr(int.__int__(self), name)
+
+    return property(read)
+
+
+# Everything else an int has reads what a SizeInt came from (so a use not listed cannot pass
+# unseen).
+_OWN = set(vars(SizeInt)) | {
+    "__new__", "__init__", "__getattribute__", "__setattr__", "__delattr__", "__class__",
+    "__init_subclass__", "__subclasshook__", "__dir__", "__doc__",
+}  # fmt: skip
+for _name in dir(int):
+    if _name in _OWN:
+        continue
+    _attribute = getattr(int, _name)
+    if isinstance(_attribute, property) or type(_attribute).__name__ == "getset_descriptor":
+        setattr(SizeInt, _name, _escaping_property(_name))
+    elif callable(_attribute):
+        setattr(SizeInt, _name, _escaping(_name))
+del _name, _attribute
+
+
+def _plain(x):
+    """A SizeInt as the plain int it is (read), anything else as it is."""
+    if type(x) is SizeInt:
+        x.escape()
+        return int.__int__(x)
+    return x
+
+
+def evaluate(x, leaf_value) -> int | None:
+    """An integer the code computed, with ``leaf_value(leaf)`` for each size and attribute it
+    came from (None where one has no value, or the arithmetic fails)."""
+    if type(x) is int:
+        return x
+    if type(x) is not SizeInt:
+        return None
+    e = x.expr
+    if type(e) is not tuple:
+        return leaf_value(e)
+    a, b = evaluate(e[1], leaf_value), evaluate(e[2], leaf_value)
+    if a is None or b is None:
+        return None
+    try:
+        return _FOLLOWED[e[0]](a, b)
+    except ZeroDivisionError:
+        return None
+
+
+def _items(x) -> tuple:
+    """The items of a tuple or list (a WatchedShape's without reading them)."""
+    return tuple(tuple.__iter__(x)) if type(x) is WatchedShape else tuple(x)
 
 
 class WatchedShape(tuple):
     """A tensor's sizes as the model's code sees them during a graph trace (what
-    ``x.shape`` and ``x.size()`` return there): each size it reads is noted by dim, so that a
-    plan that prunes none of the dims the code read needs no second trace. Indexing reads one
-    dim, slicing reads none (a WatchedShape of the slice), and anything that sees every size
-    (unpacking, iterating, comparing, hashing, printing, adding to it, ``numel``, being
-    passed to a torch function) reads each of them."""
+    ``x.shape`` and ``x.size()`` return there): each size is a :class:`SizeInt` of that
+    dim, read when the code takes it (indexing reads one dim, unpacking and iterating every
+    one); slicing and adding tuples read nothing, nor does giving it whole (or sliced and
+    joined) to a view, reshape, expand or new tensor. What sees every size at once (comparing,
+    hashing, printing, ``in``, ``numel``, passing it to another torch function) reads each."""
 
     def __new__(cls, sizes, saw: CodeSaw, value: int, dims: tuple[int, ...]):
-        shape = super().__new__(cls, sizes)
-        shape._saw, shape._value, shape._dims = saw, value, dims
-        return shape
+        return cls._of(
+            SizeInt(int(n), SizeLeaf(saw, value, d)) for n, d in zip(tuple.__iter__(sizes), dims)
+        )
 
-    def _read(self, dims) -> None:
-        saw, value = self._saw, self._value
-        for d in dims:
-            saw.read(value, d)
+    @classmethod
+    def _of(cls, items):
+        return tuple.__new__(cls, items)
 
     def read_all(self) -> None:
-        self._read(self._dims)
+        for x in tuple.__iter__(self):
+            if type(x) is SizeInt:
+                x.escape()
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return WatchedShape(
-                tuple.__getitem__(self, index), self._saw, self._value, self._dims[index]
-            )
         out = tuple.__getitem__(self, index)
-        self._read((self._dims[index],))
+        if isinstance(index, slice):
+            return WatchedShape._of(out)
+        if type(out) is SizeInt:
+            out.escape()
         return out
+
+    def __iter__(self):
+        self.read_all()
+        return tuple.__iter__(self)
 
     def _all(name):  # noqa: N805  (builds the methods below)
         method = getattr(tuple, name)
@@ -264,7 +489,6 @@ class WatchedShape(tuple):
         reads_all.__name__ = name
         return reads_all
 
-    __iter__ = _all("__iter__")
     __contains__ = _all("__contains__")
     __eq__ = _all("__eq__")
     __ne__ = _all("__ne__")
@@ -280,26 +504,27 @@ class WatchedShape(tuple):
     del _all
 
     def __add__(self, other):
-        self.read_all()
-        return torch.Size(tuple.__add__(tuple(self), tuple(other)))
+        return WatchedShape._of(tuple(tuple.__iter__(self)) + _items(other))
 
     def __radd__(self, other):
-        self.read_all()
-        return torch.Size(tuple(other) + tuple(self))
+        return WatchedShape._of(_items(other) + tuple(tuple.__iter__(self)))
 
     def __repr__(self) -> str:
         self.read_all()
-        return repr(torch.Size(tuple.__iter__(self)))
+        return repr(torch.Size(self._plain()))
 
     __str__ = __repr__
 
+    def _plain(self) -> tuple:
+        return tuple(int.__int__(x) for x in tuple.__iter__(self))
+
     def numel(self) -> int:
         self.read_all()
-        return torch.Size(tuple.__iter__(self)).numel()
+        return torch.Size(self._plain()).numel()
 
     def __reduce__(self):
         self.read_all()
-        return (torch.Size, (tuple(tuple.__iter__(self)),))
+        return (torch.Size, (self._plain(),))
 
 
 class SizeWatch(TorchFunctionMode):
@@ -308,11 +533,21 @@ class SizeWatch(TorchFunctionMode):
     ``recorder``: the trace's dispatch-level recorder (its nodes so far, and the value index of
     a tensor it knows)."""
 
-    def __init__(self, recorder) -> None:
+    def __init__(self, recorder, pass_through: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.recorder = recorder
         stack = recorder.module_stack
+        self.stack = stack
+        self.pass_through = pass_through
         self.saw = CodeSaw(clock=lambda: (recorder.recorded_count(), stack[-1] if stack else ""))
+
+    def __enter__(self):
+        _WATCHING.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _WATCHING.remove(self)
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -325,19 +560,30 @@ class SizeWatch(TorchFunctionMode):
             return func(*args, **kwargs)
         if func in _VALUE_READS:
             self.saw.values_read = True
-        _read_passed(args, kwargs)  # (torch reads a tuple's items without calling its methods)
         sized = func not in _INTS_NOT_SIZES and (_has_int(args) or _has_int(kwargs.values()))
         if sized and func in _CONVOLUTIONS:
             groups = kwargs.get("groups", args[_GROUPS_POSITION] if len(args) > 6 else 1)
             sized = groups != 1
         shaped = _shaped(func, args, kwargs) if sized else None
+        if shaped is None or shaped[0] == "index":
+            # (torch reads a tuple's items without calling their methods): every size and
+            # SizeInt passed is read, but those of a view's, expand's or new tensor's sizes
+            _read_passed(args, kwargs)
+        if sized and shaped is None and self.stack and self.stack[-1] in self.pass_through:
+            sized = False  # a module's own attributes, which a plan sets as it prunes
         start = self.recorder.recorded_count() if sized and shaped is None else 0
+        if sized or _has_followed(args) or _has_followed(kwargs.values()):
+            args = tuple(_as_plain(a) for a in args)  # (torch's own code sees ints)
+            kwargs = {k: _as_plain(v) for k, v in kwargs.items()}
         out = func(*args, **kwargs)
         if shaped is not None:
             kind, ints = shaped
             target = args[0] if kind == "index" else out
             value = self.recorder.value_index(target) if isinstance(target, torch.Tensor) else None
-            self.saw.shaped_calls.append(ShapedCall(kind, ints, value))
+            source = None
+            if kind in ("view", "expand") and isinstance(args[0], torch.Tensor):
+                source = self.recorder.value_index(args[0])
+            self.saw.shaped_calls.append(ShapedCall(kind, ints, value, source))
         elif sized:
             self.saw.sized_ops.append((start, self.recorder.recorded_count()))
         if type(out) in _PYTHON_VALUES and any(isinstance(a, torch.Tensor) for a in args):
@@ -349,8 +595,14 @@ class SizeWatch(TorchFunctionMode):
         out = func(*args, **kwargs)
         t = args[0] if args else None
         index = self.recorder.value_index(t) if isinstance(t, torch.Tensor) else None
+        if type(out) is int and index is not None:  # x.size(d)
+            dims = _read_dims(func, args, kwargs)
+            if dims is not None and len(dims) == 1:
+                size = SizeInt(out, SizeLeaf(self.saw, index, dims[0]))
+                size.escape()  # (read when taken: see WatchedShape)
+                return size
         if type(out) is not torch.Size or index is None:
-            self._read(t, _read_dims(func, args, kwargs))  # x.size(d), or an unknown tensor
+            self._read(t, _read_dims(func, args, kwargs))  # an unknown tensor
             return out
         return WatchedShape(out, self.saw, index, tuple(range(len(out))))
 
@@ -388,15 +640,56 @@ def _read_dims(func, args, kwargs) -> tuple[int, ...] | None:
     return None
 
 
+_WATCHING: list[SizeWatch] = []  # the watches running (their traces see SizeInts)
+
+
+def watching() -> bool:
+    """Whether a graph trace's SizeWatch runs (module attributes read are followed)."""
+    return bool(_WATCHING)
+
+
+def _has_followed(items) -> bool:
+    """A SizeInt or WatchedShape among ``items``, in lists, tuples and slices of them."""
+    for x in items:
+        kind = type(x)
+        if kind is SizeInt or kind is WatchedShape:
+            return True
+        if kind is slice:
+            if _has_followed((x.start, x.stop, x.step)):
+                return True
+        elif (kind is list or kind is tuple) and _has_followed(x):
+            return True
+    return False
+
+
+def _as_plain(x):
+    """``x`` with its SizeInts as plain ints and WatchedShapes as torch.Size (not read)."""
+    kind = type(x)
+    if kind is SizeInt:
+        return int.__int__(x)
+    if kind is WatchedShape:
+        return torch.Size(x._plain())
+    if kind is list or kind is tuple:
+        return kind(_as_plain(i) for i in x) if _has_followed(x) else x
+    if kind is slice:
+        return slice(_as_plain(x.start), _as_plain(x.stop), _as_plain(x.step))
+    return x
+
+
 def _read_passed(args, kwargs) -> None:
-    """Watched sizes passed to a torch function are read, all of them."""
-    for x in (*args, *kwargs.values()):
-        if type(x) is WatchedShape:
+    """Watched sizes and SizeInts passed to a torch function are read, all of them."""
+    stack = [*args, *kwargs.values()]
+    while stack:
+        x = stack.pop()
+        kind = type(x)
+        if kind is SizeInt:
+            x.escape()
+        elif kind is WatchedShape:
             x.read_all()
-        elif type(x) is list or type(x) is tuple:
-            for item in x:
-                if type(item) is WatchedShape:
-                    item.read_all()
+        elif kind is list or kind is tuple:
+            stack.extend(x)
+        elif kind is slice:
+            stack.extend((x.start, x.stop, x.step))
 
 
 # Calls whose integers are their result's sizes, position by position: kind, and where the
@@ -411,8 +704,8 @@ _NEW = frozenset(
 def _sizes_of(rest) -> tuple | None:
     """Integer sizes given as ``f(*sizes)`` or ``f(sizes)``, or None."""
     if len(rest) == 1 and type(rest[0]) in (list, tuple, torch.Size, WatchedShape):
-        rest = tuple(rest[0])
-    if rest and all(type(x) is int for x in rest):
+        rest = tuple(tuple.__iter__(rest[0]) if type(rest[0]) is WatchedShape else rest[0])
+    if rest and all(type(x) is int or type(x) is SizeInt for x in rest):
         return tuple(rest)
     return None
 
@@ -438,18 +731,22 @@ def _shaped(func, args, kwargs) -> tuple[str, tuple] | None:
     return None
 
 
+_INDEX_ITEMS = (int, SizeInt, slice)
+
+
 def _indexed_dims(rank: int, index) -> tuple[str, tuple] | None:
     """("index", per input dim whether an integer or a slice with bounds picks from it) of
     ``x[index]`` made of integers, slices and an Ellipsis only (else None)."""
     items = index if type(index) is tuple else (index,)
     if (
-        any(x is not Ellipsis and type(x) is not int and type(x) is not slice for x in items)
+        any(x is not Ellipsis and type(x) not in _INDEX_ITEMS for x in items)
         or sum(x is Ellipsis for x in items) > 1
     ):
         return None
     for x in items:
         if type(x) is slice and any(
-            b is not None and type(b) is not int for b in (x.start, x.stop, x.step)
+            b is not None and type(b) is not int and type(b) is not SizeInt
+            for b in (x.start, x.stop, x.step)
         ):
             return None
     explicit = [x for x in items if x is not Ellipsis]
@@ -460,7 +757,7 @@ def _indexed_dims(rank: int, index) -> tuple[str, tuple] | None:
         if x is Ellipsis:
             picks += [False] * (rank - len(explicit))
         else:
-            picks.append(type(x) is int or x != slice(None))
+            picks.append(type(x) is not slice or x != slice(None))
     picks += [False] * (rank - len(picks))
     return "index", tuple(picks)
 
@@ -469,11 +766,13 @@ def _has_int(items) -> bool:
     """An integer (not a bool) among ``items``, in a list/tuple of them or in a slice."""
     for x in items:
         kind = type(x)
-        if kind is int or kind is torch.SymInt:
+        if kind is int or kind is SizeInt or kind is torch.SymInt:
             return True
         if kind is slice:
             if _has_int((x.start, x.stop, x.step)):
                 return True
+        elif kind is WatchedShape:
+            return True
         elif (kind is list or kind is tuple or kind is torch.Size) and _has_int(x):
             return True
     return False

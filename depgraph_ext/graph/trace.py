@@ -39,7 +39,7 @@ from .decisions import (
     without_data,
 )
 from .op_numbers import constant_value, op_numbers
-from .size_watch import CodeSaw, SizeWatch, reads_values
+from .size_watch import PASS_THROUGH_FORWARDS, CodeSaw, SizeWatch, reads_values
 from .standin import _IS_META, FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
 from .walk import ModelWalk
@@ -1104,7 +1104,14 @@ def trace_as(
     # its plans always traced again, and its shape traces are guided only where the trace had
     # no fused paths either.)
     fused = any(isinstance(m, FUSED_PATH_MODULES) for _, m in modules)
-    watch = SizeWatch(recorder) if not shapes_only and not fused else None
+    watch = (
+        SizeWatch(
+            recorder,
+            frozenset(n for n, m in modules if type(m).forward in PASS_THROUGH_FORWARDS),
+        )
+        if not shapes_only and not fused
+        else None
+    )
     guided = guide is not None and shapes_only and (mode is TraceMode.META or not fused)
     guided_calls = _GuidedCalls(recorder) if guided else contextlib.nullcontext()
     if mode is not TraceMode.REAL:
@@ -1202,6 +1209,7 @@ def trace_as(
                 graph.output_paths.append(pytree.keystr(path))
     if watch is not None:
         watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)
+        watch.saw.live = False
         graph.code_saw = watch.saw
     return graph
 

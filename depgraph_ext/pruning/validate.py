@@ -14,7 +14,6 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
-from torch import nn
 
 from ..errors import (
     FixedSizeWarning,
@@ -26,6 +25,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from ..graph.op_numbers import differences, op_numbers
+from ..graph.size_watch import PASS_THROUGH_FORWARDS, SizeInt, SizeLeaf, evaluate
 from ..graph.trace import Ref
 from .attributes import attributes_named_like, temporary_attributes
 from .configs import (
@@ -38,33 +38,9 @@ from .configs import (
 from .plan import Plan, propose_plan
 
 MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more slot
-# Tests set this: a plan that needs no second trace (needs_trace) is traced all the same, and
-# an internal error is raised if it does not run.
+# Tests set this: a plan judged without a second trace (untraced_failures) is traced all the
+# same, and an internal error is raised where the trace disagrees.
 CHECK_SKIPPED_TRACES = os.environ.get("DEPGRAPH_CHECK_SKIPPED_TRACES") == "1"
-# Modules whose forward only passes the attributes a plan sets on to ops (where the trace saw
-# what it passed): convolutions, linear layers, batch/layer/group norms, embeddings, PReLU.
-_PASS_THROUGH_FORWARDS = frozenset(
-    cls.forward
-    for cls in (
-        nn.Conv1d,
-        nn.Conv2d,
-        nn.Conv3d,
-        nn.ConvTranspose1d,
-        nn.ConvTranspose2d,
-        nn.ConvTranspose3d,
-        nn.Linear,
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-        nn.BatchNorm3d,
-        nn.InstanceNorm1d,  # (its forward compares num_features with its input, nothing more)
-        nn.InstanceNorm2d,
-        nn.InstanceNorm3d,
-        nn.LayerNorm,
-        nn.GroupNorm,
-        nn.Embedding,
-        nn.PReLU,
-    )
-)
 
 
 def checked_plan(
@@ -95,14 +71,11 @@ def checked_plan(
             plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
         )
         try:
-            if needs_trace(dg, full):
-                validate_plan(dg, full, guided)  # the model's code may read its config as it runs
-            elif CHECK_SKIPPED_TRACES:
-                _check_needs_no_trace(dg, full)
+            _validate(dg, full, guided)  # the model's code may read its config as it runs
         except PlanValidationError as exc:
             if not accepted:
                 raise
-            validate_plan(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
+            _validate(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
             # The shapes run; the config updates are what breaks the run: none is set.
             fields = ", ".join(f"config.{u.field}" for u in accepted)
             mismatch = (mismatch + "; " if mismatch else "") + (
@@ -158,26 +131,37 @@ def plan_until_valid(
     raise PlanValidationError(f"no valid plan after {MAX_ROUNDS} rounds of validation")
 
 
-def needs_trace(dg: DependencyGraph, plan: Plan) -> bool:
-    """Whether the plan's shapes must be traced to be known to run: unless the model's code
-    neither read a size the plan prunes nor passed integers to an op whose tensors it prunes,
-    read no value, and the plan sets no config field and no attribute of a module whose
-    forward does more than pass it on, every op's pruned shape is the one the rules planned
-    (``graph/size_watch.py``)."""
+def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationError] | None:
+    """What the plan's shapes do, known without tracing the model again, or None where they
+    must be traced: the failures (empty: every op runs with exactly the planned shapes).
+
+    Known where the model's code read no value and no size the plan prunes but in size
+    arithmetic it passed to views, reshapes, expands and new tensors (``graph/size_watch.py``:
+    the code's integers are SizeInts there, computed again with the planned sizes and the
+    attributes the plan sets), passed no other integer to an op whose tensors the plan prunes
+    (but a convolution's, norm's or embedding's own attributes), and where the plan sets no
+    config field and no attribute the forward read otherwise. Every other op's result follows
+    from its inputs' shapes by the rules. A view whose sizes, so computed, are not the planned
+    ones is a failure, as a trace would find it (a number where a size of the plan should
+    flow: ``x.view(-1, 24)``, ``q.reshape(B, N, self.n_heads, 32)``)."""
     saw = dg.graph.code_saw
     if saw is None or saw.values_read or saw.unknown_reads:
-        return True
+        return None
     if any(not dg.config_reads.known or u.field in dg.config_reads for u in plan.config):
-        return True  # the forward reads a field the plan sets
+        return None  # the forward reads a field the plan sets
     if dg.graph.real and dg.dynamic_slots.any():
-        return True  # sizes the data decides
+        return None  # sizes the data decides
+    attributes: dict[tuple[int, str], object] = {}
     for update in plan.attributes:
         module = dg.model.get_submodule(update.module)
-        if type(module).forward in _PASS_THROUGH_FORWARDS:
+        attributes[(id(module), update.attr)] = update.new
+        if type(module).forward in PASS_THROUGH_FORWARDS:
             continue
         if (update.module, update.attr) in dg.attribute_reads or not dg.attribute_reads.known:
-            return True  # the forward reads an attribute the plan sets
-    pruned = dg.slot_kept_sizes(plan.masks) != dg.slot_sizes
+            return None  # the forward reads an attribute the plan sets (not in sizes only)
+    kept = dg.slot_kept_sizes(plan.masks)
+    pruned = kept != dg.slot_sizes
+    kept_sizes = kept.tolist()
     slots = dg.coupling_model.value_slots
 
     def prunes(v: int) -> bool:
@@ -189,25 +173,98 @@ def needs_trace(dg: DependencyGraph, plan: Plan) -> bool:
         return bool(pruned[slots[v][d]])
 
     if any(prunes_dim(v, d) for v, d in saw.size_reads):
-        return True
-    for call in saw.shaped_calls:
-        if call.value is None or len(call.ints) != len(slots[call.value]):
-            return True  # (a result the trace does not know, or of another rank)
-        dims = [bool(pruned[s]) for s in slots[call.value]]
-        if call.kind == "index":  # a pruned dim indexed or sliced by the code's integers
-            if any(p and picked for p, picked in zip(dims, call.ints)):
-                return True
-        elif call.kind == "new":
-            if any(dims):
-                return True
-        elif any(p and size != -1 for p, size in zip(dims, call.ints)):
-            return True  # a pruned size given as a number, not inferred (view) or kept (expand)
+        return None
     nodes = dg.graph.nodes
-    return any(
+    if any(
         prunes(v)
         for start, stop in saw.sized_ops
         for n in nodes[start:stop]
         for v in n.inputs + n.outputs
+    ):
+        return None
+
+    def leaf_value(leaf) -> int | None:
+        if isinstance(leaf, SizeLeaf):
+            dims = slots[leaf.value]
+            return kept_sizes[dims[leaf.dim]] if leaf.dim < len(dims) else None
+        new = attributes.get((leaf.module, leaf.name), leaf.value)
+        return new if type(new) is int else None
+
+    failures = []
+    for call in saw.shaped_calls:
+        if call.value is None or len(call.ints) != len(slots[call.value]):
+            return None  # (a result the trace does not know, or of another rank)
+        dims = [bool(pruned[s]) for s in slots[call.value]]
+        if call.kind == "index":  # a pruned dim indexed or sliced by the code's integers
+            if any(p and picked for p, picked in zip(dims, call.ints)):
+                return None
+            continue
+        if not any(dims) and not any(type(x) is SizeInt for x in call.ints):
+            continue  # (the common case: nothing of it changes)
+        sizes = [evaluate(x, leaf_value) for x in call.ints]
+        if None in sizes:
+            return None
+        failure = _shaped_call_failure(dg, call, sizes, kept_sizes)
+        if failure is _UNKNOWN:
+            return None
+        if failure is not None:
+            failures.append(failure)
+    if failures:
+        failures[0].more = tuple(failures[1:])
+        return failures
+    if (pruned & (kept <= 1)).any():
+        return None  # ATen's own decompositions branch on sizes of 1 (einsum, squeeze())
+    return failures
+
+
+_UNKNOWN = object()
+
+
+def _shaped_call_failure(dg: DependencyGraph, call, sizes: list[int], kept_sizes: list[int]):
+    """The failure of a view, expand or new tensor given ``sizes`` under a plan (None: it
+    gives the planned shape; _UNKNOWN: not known without a trace)."""
+    g, slots = dg.graph, dg.coupling_model.value_slots
+    expected = tuple(kept_sizes[s] for s in slots[call.value])
+    original = g.values[call.value].shape
+    producer = g.values[call.value].producer
+    if producer is None:
+        return _UNKNOWN
+    node = g.nodes[producer]
+    if call.kind == "view":
+        if call.source is None or sizes.count(-1) > 1:
+            return _UNKNOWN
+        numel = int(np.prod([kept_sizes[s] for s in slots[call.source]], dtype=np.int64))
+        known = int(np.prod([n for n in sizes if n != -1], dtype=np.int64))
+        actual = list(sizes)
+        if -1 in sizes and known > 0 and numel % known == 0:
+            actual[sizes.index(-1)] = numel // known
+        if -1 in actual or int(np.prod(actual, dtype=np.int64)) != numel:
+            fixed = [
+                s for d, s in enumerate(slots[call.value]) if sizes[d] == original[d] != expected[d]
+            ] or [s for v in (call.value, call.source) for s in slots[v]]
+            return PlanValidationError(
+                f"the pruned shapes do not run at {node.describe()}: the model's code asks for "
+                f"shape {tuple(sizes)} of a tensor of {numel} elements (original shape "
+                f"{original}): it fixes a size the rules treat as prunable",
+                node.index,
+                fixed,
+                node.module,
+            )
+    elif call.kind == "expand":
+        actual = [e if n == -1 else n for n, e in zip(sizes, expected)]
+    else:
+        actual = sizes
+    actual = tuple(actual)
+    if actual == expected:
+        return None
+    wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
+    fixed = [slots[call.value][d] for d in wrong if actual[d] == original[d]]
+    return PlanValidationError(
+        f"{node.describe()} would produce shape {actual} where the plan needs {expected} "
+        f"(original {original}): the model's code fixes a size the rules treat as prunable",
+        node.index,
+        fixed or [slots[call.value][d] for d in wrong],
+        node.module,
     )
 
 
@@ -218,6 +275,30 @@ def _check_needs_no_trace(dg: DependencyGraph, plan: Plan) -> None:
         raise AssertionError(
             f"internal error: a plan judged to need no trace does not run: {exc}"
         ) from exc
+
+
+def _validate(dg: DependencyGraph, plan: Plan, guided: bool) -> None:
+    """PlanValidationError where the plan's shapes do not run as planned: known without a
+    trace where :func:`untraced_failures` can tell, traced otherwise."""
+    failures = untraced_failures(dg, plan)
+    if failures:
+        if CHECK_SKIPPED_TRACES:
+            _check_traced_too(dg, plan, failures[0])
+        raise failures[0]
+    if failures is None:
+        validate_plan(dg, plan, guided)
+    elif CHECK_SKIPPED_TRACES:
+        _check_needs_no_trace(dg, plan)
+
+
+def _check_traced_too(dg: DependencyGraph, plan: Plan, failure: PlanValidationError) -> None:
+    try:
+        validate_plan(dg, plan, guided=False)
+    except PlanValidationError:
+        return
+    raise AssertionError(
+        f"internal error: a plan judged to fail without a trace runs when traced: {failure}"
+    )
 
 
 def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
