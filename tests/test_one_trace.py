@@ -222,14 +222,13 @@ def test_sizes_the_code_reads_are_noted_dim_by_dim():
     assert dims_read(lambda s: s[:-1]) == set()
     assert dims_read(lambda s: s[1:][0]) == {1}
     assert dims_read(lambda s: (*s[:-1], -1)) == {0, 1}
-    assert dims_read(lambda s: s[:1] + s[2:]) == set()  # (joined, as a view's sizes)
     assert dims_read(len) == set()
     for reads_all in (list, tuple, hash, str, lambda s: s == (2, 3, 4), lambda s: s.numel(),
-                      lambda s: 3 in s):  # fmt: skip
+                      lambda s: s + (1,), lambda s: 3 in s):  # fmt: skip
         assert dims_read(reads_all) == {0, 1, 2}
     shape, _ = watched()
     assert shape == torch.Size((2, 3, 4)) and shape.numel() == 24 and len(shape) == 3
-    assert shape + (5,) == torch.Size((2, 3, 4, 5))
+    assert shape + (5,) == torch.Size((2, 3, 4, 5)) and isinstance(shape + (5,), torch.Size)
     assert repr(shape) == "torch.Size([2, 3, 4])" and torch.zeros(shape).shape == (2, 3, 4)
     # the integers computed again with other sizes
     b, c, d = watched()[0]
@@ -269,23 +268,25 @@ def test_an_attribute_followed_into_sizes_is_read_by_any_other_use():
 
 def test_the_code_of_a_traced_model_gets_watched_sizes():
     """During the graph trace ``x.shape`` and ``x.size()`` are watched and ``x.size(1)`` reads
-    one dim; a shape given whole to a view is not read (its sizes are followed); the model
+    one dim; a shape given whole to a view is not read (its sizes are recorded); the model
     run outside a trace sees torch.Size."""
     seen = []
 
     class Looks(nn.Module):
-        def __init__(self, whole: bool):
+        def __init__(self, whole):
             super().__init__()
             self.fc, self.whole = nn.Linear(4, 6), whole
 
         def forward(self, x):
             h = self.fc(x)
             seen.append((type(h.shape).__name__, type(h.size()).__name__))
-            if self.whole:
+            if self.whole == "joined":
                 return h.view(h.shape[:1] + h.shape[1:])
+            if self.whole:
+                return h.view(h.shape)
             return h.view(h.shape[0], -1) * h.size(1)
 
-    def reads_of_fc(whole: bool) -> tuple[set, list]:
+    def reads_of_fc(whole) -> tuple[set, list]:
         graph = dx.DependencyGraph(Looks(whole), torch.randn(2, 4)).graph
         fc = [n for n in graph.nodes if n.module == "fc"][-1].outputs[0]
         views = [c for c in graph.code_saw.shaped_calls if c.source == fc]
@@ -294,6 +295,7 @@ def test_the_code_of_a_traced_model_gets_watched_sizes():
     reads, views = reads_of_fc(whole=False)
     assert reads == {0, 1}  # h.shape[0], h.size(1)
     assert seen[0] == ("WatchedShape", "WatchedShape")
+    assert reads_of_fc(whole="joined")[0] == {0, 1}  # (adding to a shape reads it)
     reads, views = reads_of_fc(whole=True)
     assert reads == set() and [int(x) for x in views[0].ints] == [2, 6]
     assert all(type(x).__name__ == "SizeInt" for x in views[0].ints)

@@ -440,18 +440,13 @@ def evaluate(x, leaf_value) -> int | None:
         return None
 
 
-def _items(x) -> tuple:
-    """The items of a tuple or list (a WatchedShape's without reading them)."""
-    return tuple(tuple.__iter__(x)) if type(x) is WatchedShape else tuple(x)
-
-
 class WatchedShape(tuple):
     """A tensor's sizes as the model's code sees them during a graph trace (what
     ``x.shape`` and ``x.size()`` return there): each size is a :class:`SizeInt` of that
     dim, read when the code takes it (indexing reads one dim, unpacking and iterating every
-    one); slicing and adding tuples read nothing, nor does giving it whole (or sliced and
-    joined) to a view, reshape, expand or new tensor. What sees every size at once (comparing,
-    hashing, printing, ``in``, ``numel``, passing it to another torch function) reads each."""
+    one); slicing reads nothing, nor does giving it whole to a view, reshape, expand or new
+    tensor. What sees every size at once (comparing, hashing, printing, adding to it, ``in``,
+    ``numel``, passing it to another torch function) reads each."""
 
     def __new__(cls, sizes, saw: CodeSaw, value: int, dims: tuple[int, ...]):
         return cls._of(
@@ -504,10 +499,12 @@ class WatchedShape(tuple):
     del _all
 
     def __add__(self, other):
-        return WatchedShape._of(tuple(tuple.__iter__(self)) + _items(other))
+        self.read_all()
+        return torch.Size(self._plain() + tuple(other))
 
     def __radd__(self, other):
-        return WatchedShape._of(_items(other) + tuple(tuple.__iter__(self)))
+        self.read_all()
+        return torch.Size(tuple(other) + self._plain())
 
     def __repr__(self) -> str:
         self.read_all()
@@ -572,9 +569,6 @@ class SizeWatch(TorchFunctionMode):
         if sized and shaped is None and self.stack and self.stack[-1] in self.pass_through:
             sized = False  # a module's own attributes, which a plan sets as it prunes
         start = self.recorder.recorded_count() if sized and shaped is None else 0
-        if sized or _has_followed(args) or _has_followed(kwargs.values()):
-            args = tuple(_as_plain(a) for a in args)  # (torch's own code sees ints)
-            kwargs = {k: _as_plain(v) for k, v in kwargs.items()}
         out = func(*args, **kwargs)
         if shaped is not None:
             kind, ints = shaped
@@ -646,34 +640,6 @@ _WATCHING: list[SizeWatch] = []  # the watches running (their traces see SizeInt
 def watching() -> bool:
     """Whether a graph trace's SizeWatch runs (module attributes read are followed)."""
     return bool(_WATCHING)
-
-
-def _has_followed(items) -> bool:
-    """A SizeInt or WatchedShape among ``items``, in lists, tuples and slices of them."""
-    for x in items:
-        kind = type(x)
-        if kind is SizeInt or kind is WatchedShape:
-            return True
-        if kind is slice:
-            if _has_followed((x.start, x.stop, x.step)):
-                return True
-        elif (kind is list or kind is tuple) and _has_followed(x):
-            return True
-    return False
-
-
-def _as_plain(x):
-    """``x`` with its SizeInts as plain ints and WatchedShapes as torch.Size (not read)."""
-    kind = type(x)
-    if kind is SizeInt:
-        return int.__int__(x)
-    if kind is WatchedShape:
-        return torch.Size(x._plain())
-    if kind is list or kind is tuple:
-        return kind(_as_plain(i) for i in x) if _has_followed(x) else x
-    if kind is slice:
-        return slice(_as_plain(x.start), _as_plain(x.stop), _as_plain(x.step))
-    return x
 
 
 def _read_passed(args, kwargs) -> None:
