@@ -143,7 +143,11 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     config field and no attribute the forward read otherwise. Every other op's result follows
     from its inputs' shapes by the rules. A view whose sizes, so computed, are not the planned
     ones is a failure, as a trace would find it (a number where a size of the plan should
-    flow: ``x.view(-1, 24)``, ``q.reshape(B, N, self.n_heads, 32)``)."""
+    flow: ``x.view(-1, 24)``, ``q.reshape(B, N, self.n_heads, 32)``).
+
+    Where the plan must be traced for another reason, the failures of views whose sizes are
+    all computed by the code from sizes and attributes (no plain number, which could be a
+    size the code read and converted) are known all the same, and returned: a trace saved."""
     saw = dg.graph.code_saw
     if saw is None or saw.values_read or saw.unknown_reads:
         return None
@@ -151,6 +155,7 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return None  # the forward reads a field the plan sets
     if dg.graph.real and dg.dynamic_slots.any():
         return None  # sizes the data decides
+    traced = False  # the plan must be traced: only failures of computed sizes are known
     attributes: dict[tuple[int, str], object] = {}
     for update in plan.attributes:
         module = dg.model.get_submodule(update.module)
@@ -158,7 +163,7 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         if type(module).forward in PASS_THROUGH_FORWARDS:
             continue
         if (update.module, update.attr) in dg.attribute_reads or not dg.attribute_reads.known:
-            return None  # the forward reads an attribute the plan sets (not in sizes only)
+            traced = True  # the forward reads an attribute the plan sets (not in sizes only)
     kept = dg.slot_kept_sizes(plan.masks)
     pruned = kept != dg.slot_sizes
     kept_sizes = kept.tolist()
@@ -172,16 +177,17 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
             return prunes(v)
         return bool(pruned[slots[v][d]])
 
-    if any(prunes_dim(v, d) for v, d in saw.size_reads):
-        return None
     nodes = dg.graph.nodes
-    if any(
-        prunes(v)
-        for start, stop in saw.sized_ops
-        for n in nodes[start:stop]
-        for v in n.inputs + n.outputs
-    ):
-        return None
+    traced = (
+        traced
+        or any(prunes_dim(v, d) for v, d in saw.size_reads)
+        or any(
+            prunes(v)
+            for start, stop in saw.sized_ops
+            for n in nodes[start:stop]
+            for v in n.inputs + n.outputs
+        )
+    )
 
     def leaf_value(leaf) -> int | None:
         if isinstance(leaf, SizeLeaf):
@@ -190,25 +196,29 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         new = attributes.get((leaf.module, leaf.name), leaf.value)
         return new if type(new) is int else None
 
-    failures = []
+    failures, computed = [], []  # (computed: of sizes all computed by the code)
     for call in saw.shaped_calls:
         if call.value is None or len(call.ints) != len(slots[call.value]):
-            return None  # (a result the trace does not know, or of another rank)
+            traced = True  # (a result the trace does not know, or of another rank)
+            continue
         dims = [bool(pruned[s]) for s in slots[call.value]]
         if call.kind == "index":  # a pruned dim indexed or sliced by the code's integers
-            if any(p and picked for p, picked in zip(dims, call.ints)):
-                return None
+            traced = traced or any(p and picked for p, picked in zip(dims, call.ints))
             continue
         if not any(dims) and not any(type(x) is SizeInt for x in call.ints):
             continue  # (the common case: nothing of it changes)
         sizes = [evaluate(x, leaf_value) for x in call.ints]
-        if None in sizes:
-            return None
-        failure = _shaped_call_failure(dg, call, sizes, kept_sizes)
-        if failure is _UNKNOWN:
-            return None
-        if failure is not None:
+        failure = None if None in sizes else _shaped_call_failure(dg, call, sizes, kept_sizes)
+        if None in sizes or failure is _UNKNOWN:
+            traced = True
+        elif failure is not None:
             failures.append(failure)
+            if all(type(x) is SizeInt or x == -1 for x in call.ints):
+                computed.append(failure)
+    if traced:
+        failures = computed
+        if not failures:
+            return None
     if failures:
         failures[0].more = tuple(failures[1:])
         return failures
