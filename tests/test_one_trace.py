@@ -9,6 +9,7 @@ conftest.py.)"""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -323,3 +324,51 @@ def test_a_scale_the_config_derives_from_a_pruned_size_keeps_its_value():
     assert built.model.model.norm.weight.shape[0] < hidden  # the hidden width was pruned
     assert "hidden_size" not in {u.field for u in result.config_updates}
     assert (config.hidden_size, config.logits_scaling) == (hidden, scaling)
+
+
+class ChannelsLayerNorm(nn.LayerNorm):
+    """A layer norm over the channels of an image (ConvNeXt's LayerNorm2d): its forward
+    permutes and reads ``normalized_shape``, a tuple attribute (or, ``literal``, normalises
+    over a width written in the code)."""
+
+    def __init__(self, channels: int, literal: bool = False):
+        super().__init__(channels)
+        self.literal = literal
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        shape = (16,) if self.literal else self.normalized_shape
+        x = nn.functional.layer_norm(x, shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class NormedConvs(nn.Module):
+    def __init__(self, literal: bool = False):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = ChannelsLayerNorm(16, literal)
+        self.b = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.norm(self.a(x))))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("literal", [False, True], ids=["attribute", "literal"])
+def test_a_layer_norm_over_a_tuple_attribute_needs_no_second_trace(literal, monkeypatch):
+    """``normalized_shape``, a tuple the plan sets, is followed into the layer norm's sizes:
+    the plan is known to run without a second trace (the pruned model runs, the backends
+    agree; the norm's statistics change, declared, so no oracle); a width written in the
+    code is traced, found fixed, and kept."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = NormedConvs(literal).double().eval()
+    count, _ = forwards_during_prune(copy.deepcopy(model))
+    assert count == (2 if literal else 1)
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned, _ = prune_and_check(model, X, oracle=False)
+    assert (pruned.a.out_channels == 16) is literal
+    assert pruned(X).shape == (2, 5)

@@ -913,9 +913,14 @@ def attribute_reads(modules: list[tuple[str, torch.nn.Module]]):
         def spy(self, key):
             value = original(self, key)
             if key[0] != "_" and not callable(value):
-                if type(value) is int and watching():
-                    # followed: read when the code uses it otherwise than in sizes
-                    return SizeInt(value, AttributeLeaf(reads, id(self), key, value, is_live))
+                if watching():  # followed: read when the code uses it otherwise than in sizes
+                    if type(value) is int:
+                        return SizeInt(value, AttributeLeaf(reads, id(self), key, value, is_live))
+                    if type(value) is tuple and value and all(type(n) is int for n in value):
+                        return tuple(
+                            SizeInt(n, AttributeLeaf(reads, id(self), key, n, is_live, i))
+                            for i, n in enumerate(value)
+                        )
                 reads.add((id(self), key))
             return value
 

@@ -242,7 +242,8 @@ class CodeSaw:
 class ShapedCall:
     """A call whose integers say, position by position, the sizes of its result (``kind``
     "view": a view or reshape, -1 the one size inferred; "expand": -1 a size kept; "new": a
-    new tensor's sizes) or how each dim of its input is indexed ("index": ``x[..., :n]``,
+    new tensor's sizes; "trailing": the last sizes of its input, a layer norm's
+    ``normalized_shape``) or how each dim of its input is indexed ("index": ``x[..., :n]``,
     ``ints`` holding per input dim whether it is sliced or indexed). ``value``: the result
     (the input, for "index"), or None where the trace does not know it; ``source``: the
     input of a view or expand. A size is a :class:`SizeInt` where the code computed it from
@@ -259,28 +260,46 @@ class SizeLeaf:
     """A size the code read: dim ``dim`` of traced value ``value`` (noted as read in ``saw``
     when the code uses it in a way that is not followed)."""
 
-    __slots__ = ("saw", "value", "dim")
+    __slots__ = ("saw", "value", "dim", "uses")
 
     def __init__(self, saw: CodeSaw, value: int, dim: int) -> None:
         self.saw, self.value, self.dim = saw, value, dim
+        self.uses = 0  # uses not followed (taking it from the shape is the first)
 
     def escape(self) -> None:
         if self.saw.live:  # (only while its trace runs)
+            self.uses += 1
             self.saw.read(self.value, self.dim)
+
+    @property
+    def used_otherwise(self) -> bool:
+        """Whether the code used it otherwise than in followed arithmetic after taking it."""
+        return self.uses > 1
 
 
 class AttributeLeaf:
-    """An integer attribute of a module the code read (noted in ``reads``, the attribute
-    reads of the trace, when the code uses it in a way that is not followed)."""
+    """An integer attribute of a module the code read, or an integer of a tuple attribute
+    (noted in ``reads``, the attribute reads of the trace, when the code uses it in a way that
+    is not followed)."""
 
-    __slots__ = ("reads", "module", "name", "value", "live")
+    __slots__ = ("reads", "module", "name", "value", "live", "index", "uses")
 
-    def __init__(self, reads: set, module: int, name: str, value: int, live) -> None:
+    def __init__(
+        self, reads: set, module: int, name: str, value: int, live, index: int | None = None
+    ) -> None:
         self.reads, self.module, self.name, self.value, self.live = reads, module, name, value, live
+        self.index = index  # (the position in a tuple of integers: ``normalized_shape``)
+        self.uses = 0  # uses not followed
 
     def escape(self) -> None:
         if self.live():
+            self.uses += 1
             self.reads.add((self.module, self.name))
+
+    @property
+    def used_otherwise(self) -> bool:
+        """Whether the code used it otherwise than in followed arithmetic."""
+        return self.uses > 0
 
 
 # Integer arithmetic followed through SizeInt (what size computations use); any other use
@@ -419,6 +438,20 @@ def _plain(x):
         x.escape()
         return int.__int__(x)
     return x
+
+
+def leaves(x) -> list:
+    """The sizes and attributes an integer the code computed came from."""
+    out, stack = [], [x]
+    while stack:
+        e = stack.pop()
+        if type(e) is SizeInt:
+            stack.append(e.expr)
+        elif type(e) is tuple:
+            stack.extend(e[1:])
+        elif type(e) is not int:
+            out.append(e)
+    return out
 
 
 def evaluate(x, leaf_value) -> int | None:
@@ -572,7 +605,7 @@ class SizeWatch(TorchFunctionMode):
         out = func(*args, **kwargs)
         if shaped is not None:
             kind, ints = shaped
-            target = args[0] if kind == "index" else out
+            target = args[0] if kind in ("index", "trailing") else out
             value = self.recorder.value_index(target) if isinstance(target, torch.Tensor) else None
             source = None
             if kind in ("view", "expand") and isinstance(args[0], torch.Tensor):
@@ -694,6 +727,10 @@ def _shaped(func, args, kwargs) -> tuple[str, tuple] | None:
         return None if sizes is None else ("new", sizes)
     if func is Tensor.__getitem__ and len(args) == 2 and isinstance(args[0], torch.Tensor):
         return _indexed_dims(args[0].dim(), args[1])
+    if func is F.layer_norm:  # (input, normalized_shape, ...): the input's last sizes
+        rest = (kwargs["normalized_shape"],) if "normalized_shape" in kwargs else args[1:2]
+        sizes = _sizes_of(tuple(rest))
+        return None if sizes is None else ("trailing", sizes)
     return None
 
 

@@ -25,7 +25,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from ..graph.op_numbers import differences, op_numbers
-from ..graph.size_watch import PASS_THROUGH_FORWARDS, SizeInt, SizeLeaf, evaluate
+from ..graph.size_watch import PASS_THROUGH_FORWARDS, SizeInt, SizeLeaf, evaluate, leaves
 from ..graph.trace import Ref
 from .attributes import attributes_named_like, temporary_attributes
 from .configs import (
@@ -147,7 +147,9 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
 
     Where the plan must be traced for another reason, the failures of views whose sizes are
     all computed by the code from sizes and attributes (no plain number, which could be a
-    size the code read and converted) are known all the same, and returned: a trace saved."""
+    size the code read and converted), none of which the code used otherwise (a branch on
+    it could skip the view: ``if n_rep == 1``), are known all the same, and returned: a trace
+    saved."""
     saw = dg.graph.code_saw
     if saw is None or saw.values_read or saw.unknown_reads:
         return None
@@ -193,11 +195,22 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         if isinstance(leaf, SizeLeaf):
             dims = slots[leaf.value]
             return kept_sizes[dims[leaf.dim]] if leaf.dim < len(dims) else None
-        new = attributes.get((leaf.module, leaf.name), leaf.value)
+        if (leaf.module, leaf.name) not in attributes:
+            return leaf.value
+        new = attributes[(leaf.module, leaf.name)]
+        if leaf.index is not None:  # (an integer of a tuple: normalized_shape)
+            fits = type(new) is tuple and leaf.index < len(new)
+            new = new[leaf.index] if fits else None
         return new if type(new) is int else None
 
     failures, computed = [], []  # (computed: of sizes all computed by the code)
     for call in saw.shaped_calls:
+        if call.kind == "trailing":  # a layer norm's normalized_shape: the input's last sizes
+            sizes = [evaluate(x, leaf_value) for x in call.ints]
+            dims = slots[call.value] if call.value is not None else ()
+            planned = [kept_sizes[s] for s in dims[len(dims) - len(sizes) :]]
+            traced = traced or len(sizes) > len(dims) or sizes != planned
+            continue
         if call.value is None or len(call.ints) != len(slots[call.value]):
             traced = True  # (a result the trace does not know, or of another rank)
             continue
@@ -213,7 +226,9 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
             traced = True
         elif failure is not None:
             failures.append(failure)
-            if all(type(x) is SizeInt or x == -1 for x in call.ints):
+            if all(type(x) is SizeInt or x == -1 for x in call.ints) and not any(
+                leaf.used_otherwise for x in call.ints for leaf in leaves(x)
+            ):
                 computed.append(failure)
     if traced:
         failures = computed
