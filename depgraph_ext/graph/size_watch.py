@@ -8,11 +8,13 @@ an integer it passed to an op (a literal, an attribute, a computed size), or a v
 notes each: the sizes read, dim by dim (``x.shape`` is a :class:`WatchedShape` there); the
 integers of views, reshapes, expands and new tensors by the position of the size they give,
 and the dims indexed or sliced by integers (:class:`ShapedCall`); the ops produced by other
-calls with integers that may be sizes; and whether any value was read. A plan that prunes no
-size read, gives no pruned size as a number (``-1`` is inferred from the pruned input), indexes
-no pruned dim and prunes no tensor of those other ops is shaped exactly by the rules (every
-other op's result follows from its inputs' shapes), so it needs no second trace
-(:func:`depgraph_ext.pruning.validate.needs_trace`).
+calls with integers that may be sizes; and whether any value was read. The integers the code
+computed from module attributes and sizes are :class:`SizeInt` s, which keep how they were
+computed, so a plan's view sizes can be computed again with its sizes and attributes. A plan
+that prunes no size read, prunes no tensor of those other ops and whose views' sizes so
+computed are the planned ones is shaped exactly by the rules (every other op's result
+follows from its inputs' shapes), so it needs no second trace; views whose sizes are not are
+failures known without one (:func:`depgraph_ext.pruning.validate.untraced_failures`).
 
 Integers known not to be sizes of anything a rule treats as prunable are not noted: dims
 (``sum(x, 1)``, ``cat(xs, 1)``), spatial parameters (a convolution's stride and padding, a
