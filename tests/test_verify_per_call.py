@@ -287,3 +287,107 @@ def test_the_tolerance_is_that_of_the_least_precise_dtype_computed_from_pruned_w
     assert "fc1.weight" in plan.tensors
     expected = TOLERANCE[torch.float32 if upcast else torch.float64]
     assert _tolerance(dg, plan) == expected
+
+
+class Embedded(nn.Module):
+    """An embedding, a linear layer with a bias, and one without: every planned tensor's
+    zeroing is its holder's activations masked. ``keyword``: the second layer is called with
+    its input by keyword; ``hooked``: the last has a forward pre-hook of its own that shifts
+    its input (a mask applied before it would no longer zero the removed features)."""
+
+    def __init__(self, keyword=False, hooked=False):
+        super().__init__()
+        self.embed = nn.Embedding(20, 12)
+        self.up, self.down = nn.Linear(12, 16), nn.Linear(16, 4, bias=False)
+        self.keyword = keyword
+        if hooked:
+            self.down.register_forward_pre_hook(lambda m, args: (args[0] + 1,))
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        h = torch.relu(self.up(input=h) if self.keyword else self.up(h))
+        return self.down(h)
+
+
+EMBEDDED_IDS = torch.tensor([[1, 5, 9, 3, 7, 2, 19, 0]])
+
+
+def masked_and_plan(model, backend):
+    dg, plan = graph_and_plan(model, EMBEDDED_IDS, backend)
+    holders = verify._holders_of_every_read(dg, plan)
+    tensors = dg.walk.params | dg.walk.buffers
+    removed = {n: verify._removed_indices(tensors[n].data, d) for n, d in plan.tensors.items()}
+    masks = verify._activation_masks(dg, plan, holders, removed, verify.RemovedFills(model))
+    return dg, plan, holders, {n for n, m in model.named_modules() if id(m) in masks}
+
+
+def test_the_zeroed_forward_masks_activations_instead_of_copying_weights(backend, monkeypatch):
+    """An embedding pruned along its width, a linear layer pruned along both dims and one
+    along its inputs: the zeroed forward copies none of their weights (no scratch tensor is
+    taken for it) and computes bit for bit what zeroing the weights computes."""
+    torch.manual_seed(0)
+    model = Embedded().double().eval()
+    dg, plan, holders, masked = masked_and_plan(model, backend)
+    assert masked == {"embed", "up", "down"}
+    assert set(plan.tensors["up.weight"]) == {0, 1}
+    taken = []
+    take = verify._Scratch.take
+    monkeypatch.setattr(verify._Scratch, "take", lambda *a: taken.append(1) or take(*a))
+    before = state_of(model)
+    per_call = verify._difference_per_call(dg, plan, holders)
+    assert_same_state(before, state_of(model))
+    with_masks = len(taken)
+    taken.clear()
+    monkeypatch.setattr(verify, "_activation_masks", lambda *a: {})
+    assert verify._difference_per_call(dg, plan, holders) == per_call
+    # each pruned tensor's zeroed copy, when nothing is masked (``up.weight``, pruned along two
+    # dims, is gathered without scratch in the pruned forward)
+    assert len(taken) == with_masks + len(plan.tensors)
+    assert per_call == verify._difference_in_memory(dg, plan) and per_call < 1e-7
+
+
+@pytest.mark.parametrize("wrong", ["bias", "columns"])
+def test_a_wrong_plan_differs_as_much_with_masks_as_in_memory(backend, wrong):
+    """Wrong plans: a bias keeping other entries than its weight's rows (the output mask
+    cannot say it, so that layer's tensors are zeroed instead), or the next layer keeping
+    other input columns than the rows kept before it (both layers masked, each its own way).
+    The check finds the difference the check in memory finds, to the bit."""
+    torch.manual_seed(0)
+    model = Embedded().double().eval()
+    dg, plan, holders, _ = masked_and_plan(model, backend)
+    name, d, size = ("up.bias", 0, 16) if wrong == "bias" else ("down.weight", 1, 16)
+    kept = plan.tensors[name][d].tolist()
+    removed = sorted(set(range(size)) - set(kept))
+    plan.tensors[name][d] = torch.tensor(sorted([removed[0], *kept[1:]]))
+    tensors = dg.walk.params | dg.walk.buffers
+    gone = {n: verify._removed_indices(tensors[n].data, d) for n, d in plan.tensors.items()}
+    masks = verify._activation_masks(dg, plan, holders, gone, verify.RemovedFills(model))
+    assert (id(model.up) in masks) == (wrong == "columns") and id(model.down) in masks
+    per_call = verify._difference_per_call(dg, plan, holders)
+    assert per_call > 1e-3 and per_call == verify._difference_in_memory(dg, plan)
+
+
+def test_a_layer_called_by_keyword_or_hooked_is_still_checked_exactly(backend, monkeypatch):
+    """A masked layer called with its input by keyword cannot be masked as it runs: the
+    per-call check raises and the check in memory decides. A layer with a hook of its own is
+    not masked (its hook shifts the features the mask would zero). Both pass verify=True."""
+    torch.manual_seed(0)
+    keyword = Embedded(keyword=True).double().eval()
+    dg, plan, holders, masked = masked_and_plan(keyword, backend)
+    assert "up" in masked
+    with pytest.raises(verify._CannotMask):
+        verify._difference_per_call(dg, plan, holders)
+    in_memory = []
+    original = verify._difference_in_memory
+    monkeypatch.setattr(
+        verify, "_difference_in_memory", lambda *a: in_memory.append(1) or original(*a)
+    )
+    assert verify._difference(dg, plan, verify._tolerance(dg, plan)) < 1e-7 and in_memory
+    hooked = Embedded(hooked=True).double().eval()
+    dg, plan, holders, masked = masked_and_plan(hooked, backend)
+    assert "down" not in masked and "up" in masked
+    per_call = verify._difference_per_call(dg, plan, holders)
+    assert per_call == original(dg, plan) and per_call < 1e-7
+    for model in (keyword, hooked):
+        result = dx.prune(model, EMBEDDED_IDS, ratio=0.5, verify=True, backend=backend)
+        assert result.params_after < result.params_before

@@ -252,11 +252,110 @@ def _difference_per_call(dg: DependencyGraph, plan: Plan, holders: dict[int, lis
             torch.index_select(data, d, kept, out=out)
         return out
 
-    with _swapped_per_call(holders, tensors, zeroed, scratch):
+    masks = _activation_masks(dg, plan, holders, removed, fills)
+    substituted = {key: names for key, names in holders.items() if key not in masks}
+    with _swapped_per_call(substituted, tensors, zeroed, scratch), _masked_per_call(masks):
         zeroed_outputs = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
     with _pruned_settings(dg, plan), _swapped_per_call(holders, tensors, pruned, scratch):
         pruned_outputs = _outputs(dg.model, dg.example_inputs)
     return relative_difference(pruned_outputs, zeroed_outputs)
+
+
+class _ActivationMask:
+    """A module whose zeroed weights are its activations zeroed: ``inputs`` (the input's
+    last-dim indices whose weight columns are removed) and ``outputs`` (the output's last-dim
+    indices whose weight rows, and bias entries, are removed), each None when nothing is."""
+
+    __slots__ = ("inputs", "outputs")
+
+    def __init__(self, inputs, outputs) -> None:
+        self.inputs, self.outputs = inputs, outputs
+
+
+def _activation_masks(dg, plan: Plan, holders, removed, fills) -> dict[int, _ActivationMask]:
+    """id(module) -> its mask, for the modules of ``holders`` whose zeroed forward is their
+    plain forward on a masked input or with a masked output: a plain ``nn.Linear`` (rows
+    removed: output features zeroed, as zeroing the rows and the bias; columns removed: input
+    features zeroed, as each removed column then multiplies a zero) and a plain
+    ``nn.Embedding`` pruned along its embedding dim. Each of its planned tensors held by no
+    other module and filled with zeros, the module with no hooks of its own (they could see
+    or change its input or output). Such a forward writes no zeroed copy of its weights."""
+    tensors = dg.walk.params | dg.walk.buffers
+    holder_count: dict[str, int] = {}
+    for names in holders.values():
+        for name in names:
+            holder_count[name] = holder_count.get(name, 0) + 1
+    modules = {id(m): m for _, m in dg.walk.modules}
+    masks: dict[int, _ActivationMask] = {}
+    for key, names in holders.items():
+        module = modules.get(key)
+        if module is None or module._forward_pre_hooks or module._forward_hooks:
+            continue
+        if any(holder_count[n] != 1 or any(fills.of(n, d) for d in removed[n]) for n in names):
+            continue
+        roles = {}
+        for name in names:
+            if tensors[name] is getattr(module, "weight", None):
+                roles["weight"] = removed[name]
+            elif tensors[name] is getattr(module, "bias", None):
+                roles["bias"] = removed[name]
+        if len(roles) != len(names) or "weight" not in roles:
+            continue
+        weight, bias = roles["weight"], roles.get("bias", {})
+        if type(module) is torch.nn.Linear:
+            rows = weight.get(0)
+            if set(weight) - {0, 1} or set(bias) - {0}:
+                continue
+            has_bias = module.bias is not None
+            if has_bias and (rows is None) != (0 not in bias):
+                continue
+            if has_bias and rows is not None and not torch.equal(rows, bias[0]):
+                continue
+            masks[key] = _ActivationMask(weight.get(1), rows)
+        elif type(module) is torch.nn.Embedding and module.max_norm is None:
+            if set(weight) == {1}:
+                masks[key] = _ActivationMask(None, weight[1])
+    return masks
+
+
+class _CannotMask(RuntimeError):
+    """A masked module was called in a way its mask does not cover (the check in memory
+    decides instead)."""
+
+
+@contextlib.contextmanager
+def _masked_per_call(masks: dict[int, _ActivationMask]):
+    """Each call of a module of ``masks`` computes its zeroed forward: the input's masked
+    features zeroed in a copy before the call, the output's zeroed in place after it."""
+    if not masks:
+        yield
+        return
+
+    def before(module, args):
+        mask = masks.get(id(module))
+        if mask is None or mask.inputs is None:
+            return None
+        if len(args) != 1 or not isinstance(args[0], torch.Tensor):
+            raise _CannotMask(f"{type(module).__name__} called without one input tensor")
+        return (args[0].index_fill(-1, mask.inputs, 0),)
+
+    def after(module, args, output):
+        mask = masks.get(id(module))
+        if mask is None or mask.outputs is None:
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise _CannotMask(f"{type(module).__name__} returned no tensor")
+        return output.index_fill_(-1, mask.outputs, 0)
+
+    handles = [
+        torch.nn.modules.module.register_module_forward_pre_hook(before),
+        torch.nn.modules.module.register_module_forward_hook(after),
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _removed_indices(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
