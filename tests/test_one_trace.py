@@ -372,3 +372,86 @@ def test_a_layer_norm_over_a_tuple_attribute_needs_no_second_trace(literal, monk
         pruned, _ = prune_and_check(model, X, oracle=False)
     assert (pruned.a.out_channels == 16) is literal
     assert pruned(X).shape == (2, 5)
+
+
+class TwoHeads(nn.Module):
+    """Attention-like: a projection split into 2 heads of 8 (the head count given as -1), a
+    softmax within each head, merged back, a projection out. ``squeeze``: the merge squeezes
+    every size of 1 away first and transposes by position (a batch of 1 is squeezed, and a
+    single head would be too); ``einsum``: attention within each head by two einsums, whose
+    ATen decompositions differ where a size is 1."""
+
+    def __init__(self, how: str = "plain"):
+        super().__init__()
+        self.how = how
+        self.qkv, self.proj = nn.Linear(16, 2 * 8), nn.Linear(16, 16)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        h = self.qkv(x).view(B, N, -1, 8).softmax(-1)
+        if self.how == "einsum":
+            attention = torch.einsum("bnhd,bmhd->bhnm", h, h).softmax(-1)
+            h = torch.einsum("bhnm,bmhd->bnhd", attention, h)
+        if self.how == "squeeze":
+            return self.proj(h.squeeze().transpose(-3, -2).transpose(-3, -2).flatten(-2))
+        return self.proj(h.reshape(B, N, -1))
+
+
+def _forwards_of_prune(model, x, **options):
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *args: calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(model, x, ratio=0.5, ratios={"hidden": 0}, **options)
+    handle.remove()
+    return len(calls), result
+
+
+def test_a_size_taken_down_to_one_needs_no_trace_of_its_own(monkeypatch):
+    """Two heads pruned to one: nothing in the model squeezes sizes of 1 or decomposes by
+    them, so the plan is not traced again (a GQA Llama's two key/value heads pruned to one
+    likewise), and the pruned model computes the zeroed original's outputs."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = TwoHeads().double().eval()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    forwards, result = _forwards_of_prune(copy.deepcopy(model), x)
+    assert forwards == 1 and result.params_after < result.params_before
+    pruned, _ = prune_and_check(model, x, ratio=0.5, ratios={"hidden": 0})
+    assert pruned.qkv.out_features == 8  # one head left
+
+
+def test_a_squeeze_of_a_size_taken_down_to_one_is_traced(monkeypatch):
+    """The same heads squeezed: with one head left, ``squeeze()`` would drop the heads dim and
+    the merge would fail. The plan is traced, the failure found, and the heads kept: nothing
+    else is left to prune, which the error says; the model is as it was and runs."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = TwoHeads("squeeze").double().eval()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    expected = model(x)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(dx.NoPrunableGroupsError, match="aten.transpose"):
+        _forwards_of_prune(model, x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model(x), expected)
+
+
+def test_an_einsum_over_a_size_taken_down_to_one_is_traced(monkeypatch):
+    """einsum decomposes otherwise where a size is 1: such a plan is traced again."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = TwoHeads("einsum").double().eval()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    traces = []
+    original = validate.validate_plan
+    monkeypatch.setattr(
+        validate, "validate_plan", lambda *a, **k: traces.append(1) or original(*a, **k)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            dx.prune(model, x, ratio=0.5, ratios={"hidden": 0})
+        except dx.NoPrunableGroupsError:
+            pass  # (the trace's verdict on the decomposition: not this test's subject)
+    assert traces

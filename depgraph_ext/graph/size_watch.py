@@ -82,6 +82,9 @@ _METADATA = frozenset(
         torch.is_autocast_enabled,
     }
 )
+# Functions whose ATen decomposition depends on which sizes are 1 (einsum squeezes and
+# permutes them otherwise): another decomposition where a plan takes a size down to 1.
+_DECOMPOSED_BY_ONES = frozenset({torch.einsum})
 # Every integer argument is a dim, a spatial parameter, or a count the rules keep aligned.
 _INTS_NOT_SIZES = frozenset(
     {
@@ -217,6 +220,8 @@ class CodeSaw:
     """What the model's code saw and passed during one trace (value and node indices)."""
 
     sized_ops: list[tuple[int, int]] = field(default_factory=list)  # [start, stop) of nodes
+    # [start, stop) of the nodes of calls of _DECOMPOSED_BY_ONES
+    decomposed_by_ones: list[tuple[int, int]] = field(default_factory=list)
     # Calls whose integers are a shape, or an index, by position (see ShapedCall)
     shaped_calls: list[ShapedCall] = field(default_factory=list)
     values_read: bool = False  # the code read some tensor's values
@@ -603,8 +608,10 @@ class SizeWatch(TorchFunctionMode):
             _read_passed(args, kwargs)
         if sized and shaped is None and self.stack and self.stack[-1] in self.pass_through:
             sized = False  # a module's own attributes, which a plan sets as it prunes
-        start = self.recorder.recorded_count() if sized and shaped is None else 0
+        start = self.recorder.recorded_count()
         out = func(*args, **kwargs)
+        if func in _DECOMPOSED_BY_ONES:
+            self.saw.decomposed_by_ones.append((start, self.recorder.recorded_count()))
         if shaped is not None:
             kind, ints = shaped
             target = args[0] if kind in ("index", "trailing") else out

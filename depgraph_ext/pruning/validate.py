@@ -237,9 +237,31 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     if failures:
         failures[0].more = tuple(failures[1:])
         return failures
-    if (pruned & (kept <= 1)).any():
-        return None  # ATen's own decompositions branch on sizes of 1 (einsum, squeeze())
+    if (pruned & (kept <= 1)).any() and _branches_on_ones(dg, saw, pruned & (kept <= 1)):
+        return None
     return failures
+
+
+def _branches_on_ones(dg: DependencyGraph, saw, to_one: np.ndarray) -> bool:
+    """Some op whose shapes or decomposition depend on which sizes are 1 (a squeeze, whose
+    result loses a size that becomes 1; an einsum, decomposed otherwise) has a tensor with a
+    slot of ``to_one`` (sizes the plan takes down to 1 or 0). Elsewhere a size of 1 changes
+    nothing the rules do not follow: the model's code reading it is a size read."""
+    slots, nodes = dg.coupling_model.value_slots, dg.graph.nodes
+    ranges = list(saw.decomposed_by_ones)
+    ranges += [(n.index, n.index + 1) for n in nodes if _is_squeeze(n.op)]
+    return any(
+        to_one[s]
+        for start, stop in ranges
+        for n in nodes[start:stop]
+        for v in n.inputs + n.outputs
+        for s in slots[v]
+    )
+
+
+def _is_squeeze(op) -> bool:
+    name = getattr(op, "__name__", str(op))
+    return name.startswith("squeeze")
 
 
 _UNKNOWN = object()
