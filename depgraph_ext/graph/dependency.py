@@ -25,6 +25,7 @@ from ..progress import as_progress
 from .computed import computed_tensors
 from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
+from .frame_stack import in_fresh_chunk
 from .resolve import resolve, select_backend
 from .size_watch import AttributeLeaf, SizeInt, watching
 from .standin import MetaResults
@@ -193,6 +194,7 @@ class DependencyGraph:
     """
 
     @internal_errors("building the dependency graph")
+    @in_fresh_chunk
     def __init__(
         self,
         model: torch.nn.Module,

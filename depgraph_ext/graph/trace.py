@@ -38,6 +38,7 @@ from .decisions import (
     snapshot,
     without_data,
 )
+from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
 from .size_watch import PASS_THROUGH_FORWARDS, CodeSaw, SizeWatch, reads_values
 from .standin import _IS_META, FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
@@ -1164,7 +1165,7 @@ def trace_as(
                     guided_calls,
                 ):
                     with _swapped_tensors(modules, fakes, set_attributes):
-                        out = model(*fake_args, **fake_kwargs)
+                        out = call_in_fresh_chunk(model, *fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
         except Exception as exc:
