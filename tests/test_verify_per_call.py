@@ -295,13 +295,16 @@ class Embedded(nn.Module):
     its input by keyword; ``hooked``: the last has a forward pre-hook of its own that shifts
     its input (a mask applied before it would no longer zero the removed features)."""
 
-    def __init__(self, keyword=False, hooked=False):
+    def __init__(self, keyword=False, hooked=False, own_forward=False):
         super().__init__()
         self.embed = nn.Embedding(20, 12)
         self.up, self.down = nn.Linear(12, 16), nn.Linear(16, 4, bias=False)
         self.keyword = keyword
         if hooked:
             self.down.register_forward_pre_hook(lambda m, args: (args[0] + 1,))
+        if own_forward:  # the same shift, in a forward set on the instance
+            down = self.down
+            down.forward = lambda x: nn.functional.linear(x + 1, down.weight)
 
     def forward(self, ids):
         h = self.embed(ids)
@@ -369,8 +372,9 @@ def test_a_wrong_plan_differs_as_much_with_masks_as_in_memory(backend, wrong):
 
 def test_a_layer_called_by_keyword_or_hooked_is_still_checked_exactly(backend, monkeypatch):
     """A masked layer called with its input by keyword cannot be masked as it runs: the
-    per-call check raises and the check in memory decides. A layer with a hook of its own is
-    not masked (its hook shifts the features the mask would zero). Both pass verify=True."""
+    per-call check raises and the check in memory decides. A layer with a hook or a forward
+    of its own is not masked (they shift the features the mask would zero). All pass
+    verify=True."""
     torch.manual_seed(0)
     keyword = Embedded(keyword=True).double().eval()
     dg, plan, holders, masked = masked_and_plan(keyword, backend)
@@ -383,11 +387,14 @@ def test_a_layer_called_by_keyword_or_hooked_is_still_checked_exactly(backend, m
         verify, "_difference_in_memory", lambda *a: in_memory.append(1) or original(*a)
     )
     assert verify._difference(dg, plan, verify._tolerance(dg, plan)) < 1e-7 and in_memory
-    hooked = Embedded(hooked=True).double().eval()
-    dg, plan, holders, masked = masked_and_plan(hooked, backend)
-    assert "down" not in masked and "up" in masked
-    per_call = verify._difference_per_call(dg, plan, holders)
-    assert per_call == original(dg, plan) and per_call < 1e-7
-    for model in (keyword, hooked):
+    models = [keyword]
+    for changed in ({"hooked": True}, {"own_forward": True}):
+        model = Embedded(**changed).double().eval()
+        dg, plan, holders, masked = masked_and_plan(model, backend)
+        assert "down" not in masked and "up" in masked
+        per_call = verify._difference_per_call(dg, plan, holders)
+        assert per_call == original(dg, plan) and per_call < 1e-7
+        models.append(model)
+    for model in models:
         result = dx.prune(model, EMBEDDED_IDS, ratio=0.5, verify=True, backend=backend)
         assert result.params_after < result.params_before

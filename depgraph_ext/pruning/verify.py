@@ -278,8 +278,9 @@ def _activation_masks(dg, plan: Plan, holders, removed, fills) -> dict[int, _Act
     removed: output features zeroed, as zeroing the rows and the bias; columns removed: input
     features zeroed, as each removed column then multiplies a zero) and a plain
     ``nn.Embedding`` pruned along its embedding dim. Each of its planned tensors held by no
-    other module and filled with zeros, the module with no hooks of its own (they could see
-    or change its input or output). Such a forward writes no zeroed copy of its weights."""
+    other module and filled with zeros, the module with no hooks and no forward of its own
+    (they could see or change its input or output). Such a forward writes no zeroed copy of
+    its weights."""
     tensors = dg.walk.params | dg.walk.buffers
     holder_count: dict[str, int] = {}
     for names in holders.values():
@@ -290,6 +291,8 @@ def _activation_masks(dg, plan: Plan, holders, removed, fills) -> dict[int, _Act
     for key, names in holders.items():
         module = modules.get(key)
         if module is None or module._forward_pre_hooks or module._forward_hooks:
+            continue
+        if "forward" in vars(module):  # its own forward, set on the instance
             continue
         if any(holder_count[n] != 1 or any(fills.of(n, d) for d in removed[n]) for n in names):
             continue
