@@ -7,7 +7,6 @@ import inspect
 import torch
 
 from .graph.dependency import DependencyGraph, Group
-from .graph.frame_stack import call_in_fresh_chunk
 from .pruning.options import PruneOptions, with_options_signature
 from .pruning.pruner import Pruner, prune_units
 from .result import PruneResult
@@ -25,7 +24,7 @@ def prune(
 
     Nothing about the model (or the optimizer) changes when an error is raised.
     """
-    return call_in_fresh_chunk(lambda: Pruner(model, example_inputs, ratio, **options).run())
+    return Pruner(model, example_inputs, ratio, **options).run()
 
 
 def prune_group(dg: DependencyGraph, group: Group, units) -> PruneResult:

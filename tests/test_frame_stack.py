@@ -45,10 +45,11 @@ class Spy(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def test_prune_and_the_graph_run_the_model_from_a_fresh_chunk():
+def test_prune_the_pruner_and_the_graph_run_the_model_from_a_fresh_chunk():
     model = Spy()
     x = torch.randn(3, 4)
     dx.DependencyGraph(model, x)
+    dx.Pruner(model, x, ratio=0.5, iterative_steps=2).step()
     dx.prune(model, x, ratio=0.5)
     assert model.below_large_frame and all(model.below_large_frame)
     model.below_large_frame.clear()

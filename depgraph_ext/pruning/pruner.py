@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph, Group
+from ..graph.frame_stack import in_fresh_chunk
 from ..result import PruneResult, compose_results, layer_of, layer_width
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
@@ -109,6 +110,7 @@ class Pruner:
     def done(self) -> bool:
         return len(self.results) >= self.iterative_steps
 
+    @in_fresh_chunk
     def step(self) -> PruneResult:
         """Run the next step; returns what it did (its plan in the current model's coordinates)."""
         if self.done:
@@ -151,6 +153,7 @@ class Pruner:
         self.results.append(result)
         return result
 
+    @in_fresh_chunk
     def run(self) -> PruneResult:
         """Every remaining step at once, as one result; if any step fails, the steps this call
         ran are undone (unless ``in_place``) and the error is raised."""
