@@ -665,8 +665,9 @@ def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str],
 @contextlib.contextmanager
 def global_module_hooks(before, after):
     """``before(module, args)`` and ``after(module, args, output)`` around every module call,
-    for the duration (each must return None). Global hooks run before a module's own, so
-    anything a module's own hooks do falls inside the scope they open."""
+    for the duration (each returns None, or, as a module's own hooks may, what replaces the
+    call's inputs or its output). Global hooks run before a module's own, so anything a
+    module's own hooks do falls inside the scope they open."""
     handles = [
         torch.nn.modules.module.register_module_forward_pre_hook(before),
         torch.nn.modules.module.register_module_forward_hook(after),

@@ -350,15 +350,8 @@ def _masked_per_call(masks: dict[int, _ActivationMask]):
             raise _CannotMask(f"{type(module).__name__} returned no tensor")
         return output.index_fill_(-1, mask.outputs, 0)
 
-    handles = [
-        torch.nn.modules.module.register_module_forward_pre_hook(before),
-        torch.nn.modules.module.register_module_forward_hook(after),
-    ]
-    try:
+    with global_module_hooks(before, after):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _removed_indices(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
