@@ -608,9 +608,10 @@ class SizeWatch(TorchFunctionMode):
             _read_passed(args, kwargs)
         if sized and shaped is None and self.stack and self.stack[-1] in self.pass_through:
             sized = False  # a module's own attributes, which a plan sets as it prunes
-        start = self.recorder.recorded_count()
+        decomposed = func in _DECOMPOSED_BY_ONES
+        start = self.recorder.recorded_count() if decomposed or (sized and shaped is None) else 0
         out = func(*args, **kwargs)
-        if func in _DECOMPOSED_BY_ONES:
+        if decomposed:
             self.saw.decomposed_by_ones.append((start, self.recorder.recorded_count()))
         if shaped is not None:
             kind, ints = shaped
