@@ -252,7 +252,7 @@ def _squeezes_ones(dg: DependencyGraph, to_one: np.ndarray) -> bool:
     return any(
         to_one[s]
         for n in dg.graph.nodes
-        if _is_squeeze(n.op)
+        if n.name.startswith("aten.squeeze")  # (squeeze, squeeze_, squeeze_copy: every overload)
         for v in n.inputs + n.outputs
         for s in slots[v]
     )
@@ -266,11 +266,6 @@ def _inside_decompositions(dg: DependencyGraph) -> frozenset[int]:
     if saw is None:
         return frozenset()
     return frozenset(i for start, stop in saw.decomposed_by_ones for i in range(start, stop - 1))
-
-
-def _is_squeeze(op) -> bool:
-    name = getattr(op, "__name__", str(op))
-    return name.startswith("squeeze")
 
 
 _UNKNOWN = object()
@@ -405,7 +400,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
             if not same_ranks_only or len(shape) == len(slots[vo]):
                 check(old.describe(), vo, shape, old.module, old.index)
 
-    guide = _Guide(dg, kept_sizes, check) if guided else None
+    guide = _Guide(dg, kept_sizes, check, inside) if guided else None
     try:
         with (
             temporary_attributes(dg.model, plan.attributes),
@@ -560,10 +555,10 @@ class _Guide:
     left unchecked. ``events``: what it did, in order: ``("deviates", error)``, ``("failed",
     failed op, original op)``."""
 
-    def __init__(self, dg: DependencyGraph, kept_sizes: list[int], check) -> None:
+    def __init__(self, dg: DependencyGraph, kept_sizes: list[int], check, inside) -> None:
         self.dg, self.g, self.slots = dg, dg.graph, dg.coupling_model.value_slots
         self.kept_sizes, self.check = kept_sizes, check
-        self.inside = _inside_decompositions(dg)
+        self.inside = inside  # (_inside_decompositions: accepted as they ran)
         self._in_module: dict[str, list] | None = None
         self._runs: list[tuple[str, int, int]] | None = None
         self._run_of: list[int] = []
