@@ -1,8 +1,9 @@
 """A prune traces the model once when the model's code cannot have fixed a pruned size: it read
 no size the plan prunes (dim by dim), gave no pruned size of a view, reshape, expand or new
 tensor as a number (rather than -1), indexed no pruned dim, passed no other integer to an op
-whose tensors the plan prunes, read no value, and the plan sets no config field or module
-attribute the forward read (graph/size_watch.py). Otherwise the pruned shapes are traced
+whose tensors the plan prunes, read no value but Python numbers of decisions a trace of the
+pruned shapes replays, and the plan sets no config field or module attribute the forward read
+(graph/size_watch.py). Otherwise the pruned shapes are traced
 again, as before, and a size the code fixes is still found. (Every other test of the suite
 also traces the plans that skip the second trace, and fails if one does not run:
 conftest.py.)"""
@@ -98,6 +99,31 @@ class ReadsAValue(SmallResNet):
         return self.head(torch.flatten(h, 1))
 
 
+class ReadsValuesAsAList(SmallResNet):
+    """The same, with a branch on values read as a list: ``if max(h.mean((2, 3))[0].tolist())
+    > 100`` (no decision a trace records: a trace of the pruned shapes could not replay it)."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        if max(h.mean((2, 3))[0].tolist()) > 100:
+            h = -h
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(torch.flatten(h, 1))
+
+
+class ReadsAValueAndFixesItsWidth(SmallResNet):
+    """A branch on a value, then a flatten to a width it fixes: ``h.view(-1, 24)``."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        if h.mean() > 100:
+            h = -h
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(h.view(-1, 24))
+
+
 X = torch.randn(2, 3, 8, 8, dtype=torch.float64)
 
 
@@ -120,7 +146,9 @@ def forwards_during_prune(model, **options) -> tuple[int, dx.PruneResult]:
         (ReadsItsWidth, 2),
         (FixesItsWidth, 1),
         (SlicesItsWidth, 2),
-        (ReadsAValue, 2),
+        (ReadsAValue, 1),
+        (ReadsValuesAsAList, 2),
+        (ReadsAValueAndFixesItsWidth, 1),
     ],
 )
 def test_one_trace_unless_the_code_saw_a_pruned_size(make, traces, monkeypatch):
@@ -139,6 +167,39 @@ def test_a_size_the_code_fixes_is_still_found():
         pruned, result = prune_and_check(model, X)
     assert pruned.down[0].out_channels == 24  # the width the code fixes is kept
     assert pruned.stem[0].out_channels < 16
+
+
+def test_a_value_the_code_reads_is_replayed_not_traced(monkeypatch):
+    """``if h.mean() > 100`` is a Python number of one decision the graph's real trace
+    recorded (``aten._local_scalar_dense``); a trace of the pruned shapes would replay it, so
+    the plan needs none. A list read is no such decision: traced again. Traced all the same
+    (the suite's check), the plan of the first runs too, and the pruned model computes the
+    zeroed original's outputs."""
+    saws = {}
+    for make in (ReadsAValue, ReadsValuesAsAList):
+        torch.manual_seed(0)
+        saws[make] = dx.DependencyGraph(make().double().eval(), X).graph.code_saw
+    assert saws[ReadsAValue].values_read and not saws[ReadsAValue].unreplayed_reads
+    assert saws[ReadsValuesAsAList].values_read and saws[ReadsValuesAsAList].unreplayed_reads
+
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+    torch.manual_seed(0)
+    pruned, result = prune_and_check(ReadsAValue().double().eval(), X)
+    assert pruned.stem[0].out_channels < 16 and result.params_after < result.params_before
+
+
+def test_a_size_fixed_after_a_value_read_is_found_without_a_trace(monkeypatch):
+    """A branch on a value, then ``h.view(-1, 24)``: the fixed width is found from the sizes
+    the code passed, kept, and the plan redone, in one trace; the pruned model computes the
+    zeroed original's outputs."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = ReadsAValueAndFixesItsWidth().double().eval()
+    count, _ = forwards_during_prune(copy.deepcopy(model))
+    assert count == 1
+    with pytest.warns(dx.FixedSizeWarning, match="aten.view"):
+        pruned, _ = prune_and_check(model, X)
+    assert pruned.down[0].out_channels == 24 and pruned.stem[0].out_channels < 16
 
 
 def _llama():

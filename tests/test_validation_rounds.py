@@ -68,10 +68,14 @@ class Branches(nn.Module):
         self.ins = nn.ModuleList(nn.Linear(4, 12) for _ in range(n))
         self.outs = nn.ModuleList(nn.Linear(6, 8) for _ in range(n))
         self.finals = nn.ModuleList(nn.Linear(8, 3) for _ in range(n))  # 8 prunable: no view
-        self.reads = False  # the code reads a value of its input first
+        # the code reads a value of its input first: "number", bool(...) (a decision a trace
+        # of the pruned shapes replays), or "list", .tolist() (none)
+        self.reads = ""
 
     def forward(self, x):
-        if self.reads and not bool((x != 0).any()):
+        if self.reads == "number" and not bool((x != 0).any()):
+            return x.new_zeros(3)
+        if self.reads == "list" and not any((x != 0).any(1).tolist()):
             return x.new_zeros(3)
         y = 0
         for a, b, c in zip(self.ins, self.outs, self.finals):
@@ -101,14 +105,19 @@ def test_independent_fixed_sizes_are_learnt_from_one_trace(silent, monkeypatch):
     assert same_plans(result.plan, reference.plan)
 
 
-def test_a_model_that_reads_values_before_its_fixed_sizes_is_guided(monkeypatch):
+@pytest.mark.parametrize("reads", ["number", "list"])
+def test_a_model_that_reads_values_before_its_fixed_sizes_is_guided(reads, monkeypatch):
     """A value the code reads before any stand-in is the model's own: the guided trace
-    learns every branch's fixed size at once, as for a model that reads none."""
+    learns every branch's fixed size at once, as for a model that reads none. A number of a
+    decision the pruned trace would replay (``bool(x)``) needs no trace at all, as there."""
     x = torch.randn(4, 4, dtype=F64)
     model = Branches().double()
-    model.reads = True
+    model.reads = reads
     result, traces, fixed = prune_counting(copy.deepcopy(model), x, monkeypatch, ratio=0.5)
-    assert traces == [False, True, True, True]  # (a model that reads values: its last plan too)
+    if reads == "number":
+        assert traces == []
+    else:
+        assert traces == [False, True, True, True]  # (its last plan traced too)
     unguided(monkeypatch)
     reference, reference_traces, reference_fixed = prune_counting(model, x, monkeypatch, ratio=0.5)
     assert len(reference_traces) >= 7

@@ -63,6 +63,9 @@ class Decision:
     result: Any  # what it returned, tensors copied (None for a selection by masks)
     node: int | None
     line: tuple[str, int] | None = None  # (file, line) of the model's code
+    # the trace's value index of every tensor argument, as ``shapes`` orders them (None: a
+    # tensor the trace did not know, made outside its ops: no plan changes its shape)
+    values: tuple[int | None, ...] = ()
 
     @property
     def key(self) -> tuple[Any, str, tuple[str, int] | None, int]:

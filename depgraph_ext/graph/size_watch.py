@@ -225,6 +225,9 @@ class CodeSaw:
     # Calls whose integers are a shape, or an index, by position (see ShapedCall)
     shaped_calls: list[ShapedCall] = field(default_factory=list)
     values_read: bool = False  # the code read some tensor's values
+    # ... some of them otherwise than as one Python number of one decision the trace recorded
+    # (``.item()``, ``bool(x)``: a trace of the pruned shapes replays it, decisions.py)
+    unreplayed_reads: bool = False
     unknown_reads: bool = False  # it read sizes of a tensor the trace did not know
     # (value, dim) of every size the code read (dim None: all of the value's sizes) -> (how
     # many ops had run, the module running) when it was first read
@@ -596,7 +599,9 @@ class SizeWatch(TorchFunctionMode):
         if func in _METADATA:
             return func(*args, **kwargs)
         if func in _VALUE_READS:
-            self.saw.values_read = True
+            self.saw.values_read = True  # (where the call fails too)
+        decisions = self.recorder.decisions
+        decided = len(decisions) if decisions is not None else -1
         sized = func not in _INTS_NOT_SIZES and (_has_int(args) or _has_int(kwargs.values()))
         if sized and func in _CONVOLUTIONS:
             groups = kwargs.get("groups", args[_GROUPS_POSITION] if len(args) > 6 else 1)
@@ -623,8 +628,13 @@ class SizeWatch(TorchFunctionMode):
             self.saw.shaped_calls.append(ShapedCall(kind, ints, value, source))
         elif sized:
             self.saw.sized_ops.append((start, self.recorder.recorded_count()))
-        if type(out) in _PYTHON_VALUES and any(isinstance(a, torch.Tensor) for a in args):
+        if func in _VALUE_READS or (
+            type(out) in _PYTHON_VALUES and any(isinstance(a, torch.Tensor) for a in args)
+        ):
             self.saw.values_read = True  # item(), tolist(), bool(x), equal(a, b), str(x) ...
+            one_number = type(out) in _NUMBERS and decided >= 0
+            if not one_number or len(decisions) != decided + 1:
+                self.saw.unreplayed_reads = True
         return out
 
     def _shape(self, func, args, kwargs):
@@ -657,6 +667,7 @@ class SizeWatch(TorchFunctionMode):
 
 
 _PYTHON_VALUES = frozenset({bool, int, float, complex, list, str})
+_NUMBERS = frozenset({bool, int, float, complex})
 # What returns a tensor's sizes as a torch.Size: watched (WatchedShape).
 _SHAPES = frozenset({Tensor.shape.__get__, Tensor.size})
 

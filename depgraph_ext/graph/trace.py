@@ -282,9 +282,11 @@ class _RecorderBase(_EagerMode):
             leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
         if pending is not None:
             node = self.recorded_count() if leaves else None
-            *fields, line = pending
+            *fields, line, values = pending
             self.decisions.append(
-                Decision(*fields, result=result_copy(func, out), node=node, line=line)
+                Decision(
+                    *fields, result=result_copy(func, out), node=node, line=line, values=values
+                )
             )
         if not leaves:
             return out, None
@@ -310,7 +312,14 @@ class _RecorderBase(_EagerMode):
         if self.decisions is None:
             return args, kwargs, None, original
         snap = snapshot(func, args, kwargs)
-        return args, kwargs, (func, module, occurrence, *snap, line), original
+        values = tuple(
+            [
+                self.value_index(x)
+                for x in pytree.tree_leaves((args, kwargs))
+                if isinstance(x, torch.Tensor)
+            ]
+        )
+        return args, kwargs, (func, module, occurrence, *snap, line, values), original
 
     def _on_meta(self, func, args, kwargs):
         """Arguments with every tensor on meta, and a factory's device meta."""

@@ -149,9 +149,16 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     all computed by the code from sizes and attributes (no plain number, which could be a
     size the code read and converted), none of which the code used otherwise (a branch on
     it could skip the view: ``if n_rep == 1``), are known all the same, and returned: a trace
-    saved."""
+    saved.
+
+    A value the code read is known too where it is the Python number of a decision the
+    graph's real trace recorded (``.item()``, ``bool(x)``: ``CodeSaw.unreplayed_reads``) whose
+    tensors the plan leaves at their sizes: a trace of the pruned shapes replays it, on meta
+    tensors (graph/decisions.py), so the code takes the same branches there as here."""
     saw = dg.graph.code_saw
-    if saw is None or saw.values_read or saw.unknown_reads:
+    if saw is None or saw.unknown_reads:
+        return None
+    if saw.values_read and (saw.unreplayed_reads or not dg.graph.real):
         return None
     if any(not dg.config_reads.known or u.field in dg.config_reads for u in plan.config):
         return None  # the forward reads a field the plan sets
@@ -178,6 +185,13 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         if d is None or d >= len(slots[v]):
             return prunes(v)
         return bool(pruned[slots[v][d]])
+
+    if saw.values_read and any(
+        v is not None and prunes(v) for d in dg.graph.decisions for v in d.values
+    ):
+        # a decision on pruned shapes, replayed on real tensors if at all (none of ``.item()``,
+        # whose one element has no dim to prune: a guard for decisions of other ops)
+        return None
 
     nodes = dg.graph.nodes
     traced = (
