@@ -495,6 +495,84 @@ def test_cat_and_stack_of_meta_tensors_are_shaped_as_their_kernels_shape_them():
             memo.run(func, args, {})
 
 
+def test_resampling_of_meta_tensors_is_shaped_as_their_kernels_shape_it():
+    """Upsampling (linear, bilinear, bicubic, trilinear) and grid samples have Python meta
+    kernels that compute the result (milliseconds a call; a keypoint head upsamples each of
+    100 detections bicubically): they are shaped directly, as those kernels shape them (shape,
+    strides, dtype) and as the CPU kernels do, and every call the CPU kernels refuse goes to
+    the meta kernels."""
+    from depgraph_ext.graph import standin
+
+    aten = torch.ops.aten
+    memo = standin.MetaResults()
+    cl, cl3 = torch.channels_last, torch.channels_last_3d
+
+    def cpu(*shape, fmt=None, dtype=torch.float64, t=False):
+        x = torch.rand(*shape, dtype=dtype) * 2 - 1
+        x = x.contiguous(memory_format=fmt) if fmt is not None else x
+        return x.transpose(0, 1) if t else x
+
+    def layout(x):
+        return (x.shape, x.stride(), x.dtype)
+
+    shaped = [
+        (aten.upsample_linear1d.default, (cpu(2, 3, 7), [11], False)),
+        (aten.upsample_linear1d.default, (cpu(2, 3, 7, t=True), [5], True, 0.7)),
+        (aten.upsample_bilinear2d.default, (cpu(2, 3, 7, 9), [11, 13], False)),
+        (aten.upsample_bilinear2d.default, (cpu(2, 3, 7, 9, fmt=cl), [14, 18], True, 2.0, 2.0)),
+        (aten.upsample_bilinear2d.default, (cpu(2, 3, 7, 9, t=True), [3, 4], False, None, None)),
+        (aten.upsample_bicubic2d.default, (cpu(1, 17, 20, 30), [56, 56], False)),
+        (
+            aten.upsample_bicubic2d.default,
+            (cpu(2, 3, 7, 9, fmt=cl, dtype=torch.float32), [5, 6], True),
+        ),
+        (aten.upsample_trilinear3d.default, (cpu(2, 3, 4, 5, 6), [8, 10, 12], False)),
+        (aten.upsample_trilinear3d.default, (cpu(2, 3, 4, 5, 6, fmt=cl3), [3, 3, 3], True)),
+        (aten.grid_sampler_2d.default, (cpu(2, 5, 7, 9), cpu(2, 6, 8, 2), 0, 0, False)),
+        (
+            aten.grid_sampler_2d.default,
+            (cpu(2, 5, 7, 9, fmt=cl), cpu(2, 6, 8, 2).transpose(1, 2), 2, 1, True),
+        ),
+        (aten.grid_sampler_2d.default, (cpu(5, 2, 7, 9, t=True), cpu(2, 3, 4, 2), 1, 2, False)),
+        (aten.grid_sampler_3d.default, (cpu(2, 5, 4, 7, 9), cpu(2, 3, 6, 8, 3), 0, 0, False)),
+        (
+            aten.grid_sampler_3d.default,
+            (cpu(2, 5, 4, 7, 9, fmt=cl3), cpu(2, 3, 6, 8, 3), 1, 1, True),
+        ),
+    ]
+
+    def on_meta(args):
+        return tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+
+    for func, args in shaped:
+        meta_args = on_meta(args)
+        assert standin._resampled(func, meta_args, {}) is not None, func
+        out = memo.run(func, meta_args, {})
+        assert layout(out) == layout(func(*meta_args)) == layout(func(*args)), func
+    refused = [  # (the kernels raise)
+        (aten.upsample_bilinear2d.default, (cpu(2, 3, 0, 9), [4, 4], False)),  # an empty dim
+        (aten.upsample_bilinear2d.default, (cpu(2, 3, 7), [4, 4], False)),  # rank 3
+        (aten.upsample_bicubic2d.default, (cpu(2, 3, 7, 9), [0, 4], False)),  # size 0
+        (aten.grid_sampler_2d.default, (cpu(2, 5, 7, 9), cpu(2, 6, 8, 3), 0, 0, False)),
+        (aten.grid_sampler_2d.default, (cpu(2, 5, 7, 9), cpu(3, 6, 8, 2), 0, 0, False)),
+        (aten.grid_sampler_3d.default, (cpu(2, 5, 4, 7, 9), cpu(2, 3, 6, 8, 3), 2, 0, False)),
+    ]
+    for func, args in refused:
+        meta_args = on_meta(args)
+        assert standin._resampled(func, meta_args, {}) is None, func
+        with pytest.raises(RuntimeError):
+            func(*args)
+        try:  # (some meta kernels are more lenient than the CPU's: their word stands)
+            expected = layout(func(*meta_args))
+        except Exception as exc:  # noqa: BLE001
+            with pytest.raises(type(exc)):
+                memo.run(func, meta_args, {})
+        else:
+            assert layout(memo.run(func, meta_args, {})) == expected
+    other_dtypes = (cpu(2, 5, 7, 9), cpu(2, 6, 8, 2, dtype=torch.float32), 0, 0, False)
+    assert standin._resampled(aten.grid_sampler_2d.default, on_meta(other_dtypes), {}) is None
+
+
 def test_in_place_ops_on_meta_are_checked_once_per_layout():
     """An op that writes its first argument alone is run once per key of its arguments'
     layouts; from then on it returns that argument as its kernel did. One that refuses its
