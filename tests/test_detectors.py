@@ -367,3 +367,68 @@ def test_a_loop_the_data_stops_runs_as_often_in_the_plans_check():
     assert 1 < steps < 8  # the data stops the loop, not its bound
     pruned, _ = prune_and_check(model, (x,))
     assert pruned.inp.out_features < 16
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_detectors_plan_needs_no_second_trace(monkeypatch, kind):
+    """The data's decisions (thresholds, top-k, NMS) are made on tensors whose sizes the plan
+    leaves as they are (scores and boxes per anchor): a trace of the pruned shapes would
+    replay them and see the original's sizes, so the plan is known from the code's sizes
+    alone, traced once; traced all the same (the suite's check), it runs, and the oracle
+    holds."""
+    from depgraph_ext.pruning import validate
+
+    checks = []
+    trace_pruned = dx.DependencyGraph.trace_pruned
+
+    def counted(self, *args, **kwargs):
+        checks.append(1)
+        return trace_pruned(self, *args, **kwargs)
+
+    monkeypatch.setattr(dx.DependencyGraph, "trace_pruned", counted)
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    model, inputs = build(kind, nms="op"), ([image()],)
+    dx.prune(copy.deepcopy(model), inputs, exact_only=True, progress=False)
+    assert checks == []
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, exact_only=True, progress=False)
+    assert checks and result.params_after < result.params_before
+    oracle(original, model, result.plan, inputs)
+
+
+class SelectsRows(torch.nn.Module):
+    """A selection of rows by a boolean mask (a decision of the data) of a tensor whose
+    columns the plan prunes: a replay on meta needs the mask at its original shape, not the
+    tensor, so the plan needs no second trace either."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h[h.sum(1) > 0.5])
+
+
+def test_a_selection_of_rows_of_a_pruned_tensor_needs_no_second_trace(monkeypatch):
+    from depgraph_ext.pruning import validate
+
+    checks = []
+    trace_pruned = dx.DependencyGraph.trace_pruned
+
+    def counted(self, *args, **kwargs):
+        checks.append(1)
+        return trace_pruned(self, *args, **kwargs)
+
+    monkeypatch.setattr(dx.DependencyGraph, "trace_pruned", counted)
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model, x = SelectsRows().double(), torch.randn(6, 4, dtype=torch.float64)
+    decisions = dx.DependencyGraph(model, (x,)).graph.decisions
+    assert [str(d.op) for d in decisions] == ["aten.index.Tensor"]
+    dx.prune(copy.deepcopy(model), (x,), ratio=0.5, progress=False)
+    assert checks == []
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+    pruned, _ = prune_and_check(model, (x,), ratio=0.5)
+    assert checks and pruned.a.out_features == 4

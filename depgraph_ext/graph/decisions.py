@@ -71,6 +71,16 @@ class Decision:
     def key(self) -> tuple[Any, str, tuple[str, int] | None, int]:
         return (self.op, self.module, self.line, self.occurrence)
 
+    @property
+    def replay_values(self) -> tuple[int | None, ...]:
+        """The value indices of the tensors a replay on meta needs at the original's shapes
+        (:func:`without_data`): a selection's boolean masks, every tensor argument of any
+        other decision."""
+        if str(self.op.overloadpacket) not in _MASKED:
+            return self.values
+        masks = {i for i, _ in self.inputs}
+        return tuple(v for (i, _), v in zip(self.shapes, self.values) if i in masks)
+
 
 # op -> what the data decides of its results (any call): "sizes", "value" (a Python number),
 # or "" (nothing)

@@ -151,10 +151,12 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     it could skip the view: ``if n_rep == 1``), are known all the same, and returned: a trace
     saved.
 
-    A value the code read is known too where it is the Python number of a decision the
-    graph's real trace recorded (``.item()``, ``bool(x)``: ``CodeSaw.unreplayed_reads``) whose
-    tensors the plan leaves at their sizes: a trace of the pruned shapes replays it, on meta
-    tensors (graph/decisions.py), so the code takes the same branches there as here."""
+    The data's decisions (graph/decisions.py) are known too where the plan leaves the sizes
+    of their tensors as they are: a trace of the pruned shapes replays them, so the data
+    decides the same sizes there (an NMS keeps as many boxes: sizes the data decides are
+    never pruned) and the code takes the same branches, where what it read of the data is
+    the Python number of a recorded decision (``.item()``, ``bool(x)``:
+    ``CodeSaw.unreplayed_reads``)."""
     saw = dg.graph.code_saw
     if saw is None or saw.unknown_reads:
         return None
@@ -162,8 +164,6 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return None
     if any(not dg.config_reads.known or u.field in dg.config_reads for u in plan.config):
         return None  # the forward reads a field the plan sets
-    if dg.graph.real and dg.dynamic_slots.any():
-        return None  # sizes the data decides
     traced = False  # the plan must be traced: only failures of computed sizes are known
     attributes: dict[tuple[int, str], object] = {}
     for update in plan.attributes:
@@ -186,11 +186,11 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
             return prunes(v)
         return bool(pruned[slots[v][d]])
 
-    if saw.values_read and any(
-        v is not None and prunes(v) for d in dg.graph.decisions for v in d.values
-    ):
-        # a decision on pruned shapes, replayed on real tensors if at all (none of ``.item()``,
-        # whose one element has no dim to prune: a guard for decisions of other ops)
+    if any(v is not None and prunes(v) for d in dg.graph.decisions for v in d.replay_values):
+        # A decision on pruned shapes: a trace replays it on real tensors if at all, with
+        # values no model computes (an NMS of boxes from zeroed weights): what the data
+        # decides there, sizes and branches, is not the original's. (A guard: the rules block
+        # the dims of what decides, and ``.item()``'s one element has no dim to prune.)
         return None
 
     nodes = dg.graph.nodes
