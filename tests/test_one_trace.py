@@ -516,3 +516,31 @@ def test_an_einsum_over_a_size_taken_down_to_one_needs_no_trace_either(monkeypat
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
     pruned, _ = prune_and_check(model, x, ratio=0.5, ratios={"hidden": 0})
     assert pruned.qkv.out_features == 8  # one head left
+
+
+class AddsFixedZeros(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out = torch.zeros(x.size(0), 8, dtype=x.dtype)  # (a width the code fixes)
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))) + out)
+
+
+def test_a_new_tensor_of_a_fixed_width_is_named_by_the_op_that_made_it(monkeypatch):
+    """Known without a trace, the failure names the factory (``aten.zeros``), not the
+    ``detach`` torch records after it, with the line of the model's code."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model, x = AddsFixedZeros().double(), torch.randn(3, 4, dtype=torch.float64)
+    calls = []
+    copied = copy.deepcopy(model)
+    copied.register_forward_pre_hook(lambda *args: calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dx.prune(copied, x, ratio=0.5)
+    assert calls == [1]
+    with pytest.warns(dx.FixedSizeWarning, match=r"op aten\.zeros\.default .*torch\.zeros"):
+        pruned, _ = prune_and_check(model, x)
+    assert pruned.b.out_features == 8 and pruned.a.out_features < 8

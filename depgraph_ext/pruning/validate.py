@@ -295,6 +295,11 @@ def _shaped_call_failure(dg: DependencyGraph, call, sizes: list[int], kept_sizes
     if producer is None:
         return _UNKNOWN
     node = g.nodes[producer]
+    while call.kind == "new" and node.name == "aten.detach.default" and node.inputs:
+        made = g.values[node.inputs[0]].producer  # (a factory's result, detached: its maker)
+        if made is None:
+            break
+        node = g.nodes[made]
     if call.kind == "view":
         if call.source is None or sizes.count(-1) > 1:
             return _UNKNOWN
