@@ -71,7 +71,8 @@ class PlanValidationError(PruningError):
     ``node`` is the index of the first op that deviated from the plan (None if unknown),
     ``fixed_slots`` the slots it showed to be fixed by the model's code, and ``module`` the
     innermost module where it happened (None if unknown). ``more``: the errors of ops that
-    failed later in the same trace (each of them such an error)."""
+    failed later in the same trace (each of them such an error); ``untraced``: found from the
+    sizes the model's code passed, without a trace of the pruned shapes."""
 
     def __init__(
         self, message: str, node: int | None = None, fixed_slots=(), module: str | None = None
@@ -81,6 +82,7 @@ class PlanValidationError(PruningError):
         self.fixed_slots = list(fixed_slots)
         self.module = module
         self.more: tuple[PlanValidationError, ...] = ()
+        self.untraced = False
 
 
 class NoPrunableGroupsError(PruningError):

@@ -143,17 +143,18 @@ def test_a_maxvit_like_net_is_planned_in_two_validation_traces(monkeypatch):
     """MaxViT's attention fixes its head count (an attribute) in some modules' sizes and
     merges the heads back to its input's width: those modules fail twice, the second failure
     only once the heads are kept. The first round is known from the reshapes' sizes without
-    a trace; a guided trace learns the next failure of every such module at once; the merges
-    are then known without a trace; and the last plan is traced (its ``chunk`` of a pruned
-    projection), the heads of the other modules taken down to one under their einsums (a
-    trace compares an einsum's result, not its steps, which differ where a size is 1). One
-    failure per trace, every plan traced, needs 5 failing traces for the same plan."""
+    a trace; the next plan's trace, its first, is not guided (most plans pass it) and fails;
+    the merges are then known without a trace; and the last plan is traced, guided (its
+    ``chunk`` of a pruned projection), the heads of the other modules taken down to one under
+    their einsums (a trace compares an einsum's result, not its steps, which differ where a
+    size is 1). One failure per trace, every plan traced, needs 5 failing traces for the same
+    plan."""
     torch.manual_seed(0)
     model, x = MaxViT().eval(), torch.randn(1, 3, 32, 32)
     before = model(x).shape
     pruned = copy.deepcopy(model)
     result, traces, _ = prune_counting(pruned, x, monkeypatch, ratio=0.5)
-    assert len(traces) == 2 and result.params_after < result.params_before
+    assert traces == [False, True] and result.params_after < result.params_before
     assert pruned(x).shape == before
     heads = [m.table.shape[1] for m in pruned.modules() if hasattr(m, "table")]
     assert 1 in heads  # (some heads go down to one)

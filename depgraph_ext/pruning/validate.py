@@ -98,6 +98,7 @@ def plan_until_valid(
     Returns the graph the plan belongs to and the plan. ``timings["plan"]`` accumulates the
     time spent planning and validating."""
     last: PlanValidationError | None = None
+    traced_failure = False  # a failure a trace found
     rebuilds = Rebuilds(dg.model)
     for _ in range(MAX_ROUNDS):
         try:
@@ -116,14 +117,17 @@ def plan_until_valid(
             # Most plans pass their first validation, which is not guided (a guided trace
             # costs a Python call per op and per torch function); a model that failed one has
             # sizes its code fixes, and its next validations learn all they can (up to where
-            # its code reads data past a stand-in: see _GuidedCalls).
-            guided = last is not None and dg.graph.code_saw is not None
+            # its code reads data past a stand-in: see _GuidedCalls). A failure known without
+            # a trace is not such a one: those are learnt together, and the next trace is the
+            # first.
+            guided = traced_failure and dg.graph.code_saw is not None
             plan = checked_plan(dg, keep, require_loadable, guided=guided, rebuilds=rebuilds)
         except PlanValidationError as exc:
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
             dg = learn_fixed_sizes(dg, exc)
             last = exc
+            traced_failure = traced_failure or not exc.untraced
             continue
         if timings is not None:
             timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
@@ -354,6 +358,7 @@ def _validate(dg: DependencyGraph, plan: Plan, guided: bool) -> None:
     if failures:
         if CHECK_SKIPPED_TRACES:
             _check_traced_too(dg, plan, failures[0])
+        failures[0].untraced = True
         raise failures[0]
     if failures is None:
         validate_plan(dg, plan, guided)
