@@ -499,8 +499,8 @@ def test_resampling_of_meta_tensors_is_shaped_as_their_kernels_shape_it():
     """Upsampling (linear, bilinear, bicubic, trilinear) and grid samples have Python meta
     kernels that compute the result (milliseconds a call; a keypoint head upsamples each of
     100 detections bicubically): they are shaped directly, as those kernels shape them (shape,
-    strides, dtype) and as the CPU kernels do, and every call the CPU kernels refuse goes to
-    the meta kernels."""
+    strides, dtype) and as the CPU kernels do, and every call a kernel may refuse goes to the
+    meta kernels."""
     from depgraph_ext.graph import standin
 
     aten = torch.ops.aten
@@ -549,7 +549,7 @@ def test_resampling_of_meta_tensors_is_shaped_as_their_kernels_shape_it():
         assert standin._resampled(func, meta_args, {}) is not None, func
         out = memo.run(func, meta_args, {})
         assert layout(out) == layout(func(*meta_args)) == layout(func(*args)), func
-    refused = [  # (the kernels raise)
+    refused = [  # (the CPU kernels of some torch versions raise)
         (aten.upsample_bilinear2d.default, (cpu(2, 3, 0, 9), [4, 4], False)),  # an empty dim
         (aten.upsample_bilinear2d.default, (cpu(2, 3, 7), [4, 4], False)),  # rank 3
         (aten.upsample_bicubic2d.default, (cpu(2, 3, 7, 9), [0, 4], False)),  # size 0
@@ -560,8 +560,6 @@ def test_resampling_of_meta_tensors_is_shaped_as_their_kernels_shape_it():
     for func, args in refused:
         meta_args = on_meta(args)
         assert standin._resampled(func, meta_args, {}) is None, func
-        with pytest.raises(RuntimeError):
-            func(*args)
         try:  # (some meta kernels are more lenient than the CPU's: their word stands)
             expected = layout(func(*meta_args))
         except Exception as exc:  # noqa: BLE001
