@@ -369,6 +369,19 @@ def test_a_loop_the_data_stops_runs_as_often_in_the_plans_check():
     assert pruned.inp.out_features < 16
 
 
+def counted_checks(monkeypatch) -> list:
+    """A list that gets an item per trace of a plan's pruned shapes."""
+    checks = []
+    trace_pruned = dx.DependencyGraph.trace_pruned
+
+    def counted(self, *args, **kwargs):
+        checks.append(1)
+        return trace_pruned(self, *args, **kwargs)
+
+    monkeypatch.setattr(dx.DependencyGraph, "trace_pruned", counted)
+    return checks
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_detectors_plan_needs_no_second_trace(monkeypatch, kind):
     """The data's decisions (thresholds, top-k, NMS) are made on tensors whose sizes the plan
@@ -378,14 +391,7 @@ def test_a_detectors_plan_needs_no_second_trace(monkeypatch, kind):
     holds."""
     from depgraph_ext.pruning import validate
 
-    checks = []
-    trace_pruned = dx.DependencyGraph.trace_pruned
-
-    def counted(self, *args, **kwargs):
-        checks.append(1)
-        return trace_pruned(self, *args, **kwargs)
-
-    monkeypatch.setattr(dx.DependencyGraph, "trace_pruned", counted)
+    checks = counted_checks(monkeypatch)
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
     model, inputs = build(kind, nms="op"), ([image()],)
     dx.prune(copy.deepcopy(model), inputs, exact_only=True, progress=False)
@@ -414,14 +420,7 @@ class SelectsRows(torch.nn.Module):
 def test_a_selection_of_rows_of_a_pruned_tensor_needs_no_second_trace(monkeypatch):
     from depgraph_ext.pruning import validate
 
-    checks = []
-    trace_pruned = dx.DependencyGraph.trace_pruned
-
-    def counted(self, *args, **kwargs):
-        checks.append(1)
-        return trace_pruned(self, *args, **kwargs)
-
-    monkeypatch.setattr(dx.DependencyGraph, "trace_pruned", counted)
+    checks = counted_checks(monkeypatch)
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
     torch.manual_seed(0)
     model, x = SelectsRows().double(), torch.randn(6, 4, dtype=torch.float64)
