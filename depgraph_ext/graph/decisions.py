@@ -129,9 +129,10 @@ def _fake_kernel_needs_data(func, args, kwargs) -> bool:
     return False
 
 
-def snapshot(func, args, kwargs) -> tuple:
+def snapshot(func, args, kwargs, value_index) -> tuple:
     """What a :class:`Decision` keeps of a call's arguments: their flattened count, copies of
-    the deciding tensors with their positions, every tensor's shape by position."""
+    the deciding tensors with their positions, every tensor's shape by position, and every
+    tensor's value index (``value_index(t)``: the trace's)."""
     flat = pytree.tree_leaves((args, kwargs))
     masked = str(func.overloadpacket) in _MASKED
     inputs = tuple(
@@ -140,7 +141,8 @@ def snapshot(func, args, kwargs) -> tuple:
         if isinstance(x, torch.Tensor) and (not masked or (i > 0 and x.dtype in _BOOL))
     )
     shapes = tuple((i, tuple(x.shape)) for i, x in enumerate(flat) if isinstance(x, torch.Tensor))
-    return len(flat), inputs, shapes
+    values = tuple(value_index(x) for x in flat if isinstance(x, torch.Tensor))
+    return len(flat), inputs, shapes, values
 
 
 def result_copy(func, out):

@@ -311,14 +311,7 @@ class _RecorderBase(_EagerMode):
                 args, kwargs = replayed(args, kwargs, original)
         if self.decisions is None:
             return args, kwargs, None, original
-        snap = snapshot(func, args, kwargs)
-        values = tuple(
-            [
-                self.value_index(x)
-                for x in pytree.tree_leaves((args, kwargs))
-                if isinstance(x, torch.Tensor)
-            ]
-        )
+        *snap, values = snapshot(func, args, kwargs, self.value_index)
         return args, kwargs, (func, module, occurrence, *snap, line, values), original
 
     def _on_meta(self, func, args, kwargs):
