@@ -316,6 +316,11 @@ def child(name: str, record_path: str) -> None:
     else:
         record["setup_failed"] = record.pop("float32_fails")
         return save()
+    run_stages(record, pristine, inputs, outputs, save)
+
+
+def run_stages(record: dict, pristine, inputs, outputs, save) -> None:
+    """The three prunes of STAGES into ``record`` (in ``record["dtype"]``), saved before each."""
     record["shapes"] = shapes = [list(o.shape) for o in outputs]
     record["finite"] = all(bool(o.isfinite().all()) for o in outputs if o.is_floating_point())
     tolerance = TOLERANCE[record["dtype"]]
@@ -335,12 +340,16 @@ def child(name: str, record_path: str) -> None:
 # The parent: one child process per model, at most --workers at a time
 
 
-def run(names: list[str], workers: int, timeout: float, done: dict, out: str) -> dict:
+def run(
+    names: list[str], workers: int, timeout: float, done: dict, out: str, script: str = __file__
+) -> dict:
+    """Each name in a child process of ``script`` (``--child NAME``), at most ``workers`` at
+    once; ``done`` (records by name) with every new record, saved to ``out`` as each ends."""
     pending = [n for n in names if n not in done]
     total = len(done) + len(pending)
     running: dict = {}  # name -> (process, started, record path, log file)
-    script = os.path.abspath(__file__)
-    with tempfile.TemporaryDirectory(prefix="sweep_torchvision_") as directory:
+    script = os.path.abspath(script)
+    with tempfile.TemporaryDirectory(prefix="sweep_") as directory:
         while pending or running:
             while pending and len(running) < workers:
                 name = pending.pop(0)
