@@ -127,9 +127,8 @@ def main() -> None:
     done = common.run(
         [common.REFERENCE, *names], args.workers, args.timeout, done, args.out, script=__file__
     )
-    print(
-        f"\n{len(done) - (common.REFERENCE in done)} models in {time.perf_counter() - started:.0f} s"
-    )
+    count = len(done) - (common.REFERENCE in done)
+    print(f"\n{count} models in {time.perf_counter() - started:.0f} s")
     print(f"records: {args.out}")
     print(common.summary(done))
     print(common.slowest(done))
