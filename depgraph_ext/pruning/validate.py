@@ -420,6 +420,17 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     def check_op(old, new_shapes, same_ranks_only: bool = False) -> None:
         if old.index in inside:
             return  # (an einsum's own steps: its result, the range's last op, is checked)
+        if len(new_shapes) != len(old.outputs):
+            # The same op made another number of tensors: a split by a size the code fixes
+            # (``x.split(self.width // 2, 1)`` of a pruned ``x``) is where the size is fixed.
+            raise PlanValidationError(
+                f"{old.describe()} would produce {len(new_shapes)} tensor(s) of shapes "
+                f"{list(new_shapes)[:4]} where the plan needs {len(old.outputs)}: the model's "
+                "code fixes a size the rules treat as prunable",
+                old.index,
+                [s for v in old.inputs + old.outputs for s in slots[v]],
+                old.module,
+            )
         for vo, shape in zip(old.outputs, new_shapes):
             if not same_ranks_only or len(shape) == len(slots[vo]):
                 check(old.describe(), vo, shape, old.module, old.index)
@@ -441,7 +452,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         # from the plan is where the size was fixed (repeat_kv's expand to the module's
         # num_key_value_groups, say, which a broadcasting matmul hides until a cat fails).
         for old, (op, _, new_shapes) in zip(g.nodes, ran):
-            if not (old.op is op or old.name == str(op)) or len(old.outputs) != len(new_shapes):
+            if not (old.op is op or old.name == str(op)):
                 break
             check_op(old, new_shapes, same_ranks_only=True)
         raise _failure_error(
