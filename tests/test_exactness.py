@@ -161,6 +161,49 @@ def test_norm_statistics_are_reasons_and_whole_norm_groups_stay_exact():
     assert whole.exact and not inner.exact and "GroupNorm statistics" in inner.reasons[0]
 
 
+class StandardisedConv(nn.Conv2d):
+    """timm's StdConv2d (NF-Nets, BiT): the weight standardised over its fan-in by a batch
+    norm in training mode, then convolved."""
+
+    def forward(self, x):
+        w = self.weight.reshape(1, self.out_channels, -1)
+        w = torch.nn.functional.batch_norm(w, None, None, training=True, momentum=0.0, eps=1e-6)
+        return torch.nn.functional.conv2d(x, w.reshape_as(self.weight), self.bias, padding=1)
+
+
+@pytest.mark.parametrize("statistics", ["standardised weight", "instance norm"])
+def test_statistics_of_a_norms_input_are_reasons(statistics):
+    """A batch norm in training mode (or without running statistics) and an instance norm
+    normalise with statistics over the dims other than the channel: a standardised weight's
+    input channels are such a dim (removing one changes every output channel's mean and
+    variance; the oracle failed on timm's NF-RegNet), an instance norm's spatial dims are
+    none a rule prunes. Their channels (a standardised weight's output channels) are exact."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        StandardisedConv(8, 6, 3, padding=1)
+        if statistics == "standardised weight"
+        else nn.Sequential(nn.Conv2d(8, 6, 1), nn.InstanceNorm2d(6, affine=True)),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 1),
+    )
+    torch.manual_seed(0)
+    model = model.double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    dg = quiet(dx.DependencyGraph, model, x)
+    [first] = [g for g in dg.groups if any(m.name == "0.weight" for m in g.members)]
+    [second] = [g for g in dg.groups if g.num_units == 6]
+    assert second.exact
+    if statistics == "standardised weight":
+        assert not first.exact and "BatchNorm statistics of the input" in first.reasons[0]
+    else:
+        assert first.exact
+    pruned, result = quiet(prune_and_check, model, x, ratio=0.5, exact_only=True)
+    widths = (pruned[0].out_channels, pruned[4].in_channels)
+    assert widths == ((8, 3) if statistics == "standardised weight" else (4, 3))
+    assert not result.function_changing
+
+
 @pytest.mark.parametrize("model_and_input", ["swin", "maxvit"])
 def test_window_and_grid_attention_prune_by_default(model_and_input, backend):
     """Sizes the model's code fixes through Python (C // num_heads of an input's shape, a

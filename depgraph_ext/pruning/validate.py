@@ -421,16 +421,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         if old.index in inside:
             return  # (an einsum's own steps: its result, the range's last op, is checked)
         if len(new_shapes) != len(old.outputs):
-            # The same op made another number of tensors: a split by a size the code fixes
-            # (``x.split(self.width // 2, 1)`` of a pruned ``x``) is where the size is fixed.
-            raise PlanValidationError(
-                f"{old.describe()} would produce {len(new_shapes)} tensor(s) of shapes "
-                f"{list(new_shapes)[:4]} where the plan needs {len(old.outputs)}: the model's "
-                "code fixes a size the rules treat as prunable",
-                old.index,
-                [s for v in old.inputs + old.outputs for s in slots[v]],
-                old.module,
-            )
+            raise _another_count(dg, old, new_shapes)
         for vo, shape in zip(old.outputs, new_shapes):
             if not same_ranks_only or len(shape) == len(slots[vo]):
                 check(old.describe(), vo, shape, old.module, old.index)
@@ -615,6 +606,13 @@ class _Guide:
         planned = [self.planned(v) for v in node.outputs]
         if shapes == planned:
             return None
+        if len(shapes) != len(planned) and type(results) in (list, tuple) and results:
+            # (a split into another number of chunks: the planned ones, and the trace goes on)
+            self._event(node, ("deviates", _another_count(self.dg, node, shapes)))
+            like = results[0]
+            return type(results)(
+                torch.zeros(p, dtype=like.dtype, device=like.device) for p in planned
+            )
         if len(shapes) != len(planned) or any(len(a) != len(b) for a, b in zip(shapes, planned)):
             self._part()
             return None
@@ -811,6 +809,21 @@ class _Guide:
             )
         errors[0].more = tuple(errors[1:])
         return errors[0]
+
+
+def _another_count(dg: DependencyGraph, node, shapes) -> PlanValidationError:
+    """The error of an op that made another number of tensors than the original: a split by
+    a size the code fixes (``x.split(self.width // 2, 1)`` of a pruned ``x``), where every
+    dim of the op is fixed."""
+    slots = dg.coupling_model.value_slots
+    return PlanValidationError(
+        f"{node.describe()} would produce {len(shapes)} tensor(s) of shapes {list(shapes)[:4]}"
+        f" where the plan needs {len(node.outputs)}: the model's code fixes a size the rules "
+        "treat as prunable",
+        node.index,
+        [s for v in node.inputs + node.outputs for s in slots[v]],
+        node.module,
+    )
 
 
 def _failure_error(

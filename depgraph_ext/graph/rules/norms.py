@@ -10,16 +10,43 @@ from .registry import register_many
 
 def channel_norm(ctx: RuleContext, node: Node) -> None:
     """Batch/instance norm: dim 1 of the input is the channel; every 1-D operand and statistic
-    of that size is indexed by channel."""
+    of that size is indexed by channel. Statistics of the input itself (a batch norm in
+    training mode or without running statistics, an instance norm) are taken over the other
+    dims (instance norm: the dims after the channel): removing an index of those changes
+    every channel's (a standardised weight's input channels, timm's ``StdConv2d``)."""
     x = node.inputs[0]
     sx = ctx.slots(x)
     c = 1 if len(sx) > 1 else 0
     n_channels = ctx.size(sx[c])
     ctx.broadcast([x], [node.outputs[0]])
+    if _input_statistics(node):
+        instance = node.packet == "aten.instance_norm"
+        what = "InstanceNorm" if instance else "BatchNorm"
+        for d, s in enumerate(sx):
+            if d != c and not (instance and d < c):
+                ctx.reduces(s, node, f"{what} statistics of the input over the units")
     for v in node.inputs[1:] + node.outputs[1:]:
         sv = ctx.slots(v)
         if len(sv) == 1 and ctx.size(sv[0]) == n_channels:
             ctx.equal(sv[0], sx[c])
+
+
+def _input_statistics(node: Node) -> bool:
+    """Whether a batch or instance norm normalises with statistics of its input (not with
+    running statistics)."""
+    name = node.packet
+    if name == "aten._native_batch_norm_legit_no_training":
+        return False
+    if name in ("aten._batch_norm_with_update", "aten._batch_norm_with_update_functional"):
+        return True
+    if name == "aten.instance_norm":
+        return bool(arg(node, "use_input_stats", True))
+    if arg(node, "training", False) is True:
+        return True
+    # (no running statistics to use: ``_native_batch_norm_legit.no_stats``, or none given)
+    return not isinstance(arg(node, "running_mean"), Ref) or not isinstance(
+        arg(node, "running_var"), Ref
+    )
 
 
 register_many(
