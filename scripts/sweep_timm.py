@@ -1,6 +1,7 @@
 """Prune one model of every timm architecture, built with random weights, and check the oracle.
 
-    python scripts/sweep_timm.py [--workers 1] [--timeout 300] [--models a,b] [--out F]
+    python scripts/sweep_timm.py [--workers 1] [--timeout 300] [--per-module 1] [--models a,b]
+                                  [--out F]
 
 timm is not a dependency of depgraph_ext (it pulls a torch and torchvision of its own choice):
 install it beside torch and torchvision to run this sweep (it stops with a one-line message
@@ -9,7 +10,8 @@ from the repository root).
 
 For every module of ``timm.list_modules()`` (an architecture family: resnet, vision_transformer,
 convnext, ...), the model of that module with the fewest parameters (counted on the meta device;
-timm's ``test_*`` configs only where the module has nothing else), or the names of ``--models``.
+timm's ``test_*`` configs only where the module has nothing else; ``--per-module N``: the
+smallest of each of N name prefixes), or the names of ``--models``.
 Each runs in its own process (one thread; a crash or a timeout is recorded as such), built with
 ``pretrained=False`` in float64 (float32 where the model does not run in float64) on one image of
 its own default input size (``pretrained_cfg["input_size"]``), and is pruned three times as
@@ -29,8 +31,10 @@ import time
 import sweep_torchvision as common
 
 
-def smallest_per_module() -> list[str]:
-    """The model with the fewest parameters of each timm module (``test_*`` ones last)."""
+def smallest_per_module(per_module: int = 1) -> list[str]:
+    """The model with the fewest parameters of each timm module (``test_*`` ones last); with
+    ``per_module`` > 1, that many, each the smallest of another name prefix (the name up to
+    its first ``_``: byobnet's gernet, repvgg, resnet51q ...)."""
     import warnings
 
     import timm
@@ -48,8 +52,12 @@ def smallest_per_module() -> list[str]:
                 continue
             params = sum(p.numel() for p in model.parameters())
             counted.append((name.startswith("test_"), params, name))
-        if counted:
-            names.append(min(counted)[2])
+        prefixes: set[str] = set()
+        for _, _, name in sorted(counted):
+            prefix = name.split("_")[0]
+            if prefix not in prefixes and len(prefixes) < per_module:
+                prefixes.add(prefix)
+                names.append(name)
     return names
 
 
@@ -99,6 +107,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     parser.add_argument("--models", default="", help="comma-separated timm names (default: one "
                         "per module)")  # fmt: skip
+    parser.add_argument("--per-module", type=int, default=1, help="models of each module, "
+                        "each of another name prefix (default 1)")  # fmt: skip
     parser.add_argument("--out", default="sweep_timm.json", help="JSON records")
     parser.add_argument("--resume", action="store_true", help="keep the records in --out")
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
@@ -118,7 +128,7 @@ def main() -> None:
         if unknown:
             sys.exit(f"not timm models: {', '.join(unknown)}")
     else:
-        names = smallest_per_module()
+        names = smallest_per_module(args.per_module)
     done: dict = {}
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
