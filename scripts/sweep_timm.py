@@ -1,7 +1,7 @@
 """Prune one model of every timm architecture, built with random weights, and check the oracle.
 
     python scripts/sweep_timm.py [--workers 1] [--timeout 300] [--per-module 1] [--models a,b]
-                                  [--out F]
+                                  [--features-only] [--out F]
 
 timm is not a dependency of depgraph_ext (it pulls a torch and torchvision of its own choice):
 install it beside torch and torchvision to run this sweep (it stops with a one-line message
@@ -18,6 +18,8 @@ its own default input size (``pretrained_cfg["input_size"]``), and is pruned thr
 scripts/sweep_torchvision.py prunes (exact_only under the scatter-back oracle, default, verify),
 with the same checks: the model unchanged after any error, the pruned model running with the
 original's output shapes, the slowest ten beside a ResNet-50 prune of the same run.
+``--features-only``: each model built with ``features_only=True``, a backbone returning its
+feature maps (whose widths the prune keeps), as detection and segmentation heads use it.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def smallest_per_module(per_module: int = 1) -> list[str]:
     return names
 
 
-def child(name: str, record_path: str) -> None:
+def child(name: str, record_path: str, features_only: bool = False) -> None:
     import timm
     import torch
 
@@ -76,11 +78,18 @@ def child(name: str, record_path: str) -> None:
     if name == common.REFERENCE:
         record.update(common.reference_prune())
         return save()
-    with torch.device("meta"):
-        shape_only = timm.create_model(name, pretrained=False)
+    kwargs = {"features_only": True} if features_only else {}
+    task = "features" if features_only else "classification"
+    record.update(task=task, kwargs=kwargs)
+    try:
+        with torch.device("meta"):
+            shape_only = timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as e:  # noqa: BLE001  (features_only is not every model's)
+        record["setup_failed"] = common._short(e)
+        return save()
     record["params"] = sum(p.numel() for p in shape_only.parameters())
     size = tuple(shape_only.pretrained_cfg.get("input_size", (3, 224, 224)))
-    record.update(task="classification", inputs="1x" + "x".join(map(str, size)), kwargs={})
+    record["inputs"] = "1x" + "x".join(map(str, size))
     if record["params"] > common.MAX_PARAMS:
         record["skipped"] = f"{record['params'] / 1e6:.0f}M parameters"
         return save()
@@ -88,7 +97,7 @@ def child(name: str, record_path: str) -> None:
         record["dtype"] = str(dtype).removeprefix("torch.")
         try:
             torch.manual_seed(0)
-            pristine = timm.create_model(name, pretrained=False).eval().to(dtype)
+            pristine = timm.create_model(name, pretrained=False, **kwargs).eval().to(dtype)
             torch.manual_seed(1)
             inputs = torch.randn(1, *size, dtype=dtype)
             outputs = outputs_of(pristine, inputs, seed=0)
@@ -111,6 +120,8 @@ def main() -> None:
                         "each of another name prefix (default 1)")  # fmt: skip
     parser.add_argument("--out", default="sweep_timm.json", help="JSON records")
     parser.add_argument("--resume", action="store_true", help="keep the records in --out")
+    parser.add_argument("--features-only", action="store_true", help="build each model with "
+                        "features_only=True (its feature maps, a backbone's outputs)")  # fmt: skip
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--record", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -119,7 +130,7 @@ def main() -> None:
     except ImportError as e:
         sys.exit(f"this sweep needs timm, not a dependency of depgraph_ext ({e})")
     if args.child:
-        return child(args.child, args.record)
+        return child(args.child, args.record, args.features_only)
     import depgraph_ext  # noqa: F401  (fail here, once, rather than in every child)
 
     if args.models:
@@ -134,8 +145,15 @@ def main() -> None:
         with open(args.out) as f:
             done = {n: r for n, r in json.load(f).items() if n in names or n == common.REFERENCE}
     started = time.perf_counter()
+    options = ("--features-only",) if args.features_only else ()
     done = common.run(
-        [common.REFERENCE, *names], args.workers, args.timeout, done, args.out, script=__file__
+        [common.REFERENCE, *names],
+        args.workers,
+        args.timeout,
+        done,
+        args.out,
+        script=__file__,
+        child_options=options,
     )
     count = len(done) - (common.REFERENCE in done)
     print(f"\n{count} models in {time.perf_counter() - started:.0f} s")

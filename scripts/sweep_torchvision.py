@@ -341,10 +341,17 @@ def run_stages(record: dict, pristine, inputs, outputs, save) -> None:
 
 
 def run(
-    names: list[str], workers: int, timeout: float, done: dict, out: str, script: str = __file__
+    names: list[str],
+    workers: int,
+    timeout: float,
+    done: dict,
+    out: str,
+    script: str = __file__,
+    child_options: tuple[str, ...] = (),
 ) -> dict:
-    """Each name in a child process of ``script`` (``--child NAME``), at most ``workers`` at
-    once; ``done`` (records by name) with every new record, saved to ``out`` as each ends."""
+    """Each name in a child process of ``script`` (``--child NAME``, and ``child_options``),
+    at most ``workers`` at once; ``done`` (records by name) with every new record, saved to
+    ``out`` as each ends."""
     pending = [n for n in names if n not in done]
     total = len(done) + len(pending)
     running: dict = {}  # name -> (process, started, record path, log file)
@@ -356,6 +363,7 @@ def run(
                 path = os.path.join(directory, f"{total - len(pending):04d}.json")
                 log = open(path + ".log", "w+")  # noqa: SIM115  (closed in finish)
                 command = [sys.executable, script, "--child", name, "--record", path]
+                command += child_options
                 process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                 )
