@@ -1,6 +1,7 @@
 """Prune every model type transformers has, built small from its config with random weights.
 
     python scripts/sweep_transformers.py [--workers 2] [--timeout 150] [--only a,b] [--out F]
+                                         [--head seq-cls|token-cls|qa]
 
 Per model type, in a worker process (one that overruns ``--timeout`` is replaced):
   build    tests/zoo_transformers.build(type): a tiny model and inputs that run it, or why not
@@ -17,7 +18,9 @@ Writes one JSON record per type (``--out``, default sweep_transformers.json) and
 counts the README's table shows, and the ten slowest prunes with their stages beside the
 prune of a ResNet-50 (transformers' default config, 224 x 224) in a worker of the same run.
 Types whose config has sub-configs (vision-language models run on text, say) are counted
-apart: the generic recipe feeds them only part of their inputs.
+apart: the generic recipe feeds them only part of their inputs. ``--head``: every type with
+that task head (a sequence classifier, a token classifier, a span head) in place of its
+default class; a type that has none is recorded as unbuildable.
 """
 
 from __future__ import annotations
@@ -113,9 +116,9 @@ def _round_trip(model, inputs) -> dict:
     return record
 
 
-def _default_prune(zoo, model_type) -> dict:
+def _default_prune(build, model_type) -> dict:
     record: dict = {}
-    z = zoo.build(model_type)
+    z = build(model_type)
     try:
         shapes = [tuple(o.shape) for o in _seeded_outputs(z.model, z.inputs)]
         result, warned = _prune(z.model, z.inputs)
@@ -139,7 +142,7 @@ def _default_prune(zoo, model_type) -> dict:
     return record
 
 
-def _oracle(zoo, model_type) -> dict:
+def _oracle(build, model_type) -> dict:
     import copy
     import warnings
 
@@ -147,7 +150,7 @@ def _oracle(zoo, model_type) -> dict:
 
     from depgraph_ext.testing import assert_scatter_back_equal
 
-    z = zoo.build(model_type)
+    z = build(model_type)
     dtype = torch.float64
     try:
         with warnings.catch_warnings():
@@ -157,7 +160,7 @@ def _oracle(zoo, model_type) -> dict:
             raise ValueError("not finite in float64")
     except Exception:  # noqa: BLE001
         dtype = torch.float32
-        z = zoo.build(model_type)
+        z = build(model_type)
     model, inputs = z.model.to(dtype), _in_dtype(z.inputs, dtype)
     record: dict = {"dtype": str(dtype).removeprefix("torch.")}
     original = copy.deepcopy(model)
@@ -211,22 +214,25 @@ def reference_prune() -> dict:
     return {"type": REFERENCE, "build": "reference", "prune": {"ok": True, **_timed(result)}}
 
 
-def sweep_one(model_type: str) -> dict:
+def sweep_one(model_type: str, head: str | None = None) -> dict:
+    import functools
+
     import zoo_transformers as zoo
 
     if model_type == REFERENCE:
         return reference_prune()
+    build = functools.partial(zoo.build, head=head)
     record: dict = {"type": model_type}
     t0 = time.perf_counter()
     try:
-        z = zoo.build(model_type)
+        z = build(model_type)
     except zoo.Unbuildable as e:
         record.update(build="unbuildable", reason=str(e))
         return record
     record.update(build="ok", task=z.task, composite=z.composite, model=type(z.model).__name__)
     del z
-    record["prune"] = _default_prune(zoo, model_type)
-    record["oracle"] = _oracle(zoo, model_type)
+    record["prune"] = _default_prune(build, model_type)
+    record["oracle"] = _oracle(build, model_type)
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
 
@@ -235,16 +241,19 @@ def _worker(conn) -> None:
     import torch
 
     torch.set_num_threads(1)
-    while (model_type := conn.recv()) is not None:
+    while (job := conn.recv()) is not None:
+        model_type, head = job
         try:
-            record = sweep_one(model_type)
+            record = sweep_one(model_type, head)
         except BaseException as e:  # noqa: BLE001
             record = {"type": model_type, "build": "crash", "reason": _short(e)}
             record["traceback"] = traceback.format_exc()[-1500:]
         conn.send(record)
 
 
-def run(types: list[str], workers: int, timeout: float, done: dict, out: str) -> dict:
+def run(
+    types: list[str], workers: int, timeout: float, done: dict, out: str, head: str | None = None
+) -> dict:
     ctx = mp.get_context("spawn")
     pending = [t for t in types if t not in done]
     running: dict = {}  # connection -> (process, type, start)
@@ -260,7 +269,7 @@ def run(types: list[str], workers: int, timeout: float, done: dict, out: str) ->
         while idle and pending:
             conn, process = idle.pop()
             model_type = pending.pop(0)
-            conn.send(model_type)
+            conn.send((model_type, head))
             running[conn] = (process, model_type, time.monotonic())
         for conn in mp.connection.wait(list(running), timeout=1.0):
             process, model_type, _ = running.pop(conn)
@@ -423,9 +432,18 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated model types")
     parser.add_argument("--out", default="sweep_transformers.json")
     parser.add_argument("--resume", action="store_true", help="keep the records in --out")
+    parser.add_argument(
+        "--head",
+        default=None,
+        help="each type with this task head instead of its default class: "
+        "seq-cls, token-cls or qa (types without one are recorded unbuildable)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import zoo_transformers as zoo
+
+    if args.head is not None and args.head not in zoo.TASK_HEADS:
+        parser.error(f"--head must be one of {', '.join(zoo.TASK_HEADS)}, not {args.head!r}")
 
     types = [REFERENCE] + (args.only.split(",") if args.only else zoo.model_types())
     done = {}
@@ -433,7 +451,7 @@ def main() -> None:
         with open(args.out) as f:
             done = {t: r for t, r in json.load(f).items() if t in types}
     t0 = time.perf_counter()
-    done = run(types, args.workers, args.timeout, done, args.out)
+    done = run(types, args.workers, args.timeout, done, args.out, args.head)
     types_done = len(done) - (REFERENCE in done)
     print(f"\n{types_done} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
     for kind, c in counts(done).items():

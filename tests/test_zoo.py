@@ -154,3 +154,36 @@ def test_the_groups_on_a_gpu_are_the_groups_on_the_cpu(model_type, monkeypatch):
     assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
     assert (want.graph.mode, got.graph.mode) == ("fake", "fake")
     assert groups_of(got) == groups_of(want)
+
+
+# Task heads on a few bodies: a sequence classifier pooling the last token that is not padding
+# (found from the ids, a decision of the data) or the end-of-sequence token (a boolean mask over
+# an encoder-decoder's states), a token classifier, a span head splitting its logits in two.
+# ``scripts/sweep_transformers.py --head`` runs every type that has one.
+TASK_HEADS = [
+    ("llama", "seq-cls"),
+    ("gpt2", "seq-cls"),
+    ("bart", "seq-cls"),
+    ("bert", "token-cls"),
+    ("bert", "qa"),
+    ("bart", "qa"),
+]
+
+
+@pytest.mark.parametrize("model_type, head", TASK_HEADS)
+def test_a_task_head_prunes_exactly_and_by_default(model_type, head):
+    try:
+        z = zoo.build(model_type, head=head)
+    except zoo.Unbuildable as e:
+        pytest.skip(f"{model_type} {head}: {e}")
+    assert z.task == head
+    shapes = [o.shape for o in seeded_outputs(z.model, z.inputs)]
+    model = copy.deepcopy(z.model).double()
+    inputs = in_dtype(z.inputs, torch.float64)
+    original = copy.deepcopy(model)
+    result, _ = prune_quietly(f"{model_type} {head}", model, inputs, exact_only=True)
+    assert result.params_after < result.params_before
+    assert_scatter_back_equal(original, model, result, inputs, rtol=1e-8, atol=1e-8)
+    result, _ = prune_quietly(f"{model_type} {head}", z.model, z.inputs)
+    assert result.params_after < result.params_before
+    assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes

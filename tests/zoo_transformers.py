@@ -42,7 +42,25 @@ LAYERS = 2
 IMAGE = 32
 PATCH = 8
 
-__all__ = ["ZooModel", "Unbuildable", "model_types", "build", "MAX_PARAMS", "MAX_FORWARD_S"]
+__all__ = [
+    "ZooModel",
+    "Unbuildable",
+    "model_types",
+    "build",
+    "TASK_HEADS",
+    "MAX_PARAMS",
+    "MAX_FORWARD_S",
+]
+
+# Task heads ``build(t, head=...)`` puts on a model type instead of its default class: the
+# auto mapping each is taken from. A sequence classifier pools the last token that is not
+# padding (found from the ids, a decision of the data), a token classifier maps every
+# position, a span head splits its logits into start and end.
+TASK_HEADS = {
+    "seq-cls": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "token-cls": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "qa": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
+}
 
 
 class Unbuildable(Exception):
@@ -54,7 +72,7 @@ class ZooModel:
     model_type: str
     model: torch.nn.Module
     inputs: dict[str, Any]
-    task: str  # "causal-lm", "seq2seq", "base", "vision", "vision-base", "multimodal"
+    task: str  # "causal-lm", "seq2seq", "base", "vision", "vision-base", "multimodal", a head
     config: Any
     composite: bool = False  # the config has sub-configs (e.g. a VLM run on text only)
     deterministic: bool = True  # two forwards under different seeds give the same outputs
@@ -698,8 +716,8 @@ def _own_classes(cfg):
     return out
 
 
-def _candidates(t, cfg):
-    """(task, model class) in order of preference."""
+def _candidates(t, cfg, head=None):
+    """(task, model class) in order of preference; ``head``: that head's class alone."""
     T = _transformers()
     from transformers.models.auto import modeling_auto as ma
 
@@ -708,6 +726,12 @@ def _candidates(t, cfg):
         if isinstance(name, (list, tuple)):
             name = name[0]
         return getattr(T, name, None) if name else None
+
+    if head is not None:
+        cls = cls_of(getattr(ma, TASK_HEADS[head]))
+        if cls is None:
+            raise Unbuildable(f"no {head} head")
+        return [(head, cls)]
 
     causal = cls_of(ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     s2s = cls_of(ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
@@ -808,7 +832,13 @@ def _input_sets(task, model_cls, cfg, seed):
         raise Unbuildable(f"main input is {main}")
     ids = _ids(cfg, SEQ, g)
     base = {"input_ids": ids}
-    if task == "seq2seq" or getattr(cfg, "is_encoder_decoder", False):
+    if task in TASK_HEADS:
+        # A head of an encoder-decoder derives its decoder's ids from input_ids; an
+        # encoder-decoder's sequence classifier pools at the end-of-sequence token.
+        eos = getattr(cfg, "eos_token_id", None)
+        if task == "seq-cls" and _is_int(eos) and 0 <= eos < int(ids.max()):
+            ids[:, -1] = eos
+    elif task == "seq2seq" or getattr(cfg, "is_encoder_decoder", False):
         base["decoder_input_ids"] = _ids(cfg, SEQ // 2 + 2, g)
     sets.append(base)
     sets.append(base | {"attention_mask": torch.ones_like(ids)})
@@ -948,10 +978,12 @@ def _prepare(model):
         model.set_default_language(list(langs)[0])
 
 
-def _try_build(model_type, cfg, seed, errors, tried=None):
+def _try_build(model_type, cfg, seed, errors, tried=None, head=None):
     composite = bool(getattr(type(cfg), "sub_configs", None))
     try:
-        cands = _candidates(model_type, cfg)
+        cands = _candidates(model_type, cfg, head)
+    except Unbuildable:
+        raise
     except Exception as e:  # noqa: BLE001
         raise Unbuildable("model class: " + _reason_for(e)) from None
     if not cands:
@@ -1036,8 +1068,9 @@ def _try_build(model_type, cfg, seed, errors, tried=None):
     return None
 
 
-def build(model_type: str, seed: int = 0) -> ZooModel:
-    """A small random-weight model of ``model_type`` with inputs that run it (eval, float32).
+def build(model_type: str, seed: int = 0, head: str | None = None) -> ZooModel:
+    """A small random-weight model of ``model_type`` with inputs that run it (eval, float32);
+    ``head`` (a key of :data:`TASK_HEADS`): with that task head instead of the default class.
 
     Raises :class:`Unbuildable` with a short reason when the generic recipe cannot build and run
     it offline (composite configs needing special inputs, audio, optional packages, ...)."""
@@ -1065,7 +1098,9 @@ def build(model_type: str, seed: int = 0) -> ZooModel:
                 continue
             seen.append(d)
             tried: list = []
-            zoo = _try_build(model_type, cfg, seed, errors, tried)
+            if head == "seq-cls" and getattr(cfg, "pad_token_id", None) is None:
+                cfg.pad_token_id = 0  # batches of 2 need one; the ids never hold it
+            zoo = _try_build(model_type, cfg, seed, errors, tried, head)
             if zoo is not None:
                 return zoo
             if not tried:  # every class refused the inputs: no smaller config changes that
