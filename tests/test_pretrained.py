@@ -209,6 +209,49 @@ def test_a_config_of_another_model_is_refused(saved):
         quiet(dx.from_pretrained, saved)
 
 
+def squeezebert_classifier():
+    torch.manual_seed(0)
+    cfg = T.SqueezeBertConfig(
+        vocab_size=128,
+        hidden_size=64,
+        embedding_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        pad_token_id=0,
+    )
+    return quiet(T.SqueezeBertForSequenceClassification, cfg).eval()
+
+
+def test_config_updates_the_class_refuses_together_are_not_set(tmp_path):
+    # hidden_size alone validates, but SqueezeBERT's constructor asserts embedding_size ==
+    # hidden_size, and its query/key/value widths (hidden_size) were not pruned: no config
+    # says these shapes, so the config is left as one the class builds, and the model saves
+    # for dx.from_pretrained (it used to be left with hidden_size pruned, and saving raised
+    # the constructor's AssertionError).
+    model = squeezebert_classifier()
+    ids = IDS[:, :8] + 1  # no padding token
+    with pytest.warns(dx.ConfigMismatchWarning, match="cannot be built from the updated config"):
+        result = dx.prune(model, {"input_ids": ids}, ratio=0.5)
+    assert result.params_after < result.params_before
+    assert model.config.hidden_size == model.config.embedding_size == 64
+    quiet(T.SqueezeBertForSequenceClassification, model.config)  # builds
+    expected = logits(model, ids)
+    info = quiet(dx.save_pretrained, model, tmp_path)
+    assert not info.plain
+    again = quiet(dx.from_pretrained, tmp_path)
+    assert torch.equal(logits(again, ids), expected)
+
+
+def test_a_config_its_class_refuses_is_named_when_saving(tmp_path):
+    model = squeezebert_classifier()
+    model.config.embedding_size = 48
+    with pytest.raises(dx.CheckpointError, match="cannot be built from its own config"):
+        quiet(dx.save_pretrained, model, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_only_transformers_models_are_saved(tmp_path):
     with pytest.raises(dx.InvalidArgumentError, match="transformers model"):
         dx.save_pretrained(torch.nn.Linear(2, 2), tmp_path)

@@ -181,7 +181,16 @@ def differences(model: nn.Module):
     the non-persistent ones whose values differ, None where they could not be built.)"""
     with _quiet():  # the config as loading reads it back (no sub-model's attention choice)
         config = type(model.config).from_dict(model.config.to_dict())
-    fresh, buffers_real = _build_to_compare(type(model), config)
+    try:
+        fresh, buffers_real = _build_to_compare(type(model), config)
+    except Exception as exc:  # noqa: BLE001  (whatever the class's constructor raises)
+        cause = exc.__cause__ or exc
+        raise CheckpointError(
+            f"{type(model).__name__} cannot be built from its own config "
+            f"({type(exc).__name__}: {' '.join(str(cause).split())[:300]}): saving and loading "
+            "build the model from it, so the config must hold values its class accepts (was "
+            "the config changed by hand?)"
+        ) from exc
     mine, theirs = _tensors(model), _tensors(fresh)
     if mine.keys() != theirs.keys():
         missing = sorted(mine.keys() ^ theirs.keys())

@@ -257,6 +257,11 @@ def loadable_config(
             dg, new_config, planned_shapes, shapes, settled, rebuilds
         )
         accepted += found
+    if any(isinstance(m, _BuildFailure) for m in shapes) and rebuilds.of(config)[1] is None:
+        # The updates each validate but together the class refuses them (SqueezeBERT asserts
+        # its embedding width equals its hidden width): the config is left as it was, one
+        # the class builds (saving and loading build the model from it).
+        accepted = []
     mismatches += shapes
     if not mismatches:
         return accepted, None
@@ -337,17 +342,33 @@ def attributes_of_rebuild(
     ]
 
 
+class _BuildFailure(str):
+    """A mismatch that is the model not building from the config at all: worse than any
+    number of shapes that differ."""
+
+
+def _worse(a: list[str], b: list[str]) -> bool:
+    """Whether mismatches ``a`` are worse than ``b``: a failing build first, then more shapes."""
+
+    def rank(left):
+        return (any(isinstance(m, _BuildFailure) for m in left), len(left))
+
+    return rank(a) > rank(b)
+
+
 def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Rebuilds) -> list[str]:
     """What a model built from ``config`` (after a round trip through a dict, as loading does)
     on the meta device would have of another shape than the pruned model (or why it cannot
-    be built at all)."""
+    be built at all: a :class:`_BuildFailure`)."""
     model = dg.model
     fresh, exc = rebuilds.of(config)
     if exc is not None:  # a config the class or the model refuses
         cause = exc.__cause__ or exc
         return [
-            f"{type(model).__name__} cannot be built from the updated config "
-            f"({type(exc).__name__}: {str(cause)[:300]})"
+            _BuildFailure(
+                f"{type(model).__name__} cannot be built from the updated config "
+                f"({type(exc).__name__}: {str(cause)[:300]})"
+            )
         ]
     g = dg.graph
     traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
@@ -415,7 +436,7 @@ def _search_fields(
             if _set_field(trial, field, new) is not None or _validation_error(trial) is not None:
                 continue
             left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
-            if len(left) < len(shapes):
+            if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
                 config, shapes, improved = trial, left, True
                 found.append(ConfigUpdate(field, old, new))
                 candidates.remove(cand)
