@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import depgraph_ext as dx
@@ -258,3 +259,24 @@ def test_a_fill_where_a_mask_of_the_same_shape_says_is_element_wise(value, backe
     result = dx.prune(model, x, ratio=0.5, strict=True, backend=backend, progress=False)
     assert model.a.out_features == 8
     assert_scatter_back_equal(original, model, result, x)
+
+
+class PadsItsUnits(nn.Module):
+    """A constant pad of the width the plan prunes: the padded positions are the op's own."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.a, self.b, self.value = nn.Linear(8, 12), nn.Linear(15, 5), value
+
+    def forward(self, x):
+        return self.b(F.pad(self.a(x), (1, 2), value=self.value))
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_a_constant_pad_keeps_the_positions_it_makes(value):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    pruned, result = prune_and_check(PadsItsUnits(value).double(), x, ratio=0.5)
+    kept = result.plan["b.weight"][1].tolist()
+    assert kept[0] == 0 and kept[-2:] == [13, 14]  # the padding's columns
+    assert pruned.b.weight.shape == (5, 1 + pruned.a.weight.shape[0] + 2)

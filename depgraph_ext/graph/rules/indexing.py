@@ -327,6 +327,12 @@ def constant_pad(ctx: RuleContext, node: Node) -> None:
                 ctx.equal(ss[i], so[i])
         elif left >= 0 and right >= 0:
             ctx.cat_piece(so[i], ss[i], left)
+            # the padded positions are made by the op, whatever the plan: kept
+            for start, n in ((0, left), (left + ctx.size(ss[i]), right)):
+                if n:
+                    padding = ctx.new_slot(n)
+                    ctx.cat_piece(so[i], padding, start)
+                    ctx.block(padding)
         else:
             ctx.block(ss[i])
 
