@@ -403,3 +403,87 @@ def test_verify_leaves_every_tensor_as_it_was(dtype, backend, monkeypatch):
     assert verify._difference_in_memory(dg, plan) < 0.05
     assert in_place == [backend == "native"]
     assert_same_state(before, state_of(model))
+
+
+class SumAfter(nn.Module):
+    """Linear -> f -> a sum over the units (a loss, a distance, a score): exact only where
+    f(0) = 0, since the removed units' zeroed values still go into the sum otherwise."""
+
+    def __init__(self, f) -> None:
+        super().__init__()
+        self.a, self.f = nn.Linear(8, 12), f
+
+    def forward(self, x):
+        return self.f(self.a(x)).sum(-1)
+
+
+NONZERO_AT_ZERO = {
+    "exp": torch.exp,
+    "sigmoid": torch.sigmoid,
+    "cos": torch.cos,
+    "plus a constant": lambda h: h + 0.5,
+    "one minus": lambda h: 1 - h,
+    "a hinge": lambda h: torch.clamp_min(0.5 - h, 0.0),
+    "softplus": torch.nn.functional.softplus,
+    "a distance with eps": lambda h: (h + 1e-3).abs(),
+    "in place": lambda h: h.add_(0.25),
+}
+ZERO_AT_ZERO = {
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+    "tanh": torch.tanh,
+    "scaled": lambda h: h * 2,
+    "squared": lambda h: h.square(),
+    "clamped around zero": lambda h: h.clamp(-1.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", NONZERO_AT_ZERO)
+def test_a_sum_over_units_not_zero_where_removed_is_a_reason(name):
+    torch.manual_seed(0)
+    model = SumAfter(NONZERO_AT_ZERO[name]).double().eval()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    [group] = quiet(dx.DependencyGraph, model, x).groups
+    assert not group.exact
+    assert "over units whose removed values are not zero" in group.reasons[0]
+    before = state_of(model)
+    with pytest.raises(dx.NoPrunableGroupsError, match="changes the function"):
+        quiet(dx.prune, copy.deepcopy(model), x, ratio=0.5, exact_only=True)
+    result = quiet(dx.prune, model, x, ratio=0.5)  # pruned, and declared
+    assert result.function_changing and before.keys() == state_of(model).keys()
+
+
+@pytest.mark.parametrize("name", ZERO_AT_ZERO)
+def test_a_sum_over_units_zero_where_removed_is_exact(name):
+    torch.manual_seed(0)
+    model = SumAfter(ZERO_AT_ZERO[name]).double().eval()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    prune_and_check(model, x, ratio=0.5, exact_only=True)
+
+
+class ProductOfActivations(nn.Module):
+    """Linear attention's ``phi(q) @ phi(k).T`` over the units: exact for phi(0) = 0 (the
+    zeroed units add nothing), function-changing for ``elu(x) + 1`` (they add one each)."""
+
+    def __init__(self, shifted: bool) -> None:
+        super().__init__()
+        self.q, self.k, self.out = nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(5, 3)
+        self.shifted = shifted
+
+    def forward(self, x):
+        phi = (lambda h: torch.nn.functional.elu(h) + 1) if self.shifted else torch.relu
+        return self.out(phi(self.q(x)) @ phi(self.k(x)).transpose(-1, -2))
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_a_product_of_activations_over_units(shifted):
+    torch.manual_seed(0)
+    model = ProductOfActivations(shifted).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    groups = quiet(dx.DependencyGraph, model, x).groups
+    [qk] = [g for g in groups if any(m.name == "q.weight" for m in g.members)]
+    if shifted:
+        assert not qk.exact and "a matrix product over units" in qk.reasons[0]
+    else:
+        assert qk.exact
+        prune_and_check(model, x, ratio=0.5, exact_only=True)

@@ -13,6 +13,7 @@ import torch
 from ..errors import UnsupportedOpError
 from .couplings import CouplingBuilder, CouplingKind, Couplings
 from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
+from .rules.zeros import ZeroTracker
 from .trace import OpGraph
 
 
@@ -85,6 +86,7 @@ def build_couplings(
     malformed = malformed or {}
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
+    ctx.zeros = ZeroTracker(graph).culprit
     for name in hidden_tensors:
         ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
     free = {graph.outputs[i] for i in free_outputs}

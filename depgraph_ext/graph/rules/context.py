@@ -42,6 +42,21 @@ class RuleContext:
         # (slot, module): a bank of experts along the slot, chosen by the module (its router).
         self.routers: list[tuple[int, str]] = []
         self.mapped_positions: set[int] = set()  # index values the current op coupled
+        # value -> the op that makes it non-zero at removed units, or None (zeros.ZeroTracker's
+        # culprit; the caller sets it: zeros.py reads arguments with this module's ``arg``)
+        self.zeros = None
+
+    def nonzero_at_removed(self, v: int | Ref) -> Node | None:
+        """The op that makes value ``v`` non-zero at a group's removed (zeroed) units (an exp,
+        a sigmoid, a constant added), or None where ``v`` is zero there (see zeros.py)."""
+        return self.zeros(v.value if isinstance(v, Ref) else v)
+
+    def nonzero_reason(self, what: str, culprit: Node) -> str:
+        """Why a sum over units is not exact: the op that makes the removed values non-zero."""
+        return (
+            f"{what} over units whose removed values are not zero "
+            f"({culprit.name} in module {culprit.module or '<root>'})"
+        )
 
     # -- reading ---------------------------------------------------------------------------
     def slots(self, v: int | Ref) -> list[int]:

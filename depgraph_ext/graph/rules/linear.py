@@ -16,6 +16,7 @@ def mm(ctx: RuleContext, node: Node) -> None:
         bias, (a, b) = None, node.inputs[:2]
     out = node.outputs[0]
     sa, sb, so = ctx.slots(a), ctx.slots(b), ctx.slots(out)
+    _contraction(ctx, node, a, b, sa[-1])
     if len(sb) == 1:  # matrix-vector
         ctx.equal(sa[-1], sb[0])
         for i in range(len(sa) - 1):
@@ -40,9 +41,20 @@ register_many(
 )
 
 
+def _contraction(ctx: RuleContext, node: Node, a, b, summed: int) -> None:
+    """A product summed over ``summed`` is exact where either factor is zero at the removed
+    units (a weight's zeroed slices, an activation past one); two factors that are both
+    non-zero there (``(elu(q) + 1) @ (elu(k) + 1).T``) make the sum change with them."""
+    ca = ctx.nonzero_at_removed(a)
+    cb = ctx.nonzero_at_removed(b) if ca is not None else None
+    if cb is not None:
+        ctx.reduces(summed, node, ctx.nonzero_reason("a matrix product", ca))
+
+
 def dot(ctx: RuleContext, node: Node) -> None:
     """The dot product of two vectors (spectral norm's u . W v): one summed dim."""
     a, b = node.inputs[:2]
+    _contraction(ctx, node, a, b, ctx.slots(a)[0])
     ctx.equal(ctx.slots(a)[0], ctx.slots(b)[0])
 
 
@@ -86,18 +98,16 @@ def convolution(ctx: RuleContext, node: Node) -> None:
         ctx.equal(ctx.slots(bias)[0], so[c])
 
 
-register_many(
-    [
-        "aten.convolution",
-        "aten._convolution",
-        "aten.conv1d",
-        "aten.conv2d",
-        "aten.conv3d",
-        "aten.mkldnn_convolution",
-        "aten.convolution_overrideable",
-    ],
-    convolution,
+CONVOLUTIONS = (
+    "aten.convolution",
+    "aten._convolution",
+    "aten.conv1d",
+    "aten.conv2d",
+    "aten.conv3d",
+    "aten.mkldnn_convolution",
+    "aten.convolution_overrideable",
 )
+register_many(list(CONVOLUTIONS), convolution)
 
 
 def embedding(ctx: RuleContext, node: Node) -> None:

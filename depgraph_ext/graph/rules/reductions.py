@@ -39,11 +39,16 @@ def reduction(ctx: RuleContext, node: Node) -> None:
         dims = [dims] if isinstance(dims, int) else list(dims)
         dims = {wrap_dim(d, rank) for d in dims}
     exact = _sum_like(node)
+    # a sum is exact only where the removed units' values are zero (not after an exp ...)
+    culprit = ctx.nonzero_at_removed(src) if exact else None
+    what = f"a {node.packet.removeprefix('aten.')}"
     for d in dims:
-        if exact:
+        if exact and culprit is None:
             ctx.free(ss[d])
+        elif exact:
+            ctx.reduces(ss[d], node, ctx.nonzero_reason(what, culprit))
         else:
-            ctx.reduces(ss[d], node, f"a {node.packet.removeprefix('aten.')} over the units")
+            ctx.reduces(ss[d], node, f"{what} over the units")
     if len(dims) == rank:
         return
     keepdim = bool(arg(node, "keepdim", False))
@@ -79,6 +84,9 @@ def softmax(ctx: RuleContext, node: Node) -> None:
     if shape and node.packet != "aten.cumsum":
         dim = ctx.slots(x)[wrap_dim(arg(node, "dim"), len(shape))]
         ctx.reduces(dim, node, f"a {node.packet.removeprefix('aten.').lstrip('_')} over the units")
+    elif shape and (culprit := ctx.nonzero_at_removed(x)) is not None:
+        dim = ctx.slots(x)[wrap_dim(arg(node, "dim"), len(shape))]
+        ctx.reduces(dim, node, ctx.nonzero_reason("a cumsum", culprit))
     if node.packet not in ("aten._softmax", "aten.softmax", "aten._safe_softmax"):
         return
     if len(shape) != 4 or wrap_dim(arg(node, "dim"), 4) != 3:

@@ -1,0 +1,190 @@
+"""Whether a value is zero wherever a group's units are removed (zeroed).
+
+A sum over units is exact only where the removed units add nothing: their values must be zero
+once the group's slices are zeroed. Past a linear layer or a convolution they are (its weight
+rows and bias entries are zeroed), and ops that map zero to zero keep them so (ReLU, SiLU,
+GELU, tanh, products, views ...); an op that does not (exp, sigmoid, cos, adding a constant,
+``1 - x``) makes the removed units' values non-zero, and a sum over them, a norm, or a matrix
+product of two such values over them then changes with the units it drops. Unknown ops count as
+making non-zero values: a sum after them is declared function-changing, never claimed exact.
+"""
+
+from __future__ import annotations
+
+from ..trace import Node, OpGraph, Ref
+from .context import arg
+from .linear import CONVOLUTIONS
+
+# The output is zero wherever the first tensor argument is (unary element-wise ops with f(0)
+# = 0, copies, views, moves and selections of positions, pools and resampling of zeros).
+_FOLLOWS_FIRST = frozenset(
+    f"aten.{name}"
+    for name in """
+    relu relu_ gelu gelu_ silu silu_ tanh tanh_ sin sin_ neg neg_ abs abs_ sqrt sqrt_ square
+    hardswish hardswish_ hardtanh hardtanh_ relu6 leaky_relu leaky_relu_ elu elu_ selu selu_
+    celu celu_ mish mish_ sign sgn erf erf_ asin atan sinh tan asinh atanh trunc round floor ceil
+    frac clone contiguous _to_copy to copy copy_ alias detach lift_fresh lift_fresh_copy view
+    _unsafe_view reshape permute transpose t expand expand_as slice select unsqueeze squeeze
+    flatten unflatten split split_with_sizes chunk unbind narrow as_strided index_select gather
+    repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle constant_pad_nd dropout
+    native_dropout feature_dropout sum nansum amax amin max_pool1d max_pool2d
+    max_pool3d max_pool2d_with_indices max_pool3d_with_indices avg_pool1d avg_pool2d avg_pool3d
+    adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d
+    _adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool3d mean upsample_nearest1d
+    upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_linear1d
+    upsample_bicubic2d upsample_trilinear3d _upsample_nearest_exact2d squeeze_copy
+    unsqueeze_copy view_copy permute_copy transpose_copy t_copy expand_copy slice_copy
+    select_copy split_copy unbind_copy cumsum div div_ true_divide
+    """.split()
+)
+# Zero wherever any one tensor argument is (a product).
+_PRODUCTS = frozenset(
+    {"aten.mul", "aten.mul_", "aten.mm", "aten.bmm", "aten.matmul", "aten.mv", "aten.dot"}
+)
+# Zero only wherever every tensor argument is, and every number added is zero (a sum).
+_SUMS = frozenset({"aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.cat", "aten.stack"})
+# A tensor made from nothing but its arguments' numbers: zero when they are.
+_FILLED_WITH_ZERO = frozenset({"aten.zeros", "aten.zeros_like", "aten.new_zeros"})
+_NORMS = frozenset(
+    {
+        "aten.native_batch_norm",
+        "aten._native_batch_norm_legit",
+        "aten._native_batch_norm_legit_no_training",
+        "aten._native_batch_norm_legit_functional",
+        "aten.native_layer_norm",
+        "aten.native_group_norm",
+        "aten._fused_rms_norm",
+        "aten.batch_norm",
+        "aten.layer_norm",
+        "aten.group_norm",
+    }
+)
+
+
+class ZeroTracker:
+    """Per value of a graph: may it hold non-zero values at removed units? (memoised).
+    Parameters, buffers and the model's inputs are zero there (the units' slices are zeroed;
+    an input's dims are never units). A value written in place counts every op that wrote it.
+    :meth:`culprit` names the op that first makes a value non-zero there, for messages."""
+
+    def __init__(self, graph: OpGraph) -> None:
+        self.graph = graph
+        self._memo: dict[int, Node | None] = {}
+        self._writers: dict[int, list[Node]] | None = None
+
+    def culprit(self, v: int) -> Node | None:
+        """The op that makes ``v`` non-zero at removed units, or None where it is zero."""
+        if v in self._memo:
+            return self._memo[v]
+        self._memo[v] = None  # (a cycle through an in-place op: the other writers decide)
+        found = None
+        for node in self._writers_of(v):
+            found = self._made_nonzero(node, v)
+            if found is not None:
+                break
+        self._memo[v] = found
+        return found
+
+    def _writers_of(self, v: int) -> list[Node]:
+        if self._writers is None:
+            self._writers = {}
+            for node in self.graph.nodes:
+                for out in node.outputs:
+                    self._writers.setdefault(out, []).append(node)
+        return self._writers.get(v, [])
+
+    def _made_nonzero(self, node: Node, v: int) -> Node | None:
+        """Whether ``node``'s write of ``v`` leaves non-zero values at removed units: the op
+        that makes them (``node`` itself, or an op before it), or None."""
+        packet = node.packet
+        tensors = [i for i in dict.fromkeys(node.inputs) if i != v]
+        if packet in _FOLLOWS_FIRST:
+            first = node.inputs[0] if node.inputs else None
+            return None if first is None or first == v else self.culprit(first)
+        if packet in _PRODUCTS:
+            culprits = [self.culprit(i) for i in tensors]
+            return culprits[0] if culprits and all(c is not None for c in culprits) else None
+        if packet in _SUMS:
+            if _numbers(node, exclude=("alpha", "dim")):
+                return node  # a number added to every element
+            return next((c for c in map(self.culprit, tensors) if c is not None), None)
+        if packet in _FILLED_WITH_ZERO:
+            return None
+        if packet in ("aten.clamp", "aten.clamp_", "aten.clip", "aten.clip_"):
+            low, high = arg(node, "min"), arg(node, "max")
+            if isinstance(low, Ref) or isinstance(high, Ref):
+                return node
+            if (low is not None and low > 0) or (high is not None and high < 0):
+                return node  # zero is clamped to a bound that is not zero
+            return self._of(node.inputs[0], v)
+        if packet in ("aten.pow", "aten.pow_"):
+            exponent = arg(node, "exponent")
+            if isinstance(exponent, (int, float)) and not isinstance(exponent, bool):
+                return self._of(node.inputs[0], v) if exponent > 0 else node
+            return node
+        if packet in ("aten.where", "aten.where_"):
+            if _numbers(node, exclude=()):
+                return node
+            values = [x for x in (arg(node, "self"), arg(node, "other")) if isinstance(x, Ref)]
+            return next((c for c in (self._of(x.value, v) for x in values) if c), None)
+        if packet in ("aten.addmm", "aten.baddbmm", "aten.addmv", "aten.addbmm", "aten.linear"):
+            if packet == "aten.linear":
+                a, b, bias = arg(node, "input"), arg(node, "weight"), arg(node, "bias")
+            else:
+                bias, a, b = (
+                    arg(node, "self"),
+                    arg(node, node.op._schema.arguments[1].name),
+                    arg(node, node.op._schema.arguments[2].name),
+                )
+            return self._affine(node, a, b, bias, v)
+        if packet in CONVOLUTIONS:
+            x, w, bias = (
+                arg(node, "input", arg(node, "self")),
+                arg(node, "weight"),
+                arg(node, "bias"),
+            )
+            return self._affine(node, x, w, bias, v)
+        if packet == "aten.embedding":
+            return self.culprit(node.inputs[0])
+        if packet in _NORMS:
+            return self._norm(node)
+        if packet == "aten.masked_fill" or packet == "aten.masked_fill_":
+            if _numbers(node, exclude=()):
+                return node
+            return self.culprit(node.inputs[0]) if node.inputs[0] != v else None
+        return node  # an op this does not know: its values count as non-zero
+
+    def _of(self, x: int, v: int) -> Node | None:
+        """The culprit of input ``x`` of a write of ``v`` (``v`` itself: the other writers)."""
+        return None if x == v else self.culprit(x)
+
+    def _affine(self, node: Node, a, b, bias, v: int) -> Node | None:
+        """``a @ b + bias`` (or a convolution): zero where the bias is and either factor is."""
+        if isinstance(bias, Ref) and self._of(bias.value, v) is not None:
+            return self._of(bias.value, v)
+        if not (isinstance(a, Ref) and isinstance(b, Ref)):
+            return node
+        ca, cb = self._of(a.value, v), self._of(b.value, v)
+        return ca if ca is not None and cb is not None else None
+
+    def _norm(self, node: Node) -> Node | None:
+        """A norm's output is ``x_hat * weight + bias``: zero where weight and bias are (or,
+        without a weight, where x is: its mean there is zero too)."""
+        weight, bias = arg(node, "weight"), arg(node, "bias")
+        if isinstance(bias, Ref) and self.culprit(bias.value) is not None:
+            return self.culprit(bias.value)
+        if isinstance(weight, Ref):
+            return None
+        return self.culprit(node.inputs[0])
+
+
+def _numbers(node: Node, exclude: tuple[str, ...]) -> bool:
+    """Whether ``node`` has a non-zero number among its arguments (other than ``exclude``)."""
+    names = [a.name for a in node.op._schema.arguments]
+    values = list(zip(names, node.args)) + list(node.kwargs.items())
+    for name, value in values:
+        if name in exclude or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and value != 0:
+            return True
+    return False
