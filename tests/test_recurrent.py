@@ -108,3 +108,47 @@ def test_lstm_with_projections():
     rnn = pruned.rnn
     assert (rnn.hidden_size, rnn.proj_size, rnn.input_size) == (3, 2, 4)
     assert rnn.weight_hr_l1.shape == (2, 3) and rnn.weight_ih_l1.shape == (12, 2)
+
+
+class CellLoop(nn.Module):
+    """A cell stepped over a sequence from a zero state, between two linear layers."""
+
+    def __init__(self, cell: type) -> None:
+        super().__init__()
+        self.pre, self.cell, self.post = nn.Linear(5, 12), cell(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(self.pre(x[:, t]), state)
+        h = state[0] if isinstance(state, tuple) else state
+        return self.post(h)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTMCell, nn.GRUCell])
+def test_a_cells_sizes_follow_its_pruned_weights(cell):
+    torch.manual_seed(0)
+    model = CellLoop(cell).double().eval()
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    pruned, _ = prune_and_check(model, x, ratio=0.5)
+    c = pruned.cell
+    assert c.weight_ih.shape[1] < 12
+    assert (c.input_size, c.hidden_size) == (c.weight_ih.shape[1], c.weight_hh.shape[1])
+
+
+def test_an_adaptive_log_softmax_in_features_follow_its_head():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre = nn.Linear(5, 12)
+            self.asm = nn.AdaptiveLogSoftmaxWithLoss(12, 10, cutoffs=[4, 8], div_value=2.0)
+
+        def forward(self, x):
+            return self.asm.log_prob(torch.relu(self.pre(x)))
+
+    model = Net().double().eval()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    pruned, _ = prune_and_check(model, x, ratio=0.5)
+    assert pruned.asm.in_features == pruned.asm.head.weight.shape[1] < 12

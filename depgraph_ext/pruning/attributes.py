@@ -238,6 +238,18 @@ def _recurrent(p: PlannedModule) -> dict[str, object]:
     return out
 
 
+@register_attributes(nn.RNNCellBase)
+def _recurrent_cell(p: PlannedModule) -> dict[str, object]:
+    ih, hh = p.shape("weight_ih"), p.shape("weight_hh")
+    return {"input_size": ih[1] if ih else None, "hidden_size": hh[1] if hh else None}
+
+
+@register_attributes(nn.AdaptiveLogSoftmaxWithLoss)
+def _adaptive_log_softmax(p: PlannedModule) -> dict[str, object]:
+    head = p.shape("head.weight")
+    return {} if head is None else {"in_features": head[1]}
+
+
 def _is_pyg(m: nn.Module) -> bool:
     return type(m).__module__.startswith("torch_geometric.")
 
