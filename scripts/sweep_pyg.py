@@ -24,12 +24,10 @@ oracle holds, refusals grouped by reason, failures (what looks like a bug of the
 from __future__ import annotations
 
 import argparse
-import collections
 import concurrent.futures
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -45,6 +43,8 @@ try:
     from torch_geometric.utils import degree
 except ImportError as error:
     sys.exit(f"sweep_pyg.py needs torch and torch_geometric ({error})")
+
+import sweep_layers as snap  # noqa: E402  (after torch: its own import needs it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = "SWEEP_PYG_RECORD "  # the child's stdout line that carries its JSON record
@@ -578,71 +578,13 @@ CASES = CONVS | MODELS | VARIANTS
 # ---- one case (in the child process) --------------------------------------------------------
 
 
-def _short(e: BaseException, n: int = 1000) -> str:
-    """The error's type and its message's first line, paths shortened to the package's."""
-    first = (str(e).strip().splitlines() or [""])[0]
-    first = re.sub(r"\S*/site-packages/", "", first).replace(ROOT + os.sep, "")
-    return f"{type(e).__name__}: {first}"[:n]
-
-
-def _shapes(model, example_inputs) -> list:
-    from depgraph_ext.testing import outputs_of
-
-    return [list(t.shape) for t in outputs_of(model, example_inputs)]
-
-
-PLAIN = (int, float, str, bool, type(None), torch.dtype, torch.device)
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1).view(torch.uint8)
-
-
-def _snapshot(model: nn.Module) -> dict:
-    """What an error must leave as it was: each tensor (object, bits, requires_grad) by every
-    name, and the plain attributes of each module (numbers, strings and tuples of them)."""
-    named = list(model.named_parameters(remove_duplicate=False))
-    named += list(model.named_buffers(remove_duplicate=False))
-    tensors = {n: (id(t), t.dtype, t.shape, _bits(t).clone(), t.requires_grad) for n, t in named}
-    attributes = {
-        f"{name}.{key}": repr(value)
-        for name, module in model.named_modules(remove_duplicate=False)
-        for key, value in vars(module).items()
-        if not key.startswith("_")
-        and (
-            isinstance(value, PLAIN)
-            or isinstance(value, (tuple, list))
-            and all(isinstance(v, PLAIN) for v in value)
-        )
-    }
-    return {"tensors": tensors, "attributes": attributes}
-
-
-def _changes(before: dict, after: dict) -> list[str]:
-    """How ``after`` differs from ``before`` (two snapshots), one line per tensor or attribute."""
-    t0, t1 = before["tensors"], after["tensors"]
-    changes = [f"tensor {name} added or removed" for name in t0.keys() ^ t1.keys()]
-    for name in t0.keys() & t1.keys():
-        (id0, dtype0, shape0, bits0, grad0) = t0[name]
-        (id1, dtype1, shape1, bits1, grad1) = t1[name]
-        if id0 != id1:
-            changes.append(f"{name}: another tensor object")
-        if (dtype0, shape0, grad0) != (dtype1, shape1, grad1) or not torch.equal(bits0, bits1):
-            changes.append(f"{name}: {list(shape0)} -> {list(shape1)}, or its values")
-    a0, a1 = before["attributes"], after["attributes"]
-    changes += [
-        f"{k}: {a0.get(k)} -> {a1.get(k)}" for k in a0.keys() | a1 if a0.get(k) != a1.get(k)
-    ]
-    return sorted(changes)
-
-
 def _prune_step(model, example_inputs, shapes, step: str) -> dict:
     """dx.prune(copy of model, ratio=0.5, STEPS[step]): its outcome, and what it left."""
     import depgraph_ext as dx
     from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_equal
 
     pruned = copy.deepcopy(model)
-    before = _snapshot(pruned)
+    before = snap.snapshot(pruned)
     record: dict = {}
     error = None
     t0 = time.perf_counter()
@@ -653,7 +595,7 @@ def _prune_step(model, example_inputs, shapes, step: str) -> dict:
         except Exception as e:  # noqa: BLE001
             error = e
     record["seconds"] = round(time.perf_counter() - t0, 2)
-    record["warnings"] = sorted({_short(w.message, 160) for w in caught})  # "Category: ..."
+    record["warnings"] = sorted({snap.short(w.message, 160) for w in caught})  # "Category: ..."
     record["warning_categories"] = sorted({w.category.__name__ for w in caught})
     if error is not None:
         # a refusal names its cause; an InternalError or any other exception is a bug, and a
@@ -661,8 +603,8 @@ def _prune_step(model, example_inputs, shapes, step: str) -> dict:
         is_refusal = isinstance(error, dx.errors.PruningError) and not isinstance(
             error, (dx.errors.InternalError, dx.errors.VerificationError)
         )
-        record.update(outcome="refused" if is_refusal else "error", error=_short(error))
-        record["changes_after_error"] = _changes(before, _snapshot(pruned))[:20]
+        record.update(outcome="refused" if is_refusal else "error", error=snap.short(error))
+        record["changes_after_error"] = snap.changes(before, snap.snapshot(pruned))[:20]
         return record
     record.update(
         outcome="pruned",
@@ -670,10 +612,10 @@ def _prune_step(model, example_inputs, shapes, step: str) -> dict:
         function_changing=len(getattr(result, "function_changing", ()) or ()),
     )
     try:
-        after = _shapes(pruned, example_inputs)
+        after = snap.shapes(pruned, example_inputs)
         record.update(runs=True, shapes_kept=after == shapes, shapes=after)
     except Exception as e:  # noqa: BLE001
-        record.update(runs=False, run_error=_short(e))
+        record.update(runs=False, run_error=snap.short(e))
     if step == "exact":
         for check, assertion in (
             ("kept_bit_identical", lambda: assert_kept_bit_identical(model, pruned, result)),
@@ -688,7 +630,7 @@ def _prune_step(model, example_inputs, shapes, step: str) -> dict:
                 assertion()
                 record[check] = "holds"
             except Exception as e:  # noqa: BLE001
-                record[check] = _short(e, 600)
+                record[check] = snap.short(e, 600)
     return record
 
 
@@ -698,11 +640,11 @@ def sweep_case(name: str) -> dict:
     try:
         model, example_inputs = CASES[name]()
         model = model.double().eval()
-        shapes = _shapes(model, example_inputs)
+        shapes = snap.shapes(model, example_inputs)
     except (NotBuilt, ImportError) as e:  # the cases needing a package not installed
-        return record | {"build": "not built", "reason": _short(e)}
+        return record | {"build": "not built", "reason": snap.short(e)}
     except Exception as e:  # noqa: BLE001
-        return record | {"build": "error", "reason": _short(e)}
+        return record | {"build": "error", "reason": snap.short(e)}
     params = sum(t.numel() for t in model.parameters())
     record.update(build="ok", model=type(model).__name__, params=params, shapes=shapes)
     for step in STEPS:
@@ -782,17 +724,10 @@ def verdict(record: dict) -> str:
     return "; ".join(parts) + (f"  FAILURES: {len(flags)}" if flags else "")
 
 
-def reason_of(error: str) -> str:
-    """The general cause of a refusal: its type and the message up to the first ':' or ';'."""
-    kind, _, message = error.partition(": ")
-    return f"{kind}: {re.split(r'[:;(]', message, maxsplit=1)[0].strip()}"
-
-
 def summary(done: dict, seconds: float) -> str:
     classes = list(C.__all__)
     without_case = [c for c in classes if c not in CASES]
     records = list(done.values())
-    built = [r for r in records if r["build"] == "ok"]
     lines = [
         f"\n{len(records)} cases in {seconds:.0f} s (torch {torch.__version__}, "
         f"torch_geometric {torch_geometric.__version__})",
@@ -801,49 +736,9 @@ def summary(done: dict, seconds: float) -> str:
         + (f" (none for {', '.join(without_case)})" if without_case else ""),
         f"cases: {len(records)} ({sum(n in CONVS for n in done)} conv classes, "
         f"{sum(n in MODELS for n in done)} models, {sum(n in VARIANTS for n in done)} variants)",
-        f"built: {len(built)} of {len(records)}",
     ]
-    for r in records:
-        if r["build"] == "not built":
-            lines.append(f"  not built: {r['case']}: {r['reason'][:150]}")
-    for step in STEPS:
-        n = sum(r[step]["outcome"] == "pruned" for r in built)
-        lines.append(f"pruned ({step}): {n} of {len(built)}")
-    exact = [r for r in built if r["exact"]["outcome"] == "pruned"]
-    holds = sum(r["exact"].get("oracle") == "holds" for r in exact)
-    lines.append(f"oracle holds: {holds} of {len(exact)} exact_only prunes (to {TOLERANCE})")
-    refused: dict = collections.defaultdict(lambda: collections.defaultdict(list))
-    for r in built:
-        for step in STEPS:
-            if r[step]["outcome"] == "refused":
-                refused[reason_of(r[step]["error"])][r[step]["error"]].append((r["case"], step))
-    total = sum(len(v) for by_message in refused.values() for v in by_message.values())
-    lines.append(f"refused: {total} prunes of {len(built) * len(STEPS)}")
-    for reason, by_message in sorted(refused.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"  {reason}")
-        for message, where in by_message.items():
-            cases = collections.defaultdict(list)
-            for case, step in where:
-                cases[case].append(step)
-            names = ", ".join(f"{c} ({'/'.join(s)})" for c, s in cases.items())
-            detail = message.partition(": ")[2].removeprefix(reason.partition(": ")[2])
-            lines.append(f"    {names}: {detail.lstrip(':; ')[:300]}")
-    categories = collections.Counter(
-        c for r in built for step in STEPS for c in r[step]["warning_categories"]
-    )
-    warned = ", ".join(f"{c} {n}" for c, n in categories.most_common()) or "none"
-    lines.append(f"warnings (in prunes): {warned}")
-    found = {r["case"]: failures(r) for r in records if failures(r)}
-    lines.append(f"failures: {sum(len(v) for v in found.values())} in {len(found)} cases")
-    for case, flags in found.items():
-        lines += [f"  {case}: {flag[:600]}" for flag in flags]
+    lines += snap.outcome_lines(records, STEPS, TOLERANCE, failures)
     return "\n".join(lines)
-
-
-def _save(done: dict, out: str) -> None:
-    with open(out + ".tmp", "w") as f:
-        json.dump(done, f, indent=1, sort_keys=True)
-    os.replace(out + ".tmp", out)
 
 
 def main() -> None:
@@ -867,9 +762,9 @@ def main() -> None:
             record = future.result()
             done[record["case"]] = record
             print(f"{len(done):4d}/{len(names)} {record['case']}: {verdict(record)}", flush=True)
-            _save(done, args.out)
+            snap.save(done, args.out)
     done = {n: done[n] for n in names}
-    _save(done, args.out)
+    snap.save(done, args.out)
     print(summary(done, time.perf_counter() - t0))
 
 

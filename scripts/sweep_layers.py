@@ -1,0 +1,124 @@
+"""What the layer sweeps (sweep_pyg.py, sweep_torch_nn.py) share: short error lines, output
+shapes, snapshots of a model that an error must leave as they were, and the summary of their
+records (prunes, oracle, refusals by reason, warnings, failures)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+
+import torch
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLAIN = (int, float, str, bool, type(None), torch.dtype, torch.device)
+
+
+def short(e: BaseException, n: int = 1000) -> str:
+    """The error's type and its message's first line, paths shortened to the package's."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    first = re.sub(r"\S*/site-packages/", "", first).replace(ROOT + os.sep, "")
+    return f"{type(e).__name__}: {first}"[:n]
+
+
+def shapes(model, example_inputs) -> list:
+    from depgraph_ext.testing import outputs_of
+
+    return [list(t.shape) for t in outputs_of(model, example_inputs)]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().reshape(-1).view(torch.uint8)
+
+
+def snapshot(model: nn.Module) -> dict:
+    """What an error must leave as it was: each tensor (object, bits, requires_grad) by every
+    name, and the plain attributes of each module (numbers, strings and tuples of them)."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    named += list(model.named_buffers(remove_duplicate=False))
+    tensors = {n: (id(t), t.dtype, t.shape, bits(t).clone(), t.requires_grad) for n, t in named}
+    attributes = {
+        f"{name}.{key}": repr(value)
+        for name, module in model.named_modules(remove_duplicate=False)
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and (
+            isinstance(value, PLAIN)
+            or isinstance(value, (tuple, list))
+            and all(isinstance(v, PLAIN) for v in value)
+        )
+    }
+    return {"tensors": tensors, "attributes": attributes}
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """How ``after`` differs from ``before`` (two snapshots), one line per tensor or attribute."""
+    t0, t1 = before["tensors"], after["tensors"]
+    out = [f"tensor {name} added or removed" for name in t0.keys() ^ t1.keys()]
+    for name in t0.keys() & t1.keys():
+        (id0, dtype0, shape0, bits0, grad0) = t0[name]
+        (id1, dtype1, shape1, bits1, grad1) = t1[name]
+        if id0 != id1:
+            out.append(f"{name}: another tensor object")
+        if (dtype0, shape0, grad0) != (dtype1, shape1, grad1) or not torch.equal(bits0, bits1):
+            out.append(f"{name}: {list(shape0)} -> {list(shape1)}, or its values")
+    a0, a1 = before["attributes"], after["attributes"]
+    out += [f"{k}: {a0.get(k)} -> {a1.get(k)}" for k in a0.keys() | a1 if a0.get(k) != a1.get(k)]
+    return sorted(out)
+
+
+def reason_of(error: str) -> str:
+    """The general cause of a refusal: its type and the message up to the first ':' or ';'."""
+    kind, _, message = error.partition(": ")
+    return f"{kind}: {re.split(r'[:;(]', message, maxsplit=1)[0].strip()}"
+
+
+def outcome_lines(records: list, steps, tolerance: float, failures) -> list[str]:
+    """The summary of the cases' records (``steps``: the prunes each case ran, "exact" the
+    exact_only one; ``failures(record)``: what looks like a bug of the library in it)."""
+    built = [r for r in records if r["build"] == "ok"]
+    lines = [f"built: {len(built)} of {len(records)}"]
+    for r in records:
+        if r["build"] == "not built":
+            lines.append(f"  not built: {r['case']}: {r['reason'][:150]}")
+    for step in steps:
+        n = sum(r[step]["outcome"] == "pruned" for r in built)
+        lines.append(f"pruned ({step}): {n} of {len(built)}")
+    exact = [r for r in built if r["exact"]["outcome"] == "pruned"]
+    holds = sum(r["exact"].get("oracle") == "holds" for r in exact)
+    lines.append(f"oracle holds: {holds} of {len(exact)} exact_only prunes (to {tolerance})")
+    refused: dict = collections.defaultdict(lambda: collections.defaultdict(list))
+    for r in built:
+        for step in steps:
+            if r[step]["outcome"] == "refused":
+                refused[reason_of(r[step]["error"])][r[step]["error"]].append((r["case"], step))
+    total = sum(len(v) for by_message in refused.values() for v in by_message.values())
+    lines.append(f"refused: {total} prunes of {len(built) * len(steps)}")
+    for reason, by_message in sorted(refused.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"  {reason}")
+        for message, where in by_message.items():
+            cases = collections.defaultdict(list)
+            for case, step in where:
+                cases[case].append(step)
+            names = ", ".join(f"{c} ({'/'.join(s)})" for c, s in cases.items())
+            detail = message.partition(": ")[2].removeprefix(reason.partition(": ")[2])
+            lines.append(f"    {names}: {detail.lstrip(':; ')[:300]}")
+    categories = collections.Counter(
+        c for r in built for step in steps for c in r[step].get("warning_categories", ())
+    )
+    warned = ", ".join(f"{c} {n}" for c, n in categories.most_common()) or "none"
+    lines.append(f"warnings (in prunes): {warned}")
+    found = {r["case"]: failures(r) for r in records if failures(r)}
+    lines.append(f"failures: {sum(len(v) for v in found.values())} in {len(found)} cases")
+    for case, flags in found.items():
+        lines += [f"  {case}: {flag[:600]}" for flag in flags]
+    return lines
+
+
+def save(done: dict, out: str) -> None:
+    """The records as JSON, written whole (a rename), so that a run cut short leaves them."""
+    with open(out + ".tmp", "w") as f:
+        json.dump(done, f, indent=1, sort_keys=True)
+    os.replace(out + ".tmp", out)
