@@ -152,3 +152,28 @@ def test_an_adaptive_log_softmax_in_features_follow_its_head():
     x = torch.randn(3, 5, dtype=torch.float64)
     pruned, _ = prune_and_check(model, x, ratio=0.5)
     assert pruned.asm.in_features == pruned.asm.head.weight.shape[1] < 12
+
+
+class OneStep(nn.Module):
+    """A cell stepped once from no state (it makes a zero state of ``hidden_size``)."""
+
+    def __init__(self, cell: type) -> None:
+        super().__init__()
+        self.pre, self.cell, self.post = nn.Linear(5, 6), cell(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        state = self.cell(self.pre(x))
+        return self.post(state[0] if isinstance(state, tuple) else state)
+
+
+@pytest.mark.parametrize("cell", [nn.RNNCell, nn.GRUCell, nn.LSTMCell])
+def test_a_cell_stepped_once_prunes_its_state_whole(cell):
+    """nn.RNNCell's recurrent weight is square by a check in C++ that no traced op shows: its
+    rows and columns prune together (the rows alone made a cell that did not run)."""
+    torch.manual_seed(0)
+    model = OneStep(cell).double().eval()
+    x = torch.randn(2, 5, dtype=torch.float64)
+    pruned, _ = prune_and_check(model, x, ratio=0.5)
+    c, gates = pruned.cell, {nn.RNNCell: 1, nn.GRUCell: 3, nn.LSTMCell: 4}[cell]
+    assert c.weight_ih.shape[0] == c.weight_hh.shape[0] == gates * c.hidden_size
+    assert c.weight_hh.shape[1] == c.hidden_size

@@ -74,6 +74,7 @@ def build_couplings(
     malformed: dict[int, str] | None = None,
     computed_buffers=(),
     free_outputs=(),
+    tied_dims=(),
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
@@ -82,13 +83,18 @@ def build_couplings(
     leaves them out): constants, as ``carried_slots`` says. ``free_outputs``: positions in
     ``graph.outputs`` of outputs whose width may shrink (the others keep every dim).
     ``malformed``: nodes whose rules emitted couplings resolution refused (node index ->
-    why): they are opaque this time."""
+    why): they are opaque this time. ``tied_dims``: (parameter, dim, dim) that a module's
+    own code requires to be equal, where no traced op says so (an RNN cell's check, in C++,
+    that its recurrent weight is square)."""
     malformed = malformed or {}
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
     ctx.zeros = ZeroTracker(graph).culprit
     for name in hidden_tensors:
         ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
+    for name, a, b in tied_dims:
+        slots = ctx.slots(graph.params[name])
+        ctx.equal(slots[a], slots[b])
     free = {graph.outputs[i] for i in free_outputs}
     for v in graph.inputs + [v for v in graph.outputs if v not in free]:
         ctx.block_value(v)

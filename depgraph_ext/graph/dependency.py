@@ -252,6 +252,7 @@ class DependencyGraph:
                     malformed,
                     computed,
                     self.free_outputs,
+                    _square_recurrent_weights(self.graph, self.walk),
                 )
             t2 = time.perf_counter()
             try:
@@ -1033,6 +1034,19 @@ def _top_key(path: str) -> str | None:
 def _module_tensors(module: torch.nn.Module):
     yield from module.named_parameters()
     yield from module.named_buffers()
+
+
+def _square_recurrent_weights(graph: OpGraph, walk: ModelWalk) -> list[tuple[str, int, int]]:
+    """An ``nn.RNNCell``'s ``weight_hh`` is square by its C++ check, which no traced op shows:
+    stepped once from no state, its rows (the new state) and columns (the zero state it
+    multiplies) would otherwise prune apart, and the pruned cell would not run. (LSTM and GRU
+    cells tie them through their gates' element-wise ops.)"""
+    out = []
+    for name, m in walk.modules:
+        w = f"{name}.weight_hh" if name else "weight_hh"
+        if isinstance(m, torch.nn.RNNCell) and w in graph.params:
+            out.append((w, 0, 1))
+    return out
 
 
 def _norm_weights_of_stream(model: torch.nn.Module, graph: OpGraph, walk: ModelWalk) -> list[str]:
