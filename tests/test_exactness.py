@@ -487,3 +487,51 @@ def test_a_product_of_activations_over_units(shifted):
     else:
         assert qk.exact
         prune_and_check(model, x, ratio=0.5, exact_only=True)
+
+
+class SummedAttention(nn.Module):
+    """Attention's output is its weights times the values: zero at a removed head, so a sum
+    over the heads after it is exact (Dory's sub-norm sums its squares)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(8, 12), nn.Linear(8, 12), nn.Linear(8, 12)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (p(x).view(b, n, -1, 6).transpose(1, 2) for p in (self.q, self.k, self.v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return out.transpose(1, 2).reshape(b, n, -1).square().sum(-1)  # over the heads
+
+
+def test_a_sum_over_heads_after_attention_is_exact():
+    torch.manual_seed(0)
+    model = SummedAttention().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    groups = quiet(dx.DependencyGraph, model, x).groups
+    assert all("not zero" not in r for g in groups for r in g.reasons)
+    prune_and_check(model, x, ratio=0.5, exact_only=True)
+
+
+class IndexedExperts(nn.Module):
+    """Experts' weights picked by index (``w[expert_ids]``, GPT-OSS's batched experts): a
+    selection of a zeroed weight is zero there, so the product over the neurons is exact."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Parameter(torch.randn(3, 8, 10))
+        self.down = nn.Parameter(torch.randn(3, 10, 8))
+        self.register_buffer("ids", torch.tensor([0, 2]))
+
+    def forward(self, x):
+        h = torch.sigmoid(torch.bmm(x, self.up[self.ids]))  # not zero at removed neurons
+        return torch.bmm(h, self.down[self.ids])
+
+
+def test_a_product_with_a_selection_of_a_weight_is_exact():
+    torch.manual_seed(0)
+    model = IndexedExperts().double().eval()
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    groups = quiet(dx.DependencyGraph, model, x).groups
+    assert all("not zero" not in r for g in groups for r in g.reasons)
+    prune_and_check(model, x, ratio=0.5, exact_only=True)

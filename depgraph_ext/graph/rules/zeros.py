@@ -26,6 +26,7 @@ _FOLLOWS_FIRST = frozenset(
     frac clone contiguous _to_copy to copy copy_ alias detach lift_fresh lift_fresh_copy view
     _unsafe_view reshape permute transpose t expand expand_as slice select unsqueeze squeeze
     flatten unflatten split split_with_sizes chunk unbind narrow as_strided index_select gather
+    index _unsafe_index take
     repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle constant_pad_nd dropout
     native_dropout feature_dropout sum nansum amax amin max_pool1d max_pool2d
     max_pool3d max_pool2d_with_indices max_pool3d_with_indices avg_pool1d avg_pool2d avg_pool3d
@@ -35,6 +36,16 @@ _FOLLOWS_FIRST = frozenset(
     upsample_bicubic2d upsample_trilinear3d _upsample_nearest_exact2d squeeze_copy
     unsqueeze_copy view_copy permute_copy transpose_copy t_copy expand_copy slice_copy
     select_copy split_copy unbind_copy cumsum div div_ true_divide
+    """.split()
+)
+# Attention: its output is the attention weights times the values, zero wherever the values
+# are (a removed head's or value channel's).
+_ATTENTION = frozenset(
+    f"aten.{name}"
+    for name in """
+    scaled_dot_product_attention _scaled_dot_product_attention_math
+    _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu
+    _scaled_dot_product_efficient_attention _scaled_dot_product_cudnn_attention
     """.split()
 )
 # Zero wherever any one tensor argument is (a product).
@@ -144,6 +155,9 @@ class ZeroTracker:
                 arg(node, "bias"),
             )
             return self._affine(node, x, w, bias, v)
+        if packet in _ATTENTION:
+            value = arg(node, "value")
+            return self._of(value.value, v) if isinstance(value, Ref) else node
         if packet == "aten.embedding":
             return self.culprit(node.inputs[0])
         if packet in _NORMS:
