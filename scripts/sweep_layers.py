@@ -5,9 +5,12 @@ records (prunes, oracle, refusals by reason, warnings, failures)."""
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import os
 import re
+import time
+import warnings
 
 import torch
 from torch import nn
@@ -23,7 +26,7 @@ def short(e: BaseException, n: int = 1000) -> str:
     return f"{type(e).__name__}: {first}"[:n]
 
 
-def shapes(model, example_inputs) -> list:
+def output_shapes(model, example_inputs) -> list:
     from depgraph_ext.testing import outputs_of
 
     return [list(t.shape) for t in outputs_of(model, example_inputs)]
@@ -122,3 +125,74 @@ def save(done: dict, out: str) -> None:
     with open(out + ".tmp", "w") as f:
         json.dump(done, f, indent=1, sort_keys=True)
     os.replace(out + ".tmp", out)
+
+
+def check(record: dict, key: str, assertion) -> None:
+    """``record[key]``: "holds", or the error with its whole message on one line (the oracle's
+    differences are on the lines after its first)."""
+    try:
+        assertion()
+        record[key] = "holds"
+    except Exception as e:  # noqa: BLE001
+        message = " ".join(str(e).replace(ROOT + os.sep, "").split())
+        record[key] = f"{type(e).__name__}: {message}"[:600]
+
+
+def prune_step(
+    model, example_inputs, shapes, step: str, steps: dict, tolerance: float, inspect=None
+) -> dict:
+    """dx.prune(copy of model, ratio=0.5, steps[step]): its outcome, and what it left; the
+    "exact" step also under the scatter-back oracle to ``tolerance``. ``inspect(pruned)``: more
+    to record of a pruned model, before it runs (a dict)."""
+    import depgraph_ext as dx
+    from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_equal
+
+    pruned = copy.deepcopy(model)
+    before = snapshot(pruned)
+    record: dict = {}
+    error = None
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = dx.prune(pruned, example_inputs, ratio=0.5, progress=False, **steps[step])
+        except Exception as e:  # noqa: BLE001
+            error = e
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    record["warnings"] = sorted({short(w.message, 160) for w in caught})  # "Category: ..."
+    record["warning_categories"] = sorted({w.category.__name__ for w in caught})
+    if error is not None:
+        # a refusal names its cause; an InternalError or any other exception is a bug, and so
+        # is a VerificationError saying that groups claimed exact were not (one saying that the
+        # exact groups do not run without the function-changing ones is a refusal)
+        is_refusal = isinstance(error, dx.errors.PruningError) and not (
+            isinstance(error, dx.errors.InternalError)
+            or isinstance(error, dx.errors.VerificationError)
+            and "does not compute what the original computes" in str(error)
+        )
+        record.update(outcome="refused" if is_refusal else "error", error=short(error))
+        record["changes_after_error"] = changes(before, snapshot(pruned))[:20]
+        return record
+    record.update(
+        outcome="pruned",
+        params=[result.params_before, result.params_after],
+        function_changing=len(getattr(result, "function_changing", ()) or ()),
+    )
+    # before the pruned model runs: a forward in train mode changes running statistics
+    check(record, "kept_bit_identical", lambda: assert_kept_bit_identical(model, pruned, result))
+    if inspect is not None:
+        record.update(inspect(pruned))
+    try:
+        after = output_shapes(pruned, example_inputs)
+        record.update(runs=True, shapes_kept=after == shapes, shapes=after)
+    except Exception as e:  # noqa: BLE001
+        record.update(runs=False, run_error=short(e))
+    if step == "exact":
+        check(
+            record,
+            "oracle",
+            lambda: assert_scatter_back_equal(
+                model, pruned, result, example_inputs, rtol=tolerance, atol=tolerance
+            ),
+        )
+    return record

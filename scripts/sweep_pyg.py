@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import copy
 import json
 import os
 import subprocess
 import sys
 import time
-import warnings
 from functools import partial
 
 try:
@@ -578,69 +576,13 @@ CASES = CONVS | MODELS | VARIANTS
 # ---- one case (in the child process) --------------------------------------------------------
 
 
-def _prune_step(model, example_inputs, shapes, step: str) -> dict:
-    """dx.prune(copy of model, ratio=0.5, STEPS[step]): its outcome, and what it left."""
-    import depgraph_ext as dx
-    from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_equal
-
-    pruned = copy.deepcopy(model)
-    before = snap.snapshot(pruned)
-    record: dict = {}
-    error = None
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = dx.prune(pruned, example_inputs, ratio=0.5, progress=False, **STEPS[step])
-        except Exception as e:  # noqa: BLE001
-            error = e
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    record["warnings"] = sorted({snap.short(w.message, 160) for w in caught})  # "Category: ..."
-    record["warning_categories"] = sorted({w.category.__name__ for w in caught})
-    if error is not None:
-        # a refusal names its cause; an InternalError or any other exception is a bug, and a
-        # VerificationError means groups claimed exact were not
-        is_refusal = isinstance(error, dx.errors.PruningError) and not isinstance(
-            error, (dx.errors.InternalError, dx.errors.VerificationError)
-        )
-        record.update(outcome="refused" if is_refusal else "error", error=snap.short(error))
-        record["changes_after_error"] = snap.changes(before, snap.snapshot(pruned))[:20]
-        return record
-    record.update(
-        outcome="pruned",
-        params=[result.params_before, result.params_after],
-        function_changing=len(getattr(result, "function_changing", ()) or ()),
-    )
-    try:
-        after = snap.shapes(pruned, example_inputs)
-        record.update(runs=True, shapes_kept=after == shapes, shapes=after)
-    except Exception as e:  # noqa: BLE001
-        record.update(runs=False, run_error=snap.short(e))
-    if step == "exact":
-        for check, assertion in (
-            ("kept_bit_identical", lambda: assert_kept_bit_identical(model, pruned, result)),
-            (
-                "oracle",
-                lambda: assert_scatter_back_equal(
-                    model, pruned, result, example_inputs, rtol=TOLERANCE, atol=TOLERANCE
-                ),
-            ),
-        ):
-            try:
-                assertion()
-                record[check] = "holds"
-            except Exception as e:  # noqa: BLE001
-                record[check] = snap.short(e, 600)
-    return record
-
-
 def sweep_case(name: str) -> dict:
     record: dict = {"case": name}
     torch.manual_seed(0)
     try:
         model, example_inputs = CASES[name]()
         model = model.double().eval()
-        shapes = snap.shapes(model, example_inputs)
+        shapes = snap.output_shapes(model, example_inputs)
     except (NotBuilt, ImportError) as e:  # the cases needing a package not installed
         return record | {"build": "not built", "reason": snap.short(e)}
     except Exception as e:  # noqa: BLE001
@@ -648,7 +590,7 @@ def sweep_case(name: str) -> dict:
     params = sum(t.numel() for t in model.parameters())
     record.update(build="ok", model=type(model).__name__, params=params, shapes=shapes)
     for step in STEPS:
-        record[step] = _prune_step(model, example_inputs, shapes, step)
+        record[step] = snap.prune_step(model, example_inputs, shapes, step, STEPS, TOLERANCE)
     return record
 
 

@@ -43,7 +43,6 @@ holds, refusals grouped by reason, failures (what looks like a bug of the librar
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import queue
@@ -1158,70 +1157,8 @@ def _stale_attributes(model: nn.Module) -> list[str]:
     return stale
 
 
-def _check(record: dict, key: str, assertion) -> None:
-    """``record[key]``: "holds", or the error with its whole message on one line (the oracle's
-    differences are on the lines after its first)."""
-    try:
-        assertion()
-        record[key] = "holds"
-    except Exception as e:  # noqa: BLE001
-        message = " ".join(str(e).replace(ROOT + os.sep, "").split())
-        record[key] = f"{type(e).__name__}: {message}"[:600]
-
-
-def _prune_step(model, example_inputs, shapes, step: str) -> dict:
-    """dx.prune(copy of model, ratio=0.5, STEPS[step]): its outcome, and what it left."""
-    import depgraph_ext as dx
-    from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_equal
-
-    pruned = copy.deepcopy(model)
-    before = snap.snapshot(pruned)
-    record: dict = {}
-    error = None
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            result = dx.prune(pruned, example_inputs, ratio=0.5, progress=False, **STEPS[step])
-        except Exception as e:  # noqa: BLE001
-            error = e
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    record["warnings"] = sorted({snap.short(w.message, 160) for w in caught})  # "Category: ..."
-    record["warning_categories"] = sorted({w.category.__name__ for w in caught})
-    if error is not None:
-        # a refusal names its cause; an InternalError or any other exception is a bug, and so
-        # is a VerificationError saying that groups claimed exact were not (one saying that the
-        # exact groups do not run without the function-changing ones is a refusal)
-        is_refusal = isinstance(error, dx.errors.PruningError) and not (
-            isinstance(error, dx.errors.InternalError)
-            or isinstance(error, dx.errors.VerificationError)
-            and "does not compute what the original computes" in str(error)
-        )
-        record.update(outcome="refused" if is_refusal else "error", error=snap.short(error))
-        record["changes_after_error"] = snap.changes(before, snap.snapshot(pruned))[:20]
-        return record
-    record.update(
-        outcome="pruned",
-        params=[result.params_before, result.params_after],
-        function_changing=len(getattr(result, "function_changing", ()) or ()),
-    )
-    # before the pruned model runs: a forward in train mode changes running statistics
-    _check(record, "kept_bit_identical", lambda: assert_kept_bit_identical(model, pruned, result))
-    record["stale_attributes"] = _stale_attributes(pruned)
-    try:
-        after = snap.shapes(pruned, example_inputs)
-        record.update(runs=True, shapes_kept=after == shapes, shapes=after)
-    except Exception as e:  # noqa: BLE001
-        record.update(runs=False, run_error=snap.short(e))
-    if step == "exact":
-        _check(
-            record,
-            "oracle",
-            lambda: assert_scatter_back_equal(
-                model, pruned, result, example_inputs, rtol=TOLERANCE, atol=TOLERANCE
-            ),
-        )
-    return record
+def _inspect(pruned) -> dict:
+    return {"stale_attributes": _stale_attributes(pruned)}
 
 
 def sweep_case(name: str, emit=lambda record: None) -> dict:
@@ -1235,7 +1172,7 @@ def sweep_case(name: str, emit=lambda record: None) -> dict:
             warnings.simplefilter("ignore")  # lazy modules, deprecated classes
             model, example_inputs = build()
         model = model.double().train(getattr(build, "train", False))
-        shapes = snap.shapes(model, example_inputs)
+        shapes = snap.output_shapes(model, example_inputs)
         from depgraph_ext.testing import outputs_of
 
         if not all(t.isfinite().all() for t in outputs_of(model, example_inputs, seed=0)):
@@ -1255,7 +1192,9 @@ def sweep_case(name: str, emit=lambda record: None) -> dict:
     for step in STEPS:
         record["running"] = step
         emit(record)
-        record[step] = _prune_step(model, example_inputs, shapes, step)
+        record[step] = snap.prune_step(
+            model, example_inputs, shapes, step, STEPS, TOLERANCE, _inspect
+        )
     del record["running"]
     return record
 
