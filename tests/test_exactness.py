@@ -535,3 +535,26 @@ def test_a_product_with_a_selection_of_a_weight_is_exact():
     groups = quiet(dx.DependencyGraph, model, x).groups
     assert all("not zero" not in r for g in groups for r in g.reasons)
     prune_and_check(model, x, ratio=0.5, exact_only=True)
+
+
+class LongChain(nn.Module):
+    """A value passed through a chain of ops far deeper than Python's recursion limit, then
+    summed over its units after an exp."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.a, self.b, self.depth = nn.Linear(8, 12), nn.Linear(12, 3), depth
+
+    def forward(self, x):
+        h = self.a(x)
+        for _ in range(self.depth):
+            h = torch.relu(h + 0.5 * h)
+        return self.b(h), torch.exp(h).sum(-1)
+
+
+def test_whether_removed_values_are_zero_is_followed_down_any_chain():
+    torch.manual_seed(0)
+    model = LongChain(1500).double().eval()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    [group] = quiet(dx.DependencyGraph, model, x).groups
+    assert not group.exact and "aten.exp" in group.reasons[0]

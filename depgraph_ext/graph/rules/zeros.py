@@ -87,14 +87,24 @@ class ZeroTracker:
         """The op that makes ``v`` non-zero at removed units, or None where it is zero."""
         if v in self._memo:
             return self._memo[v]
-        self._memo[v] = None  # (a cycle through an in-place op: the other writers decide)
-        found = None
-        for node in self._writers_of(v):
-            found = self._made_nonzero(node, v)
-            if found is not None:
-                break
-        self._memo[v] = found
-        return found
+        # Every value ``v`` depends on, found without recursion (a residual stream is a chain
+        # as long as the model), then settled in the order the ops ran: each op's inputs are
+        # known before it is, so the calls below stay shallow however deep the chain.
+        ancestors, stack = {}, [v]
+        while stack:
+            x = stack.pop()
+            if x in self._memo or x in ancestors:
+                continue
+            writers = self._writers_of(x)
+            ancestors[x] = min((n.index for n in writers), default=-1)
+            stack += [i for n in writers for i in n.inputs if i != x]
+        for x in sorted(ancestors, key=ancestors.__getitem__):
+            self._memo[x] = None  # (a cycle through an in-place op: the other writers decide)
+            self._memo[x] = next(
+                (c for n in self._writers_of(x) if (c := self._made_nonzero(n, x)) is not None),
+                None,
+            )
+        return self._memo[v]
 
     def _writers_of(self, v: int) -> list[Node]:
         if self._writers is None:
