@@ -45,9 +45,10 @@ def _contraction(ctx: RuleContext, node: Node, a, b, summed: int) -> None:
     """A product summed over ``summed`` is exact where either factor is zero at the removed
     units (a weight's zeroed slices, an activation past one); two factors that are both
     non-zero there (``(elu(q) + 1) @ (elu(k) + 1).T``) make the sum change with them."""
-    ca = ctx.nonzero_at_removed(a)
-    cb = ctx.nonzero_at_removed(b) if ca is not None else None
-    if cb is not None:
+    # (the second factor first: a linear layer's weight, whose answer is at hand)
+    cb = ctx.nonzero_at_removed(b)
+    ca = ctx.nonzero_at_removed(a) if cb is not None else None
+    if ca is not None:
         ctx.reduces(summed, node, ctx.nonzero_reason("a matrix product", ca))
 
 

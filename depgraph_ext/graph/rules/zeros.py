@@ -204,7 +204,9 @@ class ZeroTracker:
 
 def _numbers(node: Node, exclude: tuple[str, ...]) -> bool:
     """Whether ``node`` has a non-zero number among its arguments (other than ``exclude``)."""
-    names = [a.name for a in node.op._schema.arguments]
+    names = _NAMES.get(node.op)
+    if names is None:
+        names = _NAMES[node.op] = [a.name for a in node.op._schema.arguments]
     values = list(zip(names, node.args)) + list(node.kwargs.items())
     for name, value in values:
         if name in exclude or isinstance(value, bool):
@@ -212,3 +214,6 @@ def _numbers(node: Node, exclude: tuple[str, ...]) -> bool:
         if isinstance(value, (int, float)) and value != 0:
             return True
     return False
+
+
+_NAMES: dict = {}  # op -> its schema's argument names
