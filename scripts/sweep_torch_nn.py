@@ -961,7 +961,7 @@ def _losses() -> dict:
     """Losses between branches of width C (the hidden width, prunable): the sum over the
     features of what each feature contributes; mean: divided by their number."""
     s = {"reduction": "sum"}
-    return {
+    cases = {
         "MSELoss": loss(nn.MSELoss),
         "MSELoss.sum": loss(partial(nn.MSELoss, **s)),
         "L1Loss.sum": loss(partial(nn.L1Loss, **s)),
@@ -1046,13 +1046,15 @@ def _losses() -> dict:
             kind="tok",
             branches=1,
         ),
-        "LinearCrossEntropyLoss": loss(
+    }
+    if hasattr(nn, "LinearCrossEntropyLoss"):  # (torch 2.15 on)
+        cases["LinearCrossEntropyLoss"] = loss(
             partial(nn.LinearCrossEntropyLoss, C, 10, bias=True, reduction="sum"),
             lambda hs, xs: (hs[0], xs[1]),
             ["classes"],
             branches=1,
-        ),
-    }
+        )
+    return cases
 
 
 CASES = (

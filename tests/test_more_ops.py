@@ -280,3 +280,16 @@ def test_a_constant_pad_keeps_the_positions_it_makes(value):
     kept = result.plan["b.weight"][1].tolist()
     assert kept[0] == 0 and kept[-2:] == [13, 14]  # the padding's columns
     assert pruned.b.weight.shape == (5, 1 + pruned.a.weight.shape[0] + 2)
+
+
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_glu_prunes_its_halves_together(dim):
+    torch.manual_seed(0)
+    if dim == -1:
+        model = nn.Sequential(nn.Linear(8, 24), nn.GLU(dim=-1), nn.Linear(12, 3))
+        x = torch.randn(2, 8, dtype=torch.float64)
+    else:
+        model = nn.Sequential(nn.Conv2d(3, 24, 3), nn.GLU(dim=1), nn.Conv2d(12, 4, 1))
+        x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    pruned, _ = prune_and_check(model.double().eval(), x, ratio=0.5)
+    assert pruned[0].weight.shape[0] == 2 * pruned[2].weight.shape[1] < 24

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..trace import Node
-from .context import RuleContext
+from .context import RuleContext, arg, wrap_dim
 from .registry import register_many
 
 
@@ -56,3 +56,21 @@ register_many(
     ],
     uniform_fill,
 )
+
+
+def glu(ctx: RuleContext, node: Node) -> None:
+    """glu(x, dim): the first half of ``dim`` times the sigmoid of the second: ``dim`` is
+    [2, n] (the halves fixed by the call), its n the output's; the other dims are equal."""
+    x, out = node.inputs[0], node.outputs[0]
+    sx, so = ctx.slots(x), ctx.slots(out)
+    dim = wrap_dim(arg(node, "dim", -1), len(sx))
+    halves, units = ctx.new_slot(2), ctx.new_slot(ctx.size(so[dim]))
+    ctx.reshape([sx[dim]], [halves, units])
+    ctx.block(halves)
+    ctx.equal(units, so[dim])
+    for i in range(len(sx)):
+        if i != dim:
+            ctx.equal(sx[i], so[i])
+
+
+register_many(["aten.glu"], glu)
