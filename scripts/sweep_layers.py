@@ -196,3 +196,55 @@ def prune_step(
             ),
         )
     return record
+
+
+def failures(record: dict, steps) -> list[str]:
+    """What looks like a bug: of the library (an error that is not a refusal, a crash or a
+    timeout, a model changed by an error, a pruned model that does not run, changes its output
+    shapes, holds slices that are not the original's or attributes its tensors contradict, the
+    oracle) or of the case (it does not build)."""
+    if record["build"] in ("error", "timeout", "crash"):
+        return [f"{record['build']}: {record['reason']}"]
+    if record["build"] != "ok":
+        return []
+    found = []
+    for step in steps:
+        s = record[step]
+        if s["outcome"] in ("error", "timeout", "crash"):
+            found.append(f"{step}: {s['outcome']}: {s['error']}")
+        if s.get("changes_after_error"):
+            found.append(f"{step}: model changed after the error: {s['changes_after_error']}")
+        if s["outcome"] != "pruned":
+            continue
+        if not s["runs"]:
+            found.append(f"{step}: the pruned model does not run: {s['run_error']}")
+        elif not s["shapes_kept"]:
+            found.append(f"{step}: output shapes {record['shapes']} -> {s['shapes']}")
+        for check in ("kept_bit_identical", "oracle"):
+            if s.get(check, "holds") != "holds":
+                found.append(f"{step}: {check}: {s[check]}")
+        if s.get("stale_attributes"):
+            found.append(f"{step}: stale attributes: {'; '.join(s['stale_attributes'])}")
+    return found
+
+
+def verdict(record: dict, steps) -> str:
+    if record["build"] != "ok":
+        return f"{record['build']} ({record['reason'][:110]})"
+    parts, said = [], set()
+    for step in steps:
+        s = record[step]
+        if s["outcome"] == "pruned":
+            before, after = s["params"]
+            text = f"{step} pruned {before}->{after}"
+            if step == "exact" and s.get("oracle") == "holds":
+                text += ", oracle holds"
+        elif s["outcome"] == "not run":
+            text = f"{step} not run"
+        else:
+            error = s["error"] if s["error"] not in said else "the same"
+            said.add(s["error"])
+            text = f"{step} {s['outcome']} ({error[:200]})"
+        parts.append(text)
+    flags = failures(record, steps)
+    return "; ".join(parts) + (f"  FAILURES: {len(flags)}" if flags else "")

@@ -622,48 +622,11 @@ def run_case(name: str, timeout: float) -> dict:
 
 
 def failures(record: dict) -> list[str]:
-    """What looks like a bug: of the library (an error that is not a refusal, a model changed
-    by an error, a pruned model that does not run or changes its output shapes, the oracle)
-    or of the case (it does not build for another reason than a missing package)."""
-    if record["build"] in ("error", "timeout", "crash"):
-        return [f"{record['build']}: {record['reason']}"]
-    if record["build"] != "ok":
-        return []
-    found = []
-    for step in STEPS:
-        s = record[step]
-        if s["outcome"] == "error":
-            found.append(f"{step}: {s['error']}")
-        if s.get("changes_after_error"):
-            found.append(f"{step}: model changed after the error: {s['changes_after_error']}")
-        if s["outcome"] == "pruned" and not s["runs"]:
-            found.append(f"{step}: the pruned model does not run: {s['run_error']}")
-        elif s["outcome"] == "pruned" and not s["shapes_kept"]:
-            found.append(f"{step}: output shapes {record['shapes']} -> {s['shapes']}")
-        for check in ("kept_bit_identical", "oracle"):
-            if s.get(check, "holds") != "holds":
-                found.append(f"{step}: {check}: {s[check]}")
-    return found
+    return snap.failures(record, STEPS)
 
 
 def verdict(record: dict) -> str:
-    if record["build"] != "ok":
-        return f"{record['build']} ({record['reason'][:110]})"
-    parts, said = [], set()
-    for step in STEPS:
-        s = record[step]
-        if s["outcome"] == "pruned":
-            before, after = s["params"]
-            text = f"{step} pruned {before}->{after}"
-            if step == "exact" and s.get("oracle") == "holds":
-                text += ", oracle holds"
-        else:
-            error = s["error"] if s["error"] not in said else "the same"
-            said.add(s["error"])
-            text = f"{step} {s['outcome']} ({error[:200]})"
-        parts.append(text)
-    flags = failures(record)
-    return "; ".join(parts) + (f"  FAILURES: {len(flags)}" if flags else "")
+    return snap.verdict(record, STEPS)
 
 
 def summary(done: dict, seconds: float) -> str:
