@@ -76,6 +76,7 @@ OPS = (
     "fill_slices_",
     "gather_slices_into",
     "copy_with_fills_",
+    "release_tails_",
 )
 
 
@@ -189,6 +190,15 @@ def compact_(
         shape[d] = int(k.numel())
         out.append(t.view(-1)[: _numel(shape)].view(shape))
     return out
+
+
+def release_tails_(tensors: Sequence[torch.Tensor]) -> None:
+    """After :func:`compact_`: each tensor (on the CPU, contiguous, at the start of a storage
+    of its own) is the prefix of its storage, which shrinks to it: its whole pages past the
+    tensor go back to the operating system (Linux) and its size becomes the tensor's bytes,
+    without a copy (``torch.save`` then writes the tensor's bytes only)."""
+    _require()
+    torch.ops.depgraph_ext.release_tails_(list(tensors))
 
 
 def scatter_slices_(

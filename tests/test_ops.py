@@ -247,6 +247,38 @@ def test_compact_in_place_no_new_memory(device):
     assert torch.equal(out[1], original[1].index_select(0, kept[1].to(device)))
 
 
+def test_release_tails_shrinks_storages_to_their_compacted_prefix():
+    """After compact_, the storage is cut to the tensor: same address, the kept values, and
+    nothing but them where the storage is read whole (pages past it given back: 64 pages
+    here); a storage already the tensor's size is left as it is."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(512, 256, generator=g)  # 512 KiB
+    v = torch.randn(10, generator=g)
+    kept = torch.arange(0, 512, 4)
+    want = w.index_select(0, kept)
+    (out,) = ops.compact_([w], [0], [kept])
+    pointer = out.data_ptr()
+    ops.release_tails_([out, v])
+    assert out.data_ptr() == pointer and torch.equal(out, want)
+    assert out.untyped_storage().nbytes() == out.numel() * 4 == 128 * 256 * 4
+    assert v.untyped_storage().nbytes() == 40
+    assert torch.equal(torch.frombuffer(bytearray(out.untyped_storage()), dtype=torch.float32),
+                       want.flatten())  # fmt: skip
+
+
+def test_release_tails_refuses_what_is_not_a_storage_prefix():
+    w = torch.zeros(8, 8)
+    with pytest.raises(RuntimeError, match="member 0 must be a contiguous tensor at the start"):
+        ops.release_tails_([w[1:]])
+    with pytest.raises(RuntimeError, match="member 0 must be a contiguous tensor at the start"):
+        ops.release_tails_([w.t()])
+    with pytest.raises(RuntimeError, match="members 0 and 1 share a storage"):
+        ops.release_tails_([w[:2], w[:4]])
+    with pytest.raises(RuntimeError, match="with Meta tensors"):
+        ops.release_tails_([torch.zeros(4, device="meta")])
+    assert w.untyped_storage().nbytes() == 256  # nothing changed
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
 def test_long_rows_move_bit_exact(dtype):
     """Rows of 4 KiB and more are copied with streaming stores: kept rows (a prefix already in

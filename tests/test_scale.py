@@ -96,6 +96,34 @@ def test_in_place_slicing_gives_the_freed_tail_back():
     assert torch.equal(small, torch.arange(64.0).view(8, 8)[:, [1, 5]])
     assert small.untyped_storage().nbytes() == small.numel() * 4
     assert before - rss() > 3 * 12 * 2**20  # about 3 x 16 MiB given back, without a copy
+    for w in big.values():  # the storages say so: whatever reads one whole reads the kept rows
+        assert w.untyped_storage().nbytes() == w.numel() * 4
+
+
+def test_an_in_place_prune_saves_as_small_as_the_default_one(tmp_path):
+    """torch.save writes whole storages: after an in-place prune they hold the pruned bytes
+    only (they held the original's, the removed half zeros), and the model reloads equal."""
+    torch.manual_seed(0)
+
+    def mlp():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(512, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 512)
+        )
+
+    x = torch.randn(2, 512)
+    a, b = mlp(), mlp()
+    dx.prune(a, x, ratio=0.5)
+    dx.prune(b, x, ratio=0.5, in_place=True)
+    for p in b.parameters():
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").stat().st_size == (tmp_path / "a.pt").stat().st_size
+    loaded = torch.load(tmp_path / "b.pt")
+    for name, t in a.state_dict().items():
+        assert torch.equal(loaded[name], t)
+        assert loaded[name].untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -34,6 +34,11 @@
 //   outs[i] (contiguous, of tensors[i]'s shape and dtype, sharing no memory with it) becomes
 //   tensors[i] with its slices at indices[i] (strictly increasing) set to values[i]: copy_
 //   then index_fill_, in one pass that never reads those slices (CPU).
+// release_tails_(tensors) -> ()
+//   After compact_: each tensor (contiguous, at the start of its storage, no two sharing one)
+//   is the prefix of its storage; the storage's whole pages past it are given back to the
+//   operating system (Linux) and its size becomes the tensor's bytes, so what reads storages
+//   whole (torch.save) sees the pruned tensor. No copy. CPU.
 // build_info() -> str
 //   What was compiled: the devices with kernels, and the versions built against (the torch
 //   version is also in the file as depgraph_ext_built_for, read before loading).
@@ -78,6 +83,7 @@ TORCH_LIBRARY(depgraph_ext, m) {
   m.def(
       "copy_with_fills_(Tensor(a!)[] outs, Tensor[] tensors, int[] dims, Tensor[] indices, "
       "float[] values) -> ()");
+  m.def("release_tails_(Tensor(a!)[] tensors) -> ()");
 }
 
 }  // namespace depgraph_ext

@@ -161,15 +161,13 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
             if grad is not None and grad.shape != t.shape:
                 t.grad = gather(grad, dims)
         # Everything is pruned; now give back the unused tail of each storage.
-        tails = []
-        for name in plan:
-            data = tensors[name].data
-            storage = data.untyped_storage()
-            needed = data.numel() * data.element_size()
-            if (
-                data.device.type == "cpu"
+        release_tails(
+            [
+                data
+                for data in (tensors[name].data for name in plan)
+                if data.device.type == "cpu"
                 and data.storage_offset() == 0
-                and (storage.nbytes() > needed)
-            ):
-                tails.append((storage, needed))
-        release_tails(tails)
+                and data.is_contiguous()
+                and data.untyped_storage().nbytes() > data.numel() * data.element_size()
+            ]
+        )

@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import mmap
 import sys
 
+from .. import ops
+
 _PAGE = mmap.PAGESIZE
-_MADV_DONTNEED = 4  # Linux
-_LIBC = []
 
 
-def release_tails(tails: list) -> None:
-    """Give back the bytes past ``needed`` of every ``(storage, needed)``: whole pages by
-    ``madvise`` on two threads (freeing pages is the kernel's work, 0.4 s for 6.5 GB of 4 KiB
-    pages on one thread; ctypes lets go of the GIL), small tails by reallocating."""
+def release_tails(tensors: list) -> None:
+    """Each tensor of ``tensors`` (on the CPU, contiguous, at the start of a storage of its
+    own; tensors sharing one are left as they are) is the prefix of its storage: the storage shrinks to it. Large tails give their whole
+    pages back to the operating system where they lie (Linux, ``ops.release_tails_``: no
+    copy) and the storage's size becomes the tensor's, so ``torch.save`` writes the pruned
+    bytes only; small tails (and any tail elsewhere) by reallocating: a copy of the kept
+    part."""
+    by_storage: dict[int, list] = {}
+    for t in tensors:
+        by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(t)
     big = []
-    for storage, needed in tails:
-        if _releasable(storage, needed):
-            big.append((storage, needed))
+    for t in tensors:
+        if len(by_storage[t.untyped_storage().data_ptr()]) > 1:
+            continue  # (a storage two of them share: each needs all of what they share)
+        needed = t.numel() * t.element_size()
+        if _releasable(t.untyped_storage(), needed):
+            big.append(t)
         else:
-            storage.resize_(needed)  # a new allocation and a copy of the kept part
-    if len(big) < 2:
-        for storage, needed in big:
-            _release_pages(storage, needed)
-        return
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        done = list(pool.map(lambda sn: _release_pages(*sn), big))
-    for (storage, needed), ok in zip(big, done):
-        if not ok:
-            storage.resize_(needed)
+            t.untyped_storage().resize_(needed)
+    if big:
+        ops.release_tails_(big)
 
 
 def _releasable(storage, needed: int) -> bool:
@@ -41,18 +41,3 @@ def _releasable(storage, needed: int) -> bool:
     start = -(-(storage.data_ptr() + needed) // _PAGE) * _PAGE
     end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
     return end - start >= 64 * _PAGE
-
-
-def _release_pages(storage, needed: int) -> bool:
-    """Give the whole pages past the first ``needed`` bytes of a CPU storage back to the
-    operating system (``madvise(MADV_DONTNEED)``: no copy, the storage keeps its address and
-    its size, and reads there would see zeros). False where that is not possible (not Linux,
-    or less than a page to give back): the caller then shrinks the storage by reallocating."""
-    if not _releasable(storage, needed):
-        return False
-    start = -(-(storage.data_ptr() + needed) // _PAGE) * _PAGE
-    end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
-    if not _LIBC:
-        _LIBC.append(ctypes.CDLL(None, use_errno=True))
-        _LIBC[0].madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    return _LIBC[0].madvise(start, end - start, _MADV_DONTNEED) == 0
