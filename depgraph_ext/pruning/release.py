@@ -12,11 +12,11 @@ _PAGE = mmap.PAGESIZE
 
 def release_tails(tensors: list) -> None:
     """Each tensor of ``tensors`` (on the CPU, contiguous, at the start of a storage of its
-    own; tensors sharing one are left as they are) is the prefix of its storage: the storage shrinks to it. Large tails give their whole
-    pages back to the operating system where they lie (Linux, ``ops.release_tails_``: no
-    copy) and the storage's size becomes the tensor's, so ``torch.save`` writes the pruned
-    bytes only; small tails (and any tail elsewhere) by reallocating: a copy of the kept
-    part."""
+    own; tensors sharing one are left as they are) is the prefix of its storage: the storage
+    shrinks to it. Large tails give their whole pages back to the operating system where they
+    lie (Linux, ``ops.release_tails_``: no copy) and the storage's size becomes the tensor's,
+    so ``torch.save`` writes the pruned bytes only; small tails (and any tail elsewhere) by
+    reallocating: a copy of the kept part."""
     by_storage: dict[int, list] = {}
     for t in tensors:
         by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(t)
