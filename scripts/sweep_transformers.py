@@ -1,7 +1,7 @@
 """Prune every model type transformers has, built small from its config with random weights.
 
     python scripts/sweep_transformers.py [--workers 2] [--timeout 150] [--only a,b] [--out F]
-                                         [--head seq-cls|token-cls|qa]
+                                         [--head seq-cls|token-cls|qa] [--attn eager]
 
 Per model type, in a worker process (one that overruns ``--timeout`` is replaced):
   build    tests/zoo_transformers.build(type): a tiny model and inputs that run it, or why not
@@ -20,7 +20,9 @@ prune of a ResNet-50 (transformers' default config, 224 x 224) in a worker of th
 Types whose config has sub-configs (vision-language models run on text, say) are counted
 apart: the generic recipe feeds them only part of their inputs. ``--head``: every type with
 that task head (a sequence classifier, a token classifier, a span head) in place of its
-default class; a type that has none is recorded as unbuildable.
+default class; a type that has none is recorded as unbuildable. ``--attn eager``: every type
+with attention written out (matmuls, a softmax, masks added) instead of SDPA's one op, where
+its class has it.
 """
 
 from __future__ import annotations
@@ -214,14 +216,14 @@ def reference_prune() -> dict:
     return {"type": REFERENCE, "build": "reference", "prune": {"ok": True, **_timed(result)}}
 
 
-def sweep_one(model_type: str, head: str | None = None) -> dict:
+def sweep_one(model_type: str, head: str | None = None, attn: str | None = None) -> dict:
     import functools
 
     import zoo_transformers as zoo
 
     if model_type == REFERENCE:
         return reference_prune()
-    build = functools.partial(zoo.build, head=head)
+    build = functools.partial(zoo.build, head=head, attn=attn)
     record: dict = {"type": model_type}
     t0 = time.perf_counter()
     try:
@@ -242,9 +244,9 @@ def _worker(conn) -> None:
 
     torch.set_num_threads(1)
     while (job := conn.recv()) is not None:
-        model_type, head = job
+        model_type, head, attn = job
         try:
-            record = sweep_one(model_type, head)
+            record = sweep_one(model_type, head, attn)
         except BaseException as e:  # noqa: BLE001
             record = {"type": model_type, "build": "crash", "reason": _short(e)}
             record["traceback"] = traceback.format_exc()[-1500:]
@@ -252,7 +254,13 @@ def _worker(conn) -> None:
 
 
 def run(
-    types: list[str], workers: int, timeout: float, done: dict, out: str, head: str | None = None
+    types: list[str],
+    workers: int,
+    timeout: float,
+    done: dict,
+    out: str,
+    head: str | None = None,
+    attn: str | None = None,
 ) -> dict:
     ctx = mp.get_context("spawn")
     pending = [t for t in types if t not in done]
@@ -269,7 +277,7 @@ def run(
         while idle and pending:
             conn, process = idle.pop()
             model_type = pending.pop(0)
-            conn.send((model_type, head))
+            conn.send((model_type, head, attn))
             running[conn] = (process, model_type, time.monotonic())
         for conn in mp.connection.wait(list(running), timeout=1.0):
             process, model_type, _ = running.pop(conn)
@@ -438,6 +446,11 @@ def main() -> None:
         help="each type with this task head instead of its default class: "
         "seq-cls, token-cls or qa (types without one are recorded unbuildable)",
     )
+    parser.add_argument(
+        "--attn",
+        default=None,
+        help="each type with this attn_implementation (eager) instead of SDPA where it has both",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import zoo_transformers as zoo
@@ -451,7 +464,7 @@ def main() -> None:
         with open(args.out) as f:
             done = {t: r for t, r in json.load(f).items() if t in types}
     t0 = time.perf_counter()
-    done = run(types, args.workers, args.timeout, done, args.out, args.head)
+    done = run(types, args.workers, args.timeout, done, args.out, args.head, args.attn)
     types_done = len(done) - (REFERENCE in done)
     print(f"\n{types_done} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
     for kind, c in counts(done).items():

@@ -187,3 +187,31 @@ def test_a_task_head_prunes_exactly_and_by_default(model_type, head):
     result, _ = prune_quietly(f"{model_type} {head}", z.model, z.inputs)
     assert result.params_after < result.params_before
     assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes
+
+
+# Attention written out (matmuls, a softmax, masks added) instead of SDPA's one op
+# (``scripts/sweep_transformers.py --attn eager`` runs every type so). Embedding Gemma 2's
+# config is heterogeneous: it sets its key/value heads per layer (``per_layer_config``), and
+# reading such a field from the config itself raises.
+EAGER = ["llama", "gpt2", "bert", "t5", "embedding_gemma2_text"]
+
+
+@pytest.mark.parametrize("model_type", EAGER)
+def test_eager_attention_prunes_exactly_and_by_default(model_type):
+    try:
+        z = zoo.build(model_type, attn="eager")
+    except zoo.Unbuildable as e:
+        pytest.skip(f"{model_type} eager: {e}")
+    assert z.model.config._attn_implementation == "eager"
+    shapes = [o.shape for o in seeded_outputs(z.model, z.inputs)]
+    model = copy.deepcopy(z.model).double()
+    inputs = in_dtype(z.inputs, torch.float64)
+    original = copy.deepcopy(model)
+    result, _ = prune_quietly(f"{model_type} eager", model, inputs, exact_only=True)
+    assert result.params_after < result.params_before
+    assert_scatter_back_equal(original, model, result, inputs, rtol=1e-8, atol=1e-8)
+    result, warned = prune_quietly(f"{model_type} eager", z.model, z.inputs)
+    assert result.params_after < result.params_before
+    assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes
+    per_layer = z.model.config.per_layer_attributes or ()
+    assert not per_layer or dx.ConfigMismatchWarning in warned

@@ -954,9 +954,10 @@ def _same(a, b) -> bool:
     )
 
 
-def _from_config(model_cls, cfg):
+def _from_config(model_cls, cfg, attn_implementation=None):
     last = None
-    for attn in ("sdpa", "eager", None):
+    order = ("sdpa", "eager", None) if attn_implementation is None else (attn_implementation,)
+    for attn in order:
         try:
             kwargs = {"dtype": torch.float32}
             if attn is not None:
@@ -978,7 +979,7 @@ def _prepare(model):
         model.set_default_language(list(langs)[0])
 
 
-def _try_build(model_type, cfg, seed, errors, tried=None, head=None):
+def _try_build(model_type, cfg, seed, errors, tried=None, head=None, attn=None):
     composite = bool(getattr(type(cfg), "sub_configs", None))
     try:
         cands = _candidates(model_type, cfg, head)
@@ -1002,7 +1003,7 @@ def _try_build(model_type, cfg, seed, errors, tried=None, head=None):
         try:
             with _time_limit(20):
                 torch.manual_seed(seed)
-                model = _from_config(model_cls, cfg).float().eval()
+                model = _from_config(model_cls, cfg, attn).float().eval()
                 _prepare(model)
         except Exception as e:  # noqa: BLE001
             errors.append(f"{model_cls.__name__}(): " + _reason_for(e))
@@ -1068,9 +1069,13 @@ def _try_build(model_type, cfg, seed, errors, tried=None, head=None):
     return None
 
 
-def build(model_type: str, seed: int = 0, head: str | None = None) -> ZooModel:
+def build(
+    model_type: str, seed: int = 0, head: str | None = None, attn: str | None = None
+) -> ZooModel:
     """A small random-weight model of ``model_type`` with inputs that run it (eval, float32);
-    ``head`` (a key of :data:`TASK_HEADS`): with that task head instead of the default class.
+    ``head`` (a key of :data:`TASK_HEADS`): with that task head instead of the default class;
+    ``attn``: that ``attn_implementation`` ("eager": attention written out in matmuls and a
+    softmax) instead of the first of SDPA, eager and the class's own that builds.
 
     Raises :class:`Unbuildable` with a short reason when the generic recipe cannot build and run
     it offline (composite configs needing special inputs, audio, optional packages, ...)."""
@@ -1100,7 +1105,7 @@ def build(model_type: str, seed: int = 0, head: str | None = None) -> ZooModel:
             tried: list = []
             if head == "seq-cls" and getattr(cfg, "pad_token_id", None) is None:
                 cfg.pad_token_id = 0  # batches of 2 need one; the ids never hold it
-            zoo = _try_build(model_type, cfg, seed, errors, tried, head)
+            zoo = _try_build(model_type, cfg, seed, errors, tried, head, attn)
             if zoo is not None:
                 return zoo
             if not tried:  # every class refused the inputs: no smaller config changes that

@@ -83,6 +83,14 @@ def _uniform(pairs: set[tuple[int, int]], what: str, problems: list[str]):
     return news.pop()
 
 
+def _field(config, name: str, default=None):
+    """``config.name``, or ``default`` where it has none or sets it per layer: a heterogeneous
+    transformers config (``per_layer_config``) raises when such a field is read from it."""
+    if name in (getattr(config, "per_layer_attributes", None) or ()):
+        return default
+    return getattr(config, name, default)
+
+
 # Config fields holding the number of experts of every MoE layer, by model family.
 EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
@@ -99,8 +107,15 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
 
     reads = getattr(dg, "config_reads", frozenset())
 
+    per_layer = getattr(config, "per_layer_attributes", None) or ()
+
     def propose(field: str, new) -> None:
-        if new is None or not hasattr(config, field):
+        if new is None:
+            return
+        if field in per_layer:
+            problems.append(f"config.{field} is set per layer (per_layer_config): left as it is")
+            return
+        if not hasattr(config, field):
             return
         old = getattr(config, field)
         if old == new:
@@ -146,7 +161,8 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     if (
         calls
         and head_dim is not None
-        and getattr(config, "head_dim", None) is None
+        and _field(config, "head_dim") is None
+        and "head_dim" not in per_layer
         and updates
         and "head_dim" not in reads
     ):
@@ -165,12 +181,12 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
         for name in EXPERT_COUNT_FIELDS:
             if name in aliases and aliases[name] in EXPERT_COUNT_FIELDS:
                 continue  # another name of a field set here (Qwen3-MoE's num_experts)
-            if getattr(config, name, None) == old:
+            if _field(config, name) == old or name in per_layer:
                 propose(name, count)
 
     # Widths a config field holds (intermediate_size, d_ff, ffn_dim ...) are found by trying
     # them on a rebuild (check_loadable); GPT-2's n_inner=None (4 x hidden) holds no value.
-    if getattr(config, "n_inner", 0) is None and isinstance(config.hidden_size, int):
+    if _field(config, "n_inner", 0) is None and isinstance(_field(config, "hidden_size"), int):
         width = 4 * config.hidden_size
         widths = {
             (width, int(unit_keep[g.unit_ids].sum()))
@@ -179,7 +195,7 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
         }
         if any(old != new for old, new in widths):
             propose("n_inner", _uniform(widths, "config.n_inner", problems))
-    ratio = getattr(config, "mlp_ratio", None)
+    ratio = _field(config, "mlp_ratio")
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0:
         # Swin-like: each MLP is mlp_ratio x its stage's width; uniform pruning keeps one ratio.
         # The width is the pruned one: a model built from the config makes each MLP
