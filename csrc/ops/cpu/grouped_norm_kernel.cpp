@@ -14,6 +14,15 @@
 
 #include "../arguments.h"
 
+// The summing loops are compiled for AVX-512 and AVX2 too, picked when the library loads
+// (GCC's function multiversioning): the baseline x86-64 build has 4 fp32 lanes, and with 4
+// a bf16 weight's column sums fall short of memory bandwidth.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DEPGRAPH_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DEPGRAPH_SIMD_CLONES
+#endif
+
 namespace depgraph_ext {
 namespace {
 
@@ -32,7 +41,7 @@ inline at::opmath_type<scalar_t> widen(const scalar_t& x) {
 }
 
 template <typename scalar_t, int P>
-inline double row_sum(const scalar_t* x, int64_t len) {
+DEPGRAPH_SIMD_CLONES double row_sum(const scalar_t* x, int64_t len) {
   // Chunks of 4096 elements are reduced in the accumulation type with SIMD lanes (the OpenMP
   // reduction allows the reordering), chunk sums in double.
   using acc_t = at::opmath_type<scalar_t>;
@@ -48,6 +57,43 @@ inline double row_sum(const scalar_t* x, int64_t len) {
     total += static_cast<double>(s);
   }
   return total;
+}
+
+// acc[e] += |x[o, e]|^p for the rows o in [begin, end) of x viewed as [rows, width]: eight rows
+// per pass over the accumulators.
+template <typename scalar_t, int P>
+DEPGRAPH_SIMD_CLONES void add_rows(at::opmath_type<scalar_t>* __restrict acc,
+                                   const scalar_t* data, int64_t begin, int64_t end,
+                                   int64_t width) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t o = begin;
+  for (; o + 8 <= end; o += 8) {
+    const scalar_t* __restrict r0 = data + o * width;
+    const scalar_t* __restrict r1 = r0 + width;
+    const scalar_t* __restrict r2 = r1 + width;
+    const scalar_t* __restrict r3 = r2 + width;
+    const scalar_t* __restrict r4 = r3 + width;
+    const scalar_t* __restrict r5 = r4 + width;
+    const scalar_t* __restrict r6 = r5 + width;
+    const scalar_t* __restrict r7 = r6 + width;
+#pragma omp simd
+    for (int64_t e = 0; e < width; ++e) {
+      const acc_t v0 = widen(r0[e]), v1 = widen(r1[e]), v2 = widen(r2[e]), v3 = widen(r3[e]);
+      const acc_t v4 = widen(r4[e]), v5 = widen(r5[e]), v6 = widen(r6[e]), v7 = widen(r7[e]);
+      acc[e] += P == 2 ? ((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)) +
+                             ((v4 * v4 + v5 * v5) + (v6 * v6 + v7 * v7))
+                       : ((std::abs(v0) + std::abs(v1)) + (std::abs(v2) + std::abs(v3))) +
+                             ((std::abs(v4) + std::abs(v5)) + (std::abs(v6) + std::abs(v7)));
+    }
+  }
+  for (; o < end; ++o) {
+    const scalar_t* __restrict row = data + o * width;
+#pragma omp simd
+    for (int64_t e = 0; e < width; ++e) {
+      const acc_t v = widen(row[e]);
+      acc[e] += P == 2 ? v * v : std::abs(v);
+    }
+  }
 }
 
 // Per-index sums of |x|^p along the middle dim of x viewed as [outer, n, inner].
@@ -74,7 +120,7 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
   // summed in the accumulation type (a vectorisable loop along the contiguous dim), then added
   // in double
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kBlock = 32;
+  constexpr int64_t kBlock = 128;
   constexpr int64_t kChunks = 16;
   const int64_t width = a.n * a.inner;
   const int64_t blocks = (a.outer + kBlock - 1) / kBlock;
@@ -87,36 +133,8 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
       const int64_t begin = c * blocks / chunks, end = (c + 1) * blocks / chunks;
       for (int64_t b = begin; b < end; ++b) {
         std::fill(block.begin(), block.end(), acc_t(0));
-        const int64_t o_end = std::min(a.outer, (b + 1) * kBlock);
-        acc_t* __restrict acc = block.data();
-        int64_t o = b * kBlock;
-        for (; o + 8 <= o_end; o += 8) {  // eight rows per pass over the accumulators
-          const scalar_t* __restrict r0 = data + o * width;
-          const scalar_t* __restrict r1 = r0 + width;
-          const scalar_t* __restrict r2 = r1 + width;
-          const scalar_t* __restrict r3 = r2 + width;
-          const scalar_t* __restrict r4 = r3 + width;
-          const scalar_t* __restrict r5 = r4 + width;
-          const scalar_t* __restrict r6 = r5 + width;
-          const scalar_t* __restrict r7 = r6 + width;
-#pragma omp simd
-          for (int64_t e = 0; e < width; ++e) {
-            const acc_t v0 = widen(r0[e]), v1 = widen(r1[e]), v2 = widen(r2[e]), v3 = widen(r3[e]);
-            const acc_t v4 = widen(r4[e]), v5 = widen(r5[e]), v6 = widen(r6[e]), v7 = widen(r7[e]);
-            acc[e] += P == 2 ? ((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)) +
-                                   ((v4 * v4 + v5 * v5) + (v6 * v6 + v7 * v7))
-                             : ((std::abs(v0) + std::abs(v1)) + (std::abs(v2) + std::abs(v3))) +
-                                   ((std::abs(v4) + std::abs(v5)) + (std::abs(v6) + std::abs(v7)));
-          }
-        }
-        for (; o < o_end; ++o) {
-          const scalar_t* __restrict row = data + o * width;
-#pragma omp simd
-          for (int64_t e = 0; e < width; ++e) {
-            const acc_t v = widen(row[e]);
-            acc[e] += P == 2 ? v * v : std::abs(v);
-          }
-        }
+        add_rows<scalar_t, P>(block.data(), data, b * kBlock, std::min(a.outer, (b + 1) * kBlock),
+                              width);
         for (int64_t j = 0; j < a.n; ++j)
           for (int64_t i = 0; i < a.inner; ++i)
             mine[j] += static_cast<double>(block[j * a.inner + i]);
