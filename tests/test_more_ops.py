@@ -293,3 +293,46 @@ def test_glu_prunes_its_halves_together(dim):
         x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     pruned, _ = prune_and_check(model.double().eval(), x, ratio=0.5)
     assert pruned[0].weight.shape[0] == 2 * pruned[2].weight.shape[1] < 24
+
+
+NORMS_BY_SHAPE = {
+    "layer norm without affine": lambda: nn.LayerNorm(64, elementwise_affine=False),
+    "RMS norm without affine": lambda: nn.RMSNorm(64, elementwise_affine=False),
+    "RMS norm": lambda: nn.RMSNorm(64),
+    "group norm without affine": lambda: nn.GroupNorm(4, 64, affine=False),
+}
+
+
+@pytest.mark.parametrize("name", NORMS_BY_SHAPE)
+def test_a_norm_that_checks_its_shape_follows_the_plan(name):
+    """A norm whose functional form checks its input against an attribute (a layer or RMS
+    norm's ``normalized_shape``; a group norm's ``num_channels`` is only said) gets the pruned
+    width, from its weight or, without one, from what it returned: the model prunes, and
+    computes what the kept slices compute through the original norm (the statistics are over
+    the kept units: declared function-changing)."""
+    torch.manual_seed(0)
+    norm = NORMS_BY_SHAPE[name]()
+    conv = isinstance(norm, nn.GroupNorm)
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 1) if conv else nn.Linear(16, 64), norm,
+        nn.Conv2d(64, 8, 1) if conv else nn.Linear(64, 8),
+    )  # fmt: skip
+    x = torch.randn(4, 3, 5, 5) if conv else torch.randn(4, 16)
+    original = copy.deepcopy(model)
+    with pytest.warns(dx.FunctionChangingWarning):
+        result = dx.prune(model, x, ratio=0.5)
+    kept = result.plan["0.weight"][0]
+    assert len(kept) == 32
+    attr = "num_channels" if conv else "normalized_shape"
+    assert getattr(model[1], attr) == (32 if conv else (32,))
+    with torch.no_grad():
+        h = original[0](x).index_select(1, kept)
+        if conv:
+            h = F.group_norm(h, 4)
+        else:
+            weight = None if original[1].weight is None else original[1].weight[kept]
+            functional = F.layer_norm if isinstance(norm, nn.LayerNorm) else F.rms_norm
+            h = functional(h, (32,), weight, eps=original[1].eps)
+        w2 = original[2].weight.index_select(1, kept)
+        want = F.conv2d(h, w2, original[2].bias) if conv else F.linear(h, w2, original[2].bias)
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)

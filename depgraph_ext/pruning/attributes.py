@@ -190,16 +190,27 @@ def _batch_norm(p: PlannedModule) -> dict[str, object]:
 @register_attributes(nn.GroupNorm)
 def _group_norm(p: PlannedModule) -> dict[str, object]:
     w = p.shape("weight")
+    out = p.output(0)  # (without affine: the channels of what it returned)
     return {
         "num_groups": p.declared("num_groups") or p.module.num_groups,
-        "num_channels": w[0] if w else None,
+        "num_channels": w[0] if w else (out[1] if out and len(out) > 1 else None),
     }
 
 
-@register_attributes(nn.LayerNorm)
-def _layer_norm(p: PlannedModule) -> dict[str, object]:
+def _normalized_shape(p: PlannedModule) -> dict[str, object]:
+    """A layer or RMS norm's ``normalized_shape``: its weight's shape, or without one
+    (``elementwise_affine=False``) the last sizes of what it returned, as many as it
+    normalizes (its functional form checks them against its input)."""
     w = p.shape("weight")
-    return {} if w is None else {"normalized_shape": tuple(w)}
+    if w is not None:
+        return {"normalized_shape": tuple(w)}
+    k = len(p.module.normalized_shape)
+    out = p.output(0)
+    return {"normalized_shape": tuple(out[len(out) - k :]) if out and len(out) >= k else None}
+
+
+register_attributes(nn.LayerNorm, _normalized_shape)
+register_attributes(nn.RMSNorm, _normalized_shape)
 
 
 @register_attributes(nn.Embedding)
