@@ -336,3 +336,80 @@ def test_a_norm_that_checks_its_shape_follows_the_plan(name):
         w2 = original[2].weight.index_select(1, kept)
         want = F.conv2d(h, w2, original[2].bias) if conv else F.linear(h, w2, original[2].bias)
         torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", [False, True], ids=["dense", "padding mask"])
+def test_a_torch_transformer_encoder_prunes_through_its_fast_path(padding):
+    """nn.TransformerEncoder in eval mode runs one fused op per layer, its fast path (with a
+    padding mask, on nested tensors), opaque to the rules; traced through its Python path,
+    the same function: its feed-forward widths prune exactly (the oracle, in float64), its
+    heads with their block of the stream by default, and the pruned model takes its fast path
+    again, computing what its Python path computes."""
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 32)
+            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=padding)
+            self.out = nn.Linear(32, 3)
+
+        def forward(self, x, mask=None):
+            return self.out(self.body(self.inp(x), src_key_padding_mask=mask))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2]) if padding else None
+    inputs = (x, mask) if padding else (x,)
+    model = Encoder().double().eval()
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, ratio=0.5, exact_only=True)
+    assert model.body.layers[0].linear1.out_features == 32  # the feed-forward widths
+    assert_scatter_back_equal(original, model, result, inputs, rtol=1e-8, atol=1e-8)
+    model = copy.deepcopy(original).float()
+    inputs = (x.float(), mask) if padding else (x.float(),)
+    with pytest.warns(dx.FunctionChangingWarning):
+        dx.prune(model, inputs, ratio=0.5)
+    attention = model.body.layers[0].self_attn
+    assert (attention.embed_dim, attention.num_heads, attention.head_dim) == (16, 2, 8)
+    with torch.no_grad(), torch.profiler.profile() as profiled:
+        fast = model(*inputs)
+    assert "aten::_transformer_encoder_layer_fwd" in {e.key for e in profiled.key_averages()}
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            python_path = model(*inputs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+    if padding:  # (padded positions: zeros on the fast path, computed on the other)
+        fast, python_path = fast[~mask], python_path[~mask]
+    torch.testing.assert_close(fast, python_path, rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_pruned_to_an_odd_number_of_heads_stops_nesting_its_batches():
+    """nn.TransformerEncoder decides once, when made, to turn padded batches into nested
+    tensors, which only an even number of heads takes: six heads pruned to three would
+    assert on the next padded batch; the decision follows the pruned heads."""
+    torch.manual_seed(0)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(8, 36)
+            layer = nn.TransformerEncoderLayer(36, 6, 64, dropout=0.0, batch_first=True)
+            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+            self.out = nn.Linear(36, 3)
+
+        def forward(self, x, mask):
+            return self.out(self.body(self.inp(x), src_key_padding_mask=mask))
+
+    model = Encoder().eval()
+    x, mask = torch.randn(2, 5, 8), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    assert model.body.use_nested_tensor
+    with pytest.warns(dx.FunctionChangingWarning):
+        result = dx.prune(model, (x, mask), ratio=0.5)
+    assert model.body.layers[0].self_attn.num_heads == 3
+    assert not model.body.use_nested_tensor
+    assert ("body", "use_nested_tensor") in {(u.module, u.attr) for u in result.attribute_updates}
+    with torch.no_grad():
+        assert model(x, mask).shape == (2, 5, 3)

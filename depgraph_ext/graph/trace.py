@@ -1135,6 +1135,7 @@ def trace_as(
         _threads(1 if placeholders.budgeted else None),
         _fake_errors_unlogged(),
         traceable_paths(modules),
+        _unfused_transformer_layers(modules),
     ):
         try:
             fake_params = {n: placeholders.tensor(p, n) for n, p in params.items()}
@@ -1229,6 +1230,42 @@ def _recovered_error(graph: ShapeTrace) -> TraceError:
     error.partial = graph
     error.by_data = False  # a decision of the data is never stood in for
     return error
+
+
+# Modules whose fast path (torch.backends.mha) is one fused op for a whole layer, with no rule:
+# in a trace they run their Python code instead.
+UNFUSED_IN_TRACES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncoder)
+
+
+@contextlib.contextmanager
+def _unfused_transformer_layers(modules: list[tuple[str, torch.nn.Module]]):
+    """While an nn.TransformerEncoder(Layer) runs, its fast path is off: it runs its Python
+    code (attention through nn.MultiheadAttention's), the same function as the fused op, as
+    ops the rules know. The pruned model takes its fast path again; both ask the same of the
+    shapes (heads x head dim = embed dim). (Only these: nn.MultiheadAttention alone keeps its
+    fused op, which has a rule.)"""
+    layers = {id(m) for _, m in modules if isinstance(m, UNFUSED_IN_TRACES)}
+    if not layers:
+        yield
+        return
+    mha = torch.backends.mha
+    enabled = mha.get_fastpath_enabled()
+    saved: list[bool] = []
+
+    def enter(module, args):
+        if id(module) in layers:
+            saved.append(mha.get_fastpath_enabled())
+            mha.set_fastpath_enabled(False)
+
+    def leave(module, args, output):
+        if id(module) in layers and saved:
+            mha.set_fastpath_enabled(saved.pop())
+
+    try:
+        with global_module_hooks(enter, leave):
+            yield
+    finally:
+        mha.set_fastpath_enabled(enabled)  # (a layer that raised left it off)
 
 
 @contextlib.contextmanager

@@ -238,6 +238,23 @@ def _multi_head_attention(p: PlannedModule) -> dict[str, object]:
     }
 
 
+@register_attributes(nn.TransformerEncoder)
+def _transformer_encoder(p: PlannedModule) -> dict[str, object]:
+    """An encoder made with ``enable_nested_tensor`` turns a padded batch into nested tensors
+    only where every layer's fast path takes them, which an odd number of heads does not (its
+    constructor checks that once): pruned to an odd number, it stops converting."""
+    m = p.module
+    if not getattr(m, "use_nested_tensor", False):
+        return {}
+    for i, layer in enumerate(m.layers):
+        attention = getattr(layer, "self_attn", None)
+        qkv = p.shape(f"layers.{i}.self_attn.in_proj_weight")
+        if isinstance(attention, nn.MultiheadAttention) and qkv and attention.head_dim:
+            if (qkv[1] // attention.head_dim) % 2:
+                return {"use_nested_tensor": False}
+    return {}
+
+
 @register_attributes(nn.RNNBase)
 def _recurrent(p: PlannedModule) -> dict[str, object]:
     m = p.module
