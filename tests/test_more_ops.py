@@ -96,6 +96,45 @@ def test_channel_shuffle():
     assert pruned.g.out_channels % 3 == 0
 
 
+def test_the_channel_shuffle_op_prunes_within_groups():
+    """nn.ChannelShuffle (one op, channel_shuffle): a channel within a group prunes with the
+    same channel of every other group, on both sides of the shuffle; the groups stay."""
+
+    class Shuffle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 12, 1)
+            self.shuffle = nn.ChannelShuffle(3)
+            self.b = nn.Conv2d(12, 2, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.shuffle(self.a(x))))
+
+    pruned, result = check(Shuffle(), torch.randn(2, 3, 4, 4, dtype=F64))
+    kept = result.plan["a.weight"][0].tolist()
+    assert len(kept) == 6 and pruned.shuffle.groups == 3
+    within = sorted({c % 4 for c in kept})  # input channel g * 4 + j: j is the unit
+    assert len(within) == 2 and kept == [g * 4 + j for g in range(3) for j in within]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_rrelu_is_element_wise(train):
+    """RReLU: a fixed negative slope in eval, a random one per element in training: element by
+    element either way (rrelu_with_noise). Pruned exactly in eval (the oracle); in training
+    its draws differ from call to call, so the pruned model is compared by shape."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 12), nn.RReLU(), nn.Linear(12, 3)).double()
+    x = torch.randn(4, 6, dtype=F64)
+    if not train:
+        pruned, _ = check(model.eval(), x)
+        assert pruned[0].out_features == 6
+        return
+    model.train()
+    result = dx.prune(model, x, ratio=0.5)
+    assert model[0].out_features == 6 and result.params_after < result.params_before
+    assert model(x).shape == (4, 3)
+
+
 def test_squeeze_and_excitation():
     class SE(nn.Module):
         def __init__(self):

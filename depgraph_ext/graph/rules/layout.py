@@ -139,6 +139,31 @@ def pixel_shuffle(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.pixel_shuffle", "aten.pixel_unshuffle"], pixel_shuffle)
 
 
+def channel_shuffle(ctx: RuleContext, node: Node) -> None:
+    """[N, g n, ...] -> [N, n g, ...]: input channel (i, j) becomes output channel (j, i). The
+    channels within a group prune together across the shuffle; the number of groups is the
+    call's (``nn.ChannelShuffle.groups``), kept."""
+    x, out = node.inputs[0], node.outputs[0]
+    groups = int(arg(node, "groups"))
+    sx, so = ctx.slots(x), ctx.slots(out)
+    channels = ctx.size(sx[1])
+    if groups <= 0 or channels % groups:
+        raise RuleError(f"{channels} channels in {groups} groups")
+    g_in, n_in = ctx.new_slot(groups), ctx.new_slot(channels // groups)
+    n_out, g_out = ctx.new_slot(channels // groups), ctx.new_slot(groups)
+    ctx.reshape([sx[1]], [g_in, n_in])
+    ctx.reshape([so[1]], [n_out, g_out])
+    ctx.equal(g_in, g_out)
+    ctx.equal(n_in, n_out)
+    ctx.block(g_in)
+    for i in range(len(sx)):
+        if i != 1:
+            ctx.equal(sx[i], so[i])
+
+
+register_many(["aten.channel_shuffle", "aten.native_channel_shuffle"], channel_shuffle)
+
+
 def as_strided(ctx: RuleContext, node: Node) -> None:
     """Only the squeeze/unsqueeze-like case (same non-1 sizes, in order) has a known mapping."""
     src, out = node.inputs[0], node.outputs[0]

@@ -22,12 +22,14 @@ _FOLLOWS_FIRST = frozenset(
     for name in """
     relu relu_ gelu gelu_ silu silu_ tanh tanh_ sin sin_ neg neg_ abs abs_ sqrt sqrt_ square
     hardswish hardswish_ hardtanh hardtanh_ relu6 leaky_relu leaky_relu_ elu elu_ selu selu_
+    rrelu_with_noise rrelu_with_noise_
     celu celu_ mish mish_ sign sgn erf erf_ asin atan sinh tan asinh atanh trunc round floor ceil
     frac clone contiguous _to_copy to copy copy_ alias detach lift_fresh lift_fresh_copy view
     _unsafe_view reshape permute transpose t expand expand_as slice select unsqueeze squeeze
     flatten unflatten split split_with_sizes chunk unbind narrow as_strided index_select gather
     index _unsafe_index take
-    repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle constant_pad_nd dropout
+    repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
+    constant_pad_nd dropout
     native_dropout feature_dropout sum nansum amax amin max_pool1d max_pool2d
     max_pool3d max_pool2d_with_indices max_pool3d_with_indices avg_pool1d avg_pool2d avg_pool3d
     adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d
