@@ -398,3 +398,40 @@ def test_a_layer_called_by_keyword_or_hooked_is_still_checked_exactly(backend, m
     for model in models:
         result = dx.prune(model, EMBEDDED_IDS, ratio=0.5, verify=True, backend=backend)
         assert result.params_after < result.params_before
+
+
+class Encoder(nn.Module):
+    """nn.TransformerEncoder in eval mode: its fast path is one fused op per layer, which
+    reads the weights of the linear layers and norms it holds without calling them."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 24, dropout=0.0, batch_first=True)
+        self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.out(self.body(self.inp(x)))
+
+
+def test_an_encoders_fast_path_is_checked_through_its_python_path(backend):
+    """The check swaps a planned tensor while a module holding it runs; the encoder's fast
+    path would read the feed-forward weights unswapped (a wrong plan passing as exact).
+    Its forwards run the layers' Python path, as the trace did: an exact plan passes, a wrong
+    one differs as much per call as in memory."""
+    torch.manual_seed(0)
+    model = Encoder().double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    dg, plan = graph_and_plan(model, x, backend, ratios={"hidden": 0, "heads": 0})
+    name = "body.layers.0.linear1.weight"  # (the feed-forward widths alone)
+    assert {n.split(".")[-2] for n in plan.tensors} == {"linear1", "linear2"}
+    holders = verify._holders_of_every_read(dg, plan)
+    assert holders is not None
+    assert verify._difference_per_call(dg, plan, holders) < 1e-7
+    kept = plan.tensors[name][0]
+    removed = sorted(set(range(24)) - set(kept.tolist()))
+    plan.tensors[name][0] = torch.tensor([removed[0], *kept.tolist()[1:]]).sort().values
+    per_call = verify._difference_per_call(dg, plan, holders)
+    assert per_call > 1e-3
+    assert per_call == verify._difference_in_memory(dg, plan)

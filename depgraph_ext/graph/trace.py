@@ -1135,7 +1135,7 @@ def trace_as(
         _threads(1 if placeholders.budgeted else None),
         _fake_errors_unlogged(),
         traceable_paths(modules),
-        _unfused_transformer_layers(modules),
+        unfused_transformer_layers(modules),
     ):
         try:
             fake_params = {n: placeholders.tensor(p, n) for n, p in params.items()}
@@ -1238,12 +1238,14 @@ UNFUSED_IN_TRACES = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerEncod
 
 
 @contextlib.contextmanager
-def _unfused_transformer_layers(modules: list[tuple[str, torch.nn.Module]]):
+def unfused_transformer_layers(modules: list[tuple[str, torch.nn.Module]]):
     """While an nn.TransformerEncoder(Layer) runs, its fast path is off: it runs its Python
     code (attention through nn.MultiheadAttention's), the same function as the fused op, as
     ops the rules know. The pruned model takes its fast path again; both ask the same of the
     shapes (heads x head dim = embed dim). (Only these: nn.MultiheadAttention alone keeps its
-    fused op, which has a rule.)"""
+    fused op, which has a rule.) ``verify=True``'s forwards run the same way: its checks
+    swap a planned tensor while a module holding it runs, and the fused op reads the weights
+    of modules it never calls."""
     layers = {id(m) for _, m in modules if isinstance(m, UNFUSED_IN_TRACES)}
     if not layers:
         yield

@@ -22,7 +22,7 @@ from .. import ops
 from ..errors import ConfigMismatchWarning, PlanValidationError, VerificationError
 from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
-from ..graph.trace import global_module_hooks, normalize_inputs
+from ..graph.trace import global_module_hooks, normalize_inputs, unfused_transformer_layers
 from .apply import gather, gather_all
 from .attributes import temporary_attributes
 from .configs import config_of
@@ -530,7 +530,11 @@ def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
     kept = [(m, {k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}) for m in modules]
     try:
         model.eval()
-        with torch.no_grad(), torch.random.fork_rng():
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(),
+            unfused_transformer_layers(list(model.named_modules())),
+        ):
             torch.manual_seed(0)
             out = model(*args, **kwargs)
             return [
