@@ -1,0 +1,66 @@
+"""Where the score and apply stages of a Llama-2-7B-shaped prune go (bf16, heads and MLP
+neurons at 50%, ``in_place=True``, the native kernels): the kernel calls inside them, as GB/s
+of what they must move, beside a 1 GiB copy in the same process.
+
+    .venv/bin/python bench/llm_stages.py [LAYERS]     # default 32: the whole 7B shape
+
+score: ``ops.grouped_norm`` reads every pruned tensor once; apply: ``ops.compact_`` reads and
+writes the kept half, then ``release_tails`` gives the removed half's pages back to the system
+(kernel work: no bytes moved). One run; the machine's bandwidth varies by the minute.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+import llm_scale
+from depgraph_ext.pruning import apply as applying
+from depgraph_ext.pruning import importance
+
+
+def timed(module, name: str, into: dict[str, float]) -> None:
+    function = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            into[name] += time.perf_counter() - t
+
+    setattr(module, name, wrapper)
+
+
+def main() -> None:
+    layers = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+    llm_scale.SHAPES["bench"] = dict(llm_scale.SHAPES["llama-2-7b"], num_hidden_layers=layers)
+    model = llm_scale.build("bench")
+    inputs = {
+        "input_ids": torch.randint(0, 32000, (1, 8), generator=torch.Generator().manual_seed(0))
+    }
+    calls: dict[str, float] = defaultdict(float)
+    timed(importance.ops, "grouped_norm", calls)
+    timed(applying.ops, "compact_", calls)
+    timed(applying, "release_tails", calls)
+    result = llm_scale.run_ours(model, inputs, "native", False, {"hidden": 0.0})
+    copy = llm_scale.run_forward(model, inputs, runs=1)["copy_bytes_per_second"] / 1e9
+    stages = result["timings"]
+    score, moved = result["score_bytes"] / 1e9, result["apply_bytes"] / 1e9
+    print(
+        f"Llama-2-7B shape, {layers} layers: prune {result['seconds']:.2f} s; copy {copy:.1f} GB/s"
+    )
+    print(f"  score {stages['score']:.3f} s ({score / stages['score']:.1f} GB/s of {score:.2f} GB)")
+    print(
+        f"    grouped_norm {calls['grouped_norm']:.3f} s ({score / calls['grouped_norm']:.1f} GB/s)"
+    )
+    print(f"  apply {stages['apply']:.3f} s ({moved / stages['apply']:.1f} GB/s of {moved:.2f} GB)")
+    print(f"    compact_ {calls['compact_']:.3f} s ({moved / calls['compact_']:.1f} GB/s)")
+    print(f"    release_tails {calls['release_tails']:.3f} s (pages given back)")
+
+
+if __name__ == "__main__":
+    main()
