@@ -452,3 +452,67 @@ def test_an_encoder_pruned_to_an_odd_number_of_heads_stops_nesting_its_batches()
     assert ("body", "use_nested_tensor") in {(u.module, u.attr) for u in result.attribute_updates}
     with torch.no_grad():
         assert model(x, mask).shape == (2, 5, 3)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bags_prune_their_dim(mode):
+    """nn.EmbeddingBag: each bag's rows summed, averaged or maxed column by column (weighted
+    per index for a sum): its embedding dim prunes exactly; the vocabulary stays."""
+
+    class Bags(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = nn.EmbeddingBag(20, 12, mode=mode)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, ids, offsets, weights=None):
+            return self.head(torch.relu(self.bag(ids, offsets, per_sample_weights=weights)))
+
+    torch.manual_seed(0)
+    ids, offsets = torch.tensor([1, 4, 7, 7, 2, 19, 0]), torch.tensor([0, 3, 5])
+    inputs = (ids, offsets, torch.rand(7, dtype=F64)) if mode == "sum" else (ids, offsets)
+    pruned, _ = check(Bags(), inputs)
+    assert pruned.bag.weight.shape == (20, 6) and pruned.bag.embedding_dim == 6
+
+
+def test_unfold_and_fold_keep_channels_through_their_patches():
+    """nn.Unfold puts each channel's kernel positions in a block of its output's dim 1
+    (im2col), nn.Fold takes them back (col2im, summing overlaps): channels prune through both."""
+
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 1)
+            self.unfold = nn.Unfold(2, stride=1)
+            self.fold = nn.Fold((5, 5), 2, stride=1)
+            self.out = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            patches = torch.tanh(self.unfold(torch.relu(self.conv(x))))
+            return self.out(self.fold(patches))
+
+    pruned, _ = check(Patches(), torch.randn(2, 3, 5, 5, dtype=F64))
+    assert pruned.conv.out_channels == 4 and pruned.out.in_channels == 4
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_max_unpool_keeps_channels_with_their_indices(dims):
+    """nn.MaxUnpool puts each plane's values back where its pool's indices say: channels
+    prune, positions stay."""
+    conv, pool, unpool = (
+        getattr(nn, f"Conv{dims}d"), getattr(nn, f"MaxPool{dims}d"), getattr(nn, f"MaxUnpool{dims}d")
+    )  # fmt: skip
+
+    class Unpool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv(3, 8, 1)
+            self.pool, self.unpool = pool(2, return_indices=True), unpool(2)
+            self.out = conv(8, 2, 1)
+
+        def forward(self, x):
+            h, where = self.pool(self.conv(x))
+            return self.out(self.unpool(torch.relu(h), where))
+
+    pruned, _ = check(Unpool(), torch.randn(2, 3, *([4] * dims), dtype=F64))
+    assert pruned.conv.out_channels == 4

@@ -214,6 +214,7 @@ register_attributes(nn.RMSNorm, _normalized_shape)
 
 
 @register_attributes(nn.Embedding)
+@register_attributes(nn.EmbeddingBag)
 def _embedding(p: PlannedModule) -> dict[str, object]:
     w = p.shape("weight")
     return {} if w is None else {"embedding_dim": w[1]}

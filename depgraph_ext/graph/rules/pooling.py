@@ -89,3 +89,44 @@ def affine_grid(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.affine_grid_generator"], affine_grid)
+
+
+def max_unpool(ctx: RuleContext, node: Node) -> None:
+    """max_unpool: x and its indices [N, C, *S] -> [N, C, *S_out]: each plane's values go to the
+    positions its indices say (positions along that plane alone), so the leading dims are
+    equal and the positions fixed."""
+    x, indices, out = node.inputs[0], node.inputs[1], node.outputs[0]
+    sx, si, so = ctx.slots(x), ctx.slots(indices), ctx.slots(out)
+    k = 2 if node.packet == "aten.max_unpool2d" else 3
+    for s in sx[len(sx) - k :] + si[len(si) - k :]:
+        ctx.block(s)
+    for i in range(len(sx) - k):
+        ctx.equal(sx[i], si[i])
+        ctx.equal(sx[i], so[i])
+
+
+register_many(["aten.max_unpool2d", "aten.max_unpool3d"], max_unpool)
+
+
+def unfold_patches(ctx: RuleContext, node: Node) -> None:
+    """im2col (nn.Unfold): [N, C, H, W] -> [N, C k, L], each channel's k kernel positions in a
+    block; col2im (nn.Fold), the other way, summing overlaps within a channel. Channels are
+    equal through the blocks; kernel positions and locations fixed by the call."""
+    folding = node.packet == "aten.col2im"
+    planes, columns = (
+        (node.outputs[0], node.inputs[0]) if folding else (node.inputs[0], node.outputs[0])
+    )
+    sp, sc = ctx.slots(planes), ctx.slots(columns)
+    batched = len(sp) == 4
+    if batched:
+        ctx.equal(sp[0], sc[0])
+    channels = sp[-3]
+    kernel = ctx.new_slot(ctx.size(sc[-2]) // ctx.size(channels))
+    piece = ctx.new_slot(ctx.size(channels))
+    ctx.reshape([sc[-2]], [piece, kernel])
+    ctx.equal(piece, channels)
+    for s in (kernel, sc[-1], sp[-2], sp[-1]):
+        ctx.block(s)
+
+
+register_many(["aten.im2col", "aten.col2im"], unfold_patches)

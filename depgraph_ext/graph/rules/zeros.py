@@ -29,7 +29,7 @@ _FOLLOWS_FIRST = frozenset(
     flatten unflatten split split_with_sizes chunk unbind narrow as_strided index_select gather
     index _unsafe_index take
     repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
-    constant_pad_nd dropout
+    constant_pad_nd im2col col2im max_unpool2d max_unpool3d dropout
     native_dropout feature_dropout sum nansum amax amin max_pool1d max_pool2d
     max_pool3d max_pool2d_with_indices max_pool3d_with_indices avg_pool1d avg_pool2d avg_pool3d
     adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d
@@ -170,8 +170,8 @@ class ZeroTracker:
         if packet in _ATTENTION:
             value = arg(node, "value")
             return self._of(value.value, v) if isinstance(value, Ref) else node
-        if packet == "aten.embedding":
-            return self.culprit(node.inputs[0])
+        if packet in ("aten.embedding", "aten._embedding_bag", "aten._embedding_bag_forward_only"):
+            return self.culprit(node.inputs[0])  # (rows looked up, summed, averaged or maxed)
         if packet in _NORMS:
             return self._norm(node)
         if packet == "aten.masked_fill" or packet == "aten.masked_fill_":
