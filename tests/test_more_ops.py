@@ -500,8 +500,8 @@ def test_max_unpool_keeps_channels_with_their_indices(dims):
     """nn.MaxUnpool puts each plane's values back where its pool's indices say: channels
     prune, positions stay."""
     conv, pool, unpool = (
-        getattr(nn, f"Conv{dims}d"), getattr(nn, f"MaxPool{dims}d"), getattr(nn, f"MaxUnpool{dims}d")
-    )  # fmt: skip
+        getattr(nn, f"{kind}{dims}d") for kind in ("Conv", "MaxPool", "MaxUnpool")
+    )
 
     class Unpool(nn.Module):
         def __init__(self):
