@@ -177,3 +177,29 @@ def test_a_cell_stepped_once_prunes_its_state_whole(cell):
     c, gates = pruned.cell, {nn.RNNCell: 1, nn.GRUCell: 3, nn.LSTMCell: 4}[cell]
     assert c.weight_ih.shape[0] == c.weight_hh.shape[0] == gates * c.hidden_size
     assert c.weight_hh.shape[1] == c.hidden_size
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_packed_sequences_prune_their_features(kind):
+    """pack_padded_sequence -> a recurrent layer -> pad_packed_sequence: the packed data keeps
+    the features of the padded batch, so the layer's input width prunes as well as its hidden
+    width."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(5, 12)
+            self.rnn = getattr(nn, kind)(12, 10, batch_first=True)
+            self.head = nn.Linear(10, 3)
+
+        def forward(self, x, lengths):
+            packed = pack_padded_sequence(torch.tanh(self.inp(x)), lengths, batch_first=True)
+            out, _ = self.rnn(packed)
+            return self.head(pad_packed_sequence(out, batch_first=True, total_length=6)[0])
+
+    torch.manual_seed(0)
+    x, lengths = torch.randn(3, 6, 5, dtype=torch.float64), torch.tensor([6, 4, 2])
+    pruned, _ = prune_and_check(Packed().double().eval(), (x, lengths), ratio=0.5)
+    assert pruned.inp.out_features == 6 and pruned.rnn.input_size == 6
+    assert pruned.rnn.hidden_size == 5

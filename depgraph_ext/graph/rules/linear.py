@@ -130,7 +130,7 @@ def embedding_bag(ctx: RuleContext, node: Node) -> None:
     """nn.EmbeddingBag: weight [V, D], bags of indices -> [B, D], each bag's rows summed,
     averaged or maxed column by column (scaled per index with per_sample_weights): D is the
     output's last dim (and that of max mode's argmax); the vocabulary is blocked, and the bags
-    and their bookkeeping (offset2bag, bag sizes) are the data's."""
+    and their bookkeeping (offset2bag, bag sizes) are the data's (fixed)."""
     w, out, arg_max = node.inputs[0], node.outputs[0], node.outputs[3]
     sw, so = ctx.slots(w), ctx.slots(out)
     ctx.block(sw[0])
@@ -140,10 +140,6 @@ def embedding_bag(ctx: RuleContext, node: Node) -> None:
     if len(sm) == 2 and ctx.size(sm[1]) == ctx.size(sw[1]):
         ctx.equal(sm[1], sw[1])
         ctx.equal(sm[0], so[0])
-    else:
-        ctx.touched.update(sm)
-    for extra in node.outputs[1:3]:
-        ctx.touched.update(ctx.slots(extra))
 
 
 register_many(["aten._embedding_bag", "aten._embedding_bag_forward_only"], embedding_bag)

@@ -123,3 +123,16 @@ def rnn_stack(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten._cudnn_rnn", "aten.miopen_rnn"], rnn_stack)
+
+
+def pack_padded_sequence(ctx: RuleContext, node: Node) -> None:
+    """pack_padded_sequence: [T, B, *F] (or [B, T, *F]) -> data [N, *F], the steps of every
+    sequence one after the other (N from the lengths: the data's), and the batch sizes per
+    step: the feature dims are equal."""
+    x, data = node.inputs[0], node.outputs[0]
+    sx, sd = ctx.slots(x), ctx.slots(data)
+    for a, b in zip(sx[2:], sd[1:]):
+        ctx.equal(a, b)
+
+
+register_many(["aten._pack_padded_sequence"], pack_padded_sequence)
