@@ -190,7 +190,8 @@ def _batch_norm(p: PlannedModule) -> dict[str, object]:
 @register_attributes(nn.GroupNorm)
 def _group_norm(p: PlannedModule) -> dict[str, object]:
     w = p.shape("weight")
-    out = p.output(0)  # (without affine: the channels of what it returned)
+    # (without affine: the channels of what it returned, where its own forward returned it)
+    out = p.output(0) if type(p.module).forward is nn.GroupNorm.forward else None
     return {
         "num_groups": p.declared("num_groups") or p.module.num_groups,
         "num_channels": w[0] if w else (out[1] if out and len(out) > 1 else None),
@@ -199,11 +200,13 @@ def _group_norm(p: PlannedModule) -> dict[str, object]:
 
 def _normalized_shape(p: PlannedModule) -> dict[str, object]:
     """A layer or RMS norm's ``normalized_shape``: its weight's shape, or without one
-    (``elementwise_affine=False``) the last sizes of what it returned, as many as it
-    normalizes (its functional form checks them against its input)."""
+    (``elementwise_affine=False``) the last sizes of what its own forward returned, as many as
+    it normalizes (its functional form checks them against its input)."""
     w = p.shape("weight")
     if w is not None:
         return {"normalized_shape": tuple(w)}
+    if type(p.module).forward not in (nn.LayerNorm.forward, nn.RMSNorm.forward):
+        return {}  # (a subclass's forward may normalise another layout than it returns)
     k = len(p.module.normalized_shape)
     out = p.output(0)
     return {"normalized_shape": tuple(out[len(out) - k :]) if out and len(out) >= k else None}
