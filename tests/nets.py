@@ -381,3 +381,20 @@ class FusedExperts(nn.Module):
         h = torch.bmm(self.up[flat], x.repeat_interleave(self.top_k, 0).unsqueeze(-1))
         y = torch.bmm(self.down[flat], torch.nn.functional.silu(h)).squeeze(-1)
         return (y * weights.reshape(-1, 1)).view(x.shape[0], self.top_k, -1).sum(1)
+
+
+class TorchEncoder(nn.Module):
+    """A linear layer in, ``nn.TransformerEncoder`` (``layers`` of ``width``, ``heads``, a
+    feed-forward of ``ffn``, batch first, no dropout), a linear head of 3; ``forward(x,
+    mask=None)``, the mask a padding mask. In eval mode each layer runs its fast path, one
+    fused op (on nested tensors where ``nested`` and a mask is given)."""
+
+    def __init__(self, inp=8, width=32, heads=4, ffn=64, layers=2, nested=False):
+        super().__init__()
+        self.inp = nn.Linear(inp, width)
+        layer = nn.TransformerEncoderLayer(width, heads, ffn, dropout=0.0, batch_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=nested)
+        self.out = nn.Linear(width, 3)
+
+    def forward(self, x, mask=None):
+        return self.out(self.body(self.inp(x), src_key_padding_mask=mask))

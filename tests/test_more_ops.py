@@ -13,7 +13,7 @@ from torch import nn
 import depgraph_ext as dx
 from depgraph_ext.testing import assert_scatter_back_equal
 from helpers import prune_and_check
-from nets import randomize_norms
+from nets import TorchEncoder, randomize_norms
 
 F64 = torch.float64
 
@@ -385,22 +385,11 @@ def test_a_torch_transformer_encoder_prunes_through_its_fast_path(padding):
     heads with their block of the stream by default, and the pruned model takes its fast path
     again, computing what its Python path computes."""
 
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = nn.Linear(8, 32)
-            layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=padding)
-            self.out = nn.Linear(32, 3)
-
-        def forward(self, x, mask=None):
-            return self.out(self.body(self.inp(x), src_key_padding_mask=mask))
-
     torch.manual_seed(0)
     x = torch.randn(2, 5, 8, dtype=torch.float64)
     mask = torch.tensor([[False] * 5, [False] * 3 + [True] * 2]) if padding else None
     inputs = (x, mask) if padding else (x,)
-    model = Encoder().double().eval()
+    model = TorchEncoder(nested=padding).double().eval()
     original = copy.deepcopy(model)
     result = dx.prune(model, inputs, ratio=0.5, exact_only=True)
     assert model.body.layers[0].linear1.out_features == 32  # the feed-forward widths
@@ -430,19 +419,7 @@ def test_an_encoder_pruned_to_an_odd_number_of_heads_stops_nesting_its_batches()
     tensors, which only an even number of heads takes: six heads pruned to three would
     assert on the next padded batch; the decision follows the pruned heads."""
     torch.manual_seed(0)
-
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp = nn.Linear(8, 36)
-            layer = nn.TransformerEncoderLayer(36, 6, 64, dropout=0.0, batch_first=True)
-            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
-            self.out = nn.Linear(36, 3)
-
-        def forward(self, x, mask):
-            return self.out(self.body(self.inp(x), src_key_padding_mask=mask))
-
-    model = Encoder().eval()
+    model = TorchEncoder(width=36, heads=6, nested=True).eval()
     x, mask = torch.randn(2, 5, 8), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
     assert model.body.use_nested_tensor
     with pytest.warns(dx.FunctionChangingWarning):

@@ -13,6 +13,7 @@ from depgraph_ext.pruning import verify
 from depgraph_ext.pruning.plan import propose_plan
 from depgraph_ext.pruning.select import select_local
 from helpers import assert_same_state, state_of, tiny_llama
+from nets import TorchEncoder
 
 LLAMA = dict(
     vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -400,28 +401,13 @@ def test_a_layer_called_by_keyword_or_hooked_is_still_checked_exactly(backend, m
         assert result.params_after < result.params_before
 
 
-class Encoder(nn.Module):
-    """nn.TransformerEncoder in eval mode: its fast path is one fused op per layer, which
-    reads the weights of the linear layers and norms it holds without calling them."""
-
-    def __init__(self):
-        super().__init__()
-        self.inp = nn.Linear(6, 16)
-        layer = nn.TransformerEncoderLayer(16, 2, 24, dropout=0.0, batch_first=True)
-        self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.out = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.out(self.body(self.inp(x)))
-
-
 def test_an_encoders_fast_path_is_checked_through_its_python_path(backend):
     """The check swaps a planned tensor while a module holding it runs; the encoder's fast
     path would read the feed-forward weights unswapped (a wrong plan passing as exact).
     Its forwards run the layers' Python path, as the trace did: an exact plan passes, a wrong
     one differs as much per call as in memory."""
     torch.manual_seed(0)
-    model = Encoder().double().eval()
+    model = TorchEncoder(inp=6, width=16, heads=2, ffn=24).double().eval()
     x = torch.randn(2, 5, 6, dtype=torch.float64)
     dg, plan = graph_and_plan(model, x, backend, ratios={"hidden": 0, "heads": 0})
     name = "body.layers.0.linear1.weight"  # (the feed-forward widths alone)

@@ -177,16 +177,23 @@ def test_a_task_head_prunes_exactly_and_by_default(model_type, head):
     except zoo.Unbuildable as e:
         pytest.skip(f"{model_type} {head}: {e}")
     assert z.task == head
+    exactly_and_by_default(f"{model_type} {head}", z)
+
+
+def exactly_and_by_default(name: str, z) -> set:
+    """``exact_only=True`` in float64 under the oracle, then a default prune in float32 that
+    runs with the original output shapes; returns the default prune's warning categories."""
     shapes = [o.shape for o in seeded_outputs(z.model, z.inputs)]
     model = copy.deepcopy(z.model).double()
     inputs = in_dtype(z.inputs, torch.float64)
     original = copy.deepcopy(model)
-    result, _ = prune_quietly(f"{model_type} {head}", model, inputs, exact_only=True)
+    result, _ = prune_quietly(name, model, inputs, exact_only=True)
     assert result.params_after < result.params_before
     assert_scatter_back_equal(original, model, result, inputs, rtol=1e-8, atol=1e-8)
-    result, _ = prune_quietly(f"{model_type} {head}", z.model, z.inputs)
+    result, warned = prune_quietly(name, z.model, z.inputs)
     assert result.params_after < result.params_before
     assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes
+    return warned
 
 
 # Attention written out (matmuls, a softmax, masks added) instead of SDPA's one op
@@ -203,15 +210,6 @@ def test_eager_attention_prunes_exactly_and_by_default(model_type):
     except zoo.Unbuildable as e:
         pytest.skip(f"{model_type} eager: {e}")
     assert z.model.config._attn_implementation == "eager"
-    shapes = [o.shape for o in seeded_outputs(z.model, z.inputs)]
-    model = copy.deepcopy(z.model).double()
-    inputs = in_dtype(z.inputs, torch.float64)
-    original = copy.deepcopy(model)
-    result, _ = prune_quietly(f"{model_type} eager", model, inputs, exact_only=True)
-    assert result.params_after < result.params_before
-    assert_scatter_back_equal(original, model, result, inputs, rtol=1e-8, atol=1e-8)
-    result, warned = prune_quietly(f"{model_type} eager", z.model, z.inputs)
-    assert result.params_after < result.params_before
-    assert [o.shape for o in seeded_outputs(z.model, z.inputs)] == shapes
+    warned = exactly_and_by_default(f"{model_type} eager", z)
     per_layer = z.model.config.per_layer_attributes or ()
     assert not per_layer or dx.ConfigMismatchWarning in warned
