@@ -493,3 +493,18 @@ def test_max_unpool_keeps_channels_with_their_indices(dims):
 
     pruned, _ = check(Unpool(), torch.randn(2, 3, *([4] * dims), dtype=F64))
     assert pruned.conv.out_channels == 4
+
+
+@pytest.mark.parametrize("sizes", [(4, 6), (4, -1), [4, 6]], ids=["tuple", "inferred", "list"])
+def test_unflatten_sizes_follow_the_plan(sizes):
+    """nn.Unflatten's sizes are its attribute, which its view checks: they follow what it
+    returns under the plan (a -1 stays), and the width it splits prunes exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 24), nn.Unflatten(-1, sizes), nn.ReLU(), nn.Flatten(1), nn.Linear(24, 3)
+    )
+    pruned, result = check(model, torch.randn(5, 8, dtype=F64))
+    assert result.params_after < result.params_before
+    (a, b), width = pruned[1].unflattened_size, pruned[0].out_features
+    assert type(pruned[1].unflattened_size) is type(sizes) and (b == -1) == (sizes[1] == -1)
+    assert width == a * b if b != -1 else width % a == 0

@@ -259,6 +259,21 @@ def _transformer_encoder(p: PlannedModule) -> dict[str, object]:
     return {}
 
 
+@register_attributes(nn.Unflatten)
+def _unflatten(p: PlannedModule) -> dict[str, object]:
+    """``unflattened_size``: the sizes its own forward returned at ``dim`` (a -1 stays -1)."""
+    m = p.module
+    sizes, out = m.unflattened_size, p.output(0)
+    if type(m).forward is not nn.Unflatten.forward or out is None:
+        return {}
+    if not isinstance(sizes, (tuple, list)) or not all(type(n) is int for n in sizes):
+        return {}  # (named sizes)
+    rank = len(out) - len(sizes) + 1  # the input's
+    dim = m.dim + rank if m.dim < 0 else m.dim
+    new = [-1 if n == -1 else out[dim + i] for i, n in enumerate(sizes)]
+    return {"unflattened_size": type(sizes)(new)}
+
+
 @register_attributes(nn.RNNBase)
 def _recurrent(p: PlannedModule) -> dict[str, object]:
     m = p.module
