@@ -508,3 +508,24 @@ def test_unflatten_sizes_follow_the_plan(sizes):
     (a, b), width = pruned[1].unflattened_size, pruned[0].out_features
     assert type(pruned[1].unflattened_size) is type(sizes) and (b == -1) == (sizes[1] == -1)
     assert width == a * b if b != -1 else width % a == 0
+
+
+@pytest.mark.parametrize("cls", [nn.Embedding, nn.EmbeddingBag])
+def test_an_embeddings_max_norm_is_declared_and_tracing_leaves_its_rows(cls):
+    """An embedding with ``max_norm`` rescales the rows it looks up, in place, to that norm
+    over its embedding dim: pruning that dim is function-changing (declared). A real trace
+    runs on the parameters' own memory, so the renormalising write used to land in the model
+    (the first trace scaled its rows; a trace of the pruned shapes wrote into views of them):
+    the kept weights are now the original's bits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(cls(20, 12, max_norm=1.0), nn.Linear(12, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)  # every row longer than max_norm
+    ids = torch.tensor([[1, 4, 7], [7, 2, 19]])
+    before = model[0].weight.detach().clone()
+    dx.DependencyGraph(model, ids)
+    assert torch.equal(model[0].weight, before)
+    with pytest.warns(dx.FunctionChangingWarning, match="max_norm"):
+        result = dx.prune(model, ids, ratio=0.5)
+    kept = result.plan["0.weight"][1]
+    assert torch.equal(model[0].weight, before[:, kept])

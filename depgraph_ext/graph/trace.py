@@ -195,6 +195,28 @@ class _EagerMode(TorchDispatchMode):
         return False
 
 
+_WRITES: dict = {}  # op -> (position, name) of each argument it writes in place
+
+
+def written_tensors(func, args, kwargs):
+    """The tensors ``func`` writes in place (its schema's mutable arguments, out= included)."""
+    spec = _WRITES.get(func)
+    if spec is None:
+        schema = getattr(func, "_schema", None)
+        arguments = schema.arguments if schema is not None else ()
+        spec = _WRITES[func] = tuple(
+            (i, a.name)
+            for i, a in enumerate(arguments)
+            if a.alias_info is not None and a.alias_info.is_write
+        )
+    for i, name in spec:
+        x = args[i] if i < len(args) else kwargs.get(name)
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, (list, tuple)):
+            yield from (t for t in x if isinstance(t, torch.Tensor))
+
+
 class _RecorderBase(_EagerMode):
     """What both recorders share: the module stack, the time budget of a real trace, and the
     record of a failing op."""
@@ -227,6 +249,11 @@ class _RecorderBase(_EagerMode):
         self.replay: dict | None = None
         self._occurrences: dict = {}
         self.failed_by_data = False  # the failing op is a decision of the data
+        # Real traces run on the parameters' own memory: those an op writes in place (an
+        # embedding's max_norm renormalising its rows) are saved first, and put back when the
+        # trace ends (``restore_parameters``): tracing never changes the model.
+        self.protected: dict[int, torch.Tensor] = {}  # storage address -> parameter
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -258,6 +285,8 @@ class _RecorderBase(_EagerMode):
             else:
                 if self.stand_in is not None:
                     args, kwargs = self._on_stand_in(func, args, kwargs)
+                if self.protected:
+                    self._save_written(func, args, kwargs)
                 out = func(*args, **kwargs)
         except Exception as exc:
             module = self.module_stack[-1] if self.module_stack else ""
@@ -293,6 +322,21 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None:
             self.deadline += self.budget_per_op
         return out, leaves
+
+    def _save_written(self, func, args, kwargs) -> None:
+        """Save the parameters ``func`` writes in place (once each) before it runs."""
+        for t in written_tensors(func, args, kwargs):
+            address = t.untyped_storage().data_ptr()
+            param = self.protected.get(address)
+            if param is not None and address not in self.saved:
+                self.saved[address] = (param, param.detach().clone())
+
+    def restore_parameters(self) -> None:
+        """Put back every parameter an op of the trace wrote in place."""
+        with torch.no_grad():
+            for param, copy in self.saved.values():
+                param.detach().copy_(copy)
+        self.saved.clear()
 
     def _decision(self, func, args, kwargs):
         """For a call the data decides: its arguments (on real tensors, with the original's
@@ -1103,6 +1147,10 @@ def trace_as(
         recorder.replay = {d.key: d for d in replay}
     if mode is TraceMode.REAL and not shapes_only:
         recorder.decisions = graph.decisions
+    if mode is TraceMode.REAL:
+        recorder.protected = {
+            p.untyped_storage().data_ptr(): p for p in params.values() if p.numel()
+        }
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
     # (A torch function mode takes modules' fused paths away: a model with one is not watched,
     # its plans always traced again, and its shape traces are guided only where the trace had
@@ -1196,6 +1244,7 @@ def trace_as(
             )
             raise error from exc
         finally:
+            recorder.restore_parameters()
             _check_untouched(modules, params, buffers)
     if shapes_only and graph.recovered:
         raise _recovered_error(graph)

@@ -126,6 +126,21 @@ def embedding(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.embedding"], embedding)
 
 
+def embedding_renorm(ctx: RuleContext, node: Node) -> None:
+    """An embedding's ``max_norm``: the looked-up rows of weight [V, D] scaled down in place to
+    that norm, the norm over D: removing an index of D changes the kept ones' scale
+    (function-changing); the vocabulary is blocked."""
+    w = node.inputs[0]
+    sw = ctx.slots(w)
+    ctx.block(sw[0])
+    ctx.reduces(sw[1], node, "a norm of each looked-up row over the units (max_norm)")
+    for out in node.outputs:
+        ctx.equal_dims(w, out, [(0, 0), (1, 1)])
+
+
+register_many(["aten.embedding_renorm"], embedding_renorm)
+
+
 def embedding_bag(ctx: RuleContext, node: Node) -> None:
     """nn.EmbeddingBag: weight [V, D], bags of indices -> [B, D], each bag's rows summed,
     averaged or maxed column by column (scaled per index with per_sample_weights): D is the
