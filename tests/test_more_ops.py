@@ -529,3 +529,24 @@ def test_an_embeddings_max_norm_is_declared_and_tracing_leaves_its_rows(cls):
         result = dx.prune(model, ids, ratio=0.5)
     kept = result.plan["0.weight"][1]
     assert torch.equal(model[0].weight, before[:, kept])
+
+
+def test_a_bilinear_layer_prunes_its_three_widths():
+    """nn.Bilinear (_trilinear: x1 W x2 summed over both inputs' features): both input widths
+    and the output width prune exactly, and its in1/in2/out_features follow."""
+
+    class TwoSides(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 10), nn.Linear(5, 8)
+            self.bilinear = nn.Bilinear(10, 8, 12)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, x):
+            h = self.bilinear(torch.sigmoid(self.a(x)), torch.tanh(self.b(x)))
+            return self.head(torch.relu(h))
+
+    pruned, _ = check(TwoSides(), torch.randn(4, 5, dtype=F64))
+    b = pruned.bilinear
+    assert (b.in1_features, b.in2_features, b.out_features) == (5, 4, 6)
+    assert b.weight.shape == (6, 5, 4)

@@ -172,6 +172,12 @@ def _linear(p: PlannedModule) -> dict[str, object]:
     return {} if w is None else {"in_features": w[1], "out_features": w[0]}
 
 
+@register_attributes(nn.Bilinear)
+def _bilinear(p: PlannedModule) -> dict[str, object]:
+    w = p.shape("weight")
+    return {} if w is None else {"out_features": w[0], "in1_features": w[1], "in2_features": w[2]}
+
+
 @register_attributes(nn.modules.batchnorm._NormBase)
 def _batch_norm(p: PlannedModule) -> dict[str, object]:
     ref = p.shape("weight") or p.shape("running_mean")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..trace import Node, Ref
-from .context import RuleContext, arg
+from .context import RuleContext, RuleError, arg
 from .registry import register_many
 
 
@@ -60,6 +60,42 @@ def dot(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.dot", "aten.vdot"], dot)
+
+
+def trilinear(ctx: RuleContext, node: Node) -> None:
+    """_trilinear (nn.Bilinear: x1 W x2): three factors, each unsqueezed at its expand dims to
+    one rank, multiplied and summed over ``sumdim``; the other dims are the output's, in
+    order. A dim is equal across the factors that have it and the output; a summed dim is
+    exact where one of its factors is zero at the removed units."""
+    factors = [arg(node, name) for name in ("i1", "i2", "i3")]
+    expands = [set(arg(node, name)) for name in ("expand1", "expand2", "expand3")]
+    summed = set(arg(node, "sumdim"))
+    total = len(ctx.shape(factors[0])) + len(expands[0])
+    out = ctx.slots(node.outputs[0])
+    kept = [d for d in range(total) if d not in summed]
+    if len(out) != len(kept):
+        raise RuleError("an output of another rank than its dims not summed")
+    at: dict[int, list[int]] = {}
+    for factor, expand in zip(factors, expands):
+        own, slots = [d for d in range(total) if d not in expand], ctx.slots(factor)
+        if len(own) != len(slots):
+            raise RuleError("a factor of another rank than its dims not expanded")
+        for d, s in zip(own, slots):
+            at.setdefault(d, []).append(s)
+    for d, s in zip(kept, out):
+        at.setdefault(d, []).append(s)
+    for d in range(total):
+        slots = [s for s in at.get(d, []) if ctx.size(s) != 1]
+        for s in slots[1:]:
+            ctx.equal(slots[0], s)
+        if d in summed and slots:
+            having = [f for f, expand in zip(factors, expands) if d not in expand]
+            culprits = [ctx.nonzero_at_removed(f) for f in having]
+            if all(c is not None for c in culprits):
+                ctx.reduces(slots[0], node, ctx.nonzero_reason("a bilinear product", culprits[0]))
+
+
+register_many(["aten._trilinear"], trilinear)
 
 
 def convolution(ctx: RuleContext, node: Node) -> None:

@@ -52,7 +52,16 @@ _ATTENTION = frozenset(
 )
 # Zero wherever any one tensor argument is (a product).
 _PRODUCTS = frozenset(
-    {"aten.mul", "aten.mul_", "aten.mm", "aten.bmm", "aten.matmul", "aten.mv", "aten.dot"}
+    {
+        "aten.mul",
+        "aten.mul_",
+        "aten.mm",
+        "aten.bmm",
+        "aten.matmul",
+        "aten.mv",
+        "aten.dot",
+        "aten._trilinear",
+    }
 )
 # Zero only wherever every tensor argument is, and every number added is zero (a sum).
 _SUMS = frozenset({"aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.cat", "aten.stack"})
