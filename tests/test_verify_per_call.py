@@ -421,3 +421,26 @@ def test_an_encoders_fast_path_is_checked_through_its_python_path(backend):
     per_call = verify._difference_per_call(dg, plan, holders)
     assert per_call > 1e-3
     assert per_call == verify._difference_in_memory(dg, plan)
+
+
+def test_the_checks_forwards_leave_weights_the_model_writes_itself():
+    """An embedding with ``max_norm`` rescales, in place, the rows each forward looks up: the
+    check's forwards would have left the model's rows rescaled (and its kept weights not the
+    original's bits); what a forward writes into a parameter is put back after it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding(20, 12, max_norm=1.0), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)  # every row longer than max_norm
+    ids = torch.tensor([[1, 4, 7], [7, 2, 19]])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(model, ids, ratio=0.5, verify=True)
+    assert "1.weight" in result.plan  # an exact group, checked by two forwards
+    for name, p in model.named_parameters():
+        expected = before[name]
+        for dim, kept in result.plan.get(name, {}).items():
+            expected = expected.index_select(dim, kept)
+        assert torch.equal(p, expected), name

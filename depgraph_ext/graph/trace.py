@@ -198,8 +198,9 @@ class _EagerMode(TorchDispatchMode):
 _WRITES: dict = {}  # op -> (position, name) of each argument it writes in place
 
 
-def written_tensors(func, args, kwargs):
-    """The tensors ``func`` writes in place (its schema's mutable arguments, out= included)."""
+def written_tensors(func, args, kwargs, kind=torch.Tensor):
+    """The tensors ``func`` writes in place (its schema's mutable arguments, out= included);
+    ``kind``: what stands for a tensor in ``args`` (a recorded node's are Refs)."""
     spec = _WRITES.get(func)
     if spec is None:
         schema = getattr(func, "_schema", None)
@@ -211,10 +212,10 @@ def written_tensors(func, args, kwargs):
         )
     for i, name in spec:
         x = args[i] if i < len(args) else kwargs.get(name)
-        if isinstance(x, torch.Tensor):
+        if isinstance(x, kind):
             yield x
         elif isinstance(x, (list, tuple)):
-            yield from (t for t in x if isinstance(t, torch.Tensor))
+            yield from (t for t in x if isinstance(t, kind))
 
 
 class _RecorderBase(_EagerMode):

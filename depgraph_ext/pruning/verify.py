@@ -17,12 +17,19 @@ import warnings
 import numpy as np
 import torch
 import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops
 from ..errors import ConfigMismatchWarning, PlanValidationError, VerificationError
 from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
-from ..graph.trace import global_module_hooks, normalize_inputs, unfused_transformer_layers
+from ..graph.trace import (
+    Ref,
+    global_module_hooks,
+    normalize_inputs,
+    unfused_transformer_layers,
+    written_tensors,
+)
 from .apply import gather, gather_all
 from .attributes import temporary_attributes
 from .configs import config_of
@@ -160,14 +167,18 @@ def _difference_in_memory(dg: DependencyGraph, plan: Plan) -> float:
         # No copy of the kept weights: after the zeroed forward, the kept slices are moved to
         # the front of each tensor's own memory for the pruned one, and back after it.
         with _zeroed(dg, plan):
-            zeroed = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
+            zeroed = kept_outputs(
+                _outputs(dg.model, dg.example_inputs, _writes_parameters(dg)), plan.outputs
+            )
             with _pruned(dg, plan, in_place=True):
-                pruned = _outputs(dg.model, dg.example_inputs)
+                pruned = _outputs(dg.model, dg.example_inputs, _writes_parameters(dg))
         return relative_difference(pruned, zeroed)
     with _pruned(dg, plan):
-        pruned = _outputs(dg.model, dg.example_inputs)
+        pruned = _outputs(dg.model, dg.example_inputs, _writes_parameters(dg))
     with _zeroed(dg, plan):
-        zeroed = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
+        zeroed = kept_outputs(
+            _outputs(dg.model, dg.example_inputs, _writes_parameters(dg)), plan.outputs
+        )
     return relative_difference(pruned, zeroed)
 
 
@@ -255,9 +266,11 @@ def _difference_per_call(dg: DependencyGraph, plan: Plan, holders: dict[int, lis
     masks = _activation_masks(dg, plan, holders, removed, fills)
     substituted = {key: names for key, names in holders.items() if key not in masks}
     with _swapped_per_call(substituted, tensors, zeroed, scratch), _masked_per_call(masks):
-        zeroed_outputs = kept_outputs(_outputs(dg.model, dg.example_inputs), plan.outputs)
+        zeroed_outputs = kept_outputs(
+            _outputs(dg.model, dg.example_inputs, _writes_parameters(dg)), plan.outputs
+        )
     with _pruned_settings(dg, plan), _swapped_per_call(holders, tensors, pruned, scratch):
-        pruned_outputs = _outputs(dg.model, dg.example_inputs)
+        pruned_outputs = _outputs(dg.model, dg.example_inputs, _writes_parameters(dg))
     return relative_difference(pruned_outputs, zeroed_outputs)
 
 
@@ -517,7 +530,68 @@ def relative_difference(outputs: list[torch.Tensor], expected: list[torch.Tensor
     return worst
 
 
-def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
+class _ParametersKept(TorchDispatchMode):
+    """A check's forward leaves the parameters it was given: where the model's own code writes
+    one in place (an embedding's ``max_norm`` renormalising the rows it looks up), the
+    parameter is saved before the write and put back when the forward ends."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.protected = {
+            p.untyped_storage().data_ptr(): p
+            for p in model.parameters()
+            if p.numel() and p.device.type != "meta"
+        }
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for t in written_tensors(func, args, kwargs):
+            address = t.untyped_storage().data_ptr()
+            param = self.protected.get(address)
+            if param is not None and address not in self.saved:
+                self.saved[address] = (param, param.detach().clone())
+        return func(*args, **kwargs)
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            with torch.no_grad():
+                for param, copy in self.saved.values():
+                    param.detach().copy_(copy)
+
+
+def _writes_parameters(dg: DependencyGraph) -> bool:
+    """Whether the traced forward writes a parameter in place (the checks' forwards are then
+    watched: :class:`_ParametersKept`; watching costs a Python call per op)."""
+    graph = getattr(dg, "graph", None)
+    if graph is None:
+        return True
+    params = set(graph.params.values())
+
+    def parameter_behind(value: int) -> bool:  # through views and detaches of it
+        while value not in params:
+            producer = graph.values[value].producer
+            if producer is None:
+                return False
+            node = graph.nodes[producer]
+            returns = getattr(getattr(node.op, "_schema", None), "returns", ())
+            if not node.inputs or not returns or returns[0].alias_info is None:
+                return False
+            value = node.inputs[0]
+        return True
+
+    return any(
+        parameter_behind(ref.value)
+        for node in graph.nodes
+        for ref in written_tensors(node.op, node.args, node.kwargs, Ref)
+    )
+
+
+def _outputs(
+    model: torch.nn.Module, example_inputs, writes_parameters: bool = True
+) -> list[torch.Tensor]:
     """The model's tensor outputs in eval mode and without grad (training flags put back).
     Every forward draws the same random numbers (a model that samples, as ViLT's patches),
     and the caller's RNG state is left as it was."""
@@ -534,6 +608,7 @@ def _outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
             torch.no_grad(),
             torch.random.fork_rng(),
             unfused_transformer_layers(list(model.named_modules())),
+            _ParametersKept(model) if writes_parameters else contextlib.nullcontext(),
         ):
             torch.manual_seed(0)
             out = model(*args, **kwargs)
