@@ -286,7 +286,7 @@ class _RecorderBase(_EagerMode):
             else:
                 if self.stand_in is not None:
                     args, kwargs = self._on_stand_in(func, args, kwargs)
-                if self.protected:
+                if self.protected and _WRITES.get(func, True):  # (an op known to write nothing: ())
                     self._save_written(func, args, kwargs)
                 out = func(*args, **kwargs)
         except Exception as exc:
