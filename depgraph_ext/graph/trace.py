@@ -218,6 +218,31 @@ def written_tensors(func, args, kwargs, kind=torch.Tensor):
             yield from (t for t in x if isinstance(t, kind))
 
 
+class SavedParameters:
+    """Parameters the ops run write in place (an embedding's ``max_norm`` renormalising the
+    rows it looks up), each saved before its first write (``before(func, args, kwargs)``) and
+    put back by ``restore()``: what runs on the model's own memory leaves it as it was."""
+
+    def __init__(self, params) -> None:
+        self.protected = {p.untyped_storage().data_ptr(): p for p in params if p.numel()}
+        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def before(self, func, args, kwargs) -> None:
+        if not _WRITES.get(func, True):  # (an op known to write nothing)
+            return
+        for t in written_tensors(func, args, kwargs):
+            address = t.untyped_storage().data_ptr()
+            param = self.protected.get(address)
+            if param is not None and address not in self.saved:
+                self.saved[address] = (param, param.detach().clone())
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for param, copy in self.saved.values():
+                param.detach().copy_(copy)
+        self.saved.clear()
+
+
 class _RecorderBase(_EagerMode):
     """What both recorders share: the module stack, the time budget of a real trace, and the
     record of a failing op."""
@@ -250,11 +275,9 @@ class _RecorderBase(_EagerMode):
         self.replay: dict | None = None
         self._occurrences: dict = {}
         self.failed_by_data = False  # the failing op is a decision of the data
-        # Real traces run on the parameters' own memory: those an op writes in place (an
-        # embedding's max_norm renormalising its rows) are saved first, and put back when the
-        # trace ends (``restore_parameters``): tracing never changes the model.
-        self.protected: dict[int, torch.Tensor] = {}  # storage address -> parameter
-        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Real traces run on the parameters' own memory: what an op writes into one is put
+        # back when the trace ends (tracing never changes the model).
+        self.parameters: SavedParameters | None = None
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -286,8 +309,8 @@ class _RecorderBase(_EagerMode):
             else:
                 if self.stand_in is not None:
                     args, kwargs = self._on_stand_in(func, args, kwargs)
-                if self.protected and _WRITES.get(func, True):  # (an op known to write nothing: ())
-                    self._save_written(func, args, kwargs)
+                if self.parameters is not None:
+                    self.parameters.before(func, args, kwargs)
                 out = func(*args, **kwargs)
         except Exception as exc:
             module = self.module_stack[-1] if self.module_stack else ""
@@ -323,21 +346,6 @@ class _RecorderBase(_EagerMode):
         if self.deadline is not None:
             self.deadline += self.budget_per_op
         return out, leaves
-
-    def _save_written(self, func, args, kwargs) -> None:
-        """Save the parameters ``func`` writes in place (once each) before it runs."""
-        for t in written_tensors(func, args, kwargs):
-            address = t.untyped_storage().data_ptr()
-            param = self.protected.get(address)
-            if param is not None and address not in self.saved:
-                self.saved[address] = (param, param.detach().clone())
-
-    def restore_parameters(self) -> None:
-        """Put back every parameter an op of the trace wrote in place."""
-        with torch.no_grad():
-            for param, copy in self.saved.values():
-                param.detach().copy_(copy)
-        self.saved.clear()
 
     def _decision(self, func, args, kwargs):
         """For a call the data decides: its arguments (on real tensors, with the original's
@@ -1149,9 +1157,7 @@ def trace_as(
     if mode is TraceMode.REAL and not shapes_only:
         recorder.decisions = graph.decisions
     if mode is TraceMode.REAL:
-        recorder.protected = {
-            p.untyped_storage().data_ptr(): p for p in params.values() if p.numel()
-        }
+        recorder.parameters = SavedParameters(params.values())
     stand_in_mode = StandIn(CPU, recorder) if mode is TraceMode.META else contextlib.nullcontext()
     # (A torch function mode takes modules' fused paths away: a model with one is not watched,
     # its plans always traced again, and its shape traces are guided only where the trace had
@@ -1245,7 +1251,8 @@ def trace_as(
             )
             raise error from exc
         finally:
-            recorder.restore_parameters()
+            if recorder.parameters is not None:
+                recorder.parameters.restore()
             _check_untouched(modules, params, buffers)
     if shapes_only and graph.recovered:
         raise _recovered_error(graph)

@@ -25,6 +25,7 @@ from ..graph.computed import RemovedFills
 from ..graph.dependency import DependencyGraph, Group
 from ..graph.trace import (
     Ref,
+    SavedParameters,
     global_module_hooks,
     normalize_inputs,
     unfused_transformer_layers,
@@ -532,34 +533,22 @@ def relative_difference(outputs: list[torch.Tensor], expected: list[torch.Tensor
 
 class _ParametersKept(TorchDispatchMode):
     """A check's forward leaves the parameters it was given: where the model's own code writes
-    one in place (an embedding's ``max_norm`` renormalising the rows it looks up), the
-    parameter is saved before the write and put back when the forward ends."""
+    one in place, it is put back when the forward ends."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
-        self.protected = {
-            p.untyped_storage().data_ptr(): p
-            for p in model.parameters()
-            if p.numel() and p.device.type != "meta"
-        }
-        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.parameters = SavedParameters(p for p in model.parameters() if p.device.type != "meta")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        for t in written_tensors(func, args, kwargs):
-            address = t.untyped_storage().data_ptr()
-            param = self.protected.get(address)
-            if param is not None and address not in self.saved:
-                self.saved[address] = (param, param.detach().clone())
+        self.parameters.before(func, args, kwargs)
         return func(*args, **kwargs)
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            with torch.no_grad():
-                for param, copy in self.saved.values():
-                    param.detach().copy_(copy)
+            self.parameters.restore()
 
 
 def _writes_parameters(dg: DependencyGraph) -> bool:
