@@ -12,27 +12,14 @@ writes the kept half, then ``release_tails`` gives the removed half's pages back
 from __future__ import annotations
 
 import sys
-import time
 from collections import defaultdict
 
 import torch
+from profile_stages import timed
 
 import llm_scale
 from depgraph_ext.pruning import apply as applying
 from depgraph_ext.pruning import importance
-
-
-def timed(module, name: str, into: dict[str, float]) -> None:
-    function = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        t = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            into[name] += time.perf_counter() - t
-
-    setattr(module, name, wrapper)
 
 
 def main() -> None:
@@ -43,9 +30,9 @@ def main() -> None:
         "input_ids": torch.randint(0, 32000, (1, 8), generator=torch.Generator().manual_seed(0))
     }
     calls: dict[str, float] = defaultdict(float)
-    timed(importance.ops, "grouped_norm", calls)
-    timed(applying.ops, "compact_", calls)
-    timed(applying, "release_tails", calls)
+    for module, name in ((importance.ops, "grouped_norm"), (applying.ops, "compact_")):
+        timed(module, name, name, calls)
+    timed(applying, "release_tails", "release_tails", calls)
     result = llm_scale.run_ours(model, inputs, "native", False, {"hidden": 0.0})
     copy = llm_scale.run_forward(model, inputs, runs=1)["copy_bytes_per_second"] / 1e9
     stages = result["timings"]
