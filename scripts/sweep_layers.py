@@ -4,6 +4,7 @@ records (prunes, oracle, refusals by reason, warnings, failures)."""
 
 from __future__ import annotations
 
+import argparse
 import collections
 import copy
 import json
@@ -125,6 +126,39 @@ def save(done: dict, out: str) -> None:
     with open(out + ".tmp", "w") as f:
         json.dump(done, f, indent=1, sort_keys=True)
     os.replace(out + ".tmp", out)
+
+
+def case_arguments(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options both layer sweeps take (``doc``: the script's docstring; ``out``: the
+    default JSON file): --workers, --timeout, --cases, --out, and the hidden --child."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser.add_argument("--out", default=out, help="JSON: one record per case")
+    parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
+    return parser
+
+
+def chosen_cases(parser: argparse.ArgumentParser, cases: str, known) -> list[str]:
+    """The case names --cases gives (every known one without it); an unknown name is refused."""
+    names = cases.split(",") if cases else list(known)
+    if unknown := [n for n in names if n not in known]:
+        parser.error(f"no case named {', '.join(unknown)} (cases: {', '.join(known)})")
+    return names
+
+
+def collect(records, names: list[str], out: str, verdict) -> dict:
+    """Each record as it comes, printed (``verdict(record)``) and saved; then all of them, in
+    the order of ``names``."""
+    done: dict = {}
+    for record in records:
+        done[record["case"]] = record
+        print(f"{len(done):4d}/{len(names)} {record['case']}: {verdict(record)}", flush=True)
+        save(done, out)
+    done = {n: done[n] for n in names}
+    save(done, out)
+    return done
 
 
 def check(record: dict, key: str, assertion) -> None:

@@ -23,7 +23,6 @@ oracle holds, refusals grouped by reason, failures (what looks like a bug of the
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import os
@@ -647,29 +646,16 @@ def summary(done: dict, seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
-    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    parser.add_argument("--out", default="sweep_pyg.json", help="JSON: one record per case")
-    parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
+    parser = snap.case_arguments(__doc__, "sweep_pyg.json")
     args = parser.parse_args()
     if args.child:
         return child(args.child)
-    names = args.cases.split(",") if args.cases else list(CASES)
-    if unknown := [n for n in names if n not in CASES]:
-        parser.error(f"no case named {', '.join(unknown)} (cases: {', '.join(CASES)})")
-    done: dict = {}
+    names = snap.chosen_cases(parser, args.cases, CASES)
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
         futures = [pool.submit(run_case, name, args.timeout) for name in names]
-        for future in concurrent.futures.as_completed(futures):
-            record = future.result()
-            done[record["case"]] = record
-            print(f"{len(done):4d}/{len(names)} {record['case']}: {verdict(record)}", flush=True)
-            snap.save(done, args.out)
-    done = {n: done[n] for n in names}
-    snap.save(done, args.out)
+        records = (f.result() for f in concurrent.futures.as_completed(futures))
+        done = snap.collect(records, names, args.out, verdict)
     print(summary(done, time.perf_counter() - t0))
 
 

@@ -1438,30 +1438,18 @@ def summary(done: dict, seconds: float) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
-    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    parser = snap.case_arguments(__doc__, "sweep_torch_nn.json")
     parser.add_argument("--fresh", action="store_true", help="a new interpreter per case")
-    parser.add_argument("--out", default="sweep_torch_nn.json", help="JSON: one record per case")
-    parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child)
     if args.serve:
         return serve(args.timeout)
-    names = args.cases.split(",") if args.cases else list(CASES)
-    if unknown := [n for n in names if n not in CASES]:
-        parser.error(f"no case named {', '.join(unknown)} (cases: {', '.join(CASES)})")
-    done: dict = {}
+    names = snap.chosen_cases(parser, args.cases, CASES)
     t0 = time.perf_counter()
-    for record in _sweep(names, args.workers, args.timeout, args.fresh):
-        done[record["case"]] = record
-        print(f"{len(done):4d}/{len(names)} {record['case']}: {verdict(record)}", flush=True)
-        snap.save(done, args.out)
-    done = {n: done[n] for n in names}
-    snap.save(done, args.out)
+    records = _sweep(names, args.workers, args.timeout, args.fresh)
+    done = snap.collect(records, names, args.out, verdict)
     print(summary(done, time.perf_counter() - t0))
 
 
