@@ -219,27 +219,29 @@ def written_tensors(func, args, kwargs, kind=torch.Tensor):
 
 
 class SavedParameters:
-    """Parameters the ops run write in place (an embedding's ``max_norm`` renormalising the
-    rows it looks up), each saved before its first write (``before(func, args, kwargs)``) and
-    put back by ``restore()``: what runs on the model's own memory leaves it as it was."""
+    """The parameters' memory where the ops run write in place (an embedding's ``max_norm``
+    renormalising the rows it looks up): each storage saved whole before its first write
+    (``before(func, args, kwargs)``; whole, so every view of it is covered) and put back by
+    ``restore()``: what runs on the model's own memory leaves it as it was."""
 
     def __init__(self, params) -> None:
-        self.protected = {p.untyped_storage().data_ptr(): p for p in params if p.numel()}
-        self.saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.protected = {
+            s.data_ptr(): s for s in (p.untyped_storage() for p in params if p.numel())
+        }
+        self.saved: dict[int, tuple[torch.UntypedStorage, torch.UntypedStorage]] = {}
 
     def before(self, func, args, kwargs) -> None:
         if not _WRITES.get(func, True):  # (an op known to write nothing)
             return
         for t in written_tensors(func, args, kwargs):
             address = t.untyped_storage().data_ptr()
-            param = self.protected.get(address)
-            if param is not None and address not in self.saved:
-                self.saved[address] = (param, param.detach().clone())
+            storage = self.protected.get(address)
+            if storage is not None and address not in self.saved:
+                self.saved[address] = (storage, storage.clone())
 
     def restore(self) -> None:
-        with torch.no_grad():
-            for param, copy in self.saved.values():
-                param.detach().copy_(copy)
+        for storage, copy in self.saved.values():
+            storage.copy_(copy)
         self.saved.clear()
 
 
