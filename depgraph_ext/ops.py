@@ -329,6 +329,13 @@ def copy_with_fills_reference(outs, tensors, dims, indices, values) -> None:
         out.copy_(t).index_fill_(d, k.to(t.device, torch.long), v)
 
 
+def release_tails_reference(tensors) -> None:
+    """Each storage cut to its tensor by reallocating (a copy of the kept part). (The op has
+    no fake kernel: a storage's size means nothing under fake tensors.)"""
+    for t in tensors:
+        t.untyped_storage().resize_(t.numel() * t.element_size())
+
+
 def fill_slices_reference(tensors, dims, indices, values) -> None:
     for t, d, k, v in zip(tensors, dims, indices, values):
         t.index_fill_(d, k.to(t.device, torch.long), v)

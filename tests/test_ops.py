@@ -264,6 +264,10 @@ def test_release_tails_shrinks_storages_to_their_compacted_prefix():
     assert v.untyped_storage().nbytes() == 40
     assert torch.equal(torch.frombuffer(bytearray(out.untyped_storage()), dtype=torch.float32),
                        want.flatten())  # fmt: skip
+    big = torch.empty(512, 256)  # the reference: the same cut, by reallocating
+    big[:128].copy_(want)
+    ops.release_tails_reference([big[:128]])
+    assert bytes(big.untyped_storage()) == bytes(out.untyped_storage())
 
 
 def test_release_tails_refuses_what_is_not_a_storage_prefix():
