@@ -449,7 +449,9 @@ def main() -> None:
     parser.add_argument(
         "--attn",
         default=None,
-        help="each type with this attn_implementation (eager) instead of SDPA where it has both",
+        choices=["eager", "sdpa"],
+        help="each type with this attn_implementation instead of the first of SDPA and eager "
+        "its class builds with",
     )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
