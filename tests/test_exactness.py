@@ -504,15 +504,6 @@ class SummedAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1).square().sum(-1)  # over the heads
 
 
-def test_a_sum_over_heads_after_attention_is_exact():
-    torch.manual_seed(0)
-    model = SummedAttention().double().eval()
-    x = torch.randn(2, 5, 8, dtype=torch.float64)
-    groups = quiet(dx.DependencyGraph, model, x).groups
-    assert all("not zero" not in r for g in groups for r in g.reasons)
-    prune_and_check(model, x, ratio=0.5, exact_only=True)
-
-
 class IndexedExperts(nn.Module):
     """Experts' weights picked by index (``w[expert_ids]``, GPT-OSS's batched experts): a
     selection of a zeroed weight is zero there, so the product over the neurons is exact."""
@@ -528,10 +519,15 @@ class IndexedExperts(nn.Module):
         return torch.bmm(h, self.down[self.ids])
 
 
-def test_a_product_with_a_selection_of_a_weight_is_exact():
+@pytest.mark.parametrize(
+    "net, shape",
+    [(SummedAttention, (2, 5, 8)), (IndexedExperts, (2, 4, 8))],
+    ids=["a sum over heads after attention", "a product with a selection of a weight"],
+)
+def test_zeros_followed_through_attention_and_selections_are_exact(net, shape):
     torch.manual_seed(0)
-    model = IndexedExperts().double().eval()
-    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    model = net().double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
     groups = quiet(dx.DependencyGraph, model, x).groups
     assert all("not zero" not in r for g in groups for r in g.reasons)
     prune_and_check(model, x, ratio=0.5, exact_only=True)
