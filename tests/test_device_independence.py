@@ -466,3 +466,28 @@ def test_a_prune_on_the_gpu_is_the_prune_on_the_cpu(name):
     exact = copy.deepcopy(original)
     result = dx.prune(exact, xc, exact_only=True, verify=True)
     assert_scatter_back_equal(original, exact, result.plan, xc)
+
+
+@needs_gpu
+def test_an_in_place_prune_on_the_gpu_leaves_storages_of_the_pruned_size(tmp_path):
+    """``in_place=True`` on cuda: kept slices bit-identical to the default prune's, each
+    parameter the same object, and each storage cut to its tensor (the caching allocator's
+    block is reallocated: ``torch.save`` writes the pruned bytes, not the original's)."""
+    make_model, x = ON_GPU["small Llama (GQA 4/2)"]
+    torch.manual_seed(0)
+    a, b = make_model().to("cuda"), make_model().to("cuda")
+    params = dict(b.named_parameters())
+    xc = to_device(x, "cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.FunctionChangingWarning)
+        want = dx.prune(a, xc, ratio=0.5)
+        got = dx.prune(b, xc, ratio=0.5, in_place=True)
+    assert got.plan.keys() == want.plan.keys() and got.plan
+    for n, p in b.named_parameters():
+        assert p is params[n] and p.device.type == "cuda"
+        assert torch.equal(p, dict(a.named_parameters())[n])
+        if n in got.plan:
+            assert p.untyped_storage().nbytes() == p.numel() * p.element_size(), n
+    torch.save(a.state_dict(), tmp_path / "a.pt")
+    torch.save(b.state_dict(), tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").stat().st_size == (tmp_path / "a.pt").stat().st_size

@@ -100,6 +100,17 @@ def test_in_place_slicing_gives_the_freed_tail_back():
         assert w.untyped_storage().nbytes() == w.numel() * 4
 
 
+def test_storages_off_the_cpu_are_cut_by_reallocation():
+    """Only a CPU storage can give pages back where they lie; any other (a GPU's caching
+    allocator hands out whole blocks; meta here) is reallocated at the tensor's size."""
+    from depgraph_ext.pruning.release import release_tails
+
+    whole = torch.empty(1 << 22, device="meta")  # 16 MiB: a tail of many pages
+    kept = whole[:1000]
+    release_tails([kept])
+    assert kept.untyped_storage().nbytes() == 4000
+
+
 def test_an_in_place_prune_saves_as_small_as_the_default_one(tmp_path):
     """torch.save writes whole storages: after an in-place prune they hold the pruned bytes
     only (they held the original's, the removed half zeros), and the model reloads equal."""

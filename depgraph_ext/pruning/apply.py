@@ -165,7 +165,7 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
             [
                 data
                 for data in (tensors[name].data for name in plan)
-                if data.device.type == "cpu"
+                if data.device.type != "meta"
                 and data.storage_offset() == 0
                 and data.is_contiguous()
                 and data.untyped_storage().nbytes() > data.numel() * data.element_size()

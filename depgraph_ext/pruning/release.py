@@ -11,12 +11,13 @@ _PAGE = mmap.PAGESIZE
 
 
 def release_tails(tensors: list) -> None:
-    """Each tensor of ``tensors`` (on the CPU, contiguous, at the start of a storage of its
-    own; tensors sharing one are left as they are) is the prefix of its storage: the storage
-    shrinks to it. Large tails give their whole pages back to the operating system where they
-    lie (Linux, ``ops.release_tails_``: no copy) and the storage's size becomes the tensor's,
-    so ``torch.save`` writes the pruned bytes only; small tails (and any tail elsewhere) by
-    reallocating: a copy of the kept part."""
+    """Each tensor of ``tensors`` (contiguous, at the start of a storage of its own; tensors
+    sharing one are left as they are) is the prefix of its storage: the storage shrinks to
+    it, so ``torch.save`` writes the pruned bytes only. Large tails of CPU storages give their
+    whole pages back to the operating system where they lie (Linux, ``ops.release_tails_``:
+    no copy); small tails, and every storage elsewhere (a GPU's caching allocator hands out
+    whole blocks), by reallocating: a copy of the kept part into a storage of its size, the
+    old one freed at once."""
     by_storage: dict[int, list] = {}
     for t in tensors:
         by_storage.setdefault(t.untyped_storage().data_ptr(), []).append(t)
@@ -34,9 +35,9 @@ def release_tails(tensors: list) -> None:
 
 
 def _releasable(storage, needed: int) -> bool:
-    """Linux, and at least 64 whole pages past ``needed`` (a smaller tail costs nothing worth
-    saving to reallocate)."""
-    if not sys.platform.startswith("linux"):
+    """A CPU storage on Linux, and at least 64 whole pages past ``needed`` (a smaller tail
+    costs nothing worth saving to reallocate)."""
+    if storage.device.type != "cpu" or not sys.platform.startswith("linux"):
         return False
     start = -(-(storage.data_ptr() + needed) // _PAGE) * _PAGE
     end = (storage.data_ptr() + storage.nbytes()) // _PAGE * _PAGE
