@@ -61,6 +61,10 @@ FUSED_PATH_MODULES = (
 _DEVICE = torch.Tensor.device.__get__
 _IS_CPU = torch.Tensor.is_cpu.__get__
 _IS_META = torch.Tensor.is_meta.__get__
+_REQUIRES_GRAD = torch.Tensor.requires_grad.__get__
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+_DTYPE = torch.Tensor.dtype.__get__
+_SHAPE = torch.Tensor.shape.__get__
 _GET_DEVICE = torch.Tensor.get_device
 _TYPE = torch.Tensor.type
 _MOVES = frozenset({torch.Tensor.to, torch.Tensor.cpu})
@@ -246,34 +250,34 @@ def _joined(func, args, kwargs):
     stack = func is torch.ops.aten.stack.default
     if rank + stack > 3 or rank == 0:
         return None
-    for t in tensors:
+    # (one C-level pass per property: a loop over thousands of tensors in Python was most
+    # of a decoder's trace; a getter raises TypeError for what is no tensor)
+    try:
         if (
-            not isinstance(t, torch.Tensor)
-            or not _IS_META(t)
-            or t.dtype != dtype
-            or t.requires_grad
-            or t.dim() != rank
-            or not t.is_contiguous()
-            or t.numel() == 0
+            not all(map(_IS_META, tensors))
+            or any(map(_REQUIRES_GRAD, tensors))
+            or not all(map(_IS_CONTIGUOUS, tensors))
+            or any(dt is not dtype for dt in set(map(_DTYPE, tensors)))
         ):
             return None
+        shapes = set(map(_SHAPE, tensors))
+    except TypeError:
+        return None
+    if any(len(other) != rank or 0 in other for other in shapes):
+        return None
     out_rank = rank + stack
     if not -out_rank <= dim < out_rank:
         return None
     dim %= out_rank
     if stack:
-        if any(t.shape != shape for t in tensors):
+        if len(shapes) != 1:
             return None
         size = [*shape[:dim], len(tensors), *shape[dim:]]
     else:
+        if any(o[:dim] != shape[:dim] or o[dim + 1 :] != shape[dim + 1 :] for o in shapes):
+            return None
         size = list(shape)
-        total = 0
-        for t in tensors:
-            other = t.shape
-            if other[:dim] != shape[:dim] or other[dim + 1 :] != shape[dim + 1 :]:
-                return None
-            total += other[dim]
-        size[dim] = total
+        size[dim] = sum(t.shape[dim] for t in tensors)
     return torch.empty(size, dtype=dtype, device=META)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import operator
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -416,6 +417,11 @@ class _RecorderBase(_EagerMode):
                 self.keep(x)
             return m
         if type(x) is list or type(x) is tuple:
+            try:
+                if all(map(_IS_META, x)):  # (a stack's meta tensors: one C-level pass)
+                    return type(x)(x)
+            except TypeError:  # (the getter's, on what is no tensor)
+                pass
             return type(x)([self._meta_arg(item) for item in x])
         return x
 
@@ -506,10 +512,18 @@ class _Recorder(_RecorderBase):
             return Ref(ref)
         kind = type(x)
         if kind is list or kind is tuple:
+            if x and all(map(_IS_TENSOR, x)):  # (a cat's or stack's tensors: one pass)
+                indices = [self.lookup(t) for t in x]
+                inputs.extend(indices)
+                return kind(map(Ref, indices))
             return kind([self._refs(item, inputs) for item in x])
         if kind is dict:
             return {k: self._refs(v, inputs) for k, v in x.items()}
         return x
+
+
+def _IS_TENSOR(x) -> bool:  # noqa: N802  (a predicate for map)
+    return isinstance(x, torch.Tensor)
 
 
 def _failed_op(index: int, func, args, kwargs, module: str, occurrence: int) -> FailedOp:
@@ -557,6 +571,9 @@ class _ShapeRecorder(_RecorderBase):
 
     def _note(self, items) -> None:
         known = self.known
+        if len(items) > 8 and all(map(_IS_TENSOR, items)):  # (a stack's: one pass)
+            known.update(zip(map(id, items), items))
+            return
         for x in items:  # ATen arguments: tensors, and lists of them (one level, mostly)
             if isinstance(x, torch.Tensor):
                 known[id(x)] = x
@@ -765,17 +782,20 @@ def _swapped_tensors(
     (``torch.func.functional_call`` restores the wrong tensor when one module is registered
     under two names, so the swap is done here, once per unique module.)"""
     saved = []
-    # (name, the module's __dict__, its keys, its tensors, its containers of tensors)
+    # (name, the module's __dict__, its keys, its values, its tensors, its containers of
+    # tensors): most modules' attributes are what they were after a forward, which
+    # ``_unchanged`` tells at C speed
     attributes = []
     for name, module in modules:
         state = vars(module)
         tensors, containers = {}, {}
-        for k, v in state.items():
+        for k in state.keys() - _MODULE_INTERNALS:
+            v = state[k]
             if isinstance(v, torch.Tensor):
                 tensors[k] = v
-            elif k not in _STORES and _holds_tensors(v):
+            elif _holds_tensors(v):
                 containers[k] = (v, _contents(v))
-        attributes.append((name, state, frozenset(state), tensors, containers))
+        attributes.append((name, state, tuple(state), tuple(state.values()), tensors, containers))
     try:
         for _, module in modules:
             for store in (module._parameters, module._buffers):
@@ -787,25 +807,13 @@ def _swapped_tensors(
     finally:
         for store, key, t in reversed(saved):
             store[key] = t
-        for name, state, keys, tensors, containers in attributes:
-            for key, value in list(state.items()):
-                if isinstance(value, torch.Tensor):
-                    if tensors.get(key) is value:
-                        continue
-                    if computed is not None:
-                        computed[f"{name}.{key}" if name else key] = value
-                    if key in tensors:
-                        state[key] = tensors[key]
-                        continue
-                elif key in keys or not _holds_tensors(value):
-                    continue
-                del state[key]  # a tensor, or tensors in a container, the forward added
+        for name, state, keys, values, tensors, containers in attributes:
+            if not _unchanged(state, keys, values):
+                _put_back_attributes(name, state, frozenset(keys), tensors, computed)
             for key, (value, items) in containers.items():
                 state[key] = value
                 now = _contents(value)
-                if items is None or (
-                    len(now) == len(items) and all(a is b for a, b in zip(now, items))
-                ):
+                if items is None or (len(now) == len(items) and all(map(operator.is_, now, items))):
                     continue
                 if type(value) is list:
                     value[:] = items
@@ -814,7 +822,35 @@ def _swapped_tensors(
                     value.update(zip(items[::2], items[1::2]))
 
 
+def _unchanged(state: dict, keys: tuple, values: tuple) -> bool:
+    """Whether ``state`` holds the same objects under the same keys, in order."""
+    return (
+        len(state) == len(keys)
+        and all(map(operator.is_, state.values(), values))
+        and all(map(operator.eq, state, keys))
+    )
+
+
+def _put_back_attributes(name: str, state: dict, keys: frozenset, tensors: dict, computed) -> None:
+    """A module's tensor attributes as they were before the forward, and the tensors (or
+    containers of tensors) it added removed; ``computed`` receives what it set."""
+    for key, value in list(state.items()):
+        if isinstance(value, torch.Tensor):
+            if tensors.get(key) is value:
+                continue
+            if computed is not None:
+                computed[f"{name}.{key}" if name else key] = value
+            if key in tensors:
+                state[key] = tensors[key]
+                continue
+        elif key in keys or not _holds_tensors(value):
+            continue
+        del state[key]  # a tensor, or tensors in a container, the forward added
+
+
 _STORES = frozenset({"_parameters", "_buffers", "_modules"})
+# What every module's __dict__ holds (its stores, hook dicts, flags): no tensor attribute.
+_MODULE_INTERNALS = frozenset(vars(torch.nn.Module())) | _STORES
 
 
 def _holds_tensors(value) -> bool:
