@@ -97,3 +97,51 @@ def test_exact_only_with_every_group_function_changing_is_refused():
     assert_same_state(before, state_of(m))
     with pytest.warns(dx.FunctionChangingWarning):  # without exact_only: pruned, declared
         dx.prune(m, torch.randn(5, 4, dtype=F64), ratio=0.5)
+
+
+class _AttributeDict(dict):
+    """A config as diffusers keeps one (its FrozenDict): a dict whose items are set as
+    attributes too."""
+
+    def __init__(self, **items):
+        super().__init__(**items)
+        for name, value in items.items():
+            setattr(self, name, value)
+
+
+class _KeylessOutput(dict):
+    """An output class registered for pytree without key paths, as diffusers' outputs are."""
+
+
+torch.utils._pytree.register_pytree_node(
+    _KeylessOutput,
+    lambda o: (list(o.values()), list(o.keys())),
+    lambda values, keys: _KeylessOutput(zip(keys, values)),
+)
+
+
+class DiffusersStyle(nn.Module):
+    """What a diffusers model does: reads its config by attribute in the forward and returns
+    an output class pytree knows without key paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = _AttributeDict(scale_input=True, out_channels=4)
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        if self.config.scale_input:
+            x = 2 * x
+        return _KeylessOutput(sample=self.conv2(torch.relu(self.conv1(x))))
+
+
+def test_a_dict_config_and_an_output_without_key_paths_prune_exactly():
+    """A config that is a dict subclass (no ``attribute_map``) was read through a spy that
+    asked for one, and the model failed to run under the trace; an output class registered
+    without key paths raised an internal error naming the output's type. Both prune, under
+    the oracle, and the output is named by its key."""
+    torch.manual_seed(0)
+    pruned, result = prune_and_check(DiffusersStyle().double().eval(), X, ratio=0.5)
+    assert pruned.conv1.out_channels == 8 and result.plan
+    with pytest.raises(dx.InvalidArgumentError, match=r"\['sample'\]"):
+        dx.prune(DiffusersStyle().double().eval(), X, ratio=0.5, prune_outputs=["nothing"])

@@ -862,13 +862,18 @@ def config_reads(model: torch.nn.Module):
         return
     had = "__getattribute__" in cls.__dict__
     original = cls.__getattribute__
+    if isinstance(config, dict):  # (diffusers' FrozenDict: its items are read unseen too)
+        recording.known = False
+    aliases = getattr(config, "attribute_map", None)  # (transformers': alias -> field)
+    if not isinstance(aliases, dict):
+        aliases = {}
 
     def spy(self, key):
         if self is config:
             reads.add(key)
             if key in _WHOLE_CONFIG_READS:
                 recording.known = False
-            mapped = original(self, "attribute_map").get(key) if key != "attribute_map" else None
+            mapped = aliases.get(key)
             if isinstance(mapped, str):
                 reads.add(mapped)
         return original(self, key)

@@ -1302,11 +1302,11 @@ def trace_as(
             for name, t in set_attributes.items()
             if id(t) in recorder.value_of
         }
-    for path, leaf in pytree.tree_flatten_with_path(out)[0]:
+    for path, leaf in leaves_with_paths(out):
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
             if not shapes_only:
-                graph.output_paths.append(pytree.keystr(path))
+                graph.output_paths.append(path)
     if watch is not None:
         watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)
         watch.saw.live = False
@@ -1378,6 +1378,30 @@ def _fake_errors_unlogged():
         logger.setLevel(level)
 
 
+def leaves_with_paths(tree) -> list[tuple[str, Any]]:
+    """The leaves of ``tree`` in ``pytree.tree_leaves`` order, each with its key path as
+    ``pytree.keystr`` writes it (``[0]``, ``['logits']``). A node type registered without key
+    paths (diffusers' outputs, by the older registration) is keyed by its flattening's
+    context where that names each child (a mapping's keys), else by position."""
+    try:
+        return [(pytree.keystr(p), leaf) for p, leaf in pytree.tree_flatten_with_path(tree)[0]]
+    except ValueError:
+        pass
+    out: list[tuple[str, Any]] = []
+
+    def walk(node, path: str) -> None:
+        if pytree._is_leaf(node):
+            out.append((path, node))
+            return
+        children, context = pytree.SUPPORTED_NODES[pytree._get_node_type(node)].flatten_fn(node)
+        names = context if isinstance(context, (list, tuple)) else ()
+        for i, child in enumerate(children):
+            walk(child, f"{path}[{names[i]!r}]" if len(names) == len(children) else f"{path}[{i}]")
+
+    walk(tree, "")
+    return out
+
+
 def _register_values(
     graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only: bool
 ) -> None:
@@ -1396,9 +1420,9 @@ def _register_values(
         graph.params[name] = recorder.add_value(p, "param", name)
     for name, b in fake_buffers.items():
         graph.buffers[name] = recorder.add_value(b, "buffer", name)
-    for path, leaf in pytree.tree_flatten_with_path((fake_args, fake_kwargs))[0]:
+    for path, leaf in leaves_with_paths((fake_args, fake_kwargs)):
         if isinstance(leaf, torch.Tensor):
-            graph.inputs.append(recorder.add_value(leaf, "input", pytree.keystr(path)))
+            graph.inputs.append(recorder.add_value(leaf, "input", path))
 
 
 @contextlib.contextmanager
