@@ -550,3 +550,43 @@ def test_a_bilinear_layer_prunes_its_three_widths():
     b = pruned.bilinear
     assert (b.in1_features, b.in2_features, b.out_features) == (5, 4, 6)
     assert b.weight.shape == (6, 5, 4)
+
+
+class Codebook(nn.Module):
+    """A vector quantiser (VQ-VAE, diffusers' VQModel): each feature vector is replaced by its
+    nearest codebook row, by ``torch.cdist``, and decoded; ``shift`` moves the features off
+    zero at every channel first."""
+
+    def __init__(self, shift: float = 0.0, p: float = 2.0):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 16, 3, padding=1)
+        self.codebook = nn.Embedding(10, 16)
+        self.dec = nn.Conv2d(16, 3, 1)
+        self.shift, self.p = shift, p
+
+    def forward(self, x):
+        z = self.enc(x)
+        flat = z.permute(0, 2, 3, 1).flatten(0, 2) + self.shift
+        index = torch.cdist(flat, self.codebook.weight, p=self.p).argmin(1)
+        q = self.codebook(index).view(z.shape[0], z.shape[2], z.shape[3], -1)
+        return self.dec(q.permute(0, 3, 1, 2) + z)
+
+
+@pytest.mark.parametrize(
+    "size, p", [(6, 2.0), (2, 2.0), (2, 1.0)]
+)  # _euclidean_dist past 25 rows; _cdist_forward below, any p
+def test_a_distance_over_channels_is_exact_where_both_sides_are_zero_there(size, p):
+    """cdist sums over the feature channels: with the features and the codebook both zero at
+    removed channels the distances, and so every nearest code, stay as they were (the oracle
+    holds); features shifted off zero make the channels function-changing, said so."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, size, size, dtype=F64)
+    pruned, result = check(Codebook(p=p), x)
+    assert pruned.enc.out_channels == pruned.codebook.embedding_dim == 8
+    assert not result.function_changing
+    shifted = Codebook(shift=0.5, p=p).double().eval()
+    with pytest.warns(dx.FunctionChangingWarning, match="a distance over units"):
+        result = dx.prune(copy.deepcopy(shifted), x, ratio=0.5)
+    assert result.function_changing
+    with pytest.raises(dx.NoPrunableGroupsError):
+        dx.prune(copy.deepcopy(shifted), x, ratio=0.5, exact_only=True)

@@ -194,3 +194,29 @@ def embedding_bag(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten._embedding_bag", "aten._embedding_bag_forward_only"], embedding_bag)
+
+
+def pairwise_distance(ctx: RuleContext, node: Node) -> None:
+    """``torch.cdist``'s ops: x1 [*, P, M] and x2 [*, R, M] -> the p-norm distance of every
+    pair [*, P, R]. M is summed (as |x1 - x2|^p, or its max), so its units go exactly where
+    both inputs are zero at them (a zeroed codebook column and a zeroed feature: the
+    difference adds nothing, for any p); the batch dims broadcast."""
+    a, b = node.inputs[:2]
+    out = node.outputs[0]
+    sa, sb, so = ctx.slots(a), ctx.slots(b), ctx.slots(out)
+    if min(len(sa), len(sb)) < 2 or len(so) != max(len(sa), len(sb)):
+        raise RuleError("distance inputs of rank under 2, or an output of another rank")
+    ctx.equal(sa[-1], sb[-1])
+    ctx.equal(sa[-2], so[-2])
+    ctx.equal(sb[-2], so[-1])
+    for v, sv in ((a, sa), (b, sb)):
+        lead = len(so) - len(sv)
+        for i in range(len(sv) - 2):
+            if ctx.shape(v)[i] == ctx.shape(out)[lead + i] != 1:
+                ctx.equal(sv[i], so[lead + i])
+    culprit = ctx.nonzero_at_removed(a) or ctx.nonzero_at_removed(b)
+    if culprit is not None:
+        ctx.reduces(sa[-1], node, ctx.nonzero_reason("a distance", culprit))
+
+
+register_many(["aten._euclidean_dist", "aten._cdist_forward"], pairwise_distance)
