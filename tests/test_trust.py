@@ -220,3 +220,44 @@ def test_in_place_mode_matches_the_default():
         k: {d: v.tolist() for d, v in dims.items()} for k, dims in rb.plan.items()
     }
     assert_same_model(a, b, X)
+
+
+class _Scheduler:
+    """A plain object a model keeps (a diffusion scheduler), whose tensors its forward moves
+    to the input's device (diffusers' consistency decoder does)."""
+
+    def __init__(self) -> None:
+        self.scale = torch.linspace(0.5, 1.5, 4, dtype=torch.float64)
+
+    def follow(self, device) -> None:
+        self.scale = self.scale.to(device)
+        self.seen = torch.zeros(1, device=device)  # (and one it adds)
+
+
+class _WithScheduler(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler = _Scheduler()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        self.scheduler.follow(x.device)
+        y = torch.relu(self.fc1(x))
+        if bool(x.sum() > -1e9):  # a decision of the data: the plan is checked on meta tensors
+            y = y * 2
+        b, c = y.shape  # (a size read: a trace of the pruned shapes)
+        return self.fc2(y.reshape(b, c)) * self.scheduler.scale
+
+
+def test_tensors_of_plain_objects_the_model_keeps_are_left_as_they_were():
+    """A trace on meta tensors ran the forward's ``self.scale = self.scale.to(device)`` on a
+    scheduler object (no module), which kept the meta tensor: the pruned model could not
+    run. Tensors of objects a module holds are put back after every trace, and those the
+    forward added removed."""
+    torch.manual_seed(0)
+    model = _WithScheduler().double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    scale = model.scheduler.scale
+    dx.prune(model, x, ratio=0.5)
+    assert model.scheduler.scale is scale and not hasattr(model.scheduler, "seen")
+    assert model(x).shape == (2, 4)

@@ -15,6 +15,7 @@ import functools
 import logging
 import operator
 import time
+import types
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -786,6 +787,11 @@ def _swapped_tensors(
     # tensors): most modules' attributes are what they were after a forward, which
     # ``_unchanged`` tells at C speed
     attributes = []
+    # Plain objects modules hold (a diffusion scheduler, a helper), by id: (their __dict__,
+    # its keys, its values, its tensors). Their tensors are put back too: a forward that moves
+    # them (``self.sigmas = self.sigmas.to(x.device)``) would leave the trace's meta or fake
+    # tensors in the model.
+    objects: dict[int, tuple] = {}
     for name, module in modules:
         state = vars(module)
         tensors, containers = {}, {}
@@ -795,6 +801,9 @@ def _swapped_tensors(
                 tensors[k] = v
             elif _holds_tensors(v):
                 containers[k] = (v, _contents(v))
+            elif id(v) not in objects and (held := _attributes_of(v)) is not None:
+                kept = {a: t for a, t in held.items() if isinstance(t, torch.Tensor)}
+                objects[id(v)] = (held, tuple(held), tuple(held.values()), kept)
         attributes.append((name, state, tuple(state), tuple(state.values()), tensors, containers))
     try:
         for _, module in modules:
@@ -807,6 +816,14 @@ def _swapped_tensors(
     finally:
         for store, key, t in reversed(saved):
             store[key] = t
+        for held, keys, values, kept in objects.values():
+            if not _unchanged(held, keys, values):
+                for key, value in list(held.items()):
+                    if isinstance(value, torch.Tensor) and kept.get(key) is not value:
+                        if key in kept:
+                            held[key] = kept[key]
+                        else:
+                            del held[key]  # a tensor the forward added
         for name, state, keys, values, tensors, containers in attributes:
             if not _unchanged(state, keys, values):
                 _put_back_attributes(name, state, frozenset(keys), tensors, computed)
@@ -820,6 +837,23 @@ def _swapped_tensors(
                 else:
                     value.clear()
                     value.update(zip(items[::2], items[1::2]))
+
+
+_NOT_PLAIN = (torch.nn.Module, torch.Tensor, type, types.ModuleType, types.FunctionType,
+              types.MethodType, types.BuiltinFunctionType, functools.partial)  # fmt: skip
+
+
+def _attributes_of(value) -> dict | None:
+    """The ``__dict__`` of an instance of a class with attributes of its own, which is no
+    module, tensor, class, function or Python module (else None), read past the class's own
+    ``__getattribute__`` (a config's is a spy while the graph is traced)."""
+    if isinstance(value, _NOT_PLAIN):
+        return None
+    try:
+        held = object.__getattribute__(value, "__dict__")
+    except AttributeError:
+        return None
+    return held if type(held) is dict else None
 
 
 def _unchanged(state: dict, keys: tuple, values: tuple) -> bool:
