@@ -72,7 +72,9 @@ class PlanValidationError(PruningError):
     ``fixed_slots`` the slots it showed to be fixed by the model's code, and ``module`` the
     innermost module where it happened (None if unknown). ``more``: the errors of ops that
     failed later in the same trace (each of them such an error); ``untraced``: found from the
-    sizes the model's code passed, without a trace of the pruned shapes."""
+    sizes the model's code passed, without a trace of the pruned shapes; ``read_slots``: the
+    pruned dims whose sizes the code read and computed the failing sizes from (kept where
+    keeping the op's own dims changes nothing)."""
 
     def __init__(
         self, message: str, node: int | None = None, fixed_slots=(), module: str | None = None
@@ -83,6 +85,7 @@ class PlanValidationError(PruningError):
         self.module = module
         self.more: tuple[PlanValidationError, ...] = ()
         self.untraced = False
+        self.read_slots: list[int] = []
 
 
 class NoPrunableGroupsError(PruningError):

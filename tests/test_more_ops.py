@@ -590,3 +590,37 @@ def test_a_distance_over_channels_is_exact_where_both_sides_are_zero_there(size,
     assert result.function_changing
     with pytest.raises(dx.NoPrunableGroupsError):
         dx.prune(copy.deepcopy(shifted), x, ratio=0.5, exact_only=True)
+
+
+class TokensBetweenConvs(nn.Module):
+    """UVit's middle (diffusers' UVit2DModel): the feature map's width read from its shape,
+    tokens projected to a hidden width and back by linear layers, and the result viewed with
+    the width read before, though it is another layer's output of the same size (which the
+    plan keeps whole here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_in, self.conv_out = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 3, 1)
+        self.to_hidden, self.from_hidden = nn.Linear(16, 24), nn.Linear(24, 16)
+
+    def forward(self, x):
+        h = torch.relu(self.conv_in(x))
+        b, c, height, width = h.shape
+        tokens = h.permute(0, 2, 3, 1).reshape(b, height * width, c)
+        tokens = self.from_hidden(torch.relu(self.to_hidden(tokens)))
+        out = self.conv_out(tokens.reshape(b, height, width, c).permute(0, 3, 1, 2))
+        return out, tokens  # (the tokens an output: their width stays)
+
+
+def test_a_view_given_a_width_read_from_another_tensor_keeps_that_width():
+    """The last view's width is the feature map's (read), not its own tensor's: a plan that
+    pruned the two differently failed the view, and nothing the plan could keep was found
+    (the view's own dims were kept already): the prune raised. Now the width read is kept,
+    and the rest prunes."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=F64)
+    with pytest.warns(dx.FixedSizeWarning):
+        pruned, _ = check(TokensBetweenConvs(), x)
+    assert pruned.conv_in.out_channels == pruned.from_hidden.out_features == 16
+    assert pruned.to_hidden.out_features == 12
+    assert pruned(x)[0].shape == (2, 3, 4, 4)

@@ -316,7 +316,7 @@ def _shaped_call_failure(dg: DependencyGraph, call, sizes: list[int], kept_sizes
             fixed = [
                 s for d, s in enumerate(slots[call.value]) if sizes[d] == original[d] != expected[d]
             ] or [s for v in (call.value, call.source) for s in slots[v]]
-            return PlanValidationError(
+            error = PlanValidationError(
                 f"the pruned shapes do not run at {node.describe()}: the model's code asks for "
                 f"shape {tuple(sizes)} of a tensor of {numel} elements (original shape "
                 f"{original}): it fixes a size the rules treat as prunable",
@@ -324,6 +324,8 @@ def _shaped_call_failure(dg: DependencyGraph, call, sizes: list[int], kept_sizes
                 fixed,
                 node.module,
             )
+            error.read_slots = _pruned_sizes_read(dg, call, kept_sizes)
+            return error
     elif call.kind == "expand":
         actual = [e if n == -1 else n for n, e in zip(sizes, expected)]
     else:
@@ -333,13 +335,31 @@ def _shaped_call_failure(dg: DependencyGraph, call, sizes: list[int], kept_sizes
         return None
     wrong = [d for d in range(len(expected)) if expected[d] != actual[d]]
     fixed = [slots[call.value][d] for d in wrong if actual[d] == original[d]]
-    return PlanValidationError(
+    error = PlanValidationError(
         f"{node.describe()} would produce shape {actual} where the plan needs {expected} "
         f"(original {original}): the model's code fixes a size the rules treat as prunable",
         node.index,
         fixed or [slots[call.value][d] for d in wrong],
         node.module,
     )
+    error.read_slots = _pruned_sizes_read(dg, call, kept_sizes)
+    return error
+
+
+def _pruned_sizes_read(dg: DependencyGraph, call, kept_sizes: list[int]) -> list[int]:
+    """The dims whose sizes the code read and computed the call's sizes from, where the plan
+    prunes them: a view of one tensor given another's size (``x.reshape(b, h, w, c)`` with
+    ``c`` read from a tensor of other channels) fails because they differ, and keeping the
+    dim read is what makes it run again when the tensor's own dims are kept already."""
+    slots, sizes = dg.coupling_model.value_slots, dg.slot_sizes
+    read = []
+    for x in call.ints:
+        for leaf in leaves(x):
+            if isinstance(leaf, SizeLeaf) and leaf.dim < len(slots[leaf.value]):
+                s = slots[leaf.value][leaf.dim]
+                if kept_sizes[s] != sizes[s] and s not in read:
+                    read.append(s)
+    return read
 
 
 def _check_needs_no_trace(dg: DependencyGraph, plan: Plan) -> None:
@@ -1097,7 +1117,8 @@ def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> Dependen
     when there is nothing new to block.
 
     What is blocked, in order, the first that blocks a unit the plan could remove: the slots
-    the failure showed fixed; every dim of the failing op; then, when the size came from
+    the failure showed fixed; every dim of the failing op; the dims whose sizes the code
+    read to compute the failing ones (``read_slots``); then, when the size came from
     Python (``C // num_heads`` of an input's shape, a module attribute, a control-flow
     decision), what crosses the failing module's calls (the activations it reads from outside
     and returns), then its own parameters and buffers, then the same one module up. (Dims
@@ -1139,6 +1160,9 @@ def _fixed_by(dg: DependencyGraph, exc: PlanValidationError, blocked) -> set[int
     if exc.node is not None:  # no progress: keep the whole op
         node = dg.graph.nodes[exc.node]
         tiers.append({s for v in node.inputs + node.outputs for s in slots[v]})
+    # then the dims whose sizes the code read to compute the failing ones (a view of one
+    # tensor by another's width: its own dims may be whole already)
+    tiers.append(set(getattr(exc, "read_slots", ())))
     module = exc.module
     if module is None and exc.node is not None:
         module = dg.graph.nodes[exc.node].module
