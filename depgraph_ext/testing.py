@@ -34,10 +34,11 @@ def _named(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
     """A copy of ``original`` with every slice the plan removes set to zero (variances to 1;
-    a weight norm's direction to 1 along its norm dim)."""
+    a weight norm's direction to 1 along its norm dim; with a ``PruneResult``, a tensor the
+    model divides by to 1)."""
     model = copy.deepcopy(original)
     tensors = _named(model)
-    fills = RemovedFills(model)
+    fills = RemovedFills(model, getattr(plan, "divisors", ()))
     with torch.no_grad():
         for name, dims in changed_tensors(plan).items():
             t = tensors[name]

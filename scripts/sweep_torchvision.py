@@ -49,6 +49,7 @@ import traceback
 MAX_PARAMS = 150_000_000
 TOLERANCE = {"float64": 1e-7, "float32": 1e-4}
 STAGES = (("exact", {"exact_only": True}), ("default", {}), ("verify", {"verify": True}))
+HOLDS_FLOAT32 = "holds to float32 precision"  # (see stage)
 REFERENCE = "ResNet-50 (reference)"  # not a model name: the prune every other is compared with
 # torchvision.models' submodules; a model in none of them is a classifier
 TASKS = ("segmentation", "detection", "video", "optical_flow", "quantization")
@@ -266,6 +267,18 @@ def stage(name: str, options: dict, pristine, inputs, shapes: list, tolerance: f
             record["oracle"] = "holds"
         except AssertionError as e:
             record["oracle"] = _short(e, 400)
+            if tolerance < TOLERANCE["float32"]:
+                # A float64 model whose code computes in float32 inside (a norm or attention
+                # cast up to float32 and back): the sums its kernels make over another width
+                # round differently, at float32's precision, not at float64's.
+                try:
+                    assert_scatter_back_equal(pristine, model, result, inputs,
+                                              rtol=TOLERANCE["float32"],
+                                              atol=TOLERANCE["float32"])  # fmt: skip
+                    record["oracle_float64"] = record["oracle"]
+                    record["oracle"] = HOLDS_FLOAT32
+                except AssertionError:
+                    pass
     return record
 
 
@@ -428,7 +441,7 @@ def problems(stage_name: str, r: dict) -> list[str]:
         found.append(f"DOES NOT RUN: {r['run_error'][:160]}")
     elif not r.get("shapes_kept"):
         found.append(f"OUTPUT SHAPES CHANGED: {r['shapes_after'][:3]}")
-    if stage_name == "exact" and r["oracle"] != "holds":
+    if stage_name == "exact" and r["oracle"] not in ("holds", HOLDS_FLOAT32):
         found.append(f"ORACLE FAILS: {r['oracle'][:300]}")
     if stage_name == "exact" and not r["kept_bit_identical"]:
         found.append(f"KEPT NOT BIT-IDENTICAL: {r['kept_error'][:160]}")
@@ -438,7 +451,7 @@ def problems(stage_name: str, r: dict) -> list[str]:
 def stage_words(stage_name: str, r: dict) -> str:
     if r["outcome"] == "ok":
         words = _megas(r["params"]) if stage_name == "exact" else f"{r['seconds']:.2f} s"
-        words += ", oracle holds" if r.get("oracle") == "holds" else ""
+        words += f", oracle {r['oracle']}" if r.get("oracle") in ("holds", HOLDS_FLOAT32) else ""
     else:
         words = f"{r['outcome']} ({r['error'][:90]})"
     wrong = problems(stage_name, r)
@@ -491,6 +504,11 @@ def summary(done: dict) -> str:
     holds = sum(r["oracle"] == "holds" for r in exact)
     identical = sum(r["kept_bit_identical"] for r in exact)
     lines.append(f"exact: oracle holds for {holds} of {len(exact)}, kept bit-identical {identical}")
+    float32 = sorted(
+        n for n, r in models.items() if r.get("exact", {}).get("oracle") == HOLDS_FLOAT32
+    )
+    if float32:
+        lines.append(f"exact: oracle {HOLDS_FLOAT32} (float32 inside): {len(float32)} {float32}")
     default = [r["default"] for r in models.values() if r.get("default", {}).get("outcome") == "ok"]
     kept = sum(bool(r.get("runs") and r.get("shapes_kept")) for r in default)
     lines.append(f"default: runs with the original's output shapes {kept} of {len(default)}")

@@ -624,3 +624,69 @@ def test_a_view_given_a_width_read_from_another_tensor_keeps_that_width():
     assert pruned.conv_in.out_channels == pruned.from_hidden.out_features == 16
     assert pruned.to_hidden.out_features == 12
     assert pruned(x)[0].shape == (2, 3, 4, 4)
+
+
+class ComplexRotaryAttention(nn.Module):
+    """Attention as diffusers' attention modules write it: the head count an attribute
+    (``self.heads``) the code splits by, and rotary embeddings as a complex product
+    (``view_as_complex`` of channel pairs, times unit phases, ``view_as_real``), as Meta's
+    Llama code, Lumina and Qwen-Image do."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim) for _ in range(3))
+        self.to_out = nn.Linear(dim, dim)
+
+    def rotate(self, x, phases):
+        pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * phases).flatten(-2)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        head_dim = k.shape[-1] // self.heads
+        q, k, v = (t.view(b, -1, self.heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        angles = torch.arange(n, dtype=x.dtype)[:, None] * torch.arange(1, head_dim // 2 + 1)
+        phases = torch.polar(torch.ones_like(angles), angles)
+        q, k = self.rotate(q, phases), self.rotate(k, phases)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * head_dim))
+
+
+def test_heads_split_by_a_heads_attribute_with_complex_rotary_embeddings_prune_exactly():
+    """``view_as_complex`` and ``view_as_real`` had no rule (every head blocked, an opaque op
+    named), and a module's ``heads`` attribute (diffusers' name) did not follow the heads
+    pruned, so the code's split failed validation and kept them all. Both follow now: two of
+    four heads go, the attribute says so, and the oracle holds."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 32, dtype=F64)
+    pruned, result = check(ComplexRotaryAttention(), x)
+    assert pruned.heads == 2 and pruned.to_q.out_features == 16
+    assert not result.function_changing
+
+
+class NormalisedLatents(nn.Module):
+    """Latents standardised by per-channel buffers, ``(z - means) / stds`` (diffusers'
+    consistency decoder), then decoded."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 1)
+        self.register_buffer("means", torch.linspace(-0.5, 0.5, 8).view(1, 8, 1, 1))
+        self.register_buffer("stds", torch.linspace(0.5, 2.0, 8).view(1, 8, 1, 1))
+
+    def forward(self, x):
+        return self.dec(torch.relu((self.enc(x) - self.means) / self.stds))
+
+
+def test_a_channel_divided_by_a_buffer_is_removed_as_its_zeroing_with_the_divisor_one():
+    """The oracle's original-shaped model zeroed the removed channels of ``stds`` too: 0 / 0
+    there, NaN everywhere after. A tensor the model divides by holds one at removed units
+    (the zero numerator stays zero), in the oracle and in ``verify=True``'s check."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, dtype=F64)
+    pruned, result = check(NormalisedLatents(), x)
+    assert pruned.enc.out_channels == 4 and result.divisors == {"stds"}
+    model = NormalisedLatents().double().eval()
+    assert dx.prune(model, x, ratio=0.5, verify=True).verify(x) < 1e-12

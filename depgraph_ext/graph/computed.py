@@ -19,12 +19,43 @@ from torch.nn.utils.prune import BasePruningMethod
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
-from .trace import OpGraph
+from .trace import OpGraph, Ref
 from .walk import ModelWalk
 
 # Removed slices get these instead of zero, by the tensor's last name (every dim): BatchNorm
 # variances, so that a removed channel normalises to zero (1 / sqrt(0 + eps) is not small).
 ONE_FILLED = ("running_var",)
+
+
+# Ops that divide by a tensor argument: (op, its position). Followed back from there through
+# what keeps a tensor's values (views, copies, casts) to a parameter or buffer.
+_DIVIDING = {"aten.div": 1, "aten.div_": 1, "aten.true_divide": 1, "aten.reciprocal": 0,
+             "aten.rsqrt": 0}  # fmt: skip
+_SAME_VALUES = frozenset(
+    f"aten.{n}"
+    for n in """view _unsafe_view reshape unsqueeze squeeze expand _to_copy to alias detach
+    clone contiguous permute transpose t slice select flatten unflatten lift_fresh""".split()
+)
+
+
+def divisor_tensors(graph: OpGraph) -> frozenset[str]:
+    """Names of the parameters and buffers the model divides by (``x / self.stds``,
+    ``x * w.rsqrt()``), directly or through views and casts of them."""
+    named = {v: n for n, v in (graph.params | graph.buffers).items()}
+    producer = {o: node for node in graph.nodes for o in node.outputs}
+    found = set()
+    for node in graph.nodes:
+        position = _DIVIDING.get(node.packet)
+        if position is None or len(node.inputs) <= position:
+            continue
+        if position == 1 and (len(node.args) < 2 or not isinstance(node.args[1], Ref)):
+            continue  # a number
+        v = node.inputs[position]
+        while v not in named and v in producer and producer[v].packet in _SAME_VALUES:
+            v = producer[v].inputs[0] if producer[v].inputs else None
+        if v in named:
+            found.add(named[v])
+    return frozenset(found)
 
 
 def computed_tensors(graph: OpGraph, walk: ModelWalk) -> dict[str, int]:
@@ -46,9 +77,12 @@ class RemovedFills:
     """What a removed slice holds in the original-shaped model the oracle compares with: zero,
     except where zero does not remove a unit. A weight norm's direction ``v`` along its norm
     dim is divided by its own norm (0 / 0 for a zeroed row): its removed rows hold ones, and
-    the zeroed scale ``g`` removes them. BatchNorm variances hold one."""
+    the zeroed scale ``g`` removes them. BatchNorm variances hold one, and so does every tensor
+    in ``divisors`` (a model's latent ``stds`` it divides by: 0 / 0 at a removed channel, where
+    one leaves its zero numerator zero)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, divisors=()) -> None:
+        self.divisors = frozenset(divisors)
         self.by_name: dict[str, tuple[int, int]] = {}  # tensor -> (norm dim, rank)
         for name, m in model.named_modules():
             prefix = f"{name}." if name else ""
@@ -73,7 +107,7 @@ class RemovedFills:
 
     def of(self, name: str, dim: int) -> float:
         """The value removed indices along ``dim`` of tensor ``name`` hold."""
-        if name.rpartition(".")[2] in ONE_FILLED:
+        if name.rpartition(".")[2] in ONE_FILLED or name in self.divisors:
             return 1.0
         norm = self.by_name.get(name)
         return 1.0 if norm is not None and norm[0] == dim else 0.0

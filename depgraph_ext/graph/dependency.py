@@ -22,7 +22,7 @@ from ..errors import (
 )
 from ..gcpause import paused_gc
 from ..progress import as_progress
-from .computed import computed_tensors
+from .computed import computed_tensors, divisor_tensors
 from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .frame_stack import in_fresh_chunk
@@ -370,6 +370,12 @@ class DependencyGraph:
         """Tensors the model computes as it runs (a parametrized weight, a hook's weight): name
         -> traced value (see :mod:`depgraph_ext.graph.computed`)."""
         return computed_tensors(self.graph, self.walk)
+
+    @functools.cached_property
+    def divisors(self) -> frozenset[str]:
+        """Parameters and buffers the model divides by: where zero does not remove a unit
+        (see :class:`depgraph_ext.graph.computed.RemovedFills`)."""
+        return divisor_tensors(self.graph)
 
     @property
     def opaque_ops(self) -> list[OpaqueOp]:

@@ -342,7 +342,7 @@ def _gpt2_conv1d(p: PlannedModule) -> dict[str, object]:
 
 
 # -- attention calls -----------------------------------------------------------------------------
-HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads")
+HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")  # (heads: diffusers)
 KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 HEADS_TIMES_DIM = ("all_head_size", "inner_dim", "split_size")
 HIDDEN = ("hidden_size", "embed_dim", "d_model", "n_embd")
@@ -405,7 +405,7 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
             continue
         counts = {
             a: getattr(m, a)
-            for a in (*HEADS, "heads")
+            for a in HEADS
             if isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)
         }
         sizes = node.args[1] if len(node.args) > 1 else None

@@ -357,6 +357,9 @@ def apply_step(
         tied=named.tied,
         non_persistent=named.outside,
         outputs=dict(plan.outputs),
+        divisors=frozenset(
+            n for n in [*named.tensors, *named.outside] if {n, named.tied.get(n, n)} & dg.divisors
+        ),
     )
 
 

@@ -230,7 +230,7 @@ def _difference_per_call(dg: DependencyGraph, plan: Plan, holders: dict[int, lis
     are reused from call to call, so at most a few tensors' worth of memory is added (saving
     the removed slices of a 7B model instead takes gigabytes of new memory)."""
     tensors = dg.walk.params | dg.walk.buffers
-    fills = RemovedFills(dg.model)
+    fills = RemovedFills(dg.model, dg.divisors)
     scratch = _Scratch()
     native = dg.backend == "native" and ops.available()
     removed = {
@@ -651,7 +651,7 @@ def _zeroed(dg: DependencyGraph, plan: Plan):
     does not: ``RemovedFills``), for the duration: the removed slices are saved first and
     written back on exit."""
     tensors = dg.walk.params | dg.walk.buffers
-    fills = RemovedFills(dg.model)
+    fills = RemovedFills(dg.model, dg.divisors)
     # Every removed slice of the original, by (tensor, dim), saved in one batched gather
     # before any is filled (each holds original values, so they go back in any order).
     removed: dict[tuple[str, int], torch.Tensor] = {}  # (name, dim) -> the removed indices
@@ -715,7 +715,7 @@ def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> t
 
     original = copy.deepcopy(model)
     tensors = dict(original.named_parameters()) | dict(original.named_buffers())
-    fills = RemovedFills(original)
+    fills = RemovedFills(original, result.divisors)
     with torch.no_grad():
         for name, dims in result.tensors.items():  # each tensor once
             t = tensors[name]

@@ -22,7 +22,8 @@ mish mul ne neg nan_to_num pow reciprocal relu relu6 remainder round rsqrt rsub 
 sign silu sin sinh softplus sqrt square sub tan tanh threshold trunc where xlogy zero
 _to_copy to _to_dim_order_copy bernoulli uniform normal ones_like zeros_like empty_like full_like
 rand_like randn_like positive celu glu_backward hardshrink softshrink gelu_ native_dropout dropout
-feature_dropout alpha_dropout rrelu_with_noise rrelu_with_noise_
+feature_dropout alpha_dropout rrelu_with_noise rrelu_with_noise_ polar complex real imag conj
+_conj conj_physical angle
 """.split()
 register_many([f"aten.{n}" for n in _ELEMENTWISE], elementwise)
 

@@ -173,3 +173,24 @@ def as_strided(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.as_strided", "aten.as_strided_copy"], as_strided)
+
+
+def complex_view(ctx: RuleContext, node: Node) -> None:
+    """``view_as_complex`` (real [..., 2] -> complex [...]) and ``view_as_real`` (back): the
+    leading dims are the same; the (real, imaginary) pair stays whole (rotary embeddings
+    written as complex products pair each channel with its neighbour)."""
+    src, out = node.inputs[0], node.outputs[0]
+    real, whole = (src, out) if node.packet.startswith("aten.view_as_complex") else (out, src)
+    sr, sw = ctx.slots(real), ctx.slots(whole)
+    if len(sr) != len(sw) + 1 or ctx.size(sr[-1]) != 2:
+        raise RuleError("a complex view whose last real dim is not the (real, imaginary) pair")
+    ctx.block(sr[-1])
+    for a, b in zip(sr[:-1], sw):
+        ctx.equal(a, b)
+
+
+register_many(
+    ["aten.view_as_complex", "aten.view_as_real", "aten.view_as_complex_copy",
+     "aten.view_as_real_copy"],
+    complex_view,
+)  # fmt: skip

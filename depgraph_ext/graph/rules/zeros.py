@@ -37,7 +37,8 @@ _FOLLOWS_FIRST = frozenset(
     upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_linear1d
     upsample_bicubic2d upsample_trilinear3d _upsample_nearest_exact2d squeeze_copy
     unsqueeze_copy view_copy permute_copy transpose_copy t_copy expand_copy slice_copy
-    select_copy split_copy unbind_copy cumsum div div_ true_divide
+    select_copy split_copy unbind_copy cumsum div div_ true_divide view_as_complex view_as_real
+    view_as_complex_copy view_as_real_copy
     """.split()
 )
 # Attention: its output is the attention weights times the values, zero wherever the values
