@@ -690,3 +690,37 @@ def test_a_channel_divided_by_a_buffer_is_removed_as_its_zeroing_with_the_diviso
     assert pruned.enc.out_channels == 4 and result.divisors == {"stds"}
     model = NormalisedLatents().double().eval()
     assert dx.prune(model, x, ratio=0.5, verify=True).verify(x) < 1e-12
+
+
+class CheckedUpsample(nn.Module):
+    """diffusers' Upsample2D: the channel count an attribute the forward asserts."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        assert x.shape[1] == self.channels
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UpsamplingNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_in, self.up = nn.Conv2d(3, 16, 3, padding=1), CheckedUpsample(16)
+        self.conv_out = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        return self.conv_out(torch.relu(self.up(torch.relu(self.conv_in(x)))))
+
+
+def test_an_attribute_the_code_compares_with_a_size_follows_that_size():
+    """``assert x.shape[1] == self.channels`` kept the channels whole (the plan's trace failed
+    the assertion): an attribute of a module no attribute rule covers, compared with a size
+    the code read, now follows the kept size, and the plan's trace checks it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=F64)
+    pruned, result = check(UpsamplingNet(), x)
+    assert pruned.up.channels == pruned.conv_in.out_channels == 8
+    assert any(u.attr == "channels" and u.new == 8 for u in result.attribute_updates)

@@ -235,6 +235,10 @@ class CodeSaw:
     # (how many ops have run so far, the module running): the trace's, while it runs; then None
     clock: Callable[[], tuple[int, str]] | None = field(default=None, repr=False, compare=False)
     live: bool = True  # SizeInts used after the trace read nothing
+    # (module id, attribute, value, dim): an integer attribute of a module the code compared
+    # with a size it read (``assert x.shape[1] == self.channels``): the attribute follows the
+    # dim where a plan prunes it (its new value is checked by the plan's trace: both read)
+    ties: list[tuple[int, str, int, int]] = field(default_factory=list)
 
     @property
     def size_reads(self):
@@ -399,12 +403,28 @@ _BINARY = {
 } | {"divmod": divmod}  # fmt: skip
 
 
+def _note_tie(a: SizeInt, b) -> None:
+    """``a == b`` (or ``!=``) of a size the code read and a module's integer attribute, either
+    way round: noted in the size's trace (``CodeSaw.ties``)."""
+    if type(b) is not SizeInt:
+        return
+    size, attribute = a.expr, b.expr
+    if type(size) is AttributeLeaf:
+        size, attribute = attribute, size
+    if type(size) is SizeLeaf and type(attribute) is AttributeLeaf and attribute.index is None:
+        if size.saw.live:
+            size.saw.ties.append((attribute.module, attribute.name, size.value, size.dim))
+
+
 def _escaping(name: str):
     method = getattr(int, name)
     reflected = name.startswith("__r") and name[3:-2] in _BINARY
     operation = _BINARY.get(name[3:-2] if reflected else name[2:-2])
+    compares = name in ("__eq__", "__ne__")
 
     def escapes(self, *args, **kwargs):
+        if compares and args:
+            _note_tie(self, args[0])
         self.escape()
         plain = [_plain(a) for a in args]  # (reads a SizeInt among them too)
         value = int.__int__(self)

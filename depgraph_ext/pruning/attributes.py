@@ -146,6 +146,7 @@ def attribute_updates(
             old = getattr(modules[name], attr)
             if old != new:
                 updates.append(AttributeUpdate(name, attr, old, new))
+    updates += tied_attributes(dg, modules, masks, spoken)
     updates += attention_updates(dg, modules, masks)
     spoken = {(u.module, u.attr) for u in updates}
     return updates + [
@@ -388,6 +389,37 @@ def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
 
 
 _VIEWS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten.view_copy"})
+
+
+def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[AttributeUpdate]:
+    """Integer attributes of modules no attribute rule speaks for that the code compared with
+    a size it read (``assert x.shape[1] == self.channels``: diffusers' up- and downsamplers):
+    each follows that dim's kept size, where every such comparison agrees. (The comparison
+    reads both: the plan is traced with the new value, which checks it.)"""
+    saw = dg.graph.code_saw
+    if saw is None or not saw.ties:
+        return []
+    slots = dg.coupling_model.value_slots
+    names: dict[int, str] = {}
+    for name, m in modules.items():
+        names.setdefault(id(m), name)
+    seen: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for module, attr, value, dim in saw.ties:
+        name = names.get(module)
+        if name is not None and dim < len(slots[value]):
+            s = slots[value][dim]
+            seen.setdefault((name, attr), set()).add(
+                (int(dg.slot_sizes[s]), dg.slot_kept_size(s, masks))
+            )
+    updates = []
+    for (name, attr), sizes in seen.items():
+        m = modules[name]
+        if len(sizes) != 1 or (name, attr) in spoken or attribute_rule(m) is not None:
+            continue
+        [(old, new)] = sizes
+        if old != new and getattr(m, attr, None) == old:
+            updates.append(AttributeUpdate(name, attr, old, new))
+    return updates
 
 
 def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
