@@ -692,6 +692,34 @@ def test_a_channel_divided_by_a_buffer_is_removed_as_its_zeroing_with_the_diviso
     assert dx.prune(model, x, ratio=0.5, verify=True).verify(x) < 1e-12
 
 
+class DividedByAConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) / torch.tensor([2.0], dtype=x.dtype))
+
+
+def test_a_divisor_made_by_an_op_that_returns_its_input_is_followed_once():
+    """``torch.tensor(...)`` records an op (lift_fresh) that returns its input: following a
+    divisor back to a parameter looped on it for ever (here: a minute, then an error)."""
+    import signal
+
+    def too_long(*_):
+        raise TimeoutError("the prune did not end")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        torch.manual_seed(0)
+        pruned, result = check(DividedByAConstant(), torch.randn(3, 4, dtype=F64))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert pruned.a.out_features == 4 and not result.divisors
+
+
 class CheckedUpsample(nn.Module):
     """diffusers' Upsample2D: the channel count an attribute the forward asserts."""
 

@@ -41,18 +41,29 @@ _SAME_VALUES = frozenset(
 def divisor_tensors(graph: OpGraph) -> frozenset[str]:
     """Names of the parameters and buffers the model divides by (``x / self.stds``,
     ``x * w.rsqrt()``), directly or through views and casts of them."""
+    positions: dict = {}  # op -> its _DIVIDING position (the packet's name, once per op)
+    dividing = []
+    for node in graph.nodes:
+        position = positions.get(node.op, -1)
+        if position == -1:
+            position = positions[node.op] = _DIVIDING.get(node.packet)
+        if position is not None and len(node.inputs) > position:
+            dividing.append((node, position))
+    if not dividing:
+        return frozenset()
     named = {v: n for n, v in (graph.params | graph.buffers).items()}
     producer = {o: node for node in graph.nodes for o in node.outputs}
     found = set()
-    for node in graph.nodes:
-        position = _DIVIDING.get(node.packet)
-        if position is None or len(node.inputs) <= position:
-            continue
+    for node, position in dividing:
         if position == 1 and (len(node.args) < 2 or not isinstance(node.args[1], Ref)):
             continue  # a number
-        v = node.inputs[position]
-        while v not in named and v in producer and producer[v].packet in _SAME_VALUES:
-            v = producer[v].inputs[0] if producer[v].inputs else None
+        v, seen = node.inputs[position], set()
+        while v not in named and v not in seen and v in producer:
+            seen.add(v)  # (an op that returns its input, ``x.to(x.dtype)``, is its producer)
+            source = producer[v]
+            if source.packet not in _SAME_VALUES or not source.inputs:
+                break
+            v = source.inputs[0]
         if v in named:
             found.add(named[v])
     return frozenset(found)
