@@ -8,7 +8,7 @@ diffusers``: it asks for no torch of its own) to run this sweep, which stops wit
 message where diffusers cannot be imported. depgraph_ext must be importable (installed, or
 ``PYTHONPATH=.`` from the repository root).
 
-Every model class of ``RECIPES`` (scripts/diffusers_recipes.py: a diffusers class name, the
+Every model class of ``RECIPES`` (tests/zoo_diffusers.py: a diffusers class name, the
 small config it is built from, keeping its family's own block layout, and the inputs its
 forward takes) runs in its own process (one thread; a crash or a timeout is recorded as such),
 built in float64 (float32 where the model does not run in it), with every all-zero parameter
@@ -30,7 +30,11 @@ import sys
 import time
 
 import sweep_torchvision as common
-from diffusers_recipes import RECIPES
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
+from zoo_diffusers import RECIPES, draw_zero_parameters  # noqa: E402
 
 
 def model_classes() -> list[str]:
@@ -52,23 +56,6 @@ def model_classes() -> list[str]:
             if inspect.isclass(cls) and issubclass(cls, ModelMixin) and cls is not ModelMixin:
                 names.append(name)
     return sorted(names)
-
-
-def draw_zero_parameters(model) -> int:
-    """Every parameter that is all zeros drawn anew (normal, std 0.02, seeded): diffusion
-    models zero-initialise whole blocks' outputs (adaLN-zero gates, ControlNets' zero
-    convolutions), whose units a check of exactness would otherwise see contribute nothing
-    whatever the prune. Returns how many were drawn."""
-    import torch
-
-    generator = torch.Generator().manual_seed(2)
-    drawn = 0
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() and not p.any():
-                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.02)
-                drawn += 1
-    return drawn
 
 
 def reference_prune() -> dict:

@@ -1424,7 +1424,7 @@ def leaves_with_paths(tree) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
 
     def walk(node, path: str) -> None:
-        if pytree._is_leaf(node):
+        if pytree.tree_is_leaf(node):
             out.append((path, node))
             return
         children, context = pytree.SUPPORTED_NODES[pytree._get_node_type(node)].flatten_fn(node)

@@ -12,6 +12,7 @@ attention calls (:func:`attention_updates`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -342,6 +343,23 @@ def _gpt2_conv1d(p: PlannedModule) -> dict[str, object]:
     return {"nx": w[0], "nf": w[1]}
 
 
+def own_attribute(m: nn.Module, name: str, default=None):
+    """``m.name`` where the module or its class holds it (an attribute, a property), without
+    the ``__getattr__`` fallbacks: nn.Module's (its parameters and submodules) and diffusers'
+    (a model's config fields, with a deprecation warning): a plan's attribute updates are of
+    what the module itself keeps."""
+    state = vars(m)
+    if name in state:
+        return state[name]
+    static = inspect.getattr_static(m, name, _MISSING)
+    if static is _MISSING:
+        return default
+    return getattr(m, name, default)
+
+
+_MISSING = object()
+
+
 # -- attention calls -----------------------------------------------------------------------------
 HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")  # (heads: diffusers)
 KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
@@ -371,7 +389,7 @@ def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
             (("num_key_value_groups",), h // hk, h2 // max(hk2, 1)),
         ):
             for attr in names:
-                if getattr(m, attr, None) == old and old != new:
+                if own_attribute(m, attr) == old and old != new:
                     found[(call.module, attr)] = (old, new)
     hidden = {
         (int(sizes[s]), kept(s, masks))
@@ -383,7 +401,7 @@ def attention_updates(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
         [(old, new)] = changed.items()
         for name, m in modules.items():
             for attr in HIDDEN:
-                if (name, attr) not in found and getattr(m, attr, None) == old:
+                if (name, attr) not in found and own_attribute(m, attr) == old:
                     found[(name, attr)] = (old, new)
     return [AttributeUpdate(name, attr, old, new) for (name, attr), (old, new) in found.items()]
 
@@ -417,7 +435,7 @@ def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[Attribu
         if len(sizes) != 1 or (name, attr) in spoken or attribute_rule(m) is not None:
             continue
         [(old, new)] = sizes
-        if old != new and getattr(m, attr, None) == old:
+        if old != new and own_attribute(m, attr) == old:
             updates.append(AttributeUpdate(name, attr, old, new))
     return updates
 
@@ -435,11 +453,8 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
         m = modules.get(node.module)
         if m is None or node.packet not in _VIEWS or node.module in attending:
             continue
-        counts = {
-            a: getattr(m, a)
-            for a in HEADS
-            if isinstance(getattr(m, a, None), int) and not isinstance(getattr(m, a), bool)
-        }
+        counts = {a: own_attribute(m, a) for a in HEADS}
+        counts = {a: n for a, n in counts.items() if type(n) is int}
         sizes = node.args[1] if len(node.args) > 1 else None
         if not counts or not isinstance(sizes, (list, tuple)) or not node.outputs:
             continue
@@ -469,7 +484,7 @@ def attributes_named_like(dg: DependencyGraph, config_updates, known) -> list[At
         if not isinstance(c.old, int) or isinstance(c.old, bool):
             continue
         for name, m in dg.walk.modules:
-            if (name, c.field) not in done and getattr(m, c.field, None) == c.old and name:
+            if (name, c.field) not in done and own_attribute(m, c.field) == c.old and name:
                 out.append(AttributeUpdate(name, c.field, c.old, c.new))
                 done.add((name, c.field))
     return out

@@ -1,4 +1,5 @@
-"""Small configs and example inputs of diffusers' model classes, for scripts/sweep_diffusers.py:
+"""Small configs and example inputs of diffusers' model classes, for scripts/sweep_diffusers.py
+and tests/test_diffusers.py:
 ``RECIPES[name] = (config, inputs)``, where ``getattr(diffusers, name)(**config)`` builds a
 model of a few hundred thousand parameters at most, keeping the family's own block layout
 (attention, cross attention, resnets, up and down sampling, masks, rotary embeddings), and
@@ -928,3 +929,18 @@ def _omnigen_mask(n_cond, n_img, dtype):
 
 
 RECIPES = {**_CORE, **_FAMILIES_A, **_FAMILIES_B}
+
+
+def draw_zero_parameters(model) -> int:
+    """Every parameter that is all zeros drawn anew (normal, std 0.02, seeded): diffusion
+    models zero-initialise whole blocks' outputs (adaLN-zero gates, ControlNets' zero
+    convolutions), whose units a check of exactness would otherwise see contribute nothing
+    whatever the prune. Returns how many were drawn."""
+    generator = torch.Generator().manual_seed(2)
+    drawn = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.02)
+                drawn += 1
+    return drawn
