@@ -818,12 +818,7 @@ def _swapped_tensors(
             store[key] = t
         for held, keys, values, kept in objects.values():
             if not _unchanged(held, keys, values):
-                for key, value in list(held.items()):
-                    if isinstance(value, torch.Tensor) and kept.get(key) is not value:
-                        if key in kept:
-                            held[key] = kept[key]
-                        else:
-                            del held[key]  # a tensor the forward added
+                _put_back_attributes("", held, frozenset(keys), kept, None)
         for name, state, keys, values, tensors, containers in attributes:
             if not _unchanged(state, keys, values):
                 _put_back_attributes(name, state, frozenset(keys), tensors, computed)
@@ -866,8 +861,8 @@ def _unchanged(state: dict, keys: tuple, values: tuple) -> bool:
 
 
 def _put_back_attributes(name: str, state: dict, keys: frozenset, tensors: dict, computed) -> None:
-    """A module's tensor attributes as they were before the forward, and the tensors (or
-    containers of tensors) it added removed; ``computed`` receives what it set."""
+    """A module's (or an object's) tensor attributes as they were before the forward, and the
+    tensors (or containers of tensors) it added removed; ``computed`` receives what it set."""
     for key, value in list(state.items()):
         if isinstance(value, torch.Tensor):
             if tensors.get(key) is value:

@@ -12,7 +12,6 @@ attention calls (:func:`attention_updates`).
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -351,13 +350,9 @@ def own_attribute(m: nn.Module, name: str, default=None):
     state = vars(m)
     if name in state:
         return state[name]
-    static = inspect.getattr_static(m, name, _MISSING)
-    if static is _MISSING:
+    if not hasattr(type(m), name):  # (the class's lookup: no instance __getattr__)
         return default
     return getattr(m, name, default)
-
-
-_MISSING = object()
 
 
 # -- attention calls -----------------------------------------------------------------------------
