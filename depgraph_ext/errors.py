@@ -86,6 +86,7 @@ class PlanValidationError(PruningError):
         self.more: tuple[PlanValidationError, ...] = ()
         self.untraced = False
         self.read_slots: list[int] = []
+        self.ops_done: int | None = None  # (a trace's failure: the ops that ran before it)
 
 
 class NoPrunableGroupsError(PruningError):

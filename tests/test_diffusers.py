@@ -26,6 +26,7 @@ CASES = [
     "ConsistencyDecoderVAE",  # a scheduler object's tensors; latents divided by stds
     "QwenImageTransformer2DModel",  # complex rotary embeddings; the heads attribute
     "FluxTransformer2DModel",
+    "T5FilmDecoder",  # asserts a width it computed, between two ops
 ]
 
 

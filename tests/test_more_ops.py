@@ -752,3 +752,29 @@ def test_an_attribute_the_code_compares_with_a_size_follows_that_size():
     pruned, result = check(UpsamplingNet(), x)
     assert pruned.up.channels == pruned.conv_in.out_channels == 8
     assert any(u.attr == "channels" and u.new == 8 for u in result.attribute_updates)
+
+
+class AssertsItsWidth(nn.Module):
+    """T5-FiLM's decoder (diffusers): ``assert emb.shape == (batch, 1, 4 * d_model)``, a size
+    the code checks against a number it computed, in Python, between two ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.d_model = 4
+        self.emb, self.out = nn.Linear(3, 16), nn.Linear(16, 2)
+        self.fc1, self.fc2 = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        emb = torch.relu(self.emb(x))
+        assert emb.shape == (x.shape[0], 4 * self.d_model)
+        return self.out(emb) + self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_a_size_python_checks_between_two_ops_is_kept():
+    """The plan's trace failed in the assertion, which is no op: the failure was placed at
+    the next op, whose dims were whole, and nothing was found to keep (the prune raised).
+    The dims the code read just before the failing op are kept now, and the rest prunes."""
+    torch.manual_seed(0)
+    with pytest.warns(dx.FixedSizeWarning, match="assert"):
+        pruned, _ = check(AssertsItsWidth(), torch.randn(4, 3, dtype=F64))
+    assert pruned.emb.out_features == 16 and pruned.fc1.out_features == 4

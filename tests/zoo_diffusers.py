@@ -928,7 +928,595 @@ def _omnigen_mask(n_cond, n_img, dtype):
     return mask[None]
 
 
-RECIPES = {**_CORE, **_FAMILIES_A, **_FAMILIES_B}
+_FAMILIES_C = {
+    "AutoencoderKLHunyuanVideo": (
+        dict(
+            latent_channels=4,
+            block_out_channels=(8, 8, 16, 16),
+            layers_per_block=1,
+            norm_num_groups=4,
+            spatial_compression_ratio=8,
+            temporal_compression_ratio=4,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "AutoencoderKLLTXVideo": (
+        dict(
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5,
+            upsample_residual=(False,) * 4,
+            upsample_factor=(1,) * 4,
+            patch_size=1,
+            patch_size_t=1,
+        ),
+        lambda randn, dtype: randn(1, 3, 9, 16, 16),
+    ),
+    "AutoencoderKLMochi": (
+        dict(
+            # its GroupNorms have 32 groups: widths of 32; in_channels 15 = 3 + the encoder's
+            # Fourier features
+            in_channels=15,
+            out_channels=3,
+            latent_channels=4,
+            encoder_block_out_channels=(32, 32, 32, 32),
+            decoder_block_out_channels=(32, 32, 32, 32),
+            layers_per_block=(1, 1, 1, 1, 1),
+        ),
+        lambda randn, dtype: randn(1, 3, 7, 16, 16),
+    ),
+    "AutoencoderKLQwenImage": (
+        dict(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 2, 2],
+            num_res_blocks=1,
+            temperal_downsample=[False, True],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "AutoencoderKLCosmos": (
+        dict(
+            latent_channels=4,
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decode_block_out_channels=(8, 8, 8, 8),
+            attention_resolutions=(8,),
+            resolution=64,
+            num_layers=2,
+            patch_size=4,
+            patch_type="haar",
+            spatial_compression_ratio=4,
+            temporal_compression_ratio=4,
+            latents_mean=None,
+            latents_std=None,
+        ),
+        lambda randn, dtype: randn(1, 3, 9, 32, 32),
+    ),
+    "CogView3PlusTransformer2DModel": (
+        dict(
+            patch_size=2,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            out_channels=4,
+            text_embed_dim=16,
+            time_embed_dim=16,
+            condition_dim=4,
+            pos_embed_max_size=8,
+            sample_size=8,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "encoder_hidden_states": randn(2, 5, 16),
+            "timestep": _ids(10, 500),
+            "original_size": torch.tensor([[64, 64]] * 2, dtype=dtype),
+            "target_size": torch.tensor([[64, 64]] * 2, dtype=dtype),
+            "crop_coords": torch.tensor([[0, 0]] * 2, dtype=dtype),
+        },
+    ),
+    "ConsisIDTransformer3DModel": (
+        dict(
+            # the face cross attention's key width is 2/3 of heads * head dim (48 -> 32), which
+            # the local facial extractor's output width must match; 48 also splits evenly for the
+            # 3D sin-cos position embedding (1/4 frames, 3/4 height and width)
+            num_attention_heads=4,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=16,
+            text_embed_dim=16,
+            num_layers=2,
+            sample_width=8,
+            sample_height=8,
+            sample_frames=8,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=8,
+            cross_attn_interval=1,
+            is_kps=False,
+            is_train_face=True,
+            cross_attn_dim_head=8,
+            cross_attn_num_heads=2,
+            LFE_id_dim=8,
+            LFE_vit_dim=8,
+            LFE_depth=2,
+            LFE_dim_head=8,
+            LFE_num_heads=2,
+            LFE_num_id_token=1,
+            LFE_num_querie=2,
+            LFE_output_dim=32,
+            LFE_ff_mult=1,
+            LFE_num_scale=2,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 1, 4, 8, 8),
+            "encoder_hidden_states": randn(1, 8, 16),
+            "timestep": _ids(10),
+            "id_vit_hidden": [randn(1, 3, 8), randn(1, 3, 8)],
+            "id_cond": randn(1, 8),
+        },
+    ),
+    "CosmosTransformer3DModel": (
+        dict(
+            # 4 latent channels + the condition mask; the padding mask's concatenation resizes it
+            # with torchvision, which is not installed
+            in_channels=5,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=12,
+            num_layers=2,
+            mlp_ratio=2,
+            text_embed_dim=16,
+            adaln_lora_dim=4,
+            max_size=(4, 16, 16),
+            patch_size=(1, 2, 2),
+            rope_scale=(2.0, 1.0, 1.0),
+            concat_padding_mask=False,
+            # no extra position embedding (as in Cosmos Predict 2): the learnable one
+            # normalises with vector_norm(dtype=float32), which refuses float64 inputs
+            extra_pos_embed_type=None,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": randn(1).abs(),
+            "encoder_hidden_states": randn(1, 6, 16),
+            "attention_mask": _mask(4, total=6).to(dtype),
+            "fps": 30,
+            "condition_mask": torch.ones(1, 1, 2, 8, 8, dtype=dtype),
+        },
+    ),
+    "EasyAnimateTransformer3DModel": (
+        dict(
+            # head dim 16: the 3D RoPE splits it 4 / 6 / 6 over frames, height, width
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=16,
+            text_embed_dim=16,
+            num_layers=2,
+            sample_width=8,
+            sample_height=8,
+            patch_size=2,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(10),
+            "encoder_hidden_states": randn(1, 5, 16),
+        },
+    ),
+    "Flux2Transformer2DModel": (
+        dict(
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            timestep_guidance_channels=32,
+            axes_dims_rope=(4, 4, 4, 4),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 16, 4),
+            "encoder_hidden_states": randn(1, 5, 16),
+            "timestep": randn(1).abs(),
+            "img_ids": torch.stack(
+                torch.meshgrid(
+                    torch.zeros(1),
+                    torch.arange(4.0),
+                    torch.arange(4.0),
+                    torch.zeros(1),
+                    indexing="ij",
+                ),
+                -1,
+            ).reshape(1, 16, 4),
+            "txt_ids": torch.stack(
+                [torch.zeros(5), torch.zeros(5), torch.zeros(5), torch.arange(5.0)], -1
+            )[None],
+            "guidance": torch.tensor([3.5], dtype=dtype),
+        },
+    ),
+    "HiDreamImageTransformer2DModel": (
+        dict(
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            caption_channels=[8, 4],
+            text_emb_dim=8,
+            num_routed_experts=2,
+            num_activated_experts=2,
+            axes_dims_rope=(4, 2, 2),
+            max_resolution=(16, 16),
+            llama_layers=(0, 1),
+            force_inference_output=True,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 8, 8),
+            "timesteps": _ids(10),
+            "encoder_hidden_states_t5": randn(1, 5, 8),
+            "encoder_hidden_states_llama3": randn(2, 1, 5, 4),
+            "pooled_embeds": randn(1, 8),
+        },
+    ),
+    "SanaControlNetModel": (
+        dict(
+            patch_size=1,
+            in_channels=4,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=8,
+            cross_attention_dim=16,
+            caption_channels=8,
+            sample_size=8,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "encoder_hidden_states": randn(2, 5, 8),
+            "timestep": _ids(10, 500),
+            "controlnet_cond": randn(2, 4, 8, 8),
+            "encoder_attention_mask": _mask(5, 3, total=5),
+        },
+    ),
+    "SkyReelsV2Transformer3DModel": (
+        dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=32,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(10),
+            "encoder_hidden_states": randn(1, 5, 16),
+        },
+    ),
+    "ZImageTransformer2DModel": (
+        dict(
+            all_patch_size=(2,),
+            all_f_patch_size=(1,),
+            in_channels=4,
+            dim=16,
+            n_layers=1,
+            n_refiner_layers=1,
+            n_heads=2,
+            n_kv_heads=2,
+            qk_norm=True,
+            cap_feat_dim=16,
+            axes_dims=[4, 2, 2],
+            axes_lens=[64, 16, 16],
+        ),
+        lambda randn, dtype: {
+            "x": [randn(4, 1, 8, 8), randn(4, 1, 8, 8)],
+            "t": randn(2).abs(),
+            "cap_feats": [randn(5, 16), randn(3, 16)],
+        },
+    ),
+}
+
+
+def _hunyuan_controlnet_inputs(randn, dtype):
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    # 8x8 latent, patch 2 -> 4x4 grid; head dim 8
+    rope = get_2d_rotary_pos_embed(8, ((0, 0), (4, 4)), (4, 4), output_type="pt")
+    return {
+        "hidden_states": randn(2, 4, 8, 8),
+        "timestep": _ids(10.0, 500.0).to(dtype),
+        "controlnet_cond": randn(2, 4, 8, 8),
+        "conditioning_scale": 0.7,
+        "encoder_hidden_states": randn(2, 5, 16),
+        "text_embedding_mask": _mask(5, 3, total=5),
+        "encoder_hidden_states_t5": randn(2, 6, 24),
+        "text_embedding_mask_t5": _mask(6, 4, total=6),
+        "image_meta_size": torch.tensor([[64, 64, 64, 64, 0, 0]] * 2, dtype=dtype),
+        "style": _ids(0, 0),
+        "image_rotary_emb": tuple(r.to(dtype) for r in rope),
+    }
+
+
+_FAMILIES_D = {
+    "UNetMotionModel": (
+        # the motion modules are built in (no MotionAdapter needed); encoder_hidden_states come
+        # per frame (batch * frames, as the AnimateDiff pipeline repeats them)
+        dict(
+            sample_size=8,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            norm_num_groups=4,
+            down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+            up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
+            cross_attention_dim=16,
+            num_attention_heads=2,
+            motion_num_attention_heads=2,
+            motion_max_seq_length=8,
+        ),
+        lambda randn, dtype: {
+            "sample": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(10),
+            "encoder_hidden_states": randn(2, 5, 16),
+        },
+    ),
+    "SparseControlNetModel": (
+        # attention_head_dim is the number of heads (diffusers' naming quirk); the conditioning
+        # mask is concatenated to controlnet_cond (concat_conditioning_mask); the model zeroes
+        # `sample` itself; encoder_hidden_states per frame (batch * frames)
+        dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=8,
+            down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+            cross_attention_dim=16,
+            attention_head_dim=2,
+            motion_num_attention_heads=2,
+            motion_max_seq_length=8,
+            conditioning_channels=3,
+        ),
+        lambda randn, dtype: {
+            "sample": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(10),
+            "encoder_hidden_states": randn(2, 5, 16),
+            "controlnet_cond": randn(1, 3, 2, 8, 8),
+            "conditioning_mask": torch.tensor([1.0, 0.0], dtype=dtype)
+            .reshape(1, 1, 2, 1, 1)
+            .expand(1, 1, 2, 8, 8)
+            .contiguous(),
+        },
+    ),
+    "UNetControlNetXSModel": (
+        # the fused UNet + ControlNet-XS adapter (two resnets per block are built in); a learnt
+        # control time embedding mixed in at 0.5
+        dict(
+            sample_size=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(16, 32),
+            norm_num_groups=4,
+            cross_attention_dim=16,
+            num_attention_heads=2,
+            ctrl_conditioning_embedding_out_channels=(8, 16),
+            ctrl_block_out_channels=(8, 16),
+            ctrl_num_attention_heads=2,
+            ctrl_max_norm_num_groups=4,
+            ctrl_learn_time_embedding=True,
+            time_embedding_mix=0.5,
+        ),
+        lambda randn, dtype: {
+            "sample": randn(2, 4, 8, 8),
+            "timestep": _ids(10, 500),
+            "encoder_hidden_states": randn(2, 5, 16),
+            "controlnet_cond": randn(2, 3, 16, 16),
+        },
+    ),
+    "ControlNetUnionModel": (
+        # two conditions (control types 0 and 2) fused by the transformer over the task tokens;
+        # num_trans_channel / num_proj_channel must equal block_out_channels[0]
+        dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            cross_attention_dim=16,
+            attention_head_dim=2,
+            conditioning_embedding_out_channels=(8, 16),
+            addition_time_embed_dim=8,
+            num_control_type=3,
+            num_trans_channel=32,
+            num_trans_head=2,
+            num_trans_layer=1,
+            num_proj_channel=32,
+        ),
+        lambda randn, dtype: {
+            "sample": randn(2, 4, 8, 8),
+            "timestep": _ids(10, 500),
+            "encoder_hidden_states": randn(2, 5, 16),
+            "controlnet_cond": [randn(2, 3, 16, 16), randn(2, 3, 16, 16)],
+            "control_type": torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]], dtype=dtype),
+            "control_type_idx": [0, 2],
+            "conditioning_scale": [1.0, 0.5],
+        },
+    ),
+    "HunyuanDiT2DControlNetModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            patch_size=2,
+            sample_size=8,
+            hidden_size=16,
+            transformer_num_layers=6,
+            cross_attention_dim=16,
+            cross_attention_dim_t5=24,
+            pooled_projection_dim=12,
+            text_len=5,
+            text_len_t5=6,
+        ),
+        _hunyuan_controlnet_inputs,
+    ),
+    "TransformerTemporalModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=16,
+            num_layers=2,
+            norm_num_groups=8,
+        ),
+        lambda randn, dtype: {"hidden_states": randn(6, 16, 4, 4), "num_frames": 3},
+    ),
+    "T5FilmDecoder": (
+        dict(
+            input_dims=8,
+            targets_length=16,
+            d_model=16,
+            num_layers=2,
+            num_heads=2,
+            d_kv=8,
+            d_ff=32,
+        ),
+        lambda randn, dtype: {
+            "encodings_and_masks": [
+                (randn(2, 5, 16), _mask(5, 3, total=5).to(dtype)),
+                (randn(2, 4, 16), _mask(4, 2, total=4).to(dtype)),
+            ],
+            "decoder_input_tokens": randn(2, 6, 8),
+            "decoder_noise_time": torch.sigmoid(randn(2)),
+        },
+    ),
+    "AudioLDM2UNet2DConditionModel": (
+        # per block: a self-attention (None), a cross attention on encoder_hidden_states (16),
+        # one on encoder_hidden_states_1 (24), as in AudioLDM 2's [None, 768, 1024]
+        dict(
+            sample_size=8,
+            layers_per_block=1,
+            block_out_channels=(16, 32),
+            norm_num_groups=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=([None, 16, 24], [None, 16, 24]),
+            attention_head_dim=2,  # (the number of heads)
+        ),
+        lambda randn, dtype: {
+            "sample": randn(2, 4, 8, 8),
+            "timestep": _ids(10, 500),
+            "encoder_hidden_states": randn(2, 5, 16),
+            "encoder_attention_mask": _mask(5, 3, total=5),
+            "encoder_hidden_states_1": randn(2, 6, 24),
+            "encoder_attention_mask_1": _mask(6, 4, total=6),
+        },
+    ),
+    "UniDiffuserModel": (
+        # U-ViT: the blocks' first half feeds the second half through long skips
+        dict(
+            text_dim=12,
+            clip_img_dim=10,
+            num_text_tokens=5,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            num_layers=3,
+            norm_num_groups=8,
+            sample_size=8,
+            patch_size=2,
+            activation_fn="gelu",
+            use_patch_pos_embed=False,
+            use_data_type_embedding=True,
+        ),
+        lambda randn, dtype: {
+            "latent_image_embeds": randn(2, 4, 8, 8),
+            "image_embeds": randn(2, 1, 10),
+            "prompt_embeds": randn(2, 5, 12),
+            "timestep_img": _ids(10, 500),
+            "timestep_text": _ids(0, 999),
+            "data_type": _ids(1, 0),
+        },
+    ),
+    "StableAudioProjectionModel": (
+        dict(text_encoder_dim=24, conditioning_dim=16, min_value=0, max_value=10),
+        lambda randn, dtype: {
+            "text_hidden_states": randn(2, 5, 24),
+            "start_seconds": randn(2).abs(),
+            "end_seconds": randn(2).abs() * 4.0 + 1.0,
+        },
+    ),
+    "CLIPImageProjection": (
+        dict(hidden_size=32),
+        lambda randn, dtype: randn(2, 1, 32),
+    ),
+    "ReduxImageEncoder": (  # an MLP (up, silu, down)
+        dict(redux_dim=24, txt_in_features=16),
+        lambda randn, dtype: randn(2, 9, 24),
+    ),
+    "WanVACETransformer3DModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+            vace_layers=[0, 1],
+            vace_in_channels=6,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(5),
+            "encoder_hidden_states": randn(1, 5, 16),
+            "control_hidden_states": randn(1, 6, 2, 8, 8),
+            "control_hidden_states_scale": torch.tensor([1.0, 0.5], dtype=dtype),
+        },
+    ),
+    "SanaVideoTransformer3DModel": (
+        dict(
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=2,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=8,
+            cross_attention_dim=16,
+            caption_channels=12,
+            sample_size=8,
+            rope_max_seq_len=32,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 2, 8, 8),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "timestep": _ids(1, 5),
+            "encoder_attention_mask": _mask(5, 3, total=5),
+        },
+    ),
+}
+
+
+RECIPES = {**_CORE, **_FAMILIES_A, **_FAMILIES_B, **_FAMILIES_C, **_FAMILIES_D}
 
 
 def draw_zero_parameters(model) -> int:

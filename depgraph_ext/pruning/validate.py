@@ -869,12 +869,14 @@ def _failure_error(
             )
         ) or [s for v in bad.inputs + bad.outputs for s in slots[v]]
         where = f" at {bad.describe()}"
-    return PlanValidationError(
+    exc = PlanValidationError(
         f"the pruned shapes do not run{where}: {error}",
         bad.index if bad is not None else None,
         fixed,
         bad.module if bad is not None else module,
     )
+    exc.ops_done = done
+    return exc
 
 
 # Ops two traces of one model may run differently where sizes steer a decomposition (a
@@ -1118,7 +1120,8 @@ def learn_fixed_sizes(dg: DependencyGraph, exc: PlanValidationError) -> Dependen
 
     What is blocked, in order, the first that blocks a unit the plan could remove: the slots
     the failure showed fixed; every dim of the failing op; the dims whose sizes the code
-    read to compute the failing ones (``read_slots``); then, when the size came from
+    read to compute the failing ones (``read_slots``); the dims the code read just before
+    the failing op (Python that failed on them); then, when the size came from
     Python (``C // num_heads`` of an input's shape, a module attribute, a control-flow
     decision), what crosses the failing module's calls (the activations it reads from outside
     and returns), then its own parameters and buffers, then the same one module up. (Dims
@@ -1161,8 +1164,22 @@ def _fixed_by(dg: DependencyGraph, exc: PlanValidationError, blocked) -> set[int
         node = dg.graph.nodes[exc.node]
         tiers.append({s for v in node.inputs + node.outputs for s in slots[v]})
     # then the dims whose sizes the code read to compute the failing ones (a view of one
-    # tensor by another's width: its own dims may be whole already)
+    # tensor by another's width: its own dims may be whole already), and those it read
+    # between the op before the failing one and it (Python that failed on a size it read:
+    # ``assert x.shape == (b, 1, 4 * d)``)
     tiers.append(set(getattr(exc, "read_slots", ())))
+    saw, done = dg.graph.code_saw, getattr(exc, "ops_done", None)
+    if done is None:
+        done = exc.node
+    if done is not None and saw is not None:
+        tiers.append(
+            {
+                s
+                for (v, d), (count, _) in saw.read_at.items()
+                if count == done
+                for s in (slots[v] if d is None or d >= len(slots[v]) else [slots[v][d]])
+            }
+        )
     module = exc.module
     if module is None and exc.node is not None:
         module = dg.graph.nodes[exc.node].module
