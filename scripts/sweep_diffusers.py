@@ -59,25 +59,12 @@ def model_classes() -> list[str]:
 
 
 def reference_prune() -> dict:
-    """transformers' ResNet-50 (default config) on 1 x 3 x 224 x 224, pruned as the default
-    stage prunes, after one prune to warm up."""
-    import warnings
+    """transformers' ResNet-50, pruned as the transformers sweep times it, in the record
+    sweep_torchvision's summary reads."""
+    import sweep_transformers
 
-    import torch
-    import transformers
-
-    import depgraph_ext as dx
-
-    def model():
-        torch.manual_seed(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return transformers.ResNetForImageClassification(transformers.ResNetConfig()).eval()
-
-    inputs = torch.randn(1, 3, 224, 224)
-    for _ in range(2):
-        result = dx.prune(model(), inputs, ratio=0.5, progress=False)
-    return {"reference": True, "seconds": round(result.timings["total"], 4)}
+    record = sweep_transformers.reference_prune()
+    return {"reference": True, "seconds": record["prune"]["seconds"]}
 
 
 def child(name: str, record_path: str) -> None:
