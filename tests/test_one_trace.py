@@ -544,3 +544,44 @@ def test_a_new_tensor_of_a_fixed_width_is_named_by_the_op_that_made_it(monkeypat
     with pytest.warns(dx.FixedSizeWarning, match=r"op aten\.zeros\.default .*torch\.zeros"):
         pruned, _ = prune_and_check(model, x)
     assert pruned.b.out_features == 8 and pruned.a.out_features < 8
+
+
+class _WidthConfig:
+    width = 8
+
+
+class ReadsItsWidthAndZerosAConfigWidth(nn.Module):
+    """Reads a pruned size (``h.view(h.shape[0], h.shape[1])``: its plans are traced), and
+    adds ``torch.zeros(x.size(0), self.config.width)``: a width its config fixes."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = _WidthConfig()
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        h = h.view(h.shape[0], h.shape[1])
+        out = torch.zeros(x.size(0), self.config.width, dtype=x.dtype)
+        return self.c(torch.relu(self.b(h)) + out)
+
+
+def test_a_width_a_config_field_fixes_is_found_without_a_trace(monkeypatch):
+    """A size the code computes from a config field it reads is computed again under the
+    plan (the field keeps its value): the zeros' fixed width is a failure known without a
+    trace, so the plan is traced once, for the size read, not twice (SLANeXt's decoder
+    state, ``torch.zeros((batch, self.config.hidden_size))``). The pruned model computes
+    the zeroed original's outputs."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model, x = ReadsItsWidthAndZerosAConfigWidth().double(), torch.randn(3, 4, dtype=torch.float64)
+    calls = []
+    copied = copy.deepcopy(model)
+    copied.register_forward_pre_hook(lambda *args: calls.append(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dx.prune(copied, x, ratio=0.5)
+    assert calls == [1, 1]  # the graph's trace and the valid plan's
+    with pytest.warns(dx.FixedSizeWarning, match=r"op aten\.zeros\.default"):
+        pruned, _ = prune_and_check(model, x)
+    assert pruned.b.out_features == 8 and pruned.a.out_features < 8

@@ -78,6 +78,16 @@ class CouplingBuilder:
             self._data.append(b)
             self._offsets.append(len(self._data))
 
+    def equal_pairs(self, a: list[int], b: list[int]) -> None:
+        """``equal(a[i], b[i])`` for every i, in one pass (a stack of a growing list of
+        tensors, an autoregressive decoder's, emits a number of them that grows with the
+        square of its steps)."""
+        pairs = [(x, y) for x, y in zip(a, b) if x != y]
+        base = len(self._data)
+        self._kinds.extend([_EQUAL] * len(pairs))
+        self._data.extend([s for pair in pairs for s in pair])
+        self._offsets.extend(range(base + 2, len(self._data) + 1, 2))
+
     def reshape(self, ins: list[int], outs: list[int]) -> None:
         self._emit(CouplingKind.RESHAPE, [len(ins), *ins, len(outs), *outs])
 

@@ -27,7 +27,7 @@ from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .frame_stack import in_fresh_chunk
 from .resolve import resolve, select_backend
-from .size_watch import AttributeLeaf, SizeInt, watching
+from .size_watch import AttributeLeaf, ConfigLeaf, SizeInt, watching
 from .standin import MetaResults
 from .trace import OpGraph, Ref, trace
 from .walk import ModelWalk, non_persistent
@@ -874,15 +874,26 @@ def config_reads(model: torch.nn.Module):
     if not isinstance(aliases, dict):
         aliases = {}
 
+    live = [True]  # emptied when the recording ends: later uses of its SizeInts read nothing
+
+    def is_live() -> bool:
+        return bool(live)
+
     def spy(self, key):
-        if self is config:
-            reads.add(key)
-            if key in _WHOLE_CONFIG_READS:
-                recording.known = False
-            mapped = aliases.get(key)
-            if isinstance(mapped, str):
-                reads.add(mapped)
-        return original(self, key)
+        if self is not config:
+            return original(self, key)
+        reads.add(key)
+        if key in _WHOLE_CONFIG_READS:
+            recording.known = False
+        mapped = aliases.get(key)
+        if isinstance(mapped, str):
+            reads.add(mapped)
+        value = original(self, key)
+        if type(value) is int and watching():  # (sizes computed from it can be computed again)
+            return SizeInt(
+                value, ConfigLeaf(mapped if isinstance(mapped, str) else key, value, is_live)
+            )
+        return value
 
     try:
         cls.__getattribute__ = spy
@@ -893,6 +904,7 @@ def config_reads(model: torch.nn.Module):
     try:
         yield recording
     finally:
+        live.clear()
         if had:
             cls.__getattribute__ = original
         else:

@@ -316,6 +316,29 @@ class AttributeLeaf:
         return self.uses > 0
 
 
+class ConfigLeaf:
+    """An integer field of the model's config the code read (``name``: the field, an alias
+    under its field's name). Every read of a field is noted as read all the same (the plan
+    keeps such fields as they are), so this leaf only lets a size the code computes from one
+    be computed again: ``torch.zeros(b, config.hidden_size)`` that a plan pruning that width
+    fails is known without a trace."""
+
+    __slots__ = ("name", "value", "live", "uses")
+
+    def __init__(self, name: str, value: int, live) -> None:
+        self.name, self.value, self.live = name, value, live
+        self.uses = 0  # uses not followed
+
+    def escape(self) -> None:
+        if self.live():
+            self.uses += 1
+
+    @property
+    def used_otherwise(self) -> bool:
+        """Whether the code used it otherwise than in followed arithmetic."""
+        return self.uses > 0
+
+
 # Integer arithmetic followed through SizeInt (what size computations use); any other use
 # of a SizeInt reads every size and attribute it came from.
 _FOLLOWED = {

@@ -25,7 +25,14 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from ..graph.op_numbers import differences, op_numbers
-from ..graph.size_watch import PASS_THROUGH_FORWARDS, SizeInt, SizeLeaf, evaluate, leaves
+from ..graph.size_watch import (
+    PASS_THROUGH_FORWARDS,
+    ConfigLeaf,
+    SizeInt,
+    SizeLeaf,
+    evaluate,
+    leaves,
+)
 from ..graph.trace import Ref
 from .attributes import attributes_named_like, temporary_attributes
 from .configs import (
@@ -213,6 +220,8 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         if isinstance(leaf, SizeLeaf):
             dims = slots[leaf.value]
             return kept_sizes[dims[leaf.dim]] if leaf.dim < len(dims) else None
+        if isinstance(leaf, ConfigLeaf):  # (a field the forward reads: the plan keeps it)
+            return leaf.value
         if (leaf.module, leaf.name) not in attributes:
             return leaf.value
         new = attributes[(leaf.module, leaf.name)]

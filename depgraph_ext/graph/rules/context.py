@@ -89,6 +89,16 @@ class RuleContext:
         self.touched.add(b)
         self.builder.equal(a, b)
 
+    def equal_pairs(self, a: list[int], b: list[int]) -> None:
+        """``equal(a[i], b[i])`` for every i (slot lists of the same length)."""
+        sizes = self.builder.slot_sizes
+        for x, y in zip(a, b):
+            if sizes[x] != sizes[y]:
+                raise RuleError(f"EQUAL between slots of sizes {sizes[x]} and {sizes[y]}")
+        self.touched.update(a)
+        self.touched.update(b)
+        self.builder.equal_pairs(a, b)
+
     def reshape(self, ins: list[int], outs: list[int]) -> None:
         self.touched.update(ins)
         self.touched.update(outs)

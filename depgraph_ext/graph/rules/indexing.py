@@ -19,14 +19,15 @@ def cat(ctx: RuleContext, node: Node) -> None:
     dim = wrap_dim(arg(node, "dim", 0), rank)
     so = ctx.slots(out)
     offset = 0
+    others = [i for i in range(rank) if i != dim and ctx.size(so[i]) != 1]
+    ins, outs = [], []
     for t in tensors:
         st = ctx.slots(t)
-        for i in range(rank):
-            if i == dim:
-                ctx.cat_piece(so[i], st[i], offset)
-            elif ctx.size(so[i]) != 1:
-                ctx.equal(st[i], so[i])
+        ctx.cat_piece(so[dim], st[dim], offset)
+        ins += [st[i] for i in others]
+        outs += [so[i] for i in others]
         offset += ctx.shape(t)[dim]
+    ctx.equal_pairs(ins, outs)
 
 
 register_many(["aten.cat", "aten.concat", "aten.concatenate"], cat)
@@ -38,10 +39,11 @@ def stack(ctx: RuleContext, node: Node) -> None:
     rank = len(ctx.shape(out))
     dim = wrap_dim(arg(node, "dim", 0), rank)
     so = ctx.slots(out)
-    for t in tensors:
-        st = ctx.slots(t)
-        for i, s in enumerate(st):
-            ctx.equal(s, so[i if i < dim else i + 1])
+    kept = so[:dim] + so[dim + 1 :]  # (the output's slot of each input dim)
+    ins = [s for t in tensors for s in ctx.slots(t)]
+    if len(ins) != len(kept) * len(tensors):
+        raise RuleError("stack of tensors of different ranks")
+    ctx.equal_pairs(ins, kept * len(tensors))
 
 
 register_many(["aten.stack"], stack)
