@@ -452,6 +452,39 @@ def test_embedding_bags_prune_their_dim(mode):
     assert pruned.bag.weight.shape == (20, 6) and pruned.bag.embedding_dim == 6
 
 
+class _ViewedBag(nn.EmbeddingBag):
+    """An embedding bag whose forward reads the width it returns (its plans are traced, and
+    the size read is in its own module)."""
+
+    def forward(self, ids, offsets, per_sample_weights=None):
+        h = super().forward(ids, offsets, per_sample_weights=per_sample_weights)
+        return h.view(h.shape[0], h.shape[1])
+
+
+@pytest.mark.parametrize("mode", ["sum", "max"])
+def test_an_embedding_bag_traced_again_runs_the_same_kernel(mode):
+    """A real trace runs on detached parameters; the trace of a plan's shapes gave the
+    pruned weight requires_grad, so torch ran the embedding bag's kernel for training
+    (``_embedding_bag``) where the original ran the forward-only one, and the comparison of
+    the two traces took it for a branch on a pruned size: nothing was left to prune. The
+    pruned trace's tensors need no gradient either now."""
+
+    class Bags(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bag = _ViewedBag(20, 12, mode=mode)
+            self.head = nn.Linear(12, 3)
+
+        def forward(self, ids, offsets, weights=None):
+            return self.head(torch.relu(self.bag(ids, offsets, per_sample_weights=weights)))
+
+    torch.manual_seed(0)
+    ids, offsets = torch.tensor([1, 4, 7, 7, 2, 19, 0]), torch.tensor([0, 3, 5])
+    inputs = (ids, offsets, torch.rand(7, dtype=F64)) if mode == "sum" else (ids, offsets)
+    pruned, _ = check(Bags(), inputs)
+    assert pruned.bag.weight.shape == (20, 6)
+
+
 def test_unfold_and_fold_keep_channels_through_their_patches():
     """nn.Unfold puts each channel's kernel positions in a block of its output's dim 1
     (im2col), nn.Fold takes them back (col2im, summing overlaps): channels prune through both."""

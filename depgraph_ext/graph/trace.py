@@ -1142,13 +1142,17 @@ class _Placeholders:
         if shape is not None:
             if self._moved(t):
                 return self._on_stand_in(t, shape)
+            # A real trace runs on detached parameters, and a pruned one must too: kernels
+            # differ by whether a weight needs its gradient (an embedding bag's
+            # forward-only kernel), and the two traces are compared op by op.
+            grad = t.requires_grad and self.mode is not TraceMode.REAL
             if self.budgeted and isinstance(t, torch.nn.Parameter):
                 smaller = _leading_view(t, shape)
                 if smaller is not None:
-                    return smaller.requires_grad_() if t.requires_grad else smaller
+                    return smaller.requires_grad_() if grad else smaller.detach()
             with self.fake_mode:  # a tensor of the new shape on the tensor's own device
                 z = torch.zeros(shape, dtype=t.dtype, device=t.device)
-            return z.requires_grad_() if t.requires_grad else z
+            return z.requires_grad_() if grad else z
         if self.mode is TraceMode.REAL:
             return t.detach() if isinstance(t, torch.nn.Parameter) else t.clone()
         return self._on_stand_in(t) if self._moved(t) else self.fake_mode.from_tensor(t)
