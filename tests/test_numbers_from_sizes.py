@@ -15,7 +15,7 @@ from torch import nn
 
 import depgraph_ext as dx
 from depgraph_ext.errors import FixedSizeWarning
-from depgraph_ext.graph import op_numbers
+from depgraph_ext.graph import op_numbers, size_watch
 from depgraph_ext.pruning import validate
 from depgraph_ext.testing import assert_scatter_back_equal
 
@@ -96,6 +96,62 @@ def test_numbers_no_plan_changes_block_nothing(how):
     assert model.b.out_channels == 4 and model.a.out_channels == 4
     assert not fixed
     assert_scatter_back_equal(original, model, result, x)
+
+
+def _mean_over_channels(x):
+    """A mean over dim 1 written as torch.nn.functional writes its functions: torch hands a
+    function mode the call whole, and the body runs with the mode off, so the size it reads
+    is not seen where it is read (``F.multilabel_soft_margin_loss`` divides by its class
+    count so)."""
+    if torch.overrides.has_torch_function_unary(x):
+        return torch.overrides.handle_torch_function(_mean_over_channels, (x,), x)
+    return x.sum(1, keepdim=True) / x.size(1)
+
+
+class MeanInAFunction(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        return self.head(y) + _mean_over_channels(y)
+
+
+def test_a_size_read_inside_a_torch_function_of_python_keeps_its_number():
+    """A Python function torch dispatches whole (its body unwatched) reads every size of the
+    tensors it is given, as far as the plan's validation knows: the plan is traced, the
+    number the body divides by is compared, and the channels it counts are kept. (Before,
+    b's channels were pruned and the pruned model divided by 4 where the original divides
+    by 8: a silent change.) Functions torch.nn.functional runs whose bodies read no size a
+    plan prunes are listed (graph/size_watch.py) and cost no trace."""
+    torch.manual_seed(0)
+    model = MeanInAFunction().double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    with pytest.warns(FixedSizeWarning, match="computes a number from a size"):
+        result = dx.prune(model, x, ratio=0.5, exact_only=True, progress=False)
+    assert model.b.out_channels == 8 and model.a.out_channels == 4
+    assert_scatter_back_equal(original, model, result, x)
+
+
+def test_functions_listed_as_reading_no_size_read_none():
+    """The Python functions of torch a trace lets run unwatched, because their bodies read
+    no size (or only sizes their ops' rules never prune, or only to check and raise): their
+    source, in the torch installed, reads no size but where the list says it may."""
+    import inspect
+    import re
+
+    tokens = re.compile(
+        r"\.size\(|\.shape\b|\.numel\(|\.stride\(|\.nelement\(|\.unbind\(|"
+        r"_verify_batch_size|_verify_spatial_size|_list_with_default|\blen\("
+    )
+    for func, allowed in size_watch.BODIES_READING_NO_PRUNED_SIZE.items():
+        source = re.sub(r'(?s)""".*?"""', "", inspect.getsource(func))
+        found = set(tokens.findall(source))
+        assert found <= set(allowed), (func, found - set(allowed))
 
 
 def test_op_numbers_lists_the_numbers_not_the_sizes():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FunctionType
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +185,80 @@ _INTS_NOT_SIZES |= frozenset(
         if f is not None
     }
 )  # fmt: skip
+# Python functions torch hands a function mode whole (torch.nn.functional's, torch.functional's,
+# Tensor's written in Python) run their bodies with the mode off, so a size read there is not
+# seen where it is read (``F.multilabel_soft_margin_loss`` divides by its class count). Such
+# a call reads every size of every tensor it is given, but for these, whose bodies read no
+# size (or only the ones listed, to check and raise, of dims their ops' rules never prune:
+# spatial sizes, an embedding's rows) - function -> the reads its source may hold
+# (tests/test_numbers_from_sizes.py checks the source of the torch installed).
+BODIES_READING_NO_PRUNED_SIZE: dict = {
+    F.dropout: (),
+    F.dropout1d: ("len(",),  # (the rank of a 1-D input, checked)
+    F.dropout2d: ("len(",),
+    F.dropout3d: ("len(",),
+    F.alpha_dropout: (),
+    F.feature_alpha_dropout: (),
+    F.layer_norm: (),
+    F.rms_norm: (),
+    F.group_norm: (".size(", "_verify_batch_size"),  # (checks there is more than one value)
+    F.batch_norm: (".size(", "_verify_batch_size"),
+    F.instance_norm: ("_verify_spatial_size", ".size("),
+    F.normalize: (),
+    F.embedding: (".size(",),  # (the padding index against the rows, which are data's)
+    F.embedding_bag: (".size(", ".shape", ".numel("),  # (of the indices and their weights)
+    F.softmax: (),
+    F.log_softmax: (),
+    F.softmin: (),
+    F.relu: (),
+    F.relu6: (),
+    F.elu: (),
+    F.selu: (),
+    F.celu: (),
+    F.leaky_relu: (),
+    F.hardtanh: (),
+    F.hardswish: (),
+    F.hardsigmoid: (),
+    F.silu: (),
+    F.mish: (),
+    F.glu: (),
+    F.threshold: (),
+    F.tanhshrink: (),
+    F.softsign: (),
+    F.sigmoid: (),
+    F.tanh: (),
+    F.pad: (),
+    F.interpolate: (".size(", ".shape", "len("),  # (spatial sizes, for the output size)
+    F.adaptive_avg_pool2d: (".size(", "_list_with_default"),  # (spatial sizes)
+    F.adaptive_avg_pool3d: (".size(", "_list_with_default"),
+    F.unfold: (),
+    F.fold: (),
+    F.grid_sample: (),
+    torch.functional.einsum: ("len(",),  # (of its operands)
+    torch.functional.split: (),
+    torch.functional.meshgrid: (),
+    Tensor.split: (),
+    Tensor.norm: (),
+    Tensor.unique: (),
+    Tensor.__rsub__: (),
+    Tensor.__rdiv__: (),
+    Tensor.__rpow__: (),
+    Tensor.__floordiv__: (),
+    Tensor.__rfloordiv__: (),
+    Tensor.__contains__: (),
+    Tensor.__format__: (),
+}
+for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
+              "adaptive_max_pool2d", "adaptive_max_pool3d"):  # fmt: skip
+    # (boolean_dispatch: a wrapper choosing between two functions by return_indices)
+    _dispatch = getattr(F, _name)
+    BODIES_READING_NO_PRUNED_SIZE[_dispatch] = ("len(",)
+    for _chosen in (getattr(F, f"_{_name}", None), getattr(F, f"{_name}_with_indices", None)):
+        if isinstance(_chosen, FunctionType):
+            BODIES_READING_NO_PRUNED_SIZE[_chosen] = (".size(", "_list_with_default", "len(")
+del _name, _dispatch, _chosen
+
+
 # Modules whose forward only passes the attributes a plan sets on to ops (where the trace saw
 # what it passed): convolutions, linear layers, batch/layer/group norms, embeddings, PReLU.
 PASS_THROUGH_FORWARDS = frozenset(
@@ -643,6 +718,8 @@ class SizeWatch(TorchFunctionMode):
             return func(*args, **kwargs)
         if func in _VALUE_READS:
             self.saw.values_read = True  # (where the call fails too)
+        elif type(func) is FunctionType and func not in BODIES_READING_NO_PRUNED_SIZE:
+            self._read_tensors(args, kwargs)  # (its body runs unwatched: see there)
         decisions = self.recorder.decisions
         decided = len(decisions) if decisions is not None else -1
         sized = func not in _INTS_NOT_SIZES and (_has_int(args) or _has_int(kwargs.values()))
@@ -695,6 +772,16 @@ class SizeWatch(TorchFunctionMode):
             self._read(t, _read_dims(func, args, kwargs))  # an unknown tensor
             return out
         return WatchedShape(out, self.saw, index, tuple(range(len(out))))
+
+    def _read_tensors(self, args, kwargs) -> None:
+        """Every size of every tensor in the arguments, read."""
+        stack = [*args, *kwargs.values()]
+        while stack:
+            x = stack.pop()
+            if isinstance(x, torch.Tensor):
+                self._read(x, None)
+            elif type(x) is list or type(x) is tuple:
+                stack.extend(x)
 
     def _read(self, t, dims) -> None:
         if not isinstance(t, torch.Tensor):
