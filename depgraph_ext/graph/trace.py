@@ -16,6 +16,7 @@ import logging
 import operator
 import time
 import types
+import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -755,6 +756,20 @@ def global_module_hooks(before, after):
 
 
 @contextlib.contextmanager
+def eager_forwards():
+    """For the duration, code that ``torch.compile`` compiled runs as the Python it is (a
+    compiled model, a compiled module or function inside one): a trace must see its ops
+    and the sizes its code reads, and compiling under a trace's modes takes seconds and
+    warns about the trace's own code. (A compiled model's wrapper warns that global module
+    hooks, the trace's, fire for it too: they do, and the trace expects it.)"""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when")
+        with set_stance("force_eager") if set_stance is not None else contextlib.nullcontext():
+            yield
+
+
+@contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]):
     """``model.eval()`` for the duration (nothing to do, and nothing done, when it is)."""
     training = [m for _, m in modules if m.training]
@@ -1282,6 +1297,7 @@ def trace_as(
                 recorder.budget_per_op = budget[1]
             with (
                 _eval_mode(model, modules),
+                eager_forwards(),
                 torch.no_grad(),
                 progress.bar(stage, total=len(modules), unit="module") as ticks,
                 _module_scopes(modules, stack, recorder, ticks),

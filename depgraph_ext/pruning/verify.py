@@ -26,6 +26,7 @@ from ..graph.dependency import DependencyGraph, Group
 from ..graph.trace import (
     Ref,
     SavedParameters,
+    eager_forwards,
     global_module_hooks,
     normalize_inputs,
     unfused_transformer_layers,
@@ -595,6 +596,7 @@ def _outputs(
         model.eval()
         with (
             torch.no_grad(),
+            eager_forwards(),
             torch.random.fork_rng(),
             unfused_transformer_layers(list(model.named_modules())),
             _ParametersKept(model) if writes_parameters else contextlib.nullcontext(),
