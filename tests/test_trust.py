@@ -138,6 +138,24 @@ def test_not_a_module():
         dx.prune(lambda x: x, X)
 
 
+@pytest.mark.parametrize("where", ["model", "inside"])
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_is_refused_by_name_and_left_alone(how, where):
+    """A TorchScript module runs compiled code no trace follows (it failed with an internal
+    error): refused, naming the module, the model unchanged."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8)
+    inner = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    scripted = torch.jit.script(inner) if how == "script" else torch.jit.trace(inner, x)
+    model = scripted if where == "model" else torch.nn.Sequential(torch.nn.Linear(8, 8), scripted)
+    before = {n: (t, t.detach().clone()) for n, t in model.named_parameters()}
+    match = "the model is TorchScript" if where == "model" else "its module '1' is TorchScript"
+    with pytest.raises(dx.InvalidArgumentError, match=match):
+        dx.prune(model, x, ratio=0.5)
+    for name, t in model.named_parameters():
+        assert t is before[name][0] and torch.equal(t, before[name][1])
+
+
 def test_ignoring_everything_leaves_nothing_to_prune():
     model = resnext()
     with pytest.raises(dx.NoPrunableGroupsError):

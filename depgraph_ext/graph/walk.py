@@ -46,7 +46,16 @@ class ModelWalk:
             raise InvalidArgumentError(
                 f"model must be a torch.nn.Module, not {type(model).__name__}"
             )
-        return cls(list(model.named_modules()), *named_tensors(model))
+        modules = list(model.named_modules())
+        for name, m in modules:
+            if isinstance(m, torch.jit.ScriptModule):
+                where = f"its module {name!r}" if name else "the model"
+                raise InvalidArgumentError(
+                    f"{where} is TorchScript (torch.jit.script or torch.jit.trace): its "
+                    "compiled code runs without the Python a trace follows, so the sizes it "
+                    "reads cannot be seen; prune the Python module, then script the pruned one"
+                )
+        return cls(modules, *named_tensors(model))
 
 
 def non_persistent(walk: ModelWalk) -> set[str]:
