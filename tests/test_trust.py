@@ -231,6 +231,28 @@ def test_a_compiled_model_is_traced_as_the_python_it_runs(where):
     assert compiled  # (the pruned model compiles as it did)
 
 
+@pytest.mark.parametrize("options", [{}, {"in_place": True}, {"verify": True}])
+def test_a_prune_under_inference_mode_is_the_prune_outside_it(options):
+    """Under ``torch.inference_mode()``, with inputs made there, torch hands a dispatch mode
+    composite ops whole on those tensors (aten.linear: no rule, every channel blocked), and
+    tensors made there can never be trained. The prune is the one made outside it, and the
+    pruned weights train."""
+    plans = []
+    for inference in (False, True):
+        torch.manual_seed(0)
+        model = resnext()
+        with torch.inference_mode(inference):
+            x = X.clone()
+            result = dx.prune(model, x, ratio=0.5, **options)
+        plans.append(
+            {n: {d: i.tolist() for d, i in dims.items()} for n, dims in result.plan.items()}
+        )
+        assert not any(p.is_inference() for p in model.parameters())
+    assert plans[0] == plans[1]
+    model(X).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 STAGES = [
     ("depgraph_ext.graph.dependency", "trace"),
     ("depgraph_ext.graph.dependency", "build_couplings"),

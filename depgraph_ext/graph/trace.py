@@ -1188,6 +1188,10 @@ class _Placeholders:
         return self.fake_mode.from_tensor(x)
 
 
+# (Under inference mode, and on tensors made under it, torch hands a dispatch mode composite
+# ops whole: aten.linear where the rules know aten.addmm. The placeholders of a trace are
+# made outside it, from the inputs whatever mode made them.)
+@torch.inference_mode(False)
 def trace_as(
     model: torch.nn.Module,
     example_inputs,

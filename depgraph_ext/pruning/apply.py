@@ -58,6 +58,7 @@ def state_companions(
     return out
 
 
+@torch.inference_mode(False)  # (tensors made under it could never be trained again)
 def apply_changes(
     model: nn.Module,
     plan,
