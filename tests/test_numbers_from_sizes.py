@@ -149,7 +149,11 @@ def test_functions_listed_as_reading_no_size_read_none():
         r"_verify_batch_size|_verify_spatial_size|_list_with_default|\blen\("
     )
     for func, allowed in size_watch.BODIES_READING_NO_PRUNED_SIZE.items():
-        source = re.sub(r'(?s)""".*?"""', "", inspect.getsource(func))
+        try:
+            source = inspect.getsource(func)
+        except TypeError:  # (a wrapper of a C function: its own code)
+            source = inspect.getsource(func.__code__)
+        source = re.sub(r'(?s)""".*?"""', "", source)
         found = set(tokens.findall(source))
         assert found <= set(allowed), (func, found - set(allowed))
 

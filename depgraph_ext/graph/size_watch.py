@@ -247,7 +247,17 @@ BODIES_READING_NO_PRUNED_SIZE: dict = {
     Tensor.__rfloordiv__: (),
     Tensor.__contains__: (),
     Tensor.__format__: (),
+    Tensor.__reversed__: (),
+    Tensor.unflatten: (),
+    Tensor.unique_consecutive: (),
+    Tensor.register_hook: (),
 }
+for _name in ("__pow__", "__ipow__", "__rmod__", "__rtruediv__", "__rmatmul__", "__rlshift__",
+              "__rrshift__"):  # fmt: skip
+    # (torch's wrappers of the C operators that turn a TypeError into NotImplemented)
+    _wrapper = getattr(Tensor, _name, None)
+    if isinstance(_wrapper, FunctionType):
+        BODIES_READING_NO_PRUNED_SIZE[_wrapper] = ()
 for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
               "adaptive_max_pool2d", "adaptive_max_pool3d"):  # fmt: skip
     # (boolean_dispatch: a wrapper choosing between two functions by return_indices)
@@ -256,7 +266,7 @@ for _name in ("max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
     for _chosen in (getattr(F, f"_{_name}", None), getattr(F, f"{_name}_with_indices", None)):
         if isinstance(_chosen, FunctionType):
             BODIES_READING_NO_PRUNED_SIZE[_chosen] = (".size(", "_list_with_default", "len(")
-del _name, _dispatch, _chosen
+del _name, _dispatch, _chosen, _wrapper
 
 
 # Modules whose forward only passes the attributes a plan sets on to ops (where the trace saw

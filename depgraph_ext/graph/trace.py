@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import operator
+import sys
 import time
 import types
 import warnings
@@ -762,7 +763,10 @@ def eager_forwards():
     and the sizes its code reads, and compiling under a trace's modes takes seconds and
     warns about the trace's own code. (A compiled model's wrapper warns that global module
     hooks, the trace's, fire for it too: they do, and the trace expects it.)"""
-    set_stance = getattr(torch.compiler, "set_stance", None)
+    # (Nothing is compiled where torch._dynamo was never imported: then it is not imported
+    # here either, which takes a second and, inside a trace, runs torch code of its own.)
+    compiling = "torch._dynamo" in sys.modules
+    set_stance = getattr(torch.compiler, "set_stance", None) if compiling else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when")
         with set_stance("force_eager") if set_stance is not None else contextlib.nullcontext():
