@@ -295,6 +295,50 @@ def test_a_failure_at_any_stage_leaves_the_model_as_it_was(monkeypatch, module, 
         assert torch.equal(p.grad, grads[n]), n
 
 
+class _ZeroWidthMLP(torch.nn.Module):
+    """A residual MLP of width 0 (diffusers rounds a small MLP's width down to a multiple of
+    128) beside a function-changing stream (a layer norm over it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+        self.up, self.down = torch.nn.Linear(16, 0), torch.nn.Linear(0, 16)
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = h + self.down(torch.relu(self.up(h)))
+        return self.b(torch.relu(self.norm(h)))
+
+
+def test_a_dim_of_size_zero_is_listed_and_pruned_around():
+    """Listing the groups, for the warning about function-changing ones, failed on a dim of
+    size 0 (an IndexError) after the model had been changed. The listing skips such dims,
+    and runs before anything changes."""
+    torch.manual_seed(0)
+    model = _ZeroWidthMLP().double()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    with pytest.warns(dx.FunctionChangingWarning, match="layer_norm|norm"):
+        result = dx.prune(model, x, ratio=0.5)
+    assert model.a.out_features == 8 and model.up.weight.shape == (0, 8)
+    assert result.params_after < result.params_before and model(x).shape == (2, 4)
+
+
+def test_the_groups_are_described_before_anything_changes(monkeypatch):
+    from depgraph_ext.graph.dependency import Group
+
+    def fail(self):
+        raise Injected("describe")
+
+    torch.manual_seed(0)
+    model = _ZeroWidthMLP().double()  # (its stream is function-changing: described)
+    before = state_of(model)
+    monkeypatch.setattr(Group, "describe", fail)
+    with pytest.raises((Injected, dx.InternalError)):
+        dx.prune(model, torch.randn(2, 8, dtype=torch.float64), ratio=0.5)
+    assert_same_state(before, state_of(model))
+
+
 def test_in_place_mode_matches_the_default():
     a, b = resnext(), resnext()
     ra = dx.prune(a, X, ratio=0.5)

@@ -1117,6 +1117,8 @@ def _list_members(
                 units = res.units_of_leaf(int(leaf))
                 if td.leaves.shape[0] > 1:
                     units = units[td.digits(pos)]
+                if units.shape[0] == 0:  # (a dim of size 0: no unit to list)
+                    continue
                 gids = unit_groups[units]
                 if gids[0] == gids[-1] and (gids == gids[0]).all():  # the common case
                     members.setdefault(int(gids[0]), []).append(

@@ -299,6 +299,8 @@ def apply_step(
     costs = PlannedCosts(dg)
     params_before, macs_before = costs.at(None)
     _, macs_after = costs.at(plan.keep)
+    # (said before anything changes: nothing that can fail runs after the first tensor does)
+    changing = [g.describe() for g in dg.groups if not g.exact and not plan.keep[g.unit_ids].all()]
     t = time.perf_counter()
     params = dg.walk.params  # the model's, each once, as named_parameters
     tensors = params | dg.walk.buffers
@@ -322,7 +324,6 @@ def apply_step(
     apply_config_updates(model, plan.config)
     t_apply = time.perf_counter()
     timings = timings | {"count": t - t_count, "apply": t_apply - t, "total": t_apply - t0}
-    changing = [g.describe() for g in dg.groups if not g.exact and not plan.keep[g.unit_ids].all()]
     if changing:
         warnings.warn(
             f"{len(changing)} function-changing group(s) were pruned: removing their units "
