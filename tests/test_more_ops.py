@@ -485,6 +485,41 @@ def test_an_embedding_bag_traced_again_runs_the_same_kernel(mode):
     assert pruned.bag.weight.shape == (20, 6)
 
 
+class _LearnedMemory(nn.Module):
+    """Attention of the input's tokens over six learned memory tokens (key positions that
+    the model's parameters make, as WanAnimate's face encoder turns conv channels into
+    tokens)."""
+
+    def __init__(self):
+        super().__init__()
+        self.memory = nn.Parameter(torch.randn(1, 6, 8))
+        self.q, self.kv, self.out = nn.Linear(8, 8), nn.Linear(8, 16), nn.Linear(8, 4)
+
+    def forward(self, x):
+        b = x.shape[0]
+        q = self.q(x).unflatten(-1, (2, 4)).transpose(1, 2)
+        k, v = self.kv(self.memory).expand(b, -1, -1).chunk(2, dim=-1)
+        k, v = (t.unflatten(-1, (2, 4)).transpose(1, 2) for t in (k, v))
+        h = F.scaled_dot_product_attention(q, k, v)
+        return self.out(h.transpose(1, 2).flatten(2))
+
+
+def test_key_positions_the_parameters_make_are_function_changing():
+    """Each query's weights are a softmax over the key positions, so removing positions
+    changes what the kept ones get, whatever their values. Scaled dot-product attention
+    coupled keys and values position by position and said nothing more: learned memory
+    tokens were an exact group, and the pruned model computed something else (no error, no
+    warning). They are declared now: kept under exact_only, pruned and said by default."""
+    torch.manual_seed(0)
+    model = _LearnedMemory().double()
+    x = torch.randn(2, 5, 8, dtype=F64)
+    pruned, _ = prune_and_check(copy.deepcopy(model), x, ratio=0.5, exact_only=True)
+    assert pruned.memory.shape[1] == 6
+    with pytest.warns(dx.FunctionChangingWarning, match="attention's softmax over the units"):
+        dx.prune(model, x, ratio=0.5)
+    assert model.memory.shape[1] == 3
+
+
 def test_unfold_and_fold_keep_channels_through_their_patches():
     """nn.Unfold puts each channel's kernel positions in a block of its output's dim 1
     (im2col), nn.Fold takes them back (col2im, summing overlaps): channels prune through both."""

@@ -37,6 +37,9 @@ def attention(ctx: RuleContext, node: Node) -> None:
     ctx.equal(sq[-3], so[-3])
     ctx.equal(sq[-2], so[-2])
     ctx.equal(sk[-2], sv[-2])
+    # Each query's weights are a softmax over the key positions: removing one changes the
+    # others' (positions the model's parameters make, learned memory tokens, can be units).
+    ctx.reduces(sk[-2], node, "an attention's softmax over the units (its key positions)")
     ctx.equal(sq[-1], sk[-1])
     ctx.equal(sv[-1], so[-1])
     ctx.block(sq[-1])
