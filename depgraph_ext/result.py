@@ -44,9 +44,10 @@ class PruneResult:
     non_persistent: TensorPlan = field(default_factory=dict)  # buffers outside the state_dict
     # position among the model's tensor outputs -> {dim: kept indices} (``prune_outputs``)
     outputs: dict[int, dict] = field(default_factory=dict)
-    # Planned tensors the model divides by: what stands for their removed slices in the
-    # original-shaped model of the scatter-back oracle is one, not zero (RemovedFills).
-    divisors: frozenset[str] = frozenset()
+    # Planned tensors the model divides by -> what stands for their removed slices in the
+    # original-shaped model of the scatter-back oracle: what makes the divisor one, not zero
+    # (RemovedFills).
+    divisors: dict[str, float] = field(default_factory=dict)
 
     @property
     def tensors(self) -> TensorPlan:

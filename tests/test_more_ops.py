@@ -4,6 +4,7 @@ exact index mapping checked where it is not the identity."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -520,6 +521,33 @@ def test_key_positions_the_parameters_make_are_function_changing():
     assert model.memory.shape[1] == 3
 
 
+def test_flex_attention_is_refused_as_what_it_is():
+    """flex_attention is a higher-order op (it runs the model's score function inside one
+    op), which torch does not hand a dispatch mode that does not ask for them: the error
+    said the model could not run on its inputs, where it runs. It names the op, the module
+    and the line, and what to choose instead; the model is untouched."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    class Flex(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            q = self.q(x).unflatten(-1, (2, 4)).transpose(1, 2)
+            return self.o(flex_attention(q, q, q).transpose(1, 2).flatten(2))
+
+    model = Flex().requires_grad_(False)  # (no backward of it on the CPU)
+    x = torch.randn(2, 16, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert model(x).shape == (2, 16, 4)
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(dx.TraceError, match=r"higher-order op flex_attention .*test_more_ops"):
+            dx.prune(model, x, ratio=0.5)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_unfold_and_fold_keep_channels_through_their_patches():
     """nn.Unfold puts each channel's kernel positions in a block of its output's dim 1
     (im2col), nn.Fold takes them back (col2im, summing overlaps): channels prune through both."""
@@ -755,8 +783,43 @@ def test_a_channel_divided_by_a_buffer_is_removed_as_its_zeroing_with_the_diviso
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 5, dtype=F64)
     pruned, result = check(NormalisedLatents(), x)
-    assert pruned.enc.out_channels == 4 and result.divisors == {"stds"}
+    assert pruned.enc.out_channels == 4 and result.divisors == {"stds": 1.0}
     model = NormalisedLatents().double().eval()
+    assert dx.prune(model, x, ratio=0.5, verify=True).verify(x) < 1e-12
+
+
+class QuantisedByLevels(nn.Module):
+    """Finite scalar quantisation (diffusers' ACE-Step audio tokenizer): each code channel
+    has its number of levels, a buffer, and the code divides by ``levels - 1``."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(5, 6), nn.Linear(6, 5)
+        levels = torch.tensor([8.0, 8.0, 8.0, 5.0, 5.0, 5.0])
+        self.register_buffer("levels", levels)
+        self.register_buffer("scales", torch.stack([levels**-i for i in range(2)]))
+
+    def forward(self, x):
+        clamp = 1.0 + 1.0 / (self.levels - 1.0)
+        residual = torch.tanh(self.enc(x) / clamp) * clamp
+        step, out = 2.0 / (self.levels - 1.0), 0
+        for scale in self.scales:  # (residual quantisation, one scale per round)
+            h = residual / scale
+            q = step * torch.floor((self.levels - 1.0) * (h.clamp(-1, 1) + 1.0) / 2 + 0.5) - 1
+            residual, out = residual - q * scale, out + q * scale
+        return self.dec(out)
+
+
+def test_a_buffer_divided_by_after_a_subtraction_holds_what_makes_the_divisor_one():
+    """``1 / (levels - 1)``: one at a removed code channel still divides by zero (NaN in
+    the oracle's original-shaped model and in ``verify=True``'s check, which then refused a
+    good prune). It holds what makes the divisor one: two. And a row of ``scales`` the loop
+    takes (an unbind) is a divisor too."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=F64)
+    pruned, result = check(QuantisedByLevels(), x)
+    assert pruned.levels.shape == (3,) and result.divisors == {"levels": 2.0, "scales": 1.0}
+    model = QuantisedByLevels().double().eval()
     assert dx.prune(model, x, ratio=0.5, verify=True).verify(x) < 1e-12
 
 

@@ -34,13 +34,26 @@ _DIVIDING = {"aten.div": 1, "aten.div_": 1, "aten.true_divide": 1, "aten.recipro
 _SAME_VALUES = frozenset(
     f"aten.{n}"
     for n in """view _unsafe_view reshape unsqueeze squeeze expand _to_copy to alias detach
-    clone contiguous permute transpose t slice select flatten unflatten lift_fresh""".split()
+    clone contiguous permute transpose t slice select flatten unflatten lift_fresh unbind split
+    split_with_sizes chunk narrow expand_as view_as repeat index_select""".split()
 )
 
 
-def divisor_tensors(graph: OpGraph) -> frozenset[str]:
-    """Names of the parameters and buffers the model divides by (``x / self.stds``,
-    ``x * w.rsqrt()``), directly or through views and casts of them."""
+# Ops whose result is their first input plus, minus, times or over a number: (a, b) of
+# ``result = a * x + b`` from the number c.
+_AFFINE = {
+    "aten.add": lambda c: (1.0, c),
+    "aten.sub": lambda c: (1.0, -c),
+    "aten.mul": lambda c: (c, 0.0),
+    "aten.div": lambda c: (1.0 / c, 0.0),
+}
+
+
+def divisor_tensors(graph: OpGraph) -> dict[str, float]:
+    """The parameters and buffers the model divides by (``x / self.stds``, ``x *
+    w.rsqrt()``), directly or through views and casts of them and through adding,
+    subtracting, multiplying or dividing by numbers (``1 / (self.levels - 1)``), each with
+    the value that makes the divisor one (``levels``: 2)."""
     positions: dict = {}  # op -> its _DIVIDING position (the packet's name, once per op)
     dividing = []
     for node in graph.nodes:
@@ -50,23 +63,47 @@ def divisor_tensors(graph: OpGraph) -> frozenset[str]:
         if position is not None and len(node.inputs) > position:
             dividing.append((node, position))
     if not dividing:
-        return frozenset()
+        return {}
     named = {v: n for n, v in (graph.params | graph.buffers).items()}
     producer = {o: node for node in graph.nodes for o in node.outputs}
-    found = set()
+    found: dict[str, float] = {}
     for node, position in dividing:
         if position == 1 and (len(node.args) < 2 or not isinstance(node.args[1], Ref)):
             continue  # a number
         v, seen = node.inputs[position], set()
+        a, b = 1.0, 0.0  # the divisor is a * v + b
         while v not in named and v not in seen and v in producer:
             seen.add(v)  # (an op that returns its input, ``x.to(x.dtype)``, is its producer)
             source = producer[v]
-            if source.packet not in _SAME_VALUES or not source.inputs:
+            if source.packet in _SAME_VALUES and source.inputs:
+                v = source.inputs[0]
+                continue
+            step = _affine_step(source)
+            if step is None:
                 break
+            a, b = a * step[0], a * step[1] + b
             v = source.inputs[0]
-        if v in named:
-            found.add(named[v])
-    return frozenset(found)
+        if v in named and a != 0.0:
+            found.setdefault(named[v], (1.0 - b) / a)
+    return found
+
+
+def _affine_step(node) -> tuple[float, float] | None:
+    """(a, b) where ``node``'s result is ``a * input + b`` for a number it was given (None:
+    any other op)."""
+    make = _AFFINE.get(node.packet)
+    args = node.args
+    if make is None or len(args) < 2 or not isinstance(args[0], Ref):
+        return None
+    number = args[1]
+    alpha = node.kwargs.get("alpha", 1)
+    if type(number) not in (int, float) or type(alpha) not in (int, float):
+        return None
+    if node.packet == "aten.div" and number == 0:
+        return None
+    return make(
+        float(number) * float(alpha) if node.packet in ("aten.add", "aten.sub") else float(number)
+    )
 
 
 def computed_tensors(graph: OpGraph, walk: ModelWalk) -> dict[str, int]:
@@ -86,14 +123,18 @@ def computed_tensors(graph: OpGraph, walk: ModelWalk) -> dict[str, int]:
 
 class RemovedFills:
     """What a removed slice holds in the original-shaped model the oracle compares with: zero,
-    except where zero does not remove a unit. A weight norm's direction ``v`` along its norm
-    dim is divided by its own norm (0 / 0 for a zeroed row): its removed rows hold ones, and
-    the zeroed scale ``g`` removes them. BatchNorm variances hold one, and so does every tensor
-    in ``divisors`` (a model's latent ``stds`` it divides by: 0 / 0 at a removed channel, where
-    one leaves its zero numerator zero)."""
+        except where zero does not remove a unit. A weight norm's direction ``v`` along its norm
+        dim is divided by its own norm (0 / 0 for a zeroed row): its removed rows hold ones, and
+        the zeroed scale ``g`` removes them. BatchNorm variances hold one, and so does every tensor
+        in ``divisors`` (a model's latent ``stds`` it divides by: 0 / 0 at a removed channel, where
+        one leaves its zero numerator zero; a tensor the model divides by after adding to it holds
+    what makes the divisor one)."""
 
     def __init__(self, model: torch.nn.Module, divisors=()) -> None:
-        self.divisors = frozenset(divisors)
+        # name -> the value that makes the divisor one (names alone: one)
+        self.divisors = (
+            dict(divisors) if isinstance(divisors, dict) else dict.fromkeys(divisors, 1.0)
+        )
         self.by_name: dict[str, tuple[int, int]] = {}  # tensor -> (norm dim, rank)
         for name, m in model.named_modules():
             prefix = f"{name}." if name else ""
@@ -118,7 +159,9 @@ class RemovedFills:
 
     def of(self, name: str, dim: int) -> float:
         """The value removed indices along ``dim`` of tensor ``name`` hold."""
-        if name.rpartition(".")[2] in ONE_FILLED or name in self.divisors:
+        if name in self.divisors:
+            return self.divisors[name]
+        if name.rpartition(".")[2] in ONE_FILLED:
             return 1.0
         norm = self.by_name.get(name)
         return 1.0 if norm is not None and norm[0] == dim else 0.0

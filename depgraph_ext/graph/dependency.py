@@ -372,9 +372,10 @@ class DependencyGraph:
         return computed_tensors(self.graph, self.walk)
 
     @functools.cached_property
-    def divisors(self) -> frozenset[str]:
-        """Parameters and buffers the model divides by: where zero does not remove a unit
-        (see :class:`depgraph_ext.graph.computed.RemovedFills`)."""
+    def divisors(self) -> dict[str, float]:
+        """Parameters and buffers the model divides by, with the value that makes the
+        divisor one: where zero does not remove a unit (see
+        :class:`depgraph_ext.graph.computed.RemovedFills`)."""
         return divisor_tensors(self.graph)
 
     @property

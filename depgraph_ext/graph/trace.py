@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import operator
+import re
 import sys
 import time
 import types
@@ -1192,6 +1193,10 @@ class _Placeholders:
         return self.fake_mode.from_tensor(x)
 
 
+# torch's refusal of a dispatch mode that takes no higher-order ops (flex_attention, cond ...)
+_HIGHER_ORDER = re.compile(r"no rule registered for HigherOrderOperator (\w+)")
+
+
 # (Under inference mode, and on tensors made under it, torch hands a dispatch mode composite
 # ops whole: aten.linear where the rules know aten.addmm. The placeholders of a trace are
 # made outside it, from the inputs whatever mode made them.)
@@ -1333,9 +1338,23 @@ def trace_as(
             if (line := source.raised_at(exc)) is not None:
                 where.append(f"at {source.describe(line)}")
             where = f" ({', '.join(where)})" if where else ""
-            error = TraceError(
-                f"the model could not run on the example inputs{where}: {type(exc).__name__}: {exc}"
+            higher = (
+                _HIGHER_ORDER.search(str(exc)) if isinstance(exc, NotImplementedError) else None
             )
+            if higher is not None:  # (torch's refusal, not the model's: say what it is)
+                message = (
+                    f"the model calls torch's higher-order op {higher.group(1)}{where}, which "
+                    "runs functions of the model's inside one op: the trace does not follow it "
+                    "yet. Choose another attention implementation (transformers: "
+                    "attn_implementation='sdpa' or 'eager'; diffusers: the 'native' attention "
+                    "backend)"
+                )
+            else:
+                message = (
+                    f"the model could not run on the example inputs{where}: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            error = TraceError(message)
             error.failed_at = recorder.failed_at  # the op that raised, when one did
             error.module = stack[-1] if stack else None  # the innermost module running
             error.ops_done = recorder.recorded_count()  # ops recorded before the failure

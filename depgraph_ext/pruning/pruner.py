@@ -358,9 +358,11 @@ def apply_step(
         tied=named.tied,
         non_persistent=named.outside,
         outputs=dict(plan.outputs),
-        divisors=frozenset(
-            n for n in [*named.tensors, *named.outside] if {n, named.tied.get(n, n)} & dg.divisors
-        ),
+        divisors={
+            n: dg.divisors[c]
+            for n in [*named.tensors, *named.outside]
+            if (c := n if n in dg.divisors else named.tied.get(n, n)) in dg.divisors
+        },
     )
 
 
