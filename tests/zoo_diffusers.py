@@ -1516,7 +1516,1250 @@ _FAMILIES_D = {
 }
 
 
-RECIPES = {**_CORE, **_FAMILIES_A, **_FAMILIES_B, **_FAMILIES_C, **_FAMILIES_D}
+_ACE_STEP = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+    sliding_window=4,
+)
+
+_FAMILIES_E = {
+    # ACE-Step: Qwen3-like blocks (grouped-query attention, rotary, RMSNorm), alternating
+    # sliding-window (4 here) and full attention
+    "AceStepAudioTokenizer": (
+        dict(
+            **_ACE_STEP,
+            audio_acoustic_hidden_dim=8,
+            pool_window_size=5,
+            fsq_dim=16,
+            num_attention_pooler_hidden_layers=2,
+        ),
+        # (batch, 5 Hz patches, pool window, acoustic dim)
+        lambda randn, dtype: randn(2, 3, 5, 8),
+    ),
+    "AceStepAudioTokenDetokenizer": (
+        dict(
+            **_ACE_STEP,
+            audio_acoustic_hidden_dim=8,
+            pool_window_size=5,
+            num_attention_pooler_hidden_layers=2,
+        ),
+        lambda randn, dtype: randn(2, 3, 16),
+    ),
+    "AceStepConditionEncoder": (
+        dict(
+            **_ACE_STEP,
+            text_hidden_dim=12,
+            timbre_hidden_dim=8,
+            num_lyric_encoder_hidden_layers=2,
+            num_timbre_encoder_hidden_layers=2,
+        ),
+        lambda randn, dtype: {
+            "text_hidden_states": randn(2, 5, 12),
+            "text_attention_mask": _mask(5, 3, total=5),
+            "lyric_hidden_states": randn(2, 6, 12),
+            "lyric_attention_mask": _mask(6, 4, total=6),
+            # three packed reference clips: two for the first sample, one for the second
+            "refer_audio_acoustic_hidden_states_packed": randn(3, 7, 8),
+            "refer_audio_order_mask": _ids(0, 0, 1),
+        },
+    ),
+    "AceStepTransformer1DModel": (
+        dict(
+            **_ACE_STEP,
+            num_hidden_layers=2,
+            in_channels=24,
+            audio_acoustic_hidden_dim=8,
+            patch_size=2,
+            encoder_hidden_size=12,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 12, 8),
+            "timestep": randn(2).abs(),
+            "timestep_r": randn(2).abs(),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "context_latents": randn(2, 12, 16),
+        },
+    ),
+    "AnimaTextConditioner": (
+        # learnt T5 token queries cross-attending (rotary) to the Qwen3 states; the output is
+        # padded to min_sequence_length
+        dict(
+            source_dim=12,
+            target_dim=16,
+            model_dim=16,
+            num_layers=2,
+            num_attention_heads=2,
+            mlp_ratio=2.0,
+            target_vocab_size=32,
+            min_sequence_length=8,
+        ),
+        lambda randn, dtype: {
+            "source_hidden_states": randn(2, 5, 12),
+            "target_input_ids": _ids([3, 17, 5, 9, 1, 0], [4, 2, 8, 0, 0, 0]),
+            "target_attention_mask": _mask(6, 4, total=6),
+            "source_attention_mask": _mask(5, 3, total=5),
+        },
+    ),
+    "AnyFlowTransformer3DModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+        ),
+        # latents per frame: (batch, frames, channels, height, width)
+        # timesteps per frame: (batch, frames)
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 2, 4, 8, 8),
+            "timestep": randn(1, 2).abs() * 500,
+            "r_timestep": randn(1, 2).abs() * 100,
+            "encoder_hidden_states": randn(1, 5, 16),
+        },
+    ),
+    "AnyFlowFARTransformer3DModel": (
+        # frame-autoregressive: three one-frame chunks, the oldest compressed (4x4 patches),
+        # under a causal flex-attention block mask
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            rope_max_seq_len=32,
+            full_chunk_limit=2,
+            chunk_partition=(1, 1, 1),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 3, 4, 8, 8),
+            "timestep": randn(1, 3).abs() * 500,
+            "r_timestep": randn(1, 3).abs() * 100,
+            "encoder_hidden_states": randn(1, 5, 16),
+            "chunk_partition": [1, 1, 1],
+        },
+    ),
+    "AudioLDM2ProjectionModel": (
+        # two text encoders' states projected, framed by learnt SOS/EOS tokens, concatenated
+        dict(
+            text_encoder_dim=12,
+            text_encoder_1_dim=10,
+            langauge_model_dim=16,
+            use_learned_position_embedding=True,
+            max_seq_length=6,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 5, 12),
+            "hidden_states_1": randn(2, 6, 10),
+            "attention_mask": _mask(5, 3, total=5),
+            "attention_mask_1": _mask(6, 4, total=6),
+        },
+    ),
+    "AllegroTransformer3DModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            num_layers=2,
+            cross_attention_dim=16,
+            sample_height=8,
+            sample_width=8,
+            sample_frames=2,
+            caption_channels=12,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "encoder_hidden_states": randn(1, 5, 12),
+            "timestep": _ids(500),
+            "encoder_attention_mask": _mask(3, total=5),
+        },
+    ),
+    "AutoencoderKLFlux2": (
+        # the latents are patchified 2x2 and batch-normalised (running statistics, eval)
+        dict(
+            block_out_channels=(16, 32),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+        ),
+        lambda randn, dtype: randn(2, 3, 16, 16),
+    ),
+    "AutoencoderKLHunyuanImage": (
+        # its GroupNorms have 32 groups: widths of 32
+        dict(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(32, 32),
+            layers_per_block=1,
+            spatial_compression_ratio=2,
+            sample_size=16,
+        ),
+        lambda randn, dtype: randn(2, 3, 16, 16),
+    ),
+    "AutoencoderKLHunyuanImageRefiner": (
+        dict(
+            latent_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            spatial_compression_ratio=2,
+            temporal_compression_ratio=2,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "AutoencoderKLHunyuanVideo15": (
+        dict(
+            latent_channels=4,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            spatial_compression_ratio=2,
+            temporal_compression_ratio=2,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "AutoencoderKLKVAE": (
+        # its GroupNorms have 32 groups: widths of 32
+        dict(channels=32, num_enc_blocks=1, num_dec_blocks=1, z_channels=4, ch_mult=(1, 1)),
+        lambda randn, dtype: randn(2, 3, 16, 16),
+    ),
+    "AutoencoderKLKVAEVideo": (
+        dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=4, temporal_compress_times=2),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "AutoencoderKLKVAEAudio": (
+        dict(
+            encoder_dim=8,
+            encoder_rates=[2, 2],
+            latent_dim=16,
+            codebook_dim=4,
+            decoder_dim=16,
+            decoder_rates=[2, 2],
+            attn_num_heads=2,
+        ),
+        lambda randn, dtype: randn(2, 1, 64),
+    ),
+    "AutoencoderKLLTX2Audio": (
+        # a causal (along time) mel-spectrogram VAE, pixel-normalised
+        dict(
+            base_channels=16,
+            ch_mult=(1, 2),
+            num_res_blocks=1,
+            attn_resolutions=(8,),
+            resolution=16,
+            latent_channels=4,
+            mel_bins=16,
+            mid_block_add_attention=True,
+        ),
+        lambda randn, dtype: randn(2, 2, 16, 16),
+    ),
+    "AutoencoderKLLTX2Video": (
+        dict(
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, False, False),
+            decoder_inject_noise=(False,) * 4,
+            downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+            upsample_type=("spatiotemporal", "spatiotemporal", "spatiotemporal"),
+            upsample_residual=(False,) * 3,
+            upsample_factor=(1,) * 3,
+            patch_size=1,
+            patch_size_t=1,
+        ),
+        lambda randn, dtype: randn(1, 3, 9, 16, 16),
+    ),
+    "AutoencoderKLMagvit": (
+        dict(
+            latent_channels=4,
+            block_out_channels=[16, 32],
+            down_block_types=["SpatialDownBlock3D", "SpatialTemporalDownBlock3D"],
+            up_block_types=["SpatialUpBlock3D", "SpatialTemporalUpBlock3D"],
+            layers_per_block=1,
+            norm_num_groups=8,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "AutoencoderKLQwenImage21": (
+        dict(
+            base_dim=8,
+            decoder_base_dim=12,
+            z_dim=4,
+            dim_mult=[1, 2, 2],
+            num_res_blocks=1,
+            temperal_downsample=[False, False],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+            in_channels=3,
+            out_channels=3,
+            patch_size=None,
+            scale_factor_temporal=2,
+            scale_factor_spatial=4,
+        ),
+        lambda randn, dtype: randn(2, 3, 1, 16, 16),
+    ),
+    "AutoencoderRAE": (
+        # a frozen ViT-MAE encoder (head dim 64: one head) built from its config, a ViT decoder
+        dict(
+            encoder_type="mae",
+            encoder_hidden_size=64,
+            encoder_patch_size=8,
+            encoder_num_hidden_layers=1,
+            decoder_hidden_size=32,
+            decoder_num_hidden_layers=2,
+            decoder_num_attention_heads=2,
+            decoder_intermediate_size=64,
+            patch_size=4,
+            encoder_input_size=32,
+        ),
+        lambda randn, dtype: randn(2, 3, 16, 16),
+    ),
+    "AutoencoderSAME": (
+        dict(
+            audio_channels=2,
+            patch_size=4,
+            encoder_channels=8,
+            encoder_c_mults=(2,),
+            encoder_strides=(2,),
+            encoder_transformer_depths=(1,),
+            latent_dim=8,
+            dim_heads=8,
+            ff_mult=2,
+            sliding_window=1,
+        ),
+        lambda randn, dtype: randn(2, 2, 64),
+    ),
+    "AutoencoderVidTok": (
+        dict(
+            ch=16,
+            ch_mult=[1, 2],
+            z_channels=4,
+            num_res_blocks=1,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "BriaTransformer2DModel": (
+        # Flux-like: joint (MM-DiT) then single-stream blocks, 3-axis rotary embeddings
+        dict(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=[4, 4, 8],
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 16, 16),
+            "encoder_hidden_states": randn(1, 6, 16),
+            "timestep": randn(1).abs(),
+            "img_ids": torch.stack(
+                [torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=-1
+            ).to(dtype),
+            "txt_ids": torch.zeros(6, 3, dtype=dtype),
+        },
+    ),
+    "BriaFiboTransformer2DModel": (
+        # each block's text stream is half the context embedding, half its own text encoder
+        # layer (projected): one layer per block
+        dict(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=[4, 4, 8],
+            text_encoder_dim=12,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 16, 16),
+            "encoder_hidden_states": randn(1, 6, 16),
+            "text_encoder_layers": [randn(1, 6, 12), randn(1, 6, 12)],
+            "timestep": randn(1).abs(),
+            "img_ids": torch.stack(
+                [torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=-1
+            ).to(dtype),
+            "txt_ids": torch.zeros(6, 3, dtype=dtype),
+        },
+    ),
+    "ChronoEditTransformer3DModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            image_dim=10,
+            added_kv_proj_dim=24,
+            rope_max_seq_len=32,
+            rope_temporal_skip_len=2,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(500),
+            "encoder_hidden_states": randn(1, 5, 16),
+            "encoder_hidden_states_image": randn(1, 3, 10),
+        },
+    ),
+    "ErnieImageTransformer2DModel": (
+        # image and text tokens in one sequence; per-sample text lengths build the mask
+        dict(
+            hidden_size=16,
+            num_attention_heads=2,
+            num_layers=2,
+            ffn_hidden_size=32,
+            in_channels=4,
+            out_channels=4,
+            patch_size=2,
+            text_in_dim=12,
+            rope_axes_dim=(4, 2, 2),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "timestep": _ids(10, 500),
+            "text_bth": randn(2, 5, 12),
+            "text_lens": _ids(5, 3),
+        },
+    ),
+    "DreamLiteTransformer2DModel": (
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=16,
+            num_layers=2,
+            norm_num_groups=8,
+            cross_attention_dim=16,
+            qk_norm="rms_norm",
+            ff_mult=2,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 16, 8, 8),
+            "encoder_hidden_states": randn(2, 5, 16),
+        },
+    ),
+    "DreamLiteUNetModel": (
+        dict(
+            sample_size=8,
+            layers_per_block=1,
+            block_out_channels=(16, 32),
+            norm_num_groups=4,
+            down_block_types=(
+                "DreamLiteCrossAttnNoSelfAttnDownBlock2D",
+                "DreamLiteCrossAttnDownBlock2D",
+            ),
+            up_block_types=("DreamLiteCrossAttnUpBlock2D", "DreamLiteCrossAttnNoSelfAttnUpBlock2D"),
+            cross_attention_dim=16,
+            attention_head_dim=8,
+        ),
+        lambda randn, dtype: {
+            "sample": randn(2, 4, 8, 8),
+            "timestep": _ids(10, 500),
+            "encoder_hidden_states": randn(2, 5, 16),
+        },
+    ),
+    "AutoencoderKLMiniMaxH3Audio": (
+        dict(
+            encoder_dim=8,
+            encoder_rates=(2, 2),
+            latent_dim=16,
+            latent_channels=4,
+            num_attention_heads=2,
+            decoder_dim=16,
+            decoder_rates=(2, 2),
+            decoder_kernel_sizes=(4, 4),
+            resblock_kernel_sizes=(3,),
+            resblock_dilation_sizes=((1, 3),),
+        ),
+        lambda randn, dtype: randn(2, 1, 64),
+    ),
+    "AutoencoderKLMiniMaxH3": (
+        dict(
+            latent_channels=4,
+            block_out_channels=(8, 16, 16),
+            layers_per_block=1,
+            spatial_downsample_factors=(2, 2, 1),
+            temporal_downsample_factors=(1, 2, 1),
+            norm_num_groups=4,
+            decoder_num_layers=2,
+            decoder_num_attention_heads=2,
+            decoder_attention_head_dim=8,
+            decoder_num_register_tokens=2,
+            decoder_ffn_mult=2,
+            clip_length=5,
+            token_drop=1,
+            latents_mean=(0.0,) * 4,
+            latents_std=(1.0,) * 4,
+        ),
+        # two 5-frame clips, encoded apart; the last latent frame of all dropped (token_drop), the
+        # decoded chunks cross-faded
+        lambda randn, dtype: randn(1, 3, 10, 16, 16),
+    ),
+    "Flux3Transformer2DModel": (
+        # per-mode blocks (text, image, reference image each attending within itself), joint blocks,
+        # single-stream blocks; per-token modulation; a flow-map target timestep; 4-axis rotary
+        dict(
+            in_channels=8,
+            cond_in_channels=6,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=12,
+            timestep_channels=16,
+            mlp_ratio=2.0,
+            axes_dims_rope=(4, 4, 4, 4),
+            flow_map=True,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 16, 8),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "timestep": torch.sigmoid(randn(2)),
+            "img_ids": torch.stack(
+                [torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4, torch.zeros(16)], -1
+            ),
+            "txt_ids": torch.stack([torch.zeros(5)] * 3 + [torch.arange(5.0)], -1),
+            "image_cond_hidden_states": randn(2, 4, 6),
+            "image_cond_ids": torch.stack(
+                [torch.ones(4), torch.arange(4) // 2, torch.arange(4) % 2, torch.zeros(4)], -1
+            ),
+            "target_timestep": torch.sigmoid(randn(2)) * 0.5,
+        },
+    ),
+    "GlmImageTransformer2DModel": (
+        # the autoregressive prior's image tokens (one per patch) are embedded and added, zeroed
+        # for the samples whose prior is dropped
+        dict(
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            text_embed_dim=12,
+            time_embed_dim=16,
+            condition_dim=4,
+            prior_vq_quantizer_codebook_size=32,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "prior_token_id": (randn(2, 16).abs() * 10).long().clamp(max=31),
+            "prior_token_drop": torch.tensor([False, True]),
+            "timestep": _ids(10, 500),
+            "target_size": torch.tensor([[64.0, 64.0]] * 2, dtype=dtype),
+            "crop_coords": torch.tensor([[0.0, 0.0]] * 2, dtype=dtype),
+        },
+    ),
+    "Ideogram4PromptEnhancerHead": (  # the LM head of the prompt enhancer
+        dict(hidden_size=16, vocab_size=40),
+        lambda randn, dtype: randn(2, 5, 16),
+    ),
+    "Ideogram4Transformer2DModel": (
+        # one packed row: sample 0 (3 text tokens, 2x2 image tokens), sample 1 (2 text, 2x2
+        # image), one padding token; segment ids keep the samples apart; interleaved 3D mRoPE
+        dict(
+            in_channels=8,
+            num_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            intermediate_size=48,
+            adaln_dim=16,
+            llm_features_dim=12,
+            mrope_section=(2, 2, 2),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 14, 8),
+            "timestep": torch.sigmoid(randn(1)),
+            "encoder_hidden_states": randn(1, 14, 12),
+            "position_ids": torch.tensor(
+                [
+                    [[0, 0, 0], [1, 1, 1], [2, 2, 2]]
+                    + [[65536, 65536 + h, 65536 + w] for h in range(2) for w in range(2)]
+                    + [[0, 0, 0], [1, 1, 1]]
+                    + [[65536, 65536 + h, 65536 + w] for h in range(2) for w in range(2)]
+                    + [[0, 0, 0]]
+                ]
+            ),
+            "segment_ids": torch.tensor([[0] * 7 + [1] * 6 + [2]]),
+            "indicator": torch.tensor([[3] * 3 + [2] * 4 + [3] * 2 + [2] * 4 + [-1]]),
+        },
+    ),
+    "Kandinsky5Transformer3DModel": (
+        # channels-last latents (batch, frames, height, width, channels); text blocks, then visual
+        # blocks cross-attending to the text; 3D rotary from per-axis positions (float32: the time
+        # embedding casts the timestep to float32)
+        dict(
+            in_visual_dim=4,
+            in_text_dim=12,
+            in_text_dim2=10,
+            time_dim=16,
+            out_visual_dim=4,
+            patch_size=(1, 2, 2),
+            model_dim=16,
+            ff_dim=32,
+            num_text_blocks=1,
+            num_visual_blocks=2,
+            axes_dims=(2, 2, 4),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 2, 8, 8, 4),
+            "encoder_hidden_states": randn(1, 5, 12),
+            "timestep": _ids(500).to(dtype),
+            "pooled_projections": randn(1, 10),
+            "visual_rope_pos": [torch.arange(2), torch.arange(4), torch.arange(4)],
+            "text_rope_pos": torch.arange(5),
+        },
+    ),
+    "JoyImageEditTransformer3DModel": (
+        dict(
+            patch_size=[1, 2, 2],
+            in_channels=4,
+            hidden_size=16,
+            num_attention_heads=2,
+            text_dim=12,
+            mlp_width_ratio=2.0,
+            num_layers=2,
+            rope_dim_list=[2, 2, 4],
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 2, 8, 8),
+            "timestep": _ids(10, 500),
+            "encoder_hidden_states": randn(2, 5, 12),
+        },
+    ),
+    "JoyImageEditPlusTransformer3DModel": (
+        # pre-patchified tokens (batch, max patches, channels, pt, ph, pw); sample 0 holds two
+        # 2x2 images, sample 1 one (padded); the mask covers images and text
+        dict(
+            patch_size=[1, 2, 2],
+            in_channels=4,
+            hidden_size=16,
+            num_attention_heads=2,
+            text_dim=12,
+            mlp_width_ratio=2.0,
+            num_layers=2,
+            rope_dim_list=[2, 2, 4],
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 8, 4, 1, 2, 2),
+            "timestep": _ids(10, 500),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "encoder_hidden_states_mask": _mask(5, 3, total=5),
+            "shape_list": [[(1, 2, 2), (1, 2, 2)], [(1, 2, 2)]],
+        },
+    ),
+    "HunyuanImageTransformer2DModel": (
+        dict(
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=1,
+            num_single_layers=1,
+            num_refiner_layers=1,
+            mlp_ratio=2.0,
+            patch_size=(2, 2),
+            guidance_embeds=True,
+            text_embed_dim=12,
+            # (no glyph text stream: its ByT5 projection is 2048 wide whatever the config)
+            rope_axes_dim=(4, 4),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "timestep": _ids(10, 500).to(dtype),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "encoder_attention_mask": _mask(5, 3, total=5),
+            "guidance": torch.tensor([3500.0] * 2, dtype=dtype),
+        },
+    ),
+    "Krea2Transformer2DModel": (
+        # a text tower (grouped-query attention) whose layers feed layerwise and refiner text
+        # blocks, then a single-stream DiT over text + image with 3-axis rotary
+        dict(
+            in_channels=8,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=32,
+            timestep_embed_dim=16,
+            text_hidden_dim=12,
+            num_text_layers=2,
+            text_num_attention_heads=2,
+            text_num_key_value_heads=2,
+            text_intermediate_size=24,
+            num_layerwise_text_blocks=1,
+            num_refiner_text_blocks=1,
+            axes_dims_rope=(2, 2, 4),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 16, 8),
+            # the text encoder's states at num_text_layers layers: (batch, tokens, layers, dim)
+            "encoder_hidden_states": randn(2, 5, 2, 12),
+            "timestep": torch.sigmoid(randn(2)),
+            "position_ids": torch.cat(
+                [
+                    torch.stack([torch.arange(5), torch.zeros(5), torch.zeros(5)], -1),
+                    torch.stack(
+                        [torch.full((16,), 5), torch.arange(16) // 4, torch.arange(16) % 4], -1
+                    ),
+                ]
+            ).long(),
+            "encoder_attention_mask": _mask(5, 3, total=5).bool(),
+        },
+    ),
+    "LongCatImageTransformer2DModel": (
+        dict(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            pooled_projection_dim=16,
+            axes_dims_rope=[4, 4, 8],
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 16, 16),
+            "encoder_hidden_states": randn(1, 6, 16),
+            "timestep": randn(1).abs(),
+            "img_ids": torch.stack(
+                [torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=-1
+            ).to(dtype),
+            "txt_ids": torch.zeros(6, 3, dtype=dtype),
+        },
+    ),
+    "OvisImageTransformer2DModel": (
+        dict(
+            patch_size=1,
+            in_channels=16,
+            out_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(4, 4, 8),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 16, 16),
+            "encoder_hidden_states": randn(1, 6, 16),
+            "timestep": randn(1).abs(),
+            "img_ids": torch.stack(
+                [torch.zeros(16), torch.arange(16) // 4, torch.arange(16) % 4], dim=-1
+            ).to(dtype),
+            "txt_ids": torch.zeros(6, 3, dtype=dtype),
+        },
+    ),
+    "PRXTransformer2DModel": (
+        dict(
+            in_channels=4,
+            patch_size=2,
+            context_in_dim=12,
+            hidden_size=16,
+            mlp_ratio=2.0,
+            num_heads=2,
+            depth=2,
+            axes_dim=[4, 4],
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "timestep": torch.sigmoid(randn(2)),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "attention_mask": _mask(5, 3, total=5).bool(),
+        },
+    ),
+    "QwenImageControlNetModel": (
+        dict(
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=16,
+            axes_dims_rope=(8, 4, 4),
+            extra_condition_channels=4,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 16, 16),
+            "controlnet_cond": randn(1, 16, 20),
+            "conditioning_scale": 1.0,
+            "encoder_hidden_states": randn(1, 6, 16),
+            "encoder_hidden_states_mask": torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.long),
+            "timestep": randn(1).abs(),
+            "img_shapes": [[(1, 4, 4)]],
+        },
+    ),
+    "NucleusMoEImageTransformer2DModel": (
+        # every block dense: the experts' weights are torch.empty, left uninitialised (NaNs and
+        # garbage) until a checkpoint loads; the dense MLP's width rounds down to a multiple of 128,
+        # 0 here (zero-width linears: the blocks' MLPs add nothing; mlp_ratio=12 gives 128)
+        dict(
+            patch_size=2,
+            in_channels=16,
+            out_channels=4,
+            num_layers=5,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            joint_attention_dim=12,
+            axes_dims_rope=(2, 2, 4),
+            mlp_ratio=2.0,
+            dense_moe_strategy="all_dense",
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 16, 16),
+            "img_shapes": [(1, 4, 4)] * 2,
+            "encoder_hidden_states": randn(2, 5, 12),
+            "encoder_hidden_states_mask": _mask(5, 3, total=5),
+            "timestep": torch.sigmoid(randn(2)),
+        },
+    ),
+    "MMAudioVAE": (
+        # a waveform turned into a log-mel spectrogram (STFT), then a 1D VAE over the mel frames
+        # (float32: the mel filterbank is a float32 buffer)
+        dict(
+            mel_bins=16,
+            latent_channels=4,
+            hidden_channels=16,
+            channel_multipliers=(1, 2),
+            layers_per_block=1,
+            n_fft=64,
+            hop_length=16,
+        ),
+        lambda randn, dtype: randn(2, 256),
+    ),
+    "MMAudioVocoder": (
+        # BigVGAN (snake activations, anti-aliased multi-periodicity resblocks)
+        dict(
+            num_mels=16,
+            upsample_initial_channel=16,
+            upsample_rates=(2, 2),
+            upsample_kernel_sizes=(4, 4),
+            resblock_kernel_sizes=(3,),
+            resblock_dilation_sizes=((1, 3),),
+        ),
+        lambda randn, dtype: randn(2, 16, 8),
+    ),
+    "LongCatAudioDiTTransformer": (
+        dict(
+            dit_dim=16,
+            dit_depth=4,
+            dit_heads=2,
+            dit_text_dim=12,
+            latent_dim=8,
+            ff_mult=2.0,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 10, 8),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "encoder_attention_mask": _mask(5, 3, total=5).bool(),
+            "timestep": torch.sigmoid(randn(2)),
+            "attention_mask": _mask(10, 7, total=10).bool(),
+            "latent_cond": randn(2, 10, 8),
+        },
+    ),
+    "LongCatAudioDiTVae": (
+        dict(
+            channels=8,
+            c_mults=[1, 2],
+            strides=[2, 2],
+            latent_dim=4,
+            encoder_latent_dim=8,
+            downsampling_ratio=4,
+        ),
+        lambda randn, dtype: randn(2, 1, 64),
+    ),
+    "MiniMaxMusic3ConditionEncoder": (
+        # a softmax-weighted mix of the autoregressive stage's layers, projected and resampled
+        # (nearest) from its frame rate to the latent rate
+        dict(
+            condition_hidden_dim=12,
+            num_condition_layers=3,
+            out_dim=16,
+            input_sampling_rate=24000,
+            input_hop_length=960,
+            output_sampling_rate=44100,
+            output_hop_length=512,
+        ),
+        lambda randn, dtype: randn(2, 5, 36),
+    ),
+    "MiniMaxMusic3RVQDepthDecoder": (
+        dict(
+            hidden_size=16,
+            num_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            audio_vocab_size=32,
+            num_codebooks=4,
+            max_position_embeddings=8,
+        ),
+        lambda randn, dtype: randn(2, 5, 16),
+    ),
+    "MiniMaxMusic3Transformer1DModel": (
+        dict(
+            in_channels=8,
+            condition_dim=12,
+            num_layers=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            ff_inner_dim=32,
+            rotary_dim=4,
+            fourier_embedding_dim=16,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 8, 10),
+            "timestep": torch.sigmoid(randn(2)),
+            "encoder_hidden_states": randn(2, 10, 12),
+        },
+    ),
+    "MiniMaxMusic3Vocoder": (
+        # the two stereo channels decoded apart (half the latent channels each)
+        dict(
+            latent_channels=8,
+            decoder_input_dim=16,
+            decoder_hidden_dim=16,
+            upsampling_ratios=(2, 2),
+        ),
+        lambda randn, dtype: randn(2, 8, 6),
+    ),
+    "MotifVideoTransformer3DModel": (
+        # image to video: latents, the conditioning latents and their mask (9 = 4 + 4 + 1); dual
+        # then single-stream blocks, then decoder blocks; text cross attention in both (float32: the
+        # sinusoidal timestep projection reaches the embedder's linear uncast)
+        dict(
+            in_channels=9,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=1,
+            num_single_layers=1,
+            num_decoder_layers=1,
+            mlp_ratio=2.0,
+            patch_size=2,
+            patch_size_t=1,
+            text_embed_dim=12,
+            image_embed_dim=10,
+            rope_axes_dim=(2, 2, 4),
+            enable_text_cross_attention_dual=True,
+            enable_text_cross_attention_single=True,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 9, 2, 8, 8),
+            "timestep": _ids(500).to(dtype),
+            "encoder_hidden_states": randn(1, 5, 12),
+            "encoder_attention_mask": _mask(4, total=5),
+            "image_embeds": randn(1, 3, 10),
+        },
+    ),
+    "StableAudio3DiTModel": (
+        # differential attention, learnt memory tokens, local additive (inpainting) conditioning
+        dict(
+            io_channels=8,
+            patch_size=1,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            cond_token_dim=12,
+            global_cond_dim=10,
+            local_add_cond_dim=9,
+            timestep_features_dim=16,
+            ff_mult=2.0,
+            num_memory_tokens=2,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 8, 10),
+            "timestep": torch.sigmoid(randn(2)),
+            "encoder_hidden_states": randn(2, 5, 12),
+            "global_hidden_states": randn(2, 10),
+            "encoder_attention_mask": _mask(5, 3, total=5).bool(),
+            "local_add_cond": randn(2, 9, 10),
+        },
+    ),
+    "StableAudio3DurationEmbedder": (
+        dict(output_dim=16, fourier_dim=16),
+        lambda randn, dtype: randn(2).abs() * 30.0,
+    ),
+    "UniDiffuserTextDecoder": (
+        # a GPT-2 (transformers') decoding from a projected CLIP prefix
+        dict(
+            prefix_length=4,
+            prefix_inner_dim=12,
+            prefix_hidden_dim=8,
+            vocab_size=40,
+            n_positions=16,
+            n_embd=16,
+            n_layer=2,
+            n_head=2,
+            n_inner=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        ),
+        lambda randn, dtype: {
+            "input_ids": _ids([5, 17, 3, 9, 1], [4, 2, 8, 0, 0]),
+            "prefix_embeds": randn(2, 4, 12),
+            # the prefix positions always attended
+            "attention_mask": torch.cat(
+                [torch.ones(2, 4, dtype=dtype), _mask(5, 3, total=5).to(dtype)], 1
+            ),
+        },
+    ),
+    "LTX2VideoTransformer3DModel": (
+        # joint audio-video blocks: each stream's self and cross attention, then audio-to-video and
+        # video-to-audio cross attention; 3D rotary (video), 1D (audio)
+        dict(
+            in_channels=8,
+            out_channels=8,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            cross_attention_dim=16,
+            audio_in_channels=6,
+            audio_out_channels=6,
+            audio_num_attention_heads=2,
+            audio_attention_head_dim=4,
+            audio_cross_attention_dim=8,
+            num_layers=2,
+            caption_channels=12,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 2 * 4 * 4, 8),
+            "audio_hidden_states": randn(1, 5, 6),
+            "encoder_hidden_states": randn(1, 6, 12),
+            "audio_encoder_hidden_states": randn(1, 6, 12),
+            "timestep": _ids(500),
+            "encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=dtype),
+            "audio_encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=dtype),
+            "num_frames": 2,
+            "height": 4,
+            "width": 4,
+            "audio_num_frames": 5,
+        },
+    ),
+    "WanAnimateTransformer3DModel": (
+        # the first latent frame is the reference, the others get the pose latents added; face
+        # crops (16 x 16 here) go through a motion encoder and a temporal face encoder (time / 4)
+        # into face adapters (cross attention per frame)
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            in_channels=12,
+            latent_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            image_dim=10,
+            rope_max_seq_len=32,
+            motion_encoder_channel_sizes={"16": 8, "8": 8, "4": 8},
+            motion_encoder_size=16,
+            motion_style_dim=16,
+            motion_dim=4,
+            motion_encoder_dim=16,
+            face_encoder_hidden_dim=16,
+            face_encoder_num_heads=2,
+            inject_face_latents_blocks=1,
+            motion_encoder_batch_size=4,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 12, 2, 8, 8),
+            "timestep": _ids(500),
+            "encoder_hidden_states": randn(1, 5, 16),
+            "encoder_hidden_states_image": randn(1, 3, 10),
+            "pose_hidden_states": randn(1, 4, 1, 8, 8),
+            "face_pixel_values": randn(1, 3, 4, 16, 16),
+        },
+    ),
+    "Kandinsky6Transformer3DModel": (
+        # channels-last video latents with the visual condition and its mask (9 = 2 * 4 + 1), an
+        # audio stream beside the video one, text blocks, 3D rotary
+        dict(
+            in_visual_dim=4,
+            out_visual_dim=4,
+            in_text_dim=12,
+            in_text_dim2=10,
+            time_dim=16,
+            patch_size=(1, 2, 2),
+            model_dim=16,
+            ff_dim=32,
+            num_text_blocks=1,
+            num_visual_blocks=2,
+            axes_dims=(2, 2, 4),
+            visual_cond=True,
+            in_audio_dim=6,
+            out_audio_dim=6,
+            model_dim_a=16,
+            time_dim_a=16,
+            ff_dim_a=32,
+            axes_dims_a=(8,),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 2, 8, 8, 9),
+            "encoder_hidden_states": randn(1, 5, 12),
+            "pooled_projections": randn(1, 10),
+            "timestep": _ids(500).to(dtype),
+            "audio_hidden_states": randn(1, 6, 6),
+            "encoder_attention_mask": _mask(4, total=5).bool(),
+        },
+    ),
+    "Kandinsky6SRTransformer3DModel": (
+        # super-resolution over latent tiles (noisy, anchor, anchor mask: 2 * 4 + 1 channels) with
+        # NABLA attention: 8 x 8 token blocks under a sliding-tile mask
+        dict(
+            in_visual_dim=4,
+            out_visual_dim=4,
+            time_dim=16,
+            patch_size=(1, 1, 1),
+            model_dim=16,
+            ff_dim=32,
+            num_visual_blocks=2,
+            axes_dims=(2, 2, 4),
+            nabla_window=(3, 3, 3),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 2, 16, 16, 9),
+            "timestep": _ids(500).to(dtype),
+        },
+    ),
+    "Kandinsky6SRVAE": (
+        dict(
+            latent_channels=4,
+            encoder_block_out_channels=(8, 16, 16),
+            decoder_block_out_channels=(8, 16, 16),
+            layers_per_block=1,
+            temporal_compression_ratio=2,
+            temporal_compression_start_level=1,
+        ),
+        lambda randn, dtype: randn(1, 3, 5, 16, 16),
+    ),
+    "Kandinsky6SRLatentUpscalerBank": (
+        # one upscaler per scale (x2, x4), the x4 one through the x2 adapter; the scale picks one
+        dict(
+            in_channels=4,
+            stage_channels=(16, 16, 8),
+            num_pre_blocks=1,
+            num_mid_blocks=1,
+            num_post_blocks=1,
+            num_x2_adapter_blocks=1,
+            scales=(2, 4),
+        ),
+        lambda randn, dtype: {"latents": randn(1, 4, 2, 4, 4), "scale": 4},
+    ),
+    "HeliosTransformer3DModel": (
+        # Wan-like blocks over the current chunk and its multi-term memory: short (patch 1x2x2),
+        # mid (2x4x4) and long (4x8x8) history latents, each with its own frame indices for the rope
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=2,
+            rope_dim=(4, 4, 4),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(500),
+            "encoder_hidden_states": randn(1, 5, 16),
+            "indices_hidden_states": _ids([8, 9]),
+            "indices_latents_history_short": _ids([6, 7]),
+            "indices_latents_history_mid": _ids([4, 5]),
+            "indices_latents_history_long": _ids([0, 1, 2, 3]),
+            "latents_history_short": randn(1, 4, 2, 8, 8),
+            "latents_history_mid": randn(1, 4, 2, 8, 8),
+            "latents_history_long": randn(1, 4, 4, 8, 8),
+        },
+    ),
+    "HunyuanVideoFramepackTransformer3DModel": (
+        # HunyuanVideo blocks over the next section and its packed context: clean latents (1x),
+        # history at 2x and 4x compression, each with its frame indices (1D, shared by the batch);
+        # a SigLIP image projection
+        dict(
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=10,
+            num_layers=1,
+            num_single_layers=1,
+            num_refiner_layers=1,
+            mlp_ratio=2.0,
+            patch_size=2,
+            patch_size_t=1,
+            guidance_embeds=True,
+            text_embed_dim=16,
+            pooled_projection_dim=8,
+            rope_axes_dim=(2, 4, 4),
+            image_condition_type=None,
+            has_image_proj=True,
+            image_proj_dim=12,
+            has_clean_x_embedder=True,
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(1, 4, 2, 8, 8),
+            "timestep": _ids(500),
+            "encoder_hidden_states": randn(1, 6, 16),
+            "encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.long),
+            "pooled_projections": randn(1, 8),
+            "image_embeds": randn(1, 3, 12),
+            "indices_latents": _ids(7, 8),
+            "guidance": torch.full((1,), 3000.0, dtype=dtype),
+            "latents_clean": randn(1, 4, 2, 8, 8),
+            "indices_latents_clean": _ids(0, 9),
+            "latents_history_2x": randn(1, 4, 2, 8, 8),
+            "indices_latents_history_2x": _ids(5, 6),
+            "latents_history_4x": randn(1, 4, 4, 8, 8),
+            "indices_latents_history_4x": _ids(1, 2, 3, 4),
+        },
+    ),
+    "LTX2VideoDiffusionDecoderModel": (
+        # deterministic upsampling stages, then a one-step diffusion stage (attention blocks) that
+        # denoises pixel noise drawn from the global generator (seeded before each compared forward)
+        dict(
+            latent_channels=4,
+            patch_size=2,
+            decoder_head_dim=8,
+            decoder_stage_channels=(16, 8, 8, 8, 8),
+            decoder_stage_depths=(1, 1, 1, 1, 1),
+            decoder_stage_kernels=((3, 3, 3),) * 4,
+            decoder_upsample_strides=((1, 2, 2), (2, 1, 1), (1, 2, 2), (1, 1, 1)),
+            decoder_upsample_channel_reductions=(2, 1, 1, 1),
+            decoder_stage5_kernel=(3, 3, 3),
+            decoder_t_emb_dim=16,
+            spatial_compression_ratio=8,
+            temporal_compression_ratio=2,
+        ),
+        lambda randn, dtype: randn(1, 4, 2, 4, 4),
+    ),
+}
+
+
+RECIPES = {**_CORE, **_FAMILIES_A, **_FAMILIES_B, **_FAMILIES_C, **_FAMILIES_D, **_FAMILIES_E}
 
 
 def draw_zero_parameters(model) -> int:
