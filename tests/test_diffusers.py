@@ -27,6 +27,9 @@ CASES = [
     "QwenImageTransformer2DModel",  # complex rotary embeddings; the heads attribute
     "FluxTransformer2DModel",
     "T5FilmDecoder",  # asserts a width it computed, between two ops
+    "WanAnimateTransformer3DModel",  # conv channels turned into attention's key positions
+    # (and a QR decomposition, which has no rule: its channels are kept, said)
+    "AceStepAudioTokenizer",  # finite scalar quantisation: divides by levels - 1
 ]
 
 
@@ -51,6 +54,7 @@ def test_a_diffusers_model_prunes_exactly_and_by_default(name):
     shapes = [o.shape for o in outputs_of(model, inputs, seed=0)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dx.FixedSizeWarning)
+        warnings.simplefilter("ignore", dx.OpaqueOpWarning)
         pruned, result = prune_and_check(model, inputs, ratio=0.5, exact_only=True)
     assert not result.function_changing
     default = copy.deepcopy(model)
