@@ -339,6 +339,37 @@ def test_the_groups_are_described_before_anything_changes(monkeypatch):
     assert_same_state(before, state_of(model))
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_channels_last_model_stays_channels_last(in_place):
+    """A model set to ``channels_last`` for speed got its pruned convolution weights back
+    contiguous (the values right, the layout lost, silently): they keep the layout now,
+    gradients too."""
+    from depgraph_ext.testing import assert_scatter_back_equal
+
+    def layouts(model):
+        return {
+            n: p.is_contiguous(memory_format=torch.channels_last)
+            for n, p in model.named_parameters()
+            if p.dim() == 4
+        }
+
+    model = resnext().to(memory_format=torch.channels_last)
+    x = X.to(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    original = copy.deepcopy(model)
+    assert all(layouts(original).values())
+    result = dx.prune(model, x, ratio=0.5, exact_only=True, in_place=in_place)
+    assert all(layouts(model).values())
+    assert all(
+        p.grad.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+        if p.dim() == 4
+    )
+    model.zero_grad()
+    original.zero_grad()
+    assert_scatter_back_equal(original, model, result, x)
+
+
 def test_in_place_mode_matches_the_default():
     a, b = resnext(), resnext()
     ra = dx.prune(a, X, ratio=0.5)

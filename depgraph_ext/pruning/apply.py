@@ -21,11 +21,36 @@ from .release import release_tails
 
 
 def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
-    """The kept slices of ``t`` (a new tensor; bit-identical values)."""
+    """The kept slices of ``t`` (a new tensor; bit-identical values), laid out as ``t`` is."""
     out = t
     for d, kept in sorted(dims.items()):
         out = out.index_select(d, kept.to(out.device))
-    return out.contiguous()
+    return in_layout_of(t, out)
+
+
+def _dim_order(t: torch.Tensor) -> list[int] | None:
+    """The dims of ``t`` from the outermost in memory to the innermost, where ``t`` is dense
+    in another order than its own (``channels_last``); None where it is contiguous, or not
+    dense (a view with gaps)."""
+    if t.is_contiguous() or t.dim() < 2:
+        return None
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.size(d)))
+    expected = 1
+    for d in reversed(order):
+        if t.size(d) != 1 and t.stride(d) != expected:
+            return None
+        expected *= t.size(d)
+    return order
+
+
+def in_layout_of(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``new`` (contiguous, of ``original``'s rank) in ``original``'s memory layout: a model
+    set to ``channels_last`` stays so where it is pruned."""
+    order = _dim_order(original)
+    if order is None:
+        return new.contiguous()
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return new.permute(order).contiguous().permute(inverse)
 
 
 def state_companions(
@@ -94,7 +119,8 @@ def apply_changes(
         for name, dims in plan.items():
             t = tensors[name]
             grad = t.grad if isinstance(t, nn.Parameter) and t.grad is not None else None
-            sliced[name] = (datas[name], None if grad is None else gather(grad, dims))
+            data = in_layout_of(t.data, datas[name])
+            sliced[name] = (data, None if grad is None else gather(grad, dims))
         state = [gather(container[key], plan[name]) for container, key, name in companions]
         for name, (data, grad) in sliced.items():
             t = tensors[name]
