@@ -109,6 +109,6 @@ def assert_kept_bit_identical(original: torch.nn.Module, pruned: torch.nn.Module
         got = after[name].detach()
         assert got.shape == expected.shape, f"{name}: {tuple(got.shape)} != {tuple(expected.shape)}"
         assert torch.equal(
-            got.view(-1).view(torch.uint8) if got.is_floating_point() else got,
+            got.reshape(-1).view(torch.uint8) if got.is_floating_point() else got,
             expected.reshape(-1).view(torch.uint8) if expected.is_floating_point() else expected,
         ), f"{name} differs"

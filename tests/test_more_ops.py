@@ -521,30 +521,97 @@ def test_key_positions_the_parameters_make_are_function_changing():
     assert model.memory.shape[1] == 3
 
 
-def test_flex_attention_is_refused_as_what_it_is():
-    """flex_attention is a higher-order op (it runs the model's score function inside one
-    op), which torch does not hand a dispatch mode that does not ask for them: the error
-    said the model could not run on its inputs, where it runs. It names the op, the module
-    and the line, and what to choose instead; the model is untouched."""
-    from torch.nn.attention.flex_attention import flex_attention
+class _FlexHeads(nn.Module):
+    """Four heads of attention by ``flex_attention`` (``how``: plain, a causal block mask, a
+    score function adding a bias by head index) or by scaled dot-product attention."""
 
-    class Flex(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 4)
+    def __init__(self, how: str):
+        super().__init__()
+        self.how, self.heads = how, 4
+        self.q, self.k, self.v = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 16)
+        self.o = nn.Linear(16, 4)
 
-        def forward(self, x):
-            q = self.q(x).unflatten(-1, (2, 4)).transpose(1, 2)
-            return self.o(flex_attention(q, q, q).transpose(1, 2).flatten(2))
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    model = Flex().requires_grad_(False)  # (no backward of it on the CPU)
-    x = torch.randn(2, 16, 8)
+        q, k, v = (
+            p(x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
+        if self.how == "sdpa":
+            h = F.scaled_dot_product_attention(q, k, v)
+        elif self.how == "plain":
+            h = flex_attention(q, k, v)
+        elif self.how == "causal":
+            n = x.shape[1]
+            mask = create_block_mask(lambda b, h, i, j: i >= j, None, None, n, n, device="cpu")
+            h = flex_attention(q, k, v, block_mask=mask)
+        else:  # a bias by head index: the heads' positions matter
+            h = flex_attention(q, k, v, score_mod=lambda s, b, h, i, j: s + 0.1 * h)
+        return self.o(h.transpose(1, 2).flatten(2))
+
+
+def _flex_prune(how: str, **options):
+    torch.manual_seed(0)
+    model = _FlexHeads(how).double().requires_grad_(False)  # (no backward of it on the CPU)
+    x = torch.randn(2, 16, 8, dtype=F64)
+    original = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(model, x, ratio=0.5, **options)
+    return original, model, result, x
+
+
+@pytest.mark.parametrize("how", ["plain", "causal", "head_bias"])
+def test_flex_attention_is_traced_through_its_eager_implementation(how):
+    """flex_attention is a higher-order op (it runs the model's score and mask functions
+    inside one op), which a dispatch mode gets whole: the trace refused it. It follows its
+    eager implementation now, op by op: heads prune as they do under scaled dot-product
+    attention (the same plan, the oracle holds), and a score function that reads the head
+    index keeps the heads whole (their positions are its input)."""
+    original, model, result, x = _flex_prune(how, exact_only=True)
+    assert_scatter_back_equal(original, model, result, x)
+    if how == "head_bias":
+        assert model.q.out_features == 16
+    else:
+        _, sdpa, reference, _ = _flex_prune("sdpa", exact_only=True)
+        assert model.q.out_features == sdpa.q.out_features == 8
+        assert {n: {d: i.tolist() for d, i in dims.items()} for n, dims in result.plan.items()} == {
+            n: {d: i.tolist() for d, i in dims.items()} for n, dims in reference.plan.items()
+        }
+    original, model, result, x = _flex_prune(how, verify=True)
+    assert model(x).shape == (2, 16, 4)
+
+
+def test_a_model_runs_flex_attention_after_its_prune():
+    """flex_attention compiles a wrapper of its op at every eager call; compiled for the first
+    time under the trace's eager stance, it failed at every later call ("marked as
+    skipped"): the pruned model could not run. The trace calls the op as it is."""
+    _, model, _, x = _flex_prune("plain")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert model(x).shape == (2, 16, 4)
-        before = copy.deepcopy(model.state_dict())
-        with pytest.raises(dx.TraceError, match=r"higher-order op flex_attention .*test_more_ops"):
-            dx.prune(model, x, ratio=0.5)
+
+
+def test_another_higher_order_op_is_refused_as_what_it_is():
+    """``torch.cond`` is a higher-order op the trace does not follow: the error said the model
+    could not run on its inputs, where it runs; it names the op, the module and the line
+    now, and the model is untouched."""
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = torch.cond(h.sum() > 0, lambda t: t.relu(), lambda t: t.tanh(), (h,))
+            return self.b(h)
+
+    model, x = Branches(), torch.randn(2, 8)
+    assert model(x).shape == (2, 4)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(dx.TraceError, match=r"higher-order op cond .*test_more_ops"):
+        dx.prune(model, x, ratio=0.5)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 

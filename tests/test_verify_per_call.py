@@ -238,25 +238,22 @@ def test_verify_checks_the_prunes_own_plan_with_its_config_fields():
 
 
 def test_verify_says_when_the_exact_groups_do_not_run_on_their_own():
-    """GPT-Neo's attention fixes head count x head size = hidden width: pruned by default,
-    the hidden width (function-changing) and the heads (exact) must shrink together, so the
-    exact groups alone, which verify=True checks, do not run. It says so, and changes
-    nothing; with exact_only=True the plan is checked whole."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.GPTNeoConfig(
-        vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=32,
-        attention_types=[[["global", "local"], 1]], window_size=4, bos_token_id=0,
-        eos_token_id=0,
-    )  # fmt: skip
+    """nn.MultiheadAttention fixes head count x head size = the stream's width: pruned by
+    default, the stream (function-changing: layer norms) and the heads (exact) must shrink
+    together, so the exact groups alone, which verify=True checks, do not run. It says so,
+    and changes nothing; with exact_only=True the plan is checked whole."""
+    from nets import TorchEncoder
+
     torch.manual_seed(0)
-    model = transformers.GPTNeoForCausalLM(config).double().eval()
+    model = TorchEncoder().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
     before = state_of(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dx.FunctionChangingWarning)
         with pytest.raises(dx.VerificationError, match="does not run with only its exact"):
-            dx.prune(model, IDS, ratio=0.5, verify=True)
+            dx.prune(model, x, ratio=0.5, verify=True)
     assert_same_state(before, state_of(model))
-    result = dx.prune(model, IDS, ratio=0.5, verify=True, exact_only=True)
+    result = dx.prune(model, x, ratio=0.5, verify=True, exact_only=True)
     assert result.params_after < result.params_before
 
 

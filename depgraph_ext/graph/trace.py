@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from torch._ops import HigherOrderOperator
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
@@ -153,6 +154,9 @@ class OpGraph:
     # The values of the small constants the ops read (tensors made outside the traced ops,
     # ``tensor(128)``): value index -> ``op_numbers.constant_value``.
     constants: dict[int, tuple] = field(default_factory=dict)
+    # [start, stop) of the nodes of each higher-order op's eager implementation (torch's
+    # code, which reads no tensor value: see _RecorderBase._higher_order)
+    higher_order_spans: list[tuple[int, int]] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -253,6 +257,24 @@ class SavedParameters:
 class _RecorderBase(_EagerMode):
     """What both recorders share: the module stack, the time budget of a real trace, and the
     record of a failing op."""
+
+    supports_higher_order_operators = True
+
+    def _higher_order(self, func, args, kwargs):
+        """A higher-order op (flex_attention) as the ATen ops of its eager implementation,
+        recorded one by one, so that the rules see what it computes."""
+        dense = _dense_higher_order(func)
+        if dense is None:
+            raise NotImplementedError(
+                f"There was no rule registered for HigherOrderOperator {func.name()} and mode "
+                f"{self}"
+            )
+        start = self.recorded_count()
+        with self:
+            out = dense(*args, **kwargs)
+        if isinstance(self.graph, OpGraph):
+            self.graph.higher_order_spans.append((start, self.recorded_count()))
+        return out
 
     def __init__(self, graph, module_stack: list[str]) -> None:
         super().__init__()
@@ -476,6 +498,8 @@ class _Recorder(_RecorderBase):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if isinstance(func, HigherOrderOperator):
+            return self._higher_order(func, args, kwargs)
         out, out_leaves = self._run(func, args, kwargs)
         if out_leaves is None:
             return out
@@ -586,6 +610,8 @@ class _ShapeRecorder(_RecorderBase):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if isinstance(func, HigherOrderOperator):
+            return self._higher_order(func, args, kwargs)
         out, out_leaves = self._run(func, args, kwargs)
         if out_leaves is None:
             return out
@@ -768,10 +794,27 @@ def eager_forwards():
     # here either, which takes a second and, inside a trace, runs torch code of its own.)
     compiling = "torch._dynamo" in sys.modules
     set_stance = getattr(torch.compiler, "set_stance", None) if compiling else None
+    # flex_attention compiles a wrapper of its op on every eager call; compiled under the
+    # trace's stance it fails ever after ("marked as skipped"). Its debug switch calls the op
+    # as it is: the trace follows its eager implementation (see _dense_higher_order).
+    flex = sys.modules.get("torch.nn.attention.flex_attention")
+    if flex is None and compiling:  # (cheap once dynamo is: the model may import it as it runs)
+        import torch.nn.attention.flex_attention as flex
+    direct = getattr(flex, "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG", None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Using `torch\.compile\(module\)` when")
-        with set_stance("force_eager") if set_stance is not None else contextlib.nullcontext():
-            yield
+        try:
+            if direct is not None:
+                flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+            with set_stance("force_eager") if set_stance is not None else contextlib.nullcontext():
+                yield
+        finally:
+            if direct is not None:
+                flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = direct
+            if not compiling and "torch._dynamo" in sys.modules:
+                # The model imported it as it ran (flex_attention does), and what it compiled
+                # under the trace's modes fails when called again: nothing else was compiled.
+                torch._dynamo.reset()
 
 
 @contextlib.contextmanager
@@ -1193,6 +1236,16 @@ class _Placeholders:
         return self.fake_mode.from_tensor(x)
 
 
+def _dense_higher_order(func):
+    """The eager implementation of a higher-order op the trace follows through (None: one
+    it does not)."""
+    if func.name() != "flex_attention":
+        return None
+    from torch._higher_order_ops.flex_attention import sdpa_dense
+
+    return sdpa_dense
+
+
 # torch's refusal of a dispatch mode that takes no higher-order ops (flex_attention, cond ...)
 _HIGHER_ORDER = re.compile(r"no rule registered for HigherOrderOperator (\w+)")
 
@@ -1342,12 +1395,11 @@ def trace_as(
                 _HIGHER_ORDER.search(str(exc)) if isinstance(exc, NotImplementedError) else None
             )
             if higher is not None:  # (torch's refusal, not the model's: say what it is)
+                name = higher.group(1)
                 message = (
-                    f"the model calls torch's higher-order op {higher.group(1)}{where}, which "
-                    "runs functions of the model's inside one op: the trace does not follow it "
-                    "yet. Choose another attention implementation (transformers: "
-                    "attn_implementation='sdpa' or 'eager'; diffusers: the 'native' attention "
-                    "backend)"
+                    f"the model calls torch's higher-order op {name}{where}, which runs "
+                    "functions of the model's inside one op: the trace follows flex_attention's "
+                    f"but not {name}'s yet"
                 )
             else:
                 message = (

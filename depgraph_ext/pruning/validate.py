@@ -298,12 +298,33 @@ def _inside_decompositions(dg: DependencyGraph) -> frozenset[int]:
 _UNKNOWN = object()
 
 
+def _unused(dg: DependencyGraph, v: int) -> bool:
+    """Whether value ``v``, made inside a higher-order op's eager implementation, reaches no
+    output of the model through the ops that read it (the positions flex_attention's makes
+    for score functions that take none of them): its shape changes nothing. (Elsewhere a
+    value no op reads may be read by the model's Python all the same.)"""
+    g = dg.graph
+    producer = g.values[v].producer
+    if producer is None or not any(a <= producer < b for a, b in g.higher_order_spans):
+        return False
+    live = dg.__dict__.get("_live_values")
+    if live is None:
+        live = set(g.outputs)
+        for node in reversed(g.nodes):
+            if any(o in live for o in node.outputs):
+                live.update(node.inputs)
+        dg.__dict__["_live_values"] = live
+    return v not in live
+
+
 def _shaped_call_failure(dg: DependencyGraph, call, sizes: list[int], kept_sizes: list[int]):
     """The failure of a view, expand or new tensor given ``sizes`` under a plan (None: it
     gives the planned shape; _UNKNOWN: not known without a trace)."""
     g, slots = dg.graph, dg.coupling_model.value_slots
     expected = tuple(kept_sizes[s] for s in slots[call.value])
     original = g.values[call.value].shape
+    if _unused(dg, call.value):
+        return None
     producer = g.values[call.value].producer
     if producer is None:
         return _UNKNOWN
@@ -433,6 +454,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         ]
         if not wrong and len(expected) == len(actual):
             return
+        if _unused(dg, vo):
+            return  # (no op reads it, and it is no output: its shape changes nothing)
         # A dim the code kept at its original size is the one the code fixes.
         fixed = [slots[vo][d] for d in wrong if d < len(actual) and actual[d] == original[d]]
         fixed = fixed or [slots[vo][d] for d in wrong]

@@ -89,6 +89,30 @@ def repeat(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.repeat"], repeat)
 
 
+def repeat_interleave(ctx: RuleContext, node: Node) -> None:
+    """Each index of ``dim`` repeated ``repeats`` times in a row (grouped-query attention's
+    keys and values broadcast to the query heads): out[dim] = [index, copy], the copy factor
+    fixed by the call. A tensor of per-index repeats, or no dim (flattened), has no rule."""
+    src, out = node.inputs[0], node.outputs[0]
+    repeats, dim = arg(node, "repeats"), arg(node, "dim")
+    if not isinstance(repeats, int) or dim is None:
+        raise RuleError("repeats per index, or a flattened input")
+    ss, so = ctx.slots(src), ctx.slots(out)
+    dim = wrap_dim(dim, len(ss))
+    for i, s in enumerate(ss):
+        if i != dim:
+            ctx.equal(s, so[i])
+        elif repeats == 1:
+            ctx.equal(s, so[i])
+        else:
+            copy = ctx.new_slot(repeats)
+            ctx.block(copy)
+            ctx.reshape([s, copy], [so[i]])
+
+
+register_many(["aten.repeat_interleave"], repeat_interleave)
+
+
 def flip(ctx: RuleContext, node: Node) -> None:
     """Reversed dims map i to n-1-i, which pruning cannot keep: those dims are blocked."""
     src, out = node.inputs[0], node.outputs[0]

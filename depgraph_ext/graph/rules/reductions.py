@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..trace import Node
+from ..trace import Node, Ref
 from .context import AttentionCall, RuleContext, RuleError, arg, wrap_dim
 from .elementwise import elementwise
 from .registry import register_many
@@ -123,6 +123,11 @@ def _matmul_before(ctx: RuleContext, v: int, depth: int = 6) -> Node | None:
         if not node.inputs:
             return None
         v = node.inputs[0]
+        if node.packet == "aten.where":  # (masked scores: where(mask, scores, -inf))
+            scores = arg(node, "self")
+            if not isinstance(scores, Ref):
+                return None
+            v = scores.value
     return None
 
 
