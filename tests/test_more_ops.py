@@ -432,24 +432,31 @@ def test_an_encoder_pruned_to_an_odd_number_of_heads_stops_nesting_its_batches()
         assert model(x, mask).shape == (2, 5, 3)
 
 
+class _Bags(nn.Module):
+    """An embedding bag (of class ``bag``, 20 x 12) and a linear head of 3."""
+
+    def __init__(self, bag, mode: str):
+        super().__init__()
+        self.bag = bag(20, 12, mode=mode)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, ids, offsets, weights=None):
+        return self.head(torch.relu(self.bag(ids, offsets, per_sample_weights=weights)))
+
+
+def _bag_inputs(mode: str):
+    """Seven indices in three bags (and per-index weights for a sum)."""
+    torch.manual_seed(0)
+    ids, offsets = torch.tensor([1, 4, 7, 7, 2, 19, 0]), torch.tensor([0, 3, 5])
+    return (ids, offsets, torch.rand(7, dtype=F64)) if mode == "sum" else (ids, offsets)
+
+
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 def test_embedding_bags_prune_their_dim(mode):
     """nn.EmbeddingBag: each bag's rows summed, averaged or maxed column by column (weighted
     per index for a sum): its embedding dim prunes exactly; the vocabulary stays."""
-
-    class Bags(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bag = nn.EmbeddingBag(20, 12, mode=mode)
-            self.head = nn.Linear(12, 3)
-
-        def forward(self, ids, offsets, weights=None):
-            return self.head(torch.relu(self.bag(ids, offsets, per_sample_weights=weights)))
-
-    torch.manual_seed(0)
-    ids, offsets = torch.tensor([1, 4, 7, 7, 2, 19, 0]), torch.tensor([0, 3, 5])
-    inputs = (ids, offsets, torch.rand(7, dtype=F64)) if mode == "sum" else (ids, offsets)
-    pruned, _ = check(Bags(), inputs)
+    inputs = _bag_inputs(mode)  # (seeds, then the model draws its weights)
+    pruned, _ = check(_Bags(nn.EmbeddingBag, mode), inputs)
     assert pruned.bag.weight.shape == (20, 6) and pruned.bag.embedding_dim == 6
 
 
@@ -469,20 +476,8 @@ def test_an_embedding_bag_traced_again_runs_the_same_kernel(mode):
     (``_embedding_bag``) where the original ran the forward-only one, and the comparison of
     the two traces took it for a branch on a pruned size: nothing was left to prune. The
     pruned trace's tensors need no gradient either now."""
-
-    class Bags(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bag = _ViewedBag(20, 12, mode=mode)
-            self.head = nn.Linear(12, 3)
-
-        def forward(self, ids, offsets, weights=None):
-            return self.head(torch.relu(self.bag(ids, offsets, per_sample_weights=weights)))
-
-    torch.manual_seed(0)
-    ids, offsets = torch.tensor([1, 4, 7, 7, 2, 19, 0]), torch.tensor([0, 3, 5])
-    inputs = (ids, offsets, torch.rand(7, dtype=F64)) if mode == "sum" else (ids, offsets)
-    pruned, _ = check(Bags(), inputs)
+    inputs = _bag_inputs(mode)  # (seeds, then the model draws its weights)
+    pruned, _ = check(_Bags(_ViewedBag, mode), inputs)
     assert pruned.bag.weight.shape == (20, 6)
 
 
