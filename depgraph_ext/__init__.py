@@ -16,6 +16,7 @@ from .errors import (
     CheckpointWriteError,
     ConfigMismatchWarning,
     DiskFullError,
+    ExampleInputsWarning,
     FixedSizeWarning,
     FunctionChangingWarning,
     InternalError,
@@ -30,6 +31,7 @@ from .errors import (
     TraceError,
     UnknownModelTypeError,
     UnsupportedOpError,
+    UnusedParametersWarning,
     VerificationError,
 )
 from .graph.dependency import DependencyGraph, Group, Member
@@ -65,6 +67,7 @@ __all__ = [
     "CheckpointResult",
     "CheckpointWriteError",
     "ConfigMismatchWarning",
+    "ExampleInputsWarning",
     "DependencyGraph",
     "DiskFullError",
     "FisherImportance",
@@ -83,6 +86,7 @@ __all__ = [
     "NoPrunableGroupsError",
     "NonFiniteWeightsError",
     "OpaqueOpWarning",
+    "UnusedParametersWarning",
     "OutputExistsError",
     "PlanValidationError",
     "PlannedModule",

@@ -15,10 +15,19 @@ def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the first caller outside this package
     (the user's line, however deep inside the library the warning is raised)."""
     level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+    while frame is not None and _inside(frame.f_code.co_filename):
         frame = frame.f_back
         level += 1
     return level
+
+
+# Decorators' frames between the package's own (``contextlib.contextmanager``'s, torch's
+# ``no_grad`` and ``inference_mode``, ``functools.wraps``'): not the user's line either.
+_PLUMBING = ("contextlib.py", "_contextlib.py", "functools.py")
+
+
+def _inside(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR) or filename.endswith(_PLUMBING)
 
 
 class PruningError(Exception):
@@ -111,6 +120,18 @@ class OpaqueOpWarning(UserWarning):
 
 class FixedSizeWarning(UserWarning):
     """Validation found a size fixed by the model's code; the channels it touches are kept."""
+
+
+class ExampleInputsWarning(UserWarning):
+    """The model could not run on the example inputs with its own weights (wrong dtype, a
+    token id past the vocabulary, or a kernel this machine lacks for the dtype); it was traced
+    on meta or fake tensors, whose kernels check less."""
+
+
+class UnusedParametersWarning(UserWarning):
+    """Parameters the traced forward never used (a vision tower under text-only inputs, a
+    head only the training mode runs): left as they are, while widths they may share were
+    pruned; a forward that uses them may fail."""
 
 
 class ConfigMismatchWarning(UserWarning):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.utils._pytree as pytree
 
 from .graph.computed import RemovedFills
-from .graph.trace import normalize_inputs
+from .graph.trace import normalize_inputs, output_tensors
 
 
 def changed_tensors(plan) -> dict:
@@ -62,7 +61,7 @@ def outputs_of(
         if seed is not None:
             torch.manual_seed(seed)
         out = model(*args, **kwargs)
-    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return output_tensors(out)
 
 
 def assert_scatter_back_equal(

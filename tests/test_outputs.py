@@ -4,11 +4,14 @@ is refused saying so."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 import depgraph_ext as dx
+from depgraph_ext.testing import outputs_of
 from helpers import assert_same_state, prune_and_check, state_of
 
 F64 = torch.float64
@@ -145,3 +148,70 @@ def test_a_dict_config_and_an_output_without_key_paths_prune_exactly():
     assert pruned.conv1.out_channels == 8 and result.plan
     with pytest.raises(dx.InvalidArgumentError, match=r"\['sample'\]"):
         dx.prune(DiffusersStyle().double().eval(), X, ratio=0.5, prune_outputs=["nothing"])
+
+
+@dataclasses.dataclass
+class _Features:
+    """A model's own output class, which pytree does not open."""
+
+    f1: torch.Tensor
+    rest: object
+
+
+class _Held:
+    """Any object holding results as attributes (one in ``__slots__``)."""
+
+    __slots__ = ("f2", "__dict__")
+
+    def __init__(self, f2, logits):
+        self.f2, self.logits = f2, logits
+
+
+class OwnOutputs(TwoFeatures):
+    """TwoFeatures returning its three outputs inside its own containers."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x):
+        f1, f2, logits = super().forward(x)
+        if self.kind == "set":
+            return frozenset((f1, f2, logits))
+        if self.kind == "iterator":
+            return iter((f1, f2, logits))
+        return _Features(f1, [_Held(f2, logits)])
+
+
+@pytest.mark.parametrize("kind", ["objects", "set"])
+def test_outputs_inside_the_models_own_objects_keep_their_width(kind):
+    """A dataclass, an object's attributes or a set: their tensors are outputs all the same.
+    They were unseen before: every width was free, and the pruned model returned other
+    shapes (the features halved)."""
+    m = model()
+    m.__class__ = OwnOutputs
+    m.kind = kind
+    before = state_of(m)
+    with pytest.raises(dx.NoPrunableGroupsError, match="prune_outputs"):
+        dx.prune(m, X, ratio=0.5)
+    assert_same_state(before, state_of(m))
+    assert len(outputs_of(m, X)) == 3  # (what the oracle and verify compare)
+
+
+def test_outputs_inside_objects_are_named_by_their_paths():
+    m = model()
+    m.__class__, m.kind = OwnOutputs, "objects"
+    pruned, result = prune_and_check(m, X, ratio=0.5, prune_outputs=[".rest[0].f2"])
+    assert (pruned.a.out_channels, pruned.b.out_channels) == (8, 3)
+    out = pruned(X)
+    assert out.f1.shape == (2, 8) and out.rest[0].f2.shape == (2, 3)
+    assert out.rest[0].logits.shape == (2, 5)
+
+
+def test_a_model_returning_an_iterator_is_refused_by_name():
+    m = model()
+    m.__class__, m.kind = OwnOutputs, "iterator"
+    before = state_of(m)
+    with pytest.raises(dx.InvalidArgumentError, match=r"returns an iterator \(tuple_iterator\)"):
+        dx.prune(m, X, ratio=0.5)
+    assert_same_state(before, state_of(m))

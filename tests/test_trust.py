@@ -419,3 +419,97 @@ def test_tensors_of_plain_objects_the_model_keeps_are_left_as_they_were():
     dx.prune(model, x, ratio=0.5)
     assert model.scheduler.scale is scale and not hasattr(model.scheduler, "seen")
     assert model(x).shape == (2, 4)
+
+
+class _TokenMlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 8)
+        self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.down(torch.relu(self.up(self.embed(ids))))
+
+
+def _double_mlp():
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    ).double()
+
+
+@pytest.mark.parametrize(
+    "build, inputs, good, cause",
+    [
+        (
+            _TokenMlp,
+            torch.tensor([[1, 12]]),
+            torch.tensor([[1, 2]]),
+            r"op aten\.embedding\.default.*IndexError: index out of range",
+        ),
+        (
+            _double_mlp,
+            torch.ones(2, 8),
+            torch.ones(2, 8, dtype=torch.float64),
+            r"op aten\.addmm\.default.*must have the same dtype",
+        ),
+    ],
+)
+def test_inputs_the_model_cannot_run_on_are_named_in_a_warning(build, inputs, good, cause):
+    """The model's own kernels refuse the inputs (a token past the vocabulary, float inputs
+    to a float64 model); meta kernels check less and the trace went on there without a word.
+    It still prunes by the shapes it saw, and says why its own kernels refused, pointing at
+    the caller's line; inputs it runs on prune silently."""
+    torch.manual_seed(0)
+    model = build()
+    with pytest.warns(dx.ExampleInputsWarning, match=cause) as caught:
+        result = dx.prune(model, inputs, ratio=0.5)
+    assert caught[0].filename == __file__
+    assert result.plan and result.params_after < result.params_before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.ExampleInputsWarning)
+        dx.prune(build(), good, ratio=0.5)
+
+
+class _TwoPaths(torch.nn.Module):
+    """Text tokens, and optionally image features projected into the same stream; an
+    auxiliary head only the training mode runs (as GoogLeNet's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(20, 16)
+        self.vision, self.projector = torch.nn.Linear(12, 24), torch.nn.Linear(24, 16)
+        self.up, self.down = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16)
+        self.head, self.aux = torch.nn.Linear(16, 20), torch.nn.Linear(32, 20)
+
+    def forward(self, ids, pixels=None):
+        h = self.embed(ids)
+        if pixels is not None:
+            h = torch.cat([self.projector(torch.relu(self.vision(pixels))), h], 1)
+        inner = torch.relu(self.up(h))
+        h = h + self.down(inner)
+        if self.training:
+            return self.head(h), self.aux(inner)
+        return self.head(h)
+
+
+def test_parameters_the_forward_did_not_use_are_named_in_a_warning():
+    """A path the example inputs do not run (the image one) or only training runs (the
+    auxiliary head) is not traced: its parameters keep their shapes while widths they share
+    shrink, and that path fails after the prune. This was silent; it is said now, naming them,
+    and inputs that run every path prune with nothing to say."""
+    ids, pixels = torch.tensor([[1, 2, 3]]), torch.randn(1, 2, 12)
+    torch.manual_seed(0)
+    model = _TwoPaths().eval()
+    with pytest.warns(
+        dx.UnusedParametersWarning,
+        match=r"^6 parameter\(s\).*: module vision, module projector, module aux\.",
+    ) as caught:
+        dx.prune(model, {"ids": ids}, ratio=0.5)
+    assert caught[0].filename == __file__
+    with pytest.raises(RuntimeError):
+        model(ids, pixels)  # (what the warning is about)
+    torch.manual_seed(0)
+    model = _TwoPaths().eval()
+    with pytest.warns(dx.UnusedParametersWarning, match=r"^2 parameter\(s\).*: module aux\."):
+        dx.prune(model, {"ids": ids, "pixels": pixels}, ratio=0.5)
+    assert model(ids, pixels).shape == (1, 5, 20)

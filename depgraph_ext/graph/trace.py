@@ -30,7 +30,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
 
-from ..errors import InvalidArgumentError, TraceError
+from ..errors import ExampleInputsWarning, InvalidArgumentError, TraceError, user_stacklevel
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
 from ..torch_range import release
@@ -46,6 +46,7 @@ from .decisions import (
 )
 from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
+from .output_leaves import output_leaves
 from .size_watch import PASS_THROUGH_FORWARDS, CodeSaw, SizeWatch, reads_values
 from .standin import _IS_META, FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
@@ -1085,7 +1086,8 @@ def trace(
     by_data: TraceError | None = None  # a trace stopped at a decision of the data
     if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
-            return _noting(trace_as(model, example_inputs, TraceMode.META, **common), over_budget)
+            graph = trace_as(model, example_inputs, TraceMode.META, **common)
+            return _noting(_warn_real_failed(graph, real_error), over_budget)
         except TraceError as exc:
             # the fake trace decides (and its error, if any, is the one reported); at a
             # decision of the data it would stop too
@@ -1095,16 +1097,10 @@ def trace(
         # (A meta trace's failure is never the one reported: the others are guided.)
         reported = real_error is None and not cheap
         try:
-            return _noting(
-                trace_as(
-                    model,
-                    example_inputs,
-                    TraceMode.FAKE,
-                    guide=guide if reported else None,
-                    **common,
-                ),
-                over_budget,
+            graph = trace_as(
+                model, example_inputs, TraceMode.FAKE, guide=guide if reported else None, **common
             )
+            return _noting(_warn_real_failed(graph, real_error), over_budget)
         except TraceError as exc:
             if real_error is not None:
                 # The real ops failed first: that is what the model does with these shapes.
@@ -1125,6 +1121,23 @@ def trace(
             "weights are on the meta device"
         ) from by_data
     return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
+
+
+def _warn_real_failed(graph, real_error: TraceError | None):
+    """``graph``, having warned that the model's own kernels refused the example inputs (a
+    graph's trace: a plan's shape traces say nothing to the user)."""
+    if real_error is not None and isinstance(graph, OpGraph):
+        warnings.warn(
+            f"{str(real_error).replace('the model could not run', 'the model does not run', 1)}"
+            f"; it was traced on {TraceMode(graph.mode).value} tensors instead, whose kernels "
+            "check less. The prune follows the shapes it saw: if the model runs on such inputs "
+            "elsewhere (a "
+            "kernel this machine lacks for the dtype), nothing is amiss; otherwise check the "
+            "inputs' dtype, device and values",
+            ExampleInputsWarning,
+            stacklevel=user_stacklevel(),
+        )
+    return graph
 
 
 def _noting(graph, over_budget: bool):
@@ -1430,7 +1443,7 @@ def trace_as(
             for name, t in set_attributes.items()
             if id(t) in recorder.value_of
         }
-    for path, leaf in leaves_with_paths(out):
+    for path, leaf in output_leaves(out, leaves_with_paths):
         if isinstance(leaf, torch.Tensor):
             recorder.model_output(leaf)
             if not shapes_only:
@@ -1504,6 +1517,11 @@ def _fake_errors_unlogged():
         yield
     finally:
         logger.setLevel(level)
+
+
+def output_tensors(out) -> list[torch.Tensor]:
+    """The tensors a model returned, as a trace records them (:mod:`output_leaves`)."""
+    return [t for _, t in output_leaves(out, leaves_with_paths) if isinstance(t, torch.Tensor)]
 
 
 def leaves_with_paths(tree) -> list[tuple[str, Any]]:

@@ -22,6 +22,7 @@ from ..errors import (
     InvalidArgumentError,
     NoPrunableGroupsError,
     PruningError,
+    UnusedParametersWarning,
     internal_errors,
     user_stacklevel,
 )
@@ -333,6 +334,17 @@ def apply_step(
             FunctionChangingWarning,
             stacklevel=user_stacklevel(),
         )
+    unused = _unused_parameters(dg) if plan.tensors else []
+    if unused:
+        warnings.warn(
+            f"{len(unused)} parameter(s) are not used by the forward on the example inputs (as "
+            f"traced, in eval mode): {_named_by_module(dg, unused)}. They are left as they "
+            "are, and the pruned widths are not followed for them: a forward that uses them "
+            "(other inputs, the training mode) may fail or compute otherwise. Give example "
+            "inputs that run them, or make sure nothing does",
+            UnusedParametersWarning,
+            stacklevel=user_stacklevel(),
+        )
     return PruneResult(
         plan=named.tensors,
         params_before=params_before,
@@ -398,3 +410,27 @@ class Snapshot:
             self.optimizer.state[p] = st
         for entry, old in self.fisher:
             entry[:] = old
+
+
+def _unused_parameters(dg: DependencyGraph) -> list[str]:
+    """The parameters (canonical names) no traced op read."""
+    read: set[int] = set()
+    for node in dg.graph.nodes:
+        read.update(node.inputs)
+    return [name for name, v in dg.graph.params.items() if v not in read]
+
+
+def _named_by_module(dg: DependencyGraph, names: list[str], most: int = 6) -> str:
+    """``names`` said briefly: a module all of whose parameters are among them by its name
+    (the outermost such), any other parameter by its own."""
+    unused = set(names)
+    whole: list[str] = []
+    for module_name, module in dg.walk.modules:
+        if not module_name or any(module_name.startswith(w + ".") for w in whole):
+            continue
+        own = [f"{module_name}.{n}" for n, _ in module.named_parameters(remove_duplicate=False)]
+        if own and all(dg.walk.aliases.get(n, n) in unused for n in own):
+            whole.append(module_name)
+    covered = {n for n in names if any(n.startswith(w + ".") for w in whole)}
+    parts = [f"module {w}" for w in whole] + [n for n in names if n not in covered]
+    return ", ".join(parts[:most]) + (f" and {len(parts) - most} more" if len(parts) > most else "")

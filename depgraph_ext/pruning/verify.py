@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import ops
@@ -29,6 +28,7 @@ from ..graph.trace import (
     eager_forwards,
     global_module_hooks,
     normalize_inputs,
+    output_tensors,
     unfused_transformer_layers,
     written_tensors,
 )
@@ -603,9 +603,7 @@ def _outputs(
         ):
             torch.manual_seed(0)
             out = model(*args, **kwargs)
-            return [
-                t.detach().clone() for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)
-            ]
+            return [t.detach().clone() for t in output_tensors(out)]
     finally:
         for m in training:
             m.training = True
