@@ -215,7 +215,7 @@ class TaylorImportance(GroupImportance):
         return param.grad is not None
 
     def magnitudes(self, name, param):
-        return (param.detach() * param.grad.detach()).abs_()
+        return (param.detach() * param.grad.detach()).abs()  # (abs_ refuses complex)
 
     def raw_scores(self, dg):
         params = dg.walk.params
@@ -337,7 +337,7 @@ def _reduce_members(
     cache: tuple[str, torch.Tensor] | None = None
     for s in slices:
         if cache is None or cache[0] != s.name:  # one magnitude tensor alive at a time
-            cache = (s.name, imp.magnitudes(s.name, params[s.name]))
+            cache = (s.name, _real(imp.magnitudes(s.name, params[s.name])))
         units, contribution = _slice_contribution(cache[1], s, imp.p, dg.backend)
         seen = touched[units] > 0
         if imp.reduction in ("sum", "mean"):
@@ -354,6 +354,12 @@ def _reduce_members(
     _check_finite(dg, out[touched > 0], imp)
     out[touched == 0] = np.nan
     return torch.from_numpy(out)
+
+
+def _real(magnitudes: torch.Tensor) -> torch.Tensor:
+    """A complex weight's magnitudes are its elements' moduli (``|z|``, raised to ``p`` as
+    any weight's): the kernels take real tensors, and casting would drop the imaginary part."""
+    return magnitudes.abs() if magnitudes.is_complex() else magnitudes
 
 
 def _slice_contribution(magnitude: torch.Tensor, s: ScoredSlice, p: int, backend: str):
@@ -376,7 +382,7 @@ def _fused(dg, slices, params, imp) -> torch.Tensor:
     tensors, dims, maps = [], [], []
     for s in slices:
         w = params[s.name]
-        tensors.append(imp.magnitudes(s.name, w))
+        tensors.append(_real(imp.magnitudes(s.name, w)))
         dims.append(s.dim)
         maps.append(torch.from_numpy(s.units).to(w.device))
     touched = np.zeros(n, dtype=bool)
