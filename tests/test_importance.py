@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 import depgraph_ext as dx
 from depgraph_ext.pruning.importance import fisher_statistics, normalize
-from helpers import BACKENDS, prune_and_check
+from helpers import BACKENDS, assert_same_state, prune_and_check, state_of
 
 
 class Net(nn.Module):
@@ -356,3 +356,15 @@ def test_a_complex_model_prunes_exactly_with_every_backend():
     net = nn.Sequential(nn.Linear(6, 10), nn.Linear(10, 3)).to(torch.complex128)
     pruned, _ = prune_and_check(net, torch.randn(4, 6, dtype=torch.complex128), ratio=0.5)
     assert pruned[0].out_features == 5 and pruned[0].weight.dtype == torch.complex128
+
+
+def test_a_criterion_scoring_no_unit_is_refused_not_a_silent_no_op():
+    """``bn_scale`` on a model without batch norms scored nothing, and the prune removed
+    nothing without a word."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3))
+    before = state_of(net)
+    with pytest.raises(dx.NoPrunableGroupsError, match=r"'bn_scale' scores no unit.*BatchNorm"):
+        dx.prune(net, torch.randn(4, 6), ratio=0.5, importance="bn_scale")
+    assert_same_state(before, state_of(net))
+    dx.prune(net, torch.randn(4, 6), ratio=0.0, importance="bn_scale")  # (nothing asked: fine)

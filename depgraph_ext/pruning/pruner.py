@@ -245,6 +245,8 @@ def prune_step(
                     + (" ..." if len(whole) > 3 else "")
                 )
         keep = choose_units(g, scores, selection, targets)
+        if keep.all() and shrinkable.any():
+            _check_scores_some_unit(g, shrinkable, scores, round_scores.importance)
         if options.require_loadable:  # head counts the config can say
             keep, notes = round_to_config(g, keep, scores)
             rounded[:] = notes
@@ -434,3 +436,23 @@ def _named_by_module(dg: DependencyGraph, names: list[str], most: int = 6) -> st
     covered = {n for n in names if any(n.startswith(w + ".") for w in whole)}
     parts = [f"module {w}" for w in whole] + [n for n in names if n not in covered]
     return ", ".join(parts[:most]) + (f" and {len(parts) - most} more" if len(parts) > most else "")
+
+
+def _check_scores_some_unit(dg: DependencyGraph, shrinkable, scores, importance) -> None:
+    """Nothing was chosen where groups may shrink: refused where that is because the
+    criterion scores none of their units (``bn_scale`` on a model without batch norms), which
+    would otherwise prune nothing without a word."""
+    values = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    units = np.concatenate([g.unit_ids for g, ok in zip(dg.groups, shrinkable) if ok])
+    if np.isnan(values[units]).all():
+        name = getattr(importance, "name", type(importance).__name__)
+        raise NoPrunableGroupsError(
+            f"importance {name!r} scores no unit of the {int(np.sum(shrinkable))} group(s) that "
+            "could shrink (unscored units are never removed), so nothing would be pruned"
+            + (
+                ": it scores groups with a BatchNorm, and these have none"
+                if name == "bn_scale"
+                else ""
+            )
+            + "; choose another criterion"
+        )
