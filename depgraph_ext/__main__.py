@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     parser.add_argument("--backend", default=None, choices=["native", "python"])
     parser.add_argument("--rows", type=int, default=25, help="layers to list (0: all)")
     args = parser.parse_args(argv)
+    if args.rows < 0:
+        parser.error(f"argument --rows: must be 0 (all) or more, not {args.rows}")
 
     torch.manual_seed(0)
     model = default_model(args.model)
@@ -47,7 +49,10 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", dx.ConfigMismatchWarning)
-        result = dx.prune(model, x, ratio=args.ratio, backend=args.backend)
+        try:
+            result = dx.prune(model, x, ratio=args.ratio, backend=args.backend)
+        except dx.PruningError as exc:  # (bad options: said as argparse says its own)
+            parser.error(str(exc))
     elapsed = time.perf_counter() - t
     with torch.no_grad():
         logits_after = model(x).logits

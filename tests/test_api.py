@@ -359,3 +359,22 @@ def test_a_model_without_a_transformers_config_is_pruned_without_importing_trans
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--ratio", "1.5"], "ratio must be in [0, 1)"),
+        (["--rows", "-3"], "argument --rows: must be 0 (all) or more"),
+    ],
+)
+def test_the_demo_refuses_bad_options_in_one_line(argv, said, capsys):
+    """A bad ratio ended the demo in a traceback; it is said as argparse says its own errors
+    (exit status 2)."""
+    from depgraph_ext.__main__ import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["--model", "mobilenet_v2", *argv])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
