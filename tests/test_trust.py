@@ -13,7 +13,7 @@ import torch
 
 import depgraph_ext as dx
 from depgraph_ext.testing import outputs_of
-from helpers import assert_same_state, state_of
+from helpers import assert_same_state, prune_and_check, state_of
 from nets import ResNeXt, randomize_norms
 
 X = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -513,3 +513,23 @@ def test_parameters_the_forward_did_not_use_are_named_in_a_warning():
     with pytest.warns(dx.UnusedParametersWarning, match=r"^2 parameter\(s\).*: module aux\."):
         dx.prune(model, {"ids": ids, "pixels": pixels}, ratio=0.5)
     assert model(ids, pixels).shape == (1, 5, 20)
+
+
+def test_a_model_in_training_mode_keeps_what_its_training_only_paths_read():
+    """Pruned in training mode, the forward is traced in that mode too where the eval one
+    leaves parameters unused: the auxiliary head reads the MLP's inner units, which are kept
+    whole (said), the rest prunes, and the pruned model trains: in training mode it computes
+    what the original computes with the removed units zeroed, auxiliary output included."""
+    ids, pixels = torch.tensor([[1, 2, 3]]), torch.randn(1, 2, 12)
+    torch.manual_seed(0)
+    model = _TwoPaths().double().train()
+    inputs = {"ids": ids, "pixels": pixels.double()}
+    with pytest.warns(
+        dx.UnusedParametersWarning,
+        match=r"only the training mode uses: module aux\. The widths they read are kept whole "
+        r"\(down\.weight\[1\], up\.bias\[0\], up\.weight\[0\]\)",
+    ) as caught:
+        pruned, result = prune_and_check(model, inputs, ratio=0.5)
+    assert not any("not used by the forward" in str(w.message) for w in caught)
+    assert pruned.up.out_features == 32 and pruned.embed.embedding_dim == 8
+    assert pruned.training and pruned(**inputs)[1].shape == (1, 5, 20)

@@ -206,6 +206,7 @@ class DependencyGraph:
         progress: bool | None = None,
         trace_device="cpu",
         prune_outputs=(),
+        _training: bool = False,
     ) -> None:
         self.model = model
         self.progress = as_progress(progress)
@@ -216,6 +217,7 @@ class DependencyGraph:
         self.timings: dict[str, float] = {}
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
+        in_training = any(m.training for _, m in self.walk.modules)
         with (
             config_reads(model) as reads,
             attribute_reads(self.walk.modules) as attributes_read,
@@ -227,6 +229,7 @@ class DependencyGraph:
                 walk=self.walk,
                 trace_device=self.trace_device,
                 meta_results=self.meta_results,
+                training=_training,
             )
         # Fields of the model's config its forward reads (LayoutLMv3 divides its position bias
         # by sqrt(hidden_size / num_attention_heads)): the plan validated the forward with
@@ -266,6 +269,14 @@ class DependencyGraph:
         self.coupling_model, self.resolution = constants_as_inputs(
             self.coupling_model, self.resolution, self.backend
         )
+        # Parameters only the training mode runs (an auxiliary head), traced in that mode
+        # where the model is in it: the widths they read are kept (see _training_only).
+        self.training_only: dict[str, str] = {}
+        self.kept_for_training: list[tuple[str, int]] = []
+        self.training_traced = False
+        unused = unused_parameters(self.graph)
+        if in_training and unused and not _training:
+            self._keep_for_training(example_inputs, unused, ignore, prune_outputs)
         t3 = time.perf_counter()
         self.timings.update(trace=t1 - t0, rules=t2 - t1, resolve=t3 - t2)
         self._index()
@@ -283,6 +294,51 @@ class DependencyGraph:
                 "with_blocked() and scoring_only() give new graphs"
             )
         object.__setattr__(self, name, value)
+
+    def _keep_for_training(self, example_inputs, unused: list[str], ignore, outputs) -> None:
+        """Trace the training mode too; block every dim of the eval graph's parameters that
+        shares a leaf, there, with a dim of a parameter only that mode reads (sets
+        ``training_only``: name -> why, and ``kept_for_training``: the dims kept)."""
+        try:
+            train = DependencyGraph(
+                self.model,
+                example_inputs,
+                ignore=ignore,
+                backend=self.backend,
+                progress=False,
+                trace_device=self.trace_device,
+                prune_outputs=outputs,
+                _training=True,
+            )
+        except PruningError as exc:  # (batch norms refusing one sample, say): said, not fatal
+            for name in unused:
+                self.training_only[name] = f"the training forward failed: {exc}"
+            return
+        self.training_traced = True
+        read_there = set(unused) - set(unused_parameters(train.graph))
+        if not read_there:
+            return
+        dims_of_leaf: dict[int, list[tuple[str, int]]] = {}
+        for name in self.graph.params:
+            if name not in unused:
+                for td in train.tensor_dims[name]:
+                    for leaf in td.leaves.tolist():
+                        dims_of_leaf.setdefault(leaf, []).append((name, td.dim))
+        kept: set[tuple[str, int]] = set()
+        for name in read_there:
+            self.training_only[name] = READ_IN_TRAINING
+            for td in train.tensor_dims[name]:
+                for leaf in td.leaves.tolist():
+                    kept.update(dims_of_leaf.get(leaf, ()))
+        self.kept_for_training = sorted(kept)
+        slots = self.coupling_model.value_slots
+        blocked = np.asarray(
+            sorted({slots[self.graph.params[n]][d] for n, d in kept}), dtype=np.int64
+        )
+        if blocked.size:
+            couplings = with_blocks(self.coupling_model.couplings, blocked)
+            self.coupling_model = dataclasses.replace(self.coupling_model, couplings=couplings)
+            self.resolution = resolve(couplings, self.backend)
 
     def _derived(self, **changes) -> DependencyGraph:
         """A new graph sharing this one's trace, with ``changes`` (and nothing cached)."""
@@ -1138,3 +1194,14 @@ def _list_members(
             Member(name, dim, torch.from_numpy(sel), torch.from_numpy(local[units]))
             for name, dim, sel, units in members.get(gid, [])
         ]
+
+
+READ_IN_TRAINING = "read by the training mode only"
+
+
+def unused_parameters(graph: OpGraph) -> list[str]:
+    """The parameters (canonical names) no traced op read."""
+    read: set[int] = set()
+    for node in graph.nodes:
+        read.update(node.inputs)
+    return [name for name, v in graph.params.items() if v not in read]

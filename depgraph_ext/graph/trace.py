@@ -819,16 +819,19 @@ def eager_forwards():
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]]):
-    """``model.eval()`` for the duration (nothing to do, and nothing done, when it is)."""
-    training = [m for _, m in modules if m.training]
+def _eval_mode(
+    model: torch.nn.Module, modules: list[tuple[str, torch.nn.Module]], training: bool = False
+):
+    """``model.eval()`` for the duration (``training``: ``model.train()``); every module's
+    flag is put back after."""
+    flags = [(m, m.training) for _, m in modules if m.training != training]
     try:
-        if training:
-            model.eval()
+        if flags:
+            model.train(training)
         yield
     finally:
-        for m in training:
-            m.training = True
+        for m, flag in flags:
+            m.training = flag
 
 
 @contextlib.contextmanager
@@ -1003,8 +1006,10 @@ def trace(
     guide=None,
     replay: list[Decision] | None = None,
     real_over_budget: bool = False,
+    training: bool = False,
 ) -> OpGraph | ShapeTrace:
-    """Record the ATen graph of ``model`` on ``example_inputs``.
+    """Record the ATen graph of ``model`` on ``example_inputs`` (in eval mode; ``training``:
+    in training mode).
 
     ``shapes`` optionally replaces the shape of named parameters/buffers (the plan validator
     traces the pruned shapes this way without touching any weight); ``shapes_only`` records a
@@ -1050,6 +1055,7 @@ def trace(
         bar=(progress, stage),
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
+        training=training,
     )
     if replay:
         # A trace of pruned shapes on real tensors computes on values no model would (weights
@@ -1281,6 +1287,7 @@ def trace_as(
     budget: tuple[float, float] | None = None,
     guide=None,
     replay: list[Decision] | None = None,
+    training: bool = False,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
     a real trace may take, as (a fixed allowance, an allowance per op), or unlimited. A real
@@ -1375,7 +1382,7 @@ def trace_as(
                 recorder.deadline = time.perf_counter() + budget[0]
                 recorder.budget_per_op = budget[1]
             with (
-                _eval_mode(model, modules),
+                _eval_mode(model, modules, training),
                 eager_forwards(),
                 torch.no_grad(),
                 progress.bar(stage, total=len(modules), unit="module") as ticks,

@@ -27,7 +27,7 @@ from ..errors import (
     user_stacklevel,
 )
 from ..gcpause import paused_gc
-from ..graph.dependency import DependencyGraph, Group
+from ..graph.dependency import READ_IN_TRAINING, DependencyGraph, Group, unused_parameters
 from ..graph.frame_stack import in_fresh_chunk
 from ..result import PruneResult, compose_results, layer_of, layer_width
 from .apply import apply_changes, state_companions
@@ -336,17 +336,8 @@ def apply_step(
             FunctionChangingWarning,
             stacklevel=user_stacklevel(),
         )
-    unused = _unused_parameters(dg) if plan.tensors else []
-    if unused:
-        warnings.warn(
-            f"{len(unused)} parameter(s) are not used by the forward on the example inputs (as "
-            f"traced, in eval mode): {_named_by_module(dg, unused)}. They are left as they "
-            "are, and the pruned widths are not followed for them: a forward that uses them "
-            "(other inputs, the training mode) may fail or compute otherwise. Give example "
-            "inputs that run them, or make sure nothing does",
-            UnusedParametersWarning,
-            stacklevel=user_stacklevel(),
-        )
+    if plan.tensors:
+        _warn_unused_parameters(dg)
     return PruneResult(
         plan=named.tensors,
         params_before=params_before,
@@ -414,12 +405,42 @@ class Snapshot:
             entry[:] = old
 
 
-def _unused_parameters(dg: DependencyGraph) -> list[str]:
-    """The parameters (canonical names) no traced op read."""
-    read: set[int] = set()
-    for node in dg.graph.nodes:
-        read.update(node.inputs)
-    return [name for name, v in dg.graph.params.items() if v not in read]
+def _warn_unused_parameters(dg: DependencyGraph) -> None:
+    """Say which parameters the traced forward did not use (their shapes stay while widths
+    they may share shrink), and what the training mode's trace kept for those it reads."""
+    trained = [n for n, why in dg.training_only.items() if why == READ_IN_TRAINING]
+    if trained:
+        kept = ", ".join(f"{n}[{d}]" for n, d in dg.kept_for_training[:4])
+        more = len(dg.kept_for_training) - 4
+        warnings.warn(
+            f"{len(trained)} parameter(s) only the training mode uses: "
+            f"{_named_by_module(dg, trained)}. The widths they read are kept whole"
+            + (f" ({kept}{f' and {more} more' if more > 0 else ''})" if kept else "")
+            + ", so that the pruned model trains as it did",
+            UnusedParametersWarning,
+            stacklevel=user_stacklevel(),
+        )
+    unused = [n for n in unused_parameters(dg.graph) if n not in trained]
+    if not unused:
+        return
+    failed = {why for n, why in dg.training_only.items() if n in unused}
+    hint = (
+        f" (the training mode could not be traced to see whether it does: {failed.pop()})"
+        if failed
+        else " (where only the training mode runs them, prune the model in training mode: "
+        "the widths they read are then kept)"
+        if not dg.training_traced
+        else ""
+    )
+    warnings.warn(
+        f"{len(unused)} parameter(s) are not used by the forward on the example inputs (as "
+        f"traced, in eval mode): {_named_by_module(dg, unused)}. They are left as they are, "
+        "and the pruned widths are not followed for them: a forward that uses them (other "
+        "inputs, the training mode) may fail or compute otherwise. Give example inputs that "
+        "run them, or make sure nothing does" + hint,
+        UnusedParametersWarning,
+        stacklevel=user_stacklevel(),
+    )
 
 
 def _named_by_module(dg: DependencyGraph, names: list[str], most: int = 6) -> str:
