@@ -14,7 +14,7 @@ import copy
 import torch
 
 from .graph.computed import RemovedFills
-from .graph.trace import normalize_inputs, output_tensors
+from .graph.trace import fresh_copies, normalize_inputs, output_tensors
 
 
 def changed_tensors(plan) -> dict:
@@ -56,7 +56,7 @@ def outputs_of(
     """The model's tensor outputs without grad. With ``seed``, the forward draws its random
     numbers (ViLT samples image patches) from that seed, and the caller's RNG state is left
     as it was."""
-    args, kwargs = normalize_inputs(example_inputs)
+    args, kwargs = fresh_copies(normalize_inputs(example_inputs))  # (a forward may write them)
     with torch.no_grad(), torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)

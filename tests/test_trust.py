@@ -533,3 +533,25 @@ def test_a_model_in_training_mode_keeps_what_its_training_only_paths_read():
     assert not any("not used by the forward" in str(w.message) for w in caught)
     assert pruned.up.out_features == 32 and pruned.embed.embedding_dim == 8
     assert pruned.training and pruned(**inputs)[1].shape == (1, 5, 20)
+
+
+class _WritesItsInput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        x.mul_(2)  # (the caller's tensor, in place)
+        return self.down(torch.relu(self.up(x)))
+
+
+def test_a_model_writing_its_inputs_in_place_verifies_and_the_inputs_stay():
+    """verify=True ran its two forwards on the same input tensors, the second on what the
+    first left (doubled): a VerificationError asked to report the model. Each forward of the
+    checks, and of the oracle, gets inputs of its own, and the caller's are left as they were."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    before = x.clone()
+    pruned, result = prune_and_check(_WritesItsInput().double(), x, ratio=0.5, verify=True)
+    assert torch.equal(x, before) and pruned.up.out_features == 8
+    assert result.verify(x) < 1e-12 and torch.equal(x, before)

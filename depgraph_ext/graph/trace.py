@@ -1526,6 +1526,12 @@ def _fake_errors_unlogged():
         logger.setLevel(level)
 
 
+def fresh_copies(tree):
+    """``tree`` with every tensor cloned (the model's inputs for a forward that may write
+    them in place)."""
+    return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, tree)
+
+
 def output_tensors(out) -> list[torch.Tensor]:
     """The tensors a model returned, as a trace records them (:mod:`output_leaves`)."""
     return [t for _, t in output_leaves(out, leaves_with_paths) if isinstance(t, torch.Tensor)]

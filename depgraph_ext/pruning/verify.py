@@ -26,6 +26,7 @@ from ..graph.trace import (
     Ref,
     SavedParameters,
     eager_forwards,
+    fresh_copies,
     global_module_hooks,
     normalize_inputs,
     output_tensors,
@@ -585,7 +586,9 @@ def _outputs(
     """The model's tensor outputs in eval mode and without grad (training flags put back).
     Every forward draws the same random numbers (a model that samples, as ViLT's patches),
     and the caller's RNG state is left as it was."""
-    args, kwargs = normalize_inputs(example_inputs)
+    # Each forward gets inputs of its own: a model that writes its inputs in place
+    # (``x.mul_(2)``) would otherwise run the next forward on what the last one left.
+    args, kwargs = fresh_copies(normalize_inputs(example_inputs))
     modules = list(model.modules())
     training = [m for m in modules if m.training]
     # Tensors a forward keeps as plain module attributes (the older weight_norm sets
