@@ -156,6 +156,22 @@ def test_torchscript_is_refused_by_name_and_left_alone(how, where):
         assert t is before[name][0] and torch.equal(t, before[name][1])
 
 
+def test_a_lazy_module_not_run_yet_is_refused_by_name():
+    """Its parameters have no shape until a forward (an internal error before); once run, it
+    prunes as the layer it became."""
+    model = torch.nn.Sequential(torch.nn.LazyLinear(16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(3, 8)
+    with pytest.raises(
+        dx.InvalidArgumentError,
+        match=r"0\.weight is not initialized yet.*run model\(inputs\) first",
+    ):
+        dx.prune(model, x, ratio=0.5)
+    assert torch.nn.parameter.is_lazy(model[0].weight)
+    model(x)
+    dx.prune(model, x, ratio=0.5)
+    assert model[0].weight.shape == (8, 8)
+
+
 def test_ignoring_everything_leaves_nothing_to_prune():
     model = resnext()
     with pytest.raises(dx.NoPrunableGroupsError):

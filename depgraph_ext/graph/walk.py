@@ -55,7 +55,15 @@ class ModelWalk:
                     "compiled code runs without the Python a trace follows, so the sizes it "
                     "reads cannot be seen; prune the Python module, then script the pruned one"
                 )
-        return cls(modules, *named_tensors(model))
+        params, buffers, aliases = named_tensors(model)
+        lazy = [n for n, t in (params | buffers).items() if torch.nn.parameter.is_lazy(t)]
+        if lazy:
+            raise InvalidArgumentError(
+                f"{lazy[0]} is not initialized yet (a lazy module's, nn.LazyLinear, "
+                f"nn.LazyConv2d ...{f'; {len(lazy) - 1} more' if len(lazy) > 1 else ''}): its "
+                "shape is unknown until the model runs once; run model(inputs) first, then prune"
+            )
+        return cls(modules, params, buffers, aliases)
 
 
 def non_persistent(walk: ModelWalk) -> set[str]:
