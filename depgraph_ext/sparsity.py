@@ -87,7 +87,7 @@ class GroupSparsity:
         home = self._params[0].device
         squares = sum(
             ops.grouped_norm(
-                [self._params[i] for i in idx],
+                [_real(self._params[i]) for i in idx],
                 [self._slices[i].dim for i in idx],
                 [self._maps[i] for i in idx],
                 n,
@@ -140,11 +140,16 @@ class GroupSparsity:
         return [norms[torch.from_numpy(g.unit_ids)] for g in self.groups]
 
 
+def _real(p: torch.Tensor) -> torch.Tensor:
+    """A complex weight's moduli (differentiable), what its unit norms are made of."""
+    return p.abs() if p.is_complex() else p
+
+
 def _squares_reference(params, slices, num_units: int) -> torch.Tensor:
     """Sum of w^2 per unit in plain differentiable PyTorch (the python backend)."""
     out = torch.zeros(num_units, dtype=torch.float64, device=params[0].device)
     for p, s in zip(params, slices):
-        per_index = ops.per_index_sums(p, s.dim, 2)
+        per_index = ops.per_index_sums(_real(p), s.dim, 2)
         units = torch.from_numpy(s.units).to(out.device)
         valid = units >= 0
         out = out.index_add(0, units[valid], per_index.to(out.device)[valid])

@@ -108,7 +108,8 @@ def _direct_penalty(reg: dx.GroupSparsity, lam: float) -> torch.Tensor:
         for m in group.members:
             if m.name not in params:
                 continue
-            w = params[m.name].double().square()
+            w = params[m.name]
+            w = (w.abs() if w.is_complex() else w).double().square()  # (|z|^2 of complex ones)
             others = [d for d in range(w.dim()) if d != m.dim]
             per_index = w.sum(dim=others) if others else w
             squares = squares.index_add(0, m.units, per_index[m.indices])
@@ -132,6 +133,22 @@ def test_penalty_and_its_gradient_match_autograd_of_the_reference(backend):
             assert g is None or not g.any()
             continue
         torch.testing.assert_close(g.double(), w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_complex_model_is_regularised_by_its_moduli(backend):
+    """Unit norms of complex weights are made of ``|z|`` (the native kernel refused them)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Linear(10, 3))
+    model = model.to(torch.complex128)
+    reg = dx.GroupSparsity(model, torch.randn(4, 6, dtype=torch.complex128), 0.01, backend=backend)
+    penalty, expected = reg.penalty(), _direct_penalty(reg, 0.01)
+    torch.testing.assert_close(penalty.double(), expected, rtol=1e-10, atol=0)
+    params = list(model.parameters())
+    got = torch.autograd.grad(penalty, params, allow_unused=True)
+    want = torch.autograd.grad(expected, params, allow_unused=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
 
 
 def test_apply_gradients_adds_the_penalty_gradient_to_grad():
