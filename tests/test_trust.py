@@ -571,3 +571,25 @@ def test_a_model_writing_its_inputs_in_place_verifies_and_the_inputs_stay():
     pruned, result = prune_and_check(_WritesItsInput().double(), x, ratio=0.5, verify=True)
     assert torch.equal(x, before) and pruned.up.out_features == 8
     assert result.verify(x) < 1e-12 and torch.equal(x, before)
+
+
+def test_a_default_device_set_elsewhere_changes_nothing_and_is_put_back():
+    """Under ``torch.set_default_device("meta")`` the library's own tensors were made on meta
+    and the plan failed with an internal error. The prune is the plain one, the weights stay
+    on the CPU, and the caller's default device is theirs again, after an error too."""
+    torch.manual_seed(0)
+    model = resnext()
+    expected = dx.prune(copy.deepcopy(model), X, ratio=0.5).plan
+    torch.set_default_device("meta")
+    try:
+        result = dx.prune(model, X, ratio=0.5)
+        assert torch.get_default_device().type == "meta"
+        with pytest.raises(dx.InvalidArgumentError):
+            dx.prune(model, X, ratio=1.5)
+        assert torch.get_default_device().type == "meta"
+    finally:
+        torch.set_default_device(None)
+    assert result.plan.keys() == expected.keys()
+    for name, dims in expected.items():
+        assert all(torch.equal(result.plan[name][d], kept) for d, kept in dims.items())
+    assert all(p.device.type == "cpu" for p in model.parameters())

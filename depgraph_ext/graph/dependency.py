@@ -22,6 +22,7 @@ from ..errors import (
 )
 from ..gcpause import paused_gc
 from ..progress import as_progress
+from ..torch_defaults import with_library_defaults
 from .computed import computed_tensors, divisor_tensors
 from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
@@ -194,6 +195,7 @@ class DependencyGraph:
     """
 
     @internal_errors("building the dependency graph")
+    @with_library_defaults
     @in_fresh_chunk
     def __init__(
         self,

@@ -30,6 +30,7 @@ from ..gcpause import paused_gc
 from ..graph.dependency import READ_IN_TRAINING, DependencyGraph, Group, unused_parameters
 from ..graph.frame_stack import in_fresh_chunk
 from ..result import PruneResult, compose_results, layer_of, layer_width
+from ..torch_defaults import with_library_defaults
 from .apply import apply_changes, state_companions
 from .attributes import set_attributes
 from .configs import apply_config_updates, config_of, round_to_config
@@ -111,6 +112,7 @@ class Pruner:
     def done(self) -> bool:
         return len(self.results) >= self.iterative_steps
 
+    @with_library_defaults
     @in_fresh_chunk
     def step(self) -> PruneResult:
         """Run the next step; returns what it did (its plan in the current model's coordinates)."""
@@ -154,6 +156,7 @@ class Pruner:
         self.results.append(result)
         return result
 
+    @with_library_defaults
     @in_fresh_chunk
     def run(self) -> PruneResult:
         """Every remaining step at once, as one result; if any step fails, the steps this call
