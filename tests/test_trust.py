@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import depgraph_ext as dx
-from depgraph_ext.testing import outputs_of
+from depgraph_ext.testing import assert_kept_bit_identical, assert_scatter_back_equal, outputs_of
 from helpers import assert_same_state, prune_and_check, state_of
 from nets import ResNeXt, randomize_norms
 
@@ -593,3 +593,40 @@ def test_a_default_device_set_elsewhere_changes_nothing_and_is_put_back():
     for name, dims in expected.items():
         assert all(torch.equal(result.plan[name][d], kept) for d, kept in dims.items())
     assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+class _OneBlock(torch.nn.Module):
+    """Two layers whose weights are cut from one block of memory (views of one storage), as
+    code that splits a fused weight, or keeps every parameter in one flat buffer, makes."""
+
+    def __init__(self):
+        super().__init__()
+        block = torch.randn(32, 8, dtype=torch.float64)
+        self.a = torch.nn.Linear(8, 16, dtype=torch.float64)
+        self.b = torch.nn.Linear(8, 16, dtype=torch.float64)
+        self.a.weight, self.b.weight = (
+            torch.nn.Parameter(block[:16]),
+            torch.nn.Parameter(block[16:]),
+        )
+        self.out = torch.nn.Linear(32, 4, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.out(torch.cat([torch.relu(self.a(x)), torch.tanh(self.b(x))], 1))
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_weights_sharing_one_storage_prune_in_place_without_touching_each_other(in_place):
+    """In place, the first weight was compacted and its storage cut to its pruned size: the
+    second weight, further along the same storage, lost its values (silently: its kept slices
+    were no longer the original's). Weights sharing a storage get memory of their own; the
+    others are compacted in place as before."""
+    torch.manual_seed(0)
+    model = _OneBlock()
+    original = copy.deepcopy(model)  # (values only: a deep copy does not share storages)
+    storage = model.a.weight.untyped_storage().data_ptr()
+    assert model.b.weight.untyped_storage().data_ptr() == storage
+    x = torch.randn(3, 8, dtype=torch.float64)
+    result = dx.prune(model, x, ratio=0.5, in_place=in_place)
+    assert model.a.out_features + model.b.out_features == 16 and "out.weight" in result.plan
+    assert_kept_bit_identical(original, model, result)
+    assert_scatter_back_equal(original, model, result, x)

@@ -153,6 +153,22 @@ def gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str
     return current
 
 
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device, t.untyped_storage().data_ptr())
+
+
+def _shared_storages(tensors) -> set[tuple]:
+    """The storages (device, address) more than one of ``tensors`` views."""
+    seen: set[tuple] = set()
+    shared: set[tuple] = set()
+    for t in tensors:
+        if t.device.type == "meta" or t.untyped_storage().nbytes() == 0:
+            continue
+        key = _storage_key(t)
+        (shared if key in seen else seen).add(key)
+    return shared
+
+
 def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
     """Compact every planned tensor inside its own memory and give the tail back."""
     with torch.no_grad():
@@ -160,9 +176,13 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
         # kernel moves different tensors on different threads (one call per tensor ran on
         # one thread: 7B shape 1.6 s).
         datas: dict[str, torch.Tensor] = {}
+        shared = _shared_storages(tensors.values())
         for name, dims in plan.items():
             t = tensors[name]
-            if not t.data.is_contiguous() or t.device.type == "meta":
+            if not t.data.is_contiguous() or t.device.type == "meta" or _storage_key(t) in shared:
+                # (a storage another tensor of the model views too, parameters cut from
+                # one block: compacted and shortened in place, it would move and cut off
+                # what the others hold; this one gets memory of its own instead)
                 t.data = gather(t.data, dims)
             else:
                 datas[name] = t.data
