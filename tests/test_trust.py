@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import threading
+import time
 import warnings
 
 import pytest
@@ -630,3 +632,45 @@ def test_weights_sharing_one_storage_prune_in_place_without_touching_each_other(
     assert model.a.out_features + model.b.out_features == 16 and "out.weight" in result.plan
     assert_kept_bit_identical(original, model, result)
     assert_scatter_back_equal(original, model, result, x)
+
+
+class _Slow(torch.nn.Module):
+    """Reads an attribute of its own (the trace's spy patches its class) and sleeps mid-forward,
+    so that a second thread's prune starts while the first is tracing."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = 2
+        self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        time.sleep(0.02)
+        return self.down(torch.relu(self.up(x)) * self.scale)
+
+
+def test_prunes_in_two_threads_do_not_undo_each_others_patches():
+    """A trace patches process-wide state (its classes' attribute lookup, global hooks): two
+    threads tracing at once each put back what the other had patched, and a class was left
+    with the spy for good. Traces take turns; both plans are the plain one."""
+    torch.manual_seed(0)
+    model, x = _Slow(), torch.randn(3, 8)
+    expected = dx.prune(copy.deepcopy(model), x, ratio=0.5).plan
+    plans, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                plans.append(dx.prune(copy.deepcopy(model), x, ratio=0.5).plan)
+        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(plans) == 6
+    for plan in plans:
+        assert plan.keys() == expected.keys()
+        assert all(torch.equal(plan[n][d], expected[n][d]) for n in expected for d in expected[n])
+    assert "__getattribute__" not in vars(_Slow)

@@ -30,7 +30,7 @@ from .frame_stack import in_fresh_chunk
 from .resolve import resolve, select_backend
 from .size_watch import AttributeLeaf, ConfigLeaf, SizeInt, watching
 from .standin import MetaResults
-from .trace import OpGraph, Ref, trace
+from .trace import TRACE_LOCK, OpGraph, Ref, trace
 from .walk import ModelWalk, non_persistent
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
@@ -221,6 +221,7 @@ class DependencyGraph:
         self.walk = ModelWalk.of(model)
         in_training = any(m.training for _, m in self.walk.modules)
         with (
+            TRACE_LOCK,
             config_reads(model) as reads,
             attribute_reads(self.walk.modules) as attributes_read,
         ):

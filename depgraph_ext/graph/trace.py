@@ -16,6 +16,7 @@ import logging
 import operator
 import re
 import sys
+import threading
 import time
 import types
 import warnings
@@ -1272,6 +1273,25 @@ _HIGHER_ORDER = re.compile(r"no rule registered for HigherOrderOperator (\w+)")
 # (Under inference mode, and on tensors made under it, torch hands a dispatch mode composite
 # ops whole: aten.linear where the rules know aten.addmm. The placeholders of a trace are
 # made outside it, from the inputs whatever mode made them.)
+# Tracing patches process-wide state for its duration (module classes' attribute lookup,
+# global module hooks, torch's compile stance): two threads tracing at once would undo each
+# other's patches, and leave a class patched for good. One trace at a time; a thread may
+# nest them (a graph's trace inside its spies, the training mode's inside a graph).
+TRACE_LOCK = threading.RLock()
+
+
+def one_trace_at_a_time(function):
+    """``function``, each call of it holding :data:`TRACE_LOCK`."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with TRACE_LOCK:
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@one_trace_at_a_time
 @torch.inference_mode(False)
 def trace_as(
     model: torch.nn.Module,
