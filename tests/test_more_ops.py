@@ -971,3 +971,25 @@ def test_a_size_python_checks_between_two_ops_is_kept():
     with pytest.warns(dx.FixedSizeWarning, match="assert"):
         pruned, _ = check(AssertsItsWidth(), torch.randn(4, 3, dtype=F64))
     assert pruned.emb.out_features == 16 and pruned.fc1.out_features == 4
+
+
+class SparseGcn(nn.Module):
+    """Graph convolutions over a sparse adjacency, ``torch.sparse.mm(adj, x W)``: one
+    ``_sparse_addmm`` each, which had no rule (every channel blocked)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x, adjacency):
+        h = torch.relu(torch.sparse.mm(adjacency, self.l1(x)))
+        return torch.sparse.mm(adjacency, self.l2(h))
+
+
+def test_a_sparse_adjacency_product_prunes_the_features_it_carries():
+    torch.manual_seed(0)
+    edges = torch.tensor([[0, 1, 2, 3, 4, 5, 0], [1, 2, 3, 4, 5, 0, 3]])
+    adjacency = torch.sparse_coo_tensor(edges, torch.rand(7, dtype=torch.float64), (6, 6))
+    x = torch.randn(6, 8, dtype=torch.float64)
+    pruned, _ = prune_and_check(SparseGcn().double(), (x, adjacency), ratio=0.5)
+    assert pruned.l1.out_features == 8

@@ -6,11 +6,14 @@ from ..trace import Node, Ref
 from .context import RuleContext, RuleError, arg
 from .registry import register_many
 
-
 # -- contractions ----------------------------------------------------------------------------------
+# self + mat1 @ mat2 (``_sparse_addmm``: a sparse mat1, as ``torch.sparse.mm`` makes it)
+_WITH_BIAS = ("aten.addmm", "aten.baddbmm", "aten.addmv", "aten.addbmm", "aten._sparse_addmm")
+
+
 def mm(ctx: RuleContext, node: Node) -> None:
     """[..., n, k] @ [..., k, m]: contraction k, batch dims broadcast, bias (addmm) broadcast."""
-    if node.packet in ("aten.addmm", "aten.baddbmm", "aten.addmv", "aten.addbmm"):
+    if node.packet in _WITH_BIAS:
         bias, a, b = node.inputs[0], node.inputs[1], node.inputs[2]
     else:
         bias, (a, b) = None, node.inputs[:2]
@@ -36,7 +39,16 @@ def mm(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(
-    ["aten.mm", "aten.bmm", "aten.matmul", "aten.addmm", "aten.baddbmm", "aten.mv", "aten.addmv"],
+    [
+        "aten.mm",
+        "aten.bmm",
+        "aten.matmul",
+        "aten.addmm",
+        "aten.baddbmm",
+        "aten.mv",
+        "aten.addmv",
+        "aten._sparse_addmm",
+    ],
     mm,
 )
 

@@ -160,7 +160,14 @@ class ZeroTracker:
                 return node
             values = [x for x in (arg(node, "self"), arg(node, "other")) if isinstance(x, Ref)]
             return next((c for c in (self._of(x.value, v) for x in values) if c), None)
-        if packet in ("aten.addmm", "aten.baddbmm", "aten.addmv", "aten.addbmm", "aten.linear"):
+        if packet in (
+            "aten.addmm",
+            "aten.baddbmm",
+            "aten.addmv",
+            "aten.addbmm",
+            "aten._sparse_addmm",
+            "aten.linear",
+        ):
             if packet == "aten.linear":
                 a, b, bias = arg(node, "input"), arg(node, "weight"), arg(node, "bias")
             else:
