@@ -993,3 +993,26 @@ def test_a_sparse_adjacency_product_prunes_the_features_it_carries():
     x = torch.randn(6, 8, dtype=torch.float64)
     pruned, _ = prune_and_check(SparseGcn().double(), (x, adjacency), ratio=0.5)
     assert pruned.l1.out_features == 8
+
+
+class PerGraphMean(nn.Module):
+    """Node features divided by their graph's node count, counted from CSR row pointers made
+    by ``_convert_indices_from_coo_to_csr`` (as torch_geometric's HeteroLinear makes them),
+    which had no rule: an OpaqueOpWarning, though it reads only the batch vector."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x, batch):
+        pointers = torch._convert_indices_from_coo_to_csr(batch, 3)
+        counts = (pointers[1:] - pointers[:-1]).to(x.dtype)
+        return self.l2(torch.relu(self.l1(x)) / counts[batch].unsqueeze(1))
+
+
+def test_csr_row_pointers_are_read_as_data_not_opaque():
+    torch.manual_seed(0)
+    batch = torch.tensor([0, 0, 1, 1, 1, 2])
+    x = torch.randn(6, 8, dtype=torch.float64)
+    pruned, _ = prune_and_check(PerGraphMean().double(), (x, batch), ratio=0.5)
+    assert pruned.l1.out_features == 8

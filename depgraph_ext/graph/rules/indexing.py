@@ -360,6 +360,8 @@ register_many(
         "aten.unique_dim",
         "aten.unique_consecutive",
         "aten.bincount",
+        "aten._convert_indices_from_coo_to_csr",  # (row indices -> row pointers)
+        "aten._convert_indices_from_csr_to_coo",
         "torchvision.nms",
     ],
     read_as_data,
