@@ -674,3 +674,23 @@ def test_prunes_in_two_threads_do_not_undo_each_others_patches():
         assert plan.keys() == expected.keys()
         assert all(torch.equal(plan[n][d], expected[n][d]) for n in expected for d in expected[n])
     assert "__getattribute__" not in vars(_Slow)
+
+
+class _DrawsNoise(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x + 1e-3 * torch.randn_like(x))))
+
+
+@pytest.mark.parametrize("options", [{}, {"verify": True}])
+def test_a_prune_leaves_the_callers_random_stream_where_it_was(options):
+    """The traces ran the forward's random draws on the caller's generator: a seeded script
+    drew other numbers after a prune than without one."""
+    torch.manual_seed(123)
+    model, x = _DrawsNoise(), torch.randn(3, 8)
+    state = torch.get_rng_state()
+    dx.prune(model, x, ratio=0.5, **options)
+    assert torch.equal(torch.get_rng_state(), state)

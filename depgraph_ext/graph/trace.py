@@ -1376,8 +1376,11 @@ def trace_as(
     )
     # The trace makes many small objects and no garbage cycles: the collector only costs time.
     # Real ops of a small model run fastest on one thread (and do not spin against other
-    # processes for the cores).
+    # processes for the cores). The random numbers a forward draws (dropout in training mode,
+    # ViLT's patch sampling) come from the caller's generators, which are put back after: a
+    # prune leaves the caller's random stream where it was.
     with (
+        _random_state_kept(params.values()),
         paused_gc(),
         _threads(1 if placeholders.budgeted else None),
         _fake_errors_unlogged(),
@@ -1602,6 +1605,13 @@ def _register_values(
     for path, leaf in leaves_with_paths((fake_args, fake_kwargs)):
         if isinstance(leaf, torch.Tensor):
             graph.inputs.append(recorder.add_value(leaf, "input", path))
+
+
+def _random_state_kept(tensors):
+    """``torch.random.fork_rng`` over the CPU's generator and those of the GPUs the tensors
+    are on."""
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    return torch.random.fork_rng(devices=devices)
 
 
 @contextlib.contextmanager
