@@ -452,6 +452,28 @@ class DependencyGraph:
         return self.coupling_model.couplings.slot_sizes
 
     @functools.cached_property
+    def kept_multiples(self) -> np.ndarray:
+        """Per group, the number of units it keeps must be a multiple of (1: any). A mixture
+        of experts runs its experts through torch's grouped matmul by default, whose kernels
+        take strides of whole 16 bytes only: every dim of an expert weight but the expert dim
+        keeps a multiple of 16 bytes' worth of units (4 in float32, 8 in bfloat16), so that
+        the pruned model runs under every experts implementation."""
+        out = np.ones(len(self.groups), dtype=np.int64)
+        experts = tuple(
+            f"{name}." for name, m in self.walk.modules if name and _is_experts_module(m)
+        )
+        if not experts:
+            return out
+        params = self.walk.params
+        for i, group in enumerate(self.groups):
+            for m in group.members:
+                t = params.get(m.name)
+                if t is None or not m.name.startswith(experts) or t.dim() < 2 or m.dim == 0:
+                    continue
+                out[i] = np.lcm(out[i], max(1, 16 // t.element_size()))
+        return out
+
+    @functools.cached_property
     def groups(self) -> list[Group]:
         """Groups with at least one prunable unit, each listing its member slices."""
         return self._build_groups()
@@ -1208,3 +1230,8 @@ def unused_parameters(graph: OpGraph) -> list[str]:
     for node in graph.nodes:
         read.update(node.inputs)
     return [name for name, v in graph.params.items() if v not in read]
+
+
+def _is_experts_module(module: torch.nn.Module) -> bool:
+    """A module of transformers' experts interface (what ``traceable_paths`` switches)."""
+    return "has_gate" in vars(module) or hasattr(type(module), "has_gate")

@@ -289,11 +289,13 @@ def select(dg: DependencyGraph, scores: torch.Tensor, sel: Selection) -> np.ndar
         )
         order = np.lexsort((candidates, s[candidates]))  # lowest score first, ties by unit id
         removed[i] = candidates[order[:n_remove]]
+    multiples = dg.kept_multiples
     for i, units in removed.items():
-        if sel.round_to and units.shape[0]:
+        step = int(np.lcm(sel.round_to or 1, multiples[i]))
+        if step > 1 and units.shape[0]:
             group = dg.groups[i]
             kept = group.num_units - units.shape[0]
-            kept = min(group.num_units, -(-kept // sel.round_to) * sel.round_to)
+            kept = min(group.num_units, max(step, -(-kept // step) * step))
             units = units[: max(0, group.num_units - kept)]  # lowest scores come first
         keep[units] = False
     keep_nonempty(dg, s, keep)
