@@ -694,3 +694,23 @@ def test_a_prune_leaves_the_callers_random_stream_where_it_was(options):
     state = torch.get_rng_state()
     dx.prune(model, x, ratio=0.5, **options)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+class _DeviceProbe(torch.nn.Module):
+    """An empty parameter kept to find the model's device, a scalar only training uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.probe = torch.nn.Parameter(torch.empty(0))
+        self.temperature = torch.nn.Parameter(torch.tensor(1.0))
+        self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x.to(self.probe.device))))
+
+
+def test_unused_parameters_without_a_width_are_not_warned_about():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.UnusedParametersWarning)
+        result = dx.prune(_DeviceProbe().train(), torch.randn(3, 8), ratio=0.5)
+    assert result.plan

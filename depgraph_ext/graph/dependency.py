@@ -1225,11 +1225,16 @@ READ_IN_TRAINING = "read by the training mode only"
 
 
 def unused_parameters(graph: OpGraph) -> list[str]:
-    """The parameters (canonical names) no traced op read."""
+    """The parameters (canonical names) no traced op read, but those without a width to
+    lose (a scalar, an empty one kept to find the model's device)."""
     read: set[int] = set()
     for node in graph.nodes:
         read.update(node.inputs)
-    return [name for name, v in graph.params.items() if v not in read]
+    return [
+        name
+        for name, v in graph.params.items()
+        if v not in read and graph.values[v].shape and 0 not in graph.values[v].shape
+    ]
 
 
 def _is_experts_module(module: torch.nn.Module) -> bool:
