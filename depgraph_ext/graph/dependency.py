@@ -349,6 +349,7 @@ class DependencyGraph:
         state = dict(self.__dict__)
         for cached in (
             "groups",
+            "kept_multiples",
             "output_layout",
             "dynamic_slots",
             "dynamic_atoms",
