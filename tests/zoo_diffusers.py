@@ -1,7 +1,8 @@
 """Small configs and example inputs of diffusers' model classes, for scripts/sweep_diffusers.py
 and tests/test_diffusers.py:
 ``RECIPES[name] = (config, inputs)``, where ``getattr(diffusers, name)(**config)`` builds a
-model of a few hundred thousand parameters at most, keeping the family's own block layout
+model of a few hundred thousand parameters at most (HunyuanVideo-1.5's transformer has 4.3M:
+its ByT5 text projection is 2048 wide whatever the config), keeping the family's own block layout
 (attention, cross attention, resnets, up and down sampling, masks, rotary embeddings), and
 ``inputs(randn, dtype)`` gives its forward's inputs (a dict of keyword arguments, a tuple of
 positional ones, or one tensor) from ``randn(*shape)``, seeded values of the model's dtype."""
@@ -2759,7 +2760,436 @@ _FAMILIES_E = {
 }
 
 
-RECIPES = {**_CORE, **_FAMILIES_A, **_FAMILIES_B, **_FAMILIES_C, **_FAMILIES_D, **_FAMILIES_E}
+def _cosmos3_inputs(randn, dtype):
+    # one packed sequence: 5 text tokens (the causal understanding prefix), then the generation
+    # stream: a video latent (2 frames of 2 x 2 patches, the first frame a clean condition),
+    # 3 sound frames and 2 action frames (the first a condition); 3D mRoPE ids, the spatial
+    # ones reset per modality
+    text = torch.arange(5).expand(3, 5)
+    frames, rows, cols = torch.meshgrid(
+        torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij"
+    )
+    vision = torch.stack([5 + frames.flatten(), rows.flatten(), cols.flatten()])
+    sound = torch.tensor([[5, 6, 7], [0, 0, 0], [0, 0, 0]])
+    action = torch.tensor([[6, 7], [0, 0], [0, 0]])
+    return {
+        "input_ids": _ids(3, 17, 9, 25, 1),
+        "text_indexes": torch.arange(5),
+        "position_ids": torch.cat([text, vision, sound, action], dim=1),
+        "und_len": 5,
+        "sequence_length": 18,
+        "vision_tokens": [randn(1, 4, 2, 4, 4)],
+        "vision_token_shapes": [(2, 2, 2)],
+        "vision_sequence_indexes": torch.arange(5, 13),
+        "vision_mse_loss_indexes": torch.arange(9, 13),
+        "vision_timesteps": torch.full((4,), 500.0, dtype=dtype),
+        "vision_noisy_frame_indexes": [_ids(1)],
+        "sound_tokens": [randn(4, 3)],
+        "sound_token_shapes": [(3, 1, 1)],
+        "sound_sequence_indexes": torch.arange(13, 16),
+        "sound_mse_loss_indexes": torch.arange(13, 16),
+        "sound_timesteps": torch.full((3,), 500.0, dtype=dtype),
+        "sound_noisy_frame_indexes": [torch.arange(3)],
+        "action_tokens": [randn(2, 3)],
+        "action_token_shapes": [(2, 1, 1)],
+        "action_sequence_indexes": _ids(16, 17),
+        "action_mse_loss_indexes": _ids(17),
+        "action_timesteps": torch.full((1,), 500.0, dtype=dtype),
+        "action_noisy_frame_indexes": [_ids(1)],
+        "action_domain_ids": [_ids(1)],
+    }
+
+
+def _minimax_h3_inputs(randn, dtype):
+    # one packed sequence shared by the batch: 4 text rows, a video latent of 2 frames of 2 x 2
+    # patches (the first frame a clean condition), 3 audio rows; two distinct timesteps, each
+    # row's AdaLN row picked by (timestep, modality); (t, h, w) rotary coordinates per row
+    frames, rows, cols = torch.meshgrid(
+        torch.arange(2), torch.arange(2), torch.arange(2), indexing="ij"
+    )
+    video = torch.stack([4 + frames.flatten(), rows.flatten(), cols.flatten()], dim=1)
+    text_and_audio = torch.tensor(
+        [[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0], [4, 0, 0], [5, 0, 0], [6, 0, 0]]
+    )
+    return {
+        "hidden_states": randn(2, 8, 16),
+        "audio_hidden_states": randn(2, 3, 6),
+        "encoder_hidden_states": randn(2, 4, 12),
+        "timestep": torch.tensor([0.0, 0.7], dtype=dtype),
+        "timestep_indices": _ids(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1),
+        # 0 video, 1 text, 2 audio
+        "token_tags": _ids(1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2),
+        "position_ids": torch.cat([text_and_audio[:4], video, text_and_audio[4:]]),
+        "video_indices": torch.arange(4, 12),
+        "audio_indices": torch.arange(12, 15),
+        "text_indices": torch.arange(4),
+    }
+
+
+def _rfd4_inputs(randn, dtype):
+    # 6 tokens (the last two of the second design padding), the first an in-context condition;
+    # conditioned atom coordinates (in angstrom, NaN where not given) and hotspots, CATH labels,
+    # the pair features (molecule and entity ids, bond path lengths, index groups); two passes
+    coordinates = randn(2, 6, 37, 3)
+    coordinates[:, :, 4:] = float("nan")
+    distance = (torch.arange(6)[:, None] - torch.arange(6)[None]).abs()
+    conditioning = {
+        "is_in_context_conditioning": torch.tensor([[True] + [False] * 5] * 2),
+        "supports_local_latent": torch.tensor([[True] * 5 + [False]] * 2),
+        "condition_coordinate_1_atom": coordinates,
+        "condition_secondary-structure_1_residue": _ids([0, 1, 1, 2, 3, 0], [2, 2, 1, 0, 0, 0]),
+        "condition_hotspot_1_atom": (randn(2, 6, 37) > 1).long(),
+        "condition_cath-label_1_residue": torch.tensor([2, 10, 100]).expand(2, 6, 3),
+        "condition_index-group_1_token": _ids([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 0]),
+        "molecule_iid": _ids([0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]),
+        "molecule_entity_id": _ids([0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]),
+        "token_bond_path_length": distance.expand(2, 6, 6),
+        "bond_mask": distance.eq(1).expand(2, 6, 6),
+    }
+    return {
+        "bb_ca": randn(2, 6, 3),
+        "local_latents": randn(2, 6, 4),
+        "bb_ca_time": torch.sigmoid(randn(2)),
+        "local_latents_time": torch.sigmoid(randn(2)),
+        "padding_mask": _mask(6, 4, total=6).bool(),
+        "token_type": _ids([0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]),
+        "atom37_mask": torch.arange(37).expand(2, 6, 37) < 5,
+        "conditioning": conditioning,
+        "recycle_depth": 2,
+    }
+
+
+def _sana_wm_refiner_inputs(randn, dtype):
+    from diffusers.models.transformers.transformer_sana_wm_refiner import (
+        SanaWMLTX2AudioVideoRotaryPosEmbed,
+    )
+
+    # the caller builds the video RoPE (the model's own rope, with its default settings) over
+    # 2 latent frames of 4 x 4; per-token timesteps, the first frame's tokens clean
+    rope = SanaWMLTX2AudioVideoRotaryPosEmbed(dim=16)
+    cos, sin = rope(rope.prepare_video_coords(1, 2, 4, 4, device="cpu", fps=24.0))
+    return {
+        "hidden_states": randn(1, 2 * 4 * 4, 8),
+        "encoder_hidden_states": randn(1, 6, 12),
+        "timestep": torch.cat([torch.zeros(1, 16), torch.full((1, 16), 500.0)], dim=1).to(dtype),
+        "video_rotary_emb": (cos.to(dtype), sin.to(dtype)),
+        "encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=dtype),
+    }
+
+
+def _sana_wm_inputs(randn, dtype):
+    # 3 latent frames of 4 x 4, the first a clean condition (timestep 0); per frame a camera:
+    # a camera-to-world matrix (rotated about the vertical axis, moving along x), flattened, and
+    # pinhole intrinsics fx, fy, cx, cy on the token grid; Plucker ray embeddings
+    angles = torch.tensor([0.0, 0.1, 0.2])
+    c2w = torch.eye(4).repeat(3, 1, 1)
+    c2w[:, 0, 0] = c2w[:, 2, 2] = angles.cos()
+    c2w[:, 0, 2], c2w[:, 2, 0] = angles.sin(), -angles.sin()
+    c2w[:, 0, 3] = torch.tensor([0.0, 0.2, 0.4])
+    cameras = torch.cat([c2w.flatten(1), torch.tensor([[4.0, 4.0, 2.0, 2.0]]).expand(3, 4)], dim=1)
+    return {
+        "hidden_states": randn(1, 4, 3, 4, 4),
+        "timestep": torch.tensor([[[0.0, 700.0, 700.0]]], dtype=dtype),
+        "encoder_hidden_states": randn(1, 1, 6, 12),
+        "encoder_attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0]]),
+        "camera_conditions": cameras[None].to(dtype),
+        "chunk_plucker": randn(1, 12, 3, 4, 4),
+    }
+
+
+def _wan_animate_2_inputs(randn, dtype):
+    from diffusers.models.transformers.transformer_wan_animate_2 import WanAnimate2KVCache
+
+    # the reference pass (kv_cache_mode="extract": dense self-attention, the pre-rotary keys and
+    # values stored into the cache); the generation pass attends through a flex BlockMask built
+    # with torch.compile; latents of 2 frames of 8 x 8, patch 2 -> 32 tokens, with their
+    # condition latents concatenated on channels; the text padded to text_len
+    return {
+        "hidden_states": [randn(4, 2, 8, 8), randn(4, 2, 8, 8)],
+        "timestep": _ids(500, 500),
+        "encoder_hidden_states": [randn(5, 12), randn(3, 12)],
+        "condition_latents": [randn(4, 2, 8, 8), randn(4, 2, 8, 8)],
+        "kv_cache": WanAnimate2KVCache(2),
+        "kv_cache_mode": "extract",
+        "seq_len": 32,
+        "offset_grid_sizes": torch.tensor([[2, 4, 4]]),
+    }
+
+
+_FAMILIES_F = {
+    "BriaFibo2Transformer2DModel": (
+        # Z-Image blocks (the FFN width rounds down to a multiple of 64: 0 here; the timestep MLP
+        # is 256 -> 1024 -> dim whatever the config); a Perceiver squeezes the text into 2 or 4
+        # gist tokens by text length, padded and masked in a batch; layer 1 cross-attends to its
+        # own text bundle; one context image
+        dict(
+            in_channels=4,
+            patch_size=2,
+            dim=16,
+            n_layers=2,
+            n_refiner_layers=1,
+            n_heads=2,
+            cap_feat_dim=12,
+            injection_layer_ids=(1,),
+            perceiver_num_layers=1,
+            min_num_gist_tokens=2,
+            max_num_gist_tokens=4,
+            gist_step=2,
+            gist_min_text_len=2,
+            gist_max_text_len=8,
+            axes_dims=(2, 2, 4),
+            axes_lens=(8, 8, 8),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4, 8, 8),
+            "timestep": torch.sigmoid(randn(2)),
+            "encoder_hidden_states": randn(2, 2, 6, 12),
+            "encoder_attention_mask": _mask(6, 2, total=6).bool(),
+            "context_latents": [randn(2, 4, 4, 8)],
+        },
+    ),
+    "Cosmos3AVAEAudioTokenizer": (
+        # STFT features (n_fft 16, hop 4) through ConvNeXt blocks down 4x, an Oobleck decoder up
+        # 16x; the waveform is peak-normalised and padded to a multiple of 16 samples
+        dict(
+            vocoder_input_dim=4,
+            dec_dim=8,
+            dec_c_mults=(1, 2),
+            dec_strides=(4, 4),
+            dec_out_channels=2,
+            enc_dim=8,
+            enc_num_blocks=1,
+            enc_n_fft=16,
+            enc_hop_length=4,
+            enc_latent_dim=8,
+            enc_c_mults=(1, 2),
+            enc_strides=(2, 2),
+        ),
+        lambda randn, dtype: randn(2, 2, 60),
+    ),
+    "Cosmos3OmniTransformer": (
+        # a mixture of transformers: the text prefix attends causally through its own projections,
+        # the generation tokens attend to everything through theirs; the action heads' weights
+        # are looked up per embodiment domain
+        dict(
+            head_dim=8,
+            hidden_size=16,
+            intermediate_size=32,
+            latent_channel=4,
+            latent_patch_size=2,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            num_key_value_heads=1,
+            patch_latent_dim=16,
+            rope_axes_dim=(2, 1, 1),
+            action_dim=3,
+            action_gen=True,
+            num_embodiment_domains=2,
+            sound_dim=4,
+            sound_gen=True,
+            vocab_size=32,
+        ),
+        _cosmos3_inputs,
+    ),
+    "HunyuanVideo15Transformer3DModel": (
+        # the ByT5 text projection is 2048 wide whatever the config (4.2M of the 4.3M
+        # parameters); the image, ByT5 and text tokens are reordered per sample, valid ones first
+        dict(
+            in_channels=9,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=2,
+            num_refiner_layers=1,
+            text_embed_dim=16,
+            text_embed_2_dim=8,
+            image_embed_dim=12,
+            rope_axes_dim=(2, 2, 4),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 9, 2, 4, 4),
+            # float: the timestep's dtype is the embedder's compute dtype
+            "timestep": _ids(10.0, 500.0).to(dtype),
+            "encoder_hidden_states": randn(2, 6, 16),
+            "encoder_attention_mask": _mask(6, 4, total=6),
+            "encoder_hidden_states_2": randn(2, 4, 8),
+            "encoder_attention_mask_2": _mask(4, 2, total=4),
+            "image_embeds": randn(2, 3, 12),
+        },
+    ),
+    "MiniMaxH3Transformer3DModel": (
+        # self-attention only, over the packed text, video and audio rows; heads wider than the
+        # residual stream (2 x 16 > 16), as in the real model; the rotary embedding turns 12 of
+        # each head's 16 channels
+        dict(
+            num_attention_heads=2,
+            attention_head_dim=16,
+            hidden_size=16,
+            num_layers=2,
+            num_refiner_layers=1,
+            ffn_dim=32,
+            in_channels=4,
+            audio_in_channels=6,
+            text_dim=12,
+            freq_dim=16,
+            time_embed_hidden_dim=16,
+            time_embed_dim=8,
+            rope_freq_dim=2,
+        ),
+        _minimax_h3_inputs,
+    ),
+    "QwenImage21Transformer2DModel": (
+        # one single-stream sequence: the text, with a 2 x 2 condition image (one vision-language
+        # slot, a 2 x 2 group of latent tokens) inside it, then the 2 x 4 target image (two slots);
+        # block-causal attention (causal, but each image block bidirectional); text and the
+        # condition image modulated from t = 0
+        dict(
+            in_channels=4,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            context_in_dim=12,
+            mlp_ratio=2,
+            axes_dims_rope=(4, 6, 6),
+        ),
+        lambda randn, dtype: {
+            "hidden_states": randn(2, 4 + 8, 4),
+            "encoder_hidden_states": randn(2, 6, 12),
+            "timestep": torch.sigmoid(randn(2)),
+            "img_shapes": [[(1, 2, 2), (1, 2, 4)]] * 2,
+            "img_mask": torch.tensor([[False, False, True, False, False, False, True, True]] * 2),
+            "encoder_hidden_states_mask": _mask(6, 5, total=6).bool(),
+        },
+    ),
+    "RFD4ProteinaAutoencoder": (
+        # forward decodes (the encoder is not run): per-token latents and CA positions to atom37
+        # coordinates, residue types by argmax (allowed per token type) and the atoms present
+        dict(
+            atom37_mask=[[atom < 4 + residue for atom in range(37)] for residue in range(5)],
+            allowed_residue_types=[
+                [True, True, True, True, False],
+                [False, False, False, True, True],
+            ],
+            latent_dim=4,
+            n_residue_types=5,
+            num_token_types=2,
+            nlayers=2,
+            token_dim=16,
+            nheads=2,
+            dim_cond=8,
+            pair_repr_dim=8,
+            token_type_emb_dim=4,
+        ),
+        lambda randn, dtype: {
+            "z_latent": randn(2, 6, 4),
+            "ca_coors_nm": randn(2, 6, 3),
+            "padding_mask": _mask(6, 4, total=6).bool(),
+            "token_type": _ids([0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]),
+            "conditioning": {
+                "is_in_context_conditioning": torch.tensor([[True] + [False] * 5] * 2),
+                "supports_local_latent": torch.tensor([[True] * 5 + [False]] * 2),
+                # residue 0 is the mask token: the decoder decides
+                "condition_sequence_1_residue": _ids([0, 3, 0, 0, 1, 0], [0, 0, 2, 0, 0, 0]),
+            },
+        },
+    ),
+    "RFD4ProteinaTransformer": (
+        # token trunk with pair-biased attention, the pair representation updated by triangle
+        # multiplications after layer 0; the default conditioning and pair features, a subset of
+        # the token features (the default ones want every atom-level annotation)
+        dict(
+            nlayers=2,
+            token_dim=16,
+            nheads=2,
+            dim_cond=8,
+            pair_repr_dim=8,
+            latent_dim=4,
+            token_type_emb_dim=4,
+            cath_emb_dim=2,
+            t_emb_dim=8,
+            seq_sep_dim=8,
+            xt_pair_dist_dim=6,
+            feats_seq=(
+                "xt_bb_ca",
+                "xt_local_latents",
+                "token_type",
+                "cond_a37coors_nm",
+                "secondary_structure",
+                "hotspot",
+            ),
+            tri_mult_c=8,
+            num_sequence_classes=5,
+            num_token_types=2,
+            recycle_conditioning_dim=2,
+        ),
+        _rfd4_inputs,
+    ),
+    "SanaWMLTX2RefinerTransformer3DModel": (
+        # LTX-2's modules (the config of LTX2VideoTransformer3DModel's recipe), of which the forward
+        # runs the video stream only: the audio modules are built but not used
+        dict(
+            in_channels=8,
+            out_channels=8,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            cross_attention_dim=16,
+            audio_in_channels=6,
+            audio_out_channels=6,
+            audio_num_attention_heads=2,
+            audio_attention_head_dim=4,
+            audio_cross_attention_dim=8,
+            num_layers=2,
+            caption_channels=12,
+        ),
+        _sana_wm_refiner_inputs,
+    ),
+    "SanaWMTransformer3DModel": (
+        # camera-controlled blocks: block 0 a bidirectional gated-delta-net linear attention, block
+        # 1 softmax attention, each with a camera branch (per-ray 4 x 4 transforms on half of each
+        # head, rotary on the other half); a temporal convolution in the FFN; Plucker embeddings
+        # added after each attention
+        dict(
+            in_channels=4,
+            num_layers=2,
+            hidden_size=32,
+            num_attention_heads=2,
+            softmax_every_n=2,
+            linear_head_dim=16,
+            chunk_plucker_channels=12,
+            caption_channels=12,
+            mlp_ratio=2.0,
+        ),
+        _sana_wm_inputs,
+    ),
+    "WanAnimate2Transformer3DModel": (
+        # no CLIP image branch: its projection is 1280 wide whatever the config
+        dict(
+            text_len=8,
+            in_dim=8,
+            dim=16,
+            ffn_dim=32,
+            freq_dim=16,
+            text_dim=12,
+            out_dim=4,
+            num_heads=2,
+            num_layers=2,
+            use_img_emb=False,
+        ),
+        _wan_animate_2_inputs,
+    ),
+}
+
+
+RECIPES = {
+    **_CORE,
+    **_FAMILIES_A,
+    **_FAMILIES_B,
+    **_FAMILIES_C,
+    **_FAMILIES_D,
+    **_FAMILIES_E,
+    **_FAMILIES_F,
+}
 
 
 def draw_zero_parameters(model) -> int:
