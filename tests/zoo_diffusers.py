@@ -3128,20 +3128,7 @@ _FAMILIES_F = {
     "SanaWMLTX2RefinerTransformer3DModel": (
         # LTX-2's modules (the config of LTX2VideoTransformer3DModel's recipe), of which the forward
         # runs the video stream only: the audio modules are built but not used
-        dict(
-            in_channels=8,
-            out_channels=8,
-            num_attention_heads=2,
-            attention_head_dim=8,
-            cross_attention_dim=16,
-            audio_in_channels=6,
-            audio_out_channels=6,
-            audio_num_attention_heads=2,
-            audio_attention_head_dim=4,
-            audio_cross_attention_dim=8,
-            num_layers=2,
-            caption_channels=12,
-        ),
+        dict(_FAMILIES_E["LTX2VideoTransformer3DModel"][0]),
         _sana_wm_refiner_inputs,
     ),
     "SanaWMTransformer3DModel": (
