@@ -1609,8 +1609,10 @@ def _register_values(
 
 def _random_state_kept(tensors):
     """``torch.random.fork_rng`` over the CPU's generator and those of the GPUs the tensors
-    are on."""
-    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    are on (none where CUDA never started: fake ``cuda`` tensors of a machine without one)."""
+    devices = []
+    if torch.cuda.is_initialized():
+        devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     return torch.random.fork_rng(devices=devices)
 
 
