@@ -714,3 +714,31 @@ def test_unused_parameters_without_a_width_are_not_warned_about():
         warnings.simplefilter("error", dx.UnusedParametersWarning)
         result = dx.prune(_DeviceProbe().train(), torch.randn(3, 8), ratio=0.5)
     assert result.plan
+
+
+class _OpaqueTrainingHead(_TwoPaths):
+    """The auxiliary head reads the inner units through an op no rule knows (a QR
+    decomposition), only in training."""
+
+    def forward(self, ids, pixels=None):
+        h = self.embed(ids)
+        inner = torch.relu(self.up(h))
+        out = self.head(h + self.down(inner))
+        if self.training:
+            q, _ = torch.linalg.qr(inner.transpose(-1, -2))
+            return out, self.aux(q.transpose(-1, -2))
+        return out
+
+
+def test_a_training_path_through_an_op_without_a_rule_is_said_not_followed():
+    """What the training mode reads through an op without a rule cannot be followed: the
+    auxiliary head is named as unused with that reason, and nothing is kept for it by a
+    guess."""
+    torch.manual_seed(0)
+    model = _OpaqueTrainingHead().train()
+    with pytest.warns(
+        dx.UnusedParametersWarning,
+        match=r"module vision, module projector, module aux\..*training forward runs an op "
+        r"without a rule: op aten\.linalg_qr",
+    ):
+        dx.prune(model, {"ids": torch.tensor([[1, 2, 3]])}, ratio=0.5)

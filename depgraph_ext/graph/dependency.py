@@ -303,16 +303,19 @@ class DependencyGraph:
         shares a leaf, there, with a dim of a parameter only that mode reads (sets
         ``training_only``: name -> why, and ``kept_for_training``: the dims kept)."""
         try:
-            train = DependencyGraph(
-                self.model,
-                example_inputs,
-                ignore=ignore,
-                backend=self.backend,
-                progress=False,
-                trace_device=self.trace_device,
-                prune_outputs=outputs,
-                _training=True,
-            )
+            # (its warnings are the eval graph's again, or about what is said below)
+            with TRACE_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                train = DependencyGraph(
+                    self.model,
+                    example_inputs,
+                    ignore=ignore,
+                    backend=self.backend,
+                    progress=False,
+                    trace_device=self.trace_device,
+                    prune_outputs=outputs,
+                    _training=True,
+                )
         except PruningError as exc:  # (batch norms refusing one sample, say): said, not fatal
             for name in unused:
                 self.training_only[name] = f"the training forward failed: {exc}"
@@ -320,6 +323,14 @@ class DependencyGraph:
         self.training_traced = True
         read_there = set(unused) - set(unused_parameters(train.graph))
         if not read_there:
+            return
+        known = {(op.op, op.module) for op in self.opaque_ops}
+        unknown = [op for op in train.opaque_ops if (op.op, op.module) not in known]
+        if unknown:  # (what the training mode reads through them cannot be followed)
+            for name in read_there:
+                self.training_only[name] = (
+                    f"the training forward runs an op without a rule: {unknown[0].describe()}"
+                )
             return
         dims_of_leaf: dict[int, list[tuple[str, int]]] = {}
         for name in self.graph.params:
