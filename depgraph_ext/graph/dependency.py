@@ -31,6 +31,7 @@ from .resolve import resolve, select_backend
 from .size_watch import AttributeLeaf, ConfigLeaf, SizeInt, watching
 from .standin import MetaResults
 from .trace import TRACE_LOCK, OpGraph, Ref, trace
+from .traceable import is_experts_module
 from .walk import ModelWalk, non_persistent
 
 # Group kinds, by precedence: a group with attention heads is "heads" even if it touches more.
@@ -273,7 +274,7 @@ class DependencyGraph:
             self.coupling_model, self.resolution, self.backend
         )
         # Parameters only the training mode runs (an auxiliary head), traced in that mode
-        # where the model is in it: the widths they read are kept (see _training_only).
+        # where the model is in it: the widths they read are kept (see _keep_for_training).
         self.training_only: dict[str, str] = {}
         self.kept_for_training: list[tuple[str, int]] = []
         self.training_traced = False
@@ -472,7 +473,7 @@ class DependencyGraph:
         the pruned model runs under every experts implementation."""
         out = np.ones(len(self.groups), dtype=np.int64)
         experts = tuple(
-            f"{name}." for name, m in self.walk.modules if name and _is_experts_module(m)
+            f"{name}." for name, m in self.walk.modules if name and is_experts_module(m)
         )
         if not experts:
             return out
@@ -1247,8 +1248,3 @@ def unused_parameters(graph: OpGraph) -> list[str]:
         for name, v in graph.params.items()
         if v not in read and graph.values[v].shape and 0 not in graph.values[v].shape
     ]
-
-
-def _is_experts_module(module: torch.nn.Module) -> bool:
-    """A module of transformers' experts interface (what ``traceable_paths`` switches)."""
-    return "has_gate" in vars(module) or hasattr(type(module), "has_gate")

@@ -11,6 +11,12 @@ _UNTRACEABLE_EXPERTS = (None, "eager", "grouped_mm")
 TRACEABLE_EXPERTS = "batched_mm"
 
 
+def is_experts_module(module) -> bool:
+    """A module of transformers' experts interface. (Looked up without nn.Module.__getattr__,
+    whose AttributeError costs microseconds a module.)"""
+    return "has_gate" in vars(module) or hasattr(type(module), "has_gate")
+
+
 @contextlib.contextmanager
 def traceable_paths(modules):
     """For the duration, transformers' expert modules run their batched-matmul implementation
@@ -20,11 +26,8 @@ def traceable_paths(modules):
     changed = []
     seen: set[int] = set()
     for _, module in modules:
-        # (looked up without nn.Module.__getattr__, whose AttributeError costs microseconds
-        # a module)
-        state = vars(module)
-        if "has_gate" not in state and not hasattr(type(module), "has_gate"):
-            continue  # not an expert module of transformers' experts interface
+        if not is_experts_module(module):
+            continue
         config = getattr(module, "config", None)
         if config is None or id(config) in seen:
             continue
