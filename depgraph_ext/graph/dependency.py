@@ -198,6 +198,7 @@ class DependencyGraph:
     @internal_errors("building the dependency graph")
     @with_library_defaults
     @in_fresh_chunk
+    @paused_gc()  # (one collection when the graph is built, not one after each stage)
     def __init__(
         self,
         model: torch.nn.Module,
