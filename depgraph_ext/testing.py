@@ -35,7 +35,7 @@ def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
     """A copy of ``original`` with every slice the plan removes set to zero (variances to 1;
     a weight norm's direction to 1 along its norm dim; with a ``PruneResult``, a tensor the
     model divides by to 1)."""
-    model = copy.deepcopy(original)
+    model = model_copy(original)
     tensors = _named(model)
     fills = RemovedFills(model, getattr(plan, "divisors", ()))
     with torch.no_grad():
@@ -48,6 +48,19 @@ def scatter_back(original: torch.nn.Module, plan) -> torch.nn.Module:
                 index[d] = removed.to(t.device)
                 t[tuple(index)] = fills.of(name, d)
     return model
+
+
+def model_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """``copy.deepcopy(model)``, also where a module holds a tensor computed with grad as a
+    plain attribute (torch.nn.utils.weight_norm's and torch.nn.utils.prune's weight, which
+    their hooks compute again at every forward): deepcopy refuses such tensors, and a
+    detached copy stands for them."""
+    memo: dict = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def outputs_of(

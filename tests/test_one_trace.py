@@ -19,6 +19,7 @@ from torch import nn
 
 import depgraph_ext as dx
 from depgraph_ext.pruning import validate
+from depgraph_ext.testing import assert_scatter_back_equal
 from helpers import prune_and_check, tiny_llama
 
 
@@ -167,6 +168,29 @@ def test_a_size_the_code_fixes_is_still_found():
         pruned, result = prune_and_check(model, X)
     assert pruned.down[0].out_channels == 24  # the width the code fixes is kept
     assert pruned.stem[0].out_channels < 16
+
+
+@pytest.mark.parametrize("hook", ["forward", "pre"])
+def test_a_tensor_from_outside_the_model_fixes_its_sizes(hook, monkeypatch):
+    """A hook's tensor (from its closure, not the model's state) scales the stem's 16
+    channels: no rule follows its sizes, so a plan pruning them is traced, and the stem's
+    width is kept. (Judged without a trace, the pruned model failed when run.)"""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = SmallResNet().double().eval()
+    scale = torch.linspace(0.5, 2.0, 16, dtype=torch.float64).view(1, -1, 1, 1)
+    if hook == "forward":
+        model.stem[0].register_forward_hook(lambda module, args, out: out * scale)
+    else:
+        model.block[0].register_forward_pre_hook(lambda module, args: (args[0] + scale,))
+    original = copy.deepcopy(model)
+    calls = []
+    model.register_forward_pre_hook(lambda *args: calls.append(1))
+    with pytest.warns(dx.FixedSizeWarning, match="aten.mul" if hook == "forward" else "aten.add"):
+        result = dx.prune(model, X, ratio=0.5)
+    assert len(calls) == 2  # the graph's trace and the plan's
+    assert model.stem[0].out_channels == 16 and model.down[0].out_channels < 24
+    assert_scatter_back_equal(original, model, result, X)
 
 
 def test_a_value_the_code_reads_is_replayed_not_traced(monkeypatch):

@@ -248,3 +248,35 @@ def test_a_hooks_stored_weight_is_computed_again_after_the_prune(wrap_name):
     assert conv.weight.shape == (conv.out_channels, conv.in_channels, 3, 3)
     assert conv.out_channels < 8 and conv.in_channels < 8
     copy.deepcopy(model)  # (a stored weight with an autograd graph could not be copied)
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "mask"])
+def test_the_oracle_copies_a_model_whose_hook_stored_a_weight_with_grad(wrap):
+    """Built the usual way (grad on), the hook-based weight_norm and torch.nn.utils.prune
+    store a weight with an autograd graph, which copy.deepcopy refuses: the oracle and
+    ``PruneResult.verify`` copy such a model all the same, and the oracle still sees a
+    wrong weight."""
+
+    def make():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        net = net.double()
+        if wrap == "weight_norm":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                torch.nn.utils.weight_norm(net[0])
+        else:
+            torch.nn.utils.prune.l1_unstructured(net[0], "weight", amount=0.3)
+        return net
+
+    model, original = make(), make()
+    assert not model[0].weight.is_leaf
+    x = torch.randn(2, 3, 8, 8, dtype=F64)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True)
+    assert model[0].out_channels < 8
+    assert_scatter_back_equal(original, model, result, x)
+    assert result.verify(x) == 0.0
+    with torch.no_grad():
+        model[2].weight[0, 0] += 1.0
+    with pytest.raises(AssertionError):
+        assert_scatter_back_equal(original, model, result, x)

@@ -445,6 +445,12 @@ class DependencyGraph:
         return computed_tensors(self.graph, self.walk)
 
     @functools.cached_property
+    def constant_values(self) -> list[int]:
+        """The values the trace met without an op making them (a tensor from outside the
+        model's state: a hook's, a closure's, a memoised result)."""
+        return [v.index for v in self.graph.values if v.kind == "constant"]
+
+    @functools.cached_property
     def divisors(self) -> dict[str, float]:
         """Parameters and buffers the model divides by, with the value that makes the
         divisor one: where zero does not remove a unit (see

@@ -197,6 +197,10 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
             return prunes(v)
         return bool(pruned[slots[v][d]])
 
+    if any(prunes(v) for v in dg.constant_values):
+        # A tensor made outside the traced ops (a hook's or a closure's, a cached result) has
+        # the sizes its maker gives it, which no rule follows: only a trace knows them.
+        return None
     if any(v is not None and prunes(v) for d in dg.graph.decisions for v in d.replay_values):
         # A decision on pruned shapes: a trace replays it on real tensors if at all, with
         # values no model computes (an NMS of boxes from zeroed weights): what the data

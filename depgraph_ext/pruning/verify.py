@@ -714,9 +714,9 @@ def _native_slices(t: torch.Tensor) -> bool:
 def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> tuple[float, float]:
     """(largest relative difference of the outputs, tolerance of the weights' dtype) between
     the pruned ``model`` and the original rebuilt from it with the removed units zeroed."""
-    import copy
+    from ..testing import model_copy
 
-    original = copy.deepcopy(model)
+    original = model_copy(model)
     tensors = dict(original.named_parameters()) | dict(original.named_buffers())
     fills = RemovedFills(original, result.divisors)
     with torch.no_grad():
