@@ -6,12 +6,14 @@ Llama-style model of the scaling row (hidden 256, GQA 8/2).
 Prints medians over ROUNDS prunes of fresh copies in one process (after one warm-up): the
 stages of ``PruneResult.timings``, the parts of "plan" (validation, its trace, the config
 check), scoring's slice listing and planned counts on the last prune's graph, and the model's
-own forward (no_grad, one thread) plain and under a pass-through dispatch mode (the floor of
-any ATen-level trace).
+own forward (no_grad, one thread) plain, under a pass-through dispatch mode (the floor of
+any ATen-level trace) and under a pass-through function mode over it (the floor of the trace
+as designed: sizes are watched at the function level, ops recorded at the dispatch level).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import sys
@@ -20,6 +22,7 @@ import warnings
 from collections import defaultdict
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import depgraph_ext as dx
@@ -50,6 +53,19 @@ def timed(module, name: str, label: str, into: dict[str, float]) -> None:
 class _PassThrough(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
+
+
+class _FunctionPassThrough(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _both_pass_through():
+    """The two modes a graph trace runs under (size_watch's function mode over the recorder's
+    dispatch mode), neither doing anything: the floor of the trace as it is designed."""
+    with _FunctionPassThrough(), _PassThrough():
+        yield
 
 
 def median_ms(samples) -> str:
@@ -106,7 +122,11 @@ def main() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     fresh = copy.deepcopy(model)
-    for label, mode in (("forward, plain", None), ("forward, pass-through mode", _PassThrough)):
+    for label, mode in (
+        ("forward, plain", None),
+        ("forward, pass-through mode", _PassThrough),
+        ("forward, both pass-through modes", _both_pass_through),
+    ):
         samples = []
         for _ in range(rounds):
             t = time.perf_counter()

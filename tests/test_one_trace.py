@@ -170,23 +170,60 @@ def test_a_size_the_code_fixes_is_still_found():
     assert pruned.stem[0].out_channels < 16
 
 
-@pytest.mark.parametrize("hook", ["forward", "pre"])
-def test_a_tensor_from_outside_the_model_fixes_its_sizes(hook, monkeypatch):
-    """A hook's tensor (from its closure, not the model's state) scales the stem's 16
-    channels: no rule follows its sizes, so a plan pruning them is traced, and the stem's
-    width is kept. (Judged without a trace, the pruned model failed when run.)"""
+class _Scales:
+    """An object that is no module, holding a tensor."""
+
+    def __init__(self) -> None:
+        self.scale = torch.linspace(0.5, 2.0, 16, dtype=torch.float64).view(1, -1, 1, 1)
+
+
+class ScalesByAHeldTensor(SmallResNet):
+    """The stem's output scaled by a tensor of an object it holds (not a buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scales = _Scales()
+
+    def forward(self, x):
+        h = self.stem(x) * self.scales.scale
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(torch.flatten(h, 1))
+
+
+class ScalesByAList(SmallResNet):
+    """The stem's output scaled by a tensor made from a Python list of 16 numbers."""
+
+    def __init__(self):
+        super().__init__()
+        self.scales = [0.5 + i / 10 for i in range(16)]
+
+    def forward(self, x):
+        h = self.stem(x) * x.new_tensor(self.scales).view(1, -1, 1, 1)
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(torch.flatten(h, 1))
+
+
+@pytest.mark.parametrize("source", ["forward hook", "pre-hook", "held object", "list"])
+def test_a_tensor_from_outside_the_model_fixes_its_sizes(source, monkeypatch):
+    """A tensor that is not the model's state (a hook's, from its closure; an object's the
+    model holds; one made from a Python list) scales the stem's 16 channels: no rule follows
+    its sizes, so a plan pruning them is traced, and the stem's width is kept. (Judged
+    without a trace, the pruned model failed when run.)"""
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
     torch.manual_seed(0)
-    model = SmallResNet().double().eval()
+    make = {"held object": ScalesByAHeldTensor, "list": ScalesByAList}.get(source, SmallResNet)
+    model = make().double().eval()
     scale = torch.linspace(0.5, 2.0, 16, dtype=torch.float64).view(1, -1, 1, 1)
-    if hook == "forward":
+    if source == "forward hook":
         model.stem[0].register_forward_hook(lambda module, args, out: out * scale)
-    else:
+    elif source == "pre-hook":
         model.block[0].register_forward_pre_hook(lambda module, args: (args[0] + scale,))
     original = copy.deepcopy(model)
     calls = []
     model.register_forward_pre_hook(lambda *args: calls.append(1))
-    with pytest.warns(dx.FixedSizeWarning, match="aten.mul" if hook == "forward" else "aten.add"):
+    with pytest.warns(dx.FixedSizeWarning):
         result = dx.prune(model, X, ratio=0.5)
     assert len(calls) == 2  # the graph's trace and the plan's
     assert model.stem[0].out_channels == 16 and model.down[0].out_channels < 24
