@@ -221,6 +221,7 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
         seconds = time.perf_counter() - t
         bytes_after = tensor_bytes(model)
     changed = [name for name in result.plan if name in bytes_before]
+    shapes = {n: tuple(t.shape) for n, t in model.state_dict(keep_vars=True).items()}
     return {
         "seconds": seconds,
         "timings": result.timings,
@@ -230,7 +231,37 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
         # it; its kept part read and written once to compact it in place.
         "score_bytes": sum(bytes_before[n] for n in changed),
         "apply_bytes": 2 * sum(bytes_after[n] for n in changed),
+        # The same, counting the reads in the 64-byte lines memory moves: a tensor whose
+        # columns are pruned (o_proj, down_proj) is read whole, kept columns being spread over
+        # every line of every row.
+        "apply_line_bytes": sum(
+            compaction_bytes(shapes[n], result.plan[n], bytes_after[n] // _numel(shapes[n]))
+            for n in changed
+        ),
     }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return max(n, 1)
+
+
+def compaction_bytes(shape_after, kept: dict, itemsize: int, line: int = 64) -> int:
+    """Bytes a compaction must move at least: the kept elements written once, and read in
+    whole lines of ``line`` bytes. Along the last pruned dim, each kept index is a contiguous
+    block of the dims after it; the lines those blocks touch in one row of that dim are read,
+    in every kept row of the dims before it (rows starting on a line: the shapes here do)."""
+    dims = sorted(kept)
+    last = dims[-1]
+    block = itemsize * _numel(shape_after[last + 1 :])
+    touched = set()
+    for k in kept[last].tolist():
+        touched.update(range(k * block // line, ((k + 1) * block - 1) // line + 1))
+    rows = _numel(shape_after[:last])  # (pruned dims before it: their kept sizes)
+    written = itemsize * _numel(shape_after)
+    return rows * len(touched) * line + written
 
 
 def tensor_bytes(model) -> dict[str, int]:

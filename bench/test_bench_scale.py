@@ -121,6 +121,14 @@ def bandwidths(shape: str, runs: list[dict]) -> None:
             f"{stage} {moved / 1e9:.2f} GB in {seconds:.2f} s = {rate / 1e9:.1f} GB/s"
             + (f" ({copy_rate / rate:.2f}x below the copy bandwidth)" if copy_rate else "")
         )
+        lines = median.get(f"{stage}_line_bytes")
+        if lines:  # (reads counted in whole 64-byte lines)
+            line_rate = lines / seconds
+            parts.append(
+                f"{stage} counting whole lines read {lines / 1e9:.2f} GB = "
+                f"{line_rate / 1e9:.1f} GB/s"
+                + (f" ({copy_rate / line_rate:.2f}x below)" if copy_rate else "")
+            )
     EXTRA.append(f"{shape} shape, bf16, native: " + "; ".join(parts))
 
 
