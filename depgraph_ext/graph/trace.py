@@ -111,7 +111,14 @@ class Node:
 
     @property
     def name(self) -> str:
-        return str(self.op)
+        name = _OP_NAMES.get(self.op)
+        if name is None:
+            name = str(self.op)
+            try:
+                _OP_NAMES[self.op] = name
+            except TypeError:  # (an op object that cannot be a key)
+                pass
+        return name
 
     def describe(self) -> str:
         """``op <name> in module <module> at <file>:<line> (<code>)``: what errors name."""
@@ -121,7 +128,19 @@ class Node:
     @property
     def packet(self) -> str:
         """The op without its overload, e.g. ``aten.add`` for ``aten.add.Tensor``."""
-        return str(self.op.overloadpacket)
+        packet = _OP_PACKETS.get(self.op)
+        if packet is None:
+            packet = str(self.op.overloadpacket)
+            try:
+                _OP_PACKETS[self.op] = packet
+            except TypeError:
+                pass
+        return packet
+
+
+# The names of ops, each made once (the rules and the checks ask for them per node).
+_OP_NAMES: dict = {}
+_OP_PACKETS: dict = {}
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,11 @@ class ModelWalk:
                 "shape is unknown until the model runs once; run model(inputs) first, then prune"
             )
         return cls(modules, params, buffers, aliases)
+
+    @functools.cached_property
+    def modules_by_name(self) -> dict[str, torch.nn.Module]:
+        """``modules`` as a dict (a module reached by more than one path: under its first)."""
+        return dict(self.modules)
 
 
 def non_persistent(walk: ModelWalk) -> set[str]:

@@ -177,8 +177,9 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return None  # the forward reads a field the plan sets
     traced = False  # the plan must be traced: only failures of computed sizes are known
     attributes: dict[tuple[int, str], object] = {}
+    modules = dg.walk.modules_by_name
     for update in plan.attributes:
-        module = dg.model.get_submodule(update.module)
+        module = modules.get(update.module) or dg.model.get_submodule(update.module)
         attributes[(id(module), update.attr)] = update.new
         if type(module).forward in PASS_THROUGH_FORWARDS:
             continue
