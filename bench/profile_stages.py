@@ -4,17 +4,19 @@ Llama-style model of the scaling row (hidden 256, GQA 8/2).
     .venv/bin/python bench/profile_stages.py [LAYERS] [ROUNDS]     # defaults: 128 layers, 8
 
 Prints medians over ROUNDS prunes of fresh copies in one process (after one warm-up): the
-stages of ``PruneResult.timings``, the parts of "plan" (validation, its trace, the config
-check), scoring's slice listing and planned counts on the last prune's graph, and the model's
-own forward (no_grad, one thread) plain, under a pass-through dispatch mode (the floor of
-any ATen-level trace) and under a pass-through function mode over it (the floor of the trace
-as designed: sizes are watched at the function level, ops recorded at the dispatch level).
+stages of ``PruneResult.timings`` and the garbage collector's time, the parts of "plan"
+(validation, its trace, the config check), scoring's slice listing and planned counts on the
+last prune's graph, and the model's own forward (no_grad, one thread) plain, under a
+pass-through dispatch mode (the floor of any ATen-level trace) and under a pass-through
+function mode over it (the floor of the trace as designed: sizes are watched at the function
+level, ops recorded at the dispatch level).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import statistics
 import sys
 import time
@@ -86,20 +88,35 @@ def main() -> None:
     original_apply_step = pruner.apply_step
 
     def keep_graph(dg, *args, **kwargs):
-        graphs[:] = [dg]
+        if last_round:  # (kept alive, a graph would cost the collector more in every round)
+            graphs[:] = [dg]
         return original_apply_step(dg, *args, **kwargs)
 
     pruner.apply_step = keep_graph
     rows: dict[str, list[float]] = defaultdict(list)
+    collecting: list[float] = []
+
+    def collector(phase, info):  # the garbage collector's time, whenever it runs
+        if phase == "start":
+            collecting.append(time.perf_counter())
+        elif collecting:
+            start = collecting.pop()
+            rows["garbage collection (every collection, summed)"][-1] += time.perf_counter() - start
+
     for i in range(rounds + 1):
+        last_round = i == rounds
         m = copy.deepcopy(model)
         parts.clear()
+        rows["garbage collection (every collection, summed)"].append(0.0)
+        gc.callbacks.append(collector)
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = dx.prune(m, IDS, ratio=0.5, ratios={"hidden": 0.0}, progress=False)
         wall = time.perf_counter() - t
+        gc.callbacks.remove(collector)
         if i == 0:
+            rows["garbage collection (every collection, summed)"].pop()
             continue  # warm-up
         for k, v in result.timings.items():
             rows[k].append(v)
