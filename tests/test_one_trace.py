@@ -53,6 +53,27 @@ class ReadsItsWidth(SmallResNet):
         return self.head(h.view(h.shape[0], h.shape[1]))
 
 
+class FlattensByItsCount(SmallResNet):
+    """The same, flattening with its element count: ``h.view(B, h.numel() // B)``."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(h.view(h.shape[0], h.numel() // h.shape[0]))
+
+
+class ConvertsItsWidth(SmallResNet):
+    """The same, with the width it reads converted to a plain int before the arithmetic:
+    ``h.view(B, int(h.shape[1]) * h.shape[2])``."""
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = torch.relu(h + self.block(h))
+        h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
+        return self.head(h.view(h.shape[0], int(h.shape[1]) * h.shape[2] * h.shape[3]))
+
+
 class FixesItsWidth(SmallResNet):
     """The same, flattening to a width it fixes: ``h.view(-1, 24)``."""
 
@@ -203,6 +224,22 @@ class ScalesByAList(SmallResNet):
         h = torch.relu(h + self.block(h))
         h = nn.functional.adaptive_avg_pool2d(self.down(h), (1, 1))
         return self.head(torch.flatten(h, 1))
+
+
+@pytest.mark.parametrize("make", [FlattensByItsCount, ConvertsItsWidth])
+def test_a_width_read_into_arithmetic_is_no_size_the_code_fixes(make, monkeypatch):
+    """A count the code takes (``numel()``) is the product of the sizes, followed through the
+    arithmetic; a size converted to a plain int is a number of the original, not a literal:
+    neither makes the flatten a size the code fixes (both left the model unpruned, each
+    flatten taken for one that fixes its width). The plans are traced: the code read them."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = make().double().eval()
+    original = copy.deepcopy(model)
+    count, result = forwards_during_prune(model)
+    assert count == 2
+    assert model.down[0].out_channels < 24 and model.head.in_features < 24
+    assert_scatter_back_equal(original, model, result, X)
 
 
 @pytest.mark.parametrize("source", ["forward hook", "pre-hook", "held object", "list"])

@@ -592,6 +592,23 @@ def leaves(x) -> list:
     return out
 
 
+def computed_only(x) -> bool:
+    """Whether ``x`` is an integer the code computed from sizes and attributes alone: no
+    plain number anywhere in how (but a negation's 0), which could be a size it read and
+    converted (``int(x.shape[1]) * h``: a number of the original, wherever it stands)."""
+    stack = [x]
+    while stack:
+        e = stack.pop()
+        if type(e) is SizeInt:
+            stack.append(e.expr)
+        elif type(e) is tuple:
+            negation = e[0] == "__sub__" and type(e[1]) is int and e[1] == 0
+            stack.extend(e[2:] if negation else e[1:])
+        elif type(e) is int:
+            return False
+    return type(x) is SizeInt
+
+
 def evaluate(x, leaf_value) -> int | None:
     """An integer the code computed, with ``leaf_value(leaf)`` for each size and attribute it
     came from (None where one has no value, or the arithmetic fails)."""
@@ -721,6 +738,8 @@ class SizeWatch(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _SHAPES:
             return self._shape(func, args, kwargs)
+        if func in _COUNTS:
+            return self._count(func, args, kwargs)
         if func in _SIZE_READS:
             self._read(args[0] if args else None, _read_dims(func, args, kwargs))
             return func(*args, **kwargs)
@@ -783,6 +802,23 @@ class SizeWatch(TorchFunctionMode):
             return out
         return WatchedShape(out, self.saw, index, tuple(range(len(out))))
 
+    def _count(self, func, args, kwargs):
+        """``x.numel()``: the product of its sizes, each read as when taken from its shape,
+        and followed as a product (``x.view(B, x.numel() // B)`` computes the planned width
+        again; as a plain number it was a size of the original in that arithmetic)."""
+        out = func(*args, **kwargs)
+        t = args[0] if args else None
+        index = self.recorder.value_index(t) if isinstance(t, torch.Tensor) else None
+        if type(out) is not int or index is None or t.dim() == 0:
+            self._read(t, None)
+            return out
+        total = None
+        for d, n in enumerate(t.shape):
+            size = SizeInt(int(n), SizeLeaf(self.saw, index, d))
+            size.escape()  # (read when taken: see WatchedShape)
+            total = size if total is None else total * size
+        return total
+
     def _read_tensors(self, args, kwargs) -> None:
         """Every size of every tensor in the arguments, read."""
         stack = [*args, *kwargs.values()]
@@ -810,6 +846,7 @@ _PYTHON_VALUES = frozenset({bool, int, float, complex, list, str})
 _NUMBERS = frozenset({bool, int, float, complex})
 # What returns a tensor's sizes as a torch.Size: watched (WatchedShape).
 _SHAPES = frozenset({Tensor.shape.__get__, Tensor.size})
+_COUNTS = frozenset({Tensor.numel, Tensor.nelement, torch.numel})
 
 
 def _read_dims(func, args, kwargs) -> tuple[int, ...] | None:

@@ -30,6 +30,7 @@ from ..graph.size_watch import (
     ConfigLeaf,
     SizeInt,
     SizeLeaf,
+    computed_only,
     evaluate,
     leaves,
 )
@@ -258,7 +259,7 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
             traced = True
         elif failure is not None:
             failures.append(failure)
-            if all(type(x) is SizeInt or x == -1 for x in call.ints) and not any(
+            if all(computed_only(x) or (type(x) is int and x == -1) for x in call.ints) and not any(
                 leaf.used_otherwise for x in call.ints for leaf in leaves(x)
             ):
                 computed.append(failure)
