@@ -215,3 +215,33 @@ def test_a_model_returning_an_iterator_is_refused_by_name():
     with pytest.raises(dx.InvalidArgumentError, match=r"returns an iterator \(tuple_iterator\)"):
         dx.prune(m, X, ratio=0.5)
     assert_same_state(before, state_of(m))
+
+
+class ReturnsAWidth(nn.Module):
+    """Returns its output and the width of its first layer's output, as a number (or that
+    tensor's whole shape): the number is an output too."""
+
+    def __init__(self, whole_shape: bool) -> None:
+        super().__init__()
+        self.whole_shape = whole_shape
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        y = self.head(torch.relu(self.c2(h)))
+        return y, (h.shape if self.whole_shape else h.shape[1])
+
+
+@pytest.mark.parametrize("whole_shape", [False, True])
+def test_a_width_the_model_returns_as_a_number_is_kept(whole_shape):
+    """(Pruned, the model returned 8 where it returned 16, and the oracle, which compares
+    tensors, held.)"""
+    torch.manual_seed(0)
+    model = ReturnsAWidth(whole_shape).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    before = model(x)[1]
+    pruned, _ = prune_and_check(model, x, ratio=0.5, exact_only=True)
+    assert pruned(x)[1] == before
+    assert pruned.c1.out_channels == 16 and pruned.c2.out_channels < 8

@@ -154,6 +154,9 @@ def build_couplings(
     for v in graph.outputs:  # positions handed out fix what they point at
         if (domain := ctx.domain(v)) is not None:
             ctx.block(domain[0])
+    for v, d in graph.output_sizes:  # a size returned as a number is an output too
+        if d < len(ctx.slots(v)):
+            ctx.block(ctx.slots(v)[d])
     # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
     # the op that reads it.
     for name in named:

@@ -45,7 +45,8 @@ _MAX_DEPTH = 16  # objects inside objects, opened at most this deep
 
 def output_leaves(out, leaves_with_paths) -> list[tuple[str, Any]]:
     """``leaves_with_paths(out)`` (the pytree's leaves with their key paths), with every leaf
-    that is an object holding tensors replaced by those tensors, each with its path."""
+    that is an object holding tensors replaced by those tensors (and integers), each with its
+    path."""
     found: list[tuple[str, Any]] = []
     opened: set[int] = set()
     for path, leaf in leaves_with_paths(out):
@@ -57,8 +58,8 @@ def output_leaves(out, leaves_with_paths) -> list[tuple[str, Any]]:
 
 
 def _open(obj, path: str, found: list, opened: set[int], leaves_with_paths, depth: int) -> None:
-    if isinstance(obj, torch.Tensor):
-        found.append((path, obj))
+    if isinstance(obj, torch.Tensor) or (isinstance(obj, int) and not isinstance(obj, bool)):
+        found.append((path, obj))  # (a number inside: a size the code returns, say)
         return
     if isinstance(obj, _PLAIN) or id(obj) in opened or depth > _MAX_DEPTH:
         return

@@ -48,7 +48,15 @@ from .decisions import (
 from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
-from .size_watch import PASS_THROUGH_FORWARDS, CodeSaw, SizeWatch, reads_values
+from .size_watch import (
+    PASS_THROUGH_FORWARDS,
+    CodeSaw,
+    SizeInt,
+    SizeLeaf,
+    SizeWatch,
+    leaves,
+    reads_values,
+)
 from .standin import _IS_META, FUSED_PATH_MODULES, META, MetaResults, StandIn, on_meta
 from .traceable import traceable_paths
 from .walk import ModelWalk
@@ -178,6 +186,9 @@ class OpGraph:
     # [start, stop) of the nodes of each higher-order op's eager implementation (torch's
     # code, which reads no tensor value: see _RecorderBase._higher_order)
     higher_order_spans: list[tuple[int, int]] = field(default_factory=list)
+    # (value, dim) of each size the model returns as a number (``return y, h.shape[1]``), as
+    # the code took it from a traced tensor: an output like its tensors, kept.
+    output_sizes: list[tuple[int, int]] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -1497,6 +1508,8 @@ def trace_as(
             recorder.model_output(leaf)
             if not shapes_only:
                 graph.output_paths.append(path)
+        elif type(leaf) is SizeInt and not shapes_only:
+            graph.output_sizes += [(x.value, x.dim) for x in leaves(leaf) if type(x) is SizeLeaf]
     if watch is not None:
         watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)
         watch.saw.live = False
