@@ -218,12 +218,13 @@ def test_a_model_returning_an_iterator_is_refused_by_name():
 
 
 class ReturnsAWidth(nn.Module):
-    """Returns its output and the width of its first layer's output, as a number (or that
-    tensor's whole shape): the number is an output too."""
+    """Returns its output and the width of its first layer's output, as a number (``how``:
+    "size", that tensor's "shape" whole, or the size converted by "int()" first): the
+    number is an output too."""
 
-    def __init__(self, whole_shape: bool) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
-        self.whole_shape = whole_shape
+        self.how = how
         self.c1 = nn.Conv2d(3, 16, 3, padding=1)
         self.c2 = nn.Conv2d(16, 8, 3, padding=1)
         self.head = nn.Conv2d(8, 4, 1)
@@ -231,15 +232,17 @@ class ReturnsAWidth(nn.Module):
     def forward(self, x):
         h = torch.relu(self.c1(x))
         y = self.head(torch.relu(self.c2(h)))
-        return y, (h.shape if self.whole_shape else h.shape[1])
+        width = {"size": h.shape[1], "shape": h.shape}.get(self.how)
+        return y, int(h.shape[1]) if width is None else width
 
 
-@pytest.mark.parametrize("whole_shape", [False, True])
-def test_a_width_the_model_returns_as_a_number_is_kept(whole_shape):
+@pytest.mark.parametrize("how", ["size", "shape", "int()"])
+def test_a_width_the_model_returns_as_a_number_is_kept(how):
     """(Pruned, the model returned 8 where it returned 16, and the oracle, which compares
-    tensors, held.)"""
+    tensors, held.) A size is kept as an output; a number converted from one is caught by
+    the plan's trace, which returns another."""
     torch.manual_seed(0)
-    model = ReturnsAWidth(whole_shape).double().eval()
+    model = ReturnsAWidth(how).double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     before = model(x)[1]
     pruned, _ = prune_and_check(model, x, ratio=0.5, exact_only=True)

@@ -189,6 +189,9 @@ class OpGraph:
     # (value, dim) of each size the model returns as a number (``return y, h.shape[1]``), as
     # the code took it from a traced tensor: an output like its tensors, kept.
     output_sizes: list[tuple[int, int]] = field(default_factory=list)
+    # (path, value) of every integer the model returns: a trace of a plan must return them
+    # too (a number computed from a size the plan prunes, ``int(h.shape[1])``, would not).
+    output_numbers: list[tuple[str, int]] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -210,6 +213,7 @@ class ShapeTrace:
     recovered: list[tuple[FailedOp, str]] = field(default_factory=list)
     # The numbers ops computed with (``op_numbers``): op index -> its numbers, where any.
     numbers: dict[int, tuple] = field(default_factory=dict)
+    output_numbers: list[tuple[str, int]] = field(default_factory=list)  # (see OpGraph's)
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -1508,8 +1512,12 @@ def trace_as(
             recorder.model_output(leaf)
             if not shapes_only:
                 graph.output_paths.append(path)
-        elif type(leaf) is SizeInt and not shapes_only:
-            graph.output_sizes += [(x.value, x.dim) for x in leaves(leaf) if type(x) is SizeLeaf]
+        elif isinstance(leaf, int) and not isinstance(leaf, bool):
+            graph.output_numbers.append((path, int.__int__(leaf)))  # (no read of a SizeInt)
+            if type(leaf) is SizeInt and not shapes_only:
+                graph.output_sizes += [
+                    (x.value, x.dim) for x in leaves(leaf) if type(x) is SizeLeaf
+                ]
     if watch is not None:
         watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)
         watch.saw.live = False

@@ -558,6 +558,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     for vo, shape in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, shape, None)
     _check_numbers(dg, pruned, matched, kept)
+    _check_returned_numbers(dg, pruned, kept)
 
 
 def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> None:
@@ -974,6 +975,30 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) ->
             fixed,
             module,
         )
+
+
+def _check_returned_numbers(dg: DependencyGraph, pruned, kept: np.ndarray) -> None:
+    """The integers the model returns must be the original's: one the pruned model returns
+    otherwise came from a size the plan prunes (``return y, int(h.shape[1])``). The slots to
+    keep: the pruned sizes the code read. Not compared where the code read tensor values (the
+    data may decide such a number otherwise in a trace without the model's data), nor where
+    it read no pruned size (a number that changes by itself, a count of calls)."""
+    saw = dg.graph.code_saw
+    before, after = dg.graph.output_numbers, pruned.output_numbers
+    if saw is None or saw.values_read or before == after:
+        return
+    fixed = _pruned_reads_in(dg, "", kept)
+    if not fixed:
+        return
+    changed = [(p, a, b) for (p, a), (_, b) in zip(before, after) if a != b]
+    where, old, new = changed[0] if changed else ("", len(before), len(after))
+    raise PlanValidationError(
+        f"the pruned model returns {new} where the original returns {old} (the model's "
+        f"output{where}): a number its code computed from a size the plan prunes",
+        None,
+        fixed,
+        "",
+    )
 
 
 def _all_exact(dg: DependencyGraph, slots) -> bool:
