@@ -119,14 +119,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        name = _OP_NAMES.get(self.op)
-        if name is None:
-            name = str(self.op)
-            try:
-                _OP_NAMES[self.op] = name
-            except TypeError:  # (an op object that cannot be a key)
-                pass
-        return name
+        return _named_once(_OP_NAMES, self.op, str)
 
     def describe(self) -> str:
         """``op <name> in module <module> at <file>:<line> (<code>)``: what errors name."""
@@ -136,19 +129,22 @@ class Node:
     @property
     def packet(self) -> str:
         """The op without its overload, e.g. ``aten.add`` for ``aten.add.Tensor``."""
-        packet = _OP_PACKETS.get(self.op)
-        if packet is None:
-            packet = str(self.op.overloadpacket)
-            try:
-                _OP_PACKETS[self.op] = packet
-            except TypeError:
-                pass
-        return packet
+        return _named_once(_OP_PACKETS, self.op, lambda op: str(op.overloadpacket))
 
 
 # The names of ops, each made once (the rules and the checks ask for them per node).
 _OP_NAMES: dict = {}
 _OP_PACKETS: dict = {}
+
+
+def _named_once(names: dict, op, make) -> str:
+    try:
+        name = names.get(op)
+        if name is None:
+            name = names[op] = make(op)
+    except TypeError:  # (an op object that cannot be a key)
+        name = make(op)
+    return name
 
 
 @dataclass
