@@ -3,6 +3,8 @@ group-sparsity regulariser."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -96,6 +98,28 @@ def test_a_failure_while_slicing_leaves_the_optimizer_as_it_was(monkeypatch):
     for p in model.parameters():
         for k, v in opt.state[p].items():
             assert v is before[id(p)][k]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_goes_on_while_the_last_steps_graph_is_alive(in_place, backend):
+    # A training loop's last loss is still referenced when the model is pruned: its graph
+    # holds autograd's gradient accumulators of the parameters, with their old shapes.
+    model = make_net().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    _train(model, opt, steps=1)
+    loss = model(X).square().mean()
+    loss.backward()
+    dx.prune(model.eval(), X, ratio=0.5, optimizer=opt, in_place=in_place, backend=backend)
+    fresh = copy.deepcopy(model)  # (no autograd history)
+    for m in (model, fresh):
+        m.zero_grad()
+        m(X).square().mean().backward()
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
+        assert p.grad.shape == p.shape, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+    opt.step()
+    assert loss.grad_fn is not None  # (the old graph was alive throughout)
 
 
 # -- group sparsity ------------------------------------------------------------------------------

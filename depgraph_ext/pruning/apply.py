@@ -28,6 +28,18 @@ def gather(t: torch.Tensor, dims: dict[int, torch.Tensor]) -> torch.Tensor:
     return in_layout_of(t, out)
 
 
+def set_data(t: torch.Tensor, data: torch.Tensor) -> None:
+    """``t.data = data``, and where that changes ``t``'s shape, a gradient accumulator autograd
+    keeps for ``t`` forgotten first: a graph still alive (the last training step's loss) holds
+    one, with the old shape, and torch reuses it, so the next backward would fail ("invalid
+    gradient ... expected shape compatible with" the old shape). Torch drops it only where
+    the dtype or device changes: a moment's empty tensor of another dtype does that."""
+    if t.requires_grad and t.shape != data.shape:
+        other = torch.float64 if t.dtype == torch.float32 else torch.float32
+        t.data = torch.empty(0, dtype=other, device=data.device)
+    t.data = data
+
+
 def _dim_order(t: torch.Tensor) -> list[int] | None:
     """The dims of ``t`` from the outermost in memory to the innermost, where ``t`` is dense
     in another order than its own (``channels_last``); None where it is contiguous, or not
@@ -124,7 +136,7 @@ def apply_changes(
         state = [gather(container[key], plan[name]) for container, key, name in companions]
         for name, (data, grad) in sliced.items():
             t = tensors[name]
-            t.data = data
+            set_data(t, data)
             if grad is not None:
                 t.grad = grad
         for (container, key, _), new in zip(companions, state):
@@ -183,7 +195,7 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
                 # (a storage another tensor of the model views too, parameters cut from
                 # one block: compacted and shortened in place, it would move and cut off
                 # what the others hold; this one gets memory of its own instead)
-                t.data = gather(t.data, dims)
+                set_data(t, gather(t.data, dims))
             else:
                 datas[name] = t.data
         rounds = max((len(plan[n]) for n in datas), default=0)
@@ -201,7 +213,7 @@ def apply_in_place(tensors: dict[str, torch.Tensor], plan) -> None:
                 )
                 datas.update(zip(names, outs))
         for name, data in datas.items():
-            tensors[name].data = data
+            set_data(tensors[name], data)
         for name, dims in plan.items():
             t = tensors[name]
             grad = getattr(t, "grad", None)

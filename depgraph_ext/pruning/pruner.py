@@ -31,7 +31,7 @@ from ..graph.dependency import READ_IN_TRAINING, DependencyGraph, Group, unused_
 from ..graph.frame_stack import in_fresh_chunk
 from ..result import PruneResult, compose_results, layer_of, layer_width
 from ..torch_defaults import with_library_defaults
-from .apply import apply_changes, state_companions
+from .apply import apply_changes, set_data, state_companions
 from .attributes import set_attributes
 from .configs import apply_config_updates, config_of, round_to_config
 from .criteria import RoundScores, get_importance
@@ -404,7 +404,7 @@ class Snapshot:
                 setattr(config, c.field, c.old)
         with torch.no_grad():
             for t, data, grad in self.tensors:
-                t.data = data
+                set_data(t, data)
                 t.grad = grad
         for p, st in self.state.items():
             self.optimizer.state[p] = st
