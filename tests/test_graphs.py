@@ -160,3 +160,41 @@ def test_hypergraph_attention_keeps_its_channel_count():
     for conv in (pruned.c1, pruned.c2):
         assert conv.att.shape == (1, conv.heads, 2 * conv.out_channels)
         assert conv.lin.weight.shape[0] == conv.heads * conv.out_channels
+
+
+TYPES = torch.randint(0, 3, (E,), generator=G)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"num_bases": 2}, {"num_blocks": 4}],
+    ids=["relations", "bases", "blocks"],
+)
+@pytest.mark.parametrize("conv", ["RGCNConv", "FastRGCNConv"])
+def test_relational_convs_follow_their_widths(conv, options):
+    """R-GCN layers view their weights by ``in_channels_l``, ``out_channels`` and
+    ``num_bases``, and make their output by ``zeros(n, self.out_channels)``: the attributes
+    follow the kept widths, so the layers prune (exactly) instead of keeping every width."""
+    make = getattr(pyg, conv)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = make(12, 16, num_relations=3, **options)
+            self.c2 = make(16, 16, num_relations=3, **options)
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x, edge_index, edge_type):
+            x = torch.relu(self.c1(x, edge_index, edge_type))
+            return self.out(torch.relu(self.c2(x, edge_index, edge_type)))
+
+    torch.manual_seed(0)
+    pruned, result = prune_and_check(Net().double().eval(), (X, EDGES, TYPES), ratio=0.5)
+    for c in (pruned.c1, pruned.c2):
+        width = c.root.shape[1]
+        assert c.out_channels == width == c.bias.shape[0] < 16
+        assert c.in_channels_l == c.root.shape[0]
+        if "num_bases" in options:
+            assert c.num_bases == c.weight.shape[0] == c.comp.shape[1]
+    assert pruned.c2.in_channels_l == pruned.c1.out_channels
+    assert pruned(X, EDGES, TYPES).shape == (N, 4)

@@ -334,6 +334,32 @@ def _pyg_graph_attention(p: PlannedModule) -> dict[str, object]:
     return out
 
 
+@register_attributes(lambda m: _is_pyg(m) and type(m).__name__ in ("RGCNConv", "FastRGCNConv"))
+def _pyg_relational(p: PlannedModule) -> dict[str, object]:
+    """weight [relations or bases, in_l, out] (block-diagonal: [relations, blocks, in_l /
+    blocks, out / blocks]), root [in_r, out]: the forward views by ``in_channels_l``,
+    ``out_channels`` and ``num_bases``."""
+    m, w, root = p.module, p.shape("weight"), p.shape("root")
+    if w is None:
+        return {}
+    out: dict[str, object] = {}
+    if m.num_blocks is not None:
+        if len(w) != 4 or w[1] != m.num_blocks:
+            return {}
+        in_l, width = w[1] * w[2], w[1] * w[3]
+    elif len(w) == 3:
+        in_l, width = w[1], w[2]
+        if m.num_bases is not None:
+            out["num_bases"] = w[0]
+    else:
+        return {}
+    in_r = root[0] if root is not None else in_l
+    out["in_channels_l"], out["out_channels"] = in_l, width
+    same = isinstance(m.in_channels, int) and in_l == in_r
+    out["in_channels"] = in_l if same else (in_l, in_r)
+    return out
+
+
 @register_attributes(lambda m: type(m).__name__ == "Conv1D" and hasattr(m, "nf"))
 def _gpt2_conv1d(p: PlannedModule) -> dict[str, object]:
     w = p.shape("weight")  # transformers' GPT-2 linear: weight [in, out]
