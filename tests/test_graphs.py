@@ -198,3 +198,66 @@ def test_relational_convs_follow_their_widths(conv, options):
             assert c.num_bases == c.weight.shape[0] == c.comp.shape[1]
     assert pruned.c2.in_channels_l == pruned.c1.out_channels
     assert pruned(X, EDGES, TYPES).shape == (N, 4)
+
+
+EDGE_ATTR = torch.rand(E, 3, dtype=torch.float64, generator=G)
+
+
+def _edge_mlp(width_in, width_out):
+    return nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, width_in * width_out))
+
+
+LAYERS_BY_THEIR_WIDTHS = {
+    "NNConv": (lambda i, o: pyg.NNConv(i, o, nn=_edge_mlp(i, o)), "edge_attr"),
+    "NNConv_mean": (lambda i, o: pyg.NNConv(i, o, nn=_edge_mlp(i, o), aggr="mean"), "edge_attr"),
+    "GMMConv": (lambda i, o: pyg.GMMConv(i, o, dim=3, kernel_size=2), "edge_attr"),
+    "GMMConv_separate": (
+        lambda i, o: pyg.GMMConv(i, o, dim=3, kernel_size=2, separate_gaussians=True),
+        "edge_attr",
+    ),
+    "FiLMConv": (lambda i, o: pyg.FiLMConv(i, o, num_relations=3), "edge_type"),
+    "MFConv": (lambda i, o: pyg.MFConv(i, o, max_degree=6), None),
+    "GeneralConv": (lambda i, o: pyg.GeneralConv(i, o, heads=2, skip_linear=True), None),
+    "GeneralConv_additive": (
+        lambda i, o: pyg.GeneralConv(i, o, in_edge_channels=3, attention=True, heads=2),
+        "edge_attr",
+    ),
+    "GeneralConv_dot_product": (
+        lambda i, o: pyg.GeneralConv(i, o, attention=True, attention_type="dot_product", heads=2),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS_BY_THEIR_WIDTHS))
+def test_layers_that_view_by_their_widths_prune(layer):
+    """Layers whose code sizes views, splits and new tensors by their own ``out_channels``
+    (and ``heads``, ``kernel_size``, ``in_channels_l``, ``rel_in_channels``): the attributes
+    follow the kept widths, so the layers prune exactly instead of keeping every width."""
+    make, extra = LAYERS_BY_THEIR_WIDTHS[layer]
+    extras = {"edge_attr": EDGE_ATTR, "edge_type": TYPES, None: None}
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = make(12, 16), make(16, 16)
+            self.out = nn.Linear(16, 4)
+
+        def forward(self, x, edge_index, *more):
+            x = torch.relu(self.c1(x, edge_index, *more))
+            return self.out(torch.relu(self.c2(x, edge_index, *more)))
+
+    inputs = (X, EDGES) + (() if extra is None else (extras[extra],))
+    torch.manual_seed(0)
+    pruned, result = prune_and_check(Net().double().eval(), inputs, ratio=0.5)
+    more = inputs[2:]
+    with torch.no_grad():
+        h1 = pruned.c1(X, EDGES, *more)
+        h2 = pruned.c2(torch.relu(h1), EDGES, *more)
+    assert h1.shape[-1] == pruned.c1.out_channels < 16
+    assert h2.shape[-1] == pruned.c2.out_channels == pruned.out.weight.shape[1]
+    in_l = pruned.c2.in_channels
+    assert (in_l[0] if isinstance(in_l, tuple) else in_l) == pruned.c1.out_channels
+    for c in (pruned.c1, pruned.c2):
+        if hasattr(c, "lin_msg"):
+            assert c.lin_msg.weight.shape[0] == c.heads * c.out_channels

@@ -355,9 +355,106 @@ def _pyg_relational(p: PlannedModule) -> dict[str, object]:
         return {}
     in_r = root[0] if root is not None else in_l
     out["in_channels_l"], out["out_channels"] = in_l, width
-    same = isinstance(m.in_channels, int) and in_l == in_r
-    out["in_channels"] = in_l if same else (in_l, in_r)
+    out["in_channels"] = _pyg_in_channels(m, in_l, in_r)
     return out
+
+
+def _pyg_in_channels(m: nn.Module, in_l: int, in_r: int | None):
+    """A layer's ``in_channels`` (an int, or (source, target) widths of a bipartite one)."""
+    in_r = in_l if in_r is None else in_r
+    return in_l if isinstance(m.in_channels, int) and in_l == in_r else (in_l, in_r)
+
+
+def _rows_cols(p: PlannedModule, tensor: str) -> tuple[int | None, int | None]:
+    shape = p.shape(tensor)
+    return (shape[0], shape[1]) if shape is not None and len(shape) == 2 else (None, None)
+
+
+def _pyg_named(*names: str):
+    return lambda m: _is_pyg(m) and type(m).__name__ in names
+
+
+@register_attributes(_pyg_named("NNConv"))
+def _pyg_edge_network(p: PlannedModule) -> dict[str, object]:
+    """The edge network's last linear layer makes [in_l x out] per edge, viewed by
+    ``in_channels_l`` and ``out_channels``; root ``lin`` [out, in_r], ``bias`` [out]."""
+    m = p.module
+    last = [n for n, t in m.nn.named_parameters() if n.endswith("weight") and t.dim() == 2]
+    if not last or m.nn.get_parameter(last[-1]).shape[0] != m.in_channels_l * m.out_channels:
+        return {}
+    made = p.shape(f"nn.{last[-1]}")[0]
+    width, in_r = _rows_cols(p, "lin.weight") if m.root_weight else (None, None)
+    if width is None:
+        bias = p.shape("bias")
+        width = bias[0] if bias is not None else None
+    if width is None or width == 0 or made % width:
+        return {}
+    return {
+        "out_channels": width,
+        "in_channels_l": made // width,
+        "in_channels": _pyg_in_channels(m, made // width, in_r),
+    }
+
+
+@register_attributes(_pyg_named("GMMConv"))
+def _pyg_gaussian_mixture(p: PlannedModule) -> dict[str, object]:
+    """g [rel_in, out x kernels] viewed by ``rel_in_channels``, ``out_channels`` and
+    ``kernel_size``; mu [kernels, dim] (separate gaussians: [rel_in, out, kernels, dim])."""
+    m = p.module
+    g, mu = p.shape("g"), p.shape("mu")
+    if g is None or mu is None or len(g) != 2:
+        return {}
+    kernels = mu[2] if m.separate_gaussians else mu[0]
+    if kernels == 0 or g[1] % kernels:
+        return {}
+    in_r = _rows_cols(p, "root.weight")[1] if m.root_weight else None
+    return {
+        "kernel_size": kernels,
+        "out_channels": g[1] // kernels,
+        "rel_in_channels": g[0],
+        "in_channels": _pyg_in_channels(m, g[0], in_r),
+    }
+
+
+@register_attributes(_pyg_named("FiLMConv"))
+def _pyg_film(p: PlannedModule) -> dict[str, object]:
+    """``lin_skip`` [out, in_r]; each relation's ``lins`` [out, in_l]; the FiLM layers' output
+    split by ``out_channels``."""
+    width, in_r = _rows_cols(p, "lin_skip.weight")
+    in_l = _rows_cols(p, "lins.0.weight")[1]
+    if width is None or in_l is None:
+        return {}
+    return {"out_channels": width, "in_channels": _pyg_in_channels(p.module, in_l, in_r)}
+
+
+@register_attributes(_pyg_named("MFConv"))
+def _pyg_molecular_fingerprint(p: PlannedModule) -> dict[str, object]:
+    """Per degree ``lins_l`` [out, in_l] and ``lins_r`` [out, in_r]; the output made by
+    ``new_empty(..., out_channels)``."""
+    width, in_l = _rows_cols(p, "lins_l.0.weight")
+    in_r = _rows_cols(p, "lins_r.0.weight")[1]
+    if width is None:
+        return {}
+    return {"out_channels": width, "in_channels": _pyg_in_channels(p.module, in_l, in_r)}
+
+
+@register_attributes(_pyg_named("GeneralConv"))
+def _pyg_general(p: PlannedModule) -> dict[str, object]:
+    """``lin_msg`` [heads x out, in_l] viewed by ``heads`` and ``out_channels`` (additive
+    attention: ``att_msg`` [1, heads, out]); the output [n, out] (the heads' mean)."""
+    m = p.module
+    made, in_l = _rows_cols(p, "lin_msg.weight")
+    att = p.shape("att_msg") if getattr(m, "att_msg", None) is not None else None
+    output = p.output(0)
+    if made is None or (att is None and not output):
+        return {}
+    heads, width = (att[1], att[2]) if att is not None else (None, output[-1])
+    if heads is None:
+        if width == 0 or made % width:
+            return {}
+        heads = made // width
+    in_r = _rows_cols(p, "lin_self.weight")[1] if isinstance(m.lin_self, nn.Module) else None
+    return {"heads": heads, "out_channels": width, "in_channels": _pyg_in_channels(m, in_l, in_r)}
 
 
 @register_attributes(lambda m: type(m).__name__ == "Conv1D" and hasattr(m, "nf"))
