@@ -201,6 +201,10 @@ def test_relational_convs_follow_their_widths(conv, options):
 
 
 EDGE_ATTR = torch.rand(E, 3, dtype=torch.float64, generator=G)
+# every node (an edge of a mesh) has four neighbours
+MESH = torch.stack(
+    [torch.arange(N).repeat_interleave(4), torch.randint(0, N, (4 * N,), generator=G)]
+)
 
 
 def _edge_mlp(width_in, width_out):
@@ -218,6 +222,12 @@ LAYERS_BY_THEIR_WIDTHS = {
     "FiLMConv": (lambda i, o: pyg.FiLMConv(i, o, num_relations=3), "edge_type"),
     "MFConv": (lambda i, o: pyg.MFConv(i, o, max_degree=6), None),
     "GeneralConv": (lambda i, o: pyg.GeneralConv(i, o, heads=2, skip_linear=True), None),
+    "HypergraphConv": (pyg.HypergraphConv, None),
+    "EGConv": (
+        lambda i, o: pyg.EGConv(i, o, aggregators=["sum", "mean", "max"], num_heads=2, num_bases=2),
+        None,
+    ),
+    "MeshCNNConv": (pyg.MeshCNNConv, "mesh"),
     "GeneralConv_additive": (
         lambda i, o: pyg.GeneralConv(i, o, in_edge_channels=3, attention=True, heads=2),
         "edge_attr",
@@ -235,7 +245,7 @@ def test_layers_that_view_by_their_widths_prune(layer):
     (and ``heads``, ``kernel_size``, ``in_channels_l``, ``rel_in_channels``): the attributes
     follow the kept widths, so the layers prune exactly instead of keeping every width."""
     make, extra = LAYERS_BY_THEIR_WIDTHS[layer]
-    extras = {"edge_attr": EDGE_ATTR, "edge_type": TYPES, None: None}
+    extras = {"edge_attr": EDGE_ATTR, "edge_type": TYPES, "mesh": MESH, None: None}
 
     class Net(nn.Module):
         def __init__(self):
@@ -247,13 +257,14 @@ def test_layers_that_view_by_their_widths_prune(layer):
             x = torch.relu(self.c1(x, edge_index, *more))
             return self.out(torch.relu(self.c2(x, edge_index, *more)))
 
-    inputs = (X, EDGES) + (() if extra is None else (extras[extra],))
+    edges = MESH if extra == "mesh" else EDGES
+    inputs = (X, edges) + (() if extra in (None, "mesh") else (extras[extra],))
     torch.manual_seed(0)
     pruned, result = prune_and_check(Net().double().eval(), inputs, ratio=0.5)
     more = inputs[2:]
     with torch.no_grad():
-        h1 = pruned.c1(X, EDGES, *more)
-        h2 = pruned.c2(torch.relu(h1), EDGES, *more)
+        h1 = pruned.c1(X, edges, *more)
+        h2 = pruned.c2(torch.relu(h1), edges, *more)
     assert h1.shape[-1] == pruned.c1.out_channels < 16
     assert h2.shape[-1] == pruned.c2.out_channels == pruned.out.weight.shape[1]
     in_l = pruned.c2.in_channels

@@ -457,6 +457,58 @@ def _pyg_general(p: PlannedModule) -> dict[str, object]:
     return {"heads": heads, "out_channels": width, "in_channels": _pyg_in_channels(m, in_l, in_r)}
 
 
+@register_attributes(_pyg_named("HypergraphConv"))
+def _pyg_hypergraph(p: PlannedModule) -> dict[str, object]:
+    """Without attention (with it, the attention rule above speaks): one head, ``lin``
+    [out, in], viewed by ``heads`` and ``out_channels``."""
+    if p.module.use_attention:
+        return {}
+    width, in_l = _rows_cols(p, "lin.weight")
+    if width is None:
+        return {}
+    return {"out_channels": width, "in_channels": _pyg_in_channels(p.module, in_l, None)}
+
+
+@register_attributes(_pyg_named("EGConv"))
+def _pyg_efficient_graph(p: PlannedModule) -> dict[str, object]:
+    """``bases_lin`` [bases x out / heads, in], ``comb_lin`` [heads x bases x aggregators,
+    in], viewed by ``num_heads``, ``num_bases`` and ``out_channels // num_heads``; the output
+    [n, out]. A plan keeps the head count or the basis count (one of them settles the rest)."""
+    m = p.module
+    made, in_l = _rows_cols(p, "bases_lin.weight")
+    weights = _rows_cols(p, "comb_lin.weight")[0]
+    output = p.output(0)
+    if made is None or weights is None or not output:
+        return {}
+    width, aggregators = output[-1], len(m.aggregators)
+    candidates = []  # (heads, width per head)
+    if width and width % m.num_heads == 0:  # the head count kept
+        candidates.append((m.num_heads, width // m.num_heads))
+    per_head = made // m.num_bases if made % m.num_bases == 0 else 0
+    if per_head and width % per_head == 0:  # the basis count kept
+        candidates.append((width // per_head, per_head))
+    for heads, per_head in candidates:
+        if per_head and made % per_head == 0:
+            bases = made // per_head
+            if heads * bases * aggregators == weights:
+                return {
+                    "num_heads": heads,
+                    "num_bases": bases,
+                    "out_channels": width,
+                    "in_channels": in_l,
+                }
+    return {}
+
+
+@register_attributes(_pyg_named("MeshCNNConv"))
+def _pyg_mesh(p: PlannedModule) -> dict[str, object]:
+    """Five ``kernels`` [out, in]; the output made by ``empty(n, out_channels)``."""
+    width, in_l = _rows_cols(p, "kernels.0.weight")
+    if width is None:
+        return {}
+    return {"out_channels": width, "in_channels": in_l}
+
+
 @register_attributes(lambda m: type(m).__name__ == "Conv1D" and hasattr(m, "nf"))
 def _gpt2_conv1d(p: PlannedModule) -> dict[str, object]:
     w = p.shape("weight")  # transformers' GPT-2 linear: weight [in, out]
