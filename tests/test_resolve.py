@@ -54,3 +54,55 @@ def test_native_equals_python_on_densenet121():
         dg = dx.DependencyGraph(DenseNet().eval(), torch.randn(1, 3, 64, 64), backend="native")
     c = dg.couplings
     assert resolutions_equal(dg.resolution, resolve(c, "python"))
+
+
+def _partition_nets():
+    import transformers as T
+
+    from nets import DenseNet, MaxViT, ResNeXt
+
+    llama = T.LlamaForCausalLM(
+        T.LlamaConfig(
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=96,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            num_hidden_layers=2,
+        )
+    )
+    image = torch.randn(1, 3, 16, 16)
+    return [
+        (ResNeXt(), image),
+        (DenseNet(), torch.randn(1, 3, 64, 64)),
+        (MaxViT(), torch.randn(1, 3, 32, 32)),
+        (llama, {"input_ids": torch.randint(0, 64, (1, 6))}),
+    ]
+
+
+@pytest.mark.parametrize("index", range(4), ids=["resnext", "densenet", "maxvit", "llama"])
+def test_group_members_partition_every_dim_they_cover(index):
+    """Members (listed per group on first use, their names without them): within a group,
+    every index of a tensor dim is listed once, in range; each member's units are its group's,
+    every unit has a slice; and the names a description lists are the members'. (Across
+    groups an index recurs where a dim is a product of factors: a grouped conv's channels.)"""
+    model, inputs = _partition_nets()[index]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = dx.DependencyGraph(model.eval(), inputs)
+    shapes = dict(model.named_parameters()) | dict(model.named_buffers())
+    for group in reversed(dg.groups):  # (not in the order they were made)
+        names = group.member_names
+        assert names == [(m.name, m.dim) for m in group.members]
+        units = torch.zeros(group.num_units, dtype=torch.bool)
+        seen: dict[tuple[str, int], list[torch.Tensor]] = {}
+        for m in group.members:
+            assert m.indices.shape == m.units.shape
+            assert int(m.units.max()) < group.num_units
+            units[m.units] = True
+            seen.setdefault((m.name, m.dim), []).append(m.indices)
+        assert units.all()  # every unit of the group has a slice somewhere
+        for (name, dim), parts in seen.items():
+            indices = torch.cat(parts)
+            assert indices.unique().shape == indices.shape, (name, dim)
+            assert int(indices.max()) < shapes[name].shape[dim]

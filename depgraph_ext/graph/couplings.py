@@ -17,6 +17,7 @@ The arrays are what both resolution backends consume (``resolve_reference`` and 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -143,6 +144,25 @@ class Resolution:
 
     def leaves_of(self, slot: int) -> np.ndarray:
         return self.slot_leaves[self.slot_leaf_offsets[slot] : self.slot_leaf_offsets[slot + 1]]
+
+    @functools.cached_property
+    def leaf_groups(self) -> np.ndarray:
+        """Per leaf, the group all of its units are in (-1: it has none, or several): what
+        listing members and factors asks of most leaves, without a pass over their units."""
+        sizes, offsets = self.leaf_sizes, self.leaf_unit_offsets
+        out = np.full(sizes.shape[0], -1, dtype=np.int64)
+        leaves = np.nonzero((offsets >= 0) & (sizes > 0))[0]
+        if leaves.shape[0] == 0:
+            return out
+        lengths = sizes[leaves]
+        firsts = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # each leaf's first element
+        elements = np.repeat(offsets[leaves] - firsts, lengths) + np.arange(int(lengths.sum()))
+        groups = self.unit_groups[self.elem_units[elements]]
+        low = np.minimum.reduceat(groups, firsts)
+        high = np.maximum.reduceat(groups, firsts)
+        one = low == high
+        out[leaves[one]] = low[one]
+        return out
 
     def units_of_leaf(self, leaf: int) -> np.ndarray:
         start = int(self.leaf_unit_offsets[leaf])

@@ -558,12 +558,25 @@ class DependencyGraph:
                 i = parent[i]
             return i
 
+        # per leaf, the groups of its units (several: the pieces of a concatenation); most
+        # leaves' units are all in one group (``leaf_groups``), the others are looked at
+        whole = res.leaf_groups
+        one = np.where(whole >= 0, group_of[np.maximum(whole, 0)], -1).tolist()
+        mixed = (whole < 0).tolist()
+        losing = ((res.leaf_sizes > 1) & (res.leaf_unit_offsets >= 0)).tolist()
+
+        def groups_of(leaf: int) -> list[int]:
+            if not losing[leaf]:
+                return []
+            if mixed[leaf]:
+                return groups_of_leaves(res, [leaf], group_of)
+            return [one[leaf]] if one[leaf] >= 0 else []
+
         products: set[tuple[int, ...]] = set()
         alone: set[int] = set()
         for dims in self.tensor_dims.values():
             for td in dims:
-                # per leaf, the groups of its units (several: the pieces of a concatenation)
-                factors = [groups_of_leaves(res, [leaf], group_of) for leaf in td.leaves]
+                factors = [groups_of(leaf) for leaf in td.leaves.tolist()]
                 factors = [f for f in factors if f]
                 if len(factors) == 1:
                     alone.update(factors[0])
@@ -1253,7 +1266,7 @@ class _MemberListing:
     def _scan(self) -> None:
         res = self.res
         unit_groups, offsets = res.unit_groups, res.leaf_unit_offsets
-        whole = self._group_of_leaves()
+        whole = res.leaf_groups
         found: dict[int, list[tuple]] = {}
         for name, dims in self.tensor_dims.items():
             for td in dims:
@@ -1278,24 +1291,6 @@ class _MemberListing:
         local = np.empty(res.num_units, dtype=np.int64)
         local[order] = np.arange(res.num_units) - bounds[unit_groups[order]]
         self.found, self.local = found, local
-
-    def _group_of_leaves(self) -> np.ndarray:
-        """Per leaf, the group all of its units are in (-1: it has none, or several)."""
-        res = self.res
-        sizes, offsets = res.leaf_sizes, res.leaf_unit_offsets
-        out = np.full(sizes.shape[0], -1, dtype=np.int64)
-        leaves = np.nonzero((offsets >= 0) & (sizes > 0))[0]
-        if leaves.shape[0] == 0:
-            return out
-        lengths = sizes[leaves]
-        firsts = np.concatenate(([0], np.cumsum(lengths)[:-1]))  # each leaf's first element
-        elements = np.repeat(offsets[leaves] - firsts, lengths) + np.arange(int(lengths.sum()))
-        groups = res.unit_groups[res.elem_units[elements]]
-        low = np.minimum.reduceat(groups, firsts)
-        high = np.maximum.reduceat(groups, firsts)
-        one = low == high
-        out[leaves[one]] = low[one]
-        return out
 
 
 READ_IN_TRAINING = "read by the training mode only"

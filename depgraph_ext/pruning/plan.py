@@ -74,9 +74,13 @@ def tensor_plan(
     """Kept indices of every tensor dim that loses any, and the leaf masks behind them."""
     masks = dg.leaf_keep_masks(unit_keep)
     plan: TensorPlan = {}
+    made: dict[bytes, torch.Tensor | None] = {}  # by leaves: the residual stream's in every layer
     for name, dims in dg.tensor_dims.items():
         for td in dims:
-            kept = kept_indices(dg, td.leaves, masks)
+            key = td.leaves.tobytes()
+            if key not in made:
+                made[key] = kept_indices(dg, td.leaves, masks)
+            kept = made[key]
             if kept is not None:
                 plan.setdefault(name, {})[td.dim] = kept
     return plan, masks
