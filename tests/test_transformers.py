@@ -398,6 +398,60 @@ def test_torch_multihead_attention_prunes_whole_heads_with_their_stream_block():
     assert mha.in_proj_weight.shape == (24, 8) and mha.out_proj.weight.shape == (8, 8)
 
 
+@pytest.mark.parametrize(
+    "heads, ratio, options",
+    [
+        (3, 0.5, {}),  # an odd head count: the module's Python path, not its fused op
+        (4, 0.67, {}),
+        (5, 0.3, {"bias": False}),
+        (4, 0.5, {"add_bias_kv": True, "add_zero_attn": True}),
+        (4, 0.5, {"kdim": 10, "vdim": 6}),  # separate projections, the key and value own widths
+        (6, 0.5, {"fast_path": False}),  # what traces of transformer layers run
+    ],
+    ids=["odd", "two-thirds", "no-bias", "bias-kv", "kdim-vdim", "python-path"],
+)
+def test_torch_multihead_attention_keeps_heads_times_head_dim_at_any_ratio(heads, ratio, options):
+    """The module's Python path computes head_dim = embed_dim // num_heads from the query's
+    width: the widths it takes and makes must stay heads x head dim. Before, they pruned by
+    their own ratios and met only where the ratio happened to keep both alike (3 heads at 0.5:
+    2 heads of 4 channels against 6 channels), and the plan's check then blocked them all."""
+    options = dict(options)
+    fast = options.pop("fast_path", True)
+    width = 4 * heads
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(6, width)
+            self.key = nn.Linear(6, options.get("kdim", width))
+            self.value = nn.Linear(6, options.get("vdim", width))
+            self.mha = nn.MultiheadAttention(width, heads, batch_first=True, **options)
+            self.out = nn.Linear(width, 2)
+
+        def forward(self, x):
+            h = self.inp(x)
+            k, v = (self.key(x), self.value(x)) if "kdim" in options else (h, h)
+            a, _ = self.mha(h, k, v, need_weights=False)
+            return self.out(a)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fast)
+    try:
+        pruned, _ = prune_and_check(Block().double().eval(), x, ratio=ratio)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+    mha = pruned.mha
+    kept = heads - int(heads * ratio + 1e-9)
+    assert (mha.num_heads, mha.head_dim, mha.embed_dim) == (kept, 4, 4 * kept)
+    assert pruned.inp.weight.shape[0] == mha.embed_dim == pruned.out.weight.shape[1]
+    if "kdim" in options:
+        assert mha.kdim == pruned.key.weight.shape[0] == mha.k_proj_weight.shape[1] < 10
+        assert mha.vdim == pruned.value.weight.shape[0] == mha.v_proj_weight.shape[1] < 6
+    assert pruned(x).shape == (2, 5, 2)
+
+
 def test_einsum_attention_heads():
     class Einsum(nn.Module):
         def __init__(self):

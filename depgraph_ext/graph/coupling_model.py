@@ -75,6 +75,7 @@ def build_couplings(
     computed_buffers=(),
     free_outputs=(),
     tied_dims=(),
+    head_layouts=(),
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
@@ -85,7 +86,9 @@ def build_couplings(
     ``malformed``: nodes whose rules emitted couplings resolution refused (node index ->
     why): they are opaque this time. ``tied_dims``: (parameter, dim, dim) that a module's
     own code requires to be equal, where no traced op says so (an RNN cell's check, in C++,
-    that its recurrent weight is square)."""
+    that its recurrent weight is square). ``head_layouts``: (heads, [(parameter, dim, parts)])
+    of attention modules whose code derives the head dim from the embedding width (each dim
+    is ``parts`` x heads x head dim, the head dim kept; see :func:`_head_layout`)."""
     malformed = malformed or {}
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
@@ -95,6 +98,8 @@ def build_couplings(
     for name, a, b in tied_dims:
         slots = ctx.slots(graph.params[name])
         ctx.equal(slots[a], slots[b])
+    for heads, dims in head_layouts:
+        _head_layout(ctx, graph, heads, dims)
     free = {graph.outputs[i] for i in free_outputs}
     for v in graph.inputs + [v for v in graph.outputs if v not in free]:
         ctx.block_value(v)
@@ -189,6 +194,26 @@ def build_couplings(
         constant,
         varying,
     )
+
+
+def _head_layout(ctx: RuleContext, graph: OpGraph, heads: int, dims) -> None:
+    """One module's dims, each ``parts`` x heads x head dim, their heads one slot and their
+    head dims kept: nn.MultiheadAttention's Python path computes ``head_dim = embed_dim //
+    num_heads`` from the query's width, so the widths it takes and makes must stay heads x
+    head dim; a unit is a head with a block of head-dim channels of each (as its fused op's
+    rule says). No op shows this: the widths and the heads would prune apart."""
+    slots = [(ctx.slots(graph.params[name])[dim], parts) for name, dim, parts in dims]
+    width = ctx.size(slots[0][0]) // slots[0][1]
+    h, d = ctx.new_slot(heads), ctx.new_slot(width // heads)
+    ctx.block(d)
+    for slot, parts in slots:
+        if parts == 1:
+            ctx.reshape([slot], [h, d])
+        else:
+            part = ctx.new_slot(parts)
+            ctx.block(part)
+            ctx.reshape([slot], [part, h, d])
+    ctx.tag(h, "heads")
 
 
 def carried_slots(

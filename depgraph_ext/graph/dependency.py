@@ -273,6 +273,7 @@ class DependencyGraph:
                     computed,
                     self.free_outputs,
                     _square_recurrent_weights(self.graph, self.walk),
+                    _attention_head_layouts(self.graph, self.walk),
                 )
             t2 = time.perf_counter()
             try:
@@ -1197,6 +1198,52 @@ def _square_recurrent_weights(graph: OpGraph, walk: ModelWalk) -> list[tuple[str
         w = f"{name}.weight_hh" if name else "weight_hh"
         if isinstance(m, torch.nn.RNNCell) and w in graph.params:
             out.append((w, 0, 1))
+    return out
+
+
+def _attention_head_layouts(graph: OpGraph, walk: ModelWalk) -> list[tuple[int, list]]:
+    """The layouts (see ``build_couplings``' ``head_layouts``) of every nn.MultiheadAttention
+    with several heads that ran its Python path (odd head counts, traces of transformer
+    layers, separate key/value widths; its fused op's rule says as much itself): the query
+    projection's rows and columns, the output projection's, their biases, ``bias_k`` and
+    ``bias_v``; the key and value projections' rows (their columns are the key's and the
+    value's own widths)."""
+    fused = {n.module for n in graph.nodes if n.packet == "aten._native_multi_head_attention"}
+    out = []
+    for name, m in walk.modules:
+        if not isinstance(m, torch.nn.MultiheadAttention) or m.num_heads < 2 or name in fused:
+            continue
+        if m.embed_dim % m.num_heads:
+            continue
+        prefix = f"{name}." if name else ""
+
+        def param(local: str, prefix: str = prefix) -> str | None:
+            full = graph.aliases.get(prefix + local, prefix + local)
+            return full if full in graph.params else None
+
+        dims = []
+        if m._qkv_same_embed_dim:
+            if param("in_proj_weight"):
+                dims += [(param("in_proj_weight"), 0, 3), (param("in_proj_weight"), 1, 1)]
+        else:
+            for local in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if param(local):
+                    dims.append((param(local), 0, 1))
+            if param("q_proj_weight"):
+                dims.append((param("q_proj_weight"), 1, 1))
+        if param("in_proj_bias"):
+            dims.append((param("in_proj_bias"), 0, 3))
+        for local in ("out_proj.weight", "out_proj.bias"):
+            if param(local):
+                dims.append((param(local), 0, 1))
+        if param("out_proj.weight"):
+            dims.append((param("out_proj.weight"), 1, 1))
+        for local in ("bias_k", "bias_v"):
+            if param(local):
+                dims.append((param(local), 2, 1))
+        called = any(module == name for module, _ in graph.module_calls)
+        if dims and called:
+            out.append((m.num_heads, dims))
     return out
 
 

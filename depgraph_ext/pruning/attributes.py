@@ -238,15 +238,20 @@ def _prelu(p: PlannedModule) -> dict[str, object]:
 
 @register_attributes(nn.MultiheadAttention)
 def _multi_head_attention(p: PlannedModule) -> dict[str, object]:
-    qkv = p.shape("in_proj_weight")
-    if not p.module._qkv_same_embed_dim or not qkv:
-        return {}
-    return {
-        "embed_dim": qkv[1],
-        "kdim": qkv[1],
-        "vdim": qkv[1],
-        "num_heads": qkv[1] // p.module.head_dim,
-    }
+    """The head dim is kept (the rules say so): the widths give the head count. Separate
+    key and value widths (``kdim``, ``vdim``) are those projections' columns."""
+    m = p.module
+    if m._qkv_same_embed_dim:
+        qkv = p.shape("in_proj_weight")
+        if not qkv:
+            return {}
+        width, key, value = qkv[1], qkv[1], qkv[1]
+    else:
+        q, k, v = (p.shape(f"{x}_proj_weight") for x in "qkv")
+        if not (q and k and v):
+            return {}
+        width, key, value = q[0], k[1], v[1]
+    return {"embed_dim": width, "kdim": key, "vdim": value, "num_heads": width // m.head_dim}
 
 
 @register_attributes(nn.TransformerEncoder)
