@@ -1,7 +1,11 @@
 """Where a small-model prune spends its time: the figures bench/README.md quotes for the
 Llama-style model of the scaling row (hidden 256, GQA 8/2).
 
-    .venv/bin/python bench/profile_stages.py [LAYERS] [ROUNDS]     # defaults: 128 layers, 8
+    .venv/bin/python bench/profile_stages.py [LAYERS] [ROUNDS] [hidden]  # 128 layers, 8 rounds
+
+The scaling row's prune keeps the hidden size (``ratios={"hidden": 0}``); a third argument
+``hidden`` prunes it too, as a plain ``prune(model, inputs, ratio=0.5)`` does (the hidden
+group is function-changing: RMSNorm's statistics, which the prune describes in its warning).
 
 Prints medians over ROUNDS prunes of fresh copies in one process (after one warm-up): the
 stages of ``PruneResult.timings`` and the garbage collector's time, the parts of "plan"
@@ -77,6 +81,7 @@ def median_ms(samples) -> str:
 def main() -> None:
     layers = int(sys.argv[1]) if len(sys.argv) > 1 else 128
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    ratios = {} if sys.argv[3:4] == ["hidden"] else {"hidden": 0.0}
     model = small_llama(layers)
     parts: dict[str, float] = defaultdict(float)
     timed(validate, "validate_plan", "plan: validate_plan", parts)
@@ -112,7 +117,7 @@ def main() -> None:
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = dx.prune(m, IDS, ratio=0.5, ratios={"hidden": 0.0}, progress=False)
+            result = dx.prune(m, IDS, ratio=0.5, ratios=ratios, progress=False)
         wall = time.perf_counter() - t
         gc.callbacks.remove(collector)
         if i == 0:
