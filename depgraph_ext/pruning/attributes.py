@@ -623,13 +623,7 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
     linear attention), from the code's own reshapes: a module that views a tensor as ``(-1,
     self.heads, C)`` or ``(b, n, self.heads, self.head_channels)`` names the dims by their
     counts; each count follows what is kept there. Only where every such dim of the module
-    agrees; a module whose attention calls or attribute rule say its heads is left to them.
-    (Widths per head only outside transformers models: there a config field holds them, for
-    every layer alike, and a plan that takes one layer's heads and another's head dims could
-    no longer be rebuilt from it.)"""
-    from .configs import config_of  # (configs imports this module)
-
-    names = HEADS + (HEAD_DIMS if config_of(dg.model) is None else ())
+    agrees; a module whose attention calls or attribute rule say its heads is left to them."""
     g, slots = dg.graph, dg.coupling_model.value_slots
     attending = {call.module for call in dg.coupling_model.attention}
     found: dict[tuple[str, str], set[tuple[int, int]]] = {}
@@ -637,7 +631,7 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
         m = modules.get(node.module)
         if m is None or node.packet not in _VIEWS or node.module in attending:
             continue
-        counts = {a: own_attribute(m, a) for a in names}
+        counts = {a: own_attribute(m, a) for a in HEADS + HEAD_DIMS}
         counts = {a: n for a, n in counts.items() if type(n) is int}
         sizes = node.args[1] if len(node.args) > 1 else None
         if not counts or not isinstance(sizes, (list, tuple)) or not node.outputs:
