@@ -513,35 +513,3 @@ def test_config_check_reads_the_state_dicts_entries():
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         assert dict(state_shapes(model)) == expected
         assert len(list(state_shapes(model))) == len(expected)
-
-
-def test_a_width_per_head_the_code_reshapes_by_follows_the_plan():
-    """Linear attention that views its projections by ``(b, n, self.heads,
-    self.head_channels)`` and averages its heads (torch_geometric's SGFormer does): the width
-    per head follows what is kept, as a head count does, so the projections prune (exactly)
-    instead of keeping every width."""
-
-    class LinearAttention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.heads, self.head_channels = 2, 8
-            self.q, self.k, self.v = nn.Linear(12, 16), nn.Linear(12, 16), nn.Linear(12, 16)
-            self.out = nn.Linear(8, 4)
-
-        def forward(self, x):
-            b, n = x.shape[:2]
-            q, k, v = (
-                f(x).reshape(b, n, self.heads, self.head_channels) for f in (self.q, self.k, self.v)
-            )
-            kv = torch.einsum("blhm,blhd->bhmd", k, v)
-            a = torch.einsum("bnhm,bhmd->bnhd", q, kv) + n * v
-            return self.out(a.sum(dim=2))
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 5, 12, dtype=torch.float64)
-    pruned, _ = prune_and_check(LinearAttention().double().eval(), x, ratio=0.5)
-    assert pruned.head_channels < 8
-    width = pruned.heads * pruned.head_channels
-    assert pruned.q.out_features == pruned.k.out_features == width
-    assert pruned.v.out_features == width and pruned.out.in_features == pruned.head_channels
-    assert pruned(x).shape == (2, 5, 4)

@@ -539,8 +539,6 @@ def own_attribute(m: nn.Module, name: str, default=None):
 HEADS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads")  # (heads: diffusers)
 KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 HEADS_TIMES_DIM = ("all_head_size", "inner_dim", "split_size")
-# Per-head widths a module may view by (``reshape(b, n, self.heads, self.head_channels)``).
-HEAD_DIMS = ("head_dim", "head_channels", "attention_head_size", "head_size", "dim_head")
 HIDDEN = ("hidden_size", "embed_dim", "d_model", "n_embd")
 
 
@@ -618,12 +616,11 @@ def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[Attribu
 
 
 def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
-    """Head counts (and widths per head) of modules whose attention the rules do not see as
-    such (attention over a graph's edges: torch_geometric's ``TransformerConv``; SGFormer's
-    linear attention), from the code's own reshapes: a module that views a tensor as ``(-1,
-    self.heads, C)`` or ``(b, n, self.heads, self.head_channels)`` names the dims by their
-    counts; each count follows what is kept there. Only where every such dim of the module
-    agrees; a module whose attention calls or attribute rule say its heads is left to them."""
+    """Head counts of modules whose attention the rules do not see as such (attention over a
+    graph's edges: torch_geometric's ``TransformerConv``), from the code's own reshapes: a
+    module that views a tensor as ``(-1, self.heads, C)`` names the heads' dim by its count;
+    the count follows the heads kept there. Only where every such dim of the module agrees;
+    a module whose attention calls or attribute rule say its heads is left to them."""
     g, slots = dg.graph, dg.coupling_model.value_slots
     attending = {call.module for call in dg.coupling_model.attention}
     found: dict[tuple[str, str], set[tuple[int, int]]] = {}
@@ -631,7 +628,7 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
         m = modules.get(node.module)
         if m is None or node.packet not in _VIEWS or node.module in attending:
             continue
-        counts = {a: own_attribute(m, a) for a in HEADS + HEAD_DIMS}
+        counts = {a: own_attribute(m, a) for a in HEADS}
         counts = {a: n for a, n in counts.items() if type(n) is int}
         sizes = node.args[1] if len(node.args) > 1 else None
         if not counts or not isinstance(sizes, (list, tuple)) or not node.outputs:
