@@ -554,3 +554,66 @@ def test_whether_removed_values_are_zero_is_followed_down_any_chain():
     x = torch.randn(2, 8, dtype=torch.float64)
     [group] = quiet(dx.DependencyGraph, model, x).groups
     assert not group.exact and "aten.exp" in group.reasons[0]
+
+
+class _DividesByWidth(nn.Module):
+    """``y / self.a.out_features``: a number from an attribute the plan sets."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.side = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) / self.a.out_features + self.side(x)
+
+
+class _ScalesByHeads(nn.Module):
+    """Viewed by its own head count, then scaled by ``self.heads ** -0.5``."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = 4
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.side = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)).view(x.shape[0], self.heads, -1) * self.heads**-0.5
+        return self.b(h.reshape(x.shape[0], -1)) + self.side(x)
+
+
+class _ScalesByChannels(nn.Module):
+    """``conv(x) * self.c.out_channels ** -0.5``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 1)
+        self.side = nn.Sequential(nn.Conv2d(3, 12, 3), nn.ReLU(), nn.Conv2d(12, 4, 1))
+
+    def forward(self, x):
+        return self.d(torch.relu(self.c(x))) * self.c.out_channels**-0.5 + self.side(x)
+
+
+@pytest.mark.parametrize(
+    "make, x, attribute",
+    [
+        (_DividesByWidth, torch.randn(3, 8), ("a", "out_features", 16)),
+        (_ScalesByHeads, torch.randn(3, 8), ("", "heads", 4)),
+        (_ScalesByChannels, torch.randn(1, 3, 8, 8), ("c", "out_channels", 16)),
+    ],
+    ids=["divides-by-width", "scales-by-heads", "scales-by-channels"],
+)
+def test_a_number_the_code_computes_from_an_attribute_the_plan_sets_keeps_its_width(
+    make, x, attribute
+):
+    """The plan would set the attribute (a linear's ``out_features``, a head count the code
+    views by, a conv's ``out_channels``), and the forward computes a number from it: the
+    pruned model would compute something else, silently, even under ``exact_only``. The
+    number is compared in the plan's trace, put down to the attribute, and its width kept."""
+    torch.manual_seed(0)
+    model = make().double().eval()
+    with pytest.warns(dx.FixedSizeWarning, match="module attributes the plan sets"):
+        pruned, result = prune_and_check(model, x.double(), ratio=0.5, exact_only=True)
+    module, attr, value = attribute
+    assert getattr(pruned.get_submodule(module), attr) == value
+    assert result.params_after < result.params_before  # (the side branch)

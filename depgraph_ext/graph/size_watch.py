@@ -24,6 +24,7 @@ pool's kernel, an interpolation's size) and counts the rules keep aligned (``chu
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -293,6 +294,37 @@ PASS_THROUGH_FORWARDS = frozenset(
         nn.PReLU,
     )
 )
+
+
+@functools.cache
+def _names_in(cls: type) -> frozenset[str]:
+    """The names a pass-through module's forward uses, and the methods it calls on its own
+    (two levels: ``Conv2d.forward`` -> ``_conv_forward``): its own attributes among them."""
+    names: set[str] = set()
+    todo = [(cls.forward, 0)]
+    while todo:
+        function, depth = todo.pop()
+        code = getattr(function, "__code__", None)
+        if code is None:
+            continue
+        names.update(code.co_names)
+        if depth < 2:
+            todo += [
+                (getattr(cls, n), depth + 1)
+                for n in code.co_names
+                if callable(getattr(cls, n, None))
+            ]
+    return frozenset(names)
+
+
+def read_by_own_forward(module: nn.Module, attr: str) -> bool:
+    """Whether ``attr`` of a pass-through module (a conv's ``groups``, a norm's
+    ``normalized_shape``) is one its own forward passes to its op, which a plan sets as it
+    prunes; any other read of such a module's attribute is the model's code's own
+    (``x / self.fc.out_features``)."""
+    return type(module).forward in PASS_THROUGH_FORWARDS and attr in _names_in(type(module))
+
+
 _CONVOLUTIONS = frozenset(
     {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 )

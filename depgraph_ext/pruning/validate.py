@@ -26,13 +26,13 @@ from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from ..graph.op_numbers import differences, op_numbers
 from ..graph.size_watch import (
-    PASS_THROUGH_FORWARDS,
     ConfigLeaf,
     SizeInt,
     SizeLeaf,
     computed_only,
     evaluate,
     leaves,
+    read_by_own_forward,
 )
 from ..graph.trace import Ref
 from .attributes import attributes_named_like, temporary_attributes
@@ -182,7 +182,7 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     for update in plan.attributes:
         module = modules.get(update.module) or dg.model.get_submodule(update.module)
         attributes[(id(module), update.attr)] = update.new
-        if type(module).forward in PASS_THROUGH_FORWARDS:
+        if read_by_own_forward(module, update.attr):
             continue
         if (update.module, update.attr) in dg.attribute_reads or not dg.attribute_reads.known:
             traced = True  # the forward reads an attribute the plan sets (not in sizes only)
@@ -557,21 +557,23 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         _check_same_computation(dg, unmatched, kept)
     for vo, shape in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, shape, None)
-    _check_numbers(dg, pruned, matched, kept)
+    _check_numbers(dg, pruned, matched, kept, plan)
     _check_returned_numbers(dg, pruned, kept)
 
 
-def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> None:
+def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan: Plan) -> None:
     """The shapes run as planned; the numbers the ops compute with must be the original's
     too (graph/op_numbers.py): one that differs was computed from a size the plan prunes
     (RAFT's ``corr / sqrt(tensor(num_channels))``), and pruning would change what the kept
     units compute. The slots to keep: the pruned sizes the code read in that op's module
     before it, where they are all of exact groups (where one is of a function-changing
     group, the change is put down to it: declared, as under ``exact_only`` it cannot be).
-    A number from a module attribute or config field the plan sets (DeepSeek-V3.2's
-    ``self.n_heads ** -0.5``) is not traced to a size, and not acted on. Not compared
-    where the code read tensor values (numbers may come from the data, which the pruned trace
-    does not have) or where nothing watched its reads."""
+    Before those, the attributes the plan sets that the forward read as numbers (``x /
+    self.fc.out_features``, ``self.n_heads ** -0.5``): where the plan sets any, of exact
+    groups, the change is put down to them, and the dims behind them are kept (a config field
+    the forward reads is never set). Not compared where the code read tensor values
+    (numbers may come from the data, which the pruned trace does not have) or where nothing
+    watched its reads."""
     g = dg.graph
     saw = g.code_saw
     if saw is None or saw.values_read or not pruned.numbers:
@@ -584,12 +586,29 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> No
     def constant_of(x):
         return g.constants.get(x.value) if type(x) is Ref else None
 
+    read_as_numbers = None  # (attribute updates, the dims behind them), once needed
     for node, j in pairs:
         before = op_numbers(node.op, node.args, node.kwargs, constant_of)
         differ = differences(before, pruned.numbers[j])
         if not differ:
             continue
         position, old, new = differ[0]
+        if read_as_numbers is None:
+            read_as_numbers = _attributes_read_as_numbers(dg, plan, kept)
+        updates, behind = read_as_numbers
+        if behind and _all_exact(dg, behind):
+            named = ", ".join(
+                f"{u.module or '<root>'}.{u.attr} {u.old} -> {u.new}" for u in updates
+            )
+            raise PlanValidationError(
+                f"{node.describe()} would compute with {_number(new)} where the original "
+                f"computes with {_number(old)} (argument {position}): the model's code "
+                f"computes numbers from module attributes the plan sets ({named}), so the "
+                "pruned model would compute something else",
+                node.index,
+                behind,
+                node.module,
+            )
         fixed = _pruned_reads_in(dg, node.module, kept, before=node.index)
         if not _all_exact(dg, fixed):
             continue
@@ -601,6 +620,52 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray) -> No
             fixed,
             node.module,
         )
+
+
+def _attributes_read_as_numbers(dg: DependencyGraph, plan: Plan, kept: np.ndarray):
+    """(the plan's attribute updates the forward read otherwise than in sizes, the pruned dims
+    behind them): the slots op rules tied to the attribute, else the module's own tensors'
+    dims, else the dims of the views it made, that go from the attribute's old value to its
+    new one."""
+    reads, modules = dg.attribute_reads, dg.walk.modules_by_name
+    updates = [
+        u
+        for u in plan.attributes
+        if (u.module, u.attr) in reads
+        and not read_by_own_forward(
+            modules.get(u.module) or dg.model.get_submodule(u.module), u.attr
+        )
+    ]
+    if not updates:
+        return [], []
+    g, slots = dg.graph, dg.coupling_model.value_slots
+    sizes = dg.slot_sizes
+    pruned = kept != sizes
+    behind: set[int] = set()
+    for u in updates:
+        olds = u.old if isinstance(u.old, tuple) else (u.old,)
+        news = u.new if isinstance(u.new, tuple) else (u.new,)
+        pairs = set(zip(olds, news))
+
+        def matching(candidates, pairs=pairs) -> set[int]:
+            return {s for s in candidates if pruned[s] and (int(sizes[s]), int(kept[s])) in pairs}
+
+        found = matching(
+            s for m, a, s in dg.coupling_model.attr_slots if (m, a) == (u.module, u.attr)
+        )
+        if not found:
+            prefix = f"{u.module}." if u.module else ""
+            own = [
+                v
+                for name, v in (g.params | g.buffers).items()
+                if name.startswith(prefix) and "." not in name[len(prefix) :]
+            ]
+            found = matching(s for v in own for s in slots[v])
+        if not found:
+            views = [n for n in g.nodes if n.module == u.module and n.name in _VIEWS]
+            found = matching(s for n in views for v in n.outputs for s in slots[v])
+        behind |= found
+    return updates, sorted(behind)
 
 
 def _number(value) -> str:
