@@ -1208,10 +1208,16 @@ def _attention_head_layouts(graph: OpGraph, walk: ModelWalk) -> list[tuple[int, 
     projection's rows and columns, the output projection's, their biases, ``bias_k`` and
     ``bias_v``; the key and value projections' rows (their columns are the key's and the
     value's own widths)."""
+    attention = [
+        (name, m) for name, m in walk.modules if isinstance(m, torch.nn.MultiheadAttention)
+    ]
+    if not attention:
+        return []
     fused = {n.module for n in graph.nodes if n.packet == "aten._native_multi_head_attention"}
+    called = {module for module, _ in graph.module_calls}
     out = []
-    for name, m in walk.modules:
-        if not isinstance(m, torch.nn.MultiheadAttention) or m.num_heads < 2 or name in fused:
+    for name, m in attention:
+        if m.num_heads < 2 or name in fused or name not in called:
             continue
         if m.embed_dim % m.num_heads:
             continue
@@ -1241,8 +1247,7 @@ def _attention_head_layouts(graph: OpGraph, walk: ModelWalk) -> list[tuple[int, 
         for local in ("bias_k", "bias_v"):
             if param(local):
                 dims.append((param(local), 2, 1))
-        called = any(module == name for module, _ in graph.module_calls)
-        if dims and called:
+        if dims:
             out.append((m.num_heads, dims))
     return out
 
