@@ -151,6 +151,40 @@ def test_nothing_prunable_is_a_clear_error():
         dx.prune(model, torch.randn(2, 4))
 
 
+def _dynamically_quantized() -> nn.Module:
+    quantize = getattr(getattr(torch, "ao", None), "quantization", None)
+    if quantize is None or not hasattr(quantize, "quantize_dynamic"):
+        pytest.skip("this torch has no torch.ao.quantization.quantize_dynamic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (deprecated in the torch of these tests)
+        model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        return quantize.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+@pytest.mark.parametrize("backend", ["native", "python"])
+@pytest.mark.parametrize("kind", ["no layers with weights", "dynamically quantized"])
+def test_a_model_without_parameters_is_refused_by_its_cause(kind, backend):
+    """A model with no parameters at all (a quantized model's weights are packed, not
+    parameters) is refused with that cause and the ops that block it, not an internal error."""
+    if backend == "native" and not dx.ops.available():
+        pytest.skip("native backend not built")
+    if kind == "dynamically quantized":
+        model = _dynamically_quantized()
+    else:
+        model = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool1d(2))
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.OpaqueOpWarning)
+        with pytest.raises(dx.NoPrunableGroupsError, match="the model has no parameters") as e:
+            dx.prune(model, torch.randn(2, 4), ratio=0.5, backend=backend, progress=False)
+    if kind == "dynamically quantized":
+        assert "quantized.linear_dynamic" in str(e.value)
+    after = model.state_dict()
+    assert before.keys() <= after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+
+
 def test_identity_dtype_device_requires_grad_and_grads_kept():
     model = small_net()
     model.stem[0].weight.requires_grad_(False)

@@ -562,7 +562,7 @@ class DependencyGraph:
         # per leaf, the groups of its units (several: the pieces of a concatenation); most
         # leaves' units are all in one group (``leaf_groups``), the others are looked at
         whole = res.leaf_groups
-        one = np.where(whole >= 0, group_of[np.maximum(whole, 0)], -1).tolist()
+        one = np.append(group_of, -1)[whole].tolist()  # (-1, no one group: the appended -1)
         mixed = (whole < 0).tolist()
         losing = ((res.leaf_sizes > 1) & (res.leaf_unit_offsets >= 0)).tolist()
 

@@ -227,6 +227,12 @@ def prune_step(
         scores = round_scores(g.scoring_only(shrinkable))
         t2 = time.perf_counter()
         if not g.groups:
+            if not g.graph.params:
+                raise NoPrunableGroupsError(
+                    "the model has no parameters: nothing in it can be pruned (a quantized "
+                    "model holds its weights in packed form, not as parameters)"
+                    + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
+                )
             raise NoPrunableGroupsError(
                 "no group of the model has a prunable unit: every channel touches an input, an "
                 "output, an ignored tensor or an op without a rule (outputs keep their width "
