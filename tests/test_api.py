@@ -35,6 +35,39 @@ def test_bad_ratio_is_refused_and_model_untouched(ratio):
     assert_same_state(before, state_of(model))
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ratio": 0.4, "round_to": 2, "iterative_steps": 2, "max_ratio": 0.9, "min_units": 2},
+        {"ratios": {"channels": 0.3}},
+        {"ratio": None, "target_params": 0.6},
+        {"ratio": None, "target_macs": 10_000},
+    ],
+)
+def test_numpy_scalars_are_the_numbers_they_hold(options):
+    """Ratios from ``np.linspace`` and counts of ``np.int64`` prune as the Python numbers do
+    (an ``np.float32`` ratio was refused as no number)."""
+    as_numpy = {
+        k: (
+            None
+            if v is None
+            else {n: np.float32(r) for n, r in v.items()}
+            if isinstance(v, dict)
+            else np.int64(v)
+            if isinstance(v, int)
+            else np.float32(v)
+        )
+        for k, v in options.items()
+    }
+    plain, numpy = small_net(), small_net()
+    expected = dx.prune(plain, X, progress=False, **options)
+    result = dx.prune(numpy, X, progress=False, **as_numpy)
+    assert result.params_after == expected.params_after < expected.params_before
+    kept = numpy.state_dict()
+    for name, tensor in plain.state_dict().items():
+        assert torch.equal(kept[name], tensor), name
+
+
 @pytest.mark.parametrize("ignore", ["no.such.layer", ["stem.0", "blocks.9.conv1"]])
 def test_unknown_ignore_name_is_refused(ignore):
     model = small_net()

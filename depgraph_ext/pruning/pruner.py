@@ -51,6 +51,7 @@ from .select import (
     choose_units,
     group_roots,
     keep_nonempty,
+    plain_number,
     shrinkable_groups,
     step_target,
     units_by_kind,
@@ -74,6 +75,7 @@ class Pruner:
         o = PruneOptions.of(options)
         if ratio is not None and (o.target_params is not None or o.target_macs is not None):
             raise InvalidArgumentError("give either ratio or target_params/target_macs, not both")
+        o = replace(o, iterative_steps=plain_number(o.iterative_steps))
         if (
             not isinstance(o.iterative_steps, int)
             or isinstance(o.iterative_steps, bool)

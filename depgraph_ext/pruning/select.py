@@ -4,6 +4,7 @@ parameter/MACs target). Reads a dependency graph and scores; returns a keep mask
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,7 +20,18 @@ BISECTION_STEPS = 30  # halvings of the ratio searched for a target
 
 
 # -- arguments ------------------------------------------------------------------------------------
+def plain_number(value):
+    """A NumPy scalar as the Python int or float it holds (``np.linspace``'s ratios, an
+    ``np.int64`` count); anything else as it is, for the checks to judge."""
+    if type(value) in (int, float, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, np.bool_):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
 def check_ratio(ratio, what: str = "ratio") -> float:
+    ratio = plain_number(ratio)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise InvalidArgumentError(f"{what} must be a number in [0, 1), not {ratio!r}")
     if not 0.0 <= ratio < 1.0:
@@ -30,6 +42,7 @@ def check_ratio(ratio, what: str = "ratio") -> float:
 
 
 def check_round_to(round_to) -> int | None:
+    round_to = plain_number(round_to)
     if round_to is None:
         return None
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -55,6 +68,7 @@ def check_ratios(ratios, model: torch.nn.Module | None = None) -> dict[str, floa
 
 
 def check_max_ratio(max_ratio) -> float:
+    max_ratio = plain_number(max_ratio)
     if (
         isinstance(max_ratio, bool)
         or not isinstance(max_ratio, (int, float))
@@ -71,12 +85,14 @@ def check_flag(value, what: str) -> bool:
 
 
 def check_min_units(min_units) -> int:
+    min_units = plain_number(min_units)
     if isinstance(min_units, bool) or not isinstance(min_units, int) or min_units < 1:
         raise InvalidArgumentError(f"min_units must be an integer >= 1, not {min_units!r}")
     return min_units
 
 
 def check_target(target, what: str):
+    target = plain_number(target)
     if target is None:
         return None
     if (
