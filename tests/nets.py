@@ -1,9 +1,12 @@
 """Architectures written for the tests (no torchvision here): DenseNet, ResNeXt-style,
-Swin- and MaxViT-style nets, mixtures of experts."""
+Swin- and MaxViT-style nets, mixtures of experts, a Llama as its reference code writes it."""
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -231,14 +234,17 @@ class MaxViTStage(nn.Module):
 
 
 class RelativeAttention(nn.Module):
-    """torchvision's MaxViT attention over partitions ``[B, G, P, D]``: the head count a
-    fixed attribute (``dim // head_dim``), q/k/v split off one projection and reshaped by it
+    """torchvision's MaxViT attention over partitions ``[B, G, P, D]``: the head count an
+    attribute (``dim // head_dim``), q/k/v split off one projection and reshaped by it
     (a copy: the split is not contiguous), a relative position bias table indexed by a
-    buffer, and the heads merged back to the input's own width."""
+    buffer, and the heads merged back to the input's own width. ``fixed_heads``: the head
+    count taken from a tuple of the module's own numbers instead, which no plan sets: a size
+    the code fixes (the bare attribute follows the heads a plan keeps)."""
 
-    def __init__(self, dim: int, head_dim: int, p: int) -> None:
+    def __init__(self, dim: int, head_dim: int, p: int, fixed_heads: bool = False) -> None:
         super().__init__()
         self.n_heads, self.head_dim = dim // head_dim, head_dim
+        self.fixed_heads, self.layout = fixed_heads, (self.n_heads, head_dim)
         self.to_qkv, self.merge = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.table = nn.Parameter(0.02 * torch.randn((2 * p - 1) ** 2, self.n_heads))
         coords = torch.stack(torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij"))
@@ -247,7 +253,7 @@ class RelativeAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, g, p, d = x.shape
-        h, dh = self.n_heads, self.head_dim
+        h, dh = self.layout if self.fixed_heads else (self.n_heads, self.head_dim)
         q, k, v = torch.chunk(self.to_qkv(x), 3, dim=-1)
         q, k, v = (t.reshape(b, g, p, h, dh).permute(0, 1, 3, 2, 4) for t in (q, k, v))
         dot = torch.einsum("bghid,bghjd->bghij", q * dh**-0.5, k)
@@ -260,10 +266,11 @@ class PartitionBlock(nn.Module):
     """Window (p x p neighbours) or grid (p x p positions h // p apart) attention with an MLP,
     on ``[B, C, H, W]``."""
 
-    def __init__(self, dim: int, head_dim: int, p: int, grid: bool) -> None:
+    def __init__(self, dim: int, head_dim: int, p: int, grid: bool, fixed_heads=False) -> None:
         super().__init__()
         self.p, self.grid = p, grid
-        self.norm, self.attn = nn.LayerNorm(dim), RelativeAttention(dim, head_dim, p)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = RelativeAttention(dim, head_dim, p, fixed_heads)
         self.mlp = nn.Sequential(
             nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
         )
@@ -318,10 +325,13 @@ class MBConv(nn.Module):
 
 class MaxViT(nn.Module):
     """torchvision's MaxViT in small: stages of MBConv + window attention + grid attention
-    blocks, every attention with a fixed head count and a relative position bias. Its
-    attention modules fix their sizes in Python, so a default prune learns many of them."""
+    blocks, every attention with a head count attribute and a relative position bias. Its
+    attention modules merge their heads back to their input's width, a size a default prune
+    learns; with ``fixed_heads`` they fix their head counts too (see RelativeAttention)."""
 
-    def __init__(self, dims=(16, 32), depths=(2, 2), head_dim: int = 8, p: int = 2) -> None:
+    def __init__(
+        self, dims=(16, 32), depths=(2, 2), head_dim: int = 8, p: int = 2, fixed_heads=False
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 3, 2, 1), nn.BatchNorm2d(dims[0]))
         layers, c_in = [], dims[0]
@@ -329,8 +339,8 @@ class MaxViT(nn.Module):
             for j in range(depth):
                 layers += [
                     MBConv(c_in, dim, 2 if i and not j else 1),
-                    PartitionBlock(dim, head_dim, p, grid=False),
-                    PartitionBlock(dim, head_dim, p, grid=True),
+                    PartitionBlock(dim, head_dim, p, grid=False, fixed_heads=fixed_heads),
+                    PartitionBlock(dim, head_dim, p, grid=True, fixed_heads=fixed_heads),
                 ]
                 c_in = dim
         self.layers = nn.Sequential(*layers)
@@ -398,3 +408,91 @@ class TorchEncoder(nn.Module):
 
     def forward(self, x, mask=None):
         return self.out(self.body(self.inp(x), src_key_padding_mask=mask))
+
+
+class ReferenceLlama(nn.Module):
+    """Llama written as its reference code is, not as transformers writes it: rotary
+    embeddings as complex numbers (``view_as_complex`` of pairs, times a complex buffer,
+    ``view_as_real``), key/value heads repeated by an ``expand`` to ``self.n_rep`` and a
+    reshape, head counts under names of its own (``n_local_heads``, ``n_local_kv_heads``),
+    RMSNorm in float, a causal mask built per call. ``forward(tokens)``."""
+
+    def __init__(self, vocab=64, dim=32, layers=2, heads=4, kv_heads=2, hidden=64, max_len=32):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.layers = nn.ModuleList(
+            _ReferenceBlock(dim, heads, kv_heads, hidden) for _ in range(layers)
+        )
+        self.norm, self.output = _RMSNorm(dim), nn.Linear(dim, vocab, bias=False)
+        half = dim // heads // 2
+        freqs = 1.0 / (10000.0 ** (torch.arange(half, dtype=torch.float64) / half))
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), freqs)
+        self.register_buffer("freqs_cis", torch.polar(torch.ones_like(angles), angles))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = tokens.shape[1]
+        h = self.embed(tokens)
+        mask = torch.full((n, n), float("-inf"), dtype=h.dtype).triu(1)
+        for layer in self.layers:
+            h = layer(h, self.freqs_cis[:n], mask)
+        return self.output(self.norm(h))
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * (
+            self.weight
+        )
+
+
+class _ReferenceAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int) -> None:
+        super().__init__()
+        self.n_local_heads, self.n_local_kv_heads = heads, kv_heads
+        self.n_rep, self.head_dim = heads // kv_heads, dim // heads
+        self.wq = nn.Linear(dim, heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(dim, kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(heads * self.head_dim, dim, bias=False)
+
+    @staticmethod
+    def _rotated(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+        pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2))
+        turned = pairs * freqs_cis.view(1, pairs.shape[1], 1, pairs.shape[-1])
+        return torch.view_as_real(turned).flatten(3).type_as(x)
+
+    def _repeated(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, kv, d = x.shape
+        if self.n_rep == 1:
+            return x
+        return x[:, :, :, None, :].expand(b, n, kv, self.n_rep, d).reshape(b, n, kv * self.n_rep, d)
+
+    def forward(self, x, freqs_cis, mask):
+        b, n, _ = x.shape
+        q = self.wq(x).view(b, n, self.n_local_heads, self.head_dim)
+        k = self.wk(x).view(b, n, self.n_local_kv_heads, self.head_dim)
+        v = self.wv(x).view(b, n, self.n_local_kv_heads, self.head_dim)
+        q, k = self._rotated(q, freqs_cis), self._rotated(k, freqs_cis)
+        q, k, v = (t.transpose(1, 2) for t in (q, self._repeated(k), self._repeated(v)))
+        scores = q @ k.transpose(2, 3) / math.sqrt(self.head_dim) + mask
+        out = (scores.float().softmax(-1).type_as(q) @ v).transpose(1, 2)
+        return self.wo(out.contiguous().view(b, n, -1))
+
+
+class _ReferenceBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int, hidden: int) -> None:
+        super().__init__()
+        self.attention = _ReferenceAttention(dim, heads, kv_heads)
+        self.w1, self.w2 = nn.Linear(dim, hidden, bias=False), nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.attention_norm, self.ffn_norm = _RMSNorm(dim), _RMSNorm(dim)
+
+    def forward(self, x, freqs_cis, mask):
+        h = x + self.attention(self.attention_norm(x), freqs_cis, mask)
+        y = self.ffn_norm(h)
+        return h + self.w2(F.silu(self.w1(y)) * self.w3(y))

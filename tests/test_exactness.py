@@ -617,3 +617,43 @@ def test_a_number_the_code_computes_from_an_attribute_the_plan_sets_keeps_its_wi
     module, attr, value = attribute
     assert getattr(pruned.get_submodule(module), attr) == value
     assert result.params_after < result.params_before  # (the side branch)
+
+
+class _BranchesOnHeads(nn.Module):
+    """Viewed by its own head count (an attribute named ``name``: ``n_local_heads``, which
+    no rule knows by name, or ``heads``), and a branch on it: ``if self.heads > 3``."""
+
+    def __init__(self, name: str, branch: bool):
+        super().__init__()
+        self.name, self.branch = name, branch
+        setattr(self, name, 4)
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.side = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+
+    def forward(self, x):
+        heads = getattr(self, self.name)
+        h = torch.relu(self.a(x)).view(x.shape[0], heads, -1)
+        if self.branch and heads > 3:
+            h = h * 2
+        return self.b(h.reshape(x.shape[0], -1)) + self.side(x)
+
+
+@pytest.mark.parametrize("name", ["n_local_heads", "heads"])
+@pytest.mark.parametrize("branch", [False, True], ids=["views-only", "branches"])
+def test_a_branch_on_an_attribute_the_plan_sets_keeps_its_width(name, branch):
+    """An attribute the code gives as it is to a view follows the units the plan keeps,
+    whatever its name; where the code also branches on it, the pruned model would take the
+    other branch (the original doubles ``h``, the pruned one would not), silently, even under
+    ``exact_only``: the plan's trace runs other ops, put down to the attribute, and the
+    attribute's width is kept."""
+    torch.manual_seed(0)
+    model = _BranchesOnHeads(name, branch).double().eval()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    if branch:
+        with pytest.warns(dx.FixedSizeWarning, match="branches on module attributes the plan"):
+            pruned, result = prune_and_check(model, x, ratio=0.5, exact_only=True)
+        assert getattr(pruned, name) == 4  # (the channels within each head may go)
+    else:
+        pruned, result = prune_and_check(model, x, ratio=0.5, exact_only=True)
+        assert getattr(pruned, name) == 2 and pruned.a.out_features == 8
+    assert result.params_after < result.params_before  # (the side branch, at least)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import prune_and_check
-from nets import DenseNet, ResNeXt, randomize_norms
+from nets import DenseNet, ReferenceLlama, ResNeXt, randomize_norms
 
 transformers = pytest.importorskip("transformers")
 
@@ -132,3 +132,20 @@ def test_densenet121():
     pruned, result = prune_and_check(model, x, ratio=0.3)
     assert pruned(x).shape == (1, 1000)
     assert result.params_after < 0.8 * result.params_before
+
+
+def test_a_llama_written_as_its_reference_code_prunes_heads_exactly():
+    """Llama's reference code (complex rotary embeddings, key/value heads repeated by an
+    expand to ``self.n_rep``, head counts named ``n_local_heads`` and ``n_local_kv_heads``):
+    its heads and MLP neurons prune exactly, its head counts follow the heads kept (the code
+    gives them as they are to its views), and the pruned model runs other sequence lengths."""
+    torch.manual_seed(0)
+    model = ReferenceLlama().double().eval()
+    tokens = torch.randint(0, 64, (2, 8))
+    pruned, result = prune_and_check(model, tokens, ratio=0.5, exact_only=True)
+    for layer in pruned.layers:
+        attention = layer.attention
+        assert (attention.n_local_heads, attention.n_local_kv_heads, attention.n_rep) == (2, 1, 2)
+        assert attention.wq.out_features == 2 * attention.head_dim == 16
+        assert layer.w1.out_features == 32
+    assert pruned(torch.randint(0, 64, (1, 13))).shape == (1, 13, 64)

@@ -140,33 +140,58 @@ def test_a_model_on_the_meta_device_learns_its_fixed_sizes_from_one_guided_trace
 
 
 def test_a_maxvit_like_net_is_planned_in_two_validation_traces(monkeypatch):
-    """MaxViT's attention fixes its head count (an attribute) in some modules' sizes and
-    merges the heads back to its input's width: those modules fail twice, the second failure
-    only once the heads are kept. The first round is known from the reshapes' sizes without
-    a trace; the next plan's trace, its first, is not guided (most plans pass it) and fails;
-    the merges are then known without a trace; and the last plan is traced, guided (its
-    ``chunk`` of a pruned projection), the heads of the other modules taken down to one under
-    their einsums (a trace compares an einsum's result, not its steps, which differ where a
-    size is 1). One failure per trace, every plan traced, needs 5 failing traces for the same
-    plan."""
+    """MaxViT-like attention that fixes its head count (a tuple of the module's own numbers,
+    which no plan sets) in some modules' sizes and merges the heads back to its input's width:
+    those modules fail twice, the second failure only once the heads are kept. The first
+    round is known from the reshapes' sizes without a trace; the next plan's trace, its
+    first, is not guided (most plans pass it) and fails; the merges are then known without a
+    trace; and the last plan is traced, guided (its ``chunk`` of a pruned projection). One
+    failure per trace, every plan traced, needs 11 traces for the same plan."""
+    torch.manual_seed(0)
+    model, x = MaxViT(fixed_heads=True).eval(), torch.randn(1, 3, 32, 32)
+    before = model(x).shape
+    pruned = copy.deepcopy(model)
+    result, traces, fixed = prune_counting(pruned, x, monkeypatch, ratio=0.5)
+    assert traces == [False, True] and result.params_after < result.params_before
+    assert pruned(x).shape == before and fixed
+    heads = [(m.table.shape[1], m.n_heads) for m in pruned.modules() if hasattr(m, "table")]
+    assert all(kept == count for kept, count in heads)  # (the head counts it fixes, kept)
+    unguided(monkeypatch)
+    reference, reference_traces, _ = prune_counting(model, x, monkeypatch, ratio=0.5)
+    assert len(reference_traces) == 11
+    assert same_plans(result.plan, reference.plan)
+
+
+def test_a_maxvit_like_nets_head_count_attributes_follow_the_plan(monkeypatch):
+    """Where the code gives the head count attribute as it is to its reshapes (torchvision's
+    MaxViT: ``q.reshape(B, G, P, self.n_heads, self.head_dim)``), the attribute follows the
+    heads the plan keeps: no size is fixed, the merges back to the input's width are known
+    without a trace, and one validation trace (unguided: the plan passes it) plans the prune
+    that tracing every plan gives, with more pruned than where the head counts are fixed."""
     torch.manual_seed(0)
     model, x = MaxViT().eval(), torch.randn(1, 3, 32, 32)
     before = model(x).shape
     pruned = copy.deepcopy(model)
-    result, traces, _ = prune_counting(pruned, x, monkeypatch, ratio=0.5)
-    assert traces == [False, True] and result.params_after < result.params_before
+    result, traces, fixed = prune_counting(pruned, x, monkeypatch, ratio=0.5)
+    assert traces == [False] and not fixed
     assert pruned(x).shape == before
-    heads = [m.table.shape[1] for m in pruned.modules() if hasattr(m, "table")]
-    assert 1 in heads  # (some heads go down to one)
+    heads = [(m.table.shape[1], m.n_heads) for m in pruned.modules() if hasattr(m, "table")]
+    assert all(kept == count for kept, count in heads) and 1 in dict(heads)
+    assert any(u.attr == "n_heads" for u in result.attribute_updates)
+    torch.manual_seed(0)
+    with_fixed, _, _ = prune_counting(MaxViT(fixed_heads=True).eval(), x, monkeypatch, ratio=0.5)
+    assert result.params_after < with_fixed.params_after
     unguided(monkeypatch)
     reference, reference_traces, _ = prune_counting(model, x, monkeypatch, ratio=0.5)
-    assert len(reference_traces) == 6
+    assert len(reference_traces) == 1
     assert same_plans(result.plan, reference.plan)
 
 
-def test_the_maxvit_like_net_passes_the_oracle(backend):
+@pytest.mark.parametrize("fixed_heads", [False, True], ids=["head-attributes", "fixed-heads"])
+def test_the_maxvit_like_net_passes_the_oracle(backend, fixed_heads):
     torch.manual_seed(0)
-    model, x = MaxViT().double().eval(), torch.randn(1, 3, 32, 32, dtype=F64)
+    model = MaxViT(fixed_heads=fixed_heads).double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=F64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prune_and_check(model, x, ratio=0.5, exact_only=True)
@@ -218,7 +243,7 @@ def test_later_rounds_score_what_scoring_anew_would(importance, backend, monkeyp
         return scores
 
     torch.manual_seed(0)
-    model, x = MaxViT(), torch.randn(1, 3, 32, 32)
+    model, x = MaxViT(fixed_heads=True), torch.randn(1, 3, 32, 32)
     model = nn.Sequential(nn.BatchNorm2d(3), model).eval() if importance == "bn_scale" else model
     monkeypatch.setattr(imp_module.GroupImportance, "raw_scores", counted)
     monkeypatch.setattr(criteria.RoundScores, "__call__", compared)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..graph.size_watch import AttributeLeaf
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -148,6 +150,10 @@ def attribute_updates(
                 updates.append(AttributeUpdate(name, attr, old, new))
     updates += tied_attributes(dg, modules, masks, spoken)
     updates += attention_updates(dg, modules, masks)
+    spoken = {(u.module, u.attr) for u in updates}
+    updates += [
+        u for u in sizing_attributes(dg, modules, masks) if (u.module, u.attr) not in spoken
+    ]
     spoken = {(u.module, u.attr) for u in updates}
     return updates + [
         u for u in reshaped_head_counts(dg, modules, masks) if (u.module, u.attr) not in spoken
@@ -608,6 +614,44 @@ def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[Attribu
     for (name, attr), sizes in seen.items():
         m = modules[name]
         if len(sizes) != 1 or (name, attr) in spoken or attribute_rule(m) is not None:
+            continue
+        [(old, new)] = sizes
+        if old != new and own_attribute(m, attr) == old:
+            updates.append(AttributeUpdate(name, attr, old, new))
+    return updates
+
+
+def sizing_attributes(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
+    """Integer attributes of modules no attribute rule speaks for that the code gave as they
+    are as a size of a view, reshape, expand or new tensor (``xq.view(b, n, self.n_local_heads,
+    self.head_dim)``, ``expand(b, n, kv, self.n_rep, d)``): each follows the kept size of
+    the dim it gave, where every such size agrees. (A use of the attribute otherwise, as a
+    number or in a branch, makes the plan be traced with the new value, which checks it.)"""
+    saw = dg.graph.code_saw
+    if saw is None or not saw.shaped_calls:
+        return []
+    slots = dg.coupling_model.value_slots
+    names: dict[int, str] = {}
+    for name, m in modules.items():
+        names.setdefault(id(m), name)
+    seen: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    for call in saw.shaped_calls:
+        if call.kind not in ("view", "expand", "new") or call.value is None:
+            continue
+        dims = slots[call.value]
+        for d, size in enumerate(call.ints):
+            leaf = getattr(size, "expr", None)
+            if type(leaf) is not AttributeLeaf or leaf.index is not None or d >= len(dims):
+                continue
+            name = names.get(leaf.module)
+            if name is not None and int(dg.slot_sizes[dims[d]]) == leaf.value:
+                seen.setdefault((name, leaf.name), set()).add(
+                    (leaf.value, dg.slot_kept_size(dims[d], masks))
+                )
+    updates = []
+    for (name, attr), sizes in seen.items():
+        m = modules[name]
+        if len(sizes) != 1 or attribute_rule(m) is not None:
             continue
         [(old, new)] = sizes
         if old != new and own_attribute(m, attr) == old:

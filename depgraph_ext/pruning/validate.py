@@ -554,7 +554,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
                 (),
                 name,
             )
-        _check_same_computation(dg, unmatched, kept)
+        _check_same_computation(dg, unmatched, kept, plan)
     for vo, shape in zip(g.outputs, pruned.outputs):
         check("the model's output", vo, shape, None)
     _check_numbers(dg, pruned, matched, kept, plan)
@@ -594,7 +594,7 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
             continue
         position, old, new = differ[0]
         if read_as_numbers is None:
-            read_as_numbers = _attributes_read_as_numbers(dg, plan, kept)
+            read_as_numbers = _attributes_read_otherwise(dg, plan, kept)
         updates, behind = read_as_numbers
         if behind and _all_exact(dg, behind):
             named = ", ".join(
@@ -622,7 +622,7 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
         )
 
 
-def _attributes_read_as_numbers(dg: DependencyGraph, plan: Plan, kept: np.ndarray):
+def _attributes_read_otherwise(dg: DependencyGraph, plan: Plan, kept: np.ndarray):
     """(the plan's attribute updates the forward read otherwise than in sizes, the pruned dims
     behind them): the slots op rules tied to the attribute, else the module's own tensors'
     dims, else the dims of the views it made, that go from the attribute's old value to its
@@ -1003,7 +1003,7 @@ _LAYOUT_OPS = frozenset(
 )  # fmt: skip
 
 
-def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) -> None:
+def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, plan: Plan) -> None:
     """The ops one trace ran and the other did not (``(trace, op, module)``, where trace is
     "original" or "pruned"), layout ops left out, must be the same ops in each module, in
     the same order (a constant lifted in one and made in the other shifts the pairing of
@@ -1011,8 +1011,11 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) ->
     only is where the code branched on a size the plan prunes (torch_geometric's HGTConv
     adds its skip connection when its output is as wide as its input): the pruned model
     would compute something else. The slots to keep: the pruned sizes the code read in that
-    module, where they are all of exact groups (as for numbers). Not compared where the code read
-    tensor values: the data may steer it otherwise in a trace without the model's data."""
+    module, where they are all of exact groups (as for numbers); before those, as for numbers,
+    the attributes the plan sets that the forward read otherwise than in sizes (``if
+    self.n_heads > 3``), where the dims behind them are of exact groups. Not compared where
+    the code read tensor values: the data may steer it otherwise in a trace without the
+    model's data."""
     saw = dg.graph.code_saw
     if saw is None or saw.values_read:
         return
@@ -1028,10 +1031,23 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray) ->
         while k < min(len(before), len(after)) and before[k] == after[k]:
             k += 1
         trace, op = ("pruned", after[k]) if k < len(after) else ("original", before[k])
+        other = "original" if trace == "pruned" else "pruned"
+        updates, behind = _attributes_read_otherwise(dg, plan, kept)
+        if behind and _all_exact(dg, behind):
+            named = ", ".join(
+                f"{u.module or '<root>'}.{u.attr} {u.old} -> {u.new}" for u in updates
+            )
+            raise PlanValidationError(
+                f"the {trace} model runs op {op} in module {module or '<root>'} where the "
+                f"{other} does not: its code branches on module attributes the plan sets "
+                f"({named}), so the pruned model would compute something else",
+                None,
+                behind,
+                module,
+            )
         fixed = _pruned_reads_in(dg, module, kept)
         if not _all_exact(dg, fixed):
             continue
-        other = "original" if trace == "pruned" else "pruned"
         raise PlanValidationError(
             f"the {trace} model runs op {op} in module {module or '<root>'} where the {other} "
             "does not: its code branches on a size the plan prunes, so the pruned model would "
