@@ -597,14 +597,11 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
             read_as_numbers = _attributes_read_otherwise(dg, plan, kept)
         updates, behind = read_as_numbers
         if behind and _all_exact(dg, behind):
-            named = ", ".join(
-                f"{u.module or '<root>'}.{u.attr} {u.old} -> {u.new}" for u in updates
-            )
             raise PlanValidationError(
                 f"{node.describe()} would compute with {_number(new)} where the original "
                 f"computes with {_number(old)} (argument {position}): the model's code "
-                f"computes numbers from module attributes the plan sets ({named}), so the "
-                "pruned model would compute something else",
+                "computes numbers from module attributes the plan sets "
+                f"({_named(updates)}), so the pruned model would compute something else",
                 node.index,
                 behind,
                 node.module,
@@ -666,6 +663,11 @@ def _attributes_read_otherwise(dg: DependencyGraph, plan: Plan, kept: np.ndarray
             found = matching(s for n in views for v in n.outputs for s in slots[v])
         behind |= found
     return updates, sorted(behind)
+
+
+def _named(updates) -> str:
+    """Attribute updates as errors name them: ``module.attr old -> new``."""
+    return ", ".join(f"{u.module or '<root>'}.{u.attr} {u.old} -> {u.new}" for u in updates)
 
 
 def _number(value) -> str:
@@ -1034,13 +1036,10 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
         other = "original" if trace == "pruned" else "pruned"
         updates, behind = _attributes_read_otherwise(dg, plan, kept)
         if behind and _all_exact(dg, behind):
-            named = ", ".join(
-                f"{u.module or '<root>'}.{u.attr} {u.old} -> {u.new}" for u in updates
-            )
             raise PlanValidationError(
                 f"the {trace} model runs op {op} in module {module or '<root>'} where the "
                 f"{other} does not: its code branches on module attributes the plan sets "
-                f"({named}), so the pruned model would compute something else",
+                f"({_named(updates)}), so the pruned model would compute something else",
                 None,
                 behind,
                 module,
