@@ -621,14 +621,26 @@ def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[Attribu
     return updates
 
 
+_CONFIG_LIBRARIES = frozenset({"transformers", "diffusers"})
+
+
 def sizing_attributes(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
     """Integer attributes of modules no attribute rule speaks for that the code gave as they
     are as a size of a view, reshape, expand or new tensor (``xq.view(b, n, self.n_local_heads,
     self.head_dim)``, ``expand(b, n, kv, self.n_rep, d)``): each follows the kept size of
     the dim it gave, where every such size agrees. (A use of the attribute otherwise, as a
-    number or in a branch, makes the plan be traced with the new value, which checks it.)"""
+    number or in a branch, makes the plan be traced with the new value, which checks it.)
+    Not in a model built by transformers or diffusers from a config: its attributes are the
+    config's, which the named updates and the config's own search speak for (one the config
+    does not set, MVP's ``head_dim``, following would make a model its config cannot
+    rebuild); nor where the code reads
+    values that a trace of the pruned shapes cannot replay (``.tolist()`` of a routing's
+    counts): such a trace cannot tell a size the code fixes from one the data decides."""
     saw = dg.graph.code_saw
-    if saw is None or not saw.shaped_calls:
+    if saw is None or not saw.shaped_calls or saw.unreplayed_reads:
+        return []
+    config = getattr(dg.model, "config", None)
+    if type(config).__module__.partition(".")[0] in _CONFIG_LIBRARIES:
         return []
     slots = dg.coupling_model.value_slots
     names: dict[int, str] = {}
