@@ -1015,13 +1015,18 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
     would compute something else. The slots to keep: the pruned sizes the code read in that
     module, where they are all of exact groups (as for numbers); before those, as for numbers,
     the attributes the plan sets that the forward read otherwise than in sizes (``if
-    self.n_heads > 3``), where the dims behind them are of exact groups. Not compared where
+    self.n_heads > 3``), where the dims behind them are of exact groups, outside attention
+    calls' modules. Not compared where
     the code read tensor values: the data may steer it otherwise in a trace without the
     model's data."""
     saw = dg.graph.code_saw
     if saw is None or saw.values_read:
         return
     ran: dict[str, dict[str, list[str]]] = {"original": {}, "pruned": {}}
+    # (in an attention call's module, torch decomposes attention by the shapes it is given:
+    # a group of one query head skips repeating its keys, the math path scales otherwise, so
+    # ops that differ there do not show a branch on an attribute to change the function)
+    attending = {call.module for call in dg.coupling_model.attention}
     for trace, op, module in unmatched:
         if op.rpartition(".")[0] not in _LAYOUT_OPS:
             ran[trace].setdefault(module, []).append(op)
@@ -1035,7 +1040,7 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
         trace, op = ("pruned", after[k]) if k < len(after) else ("original", before[k])
         other = "original" if trace == "pruned" else "pruned"
         updates, behind = _attributes_read_otherwise(dg, plan, kept)
-        if behind and _all_exact(dg, behind):
+        if behind and _all_exact(dg, behind) and module not in attending:
             raise PlanValidationError(
                 f"the {trace} model runs op {op} in module {module or '<root>'} where the "
                 f"{other} does not: its code branches on module attributes the plan sets "
