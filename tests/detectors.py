@@ -414,7 +414,9 @@ class TwoStage(nn.Module):
     ) -> None:
         super().__init__()
         self.classes, self.nms_kind, self.score_thresh = classes, nms, score_thresh
-        self.roi, self.box_features = roi, channels * 16 if fixed_view else -1
+        # the width the code was written for, as a shape of its own (a bare integer attribute
+        # given to a reshape would follow the plan)
+        self.roi, self.box_shape = roi, (-1, channels * 16) if fixed_view else None
         self.pre_nms, self.post_nms, self.detections = pre_nms, post_nms, detections
         self.with_raw = False
         self.backbone = Backbone()
@@ -466,8 +468,8 @@ class TwoStage(nn.Module):
                 rois = roi_align_op(features[0], torch.cat((index, proposals), 1), *size, 4)
             else:
                 rois = roi_features(features[0][i : i + 1], proposals, size)
-            if self.box_features > 0:  # the width the code was written for: a fixed size
-                rois = rois.reshape(-1, self.box_features)
+            if self.box_shape is not None:  # a fixed size
+                rois = rois.reshape(self.box_shape)
             h = F.relu(self.fc7(F.relu(self.fc6(rois.flatten(1)))))
             logits, regressions = self.cls_score(h), self.bbox_pred(h)
             raw["cls_logits"].append(logits)

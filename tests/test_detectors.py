@@ -242,7 +242,7 @@ def test_a_size_the_code_fixes_is_named_with_its_line():
         dx.prune(model, ([image()],), exact_only=True, progress=False)
     assert re.search(
         r"op aten\.view\.default in module <root> at \S*detectors\.py:\d+ "
-        r"\(rois = rois\.reshape\(-1, self\.box_features\)\)",
+        r"\(rois = rois\.reshape\(self\.box_shape\)\)",
         str(caught[0].message),
     )
 

@@ -115,8 +115,9 @@ def test_transformer_conv_prunes_heads():
 
 
 def test_transformer_conv_with_nothing_to_prune_names_the_op_and_its_line():
-    """One head: its channels are all there is, and the code fixes them; the refusal says
-    which op and which line of the model's code."""
+    """One head: its channels are all there is, and its attention scales by their count
+    (``/ math.sqrt(self.out_channels)``, the attribute its views give the channels by): the
+    refusal says which op, which line of the model's code, and which attribute."""
 
     class Net(nn.Module):
         def __init__(self):
@@ -131,8 +132,8 @@ def test_transformer_conv_with_nothing_to_prune_names_the_op_and_its_line():
         with pytest.raises(dx.NoPrunableGroupsError) as refusal:
             dx.prune(model, (X, EDGES), ratio=0.5)
     message = str(refusal.value)
-    assert "aten.view" in message and "transformer_conv.py:" in message
-    assert ".view(-1, H, C)" in message
+    assert "aten.div" in message and "transformer_conv.py:" in message
+    assert "math.sqrt(self.out_channels)" in message and "conv.out_channels 8 -> 4" in message
     assert model.conv.lin_query.weight.shape == (8, 12)  # untouched
 
 
