@@ -599,9 +599,7 @@ def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[Attribu
     if saw is None or not saw.ties:
         return []
     slots = dg.coupling_model.value_slots
-    names: dict[int, str] = {}
-    for name, m in modules.items():
-        names.setdefault(id(m), name)
+    names = _names_by_id(modules)
     seen: dict[tuple[str, str], set[tuple[int, int]]] = {}
     for module, attr, value, dim in saw.ties:
         name = names.get(module)
@@ -610,6 +608,20 @@ def tied_attributes(dg: DependencyGraph, modules, masks, spoken) -> list[Attribu
             seen.setdefault((name, attr), set()).add(
                 (int(dg.slot_sizes[s]), dg.slot_kept_size(s, masks))
             )
+    return _agreed(seen, modules, spoken)
+
+
+def _names_by_id(modules) -> dict[int, str]:
+    """id(module) -> its first name."""
+    names: dict[int, str] = {}
+    for name, m in modules.items():
+        names.setdefault(id(m), name)
+    return names
+
+
+def _agreed(seen, modules, spoken=frozenset()) -> list[AttributeUpdate]:
+    """The updates of ``seen`` ((module, attribute) -> the (old, new) sizes it gave) where
+    every size agrees, the module holds the old value, and no rule speaks for it."""
     updates = []
     for (name, attr), sizes in seen.items():
         m = modules[name]
@@ -643,9 +655,7 @@ def sizing_attributes(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
     if type(config).__module__.partition(".")[0] in _CONFIG_LIBRARIES:
         return []
     slots = dg.coupling_model.value_slots
-    names: dict[int, str] = {}
-    for name, m in modules.items():
-        names.setdefault(id(m), name)
+    names = _names_by_id(modules)
     seen: dict[tuple[str, str], set[tuple[int, int]]] = {}
     for call in saw.shaped_calls:
         if call.kind not in ("view", "expand", "new") or call.value is None:
@@ -660,15 +670,7 @@ def sizing_attributes(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
                 seen.setdefault((name, leaf.name), set()).add(
                     (leaf.value, dg.slot_kept_size(dims[d], masks))
                 )
-    updates = []
-    for (name, attr), sizes in seen.items():
-        m = modules[name]
-        if len(sizes) != 1 or attribute_rule(m) is not None:
-            continue
-        [(old, new)] = sizes
-        if old != new and own_attribute(m, attr) == old:
-            updates.append(AttributeUpdate(name, attr, old, new))
-    return updates
+    return _agreed(seen, modules)
 
 
 def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeUpdate]:
