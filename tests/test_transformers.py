@@ -513,3 +513,43 @@ def test_config_check_reads_the_state_dicts_entries():
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         assert dict(state_shapes(model)) == expected
         assert len(list(state_shapes(model))) == len(expected)
+
+
+@pytest.mark.parametrize(
+    "model_type, head_dim", [("yoso", "attention_head_size"), ("mvp", "head_dim")]
+)
+def test_a_configs_head_dims_stay_where_its_code_views_by_them(model_type, head_dim, tmp_path):
+    """YOSO's and MVP's attention view by a head dim attribute the config derives
+    (hidden / heads). Attributes given to views follow a plan in models from outside, not in
+    a model its config builds: the head dims stay, and plain ``from_pretrained`` rebuilds the
+    pruned model from its saved config."""
+    from zoo_transformers import build as build_type
+
+    zoo = build_type(model_type)
+    model = zoo.model.double().eval()
+    dims = {name: getattr(m, head_dim) for name, m in model.named_modules() if hasattr(m, head_dim)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.ConfigMismatchWarning)
+        result = dx.prune(model, zoo.inputs, ratio=0.5, progress=False)
+    assert result.params_after < result.params_before
+    assert {name: getattr(model.get_submodule(name), head_dim) for name in dims} == dims
+    reload_and_compare(model, zoo.inputs, tmp_path)
+
+
+def test_a_group_of_one_query_head_is_no_branch_that_changes_the_function():
+    """EmbeddingGemma2's key/value groups go down to one query head: transformers' repeat_kv
+    returns early for ``n_rep == 1`` and SDPA's math path runs other ops, a difference of
+    ops in an attention call's module that is torch's decomposition, not a branch that
+    changes what the model computes: the plan stands (the oracle holds)."""
+    from zoo_transformers import build as build_type
+
+    zoo = build_type("embedding_gemma2_text")
+    model = zoo.model.double().eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruned, result = prune_and_check(model, zoo.inputs, ratio=0.5, exact_only=True)
+    assert not [w for w in caught if "branches on module attributes" in str(w.message)]
+    groups = {
+        m.num_key_value_groups for m in pruned.modules() if hasattr(m, "num_key_value_groups")
+    }
+    assert 1 in groups
