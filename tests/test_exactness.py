@@ -582,6 +582,16 @@ class _ScalesByHeads(nn.Module):
         return self.b(h.reshape(x.shape[0], -1)) + self.side(x)
 
 
+class _ScalesByHeadsReadingAValue(_ScalesByHeads):
+    """The same, after a value the code reads (``bool(...)``): numbers are still compared
+    where they may come from attributes the plan sets."""
+
+    def forward(self, x):
+        if not bool((x != 0).any()):
+            return x.new_zeros(x.shape[0], 4)
+        return super().forward(x)
+
+
 class _ScalesByChannels(nn.Module):
     """``conv(x) * self.c.out_channels ** -0.5``."""
 
@@ -599,9 +609,10 @@ class _ScalesByChannels(nn.Module):
     [
         (_DividesByWidth, torch.randn(3, 8), ("a", "out_features", 16)),
         (_ScalesByHeads, torch.randn(3, 8), ("", "heads", 4)),
+        (_ScalesByHeadsReadingAValue, torch.randn(3, 8), ("", "heads", 4)),
         (_ScalesByChannels, torch.randn(1, 3, 8, 8), ("c", "out_channels", 16)),
     ],
-    ids=["divides-by-width", "scales-by-heads", "scales-by-channels"],
+    ids=["divides-by-width", "scales-by-heads", "reads-a-value", "scales-by-channels"],
 )
 def test_a_number_the_code_computes_from_an_attribute_the_plan_sets_keeps_its_width(
     make, x, attribute
@@ -623,14 +634,16 @@ class _BranchesOnHeads(nn.Module):
     """Viewed by its own head count (an attribute named ``name``: ``n_local_heads``, which
     no rule knows by name, or ``heads``), and a branch on it: ``if self.heads > 3``."""
 
-    def __init__(self, name: str, branch: bool):
+    def __init__(self, name: str, branch: bool, reads: bool = False):
         super().__init__()
-        self.name, self.branch = name, branch
+        self.name, self.branch, self.reads = name, branch, reads
         setattr(self, name, 4)
         self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
         self.side = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
 
     def forward(self, x):
+        if self.reads and not bool((x != 0).any()):  # (a value the code reads)
+            return x.new_zeros(x.shape[0], 4)
         heads = getattr(self, self.name)
         h = torch.relu(self.a(x)).view(x.shape[0], heads, -1)
         if self.branch and heads > 3:
@@ -638,21 +651,29 @@ class _BranchesOnHeads(nn.Module):
         return self.b(h.reshape(x.shape[0], -1)) + self.side(x)
 
 
+@pytest.mark.parametrize("reads", [False, True], ids=["", "reads-a-value"])
 @pytest.mark.parametrize("name", ["n_local_heads", "heads"])
 @pytest.mark.parametrize("branch", [False, True], ids=["views-only", "branches"])
-def test_a_branch_on_an_attribute_the_plan_sets_keeps_its_width(name, branch):
+def test_a_branch_on_an_attribute_the_plan_sets_keeps_its_width(name, branch, reads):
     """An attribute the code gives as it is to a view follows the units the plan keeps,
-    whatever its name; where the code also branches on it, the pruned model would take the
-    other branch (the original doubles ``h``, the pruned one would not), silently, even under
+    whatever its name (where the code reads no tensor value: otherwise only a name the rules
+    know follows); where the code also branches on it, the pruned model would take the other
+    branch (the original doubles ``h``, the pruned one would not), silently, even under
     ``exact_only``: the plan's trace runs other ops, put down to the attribute, and the
-    attribute's width is kept."""
+    attribute's width is kept; so too where the code reads a value, whose data could steer
+    the trace elsewhere (keeping them is the safe side)."""
     torch.manual_seed(0)
-    model = _BranchesOnHeads(name, branch).double().eval()
+    model = _BranchesOnHeads(name, branch, reads).double().eval()
     x = torch.randn(3, 8, dtype=torch.float64)
-    if branch:
+    follows = not (reads and name == "n_local_heads")
+    if branch and follows:
         with pytest.warns(dx.FixedSizeWarning, match="branches on module attributes the plan"):
             pruned, result = prune_and_check(model, x, ratio=0.5, exact_only=True)
         assert getattr(pruned, name) == 4  # (the channels within each head may go)
+    elif not follows:
+        with pytest.warns(dx.FixedSizeWarning, match="fixes a size"):
+            pruned, result = prune_and_check(model, x, ratio=0.5, exact_only=True)
+        assert getattr(pruned, name) == 4
     else:
         pruned, result = prune_and_check(model, x, ratio=0.5, exact_only=True)
         assert getattr(pruned, name) == 2 and pruned.a.out_features == 8

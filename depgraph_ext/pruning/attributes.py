@@ -645,11 +645,12 @@ def sizing_attributes(dg: DependencyGraph, modules, masks) -> list[AttributeUpda
     Not in a model built by transformers or diffusers from a config: its attributes are the
     config's, which the named updates and the config's own search speak for (one the config
     does not set, MVP's ``head_dim``, following would make a model its config cannot
-    rebuild); nor where the code reads values that a trace of the pruned shapes cannot
-    replay (``.tolist()`` of a routing's counts): such a trace cannot tell a size the code
-    fixes from one the data decides."""
+    rebuild); nor where the code reads tensor values: the plan's trace does not compare the
+    numbers and branches of such code (they may come from the data), and cannot tell a size
+    the code fixes from one the data decides where it cannot replay them (``.tolist()`` of a
+    routing's counts)."""
     saw = dg.graph.code_saw
-    if saw is None or not saw.shaped_calls or saw.unreplayed_reads:
+    if saw is None or not saw.shaped_calls or saw.values_read:
         return []
     config = getattr(dg.model, "config", None)
     if type(config).__module__.partition(".")[0] in _CONFIG_LIBRARIES:

@@ -571,13 +571,16 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
     Before those, the attributes the plan sets that the forward read as numbers (``x /
     self.fc.out_features``, ``self.n_heads ** -0.5``): where the plan sets any, of exact
     groups, the change is put down to them, and the dims behind them are kept (a config field
-    the forward reads is never set). Not compared where the code read tensor values
-    (numbers may come from the data, which the pruned trace does not have) or where nothing
-    watched its reads."""
+    the forward reads is never set). Where the code read tensor values (numbers may come
+    from the data, which the pruned trace does not have), only that: a differing number
+    outside attention calls' modules keeps the dims behind the attributes the plan sets
+    (which may be innocent: keeping them is the safe side). Not compared where nothing
+    watched the code's reads."""
     g = dg.graph
     saw = g.code_saw
-    if saw is None or saw.values_read or not pruned.numbers:
+    if saw is None or not pruned.numbers:
         return
+    attending = {call.module for call in dg.coupling_model.attention} if saw.values_read else ()
     if matched is None:
         pairs = [(g.nodes[j], j) for j in sorted(pruned.numbers) if j < len(g.nodes)]
     else:
@@ -593,6 +596,8 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
         if not differ:
             continue
         position, old, new = differ[0]
+        if saw.values_read and node.module in attending:
+            continue
         if read_as_numbers is None:
             read_as_numbers = _attributes_read_otherwise(dg, plan, kept)
         updates, behind = read_as_numbers
@@ -606,6 +611,8 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
                 behind,
                 node.module,
             )
+        if saw.values_read:
+            continue
         fixed = _pruned_reads_in(dg, node.module, kept, before=node.index)
         if not _all_exact(dg, fixed):
             continue
@@ -1016,11 +1023,10 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
     module, where they are all of exact groups (as for numbers); before those, as for numbers,
     the attributes the plan sets that the forward read otherwise than in sizes (``if
     self.n_heads > 3``), where the dims behind them are of exact groups, outside attention
-    calls' modules. Not compared where
-    the code read tensor values: the data may steer it otherwise in a trace without the
-    model's data."""
+    calls' modules. Where the code read tensor values (the data may steer it otherwise in a
+    trace without the model's data), only that."""
     saw = dg.graph.code_saw
-    if saw is None or saw.values_read:
+    if saw is None:
         return
     ran: dict[str, dict[str, list[str]]] = {"original": {}, "pruned": {}}
     # (in an attention call's module, torch decomposes attention by the shapes it is given:
@@ -1049,6 +1055,8 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
                 behind,
                 module,
             )
+        if saw.values_read:
+            continue
         fixed = _pruned_reads_in(dg, module, kept)
         if not _all_exact(dg, fixed):
             continue
