@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
-from depgraph_ext.testing import outputs_of
+from depgraph_ext.testing import outputs_of, scatter_back
 from helpers import BACKENDS, prune_and_check
 
 T = pytest.importorskip("transformers")
@@ -555,3 +555,40 @@ def test_a_group_of_one_query_head_is_no_branch_that_changes_the_function():
     if 1 not in groups:  # (torch 2.11: transformers repeats the keys by an expand that the
         # plan's check finds fixed first, so no group gets down to one: no branch to judge)
         pytest.skip("no key/value group went down to one query head with this torch")
+
+
+@pytest.mark.parametrize("name", ["llama_8_2", "gpt2"])
+def test_a_pruned_model_generates_with_its_cache_what_its_scatter_back_generates(name):
+    """``generate()`` after a prune: the key/value cache is made for the pruned heads (the
+    config's counts follow), greedy decoding with it gives the tokens and scores of the
+    scatter-back original, and the same as decoding without the cache."""
+    factory, _ = LLMS[name]
+    model = build(factory)
+    original = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
+        result = dx.prune(model, {"input_ids": IDS}, ratio=0.5, exact_only=True, progress=False)
+    assert result.params_after < result.params_before
+
+    def generated(m, **options):
+        out = m.generate(
+            input_ids=IDS,
+            max_new_tokens=5,
+            min_new_tokens=5,
+            do_sample=False,
+            pad_token_id=0,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **options,
+        )
+        return out.sequences, torch.stack(out.scores)
+
+    tokens, scores = generated(model)
+    expected_tokens, expected_scores = generated(scatter_back(original, result))
+    assert torch.equal(tokens, expected_tokens)
+    finite = expected_scores.isfinite()
+    assert torch.equal(finite, scores.isfinite())
+    torch.testing.assert_close(scores[finite], expected_scores[finite], rtol=1e-9, atol=1e-9)
+    uncached_tokens, uncached_scores = generated(model, use_cache=False)
+    assert torch.equal(tokens, uncached_tokens)
+    torch.testing.assert_close(uncached_scores[finite], scores[finite], rtol=1e-9, atol=1e-9)
