@@ -52,6 +52,11 @@ class CouplingModel:
     constant_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     varying_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
+    @property
+    def attention_modules(self) -> set[str]:
+        """The modules that run attention calls."""
+        return {call.module for call in self.attention}
+
     def node_that_emitted(self, coupling: int) -> int | None:
         """The node whose rule emitted coupling number ``coupling`` (None: no rule did)."""
         i = bisect.bisect_right([start for _, start, _ in self.rule_spans], coupling) - 1

@@ -681,7 +681,7 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
     the count follows the heads kept there. Only where every such dim of the module agrees;
     a module whose attention calls or attribute rule say its heads is left to them."""
     g, slots = dg.graph, dg.coupling_model.value_slots
-    attending = {call.module for call in dg.coupling_model.attention}
+    attending = dg.coupling_model.attention_modules
     found: dict[tuple[str, str], set[tuple[int, int]]] = {}
     for node in g.nodes:
         m = modules.get(node.module)

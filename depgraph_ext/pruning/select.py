@@ -24,9 +24,7 @@ def plain_number(value):
     """A NumPy scalar as the Python int or float it holds (``np.linspace``'s ratios, an
     ``np.int64`` count); anything else as it is, for the checks to judge."""
     if type(value) in (int, float, bool) or not isinstance(value, numbers.Real):
-        return value
-    if isinstance(value, np.bool_):
-        return value
+        return value  # (np.bool_ is no numbers.Real: refused as a bool is)
     return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 

@@ -580,7 +580,7 @@ def _check_numbers(dg: DependencyGraph, pruned, matched, kept: np.ndarray, plan:
     saw = g.code_saw
     if saw is None or not pruned.numbers:
         return
-    attending = {call.module for call in dg.coupling_model.attention} if saw.values_read else ()
+    attending = dg.coupling_model.attention_modules if saw.values_read else ()
     if matched is None:
         pairs = [(g.nodes[j], j) for j in sorted(pruned.numbers) if j < len(g.nodes)]
     else:
@@ -1032,7 +1032,8 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
     # (in an attention call's module, torch decomposes attention by the shapes it is given:
     # a group of one query head skips repeating its keys, the math path scales otherwise, so
     # ops that differ there do not show a branch on an attribute to change the function)
-    attending = {call.module for call in dg.coupling_model.attention}
+    attending = dg.coupling_model.attention_modules
+    read_otherwise = None  # (attribute updates, the dims behind them), once needed
     for trace, op, module in unmatched:
         if op.rpartition(".")[0] not in _LAYOUT_OPS:
             ran[trace].setdefault(module, []).append(op)
@@ -1045,7 +1046,9 @@ def _check_same_computation(dg: DependencyGraph, unmatched, kept: np.ndarray, pl
             k += 1
         trace, op = ("pruned", after[k]) if k < len(after) else ("original", before[k])
         other = "original" if trace == "pruned" else "pruned"
-        updates, behind = _attributes_read_otherwise(dg, plan, kept)
+        if read_otherwise is None:
+            read_otherwise = _attributes_read_otherwise(dg, plan, kept)
+        updates, behind = read_otherwise
         if behind and _all_exact(dg, behind) and module not in attending:
             raise PlanValidationError(
                 f"the {trace} model runs op {op} in module {module or '<root>'} where the "
