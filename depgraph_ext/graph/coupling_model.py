@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import UnsupportedOpError
+from .blockers import BlockSource
 from .couplings import CouplingBuilder, CouplingKind, Couplings
 from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
 from .rules.zeros import ZeroTracker
@@ -41,7 +42,8 @@ class CouplingModel:
     opaque: list[OpaqueOp]
     kind_slots: list[tuple[int, str]]
     attention: list[AttentionCall]
-    # (node index, first coupling, end) of every rule that emitted couplings, in order
+    # (node index, first coupling, end) of the couplings of every op that has any, in order:
+    # its rule's, and the blocks of the dims it fixes (all of an op without a rule's dims)
     rule_spans: list[tuple[int, int, int]] = field(default_factory=list)
     reductions: list[Reduction] = field(default_factory=list)
     min_sizes: list[tuple[int, int]] = field(default_factory=list)  # (slot, indices it keeps)
@@ -51,6 +53,10 @@ class CouplingModel:
     # those whose values come from a parameter or an input.
     constant_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     varying_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # (first coupling, end, source) of the blocks of the model's inputs and outputs, ignored
+    # tensors and the like, in order (graph/blockers.py); an op's are in ``rule_spans``, and
+    # blocks added later (``with_blocks``) lie past both.
+    block_spans: list[tuple[int, int, BlockSource]] = field(default_factory=list)
 
     @property
     def attention_modules(self) -> set[str]:
@@ -98,19 +104,39 @@ def build_couplings(
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
     ctx.zeros = ZeroTracker(graph).culprit
+    block_spans: list[tuple[int, int, BlockSource]] = []
+    emitted = builder._kinds  # (one per coupling: its length is the count, read per node)
+
+    def emitted_since(start: int, origin) -> None:
+        """The couplings since ``start`` came from ``origin``."""
+        end = len(emitted)
+        if end > start:
+            block_spans.append((start, end, origin))
+
     for name in hidden_tensors:
         ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
     for name, a, b in tied_dims:
         slots = ctx.slots(graph.params[name])
         ctx.equal(slots[a], slots[b])
     for heads, dims in head_layouts:
+        start = len(emitted)
         _head_layout(ctx, graph, heads, dims)
+        emitted_since(start, BlockSource("head layout", name=dims[0][0]))
     free = {graph.outputs[i] for i in free_outputs}
-    for v in graph.inputs + [v for v in graph.outputs if v not in free]:
+    for v in graph.inputs:
+        start = len(emitted)
         ctx.block_value(v)
+        emitted_since(start, BlockSource("input", v))
+    for v in graph.outputs:
+        if v not in free:
+            start = len(emitted)
+            ctx.block_value(v)
+            emitted_since(start, BlockSource("output", v))
     named = graph.params | graph.buffers
     for name in sorted(ignored):
+        start = len(emitted)
         ctx.block_value(named[name])
+        emitted_since(start, BlockSource("ignored", name=name))
     opaque: list[OpaqueOp] = []
     spans: list[tuple[int, int, int]] = []
     touched_anywhere: set[int] = set()
@@ -120,6 +146,7 @@ def build_couplings(
         if node.index in malformed:
             rule, reason = None, malformed[node.index]
         ctx.mapped_positions = set()
+        start = len(emitted)
         if rule is not None:
             checkpoint = builder.checkpoint()
             ctx.touched = set()
@@ -129,10 +156,6 @@ def build_couplings(
                 builder.rollback(checkpoint)
                 reason = f"its rule cannot map this call: {exc}"
                 rule = None
-            else:
-                after = builder.checkpoint()[1]
-                if after > checkpoint[1]:
-                    spans.append((node.index, checkpoint[1], after))
         if rule is None:
             if strict:
                 raise UnsupportedOpError(
@@ -145,6 +168,7 @@ def build_couplings(
                 ctx.block_value(v)
             if ctx.index_domains:
                 _positions_read(ctx, node)
+            spans.append((node.index, start, len(emitted)))
             continue
         touched_anywhere |= ctx.touched
         if ctx.index_domains:  # positions (a top-k's indices) seen so far: where they go
@@ -161,18 +185,26 @@ def build_couplings(
             for s in ctx.slots(v):
                 if s not in ctx.touched and ctx.size(s) != 1:
                     ctx.block(s)
+        if len(emitted) > start:
+            spans.append((node.index, start, len(emitted)))
     for v in graph.outputs:  # positions handed out fix what they point at
         if (domain := ctx.domain(v)) is not None:
+            start = len(emitted)
             ctx.block(domain[0])
+            emitted_since(start, BlockSource("positions", v))
     for v, d in graph.output_sizes:  # a size returned as a number is an output too
         if d < len(ctx.slots(v)):
+            start = len(emitted)
             ctx.block(ctx.slots(v)[d])
+            emitted_since(start, BlockSource("output size", v))
     # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
     # the op that reads it.
     for name in named:
         for s in ctx.slots(named[name]):
             if s not in touched_anywhere and ctx.size(s) != 1:
+                start = len(emitted)
                 ctx.block(s)
+                emitted_since(start, BlockSource("unrelated", name=name))
     query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
     query += [slot for _, _, slot in ctx.attr_slots]
     query += [slot for slot, _ in ctx.kind_slots]
@@ -198,6 +230,7 @@ def build_couplings(
         ctx.routers,
         constant,
         varying,
+        block_spans,
     )
 
 

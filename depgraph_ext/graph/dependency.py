@@ -23,6 +23,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..progress import as_progress
 from ..torch_defaults import with_library_defaults
+from .blockers import Blocker, blockers
 from .computed import computed_tensors, divisor_tensors
 from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
@@ -469,6 +470,31 @@ class DependencyGraph:
         divisor one: where zero does not remove a unit (see
         :class:`depgraph_ext.graph.computed.RemovedFills`)."""
         return divisor_tensors(self.graph)
+
+    def blockers(self, name: str | None = None, dim: int | None = None) -> list[Blocker]:
+        """What keeps units whole: of dim ``dim`` of the parameter or buffer ``name`` (every
+        dim when None), or of every parameter (``name`` None). Each :class:`Blocker` names
+        its cause (the op and line of the model's code, an input or output of the model,
+        ``ignore``, a size the code fixes ...) and the parameter dims it keeps whole."""
+        res = self.resolution
+        if name is None:
+            dims = [td for n in self.graph.params for td in self.tensor_dims[n]]
+        else:
+            name = self.graph.aliases.get(name, name)
+            if name not in self.tensor_dims:
+                raise InvalidArgumentError(f"{name!r} is no parameter or buffer of the model")
+            dims = self.tensor_dims[name]
+            if dim is not None:
+                if not 0 <= dim < len(dims):
+                    raise InvalidArgumentError(f"{name} has {len(dims)} dims, not a dim {dim}")
+                dims = [dims[dim]]
+        groups: set[int] = set()
+        for td in dims:
+            for leaf in td.leaves.tolist():
+                if res.leaf_unit_offsets[leaf] >= 0:
+                    units = res.units_of_leaf(leaf)
+                    groups.update(res.unit_groups[units[res.unit_blocked[units]]].tolist())
+        return blockers(self, groups)
 
     @property
     def opaque_ops(self) -> list[OpaqueOp]:

@@ -237,9 +237,9 @@ def prune_step(
                 )
             raise NoPrunableGroupsError(
                 "no group of the model has a prunable unit: every channel touches an input, an "
-                "output, an ignored tensor or an op without a rule (outputs keep their width "
-                "unless prune_outputs names them)"
-                + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
+                "output, an ignored tensor, an op without a rule or an op whose rule keeps it "
+                "(outputs keep their width unless prune_outputs names them). What keeps them:"
+                + _listed([b.describe() for b in g.blockers()], 8)
             )
         if selection.exact_only and not shrinkable.any():
             whole = [
@@ -278,6 +278,11 @@ def prune_step(
     result = apply_step(dg, plan, timings, t0, options.in_place, options.optimizer)
     result.rounded = list(rounded)
     return result
+
+
+def _listed(lines: list[str], shown: int) -> str:
+    more = [f"... ({len(lines) - shown} more)"] if len(lines) > shown else []
+    return "".join(f"\n  - {line}" for line in lines[:shown] + more)
 
 
 def prune_units(dg: DependencyGraph, group: Group, units) -> PruneResult:

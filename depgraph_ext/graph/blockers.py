@@ -1,0 +1,159 @@
+"""Why units cannot be removed: the BLOCK couplings in their groups, and where each came from
+(an op's rule, an op without one, the model's inputs and outputs, ``ignore``, a size the
+model's code fixes ...), so that a refusal names its cause."""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .couplings import CouplingKind
+
+
+@dataclass(frozen=True)
+class BlockSource:
+    """A source of blocks other than an op: ``kind`` "input", "output", "positions" (indices
+    the model returns), "output size" (a size it returns as a number), of traced ``value``;
+    "ignored", "unrelated" (a parameter dim no op relates to anything: a kernel's taps) or
+    "head layout" (an attention module's head dim), of tensor ``name``."""
+
+    kind: str
+    value: int | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """One cause that keeps units whole: ``what`` says it in words; ``node``: the op behind
+    it, if one is (its index in the trace); ``members``: the parameter dims whose units it
+    keeps (``name[dim]``, `` (in part)`` where others of them prune), in the groups asked
+    about."""
+
+    what: str
+    node: int | None
+    members: tuple[str, ...]
+
+    def describe(self, shown: int = 3) -> str:
+        listed = ", ".join(self.members[:shown])
+        more = f" +{len(self.members) - shown}" if len(self.members) > shown else ""
+        return f"{self.what}: keeps {listed}{more} from pruning" if listed else self.what
+
+
+def blockers(dg, groups) -> list[Blocker]:
+    """The causes that block units of the resolution groups ``groups`` (ids), ops first, then
+    by how many tensor dims each keeps whole. A unit is blocked where any slot of its group
+    holds a BLOCK; each block is named by its source."""
+    wanted = {int(g) for g in groups}
+    if not wanted:
+        return []
+    res, cm = dg.resolution, dg.coupling_model
+    c = cm.couplings
+    ks = np.nonzero(c.kinds == int(CouplingKind.BLOCK))[0]
+    if ks.size == 0:
+        return []
+    slots = c.data[c.offsets[ks]]
+    members = _members_by_group(dg, wanted)
+    sources = [start for start, _, _ in cm.block_spans]
+    ops = [start for _, start, _ in cm.rule_spans]
+    found: dict[str, tuple[int | None, set[str]]] = {}
+    for k, slot in zip(ks.tolist(), slots.tolist()):
+        hit = _groups_of_slot(res, slot) & wanted
+        if not hit:
+            continue
+        what, node = _source(dg, k, slot, sources, ops)
+        entry = found.setdefault(what, (node, set()))
+        for gid in hit:
+            entry[1].update(members.get(gid, ()))
+    out = [Blocker(what, node, tuple(sorted(names))) for what, (node, names) in found.items()]
+    out.sort(key=lambda b: (b.node is None, -len(b.members), b.what))
+    return out
+
+
+def _groups_of_slot(res, slot: int) -> set[int]:
+    out: set[int] = set()
+    for leaf in res.leaves_of(slot).tolist():
+        if res.leaf_unit_offsets[leaf] >= 0:
+            out.update(np.unique(res.unit_groups[res.units_of_leaf(leaf)]).tolist())
+    return out
+
+
+def _members_by_group(dg, wanted: set[int]) -> dict[int, list[str]]:
+    """``name[dim]`` of the parameter dims with units in each wanted group (`` (in part)``
+    where some of the dim's units are not blocked: a head dim's block of a width whose heads
+    prune)."""
+    res = dg.resolution
+    out: dict[int, list[str]] = {}
+    for name in dg.graph.params:
+        for td in dg.tensor_dims[name]:
+            units = [
+                res.units_of_leaf(leaf)
+                for leaf in td.leaves.tolist()
+                if res.leaf_unit_offsets[leaf] >= 0
+            ]
+            if not units:
+                continue
+            units = np.concatenate(units)
+            gids = set(np.unique(res.unit_groups[units]).tolist()) & wanted
+            part = "" if res.unit_blocked[units].all() else " (in part)"
+            for gid in gids:
+                out.setdefault(gid, []).append(f"{name}[{td.dim}]{part}")
+    return out
+
+
+def _source(dg, k: int, slot: int, sources: list[int], ops: list[int]) -> tuple[str, int | None]:
+    """Block coupling ``k`` (of ``slot``) in words, and its op's node (None: no op's);
+    ``sources`` and ``ops``: where each of the coupling model's block and rule spans starts."""
+    cm, g = dg.coupling_model, dg.graph
+    i = bisect.bisect_right(ops, k) - 1
+    if i >= 0 and k < cm.rule_spans[i][2]:
+        index = cm.rule_spans[i][0]
+        node = g.nodes[index]
+        opaque = next((op for op in cm.opaque if op.node == index), None)
+        if opaque is not None:
+            return f"{node.describe()} ({opaque.reason})", index
+        return f"{node.describe()}, whose rule allows no pruning there", index
+    i = bisect.bisect_right(sources, k) - 1
+    if i >= 0 and k < cm.block_spans[i][1]:
+        return _describe_source(g, cm.block_spans[i][2]), None
+    if slot in dg.extra_blocked:
+        return "a size the model's code fixes (found by tracing a plan: see the warnings)", None
+    if slot in set(cm.constant_slots.tolist()):
+        return "values made from constants alone (a coordinate or frequency table)", None
+    return "what only the training forward reads (the model is in training mode)", None
+
+
+def _describe_source(g, source: BlockSource) -> str:
+    kind = source.kind
+    if kind in ("input", "output", "positions", "output size"):
+        v = g.values[source.value]
+        if kind == "input":
+            return f"the model's {_input_words(v.name or '')} (inputs keep their width)"
+        where = g.output_paths[g.outputs.index(source.value)] if source.value in g.outputs else ""
+        if kind == "output":
+            return (
+                f"the model's output {where}".rstrip()
+                + " (outputs keep their width unless prune_outputs names them)"
+            )
+        if kind == "positions":
+            return f"positions the model returns {where}".rstrip()
+        return "a size the model returns as a number"
+    if kind == "ignored":
+        return f"{source.name} is ignored"
+    if kind == "unrelated":
+        return f"a dim of {source.name} no op relates to another (its size is the op's own)"
+    return f"the head dim of {source.name}'s attention module (its code derives it)"
+
+
+def _input_words(path: str) -> str:
+    """An input's argument path (``[0][1]``: the second positional input; ``[1]['x']``:
+    keyword ``x``) in words."""
+    positional = re.fullmatch(r"\[0\]\[(\d+)\](.*)", path)
+    if positional:
+        return f"positional input {positional.group(1)}{positional.group(2)}"
+    keyword = re.fullmatch(r"\[1\]\['([^']*)'\](.*)", path)
+    if keyword:
+        return f"input {keyword.group(1)}{keyword.group(2)}"
+    return f"input {path}".rstrip()
