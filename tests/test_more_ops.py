@@ -1016,3 +1016,90 @@ def test_csr_row_pointers_are_read_as_data_not_opaque():
     x = torch.randn(6, 8, dtype=torch.float64)
     pruned, _ = prune_and_check(PerGraphMean().double(), (x, batch), ratio=0.5)
     assert pruned.l1.out_features == 8
+
+
+class _Scored(nn.Module):
+    """Conv features scored by a loss against targets: the model returns the loss alone."""
+
+    def __init__(self, loss) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Conv2d(6, 4, 1)
+        self.loss = loss
+
+    def forward(self, x, target):
+        return self.loss(self.c(F.relu(self.b(F.relu(self.a(x))))), target)
+
+
+def _ctc(y, target):
+    log_probs = y.flatten(2).permute(2, 0, 1).log_softmax(-1)  # [T, N, C], C[0] the blank
+    lengths = torch.full((y.shape[0],), log_probs.shape[0], dtype=torch.long)
+    return F.ctc_loss(log_probs, target, lengths, torch.full_like(lengths, target.shape[1]))
+
+
+_LOSSES = {
+    "cross_entropy": (lambda y, t: F.cross_entropy(y, t), lambda: torch.randint(0, 4, (2, 3, 3))),
+    "cross_entropy_weighted": (
+        lambda y, t: F.cross_entropy(y, t, weight=torch.tensor([1.0, 2.0, 0.5, 1.0]).double()),
+        lambda: torch.randint(0, 4, (2, 3, 3)),
+    ),
+    "nll_per_pixel": (
+        lambda y, t: F.nll_loss(y.log_softmax(1), t, reduction="none"),
+        lambda: torch.randint(0, 4, (2, 3, 3)),
+    ),
+    "nll_pooled": (
+        lambda y, t: F.nll_loss(y.mean((2, 3)).log_softmax(1), t),
+        lambda: torch.tensor([1, 3]),
+    ),
+    "mse": (F.mse_loss, lambda: torch.rand(2, 4, 3, 3).double()),
+    "bce_with_logits": (
+        F.binary_cross_entropy_with_logits,
+        lambda: torch.rand(2, 4, 3, 3).double(),
+    ),
+    "bce": (
+        lambda y, t: F.binary_cross_entropy(y.sigmoid(), t),
+        lambda: torch.rand(2, 4, 3, 3).double(),
+    ),
+    "smooth_l1": (F.smooth_l1_loss, lambda: torch.rand(2, 4, 3, 3).double()),
+    "huber": (F.huber_loss, lambda: torch.rand(2, 4, 3, 3).double()),
+    "soft_margin": (F.soft_margin_loss, lambda: torch.rand(2, 4, 3, 3).double().sign()),
+    "multi_margin": (
+        lambda y, t: F.multi_margin_loss(y.mean((2, 3)), t),
+        lambda: torch.tensor([1, 3]),
+    ),
+    "multilabel_margin": (
+        lambda y, t: F.multilabel_margin_loss(y.mean((2, 3)), t),
+        lambda: torch.tensor([[0, 1, -1, 0], [3, -1, 0, 0]]),
+    ),
+    "ctc": (_ctc, lambda: torch.tensor([[1, 2], [3, 3]])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LOSSES))
+def test_a_loss_keeps_the_dims_it_scores_and_the_rest_prunes_exactly(name):
+    loss, target = _LOSSES[name]
+    torch.manual_seed(0)
+    model = _Scored(loss).double()
+    inputs = (torch.randn(2, 3, 3, 3, dtype=torch.float64), target())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.OpaqueOpWarning)  # a loss is an op the rules know
+        pruned, result = prune_and_check(model, inputs, ratio=0.5, exact_only=True)
+        dg = dx.DependencyGraph(copy.deepcopy(model), inputs)
+    assert (pruned.a.out_channels, pruned.b.out_channels, pruned.c.out_channels) == (4, 3, 4)
+    [why] = dg.blockers("c.weight", 0)  # the scored dim: kept by the loss, named
+    assert why.what.split()[1].rsplit(".", 1)[0] in _LOSS_OPS  # (op aten.mse_loss.default ...)
+    assert why.what.endswith("whose rule allows no pruning there")
+
+
+_LOSS_OPS = {
+    "aten.nll_loss_forward",
+    "aten.nll_loss2d_forward",
+    "aten.mse_loss",
+    "aten.binary_cross_entropy_with_logits",
+    "aten.binary_cross_entropy",
+    "aten.smooth_l1_loss",
+    "aten.huber_loss",
+    "aten.soft_margin_loss",
+    "aten.multi_margin_loss",
+    "aten.multilabel_margin_loss_forward",
+    "aten._ctc_loss",
+}

@@ -23,6 +23,7 @@ from . import (  # noqa: F401  (importing a family registers its rules)
     indexing,
     layout,
     linear,
+    losses,
     norms,
     pooling,
     recurrent,
