@@ -592,3 +592,65 @@ def test_a_pruned_model_generates_with_its_cache_what_its_scatter_back_generates
     uncached_tokens, uncached_scores = generated(model, use_cache=False)
     assert torch.equal(tokens, uncached_tokens)
     torch.testing.assert_close(uncached_scores[finite], scores[finite], rtol=1e-9, atol=1e-9)
+
+
+def _shared_config_pair():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    torch.manual_seed(0)
+    teacher = transformers.LlamaForCausalLM(config).eval()
+    student = transformers.LlamaForCausalLM(teacher.config).eval()  # one config object
+    return transformers, config, teacher, student
+
+
+def test_a_model_sharing_its_config_object_prunes_without_changing_the_others(tmp_path):
+    transformers, config, teacher, student = _shared_config_pair()
+    before = config.to_dict()
+    ids = {"input_ids": torch.randint(0, 64, (2, 7))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(student, ids, ratio=0.5, ratios={"hidden": 0, "heads": 0})
+    assert [(u.field, u.new) for u in result.config_updates] == [("intermediate_size", 32)]
+    # the student has a config of its own, held wherever the shared one was
+    assert student.config.intermediate_size == 32 and student.config is not config
+    assert student.model.layers[1].self_attn.config is student.config
+    assert all(getattr(m, "config", student.config) is student.config for m in student.modules())
+    # the teacher's (and the caller's) config is as it was: its checkpoint loads
+    assert teacher.config is config and config.to_dict() == before
+    teacher.save_pretrained(tmp_path / "teacher")
+    student.save_pretrained(tmp_path / "student")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for model, name in ((teacher, "teacher"), (student, "student")):
+            reloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / name).eval()
+            torch.testing.assert_close(reloaded(**ids).logits, model(**ids).logits)
+
+
+def test_an_undone_step_gives_the_model_its_config_back(monkeypatch):
+    from depgraph_ext.pruning import validate
+
+    _, config, _, student = _shared_config_pair()
+    before = config.to_dict()
+    real, calls = validate.checked_plan, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(student.config is config)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validate, "checked_plan", fail_second)
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match="injected"):
+        warnings.simplefilter("ignore")
+        dx.prune(student, {"input_ids": torch.randint(0, 64, (2, 7))}, iterative_steps=2)
+    assert calls == [True, False]  # the first step gave the student a config of its own
+    assert student.config is config and config.to_dict() == before
+    assert all(getattr(m, "config", config) is config for m in student.modules())
+    assert student.model.layers[0].mlp.up_proj.out_features == 64

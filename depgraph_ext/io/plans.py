@@ -18,7 +18,7 @@ import torch
 from ..errors import InvalidArgumentError, PruningError
 from ..pruning.apply import apply_changes
 from ..pruning.attributes import AttributeUpdate
-from ..pruning.configs import ConfigUpdate, apply_config_updates
+from ..pruning.configs import ConfigUpdate, updated_config
 
 FORMAT = "depgraph_ext.plan/2"
 FORMATS = ("depgraph_ext.plan/1", FORMAT)  # what apply_plan reads
@@ -137,6 +137,7 @@ def apply_plan(model: torch.nn.Module, plan) -> dict:
     config_updates = [ConfigUpdate(u["field"], u["old"], u["new"]) for u in data["config"]]
     if config_updates and config is None:
         raise PruningError("the plan updates a config, and this model has none")
+    give_config = updated_config(model, config_updates)
     apply_changes(model, tensor_plan, updates, tensors=tensors)
-    apply_config_updates(model, config_updates)
+    give_config()
     return tensor_plan

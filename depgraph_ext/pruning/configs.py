@@ -16,6 +16,7 @@ import copy
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -536,10 +537,42 @@ def no_torch_init():
             setattr(init, name, fn)
 
 
-def apply_config_updates(model, updates: list[ConfigUpdate]) -> None:
+def updated_config(model, updates: list[ConfigUpdate]) -> Callable[[], None]:
+    """A copy of the model's config with ``updates`` set, and the swap (returned, to call once
+    the weights changed: it cannot fail) that gives the copy to the model: every module
+    attribute holding its config, or one of its sub-configs, gets the copy's. A config object
+    is often shared (``Student(teacher.config)``, two models built from one AutoConfig): set
+    in place, the updates would change the other model's config too, its saved checkpoint
+    no longer loading, its code reading the pruned values. With no updates, nothing changes."""
+    if not updates:
+        return lambda: None
     config = config_of(model)
+    copied: dict[int, object] = {}
+    new = copy.deepcopy(config, copied)
     for u in updates:
-        setattr(config, u.field, u.new)
+        setattr(new, u.field, u.new)
+
+    def swap() -> None:
+        for held, name, value in held_configs(model):
+            if id(value) in copied:
+                held[name] = copied[id(value)]
+
+    return swap
+
+
+def held_configs(model) -> list[tuple[dict, str, object]]:
+    """(a module's ``__dict__``, attribute name, config) of every transformers config the
+    model's modules hold as attributes (none without transformers)."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
+        return []
+    base = transformers.PretrainedConfig
+    return [
+        (module.__dict__, name, value)
+        for module in model.modules()
+        for name, value in list(module.__dict__.items())
+        if isinstance(value, base)
+    ]
 
 
 @contextlib.contextmanager

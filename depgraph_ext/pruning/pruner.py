@@ -33,7 +33,7 @@ from ..result import PruneResult, compose_results, layer_of, layer_width
 from ..torch_defaults import with_library_defaults
 from .apply import apply_changes, set_data, state_companions
 from .attributes import set_attributes
-from .configs import apply_config_updates, config_of, round_to_config
+from .configs import held_configs, round_to_config, updated_config
 from .criteria import RoundScores, get_importance
 from .importance import fisher_entry
 from .options import PruneOptions, with_options_signature
@@ -335,6 +335,7 @@ def apply_step(
     widths = {m: layer_width(modules[m]) for m in layers}
     companions = state_companions(model, plan.tensors, optimizer, tensors)
     native = dg.backend == "native"
+    give_config = updated_config(model, plan.config)
     apply_changes(
         model,
         plan.tensors,
@@ -344,7 +345,7 @@ def apply_step(
         companions=companions,
         tensors=tensors,
     )
-    apply_config_updates(model, plan.config)
+    give_config()
     t_apply = time.perf_counter()
     timings = timings | {"count": t - t_count, "apply": t_apply - t, "total": t_apply - t0}
     if changing:
@@ -407,14 +408,16 @@ class Snapshot:
         self.fisher = [
             (e, list(e)) for t in model.parameters() if (e := fisher_entry(t)) is not None
         ]
+        # The configs its modules hold: a step gives the model updated copies (never changing
+        # these), so undoing it gives these back.
+        self.configs = held_configs(model)
 
     def restore(self, results: list[PruneResult]) -> None:
         """Undo ``results`` (the steps taken since the snapshot, in order)."""
         for result in reversed(results):
             set_attributes(self.model, result.attribute_updates, new=False)
-            config = config_of(self.model)
-            for c in reversed(result.config_updates):
-                setattr(config, c.field, c.old)
+        for held, name, config in self.configs:
+            held[name] = config
         with torch.no_grad():
             for t, data, grad in self.tensors:
                 set_data(t, data)
