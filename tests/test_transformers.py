@@ -654,3 +654,29 @@ def test_an_undone_step_gives_the_model_its_config_back(monkeypatch):
     assert student.config is config and config.to_dict() == before
     assert all(getattr(m, "config", config) is config for m in student.modules())
     assert student.model.layers[0].mlp.up_proj.out_features == 64
+
+
+def test_a_tokenizers_output_is_the_example_inputs_it_holds():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).double().eval()
+    ids = torch.randint(0, 64, (2, 7))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    encoded = transformers.BatchEncoding({"input_ids": ids, "attention_mask": mask})
+    assert not isinstance(encoded, dict)  # (a UserDict: a mapping)
+    plans = []
+    for inputs in ({"input_ids": ids, "attention_mask": mask}, encoded):
+        m = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = dx.prune(m, inputs, ratio=0.5, exact_only=True)
+        plans.append(result.plan)
+        assert result.verify(inputs) <= 1e-9  # the scatter-back, run on the same inputs
+    assert plans[0].keys() == plans[1].keys()
+    assert all(torch.equal(plans[0][n][d], plans[1][n][d]) for n in plans[0] for d in plans[0][n])
+    with pytest.raises(dx.InvalidArgumentError, match="whose names are strings, not 0"):
+        dx.prune(copy.deepcopy(model), {0: ids}, ratio=0.5)

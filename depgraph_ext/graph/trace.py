@@ -20,6 +20,7 @@ import threading
 import time
 import types
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -213,16 +214,25 @@ class ShapeTrace:
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
-    """A tensor, a tuple/list of positional inputs, or a dict of keyword inputs."""
+    """A tensor, a tuple/list of positional inputs, or a mapping of keyword inputs (a dict,
+    or what a tokenizer or processor returns: transformers' BatchEncoding and BatchFeature
+    are mappings, not dicts)."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,), {}
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
+    if isinstance(example_inputs, Mapping):
+        keywords = dict(example_inputs)
+        named = [k for k in keywords if not isinstance(k, str)]
+        if named:
+            raise InvalidArgumentError(
+                "example_inputs as a mapping are keyword inputs, whose names are strings, "
+                f"not {named[0]!r}"
+            )
+        return (), keywords
     raise InvalidArgumentError(
-        "example_inputs must be a tensor, a tuple/list of positional inputs or a dict of keyword "
-        f"inputs, not {type(example_inputs).__name__}"
+        "example_inputs must be a tensor, a tuple/list of positional inputs or a mapping (a "
+        f"dict, a tokenizer's output) of keyword inputs, not {type(example_inputs).__name__}"
     )
 
 
@@ -1194,11 +1204,8 @@ def _real_is_cheap(tensors, example_inputs, trace_device: torch.device) -> bool:
         total += t.numel() * t.element_size()
     if total > REAL_TRACE_MAX_BYTES:
         return False
-    leaves = (
-        example_inputs.values()
-        if isinstance(example_inputs, dict)
-        else (example_inputs if isinstance(example_inputs, (tuple, list)) else [example_inputs])
-    )
+    args, kwargs = normalize_inputs(example_inputs)
+    leaves = [*args, *kwargs.values()]
     return not any(
         isinstance(t, torch.Tensor)
         and (t.device.type != trace_device.type or isinstance(t, FakeTensor))
