@@ -742,3 +742,38 @@ def test_a_training_path_through_an_op_without_a_rule_is_said_not_followed():
         r"without a rule: op aten\.linalg_qr",
     ):
         dx.prune(model, {"ids": torch.tensor([[1, 2, 3]])}, ratio=0.5)
+
+
+def test_a_distributed_wrapper_is_refused_and_its_module_prunes_and_trains_rewrapped(tmp_path):
+    """DistributedDataParallel holds gradient buckets of its parameters' sizes (a prune through
+    it left training with no gradients, then a DDP error): refused by name, the model as it
+    was; its module prunes, and a new wrapper trains the pruned one."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        torch.manual_seed(0)
+        inner = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        wrapped = torch.nn.parallel.DistributedDataParallel(inner)
+        x = torch.randn(3, 8)
+        before = {n: (t, t.detach().clone()) for n, t in inner.named_parameters()}
+        with pytest.raises(dx.InvalidArgumentError, match="the model is a DistributedDataParallel"):
+            dx.prune(wrapped, x, ratio=0.5)
+        outer = torch.nn.Sequential(wrapped)
+        with pytest.raises(dx.InvalidArgumentError, match="its module '0' is a DistributedData"):
+            dx.prune(outer, x, ratio=0.5)
+        for name, t in inner.named_parameters():
+            assert t is before[name][0] and torch.equal(t, before[name][1])
+        from torch.distributed.fsdp import fully_shard
+
+        sharded = fully_shard(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)))
+        with pytest.raises(dx.InvalidArgumentError, match="is a FSDPModule.*before fully_shard"):
+            dx.prune(sharded, x, ratio=0.5)
+        dx.prune(wrapped.module, x, ratio=0.5)
+        rewrapped = torch.nn.parallel.DistributedDataParallel(inner)
+        rewrapped(x).sum().backward()
+        assert [tuple(p.grad.shape) for p in inner.parameters()] == [(8, 8), (8,), (4, 8), (4,)]
+    finally:
+        dist.destroy_process_group()

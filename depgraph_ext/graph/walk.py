@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +50,26 @@ class ModelWalk:
             )
         modules = list(model.named_modules())
         for name, m in modules:
+            where = f"its module {name!r}" if name else "the model"
             if isinstance(m, torch.jit.ScriptModule):
-                where = f"its module {name!r}" if name else "the model"
                 raise InvalidArgumentError(
                     f"{where} is TorchScript (torch.jit.script or torch.jit.trace): its "
                     "compiled code runs without the Python a trace follows, so the sizes it "
                     "reads cannot be seen; prune the Python module, then script the pruned one"
+                )
+            wrapper = _distributed_wrapper(m)
+            if wrapper is not None:
+                then = (
+                    "prune the model before fully_shard, the same way on every rank"
+                    if wrapper == "FSDPModule"
+                    else "prune the module it wraps (.module), the same way on every rank, "
+                    "then wrap the pruned module anew (a wrapper built before the prune no "
+                    "longer trains it)"
+                )
+                raise InvalidArgumentError(
+                    f"{where} is a {wrapper}, made for distributed training: it holds "
+                    "gradient buckets or shards of its parameters' sizes, made when it was "
+                    f"built, and synchronizes the ranks as it runs (a trace would too); {then}"
                 )
         params, buffers, aliases = named_tensors(model)
         lazy = [n for n, t in (params | buffers).items() if torch.nn.parameter.is_lazy(t)]
@@ -70,6 +85,19 @@ class ModelWalk:
     def modules_by_name(self) -> dict[str, torch.nn.Module]:
         """``modules`` as a dict (a module reached by more than one path: under its first)."""
         return dict(self.modules)
+
+
+def _distributed_wrapper(module: torch.nn.Module) -> str | None:
+    """The name of the distributed-training wrapper ``module`` is (None: it is none):
+    DistributedDataParallel, or FSDP's (looked up only where FSDP was imported)."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        return "DistributedDataParallel"
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    for name in ("FullyShardedDataParallel", "FSDPModule"):
+        cls = getattr(fsdp, name, None)
+        if isinstance(cls, type) and isinstance(module, cls):
+            return name
+    return None
 
 
 def non_persistent(walk: ModelWalk) -> set[str]:
