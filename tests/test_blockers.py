@@ -122,3 +122,23 @@ def test_a_width_whose_heads_prune_is_kept_in_part(backend):
     assert "qkv.weight[0] (in part)" in attention.members
     assert "out.weight[1] (in part)" in attention.members
     assert any(g.kind == "heads" for g in dg.groups)  # while the heads prune
+
+
+class FixedRows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.out(self.fc(x).view(-1, 12))  # "12": a constant of the code
+
+
+def test_a_size_the_code_fixes_is_named_among_the_causes_once_validation_found_it():
+    with pytest.warns(dx.FixedSizeWarning), pytest.raises(dx.NoPrunableGroupsError) as refusal:
+        dx.prune(FixedRows(), torch.randn(3, 4), ratio=0.5)
+    message = str(refusal.value)
+    assert "the last the plan's validation found: the pruned shapes do not run at op" in message
+    causes = message.split("What keeps every width:")[1].splitlines()[1:]
+    assert causes[0].startswith("  - a size the model's code fixes (found by tracing a plan")
+    assert "fc.weight[0]" in causes[0] and "out.weight[1]" in causes[0]
+    assert any("the model's output" in line for line in causes)

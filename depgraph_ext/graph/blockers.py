@@ -58,12 +58,17 @@ def blockers(dg, groups) -> list[Blocker]:
     members = _members_by_group(dg, wanted)
     sources = [start for start, _, _ in cm.block_spans]
     ops = [start for _, start, _ in cm.rule_spans]
+    opaque = {op.node: op for op in cm.opaque}
+    described: dict[tuple, tuple[str, int | None]] = {}  # (each source once: it reads code)
     found: dict[str, tuple[int | None, set[str]]] = {}
     for k, slot in zip(ks.tolist(), slots.tolist()):
         hit = _groups_of_slot(res, slot) & wanted
         if not hit:
             continue
-        what, node = _source(dg, k, slot, sources, ops)
+        key = _source_key(cm, k, slot, sources, ops)
+        if key not in described:
+            described[key] = _describe(dg, key, opaque)
+        what, node = described[key]
         entry = found.setdefault(what, (node, set()))
         for gid in hit:
             entry[1].update(members.get(gid, ()))
@@ -103,24 +108,32 @@ def _members_by_group(dg, wanted: set[int]) -> dict[int, list[str]]:
     return out
 
 
-def _source(dg, k: int, slot: int, sources: list[int], ops: list[int]) -> tuple[str, int | None]:
-    """Block coupling ``k`` (of ``slot``) in words, and its op's node (None: no op's);
+def _source_key(cm, k: int, slot: int, sources: list[int], ops: list[int]) -> tuple:
+    """Where block coupling ``k`` (of ``slot``) came from: ("op", node index), ("source",
+    BlockSource), or ("later", slot) for a block added after the rules (``with_blocks``);
     ``sources`` and ``ops``: where each of the coupling model's block and rule spans starts."""
-    cm, g = dg.coupling_model, dg.graph
     i = bisect.bisect_right(ops, k) - 1
     if i >= 0 and k < cm.rule_spans[i][2]:
-        index = cm.rule_spans[i][0]
-        node = g.nodes[index]
-        opaque = next((op for op in cm.opaque if op.node == index), None)
-        if opaque is not None:
-            return f"{node.describe()} ({opaque.reason})", index
-        return f"{node.describe()}, whose rule allows no pruning there", index
+        return ("op", cm.rule_spans[i][0])
     i = bisect.bisect_right(sources, k) - 1
     if i >= 0 and k < cm.block_spans[i][1]:
-        return _describe_source(g, cm.block_spans[i][2]), None
-    if slot in dg.extra_blocked:
+        return ("source", cm.block_spans[i][2])
+    return ("later", slot)
+
+
+def _describe(dg, key: tuple, opaque: dict) -> tuple[str, int | None]:
+    """A source of blocks in words, and its op's node (None: no op's)."""
+    kind, what = key
+    if kind == "op":
+        node = dg.graph.nodes[what]
+        if what in opaque:
+            return f"{node.describe()} ({opaque[what].reason})", what
+        return f"{node.describe()}, whose rule allows no pruning there", what
+    if kind == "source":
+        return _describe_source(dg.graph, what), None
+    if what in dg.extra_blocked:
         return "a size the model's code fixes (found by tracing a plan: see the warnings)", None
-    if slot in set(cm.constant_slots.tolist()):
+    if what in set(dg.coupling_model.constant_slots.tolist()):
         return "values made from constants alone (a coordinate or frequency table)", None
     return "what only the training forward reads (the model is in training mode)", None
 

@@ -235,12 +235,15 @@ def prune_step(
                     "model holds its weights in packed form, not as parameters)"
                     + "".join(f"\n  - {op.describe()}" for op in g.opaque_ops)
                 )
-            raise NoPrunableGroupsError(
+            causes = _listed([b.describe() for b in g.blockers()], 8)
+            refusal = NoPrunableGroupsError(
                 "no group of the model has a prunable unit: every channel touches an input, an "
                 "output, an ignored tensor, an op without a rule or an op whose rule keeps it "
                 "(outputs keep their width unless prune_outputs names them). What keeps them:"
-                + _listed([b.describe() for b in g.blockers()], 8)
+                + causes
             )
+            refusal.causes = causes
+            raise refusal
         if selection.exact_only and not shrinkable.any():
             whole = [
                 grp

@@ -116,9 +116,11 @@ def plan_until_valid(
                 raise
             # What validation learnt blocked every group: the failure that did it is the news
             # (it names the op and the line of the model's code that ran it).
+            causes = getattr(exc, "causes", "")  # (what keeps every width, listed)
             raise NoPrunableGroupsError(
                 "no group is left to prune once the sizes the model's code fixes are kept; "
                 f"the last the plan's validation found: {last}"
+                + (f". What keeps every width:{causes}" if causes else "")
             ) from exc
         t = time.perf_counter()
         try:
