@@ -122,6 +122,64 @@ def test_training_goes_on_while_the_last_steps_graph_is_alive(in_place, backend)
     assert loss.grad_fn is not None  # (the old graph was alive throughout)
 
 
+class _SparseLookup(nn.Module):
+    """An embedding with sparse gradients (a recommender's, word2vec's) before an MLP."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 16, sparse=True)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.b(torch.relu(self.a(self.embed(ids))))
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sparse_gradient_is_sliced_with_its_weight(in_place, backend):
+    """nn.Embedding(sparse=True) keeps a sparse gradient (the prune failed in torch's
+    layout code with "unsupported memory format option"): it is sliced as the dense one
+    would be, stays sparse, and SparseAdam goes on."""
+    torch.manual_seed(0)
+    model, ids = _SparseLookup().double(), torch.randint(0, 20, (4, 5))
+    opt = torch.optim.SparseAdam(list(model.embed.parameters()))
+    model(ids).square().mean().backward()
+    opt.step()
+    dense = model.embed.weight.grad.to_dense()
+    result = dx.prune(model, ids, ratio=0.5, optimizer=opt, in_place=in_place, backend=backend)
+    [kept] = result.plan["embed.weight"].values()
+    grad = model.embed.weight.grad
+    assert grad.is_sparse and grad.shape == model.embed.weight.shape == (20, 8)
+    torch.testing.assert_close(grad.to_dense(), dense[:, kept], rtol=0, atol=0)
+    assert opt.state[model.embed.weight]["exp_avg"].shape == (20, 8)
+    model.zero_grad()
+    model(ids).square().mean().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("importance", ["taylor", "fisher"])
+def test_gradient_criteria_score_a_sparse_gradient_as_its_dense_twin(importance):
+    """Taylor and Fisher scores from an nn.Embedding(sparse=True)'s gradient (Taylor failed
+    inside torch: no as_strided for sparse tensors) are those of the same model with dense
+    gradients: the same plan."""
+    torch.manual_seed(0)
+    sparse, ids = _SparseLookup().double(), torch.randint(0, 20, (4, 5))
+    dense = copy.deepcopy(sparse)
+    dense.embed.sparse = False
+    plans = []
+    for model in (sparse, dense):
+        with dx.collect_fisher(model):
+            for _ in range(2):
+                model.zero_grad()
+                model(ids).square().mean().backward()
+        plans.append(dx.prune(model, ids, ratio=0.5, importance=importance).plan)
+    assert sparse.embed.weight.grad.is_sparse and not dense.embed.weight.grad.is_sparse
+    assert plans[0].keys() == plans[1].keys()
+    for name, dims in plans[0].items():
+        for d, kept in dims.items():
+            assert torch.equal(kept, plans[1][name][d]), (name, d)
+
+
 # -- group sparsity ------------------------------------------------------------------------------
 def _direct_penalty(reg: dx.GroupSparsity, lam: float) -> torch.Tensor:
     """lam * sum_k gamma_k * ||w_k||_2 written from the groups' member slices, in autograd."""

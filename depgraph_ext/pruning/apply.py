@@ -57,7 +57,9 @@ def _dim_order(t: torch.Tensor) -> list[int] | None:
 
 def in_layout_of(original: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """``new`` (contiguous, of ``original``'s rank) in ``original``'s memory layout: a model
-    set to ``channels_last`` stays so where it is pruned."""
+    set to ``channels_last`` stays so where it is pruned; a sparse tensor as it is."""
+    if new.layout != torch.strided:  # (a sparse gradient, an nn.Embedding(sparse=True)'s)
+        return new
     order = _dim_order(original)
     if order is None:
         return new.contiguous()

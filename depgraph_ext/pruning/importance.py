@@ -215,7 +215,7 @@ class TaylorImportance(GroupImportance):
         return param.grad is not None
 
     def magnitudes(self, name, param):
-        return (param.detach() * param.grad.detach()).abs()  # (abs_ refuses complex)
+        return (param.detach() * _dense(param.grad.detach())).abs()  # (abs_ refuses complex)
 
     def raw_scores(self, dg):
         params = dg.walk.params
@@ -225,6 +225,12 @@ class TaylorImportance(GroupImportance):
                 "before pruning (no scoring parameter has a .grad)"
             )
         return super().raw_scores(dg)
+
+
+def _dense(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient as a strided tensor (an nn.Embedding(sparse=True)'s is sparse: the rows no
+    index looked up are zeros)."""
+    return grad if grad.layout == torch.strided else grad.to_dense()
 
 
 # Squared gradients per parameter, collected by collect_fisher: param -> [sum of g^2, batches].
@@ -243,7 +249,7 @@ def collect_fisher(model: nn.Module):
             continue
 
         def hook(grad, p=p):
-            g2 = grad.detach().to(torch.float32).square()
+            g2 = _dense(grad.detach()).to(torch.float32).square()
             if p in _FISHER_STATS and _FISHER_STATS[p][0].shape == g2.shape:
                 _FISHER_STATS[p][0].add_(g2)
                 _FISHER_STATS[p][1] += 1
