@@ -34,6 +34,7 @@ from .errors import (
     UnusedParametersWarning,
     VerificationError,
 )
+from .graph.blockers import Blocker
 from .graph.dependency import DependencyGraph, Group, Member
 from .graph.resolve import native_available
 from .graph.rules import RuleContext, register_rule, unregister_rule
@@ -63,6 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BNScaleImportance",
     "BackendUnavailableError",
+    "Blocker",
     "CheckpointError",
     "CheckpointResult",
     "CheckpointWriteError",
