@@ -142,3 +142,24 @@ def test_a_size_the_code_fixes_is_named_among_the_causes_once_validation_found_i
     assert causes[0].startswith("  - a size the model's code fixes (found by tracing a plan")
     assert "fc.weight[0]" in causes[0] and "out.weight[1]" in causes[0]
     assert any("the model's output" in line for line in causes)
+
+
+class _Flipping(nn.Module):
+    """A layer whose one line of code every copy of it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x).flip(-1)
+
+
+def test_one_line_every_layer_runs_is_one_cause_naming_its_modules(backend):
+    model = nn.Sequential(*[_Flipping() for _ in range(5)])
+    dg = dx.DependencyGraph(model, torch.randn(2, 8), backend=backend)
+    [flip] = [b for b in dg.blockers() if "aten.flip" in b.what]
+    assert flip.what.startswith("op aten.flip.default in modules 0, 1, 2 +2 at ")
+    assert flip.what.endswith("(return self.fc(x).flip(-1)), whose rule allows no pruning there")
+    assert {f"{i}.fc.weight[0]" for i in range(5)} <= set(flip.members)
+    assert flip.node == next(n.index for n in dg.graph.nodes if n.name == "aten.flip.default")

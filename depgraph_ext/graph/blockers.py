@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import source
 from .couplings import CouplingKind
 
 
@@ -59,20 +60,30 @@ def blockers(dg, groups) -> list[Blocker]:
     sources = [start for start, _, _ in cm.block_spans]
     ops = [start for _, start, _ in cm.rule_spans]
     opaque = {op.node: op for op in cm.opaque}
-    described: dict[tuple, tuple[str, int | None]] = {}  # (each source once: it reads code)
-    found: dict[str, tuple[int | None, set[str]]] = {}
+    described: dict[tuple, tuple] = {}  # (each source once: it reads the model's code)
+    # What blocks, by site: an op's line in the model's code (its modules gathered: each
+    # layer's copy of one line is one cause), or another source's words.
+    found: dict[tuple, tuple[list[int], list[str], set[str]]] = {}
     for k, slot in zip(ks.tolist(), slots.tolist()):
         hit = _groups_of_slot(res, slot) & wanted
         if not hit:
             continue
         key = _source_key(cm, k, slot, sources, ops)
         if key not in described:
-            described[key] = _describe(dg, key, opaque)
-        what, node = described[key]
-        entry = found.setdefault(what, (node, set()))
+            described[key] = _site(dg, key, opaque)
+        site = described[key]
+        nodes, modules, names = found.setdefault(site, ([], [], set()))
+        if key[0] == "op" and key[1] not in nodes:
+            nodes.append(key[1])
+            module = dg.graph.nodes[key[1]].module
+            if module not in modules:
+                modules.append(module)
         for gid in hit:
-            entry[1].update(members.get(gid, ()))
-    out = [Blocker(what, node, tuple(sorted(names))) for what, (node, names) in found.items()]
+            names.update(members.get(gid, ()))
+    out = [
+        Blocker(_words(site, modules), nodes[0] if nodes else None, tuple(sorted(names)))
+        for site, (nodes, modules, names) in found.items()
+    ]
     out.sort(key=lambda b: (b.node is None, -len(b.members), b.what))
     return out
 
@@ -121,21 +132,39 @@ def _source_key(cm, k: int, slot: int, sources: list[int], ops: list[int]) -> tu
     return ("later", slot)
 
 
-def _describe(dg, key: tuple, opaque: dict) -> tuple[str, int | None]:
-    """A source of blocks in words, and its op's node (None: no op's)."""
+def _site(dg, key: tuple, opaque: dict) -> tuple:
+    """Where a source of blocks is: ("op", op name, line of the model's code, why) for an
+    op's, ("words", what it is) for any other."""
     kind, what = key
     if kind == "op":
         node = dg.graph.nodes[what]
-        if what in opaque:
-            return f"{node.describe()} ({opaque[what].reason})", what
-        return f"{node.describe()}, whose rule allows no pruning there", what
+        why = (
+            f"({opaque[what].reason})" if what in opaque else ", whose rule allows no pruning there"
+        )
+        return ("op", node.name, node.where, why)
     if kind == "source":
-        return _describe_source(dg.graph, what), None
+        return ("words", _describe_source(dg.graph, what))
     if what in dg.extra_blocked:
-        return "a size the model's code fixes (found by tracing a plan: see the warnings)", None
+        return (
+            "words",
+            "a size the model's code fixes (found by tracing a plan: see the warnings)",
+        )
     if what in set(dg.coupling_model.constant_slots.tolist()):
-        return "values made from constants alone (a coordinate or frequency table)", None
-    return "what only the training forward reads (the model is in training mode)", None
+        return ("words", "values made from constants alone (a coordinate or frequency table)")
+    return ("words", "what only the training forward reads (the model is in training mode)")
+
+
+def _words(site: tuple, modules: list[str]) -> str:
+    if site[0] == "words":
+        return site[1]
+    _, op, where, why = site
+    names = [m or "<root>" for m in modules]
+    if len(names) == 1:
+        held = f"module {names[0]}"
+    else:
+        held = f"modules {', '.join(names[:3])}" + (f" +{len(names) - 3}" if len(names) > 3 else "")
+    at = source.describe(where)
+    return f"op {op} in {held}" + (f" at {at}" if at else "") + (" " if why[0] == "(" else "") + why
 
 
 def _describe_source(g, source: BlockSource) -> str:
