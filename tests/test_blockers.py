@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_more_ops import FixedRows
 from test_rules import Mystery
 from torch.nn.utils import parametrize
 
@@ -122,15 +123,6 @@ def test_a_width_whose_heads_prune_is_kept_in_part(backend):
     assert "qkv.weight[0] (in part)" in attention.members
     assert "out.weight[1] (in part)" in attention.members
     assert any(g.kind == "heads" for g in dg.groups)  # while the heads prune
-
-
-class FixedRows(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc, self.out = nn.Linear(4, 12), nn.Linear(12, 3)
-
-    def forward(self, x):
-        return self.out(self.fc(x).view(-1, 12))  # "12": a constant of the code
 
 
 def test_a_size_the_code_fixes_is_named_among_the_causes_once_validation_found_it():

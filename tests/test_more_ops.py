@@ -241,18 +241,21 @@ def test_custom_autograd_function_is_traced_through_its_aten_ops():
     assert pruned.a.out_features == 4
 
 
+class FixedRows(nn.Module):
+    """Rows whose width the code fixes, and nothing else to prune."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out = nn.Linear(4, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.out(self.fc(x).view(-1, 12))  # "12": a constant of the code
+
+
 def test_a_refusal_for_sizes_the_code_fixes_names_the_line():
-    class Rows(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc, self.out = nn.Linear(4, 12), nn.Linear(12, 3)
-
-        def forward(self, x):
-            return self.out(self.fc(x).view(-1, 12))  # "12": a constant of the code
-
     with pytest.warns(dx.FixedSizeWarning):
         with pytest.raises(dx.NoPrunableGroupsError, match=r"test_more_ops.py:\d+ \(return "):
-            dx.prune(Rows(), torch.randn(3, 4), ratio=0.5)
+            dx.prune(FixedRows(), torch.randn(3, 4), ratio=0.5)
 
 
 def test_a_mask_over_several_dims_indexes_them_together(backend):
