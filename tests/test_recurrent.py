@@ -203,3 +203,30 @@ def test_packed_sequences_prune_their_features(kind):
     pruned, _ = prune_and_check(Packed().double().eval(), (x, lengths), ratio=0.5)
     assert pruned.inp.out_features == 6 and pruned.rnn.input_size == 6
     assert pruned.rnn.hidden_size == 5
+
+
+class _PackedIn(nn.Module):
+    """An LSTM whose forward takes a PackedSequence, its last hidden state classified."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(8, 16), nn.Linear(16, 3)
+
+    def forward(self, packed):
+        _, (h, _) = self.lstm(packed)
+        return self.fc(h[-1])
+
+
+def test_a_packed_sequence_given_alone_is_one_input():
+    """A PackedSequence is a named tuple: given as the example inputs it is the one input it
+    is (it was taken for four positional ones, and the trace failed), the same prune as
+    ``(packed,)``."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    model = _PackedIn().double()  # (prune_and_check prunes copies)
+    packed = pack_padded_sequence(torch.randn(5, 2, 8).double(), torch.tensor([5, 3]))
+    plans = [prune_and_check(model, inputs, ratio=0.5)[1].plan for inputs in (packed, (packed,))]
+    assert plans[0].keys() == plans[1].keys() and "lstm.weight_hh_l0" in plans[0]
+    for name, dims in plans[0].items():
+        assert all(torch.equal(kept, plans[1][name][d]) for d, kept in dims.items()), name

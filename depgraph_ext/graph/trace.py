@@ -214,11 +214,11 @@ class ShapeTrace:
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
-    """A tensor, a tuple/list of positional inputs, or a mapping of keyword inputs (a dict,
-    or what a tokenizer or processor returns: transformers' BatchEncoding and BatchFeature
-    are mappings, not dicts)."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
+    """A tensor or a named tuple (one input: a PackedSequence), a tuple/list of positional
+    inputs, or a mapping of keyword inputs (a dict, or what a tokenizer or processor returns:
+    transformers' BatchEncoding and BatchFeature are mappings, not dicts)."""
+    if isinstance(example_inputs, torch.Tensor) or hasattr(type(example_inputs), "_fields"):
+        return (example_inputs,), {}  # (a named tuple is one value: a PackedSequence)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
     if isinstance(example_inputs, Mapping):
