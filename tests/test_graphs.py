@@ -273,3 +273,35 @@ def test_layers_that_view_by_their_widths_prune(layer):
     for c in (pruned.c1, pruned.c2):
         if hasattr(c, "lin_msg"):
             assert c.lin_msg.weight.shape[0] == c.heads * c.out_channels
+
+
+class _GraphClassifier(nn.Module):
+    """Takes the batch object itself, as torch_geometric models are called: ``model(data)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = pyg.GCNConv(5, 16), pyg.GCNConv(16, 16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, data):
+        h = self.conv1(data.x, data.edge_index).relu()
+        h = self.conv2(h, data.edge_index).relu()
+        return self.fc(pyg.global_mean_pool(h, data.batch))
+
+
+def test_a_graph_batch_given_alone_is_the_one_input_it_is():
+    """A torch_geometric Data or Batch given as the example inputs is the model's one input
+    (it was refused: no tensor, tuple or mapping), the same prune as ``(data,)``; an object
+    holding no tensor is still refused by name."""
+    from torch_geometric.data import Batch, Data
+
+    torch.manual_seed(0)
+    edges = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    data = Batch.from_data_list([Data(x=torch.randn(4, 5).double(), edge_index=edges)] * 2)
+    model = _GraphClassifier().double()  # (prune_and_check prunes copies)
+    plans = [prune_and_check(model, inputs, ratio=0.5)[1].plan for inputs in (data, (data,))]
+    assert plans[0].keys() == plans[1].keys() and "conv1.lin.weight" in plans[0]
+    for name, dims in plans[0].items():
+        assert all(torch.equal(kept, plans[1][name][d]) for d, kept in dims.items()), name
+    with pytest.raises(dx.InvalidArgumentError, match="one object holding tensors, not object"):
+        dx.prune(model, object(), ratio=0.5)

@@ -215,8 +215,9 @@ class ShapeTrace:
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
     """A tensor or a named tuple (one input: a PackedSequence), a tuple/list of positional
-    inputs, or a mapping of keyword inputs (a dict, or what a tokenizer or processor returns:
-    transformers' BatchEncoding and BatchFeature are mappings, not dicts)."""
+    inputs, a mapping of keyword inputs (a dict, or what a tokenizer or processor returns:
+    transformers' BatchEncoding and BatchFeature are mappings, not dicts), or one object
+    holding tensors (torch_geometric's Data: ``model(data)``)."""
     if isinstance(example_inputs, torch.Tensor) or hasattr(type(example_inputs), "_fields"):
         return (example_inputs,), {}  # (a named tuple is one value: a PackedSequence)
     if isinstance(example_inputs, (tuple, list)):
@@ -230,9 +231,29 @@ def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
                 f"not {named[0]!r}"
             )
         return (), keywords
+    if _object_holds_tensors(example_inputs):
+        return (example_inputs,), {}  # (an object holding tensors: a graph's Data, a batch)
     raise InvalidArgumentError(
-        "example_inputs must be a tensor, a tuple/list of positional inputs or a mapping (a "
-        f"dict, a tokenizer's output) of keyword inputs, not {type(example_inputs).__name__}"
+        "example_inputs must be a tensor, a tuple/list of positional inputs, a mapping (a "
+        "dict, a tokenizer's output) of keyword inputs or one object holding tensors, not "
+        f"{type(example_inputs).__name__}"
+    )
+
+
+def _object_holds_tensors(obj, depth: int = 0) -> bool:
+    """Whether ``obj`` (no module) holds a tensor: in its attributes, or in the mappings,
+    lists and tuples among them, a few levels down."""
+    if isinstance(obj, torch.Tensor):
+        return True
+    if depth > 3 or isinstance(obj, (str, bytes, int, float, complex, torch.nn.Module)):
+        return False
+    if isinstance(obj, Mapping):
+        return any(_object_holds_tensors(v, depth + 1) for v in obj.values())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return any(_object_holds_tensors(v, depth + 1) for v in obj)
+    attributes = getattr(obj, "__dict__", None)
+    return type(attributes) is dict and any(
+        _object_holds_tensors(v, depth + 1) for v in attributes.values()
     )
 
 
