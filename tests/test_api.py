@@ -445,3 +445,34 @@ def test_the_demo_refuses_bad_options_in_one_line(argv, said, capsys):
     assert ended.value.code == 2
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
+
+
+class _TakesOneDict(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, batch):
+        return self.b(torch.relu(self.a(batch["x"] + batch["y"])))
+
+
+class _TakesOneList(_TakesOneDict):
+    def forward(self, batch):
+        return self.b(torch.relu(self.a(batch[0] + batch[1])))
+
+
+def test_a_dict_or_list_the_model_takes_whole_is_refused_saying_how_to_give_it():
+    """A dict is keyword inputs and a list positional ones: where the model's forward takes
+    one dict (or one list) the refusal says to give it as (inputs,), which then prunes."""
+    x, y = torch.randn(3, 8), torch.randn(3, 8)
+    for make, inputs, unpacked in (
+        (_TakesOneDict, {"x": x, "y": y}, "keyword"),
+        (_TakesOneList, [x, y], "positional"),
+    ):
+        model = make()
+        before = state_of(model)
+        with pytest.raises(dx.TraceError, match=rf"is {unpacked} inputs; .* pass \(inputs,\)"):
+            dx.prune(model, inputs, ratio=0.5)
+        assert_same_state(before, state_of(model))
+        result = dx.prune(model, (inputs,), ratio=0.5)
+        assert result.params_after < result.params_before

@@ -240,6 +240,25 @@ def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
     )
 
 
+def _packing_hint(exc: Exception, args: tuple, kwargs: dict, stack: list[str]) -> str:
+    """How to give a dict or a tuple as the one input it is, where the model's own forward
+    refused the example inputs unpacked as keywords or as positional inputs."""
+    if not isinstance(exc, TypeError) or any(stack):  # (the root's call, not a module's)
+        return ""
+    text = str(exc)
+    if kwargs and "unexpected keyword argument" in text:
+        return (
+            " (a mapping given as example_inputs is keyword inputs; to give the model one dict "
+            "as its one input, pass (inputs,))"
+        )
+    if len(args) > 1 and "positional argument" in text:
+        return (
+            " (a tuple or list given as example_inputs is positional inputs; to give the model "
+            "one list or tuple as its one input, pass (inputs,))"
+        )
+    return ""
+
+
 def _object_holds_tensors(obj, depth: int = 0) -> bool:
     """Whether ``obj`` (no module) holds a tensor: in its attributes, or in the mappings,
     lists and tuples among them, a few levels down."""
@@ -1505,7 +1524,7 @@ def trace_as(
             else:
                 message = (
                     f"the model could not run on the example inputs{where}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {exc}" + _packing_hint(exc, args, kwargs, stack)
                 )
             error = TraceError(message)
             error.failed_at = recorder.failed_at  # the op that raised, when one did
