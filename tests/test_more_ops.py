@@ -1106,3 +1106,33 @@ _LOSS_OPS = {
     "aten.multilabel_margin_loss_forward",
     "aten._ctc_loss",
 }
+
+
+class _Forces(nn.Module):
+    """An energy of positions and the forces as its negative gradient, taken in the forward
+    (a learned force field, a physics-informed net): the backward's activation gradients
+    are traced ops like any other."""
+
+    def __init__(self, activation) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 16), nn.Linear(16, 16), nn.Linear(16, 1)
+        self.act = activation
+
+    def forward(self, pos):
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            energy = self.c(self.act(self.b(self.act(self.a(pos))))).sum()
+            forces = -torch.autograd.grad(energy, pos, create_graph=True)[0]
+        return energy, forces
+
+
+@pytest.mark.parametrize(
+    "activation", [torch.tanh, torch.sigmoid, F.silu, F.gelu, F.softplus, F.elu, torch.relu]
+)
+def test_a_forward_that_differentiates_itself_prunes_exactly(activation):
+    torch.manual_seed(0)
+    pos = torch.randn(6, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.OpaqueOpWarning)  # (activation gradients: known)
+        pruned, _ = prune_and_check(_Forces(activation).double(), pos, ratio=0.5, exact_only=True)
+    assert (pruned.a.out_features, pruned.b.out_features) == (8, 8)

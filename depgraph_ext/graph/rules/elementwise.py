@@ -27,6 +27,17 @@ _conj conj_physical angle
 """.split()
 register_many([f"aten.{n}" for n in _ELEMENTWISE], elementwise)
 
+# The gradients of element-wise activations, which a forward that differentiates itself runs
+# (forces as an energy's gradient, a physics-informed loss): grad_output times the
+# activation's derivative at its input (or result), index by index.
+ACTIVATION_BACKWARDS = """
+tanh_backward sigmoid_backward threshold_backward silu_backward gelu_backward softplus_backward
+elu_backward leaky_relu_backward hardtanh_backward hardswish_backward hardsigmoid_backward
+mish_backward log_sigmoid_backward softshrink_backward hardshrink_backward logit_backward
+rrelu_with_noise_backward
+""".split()
+register_many([f"aten.{n}" for n in ACTIVATION_BACKWARDS], elementwise)
+
 
 # -- creation ops: their output sizes are fixed by the call --------------------------------------
 def creation(ctx: RuleContext, node: Node) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ..trace import Node, OpGraph, Ref
 from .context import arg
+from .elementwise import ACTIVATION_BACKWARDS
 from .linear import CONVOLUTIONS
 
 # The output is zero wherever the first tensor argument is (unary element-wise ops with f(0)
@@ -40,7 +41,7 @@ _FOLLOWS_FIRST = frozenset(
     select_copy split_copy unbind_copy cumsum div div_ true_divide view_as_complex view_as_real
     view_as_complex_copy view_as_real_copy
     """.split()
-)
+) | frozenset(f"aten.{name}" for name in ACTIVATION_BACKWARDS)  # (grad_output x a derivative)
 # Attention: its output is the attention weights times the values, zero wherever the values
 # are (a removed head's or value channel's).
 _ATTENTION = frozenset(
