@@ -88,12 +88,16 @@ def blockers(dg, groups) -> list[Blocker]:
     return out
 
 
+def _groups_of_leaf(res, leaf: int) -> set[int]:
+    """The groups of a leaf's units (none where it has none)."""
+    if res.leaf_unit_offsets[leaf] < 0:
+        return set()
+    one = int(res.leaf_groups[leaf])  # (most leaves' units are of one group)
+    return {one} if one >= 0 else set(np.unique(res.unit_groups[res.units_of_leaf(leaf)]).tolist())
+
+
 def _groups_of_slot(res, slot: int) -> set[int]:
-    out: set[int] = set()
-    for leaf in res.leaves_of(slot).tolist():
-        if res.leaf_unit_offsets[leaf] >= 0:
-            out.update(np.unique(res.unit_groups[res.units_of_leaf(leaf)]).tolist())
-    return out
+    return set().union(*(_groups_of_leaf(res, leaf) for leaf in res.leaves_of(slot).tolist()))
 
 
 def _members_by_group(dg, wanted: set[int]) -> dict[int, list[str]]:
@@ -104,16 +108,12 @@ def _members_by_group(dg, wanted: set[int]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for name in dg.graph.params:
         for td in dg.tensor_dims[name]:
-            units = [
-                res.units_of_leaf(leaf)
-                for leaf in td.leaves.tolist()
-                if res.leaf_unit_offsets[leaf] >= 0
-            ]
-            if not units:
+            leaves = td.leaves.tolist()
+            gids = set().union(*(_groups_of_leaf(res, leaf) for leaf in leaves)) & wanted
+            if not gids:
                 continue
-            units = np.concatenate(units)
-            gids = set(np.unique(res.unit_groups[units]).tolist()) & wanted
-            part = "" if res.unit_blocked[units].all() else " (in part)"
+            units = [res.units_of_leaf(leaf) for leaf in leaves if res.leaf_unit_offsets[leaf] >= 0]
+            part = "" if res.unit_blocked[np.concatenate(units)].all() else " (in part)"
             for gid in gids:
                 out.setdefault(gid, []).append(f"{name}[{td.dim}]{part}")
     return out

@@ -4,6 +4,7 @@ on the way (opaque ops, module attributes that follow slots, group kinds, attent
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 from dataclasses import dataclass, field
 
@@ -107,11 +108,13 @@ def build_couplings(
     block_spans: list[tuple[int, int, BlockSource]] = []
     emitted = builder._kinds  # (one per coupling: its length is the count, read per node)
 
-    def emitted_since(start: int, origin) -> None:
-        """The couplings since ``start`` came from ``origin``."""
-        end = len(emitted)
-        if end > start:
-            block_spans.append((start, end, origin))
+    @contextlib.contextmanager
+    def blocks_from(origin: BlockSource):
+        """The couplings emitted inside the block came from ``origin``."""
+        start = len(emitted)
+        yield
+        if len(emitted) > start:
+            block_spans.append((start, len(emitted), origin))
 
     for name in hidden_tensors:
         ctx.tag(ctx.slots(graph.params[name])[0], "hidden")
@@ -119,24 +122,20 @@ def build_couplings(
         slots = ctx.slots(graph.params[name])
         ctx.equal(slots[a], slots[b])
     for heads, dims in head_layouts:
-        start = len(emitted)
-        _head_layout(ctx, graph, heads, dims)
-        emitted_since(start, BlockSource("head layout", name=dims[0][0]))
+        with blocks_from(BlockSource("head layout", name=dims[0][0])):
+            _head_layout(ctx, graph, heads, dims)
     free = {graph.outputs[i] for i in free_outputs}
     for v in graph.inputs:
-        start = len(emitted)
-        ctx.block_value(v)
-        emitted_since(start, BlockSource("input", v))
+        with blocks_from(BlockSource("input", v)):
+            ctx.block_value(v)
     for v in graph.outputs:
         if v not in free:
-            start = len(emitted)
-            ctx.block_value(v)
-            emitted_since(start, BlockSource("output", v))
+            with blocks_from(BlockSource("output", v)):
+                ctx.block_value(v)
     named = graph.params | graph.buffers
     for name in sorted(ignored):
-        start = len(emitted)
-        ctx.block_value(named[name])
-        emitted_since(start, BlockSource("ignored", name=name))
+        with blocks_from(BlockSource("ignored", name=name)):
+            ctx.block_value(named[name])
     opaque: list[OpaqueOp] = []
     spans: list[tuple[int, int, int]] = []
     touched_anywhere: set[int] = set()
@@ -189,22 +188,19 @@ def build_couplings(
             spans.append((node.index, start, len(emitted)))
     for v in graph.outputs:  # positions handed out fix what they point at
         if (domain := ctx.domain(v)) is not None:
-            start = len(emitted)
-            ctx.block(domain[0])
-            emitted_since(start, BlockSource("positions", v))
+            with blocks_from(BlockSource("positions", v)):
+                ctx.block(domain[0])
     for v, d in graph.output_sizes:  # a size returned as a number is an output too
         if d < len(ctx.slots(v)):
-            start = len(emitted)
-            ctx.block(ctx.slots(v)[d])
-            emitted_since(start, BlockSource("output size", v))
+            with blocks_from(BlockSource("output size", v)):
+                ctx.block(ctx.slots(v)[d])
     # A parameter dim no rule relates to anything (a conv kernel dim, say) has its size fixed by
     # the op that reads it.
     for name in named:
         for s in ctx.slots(named[name]):
             if s not in touched_anywhere and ctx.size(s) != 1:
-                start = len(emitted)
-                ctx.block(s)
-                emitted_since(start, BlockSource("unrelated", name=name))
+                with blocks_from(BlockSource("unrelated", name=name)):
+                    ctx.block(s)
     query = [s for name in sorted(named, key=lambda n: named[n]) for s in ctx.slots(named[name])]
     query += [slot for _, _, slot in ctx.attr_slots]
     query += [slot for slot, _ in ctx.kind_slots]
