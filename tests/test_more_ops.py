@@ -1136,3 +1136,54 @@ def test_a_forward_that_differentiates_itself_prunes_exactly(activation):
         warnings.simplefilter("error", dx.OpaqueOpWarning)  # (activation gradients: known)
         pruned, _ = prune_and_check(_Forces(activation).double(), pos, ratio=0.5, exact_only=True)
     assert (pruned.a.out_features, pruned.b.out_features) == (8, 8)
+
+
+class WritesFeaturesOverTokens(nn.Module):
+    """A vision-language model's merge: image features written over the embeddings of the
+    image tokens, ``embeds.masked_scatter(mask, features)``; ``per_unit``: a mask of the
+    embeddings' own shape, which may select units of a row apart (no width can follow)."""
+
+    def __init__(self, per_unit: bool) -> None:
+        super().__init__()
+        self.embed, self.project = nn.Linear(6, 16), nn.Linear(4, 16)
+        self.head, self.per_unit = nn.Linear(16, 3), per_unit
+
+    def forward(self, tokens, image, is_image):
+        embeds, features = self.embed(tokens), self.project(image)
+        mask = is_image.unsqueeze(-1)  # [B, S, 1]: whole rows
+        if self.per_unit:
+            mask = mask.expand_as(embeds).contiguous()
+        return self.head(torch.relu(embeds.masked_scatter(mask, features)))
+
+
+def test_features_written_over_tokens_prune_with_the_embeddings(backend):
+    torch.manual_seed(0)
+    tokens, image = (
+        torch.randn(2, 5, 6, dtype=torch.float64),
+        torch.randn(3, 4, dtype=torch.float64),
+    )
+    is_image = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    model = WritesFeaturesOverTokens(per_unit=False).double().eval()
+    original = copy.deepcopy(model)
+    inputs = (tokens, image, is_image)
+    result = dx.prune(model, inputs, ratio=0.5, strict=True, backend=backend, progress=False)
+    # one group: the embeddings' width, the features' written over them and what reads both
+    assert model.embed.out_features == model.project.out_features == 8
+    assert model.head.in_features == 8
+    assert_scatter_back_equal(original, model, result, inputs)
+
+
+def test_features_written_unit_by_unit_keep_the_width():
+    """A mask that may select single units: source's elements land where the data says, in
+    an order that removing units would shift; the width stays, named as the op's."""
+    torch.manual_seed(0)
+    tokens, image = (
+        torch.randn(2, 5, 6, dtype=torch.float64),
+        torch.randn(3, 4, dtype=torch.float64),
+    )
+    is_image = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    model = WritesFeaturesOverTokens(per_unit=True).double().eval()
+    dg = dx.DependencyGraph(model, (tokens, image, is_image))
+    pruned = {m.name for g in dg.groups for m in g.members}
+    assert "embed.weight" not in pruned and "project.weight" not in pruned
+    assert any("masked_scatter" in b.what for b in dg.blockers("embed.weight", 0))

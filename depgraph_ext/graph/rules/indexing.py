@@ -316,6 +316,46 @@ def _fills_where(ctx: RuleContext, src: int, indices, values: Ref) -> bool:
 register_many(["aten.index_put", "aten._index_put_impl", "aten._unsafe_index_put"], index_put)
 
 
+def masked_scatter(ctx: RuleContext, node: Node) -> None:
+    """``x.masked_scatter(mask, source)``: x's elements where the (broadcast) mask is true
+    are replaced by source's, taken in order (a vision-language model's image features
+    written over its image tokens' embeddings). The output's dims are x's. Along trailing
+    dims the mask is constant over (of size 1 there: [B, S, 1] for embeddings [B, S, D]),
+    each selected position takes a whole trailing block of source: those dims of source, of
+    the same sizes, are the output's. Source's other dims are consumed in an order the data
+    decides (blocked), and where no trailing dim is constant the order mixes every dim of
+    the output: all are blocked."""
+    src, mask, source = arg(node, "self"), arg(node, "mask"), arg(node, "source")
+    if not all(isinstance(v, Ref) for v in (src, mask, source)):
+        raise RuleError("masked_scatter without tensor arguments")
+    out = node.outputs[0]
+    ss, so, shape = ctx.slots(src), ctx.slots(out), ctx.shape(src)
+    ctx.equal_dims(src, out, [(d, d) for d in range(len(shape))])
+    sm, mask_shape = ctx.slots(mask), ctx.shape(mask)
+    lead = len(shape) - len(mask_shape)
+    for k, size in enumerate(mask_shape):
+        if size != 1 and size == shape[lead + k]:
+            ctx.equal(sm[k], ss[lead + k])
+    trailing = 0  # dims at the end of x along which the mask is constant
+    while trailing < len(mask_shape) and mask_shape[len(mask_shape) - 1 - trailing] == 1:
+        trailing += 1
+    sv, source_shape = ctx.slots(source), ctx.shape(source)
+    if (
+        trailing == 0
+        or source_shape[len(source_shape) - trailing :] != shape[len(shape) - trailing :]
+    ):
+        trailing = 0
+        for s in so:
+            ctx.block(s)
+    for k in range(1, trailing + 1):
+        ctx.equal(sv[-k], so[-k])
+    for s in sv[: len(sv) - trailing]:
+        ctx.block(s)
+
+
+register_many(["aten.masked_scatter", "aten.masked_scatter_"], masked_scatter)
+
+
 def constant_pad(ctx: RuleContext, node: Node) -> None:
     src, out = node.inputs[0], node.outputs[0]
     pad = list(arg(node, "pad"))

@@ -11,7 +11,9 @@ from .registry import register_many
 # Reductions whose result over the kept indices is that over all of them once the removed ones
 # are zero: a sum of terms (a zero adds nothing), a count of non-zeros, any(). Every other one
 # (mean, var, max, prod, logsumexp, all, argmax ...) depends on the removed indices.
-SUM_LIKE = frozenset({"aten.sum", "aten.nansum", "aten.any", "aten.count_nonzero"})
+SUM_LIKE = frozenset(
+    {"aten.sum", "aten.nansum", "aten.any", "aten._is_any_true", "aten.count_nonzero"}
+)
 # Norms are sums of |x|^p: exact for p > 0 (p = inf is a max of |x| >= 0, exact too).
 NORMS = frozenset({"aten.norm", "aten.linalg_vector_norm"})
 
@@ -69,7 +71,8 @@ register_many(
         f"aten.{n}"
         for n in "sum mean amax amin aminmax max min argmax argmin logsumexp prod var std "
         "var_mean std_mean norm linalg_vector_norm any all nansum count_nonzero".split()
-    ],
+    ]
+    + ["aten._is_all_true", "aten._is_any_true"],  # (torch._check_tensor_all's: all elements)
     reduction,
 )
 

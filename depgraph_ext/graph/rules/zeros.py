@@ -192,6 +192,9 @@ class ZeroTracker:
             return self.culprit(node.inputs[0])  # (rows looked up, summed, averaged or maxed)
         if packet in _NORMS:
             return self._norm(node)
+        if packet in ("aten.masked_scatter", "aten.masked_scatter_"):  # (x's, or source's)
+            values = [x for x in (arg(node, "self"), arg(node, "source")) if isinstance(x, Ref)]
+            return next((c for c in (self._of(x.value, v) for x in values) if c), None)
         if packet == "aten.masked_fill" or packet == "aten.masked_fill_":
             if _numbers(node, exclude=()):
                 return node
