@@ -154,13 +154,15 @@ def inputs_for(name):
     return {"pixel_values": PIXELS} if name in VISION else {"input_ids": IDS}
 
 
-def reload_and_compare(model, inputs, tmp_path):
+def reload_and_compare(model, inputs, tmp_path, tolerance=0.0):
+    """``tolerance``: where a loaded tensor's address alignment changes the order in which
+    the CPU's matrix products sum (1e-16 apart in float64)."""
     model.save_pretrained(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         again = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
     for a, b in zip(outputs_of(model, inputs), outputs_of(again, inputs)):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
 def heads_of(model):
@@ -680,3 +682,104 @@ def test_a_tokenizers_output_is_the_example_inputs_it_holds():
     assert all(torch.equal(plans[0][n][d], plans[1][n][d]) for n in plans[0] for d in plans[0][n])
     with pytest.raises(dx.InvalidArgumentError, match="whose names are strings, not 0"):
         dx.prune(copy.deepcopy(model), {0: ids}, ratio=0.5)
+
+
+def _tiny_llava(**text_sizes):
+    vision = T.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=32, patch_size=8, projection_dim=16,
+    )  # fmt: skip
+    sizes = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2)
+    text = T.LlamaConfig(vocab_size=96, num_hidden_layers=2, **(sizes | text_sizes))
+    config = T.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=95, image_seq_length=16,
+        vision_feature_layer=-1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = T.LlavaForConditionalGeneration(config).double().eval()
+    ids = torch.randint(0, 90, (2, 24), generator=torch.Generator().manual_seed(1))
+    ids[:, 2:18] = 95  # 16 image tokens: one image's patches each
+    return model, {"input_ids": ids, "pixel_values": PIXELS}
+
+
+def test_a_vision_language_models_towers_prune_and_its_sub_configs_reload(tmp_path):
+    """Each tower of a composite model reads its own sub-config: the widths it prunes are
+    set there (``text_config.intermediate_size``), and plain ``from_pretrained`` rebuilds the
+    pruned model. (The projector's inner width is its text_config.hidden_size: kept.)"""
+    model, inputs = _tiny_llava()
+    before = copy.deepcopy(model.config.to_dict())
+    config = model.config
+    pruned, result = prune_and_check(
+        model,
+        inputs,
+        ratio=0.5,
+        ratios={"heads": 0, "hidden": 0},
+        ignore=["model.multi_modal_projector.linear_1"],
+        require_loadable=True,
+        strict=True,
+    )
+    updates = {u.field: (u.old, u.new) for u in result.config_updates}
+    assert updates == {
+        "vision_config.intermediate_size": (64, 32),
+        "text_config.intermediate_size": (48, 24),
+    }
+    assert pruned.config.text_config.intermediate_size == 24
+    assert pruned.model.language_model.layers[0].mlp.config is pruned.config.text_config
+    assert config.to_dict() == before  # the caller's config object is left as it was
+    reload_and_compare(pruned, inputs, tmp_path, tolerance=1e-12)
+
+
+def test_image_features_written_over_tokens_prune_with_the_text_width():
+    """The merge of image features into the text (``masked_scatter`` over the image tokens'
+    embeddings) couples the projector's output with the text hidden width: both prune (a
+    width the RMSNorms normalise over: declared function-changing, so no oracle here; the
+    merge's own exactness is tests/test_more_ops.py's), the same on every backend, and the
+    pruned model runs on the images and the text."""
+    model, inputs = _tiny_llava()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dx.ConfigMismatchWarning)
+        warnings.simplefilter("ignore", dx.FunctionChangingWarning)
+        pruned, result = prune_and_check(
+            model, inputs, ratio=0.5, strict=True, oracle=False, prune_outputs=["image_outputs"]
+        )  # (the image features are outputs too: their width prunes with the text's)
+    width = pruned.model.language_model.embed_tokens.weight.shape[1]
+    assert width < 32 and pruned.model.multi_modal_projector.linear_2.out_features == width
+    with torch.no_grad():
+        assert pruned(**inputs).logits.shape == (2, 24, 96)
+
+
+def test_a_vision_language_models_text_heads_round_to_counts_its_text_config_accepts():
+    """require_loadable rounds head counts by the sub-config the layers read: Llama's wants
+    its hidden size divisible by the heads, 16 heads pruned by a quarter would be 12 (64 % 12
+    != 0); the nearest count at or above that it accepts is 16 (GQA: 4 kv heads of 4)."""
+    model, inputs = _tiny_llava(hidden_size=64, num_attention_heads=16, num_key_value_heads=4)
+    text_only = {"input_ids": inputs["input_ids"].clamp(max=90)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(
+            model, text_only, ratio=0.5, ratios={"heads": 0.25, "hidden": 0}, require_loadable=True
+        )
+    assert "16 kept instead of 12" in result.rounded[0]
+    assert model.config.text_config.num_attention_heads == 16
+
+
+def test_a_config_field_tried_and_refused_is_left_absent(tmp_path):
+    """Pruning the vision tower's heads, the plan tries ``vision_config.head_dim`` (CLIP's
+    config derives it from hidden_size / heads, and holds none) and the validation refuses
+    it: the config must be left without the field, not holding None, which CLIP's code would
+    read in place of the derived value (the model no longer built from its config: saving
+    failed)."""
+    model, inputs = _tiny_llava()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(model, inputs, ratio=0.5, ratios={"hidden": 0})
+    assert not any(u.field.startswith("vision_config.") for u in result.config_updates)
+    assert "head_dim" not in model.config.vision_config.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dx.save_pretrained(model, tmp_path)
+        again = dx.from_pretrained(tmp_path, torch_dtype=torch.float64).eval()
+    for a, b in zip(outputs_of(model, inputs), outputs_of(again, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -6,8 +6,10 @@ import contextlib
 import dataclasses
 import functools
 import re
+import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -1010,60 +1012,107 @@ _WHOLE_CONFIG_READS = frozenset(
 )
 
 
+def config_scopes(config) -> dict[int, tuple[str, object]]:
+    """id of a transformers ``config`` and of every sub-config it holds, at any depth -> (the
+    prefix of its fields' paths, the config): ``""`` for the root, ``"text_config."`` for a
+    vision-language model's language model's (whose modules hold, and read, that sub-config).
+    Empty for anything else."""
+    transformers = sys.modules.get("transformers")
+    out: dict[int, tuple[str, object]] = {}
+    if transformers is None or not isinstance(config, transformers.PretrainedConfig):
+        return out
+
+    def visit(c, prefix: str) -> None:
+        if id(c) in out:
+            return
+        out[id(c)] = (prefix, c)
+        for name, value in vars(c).items():
+            if isinstance(value, transformers.PretrainedConfig) and not name.startswith("_"):
+                visit(value, f"{prefix}{name}.")
+
+    visit(config, "")
+    return out
+
+
+def module_prefixes(model, scopes) -> Callable[[str], str]:
+    """A function of a module's name giving the prefix (see :func:`config_scopes`) of the
+    config its code reads: the one held by itself or its nearest ancestor holding one."""
+    held = {
+        name: scopes[id(c)][0]
+        for name, m in model.named_modules()
+        if id(c := m.__dict__.get("config")) in scopes
+    }
+
+    def prefix_of(module: str) -> str:
+        while module not in held and module:
+            module = module.rpartition(".")[0]
+        return held.get(module, "")
+
+    return prefix_of
+
+
 @contextlib.contextmanager
 def config_reads(model: torch.nn.Module):
     """The names of the fields of ``model.config`` read for the duration (``.result()`` of
-    what it yields; attribute-map aliases under their own and their field's name)."""
+    what it yields; attribute-map aliases under their own and their field's name; a
+    sub-config's fields under their dotted path, ``text_config.hidden_size``)."""
     recording = _Recording()
     reads = recording.names
     config = getattr(model, "config", None)
-    cls = type(config)
-    if config is None or cls.__module__ == "builtins":
+    if config is None or type(config).__module__ == "builtins":
         yield recording
         return
-    had = "__getattribute__" in cls.__dict__
-    original = cls.__getattribute__
     if isinstance(config, dict):  # (diffusers' FrozenDict: its items are read unseen too)
         recording.known = False
-    aliases = getattr(config, "attribute_map", None)  # (transformers': alias -> field)
-    if not isinstance(aliases, dict):
-        aliases = {}
+    held = config_scopes(config) or {id(config): ("", config)}  # (any object's too)
+    scopes = {i: prefix for i, (prefix, _) in held.items()}
+    aliases_of: dict[int, dict] = {}
+    for i, (_, c) in held.items():
+        aliases = getattr(c, "attribute_map", None)  # (transformers': alias -> field)
+        aliases_of[i] = aliases if isinstance(aliases, dict) else {}
 
     live = [True]  # emptied when the recording ends: later uses of its SizeInts read nothing
 
     def is_live() -> bool:
         return bool(live)
 
-    def spy(self, key):
-        if self is not config:
-            return original(self, key)
-        reads.add(key)
-        if key in _WHOLE_CONFIG_READS:
-            recording.known = False
-        mapped = aliases.get(key)
-        if isinstance(mapped, str):
-            reads.add(mapped)
-        value = original(self, key)
-        if type(value) is int and watching():  # (sizes computed from it can be computed again)
-            return SizeInt(
-                value, ConfigLeaf(mapped if isinstance(mapped, str) else key, value, is_live)
-            )
-        return value
+    def spy_of(original):
+        def spy(self, key):
+            prefix = scopes.get(id(self))
+            if prefix is None:
+                return original(self, key)
+            reads.add(prefix + key)
+            if key in _WHOLE_CONFIG_READS:
+                recording.known = False
+            mapped = aliases_of[id(self)].get(key)
+            if isinstance(mapped, str):
+                reads.add(prefix + mapped)
+            value = original(self, key)
+            if type(value) is int and watching():  # (sizes computed from it can be computed again)
+                name = prefix + (mapped if isinstance(mapped, str) else key)
+                return SizeInt(value, ConfigLeaf(name, value, is_live))
+            return value
 
+        return spy
+
+    patched: list[tuple[type, object, bool]] = []  # (class, its own __getattribute__, had one)
     try:
-        cls.__getattribute__ = spy
+        for c in dict.fromkeys(type(c) for _, c in held.values()):
+            had = "__getattribute__" in c.__dict__
+            original = c.__getattribute__
+            c.__getattribute__ = spy_of(original)
+            patched.append((c, original, had))
     except TypeError:  # a class that refuses (a C type): nothing is recorded
         recording.known = False
-        yield recording
-        return
     try:
         yield recording
     finally:
         live.clear()
-        if had:
-            cls.__getattribute__ = original
-        else:
-            del cls.__getattribute__
+        for c, original, had in reversed(patched):
+            if had:
+                c.__getattribute__ = original
+            else:
+                del c.__getattribute__
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..graph.dependency import config_scopes, module_prefixes
 from ..graph.size_watch import AttributeLeaf
 
 if TYPE_CHECKING:
@@ -714,13 +715,21 @@ def attributes_named_like(dg: DependencyGraph, config_updates, known) -> list[At
     from the updated config would have them."""
     done = {(u.module, u.attr) for u in known}
     out = []
+    prefix_of = module_prefixes(dg.model, config_scopes(getattr(dg.model, "config", None)))
     for c in config_updates:
         if not isinstance(c.old, int) or isinstance(c.old, bool):
             continue
+        prefix, _, attr = c.field.rpartition(".")
+        prefix += "." if prefix else ""  # (a sub-config's field: its part's modules only)
         for name, m in dg.walk.modules:
-            if (name, c.field) not in done and own_attribute(m, c.field) == c.old and name:
-                out.append(AttributeUpdate(name, c.field, c.old, c.new))
-                done.add((name, c.field))
+            if (
+                name
+                and (name, attr) not in done
+                and own_attribute(m, attr) == c.old
+                and prefix_of(name) == prefix
+            ):
+                out.append(AttributeUpdate(name, attr, c.old, c.new))
+                done.add((name, attr))
     return out
 
 

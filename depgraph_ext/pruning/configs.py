@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigMismatchWarning, PruningError, user_stacklevel
+from ..graph.dependency import config_scopes, module_prefixes
 from .attributes import AttributeUpdate
 
 if TYPE_CHECKING:
@@ -92,12 +93,65 @@ def _field(config, name: str, default=None):
     return getattr(config, name, default)
 
 
+def get_field(config, path: str, default=None):
+    """The value at a dotted field path (``"text_config.intermediate_size"``)."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        config = getattr(config, parent, None)
+        if config is None:
+            return default
+    return getattr(config, name, default)
+
+
+def set_field(config, path: str, value) -> Callable[[], None]:
+    """Set the field at a dotted path (as :func:`get_field` reads it); returns what undoes
+    it: the old value back, or a field the config did not hold removed again (a config
+    holding ``head_dim = None`` is not one without it: ``getattr(config, "head_dim",
+    hidden // heads)`` reads the None)."""
+    *parents, name = path.split(".")
+    for parent in parents:
+        config = getattr(config, parent)
+    missing = object()
+    old = getattr(config, name, missing)
+    setattr(config, name, value)
+
+    def undo() -> None:
+        if old is not missing:
+            setattr(config, name, old)
+        elif hasattr(config, name):
+            delattr(config, name)
+
+    return undo
+
+
 # Config fields holding the number of experts of every MoE layer, by model family.
 EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
+def _slot_prefixes(dg: DependencyGraph, prefix_of) -> Callable[[int], tuple[str, ...]]:
+    """A function of a slot giving the prefixes of the configs read by the modules whose
+    parameters have a dim there (a VLM's text hidden width: its language model's, and the
+    projector's feeding it)."""
+    res = dg.resolution
+    leaf_prefixes: dict[int, set[str]] = {}
+    for name in dg.graph.params:
+        prefix = prefix_of(name.rpartition(".")[0])
+        for td in dg.tensor_dims[name]:
+            for leaf in td.leaves:
+                leaf_prefixes.setdefault(int(leaf), set()).add(prefix)
+
+    def prefixes(slot: int) -> tuple[str, ...]:
+        found: set[str] = set()
+        for leaf in res.leaves_of(slot):
+            found |= leaf_prefixes.get(int(leaf), set())
+        return tuple(sorted(found)) or ("",)
+
+    return prefixes
+
+
 def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep: np.ndarray):
-    """(updates, problems): new config field values, and what a config cannot express."""
+    """(updates, problems): new config field values, and what a config cannot express. A
+    composite model's fields are set in the sub-config each part reads (dotted paths)."""
     config = config_of(dg.model)
     if config is None:
         return [], []
@@ -105,85 +159,98 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     kept = dg.slot_kept_size
     problems: list[str] = []
     updates: list[ConfigUpdate] = []
-
     reads = getattr(dg, "config_reads", frozenset())
+    scopes = config_scopes(config)
+    configs = {prefix: c for prefix, c in scopes.values()}
+    prefix_of = module_prefixes(dg.model, scopes)
+    slot_prefixes = _slot_prefixes(dg, prefix_of) if len(scopes) > 1 else lambda s: ("",)
 
-    per_layer = getattr(config, "per_layer_attributes", None) or ()
-
-    def propose(field: str, new) -> None:
+    def propose(field: str, new, prefix: str = "") -> None:
         if new is None:
             return
-        if field in per_layer:
-            problems.append(f"config.{field} is set per layer (per_layer_config): left as it is")
+        scope = configs[prefix]
+        path = prefix + field
+        if field in (getattr(scope, "per_layer_attributes", None) or ()):
+            problems.append(f"config.{path} is set per layer (per_layer_config): left as it is")
             return
-        if not hasattr(config, field):
+        if not hasattr(scope, field):
             return
-        old = getattr(config, field)
+        old = getattr(scope, field)
         if old == new:
             return
-        if field in reads:
+        if path in reads:
             # The forward reads it: the plan was validated with the old value, and a new one
             # could change what the pruned model computes (not only how it reloads).
             problems.append(
-                f"config.{field} keeps {old!r} (not {new!r}): the model's forward reads it"
+                f"config.{path} keeps {old!r} (not {new!r}): the model's forward reads it"
             )
             return
-        updates.append(ConfigUpdate(field, old, new))
+        updates.append(ConfigUpdate(path, old, new))
 
-    calls = dg.coupling_model.attention
-    if calls:
-        propose(
-            "num_attention_heads",
-            _uniform(
-                {(int(sizes[c.heads]), kept(c.heads, masks)) for c in calls},
-                "the number of attention heads",
-                problems,
-            ),
-        )
-        propose(
-            "num_key_value_heads",
-            _uniform(
-                {(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in calls},
-                "the number of key/value heads",
-                problems,
-            ),
-        )
-        dims = {(int(sizes[c.head_dim]), kept(c.head_dim, masks)) for c in calls if c.head_dim >= 0}
-        propose("head_dim", _uniform(dims, "the head dim", problems))
-        kept_dims = {new for _, new in dims}
-        head_dim = kept_dims.pop() if len(kept_dims) == 1 else None
+    def by_prefix(slots_kinds, kind: str) -> dict[str, set[tuple[int, int]]]:
+        out: dict[str, set[tuple[int, int]]] = {}
+        for s, k in slots_kinds:
+            if k == kind:
+                for prefix in slot_prefixes(s):
+                    out.setdefault(prefix, set()).add((int(sizes[s]), kept(s, masks)))
+        return out
 
-    hidden = {
-        (int(sizes[s]), kept(s, masks))
-        for s, kind in dg.coupling_model.kind_slots
-        if kind == "hidden"
-    }
-    propose("hidden_size", _uniform(hidden, "the hidden size", problems))
-    if (
-        calls
-        and head_dim is not None
-        and _field(config, "head_dim") is None
-        and "head_dim" not in per_layer
-        and updates
-        and "head_dim" not in reads
-    ):
-        # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
-        updates.append(ConfigUpdate("head_dim", None, head_dim))
+    calls: dict[str, list] = {}
+    for c in dg.coupling_model.attention:
+        calls.setdefault(prefix_of(c.module), []).append(c)
+    hidden = by_prefix(dg.coupling_model.kind_slots, "hidden")
+    for prefix in configs:
+        scope = configs[prefix]
+        before = len(updates)
+        head_dim = None
+        if prefix in calls:
+            layer_calls = calls[prefix]
+            heads = {(int(sizes[c.heads]), kept(c.heads, masks)) for c in layer_calls}
+            propose(
+                "num_attention_heads",
+                _uniform(heads, "the number of attention heads", problems),
+                prefix,
+            )
+            kv = {(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in layer_calls}
+            propose(
+                "num_key_value_heads",
+                _uniform(kv, "the number of key/value heads", problems),
+                prefix,
+            )
+            dims = {
+                (int(sizes[c.head_dim]), kept(c.head_dim, masks))
+                for c in layer_calls
+                if c.head_dim >= 0
+            }
+            propose("head_dim", _uniform(dims, "the head dim", problems), prefix)
+            kept_dims = {new for _, new in dims}
+            head_dim = kept_dims.pop() if len(kept_dims) == 1 else None
+        if prefix in hidden:
+            propose("hidden_size", _uniform(hidden[prefix], "the hidden size", problems), prefix)
+        per_layer = getattr(scope, "per_layer_attributes", None) or ()
+        if (
+            head_dim is not None
+            and _field(scope, "head_dim") is None
+            and "head_dim" not in per_layer
+            and len(updates) > before
+            and prefix + "head_dim" not in reads
+        ):
+            # Models that read getattr(config, "head_dim", hidden_size // heads) need it said.
+            updates.append(ConfigUpdate(prefix + "head_dim", None, head_dim))
 
-    experts = {
-        (int(sizes[s]), kept(s, masks))
-        for s, kind in dg.coupling_model.kind_slots
-        if kind == "experts"
-    }
-    count = _uniform(experts, "the number of experts", problems)
-    if count is not None:
+    for prefix, experts in by_prefix(dg.coupling_model.kind_slots, "experts").items():
+        scope = configs[prefix]
+        count = _uniform(experts, "the number of experts", problems)
+        if count is None:
+            continue
         old = next(iter(experts))[0]
-        aliases = getattr(type(config), "attribute_map", {}) or {}
+        aliases = getattr(type(scope), "attribute_map", {}) or {}
+        per_layer = getattr(scope, "per_layer_attributes", None) or ()
         for name in EXPERT_COUNT_FIELDS:
             if name in aliases and aliases[name] in EXPERT_COUNT_FIELDS:
                 continue  # another name of a field set here (Qwen3-MoE's num_experts)
-            if _field(config, name) == old or name in per_layer:
-                propose(name, count)
+            if _field(scope, name) == old or name in per_layer:
+                propose(name, count, prefix)
 
     # Widths a config field holds (intermediate_size, d_ff, ffn_dim ...) are found by trying
     # them on a rebuild (check_loadable); GPT-2's n_inner=None (4 x hidden) holds no value.
@@ -244,7 +311,7 @@ def loadable_config(
     accepted: list[ConfigUpdate] = []
     valid = _validation_error(new_config) is None
     for u in updates:
-        held = getattr(new_config, u.field, None)
+        held = get_field(new_config, u.field)
         if isinstance(held, (list, tuple, dict)) and not isinstance(u.new, type(held)):
             # a value per stage or layer (Swin's num_heads): one number cannot stand for it
             mismatches.append(f"config.{u.field} holds {held!r}, not one value for every layer")
@@ -254,7 +321,7 @@ def loadable_config(
             candidates.append(int(u.new))  # an int field: a whole ratio as an int
         error = None
         for value in candidates:
-            before = getattr(new_config, u.field, None)
+            before = get_field(new_config, u.field)
             error = _set_field(new_config, u.field, value)
             if error is None and valid:
                 # the class's own checks (hidden divisible by heads ...) on what is set so far
@@ -325,7 +392,7 @@ def attributes_of_rebuild(
     rebuilds = rebuilds or Rebuilds(dg.model)
     new_config = copy.deepcopy(config)
     for u in updates:
-        setattr(new_config, u.field, u.new)
+        set_field(new_config, u.field, u.new)
     after = rebuilds.of(new_config)[0]
     if after is None:
         return []
@@ -428,8 +495,9 @@ def _search_fields(
     original, mismatches = config, shapes
     changes, kept = _width_changes(dg, planned_shapes)
     candidates = []
-    for field, value in config.to_dict().items():
-        if field in done or field.startswith("_") or field.endswith("_token_id"):
+    for field, value in _fields(config):
+        name = field.rpartition(".")[2]
+        if field in done or name.startswith("_") or name.endswith("_token_id"):
             continue
         if isinstance(value, int) and not isinstance(value, bool) and value in changes:
             candidates.append((field, value, changes[value]))
@@ -463,24 +531,35 @@ def _search_fields(
     return config, found, shapes
 
 
+def _fields(config):
+    """(dotted path, value) of every field of the config and of its sub-configs, as saved."""
+    for prefix, scope in config_scopes(config).values():
+        for field, value in scope.to_dict().items():
+            if not isinstance(value, dict):
+                yield prefix + field, value
+
+
 def _validation_error(config) -> str | None:
-    """None, or why the config's class-level validation (what save_pretrained runs) fails."""
-    validate = getattr(config, "validate", None)
-    if not callable(validate):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            validate()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {str(exc.__cause__ or exc)[:200]}"
+    """None, or why the class-level validation (what save_pretrained runs) of the config or
+    of one of its sub-configs fails."""
+    for prefix, scope in config_scopes(config).values():
+        validate = getattr(scope, "validate", None)
+        if not callable(validate):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                validate()
+        except Exception as exc:
+            where = f"{prefix[:-1]}: " if prefix else ""
+            return f"{where}{type(exc).__name__}: {str(exc.__cause__ or exc)[:200]}"
     return None
 
 
 def _set_field(config, field: str, value) -> str | None:
-    """Set ``config.field``; None, or why the config refused the value."""
+    """Set the field at a dotted path; None, or why the config refused the value."""
     try:
-        setattr(config, field, value)
+        set_field(config, field, value)
     except Exception as exc:  # strict configs validate each field on assignment
         return f"{type(exc).__name__}: {str(exc.__cause__ or exc)[:200]}"
     return None
@@ -550,7 +629,7 @@ def updated_config(model, updates: list[ConfigUpdate]) -> Callable[[], None]:
     copied: dict[int, object] = {}
     new = copy.deepcopy(config, copied)
     for u in updates:
-        setattr(new, u.field, u.new)
+        set_field(new, u.field, u.new)
 
     def swap() -> None:
         for held, name, value in held_configs(model):
@@ -580,39 +659,53 @@ def temporary_config(model, updates):
     """The config updates' new values for the duration (a model's code may read its config
     while it runs); the old ones back on exit, whatever happens."""
     config = config_of(model)
-    done = []
+    undo = []
     try:
         for u in updates:
-            setattr(config, u.field, u.new)
-            done.append(u)
+            undo.append(set_field(config, u.field, u.new))
         yield
     finally:
-        for u in reversed(done):
-            setattr(config, u.field, u.old)
+        for put_back in reversed(undo):
+            put_back()
 
 
 def round_to_config(dg: DependencyGraph, keep: np.ndarray, scores) -> tuple[np.ndarray, list[str]]:
     """The keep mask with each attention layer's head count rounded up to the nearest count the
     config's own validation accepts (``hidden_size`` divisible by ``num_attention_heads`` ...):
-    the best-scored heads the selection removed come back. Returns the mask and what was
-    rounded, in words."""
+    the best-scored heads the selection removed come back. A composite model's layers are
+    rounded by the sub-config their part reads. Returns the mask and what was rounded, in
+    words."""
     config = config_of(dg.model)
-    calls = dg.coupling_model.attention
     heads = [g for g in dg.groups if g.kind == "heads"]
-    if config is None or not calls or not heads or _validation_error(config) is not None:
+    if config is None or not dg.coupling_model.attention or not heads:
         return keep, []
+    if _validation_error(config) is not None:
+        return keep, []
+    scopes = config_scopes(config)
+    configs = {prefix: c for prefix, c in scopes.values()}
+    prefix_of = module_prefixes(dg.model, scopes)
+    slot_prefixes = _slot_prefixes(dg, prefix_of) if len(scopes) > 1 else lambda s: ("",)
     sizes = dg.slot_sizes
-    per_kv = {int(sizes[c.heads]) // max(1, int(sizes[c.kv_heads])) for c in calls}
-    if len(per_kv) != 1:
-        return keep, []
-    q_per_kv = per_kv.pop()
-    trial = copy.deepcopy(config)
     masks = dg.leaf_keep_masks(keep)
-    hidden = {
-        dg.slot_kept_size(s, masks) for s, kind in dg.coupling_model.kind_slots if kind == "hidden"
-    }
-    if len(hidden) == 1 and hasattr(trial, "hidden_size"):
-        _set_field(trial, "hidden_size", hidden.pop())
+    per_kv: dict[str, set[int]] = {}
+    for c in dg.coupling_model.attention:
+        per_kv.setdefault(prefix_of(c.module), set()).add(
+            int(sizes[c.heads]) // max(1, int(sizes[c.kv_heads]))
+        )
+    hidden: dict[str, set[int]] = {}
+    for slot, kind in dg.coupling_model.kind_slots:
+        if kind == "hidden":
+            for prefix in slot_prefixes(slot):
+                hidden.setdefault(prefix, set()).add(dg.slot_kept_size(slot, masks))
+    trials = {}  # prefix -> (a copy of its config with the kept hidden size, query heads per kv)
+    for prefix, ratios in per_kv.items():
+        if len(ratios) != 1:
+            continue
+        trial = copy.deepcopy(configs[prefix])
+        widths = hidden.get(prefix, set())
+        if len(widths) == 1 and hasattr(trial, "hidden_size"):
+            _set_field(trial, "hidden_size", next(iter(widths)))
+        trials[prefix] = (trial, next(iter(ratios)))
     s = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
     keep = keep.copy()
     notes: list[tuple[int, int]] = []
@@ -620,6 +713,11 @@ def round_to_config(dg: DependencyGraph, keep: np.ndarray, scores) -> tuple[np.n
         kept = int(keep[g.unit_ids].sum())
         if kept == g.num_units:
             continue
+        members = g.members
+        prefix = prefix_of(members[0].name.rpartition(".")[0]) if members else ""
+        if prefix not in trials:
+            continue
+        trial, q_per_kv = trials[prefix]
         allowed = kept
         while allowed < g.num_units and not _accepts_heads(trial, allowed, q_per_kv):
             allowed += 1

@@ -35,7 +35,7 @@ from ..graph.trace import (
 )
 from .apply import gather, gather_all
 from .attributes import temporary_attributes
-from .configs import config_of
+from .configs import config_of, set_field, temporary_config
 from .plan import Plan
 from .validate import checked_plan
 
@@ -449,18 +449,9 @@ def _swapped_per_call(holders: dict[int, list[str]], tensors, substitute, scratc
 @contextlib.contextmanager
 def _pruned_settings(dg: DependencyGraph, plan: Plan):
     """The plan's config fields and module attributes, for the duration."""
-    config = config_of(dg.model)
-    changed: list[tuple[str, object]] = []
-    try:
-        if config is not None:
-            for u in plan.config:
-                changed.append((u.field, getattr(config, u.field, None)))
-                setattr(config, u.field, u.new)
+    with temporary_config(dg.model, plan.config):
         with temporary_attributes(dg.model, plan.attributes):
             yield
-    finally:
-        for field, old in reversed(changed):
-            setattr(config, field, old)
 
 
 def _compacted(tensors, plan: Plan, rounds: list) -> dict[str, torch.Tensor]:
@@ -733,7 +724,7 @@ def scatter_back_difference(result, model: torch.nn.Module, example_inputs) -> t
         setattr(original.get_submodule(u.module), u.attr, u.old)
     config = config_of(original)
     for u in reversed(result.config_updates):
-        setattr(config, u.field, u.old)
+        set_field(config, u.field, u.old)
     worst = relative_difference(
         _outputs(model, example_inputs),
         kept_outputs(_outputs(original, example_inputs), result.outputs),

@@ -17,7 +17,7 @@ import torch
 from ...errors import CheckpointWriteError, DiskFullError, InvalidArgumentError, OutputExistsError
 from ...progress import Progress
 from ...pruning.apply import gather
-from ...pruning.configs import ConfigUpdate
+from ...pruning.configs import ConfigUpdate, set_field
 from ...pruning.plan import TensorPlan
 from .. import pretrained, safetensors_io
 from ..safetensors_io import MappedFile, copy_bytes, fsync, output_layout, write_tensor
@@ -134,7 +134,7 @@ def new_config(source: Source, model, updates: list[ConfigUpdate]) -> dict:
     """The source's config.json with the changed fields (as transformers serialises them)."""
     new = copy.deepcopy(model.config)
     for u in updates:
-        setattr(new, u.field, u.new)
+        set_field(new, u.field, u.new)
     old_fields, new_fields = model.config.to_dict(), new.to_dict()
     raw = dict(source.config)
     for key, value in new_fields.items():
