@@ -694,3 +694,47 @@ def test_moe_checkpoints_stream_as_in_memory_prune(tmp_path, name, experts):
     again = reload(tmp_path / "out", type(model))
     for a, b in zip(outputs_of(again, {"input_ids": IDS}), outputs_of(model, {"input_ids": IDS})):
         assert same_bits(a, b)
+
+
+def test_a_vision_language_checkpoint_in_its_saved_layout_prunes_and_reloads(tmp_path):
+    """transformers saves LLaVA under its checkpoints' layout (``language_model.model.
+    layers``, ``vision_tower.vision_model``) and renames the keys on loading, some renamings
+    scoped to one tower: the streamed prune reads the same keys, writes them back under
+    their own names, and sets the pruned sizes in the language model's sub-config; plain
+    from_pretrained rebuilds what prune computes in memory."""
+    vision = T.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    text = T.LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    config = T.LlavaConfig(vision_config=vision, text_config=text, image_token_id=127)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        original = T.LlavaForConditionalGeneration(config).eval()
+        original.save_pretrained(tmp_path / "src")
+    stored = load_dir(tmp_path / "src")
+    assert "language_model.model.layers.0.mlp.up_proj.weight" in stored  # (the saved layout)
+    model = copy.deepcopy(original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # (the hidden width kept: the projector, unused on text, is as wide by the config)
+        ratios = {"hidden": 0}
+        expected = dx.prune(
+            model, {"input_ids": IDS}, ratio=0.5, ratios=ratios, require_loadable=True
+        )
+        result = dx.prune_checkpoint(tmp_path / "src", tmp_path / "out", ratio=0.5, ratios=ratios)
+    assert_same_plan(result.plan, expected.plan)
+    assert {u.field for u in result.config_updates} >= {
+        "text_config.num_attention_heads",
+        "text_config.intermediate_size",
+    }
+    assert load_dir(tmp_path / "out").keys() == stored.keys()
+    written = json.loads((tmp_path / "out" / "config.json").read_text())["text_config"]
+    assert written["intermediate_size"] == model.config.text_config.intermediate_size == 24
+    again = reload(tmp_path / "out", T.LlavaForConditionalGeneration)
+    for a, b in zip(outputs_of(again, {"input_ids": IDS}), outputs_of(model, {"input_ids": IDS})):
+        assert same_bits(a, b)

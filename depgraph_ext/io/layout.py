@@ -43,9 +43,12 @@ class ExpertKey:
         return f"{key[:start]}{expert}{key[end:]}"
 
 
-def conversions_of(model) -> tuple[list[tuple[str, str]], list]:
-    """(renamings as (regex, replacement), converters) transformers applies to ``model``'s
-    checkpoint keys on loading; none without transformers' conversion mapping."""
+def conversions_of(model) -> tuple[list, list]:
+    """(renamings, converters) transformers applies to ``model``'s checkpoint keys on loading:
+    its own renaming objects (applied in turn by :func:`renamed`: a vision-language model's
+    ``language_model.model.layers`` is ``model.language_model.layers``; a tower's own scoped
+    renamings too), and the converters as (sources, target, operations); none without
+    transformers' conversion mapping."""
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
@@ -57,20 +60,20 @@ def conversions_of(model) -> tuple[list[tuple[str, str]], list]:
         return [], []
     renamings, converters = [], []
     for t in transforms or []:
-        sources = list(getattr(t, "_original_source_patterns", t.source_patterns))
-        targets = list(getattr(t, "_original_target_patterns", t.target_patterns))
-        if getattr(t, "scope_prefix", None):
-            continue  # a sub-model's own (vision towers ...): not the layouts handled here
-        if isinstance(t, WeightRenaming) and len(sources) == 1 and len(targets) == 1:
-            renamings.append((sources[0], targets[0]))
-        elif isinstance(t, WeightConverter) and len(targets) == 1:
-            converters.append((sources, targets[0], list(t.operations)))
+        if isinstance(t, WeightRenaming) and callable(getattr(t, "rename_source_key", None)):
+            renamings.append(t)
+        elif isinstance(t, WeightConverter) and not getattr(t, "scope_prefix", None):
+            sources = list(getattr(t, "_original_source_patterns", t.source_patterns))
+            targets = list(getattr(t, "_original_target_patterns", t.target_patterns))
+            if len(targets) == 1:  # (a sub-model's own converters: not the layouts handled here)
+                converters.append((sources, targets[0], list(t.operations)))
     return renamings, converters
 
 
 def renamed(key: str, renamings) -> str:
-    for pattern, replacement in renamings:
-        key = re.sub(pattern, replacement, key)
+    """``key`` as transformers names it on loading: every renaming applied in turn."""
+    for renaming in renamings:
+        key = renaming.rename_source_key(key)[0]
     return key
 
 
