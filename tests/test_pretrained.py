@@ -252,6 +252,24 @@ def test_a_config_its_class_refuses_is_named_when_saving(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_a_tuple_the_config_holds_reloads_plain_as_a_list(tmp_path):
+    """Qwen3-VL's vision tower holds its config's ``deepstack_visual_indexes`` tuple, which
+    config.json gives back a list (transformers' own round trip, pruned or not): no size a
+    plain reload misses, so plain from_pretrained is said to rebuild the pruned model, and
+    it does."""
+    import zoo_transformers
+
+    zoo = quiet(zoo_transformers.build, "qwen3_vl")
+    model = zoo.model
+    assert isinstance(model.visual.deepstack_visual_indexes, tuple)
+    quiet(dx.prune, model, zoo.inputs, ratio=0.5)
+    assert quiet(dx.save_pretrained, model, tmp_path).plain
+    again = quiet(type(model).from_pretrained, tmp_path).eval()
+    with torch.no_grad():
+        a, b = model(**zoo.inputs), again(**zoo.inputs)
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+
+
 def test_only_transformers_models_are_saved(tmp_path):
     with pytest.raises(dx.InvalidArgumentError, match="transformers model"):
         dx.save_pretrained(torch.nn.Linear(2, 2), tmp_path)

@@ -220,7 +220,10 @@ def differences(model: nn.Module):
             plain = _plain_value(value)
             if plain is None or not hasattr(other, attr):
                 continue
-            if _plain_value(getattr(other, attr)) != plain:
+            built = _plain_value(getattr(other, attr))
+            # (a tuple the config held comes back a list from config.json: transformers'
+            # own round trip, pruned or not, and the same sizes)
+            if built is None or built["value"] != plain["value"]:
                 attributes.append({"module": name, "attr": attr, **plain})
     computed = computed_buffers_differ(model, fresh) if buffers_real else None
     return tensors, attributes, attention, computed
