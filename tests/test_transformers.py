@@ -160,7 +160,15 @@ def reload_and_compare(model, inputs, tmp_path, tolerance=0.0):
     model.save_pretrained(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = type(model).from_pretrained(tmp_path, dtype=torch.float64).eval()
+        again = (
+            type(model)
+            .from_pretrained(
+                tmp_path,
+                dtype=torch.float64,
+                attn_implementation=model.config._attn_implementation,  # (not saved: chosen)
+            )
+            .eval()
+        )
     for a, b in zip(outputs_of(model, inputs), outputs_of(again, inputs)):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
@@ -783,3 +791,53 @@ def test_a_config_field_tried_and_refused_is_left_absent(tmp_path):
         again = dx.from_pretrained(tmp_path, torch_dtype=torch.float64).eval()
     for a, b in zip(outputs_of(model, inputs), outputs_of(again, inputs)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _gemma2_eager():
+    """Eager attention (Gemma-2's logit soft-capping asks for it): the keys are repeated to
+    the query heads before the matmul and softmax; GQA 8/4."""
+    config = T.Gemma2Config(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=8, num_key_value_heads=4, head_dim=16, attn_implementation="eager",
+    )  # fmt: skip
+    return build(lambda: T.Gemma2ForCausalLM(config))
+
+
+def test_eager_attention_heads_set_the_configs_key_value_heads(tmp_path):
+    """The attention ops see the query heads only (the keys repeated to them): the config's
+    key/value heads follow its ratio to the query heads, and plain from_pretrained rebuilds
+    the pruned heads and MLP (the oracle holds)."""
+    pruned, result = prune_and_check(
+        _gemma2_eager(), {"input_ids": IDS}, ratio=0.5, ratios={"hidden": 0}, require_loadable=True
+    )
+    updates = {u.field: (u.old, u.new) for u in result.config_updates}
+    assert updates["num_attention_heads"] == (8, 4)
+    assert updates["num_key_value_heads"] == (4, 2)
+    assert pruned.model.layers[0].self_attn.k_proj.out_features == 2 * 16
+    reload_and_compare(pruned, {"input_ids": IDS}, tmp_path)
+
+
+def test_a_scale_the_config_decides_is_a_mismatch_a_plain_reload_would_miss(tmp_path):
+    """Gemma scales its embeddings by sqrt(hidden_size), a number its embedding module takes
+    from the config when it is built: a pruned hidden width keeps the old scale (the pruned
+    function), and a model built from a config saying the new width would compute with
+    another. The config can say every shape, not this: the user is told, require_loadable
+    refuses before anything changes, and the model reloads with dx.from_pretrained."""
+    model = _gemma2_eager()
+    with pytest.warns(dx.ConfigMismatchWarning, match="scalar_embed_scale would be 6.9282"):
+        dx.prune(model, {"input_ids": IDS}, ratio=0.5, ratios={"hidden": 0.25})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = dx.save_pretrained(model, tmp_path)
+        again = dx.from_pretrained(tmp_path, torch_dtype=torch.float64).eval()
+    assert not saved.plain
+    torch.testing.assert_close(
+        outputs_of(again, {"input_ids": IDS})[0], outputs_of(model, {"input_ids": IDS})[0]
+    )
+    model = _gemma2_eager()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(dx.PruningError, match="scalar_embed_scale"):
+        dx.prune(
+            model, {"input_ids": IDS}, ratio=0.5, ratios={"hidden": 0.25}, require_loadable=True
+        )
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -149,6 +149,20 @@ def _slot_prefixes(dg: DependencyGraph, prefix_of) -> Callable[[int], tuple[str,
     return prefixes
 
 
+def _kv_heads_of_repeated(config, heads: set[tuple[int, int]]):
+    """(old, new) key/value heads per layer where the attention ops see the keys repeated to
+    the query heads (eager attention after ``repeat_kv``): the config's ratio of query heads
+    to key/value heads holds (a unit is a key/value head with its query heads; a model built
+    from the config checks it). None where the config says no such ratio."""
+    q, kv = _field(config, "num_attention_heads"), _field(config, "num_key_value_heads")
+    if not (type(q) is int and type(kv) is int and 0 < kv < q and q % kv == 0):
+        return None
+    ratio = q // kv
+    if any(old != q or new % ratio for old, new in heads):
+        return None
+    return {(old // ratio, new // ratio) for old, new in heads}
+
+
 def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep: np.ndarray):
     """(updates, problems): new config field values, and what a config cannot express. A
     composite model's fields are set in the sub-config each part reads (dotted paths)."""
@@ -212,6 +226,8 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
                 prefix,
             )
             kv = {(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in layer_calls}
+            if all(c.kv_heads == c.heads for c in layer_calls):
+                kv = _kv_heads_of_repeated(scope, heads) or kv
             propose(
                 "num_key_value_heads",
                 _uniform(kv, "the number of key/value heads", problems),
@@ -347,9 +363,38 @@ def loadable_config(
         # the class builds (saving and loading build the model from it).
         accepted = []
     mismatches += shapes
+    if not shapes and accepted:
+        mismatches += _scale_mismatches(dg, config, new_config, rebuilds)
     if not mismatches:
         return accepted, None
     return accepted, mismatch_message(dg, mismatches)
+
+
+def _scale_mismatches(dg: DependencyGraph, config, new_config, rebuilds: Rebuilds) -> list[str]:
+    """The numbers other than sizes (floats) a model built from the updated config holds
+    otherwise than the pruned model, where one built from the original config holds the
+    model's: scales the config decides (Gemma's embedding scale, sqrt(hidden_size)). The
+    pruned model keeps its own (its function is the pruned one's); a plain reload would
+    compute with the new ones."""
+    after, before = rebuilds.of(new_config)[0], rebuilds.of(config)[0]
+    if after is None or before is None:
+        return []
+    built_after, built_before = dict(after.named_modules()), dict(before.named_modules())
+    out = []
+    for name, module in dg.walk.modules:
+        a, b = built_after.get(name), built_before.get(name)
+        if a is None or b is None:
+            continue
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or type(value) is not float:
+                continue
+            new = getattr(a, attr, None)
+            if type(new) is float and getattr(b, attr, None) == value and new != value:
+                out.append(
+                    f"{name}.{attr} would be {new:.6g} from the config, {value:.6g} pruned (a "
+                    "scale the config decides: the pruned model computes with its own)"
+                )
+    return out
 
 
 def mismatch_message(dg: DependencyGraph, mismatches: list[str]) -> str:

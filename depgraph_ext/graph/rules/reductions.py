@@ -113,7 +113,7 @@ def softmax(ctx: RuleContext, node: Node) -> None:
 _MATMULS = ("aten.bmm", "aten.matmul", "aten.baddbmm", "aten.mm")
 
 
-def _matmul_before(ctx: RuleContext, v: int, depth: int = 6) -> Node | None:
+def _matmul_before(ctx: RuleContext, v: int, depth: int = 10) -> Node | None:
     """The batched matmul ``v`` comes from through a few element-wise/view ops, if any."""
     graph = ctx.graph
     for _ in range(depth):
