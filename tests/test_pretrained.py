@@ -169,6 +169,25 @@ def test_require_loadable_rounds_heads_to_counts_the_config_accepts(tmp_path):
     assert model.config.num_attention_heads == 8 and not result.rounded
 
 
+def test_config_fields_its_checks_relate_are_set_together(tmp_path):
+    """Llama's config checks that the hidden size is a multiple of the heads: 4 heads pruned
+    to 3 are refused while the hidden size is 64, and accepted once it is set to 48: the
+    plan's config says both, and plain from_pretrained rebuilds the model."""
+    model = llama(heads=4, kv=4, hidden=64, head_dim=16)
+    result = quiet(
+        dx.prune,
+        model,
+        {"input_ids": IDS},
+        ratio=0.5,
+        ratios={"heads": 0.25, "hidden": 0.25},
+        require_loadable=True,
+    )
+    updates = {u.field: u.new for u in result.config_updates}
+    assert updates["num_attention_heads"] == 3 and updates["hidden_size"] == 48
+    assert quiet(dx.save_pretrained, model, tmp_path).plain
+    assert torch.equal(logits(quiet(T.LlamaForCausalLM.from_pretrained, tmp_path)), logits(model))
+
+
 # -- refusals ------------------------------------------------------------------------------------
 @pytest.fixture
 def saved(tmp_path):

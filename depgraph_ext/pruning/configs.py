@@ -179,15 +179,20 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
     prefix_of = module_prefixes(dg.model, scopes)
     slot_prefixes = _slot_prefixes(dg, prefix_of) if len(scopes) > 1 else lambda s: ("",)
 
-    def propose(field: str, new, prefix: str = "") -> None:
-        if new is None:
-            return
+    def propose(field: str, new, prefix: str = "", what: str | None = None) -> None:
+        """``new``: the value, or with ``what`` the (old, new) of every layer, which must
+        agree (a field the config does not have is no problem where they do not)."""
         scope = configs[prefix]
         path = prefix + field
-        if field in (getattr(scope, "per_layer_attributes", None) or ()):
-            problems.append(f"config.{path} is set per layer (per_layer_config): left as it is")
+        per_layer = field in (getattr(scope, "per_layer_attributes", None) or ())
+        if not per_layer and not hasattr(scope, field):
             return
-        if not hasattr(scope, field):
+        if what is not None:
+            new = _uniform(new, what, problems)
+        if new is None:
+            return
+        if per_layer:
+            problems.append(f"config.{path} is set per layer (per_layer_config): left as it is")
             return
         old = getattr(scope, field)
         if old == new:
@@ -220,29 +225,27 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
         if prefix in calls:
             layer_calls = calls[prefix]
             heads = {(int(sizes[c.heads]), kept(c.heads, masks)) for c in layer_calls}
-            propose(
-                "num_attention_heads",
-                _uniform(heads, "the number of attention heads", problems),
-                prefix,
-            )
+            propose("num_attention_heads", heads, prefix, "the number of attention heads")
             kv = {(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in layer_calls}
             if all(c.kv_heads == c.heads for c in layer_calls):
                 kv = _kv_heads_of_repeated(scope, heads) or kv
-            propose(
-                "num_key_value_heads",
-                _uniform(kv, "the number of key/value heads", problems),
-                prefix,
-            )
+            propose("num_key_value_heads", kv, prefix, "the number of key/value heads")
             dims = {
                 (int(sizes[c.head_dim]), kept(c.head_dim, masks))
                 for c in layer_calls
                 if c.head_dim >= 0
             }
-            propose("head_dim", _uniform(dims, "the head dim", problems), prefix)
+            propose("head_dim", dims, prefix, "the head dim")
             kept_dims = {new for _, new in dims}
             head_dim = kept_dims.pop() if len(kept_dims) == 1 else None
         if prefix in hidden:
-            propose("hidden_size", _uniform(hidden[prefix], "the hidden size", problems), prefix)
+            widths = hidden[prefix]
+            said = _field(scope, "hidden_size")
+            if type(said) is int and any(old == said for old, _ in widths):
+                # the widths the field says (ALBERT's embedding_size, a tower's projection
+                # widths are other fields: found by trying them on a rebuild)
+                widths = {(old, new) for old, new in widths if old == said}
+            propose("hidden_size", widths, prefix, "the hidden size")
         per_layer = getattr(scope, "per_layer_attributes", None) or ()
         if (
             head_dim is not None
@@ -278,7 +281,7 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
             if g.kind == "channels" and g.num_units == width
         }
         if any(old != new for old, new in widths):
-            propose("n_inner", _uniform(widths, "config.n_inner", problems))
+            propose("n_inner", widths, "", "config.n_inner")
     ratio = _field(config, "mlp_ratio")
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0:
         # Swin-like: each MLP is mlp_ratio x its stage's width; uniform pruning keeps one ratio.
@@ -326,29 +329,37 @@ def loadable_config(
     mismatches = list(problems)
     accepted: list[ConfigUpdate] = []
     valid = _validation_error(new_config) is None
+    refused: list[tuple[ConfigUpdate, str]] = []
     for u in updates:
         held = get_field(new_config, u.field)
         if isinstance(held, (list, tuple, dict)) and not isinstance(u.new, type(held)):
             # a value per stage or layer (Swin's num_heads): one number cannot stand for it
             mismatches.append(f"config.{u.field} holds {held!r}, not one value for every layer")
             continue
-        candidates = [u.new]
-        if isinstance(u.new, float) and u.new.is_integer():
-            candidates.append(int(u.new))  # an int field: a whole ratio as an int
-        error = None
-        for value in candidates:
-            before = get_field(new_config, u.field)
-            error = _set_field(new_config, u.field, value)
-            if error is None and valid:
-                # the class's own checks (hidden divisible by heads ...) on what is set so far
-                error = _validation_error(new_config)
-                if error is not None:
-                    _set_field(new_config, u.field, before)
-            if error is None:
-                accepted.append(ConfigUpdate(u.field, u.old, value))
-                break
-        if error is not None:
-            mismatches.append(f"config.{u.field} cannot be {u.new!r} ({error})")
+        done, error = _set_checked(new_config, u, valid)
+        if done is not None:
+            accepted.append(done)
+        else:
+            refused.append((u, error))
+    if refused and valid:
+        # The class's checks may relate fields (hidden divisible by heads; ESMC's heads equal
+        # to its key/value heads): what one refused alone is tried with the others set, then
+        # all of them together.
+        again = []
+        for u, error in refused:
+            done, error = _set_checked(new_config, u, valid)
+            accepted += [done] if done is not None else []
+            again += [(u, error)] if done is None else []
+        refused = again
+        if len(refused) > 1:
+            trial = copy.deepcopy(new_config)
+            if all(_set_field(trial, u.field, u.new) is None for u, _ in refused) and (
+                _validation_error(trial) is None
+            ):
+                new_config = trial
+                accepted += [u for u, _ in refused]
+                refused = []
+    mismatches += [f"config.{u.field} cannot be {u.new!r} ({error})" for u, error in refused]
     shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
     if shapes:  # fields the updates above do not know: found by trying them on a rebuild
         # (not a field the forward reads: its new value could change what the model computes)
@@ -395,6 +406,27 @@ def _scale_mismatches(dg: DependencyGraph, config, new_config, rebuilds: Rebuild
                     "scale the config decides: the pruned model computes with its own)"
                 )
     return out
+
+
+def _set_checked(config, u: ConfigUpdate, valid: bool) -> tuple[ConfigUpdate | None, str | None]:
+    """Set ``u`` on ``config`` where the field takes its value (an integral float as an int
+    where the field asks for one) and, if the config was ``valid``, the class's own checks
+    (hidden divisible by heads ...) pass on what is set so far: (the update as set, None), or
+    (None, why not), the config as it was."""
+    candidates = [u.new]
+    if isinstance(u.new, float) and u.new.is_integer():
+        candidates.append(int(u.new))  # an int field: a whole ratio as an int
+    error = None
+    for value in candidates:
+        before = get_field(config, u.field)
+        error = _set_field(config, u.field, value)
+        if error is None and valid:
+            error = _validation_error(config)
+            if error is not None:
+                _set_field(config, u.field, before)
+        if error is None:
+            return ConfigUpdate(u.field, u.old, value), None
+    return None, error
 
 
 def mismatch_message(dg: DependencyGraph, mismatches: list[str]) -> str:
