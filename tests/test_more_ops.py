@@ -1187,3 +1187,93 @@ def test_features_written_unit_by_unit_keep_the_width():
     pruned = {m.name for g in dg.groups for m in g.members}
     assert "embed.weight" not in pruned and "project.weight" not in pruned
     assert any("masked_scatter" in b.what for b in dg.blockers("embed.weight", 0))
+
+
+class UnfoldsPatches(nn.Module):
+    """Image patches by unfold (along the spatial dims: channels prune through; ``along_c``:
+    along the channels, whose windows are the data's layout: they stay)."""
+
+    def __init__(self, along_c: bool) -> None:
+        super().__init__()
+        self.conv, self.along_c = nn.Conv2d(3, 8, 3, padding=1), along_c
+        self.head = nn.Linear(8 * 4 if not along_c else 4 * 2 * 16, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))  # [B, 8, 4, 4]
+        if self.along_c:
+            return self.head(h.unfold(1, 2, 2).flatten(1))  # [B, 4, 4, 4, 2]
+        patches = h.unfold(2, 2, 2).unfold(3, 2, 2)  # [B, 8, 2, 2, 2, 2]
+        return self.head(patches.sum((-1, -2)).flatten(1))
+
+
+@pytest.mark.parametrize("along_c", [False, True])
+def test_unfold_keeps_its_windows_and_the_rest_prunes_exactly(along_c, backend):
+    torch.manual_seed(0)
+    model = UnfoldsPatches(along_c).double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    if along_c:
+        dg = dx.DependencyGraph(model, x, strict=True)
+        assert not any(m.name == "conv.weight" for g in dg.groups for m in g.members)
+        assert any("unfold" in b.what for b in dg.blockers("conv.weight", 0))
+        return
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.conv.out_channels == 4 and model.head.in_features == 16
+    assert_scatter_back_equal(original, model, result, x)
+
+
+class LooksUpBuckets(nn.Module):
+    """Coordinates put in buckets of a buffer's boundaries (bucketize, searchsorted), whose
+    ids look up an embedding; features repeated per row by counts the data gives
+    (repeat_interleave with a tensor of repeats)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("bounds", torch.linspace(0, 1, 7))
+        self.pos, self.feat = nn.Embedding(8, 12), nn.Linear(4, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, coords, x, counts):
+        ids = torch.bucketize(coords, self.bounds) + torch.searchsorted(self.bounds, coords) // 8
+        h = torch.relu(self.feat(x)).repeat_interleave(counts, dim=0)  # [sum(counts), 12]
+        return self.head(self.pos(ids) + h)
+
+
+def test_bucket_ids_and_rows_repeated_by_the_data_prune_the_features_exactly(backend):
+    torch.manual_seed(0)
+    model = LooksUpBuckets().double().eval()
+    counts = torch.tensor([2, 1, 3])
+    coords = torch.rand(6, dtype=torch.float64)
+    inputs = (coords, torch.randn(3, 4, dtype=torch.float64), counts)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.feat.out_features == model.pos.embedding_dim == 6
+    assert_scatter_back_equal(original, model, result, inputs)
+
+
+class SolvesTriangular(nn.Module):
+    """A triangular system solved for features (a chunked delta rule's within-chunk solve):
+    the solved columns (rows, on the right) prune with B's; the system's dim stays."""
+
+    def __init__(self, left: bool) -> None:
+        super().__init__()
+        self.b, self.head, self.left = nn.Linear(6, 10), nn.Linear(10, 2), left
+
+    def forward(self, a, x):
+        b = self.b(x)  # [B, n, 10]
+        if self.left:
+            return self.head(torch.linalg.solve_triangular(a, b, upper=False))
+        solved = torch.linalg.solve_triangular(a, b.transpose(1, 2), upper=False, left=False)
+        return self.head(solved.transpose(1, 2))
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_a_triangular_solve_prunes_its_solved_columns_exactly(left, backend):
+    torch.manual_seed(0)
+    model = SolvesTriangular(left).double().eval()
+    a = torch.randn(2, 5, 5, dtype=torch.float64).tril() + 3 * torch.eye(5, dtype=torch.float64)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, (a, x), ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.b.out_features == model.head.in_features == 5
+    assert_scatter_back_equal(original, model, result, (a, x))

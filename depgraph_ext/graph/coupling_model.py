@@ -26,12 +26,13 @@ class OpaqueOp:
     node: int
     reason: str
     blocked: list[str] = field(default_factory=list)  # parameter names it kept from pruning
+    site: str = ""  # ``op <name> in module <module> at <file>:<line> (<code>)``
 
     def describe(self) -> str:
         what = ", ".join(self.blocked[:6]) + (" ..." if len(self.blocked) > 6 else "")
-        return (
-            f"op {self.op} in module {self.module or '<root>'} ({self.reason}) blocks pruning of "
-            f"the channels it touches" + (f": {what}" if what else "")
+        site = self.site or f"op {self.op} in module {self.module or '<root>'}"
+        return f"{site} ({self.reason}) blocks pruning of the channels it touches" + (
+            f": {what}" if what else ""
         )
 
 
@@ -162,7 +163,9 @@ def build_couplings(
                     f"({reason}); strict mode refuses to guess. Register one with "
                     "depgraph_ext.register_rule or pass strict=False to block its channels"
                 )
-            opaque.append(OpaqueOp(node.name, node.module, node.index, reason))
+            opaque.append(
+                OpaqueOp(node.name, node.module, node.index, reason, site=node.describe())
+            )
             for v in node.inputs + node.outputs:
                 ctx.block_value(v)
             if ctx.index_domains:

@@ -382,6 +382,28 @@ def constant_pad(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.constant_pad_nd"], constant_pad)
 
 
+def bucketize(ctx: RuleContext, node: Node) -> None:
+    """``bucketize(x, boundaries)`` / ``searchsorted(sorted, x)``: for each element of x,
+    its place among the sorted values (a vision tower's position ids from fractional
+    coordinates): an element-wise map of x (its dims are the output's) that searches the
+    sorted values' last dim (kept, as are their other dims: one search per row of them)."""
+    searched = "sorted_sequence" if node.packet == "aten.searchsorted" else "boundaries"
+    values, sorted_, out = arg(node, "self"), arg(node, searched), node.outputs[0]
+    if isinstance(values, Ref):
+        ctx.equal_dims(values, out, [(d, d) for d in range(len(ctx.shape(values)))])
+        rows = len(ctx.shape(sorted_)) - 1  # (searchsorted: a sorted row per leading index)
+        if rows > 0:
+            ctx.equal_dims(sorted_, values, [(d, d) for d in range(rows)])
+    ctx.block_value(out if not isinstance(values, Ref) else sorted_)
+    ctx.block_value(sorted_)
+    sorter = arg(node, "sorter", None)
+    if isinstance(sorter, Ref):
+        ctx.block_value(sorter)
+
+
+register_many(["aten.bucketize", "aten.searchsorted"], bucketize)
+
+
 def read_as_data(ctx: RuleContext, node: Node) -> None:
     """nonzero/argwhere return the positions of a tensor's nonzero elements, unique its
     distinct values, bincount its counts, an NMS the boxes it keeps: what they read is the

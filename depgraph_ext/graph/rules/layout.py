@@ -3,7 +3,7 @@ whose index mappings are row-major factorisations or dim reorderings."""
 
 from __future__ import annotations
 
-from ..trace import Node
+from ..trace import Node, Ref
 from .context import RuleContext, RuleError, arg, wrap_dim
 from .registry import register_many
 
@@ -92,12 +92,32 @@ register_many(["aten.repeat"], repeat)
 def repeat_interleave(ctx: RuleContext, node: Node) -> None:
     """Each index of ``dim`` repeated ``repeats`` times in a row (grouped-query attention's
     keys and values broadcast to the query heads): out[dim] = [index, copy], the copy factor
-    fixed by the call. A tensor of per-index repeats, or no dim (flattened), has no rule."""
+    fixed by the call. With a tensor of per-index repeats the data decides how often each
+    index of ``dim`` comes: that dim is kept (the other dims are the output's); without a
+    dim (flattened), and for the indices it makes from repeats alone (a vision tower's
+    sequence bounds from its image grids), every dim is the data's."""
     src, out = node.inputs[0], node.outputs[0]
     repeats, dim = arg(node, "repeats"), arg(node, "dim")
-    if not isinstance(repeats, int) or dim is None:
-        raise RuleError("repeats per index, or a flattened input")
+    if not isinstance(arg(node, "self", None), Ref):
+        for v in node.inputs + node.outputs:  # repeat_interleave(repeats): indices
+            ctx.block_value(v)
+        return
+    if dim is None:
+        for v in node.inputs + node.outputs:
+            ctx.block_value(v)
+        return
     ss, so = ctx.slots(src), ctx.slots(out)
+    if not isinstance(repeats, int):
+        dim = wrap_dim(dim, len(ss))
+        for i, s in enumerate(ss):
+            if i == dim:
+                ctx.block(s)
+                ctx.block(so[i])
+            else:
+                ctx.equal(s, so[i])
+        if isinstance(repeats, Ref):
+            ctx.block_value(repeats)
+        return
     dim = wrap_dim(dim, len(ss))
     for i, s in enumerate(ss):
         if i != dim:
@@ -111,6 +131,27 @@ def repeat_interleave(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.repeat_interleave"], repeat_interleave)
+
+
+def unfold(ctx: RuleContext, node: Node) -> None:
+    """``x.unfold(dim, size, step)``: windows of ``size`` positions along ``dim`` every
+    ``step`` (patches of an image, of a mask): the windows and their positions are the
+    data's layout (kept), the other dims are the output's."""
+    src, out = node.inputs[0], node.outputs[0]
+    ss, so = ctx.slots(src), ctx.slots(out)
+    if len(so) != len(ss) + 1:
+        raise RuleError("unfold of a scalar")
+    dim = wrap_dim(arg(node, "dimension"), len(ss)) if ss else 0
+    for i, s in enumerate(ss):
+        if i == dim:
+            ctx.block(s)
+            ctx.block(so[i])
+        else:
+            ctx.equal(s, so[i])
+    ctx.block(so[-1])
+
+
+register_many(["aten.unfold", "aten.unfold_copy"], unfold)
 
 
 def flip(ctx: RuleContext, node: Node) -> None:

@@ -110,6 +110,30 @@ def trilinear(ctx: RuleContext, node: Node) -> None:
 register_many(["aten._trilinear"], trilinear)
 
 
+def solve_triangular(ctx: RuleContext, node: Node) -> None:
+    """``linalg.solve_triangular(A, B)``: X with A X = B (``left``; X A = B otherwise), A
+    [..., n, n] (a chunked delta rule's within-chunk system, Qwen3.5's linear attention).
+    Each column of B (row, on the right) is solved on its own: that dim is X's. The n dim
+    of A, B and X is what the solve mixes (kept); batch dims broadcast."""
+    a, b, x = arg(node, "self"), arg(node, "B"), node.outputs[0]
+    sa, sb, sx = ctx.slots(a), ctx.slots(b), ctx.slots(x)
+    if len(sa) < 2 or len(sb) < 2 or len(sx) != max(len(sa), len(sb)):
+        raise RuleError("solve_triangular of a vector")
+    for sv in (sa, sb):  # batch dims, aligned from the right
+        lead = len(sx) - len(sv)
+        for i in range(len(sv) - 2):
+            if ctx.size(sv[i]) == ctx.size(sx[lead + i]) != 1:
+                ctx.equal(sv[i], sx[lead + i])
+    left = bool(arg(node, "left", True))
+    mixed, own = (-2, -1) if left else (-1, -2)
+    for s in (sa[-2], sa[-1], sb[mixed], sx[mixed]):
+        ctx.block(s)
+    ctx.equal(sb[own], sx[own])
+
+
+register_many(["aten.linalg_solve_triangular"], solve_triangular)
+
+
 def convolution(ctx: RuleContext, node: Node) -> None:
     """N C_in *S -> N C_out *S'; weight [C_out, C_in/g, *k] ([C_in, C_out/g, *k] transposed).
 

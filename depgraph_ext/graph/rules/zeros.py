@@ -28,6 +28,7 @@ _FOLLOWS_FIRST = frozenset(
     frac clone contiguous _to_copy to copy copy_ alias detach lift_fresh lift_fresh_copy view
     _unsafe_view reshape permute transpose t expand expand_as slice select unsqueeze squeeze
     flatten unflatten split split_with_sizes chunk unbind narrow as_strided index_select gather
+    unfold unfold_copy
     index _unsafe_index take
     repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
     constant_pad_nd im2col col2im max_unpool2d max_unpool3d dropout
@@ -192,6 +193,9 @@ class ZeroTracker:
             return self.culprit(node.inputs[0])  # (rows looked up, summed, averaged or maxed)
         if packet in _NORMS:
             return self._norm(node)
+        if packet == "aten.linalg_solve_triangular":  # X = A^-1 B: zero where B's columns are
+            b = arg(node, "B")
+            return self._of(b.value, v) if isinstance(b, Ref) else node
         if packet in ("aten.masked_scatter", "aten.masked_scatter_"):  # (x's, or source's)
             values = [x for x in (arg(node, "self"), arg(node, "source")) if isinstance(x, Ref)]
             return next((c for c in (self._of(x.value, v) for x in values) if c), None)
