@@ -197,9 +197,11 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
         old = getattr(scope, field)
         if old == new:
             return
-        if path in reads:
-            # The forward reads it: the plan was validated with the old value, and a new one
-            # could change what the pruned model computes (not only how it reloads).
+        aliases = getattr(type(scope), "attribute_map", None) or {}
+        if path in reads or prefix + str(aliases.get(field, field)) in reads:
+            # The forward reads it (or the field it is an alias of: Funnel's num_attention_heads
+            # is n_head): the plan was validated with the old value, and a new one could
+            # change what the pruned model computes (not only how it reloads).
             problems.append(
                 f"config.{path} keeps {old!r} (not {new!r}): the model's forward reads it"
             )
@@ -387,25 +389,33 @@ def _scale_mismatches(dg: DependencyGraph, config, new_config, rebuilds: Rebuild
     model's: scales the config decides (Gemma's embedding scale, sqrt(hidden_size)). The
     pruned model keeps its own (its function is the pruned one's); a plain reload would
     compute with the new ones."""
-    after, before = rebuilds.of(new_config)[0], rebuilds.of(config)[0]
-    if after is None or before is None:
+    after = rebuilds.of(new_config)[0]
+    if after is None:
         return []
-    built_after, built_before = dict(after.named_modules()), dict(before.named_modules())
-    out = []
+    built_after = dict(after.named_modules())
+    differ = []  # (module, attribute, the model's value, the rebuild's)
     for name, module in dg.walk.modules:
-        a, b = built_after.get(name), built_before.get(name)
-        if a is None or b is None:
+        a = built_after.get(name)
+        if a is None:
             continue
         for attr, value in vars(module).items():
             if attr.startswith("_") or type(value) is not float:
                 continue
             new = getattr(a, attr, None)
-            if type(new) is float and getattr(b, attr, None) == value and new != value:
-                out.append(
-                    f"{name}.{attr} would be {new:.6g} from the config, {value:.6g} pruned (a "
-                    "scale the config decides: the pruned model computes with its own)"
-                )
-    return out
+            if type(new) is float and new != value:
+                differ.append((name, attr, value, new))
+    if not differ:  # (the common case: no second model built)
+        return []
+    before = rebuilds.of(config)[0]  # only values the original config decided count
+    if before is None:
+        return []
+    built_before = dict(before.named_modules())
+    return [
+        f"{name}.{attr} would be {new:.6g} from the config, {value:.6g} pruned (a scale the "
+        "config decides: the pruned model computes with its own)"
+        for name, attr, value, new in differ
+        if name in built_before and getattr(built_before[name], attr, None) == value
+    ]
 
 
 def _set_checked(config, u: ConfigUpdate, valid: bool) -> tuple[ConfigUpdate | None, str | None]:
