@@ -1277,3 +1277,26 @@ def test_a_triangular_solve_prunes_its_solved_columns_exactly(left, backend):
     result = dx.prune(model, (a, x), ratio=0.5, strict=True, backend=backend, progress=False)
     assert model.b.out_features == model.head.in_features == 5
     assert_scatter_back_equal(original, model, result, (a, x))
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_antialiased_resampling_keeps_positions_and_prunes_channels_exactly(mode, backend):
+    """``F.interpolate(..., antialias=True)`` (a ViT resizing its position embeddings) runs
+    ops of its own: positions resampled, channels each on their own."""
+
+    class Resamples(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            h = F.interpolate(torch.relu(self.a(x)), size=(3, 3), mode=mode, antialias=True)
+            return self.b(h)
+
+    torch.manual_seed(0)
+    model = Resamples().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.a.out_channels == 4
+    assert_scatter_back_equal(original, model, result, x)

@@ -47,6 +47,8 @@ for _k in (1, 2, 3):
             f"aten.upsample_bicubic{_k}d",
             f"aten._upsample_nearest_exact{_k}d",
             f"aten.upsample_trilinear{_k}d",
+            f"aten._upsample_bilinear{_k}d_aa",  # (antialias=True)
+            f"aten._upsample_bicubic{_k}d_aa",
         ],
         _spatial(_k),
     )

@@ -37,7 +37,8 @@ _FOLLOWS_FIRST = frozenset(
     adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d
     _adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool3d mean upsample_nearest1d
     upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_linear1d
-    upsample_bicubic2d upsample_trilinear3d _upsample_nearest_exact2d squeeze_copy
+    upsample_bicubic2d upsample_trilinear3d _upsample_nearest_exact2d _upsample_bilinear2d_aa
+    _upsample_bicubic2d_aa squeeze_copy
     unsqueeze_copy view_copy permute_copy transpose_copy t_copy expand_copy slice_copy
     select_copy split_copy unbind_copy cumsum div div_ true_divide view_as_complex view_as_real
     view_as_complex_copy view_as_real_copy
