@@ -1300,3 +1300,31 @@ def test_antialiased_resampling_keeps_positions_and_prunes_channels_exactly(mode
     result = dx.prune(model, x, ratio=0.5, strict=True, backend=backend, progress=False)
     assert model.a.out_channels == 4
     assert_scatter_back_equal(original, model, result, x)
+
+
+class UpdatesMaskedTokens(nn.Module):
+    """Tokens a [B, S] mask selects updated by their own MLP in place (a speech model's
+    audio tokens: ``h[mask] += mlp(h[mask])``; UDOP's ``embeds[mask] = 0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.mlp = nn.Linear(4, 12), nn.Sequential(nn.Linear(12, 6), nn.ReLU())
+        self.up, self.head = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x, mask):
+        h = self.embed(x)  # [B, S, 12]
+        h[mask] += self.up(self.mlp(h[mask]))
+        h[~mask] = 0.0
+        return self.head(h)
+
+
+def test_tokens_a_mask_over_several_dims_selects_are_updated_and_the_width_prunes(backend):
+    torch.manual_seed(0)
+    model = UpdatesMaskedTokens().double().eval()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    mask = torch.tensor([[1, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, (x, mask), ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.embed.out_features == model.up.out_features == 6
+    assert model.mlp[0].out_features == 3
+    assert_scatter_back_equal(original, model, result, (x, mask))

@@ -274,13 +274,21 @@ def index_put(ctx: RuleContext, node: Node) -> None:
                 ctx.equal(a, b)
                 ctx.equal(a, c)
         return
-    if any(
-        ctx.graph.values[ix.value].dtype == torch.bool and len(ctx.shape(ix)) > 1
-        for ix in refs_in(indices)
-    ):
-        raise RuleError("index_put with a mask over several dims")
-    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+    masks = [
+        d
+        for d, ix in enumerate(indices)
+        if isinstance(ix, Ref) and ctx.graph.values[ix.value].dtype == torch.bool
+    ]
     bdims = max(len(ctx.shape(ix)) for ix in indices if ix is not None)
+    if masks and (len(indexed) > 1 or len(ctx.shape(indices[masks[0]])) > 1):
+        # x[mask] = v with a mask over dims p .. p + r - 1 (``h[token_mask] += mlp(...)``):
+        # those dims are the positions it selects, one dim of the values (their count).
+        if len(indexed) > 1:
+            raise RuleError("index_put with a mask and other indices")
+        p = indexed[0]
+        indexed = list(range(p, p + len(ctx.shape(indices[p]))))
+        bdims = 1
+    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
     first = indexed[0] if adjacent else 0
     layout: list[int | None] = [None] * (len(ss) - len(indexed) + bdims)  # x dim at each place
     j = 0
