@@ -389,30 +389,41 @@ def _scale_mismatches(dg: DependencyGraph, config, new_config, rebuilds: Rebuild
     model's: scales the config decides (Gemma's embedding scale, sqrt(hidden_size)). The
     pruned model keeps its own (its function is the pruned one's); a plain reload would
     compute with the new ones."""
+    return [
+        f"{name}.{attr} would be {new:.6g} from the config, {value:.6g} pruned (a scale the "
+        "config decides: the pruned model computes with its own)"
+        for name, attr, value, new in _decided_by_config(dg, config, new_config, rebuilds, float)
+    ]
+
+
+def _decided_by_config(dg: DependencyGraph, config, new_config, rebuilds: Rebuilds, kind, done=()):
+    """(module, attribute, the model's value, the new one) of every public attribute of type
+    ``kind`` that a model built from ``new_config`` holds otherwise than this model, where one
+    built from the original ``config`` holds this model's (a value the config decides).
+    ``done``: (module, attribute) pairs to pass over."""
     after = rebuilds.of(new_config)[0]
     if after is None:
         return []
     built_after = dict(after.named_modules())
-    differ = []  # (module, attribute, the model's value, the rebuild's)
+    differ = []
     for name, module in dg.walk.modules:
         a = built_after.get(name)
         if a is None:
             continue
         for attr, value in vars(module).items():
-            if attr.startswith("_") or type(value) is not float:
+            if attr.startswith("_") or type(value) is not kind or (name, attr) in done:
                 continue
             new = getattr(a, attr, None)
-            if type(new) is float and new != value:
+            if type(new) is kind and new != value:
                 differ.append((name, attr, value, new))
     if not differ:  # (the common case: no second model built)
         return []
-    before = rebuilds.of(config)[0]  # only values the original config decided count
+    before = rebuilds.of(config)[0]
     if before is None:
         return []
     built_before = dict(before.named_modules())
     return [
-        f"{name}.{attr} would be {new:.6g} from the config, {value:.6g} pruned (a scale the "
-        "config decides: the pruned model computes with its own)"
+        (name, attr, value, new)
         for name, attr, value, new in differ
         if name in built_before and getattr(built_before[name], attr, None) == value
     ]
@@ -480,36 +491,14 @@ def attributes_of_rebuild(
     new_config = copy.deepcopy(config)
     for u in updates:
         set_field(new_config, u.field, u.new)
-    after = rebuilds.of(new_config)[0]
-    if after is None:
-        return []
-    built_after = dict(after.named_modules())
+    # Counts and sizes only: a float the config decides is a scale the forward multiplies by
+    # (Dory's sqrt(hidden_size)); changing it would change the function (_scale_mismatches).
     done = {(u.module, u.attr) for u in known}
-    candidates = []
-    for name, module in dg.walk.modules:
-        a = built_after.get(name)
-        if a is None:
-            continue
-        for attr, value in vars(module).items():
-            if attr.startswith("_") or (name, attr) in done:
-                continue
-            # Counts and sizes only: a float the config decides is a scale the forward
-            # multiplies by (Dory's sqrt(hidden_size)); changing it would change the function.
-            if not isinstance(value, int) or isinstance(value, bool):
-                continue
-            new = getattr(a, attr, None)
-            if type(new) is type(value) and new != value:
-                candidates.append((name, attr, value, new))
-    if not candidates:
-        return []
-    before = rebuilds.of(config)[0]  # only values the original config decided follow
-    if before is None:
-        return []
-    built_before = dict(before.named_modules())
     return [
         AttributeUpdate(name, attr, value, new)
-        for name, attr, value, new in candidates
-        if name in built_before and getattr(built_before[name], attr, None) == value
+        for name, attr, value, new in _decided_by_config(
+            dg, config, new_config, rebuilds, int, done
+        )
     ]
 
 

@@ -98,27 +98,17 @@ def repeat_interleave(ctx: RuleContext, node: Node) -> None:
     sequence bounds from its image grids), every dim is the data's."""
     src, out = node.inputs[0], node.outputs[0]
     repeats, dim = arg(node, "repeats"), arg(node, "dim")
-    if not isinstance(arg(node, "self", None), Ref):
-        for v in node.inputs + node.outputs:  # repeat_interleave(repeats): indices
-            ctx.block_value(v)
-        return
-    if dim is None:
-        for v in node.inputs + node.outputs:
+    if not isinstance(arg(node, "self", None), Ref) or dim is None:
+        for v in node.inputs + node.outputs:  # (repeat_interleave(repeats): indices)
             ctx.block_value(v)
         return
     ss, so = ctx.slots(src), ctx.slots(out)
+    dim = wrap_dim(dim, len(ss))
     if not isinstance(repeats, int):
-        dim = wrap_dim(dim, len(ss))
-        for i, s in enumerate(ss):
-            if i == dim:
-                ctx.block(s)
-                ctx.block(so[i])
-            else:
-                ctx.equal(s, so[i])
+        _data_dim(ctx, ss, so, dim)
         if isinstance(repeats, Ref):
             ctx.block_value(repeats)
         return
-    dim = wrap_dim(dim, len(ss))
     for i, s in enumerate(ss):
         if i != dim:
             ctx.equal(s, so[i])
@@ -141,14 +131,19 @@ def unfold(ctx: RuleContext, node: Node) -> None:
     ss, so = ctx.slots(src), ctx.slots(out)
     if len(so) != len(ss) + 1:
         raise RuleError("unfold of a scalar")
-    dim = wrap_dim(arg(node, "dimension"), len(ss)) if ss else 0
+    _data_dim(ctx, ss, so, wrap_dim(arg(node, "dimension"), len(ss)) if ss else 0)
+    ctx.block(so[-1])
+
+
+def _data_dim(ctx: RuleContext, ss, so, dim: int) -> None:
+    """Dim ``dim`` of the input and the output is laid out by the data or the call (kept);
+    every other dim of the input is the output's, in order."""
     for i, s in enumerate(ss):
         if i == dim:
             ctx.block(s)
             ctx.block(so[i])
         else:
             ctx.equal(s, so[i])
-    ctx.block(so[-1])
 
 
 register_many(["aten.unfold", "aten.unfold_copy"], unfold)
