@@ -1156,16 +1156,18 @@ class WritesFeaturesOverTokens(nn.Module):
         return self.head(torch.relu(embeds.masked_scatter(mask, features)))
 
 
-def test_features_written_over_tokens_prune_with_the_embeddings(backend):
+def _tokens_and_an_image():
+    """Token features [2, 5, 6], image features [3, 4] and the three image tokens' mask."""
     torch.manual_seed(0)
-    tokens, image = (
-        torch.randn(2, 5, 6, dtype=torch.float64),
-        torch.randn(3, 4, dtype=torch.float64),
-    )
-    is_image = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    tokens = torch.randn(2, 5, 6, dtype=torch.float64)
+    image = torch.randn(3, 4, dtype=torch.float64)
+    return tokens, image, torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+
+
+def test_features_written_over_tokens_prune_with_the_embeddings(backend):
+    inputs = _tokens_and_an_image()
     model = WritesFeaturesOverTokens(per_unit=False).double().eval()
     original = copy.deepcopy(model)
-    inputs = (tokens, image, is_image)
     result = dx.prune(model, inputs, ratio=0.5, strict=True, backend=backend, progress=False)
     # one group: the embeddings' width, the features' written over them and what reads both
     assert model.embed.out_features == model.project.out_features == 8
@@ -1176,14 +1178,9 @@ def test_features_written_over_tokens_prune_with_the_embeddings(backend):
 def test_features_written_unit_by_unit_keep_the_width():
     """A mask that may select single units: source's elements land where the data says, in
     an order that removing units would shift; the width stays, named as the op's."""
-    torch.manual_seed(0)
-    tokens, image = (
-        torch.randn(2, 5, 6, dtype=torch.float64),
-        torch.randn(3, 4, dtype=torch.float64),
-    )
-    is_image = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 0, 0]], dtype=torch.bool)
+    inputs = _tokens_and_an_image()
     model = WritesFeaturesOverTokens(per_unit=True).double().eval()
-    dg = dx.DependencyGraph(model, (tokens, image, is_image))
+    dg = dx.DependencyGraph(model, inputs)
     pruned = {m.name for g in dg.groups for m in g.members}
     assert "embed.weight" not in pruned and "project.weight" not in pruned
     assert any("masked_scatter" in b.what for b in dg.blockers("embed.weight", 0))

@@ -141,31 +141,23 @@ def test_loading_to_a_dtype_and_a_device(tmp_path):
     assert torch.equal(logits(again), logits(model.to(torch.bfloat16)))
 
 
+def prune_loadable(model, ratios):
+    return quiet(
+        dx.prune, model, {"input_ids": IDS}, ratio=0.5, ratios=ratios, require_loadable=True
+    )
+
+
 def test_require_loadable_rounds_heads_to_counts_the_config_accepts(tmp_path):
     """Llama's config wants hidden divisible by heads: 16 heads pruned by a quarter would be
     12 (256 % 12 != 0); the nearest count at or above that Llama accepts is 16, with GQA 4
     kv heads of 4: no head goes, and the result says so. Halving gives 8, which it accepts."""
     model = llama()
-    result = quiet(
-        dx.prune,
-        model,
-        {"input_ids": IDS},
-        ratio=0.5,
-        ratios={"heads": 0.25, "hidden": 0.0},
-        require_loadable=True,
-    )
+    result = prune_loadable(model, {"heads": 0.25, "hidden": 0.0})
     assert model.config.num_attention_heads == 16 and len(result.rounded) == 1
     assert "16 kept instead of 12" in result.rounded[0] and "rounded" in result.summary()
     assert quiet(dx.save_pretrained, model, tmp_path).plain
     model = llama()
-    result = quiet(
-        dx.prune,
-        model,
-        {"input_ids": IDS},
-        ratio=0.5,
-        ratios={"heads": 0.5, "hidden": 0.0},
-        require_loadable=True,
-    )
+    result = prune_loadable(model, {"heads": 0.5, "hidden": 0.0})
     assert model.config.num_attention_heads == 8 and not result.rounded
 
 
@@ -174,14 +166,7 @@ def test_config_fields_its_checks_relate_are_set_together(tmp_path):
     to 3 are refused while the hidden size is 64, and accepted once it is set to 48: the
     plan's config says both, and plain from_pretrained rebuilds the model."""
     model = llama(heads=4, kv=4, hidden=64, head_dim=16)
-    result = quiet(
-        dx.prune,
-        model,
-        {"input_ids": IDS},
-        ratio=0.5,
-        ratios={"heads": 0.25, "hidden": 0.25},
-        require_loadable=True,
-    )
+    result = prune_loadable(model, {"heads": 0.25, "hidden": 0.25})
     updates = {u.field: u.new for u in result.config_updates}
     assert updates["num_attention_heads"] == 3 and updates["hidden_size"] == 48
     assert quiet(dx.save_pretrained, model, tmp_path).plain
