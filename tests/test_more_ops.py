@@ -1325,3 +1325,25 @@ def test_tokens_a_mask_over_several_dims_selects_are_updated_and_the_width_prune
     assert model.embed.out_features == model.up.out_features == 6
     assert model.mlp[0].out_features == 3
     assert_scatter_back_equal(original, model, result, (x, mask))
+
+
+class CrossesPositions(nn.Module):
+    """Point features with the cross product of two coordinate vectors (PPFConv's angle
+    features): the vectors' dim stays; the features prune through the product."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lift, self.head = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, v1, v2):
+        return self.head(torch.relu(self.lift(torch.cross(v1, v2, dim=1))))
+
+
+def test_a_cross_product_keeps_its_vectors_and_the_features_prune_exactly(backend):
+    torch.manual_seed(0)
+    model = CrossesPositions().double().eval()
+    inputs = (torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64))
+    original = copy.deepcopy(model)
+    result = dx.prune(model, inputs, ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.lift.out_features == 4
+    assert_scatter_back_equal(original, model, result, inputs)

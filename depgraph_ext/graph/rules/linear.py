@@ -134,6 +134,20 @@ def solve_triangular(ctx: RuleContext, node: Node) -> None:
 register_many(["aten.linalg_solve_triangular"], solve_triangular)
 
 
+def cross(ctx: RuleContext, node: Node) -> None:
+    """``linalg.cross(a, b, dim)``: the cross product of 3-vectors along ``dim`` (point
+    features from coordinates, PPFConv's): the other dims broadcast as element-wise ones do;
+    the vectors' dim mixes its three components (kept)."""
+    a, b, out = arg(node, "self"), arg(node, "other"), node.outputs[0]
+    ctx.broadcast([x for x in (a, b) if isinstance(x, Ref)], [out])
+    so = ctx.slots(out)
+    dim = arg(node, "dim", -1)
+    ctx.block(so[dim if dim >= 0 else len(so) + dim])
+
+
+register_many(["aten.linalg_cross"], cross)
+
+
 def convolution(ctx: RuleContext, node: Node) -> None:
     """N C_in *S -> N C_out *S'; weight [C_out, C_in/g, *k] ([C_in, C_out/g, *k] transposed).
 

@@ -65,6 +65,7 @@ _PRODUCTS = frozenset(
         "aten.mv",
         "aten.dot",
         "aten._trilinear",
+        "aten.linalg_cross",
     }
 )
 # Zero only wherever every tensor argument is, and every number added is zero (a sum).
