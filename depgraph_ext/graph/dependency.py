@@ -1097,22 +1097,22 @@ def config_reads(model: torch.nn.Module):
 
     patched: list[tuple[type, object, bool]] = []  # (class, its own __getattribute__, had one)
     try:
-        for c in dict.fromkeys(type(c) for _, c in held.values()):
-            had = "__getattribute__" in c.__dict__
-            original = c.__getattribute__
-            c.__getattribute__ = spy_of(original)
-            patched.append((c, original, had))
+        for cls in dict.fromkeys(type(c) for _, c in held.values()):
+            had = "__getattribute__" in cls.__dict__
+            original = cls.__getattribute__
+            cls.__getattribute__ = spy_of(original)
+            patched.append((cls, original, had))
     except TypeError:  # a class that refuses (a C type): nothing is recorded
         recording.known = False
     try:
         yield recording
     finally:
         live.clear()
-        for c, original, had in reversed(patched):
+        for cls, original, had in reversed(patched):
             if had:
-                c.__getattribute__ = original
+                cls.__getattribute__ = original
             else:
-                del c.__getattribute__
+                del cls.__getattribute__
 
 
 @contextlib.contextmanager
