@@ -1347,3 +1347,38 @@ def test_a_cross_product_keeps_its_vectors_and_the_features_prune_exactly(backen
     result = dx.prune(model, inputs, ratio=0.5, strict=True, backend=backend, progress=False)
     assert model.lift.out_features == 4
     assert_scatter_back_equal(original, model, result, inputs)
+
+
+class FourierLayer(nn.Module):
+    """A Fourier neural operator's block: channels lifted, transformed over the grid
+    (``rfft2``), mixed by complex weights on the lowest modes, transformed back, plus a
+    pointwise path. The grid's dims are what the transforms mix; channels prune."""
+
+    def __init__(self, width: int = 8, modes: int = 3) -> None:
+        super().__init__()
+        self.lift, self.skip = nn.Conv2d(3, width, 1), nn.Conv2d(width, width, 1)
+        scale = 1 / width**2
+        self.weights = nn.Parameter(
+            scale * torch.randn(width, width, modes, modes, dtype=torch.cdouble)
+        )
+        self.proj, self.modes = nn.Conv2d(width, 1, 1), modes
+
+    def forward(self, x):
+        h = self.lift(x)
+        b, _, height, width = h.shape
+        spectrum = torch.fft.rfft2(h)
+        mixed = torch.zeros(b, self.weights.shape[1], height, width // 2 + 1, dtype=spectrum.dtype)
+        m = self.modes
+        mixed[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", spectrum[:, :, :m, :m], self.weights)
+        return self.proj(F.gelu(torch.fft.irfft2(mixed, s=(height, width)) + self.skip(h)))
+
+
+def test_a_fourier_neural_operator_prunes_its_channels_exactly(backend):
+    torch.manual_seed(0)
+    model = FourierLayer().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, strict=True, backend=backend, progress=False)
+    assert model.lift.out_channels == 4 and model.weights.shape == (4, 4, 3, 3)
+    assert model.weights.dtype == torch.cdouble
+    assert_scatter_back_equal(original, model, result, x)

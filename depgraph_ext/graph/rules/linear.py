@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..trace import Node, Ref
-from .context import RuleContext, RuleError, arg
+from .context import RuleContext, RuleError, arg, wrap_dim
 from .registry import register_many
 
 # -- contractions ----------------------------------------------------------------------------------
@@ -146,6 +146,27 @@ def cross(ctx: RuleContext, node: Node) -> None:
 
 
 register_many(["aten.linalg_cross"], cross)
+
+
+def fft(ctx: RuleContext, node: Node) -> None:
+    """A discrete Fourier transform over ``dim`` (``torch.fft``'s ops: FNet's token mixing, a
+    Fourier neural operator's spectral layers): each position of the transformed dims mixes
+    them all (kept, and a one-sided transform changes their size); every other dim is
+    transformed index by index, a linear map of each: the output's, exact."""
+    src, out = node.inputs[0], node.outputs[0]
+    ss, so = ctx.slots(src), ctx.slots(out)
+    if len(ss) != len(so):
+        raise RuleError("an FFT that changes the rank")
+    transformed = {wrap_dim(d, len(ss)) for d in arg(node, "dim")}
+    for i, (a, b) in enumerate(zip(ss, so)):
+        if i in transformed:
+            ctx.block(a)
+            ctx.block(b)
+        else:
+            ctx.equal(a, b)
+
+
+register_many(["aten._fft_r2c", "aten._fft_c2c", "aten._fft_c2r"], fft)
 
 
 def convolution(ctx: RuleContext, node: Node) -> None:

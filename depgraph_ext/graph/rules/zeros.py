@@ -28,7 +28,7 @@ _FOLLOWS_FIRST = frozenset(
     frac clone contiguous _to_copy to copy copy_ alias detach lift_fresh lift_fresh_copy view
     _unsafe_view reshape permute transpose t expand expand_as slice select unsqueeze squeeze
     flatten unflatten split split_with_sizes chunk unbind narrow as_strided index_select gather
-    unfold unfold_copy
+    unfold unfold_copy _fft_r2c _fft_c2c _fft_c2r
     index _unsafe_index take
     repeat roll flip pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
     constant_pad_nd im2col col2im max_unpool2d max_unpool3d dropout
