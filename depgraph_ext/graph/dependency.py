@@ -1037,6 +1037,8 @@ def config_scopes(config) -> dict[int, tuple[str, object]]:
 def module_prefixes(model, scopes) -> Callable[[str], str]:
     """A function of a module's name giving the prefix (see :func:`config_scopes`) of the
     config its code reads: the one held by itself or its nearest ancestor holding one."""
+    if len(scopes) <= 1:  # (one config: every module reads the root's, no walk needed)
+        return lambda module: ""
     held = {
         name: scopes[id(c)][0]
         for name, m in model.named_modules()
