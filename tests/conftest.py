@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from depgraph_ext.graph import trace
 from depgraph_ext.pruning import validate
 from helpers import BACKENDS, PRUNE_TIMINGS
 
@@ -18,6 +19,13 @@ def check_skipped_traces(monkeypatch):
     """Every plan judged to run without a second trace is traced all the same, and a plan that
     does not run then fails the test: the whole suite checks that judgement."""
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+
+
+@pytest.fixture(autouse=True)
+def check_replayed_layers(monkeypatch):
+    """Every graph whose repeated layers were replayed (graph/repeats.py) is traced again
+    without replays, and the test fails where the two records differ in anything."""
+    monkeypatch.setattr(trace, "CHECK_REPEATS", True)
 
 
 def pytest_terminal_summary(terminalreporter):

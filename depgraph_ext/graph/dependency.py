@@ -30,6 +30,7 @@ from .computed import computed_tensors, divisor_tensors
 from .coupling_model import CouplingModel, OpaqueOp, build_couplings
 from .couplings import CouplingKind, Couplings, Resolution
 from .frame_stack import in_fresh_chunk
+from .repeats import ReadLog, Repeats
 from .resolve import resolve, select_backend
 from .size_watch import AttributeLeaf, ConfigLeaf, SizeInt, watching
 from .standin import MetaResults
@@ -237,11 +238,13 @@ class DependencyGraph:
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
         in_training = any(m.training for _, m in self.walk.modules)
+        repeats = Repeats(self.walk)
         with (
             TRACE_LOCK,
             config_reads(model) as reads,
             attribute_reads(self.walk.modules) as attributes_read,
         ):
+            repeats.spy = attributes_read
             self.graph = trace(
                 model,
                 example_inputs,
@@ -250,6 +253,7 @@ class DependencyGraph:
                 trace_device=self.trace_device,
                 meta_results=self.meta_results,
                 training=_training,
+                repeats=repeats,
             )
         # Fields of the model's config its forward reads (LayoutLMv3 divides its position bias
         # by sqrt(hidden_size / num_attention_heads)): the plan validated the forward with
@@ -1133,7 +1137,10 @@ def attribute_reads(modules: list[tuple[str, torch.nn.Module]]):
     # Each class's own lookup, taken before any is patched (a subclass would find its base's
     # spy otherwise).
     originals = [(cls, "__getattribute__" in cls.__dict__, cls.__getattribute__) for cls in classes]
-    reads = recording.names
+    # (graph/repeats.py: a template's call logs every read with its value, and its reads; a
+    # replay compares a sibling's attributes quietly)
+    recording.names = reads = ReadLog()
+    recording.log, recording.quiet = None, False
     patched = []
 
     live = [True]  # emptied when the recording ends: later uses of its SizeInts read nothing
@@ -1144,6 +1151,10 @@ def attribute_reads(modules: list[tuple[str, torch.nn.Module]]):
     def spy_of(original):
         def spy(self, key):
             value = original(self, key)
+            if recording.quiet:
+                return value
+            if recording.log is not None:
+                recording.log.append((self, key, value))
             if key[0] != "_" and not callable(value):
                 if watching():  # followed: read when the code uses it otherwise than in sizes
                     if type(value) is int:

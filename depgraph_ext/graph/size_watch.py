@@ -346,6 +346,9 @@ class CodeSaw:
     # (``.item()``, ``bool(x)``: a trace of the pruned shapes replays it, decisions.py)
     unreplayed_reads: bool = False
     unknown_reads: bool = False  # it read sizes of a tensor the trace did not know
+    # how many calls read values, and how many of them unreplayed (repeats.py counts on them)
+    value_reads: int = field(default=0, compare=False)
+    unreplayed_count: int = field(default=0, compare=False)
     # (value, dim) of every size the code read (dim None: all of the value's sizes) -> (how
     # many ops had run, the module running) when it was first read
     read_at: dict[tuple[int, int | None], tuple[int, str]] = field(default_factory=dict)
@@ -779,6 +782,7 @@ class SizeWatch(TorchFunctionMode):
             return func(*args, **kwargs)
         if func in _VALUE_READS:
             self.saw.values_read = True  # (where the call fails too)
+            self.saw.value_reads += 1
         elif type(func) is FunctionType and func not in BODIES_READING_NO_PRUNED_SIZE:
             self._read_tensors(args, kwargs)  # (its body runs unwatched: see there)
         decisions = self.recorder.decisions
@@ -813,9 +817,11 @@ class SizeWatch(TorchFunctionMode):
             type(out) in _PYTHON_VALUES and any(isinstance(a, torch.Tensor) for a in args)
         ):
             self.saw.values_read = True  # item(), tolist(), bool(x), equal(a, b), str(x) ...
+            self.saw.value_reads += 1
             one_number = type(out) in _NUMBERS and decided >= 0
             if not one_number or len(decisions) != decided + 1:
                 self.saw.unreplayed_reads = True
+                self.saw.unreplayed_count += 1
         return out
 
     def _shape(self, func, args, kwargs):

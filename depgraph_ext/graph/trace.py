@@ -32,7 +32,13 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode_temporarily
 
-from ..errors import ExampleInputsWarning, InvalidArgumentError, TraceError, user_stacklevel
+from ..errors import (
+    ExampleInputsWarning,
+    InternalError,
+    InvalidArgumentError,
+    TraceError,
+    user_stacklevel,
+)
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
 from ..torch_range import release
@@ -49,6 +55,9 @@ from .decisions import (
 from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
+from .records import Node, Ref, Value
+from .repeats import CHECK as CHECK_REPEATS
+from .repeats import Repeater, Repeats, RepeatsInvalid, differences
 from .size_watch import (
     PASS_THROUGH_FORWARDS,
     CodeSaw,
@@ -74,78 +83,6 @@ class FailedOp:
     input_shapes: list
     module: str
     occurrence: int
-
-
-class Ref:
-    """A traced tensor inside a node's arguments: the index of its :class:`Value`.
-
-    (A plain slotted class: made for every tensor argument of every op, a frozen dataclass's
-    ``__init__`` was a tenth of the recording time.)"""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: int) -> None:
-        self.value = value
-
-    def __eq__(self, other) -> bool:
-        return type(other) is Ref and other.value == self.value
-
-    def __hash__(self) -> int:
-        return hash((Ref, self.value))
-
-    def __repr__(self) -> str:
-        return f"Ref(value={self.value})"
-
-
-@dataclass(slots=True)
-class Value:
-    index: int
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    kind: str  # "input" | "param" | "buffer" | "op" | "constant"
-    name: str | None = None  # state_dict name for params/buffers, argument path for inputs
-    producer: int | None = None  # index of the node that produced it
-
-
-@dataclass(slots=True)
-class Node:
-    index: int
-    op: Any  # torch._ops.OpOverload
-    args: tuple
-    kwargs: dict
-    inputs: list[int]  # value indices of tensor arguments, in flattened order
-    outputs: list[int]  # value indices of tensor results, in flattened order
-    module: str  # qualified name of the innermost module running the op ("" = the root)
-    where: tuple[str, int] | None = None  # (file, line) of the model's code that ran it
-
-    @property
-    def name(self) -> str:
-        return _named_once(_OP_NAMES, self.op, str)
-
-    def describe(self) -> str:
-        """``op <name> in module <module> at <file>:<line> (<code>)``: what errors name."""
-        at = source.describe(self.where)
-        return f"op {self.name} in module {self.module or '<root>'}" + (f" at {at}" if at else "")
-
-    @property
-    def packet(self) -> str:
-        """The op without its overload, e.g. ``aten.add`` for ``aten.add.Tensor``."""
-        return _named_once(_OP_PACKETS, self.op, lambda op: str(op.overloadpacket))
-
-
-# The names of ops, each made once (the rules and the checks ask for them per node).
-_OP_NAMES: dict = {}
-_OP_PACKETS: dict = {}
-
-
-def _named_once(names: dict, op, make) -> str:
-    try:
-        name = names.get(op)
-        if name is None:
-            name = names[op] = make(op)
-    except TypeError:  # (an op object that cannot be a key)
-        name = make(op)
-    return name
 
 
 @dataclass
@@ -183,6 +120,8 @@ class OpGraph:
     # [start, stop) of the nodes of each higher-order op's eager implementation (torch's
     # code, which reads no tensor value: see _RecorderBase._higher_order)
     higher_order_spans: list[tuple[int, int]] = field(default_factory=list)
+    # Module calls whose ops were taken from an earlier call of a module like it (repeats.py)
+    replayed: int = 0
     # (value, dim) of each size the model returns as a number (``return y, h.shape[1]``), as
     # the code took it from a traced tensor: an output like its tensors, kept.
     output_sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -389,6 +328,8 @@ class _RecorderBase(_EagerMode):
         # Real traces run on the parameters' own memory: what an op writes into one is put
         # back when the trace ends (tracing never changes the model).
         self.parameters: SavedParameters | None = None
+        # A replayed module runs its real ops unrecorded (repeats.py): no module call is noted
+        self.suspended = False
 
     def _recorded(self) -> list[tuple[Any, str]]:
         """(op, module) of every op recorded so far."""
@@ -836,11 +777,11 @@ def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str],
 
     def push(module, args):  # must return None: a value would replace the module's inputs
         name = names.get(id(module))
-        if name is not None:
+        if name is not None and not recorder.suspended:
             stack.append(name)
 
     def pop(module, args, output):  # must return None: a value would replace the output
-        if id(module) in names:
+        if id(module) in names and not recorder.suspended:
             ticks.update(1)
             calls.append((stack.pop(), recorder.module_outputs(output)))
 
@@ -982,6 +923,15 @@ def _swapped_tensors(
                     value.update(zip(items[::2], items[1::2]))
 
 
+@contextlib.contextmanager
+def _replays_and_swapped(repeater: Repeater | None, modules, fakes, computed):
+    """``_swapped_tensors`` inside the repeater's forwards (its wrappers are part of what the
+    swap finds and leaves; the repeater removes them after)."""
+    with repeater.forwards() if repeater is not None else contextlib.nullcontext():
+        with _swapped_tensors(modules, fakes, computed):
+            yield
+
+
 _NOT_PLAIN = (torch.nn.Module, torch.Tensor, type, types.ModuleType, types.FunctionType,
               types.MethodType, types.BuiltinFunctionType, functools.partial)  # fmt: skip
 
@@ -1088,6 +1038,7 @@ def trace(
     replay: list[Decision] | None = None,
     real_over_budget: bool = False,
     training: bool = False,
+    repeats=None,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs`` (in eval mode; ``training``:
     in training mode).
@@ -1126,6 +1077,10 @@ def trace(
     ``real_over_budget``: the model's graph was traced so (its real trace ran past the
     budget): no budgeted real trace is tried, and the fake trace decides, as for a large
     model.
+
+    ``repeats``: the model's :class:`~depgraph_ext.graph.repeats.Repeats`, its ``spy`` the
+    attribute spy of the graph trace (``dependency.attribute_reads``'s recording): a real or
+    meta trace replays the layers that repeat.
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -1151,6 +1106,9 @@ def trace(
             except TraceError:
                 pass  # a decision met with other shapes, or an op that reads data
         return trace_as(model, example_inputs, TraceMode.REAL, replay=replay, guide=guide, **common)
+    families = None
+    if repeats is not None and not shapes_only and guide is None and repeats.ready():
+        families = repeats
     cheap = not real_over_budget and _real_is_cheap(
         [*walk.params.values(), *walk.buffers.values()], example_inputs, stand_in
     )
@@ -1158,6 +1116,8 @@ def trace(
     over_budget = False
     if cheap:
         try:
+            if families is not None:
+                return _with_repeats(model, example_inputs, TraceMode.REAL, families, common)
             return trace_as(
                 model, example_inputs, TraceMode.REAL, budget=REAL_BUDGET, guide=guide, **common
             )
@@ -1173,7 +1133,10 @@ def trace(
     by_data: TraceError | None = None  # a trace stopped at a decision of the data
     if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
         try:
-            graph = trace_as(model, example_inputs, TraceMode.META, **common)
+            if families is not None:
+                graph = _with_repeats(model, example_inputs, TraceMode.META, families, common)
+            else:
+                graph = trace_as(model, example_inputs, TraceMode.META, **common)
             return _noting(_warn_real_failed(graph, real_error), over_budget)
         except TraceError as exc:
             # the fake trace decides (and its error, if any, is the one reported); at a
@@ -1184,9 +1147,16 @@ def trace(
         # (A meta trace's failure is never the one reported: the others are guided.)
         reported = real_error is None and not cheap
         try:
-            graph = trace_as(
-                model, example_inputs, TraceMode.FAKE, guide=guide if reported else None, **common
-            )
+            if families is not None:
+                graph = _with_repeats(model, example_inputs, TraceMode.FAKE, families, common)
+            else:
+                graph = trace_as(
+                    model,
+                    example_inputs,
+                    TraceMode.FAKE,
+                    guide=guide if reported else None,
+                    **common,
+                )
             return _noting(_warn_real_failed(graph, real_error), over_budget)
         except TraceError as exc:
             if real_error is not None:
@@ -1208,6 +1178,53 @@ def trace(
             "weights are on the meta device"
         ) from by_data
     return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
+
+
+def _with_repeats(model, example_inputs, mode: TraceMode, families: Repeats, common) -> OpGraph:
+    """A real (budgeted) or meta trace replaying ``families``' siblings (again without, where
+    a template's inner tensors were used after its call); checked against one without
+    replays in check mode."""
+    budget = REAL_BUDGET if mode is TraceMode.REAL else None
+    try:
+        graph = trace_as(model, example_inputs, mode, repeats=families, budget=budget, **common)
+    except (RepeatsInvalid, TraceError) as exc:
+        # (a real trace's siblings returned zeros, which a value read or a kernel took amiss:
+        # their ops are run; a template's tensors used after its call: no replays)
+        speculated = exc.speculation if isinstance(exc, RepeatsInvalid) else families.speculated
+        if not speculated or mode is not TraceMode.REAL:
+            if isinstance(exc, TraceError):
+                raise
+            return trace_as(model, example_inputs, mode, budget=budget, **common)
+        try:
+            graph = trace_as(
+                model,
+                example_inputs,
+                mode,
+                repeats=families,
+                budget=budget,
+                speculate=False,
+                **common,
+            )
+        except RepeatsInvalid:
+            return trace_as(model, example_inputs, mode, budget=budget, **common)
+    if CHECK_REPEATS and graph.replayed:
+        spy = families.spy
+        known = {id(m) for _, m in common["walk"].modules}  # (not modules the forward makes)
+        reads = {r for r in spy.names if r[0] in known}
+        spy.names.clear()
+        whole = trace_as(model, example_inputs, mode, **common)
+        found = differences(graph, whole)
+        if {r for r in spy.names if r[0] in known} != reads:
+            found.append(
+                f"attribute reads only with replays: {sorted(reads - spy.names)[:5]}, "
+                f"only without: {sorted(spy.names - reads)[:5]}"
+            )
+        if found:
+            raise InternalError(
+                f"internal error: replaying {graph.replayed} module calls changed the graph: "
+                + "; ".join(found[:5])
+            )
+    return graph
 
 
 def _warn_real_failed(graph, real_error: TraceError | None):
@@ -1385,6 +1402,8 @@ def trace_as(
     guide=None,
     replay: list[Decision] | None = None,
     training: bool = False,
+    repeats: Repeats | None = None,
+    speculate: bool = True,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
     a real trace may take, as (a fixed allowance, an allowance per op), or unlimited. A real
@@ -1444,6 +1463,11 @@ def trace_as(
     guided_calls = _GuidedCalls(recorder) if guided else contextlib.nullcontext()
     if mode is not TraceMode.REAL:
         recorder.stand_in = stand_in if mode is TraceMode.FAKE else CPU
+    repeater = None
+    if repeats is not None and not shapes_only and not replay:
+        repeater = Repeater(
+            repeats, graph, recorder, watch, {id(m): n for n, m in modules}, speculate
+        )
     placeholders = _Placeholders(
         mode,
         shapes,
@@ -1476,6 +1500,10 @@ def trace_as(
             _register_values(
                 graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only
             )
+            if repeater is not None:
+                repeater.tensors_of_values = {
+                    graph.params[n]: t for n, t in fake_params.items()
+                } | {graph.buffers[n]: t for n, t in fake_buffers.items()}
             progress, stage = bar
             set_attributes: dict[str, torch.Tensor] = {}
             if budget is not None:  # counted from the forward: preparing tensors is not the model's
@@ -1496,7 +1524,7 @@ def trace_as(
                     watch or contextlib.nullcontext(),
                     guided_calls,
                 ):
-                    with _swapped_tensors(modules, fakes, set_attributes):
+                    with _replays_and_swapped(repeater, modules, fakes, set_attributes):
                         out = call_in_fresh_chunk(model, *fake_args, **fake_kwargs)
         except InvalidArgumentError:
             raise
@@ -1561,6 +1589,9 @@ def trace_as(
                 graph.output_sizes += [
                     (x.value, x.dim) for x in leaves(leaf) if type(x) is SizeLeaf
                 ]
+    if repeater is not None:
+        repeater.finish()
+        graph.replayed = repeater.replayed
     if watch is not None:
         watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)
         watch.saw.live = False

@@ -1,0 +1,231 @@
+"""Layers that repeat are traced once: a sibling's ops are its template's, renamed, and its
+code does not run (graph/repeats.py). The graph is the one a trace running every layer
+records, record for record (``repeats.differences``); where a sibling's code could record
+something else (an attribute it reads differs, a tensor of the template's is used after its
+call, a value read after the siblings depends on theirs), the layers are traced each."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import depgraph_ext as dx
+from depgraph_ext.graph import trace
+from depgraph_ext.graph.dependency import DependencyGraph, attribute_reads
+from depgraph_ext.graph.repeats import Repeats, differences
+from depgraph_ext.graph.trace import TraceMode, _with_repeats, trace_as
+from depgraph_ext.graph.walk import ModelWalk
+from depgraph_ext.testing import assert_scatter_back_equal
+from helpers import tiny_llama
+
+
+def traced_both_ways(model, inputs, mode="real", speculate=True):
+    """(the graph with replays, the graph without, the attribute reads of each)."""
+    walk = ModelWalk.of(model)
+    repeats = Repeats(walk)
+    known = {id(m) for _, m in walk.modules}
+    with attribute_reads(walk.modules) as spy:
+        repeats.spy = spy
+        if speculate:  # (as a trace does: again without replays where they were wrong)
+            replayed = _with_repeats(model, inputs, TraceMode(mode), repeats, {"walk": walk})
+        else:
+            replayed = trace_as(
+                model, inputs, TraceMode(mode), walk=walk, repeats=repeats, speculate=False
+            )
+        reads_replayed = {r for r in spy.names if r[0] in known}
+        spy.names.clear()
+        whole = trace_as(model, inputs, TraceMode(mode), walk=walk)
+        reads_whole = {r for r in spy.names if r[0] in known}
+    return replayed, whole, reads_replayed, reads_whole
+
+
+def llama(layers=6, **config):
+    config = (
+        dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_hidden_layers=layers,
+            use_cache=False,
+        )
+        | config
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tiny_llama(**config)
+
+
+IDS = {"input_ids": torch.tensor([[1, 5, 9, 13, 2, 7]])}
+
+
+@pytest.mark.parametrize("mode", ["real", "fake"])
+@pytest.mark.parametrize("speculate", [True, False])
+def test_a_llamas_layers_are_replayed_and_the_graph_is_the_whole_traces(mode, speculate):
+    model = llama()
+    replayed, whole, reads, reads_whole = traced_both_ways(model, IDS, mode, speculate)
+    assert replayed.replayed == 5  # every layer but the first
+    assert whole.replayed == 0
+    assert differences(replayed, whole) == []
+    assert reads == reads_whole
+    # the same record as a list: a check that the comparison sees what it compares
+    broken = copy.copy(replayed)
+    broken.nodes = replayed.nodes[:-1] + [copy.copy(replayed.nodes[-1])]
+    broken.nodes[-1].module = "elsewhere"
+    assert differences(broken, whole)
+
+
+def test_a_prune_of_replayed_layers_is_exact():
+    original = llama(layers=4).double()
+    assert DependencyGraph(original, IDS).graph.replayed == 3
+    model = copy.deepcopy(original)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dx.prune(model, IDS, ratio=0.5, exact_only=True)
+    assert result.plan
+    assert_scatter_back_equal(original, model, result.plan, IDS)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, index: int = 0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, 2 * width)
+        self.fc2 = nn.Linear(2 * width, width)
+        self.index = index
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class EveryOtherDoubles(Block):
+    """Its code branches on its place: the odd ones double their input."""
+
+    def forward(self, x):
+        if self.index % 2:
+            x = x * 2
+        return super().forward(x)
+
+
+class Stack(nn.Module):
+    def __init__(self, block=Block, depth: int = 4, width: int = 8) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(block(width, i) for i in range(depth))
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("mode", ["real", "meta", "fake"])
+def test_blocks_in_every_mode_are_replayed(mode):
+    model = Stack()
+    replayed, whole, reads, reads_whole = traced_both_ways(model, torch.randn(2, 8), mode)
+    assert replayed.replayed == 3
+    assert differences(replayed, whole) == []
+    assert reads == reads_whole
+
+
+def test_blocks_whose_code_reads_their_place_are_traced_each():
+    model = Stack(EveryOtherDoubles)
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 0  # (``index`` read, and it differs)
+    assert differences(replayed, whole) == []
+    assert sum(n.packet == "aten.mul" for n in replayed.nodes) == 2
+
+
+def test_blocks_with_the_same_attributes_read_are_replayed():
+    model = Stack(EveryOtherDoubles)
+    for b in model.blocks:
+        b.index = 1
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 3
+    assert differences(replayed, whole) == []
+    assert sum(n.packet == "aten.mul" for n in replayed.nodes) == 4
+
+
+KEPT: list = []
+
+
+class KeepsAnInnerTensor(Block):
+    """Puts its hidden activation where the model's code takes it from later."""
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        KEPT.append(h)
+        return x + self.fc2(h)
+
+
+class UsesKept(Stack):
+    def forward(self, x):
+        KEPT.clear()
+        out = super().forward(x)
+        return out, sum(h.sum() for h in KEPT)
+
+
+def test_an_inner_tensor_used_after_the_call_stops_the_replays():
+    model = UsesKept(KeepsAnInnerTensor)
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 0
+    assert differences(replayed, whole) == []
+
+
+class DecidesAfter(Stack):
+    """Reads a value the blocks computed: the siblings' zeros would decide otherwise."""
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        if bool((x > 1e6).any()):
+            x = x * 0.5
+        extra = int((x.abs() > 0).sum().item() > 0)
+        return self.head(x) + extra
+
+
+def test_a_value_read_after_the_siblings_runs_their_ops():
+    torch.manual_seed(0)
+    model = DecidesAfter()
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 3  # replayed, their ops run for the values read after
+    assert differences(replayed, whole) == []
+    for a, b in zip(replayed.decisions, whole.decisions):
+        assert a.key == b.key and a.values == b.values
+        for (i, x), (j, y) in zip(a.inputs, b.inputs):
+            assert i == j and torch.equal(x, y)
+        assert torch.equal(torch.as_tensor(a.result), torch.as_tensor(b.result))
+
+
+def test_a_layer_passed_a_cache_object_is_traced_each():
+    model = llama(layers=3, use_cache=True)
+    replayed, whole, _, _ = traced_both_ways(model, IDS)
+    assert replayed.replayed == 0  # (its ``layer_idx`` picks its part of the cache)
+    assert differences(replayed, whole) == []
+
+
+def test_hooked_blocks_run_their_hooks(monkeypatch):
+    monkeypatch.setattr(trace, "CHECK_REPEATS", False)  # (a third trace would run them too)
+    model = Stack()
+    calls = []
+    model.blocks[2].register_forward_hook(lambda m, a, o: calls.append(1))
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert len(calls) == 2  # once per trace
+    assert replayed.replayed == 2  # blocks 1 and 3; block 2 has a hook
+    assert differences(replayed, whole) == []
+
+
+def test_the_model_is_left_as_it_was():
+    model = Stack()
+    before = {n: (type(m), dict(vars(m))) for n, m in model.named_modules()}
+    replayed, _, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 3
+    after = {n: (type(m), dict(vars(m))) for n, m in model.named_modules()}
+    assert before.keys() == after.keys()
+    for name in before:
+        assert before[name][1].keys() == after[name][1].keys(), name
+        assert "forward" not in after[name][1]
