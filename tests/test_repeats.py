@@ -229,3 +229,27 @@ def test_the_model_is_left_as_it_was():
     for name in before:
         assert before[name][1].keys() == after[name][1].keys(), name
         assert "forward" not in after[name][1]
+
+
+class CallsForwardDirectly(Stack):
+    """The first block as a module call, the others' forward called directly (their ops are
+    the stack's own, as in torch_geometric's MixHopConv); ``direct``: every block's."""
+
+    direct_from = 1
+
+    def forward(self, x):
+        for i, b in enumerate(self.blocks):
+            x = b.forward(x) if i >= self.direct_from else b(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("direct_from", [0, 1])
+def test_a_forward_called_directly_is_replayed_only_as_such(direct_from):
+    model = CallsForwardDirectly()
+    model.direct_from = direct_from
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == (3 if direct_from == 0 else 0)
+    assert differences(replayed, whole) == []
+    modules = {n.module for n in replayed.nodes}
+    assert ("blocks.0" in modules) == (direct_from == 1)
+    assert "blocks.1" not in modules and "blocks.3.fc2" in modules

@@ -210,6 +210,7 @@ class Template:
     outside: dict = field(default_factory=dict)
     site: tuple | None = None  # the line of the model's code that called it
     fresh: set = field(default_factory=set)  # its own constants (see _record)
+    called: bool = True  # run as a module call (see Repeater._called)
 
 
 def _leaves(x):
@@ -320,11 +321,19 @@ class Repeater:
                 return original(*args, **kwargs)
             if family.template is None:
                 return self._record(member, family, original, args, kwargs)
+            if family.template.called != self._called(member):
+                return original(*args, **kwargs)  # (its ops belong to another module)
             replayed = self._replay(family, member, original, args, kwargs)
             return original(*args, **kwargs) if replayed is NotImplemented else replayed
 
         forward.__wrapped__ = original  # (inspect.signature sees the module's own)
         return forward
+
+    def _called(self, member) -> bool:
+        """Whether ``member`` runs as a module call (its ops are its own), not its forward
+        called directly (``lin.forward(x)``: its ops are the caller's)."""
+        stack = self.recorder.module_stack
+        return bool(stack) and stack[-1] == self.module_names.get(id(member))
 
     # -- the template ------------------------------------------------------------------------
     def _record(self, member, family: Family, original, args, kwargs):
@@ -347,6 +356,7 @@ class Repeater:
         before = [(m, tuple(vars(m).items())) for m in modules]
         size_events: list = []
         site = source.here()  # (the line calling it: what ops of library modules are at)
+        called = self._called(member)
         kept0 = len(recorder.keep_alive)
         n0, v0, c0 = len(graph.nodes), len(graph.values), len(graph.module_calls)
         decisions0, spans0 = len(graph.decisions), len(graph.higher_order_spans)
@@ -439,6 +449,7 @@ class Repeater:
             outs,
             site=site,
             fresh=fresh,
+            called=called,
         )
         if graph.real:
             template = family.template
