@@ -1,11 +1,14 @@
 """Where a small-model prune spends its time: the figures bench/README.md quotes for the
 Llama-style model of the scaling row (hidden 256, GQA 8/2).
 
-    .venv/bin/python bench/profile_stages.py [LAYERS] [ROUNDS] [hidden]  # 128 layers, 8 rounds
+    .venv/bin/python bench/profile_stages.py [LAYERS] [ROUNDS] [hidden] [nocache]
+    # 128 layers, 8 rounds
 
-The scaling row's prune keeps the hidden size (``ratios={"hidden": 0}``); a third argument
+The scaling row's prune keeps the hidden size (``ratios={"hidden": 0}``); the argument
 ``hidden`` prunes it too, as a plain ``prune(model, inputs, ratio=0.5)`` does (the hidden
 group is function-changing: RMSNorm's statistics, which the prune describes in its warning).
+``nocache`` adds ``use_cache=False`` to the inputs: without a KV cache, the layers read no
+``layer_idx`` and are replayed from the first one's trace (graph/repeats.py).
 
 Prints medians over ROUNDS prunes of fresh copies in one process (after one warm-up): the
 stages of ``PruneResult.timings`` and the garbage collector's time, the parts of "plan"
@@ -81,7 +84,9 @@ def median_ms(samples) -> str:
 def main() -> None:
     layers = int(sys.argv[1]) if len(sys.argv) > 1 else 128
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    ratios = {} if sys.argv[3:4] == ["hidden"] else {"hidden": 0.0}
+    options = set(sys.argv[3:])
+    ratios = {} if "hidden" in options else {"hidden": 0.0}
+    inputs = dict(IDS, use_cache=False) if "nocache" in options else IDS
     model = small_llama(layers)
     parts: dict[str, float] = defaultdict(float)
     timed(validate, "validate_plan", "plan: validate_plan", parts)
@@ -117,7 +122,7 @@ def main() -> None:
         t = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = dx.prune(m, IDS, ratio=0.5, ratios=ratios, progress=False)
+            result = dx.prune(m, inputs, ratio=0.5, ratios=ratios, progress=False)
         wall = time.perf_counter() - t
         gc.callbacks.remove(collector)
         if i == 0:
@@ -154,15 +159,18 @@ def main() -> None:
             t = time.perf_counter()
             with torch.no_grad():
                 if mode is None:
-                    fresh(**IDS)
+                    fresh(**inputs)
                 else:
                     with mode():
-                        fresh(**IDS)
+                        fresh(**inputs)
             samples.append(time.perf_counter() - t)
         rows[label] = samples
     torch.set_num_threads(threads)
 
-    print(f"llama hidden 256, {layers} layers: medians of {rounds} prunes (after a warm-up)")
+    print(
+        f"llama hidden 256, {layers} layers{', use_cache=False' if 'nocache' in options else ''}"
+        f": medians of {rounds} prunes (after a warm-up)"
+    )
     for k, v in rows.items():
         print(f"  {k:32s} {median_ms(v)}")
 

@@ -204,7 +204,13 @@ def test_qwen3_30b_a3b_meta(backend):
 DEPTHS = [32, 64, 128, 256]
 
 
-@pytest.mark.parametrize("tool", ["native", "python", "torch-pruning"])
+# "native, no cache": the inputs also say use_cache=False. With transformers' KV cache, each
+# decoder layer reads its layer_idx to pick its part of the cache, so each is traced; without
+# one, the layers are replayed from the first one's trace (graph/repeats.py).
+NO_CACHE = "native, no cache"
+
+
+@pytest.mark.parametrize("tool", ["native", NO_CACHE, "python", "torch-pruning"])
 @pytest.mark.parametrize("layers", DEPTHS)
 def test_llama_depth_scaling(benchmark, layers, tool):
     if tool == "torch-pruning" and torch_pruning is None:
@@ -222,19 +228,21 @@ def test_llama_depth_scaling(benchmark, layers, tool):
                 rounds=1 if layers >= 128 else 2,
             )
     else:
+        inputs = dict(IDS, use_cache=False) if tool == NO_CACHE else IDS
+        backend = "native" if tool == NO_CACHE else tool
 
         def run(m):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return dx.prune(
-                    m, IDS, ratio=0.5, ratios={"hidden": 0.0}, backend=tool, progress=False
+                    m, inputs, ratio=0.5, ratios={"hidden": 0.0}, backend=backend, progress=False
                 )
 
         # Five rounds: the first prunes of a process run up to 1.5x slower than later ones
         # (fresh memory for the traced graphs), so three rounds after one warm-up still
         # swing the median.
         result = measure(benchmark, key, run, setup=lambda: copy.deepcopy(model), rounds=5)
-        forward = _forward_seconds(model)
+        forward = _forward_seconds(model, inputs)
         EXTRA.append(
             f"llama hidden 256, {layers} layers, {tool}: {RESULTS[key] / forward:.1f} plain "
             f"forwards' worth (a forward {forward * 1e3:.1f} ms, median of 5); stages of the "
@@ -243,14 +251,14 @@ def test_llama_depth_scaling(benchmark, layers, tool):
     SCALING[(tool, layers)] = RESULTS[key]
 
 
-def _forward_seconds(model, rounds: int = 5) -> float:
+def _forward_seconds(model, inputs=IDS, rounds: int = 5) -> float:
     """Median time of a plain forward of ``model`` on the scaling inputs, after a warm-up."""
     times = []
     with torch.no_grad():
-        model(**IDS)
+        model(**inputs)
         for _ in range(rounds):
             t = time.perf_counter()
-            model(**IDS)
+            model(**inputs)
             times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
 
@@ -265,7 +273,12 @@ def test_llama_depth_scaling_plot():
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for tool, style in (("native", "o-"), ("python", "s--"), ("torch-pruning", "^:")):
+    for tool, style in (
+        ("native", "o-"),
+        (NO_CACHE, "o-."),
+        ("python", "s--"),
+        ("torch-pruning", "^:"),
+    ):
         depths = [d for d in DEPTHS if (tool, d) in SCALING]
         if not depths:
             continue

@@ -173,6 +173,29 @@ def test_config_fields_its_checks_relate_are_set_together(tmp_path):
     assert torch.equal(logits(quiet(T.LlamaForCausalLM.from_pretrained, tmp_path)), logits(model))
 
 
+def test_a_width_its_modules_hold_under_the_fields_name_needs_one_rebuild(monkeypatch, tmp_path):
+    """Llama's MLPs hold ``intermediate_size``: the MLP width pruned, the field is tried with
+    the heads' fields on the first rebuild, which matches (no search, which would rebuild the
+    model once more), and plain from_pretrained rebuilds the pruned model."""
+    from depgraph_ext.pruning import configs
+
+    builds = []
+    original = configs.Rebuilds.of
+
+    def of(self, config):
+        builds.append(config.to_json_string())
+        return original(self, config)
+
+    monkeypatch.setattr(configs.Rebuilds, "of", of)
+    model = llama()
+    result = quiet(dx.prune, model, {"input_ids": IDS}, ratio=0.5, ratios={"hidden": 0.0})
+    updates = {u.field: u.new for u in result.config_updates}
+    assert updates["intermediate_size"] == 64 and updates["num_attention_heads"] == 8
+    assert len(set(builds)) == 1
+    assert quiet(dx.save_pretrained, model, tmp_path).plain
+    assert torch.equal(logits(quiet(T.LlamaForCausalLM.from_pretrained, tmp_path)), logits(model))
+
+
 # -- refusals ------------------------------------------------------------------------------------
 @pytest.fixture
 def saved(tmp_path):

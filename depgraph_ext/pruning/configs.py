@@ -362,7 +362,21 @@ def loadable_config(
                 accepted += [u for u, _ in refused]
                 refused = []
     mismatches += [f"config.{u.field} cannot be {u.new!r} ({error})" for u, error in refused]
-    shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
+    shapes = None
+    named = _fields_modules_hold(dg, new_config, planned_shapes, {u.field for u in accepted})
+    if named:
+        # Tried first, with the updates above: a rebuild that matches needs no search (one
+        # build of the model instead of two).
+        trial = copy.deepcopy(new_config)
+        if all(_set_field(trial, u.field, u.new) is None for u in named) and (
+            _validation_error(trial) is None
+        ):
+            left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
+            if not left:
+                new_config, shapes = trial, left
+                accepted += named
+    if shapes is None:
+        shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
     if shapes:  # fields the updates above do not know: found by trying them on a rebuild
         # (not a field the forward reads: its new value could change what the model computes)
         settled = {u.field for u in accepted} | set(getattr(dg, "config_reads", ()))
@@ -558,6 +572,48 @@ def _width_changes(dg: DependencyGraph, planned_shapes) -> tuple[dict[int, int],
             else:
                 kept.add(int(old))
     return {old: news.pop() for old, news in seen.items() if len(news) == 1}, kept
+
+
+def _fields_modules_hold(dg: DependencyGraph, config, planned_shapes, settled: set):
+    """Updates of the config's integer fields that hold a size every pruned tensor changed the
+    same way, where a module whose own or whose children's tensors change so holds the field's
+    value under the field's name (a Llama MLP's ``intermediate_size``, its projections'
+    width): what the field search would most likely find (one scope only: a composite
+    model's fields are searched)."""
+    scopes = config_scopes(config)
+    if len(scopes) > 1:
+        return []
+    changes, kept = _width_changes(dg, planned_shapes)
+    reads = set(getattr(dg, "config_reads", ()))
+    # The modules whose own or whose children's own tensors change, by each (old, new).
+    graph = dg.graph
+    named = graph.params | graph.buffers
+    changed: dict[str, set] = {}
+    for name, shape in planned_shapes.items():
+        old = graph.values[named[name]].shape
+        moves = {(int(a), int(b)) for a, b in zip(old, shape) if a != b}
+        parts = name.split(".")
+        for owner in (".".join(parts[:-1]), ".".join(parts[:-2])):
+            changed.setdefault(owner, set()).update(moves)
+    out = []
+    for field, value in config.to_dict().items():
+        if (
+            type(value) is not int
+            or value not in changes
+            or value in kept
+            or field in settled
+            or field in reads
+            or field.startswith("_")
+        ):
+            continue
+        holders = [
+            name
+            for name, m in dg.walk.modules
+            if type(h := vars(m).get(field)) is int and h == value
+        ]
+        if any((value, changes[value]) in changed.get(name, ()) for name in holders):
+            out.append(ConfigUpdate(field, value, changes[value]))
+    return out
 
 
 def _search_fields(
