@@ -253,3 +253,39 @@ def test_a_forward_called_directly_is_replayed_only_as_such(direct_from):
     modules = {n.module for n in replayed.nodes}
     assert ("blocks.0" in modules) == (direct_from == 1)
     assert "blocks.1" not in modules and "blocks.3.fc2" in modules
+
+
+class CountsItsCalls(Block):
+    """Counts the blocks run on a shared object, and scales by the count so far."""
+
+    def __init__(self, width: int, index: int = 0, tally=None) -> None:
+        super().__init__(width, index)
+        self.tally = tally
+
+    def forward(self, x):
+        self.tally.calls += 1
+        return super().forward(x) * self.tally.calls
+
+
+class Tally:
+    calls = 0
+
+
+class CountedStack(Stack):
+    def __init__(self) -> None:
+        tally = Tally()
+        super().__init__(lambda width, i: CountsItsCalls(width, i, tally))
+        self.tally = tally
+
+    def forward(self, x):
+        self.tally.calls = 0
+        return super().forward(x)
+
+
+def test_a_block_that_changes_what_it_read_is_traced_each():
+    model = CountedStack()
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 0
+    assert differences(replayed, whole) == []
+    muls = [n for n in replayed.nodes if n.packet == "aten.mul"]
+    assert [n.args[1] for n in muls] == [1, 2, 3, 4]  # (each block's own count)

@@ -16,16 +16,18 @@ A sibling is replayed only where that is the trace its code would record:
   relative name and class, the same parameters and buffers by relative name, shape, dtype and
   ``requires_grad``, no hooks on any of their modules, no global module hooks but the trace's;
 - the template's call made ops only (no decision of the data, no higher-order op), changed no
-  attribute of its modules, returned tensors and plain numbers, and no tensor it made but those
-  it returned is used after it (checked when the trace ends: otherwise the model is traced
-  again without replays);
+  attribute of its modules, no attribute it read and no plain object its modules hold (a
+  config, a counter), returned tensors and plain numbers, and no tensor it made but those it
+  returned is used after it (checked when the trace ends: otherwise the model is traced again
+  without replays);
 - the sibling's inputs have the template's structure, their tensors the template's layouts and
   their other leaves equal plain values (a cache object passed in is no plain value: what a
   layer writes into it is not replayed);
 - every attribute the template's code read, of any module, has the same value where the
   sibling's code would read it: its own modules' for the template's, anything else's as it was
   (a ``layer_idx`` a layer reads, to index a cache say, differs from layer to layer: such
-  layers are traced each).
+  layers are traced each); and the plain objects its modules hold are as the template found
+  its own (a state its code reads past the module's attributes).
 
 ``DEPGRAPH_CHECK_SKIPPED_TRACES=1`` traces every replayed graph again without replays and
 raises where the two differ in anything (:func:`differences`).
@@ -211,6 +213,73 @@ class Template:
     site: tuple | None = None  # the line of the model's code that called it
     fresh: set = field(default_factory=set)  # its own constants (see _record)
     called: bool = True  # run as a module call (see Repeater._called)
+    # (module, attribute, the state when it was called) of the plain objects its modules hold
+    objects: list = field(default_factory=list)
+    # ids of the lists and tuples in its nodes' arguments that hold no tensor (shared, never
+    # copied, by its replays' nodes)
+    refless: set | None = None
+
+
+def _state(obj) -> dict | None:
+    """A copy of a plain object's ``__dict__``, read past its class's ``__getattribute__``
+    (a config's is a spy during the trace), or None for what is no plain object."""
+    if isinstance(obj, (torch.nn.Module, torch.Tensor, type)) or type(obj) in _PLAIN:
+        return None
+    try:
+        held = object.__getattribute__(obj, "__dict__")
+    except (AttributeError, TypeError):
+        return None
+    return dict(held) if type(held) is dict else None
+
+
+def _held_objects(modules: dict) -> list:
+    """(relative name, attribute, object, its state) of each plain object (a config, a helper)
+    that the modules hold as attributes."""
+    out = []
+    for rel, m in modules.items():
+        for key, value in vars(m).items():
+            state = _state(value) if key[0] != "_" else None
+            if state is not None:
+                out.append((rel, key, value, state))
+    return out
+
+
+def _first_reads(reads: list) -> list:
+    """The first read of each attribute of each object (its later reads saw the same value:
+    a call that changed its modules' attributes is not replayed), structure left out."""
+    seen: set = set()
+    out = []
+    for r in reads:
+        key = (id(r[0]), r[1])
+        if key not in seen and r[1] not in _STRUCTURE:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _refless(nodes) -> set[int]:
+    """The ids of the lists and tuples inside ``nodes``' arguments that hold no Ref."""
+    out: set[int] = set()
+
+    def walk(x) -> bool:  # whether x holds a Ref
+        kind = type(x)
+        if kind is Ref:
+            return True
+        if kind is tuple or kind is list:
+            held = False
+            for item in x:
+                held |= walk(item)
+            if not held:
+                out.add(id(x))
+            return held
+        if kind is dict:
+            return any([walk(v) for v in x.values()])
+        return False
+
+    for node in nodes:
+        walk(node.args)
+        walk(node.kwargs)
+    return out
 
 
 def _leaves(x):
@@ -354,6 +423,7 @@ class Repeater:
                 return original(*args, **kwargs)
         modules = family.modules_by_rel[id(member)].values()
         before = [(m, tuple(vars(m).items())) for m in modules]
+        objects = _held_objects(family.modules_by_rel[id(member)])
         size_events: list = []
         site = source.here()  # (the line calling it: what ops of library modules are at)
         called = self._called(member)
@@ -395,6 +465,14 @@ class Repeater:
             or any(not _unchanged(tuple(vars(m).items()), items) for m, items in before)
         ):
             return out
+        reads = _first_reads(reads)
+        if not self._reads_hold(reads, {}):  # (it changed what it read: a counter, say)
+            return out
+        if any(
+            not _unchanged(tuple(_state(o).items()), tuple(state.items()))
+            for _, _, o, state in objects
+        ):
+            return out  # (it changed an object its modules hold: a counter, say)
         out_leaves, out_spec = pytree.tree_flatten(out)
         outs = []
         for x in out_leaves:
@@ -438,7 +516,7 @@ class Repeater:
             (n0, n1),
             (v0, v1),
             (c0, c1),
-            [r for r in reads if r[1] not in _STRUCTURE],
+            reads,
             attribute_events,
             size_events,
             (marks0[0], marks1[0]),
@@ -450,6 +528,7 @@ class Repeater:
             site=site,
             fresh=fresh,
             called=called,
+            objects=[(rel, key, state) for rel, key, _, state in objects],
         )
         if graph.real:
             template = family.template
@@ -468,6 +547,24 @@ class Repeater:
         family.dead = False
         self.templates.append(family.template)
         return out
+
+    def _reads_hold(self, reads: list, counterpart: dict) -> bool:
+        """Whether every attribute in ``reads`` ((object, name, value) of the template's) has
+        that value where the sibling would read it (``counterpart``: the sibling's module for
+        each of the template's), read unseen by the spy."""
+        spy = self.repeats.spy
+        spy.quiet = True
+        try:
+            for obj, name, value in reads:
+                try:
+                    now = getattr(counterpart.get(id(obj), obj), name)
+                except Exception:
+                    return False
+                if not _same(value, now, counterpart):
+                    return False
+        finally:
+            spy.quiet = False
+        return True
 
     # -- a sibling ---------------------------------------------------------------------------
     def _replay(self, family: Family, member, original, args, kwargs):
@@ -492,19 +589,13 @@ class Repeater:
         t_mods = family.modules_by_rel[id(template.member)]
         s_mods = family.modules_by_rel[id(member)]
         counterpart = {id(t_mods[rel]): s_mods[rel] for rel in t_mods}
-        spy = self.repeats.spy
-        spy.quiet = True
-        try:
-            for obj, name, value in template.reads:
-                sibling = counterpart.get(id(obj), obj)
-                try:
-                    now = getattr(sibling, name)
-                except Exception:
-                    return NotImplemented
-                if not _same(value, now, counterpart):
-                    return NotImplemented
-        finally:
-            spy.quiet = False
+        if not self._reads_hold(template.reads, counterpart):
+            return NotImplemented
+        for rel, key, state in template.objects:  # (as the template found them)
+            held = vars(s_mods[rel]).get(key)
+            now = _state(held) if held is not None else None
+            if now is None or not _same(state, now, counterpart, 1):
+                return NotImplemented
         # Its parameters and buffers for the template's.
         t_tensors = family.tensors_by_rel[id(template.member)]
         s_tensors = family.tensors_by_rel[id(member)]
@@ -606,11 +697,16 @@ class Repeater:
                         constants[new] = constants[x.value]
                 return Ref(new)
             if kind is tuple or kind is list:
+                if id(x) in refless:  # (a view's sizes: the template's own list will do)
+                    return x
                 return kind([ref(item) for item in x])
             if kind is dict:
                 return {k: ref(v) for k, v in x.items()}
             return x
 
+        refless = template.refless
+        if refless is None:
+            refless = template.refless = _refless(nodes[n0:n1])
         for node in nodes[n0:n1]:
             index = len(nodes)
             args = ref(node.args)  # (first: the constants it makes come before its results)

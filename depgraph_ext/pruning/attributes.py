@@ -684,12 +684,19 @@ def reshaped_head_counts(dg: DependencyGraph, modules, masks) -> list[AttributeU
     g, slots = dg.graph, dg.coupling_model.value_slots
     attending = dg.coupling_model.attention_modules
     found: dict[tuple[str, str], set[tuple[int, int]]] = {}
+    counts_of: dict[str, dict] = {}  # module -> its head counts (asked per view it runs)
+    views: dict = {}  # op -> whether it is a view (its name made once)
     for node in g.nodes:
-        m = modules.get(node.module)
-        if m is None or node.packet not in _VIEWS or node.module in attending:
+        is_view = views.get(node.op)
+        if is_view is None:
+            is_view = views[node.op] = node.packet in _VIEWS
+        if not is_view or node.module in attending:
             continue
-        counts = {a: own_attribute(m, a) for a in HEADS}
-        counts = {a: n for a, n in counts.items() if type(n) is int}
+        counts = counts_of.get(node.module)
+        if counts is None:
+            m = modules.get(node.module)
+            counts = {} if m is None else {a: own_attribute(m, a) for a in HEADS}
+            counts = counts_of[node.module] = {a: n for a, n in counts.items() if type(n) is int}
         sizes = node.args[1] if len(node.args) > 1 else None
         if not counts or not isinstance(sizes, (list, tuple)) or not node.outputs:
             continue
