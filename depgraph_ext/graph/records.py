@@ -81,3 +81,13 @@ def _named_once(names: dict, op, make) -> str:
     except TypeError:  # (an op object that cannot be a key)
         name = make(op)
     return name
+
+
+def result_leaves(x):
+    """Leaves of an op's result: a tensor, or (nested) lists/tuples of them and of others."""
+    kind = type(x)
+    if kind is list or kind is tuple:
+        for item in x:
+            yield from result_leaves(item)
+    else:
+        yield x

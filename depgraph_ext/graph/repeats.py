@@ -49,7 +49,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import _pop_mode_temporarily
 
 from . import source
-from .records import Node, Ref, Value
+from .records import Node, Ref, Value, result_leaves
 from .size_watch import AttributeLeaf, ConfigLeaf, ShapedCall, SizeInt, SizeLeaf
 
 CHECK = os.environ.get("DEPGRAPH_CHECK_SKIPPED_TRACES") == "1"
@@ -280,15 +280,6 @@ def _refless(nodes) -> set[int]:
         walk(node.args)
         walk(node.kwargs)
     return out
-
-
-def _leaves(x):
-    kind = type(x)
-    if kind is list or kind is tuple:
-        for item in x:
-            yield from _leaves(item)
-    else:
-        yield x
 
 
 def _layout(t: torch.Tensor) -> tuple:
@@ -655,7 +646,7 @@ class Repeater:
                 if isinstance(out, torch.Tensor):
                     live[node.outputs[0]] = out
                 else:
-                    results = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
+                    results = [t for t in result_leaves(out) if isinstance(t, torch.Tensor)]
                     for value, t in zip(node.outputs, results):
                         live[value] = t
         leaves = []

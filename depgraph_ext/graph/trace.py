@@ -55,7 +55,7 @@ from .decisions import (
 from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
-from .records import Node, Ref, Value
+from .records import Node, Ref, Value, result_leaves
 from .repeats import CHECK as CHECK_REPEATS
 from .repeats import Repeater, Repeats, RepeatsInvalid, differences
 from .size_watch import (
@@ -384,7 +384,7 @@ class _RecorderBase(_EagerMode):
         if isinstance(out, torch.Tensor):
             leaves = (out,)
         else:
-            leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
+            leaves = [t for t in result_leaves(out) if isinstance(t, torch.Tensor)]
         if pending is not None:
             node = self.recorded_count() if leaves else None
             *fields, line, values = pending
@@ -650,7 +650,7 @@ class _ShapeRecorder(_RecorderBase):
             planned = self.guide.ran(len(self.graph.ops), func, module, shapes, out)
             if planned is not None:  # results of other shapes than planned: the planned ones
                 out = planned
-                out_leaves = [t for t in _leaves(out) if isinstance(t, torch.Tensor)]
+                out_leaves = [t for t in result_leaves(out) if isinstance(t, torch.Tensor)]
                 shapes = [tuple(t.shape) for t in out_leaves]
         self.stood_in = False
         known = self.known
@@ -697,7 +697,7 @@ class _GuidedCalls(TorchFunctionMode):
             if not stand_ins:
                 raise
             for op, results in stand_ins:
-                leaves = [t for t in _leaves(results) if isinstance(t, torch.Tensor)]
+                leaves = [t for t in result_leaves(results) if isinstance(t, torch.Tensor)]
                 recorder._note(leaves)
                 recorder.graph.ops.append((op, module, [tuple(t.shape) for t in leaves]))
             recorder.graph.recovered.append((failed, f"{type(exc).__name__}: {exc}"))
@@ -723,16 +723,6 @@ def _takes_device(func) -> bool:
     """Whether an op has a keyword-only ``device`` argument: a factory (zeros, arange, ...),
     or a copy (_to_copy) whose device a meta trace keeps on meta."""
     return any(a.name == "device" and a.kwarg_only for a in func._schema.arguments)
-
-
-def _leaves(x):
-    """Leaves of an op's result: a tensor, or (nested) lists/tuples of them and of others."""
-    kind = type(x)
-    if kind is list or kind is tuple:
-        for item in x:
-            yield from _leaves(item)
-    else:
-        yield x
 
 
 # torch 2.11 and 2.12 divide by the key's or value's head count in scaled_dot_product_attention
