@@ -585,7 +585,14 @@ class Repeater:
         for rel, key, state in template.objects:  # (as the template found them)
             held = vars(s_mods[rel]).get(key)
             now = _state(held) if held is not None else None
-            if now is None or not _same(state, now, counterpart, 1):
+            if now is None:
+                return NotImplemented
+            try:  # (C's comparison, which takes the same object as equal: a shared config)
+                if now == state:
+                    continue
+            except Exception:  # noqa: BLE001  (a tensor's ambiguous truth, say)
+                pass
+            if not _same(state, now, counterpart, 1):
                 return NotImplemented
         # Its parameters and buffers for the template's.
         t_tensors = family.tensors_by_rel[id(template.member)]
