@@ -289,3 +289,59 @@ def test_a_block_that_changes_what_it_read_is_traced_each():
     assert differences(replayed, whole) == []
     muls = [n for n in replayed.nodes if n.packet == "aten.mul"]
     assert [n.args[1] for n in muls] == [1, 2, 3, 4]  # (each block's own count)
+
+
+class DropsOut(Block):
+    def __init__(self, width: int, index: int = 0) -> None:
+        super().__init__(width, index)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return x + self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+class DrawsAfter(Stack):
+    """Draws a number after its blocks, which draw their dropout masks (in training mode):
+    the number is where the blocks left the random stream."""
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        picked = torch.nonzero(torch.rand(8) > 0.5).flatten()  # (a decision of the data)
+        return self.head(x) + x[:, picked].sum(1, keepdim=True)
+
+
+class Accumulates(Block):
+    def forward(self, x, total):
+        total.add_(1)  # (one per block)
+        return super().forward(x)
+
+
+class ReadsTheTotal(Stack):
+    def forward(self, x):
+        total = torch.zeros(8)
+        for b in self.blocks:
+            x = b(x, total)
+        picked = torch.nonzero(total > 2).flatten()  # (all of them after four blocks)
+        return self.head(x) + x[:, picked].sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("model", [DrawsAfter(DropsOut), ReadsTheTotal(Accumulates)], ids=str)
+def test_replayed_blocks_that_draw_or_write_outside_run_their_ops(model):
+    """A real trace's replayed blocks that draw random numbers or write into a tensor from
+    outside their call run their ops (zeros in their place would leave the random stream and
+    that tensor otherwise than the code would): the number read after them is the whole
+    trace's."""
+    training = isinstance(model, DrawsAfter)
+    walk = ModelWalk.of(model)
+    repeats = Repeats(walk)
+    common = {"walk": walk, "training": training}
+    x = torch.randn(2, 8)
+    with attribute_reads(walk.modules) as spy:
+        repeats.spy = spy
+        torch.manual_seed(0)
+        replayed = _with_repeats(model, x, TraceMode.REAL, repeats, common)
+        torch.manual_seed(0)
+        whole = trace_as(model, x, TraceMode.REAL, **common)
+    assert replayed.replayed == 3
+    assert differences(replayed, whole) == []

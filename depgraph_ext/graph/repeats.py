@@ -1,14 +1,17 @@
 """Layers that repeat: a sibling's ops taken from its template's, its Python not run.
 
 A deep model calls the same layer class many times (128 decoder layers, the blocks of a
-stage), each with the same shapes in and the same attributes read. On a meta trace, the first
-member of such a family to be called (its *template*) is traced as any module is, and what its
+stage), each with the same shapes in and the same attributes read. In a graph trace (real,
+meta or fake), the first member of such a family to be called (its *template*) is traced as
+any module is, and what its
 call recorded is noted: its ops, the values they made, its inner module calls, the sizes and
 attributes its code read (size_watch.py), and every attribute of a module it read with its
 value. A later member (a *sibling*) is then *replayed*: its ops are the template's, each tensor
 renamed (the sibling's inputs for the template's, its parameters for the template's, new values
-for those the ops made), its module names the sibling's, and it returns new meta tensors of
-the template's results' layouts; its code does not run.
+for those the ops made), its module names the sibling's, and it returns new tensors of the
+template's results' layouts (on real tensors zeros, unless a value read later depends
+on them or its ops draw random numbers or write outside the call: then its ops are run for
+real values); its code does not run.
 
 A sibling is replayed only where that is the trace its code would record:
 
@@ -213,6 +216,10 @@ class Template:
     site: tuple | None = None  # the line of the model's code that called it
     fresh: set = field(default_factory=set)  # its own constants (see _record)
     called: bool = True  # run as a module call (see Repeater._called)
+    # Its ops draw random numbers or write into tensors from outside the call: a real trace
+    # runs them for each sibling (zeros in their place would leave the random stream or
+    # those tensors otherwise than the sibling's code would)
+    runs: bool = False
     # (module, attribute, the state when it was called) of the plain objects its modules hold
     objects: list = field(default_factory=list)
     # ids of the lists and tuples in its nodes' arguments that hold no tensor (shared, never
@@ -407,7 +414,7 @@ class Repeater:
                     family.dead = True
                     return original(*args, **kwargs)
                 leaves.append(("t", value, _layout(x)))
-            elif type(x) in _PLAIN and type(x) is not SizeInt:
+            elif type(x) in _PLAIN:
                 leaves.append(("v", x))
             else:
                 family.dead = True
@@ -520,6 +527,11 @@ class Repeater:
             fresh=fresh,
             called=called,
             objects=[(rel, key, state) for rel, key, _, state in objects],
+            runs=any(
+                torch.Tag.nondeterministic_seeded in getattr(node.op, "tags", ())
+                or any(o < v0 for o in node.outputs)
+                for node in graph.nodes[n0:n1]
+            ),
         )
         if graph.real:
             template = family.template
@@ -611,7 +623,7 @@ class Repeater:
         self.replayed += 1
         if recorder.deadline is not None:  # (a real trace's budget: the ops it stands for)
             recorder.deadline += recorder.budget_per_op * (template.nodes[1] - template.nodes[0])
-        if self.graph.real and not self.speculative:
+        if self.graph.real and (not self.speculative or template.runs):
             return self._run_template_ops(template, given, taken, mapped)
         if self.graph.real and self.first_speculation is None:
             self.repeats.speculated = True
