@@ -169,8 +169,17 @@ class UsesKept(Stack):
         return out, sum(h.sum() for h in KEPT)
 
 
-def test_an_inner_tensor_used_after_the_call_stops_the_replays():
-    model = UsesKept(KeepsAnInnerTensor)
+class ReadsKeptSize(Stack):
+    """Reads a size of the last block's hidden activation (no op of it runs after)."""
+
+    def forward(self, x):
+        KEPT.clear()
+        out = super().forward(x)
+        return out.reshape(KEPT[-1].shape[0], -1)
+
+
+@pytest.mark.parametrize("model", [UsesKept(KeepsAnInnerTensor), ReadsKeptSize(KeepsAnInnerTensor)])
+def test_an_inner_tensor_used_after_the_call_stops_the_replays(model):
     replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
     assert replayed.replayed == 0
     assert differences(replayed, whole) == []

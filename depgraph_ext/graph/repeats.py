@@ -884,7 +884,21 @@ class Repeater:
             calls = (v for _, outs in graph.module_calls[template.calls[1] :] for v in outs)
             if any(v in inner for v in later) or any(v in inner for v in calls):
                 raise RepeatsInvalid
-            if any(v in inner for v in graph.outputs):
+            if any(v in inner for v in graph.outputs) or any(
+                v in inner for v in graph.attribute_tensors.values()
+            ):
+                raise RepeatsInvalid
+            saw = self.saw
+            if (
+                saw is not None
+                and (  # (a size of one read, or given to a view, after it)
+                    any(v in inner and at[0] >= n1 for (v, _), at in saw.read_at.items())
+                    or any(
+                        c.value in inner or c.source in inner
+                        for c in saw.shaped_calls[template.shaped[1] :]
+                    )
+                )
+            ):
                 raise RepeatsInvalid
 
 
