@@ -251,6 +251,20 @@ def _held_objects(modules: dict) -> list:
     return out
 
 
+def _random_states() -> list[torch.Tensor]:
+    """The states of the CPU's random generator and of the GPUs' (where CUDA started)."""
+    states = [torch.default_generator.get_state()]
+    if torch.cuda.is_initialized():
+        states += [torch.cuda.get_rng_state(i) for i in range(torch.cuda.device_count())]
+    return states
+
+
+def _same_states(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    """Whether no random number was drawn between two ``_random_states()``."""
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def _first_reads(reads: list) -> list:
     """The first read of each attribute of each object (its later reads saw the same value:
     a call that changed its modules' attributes is not replayed), structure left out."""
@@ -426,6 +440,7 @@ class Repeater:
         site = source.here()  # (the line calling it: what ops of library modules are at)
         called = self._called(member)
         kept0 = len(recorder.keep_alive)
+        random0 = _random_states() if graph.real else None
         n0, v0, c0 = len(graph.nodes), len(graph.values), len(graph.module_calls)
         decisions0, spans0 = len(graph.decisions), len(graph.higher_order_spans)
         if saw is not None:
@@ -527,11 +542,8 @@ class Repeater:
             fresh=fresh,
             called=called,
             objects=[(rel, key, state) for rel, key, _, state in objects],
-            runs=any(
-                torch.Tag.nondeterministic_seeded in getattr(node.op, "tags", ())
-                or any(o < v0 for o in node.outputs)
-                for node in graph.nodes[n0:n1]
-            ),
+            runs=(graph.real and not _same_states(random0, _random_states()))
+            or any(o < v0 for node in graph.nodes[n0:n1] for o in node.outputs),
         )
         if graph.real:
             template = family.template
