@@ -184,15 +184,6 @@ class Repeats:
         """Families found, and a spy that sees every read."""
         return bool(self.families) and getattr(self.spy, "known", False) and not _global_hooks()
 
-    def __bool__(self) -> bool:
-        return bool(self.families)
-
-    @property
-    def siblings(self) -> int:
-        """How many calls could be replayed (every member but one per family)."""
-        seen = {id(f): len(f.members) - 1 for f in self.families.values()}
-        return sum(seen.values())
-
 
 @dataclass
 class Template:
