@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..errors import UnsupportedOpError
+from ..errors import InternalError, UnsupportedOpError
+from . import trace
 from .blockers import BlockSource
 from .couplings import CouplingBuilder, CouplingKind, Couplings
 from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
+from .rule_replay import RuleChunks
 from .rules.zeros import ZeroTracker
 from .trace import OpGraph
 
@@ -59,6 +62,8 @@ class CouplingModel:
     # tensors and the like, in order (graph/blockers.py); an op's are in ``rule_spans``, and
     # blocks added later (``with_blocks``) lie past both.
     block_spans: list[tuple[int, int, BlockSource]] = field(default_factory=list)
+    # Replayed module calls whose couplings were taken from their templates' (rule_replay.py)
+    rules_replayed: int = 0
 
     @property
     def attention_modules(self) -> set[str]:
@@ -89,6 +94,7 @@ def build_couplings(
     free_outputs=(),
     tied_dims=(),
     head_layouts=(),
+    replay_rules: bool = True,
 ) -> CouplingModel:
     """Apply the op rules to every traced node; block inputs, outputs, ignored and opaque.
 
@@ -105,7 +111,8 @@ def build_couplings(
     malformed = malformed or {}
     builder = CouplingBuilder()
     ctx = RuleContext(graph, builder)
-    ctx.zeros = ZeroTracker(graph).culprit
+    zeros = ZeroTracker(graph)
+    ctx.zeros = zeros.culprit
     block_spans: list[tuple[int, int, BlockSource]] = []
     emitted = builder._kinds  # (one per coupling: its length is the count, read per node)
 
@@ -140,7 +147,10 @@ def build_couplings(
     opaque: list[OpaqueOp] = []
     spans: list[tuple[int, int, int]] = []
     touched_anywhere: set[int] = set()
-    for node in graph.nodes:
+    chunks = RuleChunks(graph, ctx, zeros, malformed) if replay_rules and graph.replays else None
+
+    def map_node(node, recorded: set | None) -> None:
+        """Apply ``node``'s rule (``recorded``: where a recorded call's touched slots go)."""
         rule = rule_for(node)
         reason = "no rule for this op"
         if node.index in malformed:
@@ -171,9 +181,12 @@ def build_couplings(
             if ctx.index_domains:
                 _positions_read(ctx, node)
             spans.append((node.index, start, len(emitted)))
-            continue
-        touched_anywhere |= ctx.touched
-        if ctx.index_domains:  # positions (a top-k's indices) seen so far: where they go
+            return
+        touched_anywhere.update(ctx.touched)
+        if recorded is not None:
+            recorded.update(ctx.touched)
+        if ctx.index_domains or recorded is not None:  # positions (a top-k's indices) seen
+            # so far: where they go (a recorded call: always, to note what it reads)
             _carry_index_domain(ctx, node)
             _positions_read(ctx, node)
         # An input dim the rule neither coupled nor freed has its size fixed by this op (a
@@ -189,6 +202,20 @@ def build_couplings(
                     ctx.block(s)
         if len(emitted) > start:
             spans.append((node.index, start, len(emitted)))
+
+    nodes, i = graph.nodes, 0
+    while i < len(nodes):
+        if chunks is not None:
+            taken = chunks.at(i, spans, touched_anywhere, opaque)
+            if taken:
+                i += taken
+                continue
+            map_node(nodes[i], chunks.touched_sink)
+        else:
+            map_node(nodes[i], None)
+        i += 1
+    if chunks is not None:
+        chunks.at(len(nodes), spans, touched_anywhere, opaque)  # (a call ending the graph)
     for v in graph.outputs:  # positions handed out fix what they point at
         if (domain := ctx.domain(v)) is not None:
             with blocks_from(BlockSource("positions", v)):
@@ -216,7 +243,7 @@ def build_couplings(
         if s >= 0
     ]
     constant, varying = carried_slots(ctx, graph, spans, set(computed_buffers))
-    return CouplingModel(
+    model = CouplingModel(
         builder.build(query),
         ctx.value_slots,
         ctx.attr_slots,
@@ -231,6 +258,48 @@ def build_couplings(
         varying,
         block_spans,
     )
+    model.rules_replayed = chunks.applied if chunks is not None else 0
+    if model.rules_replayed and trace.CHECK_REPEATS:
+        _check_replayed_rules(
+            model,
+            build_couplings(
+                graph,
+                ignored,
+                strict,
+                hidden_tensors,
+                malformed,
+                computed_buffers,
+                free_outputs,
+                tied_dims,
+                head_layouts,
+                replay_rules=False,
+            ),
+        )
+    return model
+
+
+def _check_replayed_rules(model: CouplingModel, whole: CouplingModel) -> None:
+    """Raise InternalError where the couplings made with replayed calls' rules taken from
+    their templates' differ from those of every op's rule (check mode)."""
+    found = []
+    for name in ("slot_sizes", "kinds", "offsets", "data", "query_slots"):
+        a, b = getattr(model.couplings, name), getattr(whole.couplings, name)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            found.append(f"couplings.{name}")
+    for f in dataclasses.fields(CouplingModel):
+        if f.name in ("couplings", "rules_replayed"):
+            continue
+        a, b = getattr(model, f.name), getattr(whole, f.name)
+        if f.name == "opaque":  # (what each blocks is filled in later: dependency.py)
+            a, b = ([(op.node, op.reason, op.site) for op in ops] for ops in (a, b))
+        same = np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+        if not same:
+            found.append(f.name)
+    if found:
+        raise InternalError(
+            "internal error: the rules taken from replayed calls' templates differ from every "
+            f"op's own in {', '.join(found)}"
+        )
 
 
 def _head_layout(ctx: RuleContext, graph: OpGraph, heads: int, dims) -> None:

@@ -91,3 +91,17 @@ def result_leaves(x):
             yield from result_leaves(item)
     else:
         yield x
+
+
+@dataclass(slots=True)
+class Replay:
+    """A module call whose ops were taken from an earlier call's (graph/repeats.py): nodes
+    ``[start, start + n1 - n0)`` are the template's nodes ``[n0, n1)`` (``template``),
+    renamed. ``values`` maps the template's values to the call's (a value absent is the same
+    tensor in both: one from outside both calls); ``modules`` the template's module names to
+    the call's."""
+
+    template: tuple[int, int]
+    start: int
+    values: dict[int, int]
+    modules: dict[str, str]

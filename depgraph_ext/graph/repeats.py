@@ -52,7 +52,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import _pop_mode_temporarily
 
 from . import source
-from .records import Node, Ref, Value, result_leaves
+from .records import Node, Ref, Replay, Value, result_leaves
 from .size_watch import AttributeLeaf, ConfigLeaf, ShapedCall, SizeInt, SizeLeaf
 
 CHECK = os.environ.get("DEPGRAPH_CHECK_SKIPPED_TRACES") == "1"
@@ -720,6 +720,7 @@ class Repeater:
         refless = template.refless
         if refless is None:
             refless = template.refless = _refless(nodes[n0:n1])
+        graph.replays.append(Replay((n0, n1), len(nodes), mapped, renamed))
         for node in nodes[n0:n1]:
             index = len(nodes)
             args = ref(node.args)  # (first: the constants it makes come before its results)

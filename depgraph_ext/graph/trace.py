@@ -55,7 +55,7 @@ from .decisions import (
 from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
-from .records import Node, Ref, Value, result_leaves
+from .records import Node, Ref, Replay, Value, result_leaves
 from .repeats import CHECK as CHECK_REPEATS
 from .repeats import Repeater, Repeats, RepeatsInvalid, differences
 from .size_watch import (
@@ -120,8 +120,10 @@ class OpGraph:
     # [start, stop) of the nodes of each higher-order op's eager implementation (torch's
     # code, which reads no tensor value: see _RecorderBase._higher_order)
     higher_order_spans: list[tuple[int, int]] = field(default_factory=list)
-    # Module calls whose ops were taken from an earlier call of a module like it (repeats.py)
+    # Module calls whose ops were taken from an earlier call of a module like it (repeats.py),
+    # and what each was renamed from: the rules map them as they mapped the first call.
     replayed: int = 0
+    replays: list[Replay] = field(default_factory=list)
     # (value, dim) of each size the model returns as a number (``return y, h.shape[1]``), as
     # the code took it from a traced tensor: an output like its tensors, kept.
     output_sizes: list[tuple[int, int]] = field(default_factory=list)

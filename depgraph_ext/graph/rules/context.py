@@ -14,6 +14,8 @@ class RuleContext:
 
     def __init__(self, graph: OpGraph, builder: CouplingBuilder) -> None:
         self.graph = graph
+        # (``graph`` is watched while rule_replay records a call's rules: these are not)
+        self._values, self._nodes = graph.values, graph.nodes
         self.builder = builder
         # One slot per dim of every value, numbered value by value (slots made in bulk: a
         # call per slot was a sixth of applying the rules).
@@ -45,25 +47,26 @@ class RuleContext:
         # value -> the op that makes it non-zero at removed units, or None (zeros.ZeroTracker's
         # culprit; the caller sets it: zeros.py reads arguments with this module's ``arg``)
         self.zeros = None
+        # While rule_replay records a module call's rules: every read of the graph beyond the
+        # op's own values, with what it found, and the index positions set.
+        self.reads: list | None = None
+        self.domain_writes: list | None = None
 
     def nonzero_at_removed(self, v: int | Ref) -> Node | None:
         """The op that makes value ``v`` non-zero at a group's removed (zeroed) units (an exp,
         a sigmoid, a constant added), or None where ``v`` is zero there (see zeros.py)."""
-        return self.zeros(v.value if isinstance(v, Ref) else v)
-
-    def nonzero_reason(self, what: str, culprit: Node) -> str:
-        """Why a sum over units is not exact: the op that makes the removed values non-zero."""
-        return (
-            f"{what} over units whose removed values are not zero "
-            f"({culprit.name} in module {culprit.module or '<root>'})"
-        )
+        v = v.value if isinstance(v, Ref) else v
+        culprit = self.zeros(v)
+        if self.reads is not None:
+            self.reads.append(("culprit", v, culprit))
+        return culprit
 
     # -- reading ---------------------------------------------------------------------------
     def slots(self, v: int | Ref) -> list[int]:
         return self.value_slots[v.value if isinstance(v, Ref) else v]
 
     def shape(self, v: int | Ref) -> tuple[int, ...]:
-        return self.graph.values[v.value if isinstance(v, Ref) else v].shape
+        return self._values[v.value if isinstance(v, Ref) else v].shape
 
     def size(self, slot: int) -> int:
         return self.builder.slot_sizes[slot]
@@ -72,10 +75,13 @@ class RuleContext:
         """Nodes reading value ``v``, in order."""
         if not hasattr(self, "_consumers"):
             self._consumers: dict[int, list[Node]] = {}
-            for node in self.graph.nodes:
+            for node in self._nodes:
                 for i in dict.fromkeys(node.inputs):
                     self._consumers.setdefault(i, []).append(node)
-        return self._consumers.get(v, [])
+        found = self._consumers.get(v, [])
+        if self.reads is not None:
+            self.reads.append(("consumers", v, [n.index for n in found]))
+        return found
 
     # -- emitting ----------------------------------------------------------------------------
     def new_slot(self, size: int) -> int:
@@ -126,22 +132,51 @@ class RuleContext:
         fixed by the op and blocked."""
         self.touched.add(slot)
 
-    def reduces(self, slot: int, node: Node, what: str) -> None:
+    def reduces(self, slot: int, node: Node, what: str, culprit: Node | None = None) -> None:
         """``node`` reduces over input dim ``slot`` with ``what`` (a mean, a statistic ...):
-        any index may go, but removing one changes the result for every other."""
+        any index may go, but removing one changes the result for every other. ``culprit``: the
+        op that makes the removed values non-zero, where that is why (a sum of them)."""
         self.touched.add(slot)
-        self.reductions.append(Reduction(slot, node.name, node.module, what))
+        if culprit is None:
+            self.reductions.append(Reduction(slot, node.name, node.module, what))
+        else:
+            self.reductions.append(
+                Reduction(
+                    slot,
+                    node.name,
+                    node.module,
+                    f"{what} over units whose removed values are not zero",
+                    culprit.index,
+                    culprit.name,
+                    culprit.module,
+                )
+            )
 
     def indexes(self, v: int | Ref, slot: int, module: str) -> None:
         """The values of integer tensor ``v`` are positions along ``slot`` (chosen in
         ``module``)."""
-        self.index_domains[v.value if isinstance(v, Ref) else v] = (slot, module)
+        v = v.value if isinstance(v, Ref) else v
+        self.index_domains[v] = (slot, module)
+        if self.domain_writes is not None:
+            self.domain_writes.append((v, slot, module))
 
     def domain(self, v) -> tuple[int, str] | None:
         """(slot, module) whose positions the values of ``v`` are, if known."""
         if not isinstance(v, (int, Ref)):
             return None
-        return self.index_domains.get(v.value if isinstance(v, Ref) else v)
+        v = v.value if isinstance(v, Ref) else v
+        found = self.index_domains.get(v)
+        if self.reads is not None:
+            self.reads.append(("domain", v, found))
+        return found
+
+    def add_router(self, slot: int, module: str) -> None:
+        """A bank of experts along ``slot``, chosen by ``module`` (its router), noted once."""
+        known = (slot, module) in self.routers
+        if self.reads is not None:
+            self.reads.append(("router", (slot, module), known))
+        if not known:
+            self.routers.append((slot, module))
 
     def keeps_at_least(self, slot: int, n: int) -> None:
         self.touched.add(slot)
@@ -221,9 +256,16 @@ class Reduction:
     op: str
     module: str
     what: str
+    # The op that makes the removed values non-zero, where that is why (its node, op, module).
+    culprit: int = -1
+    culprit_op: str = ""
+    culprit_module: str = ""
 
     def describe(self) -> str:
-        return f"{self.what} ({self.op} in module {self.module or '<root>'})"
+        what = self.what
+        if self.culprit >= 0:
+            what += f" ({self.culprit_op} in module {self.culprit_module or '<root>'})"
+        return f"{what} ({self.op} in module {self.module or '<root>'})"
 
 
 class RuleError(Exception):

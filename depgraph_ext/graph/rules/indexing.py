@@ -191,8 +191,7 @@ def _couple_with_domain(ctx: RuleContext, node: Node, src: int, dim: int, index)
     ctx.mapped_positions.add(index.value if isinstance(index, Ref) else index)
     if ctx.graph.values[src].kind == "param":
         ctx.tag(slot, "experts")
-        if (slot, chooser) not in ctx.routers:
-            ctx.routers.append((slot, chooser))
+        ctx.add_router(slot, chooser)
         for module in dict.fromkeys((node.module, chooser)):
             ctx.set_attr_from_slot(module, "num_experts", slot)
     return True

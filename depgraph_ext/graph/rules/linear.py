@@ -61,7 +61,7 @@ def _contraction(ctx: RuleContext, node: Node, a, b, summed: int) -> None:
     cb = ctx.nonzero_at_removed(b)
     ca = ctx.nonzero_at_removed(a) if cb is not None else None
     if ca is not None:
-        ctx.reduces(summed, node, ctx.nonzero_reason("a matrix product", ca))
+        ctx.reduces(summed, node, "a matrix product", ca)
 
 
 def dot(ctx: RuleContext, node: Node) -> None:
@@ -104,7 +104,7 @@ def trilinear(ctx: RuleContext, node: Node) -> None:
             having = [f for f, expand in zip(factors, expands) if d not in expand]
             culprits = [ctx.nonzero_at_removed(f) for f in having]
             if all(c is not None for c in culprits):
-                ctx.reduces(slots[0], node, ctx.nonzero_reason("a bilinear product", culprits[0]))
+                ctx.reduces(slots[0], node, "a bilinear product", culprits[0])
 
 
 register_many(["aten._trilinear"], trilinear)
@@ -287,7 +287,7 @@ def pairwise_distance(ctx: RuleContext, node: Node) -> None:
                 ctx.equal(sv[i], so[lead + i])
     culprit = ctx.nonzero_at_removed(a) or ctx.nonzero_at_removed(b)
     if culprit is not None:
-        ctx.reduces(sa[-1], node, ctx.nonzero_reason("a distance", culprit))
+        ctx.reduces(sa[-1], node, "a distance", culprit)
 
 
 register_many(["aten._euclidean_dist", "aten._cdist_forward"], pairwise_distance)

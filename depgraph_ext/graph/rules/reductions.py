@@ -48,7 +48,7 @@ def reduction(ctx: RuleContext, node: Node) -> None:
         if exact and culprit is None:
             ctx.free(ss[d])
         elif exact:
-            ctx.reduces(ss[d], node, ctx.nonzero_reason(what, culprit))
+            ctx.reduces(ss[d], node, what, culprit)
         else:
             ctx.reduces(ss[d], node, f"{what} over the units")
     if len(dims) == rank:
@@ -89,7 +89,7 @@ def softmax(ctx: RuleContext, node: Node) -> None:
         ctx.reduces(dim, node, f"a {node.packet.removeprefix('aten.').lstrip('_')} over the units")
     elif shape and (culprit := ctx.nonzero_at_removed(x)) is not None:
         dim = ctx.slots(x)[wrap_dim(arg(node, "dim"), len(shape))]
-        ctx.reduces(dim, node, ctx.nonzero_reason("a cumsum", culprit))
+        ctx.reduces(dim, node, "a cumsum", culprit)
     if node.packet not in ("aten._softmax", "aten.softmax", "aten._safe_softmax"):
         return
     if len(shape) != 4 or wrap_dim(arg(node, "dim"), 4) != 3:
