@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
+from depgraph_ext.errors import InternalError
 from depgraph_ext.graph.coupling_model import _check_replayed_rules, build_couplings
 from depgraph_ext.graph.dependency import (
     DependencyGraph,
@@ -19,7 +20,6 @@ from depgraph_ext.graph.dependency import (
     _norm_weights_of_stream,
     _square_recurrent_weights,
 )
-from depgraph_ext.errors import InternalError
 from depgraph_ext.graph.rules.registry import registered_rule
 from depgraph_ext.graph.walk import non_persistent
 from helpers import tiny_llama

@@ -16,8 +16,8 @@ from ..errors import InternalError, UnsupportedOpError
 from . import trace
 from .blockers import BlockSource
 from .couplings import CouplingBuilder, CouplingKind, Couplings
-from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
 from .rule_replay import RuleChunks
+from .rules import AttentionCall, Reduction, RuleContext, RuleError, rule_for
 from .rules.zeros import ZeroTracker
 from .trace import OpGraph
 
