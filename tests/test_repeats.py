@@ -354,3 +354,36 @@ def test_replayed_blocks_that_draw_or_write_outside_run_their_ops(model):
         whole = trace_as(model, x, TraceMode.REAL, **common)
     assert replayed.replayed == 3
     assert differences(replayed, whole) == []
+
+
+class SplitsByItsData(nn.Module):
+    """Splits its rows where its data says (``.tolist()``, as JetMoE's experts do): the sizes
+    of a later block's ops are its own data's, which a replay of the first would not read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.eye(4))
+            self.lin.bias.copy_(torch.tensor([-1.0, 0.0, 0.0, 0.0]))
+
+    def forward(self, x):
+        y = self.lin(x)
+        k = (x[:, 0] > 0).sum().tolist()
+        a, b = y.split([k, len(y) - k])
+        return torch.cat([a, b * 2])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_blocks_whose_code_reads_their_data_are_traced_each(fused):
+    model = nn.Sequential(*(SplitsByItsData() for _ in range(3))).eval()
+    if fused:  # (a model with a fused path is traced without the size watch)
+        model.add_module("mha", nn.MultiheadAttention(4, 2))
+        model.forward = lambda x: nn.Sequential.forward(model[:3], x)
+    x = torch.zeros(8, 4)
+    x[:, 0] = torch.arange(8) - 3.5  # (4 rows above zero, then 3, then 2)
+    replayed, whole, reads, reads_whole = traced_both_ways(model, x)
+    assert replayed.replayed == 0
+    assert differences(replayed, whole) == []
+    splits = [n.args[1] for n in whole.nodes if n.name == "aten.split_with_sizes.default"]
+    assert splits == [[4, 4], [3, 5], [2, 6]]

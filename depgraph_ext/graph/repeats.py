@@ -18,7 +18,8 @@ A sibling is replayed only where that is the trace its code would record:
 - the family: children of one ``ModuleList`` / ``Sequential`` of one class, the same modules by
   relative name and class, the same parameters and buffers by relative name, shape, dtype and
   ``requires_grad``, no hooks on any of their modules, no global module hooks but the trace's;
-- the template's call made ops only (no decision of the data, no higher-order op), changed no
+- the template's call made ops only (no decision of the data, no read of its values:
+  ``.tolist()`` of one layer's data says nothing of another's; no higher-order op), changed no
   attribute of its modules, no attribute it read and no plain object its modules hold (a
   config, a counter), returned tensors and plain numbers, and no tensor it made but those it
   returned is used after it (checked when the trace ends: otherwise the model is traced again
@@ -30,7 +31,9 @@ A sibling is replayed only where that is the trace its code would record:
   sibling's code would read it: its own modules' for the template's, anything else's as it was
   (a ``layer_idx`` a layer reads, to index a cache say, differs from layer to layer: such
   layers are traced each); and the plain objects its modules hold are as the template found
-  its own (a state its code reads past the module's attributes).
+  its own (a state its code reads past the module's attributes);
+- a real trace has the size watch (which counts the code's reads of values): a model with a
+  fused path is traced without it (trace.py), and none of its layers is replayed.
 
 ``DEPGRAPH_CHECK_SKIPPED_TRACES=1`` traces every replayed graph again without replays and
 raises where the two differ in anything (:func:`differences`).
@@ -367,8 +370,13 @@ class Repeater:
     def forwards(self):
         installed = []
         self.repeats.speculated = False
+        # (a real trace without the size watch, a model with a fused path: a layer's code
+        # could read its data unseen, so no layer is replayed)
+        families = (
+            self.repeats.families.values() if self.saw is not None or not self.graph.real else ()
+        )
         try:
-            for family in {id(f): f for f in self.repeats.families.values()}.values():
+            for family in {id(f): f for f in families}.values():
                 for member in family.members:
                     if "forward" in vars(member):
                         family.dead = True
@@ -434,6 +442,7 @@ class Repeater:
         random0 = _random_states() if graph.real else None
         n0, v0, c0 = len(graph.nodes), len(graph.values), len(graph.module_calls)
         decisions0, spans0 = len(graph.decisions), len(graph.higher_order_spans)
+        value_reads0 = saw.value_reads if saw is not None else 0
         if saw is not None:
             marks0 = (len(saw.shaped_calls), len(saw.sized_ops), len(saw.decomposed_by_ones))
             ties0 = len(saw.ties)
@@ -460,6 +469,8 @@ class Repeater:
         family.dead = True  # until the call is known to be one to replay
         if (
             len(graph.decisions) != decisions0
+            # (its code read its data, ``.tolist()`` say: another's data may read otherwise)
+            or (saw is not None and saw.value_reads != value_reads0)
             or len(graph.higher_order_spans) != spans0
             or any(  # (a write into a parameter or buffer: put back by a real trace)
                 graph.values[o].kind in ("param", "buffer")
