@@ -30,6 +30,39 @@ def named_tensors(model: torch.nn.Module):
     return params, buffers, aliases
 
 
+def _walk(model: torch.nn.Module):
+    """(``named_modules()`` as a list, then ``named_tensors(model)``) in one walk: the
+    modules of every path in ``named_modules(remove_duplicate=False)``'s order (the order
+    ``named_parameters`` and ``named_buffers`` list tensors in), each module kept at its
+    first path (a shared module's later paths add only the names of its tensors)."""
+    modules: list[tuple[str, torch.nn.Module]] = []
+    seen_modules: set[int] = set()
+    named_params: list[tuple[str, torch.Tensor]] = []
+    named_buffers: list[tuple[str, torch.Tensor]] = []
+    stack = [("", model)]
+    while stack:
+        prefix, m = stack.pop()
+        if id(m) not in seen_modules:
+            seen_modules.add(id(m))
+            modules.append((prefix, m))
+        dot = prefix + "." if prefix else ""
+        named_params += [(dot + k, t) for k, t in m._parameters.items() if t is not None]
+        named_buffers += [(dot + k, t) for k, t in m._buffers.items() if t is not None]
+        stack += [(dot + k, c) for k, c in reversed(m._modules.items()) if c is not None]
+    params: dict[str, torch.Tensor] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[int, str] = {}
+    for store, named in ((params, named_params), (buffers, named_buffers)):
+        for name, t in named:
+            if id(t) in seen:
+                aliases[name] = seen[id(t)]
+            else:
+                seen[id(t)] = name
+                store[name] = t
+    return modules, params, buffers, aliases
+
+
 @dataclass(frozen=True)
 class ModelWalk:
     """One walk of a model for a whole pipeline: its modules (``named_modules`` order, each
@@ -48,8 +81,12 @@ class ModelWalk:
             raise InvalidArgumentError(
                 f"model must be a torch.nn.Module, not {type(model).__name__}"
             )
-        modules = list(model.named_modules())
+        modules, params, buffers, aliases = _walk(model)
+        checked: set[type] = set()  # (what is refused below is decided by the class)
         for name, m in modules:
+            if type(m) in checked:
+                continue
+            checked.add(type(m))
             where = f"its module {name!r}" if name else "the model"
             if isinstance(m, torch.jit.ScriptModule):
                 raise InvalidArgumentError(
@@ -71,7 +108,6 @@ class ModelWalk:
                     "gradient buckets or shards of its parameters' sizes, made when it was "
                     f"built, and synchronizes the ranks as it runs (a trace would too); {then}"
                 )
-        params, buffers, aliases = named_tensors(model)
         lazy = [n for n, t in (params | buffers).items() if torch.nn.parameter.is_lazy(t)]
         if lazy:
             raise InvalidArgumentError(

@@ -46,6 +46,8 @@ class Rebuilds:
     def __init__(self, model):
         self.model = model
         self._built: dict[str, tuple] = {}
+        # id(rebuilt model) -> (it, its numbers that differ from the model's): _numbers_differing
+        self.differing: dict[int, tuple] = {}
 
     def of(self, config):
         """(the model, None), or (None, what the class or the config raised)."""
@@ -418,18 +420,11 @@ def _decided_by_config(dg: DependencyGraph, config, new_config, rebuilds: Rebuil
     after = rebuilds.of(new_config)[0]
     if after is None:
         return []
-    built_after = dict(after.named_modules())
-    differ = []
-    for name, module in dg.walk.modules:
-        a = built_after.get(name)
-        if a is None:
-            continue
-        for attr, value in vars(module).items():
-            if attr.startswith("_") or type(value) is not kind or (name, attr) in done:
-                continue
-            new = getattr(a, attr, None)
-            if type(new) is kind and new != value:
-                differ.append((name, attr, value, new))
+    differ = [
+        (name, attr, value, new)
+        for name, attr, value, new in _numbers_differing(dg, after, rebuilds)
+        if type(value) is kind and (name, attr) not in done
+    ]
     if not differ:  # (the common case: no second model built)
         return []
     before = rebuilds.of(config)[0]
@@ -441,6 +436,30 @@ def _decided_by_config(dg: DependencyGraph, config, new_config, rebuilds: Rebuil
         for name, attr, value, new in differ
         if name in built_before and getattr(built_before[name], attr, None) == value
     ]
+
+
+def _numbers_differing(dg: DependencyGraph, after, rebuilds: Rebuilds) -> list[tuple]:
+    """(module, attribute, the model's value, the rebuilt one's) of every public int or float
+    attribute the rebuilt model ``after`` holds otherwise than this model (of the same type),
+    found once per rebuilt model: both kinds are asked of one (one pass over the model)."""
+    known = rebuilds.differing.get(id(after))
+    if known is not None and known[0] is after:
+        return known[1]
+    built_after = dict(after.named_modules())
+    differ = []
+    for name, module in dg.walk.modules:
+        a = built_after.get(name)
+        if a is None:
+            continue
+        for attr, value in vars(module).items():
+            kind = type(value)
+            if (kind is not int and kind is not float) or attr.startswith("_"):
+                continue
+            new = getattr(a, attr, None)
+            if type(new) is kind and new != value:
+                differ.append((name, attr, value, new))
+    rebuilds.differing[id(after)] = (after, differ)
+    return differ
 
 
 def _set_checked(config, u: ConfigUpdate, valid: bool) -> tuple[ConfigUpdate | None, str | None]:
