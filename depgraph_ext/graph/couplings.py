@@ -170,6 +170,19 @@ class Resolution:
             raise KeyError(f"leaf {leaf} has no units: it was not queried nor coupled")
         return self.elem_units[start : start + int(self.leaf_sizes[leaf])]
 
+    def units_of_leaves(self, leaves) -> np.ndarray:
+        """The units of every element of ``leaves``, leaf after leaf (leaves without units
+        passed over): ``units_of_leaf`` of each, concatenated, in one pass."""
+        leaves = np.asarray(leaves, dtype=np.int64)
+        offsets = self.leaf_unit_offsets[leaves]
+        has = offsets >= 0
+        lengths = self.leaf_sizes[leaves[has]]
+        if lengths.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        firsts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        elements = np.repeat(offsets[has] - firsts, lengths) + np.arange(int(lengths.sum()))
+        return self.elem_units[elements]
+
     @property
     def num_units(self) -> int:
         return int(self.unit_blocked.shape[0])

@@ -398,44 +398,61 @@ class DependencyGraph:
         res = self.resolution
         g = self.graph
         self.tensor_dims: dict[str, list[TensorDim]] = {}
+        # (slices of arrays laid out slot by slot: one fancy index for all, not one per dim)
+        offsets, slot_leaves = res.slot_leaf_offsets.tolist(), res.slot_leaves
+        slot_leaf_sizes = res.leaf_sizes[slot_leaves]
+        value_slots = self.coupling_model.value_slots
         for name, v in (g.params | g.buffers).items():
-            dims = []
-            for d, slot in enumerate(self.coupling_model.value_slots[v]):
-                leaves = res.leaves_of(slot)
-                size = g.values[v].shape[d]
-                dims.append(TensorDim(name, d, size, leaves, res.leaf_sizes[leaves]))
-            self.tensor_dims[name] = dims
+            shape = g.values[v].shape
+            self.tensor_dims[name] = [
+                TensorDim(
+                    name,
+                    d,
+                    shape[d],
+                    slot_leaves[offsets[slot] : offsets[slot + 1]],
+                    slot_leaf_sizes[offsets[slot] : offsets[slot + 1]],
+                )
+                for d, slot in enumerate(value_slots[v])
+            ]
         self.unit_kind = np.zeros(res.num_units, dtype=np.int8)  # index into KINDS
+        by_kind: dict[int, list[np.ndarray]] = {}
         for slot, kind in self.coupling_model.kind_slots:
-            code = KINDS.index(kind)
-            for leaf in res.leaves_of(slot):
-                if res.leaf_unit_offsets[leaf] >= 0:
-                    units = res.units_of_leaf(int(leaf))
-                    self.unit_kind[units] = np.maximum(self.unit_kind[units], code)
+            by_kind.setdefault(KINDS.index(kind), []).append(res.leaves_of(slot))
+        for code in sorted(by_kind):  # (the highest kind a unit has wins)
+            units = res.units_of_leaves(np.unique(np.concatenate(by_kind[code])))
+            self.unit_kind[units] = np.maximum(self.unit_kind[units], code)
         has_param = np.zeros(res.num_units, dtype=bool)
-        for name in g.params:
-            for td in self.tensor_dims[name]:
-                for leaf in td.leaves:
-                    if res.leaf_unit_offsets[leaf] >= 0:
-                        has_param[res.units_of_leaf(int(leaf))] = True
+        param_leaves = [td.leaves for name in g.params for td in self.tensor_dims[name]]
+        if param_leaves:
+            has_param[res.units_of_leaves(np.unique(np.concatenate(param_leaves)))] = True
         self.unit_prunable = has_param & ~res.unit_blocked
-        for leaf in np.nonzero((res.leaf_sizes == 1) & (res.leaf_unit_offsets >= 0))[0]:
-            self.unit_prunable[res.units_of_leaf(int(leaf))] = False  # a dim of 1 stays
+        ones = np.nonzero((res.leaf_sizes == 1) & (res.leaf_unit_offsets >= 0))[0]
+        self.unit_prunable[res.units_of_leaves(ones)] = False  # a dim of 1 stays
         if g.decisions:  # a size the data decides (boxes NMS kept) is no channel: none goes
             self.unit_prunable &= ~self.dynamic_atoms[1]
-        # Why each resolution group's units cannot be removed as if zeroed (none: exact).
+        # Why each resolution group's units cannot be removed as if zeroed (none: exact):
+        # the reductions' texts, in their order, for the groups of their prunable units.
         self.group_reasons: dict[int, list[str]] = {}
-        for r in self.coupling_model.reductions:
-            for leaf in res.leaves_of(r.slot):
-                if res.leaf_unit_offsets[leaf] < 0:
-                    continue
-                units = res.units_of_leaf(int(leaf))
-                units = units[self.unit_prunable[units]]
-                for gid in np.unique(res.unit_groups[units]).tolist():
-                    reasons = self.group_reasons.setdefault(gid, [])
-                    why = r.describe()
-                    if why not in reasons:
-                        reasons.append(why)
+        reductions = self.coupling_model.reductions
+        if reductions:
+            leaves = [res.leaves_of(r.slot) for r in reductions]
+            per_reduction = [
+                int(res.leaf_sizes[ls][res.leaf_unit_offsets[ls] >= 0].sum()) for ls in leaves
+            ]
+            units = res.units_of_leaves(np.concatenate(leaves))
+            which = np.repeat(np.arange(len(reductions)), per_reduction)
+            prunable = self.unit_prunable[units]
+            span = res.num_groups + 1
+            pairs = np.unique(which[prunable] * span + res.unit_groups[units[prunable]])
+            texts: dict[int, str] = {}
+            for key in pairs.tolist():
+                r, gid = divmod(key, span)
+                why = texts.get(r)
+                if why is None:
+                    why = texts[r] = reductions[r].describe()
+                reasons = self.group_reasons.setdefault(gid, [])
+                if why not in reasons:
+                    reasons.append(why)
 
     def _explain_opaque(self) -> None:
         opaque = self.coupling_model.opaque
