@@ -219,6 +219,9 @@ class Template:
     # ids of the lists and tuples in its nodes' arguments that hold no tensor (shared, never
     # copied, by its replays' nodes)
     refless: set | None = None
+    # per node: the positions of its arguments' Refs where no other argument holds one (None:
+    # renamed argument by argument)
+    ref_positions: list = field(default_factory=list)
 
 
 def _state(obj) -> dict | None:
@@ -270,6 +273,19 @@ def _first_reads(reads: list) -> list:
             seen.add(key)
             out.append(r)
     return out
+
+
+def _ref_positions(args: tuple, refless: set[int]) -> list[int] | None:
+    """The positions of the Refs among ``args`` where every other argument holds none (a
+    replay then renames those alone), else None."""
+    positions = []
+    for i, a in enumerate(args):
+        kind = type(a)
+        if kind is Ref:
+            positions.append(i)
+        elif kind is dict or ((kind is tuple or kind is list) and id(a) not in refless):
+            return None
+    return positions
 
 
 def _refless(nodes) -> set[int]:
@@ -706,20 +722,23 @@ class Repeater:
         fresh, constants = template.fresh, graph.constants
         site = source.here()
 
+        def ref_one(x: Ref) -> Ref:
+            new = mapped.get(x.value)
+            if new is None:
+                if x.value not in fresh:
+                    return x
+                # a tensor the call made outside the traced ops: a constant of its own
+                v = values[x.value]
+                new = mapped[x.value] = len(values)
+                values.append(Value(new, v.shape, v.dtype, v.kind, v.name, v.producer))
+                if x.value in constants:
+                    constants[new] = constants[x.value]
+            return Ref(new)
+
         def ref(x):
             kind = type(x)
             if kind is Ref:
-                new = mapped.get(x.value)
-                if new is None:
-                    if x.value not in fresh:
-                        return x
-                    # a tensor the call made outside the traced ops: a constant of its own
-                    v = values[x.value]
-                    new = mapped[x.value] = len(values)
-                    values.append(Value(new, v.shape, v.dtype, v.kind, v.name, v.producer))
-                    if x.value in constants:
-                        constants[new] = constants[x.value]
-                return Ref(new)
+                return ref_one(x)
             if kind is tuple or kind is list:
                 if id(x) in refless:  # (a view's sizes: the template's own list will do)
                     return x
@@ -731,10 +750,20 @@ class Repeater:
         refless = template.refless
         if refless is None:
             refless = template.refless = _refless(nodes[n0:n1])
+            template.ref_positions = [_ref_positions(node.args, refless) for node in nodes[n0:n1]]
         graph.replays.append(Replay((n0, n1), len(nodes), mapped, renamed))
-        for node in nodes[n0:n1]:
+        for node, positions in zip(nodes[n0:n1], template.ref_positions):
             index = len(nodes)
-            args = ref(node.args)  # (first: the constants it makes come before its results)
+            # (first: the constants it makes come before its results)
+            if positions is None:
+                args = ref(node.args)
+            elif positions:
+                args = list(node.args)
+                for i in positions:
+                    args[i] = ref_one(args[i])
+                args = tuple(args)
+            else:
+                args = node.args
             kwargs = ref(node.kwargs) if node.kwargs else {}
             outputs = []
             for o in node.outputs:
