@@ -103,3 +103,15 @@ def test_group_members_partition_every_dim_they_cover(name):
             indices = torch.cat(parts)
             assert indices.unique().shape == indices.shape, (name, dim)
             assert int(indices.max()) < shapes[name].shape[dim]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_units_of_many_leaves_are_each_leafs_units_in_turn(seed):
+    res = resolve(random_couplings(seed), "python")
+    rng = np.random.default_rng(seed)
+    leaves = rng.integers(0, len(res.leaf_sizes), size=3 * len(res.leaf_sizes))
+    with_units = [int(leaf) for leaf in leaves if res.leaf_unit_offsets[leaf] >= 0]
+    want = [res.units_of_leaf(leaf) for leaf in with_units]
+    got = res.units_of_leaves(leaves)
+    assert got.tolist() == (np.concatenate(want).tolist() if want else [])
+    assert res.units_of_leaves(np.zeros(0, dtype=np.int64)).shape == (0,)
