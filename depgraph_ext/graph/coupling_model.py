@@ -340,13 +340,13 @@ def carried_slots(
     parametrization computes) reads values rather than carrying them, and is left out."""
     builder = ctx.builder
     sizes, slots_of = builder.slot_sizes, ctx.value_slots
-    n = sum(len(slots) for slots in slots_of)  # value slots come first, value by value
+    n = ctx.value_slot_count  # value slots come first, value by value
     varies = bytearray(b"\x01") * n  # what a dim does unless it comes from constants alone
     state = {v for name, v in graph.params.items() | graph.buffers.items() if name not in computed}
     # Values with a dim that does not vary: constants, and what ops make of them.
     tainted = {graph.buffers[name] for name in computed}
     tainted.update(v.index for v in graph.values if v.kind == "constant")
-    span_of = {node: (start, end) for node, start, end in spans}
+    span_nodes = [node for node, _, _ in spans]  # (in node order: looked up where needed)
     kinds, offsets, data = builder._kinds, builder._offsets, builder._data
     reshape, equal = int(CouplingKind.RESHAPE), int(CouplingKind.EQUAL)
     pieces = (int(CouplingKind.CAT_PIECE), int(CouplingKind.SLICE))
@@ -367,7 +367,8 @@ def carried_slots(
             continue
         # Which result dims are coupled, within the op, to a dim that varies.
         parent: dict[int, int] = {}
-        start, end = span_of.get(node.index, (0, 0))
+        at = bisect.bisect_left(span_nodes, node.index)
+        start, end = spans[at][1:] if at < len(spans) and span_nodes[at] == node.index else (0, 0)
         for k in range(start, end):
             ops = data[offsets[k] : offsets[k + 1]]
             kind = kinds[k]

@@ -25,6 +25,7 @@ class RuleContext:
             start = len(sizes)
             sizes.extend(value.shape)
             self.value_slots.append(list(range(start, len(sizes))))
+        self.value_slot_count = len(sizes)
         self.touched: set[int] = set()
         # (module name, attribute, slot): the attribute's new value is the slot's kept size.
         self.attr_slots: list[tuple[str, str, int]] = []
