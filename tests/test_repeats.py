@@ -387,3 +387,36 @@ def test_blocks_whose_code_reads_their_data_are_traced_each(fused):
     assert differences(replayed, whole) == []
     splits = [n.args[1] for n in whole.nodes if n.name == "aten.split_with_sizes.default"]
     assert splits == [[4, 4], [3, 5], [2, 6]]
+
+
+class DecodesAfter(Stack):
+    """A loop after its blocks that reads a value of their result at every step (a decoder's
+    stop test): the blocks' zeros would decide it, so their ops must run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = nn.Linear(8, 8)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        for _ in range(20):
+            x = self.step(x)
+            if bool(x.sum() > 1e9):  # (never: every step runs)
+                break
+        return self.head(x)
+
+
+def test_a_trace_whose_zeros_decide_a_read_stops_at_that_read(monkeypatch):
+    """The siblings' zeros decide the loop's first read: the trace stops there and is done
+    again with their ops run, rather than running the whole loop first."""
+    monkeypatch.setattr(trace, "CHECK_REPEATS", False)
+    model = DecodesAfter().eval()
+    steps = []
+    model.step.register_forward_pre_hook(lambda m, args: steps.append(1))
+    x = torch.randn(2, 8)
+    dg = DependencyGraph(model, x)
+    assert len(steps) == 1 + 20  # (one step until the read, then the whole loop)
+    assert dg.graph.replayed == 3
+    whole = trace_as(model, x, TraceMode.REAL, walk=ModelWalk.of(model))
+    assert differences(dg.graph, whole) == []

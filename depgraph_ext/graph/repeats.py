@@ -381,6 +381,8 @@ class Repeater:
         # reads when the first sibling was replayed so)
         self.first_speculation: tuple | None = None
         self.zeros: set[int] = set()  # the values siblings returned as zeros
+        self.zeros_through = 0  # the nodes before this one are in ``zeros`` where they read it
+        self.decisions_seen = 0  # the decisions before this one were checked by value_read
 
     @contextlib.contextmanager
     def forwards(self):
@@ -896,6 +898,32 @@ class Repeater:
                         leaves.append(out)
         return pytree.tree_unflatten(leaves, template.out_spec)
 
+    def _decided_by_zeros(self, decisions) -> bool:
+        """Whether one of ``decisions`` read a value that depends on a sibling's zeros (the
+        nodes since the last call followed: what reads a zero is one)."""
+        zeros, graph = self.zeros, self.graph
+        start = max(self.zeros_through, self.first_speculation[1])
+        for node in graph.nodes[start:]:
+            if any(i in zeros for i in node.inputs):
+                zeros.update(node.outputs)
+        self.zeros_through = len(graph.nodes)
+        return any(v in zeros for d in decisions for v in d.values if v is not None)
+
+    def value_read(self) -> None:
+        """After each read of values by the model's code (the size watch calls it): a read
+        that makes this trace's zeros wrong (``finish`` would find it) stops the trace at once,
+        to be done again with the siblings' ops run, rather than at its end (SLANeXt's
+        decoder reads a value at each of its 500 steps, after its encoder's replayed layers)."""
+        if self.first_speculation is None:
+            return
+        _, _, decisions0, _, unreplayed0 = self.first_speculation
+        if self.saw.unreplayed_count != unreplayed0:
+            raise RepeatsInvalid(speculation=True)
+        new = self.graph.decisions[max(self.decisions_seen, decisions0) :]
+        self.decisions_seen = len(self.graph.decisions)
+        if new and self._decided_by_zeros(new):
+            raise RepeatsInvalid(speculation=True)
+
     # -- after the forward -------------------------------------------------------------------
     def finish(self) -> None:
         """Raise RepeatsInvalid where a template's inner tensors were used after its call, or
@@ -911,13 +939,8 @@ class Repeater:
             later = graph.decisions[decisions0:]
             if saw.value_reads - reads0 > len(later):
                 raise RepeatsInvalid(speculation=True)
-            if later:
-                zeros = self.zeros
-                for node in graph.nodes[node0:]:
-                    if any(i in zeros for i in node.inputs):
-                        zeros.update(node.outputs)
-                if any(v in zeros for d in later for v in d.values if v is not None):
-                    raise RepeatsInvalid(speculation=True)
+            if later and self._decided_by_zeros(later):
+                raise RepeatsInvalid(speculation=True)
         for template in self.templates:
             n1, (v0, v1) = template.nodes[1], template.values
             returned = {leaf[1] for leaf in template.out_leaves if leaf[0] == "t"}

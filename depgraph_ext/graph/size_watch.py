@@ -760,6 +760,7 @@ class SizeWatch(TorchFunctionMode):
         self.stack = stack
         self.pass_through = pass_through
         self.saw = CodeSaw(clock=lambda: (recorder.recorded_count(), stack[-1] if stack else ""))
+        self.on_value_read = None  # (called after each read of values: repeats.py's check)
 
     def __enter__(self):
         _WATCHING.append(self)
@@ -822,6 +823,8 @@ class SizeWatch(TorchFunctionMode):
             if not one_number or len(decisions) != decided + 1:
                 self.saw.unreplayed_reads = True
                 self.saw.unreplayed_count += 1
+            if self.on_value_read is not None:
+                self.on_value_read()
         return out
 
     def _shape(self, func, args, kwargs):

@@ -1460,6 +1460,8 @@ def trace_as(
         repeater = Repeater(
             repeats, graph, recorder, watch, {id(m): n for n, m in modules}, speculate
         )
+        if repeater.speculative:
+            watch.on_value_read = repeater.value_read
     placeholders = _Placeholders(
         mode,
         shapes,
@@ -1518,7 +1520,7 @@ def trace_as(
                 ):
                     with _replays_and_swapped(repeater, modules, fakes, set_attributes):
                         out = call_in_fresh_chunk(model, *fake_args, **fake_kwargs)
-        except InvalidArgumentError:
+        except (InvalidArgumentError, RepeatsInvalid):
             raise
         except Exception as exc:
             if shapes_only and graph.recovered:
