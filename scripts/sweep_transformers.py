@@ -216,7 +216,25 @@ def reference_prune() -> dict:
     return {"type": REFERENCE, "build": "reference", "prune": {"ok": True, **_timed(result)}}
 
 
-def sweep_one(model_type: str, head: str | None = None, attn: str | None = None) -> dict:
+def _without_cache(build):
+    """``build`` whose example inputs also say ``use_cache=False`` where the model's forward
+    takes it: a decoder's layers then read no ``layer_idx`` for a KV cache, and are replayed
+    from the first one's trace (graph/repeats.py)."""
+    import inspect
+
+    def built(model_type):
+        z = build(model_type)
+        takes = "use_cache" in inspect.signature(z.model.forward).parameters
+        if isinstance(z.inputs, dict) and takes:
+            z.inputs = dict(z.inputs, use_cache=False)
+        return z
+
+    return built
+
+
+def sweep_one(
+    model_type: str, head: str | None = None, attn: str | None = None, no_cache: bool = False
+) -> dict:
     import functools
 
     import zoo_transformers as zoo
@@ -224,6 +242,8 @@ def sweep_one(model_type: str, head: str | None = None, attn: str | None = None)
     if model_type == REFERENCE:
         return reference_prune()
     build = functools.partial(zoo.build, head=head, attn=attn)
+    if no_cache:
+        build = _without_cache(build)
     record: dict = {"type": model_type}
     t0 = time.perf_counter()
     try:
@@ -244,9 +264,9 @@ def _worker(conn) -> None:
 
     torch.set_num_threads(1)
     while (job := conn.recv()) is not None:
-        model_type, head, attn = job
+        model_type, head, attn, no_cache = job
         try:
-            record = sweep_one(model_type, head, attn)
+            record = sweep_one(model_type, head, attn, no_cache)
         except BaseException as e:  # noqa: BLE001
             record = {"type": model_type, "build": "crash", "reason": _short(e)}
             record["traceback"] = traceback.format_exc()[-1500:]
@@ -261,6 +281,7 @@ def run(
     out: str,
     head: str | None = None,
     attn: str | None = None,
+    no_cache: bool = False,
 ) -> dict:
     ctx = mp.get_context("spawn")
     pending = [t for t in types if t not in done]
@@ -277,7 +298,7 @@ def run(
         while idle and pending:
             conn, process = idle.pop()
             model_type = pending.pop(0)
-            conn.send((model_type, head, attn))
+            conn.send((model_type, head, attn, no_cache))
             running[conn] = (process, model_type, time.monotonic())
         for conn in mp.connection.wait(list(running), timeout=1.0):
             process, model_type, _ = running.pop(conn)
@@ -453,6 +474,12 @@ def main() -> None:
         help="each type with this attn_implementation instead of the first of SDPA and eager "
         "its class builds with",
     )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="use_cache=False among the inputs of every type whose forward takes it (its "
+        "decoder layers replayed from the first one's trace)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import zoo_transformers as zoo
@@ -466,7 +493,9 @@ def main() -> None:
         with open(args.out) as f:
             done = {t: r for t, r in json.load(f).items() if t in types}
     t0 = time.perf_counter()
-    done = run(types, args.workers, args.timeout, done, args.out, args.head, args.attn)
+    done = run(
+        types, args.workers, args.timeout, done, args.out, args.head, args.attn, args.no_cache
+    )
     types_done = len(done) - (REFERENCE in done)
     print(f"\n{types_done} model types in {time.perf_counter() - t0:.0f} s ({args.out})")
     for kind, c in counts(done).items():
