@@ -56,8 +56,10 @@ def check_ratios(ratios, model: torch.nn.Module | None = None) -> dict[str, floa
         raise InvalidArgumentError(
             f"ratios must be a dict {{kind or module: ratio}}, not {type(ratios).__name__}"
         )
-    modules = set(dict(model.named_modules())) if model is not None else set()
-    unknown = [k for k in ratios if k not in KINDS and k not in modules]
+    unknown = [k for k in ratios if k not in KINDS]
+    if unknown and model is not None:  # (module names: the model walked only for them)
+        modules = {name for name, _ in model.named_modules()}
+        unknown = [k for k in unknown if k not in modules]
     if unknown:
         raise InvalidArgumentError(
             f"ratios: {unknown} are neither group kinds {list(KINDS)} nor modules of the model"
