@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .couplings import CouplingKind
-from .records import Replay
+from .records import Replay, Value
 from .rules import AttentionCall, Reduction, RuleContext, rule_for
 
 _EQUAL, _RESHAPE, _BLOCK = (
@@ -40,7 +40,7 @@ class _WatchedList:
             self._reads.append(("graph", self._kind))
             return self._items[i]
         if self._kind == "value":
-            return _WatchedValue(self._items[i], self._reads)
+            return _watched(self._items[i], self._reads)
         self._reads.append(("node", i, None))
         return self._items[i]
 
@@ -53,24 +53,31 @@ class _WatchedList:
         return iter(self._items)
 
 
-class _WatchedValue:
-    """A value of the graph whose fields read are noted (its shape, dtype and kind are the same
-    in a replay by construction or checked; where it comes from is checked)."""
+class _WatchedValue(Value):
+    """A value of the graph (a copy, a Value still) whose fields read are noted: its shape,
+    dtype and kind are the same in a replay by construction or checked; where it comes from
+    is checked; anything else makes the call's rules unfit for replays."""
 
-    __slots__ = ("_value", "_reads")
+    __slots__ = ("_reads",)
 
-    def __init__(self, value, reads: list) -> None:
-        self._value, self._reads = value, reads
-
-    def __getattr__(self, name):
-        value = self._value
+    def __getattribute__(self, name):
         if name in ("shape", "dtype", "kind"):
-            self._reads.append(("value", value.index, None))
+            reads = object.__getattribute__(self, "_reads")
+            reads.append(("value", object.__getattribute__(self, "index"), None))
         elif name == "producer":
-            self._reads.append(("producer", value.index, None))
-        else:
-            self._reads.append(("graph", f"value.{name}"))
-        return getattr(value, name)
+            reads = object.__getattribute__(self, "_reads")
+            reads.append(("producer", object.__getattribute__(self, "index"), None))
+        elif not name.startswith("__"):
+            object.__getattribute__(self, "_reads").append(("graph", f"value.{name}"))
+        return object.__getattribute__(self, name)
+
+
+def _watched(value: Value, reads: list) -> _WatchedValue:
+    copy = _WatchedValue(
+        value.index, value.shape, value.dtype, value.kind, value.name, value.producer
+    )
+    object.__setattr__(copy, "_reads", reads)
+    return copy
 
 
 class _WatchedGraph:
