@@ -148,7 +148,7 @@ class PlannedCosts:
         g = dg.graph
         slots = dg.coupling_model.value_slots
         shapes = [g.values[v].shape for v in g.params.values()]
-        # The graph's parameters are the model's, each once (see ``named_tensors``).
+        # The graph's parameters are the model's, each once (see ``walk._walk``).
         self.params_total = sum(math.prod(shape) for shape in shapes)
         # Every parameter's slots, padded with one past the last slot (a size of 1).
         rank = max((len(shape) for shape in shapes), default=0)

@@ -305,3 +305,43 @@ def test_a_graph_batch_given_alone_is_the_one_input_it_is():
         assert all(torch.equal(kept, plans[1][name][d]) for d, kept in dims.items()), name
     with pytest.raises(dx.InvalidArgumentError, match="one object holding tensors, not object"):
         dx.prune(model, object(), ratio=0.5)
+
+
+def test_one_walk_lists_modules_parameters_buffers_and_aliases_as_torch_does():
+    """ModelWalk's single walk: its modules are ``named_modules()``'s, its tensors those of
+    ``named_parameters``/``named_buffers(remove_duplicate=False)``, each under its first name,
+    its other names aliases (a module reached by two paths, a tensor held twice)."""
+    from depgraph_ext.graph.walk import ModelWalk
+
+    shared = nn.Linear(3, 3)
+
+    class Sharing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Sequential(shared, nn.ReLU(), nn.Sequential(shared))
+            self.b = shared
+            self.none = None
+            self.register_buffer("buf", torch.zeros(2))
+            self.register_buffer("gone", None)
+            self.p = nn.Parameter(torch.ones(1))
+            self.tied = self.a[0].weight
+            self.d = nn.ModuleDict({"x": nn.Linear(2, 2), "y": shared})
+
+    model = Sharing()
+    walk = ModelWalk.of(model)
+    assert walk.modules == list(model.named_modules())
+    params, buffers, aliases, seen = {}, {}, {}, {}
+    for store, named in (
+        (params, model.named_parameters(remove_duplicate=False)),
+        (buffers, model.named_buffers(remove_duplicate=False)),
+    ):
+        for name, t in named:
+            if id(t) in seen:
+                aliases[name] = seen[id(t)]
+            else:
+                seen[id(t)] = name
+                store[name] = t
+    assert list(walk.params.items()) == list(params.items())
+    assert list(walk.buffers.items()) == list(buffers.items())
+    assert walk.aliases == aliases
+    assert walk.aliases["b.weight"] == "tied" and walk.aliases["d.y.bias"] == "a.0.bias"

@@ -11,30 +11,12 @@ import torch
 from ..errors import InvalidArgumentError
 
 
-def named_tensors(model: torch.nn.Module):
-    """Unique parameters and buffers by canonical name, and every alias of a shared one."""
-    params: dict[str, torch.Tensor] = {}
-    buffers: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[int, str] = {}
-    for store, named in (
-        (params, model.named_parameters(remove_duplicate=False)),
-        (buffers, model.named_buffers(remove_duplicate=False)),
-    ):
-        for name, t in named:
-            if id(t) in seen:
-                aliases[name] = seen[id(t)]
-            else:
-                seen[id(t)] = name
-                store[name] = t
-    return params, buffers, aliases
-
-
 def _walk(model: torch.nn.Module):
-    """(``named_modules()`` as a list, then ``named_tensors(model)``) in one walk: the
-    modules of every path in ``named_modules(remove_duplicate=False)``'s order (the order
-    ``named_parameters`` and ``named_buffers`` list tensors in), each module kept at its
-    first path (a shared module's later paths add only the names of its tensors)."""
+    """(``named_modules()`` as a list, the unique parameters and buffers by canonical name,
+    every alias of a shared one) in one walk: the modules of every path in
+    ``named_modules(remove_duplicate=False)``'s order (the order ``named_parameters`` and
+    ``named_buffers`` list tensors in), each module kept at its first path (a shared module's
+    later paths add only the names of its tensors)."""
     modules: list[tuple[str, torch.nn.Module]] = []
     seen_modules: set[int] = set()
     named_params: list[tuple[str, torch.Tensor]] = []
@@ -67,7 +49,7 @@ def _walk(model: torch.nn.Module):
 class ModelWalk:
     """One walk of a model for a whole pipeline: its modules (``named_modules`` order, each
     once), its parameters and buffers by canonical name and the aliases of shared ones (as
-    ``named_tensors``). Valid until the model changes (a DependencyGraph takes one, and goes
+    ``_walk``). Valid until the model changes (a DependencyGraph takes one, and goes
     stale when its plan is applied); each stage would otherwise walk the model again."""
 
     modules: list[tuple[str, torch.nn.Module]]
