@@ -224,7 +224,6 @@ class _Chunk:
         checks: list[tuple] = []
         reached: set[int] = set()  # nodes outside the call that checked reads lead to
         outside_nodes: set[int] = set()
-        culprits_inside = False
         routers_before = set(ctx.routers[: rec.lists[5]])
         for kind, key, found in reads:
             if kind == "graph":
@@ -244,9 +243,7 @@ class _Chunk:
                 checks.append(("consumers", key, found))
                 reached.update(found)
             elif kind == "culprit":
-                if inner(key):
-                    culprits_inside = True
-                else:
+                if not inner(key):  # (an inner value's follows from the outside ones')
                     checks.append(("culprit", key, -1 if found is None else found.index))
                     if found is not None:
                         reached.add(found.index)
@@ -270,7 +267,6 @@ class _Chunk:
         self.inner_culprits = [
             (v, -1 if (c := zeros.culprit(v)) is None else c.index) for v in made
         ]
-        del culprits_inside  # (every inner culprit is taken renamed, asked for or not)
 
         # The couplings, new slots and records the call's mapping made.
         kinds = builder._kinds[rec.couplings :]
