@@ -58,6 +58,9 @@ def propose_plan(dg: DependencyGraph, keep: np.ndarray) -> Plan:
 
 def kept_indices(dg: DependencyGraph, leaves, masks: dict[int, np.ndarray]):
     """The kept indices of a dim made of ``leaves`` (None: it keeps every one)."""
+    if len(leaves) == 1:  # (most dims: one leaf, its mask's kept positions)
+        m = masks.get(int(leaves[0]))
+        return None if m is None else torch.from_numpy(np.flatnonzero(m).astype(np.int64))
     leaf_masks = [masks.get(int(leaf)) for leaf in leaves]
     if all(m is None for m in leaf_masks):
         return None
