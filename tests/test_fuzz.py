@@ -277,6 +277,10 @@ def architectures(draw):
     global_pruning=st.booleans(),
 )
 def test_random_architectures_prune_exactly(model, ratio, seed, global_pruning):
+    check_exact_or_declared(model, ratio, seed, global_pruning)
+
+
+def check_exact_or_declared(model, ratio, seed, global_pruning):
     torch.manual_seed(seed)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.5)
@@ -299,3 +303,54 @@ def test_random_architectures_prune_exactly(model, ratio, seed, global_pruning):
         return
     if not result.function_changing:
         assert_scatter_back_equal(model, pruned, result.plan, x, rtol=1e-7, atol=1e-9)
+
+
+# Blocks that keep their width, for stacks of repeats.
+SAME_WIDTH = {
+    "residual": lambda c, act: Residual(c, act),
+    "depthwise": lambda c, act: ConvBN(c, c, groups=c, act=act),
+    "se": lambda c, act: SE(c, 2),
+    "attention": lambda c, act: PositionAttention(c, 4),
+    "centering": lambda c, act: ChannelCentering(c, act),
+    "taps": lambda c, act: TapReader(c),
+    "chunk": lambda c, act: Chunk(c, act),
+    "merged_norm": lambda c, act: MergedNorm(c),
+    "width_heads": lambda c, act: WidthHeads(c, 4),
+}
+# What may stand between two of them: ops that keep zeros zero, or make them non-zero (a
+# replayed block's rules read what made its input non-zero: graph/rule_replay.py).
+BETWEEN = [nn.Identity, nn.ReLU, nn.Sigmoid, nn.Tanh]
+
+
+@st.composite
+def repeated_architectures(draw):
+    """One kind of block repeated 2-4 times (its repeats replayed from the first's trace and
+    rules), other modules drawn between them."""
+    c = draw(st.sampled_from([4, 8]))
+    kind = draw(st.sampled_from(sorted(SAME_WIDTH)))
+    act = draw(st.sampled_from(ACTIVATIONS))
+    layers: list[nn.Module] = [ConvBN(3, c, act=draw(st.sampled_from(ACTIVATIONS)))]
+    for i in range(draw(st.integers(2, 4))):
+        if i:
+            layers.append(draw(st.sampled_from(BETWEEN))())
+        layers.append(SAME_WIDTH[kind](c, act))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 3))
+    return nn.Sequential(*layers, head)
+
+
+@settings(
+    max_examples=max(EXAMPLES // 2, 1),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    model=repeated_architectures(),
+    ratio=st.sampled_from([0.25, 0.5, 0.75]),
+    seed=st.integers(0, 2**16),
+    global_pruning=st.booleans(),
+)
+def test_repeated_blocks_prune_exactly_and_replay_as_traced(model, ratio, seed, global_pruning):
+    """Stacks of one block repeated: what the checks above ask, and (``tests/conftest.py``'s
+    check mode) every replayed graph the whole trace's, its couplings every op's rule's."""
+    check_exact_or_declared(model, ratio, seed, global_pruning)
