@@ -29,6 +29,12 @@ from nets import randomize_norms
 
 EXAMPLES = int(os.environ.get("DEPGRAPH_FUZZ_EXAMPLES", "120"))
 ACTIVATIONS = [nn.ReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Identity]
+# (the same cases in every run, however long they take)
+FUZZING = dict(
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 class ConvBN(nn.Module):
@@ -264,12 +270,7 @@ def architectures(draw):
     return nn.Sequential(*layers, head)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@settings(max_examples=EXAMPLES, **FUZZING)
 @given(
     model=architectures(),
     ratio=st.sampled_from([0.25, 0.5, 0.75]),
@@ -338,12 +339,7 @@ def repeated_architectures(draw):
     return nn.Sequential(*layers, head)
 
 
-@settings(
-    max_examples=max(EXAMPLES // 2, 1),
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@settings(max_examples=max(EXAMPLES // 2, 1), **FUZZING)
 @given(
     model=repeated_architectures(),
     ratio=st.sampled_from([0.25, 0.5, 0.75]),
