@@ -5,7 +5,9 @@ Such a model is planned in several validation rounds (each traces the pruned sha
 more); the ratio to ResNet-50 (one round) is what this suite keeps in view, worst first.
 torchvision's models are measured where torchvision is importable; the MaxViT-style net of
 tests/nets.py (the same attention and blocks, small) always is, and so is transformers'
-ResNet-50 where torchvision is missing.
+ResNet-50 where torchvision is missing. So is the slowest type of the transformers sweep,
+SLANeXt as the test zoo builds it (a vision encoder, then a decoder of 501 steps, each
+calling the same attention cell and reading a value).
 
     .venv/bin/python -m pytest bench/test_bench_vision.py -q -s
 """
@@ -34,6 +36,12 @@ STAGES: dict[str, list[dict]] = {}  # workload -> timings of every measured prun
 
 def _workload(name: str):
     torch.manual_seed(0)
+    if name == "slanext":
+        pytest.importorskip("transformers")
+        import zoo_transformers
+
+        built = zoo_transformers.build("slanext")
+        return built.model.eval(), built.inputs
     if name == "maxvit-style net":
         from nets import MaxViT
 
@@ -55,7 +63,8 @@ def _prune(name: str, x):
 
 
 @pytest.mark.parametrize(
-    "name", [*(TORCHVISION if torchvision is not None else [REFERENCE]), "maxvit-style net"]
+    "name",
+    [*(TORCHVISION if torchvision is not None else [REFERENCE]), "maxvit-style net", "slanext"],
 )
 def test_prune(benchmark, name):
     model, x = _workload(name)

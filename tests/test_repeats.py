@@ -420,3 +420,144 @@ def test_a_trace_whose_zeros_decide_a_read_stops_at_that_read(monkeypatch):
     assert dg.graph.replayed == 3
     whole = trace_as(model, x, TraceMode.REAL, walk=ModelWalk.of(model))
     assert differences(dg.graph, whole) == []
+
+
+# -- a module called again and again --------------------------------------------------------
+CELL_RUNS: list[int] = []  # (outside the model: its code's runs, unseen by the replays)
+
+
+class Cell(nn.Module):
+    """A recurrent cell: its input made by its own call before."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2 * width, 2 * width)
+        self.out = nn.Linear(2 * width, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x, h):
+        CELL_RUNS.append(1)
+        return self.norm(self.out(torch.tanh(self.fc(torch.cat([x, h], -1)))) + h)
+
+
+class Decoder(nn.Module):
+    """A cell in a loop (a decoder's steps); ``reads``: the loop reads a value at every
+    step, as a stop test does."""
+
+    def __init__(self, steps: int = 12, reads: bool = False) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(8, 8)
+        self.cell = Cell()
+        self.head = nn.Linear(8, 3)
+        self.steps, self.reads = steps, reads
+
+    def forward(self, x):
+        x = self.encoder(x)
+        h = torch.zeros_like(x)
+        outs = []
+        for _ in range(self.steps):
+            h = self.cell(x, h)
+            outs.append(self.head(h))
+            if self.reads and bool(h.abs().sum() > 1e9):  # (never: every step runs)
+                break
+        return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("mode", ["real", "meta", "fake"])
+@pytest.mark.parametrize("reads", [False, True])
+def test_a_module_called_in_a_loop_is_replayed_from_its_second_call(mode, reads, monkeypatch):
+    """Its first call runs (it may set up what it keeps), its second is the template, and
+    every later one a replay: its code runs twice, and the graph is the whole trace's."""
+    if reads and mode != "real":
+        pytest.skip("a value is read on real tensors only")
+    monkeypatch.setattr(trace, "CHECK_REPEATS", False)  # (its whole trace: counted below)
+    model = Decoder(reads=reads).eval()
+    CELL_RUNS.clear()
+    replayed, whole, reads_seen, reads_whole = traced_both_ways(model, torch.randn(2, 8), mode)
+    # (the head is called in the loop too: its own replays)
+    assert replayed.replayed == 2 * (model.steps - 2)
+    assert replayed.replayed_modules == {"cell", "head"}
+    assert differences(replayed, whole) == []
+    assert reads_seen == reads_whole
+    # twice in the trace with replays (twice more where a speculative one, its replays
+    # returning zeros, stopped at the first read), every step in the whole trace
+    assert len(CELL_RUNS) == 2 + (2 if reads else 0) + model.steps
+
+
+class CellCountingItsCalls(Cell):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x, h):
+        self.calls += 1  # (its state changes with each call: no call stands for another)
+        return super().forward(x, h) * self.calls
+
+
+class CountingDecoder(Decoder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = CellCountingItsCalls()
+
+    def forward(self, x):
+        self.cell.calls = 0  # (every forward counts from 0: every trace records the same)
+        return super().forward(x)
+
+
+def test_a_module_that_changes_its_state_is_traced_at_every_call():
+    model = CountingDecoder().eval()
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert "cell" not in replayed.replayed_modules
+    assert differences(replayed, whole) == []
+    muls = [n.args[1] for n in replayed.nodes if n.packet == "aten.mul" and n.module == "cell"]
+    assert muls == list(range(1, model.steps + 1))  # (its counts, each call traced)
+
+
+class Grows(nn.Module):
+    """Attends over every step so far: the cell's input grows at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(8, 1)
+
+    def forward(self, x, past):
+        return x + (torch.softmax(self.score(past), 1) * past).sum(1)
+
+
+class GrowingDecoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attend = Grows()
+
+    def forward(self, x):
+        past = [x]
+        for _ in range(6):
+            x = self.attend(x, torch.stack(past, 1))
+            past.append(x)
+        return x
+
+
+def test_a_call_with_other_shapes_than_its_template_runs():
+    model = GrowingDecoder().eval()
+    replayed, whole, _, _ = traced_both_ways(model, torch.randn(2, 8))
+    assert replayed.replayed == 0
+    assert differences(replayed, whole) == []
+
+
+def test_a_loops_calls_take_their_rules_from_the_template():
+    """Each call's input is made non-zero by the call before it, as the template's was by
+    the first: its rules are the template's, that op moved along (checked against mapping
+    every op in check mode, which the suite runs in)."""
+    model = Decoder(steps=10).eval()
+    dg = DependencyGraph(model, torch.randn(2, 8))
+    assert dg.graph.replayed == 2 * 8
+    assert dg.coupling_model.rules_replayed == dg.graph.replayed
+
+
+def test_a_prune_of_a_loop_is_exact():
+    model = Decoder(steps=10).double().eval()
+    x = torch.randn(2, 8, dtype=torch.float64)
+    reference = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True)
+    assert result.params_after < result.params_before
+    assert_scatter_back_equal(reference, model, result, x)

@@ -32,6 +32,7 @@ from .couplings import CouplingKind, Couplings, Resolution
 from .frame_stack import in_fresh_chunk
 from .repeats import ReadLog, Repeats
 from .resolve import resolve, select_backend
+from .shape_repeats import ShapeReplays
 from .size_watch import AttributeLeaf, ConfigLeaf, SizeInt, watching
 from .standin import MetaResults
 from .trace import TRACE_LOCK, OpGraph, Ref, trace
@@ -238,7 +239,7 @@ class DependencyGraph:
         t0 = time.perf_counter()
         self.walk = ModelWalk.of(model)
         in_training = any(m.training for _, m in self.walk.modules)
-        repeats = Repeats(self.walk)
+        repeats = self.repeats = Repeats(self.walk)
         with (
             TRACE_LOCK,
             config_reads(model) as reads,
@@ -838,22 +839,31 @@ class DependencyGraph:
         ops line up with the graph's. ``guide``: stands for ops that fail and keeps results on
         a plan, so that the trace finds every op that fails (see
         :func:`~depgraph_ext.graph.trace.trace_as`)."""
-        return trace(
-            self.model,
-            self.example_inputs,
-            shapes=shapes,
-            shapes_only=True,
-            allow_meta=self.graph.mode != "fake",
-            walk=self.walk,
-            trace_device=self.trace_device,
-            meta_results=self.meta_results,
-            progress=self.progress,
-            stage=stage,
-            real_decides=self.graph.mode == "real",
-            guide=guide,
-            replay=self.graph.decisions,
-            real_over_budget=self.graph.real_over_budget,
-        )
+        replayed = self.graph.replayed_modules
+        with contextlib.ExitStack() as stack:
+            shape_replays = None
+            if replayed:  # (a meta trace replays them again: its spy sees what they read)
+                stack.enter_context(TRACE_LOCK)
+                spy = stack.enter_context(attribute_reads(self.walk.modules))
+                if getattr(spy, "known", True):
+                    shape_replays = ShapeReplays(self.repeats, replayed, spy)
+            return trace(
+                self.model,
+                self.example_inputs,
+                shapes=shapes,
+                shapes_only=True,
+                allow_meta=self.graph.mode != "fake",
+                walk=self.walk,
+                trace_device=self.trace_device,
+                meta_results=self.meta_results,
+                progress=self.progress,
+                stage=stage,
+                real_decides=self.graph.mode == "real",
+                guide=guide,
+                replay=self.graph.decisions,
+                real_over_budget=self.graph.real_over_budget,
+                shape_replays=shape_replays,
+            )
 
     # -- derived graphs ------------------------------------------------------------------------
     def scoring_only(self, groups: np.ndarray) -> DependencyGraph:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -107,6 +108,9 @@ class Family:
     """Children of one container with the same structure (see the module's docstring)."""
 
     members: list[torch.nn.Module]
+    # A module called again and again (a decoder's cell in its loop): its own family, its
+    # second call the template (the first may set up state it keeps), later calls replayed
+    lone: bool = False
     # per member id: relative name -> module, and relative name -> canonical tensor name
     modules_by_rel: dict[int, dict[str, torch.nn.Module]] = field(default_factory=dict)
     tensors_by_rel: dict[int, dict[str, str]] = field(default_factory=dict)
@@ -122,7 +126,10 @@ def _subtree(module: torch.nn.Module):
     shapes = []
     for rel, m in modules.items():
         state = vars(m)
-        if "forward" in state or any(state.get(h) for h in _HOOKS):
+        own = state.get("forward")
+        if (own is not None and not hasattr(own, "lone_calls")) or any(
+            state.get(h) for h in _HOOKS
+        ):
             return modules, tensors, None
         prefix = rel + "." if rel else ""
         for kind in ("_parameters", "_buffers"):
@@ -184,8 +191,8 @@ class Repeats:
                     self.families[id(m)] = family
 
     def ready(self) -> bool:
-        """Families found, and a spy that sees every read."""
-        return bool(self.families) and getattr(self.spy, "known", False) and not _global_hooks()
+        """A spy that sees every read (any model may call a module again and again)."""
+        return getattr(self.spy, "known", False) and not _global_hooks()
 
 
 @dataclass
@@ -365,13 +372,16 @@ class Repeater:
         self, repeats: Repeats, graph, recorder, watch, module_names: dict, speculate: bool = True
     ) -> None:
         self.repeats, self.graph, self.recorder = repeats, graph, recorder
-        # parameter/buffer value -> its placeholder (set when the trace has made them)
+        # parameter/buffer value -> its placeholder, id(placeholder) -> its canonical name (set
+        # when the trace has made them)
         self.tensors_of_values: dict[int, torch.Tensor] = {}
+        self.names_of_tensors: dict[int, str] = {}
         self.saw = watch.saw if watch is not None else None
         self.module_names = module_names  # id(module) -> qualified name
         self.recording = False
         self.templates: list[Template] = []
         self.replayed = 0
+        self.replayed_modules: set[str] = set()  # (qualified names)
         # A real trace's siblings return zeros, their ops not run, where no value read after
         # them depends on them (checked by ``finish``; else the trace is done again with
         # their ops run): a code that reads sizes only never needs their values. Needs the
@@ -390,9 +400,8 @@ class Repeater:
         self.repeats.speculated = False
         # (a real trace without the size watch, a model with a fused path: a layer's code
         # could read its data unseen, so no layer is replayed)
-        families = (
-            self.repeats.families.values() if self.saw is not None or not self.graph.real else ()
-        )
+        replays = self.saw is not None or not self.graph.real
+        families = self.repeats.families.values() if replays else ()
         try:
             for family in {id(f): f for f in families}.values():
                 for member in family.members:
@@ -406,18 +415,52 @@ class Repeater:
                         self._wrapper(member, family, type(member).forward.__get__(member)),
                     )
                     installed.append(member)
-            yield self
+            with self._lone_calls(installed) if replays else contextlib.nullcontext():
+                yield self
         finally:
             for member in installed:
                 vars(member).pop("forward", None)
             for family in self.repeats.families.values():
                 family.template, family.dead = None, False
 
+    @contextlib.contextmanager
+    def _lone_calls(self, installed: list):
+        """A module of no family called for the first time, outside a template's call, gets
+        the wrapper of a family of its own (:class:`Family`'s ``lone``): its next call is its
+        template, and later calls are replayed. (A global pre-hook sees the first call: its
+        own ``forward`` was looked up already, so the wrapper takes the calls after it.)"""
+        families, names = self.repeats.families, self.module_names
+        seen: set[int] = set()
+
+        def first_call(module, args):  # must return None: a value would replace the inputs
+            key = id(module)
+            if key in seen or self.recording:
+                return
+            seen.add(key)
+            if (
+                key in families
+                or not names.get(key)  # (the model itself, or a module the forward made)
+                or "forward" in vars(module)
+            ):
+                return
+            family = Family([module], lone=True)
+            wrapper = self._wrapper(module, family, type(module).forward.__get__(module))
+            object.__setattr__(module, "forward", wrapper)
+            installed.append(module)
+
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(first_call)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     def _wrapper(self, member, family: Family, original: Callable):
         def forward(*args, **kwargs):
             if self.recording or family.dead:
                 return original(*args, **kwargs)
             if family.template is None:
+                if family.lone and not self._lone_family(member, family):
+                    return original(*args, **kwargs)
                 return self._record(member, family, original, args, kwargs)
             if family.template.called != self._called(member):
                 return original(*args, **kwargs)  # (its ops belong to another module)
@@ -425,7 +468,19 @@ class Repeater:
             return original(*args, **kwargs) if replayed is NotImplemented else replayed
 
         forward.__wrapped__ = original  # (inspect.signature sees the module's own)
+        forward.lone_calls = family.lone  # (``_subtree``: no forward of the module's own)
         return forward
+
+    def _lone_family(self, member, family: Family) -> bool:
+        """Whether ``member`` may be its own template (its structure noted in ``family``)."""
+        modules, tensors, key = _subtree(member)
+        canonical = self.names_of_tensors  # (its tensors are the trace's placeholders now)
+        if key is None or any(id(t) not in canonical for t in tensors.values()):
+            family.dead = True
+            return False
+        family.modules_by_rel[id(member)] = modules
+        family.tensors_by_rel[id(member)] = {rel: canonical[id(t)] for rel, t in tensors.items()}
+        return True
 
     def _called(self, member) -> bool:
         """Whether ``member`` runs as a module call (its ops are its own), not its forward
@@ -653,6 +708,7 @@ class Repeater:
         taken = dict(mapped)  # (the sibling's inputs and tensors, before the ops' results)
         self._emit(template, mapped, renamed, counterpart)
         self.replayed += 1
+        self.replayed_modules.add(names[id(member)])
         if recorder.deadline is not None:  # (a real trace's budget: the ops it stands for)
             recorder.deadline += recorder.budget_per_op * (template.nodes[1] - template.nodes[0])
         if self.graph.real and (not self.speculative or template.runs):
@@ -680,20 +736,11 @@ class Repeater:
             tensor = given.get(s_value)
             live[t_value] = tensor if tensor is not None else by_value[s_value]
 
-        def real(x):
-            kind = type(x)
-            if kind is Ref:
-                return live[x.value]
-            if kind is tuple or kind is list:
-                return kind([real(item) for item in x])
-            if kind is dict:
-                return {k: real(v) for k, v in x.items()}
-            return x
-
         n0, n1 = template.nodes
         with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
             for node in self.graph.nodes[n0:n1]:
-                out = node.op(*real(node.args), **(real(node.kwargs) if node.kwargs else {}))
+                kwargs = _live(node.kwargs, live) if node.kwargs else {}
+                out = node.op(*_live(node.args, live), **kwargs)
                 if isinstance(out, torch.Tensor):
                     live[node.outputs[0]] = out
                 else:
@@ -737,18 +784,6 @@ class Repeater:
                     constants[new] = constants[x.value]
             return Ref(new)
 
-        def ref(x):
-            kind = type(x)
-            if kind is Ref:
-                return ref_one(x)
-            if kind is tuple or kind is list:
-                if id(x) in refless:  # (a view's sizes: the template's own list will do)
-                    return x
-                return kind([ref(item) for item in x])
-            if kind is dict:
-                return {k: ref(v) for k, v in x.items()}
-            return x
-
         refless = template.refless
         if refless is None:
             refless = template.refless = _refless(nodes[n0:n1])
@@ -758,7 +793,7 @@ class Repeater:
             index = len(nodes)
             # (first: the constants it makes come before its results)
             if positions is None:
-                args = ref(node.args)
+                args = _renamed_refs(node.args, ref_one, refless)
             elif positions:
                 args = list(node.args)
                 for i in positions:
@@ -766,7 +801,7 @@ class Repeater:
                 args = tuple(args)
             else:
                 args = node.args
-            kwargs = ref(node.kwargs) if node.kwargs else {}
+            kwargs = _renamed_refs(node.kwargs, ref_one, refless) if node.kwargs else {}
             outputs = []
             for o in node.outputs:
                 new = mapped.get(o)
@@ -825,25 +860,12 @@ class Repeater:
                 return new
             return x
 
-        def size(x):
-            kind = type(x)
-            if kind is SizeInt:
-                e = x.expr
-                if type(e) is tuple:
-                    return SizeInt(int.__int__(x), (e[0], *[size(a) for a in e[1:]]))
-                return SizeInt(int.__int__(x), leaf(e))
-            if kind is tuple or kind is list:
-                return kind([size(item) for item in x])
-            if kind is slice:
-                return slice(size(x.start), size(x.stop), size(x.step))
-            return x
-
         start, stop = template.shaped
         for call in saw.shaped_calls[start:stop]:
             saw.shaped_calls.append(
                 ShapedCall(
                     call.kind,
-                    size(call.ints),
+                    _renamed_sizes(call.ints, leaf),
                     mapped.get(call.value, call.value) if call.value is not None else None,
                     mapped.get(call.source, call.source) if call.source is not None else None,
                 )
@@ -947,9 +969,11 @@ class Repeater:
             inner = {v for v in range(v0, v1) if graph.values[v].kind == "op" and v not in returned}
             if not inner:
                 continue
-            later = (i for node in graph.nodes[n1:] for i in node.inputs)
-            calls = (v for _, outs in graph.module_calls[template.calls[1] :] for v in outs)
-            if any(v in inner for v in later) or any(v in inner for v in calls):
+            later = itertools.chain.from_iterable(node.inputs for node in graph.nodes[n1:])
+            calls = itertools.chain.from_iterable(
+                outs for _, outs in graph.module_calls[template.calls[1] :]
+            )
+            if not inner.isdisjoint(later) or not inner.isdisjoint(calls):
                 raise RepeatsInvalid
             if any(v in inner for v in graph.outputs) or any(
                 v in inner for v in graph.attribute_tensors.values()
@@ -967,6 +991,54 @@ class Repeater:
                 )
             ):
                 raise RepeatsInvalid
+
+
+# (Module-level, not closures: a closure that calls itself is a reference cycle, left for the
+# collector with everything it holds, once per replay.)
+def _live(x, live: dict):
+    """``x`` (an op's arguments) with each Ref the tensor ``live`` holds for its value."""
+    kind = type(x)
+    if kind is Ref:
+        return live[x.value]
+    if kind is tuple or kind is list:
+        return kind([_live(item, live) for item in x])
+    if kind is dict:
+        return {k: _live(v, live) for k, v in x.items()}
+    return x
+
+
+def _renamed_refs(x, ref_one: Callable, refless: set):
+    """``x`` (an op's arguments) with each Ref renamed by ``ref_one`` (the lists in
+    ``refless`` hold none: the template's own will do)."""
+    kind = type(x)
+    if kind is Ref:
+        return ref_one(x)
+    if kind is tuple or kind is list:
+        if id(x) in refless:
+            return x
+        return kind([_renamed_refs(item, ref_one, refless) for item in x])
+    if kind is dict:
+        return {k: _renamed_refs(v, ref_one, refless) for k, v in x.items()}
+    return x
+
+
+def _renamed_sizes(x, leaf: Callable):
+    """``x`` (a call's sizes) with the leaves of its SizeInts renamed by ``leaf``."""
+    kind = type(x)
+    if kind is SizeInt:
+        e = x.expr
+        if type(e) is tuple:
+            return SizeInt(int.__int__(x), (e[0], *[_renamed_sizes(a, leaf) for a in e[1:]]))
+        return SizeInt(int.__int__(x), leaf(e))
+    if kind is tuple or kind is list:
+        return kind([_renamed_sizes(item, leaf) for item in x])
+    if kind is slice:
+        return slice(
+            _renamed_sizes(x.start, leaf),
+            _renamed_sizes(x.stop, leaf),
+            _renamed_sizes(x.step, leaf),
+        )
+    return x
 
 
 def differences(a, b) -> list[str]:

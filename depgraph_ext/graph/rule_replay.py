@@ -148,8 +148,9 @@ class RuleChunks:
         replay = self.replay_at.get(i)
         if replay is not None:
             chunk = self.chunks.get(replay.template)
-            if chunk is not None and chunk.holds_for(self, replay):
-                chunk.apply(self, replay, spans, touched_anywhere)
+            moved = chunk.holds_for(self, replay) if chunk is not None else None
+            if moved is not None:
+                chunk.apply(self, replay, spans, touched_anywhere, moved)
                 self.applied += 1
                 return chunk.n1 - chunk.n0
         span = self.template_at.get(i)
@@ -333,56 +334,69 @@ class _Chunk:
         return self
 
     # -- a replay ------------------------------------------------------------------------------
-    def holds_for(self, chunks: RuleChunks, replay: Replay) -> bool:
-        """Whether every read of the template's rules finds the same, renamed, for ``replay``."""
+    def holds_for(self, chunks: RuleChunks, replay: Replay) -> dict[int, int] | None:
+        """Whether every read of the template's rules finds the same, renamed, for ``replay``:
+        None where one does not, else the nodes before the template its reads found, each
+        with the node the replay's found in its place. (A call in a loop finds its input made
+        non-zero by the call before it, as the template found its own: the node as far before
+        the replay as it was before the template, running the same op.)"""
         n0, n1, start = self.n0, self.n1, replay.start
         if chunks.malformed and any(start <= k < start + n1 - n0 for k in chunks.malformed):
-            return False
+            return None
         vmap, graph, ctx, zeros = replay.values, chunks.graph, chunks.ctx, chunks.zeros
-        values, shift = graph.values, start - n0
+        values, nodes, shift = graph.values, graph.nodes, start - n0
+        moved: dict[int, int] = {}
 
         def node_of(i: int) -> int:
             return i + shift if n0 <= i < n1 else i
 
-        for v, c in self.outside_culprits:
-            found = zeros.culprit(vmap.get(v, v))
-            if (-1 if found is None else found.index) != (-1 if c < 0 else node_of(c)):
+        def same_culprit(c: int, found) -> bool:
+            if c < 0 or n0 <= c < n1:
+                return (-1 if found is None else found.index) == node_of(c)
+            if found is None:
                 return False
+            mine = found.index
+            if mine != c and (mine != c + shift or nodes[mine].op is not nodes[c].op):
+                return False
+            return moved.setdefault(c, mine) == mine
+
+        for v, c in self.outside_culprits:
+            if not same_culprit(c, zeros.culprit(vmap.get(v, v))):
+                return None
         for kind, key, found in self.checks:
             other = vmap.get(key, key) if kind != "router" else None
             if kind == "value":
                 a, b = values[key], values[other]
                 if (a.shape, a.dtype, a.kind) != (b.shape, b.dtype, b.kind):
-                    return False
+                    return None
             elif kind == "producer":
                 mine = values[other].producer
                 if (found is None) != (mine is None) or (
                     found is not None and node_of(found) != mine
                 ):
-                    return False
+                    return None
             elif kind == "consumers":
                 mine = ctx._consumers.get(other, [])
                 if [n.index for n in mine] != [node_of(i) for i in found]:
-                    return False
+                    return None
             elif kind == "culprit":
-                c = zeros.culprit(other)
-                if (-1 if c is None else c.index) != (-1 if found < 0 else node_of(found)):
-                    return False
+                if not same_culprit(found, zeros.culprit(other)):
+                    return None
             elif kind == "domain":
                 mine = ctx.index_domains.get(other)
                 if (mine is None) != (found is None):
-                    return False
+                    return None
                 if found is not None and mine != (
                     self._slot(chunks, replay, found[0]),
                     replay.modules.get(found[1], found[1]),
                 ):
-                    return False
+                    return None
             elif kind == "router":
                 slot, module = key
                 renamed = (self._slot(chunks, replay, slot), replay.modules.get(module, module))
                 if (renamed in ctx.routers) != found:
-                    return False
-        return True
+                    return None
+        return moved
 
     def _slot(self, chunks: RuleChunks, replay: Replay, s: int) -> int:
         """One template slot, renamed for ``replay`` (the chunk's new slots as they will be)."""
@@ -393,7 +407,15 @@ class _Chunk:
             return s - self.slots0 + len(chunks.ctx.builder.slot_sizes)
         return s
 
-    def apply(self, chunks: RuleChunks, replay: Replay, spans: list, touched_anywhere: set):
+    def apply(
+        self,
+        chunks: RuleChunks,
+        replay: Replay,
+        spans: list,
+        touched_anywhere: set,
+        moved: dict[int, int],
+    ):
+        """The chunk renamed for ``replay`` (``moved``: what :meth:`holds_for` found)."""
         ctx, builder = chunks.ctx, chunks.ctx.builder
         vmap, modules = replay.values, replay.modules
         start, n0 = replay.start, self.n0
@@ -401,7 +423,7 @@ class _Chunk:
         nodes = chunks.graph.nodes
 
         def node_of(i: int) -> int:
-            return i + shift if n0 <= i < self.n1 else i
+            return i + shift if n0 <= i < self.n1 else moved.get(i, i)
 
         # Every named slot renamed: values' slots by the value's, new slots past the current.
         named = self.named.copy()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -759,7 +760,10 @@ class SizeWatch(TorchFunctionMode):
         stack = recorder.module_stack
         self.stack = stack
         self.pass_through = pass_through
-        self.saw = CodeSaw(clock=lambda: (recorder.recorded_count(), stack[-1] if stack else ""))
+        # (the recorder by a weak reference: a trace that fails leaves its saw holding the
+        # clock, which would otherwise keep the recorder and its graph in a cycle)
+        held = weakref.ref(recorder)
+        self.saw = CodeSaw(clock=lambda: (held().recorded_count(), stack[-1] if stack else ""))
         self.on_value_read = None  # (called after each read of values: repeats.py's check)
 
     def __enter__(self):

@@ -58,6 +58,8 @@ from .output_leaves import output_leaves
 from .records import Node, Ref, Replay, Value, result_leaves
 from .repeats import CHECK as CHECK_REPEATS
 from .repeats import Repeater, Repeats, RepeatsInvalid, differences
+from .shape_repeats import ShapeRepeater, ShapeReplays
+from .shape_repeats import differences as shape_differences
 from .size_watch import (
     PASS_THROUGH_FORWARDS,
     CodeSaw,
@@ -124,6 +126,9 @@ class OpGraph:
     # and what each was renamed from: the rules map them as they mapped the first call.
     replayed: int = 0
     replays: list[Replay] = field(default_factory=list)
+    # the qualified names of the modules whose calls were replayed (a shape trace replays
+    # theirs: shape_repeats.py)
+    replayed_modules: frozenset[str] = frozenset()
     # (value, dim) of each size the model returns as a number (``return y, h.shape[1]``), as
     # the code took it from a traced tensor: an output like its tensors, kept.
     output_sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -152,6 +157,7 @@ class ShapeTrace:
     # The numbers ops computed with (``op_numbers``): op index -> its numbers, where any.
     numbers: dict[int, tuple] = field(default_factory=dict)
     output_numbers: list[tuple[str, int]] = field(default_factory=list)  # (see OpGraph's)
+    replayed: int = 0  # module calls whose records were taken from an earlier one's
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -1031,6 +1037,7 @@ def trace(
     real_over_budget: bool = False,
     training: bool = False,
     repeats=None,
+    shape_replays: ShapeReplays | None = None,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs`` (in eval mode; ``training``:
     in training mode).
@@ -1072,7 +1079,8 @@ def trace(
 
     ``repeats``: the model's :class:`~depgraph_ext.graph.repeats.Repeats`, its ``spy`` the
     attribute spy of the graph trace (``dependency.attribute_reads``'s recording): a real or
-    meta trace replays the layers that repeat.
+    meta trace replays the layers that repeat. ``shape_replays``: a meta shape trace unguided
+    replays the calls the graph's trace replayed (shape_repeats.py).
     """
     walk = walk or ModelWalk.of(model)  # one walk of the model for all the trace's uses
     stand_in = torch.device(trace_device)
@@ -1092,8 +1100,8 @@ def trace(
         # (torchvision's roi_align on NaN boxes). On meta tensors nothing reads a value.
         if allow_meta and _meta_stands_in(walk, example_inputs, stand_in):
             try:
-                return trace_as(
-                    model, example_inputs, TraceMode.META, replay=replay, guide=guide, **common
+                return _shapes_with_replays(
+                    model, example_inputs, shape_replays, replay=replay, guide=guide, **common
                 )
             except TraceError:
                 pass  # a decision met with other shapes, or an op that reads data
@@ -1127,6 +1135,10 @@ def trace(
         try:
             if families is not None:
                 graph = _with_repeats(model, example_inputs, TraceMode.META, families, common)
+            elif shapes_only:
+                graph = _shapes_with_replays(
+                    model, example_inputs, shape_replays, guide=guide, **common
+                )
             else:
                 graph = trace_as(model, example_inputs, TraceMode.META, **common)
             return _noting(_warn_real_failed(graph, real_error), over_budget)
@@ -1170,6 +1182,23 @@ def trace(
             "weights are on the meta device"
         ) from by_data
     return trace_as(model, example_inputs, TraceMode.REAL, guide=guide, **common)
+
+
+def _shapes_with_replays(model, example_inputs, replays, **common) -> ShapeTrace:
+    """A meta shape trace, replaying ``replays``' modules where unguided (checked against one
+    without replays in check mode)."""
+    if replays is None or common.get("guide") is not None or not replays.replayed:
+        return trace_as(model, example_inputs, TraceMode.META, **common)
+    shapes = trace_as(model, example_inputs, TraceMode.META, shape_replays=replays, **common)
+    if CHECK_REPEATS and shapes.replayed:
+        whole = trace_as(model, example_inputs, TraceMode.META, **common)
+        found = shape_differences(shapes, whole)
+        if found:
+            raise InternalError(
+                f"internal error: replaying {shapes.replayed} module calls changed the trace of "
+                f"a plan's shapes: {'; '.join(found[:5])}"
+            )
+    return shapes
 
 
 def _with_repeats(model, example_inputs, mode: TraceMode, families: Repeats, common) -> OpGraph:
@@ -1396,6 +1425,7 @@ def trace_as(
     training: bool = False,
     repeats: Repeats | None = None,
     speculate: bool = True,
+    shape_replays: ShapeReplays | None = None,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
     a real trace may take, as (a fixed allowance, an allowance per op), or unlimited. A real
@@ -1462,6 +1492,8 @@ def trace_as(
         )
         if repeater.speculative:
             watch.on_value_read = repeater.value_read
+    elif shape_replays is not None and shapes_only and guide is None and mode is TraceMode.META:
+        repeater = ShapeRepeater(shape_replays, graph, recorder, modules)
     placeholders = _Placeholders(
         mode,
         shapes,
@@ -1494,10 +1526,13 @@ def trace_as(
             _register_values(
                 graph, recorder, fake_params, fake_buffers, fake_args, fake_kwargs, shapes_only
             )
-            if repeater is not None:
+            if isinstance(repeater, Repeater):
                 repeater.tensors_of_values = {
                     graph.params[n]: t for n, t in fake_params.items()
                 } | {graph.buffers[n]: t for n, t in fake_buffers.items()}
+                repeater.names_of_tensors = {
+                    id(t): n for n, t in (fake_params | fake_buffers).items()
+                }
             progress, stage = bar
             set_attributes: dict[str, torch.Tensor] = {}
             if budget is not None:  # counted from the forward: preparing tensors is not the model's
@@ -1583,8 +1618,11 @@ def trace_as(
                 graph.output_sizes += [
                     (x.value, x.dim) for x in leaves(leaf) if type(x) is SizeLeaf
                 ]
-    if repeater is not None:
+    if isinstance(repeater, Repeater):
         repeater.finish()
+        graph.replayed = repeater.replayed
+        graph.replayed_modules = frozenset(repeater.replayed_modules)
+    elif repeater is not None:
         graph.replayed = repeater.replayed
     if watch is not None:
         watch.saw.clock = None  # (the recorder's: it holds every tensor of the trace)

@@ -8,6 +8,7 @@ import dataclasses
 import difflib
 import os
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 
@@ -51,6 +52,16 @@ MAX_ROUNDS = 64  # validation rounds of one plan; each blocks at least one more 
 CHECK_SKIPPED_TRACES = os.environ.get("DEPGRAPH_CHECK_SKIPPED_TRACES") == "1"
 
 
+def _clear_frames(exc: BaseException) -> None:
+    """The local variables of the finished frames ``exc`` (and the exceptions it was raised
+    from or during) went through dropped: the lines stay in its traceback."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
 def checked_plan(
     dg: DependencyGraph,
     keep: np.ndarray,
@@ -83,6 +94,7 @@ def checked_plan(
         except PlanValidationError as exc:
             if not accepted:
                 raise
+            _clear_frames(exc)
             _validate(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
             # The shapes run; the config updates are what breaks the run: none is set.
             fields = ", ".join(f"config.{u.field}" for u in accepted)
@@ -105,7 +117,7 @@ def plan_until_valid(
     sizes the model's code fixes are blocked and ``choose`` runs again on the new graph.
     Returns the graph the plan belongs to and the plan. ``timings["plan"]`` accumulates the
     time spent planning and validating."""
-    last: PlanValidationError | None = None
+    last: str | None = None  # the last failure (its text: the exception would hold this frame)
     traced_failure = False  # a failure a trace found
     rebuilds = Rebuilds(dg.model)
     for _ in range(MAX_ROUNDS):
@@ -135,8 +147,11 @@ def plan_until_valid(
         except PlanValidationError as exc:
             if timings is not None:
                 timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t
+            # (the frames it was raised through hold it, and the graphs of this round: kept
+            # in a cycle, they would wait for the collector)
+            _clear_frames(exc)
             dg = learn_fixed_sizes(dg, exc)
-            last = exc
+            last = str(exc)
             traced_failure = traced_failure or not exc.untraced
             continue
         if timings is not None:
@@ -427,7 +442,8 @@ def _validate(dg: DependencyGraph, plan: Plan, guided: bool) -> None:
 def _check_traced_too(dg: DependencyGraph, plan: Plan, failure: PlanValidationError) -> None:
     try:
         validate_plan(dg, plan, guided=False)
-    except PlanValidationError:
+    except PlanValidationError as exc:
+        _clear_frames(exc)
         return
     raise AssertionError(
         f"internal error: a plan judged to fail without a trace runs when traced: {failure}"
