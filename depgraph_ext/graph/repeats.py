@@ -18,6 +18,10 @@ A sibling is replayed only where that is the trace its code would record:
 - the family: children of one ``ModuleList`` / ``Sequential`` of one class, the same modules by
   relative name and class, the same parameters and buffers by relative name, shape, dtype and
   ``requires_grad``, no hooks on any of their modules, no global module hooks but the trace's;
+  or one module of no such family, called again and again (a decoder's cell in its loop, a
+  block shared by several stages): its first call runs as any (it may set up a state it
+  keeps), its second is the template (a global pre-hook sees the first call and puts the
+  wrapper in place), and its later calls are its siblings;
 - the template's call made ops only (no decision of the data, no read of its values:
   ``.tolist()`` of one layer's data says nothing of another's; no higher-order op), changed no
   attribute of its modules, no attribute it read and no plain object its modules hold (a
@@ -676,9 +680,10 @@ class Repeater:
             if value is None or mapped.setdefault(leaf[1], value) != value:
                 return NotImplemented
             given[value] = x
+        lone = member is template.member  # (its own modules and tensors: nothing renamed)
         t_mods = family.modules_by_rel[id(template.member)]
         s_mods = family.modules_by_rel[id(member)]
-        counterpart = {id(t_mods[rel]): s_mods[rel] for rel in t_mods}
+        counterpart = {} if lone else {id(t_mods[rel]): s_mods[rel] for rel in t_mods}
         if not self._reads_hold(template.reads, counterpart):
             return NotImplemented
         for rel, key, state in template.objects:  # (as the template found them)
@@ -693,10 +698,11 @@ class Repeater:
                 pass
             if not _same(state, now, counterpart, 1):
                 return NotImplemented
-        # Its parameters and buffers for the template's.
+        # Its parameters and buffers for the template's (a real trace's template holds its
+        # own among the tensors from outside its call).
         t_tensors = family.tensors_by_rel[id(template.member)]
         s_tensors = family.tensors_by_rel[id(member)]
-        for rel, name in t_tensors.items():
+        for rel, name in () if lone else t_tensors.items():
             t_value = graph.params.get(name, graph.buffers.get(name))
             s_value = graph.params.get(s_tensors[rel], graph.buffers.get(s_tensors[rel]))
             if t_value is None or s_value is None:
@@ -704,7 +710,9 @@ class Repeater:
             if mapped.setdefault(t_value, s_value) != s_value:
                 return NotImplemented
         names = self.module_names
-        renamed = {names[id(m)]: names[id(s_mods[rel])] for rel, m in t_mods.items()}
+        renamed = (
+            {} if lone else {names[id(m)]: names[id(s_mods[rel])] for rel, m in t_mods.items()}
+        )
         taken = dict(mapped)  # (the sibling's inputs and tensors, before the ops' results)
         self._emit(template, mapped, renamed, counterpart)
         self.replayed += 1
