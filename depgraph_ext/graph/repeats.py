@@ -273,6 +273,43 @@ def _same_states(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
         return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def reads_hold(spy, reads: list, counterpart: dict) -> bool:
+    """Whether every attribute in ``reads`` ((object, name, value) of a template's) has that
+    value where the sibling would read it (``counterpart``: the sibling's module for each of
+    the template's), read unseen by ``spy`` (the trace's attribute spy)."""
+    spy.quiet = True
+    try:
+        for obj, name, value in reads:
+            try:
+                now = getattr(counterpart.get(id(obj), obj), name)
+            except Exception:
+                return False
+            if not _same(value, now, counterpart):
+                return False
+    finally:
+        spy.quiet = False
+    return True
+
+
+def objects_hold(objects: list, modules: dict, counterpart: dict) -> bool:
+    """Whether the plain objects the sibling's ``modules`` (relative name -> module) hold are
+    as the template found its own (``objects``: (relative name, attribute, state))."""
+    for rel, key, state in objects:
+        module = modules.get(rel)
+        held = vars(module).get(key) if module is not None else None
+        now = _state(held) if held is not None else None
+        if now is None:
+            return False
+        try:  # (C's comparison, which takes the same object as equal: a shared config)
+            if now == state:
+                continue
+        except Exception:  # noqa: BLE001  (a tensor's ambiguous truth, say)
+            pass
+        if not _same(state, now, counterpart, 1):
+            return False
+    return True
+
+
 def _first_reads(reads: list) -> list:
     """The first read of each attribute of each object (its later reads saw the same value:
     a call that changed its modules' attributes is not replayed), structure left out."""
@@ -643,22 +680,7 @@ class Repeater:
         return out
 
     def _reads_hold(self, reads: list, counterpart: dict) -> bool:
-        """Whether every attribute in ``reads`` ((object, name, value) of the template's) has
-        that value where the sibling would read it (``counterpart``: the sibling's module for
-        each of the template's), read unseen by the spy."""
-        spy = self.repeats.spy
-        spy.quiet = True
-        try:
-            for obj, name, value in reads:
-                try:
-                    now = getattr(counterpart.get(id(obj), obj), name)
-                except Exception:
-                    return False
-                if not _same(value, now, counterpart):
-                    return False
-        finally:
-            spy.quiet = False
-        return True
+        return reads_hold(self.repeats.spy, reads, counterpart)
 
     # -- a sibling ---------------------------------------------------------------------------
     def _replay(self, family: Family, member, original, args, kwargs):
@@ -686,18 +708,8 @@ class Repeater:
         counterpart = {} if lone else {id(t_mods[rel]): s_mods[rel] for rel in t_mods}
         if not self._reads_hold(template.reads, counterpart):
             return NotImplemented
-        for rel, key, state in template.objects:  # (as the template found them)
-            held = vars(s_mods[rel]).get(key)
-            now = _state(held) if held is not None else None
-            if now is None:
-                return NotImplemented
-            try:  # (C's comparison, which takes the same object as equal: a shared config)
-                if now == state:
-                    continue
-            except Exception:  # noqa: BLE001  (a tensor's ambiguous truth, say)
-                pass
-            if not _same(state, now, counterpart, 1):
-                return NotImplemented
+        if not objects_hold(template.objects, s_mods, counterpart):
+            return NotImplemented
         # Its parameters and buffers for the template's (a real trace's template holds its
         # own among the tensors from outside its call).
         t_tensors = family.tensors_by_rel[id(template.member)]

@@ -36,10 +36,11 @@ from .repeats import (
     _first_reads,
     _held_objects,
     _layout,
-    _same,
     _state,
     _subtree,
     _unchanged,
+    objects_hold,
+    reads_hold,
 )
 
 
@@ -214,19 +215,7 @@ class ShapeRepeater:
         return out
 
     def _reads_hold(self, reads: list, counterpart: dict) -> bool:
-        spy = self.replays.spy
-        spy.quiet = True
-        try:
-            for obj, name, value in reads:
-                try:
-                    now = getattr(counterpart.get(id(obj), obj), name)
-                except Exception:
-                    return False
-                if not _same(value, now, counterpart):
-                    return False
-        finally:
-            spy.quiet = False
-        return True
+        return reads_hold(self.replays.spy, reads, counterpart)
 
     def _replay(self, family: Family, member, args, kwargs):
         template = family.template
@@ -262,18 +251,8 @@ class ShapeRepeater:
             renamed = {names[id(m)]: names[id(s_mods[rel])] for rel, m in t_mods.items()}
         if not self._reads_hold(template.reads, counterpart):
             return NotImplemented
-        for rel, name, state in template.objects:  # (as the template found them)
-            held = vars(s_mods[rel]).get(name) if rel in s_mods else None
-            now = _state(held) if held is not None else None
-            if now is None:
-                return NotImplemented
-            try:  # (C's comparison, which takes the same object as equal: a shared config)
-                if now == state:
-                    continue
-            except Exception:  # noqa: BLE001  (a tensor's ambiguous truth, say)
-                pass
-            if not _same(state, now, counterpart, 1):
-                return NotImplemented
+        if not objects_hold(template.objects, s_mods, counterpart):
+            return NotImplemented
         self._emit(template, renamed)
         self.replayed += 1
         return self._outputs(template, given)
