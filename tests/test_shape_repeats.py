@@ -9,7 +9,7 @@ import gc
 
 import pytest
 import torch
-from test_repeats import Decoder, Stack
+from test_repeats import IDS, Decoder, Stack, llama
 from test_validation_rounds import Branches
 
 import depgraph_ext as dx
@@ -118,3 +118,27 @@ def test_a_prune_leaves_no_cycle_holding_its_graphs(build):
             gc.enable()
     assert result.params_after < result.params_before
     assert held == []
+
+
+@pytest.mark.parametrize("uneven", [False, True])
+def test_a_llamas_plan_trace_replays_its_layers(uneven, monkeypatch):
+    """A transformers Llama (rotary embeddings, grouped-query SDPA): its masks read values
+    (decisions of the data), so its plans are traced on meta tensors with those decisions
+    replayed, and with the decoder layers the plan shapes alike."""
+    monkeypatch.setattr(tr, "CHECK_REPEATS", False)
+    model = llama(layers=4)
+    dg = DependencyGraph(model, IDS)
+    assert dg.graph.decisions and dg.graph.replayed == 3
+    changed = {}
+    for i in range(4):
+        width = 40 if uneven and i == 1 else 24
+        changed |= {
+            f"model__layers__{i}__mlp__gate_proj__weight": (width, 32),
+            f"model__layers__{i}__mlp__up_proj__weight": (width, 32),
+            f"model__layers__{i}__mlp__down_proj__weight": (32, width),
+        }
+    shapes = shapes_of(model, **changed)
+    replayed = dg.trace_pruned(shapes)
+    assert replayed.mode == TraceMode.META
+    assert replayed.replayed == (2 if uneven else 3)
+    assert differences(replayed, whole_shape_trace(dg, shapes, TraceMode.META)) == []
