@@ -495,6 +495,52 @@ def test_cat_and_stack_of_meta_tensors_are_shaped_as_their_kernels_shape_them():
             memo.run(func, args, {})
 
 
+def test_comparisons_and_boolean_reductions_of_meta_tensors_are_shaped_as_their_kernels_do():
+    """A decoder's stop test at every step (``stack(ids).eq(end).any(-1).all()``) on meta
+    tensors: comparisons with a number, any and all are shaped without their Python meta
+    kernels, exactly as those shape them; other inputs are left to the kernels."""
+    from depgraph_ext.graph import standin
+
+    memo = standin.MetaResults()
+    a = torch.ops.aten
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.empty(*shape, dtype=dtype, device="meta")
+
+    def layout(t):
+        return t.shape, t.stride(), t.dtype
+
+    shaped = [
+        (a.eq.Scalar, (meta(2, 7, dtype=torch.int64), 49)),
+        (a.ne.Scalar, (meta(3), 0.5)),
+        (a.lt.Scalar, (meta(2, 3, 4), 0)),
+        (a.ge.Scalar, (meta(0, 3), True)),
+        (a.gt.Scalar, (meta((), dtype=torch.float64), 1)),
+        (a.le.Scalar, (meta(5, dtype=torch.bool), 0)),
+        (a.any.dim, (meta(2, 7, dtype=torch.bool), -1)),
+        (a.any.dim, (meta(2, 7, 3), 1, True)),
+        (a.all.dim, (meta(4, 0, 2, dtype=torch.int32), 0)),
+        (a.any.default, (meta(2, 7, dtype=torch.bool),)),
+        (a.all.default, (meta(3, 1),)),
+    ]
+    for func, args in shaped:
+        assert standin._tested(func, args, {}) is not None, (func, args)
+        assert layout(memo.run(func, args, {})) == layout(func(*args)), (func, args)
+    left_to_the_kernel = [
+        (a.eq.Scalar, (meta(3, 2).t(), 1)),  # strided: the result follows its layout
+        (a.any.dim, (meta(2, 3, dtype=torch.uint8), 1)),  # uint8 stays uint8
+        (a.all.default, (meta(2, dtype=torch.uint8),)),
+        (a.eq.Scalar, (meta(2, dtype=torch.complex64), 1)),
+        (a.any.dim, (meta(2, 3), 2)),  # a dim out of range: the kernel raises
+    ]
+    for func, args in left_to_the_kernel:
+        assert standin._tested(func, args, {}) is None, (func, args)
+    for func, args in left_to_the_kernel[:-1]:
+        assert layout(memo.run(func, args, {})) == layout(func(*args)), (func, args)
+    with pytest.raises(IndexError):
+        memo.run(a.any.dim, (meta(2, 3), 2), {})
+
+
 def test_resampling_of_meta_tensors_is_shaped_as_their_kernels_shape_it():
     """Upsampling (linear, bilinear, bicubic, trilinear) and grid samples have Python meta
     kernels that compute the result (milliseconds a call; a keypoint head upsamples each of

@@ -199,6 +199,10 @@ class MetaResults:
             out = _resampled(func, args, kwargs)
             if out is not None:
                 return out
+        elif func in _TESTS:
+            out = _tested(func, args, kwargs)
+            if out is not None:
+                return out
         key = result_key(func, args, kwargs)
         if key is None:
             key = in_place_key(func, args, kwargs)
@@ -282,6 +286,57 @@ def _joined(func, args, kwargs):
 
 
 _A = torch.ops.aten
+# A comparison with a number and a boolean reduction (a decoder's stop test at every step:
+# ``stack(ids).eq(end).any(-1).all()``), whose meta kernels are Python (torch._refs, about
+# 0.1 ms a call), and whose key changes at every step as the stack grows: the rank of their
+# result (None: the input's, an int: that dim taken away or kept as 1, "all": a 0-dim one).
+_TESTS = {
+    _A.eq.Scalar: None,
+    _A.ne.Scalar: None,
+    _A.lt.Scalar: None,
+    _A.le.Scalar: None,
+    _A.gt.Scalar: None,
+    _A.ge.Scalar: None,
+    _A.any.dim: "dim",
+    _A.all.dim: "dim",
+    _A.any.default: "all",
+    _A.all.default: "all",
+}
+_NUMBERS = (int, float, bool)
+
+
+def _tested(func, args, kwargs):
+    """A comparison of a contiguous meta tensor with a number, or its any/all, shaped here as
+    their kernels shape it (a contiguous bool tensor). None where the kernel must decide: any
+    other input (strided, uint8 whose any/all keep uint8, a complex one), keyword arguments."""
+    if kwargs or not args:
+        return None
+    x = args[0]
+    if (
+        type(x) is not torch.Tensor
+        or not _IS_META(x)
+        or x.requires_grad
+        or x.dtype in (torch.uint8, torch.complex64, torch.complex128)
+        or not x.is_contiguous()
+    ):
+        return None
+    what = _TESTS[func]
+    if what is None:
+        if len(args) != 2 or type(args[1]) not in _NUMBERS:
+            return None
+        return torch.empty(x.shape, dtype=torch.bool, device=META)
+    if what == "all":
+        return torch.empty((), dtype=torch.bool, device=META) if len(args) == 1 else None
+    if not 2 <= len(args) <= 3 or type(args[1]) is not int or x.dim() == 0:
+        return None
+    keepdim = args[2] if len(args) == 3 else False
+    if type(keepdim) is not bool or not -x.dim() <= args[1] < x.dim():
+        return None
+    dim = args[1] % x.dim()
+    size = [*x.shape[:dim], *([1] if keepdim else []), *x.shape[dim + 1 :]]
+    return torch.empty(size, dtype=torch.bool, device=META)
+
+
 # Resampling ops whose meta kernel is a Python decomposition that computes the result from
 # index arithmetic (bicubic 2d about 30 ms a call on meta, bilinear 5 ms, a 2d grid sample 9
 # ms): the number of spatial dims each resamples.
