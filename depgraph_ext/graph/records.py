@@ -55,7 +55,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        return _named_once(_OP_NAMES, self.op, str)
+        return op_name(self.op)
 
     def describe(self) -> str:
         """``op <name> in module <module> at <file>:<line> (<code>)``: what errors name."""
@@ -71,6 +71,11 @@ class Node:
 # The names of ops, each made once (the rules and the checks ask for them per node).
 _OP_NAMES: dict = {}
 _OP_PACKETS: dict = {}
+
+
+def op_name(op) -> str:
+    """``str(op)`` (``aten.add.Tensor``), made once per op."""
+    return _named_once(_OP_NAMES, op, str)
 
 
 def _named_once(names: dict, op, make) -> str:

@@ -26,6 +26,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..graph.dependency import DependencyGraph
 from ..graph.op_numbers import differences, op_numbers
+from ..graph.records import op_name
 from ..graph.size_watch import (
     ConfigLeaf,
     SizeInt,
@@ -466,7 +467,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
     kept_sizes = kept.tolist()
     dynamic = dg.dynamic_slots  # sizes the data decides: any size will do
 
-    def check(where: str, vo: int, actual: tuple, module: str | None, node=None) -> None:
+    def check(where, vo: int, actual: tuple, module: str | None, node=None) -> None:
+        """``where``: what the error names (a Node: its description, made only then)."""
         expected = tuple([kept_sizes[s] for s in slots[vo]])
         if expected == actual:
             return
@@ -483,6 +485,8 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         # A dim the code kept at its original size is the one the code fixes.
         fixed = [slots[vo][d] for d in wrong if d < len(actual) and actual[d] == original[d]]
         fixed = fixed or [slots[vo][d] for d in wrong]
+        if not isinstance(where, str):
+            where = where.describe()
         raise PlanValidationError(
             f"{where} would produce shape {actual} where the plan needs {expected} (original "
             f"{original}): the model's code fixes a size the rules treat as prunable",
@@ -500,7 +504,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
             raise _another_count(dg, old, new_shapes)
         for vo, shape in zip(old.outputs, new_shapes):
             if not same_ranks_only or len(shape) == len(slots[vo]):
-                check(old.describe(), vo, shape, old.module, old.index)
+                check(old, vo, shape, old.module, old.index)
 
     guide = _Guide(dg, kept_sizes, check, inside) if guided else None
     try:
@@ -519,7 +523,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         # from the plan is where the size was fixed (repeat_kv's expand to the module's
         # num_key_value_groups, say, which a broadcasting matmul hides until a cat fails).
         for old, (op, _, new_shapes) in zip(g.nodes, ran):
-            if not (old.op is op or old.name == str(op)):
+            if not (old.op is op or old.name == op_name(op)):
                 break
             check_op(old, new_shapes, same_ranks_only=True)
         raise _failure_error(
@@ -529,7 +533,7 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         raise guide.errors(masks)
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
-        a.op is op or a.name == str(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
+        a.op is op or a.name == op_name(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
     )
     matched = None  # (original node, index in the pruned trace) of the ops that correspond
     if aligned and _all_ops_as_planned(dg, pruned, kept):
@@ -769,7 +773,7 @@ class _Guide:
             return None
         try:
             for v, shape in zip(node.outputs, shapes):
-                self.check(node.describe(), v, shape, module, node.index)
+                self.check(node, v, shape, module, node.index)
         except PlanValidationError as exc:
             self._event(node, ("deviates", exc))
             it = iter(planned)
@@ -813,11 +817,15 @@ class _Guide:
         g = self.g
         if not self.events:  # until the first error: op for op, as an unguided check
             node = g.nodes[index] if index < len(g.nodes) else None
-            if node is None or node.module != module or not (node.op is op or node.name == str(op)):
+            if (
+                node is None
+                or node.module != module
+                or not (node.op is op or node.name == op_name(op))
+            ):
                 self.lost = True
                 return None
             return node
-        name = str(op)
+        name = op_name(op)
         if module != self.module:  # a new run: the next original run of this module
             self.module = module
             runs = self._runs_of()
@@ -1158,7 +1166,9 @@ def _matched_ops(nodes, pruned_ops, unmatched: list | None = None, inside=frozen
         return out
 
     old = runs((node.module, node) for node in nodes)
-    new = runs((module, (str(op), shapes, j)) for j, (op, module, shapes) in enumerate(pruned_ops))
+    new = runs(
+        (module, (op_name(op), shapes, j)) for j, (op, module, shapes) in enumerate(pruned_ops)
+    )
     aligned_old, aligned_new = set(), set()
     for a, b, size in _aligned_blocks([m for m, _ in old], [m for m, _ in new]):
         for k in range(size):
