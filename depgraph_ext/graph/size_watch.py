@@ -25,6 +25,7 @@ pool's kernel, an interpolation's size) and counts the rules keep aligned (``chu
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import weakref
 from collections.abc import Callable
@@ -929,7 +930,9 @@ def _read_passed(args, kwargs) -> None:
         elif kind is WatchedShape:
             x.read_all()
         elif kind is list or kind is tuple:
-            stack.extend(x)
+            # (a cat's or stack's tensors, thousands in a decoder loop: one C-level pass)
+            if not all(map(isinstance, x, itertools.repeat(torch.Tensor))):
+                stack.extend(x)
         elif kind is slice:
             stack.extend((x.start, x.stop, x.step))
 

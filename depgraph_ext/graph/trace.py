@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import operator
 import re
@@ -571,8 +572,10 @@ class _Recorder(_RecorderBase):
             return Ref(ref)
         kind = type(x)
         if kind is list or kind is tuple:
-            if x and all(map(_IS_TENSOR, x)):  # (a cat's or stack's tensors: one pass)
-                indices = [self.lookup(t) for t in x]
+            if x and all(map(isinstance, x, _TENSOR_TYPES)):  # (a cat's or stack's: one pass)
+                indices = list(map(self.value_of.get, map(id, x)))
+                if None in indices:  # (constants among them)
+                    indices = [self.lookup(t) for t in x]
                 inputs.extend(indices)
                 return kind(map(Ref, indices))
             return kind([self._refs(item, inputs) for item in x])
@@ -581,8 +584,8 @@ class _Recorder(_RecorderBase):
         return x
 
 
-def _IS_TENSOR(x) -> bool:  # noqa: N802  (a predicate for map)
-    return isinstance(x, torch.Tensor)
+# (``all(map(isinstance, items, _TENSOR_TYPES))``: whether every item is a tensor, in C)
+_TENSOR_TYPES = itertools.repeat(torch.Tensor)
 
 
 def _failed_op(index: int, func, args, kwargs, module: str, occurrence: int) -> FailedOp:
@@ -630,7 +633,7 @@ class _ShapeRecorder(_RecorderBase):
 
     def _note(self, items) -> None:
         known = self.known
-        if len(items) > 8 and all(map(_IS_TENSOR, items)):  # (a stack's: one pass)
+        if len(items) > 8 and all(map(isinstance, items, _TENSOR_TYPES)):  # (a stack's: one pass)
             known.update(zip(map(id, items), items))
             return
         for x in items:  # ATen arguments: tensors, and lists of them (one level, mostly)

@@ -3,6 +3,7 @@ rules leave for later stages (attention calls)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 from ..couplings import CouplingBuilder
@@ -300,5 +301,10 @@ def refs_in(x) -> list[Ref]:
     if isinstance(x, Ref):
         return [x]
     if isinstance(x, (list, tuple)):
+        if all(map(isinstance, x, _REFS)):  # (a stack's thousands: one C-level pass)
+            return list(x)
         return [r for item in x for r in refs_in(item)]
     return []
+
+
+_REFS = itertools.repeat(Ref)

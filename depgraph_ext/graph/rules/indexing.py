@@ -40,7 +40,8 @@ def stack(ctx: RuleContext, node: Node) -> None:
     dim = wrap_dim(arg(node, "dim", 0), rank)
     so = ctx.slots(out)
     kept = so[:dim] + so[dim + 1 :]  # (the output's slot of each input dim)
-    ins = [s for t in tensors for s in ctx.slots(t)]
+    slots_of = ctx.value_slots
+    ins = [s for t in tensors for s in slots_of[t.value]]
     if len(ins) != len(kept) * len(tensors):
         raise RuleError("stack of tensors of different ranks")
     ctx.equal_pairs(ins, kept * len(tensors))
