@@ -561,3 +561,35 @@ def test_a_prune_of_a_loop_is_exact():
     result = dx.prune(model, x, ratio=0.5, exact_only=True)
     assert result.params_after < result.params_before
     assert_scatter_back_equal(reference, model, result, x)
+
+
+class TorchCells(nn.Module):
+    """torch's own cells in a loop over time steps (a state passed as a tuple)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.cell = nn.Linear(6, 12), nn.LSTMCell(12, 16)
+        self.gru, self.out = nn.GRUCell(16, 10), nn.Linear(10, 3)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], 16)
+        g = x.new_zeros(x.shape[0], 10)
+        ys = []
+        for t in range(x.shape[1]):
+            h, c = self.cell(self.inp(x[:, t]), (h, c))
+            g = self.gru(h, g)
+            ys.append(self.out(g))
+        return torch.stack(ys, 1)
+
+
+def test_torch_cells_in_a_loop_are_replayed_and_prune_exactly():
+    model = TorchCells().double().eval()
+    x = torch.randn(2, 9, 6, dtype=torch.float64)
+    dg = DependencyGraph(model, x)
+    assert dg.graph.replayed_modules == {"inp", "cell", "gru", "out"}
+    assert dg.graph.replayed == 4 * (9 - 2)
+    assert dg.coupling_model.rules_replayed == dg.graph.replayed
+    reference = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True)
+    assert result.params_after < result.params_before
+    assert_scatter_back_equal(reference, model, result, x)
