@@ -50,6 +50,7 @@ import contextlib
 import itertools
 import os
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -482,6 +483,9 @@ class Repeater:
                 key in families
                 or not names.get(key)  # (the model itself, or a module the forward made)
                 or "forward" in vars(module)
+                # (a forward of the class's own Python: not a callable object, not Module's)
+                or type(type(module).forward) is not types.FunctionType
+                or type(module).forward is torch.nn.Module.forward
             ):
                 return
             family = Family([module], lone=True)
