@@ -274,6 +274,25 @@ def _same_states(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
         return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def alike_inputs(args, kwargs, spec, leaves: list) -> list[tuple] | None:
+    """(the sibling's tensor, the template's leaf) of each tensor input, where the sibling's
+    inputs have the template's structure (``spec``), its plain values and its tensors'
+    layouts (``leaves``: ("t", key, layout) | ("v", value)); else None."""
+    in_leaves, in_spec = pytree.tree_flatten((args, kwargs))
+    if in_spec != spec:
+        return None
+    tensors = []
+    for x, leaf in zip(in_leaves, leaves):
+        if leaf[0] == "v":
+            if type(x) is not type(leaf[1]) or x != leaf[1]:
+                return None
+        elif not isinstance(x, torch.Tensor) or _layout(x) != leaf[2]:
+            return None
+        else:
+            tensors.append((x, leaf))
+    return tensors
+
+
 def reads_hold(spy, reads: list, counterpart: dict) -> bool:
     """Whether every attribute in ``reads`` ((object, name, value) of a template's) has that
     value where the sibling would read it (``counterpart``: the sibling's module for each of
@@ -690,18 +709,12 @@ class Repeater:
     def _replay(self, family: Family, member, original, args, kwargs):
         template = family.template
         graph, recorder = self.graph, self.recorder
-        in_leaves, in_spec = pytree.tree_flatten((args, kwargs))
-        if in_spec != template.in_spec:
+        tensors = alike_inputs(args, kwargs, template.in_spec, template.in_leaves)
+        if tensors is None:
             return NotImplemented
         mapped: dict[int, int] = {}
         given: dict[int, torch.Tensor] = {}  # sibling value -> its tensor
-        for x, leaf in zip(in_leaves, template.in_leaves):
-            if leaf[0] == "v":
-                if type(x) is not type(leaf[1]) or x != leaf[1]:
-                    return NotImplemented
-                continue
-            if not isinstance(x, torch.Tensor) or _layout(x) != leaf[2]:
-                return NotImplemented
+        for x, leaf in tensors:
             value = recorder.value_index(x)
             if value is None or mapped.setdefault(leaf[1], value) != value:
                 return NotImplemented

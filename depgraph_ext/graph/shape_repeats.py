@@ -39,6 +39,7 @@ from .repeats import (
     _state,
     _subtree,
     _unchanged,
+    alike_inputs,
     objects_hold,
     reads_hold,
 )
@@ -221,18 +222,12 @@ class ShapeRepeater:
         template = family.template
         if self.module_names.get(id(member)) not in self.replays.replayed:
             return NotImplemented  # (a call the graph's trace did not replay: its code runs)
-        in_leaves, in_spec = pytree.tree_flatten((args, kwargs))
-        if in_spec != template.in_spec:
+        tensors = alike_inputs(args, kwargs, template.in_spec, template.in_leaves)
+        if tensors is None:
             return NotImplemented
         positions: dict[int, int] = {}
         given: list[torch.Tensor] = []
-        for x, leaf in zip(in_leaves, template.in_leaves):
-            if leaf[0] == "v":
-                if type(x) is not type(leaf[1]) or x != leaf[1]:
-                    return NotImplemented
-                continue
-            if not isinstance(x, torch.Tensor) or _layout(x) != leaf[2]:
-                return NotImplemented
+        for x, leaf in tensors:
             if positions.setdefault(id(x), len(positions)) != leaf[1]:
                 return NotImplemented
             if leaf[1] == len(given):
