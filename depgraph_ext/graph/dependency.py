@@ -840,30 +840,28 @@ class DependencyGraph:
         a plan, so that the trace finds every op that fails (see
         :func:`~depgraph_ext.graph.trace.trace_as`)."""
         replayed = self.graph.replayed_modules
-        with contextlib.ExitStack() as stack:
-            shape_replays = None
-            if replayed:  # (a meta trace replays them again: its spy sees what they read)
-                stack.enter_context(TRACE_LOCK)
-                spy = stack.enter_context(attribute_reads(self.walk.modules))
-                if getattr(spy, "known", True):
-                    shape_replays = ShapeReplays(self.repeats, replayed, spy)
-            return trace(
-                self.model,
-                self.example_inputs,
-                shapes=shapes,
-                shapes_only=True,
-                allow_meta=self.graph.mode != "fake",
-                walk=self.walk,
-                trace_device=self.trace_device,
-                meta_results=self.meta_results,
-                progress=self.progress,
-                stage=stage,
-                real_decides=self.graph.mode == "real",
-                guide=guide,
-                replay=self.graph.decisions,
-                real_over_budget=self.graph.real_over_budget,
-                shape_replays=shape_replays,
+        shape_replays = None
+        if replayed:  # (a meta trace replays them again: its spy sees what they read)
+            shape_replays = ShapeReplays(
+                self.repeats, replayed, lambda: attribute_reads(self.walk.modules)
             )
+        return trace(
+            self.model,
+            self.example_inputs,
+            shapes=shapes,
+            shapes_only=True,
+            allow_meta=self.graph.mode != "fake",
+            walk=self.walk,
+            trace_device=self.trace_device,
+            meta_results=self.meta_results,
+            progress=self.progress,
+            stage=stage,
+            real_decides=self.graph.mode == "real",
+            guide=guide,
+            replay=self.graph.decisions,
+            real_over_budget=self.graph.real_over_budget,
+            shape_replays=shape_replays,
+        )
 
     # -- derived graphs ------------------------------------------------------------------------
     def scoring_only(self, groups: np.ndarray) -> DependencyGraph:

@@ -67,12 +67,14 @@ class ShapeTemplate:
 @dataclass(frozen=True)
 class ShapeReplays:
     """What a shape trace needs to replay: the model's families (repeats.py), the qualified
-    names of the modules the graph's trace replayed, and the attribute spy of this trace (its
-    ``log`` and ``quiet``)."""
+    names of the modules the graph's trace replayed, what puts an attribute spy in place
+    (``spying()``, a context yielding the spy: its ``log``, ``quiet`` and ``known``; entered
+    only for a meta trace, the one that replays), and the spy while it is (``spy``)."""
 
     repeats: Any  # repeats.Repeats
     replayed: frozenset[str]
-    spy: Any
+    spying: Callable[[], Any]
+    spy: Any = None
 
 
 class ShapeRepeater:

@@ -11,6 +11,7 @@ hooks and parameters are restored even when the forward fails.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import logging
@@ -1200,7 +1201,11 @@ def _shapes_with_replays(model, example_inputs, replays, **common) -> ShapeTrace
     without replays in check mode)."""
     if replays is None or common.get("guide") is not None or not replays.replayed:
         return trace_as(model, example_inputs, TraceMode.META, **common)
-    shapes = trace_as(model, example_inputs, TraceMode.META, shape_replays=replays, **common)
+    with TRACE_LOCK, replays.spying() as spy:  # (the spy patches the modules' classes)
+        if not getattr(spy, "known", True):  # (a class that refuses a spy: no replays)
+            return trace_as(model, example_inputs, TraceMode.META, **common)
+        replays = dataclasses.replace(replays, spy=spy)
+        shapes = trace_as(model, example_inputs, TraceMode.META, shape_replays=replays, **common)
     if CHECK_REPEATS and shapes.replayed:
         whole = trace_as(model, example_inputs, TraceMode.META, **common)
         found = shape_differences(shapes, whole)
