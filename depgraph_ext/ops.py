@@ -77,6 +77,8 @@ OPS = (
     "gather_slices_into",
     "copy_with_fills_",
     "release_tails_",
+    "row_column_sums",
+    "units_from_sums",
 )
 
 
@@ -139,6 +141,23 @@ def index_sums(tensors: Sequence[torch.Tensor], dims: Sequence[int], p: int = 2)
     other dim summed); the members' sums back to back, on the members' device."""
     _require()
     return torch.ops.depgraph_ext.index_sums(list(tensors), list(dims), p)
+
+
+def row_column_sums(tensor: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """``index_sums([tensor, tensor], [0, 1], p)`` (bitwise), computed on the calling thread
+    alone, in one read of a Linear's or a small-kernel conv's weight (CPU)."""
+    _require()
+    return torch.ops.depgraph_ext.row_column_sums(tensor, p)
+
+
+def units_from_sums(
+    sums: Sequence[torch.Tensor], unit_maps: Sequence[torch.Tensor], num_units: int, reduce: str
+) -> torch.Tensor:
+    """``grouped_norm``'s mapping of per-index sums (``sums[i]``: fp64, as ``index_sums``
+    gives member i's) to units, reduced over members: fp64 ``[num_units]`` (CPU). Cast to
+    ``grouped_norm``'s result type, it is ``grouped_norm`` of the members bit for bit."""
+    _require()
+    return torch.ops.depgraph_ext.units_from_sums(list(sums), list(unit_maps), num_units, reduce)
 
 
 def gather_slices(
@@ -278,6 +297,30 @@ def index_sums_reference(tensors, dims, p: int = 2) -> torch.Tensor:
     )
 
 
+def row_column_sums_reference(tensor: torch.Tensor, p: int = 2) -> torch.Tensor:
+    return index_sums_reference([tensor, tensor], [0, 1], p)
+
+
+def units_from_sums_reference(sums, unit_maps, num_units: int, reduce: str) -> torch.Tensor:
+    out = torch.zeros(num_units, dtype=torch.float64)
+    count = torch.zeros(num_units, dtype=torch.int64)
+    for s, m in zip(sums, unit_maps):
+        m = m.to("cpu", torch.long)
+        valid = m >= 0
+        contribution = torch.zeros(num_units, dtype=torch.float64)
+        contribution.index_add_(0, m[valid], s.to("cpu", torch.float64)[valid])
+        hit = torch.zeros(num_units, dtype=torch.bool)
+        hit[m[valid]] = True
+        if reduce == "max":
+            out = torch.where(
+                hit, torch.where(count > 0, out.maximum(contribution), contribution), out
+            )
+        else:
+            out = torch.where(hit, out + contribution, out)
+        count += hit
+    return out / count.clamp_min(1) if reduce == "mean" else out
+
+
 def member_contributions(tensors, dims, unit_maps, num_units: int, p: int):
     """[members, num_units] float64 contributions and a bool mask of the units each touches."""
     contributions = torch.zeros(len(tensors), num_units, dtype=torch.float64)
@@ -355,6 +398,14 @@ if _LOAD_ERROR is None:
         if not tensors:
             return torch.empty(0, dtype=torch.float64)
         return tensors[0].new_empty((total,), dtype=torch.float64)
+
+    @torch.library.register_fake("depgraph_ext::row_column_sums")
+    def _row_column_sums_fake(tensor, p):
+        return tensor.new_empty((tensor.shape[0] + tensor.shape[1],), dtype=torch.float64)
+
+    @torch.library.register_fake("depgraph_ext::units_from_sums")
+    def _units_from_sums_fake(sums, unit_maps, num_units, reduce):
+        return torch.empty((num_units,), dtype=torch.float64)
 
     @torch.library.register_fake("depgraph_ext::gather_slices")
     def _gather_slices_fake(tensors, dims, kept):

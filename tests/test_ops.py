@@ -129,6 +129,90 @@ def test_grouped_norm_refuses_bad_arguments(device, map_device):
         ops.index_sums([t, fp8], [0, 0])
 
 
+# Shapes for the summing kernels' paths: long rows (16+ elements) and short ones along dim 0,
+# dim 1's runs under 16 elements (one read: Linear, 3x3 conv) and of 16 or more (two reads),
+# row counts around the blocks of 128 and groups of 8, empty tensors.
+ROW_COLUMN_SHAPES = [
+    (300, 700), (1000, 17), (16, 7), (5, 3), (129, 33), (2000, 24), (257, 1031), (1, 1),
+    (64, 32, 3, 3), (64, 32, 5, 5), (64, 32, 1, 1), (8, 3, 2), (2000, 5, 4), (0, 5), (3, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("p", [1, 2])
+def test_row_column_sums_are_index_sums_bit_for_bit(dtype, p):
+    """Summed on the calling thread in one read, dim 0's and dim 1's sums are index_sums'
+    (what scoring computes when the prefetch has not), bit for bit, and near the reference."""
+    g = torch.Generator().manual_seed(1)
+    for shape in ROW_COLUMN_SHAPES:
+        t = (torch.randn(shape, generator=g) * 3).to(dtype)
+        got = ops.row_column_sums(t, p)
+        assert torch.equal(got, ops.index_sums([t, t], [0, 1], p)), shape
+        ref = ops.row_column_sums_reference(t, p)
+        assert torch.allclose(got, ref, rtol=1e-5 if dtype == torch.float64 else 2e-4), shape
+    strided = torch.randn(48, 64, generator=g).to(dtype).t()  # copied to contiguous first
+    assert torch.equal(ops.row_column_sums(strided, p), ops.index_sums([strided] * 2, [0, 1], p))
+
+
+def test_row_column_sums_run_on_the_calling_thread_alone():
+    """The prefetch's kernel opens no parallel region: with the intra-op threads busy on the
+    whole weight it still takes the same sums, and it takes no more threads than it is called
+    from (measured as the process's CPU time against wall time for one large weight)."""
+    import resource
+    import time
+
+    t = torch.randn(4096, 4096, dtype=torch.bfloat16)
+    ops.row_column_sums(t, 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        for _ in range(5):
+            ops.row_column_sums(t, 2)
+        cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    finally:
+        torch.set_num_threads(threads)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    assert cpu < 1.3 * (wall1 - wall0)
+
+
+def test_row_column_sums_refuse_bad_arguments():
+    with pytest.raises(RuntimeError, match="2 or more dims"):
+        ops.row_column_sums(torch.randn(5), 2)
+    with pytest.raises(RuntimeError, match="p must be 1 or 2"):
+        ops.row_column_sums(torch.randn(5, 4), 3)
+    with pytest.raises(RuntimeError, match="must be floating point"):
+        ops.row_column_sums(torch.ones(5, 4, dtype=torch.int64), 2)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_units_from_sums_of_index_sums_is_grouped_norm(reduce, dtype):
+    """grouped_norm is index_sums, mapped to units and reduced by units_from_sums, then cast:
+    bit for bit (how scoring uses sums a prefetch took)."""
+    tensors, dims, maps, n = members("cpu", dtype)
+    sums = ops.index_sums(tensors, dims, 2).split([t.shape[d] for t, d in zip(tensors, dims)])
+    units = ops.units_from_sums(list(sums), maps, n, reduce)
+    expected = ops.grouped_norm(tensors, dims, maps, n, 2, reduce)
+    assert torch.equal(units.to(expected.dtype), expected)
+    ref = ops.units_from_sums_reference(sums, maps, n, reduce)
+    assert torch.allclose(units, ref, rtol=1e-12)
+
+
+def test_units_from_sums_refuse_bad_arguments():
+    s, m = torch.ones(4, dtype=torch.float64), torch.tensor([0, 1, -1, 1])
+    with pytest.raises(RuntimeError, match="one entry per member"):
+        ops.units_from_sums([s, s], [m], 2, "sum")
+    with pytest.raises(RuntimeError, match="float64"):
+        ops.units_from_sums([s.float()], [m], 2, "sum")
+    with pytest.raises(RuntimeError, match="3 entries for 4 sums"):
+        ops.units_from_sums([s], [m[:3]], 2, "sum")
+    with pytest.raises(RuntimeError, match="unit 1 out of range"):
+        ops.units_from_sums([s], [m], 1, "sum")
+    with pytest.raises(RuntimeError, match="reduce must be"):
+        ops.units_from_sums([s], [m], 2, "prod")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cpu_members_with_indices_on_a_gpu_are_refused():
     """The dispatcher sends these to the CUDA kernels (an index tensor is on a GPU)."""
@@ -180,6 +264,11 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.depgraph_ext.gather_slices_into.default,
         (*gather_args, [torch.empty(3, 4), torch.empty(2, 3, 2)]),
+    )
+    torch.library.opcheck(torch.ops.depgraph_ext.row_column_sums.default, (torch.randn(6, 4), 2))
+    torch.library.opcheck(
+        torch.ops.depgraph_ext.units_from_sums.default,
+        ([torch.rand(4, dtype=torch.float64)], [torch.tensor([0, 1, -1, 1])], 2, "sum"),
     )
     torch.library.opcheck(
         torch.ops.depgraph_ext.copy_with_fills_.default,

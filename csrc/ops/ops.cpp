@@ -11,6 +11,14 @@
 //   Member i's per-index sums of |w|^p along dims[i] (every other dim summed), the members'
 //   sums back to back, fp64 on the members' device: grouped_norm's first pass, before any
 //   mapping to units or rounding (what streaming checkpoint scores add up exactly).
+// row_column_sums(tensor, p) -> Tensor[size(0) + size(1)]
+//   index_sums([tensor, tensor], [0, 1], p), bitwise, computed on the calling thread alone
+//   and in one read of a Linear's or a small-kernel conv's weight: scoring that runs beside
+//   other work (the trace) without taking its core. CPU.
+// units_from_sums(sums, unit_maps, num_units, reduce) -> Tensor[num_units]
+//   grouped_norm's second pass on given per-index sums (fp64, one entry per unit map entry):
+//   grouped_norm(tensors, ...) is units_from_sums(index_sums(tensors) split per member, ...)
+//   cast to grouped_norm's result type. fp64. CPU.
 // gather_slices(tensors, dims, kept) -> Tensor[]
 //   The kept indices (sorted, int32/int64) of each tensor along its dim, as new tensors;
 //   bit-identical to index_select, any dtype.
@@ -72,6 +80,8 @@ TORCH_LIBRARY(depgraph_ext, m) {
       "grouped_norm(Tensor[] tensors, int[] dims, Tensor[] unit_maps, int num_units, int p, "
       "str reduce) -> Tensor");
   m.def("index_sums(Tensor[] tensors, int[] dims, int p) -> Tensor");
+  m.def("row_column_sums(Tensor tensor, int p) -> Tensor");
+  m.def("units_from_sums(Tensor[] sums, Tensor[] unit_maps, int num_units, str reduce) -> Tensor");
   m.def("gather_slices(Tensor[] tensors, int[] dims, Tensor[] kept) -> Tensor[]");
   m.def("compact_(Tensor(a!)[] tensors, int[] dims, Tensor[] kept) -> ()");
   m.def(

@@ -29,15 +29,17 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..graph.dependency import READ_IN_TRAINING, DependencyGraph, Group, unused_parameters
 from ..graph.frame_stack import in_fresh_chunk
+from ..graph.resolve import select_backend
 from ..result import PruneResult, compose_results, layer_of, layer_width
 from ..torch_defaults import with_library_defaults
 from .apply import apply_changes, set_data, state_companions
 from .attributes import set_attributes
 from .configs import held_configs, round_to_config, updated_config
 from .criteria import RoundScores, get_importance
-from .importance import fisher_entry
+from .importance import fisher_entry, magnitude_power
 from .options import PruneOptions, with_options_signature
 from .plan import Plan, named_plan
+from .prefetch import prefetching
 from .select import (
     Selection,
     Targets,
@@ -122,8 +124,9 @@ class Pruner:
             raise PruningError(f"all {self.iterative_steps} steps of this pruner are done")
         i, n = len(self.results) + 1, self.iterative_steps
         o = self.options
-        with paused_gc():
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        power = magnitude_power(self.importance)
+        with paused_gc(), prefetching(self.model, power, select_backend(o.backend)):
             dg = DependencyGraph(
                 self.model,
                 self.example_inputs,

@@ -96,14 +96,27 @@ DEPGRAPH_SIMD_CLONES void add_rows(at::opmath_type<scalar_t>* __restrict acc,
   }
 }
 
+// f over [0, n) in ranges: across the intra-op threads, or all of it on the calling thread
+// (the sums below never depend on how the range is split).
+template <typename F>
+void over_range(bool parallel, int64_t n, int64_t grain, const F& f) {
+  if (parallel) at::parallel_for(0, n, grain, f);
+  else if (n > 0) f(0, n);
+}
+
+// Rows of the short-row path: blocks of kBlock rows summed in the accumulation type, the
+// blocks in kChunks fixed chunks.
+constexpr int64_t kBlock = 128;
+constexpr int64_t kChunks = 16;
+
 // Per-index sums of |x|^p along the middle dim of x viewed as [outer, n, inner].
 template <typename scalar_t, int P>
-std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
+std::vector<double> index_sums(const at::Tensor& x, const Around& a, bool parallel = true) {
   const scalar_t* data = x.const_data_ptr<scalar_t>();
   std::vector<double> sums(a.n, 0.0);
   if (a.inner >= 16) {  // long rows: each index owned by one thread
     // about 64K elements per task: a 4096 x 4096 weight is split between the threads too
-    at::parallel_for(0, a.n, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, a.outer * a.inner)),
+    over_range(parallel, a.n, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, a.outer * a.inner)),
                      [&](int64_t begin, int64_t end) {
                        for (int64_t j = begin; j < end; ++j) {
                          double s = 0.0;
@@ -120,13 +133,11 @@ std::vector<double> index_sums(const at::Tensor& x, const Around& a) {
   // summed in the accumulation type (a vectorisable loop along the contiguous dim), then added
   // in double
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kBlock = 128;
-  constexpr int64_t kChunks = 16;
   const int64_t width = a.n * a.inner;
   const int64_t blocks = (a.outer + kBlock - 1) / kBlock;
   const int64_t chunks = std::min(blocks, kChunks);
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(a.n, 0.0));
-  at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
+  over_range(parallel, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
     for (int64_t c = first_chunk; c < last_chunk; ++c) {
       std::vector<double>& mine = partial[c];
       std::vector<acc_t> block(width);
@@ -200,6 +211,100 @@ at::Tensor index_sums_cpu(at::TensorList tensors, at::IntArrayRef dims, int64_t 
   return out;
 }
 
+// index_sums along dims 0 and 1 of x (contiguous, 2+ dims) in one read, where x's rows (dim 0)
+// have at least 16 elements and dim 1's runs fewer (a Linear's weight, a small kernel's
+// conv): each group of eight rows is summed along its rows as index_sums sums dim 0, then
+// added to the column accumulators (still in cache) with index_sums' blocks and chunks for
+// dim 1, so both are bitwise index_sums'. On the calling thread only.
+template <typename scalar_t, int P>
+void row_column_pass(const at::Tensor& x, double* row_sums, double* column_sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* data = x.const_data_ptr<scalar_t>();
+  const Around a = around(x, 1);
+  const int64_t rows = a.outer, width = a.n * a.inner;
+  const int64_t blocks = (rows + kBlock - 1) / kBlock;
+  const int64_t chunks = std::min(blocks, kChunks);
+  std::vector<double> mine(a.n);
+  std::vector<acc_t> block(width);
+  std::fill(column_sums, column_sums + a.n, 0.0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    std::fill(mine.begin(), mine.end(), 0.0);
+    for (int64_t b = c * blocks / chunks; b < (c + 1) * blocks / chunks; ++b) {
+      std::fill(block.begin(), block.end(), acc_t(0));
+      const int64_t end = std::min(rows, (b + 1) * kBlock);
+      for (int64_t o = b * kBlock; o < end; o += 8) {
+        const int64_t stop = std::min(end, o + 8);
+        for (int64_t r = o; r < stop; ++r) {
+          double s = 0.0;
+          s += row_sum<scalar_t, P>(data + r * width, width);
+          row_sums[r] = s;
+        }
+        add_rows<scalar_t, P>(block.data(), data, o, stop, width);
+      }
+      for (int64_t j = 0; j < a.n; ++j)
+        for (int64_t i = 0; i < a.inner; ++i) mine[j] += static_cast<double>(block[j * a.inner + i]);
+    }
+    for (int64_t j = 0; j < a.n; ++j) column_sums[j] += mine[j];
+  }
+}
+
+template <typename scalar_t, int P>
+void row_column_sums_into(const at::Tensor& x, double* dst) {
+  const int64_t n0 = x.size(0);
+  if (around(x, 0).inner >= 16 && around(x, 1).inner < 16) {
+    row_column_pass<scalar_t, P>(x, dst, dst + n0);
+    return;
+  }
+  const std::vector<double> rows = index_sums<scalar_t, P>(x, around(x, 0), /*parallel=*/false);
+  const std::vector<double> columns = index_sums<scalar_t, P>(x, around(x, 1), /*parallel=*/false);
+  std::copy(columns.begin(), columns.end(), std::copy(rows.begin(), rows.end(), dst));
+}
+
+at::Tensor row_column_sums_cpu(const at::Tensor& t, int64_t p) {
+  TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2, not ", p);
+  TORCH_CHECK(t.device().is_cpu(), "the tensor is on ", t.device(), ", not the CPU");
+  check_member_dtype(t, 0);
+  TORCH_CHECK(t.dim() >= 2, "row_column_sums needs a tensor of 2 or more dims, not ", t.dim());
+  at::Tensor out = at::zeros({t.size(0) + t.size(1)}, at::TensorOptions().dtype(at::kDouble));
+  if (t.numel() == 0) return out;
+  const at::Tensor x = t.contiguous();
+  double* dst = out.mutable_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "row_column_sums",
+                                  [&] {
+                                    if (p == 2) row_column_sums_into<scalar_t, 2>(x, dst);
+                                    else row_column_sums_into<scalar_t, 1>(x, dst);
+                                  });
+  return out;
+}
+
+at::Tensor units_from_sums_cpu(at::TensorList sums, at::TensorList unit_maps, int64_t num_units,
+                               c10::string_view reduce_name) {
+  TORCH_CHECK(sums.size() == unit_maps.size(), "sums and unit_maps must have one entry per "
+              "member (got ", sums.size(), ", ", unit_maps.size(), ")");
+  TORCH_CHECK(num_units >= 0, "num_units must be >= 0");
+  const Reduce reduce = parse_reduce(std::string(reduce_name));
+  const size_t n = sums.size();
+  std::vector<at::Tensor> host_sums(n);
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(sums[i].device().is_cpu(), "member ", i, ": sums are on ", sums[i].device(),
+                ", not the CPU");
+    TORCH_CHECK(sums[i].scalar_type() == at::kDouble && sums[i].dim() == 1, "member ", i,
+                ": sums must be a 1-d float64 tensor");
+    check_index(unit_maps[i], i, "unit_maps");
+    TORCH_CHECK(unit_maps[i].numel() == sums[i].numel(), "member ", i, ": unit_maps has ",
+                unit_maps[i].numel(), " entries for ", sums[i].numel(), " sums");
+    host_sums[i] = sums[i].contiguous();
+  }
+  const std::vector<at::Tensor> host_maps = on_host(unit_maps);
+  std::vector<std::vector<int64_t>> maps(n);
+  std::vector<const double*> sum_ptrs(n);
+  for (size_t i = 0; i < n; ++i) {
+    maps[i] = unit_map(host_maps[i], num_units, i);
+    sum_ptrs[i] = host_sums[i].const_data_ptr<double>();
+  }
+  return reduce_to_units(maps, sum_ptrs, num_units, reduce);
+}
+
 at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
                             at::TensorList unit_maps, int64_t num_units, int64_t p,
                             c10::string_view reduce_name) {
@@ -231,6 +336,8 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
 TORCH_LIBRARY_IMPL(depgraph_ext, CPU, m) {
   m.impl("grouped_norm", &grouped_norm_cpu);
   m.impl("index_sums", &index_sums_cpu);
+  m.impl("row_column_sums", &row_column_sums_cpu);
+  m.impl("units_from_sums", &units_from_sums_cpu);
 }
 
 }  // namespace depgraph_ext
