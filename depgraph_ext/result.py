@@ -131,7 +131,12 @@ class PruneResult:
         if self.macs_before is not None and self.macs_after is not None:
             kept = self.macs_after / self.macs_before if self.macs_before else 1.0
             lines.append(f"MACs: {self.macs_before:,} -> {self.macs_after:,} ({kept:.1%} kept)")
-        stages = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.timings.items())
+        stages = ", ".join(
+            f"(beside those, summing weights ahead {v * 1e3:.0f} ms)"
+            if k == "score_ahead"
+            else f"{k} {v * 1e3:.0f} ms"
+            for k, v in self.timings.items()
+        )
         lines.append(f"time: {stages}")
         lines += [f"rounded: {note}" for note in self.rounded]
         for i, dims in sorted(self.outputs.items()):

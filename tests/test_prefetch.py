@@ -105,12 +105,14 @@ def test_a_prune_with_and_without_the_prefetch_gives_the_same_model(every_weight
         prefetch.IndexSumsPrefetch, "__init__", lambda s, *a: started.append(s) or real(s, *a)
     )
     ahead = copy.deepcopy(model)
-    dx.prune(ahead, (IDS,), ratio=0.5)
+    result = dx.prune(ahead, (IDS,), ratio=0.5)
     assert len(started) == 1 and started[0].finished > 0
+    assert result.timings["score_ahead"] == started[0].seconds > 0
+    assert "summing weights ahead" in result.summary()
     monkeypatch.setenv("DEPGRAPH_SCORE_AHEAD", "0")
     plain = copy.deepcopy(model)
-    dx.prune(plain, (IDS,), ratio=0.5)
-    assert len(started) == 1
+    result = dx.prune(plain, (IDS,), ratio=0.5)
+    assert len(started) == 1 and "score_ahead" not in result.timings
     a, b = ahead.state_dict(), plain.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not _prefetch_threads()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from contextvars import ContextVar
 
 import torch
@@ -38,6 +39,7 @@ class IndexSumsPrefetch:
         self.p = p
         self._tensors = tensors
         self._done: dict[int, tuple] = {}
+        self.seconds = 0.0  # the thread's time summing
         self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="depgraph_ext score prefetch", daemon=True
@@ -51,10 +53,13 @@ class IndexSumsPrefetch:
                 if self._stopping.is_set():
                     return
                 state = _state(t)
+                start = time.perf_counter()
                 try:
                     sums = op(t.detach(), self.p)
                 except Exception:  # scoring sums this weight itself and reports what is wrong
                     continue
+                finally:
+                    self.seconds += time.perf_counter() - start
                 self._done[id(t)] = (t, state, sums)
 
     def stop(self) -> None:

@@ -32,6 +32,7 @@ from ..graph.frame_stack import in_fresh_chunk
 from ..graph.resolve import select_backend
 from ..result import PruneResult, compose_results, layer_of, layer_width
 from ..torch_defaults import with_library_defaults
+from . import prefetch
 from .apply import apply_changes, set_data, state_companions
 from .attributes import set_attributes
 from .configs import held_configs, round_to_config, updated_config
@@ -221,6 +222,9 @@ def prune_step(
 ) -> PruneResult:
     """Score, select, plan and validate (learning sizes the model's code fixes), apply: once."""
     timings = dict(dg.timings)
+    ahead = prefetch.active()
+    if ahead is not None:  # its thread's time summing, beside the stages before scoring
+        timings["score_ahead"] = 0.0
     timings.update(score=0.0, select=0.0, plan=0.0)
     rounded: list[str] = []
 
@@ -277,6 +281,9 @@ def prune_step(
 
     with internal_errors("planning"):
         dg, plan = plan_until_valid(dg, choose, options.require_loadable, timings)
+        if ahead is not None:
+            ahead.stop()
+            timings["score_ahead"] = ahead.seconds
         if options.verify:
             t = time.perf_counter()
             verify_plan(dg, plan)
