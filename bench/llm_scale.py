@@ -207,6 +207,7 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
                 "units": units,
             }
         bytes_before = tensor_bytes(model)
+        served = _count_sums_taken_ahead()
         t = time.perf_counter()
         result = dx.prune(
             model,
@@ -230,6 +231,9 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
         # What score and apply must move at least: every pruned tensor read once to score
         # it; its kept part read and written once to compact it in place.
         "score_bytes": sum(bytes_before[n] for n in changed),
+        # Of those, the bytes of the weights whose sums scoring took from the background
+        # thread that summed them during the trace (the score stage did not read them).
+        "score_ahead_bytes": sum(t.numel() * t.element_size() for t in served.values()),
         "apply_bytes": 2 * sum(bytes_after[n] for n in changed),
         # The same, counting the reads in the 64-byte lines memory moves: a tensor whose
         # columns are pruned (o_proj, down_proj) is read whole, kept columns being spread over
@@ -239,6 +243,22 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
             for n in changed
         ),
     }
+
+
+def _count_sums_taken_ahead() -> dict:
+    """The weights whose sums scoring takes from the prefetch from now on, by id."""
+    from depgraph_ext.pruning import prefetch
+
+    served, sums = {}, prefetch.IndexSumsPrefetch.sums
+
+    def counted(self, tensor, dim, p):
+        out = sums(self, tensor, dim, p)
+        if out is not None:
+            served[id(tensor)] = tensor
+        return out
+
+    prefetch.IndexSumsPrefetch.sums = counted
+    return served
 
 
 def _numel(shape) -> int:

@@ -116,6 +116,13 @@ def bandwidths(shape: str, runs: list[dict]) -> None:
         seconds, moved = median["timings"].get(stage), median.get(f"{stage}_bytes")
         if not seconds or not moved:
             continue
+        ahead = median.get("score_ahead_bytes", 0) if stage == "score" else 0
+        if ahead:  # summed by the background thread during the trace: not read by the stage
+            parts.append(
+                f"score: {ahead / 1e9:.2f} GB of {moved / 1e9:.2f} GB summed during the trace "
+                f"(the thread busy {median['timings'].get('score_ahead', 0.0):.2f} s)"
+            )
+            moved -= ahead
         rate = moved / seconds
         parts.append(
             f"{stage} {moved / 1e9:.2f} GB in {seconds:.2f} s = {rate / 1e9:.1f} GB/s"
