@@ -122,11 +122,27 @@ inline at::ScalarType result_type(const at::TensorList tensors) {
   return at::kFloat;
 }
 
+// A unit map viewed in place: a host int64 tensor's entries, each checked to be in
+// [-1, num_units) (no copy: on a machine where fresh memory faults in slowly, copying a
+// large model's maps cost more than reading them).
+struct UnitMapView {
+  const int64_t* ids = nullptr;
+  size_t size = 0;
+};
+
+inline UnitMapView checked_unit_map(const at::Tensor& host, int64_t num_units, size_t i) {
+  const int64_t* p = host.const_data_ptr<int64_t>();
+  const int64_t n = host.numel();
+  for (int64_t j = 0; j < n; ++j)
+    TORCH_CHECK(p[j] >= -1 && p[j] < num_units, "member ", i, ": unit ", p[j], " out of range");
+  return {p, static_cast<size_t>(n)};
+}
+
 // grouped_norm's last step, on every device: member i's per-index sums sums[i] (fp64) are
 // mapped to units by maps[i], each member's contribution to a unit summed over its indices
 // in index order, then the contributions reduced over the members that touch the unit, in
 // member order. Returns fp64 [num_units] on the CPU.
-inline at::Tensor reduce_to_units(const std::vector<std::vector<int64_t>>& maps,
+inline at::Tensor reduce_to_units(const std::vector<UnitMapView>& maps,
                                   const std::vector<const double*>& sums, int64_t num_units,
                                   Reduce reduce) {
   std::vector<double> out(num_units, 0.0), contribution(num_units, 0.0);
@@ -134,9 +150,9 @@ inline at::Tensor reduce_to_units(const std::vector<std::vector<int64_t>>& maps,
   std::vector<uint8_t> touched(num_units, 0);
   std::vector<int64_t> hit;  // units this member touches, to reset only those
   for (size_t i = 0; i < maps.size(); ++i) {
-    const std::vector<int64_t>& map = maps[i];
+    const int64_t* map = maps[i].ids;
     hit.clear();
-    for (size_t j = 0; j < map.size(); ++j) {
+    for (size_t j = 0; j < maps[i].size; ++j) {
       if (map[j] < 0) continue;
       if (!touched[map[j]]) {
         touched[map[j]] = 1;
@@ -159,6 +175,14 @@ inline at::Tensor reduce_to_units(const std::vector<std::vector<int64_t>>& maps,
   at::Tensor result = at::empty({num_units}, at::TensorOptions().dtype(at::kDouble));
   std::copy(out.begin(), out.end(), result.mutable_data_ptr<double>());
   return result;
+}
+
+inline at::Tensor reduce_to_units(const std::vector<std::vector<int64_t>>& maps,
+                                  const std::vector<const double*>& sums, int64_t num_units,
+                                  Reduce reduce) {
+  std::vector<UnitMapView> views(maps.size());
+  for (size_t i = 0; i < maps.size(); ++i) views[i] = {maps[i].data(), maps[i].size()};
+  return reduce_to_units(views, sums, num_units, reduce);
 }
 
 }  // namespace depgraph_ext

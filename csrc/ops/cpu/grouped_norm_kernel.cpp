@@ -296,10 +296,10 @@ at::Tensor units_from_sums_cpu(at::TensorList sums, at::TensorList unit_maps, in
     host_sums[i] = sums[i].contiguous();
   }
   const std::vector<at::Tensor> host_maps = on_host(unit_maps);
-  std::vector<std::vector<int64_t>> maps(n);
+  std::vector<UnitMapView> maps(n);
   std::vector<const double*> sum_ptrs(n);
   for (size_t i = 0; i < n; ++i) {
-    maps[i] = unit_map(host_maps[i], num_units, i);
+    maps[i] = checked_unit_map(host_maps[i], num_units, i);
     sum_ptrs[i] = host_sums[i].const_data_ptr<double>();
   }
   return reduce_to_units(maps, sum_ptrs, num_units, reduce);
@@ -323,8 +323,8 @@ at::Tensor grouped_norm_cpu(at::TensorList tensors, at::IntArrayRef dims,
                 unit_maps[i].numel(), " entries for a dim of size ", t.size(d));
   }
   const std::vector<at::Tensor> host_maps = on_host(unit_maps);
-  std::vector<std::vector<int64_t>> maps(n);
-  for (size_t i = 0; i < n; ++i) maps[i] = unit_map(host_maps[i], num_units, i);
+  std::vector<UnitMapView> maps(n);
+  for (size_t i = 0; i < n; ++i) maps[i] = checked_unit_map(host_maps[i], num_units, i);
   const std::vector<std::vector<double>> sums = member_index_sums(tensors, dims, p);
   std::vector<const double*> sum_ptrs(n);
   for (size_t i = 0; i < n; ++i) sum_ptrs[i] = sums[i].data();
