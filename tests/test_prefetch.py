@@ -132,6 +132,14 @@ def test_the_thread_is_stopped_when_the_prune_fails(every_weight):
     assert not _prefetch_threads()
 
 
+def test_the_weights_are_summed_in_model_order_embedding_tables_last(every_weight):
+    model = llama(torch.float32)
+    names = {id(t): n for n, t in model.named_parameters()}
+    order = [names[id(t)] for t in prefetch.candidates(model)]
+    expected = [n for n, t in model.named_parameters() if t.dim() >= 2 and "embed" not in n]
+    assert order == expected + ["model.embed_tokens.weight"]
+
+
 def test_only_magnitude_criteria_are_taken_ahead():
     assert importance.magnitude_power(get_importance("l1")) == 1
     assert importance.magnitude_power(get_importance("lamp")) == 2

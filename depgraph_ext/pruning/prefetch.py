@@ -93,21 +93,24 @@ def _state(t: torch.Tensor) -> tuple:
 
 def candidates(model: torch.nn.Module) -> list[torch.Tensor]:
     """The weights worth summing ahead: large (2+ dims), contiguous, floating, on the CPU;
-    each once, in the order of ``model.parameters()``."""
-    out, seen = [], set()
-    for t in model.parameters():
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        if (
-            t.device.type == "cpu"
-            and t.dtype in _SUMMABLE
-            and t.dim() >= 2
-            and t.numel() >= MIN_TENSOR_ELEMENTS
-            and t.is_contiguous()
-        ):
-            out.append(t)
-    return out
+    each once, in the order of ``model.parameters()``, embedding tables last (their rows are
+    tokens, never pruned; their columns only where the hidden size is, so the least likely
+    to be scored)."""
+    out, tables, seen = [], [], set()
+    for module in model.modules():
+        for t in module.parameters(recurse=False):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            if (
+                t.device.type == "cpu"
+                and t.dtype in _SUMMABLE
+                and t.dim() >= 2
+                and t.numel() >= MIN_TENSOR_ELEMENTS
+                and t.is_contiguous()
+            ):
+                (tables if isinstance(module, torch.nn.Embedding) else out).append(t)
+    return out + tables
 
 
 def _worth_it(tensors: list[torch.Tensor]) -> bool:
