@@ -21,11 +21,15 @@ from contextvars import ContextVar
 import torch
 
 from .. import ops
+from ..graph.trace import REAL_TRACE_MAX_BYTES
 
-# Below these, starting a thread costs more than it saves: weights summed with the others
-# in scoring's one parallel pass, models whose weights read in a few milliseconds.
+# Weights below this size are summed with the others in scoring's one parallel pass.
 MIN_TENSOR_ELEMENTS = 1 << 20
-MIN_TOTAL_BYTES = 64 << 20
+# Models up to this size are traced on their own tensors first (graph/trace.py): their
+# forward then reads (and a model's odd code could write through ``.data``, unseen by the
+# version counter) the weights the thread reads, and their scoring takes milliseconds. Larger
+# ones are traced on stand-ins, which never touch the weights.
+MIN_TOTAL_BYTES = REAL_TRACE_MAX_BYTES
 
 _SUMMABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _ACTIVE: ContextVar[IndexSumsPrefetch | None] = ContextVar("depgraph_ext_prefetch", default=None)
@@ -52,9 +56,9 @@ class IndexSumsPrefetch:
             for t in self._tensors:
                 if self._stopping.is_set():
                     return
-                state = _state(t)
                 start = time.perf_counter()
                 try:
+                    state = _state(t)
                     sums = op(t.detach(), self.p)
                 except Exception:  # scoring sums this weight itself and reports what is wrong
                     continue
@@ -103,7 +107,9 @@ def candidates(model: torch.nn.Module) -> list[torch.Tensor]:
                 continue
             seen.add(id(t))
             if (
-                t.device.type == "cpu"
+                type(t) in (torch.Tensor, torch.nn.Parameter)  # (no subclass: DTensor, ...)
+                and t.layout == torch.strided
+                and t.device.type == "cpu"
                 and t.dtype in _SUMMABLE
                 and t.dim() >= 2
                 and t.numel() >= MIN_TENSOR_ELEMENTS
@@ -116,7 +122,7 @@ def candidates(model: torch.nn.Module) -> list[torch.Tensor]:
 def _worth_it(tensors: list[torch.Tensor]) -> bool:
     total = sum(t.numel() * t.element_size() for t in tensors)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return total >= MIN_TOTAL_BYTES and (cores or 1) >= 2
+    return total > MIN_TOTAL_BYTES and (cores or 1) >= 2
 
 
 @contextlib.contextmanager
