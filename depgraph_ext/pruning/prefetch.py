@@ -132,7 +132,13 @@ def prefetching(model: torch.nn.Module, p: int | None, backend: str):
     starts); :func:`active` gives the prefetch to scoring. The thread is stopped on leaving."""
     prefetch = None
     wanted = os.environ.get("DEPGRAPH_SCORE_AHEAD", "1") != "0"
-    if wanted and p is not None and backend == "native" and ops.available():
+    if (
+        wanted
+        and p is not None
+        and backend == "native"
+        and ops.available()
+        and isinstance(model, torch.nn.Module)  # (anything else is refused by the trace)
+    ):
         tensors = candidates(model)
         if _worth_it(tensors):
             prefetch = IndexSumsPrefetch(tensors, p)
