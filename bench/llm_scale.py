@@ -233,7 +233,7 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
         "score_bytes": sum(bytes_before[n] for n in changed),
         # Of those, the bytes of the weights whose sums scoring took from the background
         # thread that summed them during the trace (the score stage did not read them).
-        "score_ahead_bytes": sum(t.numel() * t.element_size() for t in served.values()),
+        "score_ahead_bytes": sum(served.values()),
         "apply_bytes": 2 * sum(bytes_after[n] for n in changed),
         # The same, counting the reads in the 64-byte lines memory moves: a tensor whose
         # columns are pruned (o_proj, down_proj) is read whole, kept columns being spread over
@@ -246,7 +246,8 @@ def run_ours(model, inputs, backend: str, meta: bool, ratios: dict, verify: bool
 
 
 def _count_sums_taken_ahead() -> dict:
-    """The weights whose sums scoring takes from the prefetch from now on, by id."""
+    """id -> bytes (as scored: before the prune shrinks it) of each weight whose sums scoring
+    takes from the prefetch from now on."""
     from depgraph_ext.pruning import prefetch
 
     served, sums = {}, prefetch.IndexSumsPrefetch.sums
@@ -254,7 +255,7 @@ def _count_sums_taken_ahead() -> dict:
     def counted(self, tensor, dim, p):
         out = sums(self, tensor, dim, p)
         if out is not None:
-            served[id(tensor)] = tensor
+            served[id(tensor)] = tensor.numel() * tensor.element_size()
         return out
 
     prefetch.IndexSumsPrefetch.sums = counted
