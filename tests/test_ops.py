@@ -165,6 +165,7 @@ def test_row_column_sums_run_on_the_calling_thread_alone():
     ops.row_column_sums(t, 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    time.sleep(0.5)  # the intra-op threads, woken by randn, stop spinning (OpenMP's wait)
     try:
         cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for _ in range(5):

@@ -145,8 +145,12 @@ inline UnitMapView checked_unit_map(const at::Tensor& host, int64_t num_units, s
 inline at::Tensor reduce_to_units(const std::vector<UnitMapView>& maps,
                                   const std::vector<const double*>& sums, int64_t num_units,
                                   Reduce reduce) {
-  std::vector<double> out(num_units, 0.0), contribution(num_units, 0.0);
-  std::vector<int64_t> count(num_units, 0);
+  // The result is reduced in place and the counts kept only where the reduction needs them:
+  // each array here is fresh memory the size of the units (a large model's: megabytes).
+  at::Tensor result = at::zeros({num_units}, at::TensorOptions().dtype(at::kDouble));
+  double* out = result.mutable_data_ptr<double>();
+  std::vector<double> contribution(num_units, 0.0);
+  std::vector<int32_t> count(reduce == Reduce::kSum ? 0 : num_units, 0);
   std::vector<uint8_t> touched(num_units, 0);
   std::vector<int64_t> hit;  // units this member touches, to reset only those
   for (size_t i = 0; i < maps.size(); ++i) {
@@ -164,7 +168,7 @@ inline at::Tensor reduce_to_units(const std::vector<UnitMapView>& maps,
       if (reduce == Reduce::kMax) out[u] = count[u] ? std::max(out[u], contribution[u])
                                                     : contribution[u];
       else out[u] += contribution[u];
-      ++count[u];
+      if (reduce != Reduce::kSum) ++count[u];
       contribution[u] = 0.0;
       touched[u] = 0;
     }
@@ -172,8 +176,6 @@ inline at::Tensor reduce_to_units(const std::vector<UnitMapView>& maps,
   if (reduce == Reduce::kMean)
     for (int64_t u = 0; u < num_units; ++u)
       if (count[u]) out[u] /= static_cast<double>(count[u]);
-  at::Tensor result = at::empty({num_units}, at::TensorOptions().dtype(at::kDouble));
-  std::copy(out.begin(), out.end(), result.mutable_data_ptr<double>());
   return result;
 }
 
