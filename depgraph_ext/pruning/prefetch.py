@@ -119,6 +119,18 @@ def candidates(model: torch.nn.Module) -> list[torch.Tensor]:
     return out + tables
 
 
+def _parameter_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the model's parameters (a tied one counted as often as it is held): the
+    cheap check that passes over every small model before any candidate is looked at (a
+    model of 1,500 modules: 1 ms, against 5 ms for the candidates)."""
+    total = 0
+    for module in model.modules():
+        for t in module._parameters.values():
+            if t is not None:
+                total += t.nbytes
+    return total
+
+
 def _worth_it(tensors: list[torch.Tensor]) -> bool:
     total = sum(t.numel() * t.element_size() for t in tensors)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -138,6 +150,7 @@ def prefetching(model: torch.nn.Module, p: int | None, backend: str):
         and backend == "native"
         and ops.available()
         and isinstance(model, torch.nn.Module)  # (anything else is refused by the trace)
+        and _parameter_bytes(model) > MIN_TOTAL_BYTES
     ):
         tensors = candidates(model)
         if _worth_it(tensors):
