@@ -40,7 +40,6 @@ from .criteria import RoundScores, get_importance
 from .importance import fisher_entry, magnitude_power
 from .options import PruneOptions, with_options_signature
 from .plan import Plan, named_plan
-from .prefetch import prefetching
 from .select import (
     Selection,
     Targets,
@@ -127,7 +126,7 @@ class Pruner:
         o = self.options
         t0 = time.perf_counter()
         power = magnitude_power(self.importance)
-        with paused_gc(), prefetching(self.model, power, select_backend(o.backend)):
+        with paused_gc(), prefetch.prefetching(self.model, power, select_backend(o.backend)):
             dg = DependencyGraph(
                 self.model,
                 self.example_inputs,
