@@ -143,7 +143,10 @@ OPENMP = ["-fopenmp"] if "OpenMP" in torch.__config__.parallel_info() else []
 if WITH_CUDA:
     defines += ["-DDEPGRAPH_WITH_CUDA", f'-DDEPGRAPH_CUDA_VERSION="{torch.version.cuda}"']
 op_sources = ["csrc/ops/ops.cpp", *sorted(glob.glob("csrc/ops/cpu/*.cpp"))]
-cxx_flags = [f"-std=c++{STD}", *OPT, *WARNINGS, *OPENMP, *defines]
+# No floating-point contraction: the CPU kernels take the same sums in two loops that must agree
+# bit for bit (grouped_norm_kernel.cpp), and a fused multiply-add in one of them would round
+# otherwise.
+cxx_flags = [f"-std=c++{STD}", "-ffp-contract=off", *OPT, *WARNINGS, *OPENMP, *defines]
 if WITH_CUDA:
     ops = CUDAExtension(
         name="depgraph_ext._ops",

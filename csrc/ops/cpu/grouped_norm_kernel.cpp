@@ -40,23 +40,108 @@ inline at::opmath_type<scalar_t> widen(const scalar_t& x) {
   }
 }
 
+// A row's sum: in chunks of kRowChunk elements, each chunk summed in kLanes lanes of the
+// accumulation type (element i of a chunk to lane i % kLanes), the lanes folded pairwise, the
+// chunk sums added in double. Spelled out (not left to a SIMD reduction) so that
+// rows_and_columns8 takes the same sums bit for bit (the library is built without
+// floating-point contraction for that reason).
+constexpr int64_t kRowChunk = 4096;
+constexpr int kLanes = 16;
+
+template <int P, typename acc_t>
+inline acc_t power(acc_t v) {
+  return P == 2 ? v * v : std::abs(v);
+}
+
+template <typename acc_t>
+inline double folded(acc_t* lanes) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) lanes[l] += lanes[l + w];
+  return static_cast<double>(lanes[0]);
+}
+
 template <typename scalar_t, int P>
 DEPGRAPH_SIMD_CLONES double row_sum(const scalar_t* x, int64_t len) {
-  // Chunks of 4096 elements are reduced in the accumulation type with SIMD lanes (the OpenMP
-  // reduction allows the reordering), chunk sums in double.
   using acc_t = at::opmath_type<scalar_t>;
   double total = 0.0;
-  for (int64_t start = 0; start < len; start += 4096) {
-    const int64_t stop = std::min<int64_t>(len, start + 4096);
-    acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = start; i < stop; ++i) {
-      acc_t v = widen(x[i]);
-      s += P == 2 ? v * v : (v < 0 ? -v : v);
+  for (int64_t start = 0; start < len; start += kRowChunk) {
+    const scalar_t* chunk = x + start;
+    const int64_t n = std::min(len - start, kRowChunk);
+    acc_t lanes[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) lanes[l] += power<P>(widen(chunk[i + l]));
     }
-    total += static_cast<double>(s);
+    for (int l = 0; i + l < n; ++l) lanes[l] += power<P>(widen(chunk[i + l]));
+    total += folded(lanes);
   }
   return total;
+}
+
+// Eight rows of `width` elements (row r at data + r * width), each element read once: the
+// rows' sums added to totals[0..7] as row_sum takes them, and acc[e] += the eight |x|^p of
+// column e as add_rows adds them.
+template <typename scalar_t, int P>
+DEPGRAPH_SIMD_CLONES void rows_and_columns8(at::opmath_type<scalar_t>* __restrict acc,
+                                            const scalar_t* data, int64_t width,
+                                            double* totals) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* __restrict r0 = data;
+  const scalar_t* __restrict r1 = r0 + width;
+  const scalar_t* __restrict r2 = r1 + width;
+  const scalar_t* __restrict r3 = r2 + width;
+  const scalar_t* __restrict r4 = r3 + width;
+  const scalar_t* __restrict r5 = r4 + width;
+  const scalar_t* __restrict r6 = r5 + width;
+  const scalar_t* __restrict r7 = r6 + width;
+  for (int64_t start = 0; start < width; start += kRowChunk) {
+    const int64_t stop = start + std::min(width - start, kRowChunk);
+    acc_t l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {}, l3[kLanes] = {};
+    acc_t l4[kLanes] = {}, l5[kLanes] = {}, l6[kLanes] = {}, l7[kLanes] = {};
+    int64_t e = start;
+    for (; e + kLanes <= stop; e += kLanes) {
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        const acc_t s0 = power<P>(widen(r0[e + l])), s1 = power<P>(widen(r1[e + l]));
+        const acc_t s2 = power<P>(widen(r2[e + l])), s3 = power<P>(widen(r3[e + l]));
+        const acc_t s4 = power<P>(widen(r4[e + l])), s5 = power<P>(widen(r5[e + l]));
+        const acc_t s6 = power<P>(widen(r6[e + l])), s7 = power<P>(widen(r7[e + l]));
+        l0[l] += s0;
+        l1[l] += s1;
+        l2[l] += s2;
+        l3[l] += s3;
+        l4[l] += s4;
+        l5[l] += s5;
+        l6[l] += s6;
+        l7[l] += s7;
+        acc[e + l] += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+      }
+    }
+    for (int l = 0; e + l < stop; ++l) {
+      const acc_t s0 = power<P>(widen(r0[e + l])), s1 = power<P>(widen(r1[e + l]));
+      const acc_t s2 = power<P>(widen(r2[e + l])), s3 = power<P>(widen(r3[e + l]));
+      const acc_t s4 = power<P>(widen(r4[e + l])), s5 = power<P>(widen(r5[e + l]));
+      const acc_t s6 = power<P>(widen(r6[e + l])), s7 = power<P>(widen(r7[e + l]));
+      l0[l] += s0;
+      l1[l] += s1;
+      l2[l] += s2;
+      l3[l] += s3;
+      l4[l] += s4;
+      l5[l] += s5;
+      l6[l] += s6;
+      l7[l] += s7;
+      acc[e + l] += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
+    }
+    totals[0] += folded(l0);
+    totals[1] += folded(l1);
+    totals[2] += folded(l2);
+    totals[3] += folded(l3);
+    totals[4] += folded(l4);
+    totals[5] += folded(l5);
+    totals[6] += folded(l6);
+    totals[7] += folded(l7);
+  }
 }
 
 // acc[e] += |x[o, e]|^p for the rows o in [begin, end) of x viewed as [rows, width]: eight rows
@@ -80,18 +165,15 @@ DEPGRAPH_SIMD_CLONES void add_rows(at::opmath_type<scalar_t>* __restrict acc,
     for (int64_t e = 0; e < width; ++e) {
       const acc_t v0 = widen(r0[e]), v1 = widen(r1[e]), v2 = widen(r2[e]), v3 = widen(r3[e]);
       const acc_t v4 = widen(r4[e]), v5 = widen(r5[e]), v6 = widen(r6[e]), v7 = widen(r7[e]);
-      acc[e] += P == 2 ? ((v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)) +
-                             ((v4 * v4 + v5 * v5) + (v6 * v6 + v7 * v7))
-                       : ((std::abs(v0) + std::abs(v1)) + (std::abs(v2) + std::abs(v3))) +
-                             ((std::abs(v4) + std::abs(v5)) + (std::abs(v6) + std::abs(v7)));
+      acc[e] += ((power<P>(v0) + power<P>(v1)) + (power<P>(v2) + power<P>(v3))) +
+                ((power<P>(v4) + power<P>(v5)) + (power<P>(v6) + power<P>(v7)));
     }
   }
   for (; o < end; ++o) {
     const scalar_t* __restrict row = data + o * width;
 #pragma omp simd
     for (int64_t e = 0; e < width; ++e) {
-      const acc_t v = widen(row[e]);
-      acc[e] += P == 2 ? v * v : std::abs(v);
+      acc[e] += power<P>(widen(row[e]));
     }
   }
 }
@@ -232,14 +314,15 @@ void row_column_pass(const at::Tensor& x, double* row_sums, double* column_sums)
     for (int64_t b = c * blocks / chunks; b < (c + 1) * blocks / chunks; ++b) {
       std::fill(block.begin(), block.end(), acc_t(0));
       const int64_t end = std::min(rows, (b + 1) * kBlock);
-      for (int64_t o = b * kBlock; o < end; o += 8) {
-        const int64_t stop = std::min(end, o + 8);
-        for (int64_t r = o; r < stop; ++r) {
-          double s = 0.0;
-          s += row_sum<scalar_t, P>(data + r * width, width);
-          row_sums[r] = s;
-        }
-        add_rows<scalar_t, P>(block.data(), data, o, stop, width);
+      int64_t o = b * kBlock;
+      for (; o + 8 <= end; o += 8) {
+        double totals[8] = {};
+        rows_and_columns8<scalar_t, P>(block.data(), data + o * width, width, totals);
+        for (int k = 0; k < 8; ++k) row_sums[o + k] = 0.0 + totals[k];
+      }
+      for (; o < end; ++o) {  // the block's last rows one at a time, as add_rows takes them
+        row_sums[o] = 0.0 + row_sum<scalar_t, P>(data + o * width, width);
+        add_rows<scalar_t, P>(block.data(), data, o, o + 1, width);
       }
       for (int64_t j = 0; j < a.n; ++j)
         for (int64_t i = 0; i < a.inner; ++i) mine[j] += static_cast<double>(block[j * a.inner + i]);
