@@ -1,6 +1,8 @@
 // index_sums and grouped_norm on CPU: per member, per-index sums of |w|^p (reduced with SIMD
 // lanes in fp32, or fp64 for fp64, and accumulated in double); grouped_norm then maps them to
-// units and reduces over members (arguments.h, as on every device).
+// units and reduces over members (arguments.h, as on every device). row_column_sums takes
+// index_sums' sums along dims 0 and 1 in one pass on the calling thread, bit for bit;
+// units_from_sums is grouped_norm's second pass on given sums.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
