@@ -81,68 +81,39 @@ DEPGRAPH_SIMD_CLONES double row_sum(const scalar_t* x, int64_t len) {
   return total;
 }
 
-// Eight rows of `width` elements (row r at data + r * width), each element read once: the
-// rows' sums added to totals[0..7] as row_sum takes them, and acc[e] += the eight |x|^p of
-// column e as add_rows adds them.
+// Element e of eight rows (row k at data + k * width): |x|^p of each added to lane l of its
+// row's sum, and the eight added to acc[e] as add_rows adds them.
+template <typename scalar_t, int P>
+inline void take8(at::opmath_type<scalar_t> (&lanes)[8][kLanes],
+                  at::opmath_type<scalar_t>* __restrict acc, const scalar_t* __restrict data,
+                  int64_t width, int64_t e, int l) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t s[8];
+  for (int k = 0; k < 8; ++k) {
+    s[k] = power<P>(widen(data[k * width + e]));
+    lanes[k][l] += s[k];
+  }
+  acc[e] += ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// Eight rows of `width` elements, each element read once: the rows' sums added to
+// totals[0..7] as row_sum takes them, and acc[e] += the eight |x|^p of column e as add_rows
+// adds them.
 template <typename scalar_t, int P>
 DEPGRAPH_SIMD_CLONES void rows_and_columns8(at::opmath_type<scalar_t>* __restrict acc,
-                                            const scalar_t* data, int64_t width,
+                                            const scalar_t* __restrict data, int64_t width,
                                             double* totals) {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* __restrict r0 = data;
-  const scalar_t* __restrict r1 = r0 + width;
-  const scalar_t* __restrict r2 = r1 + width;
-  const scalar_t* __restrict r3 = r2 + width;
-  const scalar_t* __restrict r4 = r3 + width;
-  const scalar_t* __restrict r5 = r4 + width;
-  const scalar_t* __restrict r6 = r5 + width;
-  const scalar_t* __restrict r7 = r6 + width;
   for (int64_t start = 0; start < width; start += kRowChunk) {
     const int64_t stop = start + std::min(width - start, kRowChunk);
-    acc_t l0[kLanes] = {}, l1[kLanes] = {}, l2[kLanes] = {}, l3[kLanes] = {};
-    acc_t l4[kLanes] = {}, l5[kLanes] = {}, l6[kLanes] = {}, l7[kLanes] = {};
+    acc_t lanes[8][kLanes] = {};
     int64_t e = start;
     for (; e + kLanes <= stop; e += kLanes) {
 #pragma omp simd
-      for (int l = 0; l < kLanes; ++l) {
-        const acc_t s0 = power<P>(widen(r0[e + l])), s1 = power<P>(widen(r1[e + l]));
-        const acc_t s2 = power<P>(widen(r2[e + l])), s3 = power<P>(widen(r3[e + l]));
-        const acc_t s4 = power<P>(widen(r4[e + l])), s5 = power<P>(widen(r5[e + l]));
-        const acc_t s6 = power<P>(widen(r6[e + l])), s7 = power<P>(widen(r7[e + l]));
-        l0[l] += s0;
-        l1[l] += s1;
-        l2[l] += s2;
-        l3[l] += s3;
-        l4[l] += s4;
-        l5[l] += s5;
-        l6[l] += s6;
-        l7[l] += s7;
-        acc[e + l] += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
-      }
+      for (int l = 0; l < kLanes; ++l) take8<scalar_t, P>(lanes, acc, data, width, e + l, l);
     }
-    for (int l = 0; e + l < stop; ++l) {
-      const acc_t s0 = power<P>(widen(r0[e + l])), s1 = power<P>(widen(r1[e + l]));
-      const acc_t s2 = power<P>(widen(r2[e + l])), s3 = power<P>(widen(r3[e + l]));
-      const acc_t s4 = power<P>(widen(r4[e + l])), s5 = power<P>(widen(r5[e + l]));
-      const acc_t s6 = power<P>(widen(r6[e + l])), s7 = power<P>(widen(r7[e + l]));
-      l0[l] += s0;
-      l1[l] += s1;
-      l2[l] += s2;
-      l3[l] += s3;
-      l4[l] += s4;
-      l5[l] += s5;
-      l6[l] += s6;
-      l7[l] += s7;
-      acc[e + l] += ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7));
-    }
-    totals[0] += folded(l0);
-    totals[1] += folded(l1);
-    totals[2] += folded(l2);
-    totals[3] += folded(l3);
-    totals[4] += folded(l4);
-    totals[5] += folded(l5);
-    totals[6] += folded(l6);
-    totals[7] += folded(l7);
+    for (int l = 0; e + l < stop; ++l) take8<scalar_t, P>(lanes, acc, data, width, e + l, l);
+    for (int k = 0; k < 8; ++k) totals[k] += folded(lanes[k]);
   }
 }
 
