@@ -28,7 +28,8 @@ MIN_TENSOR_ELEMENTS = 1 << 20
 # Models up to this size are traced on their own tensors first (graph/trace.py): their
 # forward then reads (and a model's odd code could write through ``.data``, unseen by the
 # version counter) the weights the thread reads, and their scoring takes milliseconds. Larger
-# ones are traced on stand-ins, which never touch the weights.
+# ones are traced on stand-ins, which never touch the weights (unless a decision of the data
+# sends the trace on to real tensors: the version and data checks still hold there).
 MIN_TOTAL_BYTES = REAL_TRACE_MAX_BYTES
 
 _SUMMABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
