@@ -396,8 +396,8 @@ def _fused(dg, slices, params, imp) -> torch.Tensor:
     every = np.concatenate([s.units for s in slices])
     touched[every[every >= 0]] = True
     ahead = prefetch.active()
-    weights = [params[s.name] for s in slices]
-    if ahead is not None and weights[0].device.type == "cpu":
+    if ahead is not None and tensors[0].device.type == "cpu":
+        weights = [params[s.name] for s in slices]
         out = _from_prefetched(ahead, weights, tensors, dims, maps, n, imp)
     else:
         out = ops.grouped_norm(tensors, dims, maps, n, imp.p, imp.reduction)
