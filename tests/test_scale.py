@@ -62,6 +62,44 @@ def test_meta_model_has_the_groups_of_its_real_twin():
     assert len(heads) == 2 and all(g.num_units == 2 for g in heads)  # one unit per kv head
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        IDS,
+        {**IDS, "use_cache": False},
+        {**IDS, "attention_mask": torch.ones(1, 8, dtype=torch.long)},
+    ],
+    ids=["ids", "no-cache", "mask"],
+)
+def test_repeated_key_value_heads_prune_as_grouped_query_attention(monkeypatch, attention, inputs):
+    """Given a mask (or none to read on fake tensors), transformers repeats the key/value heads
+    to the query heads (``repeat_kv``) where SDPA would otherwise group them itself; eager
+    attention always does. Either way a unit is a key/value head with its query heads, and
+    the config says the kv heads kept: a trace on stand-ins (a model over the real trace's
+    size) prunes as the real trace does, bit for bit."""
+    results = {}
+    for mode in ("real", "stand-ins"):
+        if mode == "stand-ins":
+            monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+        model = llama("cpu")
+        model.config._attn_implementation = attention
+        dg = dx.DependencyGraph(model, inputs)
+        assert dg.graph.real == (mode == "real")
+        heads = [g for g in dg.groups if g.kind == "heads"]
+        assert len(heads) == 2 and all(g.num_units == 2 for g in heads)  # one per kv head
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", dx.ConfigMismatchWarning)
+            result = dx.prune(model, inputs, ratio=0.5, ratios={"hidden": 0}, progress=False)
+        updates = {u.field: (u.old, u.new) for u in result.config_updates}
+        assert updates["num_attention_heads"] == (8, 4)
+        assert updates["num_key_value_heads"] == (2, 1)
+        results[mode] = model.state_dict()
+    real, stand_ins = results["real"], results["stand-ins"]
+    assert real.keys() == stand_ins.keys()
+    assert all(torch.equal(real[k], stand_ins[k]) for k in real)
+
+
 def test_real_fake_and_meta_traces_record_the_same_ops():
     model = llama("cpu")
     real, fake, meta = (tr.trace_as(model, IDS, mode) for mode in ("real", "fake", "meta"))
@@ -74,6 +112,69 @@ def test_real_trace_over_budget_falls_back_to_fake(monkeypatch):
     monkeypatch.setattr(tr, "REAL_BUDGET", (0.0, 0.0))
     graph = tr.trace(llama("cpu"), IDS)
     assert not graph.real and graph.nodes
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 8])
+def test_attention_paths_give_the_same_head_groups(kv_heads):
+    """Multi-query, grouped-query and multi-head attention: SDPA grouping the heads itself,
+    SDPA after repeat_kv (given a mask) and eager attention after repeat_kv have the same
+    head groups and count the same key/value heads (none prunable with one)."""
+    mask = {**IDS, "attention_mask": torch.ones(1, 8, dtype=torch.long)}
+    seen = []
+    for attention, inputs in (("sdpa", IDS), ("sdpa", mask), ("eager", IDS), ("eager", mask)):
+        torch.manual_seed(0)
+        config = T.LlamaConfig(
+            vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=8, num_key_value_heads=kv_heads, attn_implementation=attention,
+        )  # fmt: skip
+        dg = dx.DependencyGraph(T.LlamaForCausalLM(config).eval(), inputs)
+        heads = [(g.num_units, g.num_prunable) for g in dg.groups if g.kind == "heads"]
+        kv = [int(dg.slot_sizes[c.kv_heads]) for c in dg.coupling_model.attention]
+        seen.append((heads, kv))
+    expected = [] if kv_heads == 1 else [(kv_heads, kv_heads)] * 2
+    assert seen == [(expected, [kv_heads] * 2)] * 4
+
+
+def test_the_real_trace_budget_counts_work_not_time():
+    """Which trace runs must not depend on how busy the machine is (the real and the fake
+    trace can see different code paths): a forward that takes long without computing much
+    (here it sleeps three times the fixed allowance) is still traced on its real tensors."""
+    import time
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            time.sleep(3 * tr.REAL_BUDGET[0])
+            return self.lin(x).relu()
+
+    assert tr.trace(Slow(), torch.randn(2, 8)).real
+
+
+def test_real_op_work_is_estimated_from_shapes():
+    from depgraph_ext.graph.real_budget import SECONDS_PER_ELEMENT, SECONDS_PER_MAC, op_work
+
+    aten = torch.ops.aten
+    a, b, bias = torch.randn(6, 5), torch.randn(5, 3), torch.randn(3)
+
+    def work(op, *args):
+        out = op(*args)
+        return op_work(op, args, [out] if isinstance(out, torch.Tensor) else list(out))
+
+    assert work(aten.mm.default, a, b) == 6 * 5 * 3 * SECONDS_PER_MAC
+    assert work(aten.addmm.default, bias, a, b) == 6 * 5 * 3 * SECONDS_PER_MAC
+    x, w = torch.randn(2, 4, 9, 9), torch.randn(8, 2, 3, 3)  # groups=2, stride 2: 2x8x4x4 out
+    conv = (x, w, None, [2, 2], [0, 0], [1, 1], False, [0, 0], 2)
+    assert work(aten.convolution.default, *conv) == 2 * 8 * 4 * 4 * (2 * 3 * 3) * SECONDS_PER_MAC
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    sdpa = aten._scaled_dot_product_flash_attention_for_cpu.default
+    assert work(sdpa, q, k, v) == 2 * 3 * 4 * 5 * (8 + 8) * SECONDS_PER_MAC
+    assert work(aten.t.default, a) == 0.0  # a view moves nothing
+    assert work(aten.add.Tensor, a, a) == 3 * 30 * SECONDS_PER_ELEMENT  # two read, one written
+    table, ids = torch.randn(1000, 4), torch.tensor([1, 2])
+    assert work(aten.embedding.default, table, ids) == 2 * 8 * SECONDS_PER_ELEMENT  # its rows
 
 
 def test_in_place_slicing_gives_the_freed_tail_back():

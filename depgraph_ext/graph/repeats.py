@@ -226,6 +226,9 @@ class Template:
     # runs them for each sibling (zeros in their place would leave the random stream or
     # those tensors otherwise than the sibling's code would)
     runs: bool = False
+    # A real trace's: the nominal work of its ops (real_budget.py), which each sibling whose
+    # ops run again costs the trace's budget too
+    work: float = 0.0
     # (module, attribute, the state when it was called) of the plain objects its modules hold
     objects: list = field(default_factory=list)
     # ids of the lists and tuples in its nodes' arguments that hold no tensor (shared, never
@@ -578,6 +581,7 @@ class Repeater:
         kept0 = len(recorder.keep_alive)
         random0 = _random_states() if graph.real else None
         n0, v0, c0 = len(graph.nodes), len(graph.values), len(graph.module_calls)
+        work0 = recorder.work_done
         decisions0, spans0 = len(graph.decisions), len(graph.higher_order_spans)
         value_reads0 = saw.value_reads if saw is not None else 0
         if saw is not None:
@@ -683,6 +687,7 @@ class Repeater:
             objects=[(rel, key, state) for rel, key, _, state in objects],
             runs=(graph.real and not _same_states(random0, _random_states()))
             or any(o < v0 for node in graph.nodes[n0:n1] for o in node.outputs),
+            work=recorder.work_done - work0,
         )
         if graph.real:
             template = family.template
@@ -746,9 +751,12 @@ class Repeater:
         self._emit(template, mapped, renamed, counterpart)
         self.replayed += 1
         self.replayed_modules.add(names[id(member)])
-        if recorder.deadline is not None:  # (a real trace's budget: the ops it stands for)
-            recorder.deadline += recorder.budget_per_op * (template.nodes[1] - template.nodes[0])
+        if recorder.work_left is not None:  # (a real trace's budget: the ops it stands for)
+            recorder.work_left += recorder.budget_per_op * (template.nodes[1] - template.nodes[0])
         if self.graph.real and (not self.speculative or template.runs):
+            recorder.work_done += template.work
+            if recorder.work_left is not None:
+                recorder.work_left -= template.work
             return self._run_template_ops(template, given, taken, mapped)
         if self.graph.real and self.first_speculation is None:
             self.repeats.speculated = True

@@ -19,7 +19,6 @@ import operator
 import re
 import sys
 import threading
-import time
 import types
 import warnings
 from collections.abc import Mapping
@@ -57,6 +56,7 @@ from .decisions import (
 from .frame_stack import call_in_fresh_chunk
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
+from .real_budget import ALLOWANCE, ALLOWANCE_PER_OP, op_work
 from .records import Node, Ref, Replay, Value, result_leaves
 from .repeats import CHECK as CHECK_REPEATS
 from .repeats import Repeater, Repeats, RepeatsInvalid, differences
@@ -312,9 +312,11 @@ class _RecorderBase(_EagerMode):
         self.graph = graph
         self.module_stack = module_stack
         self.failed_at: FailedOp | None = None
-        # Real tracing only: the time after which the trace gives up (see ``REAL_BUDGET``).
-        self.deadline: float | None = None
+        # Real tracing only: the nominal seconds of work left before the trace gives up, and
+        # what each op adds to them (real_budget.py; None: no budget).
+        self.work_left: float | None = None
         self.budget_per_op = 0.0
+        self.work_done = 0.0  # (nominal seconds of the real ops run so far: repeats.py)
         self.aborted = False
         # Meta tracing: tensors from outside the trace are put on meta, factories build there;
         # ``meta_results`` remembers the results of meta kernels (set for a meta trace).
@@ -352,7 +354,7 @@ class _RecorderBase(_EagerMode):
     def _run(self, func, args, kwargs) -> tuple[Any, list[torch.Tensor] | tuple | None]:
         """Run the op: what it returned and its tensor results (None: it has none). A failing
         op is described in ``failed_at`` before re-raising."""
-        if self.deadline is not None and time.perf_counter() > self.deadline:
+        if self.work_left is not None and self.work_left < 0:
             self.aborted = True
             raise _OverBudget  # real ops cost more than fake ones would: trace on fake tensors
         pending = original = None
@@ -403,10 +405,12 @@ class _RecorderBase(_EagerMode):
                     *fields, result=result_copy(func, out), node=node, line=line, values=values
                 )
             )
+        if self.work_left is not None:  # (an op with tensor results stands for a fake one)
+            work = op_work(func, args, leaves or ())
+            self.work_done += work
+            self.work_left += (self.budget_per_op if leaves else 0.0) - work
         if not leaves:
             return out, None
-        if self.deadline is not None:
-            self.deadline += self.budget_per_op
         return out, leaves
 
     def _decision(self, func, args, kwargs):
@@ -1026,9 +1030,10 @@ CPU = torch.device("cpu")
 # A model whose parameters and buffers take at most this many bytes is traced on real tensors
 # first: a small model's real ops cost microseconds, far less than the Python dispatch of fake
 # tensors (about 0.2-0.5 ms per op). The real trace gives up, and the fake one runs instead, as
-# soon as it has taken longer than a fake trace of the same ops would have.
+# soon as its ops have done more work than a fake trace of as many ops would cost: work
+# estimated from shapes, the same on any machine (real_budget.py).
 REAL_TRACE_MAX_BYTES = 1 << 30
-REAL_BUDGET = (0.1, 4e-4)  # seconds: a fixed allowance, and the allowance per op
+REAL_BUDGET = (ALLOWANCE, ALLOWANCE_PER_OP)  # nominal seconds: fixed, and per op
 
 
 def trace(
@@ -1552,8 +1557,7 @@ def trace_as(
             progress, stage = bar
             set_attributes: dict[str, torch.Tensor] = {}
             if budget is not None:  # counted from the forward: preparing tensors is not the model's
-                recorder.deadline = time.perf_counter() + budget[0]
-                recorder.budget_per_op = budget[1]
+                recorder.work_left, recorder.budget_per_op = budget
             with (
                 _eval_mode(model, modules, training),
                 eager_forwards(),

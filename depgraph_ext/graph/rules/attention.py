@@ -26,8 +26,10 @@ def attention(ctx: RuleContext, node: Node) -> None:
                 ctx.equal(sq[i], other[i])
     hq, hk = ctx.size(sq[-3]), ctx.size(sk[-3])
     ctx.equal(sk[-3], sv[-3])
+    kv_heads = sk[-3]
     if hq == hk:
         ctx.equal(sq[-3], sk[-3])
+        kv_heads = block_repeats(ctx, [k, v], hq) or kv_heads
     elif hk and hq % hk == 0:
         group = ctx.new_slot(hq // hk)
         ctx.block(group)
@@ -59,7 +61,64 @@ def attention(ctx: RuleContext, node: Node) -> None:
                 ctx.equal(a, b)
     ctx.tag(sq[-3], "heads")
     ctx.tag(sk[-3], "heads")
-    ctx.attention.append(AttentionCall(node.module, sq[-3], sk[-3], sq[-1], sv[-1]))
+    ctx.attention.append(AttentionCall(node.module, sq[-3], kv_heads, sq[-1], sv[-1]))
+
+
+# Ops that only view, copy or broadcast a tensor, through which a repeat of key/value heads
+# reaches an attention op.
+_SHAPE_ONLY = frozenset(
+    {"aten.view", "aten._unsafe_view", "aten.reshape", "aten._reshape_alias", "aten.clone",
+     "aten.contiguous", "aten.transpose", "aten.alias", "aten.detach", "aten.expand"}
+)  # fmt: skip
+
+
+def repeated_heads(ctx: RuleContext, v: int | Ref, heads: int, depth: int = 8):
+    """(key/value-head slot, repeat slot) where value ``v`` holds ``heads`` heads made by
+    repeating fewer key/value heads, as transformers' ``repeat_kv`` does for eager attention
+    and for SDPA given a mask (``x[:, :, None].expand(b, kv, n, s, d).reshape(b, kv * n, s,
+    d)``), found through a few view, copy and broadcast ops; None where it is not so made."""
+    graph = ctx.graph
+    v = v.value if isinstance(v, Ref) else v
+    for _ in range(depth):
+        producer = graph.values[v].producer
+        if producer is None:
+            return None
+        node = graph.nodes[producer]
+        if node.packet not in _SHAPE_ONLY or not node.inputs:
+            return None
+        if node.packet == "aten.expand":
+            before, after = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+            if len(before) != len(after):
+                return None
+            grown = [i for i in range(len(after)) if before[i] != after[i]]
+            if grown:
+                i = grown[0]
+                if (  # [..., kv, 1, length, dim] -> [..., kv, n, length, dim], kv x n heads
+                    len(grown) == 1
+                    and i == len(after) - 3 >= 2
+                    and before[i] == 1
+                    and after[i - 1] * after[i] == heads
+                ):
+                    slots = ctx.slots(node.outputs[0])
+                    return slots[i - 1], slots[i]
+                return None  # (another broadcast: no repeat of heads)
+        v = node.inputs[0]
+    return None
+
+
+def block_repeats(ctx: RuleContext, tensors, heads: int) -> int | None:
+    """Where the keys and values an attention op reads are key/value heads repeated to its
+    ``heads`` query heads: the repeat is blocked, so that a unit is a key/value head with the
+    query heads that share it (as where the op repeats them itself, with enable_gqa: one
+    graph whichever path the model's code takes), and the key/value-head slot is returned
+    (what a config's ``num_key_value_heads`` counts). None where they are not repeated."""
+    found = None
+    for t in tensors:
+        repeat = repeated_heads(ctx, t, heads) if isinstance(t, Ref | int) else None
+        if repeat is not None:
+            ctx.block(repeat[1])
+            found = found if found is not None else repeat[0]
+    return found
 
 
 register_many(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..trace import Node, Ref
+from .attention import block_repeats
 from .context import AttentionCall, RuleContext, RuleError, arg, wrap_dim
 from .elementwise import elementwise
 from .registry import register_many
@@ -106,8 +107,18 @@ def softmax(ctx: RuleContext, node: Node) -> None:
     v_head_dim = ctx.slots(weighted.outputs[0])[-1] if weighted is not None else -1
     if v_head_dim >= 0:
         ctx.block(v_head_dim)
+    # (keys and values repeated to the query heads: transformers' repeat_kv)
+    kv_heads = block_repeats(
+        ctx,
+        [scores.inputs[1], *(weighted.inputs[1:2] if weighted is not None else ())],
+        ctx.size(heads),
+    )
     ctx.tag(heads, "heads")
-    ctx.attention.append(AttentionCall(node.module, heads, heads, head_dim, v_head_dim))
+    ctx.attention.append(
+        AttentionCall(
+            node.module, heads, heads if kv_heads is None else kv_heads, head_dim, v_head_dim
+        )
+    )
 
 
 _MATMULS = ("aten.bmm", "aten.matmul", "aten.baddbmm", "aten.mm")
