@@ -817,6 +817,35 @@ def test_eager_attention_heads_set_the_configs_key_value_heads(tmp_path):
     reload_and_compare(pruned, {"input_ids": IDS}, tmp_path)
 
 
+@pytest.mark.parametrize("model_type", ["mimo_v2_flash", "t5gemma2"])
+def test_key_value_heads_of_repeated_keys_set_the_configs_field(model_type, tmp_path):
+    """Eager attention after repeat_kv: the config's key/value heads are the count the
+    repeated keys came from. MiMo-V2-Flash's sliding-window layers build twice the field's
+    count (4 where it says 2): the field follows the layers that hold its count, and a
+    rebuild checks the others; T5Gemma2 sets it in its encoder's and decoder's sub-configs.
+    Plain from_pretrained rebuilds either pruned model."""
+    from zoo_transformers import build as build_type
+
+    zoo = build_type(model_type)
+    model = zoo.model.eval()  # (float32: MiMo's experts run grouped matmuls, which take no float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dx.ConfigMismatchWarning)
+        result = dx.prune(model, zoo.inputs, ratio=0.5, ratios={"hidden": 0}, progress=False)
+    updates = {u.field.rpartition(".")[2]: (u.old, u.new) for u in result.config_updates}
+    assert updates["num_attention_heads"] == (4, 2)
+    assert updates["num_key_value_heads"] == (2, 1)
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = (
+            type(model)
+            .from_pretrained(tmp_path, attn_implementation=model.config._attn_implementation)
+            .eval()
+        )
+    for a, b in zip(outputs_of(model, zoo.inputs), outputs_of(again, zoo.inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_scale_the_config_decides_is_a_mismatch_a_plain_reload_would_miss(tmp_path):
     """Gemma scales its embeddings by sqrt(hidden_size), a number its embedding module takes
     from the config when it is built: a pruned hidden width keeps the old scale (the pruned

@@ -115,7 +115,7 @@ class OpGraph:
     # Calls whose results the data decided (a real trace's nonzero, NMS, .item() ...), with the
     # inputs that decided: a trace of the pruned shapes replays them (decisions.py).
     decisions: list[Decision] = field(default_factory=list)
-    # A real trace was tried first and ran past its time budget: so would one of the plan's
+    # A real trace was tried first and ran past its budget of work: so would one of the plan's
     # shapes, and its checks skip it (see ``trace``'s ``real_over_budget``).
     real_over_budget: bool = False
     # The values of the small constants the ops read (tensors made outside the traced ops,
@@ -286,7 +286,7 @@ class SavedParameters:
 
 
 class _RecorderBase(_EagerMode):
-    """What both recorders share: the module stack, the time budget of a real trace, and the
+    """What both recorders share: the module stack, the work budget of a real trace, and the
     record of a failing op."""
 
     supports_higher_order_operators = True
@@ -721,8 +721,8 @@ class _GuidedCalls(TorchFunctionMode):
 
 
 class _OverBudget(Exception):
-    """A trace on real tensors ran past its time budget. (A model's code may catch it: the
-    recorder's ``aborted`` flag says what happened either way.)"""
+    """A trace on real tensors ran past its budget of work (real_budget.py). (A model's code
+    may catch it: the recorder's ``aborted`` flag says what happened either way.)"""
 
 
 def _foreign(x, device: torch.device) -> bool:
@@ -1072,9 +1072,10 @@ def trace(
     takes seconds.
 
     A small model with real weights (``REAL_TRACE_MAX_BYTES``) on the trace device is traced
-    on real tensors first, within a time budget. Traced as the CPU, a model is traced next on
-    meta tensors standing in for CPU ones (``standin``; ``allow_meta=False`` skips this),
-    which records the ops a fake trace would at about half its cost; whatever fails there, on
+    on real tensors first, within a budget of work (``real_budget``). Traced as the CPU, a
+    model is traced next on meta tensors standing in for CPU ones (``standin``;
+    ``allow_meta=False`` skips this), which records the ops a fake trace would at about half
+    its cost; whatever fails there, on
     fake tensors of the trace device. A model whose shapes depend on data (masking edges of a
     graph, say) cannot run on fake tensors; it is traced again on real ones, where they are:
     its own parameters, copies of its buffers and inputs, zero-filled tensors for replaced

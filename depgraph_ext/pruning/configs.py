@@ -233,6 +233,11 @@ def config_updates(dg: DependencyGraph, masks: dict[int, np.ndarray], unit_keep:
             kv = {(int(sizes[c.kv_heads]), kept(c.kv_heads, masks)) for c in layer_calls}
             if all(c.kv_heads == c.heads for c in layer_calls):
                 kv = _kv_heads_of_repeated(scope, heads) or kv
+            said = _field(scope, "num_key_value_heads")
+            if type(said) is int and any(old == said for old, _ in kv):
+                # the layers with the count the field says (MiMo-V2-Flash's sliding-window
+                # layers have twice as many, built from it: a rebuild checks them)
+                kv = {(old, new) for old, new in kv if old == said}
             propose("num_key_value_heads", kv, prefix, "the number of key/value heads")
             dims = {
                 (int(sizes[c.head_dim]), kept(c.head_dim, masks))
