@@ -546,25 +546,27 @@ def test_a_configs_head_dims_stay_where_its_code_views_by_them(model_type, head_
     reload_and_compare(model, zoo.inputs, tmp_path)
 
 
-def test_a_group_of_one_query_head_is_no_branch_that_changes_the_function():
-    """EmbeddingGemma2's key/value groups go down to one query head: transformers' repeat_kv
-    returns early for ``n_rep == 1`` and SDPA's math path runs other ops, a difference of
-    ops in an attention call's module that is torch's decomposition, not a branch that
-    changes what the model computes: the plan stands (the oracle holds)."""
+def test_repeated_key_value_groups_keep_their_query_heads():
+    """EmbeddingGemma2 repeats its keys to the query heads (repeat_kv) in layers of two and of
+    four query heads per key/value head: a unit is a key/value head with its query heads, so
+    every layer keeps its count per group (no group goes down to one query head, where
+    repeat_kv returns early and SDPA's math path runs other ops), and the oracle holds."""
     from zoo_transformers import build as build_type
 
     zoo = build_type("embedding_gemma2_text")
     model = zoo.model.double().eval()
+    before = {
+        n: m.num_key_value_groups
+        for n, m in model.named_modules()
+        if hasattr(m, "num_key_value_groups")
+    }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pruned, result = prune_and_check(model, zoo.inputs, ratio=0.5, exact_only=True)
     assert not [w for w in caught if "branches on module attributes" in str(w.message)]
-    groups = {
-        m.num_key_value_groups for m in pruned.modules() if hasattr(m, "num_key_value_groups")
-    }
-    if 1 not in groups:  # (torch 2.11: transformers repeats the keys by an expand that the
-        # plan's check finds fixed first, so no group gets down to one: no branch to judge)
-        pytest.skip("no key/value group went down to one query head with this torch")
+    after = {n: pruned.get_submodule(n).num_key_value_groups for n in before}
+    assert after == before and sorted(set(before.values())) == [2, 4]
+    assert result.units["heads"][1] < result.units["heads"][0]  # (heads were pruned)
 
 
 @pytest.mark.parametrize("name", ["llama_8_2", "gpt2"])
