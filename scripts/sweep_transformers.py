@@ -2,6 +2,7 @@
 
     python scripts/sweep_transformers.py [--workers 2] [--timeout 150] [--only a,b] [--out F]
                                          [--head seq-cls|token-cls|qa] [--attn eager]
+                                         [--no-cache] [--stand-ins]
 
 Per model type, in a worker process (one that overruns ``--timeout`` is replaced):
   build    tests/zoo_transformers.build(type): a tiny model and inputs that run it, or why not
@@ -22,7 +23,9 @@ apart: the generic recipe feeds them only part of their inputs. ``--head``: ever
 that task head (a sequence classifier, a token classifier, a span head) in place of its
 default class; a type that has none is recorded as unbuildable. ``--attn eager``: every type
 with attention written out (matmuls, a softmax, masks added) instead of SDPA's one op, where
-its class has it.
+its class has it. ``--stand-ins``: every model traced as one over the real trace's size is
+(on meta tensors standing in for CPU ones, where a value read from the data is not there to
+read): its records should be the default sweep's, type by type.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAND_INS = "SWEEP_STAND_INS"
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
@@ -263,6 +267,10 @@ def _worker(conn) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if os.environ.get(STAND_INS) == "1":
+        from depgraph_ext.graph import trace
+
+        trace.REAL_TRACE_MAX_BYTES = 0  # (every model traced as a large one is)
     while (job := conn.recv()) is not None:
         model_type, head, attn, no_cache = job
         try:
@@ -480,8 +488,16 @@ def main() -> None:
         help="use_cache=False among the inputs of every type whose forward takes it (its "
         "decoder layers replayed from the first one's trace)",
     )
+    parser.add_argument(
+        "--stand-ins",
+        action="store_true",
+        help="trace every model on meta tensors standing in for CPU ones, as a model over "
+        "the real trace's size is (the records should be the default sweep's)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.stand_ins:
+        os.environ[STAND_INS] = "1"  # (read by the workers, which inherit it)
     import zoo_transformers as zoo
 
     if args.head is not None and args.head not in zoo.TASK_HEADS:
