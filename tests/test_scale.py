@@ -4,6 +4,8 @@ in-place slicing gives freed memory back."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import warnings
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 import depgraph_ext as dx
 from depgraph_ext.graph import trace as tr
+from depgraph_ext.testing import assert_scatter_back_equal
 
 T = pytest.importorskip("transformers")
 
@@ -175,6 +178,53 @@ def test_real_op_work_is_estimated_from_shapes():
     assert work(aten.add.Tensor, a, a) == 3 * 30 * SECONDS_PER_ELEMENT  # two read, one written
     table, ids = torch.randn(1000, 4), torch.tensor([1, 2])
     assert work(aten.embedding.default, table, ids) == 2 * 8 * SECONDS_PER_ELEMENT  # its rows
+
+
+class CachedPositions(torch.nn.Module):
+    """A position table whose forward is cached by length and device, as transformers'
+    DETR-style position embeddings are (by the input's shape, not by the weights or their
+    width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(16, 8)
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019  (the pattern under test)
+    def forward(self, length: int, device: torch.device):
+        return self.table(torch.arange(length, device=device))
+
+
+class WithCachedPositions(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(8, 8)
+        self.pos = CachedPositions()
+        self.mid = torch.nn.Linear(8, 16)
+        self.out = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.inp(x) + self.pos(x.shape[1], x.device)
+        return self.out(self.mid(h).relu())
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("trace", ["real", "stand-ins"])
+def test_results_a_models_methods_cached_are_not_kept_across_a_prune(monkeypatch, trace, in_place):
+    """A result cached before the prune (of the unpruned width) or during a trace (of the
+    trace's tensors: meta ones, standing in for the CPU, are cached under the CPU's key) is
+    not what the pruned model computes with: the trace sees the table's ops, and the pruned
+    model's forward computes the table again (the oracle holds)."""
+    if trace == "stand-ins":
+        monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    torch.manual_seed(0)
+    model = WithCachedPositions().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    model(x)  # (a forward before the prune fills the cache)
+    original = copy.deepcopy(model)
+    result = dx.prune(model, x, ratio=0.5, exact_only=True, in_place=in_place, progress=False)
+    assert result.plan["pos.table.weight"] == {1: result.plan["inp.weight"][0]}  # (the width)
+    assert model.pos.table.weight.shape == (16, 4)
+    assert_scatter_back_equal(original, model, result, x)
 
 
 def test_in_place_slicing_gives_the_freed_tail_back():

@@ -54,6 +54,7 @@ from .decisions import (
     without_data,
 )
 from .frame_stack import call_in_fresh_chunk
+from .method_caches import clear_method_caches
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
 from .real_budget import ALLOWANCE, ALLOWANCE_PER_OP, op_work
@@ -1537,6 +1538,9 @@ def trace_as(
         unfused_transformer_layers(modules),
     ):
         try:
+            # (results the model's methods cached before the trace are not what the trace
+            # must see, and what they cache during it must not stay: method_caches.py)
+            clear_method_caches(m for _, m in modules)
             fake_params = {n: placeholders.tensor(p, n) for n, p in params.items()}
             fake_buffers = {n: placeholders.tensor(b, n) for n, b in buffers.items()}
             fakes = {
@@ -1617,6 +1621,7 @@ def trace_as(
         finally:
             if recorder.parameters is not None:
                 recorder.parameters.restore()
+            clear_method_caches(m for _, m in modules)
             _check_untouched(modules, params, buffers)
     if shapes_only and graph.recovered:
         raise _recovered_error(graph)

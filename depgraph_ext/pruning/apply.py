@@ -15,6 +15,7 @@ from torch import nn
 from .. import ops
 from ..errors import InvalidArgumentError
 from ..graph.computed import refresh_hooked
+from ..graph.method_caches import clear_method_caches
 from .attributes import set_attributes
 from .importance import fisher_entry
 from .release import release_tails
@@ -126,6 +127,7 @@ def apply_changes(
                 container[key] = gather(container[key], plan[name])
         set_attributes(model, updates)
         refresh_hooked(model, plan)
+        clear_method_caches(model.modules())  # (results of the unpruned weights and widths)
         return
     with torch.no_grad():
         sliced = {}
@@ -145,6 +147,7 @@ def apply_changes(
             container[key] = new
     set_attributes(model, updates)
     refresh_hooked(model, plan)
+    clear_method_caches(model.modules())  # (results of the unpruned weights and widths)
 
 
 def gather_all(tensors: dict[str, torch.Tensor], plan, native: bool) -> dict[str, torch.Tensor]:
