@@ -6,8 +6,9 @@ A trace calls those methods with tensors of its own (meta tensors standing in fo
 look like the CPU to the model's code, so their results are cached under the CPU's key), and
 a prune changes the weights and widths a cached result was computed from: either way the
 next real call would get a stale tensor (one on the meta device, or of the unpruned width).
-Those caches are emptied after every trace and after a prune; a cache is only ever filled
-again by calling the method.
+And a result cached before a trace hides from it the ops that compute it. Those caches are
+emptied before and after every trace and after a prune; a cache fills again by calling the
+method.
 """
 
 from __future__ import annotations
