@@ -227,6 +227,33 @@ def test_results_a_models_methods_cached_are_not_kept_across_a_prune(monkeypatch
     assert_scatter_back_equal(original, model, result, x)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("trace", ["real", "stand-ins"])
+def test_fractional_max_pool_samples_follow_the_channels(monkeypatch, trace, dims):
+    """A fractional max pool given its random samples ([N, C, k], held by the module) takes one
+    per channel, which the CPU kernel counts and a meta kernel does not: the samples' channels
+    are the input's, so the prune keeps the matching samples on either trace (on stand-ins the
+    3-d pool was pruned with all of its samples, and the pruned model did not run)."""
+    if trace == "stand-ins":
+        monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    conv, pool = (
+        (torch.nn.Conv2d, torch.nn.FractionalMaxPool2d)
+        if dims == 2
+        else (torch.nn.Conv3d, torch.nn.FractionalMaxPool3d)
+    )
+    torch.manual_seed(0)
+    samples = torch.rand(2, 8, dims, dtype=torch.float64)
+    model = torch.nn.Sequential(
+        conv(3, 8, 1), pool(2, output_size=3, _random_samples=samples), conv(8, 4, 1)
+    ).double()
+    x = torch.randn(2, 3, *[8] * dims, dtype=torch.float64)
+    original, before = copy.deepcopy(model), samples.clone()
+    result = dx.prune(model, x, ratio=0.5, exact_only=True, progress=False)
+    kept = result.plan["0.weight"][0]
+    assert kept.numel() == 4 and torch.equal(model[1]._random_samples, before[:, kept])
+    assert_scatter_back_equal(original, model, result, x)
+
+
 def test_in_place_slicing_gives_the_freed_tail_back():
     from depgraph_ext.pruning.apply import apply_in_place
 

@@ -3,8 +3,8 @@ dims fixed by the call."""
 
 from __future__ import annotations
 
-from ..trace import Node
-from .context import RuleContext
+from ..trace import Node, Ref
+from .context import RuleContext, arg
 from .registry import Rule, register_many
 
 
@@ -34,7 +34,6 @@ for _k in (1, 2, 3):
                 "_adaptive_avg_pool",
                 "adaptive_max_pool",
                 "lp_pool",
-                "fractional_max_pool",
                 "reflection_pad",
                 "replication_pad",
                 "upsample_nearest",
@@ -52,6 +51,38 @@ for _k in (1, 2, 3):
         ],
         _spatial(_k),
     )
+
+
+def _fractional(k: int) -> Rule:
+    """fractional_max_pool{k}d(x [N, C, *S], ..., random_samples [N, C, k]): pooled as the
+    others, with a sample per channel (and batch item) that the CPU kernel counts against the
+    input's: the samples' channel dim is the input's (samples held as a module's tensor keep
+    the channels; a meta kernel does not check the count, a plan's meta trace would not find
+    it), their coordinates fixed."""
+    spatial = _spatial(k)
+
+    def rule(ctx: RuleContext, node: Node) -> None:
+        spatial(ctx, node)
+        samples = arg(node, "random_samples")
+        if not isinstance(samples, Ref):
+            return
+        sx, ss = ctx.slots(node.inputs[0]), ctx.slots(samples)
+        channel = len(sx) - k - 1
+        if len(ss) != 3 or channel < 0:
+            ctx.block_value(samples)
+            return
+        for a, b in ((ss[1], sx[channel]), (ss[0], sx[0] if channel else -1)):
+            if b >= 0 and ctx.size(a) == ctx.size(b):
+                ctx.equal(a, b)
+            else:
+                ctx.block(a)
+        ctx.block(ss[2])
+
+    return rule
+
+
+for _k in (2, 3):
+    register_many([f"aten.fractional_max_pool{_k}d"], _fractional(_k))
 
 
 def grid_sampler(ctx: RuleContext, node: Node) -> None:
