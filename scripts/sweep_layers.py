@@ -1,6 +1,7 @@
 """What the layer sweeps (sweep_pyg.py, sweep_torch_nn.py) share: short error lines, output
 shapes, snapshots of a model that an error must leave as they were, and the summary of their
-records (prunes, oracle, refusals by reason, warnings, failures)."""
+records (prunes, oracle, refusals by reason, warnings, failures); and the ``--stand-ins``
+switch they and sweep_transformers.py pass on to the processes that prune."""
 
 from __future__ import annotations
 
@@ -18,6 +19,25 @@ from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAIN = (int, float, str, bool, type(None), torch.dtype, torch.device)
+STAND_INS = "SWEEP_STAND_INS"  # (in the environment, which the pruning processes inherit)
+STAND_INS_HELP = (
+    "trace every model on meta tensors standing in for CPU ones, as a model over the real "
+    "trace's size is (the records should be the default sweep's)"
+)
+
+
+def ask_for_stand_ins() -> None:
+    """``--stand-ins``, for the processes started from now on."""
+    os.environ[STAND_INS] = "1"
+
+
+def stand_ins_if_asked() -> None:
+    """In a pruning process: where ``--stand-ins`` was asked for, trace every model as one
+    over the real trace's size is."""
+    if os.environ.get(STAND_INS) == "1":
+        from depgraph_ext.graph import trace
+
+        trace.REAL_TRACE_MAX_BYTES = 0
 
 
 def short(e: BaseException, n: int = 1000) -> str:

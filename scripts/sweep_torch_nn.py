@@ -66,7 +66,6 @@ except ImportError as error:
 import sweep_layers as snap  # noqa: E402  (after torch: its own import needs it)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAND_INS = "SWEEP_STAND_INS"
 RECORD = "SWEEP_NN_RECORD "  # the line of a child (or a server) that carries a JSON record
 STEPS = {"exact": {"exact_only": True}, "default": {}, "verify": {"verify": True}}
 TOLERANCE = 1e-7
@@ -1202,19 +1201,10 @@ def sweep_case(name: str, emit=lambda record: None) -> dict:
     return record
 
 
-def _stand_ins_if_asked() -> None:
-    """``--stand-ins`` (passed on in the environment): trace every model as one over the real
-    trace's size is, on meta tensors standing in for CPU ones."""
-    if os.environ.get(STAND_INS) == "1":
-        from depgraph_ext.graph import trace
-
-        trace.REAL_TRACE_MAX_BYTES = 0
-
-
 def child(name: str) -> None:
     """``--child NAME``: the case in this process, its record so far printed at each step."""
     torch.set_num_threads(1)
-    _stand_ins_if_asked()
+    snap.stand_ins_if_asked()
     record = sweep_case(name, lambda r: print(RECORD + json.dumps(r), flush=True))
     print(RECORD + json.dumps(record), flush=True)
 
@@ -1306,7 +1296,7 @@ def _warm_up() -> None:
 def serve(timeout: float) -> None:
     """``--serve``: a case name per line on stdin, its record on stdout."""
     torch.set_num_threads(1)
-    _stand_ins_if_asked()
+    snap.stand_ins_if_asked()
     _warm_up()
     for line in sys.stdin:
         if name := line.strip():
@@ -1453,15 +1443,10 @@ def main() -> None:
     parser = snap.case_arguments(__doc__, "sweep_torch_nn.json")
     parser.add_argument("--fresh", action="store_true", help="a new interpreter per case")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--stand-ins",
-        action="store_true",
-        help="trace every model on meta tensors standing in for CPU ones, as a model over the "
-        "real trace's size is (the records should be the default sweep's)",
-    )
+    parser.add_argument("--stand-ins", action="store_true", help=snap.STAND_INS_HELP)
     args = parser.parse_args()
     if args.stand_ins:
-        os.environ[STAND_INS] = "1"  # (the cases' processes inherit it)
+        snap.ask_for_stand_ins()
     if args.child:
         return child(args.child)
     if args.serve:

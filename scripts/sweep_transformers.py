@@ -40,7 +40,6 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAND_INS = "SWEEP_STAND_INS"
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 
@@ -267,10 +266,9 @@ def _worker(conn) -> None:
     import torch
 
     torch.set_num_threads(1)
-    if os.environ.get(STAND_INS) == "1":
-        from depgraph_ext.graph import trace
+    import sweep_layers
 
-        trace.REAL_TRACE_MAX_BYTES = 0  # (every model traced as a large one is)
+    sweep_layers.stand_ins_if_asked()
     while (job := conn.recv()) is not None:
         model_type, head, attn, no_cache = job
         try:
@@ -463,6 +461,8 @@ def slowest(done: dict, n: int = 10) -> str:
 
 
 def main() -> None:
+    import sweep_layers  # (the --stand-ins switch the layer sweeps share)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=150.0, help="seconds per model type")
@@ -488,16 +488,11 @@ def main() -> None:
         help="use_cache=False among the inputs of every type whose forward takes it (its "
         "decoder layers replayed from the first one's trace)",
     )
-    parser.add_argument(
-        "--stand-ins",
-        action="store_true",
-        help="trace every model on meta tensors standing in for CPU ones, as a model over "
-        "the real trace's size is (the records should be the default sweep's)",
-    )
+    parser.add_argument("--stand-ins", action="store_true", help=sweep_layers.STAND_INS_HELP)
     args = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if args.stand_ins:
-        os.environ[STAND_INS] = "1"  # (read by the workers, which inherit it)
+        sweep_layers.ask_for_stand_ins()
     import zoo_transformers as zoo
 
     if args.head is not None and args.head not in zoo.TASK_HEADS:

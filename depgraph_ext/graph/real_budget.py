@@ -53,7 +53,7 @@ _LOOKUPS = frozenset(
         "index",
         "gather",
         "take",
-    )  # fmt: skip
+    )
     if hasattr(_aten, name)
 )
 
