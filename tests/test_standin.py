@@ -367,6 +367,51 @@ def test_large_models_are_traced_on_meta_and_fused_paths_on_fake(monkeypatch):
     assert "aten._native_multi_head_attention.default" in {str(n.op) for n in g.nodes}
 
 
+class AttendsWithoutWeights(nn.Module):
+    """nn.MultiheadAttention not asked for its weights (``need_weights=False``): two heads,
+    its fused path; pruned to one head, its Python path (an odd head count)."""
+
+    def __init__(self, need_weights: bool):
+        super().__init__()
+        self.need_weights = need_weights
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 3)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.inp(x)
+        a, weights = self.att(h, h, h, need_weights=self.need_weights)
+        return self.out(a) if weights is None else (self.out(a), weights)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_a_fused_attention_not_asked_for_weights_returns_none_on_fake_tensors(
+    monkeypatch, need_weights
+):
+    """Its CPU kernel returns no weights (None); its meta kernel an empty tensor, which the
+    module returned on fake tensors: one more result than on real ones, and a plan taking it
+    to one head (its Python path, which returns None) was refused as a change of control
+    flow. On fake tensors it returns what the CPU returns, and the prune is the real trace's."""
+    torch.manual_seed(0)
+    model, x = AttendsWithoutWeights(need_weights).eval(), rand(2, 5, 8, dtype=torch.float32)
+    real = dx.DependencyGraph(model, (x,))
+    monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)
+    fake = dx.DependencyGraph(model, (x,))
+    assert (real.graph.mode, fake.graph.mode) == ("real", "fake")
+    calls = {g.graph.mode: dict(g.graph.module_calls)["att"] for g in (real, fake)}
+    assert len(calls["fake"]) == len(calls["real"]) == (2 if need_weights else 1)
+    pruned = {}
+    for mode in ("real", "fake"):
+        monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0 if mode == "fake" else 1 << 40)
+        copied = copy.deepcopy(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dx.prune(copied, x, ratio=0.5)
+        assert copied.att.num_heads == 1 and copied.att.embed_dim == 8
+        pruned[mode] = copied.state_dict()
+    assert pruned["real"].keys() == pruned["fake"].keys()
+    assert all(torch.equal(pruned["real"][k], pruned["fake"][k]) for k in pruned["real"])
+
+
 def test_a_forward_meta_cannot_run_falls_back_to_fake(monkeypatch):
     """``.item()`` of a constant: no value on meta; a fake tensor keeps small constants."""
     monkeypatch.setattr(tr, "REAL_TRACE_MAX_BYTES", 0)

@@ -286,6 +286,21 @@ class SavedParameters:
         self.saved.clear()
 
 
+_NATIVE_MHA = torch.ops.aten._native_multi_head_attention.default
+_NEED_WEIGHTS = 10  # need_weights' position in its schema
+
+
+def _as_device_kernels_return(func, args, kwargs, out):
+    """``out`` as the CPU and CUDA kernels return it where a meta kernel differs:
+    nn.MultiheadAttention's fused op not asked for weights gives none (None to Python) there,
+    and an empty tensor on meta and fake tensors, which the module would return (a trace
+    would see the module return one more tensor than the model does)."""
+    if func is not _NATIVE_MHA or type(out) is not tuple or out[1] is None:
+        return out
+    need = kwargs.get("need_weights", args[_NEED_WEIGHTS] if len(args) > _NEED_WEIGHTS else True)
+    return out if need else (out[0], None)
+
+
 class _RecorderBase(_EagerMode):
     """What both recorders share: the module stack, the work budget of a real trace, and the
     record of a failing op."""
@@ -377,6 +392,7 @@ class _RecorderBase(_EagerMode):
                 if self.parameters is not None:
                     self.parameters.before(func, args, kwargs)
                 out = func(*args, **kwargs)
+            out = _as_device_kernels_return(func, args, kwargs, out)
         except Exception as exc:
             module = self.module_stack[-1] if self.module_stack else ""
             done = self._recorded()
