@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from depgraph_ext.graph import trace
-from depgraph_ext.pruning import validate
+from depgraph_ext.pruning import configs, validate
 from helpers import BACKENDS, PRUNE_TIMINGS
 
 
@@ -19,6 +19,13 @@ def check_skipped_traces(monkeypatch):
     """Every plan judged to run without a second trace is traced all the same, and a plan that
     does not run then fails the test: the whole suite checks that judgement."""
     monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", True)
+
+
+@pytest.fixture(autouse=True)
+def check_skipped_builds(monkeypatch):
+    """Every config field the config search skips, because the model's build did not read
+    it, is tried all the same, and the test fails where that build differs."""
+    monkeypatch.setattr(configs, "CHECK_SKIPPED_BUILDS", True)
 
 
 @pytest.fixture(autouse=True)

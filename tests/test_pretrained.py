@@ -196,6 +196,84 @@ def test_a_width_its_modules_hold_under_the_fields_name_needs_one_rebuild(monkey
     assert torch.equal(logits(quiet(T.LlamaForCausalLM.from_pretrained, tmp_path)), logits(model))
 
 
+class _TwoWidthsConfig(T.PretrainedConfig):
+    """``width`` sizes the model; ``spare_width`` holds the same number and sizes nothing."""
+
+    model_type = "depgraph_two_widths"
+
+    def __init__(self, spare_width=16, width=16, **kwargs):
+        self.spare_width = spare_width
+        self.width = width
+        super().__init__(**kwargs)
+
+
+class _TwoWidths(T.PreTrainedModel):
+    config_class = _TwoWidthsConfig
+
+    def __init__(self, config, read_unseen: bool = False):
+        super().__init__(config)
+        # (``read_unseen``: read past the config's own attribute lookup, as no spy sees)
+        width = object.__getattribute__(config, "spare_width") if read_unseen else config.width
+        self.a, self.b = torch.nn.Linear(4, width), torch.nn.Linear(width, 3)
+        self.post_init()
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _built_configs(monkeypatch) -> list[dict]:
+    """Every config the plan's checks build a model from (as a dict), in order."""
+    from depgraph_ext.pruning import configs
+
+    built = []
+    original = configs.Rebuilds._build
+
+    def build(self, config, watch):
+        built.append(config.to_dict())
+        return original(self, config, watch)
+
+    monkeypatch.setattr(configs.Rebuilds, "_build", build)
+    return built
+
+
+def test_the_config_search_builds_no_config_whose_change_its_build_does_not_read(monkeypatch):
+    """The config field search builds the model once per field it tries; a field the model's
+    build never read (``spare_width``, holding the pruned width's number, tried first) builds
+    the same model, and is not tried: the search finds ``width`` without building it."""
+    from depgraph_ext.pruning import configs
+
+    monkeypatch.setattr(configs, "CHECK_SKIPPED_BUILDS", False)
+    built = _built_configs(monkeypatch)
+    torch.manual_seed(0)
+    model = _TwoWidths(_TwoWidthsConfig()).eval()
+    result = quiet(dx.prune, model, torch.randn(2, 4), ratio=0.5)
+    assert [(u.field, u.old, u.new) for u in result.config_updates] == [("width", 16, 8)]
+    assert (model.config.width, model.config.spare_width) == (8, 16)
+    assert {(c["width"], c["spare_width"]) for c in built} == {(16, 16), (8, 16)}
+    monkeypatch.setattr(configs, "CHECK_SKIPPED_BUILDS", True)  # (built all the same)
+    built.clear()
+    quiet(dx.prune, _TwoWidths(_TwoWidthsConfig()).eval(), torch.randn(2, 4), ratio=0.5)
+    assert (16, 8) in {(c["width"], c["spare_width"]) for c in built}
+
+
+def test_a_field_read_unseen_by_the_build_is_an_internal_error_in_check_mode(monkeypatch):
+    """Where the build reads a field past the config's attribute lookup, the search would
+    skip a field that changes the model: check mode builds it and says so."""
+    from depgraph_ext.pruning import configs
+
+    monkeypatch.setattr(configs, "CHECK_SKIPPED_BUILDS", True)
+
+    class ReadsUnseen(_TwoWidths):
+        def __init__(self, config):
+            super().__init__(config, read_unseen=True)
+
+    torch.manual_seed(0)
+    model = ReadsUnseen(_TwoWidthsConfig()).eval()
+    with pytest.raises(dx.InternalError, match=r"internal error: config\.spare_width"):
+        quiet(dx.prune, model, torch.randn(2, 4), ratio=0.5)
+    assert model.a.out_features == 16 and model.config.spare_width == 16  # (unchanged)
+
+
 # -- refusals ------------------------------------------------------------------------------------
 @pytest.fixture
 def saved(tmp_path):

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import sys
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +26,16 @@ import numpy as np
 import torch
 
 from ..errors import ConfigMismatchWarning, PruningError, user_stacklevel
-from ..graph.dependency import config_scopes, module_prefixes
+from ..graph.dependency import config_reads, config_scopes, module_prefixes
 from .attributes import AttributeUpdate
 
 if TYPE_CHECKING:
     from ..graph.dependency import DependencyGraph
+
+
+# Tests set this: a trial of the config field search skipped because the build read no such
+# field is built all the same, and an internal error is raised where its shapes differ.
+CHECK_SKIPPED_BUILDS = os.environ.get("DEPGRAPH_CHECK_SKIPPED_TRACES") == "1"
 
 
 @dataclass(frozen=True)
@@ -46,22 +53,50 @@ class Rebuilds:
     def __init__(self, model):
         self.model = model
         self._built: dict[str, tuple] = {}
+        # key -> the fields its build read (dotted paths; None: unknown, say a deep copy), for
+        # builds made while ``watching`` (the config search's)
+        self._reads: dict[str, frozenset | None] = {}
+        self.watching = False
         # id(rebuilt model) -> (it, its numbers that differ from the model's): _numbers_differing
         self.differing: dict[int, tuple] = {}
 
+    @staticmethod
+    def _key(config) -> str:
+        return json.dumps(config.to_dict(), sort_keys=True, default=repr)
+
     def of(self, config):
         """(the model, None), or (None, what the class or the config raised)."""
-        key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+        key = self._key(config)
         if key not in self._built:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    reloaded = type(config).from_dict(config.to_dict())
-                    with torch.device("meta"), no_torch_init():
-                        self._built[key] = (type(self.model)(reloaded), None)
-            except Exception as exc:  # noqa: BLE001  (a config the class or the model refuses)
-                self._built[key] = (None, exc)
+            self._built[key], reads = self._build(config, self.watching)
+            if self.watching:
+                self._reads[key] = reads
         return self._built[key]
+
+    def fields_read(self, config) -> frozenset | None:
+        """The fields the build of ``config`` read (None: not known). A build reads the same
+        fields with the same values from a config that differs only in fields it did not
+        read: it builds the same model."""
+        key = self._key(config)
+        if key not in self._reads:  # (built before anyone watched: once more, watched)
+            self._reads[key] = self._build(config, True)[1]
+        return self._reads[key]
+
+    def _build(self, config, watch: bool) -> tuple[tuple, frozenset | None]:
+        reads = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                reloaded = type(config).from_dict(config.to_dict())
+                holder = types.SimpleNamespace(config=reloaded)
+                watched = config_reads(holder) if watch else contextlib.nullcontext()
+                with torch.device("meta"), no_torch_init(), watched as read:
+                    built = (type(self.model)(reloaded), None)
+                if watch:
+                    reads = read.result()
+        except Exception as exc:  # noqa: BLE001  (a config the class or the model refuses)
+            built = (None, exc)
+        return built, frozenset(reads) if reads is not None and reads.known else None
 
 
 def config_of(model):
@@ -669,12 +704,20 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
+    rebuilds.watching = True  # (each trial's build says what it read, for the next round)
     while improved and candidates and shapes:
         improved = False
+        read = rebuilds.fields_read(config)
         for cand in candidates:
             field, old, new = cand
+            unread = read is not None and field not in read
+            if unread and not CHECK_SKIPPED_BUILDS:
+                continue  # (its build reads no such field: the same model, the same shapes)
             trial = copy.deepcopy(config)
             if _set_field(trial, field, new) is not None or _validation_error(trial) is not None:
+                continue
+            if unread:
+                _check_unread(dg, trial, field, planned_shapes, rebuilds, shapes)
                 continue
             left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
             if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
@@ -682,9 +725,19 @@ def _search_fields(
                 found.append(ConfigUpdate(field, old, new))
                 candidates.remove(cand)
                 break
+    rebuilds.watching = False
     if shapes:
         return original, [], mismatches
     return config, found, shapes
+
+
+def _check_unread(dg, trial, field: str, planned_shapes, rebuilds: Rebuilds, shapes) -> None:
+    left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
+    if left != shapes:
+        raise AssertionError(
+            f"internal error: config.{field}, which the model's build did not read, changes "
+            f"what it builds: {left[:2]} against {shapes[:2]}"
+        )
 
 
 def _fields(config):
