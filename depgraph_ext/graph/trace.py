@@ -909,6 +909,8 @@ def _swapped_tensors(
         tensors, containers = {}, {}
         for k in state.keys() - _MODULE_INTERNALS:
             v = state[k]
+            if type(v) in _SCALARS:
+                continue  # (most attributes: sizes, flags, names)
             if isinstance(v, torch.Tensor):
                 tensors[k] = v
             elif _holds_tensors(v):
@@ -965,6 +967,10 @@ _NO_DICT = frozenset(
     {int, float, bool, str, bytes, complex, type(None), tuple, list, dict, set, frozenset}
     | {torch.dtype, torch.device, torch.Size, torch.memory_format, torch.layout}
 )
+
+
+# Values that neither are nor hold a tensor, nor have attributes of their own.
+_SCALARS = _NO_DICT - {tuple, list, dict}
 
 
 def _attributes_of(value) -> dict | None:
