@@ -2,6 +2,7 @@
 built from small configs with random weights, and check the oracle.
 
     python scripts/sweep_diffusers.py [--workers 1] [--timeout 300] [--models a,b] [--out F]
+                                      [--stand-ins]
 
 diffusers is not a dependency of depgraph_ext: install it beside torch (``pip install --no-deps
 diffusers``: it asks for no torch of its own) to run this sweep, which stops with a one-line
@@ -29,6 +30,7 @@ import os
 import sys
 import time
 
+import sweep_layers
 import sweep_torchvision as common
 
 sys.path.insert(
@@ -84,6 +86,7 @@ def child(name: str, record_path: str) -> None:
     if name == common.REFERENCE:
         record.update(reference_prune())
         return save()
+    sweep_layers.stand_ins_if_asked()  # (the reference is traced as it always is)
     config, make_inputs = RECIPES[name]
     cls = getattr(diffusers, name)
     record.update(task="diffusers", kwargs=config)
@@ -119,9 +122,12 @@ def main() -> None:
     parser.add_argument("--models", default="", help="comma-separated class names of RECIPES")
     parser.add_argument("--out", default="sweep_diffusers.json", help="JSON records")
     parser.add_argument("--resume", action="store_true", help="keep the records in --out")
+    parser.add_argument("--stand-ins", action="store_true", help=sweep_layers.STAND_INS_HELP)
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--record", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stand_ins:
+        sweep_layers.ask_for_stand_ins()
     try:
         import diffusers  # noqa: F401
     except ImportError as e:
