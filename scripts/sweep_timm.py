@@ -1,7 +1,7 @@
 """Prune one model of every timm architecture, built with random weights, and check the oracle.
 
     python scripts/sweep_timm.py [--workers 1] [--timeout 300] [--per-module 1] [--models a,b]
-                                  [--features-only] [--out F]
+                                  [--features-only] [--stand-ins] [--out F]
 
 timm is not a dependency of depgraph_ext (it pulls a torch and torchvision of its own choice):
 install it beside torch and torchvision to run this sweep (it stops with a one-line message
@@ -20,6 +20,8 @@ with the same checks: the model unchanged after any error, the pruned model runn
 original's output shapes, the slowest ten beside a ResNet-50 prune of the same run.
 ``--features-only``: each model built with ``features_only=True``, a backbone returning its
 feature maps (whose widths the prune keeps), as detection and segmentation heads use it.
+``--stand-ins``: every model traced as one over the real trace's size is (on meta tensors
+standing in for CPU ones): its records should be the default sweep's, model by model.
 """
 
 from __future__ import annotations
@@ -64,12 +66,14 @@ def smallest_per_module(per_module: int = 1) -> list[str]:
 
 
 def child(name: str, record_path: str, features_only: bool = False) -> None:
+    import sweep_layers  # (the --stand-ins switch the sweeps share)
     import timm
     import torch
 
     from depgraph_ext.testing import outputs_of
 
     torch.set_num_threads(1)
+    sweep_layers.stand_ins_if_asked()
     record: dict = {"model": name}
 
     def save() -> None:
@@ -111,6 +115,8 @@ def child(name: str, record_path: str, features_only: bool = False) -> None:
 
 
 def main() -> None:
+    import sweep_layers  # (the --stand-ins switch the sweeps share)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=1, help="models pruned at once")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
@@ -122,9 +128,12 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the records in --out")
     parser.add_argument("--features-only", action="store_true", help="build each model with "
                         "features_only=True (its feature maps, a backbone's outputs)")  # fmt: skip
+    parser.add_argument("--stand-ins", action="store_true", help=sweep_layers.STAND_INS_HELP)
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--record", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stand_ins:
+        sweep_layers.ask_for_stand_ins()
     try:
         import timm
     except ImportError as e:

@@ -1,6 +1,7 @@
 """Prune every torchvision model, built with random weights, and check the scatter-back oracle.
 
     python scripts/sweep_torchvision.py [--workers 1] [--timeout 300] [--models a,b] [--out F]
+                                        [--stand-ins]
 
 torchvision is not a dependency of depgraph_ext: install it beside torch to run this sweep (it
 stops with a one-line message where torchvision cannot be imported). depgraph_ext must be
@@ -29,7 +30,9 @@ original's, its repr (module attributes) the same. Each prune's warnings are rec
 count, the first messages shortened). Writes one JSON record per model (``--out``, default
 sweep_torchvision.json) as each finishes, prints one line per model, then the counts, the
 failures, and the ten slowest default prunes beside a prune of torchvision's ResNet-50 (float32,
-1x3x224x224, after one to warm up) timed in a child of the same run.
+1x3x224x224, after one to warm up) timed in a child of the same run. ``--stand-ins``: every
+model traced as one over the real trace's size is (on meta tensors standing in for CPU ones):
+its records should be the default sweep's, model by model.
 """
 
 from __future__ import annotations
@@ -298,11 +301,13 @@ def reference_prune() -> dict:
 
 
 def child(name: str, record_path: str) -> None:
+    import sweep_layers  # (the --stand-ins switch the sweeps share)
     import torch
 
     from depgraph_ext.testing import outputs_of
 
     torch.set_num_threads(1)
+    sweep_layers.stand_ins_if_asked()
     record: dict = {"model": name}
 
     def save() -> None:
@@ -564,15 +569,20 @@ def slowest(done: dict, n: int = 10) -> str:
 
 
 def main() -> None:
+    import sweep_layers  # (the --stand-ins switch the sweeps share)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=1, help="models pruned at once")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per model")
     parser.add_argument("--models", default="", help="comma-separated model names (default: all)")
     parser.add_argument("--out", default="sweep_torchvision.json", help="JSON records")
     parser.add_argument("--resume", action="store_true", help="keep the records in --out")
+    parser.add_argument("--stand-ins", action="store_true", help=sweep_layers.STAND_INS_HELP)
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)  # one model, here
     parser.add_argument("--record", help=argparse.SUPPRESS)  # where --child writes its record
     args = parser.parse_args()
+    if args.stand_ins:
+        sweep_layers.ask_for_stand_ins()
     try:
         import torchvision.models as tvm
     except ImportError as e:
