@@ -2,7 +2,7 @@
 in a small net on a 20-node graph with random weights.
 
     .venv/bin/python scripts/sweep_pyg.py [--workers 1] [--timeout 120] [--cases GATConv,models.GCN]
-                                          [--out sweep_pyg.json]
+                                          [--out sweep_pyg.json] [--stand-ins]
 
 The full sweep (112 cases, about 12 minutes on one core):
 
@@ -595,6 +595,7 @@ def sweep_case(name: str) -> dict:
 
 def child(name: str) -> None:
     torch.set_num_threads(1)
+    snap.stand_ins_if_asked()
     record = sweep_case(name)
     print(RECORD + json.dumps(record), flush=True)
 
@@ -647,7 +648,10 @@ def summary(done: dict, seconds: float) -> str:
 
 def main() -> None:
     parser = snap.case_arguments(__doc__, "sweep_pyg.json")
+    parser.add_argument("--stand-ins", action="store_true", help=snap.STAND_INS_HELP)
     args = parser.parse_args()
+    if args.stand_ins:
+        snap.ask_for_stand_ins()
     if args.child:
         return child(args.child)
     names = snap.chosen_cases(parser, args.cases, CASES)
