@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..errors import CheckpointError, InvalidArgumentError
 from ..pruning.configs import config_of, no_torch_init
@@ -173,6 +174,15 @@ def attention_of(module: nn.Module) -> str | None:
     return getattr(config, "_attn_implementation", None) if config is not None else None
 
 
+def _own_class(module: nn.Module) -> type:
+    """A module's class, seen past torch's parametrizations (``weight_norm``'s
+    ``ParametrizedConv1d``: a class made anew for every module it wraps, so two models built
+    alike hold two such classes)."""
+    if parametrize.is_parametrized(module):
+        return type(module).__bases__[0]
+    return type(module)
+
+
 def differences(model: nn.Module):
     """(tensor shapes, module attributes, attention implementations, computed buffers) of
     ``model`` that a model built from its own config would not have: what the config cannot
@@ -207,7 +217,7 @@ def differences(model: nn.Module):
             continue
         if attention_of(module) != attention_of(other) and attention_of(module) is not None:
             attention[name] = attention_of(module)
-        if type(other) is not type(module):
+        if _own_class(other) is not _own_class(module):
             raise CheckpointError(
                 f"{name or 'the model'} is a {type(module).__name__}, but a "
                 f"{type(other).__name__} in a model built from its config: the model replaced "
