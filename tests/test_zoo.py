@@ -43,6 +43,9 @@ VISION = """
     segformer pvt_v2 hiera yolos vit_mae focalnet dinov3_convnext glpn swiftformer
     clip_vision_model siglip_vision_model vivit videomae vitpose groupvit
 """.split()
+SPEECH = """
+    wav2vec2 hubert wavlm sew data2vec-audio wav2vec2-conformer speech_to_text moonshine
+""".split()  # (a waveform or frames of features in; wav2vec2's family: weight_norm's conv)
 MIXTURES_OF_EXPERTS = """
     mixtral qwen2_moe qwen3_moe deepseek_v2 deepseek_v3 granitemoe phimoe glm4_moe ernie4_5_moe
     jamba qwen3_next xglm jetmoe
@@ -50,7 +53,8 @@ MIXTURES_OF_EXPERTS = """
 
 FLOAT32_ONLY = set(MIXTURES_OF_EXPERTS)
 REPLACES_ITS_MODULES = {"big_bird"}  # block-sparse attention swapped for full on short inputs
-ALL = CAUSAL_LMS + STATE_SPACE_AND_HYBRID + ENCODERS + SEQ2SEQ + VISION + MIXTURES_OF_EXPERTS
+ALL = CAUSAL_LMS + STATE_SPACE_AND_HYBRID + ENCODERS + SEQ2SEQ + VISION + SPEECH
+ALL += MIXTURES_OF_EXPERTS
 
 
 def build(model_type):

@@ -735,6 +735,8 @@ def _candidates(t, cfg, head=None):
 
     causal = cls_of(ma.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     s2s = cls_of(ma.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+    if s2s is None:  # (speech recognition and translation: Whisper, Speech2Text, Moonshine)
+        s2s = cls_of(getattr(ma, "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", {}))
     base = cls_of(ma.MODEL_MAPPING_NAMES)
     img = cls_of(ma.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES)
     out = []
@@ -804,6 +806,58 @@ def _pixels(cfg, g, hw=None):
     return torch.randn(BATCH, c, h, w, generator=g)
 
 
+# Config fields that say an audio model's features per frame, and its length in frames
+_AUDIO_FEATURES = ("num_mel_bins", "feature_size", "n_mels", "mel_bins", "num_mel_filters")
+_AUDIO_FRAMES = ("max_source_positions",)
+
+
+def _audio_input_sets(main: str, cfg, g) -> list[dict]:
+    """Candidate audio inputs, best first: a waveform (``input_values``: batch x samples, or
+    batch x channels x samples for codecs) or frames of features (``input_features``: batch x
+    features x frames, as Whisper takes them, or batch x frames x features)."""
+    sub = getattr(cfg, "audio_config", None) or getattr(cfg, "encoder_config", None)
+    scopes = [c for c in (cfg, sub) if c is not None]
+    if main == "input_values":
+        channels = next(
+            (
+                v
+                for c in scopes
+                for n in ("audio_channels", "channels")
+                if _is_int(v := getattr(c, n, None)) and 0 < v <= 8
+            ),
+            1,
+        )
+        sets = []
+        for samples in (3200, 16000):
+            wave = torch.randn(BATCH, samples, generator=g)
+            sets.append({"input_values": wave})
+            sets.append(
+                {"input_values": wave[:, None].expand(BATCH, channels, samples).contiguous()}
+            )
+        return sets
+    features = [
+        v
+        for c in scopes
+        for n in _AUDIO_FEATURES
+        if _is_int(v := getattr(c, n, None)) and 0 < v <= 512
+    ]
+    per_channel = getattr(cfg, "input_feat_per_channel", None)
+    if _is_int(per_channel):  # (speech-to-text: features of every input channel side by side)
+        features.insert(0, per_channel * (getattr(cfg, "input_channels", 1) or 1))
+    frames = [
+        2 * v
+        for c in scopes
+        for n in _AUDIO_FRAMES
+        if _is_int(v := getattr(c, n, None)) and 0 < v <= 1500
+    ]
+    sets = []
+    for f in dict.fromkeys(features or [80]):
+        for t in dict.fromkeys(frames + [64, 200]):
+            sets.append({"input_features": torch.randn(BATCH, f, t, generator=g)})
+            sets.append({"input_features": torch.randn(BATCH, t, f, generator=g)})
+    return sets
+
+
 def _input_sets(task, model_cls, cfg, seed):
     """Candidate input dicts, best first."""
     g = torch.Generator().manual_seed(seed)
@@ -811,7 +865,13 @@ def _input_sets(task, model_cls, cfg, seed):
     params = _forward_params(model_cls)
     vision_cfg = getattr(cfg, "vision_config", None)
     sets = []
-    if main in ("input_values", "input_features", "audio_values", "input_audio"):
+    if main in ("input_values", "input_features"):
+        sets = _audio_input_sets(main, cfg, g)
+        if task == "seq2seq" or getattr(cfg, "is_encoder_decoder", False):
+            decoder = {"decoder_input_ids": _ids(cfg, SEQ // 2 + 2, g)}
+            sets = [inputs | decoder for inputs in sets]
+        return sets
+    if main in ("audio_values", "input_audio"):
         raise Unbuildable(f"audio input ({main})")
     if main in ("pixel_values_videos", "video_values"):
         raise Unbuildable(f"video input ({main})")
