@@ -268,6 +268,15 @@ _ONE = (
 # the few configs whose layer structure is nested beyond what the generic rules can cut
 _SPECIAL: dict[str, dict[str, Any]] = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+    # Neural audio codecs: their codebooks and decoders are what the generic fields miss
+    "encodec": {"num_filters": 8, "codebook_size": 64, "codebook_dim": 32, "hidden_size": 32},
+    "dac": {
+        "encoder_hidden_size": 8,
+        "decoder_hidden_size": 64,
+        "hidden_size": 32,
+        "codebook_size": 64,
+        "n_codebooks": 2,
+    },
 }
 _IMAGE = ("image_size", "img_size", "input_size_image")
 _PATCH = ("patch_size",)
