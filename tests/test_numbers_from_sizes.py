@@ -72,6 +72,20 @@ def test_a_number_computed_from_a_pruned_size_keeps_that_size(how, backend):
     assert "test_numbers_from_sizes.py" in message  # the model's line
 
 
+@pytest.mark.parametrize("how", ["constant", "float", "int", "fill"])
+def test_on_stand_ins_a_number_computed_from_a_pruned_size_keeps_that_size(how, monkeypatch):
+    """As a model over the real trace's size is traced (meta tensors standing in): the
+    validation's trace on meta saw RAFT's ``tensor(num_channels)`` as a tensor it knew (its
+    meta copy made it so), compared no number, and pruned the channels: the oracle failed."""
+    from depgraph_ext.graph import trace
+
+    monkeypatch.setattr(trace, "REAL_TRACE_MAX_BYTES", 0)
+    original, model, result, x, fixed = _pruned(how, exact_only=True)
+    assert model.b.out_channels == 8 and model.a.out_channels == 4
+    assert_scatter_back_equal(original, model, result, x)
+    assert len(fixed) == 1
+
+
 @pytest.mark.parametrize("how", ["constant", "int"])
 def test_without_the_comparison_the_plan_changes_the_function(how, monkeypatch):
     """What the comparison prevents: the same plan with it switched off prunes b's channels,

@@ -668,11 +668,12 @@ class _ShapeRecorder(_RecorderBase):
         kwargs = kwargs or {}
         if isinstance(func, HigherOrderOperator):
             return self._higher_order(func, args, kwargs)
+        # (before the op runs: on meta, running it keeps its arguments, constants too, known)
+        numbers = op_numbers(func, args, kwargs, self._constant)
         out, out_leaves = self._run(func, args, kwargs)
         if out_leaves is None:
             return out
         module = self.module_stack[-1] if self.module_stack else ""
-        numbers = op_numbers(func, args, kwargs, self._constant)
         if numbers:
             self.graph.numbers[len(self.graph.ops)] = numbers
         self._note(args)
