@@ -72,14 +72,21 @@ def test_a_number_computed_from_a_pruned_size_keeps_that_size(how, backend):
     assert "test_numbers_from_sizes.py" in message  # the model's line
 
 
+@pytest.mark.parametrize("path", ["stand-ins", "fake"])
 @pytest.mark.parametrize("how", ["constant", "float", "int", "fill"])
-def test_on_stand_ins_a_number_computed_from_a_pruned_size_keeps_that_size(how, monkeypatch):
-    """As a model over the real trace's size is traced (meta tensors standing in): the
-    validation's trace on meta saw RAFT's ``tensor(num_channels)`` as a tensor it knew (its
-    meta copy made it so), compared no number, and pruned the channels: the oracle failed."""
+def test_traced_as_a_large_model_a_number_from_a_pruned_size_keeps_that_size(
+    how, path, monkeypatch
+):
+    """As a model over the real trace's size is traced: on meta tensors standing in for CPU
+    ones (the validation's trace saw RAFT's ``tensor(num_channels)`` as a tensor it knew,
+    its meta copy made it so), or on fake ones (where a fused path needs them: the constant's
+    values were read under the fake mode, which gave none). Neither compared that number, the
+    channels pruned, and the oracle failed."""
     from depgraph_ext.graph import trace
 
     monkeypatch.setattr(trace, "REAL_TRACE_MAX_BYTES", 0)
+    if path == "fake":
+        monkeypatch.setattr(trace, "_meta_stands_in", lambda *args: False)
     original, model, result, x, fixed = _pruned(how, exact_only=True)
     assert model.b.out_channels == 8 and model.a.out_channels == 4
     assert_scatter_back_equal(original, model, result, x)

@@ -19,6 +19,7 @@ whose numbers are their result's size (``arange``, ``linspace`` ...) show a chan
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 # Constants up to this many elements are remembered by value (a scale, a few positions).
 SMALL_CONSTANT = 64
@@ -60,9 +61,12 @@ def constant_value(t: torch.Tensor):
     ):
         return None
     try:
-        return (t.dtype, tuple(t.shape), tuple(t.detach().cpu().reshape(-1).tolist()))
+        # (read past the trace's modes: under a fake mode a real tensor's copy would be fake)
+        with _disable_current_modes(), torch._C.DisableTorchFunction():
+            values = tuple(t.detach().cpu().reshape(-1).tolist())
     except RuntimeError:  # (a tensor whose data cannot be read)
         return None
+    return (t.dtype, tuple(t.shape), values)
 
 
 def op_numbers(func, args, kwargs, constant_of) -> tuple:
