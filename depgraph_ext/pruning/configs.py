@@ -73,6 +73,15 @@ class Rebuilds:
                 self._reads[key] = reads
         return self._built[key]
 
+    @contextlib.contextmanager
+    def watched(self):
+        """Builds made for the duration note the fields they read (:meth:`fields_read`)."""
+        self.watching = True
+        try:
+            yield
+        finally:
+            self.watching = False
+
     def fields_read(self, config) -> frozenset | None:
         """The fields the build of ``config`` read (None: not known). A build reads the same
         fields with the same values from a config that differs only in fields it did not
@@ -704,28 +713,30 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
-    rebuilds.watching = True  # (each trial's build says what it read, for the next round)
-    while improved and candidates and shapes:
-        improved = False
-        read = rebuilds.fields_read(config)
-        for cand in candidates:
-            field, old, new = cand
-            unread = read is not None and field not in read
-            if unread and not CHECK_SKIPPED_BUILDS:
-                continue  # (its build reads no such field: the same model, the same shapes)
-            trial = copy.deepcopy(config)
-            if _set_field(trial, field, new) is not None or _validation_error(trial) is not None:
-                continue
-            if unread:
-                _check_unread(dg, trial, field, planned_shapes, rebuilds, shapes)
-                continue
-            left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
-            if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
-                config, shapes, improved = trial, left, True
-                found.append(ConfigUpdate(field, old, new))
-                candidates.remove(cand)
-                break
-    rebuilds.watching = False
+    with rebuilds.watched():  # (each trial's build says what it read, for the next round)
+        while improved and candidates and shapes:
+            improved = False
+            read = rebuilds.fields_read(config)
+            for cand in candidates:
+                field, old, new = cand
+                unread = read is not None and field not in read
+                if unread and not CHECK_SKIPPED_BUILDS:
+                    continue  # (its build reads no such field: the same model, the same shapes)
+                trial = copy.deepcopy(config)
+                if (
+                    _set_field(trial, field, new) is not None
+                    or _validation_error(trial) is not None
+                ):
+                    continue
+                if unread:
+                    _check_unread(dg, trial, field, planned_shapes, rebuilds, shapes)
+                    continue
+                left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
+                if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
+                    config, shapes, improved = trial, left, True
+                    found.append(ConfigUpdate(field, old, new))
+                    candidates.remove(cand)
+                    break
     if shapes:
         return original, [], mismatches
     return config, found, shapes
