@@ -30,6 +30,41 @@ def test_native_equals_python_on_random_graphs(seed):
         )
 
 
+def test_equal_pairs_emits_what_equal_emits_pair_by_pair():
+    # (a decoder loop's stack of its growing list of steps emits these in one pass)
+    rng = np.random.default_rng(0)
+    one, many = CouplingBuilder(), CouplingBuilder()
+    sizes = rng.integers(1, 5, size=40)
+    for b in (one, many):
+        for size in sizes:
+            b.new_slot(int(size))
+    a = [int(x) for x in rng.integers(0, 40, size=30)]
+    c = [int(x) for x in rng.integers(0, 40, size=30)]
+    c[::4] = a[::4]  # (a slot equal to itself emits nothing)
+    for x, y in zip(a, c):
+        one.equal(x, y)
+    many.equal_pairs(a, c)
+    many.block(3)
+    one.block(3)
+    built_one, built_many = one.build([0]), many.build([0])
+    for name in ("slot_sizes", "kinds", "offsets", "data"):
+        assert np.array_equal(getattr(built_one, name), getattr(built_many, name)), name
+    assert built_many.num_couplings == 1 + sum(x != y for x, y in zip(a, c))
+
+
+def test_a_rule_coupling_slots_of_different_sizes_is_refused_naming_them():
+    from depgraph_ext.graph.rules.context import RuleContext, RuleError
+
+    ctx = RuleContext.__new__(RuleContext)
+    ctx.builder = CouplingBuilder()
+    ctx.touched = set()
+    slots = [ctx.builder.new_slot(n) for n in (4, 4, 4, 6)]
+    ctx.equal_pairs(slots[:2], slots[2:3] * 2)
+    assert ctx.touched == set(slots[:3])
+    with pytest.raises(RuleError, match="EQUAL between slots of sizes 4 and 6"):
+        ctx.equal_pairs(slots[:2], [slots[2], slots[3]])
+
+
 def test_rotate_half_cycle_terminates_and_pairs_indices(backend):
     b = CouplingBuilder()
     q, lo, hi, rot = b.new_slot(8), b.new_slot(4), b.new_slot(4), b.new_slot(8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -192,14 +193,18 @@ def build_couplings(
         # An input dim the rule neither coupled nor freed has its size fixed by this op (a
         # convolution's kernel taps, read through a view): a dim is prunable only if every
         # op that reads it allows it.
-        for v in dict.fromkeys(node.inputs):
-            for s in ctx.slots(v):
-                if s not in ctx.touched and ctx.size(s) != 1:
-                    ctx.block(s)
-        for v in node.outputs:
-            for s in ctx.slots(v):
-                if s not in ctx.touched and ctx.size(s) != 1:
-                    ctx.block(s)
+        # (a stack of a decoder's growing list reads thousands of values: their slots are
+        # checked in one C-level pass first, and looked at one by one only where one is not)
+        values = list(dict.fromkeys(node.inputs)) + node.outputs
+        value_slots, touched = ctx.value_slots, ctx.touched
+        if not touched.issuperset(
+            itertools.chain.from_iterable(map(value_slots.__getitem__, values))
+        ):
+            sizes = builder.slot_sizes
+            for v in values:
+                for s in value_slots[v]:
+                    if s not in touched and sizes[s] != 1:
+                        ctx.block(s)
         if len(emitted) > start:
             spans.append((node.index, start, len(emitted)))
 

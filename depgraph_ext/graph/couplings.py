@@ -18,6 +18,7 @@ The arrays are what both resolution backends consume (``resolve_reference`` and 
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -83,10 +84,14 @@ class CouplingBuilder:
         """``equal(a[i], b[i])`` for every i, in one pass (a stack of a growing list of
         tensors, an autoregressive decoder's, emits a number of them that grows with the
         square of its steps)."""
-        pairs = [(x, y) for x, y in zip(a, b) if x != y]
+        if any(map(operator.eq, a, b)):  # (a slot equal to itself: no coupling)
+            kept = [(x, y) for x, y in zip(a, b) if x != y]
+            a, b = [x for x, _ in kept], [y for _, y in kept]
+        interleaved = [0] * (2 * len(a))  # (a[0], b[0], a[1], b[1], ...: C-level slices)
+        interleaved[0::2], interleaved[1::2] = a, b
         base = len(self._data)
-        self._kinds.extend([_EQUAL] * len(pairs))
-        self._data.extend([s for pair in pairs for s in pair])
+        self._kinds.extend([_EQUAL] * len(a))
+        self._data.extend(interleaved)
         self._offsets.extend(range(base + 2, len(self._data) + 1, 2))
 
     def reshape(self, ins: list[int], outs: list[int]) -> None:

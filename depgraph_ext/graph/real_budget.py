@@ -13,6 +13,7 @@ come out the same on any machine at any load.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -58,14 +59,23 @@ _LOOKUPS = frozenset(
 )
 
 
-def _tensors(args) -> list[torch.Tensor]:
-    out = []
+def _elements(args) -> int:
+    """The elements of every tensor among ``args`` and in their lists and tuples (a stack of
+    a decoder's growing list of steps: one C-level pass over its tensors)."""
+    total = 0
     for a in args:
         if isinstance(a, torch.Tensor):
-            out.append(a)
+            total += a.numel()
         elif type(a) in (list, tuple):
-            out.extend(x for x in a if isinstance(x, torch.Tensor))
-    return out
+            if all(map(isinstance, a, _TENSOR_TYPES)):
+                total += sum(map(_NUMEL, a))
+            else:
+                total += sum(x.numel() for x in a if isinstance(x, torch.Tensor))
+    return total
+
+
+_TENSOR_TYPES = itertools.repeat(torch.Tensor)
+_NUMEL = torch.Tensor.numel
 
 
 def _macs(packet, args, outputs) -> int | None:
@@ -100,6 +110,6 @@ def op_work(func, args, outputs) -> float:
     macs = _macs(packet, args, outputs)
     if macs is not None:
         return macs * SECONDS_PER_MAC
-    written = sum(t.numel() for t in outputs)
-    read = written if packet in _LOOKUPS else sum(t.numel() for t in _tensors(args))
+    written = sum(map(_NUMEL, outputs))
+    read = written if packet in _LOOKUPS else _elements(args)
     return (read + written) * SECONDS_PER_ELEMENT

@@ -4,6 +4,7 @@ rules leave for later stages (attention calls)."""
 from __future__ import annotations
 
 import itertools
+import operator
 from dataclasses import dataclass
 
 from ..couplings import CouplingBuilder
@@ -100,9 +101,10 @@ class RuleContext:
     def equal_pairs(self, a: list[int], b: list[int]) -> None:
         """``equal(a[i], b[i])`` for every i (slot lists of the same length)."""
         sizes = self.builder.slot_sizes
-        for x, y in zip(a, b):
-            if sizes[x] != sizes[y]:
-                raise RuleError(f"EQUAL between slots of sizes {sizes[x]} and {sizes[y]}")
+        size_of = sizes.__getitem__
+        if any(map(operator.ne, map(size_of, a), map(size_of, b))):  # (one C-level pass)
+            x, y = next((x, y) for x, y in zip(a, b) if sizes[x] != sizes[y])
+            raise RuleError(f"EQUAL between slots of sizes {sizes[x]} and {sizes[y]}")
         self.touched.update(a)
         self.touched.update(b)
         self.builder.equal_pairs(a, b)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 
 import torch
 
@@ -40,14 +42,15 @@ def stack(ctx: RuleContext, node: Node) -> None:
     dim = wrap_dim(arg(node, "dim", 0), rank)
     so = ctx.slots(out)
     kept = so[:dim] + so[dim + 1 :]  # (the output's slot of each input dim)
-    slots_of = ctx.value_slots
-    ins = [s for t in tensors for s in slots_of[t.value]]
+    values = map(_VALUE_OF, tensors)
+    ins = list(itertools.chain.from_iterable(map(ctx.value_slots.__getitem__, values)))
     if len(ins) != len(kept) * len(tensors):
         raise RuleError("stack of tensors of different ranks")
     ctx.equal_pairs(ins, kept * len(tensors))
 
 
 register_many(["aten.stack"], stack)
+_VALUE_OF = operator.attrgetter("value")
 
 
 def _slice_pieces(ctx: RuleContext, src, dim: int, pieces) -> None:

@@ -11,6 +11,8 @@ making non-zero values: a sum after them is declared function-changing, never cl
 
 from __future__ import annotations
 
+import itertools
+
 from ..trace import Node, OpGraph, Ref
 from .context import arg
 from .elementwise import ACTIVATION_BACKWARDS
@@ -106,14 +108,16 @@ class ZeroTracker:
         # Every value ``v`` depends on, found without recursion (a residual stream is a chain
         # as long as the model), then settled in the order the ops ran: each op's inputs are
         # known before it is, so the calls below stay shallow however deep the chain.
-        ancestors, stack = {}, [v]
+        ancestors, stack, memo = {}, [v], self._memo
         while stack:
             x = stack.pop()
             if x in self._memo or x in ancestors:
                 continue
             writers = self._writers_of(x)
             ancestors[x] = min((n.index for n in writers), default=-1)
-            stack += [i for n in writers for i in n.inputs if i != x]
+            for n in writers:  # (the inputs not settled yet, in one C-level pass: a stack
+                # of a decoder's growing list of steps reads thousands of settled ones)
+                stack.extend(itertools.filterfalse(memo.__contains__, n.inputs))
         for x in sorted(ancestors, key=ancestors.__getitem__):
             self._memo[x] = None  # (a cycle through an in-place op: the other writers decide)
             self._memo[x] = next(
