@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import depgraph_ext as dx
+from depgraph_ext.graph.dependency import DependencyGraph
 from depgraph_ext.pruning import validate
 from depgraph_ext.testing import assert_scatter_back_equal
 from helpers import prune_and_check, tiny_llama
@@ -683,3 +684,145 @@ def test_a_width_a_config_field_fixes_is_found_without_a_trace(monkeypatch):
     with pytest.warns(dx.FixedSizeWarning, match=r"op aten\.zeros\.default"):
         pruned, _ = prune_and_check(model, x)
     assert pruned.b.out_features == 8 and pruned.a.out_features < 8
+
+
+class _Encoder(nn.Module):
+    """Convolutions whose code takes its width by unpacking the shape (a size read) and
+    reshapes with it (``b, c, h, w = x.shape``: a windowed vision encoder's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.mix = nn.Conv2d(16, 16, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        b, c, height, width = h.shape
+        tokens = h.reshape(b, c, height * width).transpose(1, 2)  # (b, positions, channels)
+        return self.mix(tokens.transpose(1, 2).reshape(b, c, height, width))
+
+
+class _KeepsItsWidth(_Encoder):
+    """The same, keeping the width it took as an attribute (``self.seen = c``)."""
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        b, c, height, width = h.shape
+        self.seen = c
+        return self.mix(h.reshape(b, c, height * width).reshape(b, c, height, width))
+
+
+class _Decoder(nn.Module):
+    """A step loop over pooled features: an autoregressive head's shape, whose code reads no
+    size."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.Linear(16 + 8, 8)
+        self.out = nn.Linear(8, 5)
+
+    def forward(self, features, steps: int):
+        pooled = features.mean((2, 3))
+        state = torch.zeros_like(self.out.weight[0]).expand(pooled.shape[0], -1)
+        outs = []
+        for _ in range(steps):
+            state = torch.tanh(self.cell(torch.cat([pooled, state], 1)))
+            outs.append(self.out(state))
+        return torch.stack(outs, 1)
+
+
+class EncoderThenLoop(nn.Module):
+    """An encoder that reads the pruned width, then a decoder's loop that reads none."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = _Encoder()
+        self.decoder = _Decoder()
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x), 12)
+
+
+class LoopsByTheWidthKept(EncoderThenLoop):
+    """The same, its decoder stepping as often as the width the encoder kept says:
+    ``range(self.encoder.seen // 4)``, which Python reads unseen."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = _KeepsItsWidth()
+
+    def forward(self, x):
+        features = self.encoder(x)
+        return self.decoder(features, self.encoder.seen // 4)
+
+
+class _ReturnsItsWidth(_Encoder):
+    """The same, returning the width it took with its features."""
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        b, c, height, width = h.shape
+        return self.mix(h.reshape(b, c, height * width).reshape(b, c, height, width)), c
+
+
+class LoopsByTheWidthReturned(EncoderThenLoop):
+    """The same, its decoder stepping as often as the width the encoder returned says."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = _ReturnsItsWidth()
+
+    def forward(self, x):
+        features, width = self.encoder(x)
+        return self.decoder(features, width // 4)
+
+
+def _validation_traces(monkeypatch) -> list:
+    traces = []
+    original = DependencyGraph.trace_pruned
+
+    def recording(self, *args, **kwargs):
+        traces.append((self, original(self, *args, **kwargs)))
+        return traces[-1][1]
+
+    monkeypatch.setattr(DependencyGraph, "trace_pruned", recording)
+    return traces
+
+
+def test_a_plan_is_traced_only_as_far_as_the_code_that_read_its_sizes(monkeypatch):
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = EncoderThenLoop().double().eval()
+    traces = _validation_traces(monkeypatch)
+    pruned, result = prune_and_check(model, X, ratio=0.5)
+    assert pruned.encoder.conv.out_channels < 16 and pruned.decoder.cell.in_features < 24
+    stopped = [(dg, t) for dg, t in traces if t.stopped_after is not None]
+    assert stopped, "no trace of a plan stopped after the encoder"
+    for dg, t in stopped:
+        encoder_ops = dg.graph.root_calls[0][2]
+        assert t.stopped_after == 0 and len(t.ops) == encoder_ops < len(dg.graph.nodes) / 4
+    # the same plan as a trace of the whole model gives
+    monkeypatch.setattr(validate, "_stop_after", lambda *args: None)
+    whole = dx.prune(copy.deepcopy(model), X, ratio=0.5)
+    for name, dims in whole.plan.items():
+        for d, kept in dims.items():
+            assert torch.equal(kept, result.plan[name][d]), name
+
+
+@pytest.mark.parametrize("make", [LoopsByTheWidthKept, LoopsByTheWidthReturned])
+def test_a_size_kept_past_the_call_that_read_it_is_traced_to_the_end(make, monkeypatch):
+    # The encoder keeps the width it read, or returns it; the decoder loops over it unseen:
+    # the trace of the plan runs whole (the encoder's attributes changed, or it returned a
+    # number), and finds that the loop changes.
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
+    model = make().double().eval()
+    expected = model(X)
+    traces = _validation_traces(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(dx.PlanValidationError, match="control flow depends on the pruned"):
+            dx.prune(model, X, ratio=0.5)
+    assert traces and all(t.stopped_after is None for _, t in traces)
+    assert model.encoder.conv.out_channels == 16  # nothing changed
+    assert torch.equal(model(X), expected)

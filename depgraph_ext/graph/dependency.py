@@ -833,12 +833,15 @@ class DependencyGraph:
                     if int(sizes[s]) not in fixed:
                         mark(s)
 
-    def trace_pruned(self, shapes: dict[str, tuple], stage: str = "check the plan", guide=None):
+    def trace_pruned(
+        self, shapes: dict[str, tuple], stage: str = "check the plan", guide=None, stop=None
+    ):
         """A :class:`~depgraph_ext.graph.trace.ShapeTrace` of the model with the given
         parameter/buffer shapes (no weight is touched), traced as this graph was, so that its
         ops line up with the graph's. ``guide``: stands for ops that fail and keeps results on
         a plan, so that the trace finds every op that fails (see
-        :func:`~depgraph_ext.graph.trace.trace_as`)."""
+        :func:`~depgraph_ext.graph.trace.trace_as`); ``stop``: where it may stop (a
+        :class:`~depgraph_ext.graph.trace.TraceStop`)."""
         replayed = self.graph.replayed_modules
         shape_replays = None
         if replayed:  # (a meta trace replays them again: its spy sees what they read)
@@ -861,6 +864,7 @@ class DependencyGraph:
             replay=self.graph.decisions,
             real_over_budget=self.graph.real_over_budget,
             shape_replays=shape_replays,
+            stop=stop,
         )
 
     # -- derived graphs ------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from ..errors import (
 from ..gcpause import paused_gc
 from ..progress import OFF, Progress
 from ..torch_range import release
+from . import repeats as _repeats
 from . import source
 from .decisions import (
     DATA_DEPENDENT,
@@ -138,6 +139,10 @@ class OpGraph:
     # (path, value) of every integer the model returns: a trace of a plan must return them
     # too (a number computed from a size the plan prunes, ``int(h.shape[1])``, would not).
     output_numbers: list[tuple[str, int]] = field(default_factory=list)
+    # The calls the root module's code made of other modules, in order: (module name, how
+    # many ops were recorded when it started, and when it returned); a plan's shape trace
+    # may stop after one (:class:`TraceStop`).
+    root_calls: list[tuple[str, int, int]] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -161,6 +166,26 @@ class ShapeTrace:
     numbers: dict[int, tuple] = field(default_factory=dict)
     output_numbers: list[tuple[str, int]] = field(default_factory=list)  # (see OpGraph's)
     replayed: int = 0  # module calls whose records were taken from an earlier one's
+    # The root-level call after which the trace stopped (a TraceStop's), or None: it ran whole
+    stopped_after: int | None = None
+
+
+@dataclass
+class TraceStop:
+    """Where a plan's shape trace may stop: after the root module's ``after``-th call of
+    another module (counted from 0), where the calls ``closed`` (numbered so) each returned
+    tensors only (or None) and left the attributes of their modules, and the plain objects
+    those hold, as they were: what their code computed from sizes stays inside them. Where
+    one did not, the trace runs whole (``broken``)."""
+
+    after: int
+    closed: frozenset[int]
+    broken: bool = False
+
+
+class _StopTrace(BaseException):
+    """Raised where a shape trace stops (a BaseException: a model's ``except Exception``
+    does not take it for its own)."""
 
 
 def normalize_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -792,25 +817,80 @@ def _attention_refusing_zero_heads():
 
 
 @contextlib.contextmanager
-def _module_scopes(modules: list[tuple[str, torch.nn.Module]], stack: list[str], recorder, ticks):
+def _module_scopes(
+    modules: list[tuple[str, torch.nn.Module]],
+    stack: list[str],
+    recorder,
+    ticks,
+    stop: TraceStop | None = None,
+):
     """Keep ``stack`` at the names of the modules running, and record every call's outputs.
     Two global hooks, not two per module: registering 3,000 hooks and removing them again
     took 14 ms per trace at 128 Llama layers."""
     names = {id(module): name for name, module in modules}
     calls = recorder.graph.module_calls
+    graph = recorder.graph
+    root_calls = graph.root_calls if isinstance(graph, OpGraph) else None
+    started: list[int] = []  # (the op count where the root-level call running started)
+    stop_states: dict[int, tuple] = {}  # a TraceStop's closed calls: their modules' state
+    ordinal = [0]  # root-level calls so far
 
     def push(module, args):  # must return None: a value would replace the module's inputs
         name = names.get(id(module))
         if name is not None and not recorder.suspended:
             stack.append(name)
+            if len(stack) == 2:  # a call the root's code made
+                if root_calls is not None:
+                    started.append(recorder.recorded_count())
+                elif stop is not None and ordinal[0] in stop.closed:
+                    stop_states[ordinal[0]] = _state_of(module)
 
     def pop(module, args, output):  # must return None: a value would replace the output
         if id(module) in names and not recorder.suspended:
             ticks.update(1)
-            calls.append((stack.pop(), recorder.module_outputs(output)))
+            name = stack.pop()
+            calls.append((name, recorder.module_outputs(output)))
+            if len(stack) == 1:
+                if root_calls is not None:
+                    root_calls.append((name, started.pop(), recorder.recorded_count()))
+                elif stop is not None:
+                    _root_call_returned(stop, ordinal[0], module, output, stop_states)
+                ordinal[0] += 1
 
     with global_module_hooks(push, pop):
         yield
+
+
+def _state_of(module: torch.nn.Module) -> tuple:
+    """The attributes of ``module`` and its descendants, and the states of the plain objects
+    they hold (a config): what :func:`_root_call_returned` compares."""
+    modules = dict(module.named_modules(remove_duplicate=False))
+    return (
+        [(m, tuple(vars(m).items())) for m in modules.values()],
+        [(obj, tuple(state.items())) for _, _, obj, state in _repeats._held_objects(modules)],
+    )
+
+
+def _root_call_returned(stop: TraceStop, ordinal: int, module, output, states: dict) -> None:
+    """A root-level call returned in a shape trace: is it one that must be closed, and is it?
+    Is it where the trace stops?"""
+    if ordinal in stop.closed:
+        modules, objects = states.pop(ordinal)
+        closed = (
+            all(type(x) in _TENSOR_RESULTS or x is None for x in pytree.tree_leaves(output))
+            and all(_repeats._unchanged(tuple(vars(m).items()), was) for m, was in modules)
+            and all(
+                (now := _repeats._state(obj)) is not None
+                and _repeats._unchanged(tuple(now.items()), was)
+                for obj, was in objects
+            )
+        )
+        stop.broken = stop.broken or not closed
+    if ordinal == stop.after and not stop.broken:
+        raise _StopTrace
+
+
+_TENSOR_RESULTS = (torch.Tensor, torch.nn.Parameter, FakeTensor)
 
 
 @contextlib.contextmanager
@@ -1079,6 +1159,7 @@ def trace(
     training: bool = False,
     repeats=None,
     shape_replays: ShapeReplays | None = None,
+    stop: TraceStop | None = None,
 ) -> OpGraph | ShapeTrace:
     """Record the ATen graph of ``model`` on ``example_inputs`` (in eval mode; ``training``:
     in training mode).
@@ -1134,6 +1215,7 @@ def trace(
         stand_in=stand_in,
         meta_results=meta_results or MetaResults(),
         training=training,
+        stop=stop,
     )
     if replay:
         # A trace of pruned shapes on real tensors computes on values no model would (weights
@@ -1472,6 +1554,7 @@ def trace_as(
     repeats: Repeats | None = None,
     speculate: bool = True,
     shape_replays: ShapeReplays | None = None,
+    stop: TraceStop | None = None,
 ) -> OpGraph | ShapeTrace:
     """One trace in one mode, no fallback (:func:`trace` picks the mode); ``budget``: the time
     a real trace may take, as (a fixed allowance, an allowance per op), or unlimited. A real
@@ -1489,6 +1572,8 @@ def trace_as(
     mode = TraceMode(mode)
     walk = walk or ModelWalk.of(model)
     meta_results = meta_results or MetaResults()
+    if stop is not None:  # (shape traces only, unguided: a copy, whose ``broken`` is this one's)
+        stop = dataclasses.replace(stop) if shapes_only and guide is None else None
     args, kwargs = normalize_inputs(example_inputs)
     params, buffers, modules = walk.params, walk.buffers, walk.modules
     stack: list[str] = []
@@ -1591,7 +1676,7 @@ def trace_as(
                 eager_forwards(),
                 torch.no_grad(),
                 progress.bar(stage, total=len(modules), unit="module") as ticks,
-                _module_scopes(modules, stack, recorder, ticks),
+                _module_scopes(modules, stack, recorder, ticks, stop),
             ):
                 with (
                     fake_mode,
@@ -1605,6 +1690,8 @@ def trace_as(
                         out = call_in_fresh_chunk(model, *fake_args, **fake_kwargs)
         except (InvalidArgumentError, RepeatsInvalid):
             raise
+        except _StopTrace:
+            graph.stopped_after = stop.after
         except Exception as exc:
             if shapes_only and graph.recovered:
                 raise _recovered_error(graph) from exc  # the first failure is the news
@@ -1650,6 +1737,10 @@ def trace_as(
         raise _recovered_error(graph)
     if recorder.aborted:
         raise _OverBudget  # the model's code caught it and went on
+    if shapes_only and graph.stopped_after is not None:
+        if repeater is not None:
+            graph.replayed = repeater.replayed
+        return graph  # (what the model's code does past the stop is not traced)
     if not shapes_only:
         graph.attribute_tensors = {
             name: recorder.value_of[id(t)]

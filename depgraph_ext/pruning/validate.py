@@ -36,7 +36,7 @@ from ..graph.size_watch import (
     leaves,
     read_by_own_forward,
 )
-from ..graph.trace import Ref
+from ..graph.trace import Ref, TraceStop
 from .attributes import attributes_named_like, temporary_attributes
 from .configs import (
     Rebuilds,
@@ -195,6 +195,9 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     if any(not dg.config_reads.known or u.field in dg.config_reads for u in plan.config):
         return None  # the forward reads a field the plan sets
     traced = False  # the plan must be traced: only failures of computed sizes are known
+    # ... how far: the ops it must record at least (what makes it trace lies before), and
+    # the root-level calls that read pruned sizes (their code must keep them: TraceStop)
+    must_reach, reading_calls = 0, set()
     attributes: dict[tuple[int, str], object] = {}
     modules = dg.walk.modules_by_name
     for update in plan.attributes:
@@ -229,16 +232,18 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return None
 
     nodes = dg.graph.nodes
-    traced = (
-        traced
-        or any(prunes_dim(v, d) for v, d in saw.size_reads)
-        or any(
-            prunes(v)
-            for start, stop in saw.sized_ops
-            for n in nodes[start:stop]
-            for v in n.inputs + n.outputs
-        )
-    )
+    root_calls = dg.graph.root_calls
+    for key in saw.size_reads:
+        if prunes_dim(*key):
+            call = _root_call_reading(root_calls, *saw.read_at[key])
+            if call is None:
+                traced = True  # (read by the root's own code, which runs to the end)
+            else:
+                reading_calls.add(call)
+                must_reach = max(must_reach, root_calls[call][2])
+    for start, stop in saw.sized_ops:
+        if any(prunes(v) for n in nodes[start:stop] for v in n.inputs + n.outputs):
+            must_reach = max(must_reach, stop)
 
     def leaf_value(leaf) -> int | None:
         if isinstance(leaf, SizeLeaf):
@@ -255,6 +260,7 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return new if type(new) is int else None
 
     failures, computed = [], []  # (computed: of sizes all computed by the code)
+    failing_reach = 0
     for call in saw.shaped_calls:
         if call.kind == "trailing":  # a layer norm's normalized_shape: the input's last sizes
             sizes = [evaluate(x, leaf_value) for x in call.ints]
@@ -274,23 +280,58 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         sizes = [evaluate(x, leaf_value) for x in call.ints]
         failure = None if None in sizes else _shaped_call_failure(dg, call, sizes, kept_sizes)
         if None in sizes or failure is _UNKNOWN:
-            traced = True
+            made_by = dg.graph.values[call.value].producer  # (the view or new tensor's op)
+            if made_by is None:
+                traced = True
+            else:
+                must_reach = max(must_reach, made_by + 1)
         elif failure is not None:
             failures.append(failure)
+            made_by = dg.graph.values[call.value].producer  # (traced, where anything is)
+            failing_reach = max(failing_reach, len(nodes) if made_by is None else made_by + 1)
             if all(computed_only(x) or (type(x) is int and x == -1) for x in call.ints) and not any(
                 leaf.used_otherwise for x in call.ints for leaf in leaves(x)
             ):
                 computed.append(failure)
-    if traced:
-        failures = computed
-        if not failures:
+    if traced or must_reach:
+        if computed:
+            computed[0].more = tuple(computed[1:])
+            return computed
+        if traced or ((pruned & (kept <= 1)).any() and _squeezes_ones(dg, pruned & (kept <= 1))):
             return None
+        return _stop_after(dg, max(must_reach, failing_reach), reading_calls)
     if failures:
         failures[0].more = tuple(failures[1:])
         return failures
     if (pruned & (kept <= 1)).any() and _squeezes_ones(dg, pruned & (kept <= 1)):
         return None
     return failures
+
+
+def _root_call_reading(root_calls: list, ops: int, module: str) -> int | None:
+    """The root-level call (its number) during which the code running in ``module`` read a
+    size when ``ops`` ops had been recorded, or None (the root's own code read it)."""
+    if not module:
+        return None
+    for i, (name, start, stop) in enumerate(root_calls):
+        if start <= ops <= stop and (module == name or module.startswith(name + ".")):
+            return i
+    return None
+
+
+def _stop_after(dg: DependencyGraph, must_reach: int, reading_calls: set[int]):
+    """Where a trace of the plan may stop (a TraceStop), or None (it runs whole): past
+    ``must_reach`` ops, after the root-level call that ends there or next, where every call
+    in ``reading_calls`` (the ones whose code read pruned sizes) keeps what it computed from
+    them inside (checked as the trace runs). Past there, nothing the code does depends on a
+    pruned size otherwise than the rules say (untraced_failures, for what runs after). Only
+    where that leaves at least half the ops untraced: a trace that stopped is traced whole
+    again where its ops are not the graph's (decompositions that branch on sizes)."""
+    root_calls, total = dg.graph.root_calls, len(dg.graph.nodes)
+    for i, (_, _, stop) in enumerate(root_calls):
+        if stop >= must_reach and i >= max(reading_calls, default=-1):
+            return TraceStop(i, frozenset(reading_calls)) if stop <= total // 2 else None
+    return None
 
 
 def _squeezes_ones(dg: DependencyGraph, to_one: np.ndarray) -> bool:
@@ -429,6 +470,11 @@ def _validate(dg: DependencyGraph, plan: Plan, guided: bool) -> None:
     """PlanValidationError where the plan's shapes do not run as planned: known without a
     trace where :func:`untraced_failures` can tell, traced otherwise."""
     failures = untraced_failures(dg, plan)
+    if isinstance(failures, TraceStop):
+        validate_plan(dg, plan, guided, stop=failures)
+        if CHECK_SKIPPED_TRACES and not guided:
+            _check_needs_no_trace(dg, plan)  # (what the trace did not run runs too)
+        return
     if failures:
         if CHECK_SKIPPED_TRACES:
             _check_traced_too(dg, plan, failures[0])
@@ -451,10 +497,15 @@ def _check_traced_too(dg: DependencyGraph, plan: Plan, failure: PlanValidationEr
     )
 
 
-def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
+def validate_plan(
+    dg: DependencyGraph, plan: Plan, guided: bool = True, stop: TraceStop | None = None
+) -> None:
     """Trace the pruned shapes (attributes set for the duration only) and check that every op
     runs and every tensor has exactly the predicted shape; raise PlanValidationError naming
-    the op and the slots it showed to be fixed otherwise.
+    the op and the slots it showed to be fixed otherwise. ``stop``: where the trace may stop
+    (untraced_failures knows what runs after it: a decoder's loop after the encoder whose
+    code read the pruned sizes), unless guided; where the ops before it are not the graph's
+    own, it is traced whole.
 
     ``guided``: the trace is guided (:class:`_Guide`): an op that fails (or a reshape that
     fails before its ops ran) is stood in for by results of the planned shapes, an op whose
@@ -512,7 +563,9 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
             temporary_attributes(dg.model, plan.attributes),
             temporary_config(dg.model, plan.config),
         ):
-            pruned = dg.trace_pruned(dg.planned_shapes(plan.tensors), guide=guide)
+            pruned = dg.trace_pruned(
+                dg.planned_shapes(plan.tensors), guide=guide, stop=None if guided else stop
+            )
     except TraceError as exc:
         partial = getattr(exc, "partial", None)
         if guide is not None and guide.events and partial is not None and partial is guide.trace:
@@ -531,6 +584,18 @@ def validate_plan(dg: DependencyGraph, plan: Plan, guided: bool = True) -> None:
         ) from exc
     if guide is not None and guide.events and pruned is guide.trace:
         raise guide.errors(masks)
+    if pruned.stopped_after is not None:
+        done = g.root_calls[pruned.stopped_after][2]
+        if len(pruned.ops) != done or not all(
+            a.op is op or a.name == op_name(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
+        ):
+            validate_plan(dg, plan, guided)  # (other ops ran before the stop: whole, then)
+            return
+        if not _all_ops_as_planned(dg, pruned, kept):
+            for old, (_, _, new_shapes) in zip(g.nodes, pruned.ops):
+                check_op(old, new_shapes)
+        _check_numbers(dg, pruned, None, kept, plan)
+        return
 
     aligned = len(pruned.ops) == len(g.nodes) and all(
         a.op is op or a.name == op_name(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
@@ -1235,6 +1300,10 @@ def _all_ops_as_planned(dg: DependencyGraph, pruned, kept_sizes: np.ndarray) -> 
     ranks and exactly the planned sizes (in one comparison of flat arrays; the op-by-op check
     runs only when not, to say where)."""
     counts, ranks, flat_slots = dg.output_layout
+    if len(pruned.ops) < len(counts):  # (a trace that stopped: the ops it ran)
+        counts = counts[: len(pruned.ops)]
+        ranks = ranks[: int(counts.sum())]
+        flat_slots = flat_slots[: int(ranks.sum())]
     shapes = [shape for _, _, op_shapes in pruned.ops for shape in op_shapes]
     if not np.array_equal(
         np.fromiter((len(s) for _, _, s in pruned.ops), np.int64, len(pruned.ops)), counts
