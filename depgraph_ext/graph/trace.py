@@ -139,10 +139,11 @@ class OpGraph:
     # (path, value) of every integer the model returns: a trace of a plan must return them
     # too (a number computed from a size the plan prunes, ``int(h.shape[1])``, would not).
     output_numbers: list[tuple[str, int]] = field(default_factory=list)
-    # The calls the root module's code made of other modules, in order: (module name, how
-    # many ops were recorded when it started, and when it returned); a plan's shape trace
-    # may stop after one (:class:`TraceStop`).
-    root_calls: list[tuple[str, int, int]] = field(default_factory=list)
+    # The module calls the trace saw run (not a replayed layer's inner ones), in the order
+    # they returned: (module name, which of its calls, counted from 0, how many ops were
+    # recorded when it started, and when it returned); a plan's shape trace may stop after
+    # one (:class:`TraceStop`).
+    call_spans: list[tuple[str, int, int, int]] = field(default_factory=list)
 
     def module_label(self, module: str) -> str:
         return module if module else "<root>"
@@ -166,20 +167,20 @@ class ShapeTrace:
     numbers: dict[int, tuple] = field(default_factory=dict)
     output_numbers: list[tuple[str, int]] = field(default_factory=list)  # (see OpGraph's)
     replayed: int = 0  # module calls whose records were taken from an earlier one's
-    # The root-level call after which the trace stopped (a TraceStop's), or None: it ran whole
-    stopped_after: int | None = None
+    # The call after which the trace stopped (a TraceStop's), or None: it ran whole
+    stopped_after: tuple[str, int] | None = None
 
 
 @dataclass
 class TraceStop:
-    """Where a plan's shape trace may stop: after the root module's ``after``-th call of
-    another module (counted from 0), where the calls ``closed`` (numbered so) each returned
-    tensors only (or None) and left the attributes of their modules, and the plain objects
-    those hold, as they were: what their code computed from sizes stays inside them. Where
-    one did not, the trace runs whole (``broken``)."""
+    """Where a plan's shape trace may stop: after the module call ``after`` ((module name,
+    which of its calls)), where the calls ``closed`` each returned tensors only (or None)
+    and left the attributes of their modules, and the plain objects those hold, as they
+    were: what their code computed from sizes stays inside them. Where one did not, the
+    trace runs whole (``broken``)."""
 
-    after: int
-    closed: frozenset[int]
+    after: tuple[str, int]
+    closed: frozenset[tuple[str, int]]
     broken: bool = False
 
 
@@ -830,32 +831,31 @@ def _module_scopes(
     names = {id(module): name for name, module in modules}
     calls = recorder.graph.module_calls
     graph = recorder.graph
-    root_calls = graph.root_calls if isinstance(graph, OpGraph) else None
-    started: list[int] = []  # (the op count where the root-level call running started)
-    stop_states: dict[int, tuple] = {}  # a TraceStop's closed calls: their modules' state
-    ordinal = [0]  # root-level calls so far
+    spans = graph.call_spans if isinstance(graph, OpGraph) else None
+    occurrences: dict[str, int] = {}  # calls so far, per module name
+    running: list[tuple[int, int]] = []  # (which call of its module, ops when it started)
+    stop_states: dict[tuple[str, int], tuple] = {}  # a TraceStop's closed calls: their state
 
     def push(module, args):  # must return None: a value would replace the module's inputs
         name = names.get(id(module))
         if name is not None and not recorder.suspended:
             stack.append(name)
-            if len(stack) == 2:  # a call the root's code made
-                if root_calls is not None:
-                    started.append(recorder.recorded_count())
-                elif stop is not None and ordinal[0] in stop.closed:
-                    stop_states[ordinal[0]] = _state_of(module)
+            occurrence = occurrences.get(name, 0)
+            occurrences[name] = occurrence + 1
+            running.append((occurrence, recorder.recorded_count()))
+            if stop is not None and (name, occurrence) in stop.closed:
+                stop_states[(name, occurrence)] = _state_of(module)
 
     def pop(module, args, output):  # must return None: a value would replace the output
         if id(module) in names and not recorder.suspended:
             ticks.update(1)
             name = stack.pop()
             calls.append((name, recorder.module_outputs(output)))
-            if len(stack) == 1:
-                if root_calls is not None:
-                    root_calls.append((name, started.pop(), recorder.recorded_count()))
-                elif stop is not None:
-                    _root_call_returned(stop, ordinal[0], module, output, stop_states)
-                ordinal[0] += 1
+            occurrence, start = running.pop()
+            if spans is not None:
+                spans.append((name, occurrence, start, recorder.recorded_count()))
+            elif stop is not None:
+                _call_returned(stop, (name, occurrence), output, stop_states)
 
     with global_module_hooks(push, pop):
         yield
@@ -871,11 +871,11 @@ def _state_of(module: torch.nn.Module) -> tuple:
     )
 
 
-def _root_call_returned(stop: TraceStop, ordinal: int, module, output, states: dict) -> None:
-    """A root-level call returned in a shape trace: is it one that must be closed, and is it?
-    Is it where the trace stops?"""
-    if ordinal in stop.closed:
-        modules, objects = states.pop(ordinal)
+def _call_returned(stop: TraceStop, call: tuple[str, int], output, states: dict) -> None:
+    """A module call returned in a shape trace: is it one that must be closed, and is it? Is
+    it where the trace stops?"""
+    if call in stop.closed:
+        modules, objects = states.pop(call)
         closed = (
             all(type(x) in _TENSOR_RESULTS or x is None for x in pytree.tree_leaves(output))
             and all(_repeats._unchanged(tuple(vars(m).items()), was) for m, was in modules)
@@ -886,7 +886,7 @@ def _root_call_returned(stop: TraceStop, ordinal: int, module, output, states: d
             )
         )
         stop.broken = stop.broken or not closed
-    if ordinal == stop.after and not stop.broken:
+    if call == stop.after and not stop.broken:
         raise _StopTrace
 
 

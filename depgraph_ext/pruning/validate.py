@@ -196,7 +196,7 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return None  # the forward reads a field the plan sets
     traced = False  # the plan must be traced: only failures of computed sizes are known
     # ... how far: the ops it must record at least (what makes it trace lies before), and
-    # the root-level calls that read pruned sizes (their code must keep them: TraceStop)
+    # the module calls whose code read pruned sizes (it must keep them: TraceStop)
     must_reach, reading_calls = 0, set()
     attributes: dict[tuple[int, str], object] = {}
     modules = dg.walk.modules_by_name
@@ -232,15 +232,15 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
         return None
 
     nodes = dg.graph.nodes
-    root_calls = dg.graph.root_calls
+    spans = dg.graph.call_spans
     for key in saw.size_reads:
         if prunes_dim(*key):
-            call = _root_call_reading(root_calls, *saw.read_at[key])
+            call = _call_reading(spans, *saw.read_at[key])
             if call is None:
                 traced = True  # (read by the root's own code, which runs to the end)
             else:
                 reading_calls.add(call)
-                must_reach = max(must_reach, root_calls[call][2])
+                must_reach = max(must_reach, spans[call][3])
     for start, stop in saw.sized_ops:
         if any(prunes(v) for n in nodes[start:stop] for v in n.inputs + n.outputs):
             must_reach = max(must_reach, stop)
@@ -308,29 +308,38 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     return failures
 
 
-def _root_call_reading(root_calls: list, ops: int, module: str) -> int | None:
-    """The root-level call (its number) during which the code running in ``module`` read a
-    size when ``ops`` ops had been recorded, or None (the root's own code read it)."""
+def _call_reading(spans: list, ops: int, module: str) -> int | None:
+    """The call of ``module`` (its place in ``spans``) whose code read a size when ``ops``
+    ops had been recorded, else the innermost call running then of a module holding it (a
+    replayed layer's, whose inner calls did not run), or None (the root's own code)."""
     if not module:
         return None
-    for i, (name, start, stop) in enumerate(root_calls):
-        if start <= ops <= stop and (module == name or module.startswith(name + ".")):
-            return i
-    return None
+    holding, depth = None, -1
+    for i, (name, _, start, stop) in enumerate(spans):
+        if start <= ops <= stop and name:
+            if name == module:
+                return i  # (the innermost, where one module's calls nest: it returned first)
+            if module.startswith(name + ".") and name.count(".") > depth:
+                holding, depth = i, name.count(".")
+    return holding
 
 
 def _stop_after(dg: DependencyGraph, must_reach: int, reading_calls: set[int]):
     """Where a trace of the plan may stop (a TraceStop), or None (it runs whole): past
-    ``must_reach`` ops, after the root-level call that ends there or next, where every call
+    ``must_reach`` ops, after the module call that returns there or next, where every call
     in ``reading_calls`` (the ones whose code read pruned sizes) keeps what it computed from
     them inside (checked as the trace runs). Past there, nothing the code does depends on a
     pruned size otherwise than the rules say (untraced_failures, for what runs after). Only
     where that leaves at least half the ops untraced: a trace that stopped is traced whole
     again where its ops are not the graph's (decompositions that branch on sizes)."""
-    root_calls, total = dg.graph.root_calls, len(dg.graph.nodes)
-    for i, (_, _, stop) in enumerate(root_calls):
-        if stop >= must_reach and i >= max(reading_calls, default=-1):
-            return TraceStop(i, frozenset(reading_calls)) if stop <= total // 2 else None
+    spans, total = dg.graph.call_spans, len(dg.graph.nodes)
+    last = max(reading_calls, default=-1)
+    for i, (name, occurrence, _, stop) in enumerate(spans):
+        if stop >= must_reach and i >= last:
+            if stop > total // 2:
+                return None
+            closed = frozenset(spans[j][:2] for j in reading_calls)
+            return TraceStop((name, occurrence), closed)
     return None
 
 
@@ -585,7 +594,7 @@ def validate_plan(
     if guide is not None and guide.events and pruned is guide.trace:
         raise guide.errors(masks)
     if pruned.stopped_after is not None:
-        done = g.root_calls[pruned.stopped_after][2]
+        done = next(s[3] for s in g.call_spans if s[:2] == pruned.stopped_after)
         if len(pruned.ops) != done or not all(
             a.op is op or a.name == op_name(op) for a, (op, _, _) in zip(g.nodes, pruned.ops)
         ):
