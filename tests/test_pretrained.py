@@ -9,7 +9,6 @@ import copy
 import json
 import subprocess
 import sys
-import types
 import warnings
 
 import pytest
@@ -334,32 +333,6 @@ def test_the_config_search_tries_no_field_where_a_pruned_width_is_out_of_its_rea
         for n in result.plan
         for d in result.plan[n]
     )
-
-
-class _BodyFromADict(T.PreTrainedModel):
-    """Its body is built from the config read whole (``to_dict``), as a dict."""
-
-    config_class = _TwoWidthsConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.body = _Body(types.SimpleNamespace(**config.to_dict()))
-        self.post_init()
-
-    def forward(self, x):
-        return self.body(x)
-
-
-def test_a_config_read_whole_reaches_every_field(monkeypatch):
-    """A module that read the config whole (``config.to_dict()``) read every field: the
-    search for its width is not skipped, and finds it."""
-    from depgraph_ext.pruning import configs
-
-    monkeypatch.setattr(configs, "CHECK_SKIPPED_BUILDS", False)
-    torch.manual_seed(0)
-    model = _BodyFromADict(_TwoWidthsConfig()).eval()
-    result = quiet(dx.prune, model, torch.randn(2, 4), ratio=0.5)
-    assert [(u.field, u.old, u.new) for u in result.config_updates] == [("width", 16, 8)]
 
 
 def test_a_model_under_weight_norm_saves_and_loads_bit_for_bit(tmp_path):

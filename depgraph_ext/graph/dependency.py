@@ -1034,8 +1034,7 @@ class _Recording:
     def __init__(self) -> None:
         self.names: set = set()
         self.known = True
-        # name -> ids of the modules whose __init__ read it (where asked for: see config_reads;
-        # "*": what read every field at once, a sub-config's ``to_dict``; None: not known)
+        # name -> ids of the modules whose __init__ read it (where asked for: see config_reads)
         self.readers: dict[str, set[int]] | None = None
 
     def result(self) -> Reads:
@@ -1116,7 +1115,6 @@ def config_reads(model: torch.nn.Module, readers: bool = False):
         return
     if isinstance(config, dict):  # (diffusers' FrozenDict: its items are read unseen too)
         recording.known = False
-        recording.readers = None
     held = config_scopes(config) or {id(config): ("", config)}  # (any object's too)
     scopes = {i: prefix for i, (prefix, _) in held.items()}
     aliases_of: dict[int, dict] = {}
@@ -1142,8 +1140,6 @@ def config_reads(model: torch.nn.Module, readers: bool = False):
                 reads.add(prefix + mapped)
             if by_reader is not None:
                 reader = _constructing()
-                if key in _WHOLE_CONFIG_READS:  # (what reads every field: "*")
-                    by_reader.setdefault("*", set()).add(reader)
                 by_reader.setdefault(prefix + key, set()).add(reader)
                 if isinstance(mapped, str):
                     by_reader.setdefault(prefix + mapped, set()).add(reader)
@@ -1164,7 +1160,6 @@ def config_reads(model: torch.nn.Module, readers: bool = False):
             patched.append((cls, original, had))
     except TypeError:  # a class that refuses (a C type): nothing is recorded
         recording.known = False
-        recording.readers = None
     try:
         yield recording
     finally:

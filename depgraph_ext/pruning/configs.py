@@ -116,17 +116,16 @@ class Rebuilds:
                 built = (built_model, None)
                 if watch:
                     reads = read.result()
-                    if read.readers is not None:
-                        names = {
-                            id(m): n for n, m in built_model.named_modules(remove_duplicate=False)
-                        }
-                        readers = {  # (a module not in the model built stands for its root)
-                            field: frozenset(names.get(i, "") for i in ids)
-                            for field, ids in read.readers.items()
-                        }
+                    names = {id(m): n for n, m in built_model.named_modules(remove_duplicate=False)}
+                    readers = {  # (a module not in the model built stands for its root)
+                        field: frozenset(names.get(i, "") for i in ids)
+                        for field, ids in read.readers.items()
+                    }
         except Exception as exc:  # noqa: BLE001  (a config the class or the model refuses)
             built = (None, exc)
-        return built, frozenset(reads) if reads is not None and reads.known else None, readers
+        if reads is None or not reads.known:
+            return built, None, None
+        return built, frozenset(reads), readers
 
 
 def config_of(model):
@@ -734,15 +733,14 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
-    check_reach = False  # (check mode: a search judged in vain, run all the same)
+    if _out_of_reach(config, shapes, candidates, rebuilds):
+        if not CHECK_SKIPPED_BUILDS:
+            return original, [], mismatches
+        check_reach = True
+    else:
+        check_reach = False
     with rebuilds.watched():  # (each trial's build says what it read, for the next round)
         while improved and candidates and shapes:
-            # (again after each field found: the shapes left may be out of the reach of the
-            # fields left, a search that would end in vain)
-            if not check_reach and _out_of_reach(config, shapes, candidates, rebuilds):
-                if not CHECK_SKIPPED_BUILDS:
-                    return original, [], mismatches
-                check_reach = True
             improved = False
             read = rebuilds.fields_read(config)
             for cand in candidates:
@@ -785,7 +783,7 @@ def _out_of_reach(config, shapes: list, candidates: list, rebuilds: Rebuilds) ->
     readers = rebuilds.field_readers(config)
     if readers is None:
         return False
-    reading = set(readers.get("*", ()))  # (what read every field read these too)
+    reading: set[str] = set()
     for field, _, _ in candidates:
         reading |= readers.get(field, frozenset())
     for mismatch in shapes:
