@@ -1034,8 +1034,6 @@ class _Recording:
     def __init__(self) -> None:
         self.names: set = set()
         self.known = True
-        # name -> ids of the modules whose __init__ read it (where asked for: see config_reads)
-        self.readers: dict[str, set[int]] | None = None
 
     def result(self) -> Reads:
         return Reads.of(self.names, self.known)
@@ -1088,27 +1086,13 @@ def module_prefixes(model, scopes) -> Callable[[str], str]:
     return prefix_of
 
 
-def _constructing() -> int:
-    """id of the module whose ``__init__`` is running innermost, called from (0: none)."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        if frame.f_code.co_name == "__init__":
-            owner = frame.f_locals.get("self")
-            if isinstance(owner, torch.nn.Module):
-                return id(owner)
-        frame = frame.f_back
-    return 0
-
-
 @contextlib.contextmanager
-def config_reads(model: torch.nn.Module, readers: bool = False):
+def config_reads(model: torch.nn.Module):
     """The names of the fields of ``model.config`` read for the duration (``.result()`` of
     what it yields; attribute-map aliases under their own and their field's name; a
-    sub-config's fields under their dotted path, ``text_config.hidden_size``). ``readers``:
-    also which module's ``__init__`` read each (its ``readers``: a build from the config)."""
+    sub-config's fields under their dotted path, ``text_config.hidden_size``)."""
     recording = _Recording()
     reads = recording.names
-    by_reader = recording.readers = {} if readers else None
     config = getattr(model, "config", None)
     if config is None or type(config).__module__ == "builtins":
         yield recording
@@ -1138,11 +1122,6 @@ def config_reads(model: torch.nn.Module, readers: bool = False):
             mapped = aliases_of[id(self)].get(key)
             if isinstance(mapped, str):
                 reads.add(prefix + mapped)
-            if by_reader is not None:
-                reader = _constructing()
-                by_reader.setdefault(prefix + key, set()).add(reader)
-                if isinstance(mapped, str):
-                    by_reader.setdefault(prefix + mapped, set()).add(reader)
             value = original(self, key)
             if type(value) is int and watching():  # (sizes computed from it can be computed again)
                 name = prefix + (mapped if isinstance(mapped, str) else key)

@@ -53,11 +53,9 @@ class Rebuilds:
     def __init__(self, model):
         self.model = model
         self._built: dict[str, tuple] = {}
-        # key -> the fields its build read (dotted paths; None: unknown, say a deep copy), and
-        # the modules whose __init__ read each (names in the model built), for builds made
-        # while ``watching`` (the config search's)
+        # key -> the fields its build read (dotted paths; None: unknown, say a deep copy), for
+        # builds made while ``watching`` (the config search's)
         self._reads: dict[str, frozenset | None] = {}
-        self._readers: dict[str, dict[str, frozenset[str]] | None] = {}
         self.watching = False
         # id(rebuilt model) -> (it, its numbers that differ from the model's): _numbers_differing
         self.differing: dict[int, tuple] = {}
@@ -70,9 +68,9 @@ class Rebuilds:
         """(the model, None), or (None, what the class or the config raised)."""
         key = self._key(config)
         if key not in self._built:
-            self._built[key], reads, readers = self._build(config, self.watching)
+            self._built[key], reads = self._build(config, self.watching)
             if self.watching:
-                self._reads[key], self._readers[key] = reads, readers
+                self._reads[key] = reads
         return self._built[key]
 
     @contextlib.contextmanager
@@ -90,42 +88,24 @@ class Rebuilds:
         read: it builds the same model."""
         key = self._key(config)
         if key not in self._reads:  # (built before anyone watched: once more, watched)
-            _, self._reads[key], self._readers[key] = self._build(config, True)
+            self._reads[key] = self._build(config, True)[1]
         return self._reads[key]
 
-    def field_readers(self, config) -> dict[str, frozenset[str]] | None:
-        """Field -> the modules (names in the model built) whose ``__init__`` read it, in the
-        build of ``config`` (None: not known). A module's shapes come from what it and its
-        ancestors read: a field none of them read leaves its shapes as they are."""
-        self.fields_read(config)
-        return self._readers.get(self._key(config))
-
-    def _build(self, config, watch: bool):
-        """(the model, None) or (None, the error); the fields the build read and the modules
-        that read each, where ``watch`` (else None, None)."""
-        reads = readers = None
-        built_model = None
+    def _build(self, config, watch: bool) -> tuple[tuple, frozenset | None]:
+        reads = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 reloaded = type(config).from_dict(config.to_dict())
                 holder = types.SimpleNamespace(config=reloaded)
-                watched = config_reads(holder, readers=True) if watch else contextlib.nullcontext()
+                watched = config_reads(holder) if watch else contextlib.nullcontext()
                 with torch.device("meta"), no_torch_init(), watched as read:
-                    built_model = type(self.model)(reloaded)
-                built = (built_model, None)
+                    built = (type(self.model)(reloaded), None)
                 if watch:
                     reads = read.result()
-                    names = {id(m): n for n, m in built_model.named_modules(remove_duplicate=False)}
-                    readers = {  # (a module not in the model built stands for its root)
-                        field: frozenset(names.get(i, "") for i in ids)
-                        for field, ids in read.readers.items()
-                    }
         except Exception as exc:  # noqa: BLE001  (a config the class or the model refuses)
             built = (None, exc)
-        if reads is None or not reads.known:
-            return built, None, None
-        return built, frozenset(reads), readers
+        return built, frozenset(reads) if reads is not None and reads.known else None
 
 
 def config_of(model):
@@ -733,12 +713,6 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
-    if _out_of_reach(config, shapes, candidates, rebuilds):
-        if not CHECK_SKIPPED_BUILDS:
-            return original, [], mismatches
-        check_reach = True
-    else:
-        check_reach = False
     with rebuilds.watched():  # (each trial's build says what it read, for the next round)
         while improved and candidates and shapes:
             improved = False
@@ -763,36 +737,9 @@ def _search_fields(
                     found.append(ConfigUpdate(field, old, new))
                     candidates.remove(cand)
                     break
-    if check_reach and not shapes:
-        raise AssertionError(
-            "internal error: the config search found fields for shapes no candidate field "
-            f"is read for: {[u.field for u in found]}"
-        )
     if shapes:
         return original, [], mismatches
     return config, found, shapes
-
-
-def _out_of_reach(config, shapes: list, candidates: list, rebuilds: Rebuilds) -> bool:
-    """Whether some mismatched tensor's module has no ancestor (itself included) whose
-    ``__init__`` read a candidate field in the build of ``config``: no candidate changes its
-    shape, so no search makes every shape match (a speech encoder's subsampling convolutions,
-    whose width no field of the config holds). False where not known."""
-    if not shapes or any(isinstance(m, _BuildFailure) for m in shapes):
-        return False
-    readers = rebuilds.field_readers(config)
-    if readers is None:
-        return False
-    reading: set[str] = set()
-    for field, _, _ in candidates:
-        reading |= readers.get(field, frozenset())
-    for mismatch in shapes:
-        module = mismatch.partition(" would be ")[0].rpartition(".")[0]
-        while module not in reading:
-            if not module:
-                return True
-            module = module.rpartition(".")[0]
-    return False
 
 
 def _check_unread(dg, trial, field: str, planned_shapes, rebuilds: Rebuilds, shapes) -> None:
