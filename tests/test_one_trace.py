@@ -777,7 +777,12 @@ class LoopsByTheWidthReturned(EncoderThenLoop):
         return self.decoder(features, width // 4)
 
 
-def _validation_traces(monkeypatch) -> list:
+def _with_validation_traces(make, monkeypatch) -> tuple[nn.Module, list]:
+    """A model of ``make`` (float64, eval), and the list that gets (graph, trace) of each
+    trace of a plan's shapes (the suite's check of plans traced in part is off: its traces
+    are not the prune's)."""
+    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
+    torch.manual_seed(0)
     traces = []
     original = DependencyGraph.trace_pruned
 
@@ -786,7 +791,7 @@ def _validation_traces(monkeypatch) -> list:
         return traces[-1][1]
 
     monkeypatch.setattr(DependencyGraph, "trace_pruned", recording)
-    return traces
+    return make().double().eval(), traces
 
 
 class Wrapped(nn.Module):
@@ -803,10 +808,7 @@ class Wrapped(nn.Module):
 
 @pytest.mark.parametrize("make", [EncoderThenLoop, Wrapped])
 def test_a_plan_is_traced_only_as_far_as_the_code_that_read_its_sizes(make, monkeypatch):
-    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
-    torch.manual_seed(0)
-    model = make().double().eval()
-    traces = _validation_traces(monkeypatch)
+    model, traces = _with_validation_traces(make, monkeypatch)
     pruned, result = prune_and_check(model, X, ratio=0.5)
     inner = pruned.model if make is Wrapped else pruned
     assert inner.encoder.conv.out_channels < 16 and inner.decoder.cell.in_features < 24
@@ -828,11 +830,8 @@ def test_a_size_kept_past_the_call_that_read_it_is_traced_to_the_end(make, monke
     # The encoder keeps the width it read, or returns it; the decoder loops over it unseen:
     # the trace of the plan runs whole (the encoder's attributes changed, or it returned a
     # number), and finds that the loop changes.
-    monkeypatch.setattr(validate, "CHECK_SKIPPED_TRACES", False)
-    torch.manual_seed(0)
-    model = make().double().eval()
+    model, traces = _with_validation_traces(make, monkeypatch)
     expected = model(X)
-    traces = _validation_traces(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(dx.PlanValidationError, match="control flow depends on the pruned"):
