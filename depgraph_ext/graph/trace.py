@@ -863,7 +863,7 @@ def _module_scopes(
 
 def _state_of(module: torch.nn.Module) -> tuple:
     """The attributes of ``module`` and its descendants, and the states of the plain objects
-    they hold (a config): what :func:`_root_call_returned` compares."""
+    they hold (a config): what :func:`_call_returned` compares."""
     modules = dict(module.named_modules(remove_duplicate=False))
     return (
         [(m, tuple(vars(m).items())) for m in modules.values()],
@@ -1174,7 +1174,8 @@ def trace(
     the weights live; ``"meta"`` traces a meta model as it is. ``meta_results``: the memo of
     meta kernels' results to use (one per dependency graph: its traces repeat the same ops).
     ``progress`` shows a bar named ``stage`` over the model's module calls when the trace
-    takes seconds.
+    takes seconds. ``stop``: where an unguided shape trace may stop (a :class:`TraceStop`:
+    its ``stopped_after`` says whether it did).
 
     A small model with real weights (``REAL_TRACE_MAX_BYTES``) on the trace device is traced
     on real tensors first, within a budget of work (``real_budget``). Traced as the CPU, a
