@@ -234,8 +234,8 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     nodes = dg.graph.nodes
     spans = dg.graph.call_spans
     for key in saw.size_reads:
-        if prunes_dim(*key):
-            call = _call_reading(spans, *saw.read_at[key])
+        if not traced and prunes_dim(*key):  # (traced whole anyway: where it read, no matter)
+            call = _call_reading(dg, *saw.read_at[key])
             if call is None:
                 traced = True  # (read by the root's own code, which runs to the end)
             else:
@@ -308,20 +308,23 @@ def untraced_failures(dg: DependencyGraph, plan: Plan) -> list[PlanValidationErr
     return failures
 
 
-def _call_reading(spans: list, ops: int, module: str) -> int | None:
-    """The call of ``module`` (its place in ``spans``) whose code read a size when ``ops``
-    ops had been recorded, else the innermost call running then of a module holding it (a
-    replayed layer's, whose inner calls did not run), or None (the root's own code)."""
-    if not module:
-        return None
-    holding, depth = None, -1
-    for i, (name, _, start, stop) in enumerate(spans):
-        if start <= ops <= stop and name:
-            if name == module:
+def _call_reading(dg: DependencyGraph, ops: int, module: str) -> int | None:
+    """The call of ``module`` (its place in ``call_spans``) whose code read a size when
+    ``ops`` ops had been recorded, else the innermost call running then of a module holding
+    it (a replayed layer's, whose inner calls did not run), or None (the root's own code)."""
+    spans = dg.graph.call_spans
+    by_name = dg.__dict__.get("_calls_by_name")
+    if by_name is None:  # (once per graph: module name -> its calls, in the order they returned)
+        by_name = {}
+        for i, span in enumerate(spans):
+            by_name.setdefault(span[0], []).append(i)
+        dg.__dict__["_calls_by_name"] = by_name
+    while module:
+        for i in by_name.get(module, ()):
+            if spans[i][2] <= ops <= spans[i][3]:
                 return i  # (the innermost, where one module's calls nest: it returned first)
-            if module.startswith(name + ".") and name.count(".") > depth:
-                holding, depth = i, name.count(".")
-    return holding
+        module = module.rpartition(".")[0]
+    return None
 
 
 def _stop_after(dg: DependencyGraph, must_reach: int, reading_calls: set[int]):
