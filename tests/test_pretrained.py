@@ -274,6 +274,88 @@ def test_a_field_read_unseen_by_the_build_is_an_internal_error_in_check_mode(mon
     assert model.a.out_features == 16 and model.config.spare_width == 16  # (unchanged)
 
 
+class _BlocksConfig(T.PretrainedConfig):
+    """``n_blocks`` counts the blocks and ``width`` sizes each: the same number, before."""
+
+    model_type = "depgraph_blocks"
+
+    def __init__(self, n_blocks=8, width=8, fixed_view=False, **kwargs):
+        self.n_blocks = n_blocks
+        self.width = width
+        self.fixed_view = fixed_view
+        super().__init__(**kwargs)
+
+
+class _Blocks(T.PreTrainedModel):
+    """Blocks side by side, each 4 -> ``width`` -> 3, summed. ``fixed_view``: the first
+    block's hidden viewed as (batch, 2, 4), a width its code fixes (a validation round)."""
+
+    config_class = _BlocksConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(4, config.width), torch.nn.Linear(config.width, 3))
+            for _ in range(config.n_blocks)
+        )
+        self.post_init()
+
+    def forward(self, x):
+        out = 0
+        for i, (a, b) in enumerate(self.blocks):
+            h = torch.relu(a(x))
+            if i == 0 and self.config.fixed_view:
+                h = h.view(x.shape[0], 2, 4).flatten(1)
+            out = out + b(h)
+        return out
+
+
+def test_the_config_search_takes_no_field_that_builds_other_tensors(tmp_path):
+    """Every block's width is halved: ``width`` says it. ``n_blocks`` holds the same number
+    and comes first, and a model of half the blocks has half the mismatched shapes; but its
+    tensors are not the pruned model's (half of them missing), so no config with it can be
+    the pruned model's: the search finds ``width`` alone, and the class's own from_pretrained
+    rebuilds the model."""
+    torch.manual_seed(0)
+    model = _Blocks(_BlocksConfig()).eval()
+    x = torch.randn(2, 4)
+    result = quiet(dx.prune, model, x, ratio=0.5)
+    assert [(u.field, u.old, u.new) for u in result.config_updates] == [("width", 8, 4)]
+    assert (model.config.n_blocks, model.config.width) == (8, 4)
+    quiet(model.save_pretrained, tmp_path)
+    again = quiet(_Blocks.from_pretrained, tmp_path).eval()
+    assert again.state_dict().keys() == model.state_dict().keys()
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+
+
+def test_the_config_search_runs_for_the_plan_whose_shapes_run(monkeypatch):
+    """The first block's code fixes its width: the first plan fails its validation and the
+    plan is redone with that width kept. The config field search (a model built per field
+    it tries) runs once, for the plan that runs, not for the plan that failed; it finds
+    nothing (the blocks' widths now differ) and the config stays as it was."""
+    from depgraph_ext.pruning import configs
+
+    searched = []
+    original = configs._search_fields
+
+    def search(dg, config, planned_shapes, *args):
+        searched.append(dict(planned_shapes))
+        return original(dg, config, planned_shapes, *args)
+
+    monkeypatch.setattr(configs, "_search_fields", search)
+    torch.manual_seed(0)
+    model = _Blocks(_BlocksConfig(fixed_view=True)).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dx.prune(model, torch.randn(2, 4), ratio=0.5)
+    assert any(issubclass(w.category, dx.FixedSizeWarning) for w in caught)
+    assert len(searched) == 1
+    assert searched[0].get("blocks.0.0.weight", (8, 4)) == (8, 4)  # (the kept width)
+    assert model.blocks[0][0].out_features == 8 and model.blocks[1][0].out_features == 4
+    assert result.config_updates == [] and model.config.width == 8
+
+
 def test_a_model_under_weight_norm_saves_and_loads_bit_for_bit(tmp_path):
     """wav2vec2's positional convolution is under ``weight_norm`` (torch's parametrization,
     whose module class is made anew for every module it wraps: a model built from the config

@@ -59,6 +59,8 @@ class Rebuilds:
         self.watching = False
         # id(rebuilt model) -> (it, its numbers that differ from the model's): _numbers_differing
         self.differing: dict[int, tuple] = {}
+        # id(rebuilt model) -> (it, its state-dict names): names
+        self._names: dict[int, tuple] = {}
 
     @staticmethod
     def _key(config) -> str:
@@ -72,6 +74,17 @@ class Rebuilds:
             if self.watching:
                 self._reads[key] = reads
         return self._built[key]
+
+    def names(self, config) -> frozenset[str] | None:
+        """The state-dict names of the model built from ``config`` (None: it does not
+        build)."""
+        built = self.of(config)[0]
+        if built is None:
+            return None
+        known = self._names.get(id(built))
+        if known is None or known[0] is not built:
+            known = self._names[id(built)] = (built, frozenset(n for n, _ in state_shapes(built)))
+        return known[1]
 
     @contextlib.contextmanager
     def watched(self):
@@ -366,17 +379,21 @@ def loadable_config(
     planned_shapes,
     problems,
     rebuilds: Rebuilds | None = None,
-) -> tuple[list[ConfigUpdate], str | None]:
+) -> tuple[list[ConfigUpdate], str | None, Callable[[], tuple] | None]:
     """Whether the updated config rebuilds the pruned model: each update set on a copy of the
     config (its own field validation runs; an integral float becomes an int where the field
     asks for one), the config's class-level validation (``validate()``), a round trip through
     a dict (what loading from config.json runs), and a model built from it on the meta device
-    whose every tensor must have the pruned shape. Returns the updates the config accepts and
-    what it cannot express (None: everything), for :func:`report_mismatch`."""
+    whose every tensor must have the pruned shape. Returns the updates the config accepts,
+    what it cannot express (None: everything), for :func:`report_mismatch`, and the search
+    for fields the updates do not know, left to run (None: no shape is left to match): a
+    function returning the first two as the whole check gives them. The search builds a
+    model per field it tries, so it is worth running only for a plan whose shapes run; what
+    it finds is what the first two say where it finds nothing."""
     model = dg.model
     config = config_of(model)
     if config is None:
-        return list(updates), None
+        return list(updates), None, None
     rebuilds = rebuilds or Rebuilds(model)
     new_config = copy.deepcopy(config)
     mismatches = list(problems)
@@ -428,13 +445,30 @@ def loadable_config(
                 accepted += named
     if shapes is None:
         shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
-    if shapes:  # fields the updates above do not know: found by trying them on a rebuild
-        # (not a field the forward reads: its new value could change what the model computes)
+    unsearched = _concluded(dg, config, new_config, list(accepted), mismatches, shapes, rebuilds)
+    if not shapes:
+        return (*unsearched, None)
+
+    def search() -> tuple[list[ConfigUpdate], str | None]:
+        # fields the updates above do not know: found by trying them on a rebuild (not a
+        # field the forward reads: its new value could change what the model computes)
         settled = {u.field for u in accepted} | set(getattr(dg, "config_reads", ()))
-        new_config, found, shapes = _search_fields(
+        searched, found, left = _search_fields(
             dg, new_config, planned_shapes, shapes, settled, rebuilds
         )
-        accepted += found
+        if not found:
+            return unsearched
+        return _concluded(dg, config, searched, accepted + found, mismatches, left, rebuilds)
+
+    return (*unsearched, search)
+
+
+def _concluded(
+    dg: DependencyGraph, config, new_config, accepted, mismatches, shapes, rebuilds: Rebuilds
+) -> tuple[list[ConfigUpdate], str | None]:
+    """The end of :func:`loadable_config`: the updates kept and what the config cannot say,
+    given the shapes a model built from ``new_config`` gets wrong."""
+    mismatches = list(mismatches)
     if any(isinstance(m, _BuildFailure) for m in shapes) and rebuilds.of(config)[1] is None:
         # The updates each validate but together the class refuses them (SqueezeBERT asserts
         # its embedding width equals its hidden width): the config is left as it was, one
@@ -713,6 +747,9 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
+    # A pruned model has every tensor it had: a config building other tensors than this one's
+    # (fewer layers, another block) cannot be its, however many shapes it matches.
+    names = rebuilds.names(config)
     with rebuilds.watched():  # (each trial's build says what it read, for the next round)
         while improved and candidates and shapes:
             improved = False
@@ -732,6 +769,8 @@ def _search_fields(
                     _check_unread(dg, trial, field, planned_shapes, rebuilds, shapes)
                     continue
                 left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
+                if rebuilds.names(trial) != names:
+                    continue  # (a count of layers or blocks: tensors made or lost, no width)
                 if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
                     config, shapes, improved = trial, left, True
                     found.append(ConfigUpdate(field, old, new))
