@@ -279,16 +279,14 @@ class _BlocksConfig(T.PretrainedConfig):
 
     model_type = "depgraph_blocks"
 
-    def __init__(self, n_blocks=8, width=8, fixed_view=False, **kwargs):
+    def __init__(self, n_blocks=8, width=8, **kwargs):
         self.n_blocks = n_blocks
         self.width = width
-        self.fixed_view = fixed_view
         super().__init__(**kwargs)
 
 
 class _Blocks(T.PreTrainedModel):
-    """Blocks side by side, each 4 -> ``width`` -> 3, summed. ``fixed_view``: the first
-    block's hidden viewed as (batch, 2, 4), a width its code fixes (a validation round)."""
+    """Blocks side by side, each 4 -> ``width`` -> 3, summed."""
 
     config_class = _BlocksConfig
 
@@ -301,21 +299,15 @@ class _Blocks(T.PreTrainedModel):
         self.post_init()
 
     def forward(self, x):
-        out = 0
-        for i, (a, b) in enumerate(self.blocks):
-            h = torch.relu(a(x))
-            if i == 0 and self.config.fixed_view:
-                h = h.view(x.shape[0], 2, 4).flatten(1)
-            out = out + b(h)
-        return out
+        return sum(b(torch.relu(a(x))) for a, b in self.blocks)
 
 
 def test_the_config_search_takes_no_field_that_builds_other_tensors(tmp_path):
     """Every block's width is halved: ``width`` says it. ``n_blocks`` holds the same number
-    and comes first, and a model of half the blocks has half the mismatched shapes; but its
-    tensors are not the pruned model's (half of them missing), so no config with it can be
-    the pruned model's: the search finds ``width`` alone, and the class's own from_pretrained
-    rebuilds the model."""
+    and is tried first: a model of half the blocks has half the mismatched shapes, but the
+    tensors of the other half missing, which count as mismatches too (no config with it can
+    be the pruned model's). The search finds ``width`` alone, and the class's own
+    from_pretrained rebuilds the model."""
     torch.manual_seed(0)
     model = _Blocks(_BlocksConfig()).eval()
     x = torch.randn(2, 4)
@@ -327,33 +319,6 @@ def test_the_config_search_takes_no_field_that_builds_other_tensors(tmp_path):
     assert again.state_dict().keys() == model.state_dict().keys()
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
-
-
-def test_the_config_search_runs_for_the_plan_whose_shapes_run(monkeypatch):
-    """The first block's code fixes its width: the first plan fails its validation and the
-    plan is redone with that width kept. The config field search (a model built per field
-    it tries) runs once, for the plan that runs, not for the plan that failed; it finds
-    nothing (the blocks' widths now differ) and the config stays as it was."""
-    from depgraph_ext.pruning import configs
-
-    searched = []
-    original = configs._search_fields
-
-    def search(dg, config, planned_shapes, *args):
-        searched.append(dict(planned_shapes))
-        return original(dg, config, planned_shapes, *args)
-
-    monkeypatch.setattr(configs, "_search_fields", search)
-    torch.manual_seed(0)
-    model = _Blocks(_BlocksConfig(fixed_view=True)).eval()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = dx.prune(model, torch.randn(2, 4), ratio=0.5)
-    assert any(issubclass(w.category, dx.FixedSizeWarning) for w in caught)
-    assert len(searched) == 1
-    assert searched[0].get("blocks.0.0.weight", (8, 4)) == (8, 4)  # (the kept width)
-    assert model.blocks[0][0].out_features == 8 and model.blocks[1][0].out_features == 4
-    assert result.config_updates == [] and model.config.width == 8
 
 
 def test_a_model_under_weight_norm_saves_and_loads_bit_for_bit(tmp_path):

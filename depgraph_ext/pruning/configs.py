@@ -379,21 +379,17 @@ def loadable_config(
     planned_shapes,
     problems,
     rebuilds: Rebuilds | None = None,
-) -> tuple[list[ConfigUpdate], str | None, Callable[[], tuple] | None]:
+) -> tuple[list[ConfigUpdate], str | None]:
     """Whether the updated config rebuilds the pruned model: each update set on a copy of the
     config (its own field validation runs; an integral float becomes an int where the field
     asks for one), the config's class-level validation (``validate()``), a round trip through
     a dict (what loading from config.json runs), and a model built from it on the meta device
-    whose every tensor must have the pruned shape. Returns the updates the config accepts,
-    what it cannot express (None: everything), for :func:`report_mismatch`, and the search
-    for fields the updates do not know, left to run (None: no shape is left to match): a
-    function returning the first two as the whole check gives them. The search builds a
-    model per field it tries, so it is worth running only for a plan whose shapes run; what
-    it finds is what the first two say where it finds nothing."""
+    whose every tensor must have the pruned shape. Returns the updates the config accepts and
+    what it cannot express (None: everything), for :func:`report_mismatch`."""
     model = dg.model
     config = config_of(model)
     if config is None:
-        return list(updates), None, None
+        return list(updates), None
     rebuilds = rebuilds or Rebuilds(model)
     new_config = copy.deepcopy(config)
     mismatches = list(problems)
@@ -445,30 +441,13 @@ def loadable_config(
                 accepted += named
     if shapes is None:
         shapes = _shape_mismatches(dg, new_config, planned_shapes, rebuilds)
-    unsearched = _concluded(dg, config, new_config, list(accepted), mismatches, shapes, rebuilds)
-    if not shapes:
-        return (*unsearched, None)
-
-    def search() -> tuple[list[ConfigUpdate], str | None]:
-        # fields the updates above do not know: found by trying them on a rebuild (not a
-        # field the forward reads: its new value could change what the model computes)
+    if shapes:  # fields the updates above do not know: found by trying them on a rebuild
+        # (not a field the forward reads: its new value could change what the model computes)
         settled = {u.field for u in accepted} | set(getattr(dg, "config_reads", ()))
-        searched, found, left = _search_fields(
+        new_config, found, shapes = _search_fields(
             dg, new_config, planned_shapes, shapes, settled, rebuilds
         )
-        if not found:
-            return unsearched
-        return _concluded(dg, config, searched, accepted + found, mismatches, left, rebuilds)
-
-    return (*unsearched, search)
-
-
-def _concluded(
-    dg: DependencyGraph, config, new_config, accepted, mismatches, shapes, rebuilds: Rebuilds
-) -> tuple[list[ConfigUpdate], str | None]:
-    """The end of :func:`loadable_config`: the updates kept and what the config cannot say,
-    given the shapes a model built from ``new_config`` gets wrong."""
-    mismatches = list(mismatches)
+        accepted += found
     if any(isinstance(m, _BuildFailure) for m in shapes) and rebuilds.of(config)[1] is None:
         # The updates each validate but together the class refuses them (SqueezeBERT asserts
         # its embedding width equals its hidden width): the config is left as it was, one
@@ -747,8 +726,9 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
-    # A pruned model has every tensor it had: a config building other tensors than this one's
-    # (fewer layers, another block) cannot be its, however many shapes it matches.
+    # A pruned model has every tensor it had: a tensor a trial's build makes or lacks that the
+    # search's first build does not (a layer count changed, a projection made) is a mismatch
+    # as a shape is (half the blocks, half the mismatched shapes, is no better).
     names = rebuilds.names(config)
     with rebuilds.watched():  # (each trial's build says what it read, for the next round)
         while improved and candidates and shapes:
@@ -769,8 +749,7 @@ def _search_fields(
                     _check_unread(dg, trial, field, planned_shapes, rebuilds, shapes)
                     continue
                 left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
-                if rebuilds.names(trial) != names:
-                    continue  # (a count of layers or blocks: tensors made or lost, no width)
+                left += _name_changes(names, rebuilds.names(trial))
                 if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
                     config, shapes, improved = trial, left, True
                     found.append(ConfigUpdate(field, old, new))
@@ -779,6 +758,16 @@ def _search_fields(
     if shapes:
         return original, [], mismatches
     return config, found, shapes
+
+
+def _name_changes(names: frozenset | None, trial: frozenset | None) -> list[str]:
+    """A mismatch per tensor the trial's build makes or lacks against the first build's
+    ``names`` (nothing where either did not build: its failure is the mismatch)."""
+    if names is None or trial is None or trial == names:
+        return []
+    return [f"{n} would be missing from the config's model" for n in sorted(names - trial)] + [
+        f"{n} would be made by the config, not in the pruned model" for n in sorted(trial - names)
+    ]
 
 
 def _check_unread(dg, trial, field: str, planned_shapes, rebuilds: Rebuilds, shapes) -> None:

@@ -78,52 +78,34 @@ def checked_plan(
     with paused_gc():
         plan = propose_plan(dg, keep)
         rebuilds = rebuilds or Rebuilds(dg.model)
-        accepted, mismatch, search = loadable_config(
+        accepted, mismatch = loadable_config(
             dg, plan.config, dg.planned_shapes(plan.tensors), plan.config_problems, rebuilds
         )
-        full, broken = _configured(dg, plan, accepted, rebuilds, guided)
-        if search is not None:
-            # The config field search (a model built per field tried) runs once the shapes
-            # are known to run: a round whose shapes fail plans again, its search wasted.
-            # Fields it finds are validated with the rest, as if known from the start.
-            found, mismatch = search()
-            if found != accepted:
-                full, broken = _configured(dg, plan, found, rebuilds, guided)
-            accepted = found
-        if broken is not None:
+        # module attributes named like a config field that changes follow it (an MLP's
+        # intermediate_size), as a model built from the updated config has them
+        named_like = attributes_named_like(dg, accepted, plan.attributes)
+        named_like += attributes_of_rebuild(
+            dg, accepted, plan.attributes + tuple(named_like), rebuilds
+        )
+        full = dataclasses.replace(
+            plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
+        )
+        try:
+            _validate(dg, full, guided)  # the model's code may read its config as it runs
+        except PlanValidationError as exc:
+            if not accepted:
+                raise
+            _clear_frames(exc)
+            _validate(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
             # The shapes run; the config updates are what breaks the run: none is set.
             fields = ", ".join(f"config.{u.field}" for u in accepted)
             mismatch = (mismatch + "; " if mismatch else "") + (
                 f"{type(dg.model).__name__}'s code reads {fields} as it runs and would "
-                f"not run with the pruned values ({broken}), so the config is left as it is"
+                f"not run with the pruned values ({exc}), so the config is left as it is"
             )
+            full = dataclasses.replace(plan, config=())
     report_mismatch(mismatch, require_loadable)
     return full
-
-
-def _configured(
-    dg: DependencyGraph, plan: Plan, accepted, rebuilds: Rebuilds, guided: bool
-) -> tuple[Plan, PlanValidationError | None]:
-    """The plan with the config updates ``accepted`` and the module attributes that follow
-    them, validated (the model's code may read its config as it runs); where the updates
-    are what breaks the run, the plan without them and the failure they caused. Raises
-    PlanValidationError when the shapes alone do not run."""
-    # module attributes named like a config field that changes follow it (an MLP's
-    # intermediate_size), as a model built from the updated config has them
-    named_like = attributes_named_like(dg, accepted, plan.attributes)
-    named_like += attributes_of_rebuild(dg, accepted, plan.attributes + tuple(named_like), rebuilds)
-    full = dataclasses.replace(
-        plan, config=tuple(accepted), attributes=plan.attributes + tuple(named_like)
-    )
-    try:
-        _validate(dg, full, guided)
-    except PlanValidationError as exc:
-        if not accepted:
-            raise
-        _clear_frames(exc)
-        _validate(dg, dataclasses.replace(plan, config=()), guided)  # the shapes alone
-        return dataclasses.replace(plan, config=()), exc
-    return full, None
 
 
 def plan_until_valid(
