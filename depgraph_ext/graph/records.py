@@ -32,6 +32,16 @@ class Ref:
         return f"Ref(value={self.value})"
 
 
+class Refs(dict):
+    """The :class:`Ref` of each value index, made once and shared by every node that names
+    it (a decoder's stack of its steps so far names the same tensors at every step):
+    ``refs[index]``."""
+
+    def __missing__(self, value: int) -> Ref:
+        ref = self[value] = Ref(value)
+        return ref
+
+
 @dataclass(slots=True)
 class Value:
     index: int

@@ -815,6 +815,7 @@ class Repeater:
 
         fresh, constants = template.fresh, graph.constants
         site = source.here()
+        refs = self.recorder.refs
 
         def ref_one(x: Ref) -> Ref:
             new = mapped.get(x.value)
@@ -827,7 +828,7 @@ class Repeater:
                 values.append(Value(new, v.shape, v.dtype, v.kind, v.name, v.producer))
                 if x.value in constants:
                     constants[new] = constants[x.value]
-            return Ref(new)
+            return refs[new]
 
         refless = template.refless
         if refless is None:

@@ -59,7 +59,7 @@ from .method_caches import clear_method_caches
 from .op_numbers import constant_value, op_numbers
 from .output_leaves import output_leaves
 from .real_budget import ALLOWANCE, ALLOWANCE_PER_OP, op_work
-from .records import Node, Ref, Replay, Value, result_leaves
+from .records import Node, Ref, Refs, Replay, Value, result_leaves  # noqa: F401  (Ref: for the rules)
 from .repeats import CHECK as CHECK_REPEATS
 from .repeats import Repeater, Repeats, RepeatsInvalid, differences
 from .shape_repeats import ShapeRepeater, ShapeReplays
@@ -544,6 +544,7 @@ class _Recorder(_RecorderBase):
     def __init__(self, graph: OpGraph, module_stack: list[str]) -> None:
         super().__init__(graph, module_stack)
         self.value_of: dict[int, int] = {}
+        self.refs = Refs()
         self.keep_alive: list[torch.Tensor] = []  # ids must stay unique while tracing
 
     def _recorded(self) -> list[tuple[Any, str]]:
@@ -617,7 +618,7 @@ class _Recorder(_RecorderBase):
         if isinstance(x, torch.Tensor):
             ref = self.lookup(x)
             inputs.append(ref)
-            return Ref(ref)
+            return self.refs[ref]
         kind = type(x)
         if kind is list or kind is tuple:
             if x and all(map(isinstance, x, _TENSOR_TYPES)):  # (a cat's or stack's: one pass)
@@ -625,7 +626,7 @@ class _Recorder(_RecorderBase):
                 if None in indices:  # (constants among them)
                     indices = [self.lookup(t) for t in x]
                 inputs.extend(indices)
-                return kind(map(Ref, indices))
+                return kind(map(self.refs.__getitem__, indices))
             return kind([self._refs(item, inputs) for item in x])
         if kind is dict:
             return {k: self._refs(v, inputs) for k, v in x.items()}
