@@ -321,6 +321,36 @@ def test_the_config_search_takes_no_field_that_builds_other_tensors(tmp_path):
         assert torch.equal(again(x), model(x))
 
 
+@pytest.mark.parametrize("model_type", ["llama", "maskformer", "dory"])
+def test_a_reloaded_config_is_what_from_dict_makes(model_type, monkeypatch):
+    """The rebuilds' round trip through a dict calls the class directly where it keeps
+    transformers' from_dict (whose log line formats the whole config: not formatted here),
+    and the class's own from_dict where it has one (Dory's): the same config."""
+    from depgraph_ext.pruning.configs import reloaded_config
+
+    config = T.AutoConfig.for_model(model_type)
+    expected = type(config).from_dict(config.to_dict()).to_dict()
+    own = "from_dict" in vars(type(config))
+    assert own == (model_type == "dory")
+    calls = []
+    if own:
+        original = vars(type(config))["from_dict"].__func__
+
+        def from_dict(cls, *args, **kwargs):
+            calls.append(cls)
+            return original(cls, *args, **kwargs)
+
+        monkeypatch.setattr(type(config), "from_dict", classmethod(from_dict))
+    else:
+
+        def formatted(self):
+            raise AssertionError("the config was formatted")
+
+        monkeypatch.setattr(type(config), "__repr__", formatted)
+    assert reloaded_config(config).to_dict() == expected
+    assert bool(calls) == own
+
+
 def test_a_model_under_weight_norm_saves_and_loads_bit_for_bit(tmp_path):
     """wav2vec2's positional convolution is under ``weight_norm`` (torch's parametrization,
     whose module class is made anew for every module it wraps: a model built from the config
