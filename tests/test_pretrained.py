@@ -321,6 +321,25 @@ def test_the_config_search_takes_no_field_that_builds_other_tensors(tmp_path):
         assert torch.equal(again(x), model(x))
 
 
+def test_the_config_search_keeps_a_projection_the_model_has(tmp_path):
+    """ELECTRA projects its embeddings (32) to its hidden size (64) where the two differ:
+    halved, hidden_size set (32) equals the old embedding_size, and a model built so has no
+    projection. The search counts the projection it lacks as mismatches and finds
+    embedding_size (16) too: plain from_pretrained rebuilds the pruned model."""
+    config = T.ElectraConfig(
+        vocab_size=128, embedding_size=32, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+        is_decoder=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T.ElectraForCausalLM(config).eval()
+    quiet(dx.prune, model, {"input_ids": IDS}, ratio=0.5)
+    assert (model.config.embedding_size, model.config.hidden_size) == (16, 32)
+    assert model.electra.embeddings_project.weight.shape == (32, 16)
+    assert quiet(dx.save_pretrained, model, tmp_path).plain
+    assert torch.equal(logits(quiet(T.ElectraForCausalLM.from_pretrained, tmp_path)), logits(model))
+
+
 @pytest.mark.parametrize("model_type", ["llama", "maskformer", "dory"])
 def test_a_reloaded_config_is_what_from_dict_makes(model_type, monkeypatch):
     """The rebuilds' round trip through a dict calls the class directly where it keeps

@@ -1022,8 +1022,12 @@ def _has_int(items) -> bool:
                 return True
         elif kind is WatchedShape:
             return True
-        elif (kind is list or kind is tuple or kind is torch.Size) and _has_int(x):
-            return True
+        elif kind is list or kind is tuple or kind is torch.Size:
+            # (a cat's or stack's tensors, thousands in a decoder loop: one C-level pass)
+            if x and all(map(isinstance, x, itertools.repeat(torch.Tensor))):
+                continue
+            if _has_int(x):
+                return True
     return False
 
 

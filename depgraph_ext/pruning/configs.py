@@ -739,10 +739,11 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
-    # A pruned model has every tensor it had: a tensor a trial's build makes or lacks that the
-    # search's first build does not (a layer count changed, a projection made) is a mismatch
-    # as a shape is (half the blocks, half the mismatched shapes, is no better).
-    names = rebuilds.names(config)
+    # A pruned model has every tensor it had: a tensor a build makes or lacks that the model
+    # has not or has (a layer count changed, a projection made or dropped) is a mismatch as
+    # a shape is (half the blocks, half the mismatched shapes, is no better).
+    names = frozenset(name for name, _ in state_shapes(dg.model))
+    shapes = shapes + _name_changes(names, rebuilds.names(config))
     with rebuilds.watched():  # (each trial's build says what it read, for the next round)
         while improved and candidates and shapes:
             improved = False
@@ -758,11 +759,11 @@ def _search_fields(
                     or _validation_error(trial) is not None
                 ):
                     continue
-                if unread:
-                    _check_unread(dg, trial, field, planned_shapes, rebuilds, shapes)
-                    continue
                 left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
                 left += _name_changes(names, rebuilds.names(trial))
+                if unread:
+                    _check_unread(field, left, shapes)
+                    continue
                 if _worse(shapes, left):  # (a build that fails counts as worse than any shapes)
                     config, shapes, improved = trial, left, True
                     found.append(ConfigUpdate(field, old, new))
@@ -773,18 +774,17 @@ def _search_fields(
     return config, found, shapes
 
 
-def _name_changes(names: frozenset | None, trial: frozenset | None) -> list[str]:
-    """A mismatch per tensor the trial's build makes or lacks against the first build's
-    ``names`` (nothing where either did not build: its failure is the mismatch)."""
-    if names is None or trial is None or trial == names:
+def _name_changes(names: frozenset, trial: frozenset | None) -> list[str]:
+    """A mismatch per tensor a build (its state-dict names: ``trial``) makes or lacks against
+    the model's ``names`` (nothing where it did not build: its failure is the mismatch)."""
+    if trial is None or trial == names:
         return []
     return [f"{n} would be missing from the config's model" for n in sorted(names - trial)] + [
         f"{n} would be made by the config, not in the pruned model" for n in sorted(trial - names)
     ]
 
 
-def _check_unread(dg, trial, field: str, planned_shapes, rebuilds: Rebuilds, shapes) -> None:
-    left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
+def _check_unread(field: str, left: list[str], shapes: list[str]) -> None:
     if left != shapes:
         raise AssertionError(
             f"internal error: config.{field}, which the model's build did not read, changes "
