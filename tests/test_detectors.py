@@ -134,6 +134,26 @@ def test_data_dependent_sizes_are_recorded_and_are_no_channels():
     assert any(m.name == "fpn.output.0.weight" for g in dg.groups for m in g.members)
 
 
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((torch.ones(2),), {}),
+        ((torch.ones(2), None, 3, torch.float32), {"dim": 1, "out": None}),
+        ((torch.ones(2), [torch.zeros(1), torch.zeros(3)]), {"n": (1, 2)}),
+        ((torch.ones(2), torch.Size([2, 3])), {"d": {"a": torch.ones(1)}}),
+    ],
+)
+def test_a_decisions_arguments_flatten_as_pytree_flattens_them(args, kwargs):
+    """A decision's snapshot flattens its call's arguments in one pass where none holds
+    others (an ``.item()``'s tensor): the leaves pytree gives, in its order."""
+    import torch.utils._pytree as pytree
+
+    from depgraph_ext.graph.decisions import _leaves
+
+    mine, theirs = _leaves(args, kwargs), pytree.tree_leaves((args, kwargs))
+    assert len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs))
+
+
 @pytest.mark.parametrize("mode", ["meta", "real"])
 def test_the_plans_check_replays_the_datas_decisions(mode):
     """Traced with the pruned shapes (zero-filled weights, other scores), the model makes the

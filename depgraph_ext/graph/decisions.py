@@ -129,11 +129,23 @@ def _fake_kernel_needs_data(func, args, kwargs) -> bool:
     return False
 
 
+def _leaves(args, kwargs) -> list:
+    """``pytree.tree_leaves((args, kwargs))``, in one pass where no argument holds others
+    (an ``.item()``'s one tensor: a decoder's loop makes thousands of them)."""
+    flat = [*args, *kwargs.values()]
+    if any(isinstance(x, _HOLDERS) for x in flat):
+        return pytree.tree_leaves((args, kwargs))
+    return flat
+
+
+_HOLDERS = (list, tuple, dict)
+
+
 def snapshot(func, args, kwargs, value_index) -> tuple:
     """What a :class:`Decision` keeps of a call's arguments: their flattened count, copies of
     the deciding tensors with their positions, every tensor's shape by position, and every
     tensor's value index (``value_index(t)``: the trace's)."""
-    flat = pytree.tree_leaves((args, kwargs))
+    flat = _leaves(args, kwargs)
     masked = str(func.overloadpacket) in _MASKED
     inputs = tuple(
         (i, x.detach().clone())
@@ -150,7 +162,12 @@ def result_copy(func, out):
     whose replay needs only the masks)."""
     if str(func.overloadpacket) in _MASKED:
         return None
+    if type(out) in _NUMBERS:  # (an .item()'s)
+        return out
     return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().clone(), out)
+
+
+_NUMBERS = frozenset({bool, int, float, complex})
 
 
 def without_data(args, kwargs, decision: Decision, device: torch.device):
