@@ -782,10 +782,18 @@ class Repeater:
             live[t_value] = tensor if tensor is not None else by_value[s_value]
 
         n0, n1 = template.nodes
+        # (_emit found where each node's Refs are: an argument list is walked only where one
+        # of its lists holds some)
         with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
-            for node in self.graph.nodes[n0:n1]:
+            for node, positions in zip(self.graph.nodes[n0:n1], template.ref_positions):
+                if positions is None:
+                    args = _live(node.args, live)
+                else:
+                    args = list(node.args)
+                    for i in positions:
+                        args[i] = live[args[i].value]
                 kwargs = _live(node.kwargs, live) if node.kwargs else {}
-                out = node.op(*_live(node.args, live), **kwargs)
+                out = node.op(*args, **kwargs)
                 if isinstance(out, torch.Tensor):
                     live[node.outputs[0]] = out
                 else:
