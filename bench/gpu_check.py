@@ -26,7 +26,14 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
+try:
+    import torch
+except ImportError:  # (the Makefile's python3: a GPU machine's carries torch, this one not)
+    print(
+        f"gpu-check: no torch in {sys.executable}, so no GPU to check here; where torch is, "
+        "run it with that Python: make gpu-check PYTHON=<python>"
+    )
+    sys.exit(0)
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"

@@ -52,3 +52,24 @@ def test_magnitude_on_meta_weights_is_refused_and_nothing_changes():
     with pytest.raises(dx.PruningError, match="meta device"):
         dx.prune(model, torch.randn(2, 4), importance="l2")
     assert before == {n: (p.shape, p.device) for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("torch_here", [False, True])
+def test_the_gpu_check_says_in_one_line_why_it_has_nothing_to_check(torch_here):
+    """``make gpu-check`` runs the Makefile's python3: without torch there (this machine's),
+    or with torch and no GPU, it says so in one line and exits 0, with no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "bench", "gpu_check.py")
+    hide = "" if torch_here else "import sys; sys.modules['torch'] = None; "
+    run = f"{hide}import runpy; runpy.run_path({script!r}, run_name='__main__')"
+    if torch_here and torch.cuda.is_available():
+        pytest.skip("a GPU is here: the check would run")
+    done = subprocess.run([sys.executable, "-c", run], capture_output=True, text=True, timeout=120)
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no ")
+    assert ("no GPU here" if torch_here else "no torch in") in lines[0]
