@@ -340,6 +340,30 @@ def test_the_config_search_keeps_a_projection_the_model_has(tmp_path):
     assert torch.equal(logits(quiet(T.ElectraForCausalLM.from_pretrained, tmp_path)), logits(model))
 
 
+def test_a_config_that_would_build_other_tensors_is_left_as_it_was(tmp_path):
+    """ELECTRA's embeddings kept (ignored) and its hidden size halved to their width (32):
+    a config with ``hidden_size`` 32 builds no projection between the two, which the pruned
+    model has. No update is set (the config still builds the model's tensors, at their old
+    shapes), the prune says the config cannot express the shapes, and the model saves and
+    loads back bit for bit with depgraph_ext's own save_pretrained / from_pretrained."""
+    config = T.ElectraConfig(
+        vocab_size=128, embedding_size=32, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+        is_decoder=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = T.ElectraForCausalLM(config).eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dx.prune(model, {"input_ids": IDS}, ratio=0.5, ignore=["electra.embeddings"])
+    assert model.electra.embeddings_project.weight.shape == (32, 32)
+    assert result.config_updates == [] and model.config.hidden_size == 64
+    assert any(issubclass(w.category, dx.ConfigMismatchWarning) for w in caught)
+    saved = quiet(dx.save_pretrained, model, tmp_path)
+    assert not saved.plain
+    assert torch.equal(logits(quiet(dx.from_pretrained, tmp_path)), logits(model))
+
+
 @pytest.mark.parametrize("model_type", ["llama", "maskformer", "dory"])
 def test_a_reloaded_config_is_what_from_dict_makes(model_type, monkeypatch):
     """The rebuilds' round trip through a dict calls the class directly where it keeps

@@ -61,6 +61,14 @@ class Rebuilds:
         self.differing: dict[int, tuple] = {}
         # id(rebuilt model) -> (it, its state-dict names): names
         self._names: dict[int, tuple] = {}
+        self._model_names: frozenset[str] | None = None
+
+    @property
+    def model_names(self) -> frozenset[str]:
+        """The state-dict names of the model itself (pruning keeps every one)."""
+        if self._model_names is None:
+            self._model_names = frozenset(n for n, _ in state_shapes(self.model))
+        return self._model_names
 
     @staticmethod
     def _key(config) -> str:
@@ -461,10 +469,18 @@ def loadable_config(
             dg, new_config, planned_shapes, shapes, settled, rebuilds
         )
         accepted += found
-    if any(isinstance(m, _BuildFailure) for m in shapes) and rebuilds.of(config)[1] is None:
+    refused = any(isinstance(m, _BuildFailure) for m in shapes)
+    other_tensors = any(isinstance(m, _NameChange) for m in shapes)
+    if (
+        (refused or other_tensors)
+        and rebuilds.of(config)[1] is None
+        and (not other_tensors or rebuilds.names(config) == rebuilds.model_names)
+    ):
         # The updates each validate but together the class refuses them (SqueezeBERT asserts
-        # its embedding width equals its hidden width): the config is left as it was, one
-        # the class builds (saving and loading build the model from it).
+        # its embedding width equals its hidden width), or build other tensors than the
+        # model's (ELECTRA's hidden size set to its embeddings' width: no projection between
+        # them): the config is left as it was, one the class builds the model's tensors from
+        # (saving and loading build the model from it).
         accepted = []
     mismatches += shapes
     if not shapes and accepted:
@@ -626,8 +642,8 @@ def _worse(a: list[str], b: list[str]) -> bool:
 
 def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Rebuilds) -> list[str]:
     """What a model built from ``config`` (after a round trip through a dict, as loading does)
-    on the meta device would have of another shape than the pruned model (or why it cannot
-    be built at all: a :class:`_BuildFailure`)."""
+    on the meta device would have of another shape than the pruned model, or would make or
+    lack of its tensors (or why it cannot be built at all: a :class:`_BuildFailure`)."""
     model = dg.model
     fresh, exc = rebuilds.of(config)
     if exc is not None:  # a config the class or the model refuses
@@ -648,7 +664,10 @@ def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Reb
             expected = g.values[traced[canonical]].shape
         if expected is not None and shape != tuple(expected):
             out.append(f"{name} would be {shape} from the config, {tuple(expected)} pruned")
-    return out
+    # A pruned model has every tensor it had: one a build makes or lacks against the model (a
+    # layer count changed, a projection made or dropped) is a mismatch as a shape is (half
+    # the blocks, half the mismatched shapes, is no better for the field search).
+    return out + _name_changes(rebuilds.model_names, rebuilds.names(config))
 
 
 def _width_changes(dg: DependencyGraph, planned_shapes) -> tuple[dict[int, int], set[int]]:
@@ -739,11 +758,6 @@ def _search_fields(
     candidates.sort(key=lambda c: any(v in kept for v in np.atleast_1d(c[1]).tolist()))
     found: list[ConfigUpdate] = []
     improved = True
-    # A pruned model has every tensor it had: a tensor a build makes or lacks that the model
-    # has not or has (a layer count changed, a projection made or dropped) is a mismatch as
-    # a shape is (half the blocks, half the mismatched shapes, is no better).
-    names = frozenset(name for name, _ in state_shapes(dg.model))
-    shapes = shapes + _name_changes(names, rebuilds.names(config))
     with rebuilds.watched():  # (each trial's build says what it read, for the next round)
         while improved and candidates and shapes:
             improved = False
@@ -760,7 +774,6 @@ def _search_fields(
                 ):
                     continue
                 left = _shape_mismatches(dg, trial, planned_shapes, rebuilds)
-                left += _name_changes(names, rebuilds.names(trial))
                 if unread:
                     _check_unread(field, left, shapes)
                     continue
@@ -776,12 +789,16 @@ def _search_fields(
 
 def _name_changes(names: frozenset, trial: frozenset | None) -> list[str]:
     """A mismatch per tensor a build (its state-dict names: ``trial``) makes or lacks against
-    the model's ``names`` (nothing where it did not build: its failure is the mismatch)."""
+    the model's ``names``."""
     if trial is None or trial == names:
         return []
-    return [f"{n} would be missing from the config's model" for n in sorted(names - trial)] + [
-        f"{n} would be made by the config, not in the pruned model" for n in sorted(trial - names)
-    ]
+    missing = [f"{n} would be missing from the config's model" for n in sorted(names - trial)]
+    made = [f"{n} would be made by the config, not in the pruned model" for n in trial - names]
+    return [_NameChange(m) for m in missing + sorted(made)]
+
+
+class _NameChange(str):
+    """A mismatch that is a tensor the config's model makes or lacks, not a shape."""
 
 
 def _check_unread(field: str, left: list[str], shapes: list[str]) -> None:
