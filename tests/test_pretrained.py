@@ -371,7 +371,10 @@ def test_a_reloaded_config_is_what_from_dict_makes(model_type, monkeypatch):
     and the class's own from_dict where it has one (Dory's): the same config."""
     from depgraph_ext.pruning.configs import reloaded_config
 
-    config = T.AutoConfig.for_model(model_type)
+    try:
+        config = T.AutoConfig.for_model(model_type)
+    except ValueError:  # (a transformers without it)
+        pytest.skip(f"this transformers has no {model_type}")
     expected = type(config).from_dict(config.to_dict()).to_dict()
     own = "from_dict" in vars(type(config))
     assert own == (model_type == "dory")
