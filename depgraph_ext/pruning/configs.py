@@ -59,8 +59,8 @@ class Rebuilds:
         self.watching = False
         # id(rebuilt model) -> (it, its numbers that differ from the model's): _numbers_differing
         self.differing: dict[int, tuple] = {}
-        # id(rebuilt model) -> (it, its state-dict names): names
-        self._names: dict[int, tuple] = {}
+        # id(rebuilt model) -> (it, (its state-dict shapes, their names)): state
+        self._state: dict[int, tuple] = {}
         self._model_names: frozenset[str] | None = None
 
     @property
@@ -83,16 +83,23 @@ class Rebuilds:
                 self._reads[key] = reads
         return self._built[key]
 
-    def names(self, config) -> frozenset[str] | None:
-        """The state-dict names of the model built from ``config`` (None: it does not
-        build)."""
+    def state(self, config) -> tuple[list[tuple[str, tuple]], frozenset[str]] | None:
+        """The (name, shape) of every state-dict entry of the model built from ``config``, and
+        their names (None: it does not build): one walk of each rebuilt model."""
         built = self.of(config)[0]
         if built is None:
             return None
-        known = self._names.get(id(built))
+        known = self._state.get(id(built))
         if known is None or known[0] is not built:
-            known = self._names[id(built)] = (built, frozenset(n for n, _ in state_shapes(built)))
+            shapes = list(state_shapes(built))
+            known = self._state[id(built)] = (built, (shapes, frozenset(n for n, _ in shapes)))
         return known[1]
+
+    def names(self, config) -> frozenset[str] | None:
+        """The state-dict names of the model built from ``config`` (None: it does not
+        build)."""
+        state = self.state(config)
+        return None if state is None else state[1]
 
     @contextlib.contextmanager
     def watched(self):
@@ -645,7 +652,7 @@ def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Reb
     on the meta device would have of another shape than the pruned model, or would make or
     lack of its tensors (or why it cannot be built at all: a :class:`_BuildFailure`)."""
     model = dg.model
-    fresh, exc = rebuilds.of(config)
+    exc = rebuilds.of(config)[1]
     if exc is not None:  # a config the class or the model refuses
         cause = exc.__cause__ or exc
         return [
@@ -657,7 +664,8 @@ def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Reb
     g = dg.graph
     traced = g.params | g.buffers  # the model's tensors as traced: shapes before pruning
     out = []
-    for name, shape in state_shapes(fresh):
+    shapes, names = rebuilds.state(config)
+    for name, shape in shapes:
         canonical = g.aliases.get(name, name)
         expected = planned_shapes.get(canonical)
         if expected is None and canonical in traced:
@@ -667,7 +675,7 @@ def _shape_mismatches(dg: DependencyGraph, config, planned_shapes, rebuilds: Reb
     # A pruned model has every tensor it had: one a build makes or lacks against the model (a
     # layer count changed, a projection made or dropped) is a mismatch as a shape is (half
     # the blocks, half the mismatched shapes, is no better for the field search).
-    return out + _name_changes(rebuilds.model_names, rebuilds.names(config))
+    return out + _name_changes(rebuilds.model_names, names)
 
 
 def _width_changes(dg: DependencyGraph, planned_shapes) -> tuple[dict[int, int], set[int]]:
